@@ -41,6 +41,12 @@ def pg_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def url_for(pg_server):
+    """Build the URL of another database on the test server."""
+    return lambda name: _with_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
 def admin_db(pg_server):
     """A connection pool on the maintenance database, for CREATE/DROP DATABASE."""
     db = Database(pg_server, min_size=1, max_size=2)
@@ -54,7 +60,7 @@ def template_url(pg_server, admin_db):
     """A database migrated with dbmate once; tests clone it."""
     admin_db.execute_admin(f'drop database if exists "{TEMPLATE}"')
     url = _with_database(pg_server, TEMPLATE)
-    migrate.run(["up"], url)
+    migrate.run(["up"], url, quiet=True)
     return url
 
 

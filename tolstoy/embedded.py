@@ -20,10 +20,16 @@ def bin_dir() -> Path | None:
 
 
 def put_pg_tools_on_path() -> None:
-    """dbmate needs pg_dump on PATH to write db/schema.sql; use the bundled one if there is no other."""
+    """dbmate needs pg_dump on PATH to write db/schema.sql: put the bundled one first.
+
+    pg_dump refuses servers newer than itself, and a distribution's pg_dump is
+    often older than the bundled server; the same pg_dump also keeps the dump
+    byte-for-byte stable between machines.
+    """
     folder = bin_dir()
-    if folder is not None and str(folder) not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), str(folder)])
+    if folder is not None:
+        rest = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != str(folder)]
+        os.environ["PATH"] = os.pathsep.join([str(folder), *rest])
 
 
 def start(data_dir: str | os.PathLike, database: str = DATABASE, cleanup: str = "stop"):

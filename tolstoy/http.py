@@ -41,9 +41,18 @@ def flatten_messages(messages: Any, prefix: str = "") -> list[dict]:
     return [{"field": prefix or "body", "message": str(messages)}]
 
 
+def is_chunked(req: falcon.Request) -> bool:
+    """The body comes with Transfer-Encoding: chunked (so without a Content-Length)."""
+    return "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+
+
 def read_json(req: falcon.Request) -> dict:
     """The request body as a JSON object; 413 past 1 MiB, 400 when empty, malformed or not an object."""
-    raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+    if req.content_length is None and is_chunked(req):
+        # No length to bound by: the server de-chunks, and we stop one byte past the cap.
+        raw = req.stream.read(MAX_BODY_BYTES + 1)
+    else:
+        raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body is larger than 1 MiB.")
     if not raw.strip():

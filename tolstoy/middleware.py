@@ -8,7 +8,7 @@ import uuid
 
 import falcon
 
-from .http import MAX_BODY_BYTES
+from .http import MAX_BODY_BYTES, is_chunked
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,200}$")
 _JSON_TYPE = re.compile(r"^application/(json|[a-z0-9.+-]+\+json)$")
@@ -41,9 +41,7 @@ def method_allowed(req: falcon.Request, routes: dict[str, frozenset]) -> bool:
 
 def has_body(req: falcon.Request) -> bool:
     """A body was sent: a positive Content-Length or a chunked transfer."""
-    if req.content_length:
-        return True
-    return "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
+    return bool(req.content_length) or is_chunked(req)
 
 
 class BodyGuardMiddleware:

@@ -43,18 +43,27 @@ def dbmate_url(url: str) -> str:
     return urlunparse((scheme, netloc, parts.path, "", urlencode(query), ""))
 
 
-def run(args: list[str], url: str, *, dump_schema: bool = False, check: bool = True) -> int:
+def run(
+    args: list[str],
+    url: str,
+    *,
+    dump_schema: bool = False,
+    check: bool = True,
+    schema_file: Path = SCHEMA_FILE,
+    quiet: bool = False,
+) -> int:
     """Run ``dbmate <args>`` against ``url``; returns its exit code."""
     command = [
         dbmate_executable(),
         "--url", dbmate_url(url),
         "--migrations-dir", str(MIGRATIONS_DIR),
-        "--schema-file", str(SCHEMA_FILE),
+        "--schema-file", str(schema_file),
     ]
     if not dump_schema:
         command.append("--no-dump-schema")
     command += args
-    result = subprocess.run(command, env=os.environ.copy())
+    output = subprocess.DEVNULL if quiet else None
+    result = subprocess.run(command, env=os.environ.copy(), stdout=output)
     if check and result.returncode != 0:
         print(f"tolstoy: dbmate {' '.join(args)} failed (exit {result.returncode})", file=sys.stderr)
         raise SystemExit(result.returncode)

@@ -1,5 +1,9 @@
 -- migrate:up
 
+-- Fail fast instead of queueing behind (and blocking) live traffic.
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 -- Organizations are the tenants. Every other table carries org_id and leads
 -- its keys with it, so the schema can be distributed by org_id (Citus), with
 -- organizations as a reference table.
@@ -48,6 +52,9 @@ create trigger users_touch_updated_at
     for each row execute function tolstoy_touch_updated_at();
 
 -- migrate:down
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
 
 drop table users;
 drop table organizations;

@@ -1,5 +1,9 @@
 -- migrate:up
 
+-- Fail fast instead of queueing behind (and blocking) live traffic.
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create type tool_auth_type as enum ('none', 'apiKey', 'bearer', 'basic', 'oauth2');
 
 comment on type tool_auth_type is 'How the engine authenticates to a tool; values are the API''s spelling.';
@@ -99,6 +103,9 @@ create trigger actions_touch_updated_at
     for each row execute function tolstoy_touch_updated_at();
 
 -- migrate:down
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
 
 drop table actions;
 drop function actions_bump_version();

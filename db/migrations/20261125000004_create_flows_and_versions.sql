@@ -1,5 +1,9 @@
 -- migrate:up
 
+-- Fail fast instead of queueing behind (and blocking) live traffic.
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create table flows (
     org_id uuid not null,
     id uuid not null default gen_random_uuid(),
@@ -92,6 +96,9 @@ create trigger flow_versions_immutable
     for each row execute function flow_versions_immutable();
 
 -- migrate:down
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
 
 drop table flow_versions;
 drop function flow_versions_immutable();

@@ -1,5 +1,9 @@
 -- migrate:up
 
+-- Fail fast instead of queueing behind (and blocking) live traffic.
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
+
 create type execution_status as enum (
     'pending', 'queued', 'running', 'started', 'completed', 'failed', 'skipped', 'cancelled'
 );
@@ -53,6 +57,9 @@ create trigger execution_logs_touch_updated_at
     for each row execute function tolstoy_touch_updated_at();
 
 -- migrate:down
+
+set local lock_timeout = '5s';
+set local statement_timeout = '60s';
 
 drop table execution_logs;
 drop type execution_status;
