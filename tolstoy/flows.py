@@ -60,12 +60,13 @@ class Item(FlowModel, resources.Item):
 
     def on_get_versions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Every version of the flow's steps, newest first, one keyset page at a time."""
-        query = validate_query(self.versions_query, req)
         flow_id, _ = self.find(req, id)
+        query = validate_query(self.versions_query, req)
         before = None
         if query.get("cursor"):
             values = decode_cursor(query["cursor"])
-            if len(values) != 1 or not isinstance(values[0], int) or isinstance(values[0], bool):
+            if (len(values) != 1 or not isinstance(values[0], int) or isinstance(values[0], bool)
+                    or not 1 <= values[0] <= 2_147_483_647):
                 raise ValidationFailed([{"field": "cursor", "message": "Not a valid cursor."}])
             before = values[0]
         limit = page_limit(query)
