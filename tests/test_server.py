@@ -121,20 +121,20 @@ def test_db_reset_needs_force_and_never_runs_in_production(monkeypatch, database
         run_cli(monkeypatch, {"DIRECT_URL": database_url, "NODE_ENV": "production"}, "db", "reset", "--force")
 
 
+def seeded_counts(db) -> dict:
+    with db.pool.connection() as conn:
+        return conn.execute(
+            "select (select count(*) from organizations) o, (select count(*) from users) u, "
+            "(select count(*) from tools) t, (select count(*) from actions) a, (select count(*) from flows) f"
+        ).fetchone()
+
+
 def test_db_seed_is_idempotent_and_status_lists_migrations(monkeypatch, database_url, db, capfd):
     assert run_cli(monkeypatch, {"DIRECT_URL": database_url, "TOLSTOY_ENV": "production"}, "db", "seed") == 0
-    with db.pool.connection() as conn:
-        before = conn.execute(
-            "select (select count(*) from organizations) o, (select count(*) from users) u, "
-            "(select count(*) from tools) t, (select count(*) from actions) a, (select count(*) from flows) f"
-        ).fetchone()
+    before = seeded_counts(db)
     assert before == {"o": 1, "u": 2, "t": 1, "a": 2, "f": 1}
     assert run_cli(monkeypatch, {"DIRECT_URL": database_url, "TOLSTOY_ENV": "production"}, "db", "seed") == 0
-    with db.pool.connection() as conn:
-        after = conn.execute(
-            "select (select count(*) from organizations) o, (select count(*) from users) u, "
-            "(select count(*) from tools) t, (select count(*) from actions) a, (select count(*) from flows) f"
-        ).fetchone()
+    after = seeded_counts(db)
     assert after == before
     capfd.readouterr()
     assert run_cli(monkeypatch, {"DIRECT_URL": database_url, "TOLSTOY_ENV": "production"}, "db", "status") == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import falcon
 
 from . import resources
-from .errors import field_error
 from .queries import SQL
 from .schemas import ActionListQuery, ActionSchema
 
@@ -18,10 +17,8 @@ class ActionModel:
 
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """toolId must be a tool of the caller's organization."""
-        if "tool_id" in values and not self.db.scalar(
-            SQL.tools.exists, org_id=req.context.org_id, id=values["tool_id"]
-        ):
-            raise field_error("toolId", "No tool with this id in this organization.")
+        if "tool_id" in values:
+            self.require_visible(req, SQL.tools.exists, values["tool_id"], "toolId", "tool")
 
 
 class Collection(ActionModel, resources.Collection):

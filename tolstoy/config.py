@@ -104,25 +104,19 @@ class _Reader:
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.raw(name)
-        if value is None:
-            return default
-        try:
-            number = int(value)
-        except ValueError:
-            raise ConfigError(f"{name} must be a whole number (got {value!r})") from None
-        if not low <= number <= high:
-            raise ConfigError(f"{name} must be between {low} and {high} (got {number})")
-        return number
+        return self._number(name, default, low, high, int, "a whole number")
 
     def number(self, name: str, default: float, low: float, high: float) -> float:
+        return self._number(name, default, low, high, float, "a number")
+
+    def _number(self, name, default, low, high, kind, description):
         value = self.raw(name)
         if value is None:
             return default
         try:
-            number = float(value)
+            number = kind(value)
         except ValueError:
-            raise ConfigError(f"{name} must be a number (got {value!r})") from None
+            raise ConfigError(f"{name} must be {description} (got {value!r})") from None
         if not low <= number <= high:
             raise ConfigError(f"{name} must be between {low} and {high} (got {number})")
         return number

@@ -5,7 +5,6 @@ from __future__ import annotations
 import falcon
 
 from . import resources
-from .errors import field_error
 from .queries import SQL
 from .schemas import ExecutionLogListQuery, ExecutionLogSchema
 from .tenancy import require_user
@@ -19,10 +18,8 @@ class ExecutionLogModel:
 
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """flowId must be a flow of the caller's organization."""
-        if "flow_id" in values and not self.db.scalar(
-            SQL.flows.exists, org_id=req.context.org_id, id=values["flow_id"]
-        ):
-            raise field_error("flowId", "No flow with this id in this organization.")
+        if "flow_id" in values:
+            self.require_visible(req, SQL.flows.exists, values["flow_id"], "flowId", "flow")
 
 
 class Collection(ExecutionLogModel, resources.Collection):

@@ -13,7 +13,7 @@ import falcon
 from marshmallow import Schema
 
 from .db import Database
-from .errors import NotFound
+from .errors import NotFound, field_error
 from .http import (
     check_if_match,
     created,
@@ -50,6 +50,11 @@ class Model:
 
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """400 naming a field that points at a record the caller cannot see."""
+
+    def require_visible(self, req: falcon.Request, exists, record_id, field: str, noun: str) -> None:
+        """400 naming ``field`` unless the caller's organization has that record (``exists`` query)."""
+        if not self.db.scalar(exists, org_id=req.context.org_id, id=record_id):
+            raise field_error(field, f"No {noun} with this id in this organization.")
 
     def load_values(self, data: dict, partial: bool) -> dict:
         """Validate a body; subclasses may normalise the result."""
