@@ -18,6 +18,12 @@ from tolstoy.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "tolstoy_template"
+
+# Tests never reach AWS: production-mode tests would otherwise read the AWS
+# secret, and boto3 would ask the EC2 metadata address for credentials. The
+# secrets tests opt in explicitly against a local moto server.
+os.environ["USE_AWS_SECRETS"] = "false"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 _counter = itertools.count()
 
 

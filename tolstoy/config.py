@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Callable, Mapping
+
+from .aws_secrets import SecretCache, SecretError
+
+log = logging.getLogger("tolstoy.config")
 
 ENVIRONMENTS = ("development", "production", "test")
+PRECEDENCES = ("secret", "env")
+# Fields /status/detailed must never show: URLs may hold passwords.
+PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret")
 
 
 class ConfigError(Exception):
@@ -28,7 +37,18 @@ class Config:
     statement_timeout_ms: int = 15000
     prepare_threshold: int | None = 5
     data_dir: str = ".tolstoy"
+    bind: str | None = None
+    web_concurrency: int | None = None
+    # Proxies whose X-Forwarded-For / -Proto are believed (Nginx on the same host by default).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1", "::1")
+    aws_secret_name: str | None = None
+    aws_region: str | None = None
+    config_precedence: str = "secret"
+    secret_ttl: float = 300.0
     extra: dict = field(default_factory=dict, compare=False)
+    # The AWS secret the settings came from, when one is used (kept to refresh DATABASE_URL).
+    secret: SecretCache | None = field(default=None, compare=False, repr=False)
+    database_url_from_secret: bool = False
 
     @property
     def migration_url(self) -> str | None:
@@ -42,22 +62,36 @@ class Config:
 
     def public_facts(self) -> dict:
         """Settings safe to show on /status/detailed: no URLs, which may hold passwords."""
-        facts = asdict(self)
-        for secret in ("database_url", "direct_url", "extra"):
-            facts.pop(secret)
+        facts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PRIVATE_FIELDS}
+        facts["trusted_proxies"] = list(self.trusted_proxies)
         facts["database_configured"] = self.database_url is not None
         return facts
+
+    def database_conninfo(self) -> str | Callable[[], str] | None:
+        """What the pool connects with: DATABASE_URL, or a callable re-reading it from the secret after its TTL."""
+        if self.secret is None or not self.database_url_from_secret:
+            return self.database_url
+        return self._current_database_url
+
+    def _current_database_url(self) -> str:
+        url = self.secret.get().get("DATABASE_URL", "").strip()
+        if url.startswith(("postgres://", "postgresql://")):
+            return url
+        log.error("DATABASE_URL in AWS secret %s is missing or not a postgres URL; keeping the previous one",
+                  self.secret.where)
+        return self.database_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
         """Build the configuration from environment variables, or raise ConfigError."""
         env = os.environ if environ is None else environ
-        reader = _Reader(env)
         environment = (env.get("TOLSTOY_ENV") or env.get("NODE_ENV") or "development").strip().lower()
         if environment not in ENVIRONMENTS:
             raise ConfigError(
                 f"TOLSTOY_ENV must be one of {', '.join(ENVIRONMENTS)} (got {environment!r})"
             )
+        source = _SecretSource.from_env(env, environment)
+        reader = _Reader(source.merged(env))
         database_url = reader.url("DATABASE_URL")
         config = cls(
             database_url=database_url,
@@ -71,6 +105,15 @@ class Config:
             statement_timeout_ms=reader.integer("TOLSTOY_STATEMENT_TIMEOUT_MS", 15000, 0, 3_600_000),
             prepare_threshold=reader.prepare_threshold(),
             data_dir=reader.text("TOLSTOY_DATA_DIR", ".tolstoy"),
+            bind=reader.raw("TOLSTOY_BIND"),
+            web_concurrency=reader.integer("WEB_CONCURRENCY", None, 1, 256),
+            trusted_proxies=reader.networks("TOLSTOY_TRUSTED_PROXIES", ("127.0.0.1", "::1")),
+            aws_secret_name=source.name,
+            aws_region=source.region,
+            config_precedence=source.precedence,
+            secret_ttl=source.ttl,
+            secret=source.cache,
+            database_url_from_secret=source.provides("DATABASE_URL", env),
         )
         if config.pool_min_size > config.pool_max_size:
             raise ConfigError(
@@ -78,6 +121,62 @@ class Config:
                 f"({config.pool_min_size} > {config.pool_max_size})"
             )
         return config
+
+
+class _SecretSource:
+    """Where settings come from: the environment, plus an AWS secret when one is used.
+
+    The secret is used when ``USE_AWS_SECRETS=true``, or in production unless
+    ``USE_AWS_SECRETS=false``. Its values win over the environment unless
+    ``TOLSTOY_CONFIG_PRECEDENCE=env``. Only the environment says whether and
+    where to find the secret.
+    """
+
+    def __init__(self, cache: SecretCache | None, values: dict, precedence: str, name, region, ttl):
+        self.cache = cache
+        self.values = values
+        self.precedence = precedence
+        self.name = name
+        self.region = region
+        self.ttl = ttl
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], environment: str) -> "_SecretSource":
+        reader = _Reader(env)
+        precedence = reader.text("TOLSTOY_CONFIG_PRECEDENCE", "secret").lower()
+        if precedence not in PRECEDENCES:
+            raise ConfigError(f"TOLSTOY_CONFIG_PRECEDENCE must be secret or env (got {precedence!r})")
+        ttl = reader.number("TOLSTOY_SECRET_TTL", 300.0, 1, 86400)
+        if not reader.boolean("USE_AWS_SECRETS", environment == "production"):
+            return cls(None, {}, precedence, None, None, ttl)
+        name = reader.text("AWS_SECRET_NAME", "tolstoy-db-secret")
+        region = reader.raw("AWS_REGION") or reader.raw("AWS_DEFAULT_REGION")
+        if region is None:
+            raise ConfigError(f"AWS_REGION must be set to read the AWS secret '{name}' (or set USE_AWS_SECRETS=false)")
+        cache = SecretCache(name, region, ttl)
+        try:
+            values = cache.load()
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from None
+        return cls(cache, values, precedence, name, region, ttl)
+
+    def merged(self, env: Mapping[str, str]) -> Mapping[str, str]:
+        """The settings to read: keys naming the secret itself always come from the environment."""
+        values = {k: v for k, v in self.values.items() if k not in _BOOTSTRAP}
+        return {**values, **env} if self.precedence == "env" else {**env, **values}
+
+    def provides(self, name: str, env: Mapping[str, str]) -> bool:
+        """True when the setting's value is the secret's."""
+        if name not in self.values:
+            return False
+        return not (self.precedence == "env" and _Reader(env).raw(name) is not None)
+
+
+# Settings that say whether and where to find the secret: a secret cannot change them.
+_BOOTSTRAP = frozenset({
+    "TOLSTOY_ENV", "NODE_ENV", "USE_AWS_SECRETS", "AWS_SECRET_NAME", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "TOLSTOY_CONFIG_PRECEDENCE", "TOLSTOY_SECRET_TTL",
+})
 
 
 class _Reader:
@@ -102,6 +201,28 @@ class _Reader:
         if not value.startswith(("postgres://", "postgresql://")):
             raise ConfigError(f"{name} must be a postgres:// or postgresql:// URL")
         return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true or false (got {value!r})")
+
+    def networks(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.raw(name)
+        if value is None:
+            return default
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name} must list IP addresses or networks (got {item!r})") from None
+        return items
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return self._number(name, default, low, high, int, "a whole number")

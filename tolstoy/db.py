@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 import psycopg_pool
@@ -53,7 +53,7 @@ class Database:
 
     def __init__(
         self,
-        conninfo: str,
+        conninfo: str | Callable[[], str],
         *,
         min_size: int = 1,
         max_size: int = 10,
@@ -86,7 +86,8 @@ class Database:
         if not config.database_url:
             raise errors.DatabaseUnavailable("DATABASE_URL is not set")
         return cls(
-            config.database_url,
+            # A callable when the URL comes from an AWS secret: each new connection sees a rotated one.
+            config.database_conninfo(),
             min_size=config.pool_min_size,
             max_size=config.pool_max_size,
             timeout=config.pool_timeout,
