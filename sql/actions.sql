@@ -25,6 +25,13 @@ select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
 from actions
 where org_id = :org_id and id = :id;
 
+-- name: get_by_key^
+-- One action of the organization by its key (flow steps name actions by key).
+select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
+       execute_if, version, created_at, updated_at
+from actions
+where org_id = :org_id and key = :key;
+
 -- name: get_for_update^
 -- One action of the organization, locked until the end of the transaction.
 select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,

@@ -1,7 +1,7 @@
 -- name: list
 -- One keyset page of an organization's execution logs, newest first; filters combine with AND.
 select id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-       error, created_at, updated_at
+       error, duration_ms, created_at, updated_at
 from execution_logs
 where org_id = :org_id
   and (:flow_id::uuid is null or flow_id = :flow_id::uuid)
@@ -16,14 +16,14 @@ limit :limit;
 -- name: get^
 -- One execution log of the organization.
 select id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-       error, created_at, updated_at
+       error, duration_ms, created_at, updated_at
 from execution_logs
 where org_id = :org_id and id = :id;
 
 -- name: get_for_update^
 -- One execution log of the organization, locked until the end of the transaction.
 select id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-       error, created_at, updated_at
+       error, duration_ms, created_at, updated_at
 from execution_logs
 where org_id = :org_id and id = :id
 for update;
@@ -31,11 +31,11 @@ for update;
 -- name: insert^
 -- Record one step event.
 insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status,
-                            inputs, outputs, error)
+                            inputs, outputs, error, duration_ms)
 values (:org_id, :flow_id, :user_id, :execution_id, :step_key, :status,
-        :inputs, :outputs, :error)
+        :inputs, :outputs, :error, :duration_ms)
 returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-          error, created_at, updated_at;
+          error, duration_ms, created_at, updated_at;
 
 -- name: update^
 -- Replace the writable columns of one log; user_id stays the original actor.
@@ -44,7 +44,7 @@ set flow_id = :flow_id, execution_id = :execution_id, step_key = :step_key,
     status = :status, inputs = :inputs, outputs = :outputs, error = :error
 where org_id = :org_id and id = :id
 returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-          error, created_at, updated_at;
+          error, duration_ms, created_at, updated_at;
 
 -- name: delete!
 -- Delete one execution log.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from falcon import testing
 from tolstoy import embedded, migrate
 from tolstoy.app import create_app
 from tolstoy.config import Config
+from tolstoy.credentials import generate_key
 from tolstoy.db import Database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,13 +37,16 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     """A running PostgreSQL: TEST_DATABASE_URL's server if set, else an embedded one."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield _with_database(url, "postgres")
         return
-    server, url = embedded.start(tmp_path_factory.mktemp("pg"), database="postgres", cleanup="delete")
+    # Not under pytest's basetemp: pytest prunes old basetemps, which would pull the
+    # data directory from under a concurrent run's server.
+    data_dir = tempfile.mkdtemp(prefix="tolstoy-test-pg-")
+    server, url = embedded.start(data_dir, database="postgres", cleanup="delete")
     yield url
     server.cleanup()
 
@@ -90,8 +95,24 @@ def db(database_url):
 
 @pytest.fixture
 def config(database_url):
-    """Configuration as the app would read it for this test."""
-    return Config.from_env({"DATABASE_URL": database_url, "TOLSTOY_ENV": "test"})
+    """Configuration as the app would read it for this test: tools on 127.0.0.1 reachable,
+    credentials encryptable, short worker leases."""
+    return Config.from_env(engine_env(database_url))
+
+
+ENCRYPTION_KEY = generate_key()
+
+
+def engine_env(database_url: str) -> dict:
+    """Environment for the app and workers in tests."""
+    return {
+        "DATABASE_URL": database_url,
+        "TOLSTOY_ENV": "test",
+        "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
+        "TOLSTOY_WORKER_LEASE_SECONDS": "2",
+        "TOLSTOY_WORKER_POLL_SECONDS": "0.2",
+    }
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from tolstoy.queries import SQL
 
 # Files whose queries touch no tenant rows (or are the tenants themselves).
 UNSCOPED = {"organizations", "health"}
+# Worker-side queries that serve every tenant by design; each says why in its file.
+CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "tool_credentials.all_for_rotation"}
 
 
 def all_queries():
@@ -50,9 +52,12 @@ def test_tenant_queries_filter_by_org_id():
         if namespace in UNSCOPED:
             continue
         for query in vars(group).values():
+            if query.name in CROSS_TENANT:
+                continue
             if query.sql.startswith("insert"):
                 # An insert writes the caller's org_id as the row's first value.
-                assert re.search(r"values \(%\(org_id\)s,", query.sql), f"{query} does not set org_id"
+                assert re.search(r"(values \(|select )%\(org_id\)s,|\borg_id = %\(org_id\)s", query.sql), \
+                    f"{query} does not set org_id"
             else:
                 assert re.search(r"\borg_id = %\(org_id\)s", query.sql), f"{query} is not scoped by org_id"
 

@@ -7,7 +7,20 @@ import logging
 
 import falcon
 
-from . import actions, errors, execution_logs, flows, health, openapi, organizations, tools, users
+from . import (
+    actions,
+    engine,
+    errors,
+    execution_logs,
+    executions,
+    flows,
+    health,
+    openapi,
+    organizations,
+    tool_credentials,
+    tools,
+    users,
+)
 from .config import Config
 from .db import Database
 from .middleware import BodyGuardMiddleware, RequestIdMiddleware, allowed_methods
@@ -39,6 +52,10 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ),
     }
     flow_item = flows.Item(db, stores["flows"])
+    api_engine = engine.build(config, db, worker_id="api")
+    runs = executions.FlowRuns(db)
+    action_item = actions.Item(db, stores["actions"], api_engine)
+    credentials = tool_credentials.ToolCredentials(db, api_engine.vault)
     status = health.Status(db, config)
     docs = openapi.Docs(config.app_name)
     return [
@@ -48,12 +65,21 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/users/{id}", users.Item(db, stores["users"]), None),
         ("/tools", tools.Collection(db, stores["tools"]), None),
         ("/tools/{id}", tools.Item(db, stores["tools"]), None),
+        ("/tools/{id}/auth", credentials, None),
+        ("/tools/{id}/auth/{name}", credentials, "named"),
         ("/actions", actions.Collection(db, stores["actions"]), None),
-        ("/actions/{id}", actions.Item(db, stores["actions"]), None),
+        ("/actions/{id}", action_item, None),
+        ("/actions/{id}/execute", action_item, "execute"),
         ("/flows", flows.Collection(db, stores["flows"]), None),
         ("/flows/{id}", flow_item, None),
         ("/flows/{id}/versions", flow_item, "versions"),
         ("/flows/{id}/versions/{version}", flows.Version(db, stores["flows"]), None),
+        ("/flows/{id}/execute", runs, "execute"),
+        ("/flows/{id}/executions", runs, "executions"),
+        ("/flows/{id}/executions/{execution_id}", runs, "execution"),
+        ("/flows/{id}/executions/{execution_id}/cancel", runs, "cancel"),
+        ("/flows/{id}/executions/{execution_id}/retry", runs, "retry"),
+        ("/flows/{id}/metrics", runs, "metrics"),
         ("/execution-logs", execution_logs.Collection(db, stores["execution_logs"]), None),
         ("/execution-logs/{id}", execution_logs.Item(db, stores["execution_logs"]), None),
         ("/health", health.Health(), None),

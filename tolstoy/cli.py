@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from . import embedded, migrate
+from . import embedded, engine, migrate
 from .config import Config, ConfigError
+from .credentials import local_key
+from .db import Database
+from .queries import SQL
+from .worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
@@ -41,29 +47,96 @@ def database_url(config: Config, *, for_migrations: bool) -> tuple[str, object]:
     return url, server
 
 
-def gunicorn(config: Config, url: str | None) -> int:
-    """Serve with Gunicorn and gunicorn.conf.py, forwarding Ctrl-C and SIGTERM; returns its exit code."""
-    env = os.environ.copy()
-    if url:
-        env["DATABASE_URL"] = url
-    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tolstoy.app:get_app()"]
-    process = subprocess.Popen(command, env=env, cwd=str(ROOT))
+def supervise(commands: list[list[str]], env: dict) -> int:
+    """Run processes side by side, forwarding Ctrl-C and SIGTERM; when the first exits, stop the rest.
+
+    Returns the first one's exit code.
+    """
+    processes = [subprocess.Popen(command, env=env, cwd=str(ROOT)) for command in commands]
 
     def forward(signum, frame):
-        process.send_signal(signum)
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return process.wait()
+    while True:
+        for process in processes:
+            code = process.poll()
+            if code is not None:
+                for other in processes:
+                    if other.poll() is None:
+                        other.terminate()
+                for other in processes:
+                    other.wait()
+                return code
+        time.sleep(0.2)
+
+
+GUNICORN = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tolstoy.app:get_app()"]
+WORKER = [sys.executable, "-m", "tolstoy.cli", "worker"]
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Embedded database (unless DATABASE_URL is set), migrations, then Gunicorn on PORT."""
+    """Embedded database (unless DATABASE_URL is set), migrations, then Gunicorn on PORT and one worker."""
     config = load_config()
-    url, server = database_url(config, for_migrations=False)
+    url, _server = database_url(config, for_migrations=False)
     migrate.run(["--wait", "up"], config.migration_url or url)
-    print(f"tolstoy: serving on http://127.0.0.1:{config.port} (docs at /docs)", file=sys.stderr)
-    return gunicorn(config, url)
+    env = {**os.environ, "DATABASE_URL": url}
+    # Tool credentials need a key; development keeps its own next to the embedded data.
+    env.setdefault("TOLSTOY_ENCRYPTION_KEY", local_key(config.data_dir))
+    print(f"tolstoy: serving on http://127.0.0.1:{config.port} (docs at /docs), with one worker",
+          file=sys.stderr)
+    return supervise([GUNICORN, WORKER], env)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Claim and run flow runs until SIGTERM."""
+    config = load_config()
+    url, _server = database_url(config, for_migrations=False)
+    concurrency = args.concurrency or config.worker_concurrency
+    # One connection per run in flight, plus the claim loop and the heartbeat.
+    config = dataclasses.replace(config, database_url=url, app_name=f"{config.app_name}-worker",
+                                 pool_max_size=max(config.pool_max_size, concurrency + 2))
+    db = Database.from_config(config)
+    db.open(wait=True, timeout=30)
+    worker = Worker(
+        db, lambda worker_id, stopping: engine.build(config, db, worker_id, stopping),
+        concurrency=concurrency,
+        poll_seconds=config.worker_poll_seconds, lease_seconds=config.worker_lease_seconds,
+    )
+    worker.install_signal_handlers()
+    worker.run()
+    db.close()
+    return 0
+
+
+def cmd_secrets(args: argparse.Namespace) -> int:
+    """``tolstoy secrets rotate``: re-encrypt every tool credential with the first key."""
+    config = load_config()
+    vault = engine.vault_from_config(config)
+    if vault is None:
+        raise SystemExit("tolstoy: TOLSTOY_ENCRYPTION_KEY is not set")
+    url, _server = database_url(config, for_migrations=True)
+    db = Database(url, min_size=1, max_size=1, application_name=f"{config.app_name}-secrets")
+    db.open(wait=True)
+    try:
+        count = rotate_secrets(db, vault)
+    finally:
+        db.close()
+    print(f"tolstoy: re-encrypted {count} credential(s) with the first TOLSTOY_ENCRYPTION_KEY", file=sys.stderr)
+    return 0
+
+
+def rotate_secrets(db: Database, vault) -> int:
+    """Re-encrypt every stored credential with the vault's newest key, in one transaction."""
+    with db.transaction():
+        rows = db.all(SQL.tool_credentials.all_for_rotation)
+        for row in rows:
+            db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
+                        secret=vault.rotate(row["secret"]))
+    return len(rows)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -71,7 +144,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config()
     if not config.database_url:
         raise SystemExit("tolstoy: DATABASE_URL must be set for 'tolstoy serve' (use 'tolstoy dev' locally)")
-    return gunicorn(config, None)
+    return supervise([GUNICORN], os.environ.copy())
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -111,7 +184,6 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def seed(config: Config, url: str) -> int:
     """Load db/seed.sql (idempotent demo data) after bringing the schema up to date."""
-    from .db import Database
 
     migrate.run(["--wait", "up"], url)
     db = Database(url, min_size=1, max_size=1, application_name=f"{config.app_name}-seed")
@@ -130,6 +202,14 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
     sub.add_parser("dev", help="embedded PostgreSQL + migrations + Gunicorn on PORT").set_defaults(func=cmd_dev)
     sub.add_parser("serve", help="Gunicorn with gunicorn.conf.py on DATABASE_URL").set_defaults(func=cmd_serve)
+    worker = sub.add_parser("worker", help="claim and run flow runs (run as many as you like, anywhere)")
+    worker.add_argument("--concurrency", type=int, default=None,
+                        help="runs in flight at once (default TOLSTOY_WORKER_CONCURRENCY, 4)")
+    worker.set_defaults(func=cmd_worker)
+    secrets = sub.add_parser("secrets", help="tool credential encryption")
+    secrets.set_defaults(func=cmd_secrets)
+    secrets.add_subparsers(dest="action", required=True).add_parser(
+        "rotate", help="re-encrypt every credential with the first TOLSTOY_ENCRYPTION_KEY")
     db = sub.add_parser("db", help="migrations with dbmate (uses DIRECT_URL, else DATABASE_URL)")
     db.set_defaults(func=cmd_db)
     actions = db.add_subparsers(dest="action", required=True)

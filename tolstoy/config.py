@@ -9,13 +9,14 @@ from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping
 
 from .aws_secrets import SecretCache, SecretError
+from .credentials import Vault, VaultError
 
 log = logging.getLogger("tolstoy.config")
 
 ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
 # Fields /status/detailed must never show: URLs may hold passwords.
-PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret")
+PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key")
 
 
 class ConfigError(Exception):
@@ -37,6 +38,13 @@ class Config:
     statement_timeout_ms: int = 15000
     prepare_threshold: int | None = 5
     data_dir: str = ".tolstoy"
+    # Engine: Fernet key(s) for tool credentials (first encrypts, all decrypt),
+    # networks outbound calls may reach although not public, and worker tuning.
+    encryption_key: str | None = None
+    allow_networks: tuple[str, ...] = ()
+    worker_concurrency: int = 4
+    worker_lease_seconds: float = 30.0
+    worker_poll_seconds: float = 1.0
     bind: str | None = None
     web_concurrency: int | None = None
     # Proxies whose X-Forwarded-For / -Proto are believed (Nginx on the same host by default).
@@ -105,6 +113,11 @@ class Config:
             statement_timeout_ms=reader.integer("TOLSTOY_STATEMENT_TIMEOUT_MS", 15000, 0, 3_600_000),
             prepare_threshold=reader.prepare_threshold(),
             data_dir=reader.text("TOLSTOY_DATA_DIR", ".tolstoy"),
+            encryption_key=reader.raw("TOLSTOY_ENCRYPTION_KEY"),
+            allow_networks=reader.networks("TOLSTOY_ALLOW_NETWORKS", ()),
+            worker_concurrency=reader.integer("TOLSTOY_WORKER_CONCURRENCY", 4, 1, 256),
+            worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
+            worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 1.0, 0.05, 60),
             bind=reader.raw("TOLSTOY_BIND"),
             web_concurrency=reader.integer("WEB_CONCURRENCY", None, 1, 256),
             trusted_proxies=reader.networks("TOLSTOY_TRUSTED_PROXIES", ("127.0.0.1", "::1")),
@@ -115,6 +128,11 @@ class Config:
             secret=source.cache,
             database_url_from_secret=source.provides("DATABASE_URL", env),
         )
+        if config.encryption_key:
+            try:
+                Vault(config.encryption_key)
+            except VaultError as exc:
+                raise ConfigError(str(exc)) from None
         if config.pool_min_size > config.pool_max_size:
             raise ConfigError(
                 "TOLSTOY_POOL_MIN_SIZE must not exceed TOLSTOY_POOL_MAX_SIZE "

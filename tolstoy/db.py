@@ -10,6 +10,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import psycopg
+import psycopg.sql
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
@@ -163,6 +164,21 @@ class Database:
         """Run a statement that cannot run in a transaction (CREATE/DROP DATABASE); no parameters."""
         with wrap_errors(), self.pool.connection() as conn:
             conn.execute(statement.encode())
+
+    def listen(self, channel: str, on_notify, stop, timeout: float = 1.0) -> None:
+        """LISTEN on a channel with a dedicated connection, calling ``on_notify()`` per
+        notification, until ``stop.is_set()``; reconnects after connection errors."""
+        while not stop.is_set():
+            conninfo = self.pool.conninfo() if callable(self.pool.conninfo) else self.pool.conninfo
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(f"listen {psycopg.sql.Identifier(channel).as_string(conn)}")
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=timeout, stop_after=1):
+                            on_notify()
+            except psycopg.OperationalError as exc:
+                log.warning("listen connection lost (%s); retrying", exc)
+                stop.wait(timeout)
 
     def script(self, text: str) -> None:
         """Run a multi-statement SQL script (no parameters) in one transaction."""

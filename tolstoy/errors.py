@@ -123,6 +123,13 @@ def unexpected(req, resp, exc: Exception, params):
     raise falcon.HTTPInternalServerError(description="Unexpected server error.")
 
 
+def _encodable(value):
+    """A string that UTF-8 can encode: a client's lone surrogate (echoed in a field name) is escaped."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def serialize(req, resp, exc: falcon.HTTPError) -> None:
     """Write the contract's error body for every HTTPError, including Falcon's own 404/405."""
     status = exc.status_code
@@ -135,10 +142,10 @@ def serialize(req, resp, exc: falcon.HTTPError) -> None:
         message = "No route or record at this path."
     if status == 405:
         message = f"Method {req.method} is not allowed here."
-    body = {"statusCode": status, "error": phrase, "message": message}
+    body = {"statusCode": status, "error": phrase, "message": _encodable(message)}
     errors = getattr(exc, "errors", None)
     if errors:
-        body["errors"] = errors
+        body["errors"] = [{k: _encodable(v) for k, v in e.items()} for e in errors]
     resp.media = body
     resp.content_type = falcon.MEDIA_JSON
 

@@ -8,6 +8,8 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import math
+import re
 import uuid
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -19,6 +21,11 @@ from .errors import NotFound, PreconditionFailed, ValidationFailed, field_error
 from .schemas import DEFAULT_PAGE, READ_ONLY_FIELDS
 
 MAX_BODY_BYTES = 1024 * 1024
+# Deeper bodies are refused up front: serialising, hashing and JSON Schema checks recurse.
+MAX_JSON_DEPTH = 64
+# PostgreSQL text and jsonb cannot hold NUL; UTF-8 cannot encode a lone surrogate ("\ud800").
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_UNSTORABLE_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 
 
 def flatten_messages(messages: Any, prefix: str = "") -> list[dict]:
@@ -58,21 +65,76 @@ def read_json(req: falcon.Request) -> dict:
     if not raw.strip():
         raise field_error("body", "A JSON object is required.")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         raise field_error("body", f"Malformed JSON: {exc}") from None
     if not isinstance(data, dict):
         raise field_error("body", "The body must be a JSON object.")
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise field_error("body", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
     return data
+
+
+def _reject_constant(name: str) -> None:
+    """NaN and Infinity are not JSON (and jsonb refuses them)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one beyond a double's range (1e400) cannot be stored."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (so deep input cannot overflow the stack)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def unstorable_strings(value: Any, path: str = "") -> list[dict]:
+    """Field errors for strings (values or keys) PostgreSQL cannot store: NUL, lone surrogates."""
+    problems = []
+    stack = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if _UNSTORABLE.search(item):
+                problems.append({"field": where or "body", "message": _UNSTORABLE_MESSAGE})
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _UNSTORABLE.search(key):
+                    problems.append({"field": where or "body", "message": _UNSTORABLE_MESSAGE})
+                    continue
+                stack.append((child, f"{where}.{key}" if where else str(key)))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item))
+    return sorted(problems, key=lambda p: p["field"])
 
 
 def validate_body(schema: Schema, data: dict, *, partial: bool = False, ignore: frozenset = frozenset()) -> dict:
     """Drop read-only fields, then load with the schema; 400 naming every bad field."""
     cleaned = {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS and k not in ignore}
+    unstorable = unstorable_strings(cleaned)
     try:
-        return schema.load(cleaned, partial=partial)
+        values = schema.load(cleaned, partial=partial)
     except ValidationError as exc:
-        raise ValidationFailed(flatten_messages(exc.messages)) from None
+        problems = flatten_messages(exc.messages)
+        named = {p["field"] for p in problems}
+        raise ValidationFailed(problems + [p for p in unstorable if p["field"] not in named]) from None
+    if unstorable:
+        raise ValidationFailed(unstorable)
+    return values
 
 
 def validate_query(schema: Schema, req: falcon.Request) -> dict:
@@ -81,6 +143,8 @@ def validate_query(schema: Schema, req: falcon.Request) -> dict:
     for key, value in req.params.items():
         if isinstance(value, list):
             raise field_error(key, "Give this parameter once.")
+        if _UNSTORABLE.search(key) or _UNSTORABLE.search(value):
+            raise field_error(key, _UNSTORABLE_MESSAGE)
         params[key] = value
     try:
         return schema.load(params)
@@ -150,7 +214,7 @@ def finish_page(
     params = {k: v for k, v in req.params.items() if k != "cursor"}
     params["cursor"] = cursor
     resp.set_header("X-Next-Cursor", cursor)
-    resp.append_link(f"{req.path}?{urlencode(params)}", "next")
+    resp.append_header("Link", f'<{req.path}?{urlencode(params)}>; rel="next"')
     return rows
 
 
@@ -181,7 +245,7 @@ def respond(resp: falcon.Response, body: Any, *, status: str = falcon.HTTP_200, 
         resp.etag = etag_of(body)
 
 
-def created(req: falcon.Request, resp: falcon.Response, body: dict) -> None:
+def created(req: falcon.Request, resp: falcon.Response, body: dict, location: str | None = None) -> None:
     """201 with a relative Location for the new record."""
     respond(resp, body, status=falcon.HTTP_201)
-    resp.location = f"{req.path.rstrip('/')}/{body['id']}"
+    resp.location = location or f"{req.path.rstrip('/')}/{body['id']}"

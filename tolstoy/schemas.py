@@ -42,6 +42,16 @@ class JSONObject(fields.Dict):
     default_error_messages = {"invalid": "Must be a JSON object."}
 
 
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only: flow steps are stored as sent, so ``"false"`` or ``1``
+    must not pass validation as a boolean."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class Base(Schema):
     """Unknown fields are errors that name the field."""
 
@@ -333,7 +343,7 @@ class StepSchema(Base):
                             validate=validate.Length(max=MAX_STEPS))
     retryPolicy = fields.Nested(RetryPolicySchema, allow_none=True)
     timeoutMs = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 3_600_000))
-    critical = fields.Boolean(allow_none=True)
+    critical = StrictBoolean(allow_none=True)
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
@@ -422,6 +432,8 @@ class ExecutionLogSchema(TenantRecord):
     inputs = JSONObject(required=True)
     outputs = JSONObject(allow_none=True)
     error = fields.Raw(allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True,
+                                 metadata={"description": "Set on logs the engine writes."})
 
 
 # ---- query strings ----------------------------------------------------------
@@ -495,3 +507,137 @@ class ErrorSchema(Base):
     error = fields.String(dump_only=True)
     message = fields.String(dump_only=True)
     errors = fields.List(fields.Nested(FieldErrorSchema), dump_only=True)
+
+
+# ---- engine -----------------------------------------------------------------
+
+class ExecuteSchema(Base):
+    """``POST /flows/{id}/execute``: the run's input."""
+
+    variables = JSONObject(load_default=dict)
+
+
+class RunStepSchema(Base):
+    """One step checkpoint of a run."""
+
+    step_id = fields.String(data_key="stepId", dump_only=True)
+    status = fields.String(dump_only=True)
+    attempt = fields.Integer(dump_only=True)
+    inputs = fields.Raw(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    wake_at = Timestamp(data_key="wakeAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True)
+
+
+class RunSchema(Base):
+    """A flow run (execution)."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True)
+    status = fields.String(dump_only=True)
+    variables = fields.Dict(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True)
+
+
+class RunDetailSchema(RunSchema):
+    """A run with its step checkpoints."""
+
+    steps = fields.List(fields.Nested(RunStepSchema), dump_only=True)
+
+
+class RunAcceptedSchema(Base):
+    """202 body of execute and retry."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    status = fields.String(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True)
+
+
+class FlowMetricsSchema(Base):
+    """``GET /flows/{id}/metrics``."""
+
+    totalExecutions = fields.Integer(dump_only=True)
+    statusBreakdown = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
+    successRate = fields.Float(dump_only=True, allow_none=True,
+                               metadata={"description": "completed / finished runs; null before any finished."})
+    p50Ms = fields.Float(dump_only=True, allow_none=True)
+    p95Ms = fields.Float(dump_only=True, allow_none=True)
+
+
+class ActionExecuteSchema(Base):
+    """``POST /actions/{id}/execute``."""
+
+    inputs = JSONObject(required=True)
+
+
+class ActionResultSchema(Base):
+    """200 body of an action execution."""
+
+    success = fields.Boolean(dump_only=True)
+    executionId = fields.String(dump_only=True)
+    durationMs = fields.Integer(dump_only=True)
+    statusCode = fields.Integer(dump_only=True, allow_none=True)
+    data = fields.Raw(dump_only=True)
+
+
+def _required_strings(*names: str) -> dict:
+    return {name: text(1, 8192, required=True) for name in names}
+
+
+CREDENTIAL_CONFIGS = {
+    "apiKey": Schema.from_dict({
+        "headerName": fields.String(required=True, validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", error="Not a valid HTTP header name.")]),
+        "headerValue": text(1, 8192, required=True),
+    }, name="ApiKeyConfig"),
+    "bearer": Schema.from_dict(_required_strings("token"), name="BearerConfig"),
+    "basic": Schema.from_dict({"username": text(1, 1000, required=True), "password": text(0, 8192, required=True)},
+                              name="BasicConfig"),
+    "oauth2": Schema.from_dict({
+        "clientId": text(1, 1000, required=True),
+        "clientSecret": text(1, 8192, required=True),
+        "tokenUrl": fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
+        "scopes": fields.List(text(1, 200), validate=validate.Length(max=100)),
+        "accessToken": text(1, 8192),
+        "refreshToken": text(1, 8192),
+    }, name="OAuth2Config"),
+}
+for _schema in CREDENTIAL_CONFIGS.values():
+    _schema.Meta.unknown = RAISE
+
+
+class CredentialSchema(Base):
+    """``POST /tools/{id}/auth``: ``{name?, type, config, isDefault?}``; secrets are write-only."""
+
+    name = text(1, 200, load_default="default")
+    type = fields.String(required=True, validate=validate.OneOf(tuple(CREDENTIAL_CONFIGS)))
+    config = JSONObject(required=True)
+    is_default = StrictBoolean(data_key="isDefault", load_default=False)
+    id = fields.UUID(dump_only=True)
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+    @validates_schema
+    def _config_matches_type(self, data, **kwargs):
+        schema = CREDENTIAL_CONFIGS.get(data.get("type"))
+        if schema is None or "config" not in data:
+            return
+        try:
+            data["config"] = schema().load(data["config"])
+        except ValidationError as exc:
+            raise ValidationError({"config": exc.messages}) from None

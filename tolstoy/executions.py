@@ -1,0 +1,162 @@
+"""Flow runs over HTTP: execute, list, read, cancel, retry, metrics.
+
+Executing only queues: the run row and its first execution log are written in
+one transaction, and a worker (``tolstoy worker``) claims and runs it."""
+
+from __future__ import annotations
+
+import falcon
+
+from . import db as dbmod
+from .engine import RUN_STEP_KEY
+from .errors import Conflict, NotFound, field_error
+from .http import finish_page, page_limit, parse_uuid, read_json, respond, time_id_cursor, validate_body, validate_query
+from .queries import SQL
+from .schemas import (
+    ExecuteSchema,
+    FlowMetricsSchema,
+    PageQuery,
+    RunAcceptedSchema,
+    RunDetailSchema,
+    RunSchema,
+)
+from .tenancy import require_user
+
+_ACCEPTED = RunAcceptedSchema()
+_RUN = RunSchema()
+_DETAIL = RunDetailSchema()
+_METRICS = FlowMetricsSchema()
+_EXECUTE = ExecuteSchema()
+_PAGE = PageQuery()
+
+
+def idempotency_key(req: falcon.Request) -> str | None:
+    """The Idempotency-Key header, 1–200 characters."""
+    key = req.get_header("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200:
+        raise field_error("Idempotency-Key", "Must be 1 to 200 characters.")
+    return key
+
+
+class FlowRuns:
+    """Routes under ``/flows/{id}``: execute, executions, cancel, retry, metrics."""
+
+    def __init__(self, db: dbmod.Database):
+        self.db = db
+
+    def flow(self, req: falcon.Request, raw_id: str, *, for_update: bool = False) -> dict:
+        """The flow in the path, or 404."""
+        flow_id = parse_uuid(raw_id, "Flow")
+        query = SQL.flows.get_for_update if for_update else SQL.flows.get
+        flow = self.db.one(query, org_id=req.context.org_id, id=flow_id)
+        if flow is None:
+            raise NotFound("Flow")
+        return flow
+
+    def run(self, req: falcon.Request, flow: dict, raw_id: str) -> dict:
+        """One run of the flow, or 404."""
+        run_id = parse_uuid(raw_id, "Execution")
+        run = self.db.one(SQL.runs.get, org_id=req.context.org_id, flow_id=flow["id"], id=run_id)
+        if run is None:
+            raise NotFound("Execution")
+        return run
+
+    def queue(self, req: falcon.Request, flow: dict, *, version: int, variables: dict,
+              key: str | None = None, retry_of=None) -> tuple[dict, bool]:
+        """Insert a queued run and its first log in one transaction; returns (run, created)."""
+        org_id = req.context.org_id
+        run = self.db.one(
+            SQL.runs.insert, org_id=org_id, flow_id=flow["id"], flow_version=version,
+            user_id=req.context.user_id, variables=dbmod.json(variables), idempotency_key=key,
+            retry_of=retry_of,
+        )
+        if run is None:  # this Idempotency-Key already made a run of this flow
+            return self.db.one(SQL.runs.get_by_idempotency_key, org_id=org_id, flow_id=flow["id"],
+                               idempotency_key=key), False
+        self.db.one(
+            SQL.execution_logs.insert, org_id=org_id, flow_id=flow["id"], user_id=req.context.user_id,
+            execution_id=str(run["id"]), step_key=RUN_STEP_KEY, status="queued",
+            inputs=dbmod.json(variables), outputs=None, error=None, duration_ms=None,
+        )
+        return run, True
+
+    def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
+        """202 with the run's summary and where to follow it."""
+        resp.status = falcon.HTTP_202
+        resp.media = _ACCEPTED.dump(run)
+        resp.location = f"/flows/{flow['id']}/executions/{run['id']}"
+
+    def on_post_execute(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Queue a run of the flow's current version."""
+        require_user(req)
+        key = idempotency_key(req)
+        data = read_json(req)
+        with self.db.transaction():
+            flow = self.flow(req, id, for_update=True)
+            values = validate_body(_EXECUTE, data)
+            run, _ = self.queue(req, flow, version=flow["version"], variables=values["variables"], key=key)
+        self.accepted(req, resp, flow, run)
+
+    def on_get_executions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """The flow's runs, newest first, one keyset page at a time."""
+        flow = self.flow(req, id)
+        query = validate_query(_PAGE, req)
+        limit = page_limit(query)
+        rows = self.db.all(SQL.runs.list, org_id=req.context.org_id, flow_id=flow["id"],
+                           limit=limit + 1, **time_id_cursor(query))
+        resp.media = _RUN.dump(finish_page(req, resp, rows, limit), many=True)
+
+    def on_get_execution(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
+        """One run with its step checkpoints."""
+        flow = self.flow(req, id)
+        run = self.run(req, flow, execution_id)
+        steps = self.db.all(SQL.runs.steps, org_id=req.context.org_id, run_id=run["id"])
+        respond(resp, _DETAIL.dump({**run, "steps": steps}))
+
+    def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
+        """Cancel: at once when queued or sleeping, at the next step boundary when running."""
+        flow = self.flow(req, id)
+        run = self.run(req, flow, execution_id)
+        with self.db.transaction():
+            changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id,
+                                  flow_id=flow["id"], id=run["id"])
+            if changed is None:
+                raise Conflict(f"The execution already finished with status {run['status']}.")
+            if changed["status"] == "cancelled":
+                self.db.one(
+                    SQL.execution_logs.insert, org_id=req.context.org_id, flow_id=flow["id"],
+                    user_id=req.context.user_id, execution_id=str(run["id"]), step_key=RUN_STEP_KEY,
+                    status="cancelled", inputs=dbmod.json({}), outputs=None, error=None, duration_ms=None,
+                )
+        resp.status = falcon.HTTP_202
+        resp.media = _ACCEPTED.dump({**run, "status": changed["status"]})
+
+    def on_post_retry(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
+        """A new run of the same version that starts with the original's finished steps."""
+        require_user(req)
+        flow = self.flow(req, id)
+        original = self.run(req, flow, execution_id)
+        if original["status"] not in ("failed", "cancelled"):
+            raise Conflict(f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
+        with self.db.transaction():
+            run, _ = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
+                                retry_of=original["id"])
+            self.db.rowcount(SQL.runs.copy_finished_steps, org_id=req.context.org_id,
+                             from_run_id=original["id"], run_id=run["id"])
+        self.accepted(req, resp, flow, run)
+
+    def on_get_metrics(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Run counts by status, success rate and duration percentiles."""
+        flow = self.flow(req, id)
+        row = self.db.one(SQL.runs.metrics, org_id=req.context.org_id, flow_id=flow["id"])
+        breakdown = row["breakdown"]
+        finished = sum(breakdown.get(s, 0) for s in ("completed", "failed", "cancelled"))
+        resp.media = _METRICS.dump({
+            "totalExecutions": sum(breakdown.values()),
+            "statusBreakdown": breakdown,
+            "successRate": round(breakdown.get("completed", 0) / finished, 4) if finished else None,
+            "p50Ms": row["p50_ms"],
+            "p95Ms": row["p95_ms"],
+        })

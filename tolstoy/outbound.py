@@ -1,0 +1,197 @@
+"""Outbound HTTP for the engine and action execution (httpx), guarded against
+server-side request forgery and oversized answers, plus log masking."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import httpx
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+MAX_REDIRECTS = 5
+SENSITIVE_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key",
+    "x-auth-token", "x-amz-security-token",
+})
+SENSITIVE_KEYS = frozenset({
+    "password", "token", "secret", "apikey", "api_key", "accesstoken", "access_token",
+    "refreshtoken", "refresh_token", "clientsecret", "client_secret", "headervalue", "authorization",
+})
+MASK = "***"
+
+
+class OutboundError(Exception):
+    """A request could not be made or completed; ``retryable`` tells transient failures apart."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ForbiddenTarget(OutboundError):
+    """The target resolves to an address requests may not reach (loopback, private, metadata…)."""
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple:
+    """``TOLSTOY_ALLOW_NETWORKS`` (already validated by config) as ip_network objects."""
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def address_allowed(address: str, allow: Iterable) -> bool:
+    """Public unicast addresses are allowed; anything else only inside an allowed network."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if any(ip in network for network in allow):
+        return True
+    return ip.is_global and not ip.is_multicast
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """Resolves each request's host once, refuses forbidden addresses, and connects to the
+    checked address (so DNS cannot change between the check and the connection)."""
+
+    def __init__(self, allow: tuple = (), **kwargs):
+        super().__init__(**kwargs)
+        self.allow = allow
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OutboundError(f"Cannot resolve {host}: {exc.strerror}", retryable=True) from None
+        addresses = [info[4][0] for info in infos]
+        refused = [a for a in addresses if not address_allowed(a, self.allow)]
+        if refused:
+            raise ForbiddenTarget(
+                f"Refusing to connect to {host} ({refused[0]}): not a public address. "
+                "Add its network to TOLSTOY_ALLOW_NETWORKS to allow it."
+            )
+        if request.url.scheme == "https":
+            request.extensions = {**request.extensions, "sni_hostname": host}
+        request.url = request.url.copy_with(host=addresses[0])
+        return super().handle_request(request)
+
+
+@dataclass
+class Reply:
+    """What a step or an action call got back."""
+
+    status: int
+    headers: dict
+    body: Any
+    duration_ms: int
+
+    def as_output(self) -> dict:
+        """The step output templates see: ``{status, headers, body}`` (secret headers masked)."""
+        return {"status": self.status, "headers": mask_headers(self.headers), "body": self.body}
+
+
+class Outbound:
+    """The one HTTP client the engine uses."""
+
+    def __init__(self, allow_networks: Iterable[str] = ()):
+        self.client = httpx.Client(
+            transport=GuardedTransport(allow=parse_networks(allow_networks)),
+            follow_redirects=True,
+            max_redirects=MAX_REDIRECTS,
+            headers={"User-Agent": "Tolstoy/1"},
+        )
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self.client.close()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict | None = None,
+        params: dict | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        data: dict | None = None,
+        timeout_ms: int = 30000,
+    ) -> Reply:
+        """Send one request; network trouble and timeouts raise OutboundError(retryable=True)."""
+        started = time.perf_counter()
+        kwargs: dict = {"headers": headers or {}, "params": params, "timeout": timeout_ms / 1000}
+        if json_body is not None:
+            kwargs["json"] = json_body
+        elif content is not None:
+            kwargs["content"] = content
+        elif data is not None:
+            kwargs["data"] = data
+        try:
+            with self.client.stream(method, url, **kwargs) as response:
+                raw = bytearray()
+                for chunk in response.iter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_RESPONSE_BYTES:
+                        raise OutboundError(f"Response body is larger than {MAX_RESPONSE_BYTES} bytes")
+                body = decode_body(bytes(raw), response.headers.get("content-type", ""))
+                return Reply(
+                    status=response.status_code,
+                    headers=dict(response.headers),
+                    body=body,
+                    duration_ms=int((time.perf_counter() - started) * 1000),
+                )
+        except httpx.TooManyRedirects:
+            raise OutboundError(f"More than {MAX_REDIRECTS} redirects") from None
+        except httpx.TimeoutException:
+            raise OutboundError(f"Timed out after {timeout_ms} ms", retryable=True) from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise OutboundError(f"Invalid URL {url!r}: {exc}") from None
+        except httpx.TransportError as exc:
+            raise OutboundError(f"Network error: {exc}", retryable=True) from None
+
+
+def decode_body(raw: bytes, content_type: str) -> Any:
+    """JSON bodies become JSON values; anything else is text (bytes as replacement characters)."""
+    text = raw.decode("utf-8", errors="replace")
+    if "json" in content_type.lower() and text.strip():
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
+
+
+def mask_headers(headers: dict, extra: Iterable[str] = ()) -> dict:
+    """Header values that carry secrets replaced by ***."""
+    secret = SENSITIVE_HEADERS | {name.lower() for name in extra}
+    return {key: MASK if key.lower() in secret else value for key, value in headers.items()}
+
+
+def mask_secrets(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """A JSON value with secret-named fields and known secret strings masked, for logs."""
+    known = [s for s in secrets if s and len(s) >= 4]
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {
+                key: MASK if key.lower().replace("-", "_") in SENSITIVE_KEYS or key.lower() in SENSITIVE_HEADERS
+                else walk(child)
+                for key, child in item.items()
+            }
+        if isinstance(item, list):
+            return [walk(child) for child in item]
+        if isinstance(item, str):
+            for secret in known:
+                item = item.replace(secret, MASK)
+        return item
+
+    return walk(value)
+
+
+def retryable_status(status: int) -> bool:
+    """429 and 5xx may succeed on a later attempt; other 4xx will not."""
+    return status == 429 or status >= 500

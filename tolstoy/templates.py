@@ -1,0 +1,54 @@
+"""Flow templates: ``{{ … }}`` evaluated by Jinja2's sandbox, with StrictUndefined
+so a typo fails the step instead of rendering an empty string."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, Undefined
+from jinja2.sandbox import SandboxedEnvironment
+
+_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+_SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.S)
+
+
+class TemplateFailure(Exception):
+    """A template could not be evaluated; the message names the template and the cause."""
+
+
+def _expression(source: str, context: dict) -> Any:
+    try:
+        value = _ENV.compile_expression(source, undefined_to_none=False)(**context)
+        if isinstance(value, Undefined):
+            str(value)  # StrictUndefined raises here, naming what was missing
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+        raise TemplateFailure(f"{{{{{source}}}}}: {exc}") from None
+    return value
+
+
+def render(value: Any, context: dict) -> Any:
+    """Render every string inside a JSON value; a string that is exactly one template keeps the result's type."""
+    if isinstance(value, str):
+        if "{{" not in value and "{%" not in value:
+            return value
+        single = _SINGLE.match(value)
+        if single:
+            return _expression(single["expr"], context)
+        try:
+            return _ENV.from_string(value).render(**context)
+        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError, AttributeError) as exc:
+            raise TemplateFailure(f"{value!r}: {exc}") from None
+    if isinstance(value, dict):
+        return {key: render(item, context) for key, item in value.items()}
+    if isinstance(value, list):
+        return [render(item, context) for item in value]
+    return value
+
+
+def condition(template: str, context: dict) -> bool:
+    """Evaluate an ``executeIf`` template to a boolean."""
+    value = render(template, context)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
+    return bool(value)
