@@ -103,6 +103,12 @@ def config(database_url):
 ENCRYPTION_KEY = generate_key()
 
 
+@pytest.fixture
+def worker_env(database_url):
+    """Environment variables for a worker process on this test's database."""
+    return engine_env(database_url)
+
+
 def engine_env(database_url: str) -> dict:
     """Environment for the app and workers in tests."""
     return {

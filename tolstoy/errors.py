@@ -76,6 +76,7 @@ UNIQUE_MESSAGES = {
     "users_org_id_email_key": "A user with this email already exists in this organization.",
     "tools_org_id_name_key": "A tool with this name already exists in this organization.",
     "actions_org_id_key_key": "An action with this key already exists in this organization.",
+    "tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again.",
 }
 DEPENDENTS = {
     "users_org_id_fkey": "users",
@@ -84,6 +85,10 @@ DEPENDENTS = {
     "actions_tool_id_fkey": "actions",
     "execution_logs_flow_id_fkey": "execution logs",
     "execution_logs_user_id_fkey": "execution logs",
+    "flow_runs_flow_id_fkey": "executions",
+    "flow_runs_flow_version_fkey": "executions",
+    "flow_runs_user_id_fkey": "executions",
+    "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",
 }
 REFERENCE_FIELDS = {
     "actions_tool_id_fkey": "toolId",

@@ -66,6 +66,15 @@ SCHEMAS = {
     "Health": schemas.HealthSchema,
     "Status": schemas.StatusSchema,
     "Version": schemas.VersionSchema,
+    "Execute": schemas.ExecuteSchema,
+    "RunStep": schemas.RunStepSchema,
+    "Run": schemas.RunSchema,
+    "RunDetail": schemas.RunDetailSchema,
+    "RunAccepted": schemas.RunAcceptedSchema,
+    "FlowMetrics": schemas.FlowMetricsSchema,
+    "ActionExecute": schemas.ActionExecuteSchema,
+    "ActionResult": schemas.ActionResultSchema,
+    "Credential": schemas.CredentialSchema,
 }
 
 ERRORS = {
@@ -267,6 +276,7 @@ def build_spec(app_name: str = "Tolstoy") -> dict:
             responses["503"] = {"description": "The database does not answer.", "content": _json("Status")}
         spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
 
+    _engine_paths(spec)
     simple("/health", "The process is up (no database call).", "Health")
     simple("/status", "The database answers.", "Status", unhealthy=True)
     for path in ("/status/detailed", "/detailed"):
@@ -280,6 +290,62 @@ def build_spec(app_name: str = "Tolstoy") -> dict:
     spec.path(path="/docs", operations={"get": {"tags": ["Docs"], "summary": "Interactive documentation",
               "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
     return spec.to_dict()
+
+
+def _engine_paths(spec: APISpec) -> None:
+    """Flow execution, action execution and tool credential routes."""
+    uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    flow = [*_tenant_params(), {"name": "id", **uuid_param}]
+    acting = [*_tenant_params(user_required=True), {"name": "id", **uuid_param}]
+    execution = {"name": "executionId", **uuid_param}
+    accepted = {"202": {"description": "Queued; follow it at Location.",
+                        "headers": {"Location": "Location"}, "content": _json("RunAccepted")}}
+    idem = {"name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": "Repeating a key returns the run it first created."}
+    spec.path(path="/flows/{id}/execute", operations={"post": {
+        "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
+        "parameters": acting + [idem], "requestBody": {"required": True, "content": _json("Execute")},
+        "responses": {**accepted, **_errors("400", "404", "413", "415")}}})
+    spec.path(path="/flows/{id}/executions", operations={"get": {
+        "tags": ["Executions"], "summary": "The flow's runs, newest first",
+        "parameters": flow + ["Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                              "content": _json("Run", many=True)}, **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}", operations={"get": {
+        "tags": ["Executions"], "summary": "One run with its step checkpoints",
+        "parameters": flow + [execution],
+        "responses": {"200": {"description": "The run.", "content": _json("RunDetail")}, **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/cancel", operations={"post": {
+        "tags": ["Executions"], "summary": "Cancel (now if queued or sleeping, else at the next step)",
+        "parameters": flow + [execution],
+        "responses": {"202": {"description": "Cancelled or cancelling.", "content": _json("RunAccepted")},
+                      **_errors("400", "404", "409")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/retry", operations={"post": {
+        "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
+        "parameters": acting + [execution],
+        "responses": {**accepted, **_errors("400", "404", "409")}}})
+    spec.path(path="/flows/{id}/metrics", operations={"get": {
+        "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
+        "parameters": flow, "responses": {"200": {"description": "Metrics.", "content": _json("FlowMetrics")},
+                                          **_errors("400", "404")}}})
+    spec.path(path="/actions/{id}/execute", operations={"post": {
+        "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
+        "parameters": acting, "requestBody": {"required": True, "content": _json("ActionExecute")},
+        "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
+                              "content": _json("ActionResult")}, **_errors("400", "404", "413", "415")}}})
+    spec.path(path="/tools/{id}/auth", operations={
+        "post": {"tags": ["Tools"], "summary": "Store a credential (encrypted); the answer is masked",
+                 "parameters": flow, "requestBody": {"required": True, "content": _json("Credential")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": _json("Credential")}, **_errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's credentials, masked", "parameters": flow,
+                "responses": {"200": {"description": "Credentials.", "content": _json("Credential", many=True)},
+                              **_errors("400", "404")}}})
+    spec.path(path="/tools/{id}/auth/{name}", operations={"delete": {
+        "tags": ["Tools"], "summary": "Delete a credential by name",
+        "parameters": flow + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "Deleted."}, **_errors("400", "404")}}})
 
 
 DOCS_PAGE = """<!doctype html>
