@@ -10,8 +10,9 @@ import pytest
 from tolstoy import queries
 from tolstoy.queries import SQL
 
-# Files whose queries touch no tenant rows (or are the tenants themselves).
-UNSCOPED = {"organizations", "health"}
+# Files whose queries touch no tenant rows (or are the tenants themselves, or
+# aggregate over every tenant for /metrics).
+UNSCOPED = {"organizations", "health", "metrics"}
 # Worker-side queries that serve every tenant by design; each says why in its file.
 CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "tool_credentials.all_for_rotation"}
 

@@ -3,8 +3,6 @@ error handling; ``get_app()`` is what Gunicorn loads."""
 
 from __future__ import annotations
 
-import logging
-
 import falcon
 
 from . import (
@@ -15,6 +13,8 @@ from . import (
     executions,
     flows,
     health,
+    logs,
+    metrics,
     openapi,
     organizations,
     tool_credentials,
@@ -99,7 +99,10 @@ def create_app(config: Config, db: Database) -> falcon.App:
     methods = allowed_methods(routes)
     app = falcon.App(
         middleware=[
+            # First in, last out: its clock spans every other middleware.
+            metrics.MetricsMiddleware(db),
             RequestIdMiddleware(),
+            logs.RequestContextMiddleware(),
             BodyGuardMiddleware(methods),
             TenantMiddleware(db, methods),
         ]
@@ -110,13 +113,16 @@ def create_app(config: Config, db: Database) -> falcon.App:
     for template, resource, suffix in routes:
         app.add_route(template, resource, suffix=suffix)
     app.add_static_route("/docs/static", openapi.DOCS_STATIC)
+    # For operators, not clients: outside build_routes (the contract's routes) and the
+    # OpenAPI document; Nginx only lets the monitoring host reach it.
+    app.add_route("/metrics", metrics.Metrics(db))
     errors.install(app)
     return app
 
 
 def get_app() -> falcon.App:
     """Gunicorn's entry point: configuration from the environment, pool opened in this worker."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()
     config = Config.from_env()
     db = Database.from_config(config)
     db.open()
