@@ -33,6 +33,26 @@ COMMENT ON TYPE public.execution_status IS 'Lifecycle of a run or a step, as the
 
 
 --
+-- Name: flow_run_status; Type: TYPE; Schema: public; Owner: -
+--
+
+CREATE TYPE public.flow_run_status AS ENUM (
+    'queued',
+    'running',
+    'completed',
+    'failed',
+    'cancelled'
+);
+
+
+--
+-- Name: TYPE flow_run_status; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TYPE public.flow_run_status IS 'Lifecycle of a flow run: queued → running → completed | failed | cancelled.';
+
+
+--
 -- Name: http_method; Type: TYPE; Schema: public; Owner: -
 --
 
@@ -90,6 +110,27 @@ $$;
 --
 
 COMMENT ON FUNCTION public.actions_bump_version() IS 'BEFORE UPDATE trigger: version + 1 when method, endpoint, headers, input_schema, execute_if or tool_id change.';
+
+
+--
+-- Name: flow_runs_notify(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform pg_notify('tolstoy_runs', new.id::text);
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_notify(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_notify() IS 'AFTER INSERT/UPDATE trigger: NOTIFY tolstoy_runs when a run is queued.';
 
 
 --
@@ -162,6 +203,157 @@ COMMENT ON FUNCTION public.flows_record_version() IS 'AFTER INSERT/UPDATE trigge
 
 
 --
+-- Name: tolstoy_authenticate(bytea); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_authenticate(hash bytea) RETURNS TABLE(org_id uuid, key_id uuid)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with found as (
+        select k.org_id, k.id
+        from api_keys k
+        where k.key_hash = hash and k.revoked_at is null
+    ), touched as (
+        update api_keys k
+        set last_used_at = now()
+        from found
+        where k.org_id = found.org_id and k.id = found.id
+          and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute')
+    )
+    select found.org_id, found.id from found
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_authenticate(hash bytea); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_authenticate(hash bytea) IS 'The organization and key id of an unrevoked API key hash; refreshes last_used_at once a minute.';
+
+
+--
+-- Name: tolstoy_claim_runs(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision) RETURNS TABLE(org_id uuid, id uuid, flow_id uuid, flow_version integer, user_id uuid, variables jsonb, claims integer)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with due as (
+        select r.org_id, r.id
+        from flow_runs r
+        where (r.status = 'queued' and r.run_after <= now())
+           or (r.status = 'running' and r.lease_expires_at < now())
+        order by r.run_after, r.created_at
+        limit max_runs
+        for update skip locked
+    )
+    update flow_runs r
+    set status = 'running',
+        claims = r.claims + 1,
+        lease_owner = worker,
+        lease_expires_at = now() + make_interval(secs => lease_seconds),
+        started_at = coalesce(r.started_at, now())
+    from due
+    where r.org_id = due.org_id and r.id = due.id
+    returning r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.variables, r.claims
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision) IS 'Claim up to max_runs due runs of any organization (SKIP LOCKED) under a lease for worker.';
+
+
+--
+-- Name: tolstoy_current_org(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_current_org() RETURNS uuid
+    LANGUAGE sql STABLE
+    AS $$
+    select nullif(current_setting('app.org_id', true), '')::uuid
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_current_org(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_current_org() IS 'The organization this transaction acts for (app.org_id), or null when none was set.';
+
+
+--
+-- Name: tolstoy_next_wake(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_next_wake() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select min(run_after) from flow_runs where status = 'queued'
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_next_wake(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_next_wake() IS 'When the earliest queued run of any organization becomes due.';
+
+
+--
+-- Name: tolstoy_queue_stats(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_stats() RETURNS TABLE(queued bigint, due bigint, oldest_due_age_seconds double precision)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select count(*),
+           count(*) filter (where run_after <= now()),
+           coalesce(extract(epoch from now() - min(run_after) filter (where run_after <= now())), 0)::float8
+    from flow_runs
+    where status = 'queued'
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_queue_stats(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_queue_stats() IS 'Queue depth across organizations for /metrics: queued runs, due ones, age of the oldest due one.';
+
+
+--
+-- Name: tolstoy_renew_leases(text, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_renew_leases(worker text, lease_seconds double precision) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    with renewed as (
+        update flow_runs
+        set lease_expires_at = now() + make_interval(secs => lease_seconds)
+        where lease_owner = worker and status = 'running'
+        returning 1
+    )
+    select count(*)::integer from renewed
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_renew_leases(worker text, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, lease_seconds double precision) IS 'Heartbeat: extend the lease of every run the worker holds.';
+
+
+--
 -- Name: tolstoy_touch_updated_at(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -216,6 +408,8 @@ CREATE TABLE public.actions (
     CONSTRAINT actions_version_positive CHECK ((version >= 1))
 );
 
+ALTER TABLE ONLY public.actions FORCE ROW LEVEL SECURITY;
+
 
 --
 -- Name: TABLE actions; Type: COMMENT; Schema: public; Owner: -
@@ -260,13 +454,62 @@ COMMENT ON COLUMN public.actions.version IS 'Starts at 1; actions_bump_version r
 
 
 --
+-- Name: api_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.api_keys (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    prefix text NOT NULL,
+    key_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_used_at timestamp with time zone,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_keys_key_hash_length CHECK ((octet_length(key_hash) = 32)),
+    CONSTRAINT api_keys_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
+);
+
+ALTER TABLE ONLY public.api_keys FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE api_keys; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.api_keys IS 'Bearer keys of an organization (TOLSTOY_AUTH_MODE=api_key); only a keyed hash is stored.';
+
+
+--
+-- Name: COLUMN api_keys.key_hash; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.key_hash IS 'HMAC-SHA256 of the key under TOLSTOY_API_KEY_SECRET; the key itself is shown once.';
+
+
+--
+-- Name: COLUMN api_keys.last_used_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.last_used_at IS 'Refreshed at most once a minute, so authentication stays a read.';
+
+
+--
+-- Name: COLUMN api_keys.revoked_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.revoked_at IS 'Revoked keys are kept for the audit trail and never authenticate.';
+
+
+--
 -- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
 --
 
 CREATE TABLE public.execution_logs (
     org_id uuid NOT NULL,
     id uuid DEFAULT gen_random_uuid() NOT NULL,
-    flow_id uuid NOT NULL,
+    flow_id uuid,
     user_id uuid,
     execution_id text NOT NULL,
     step_key text NOT NULL,
@@ -276,11 +519,14 @@ CREATE TABLE public.execution_logs (
     error jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    duration_ms integer,
     CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
     CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
     CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
     CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
 );
+
+ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -312,6 +558,135 @@ COMMENT ON COLUMN public.execution_logs.error IS 'Any JSON value describing the 
 
 
 --
+-- Name: COLUMN execution_logs.duration_ms; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step took, for logs written by the engine; null otherwise.';
+
+
+--
+-- Name: flow_run_steps; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_run_steps (
+    org_id uuid NOT NULL,
+    run_id uuid NOT NULL,
+    step_id text NOT NULL,
+    status text NOT NULL,
+    attempt integer DEFAULT 1 NOT NULL,
+    inputs jsonb,
+    outputs jsonb,
+    error jsonb,
+    wake_at timestamp with time zone,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    duration_ms integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT flow_run_steps_attempt_positive CHECK ((attempt >= 1)),
+    CONSTRAINT flow_run_steps_status CHECK ((status = ANY (ARRAY['running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'skipped'::text])))
+);
+
+ALTER TABLE ONLY public.flow_run_steps FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_run_steps; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_run_steps IS 'Durable step checkpoints of a run; finished ones are skipped when the run resumes.';
+
+
+--
+-- Name: COLUMN flow_run_steps.attempt; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_steps.attempt IS 'Retry attempt (1 = first try); part of the Idempotency-Key sent to tools.';
+
+
+--
+-- Name: COLUMN flow_run_steps.wake_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_steps.wake_at IS 'For waiting steps: when the delay or retry backoff ends.';
+
+
+--
+-- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_runs (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid NOT NULL,
+    flow_version integer NOT NULL,
+    user_id uuid,
+    status public.flow_run_status DEFAULT 'queued'::public.flow_run_status NOT NULL,
+    variables jsonb DEFAULT '{}'::jsonb NOT NULL,
+    outputs jsonb,
+    error jsonb,
+    idempotency_key text,
+    retry_of uuid,
+    run_after timestamp with time zone DEFAULT now() NOT NULL,
+    cancel_requested boolean DEFAULT false NOT NULL,
+    claims integer DEFAULT 0 NOT NULL,
+    lease_owner text,
+    lease_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
+    CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
+    CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
+);
+
+ALTER TABLE ONLY public.flow_runs FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_runs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the work queue the workers claim from.';
+
+
+--
+-- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text.';
+
+
+--
+-- Name: COLUMN flow_runs.run_after; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.run_after IS 'Not claimable before this time: set by delay steps and retry backoff.';
+
+
+--
+-- Name: COLUMN flow_runs.cancel_requested; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.cancel_requested IS 'Set by the cancel route on a running run; the worker stops at the next step boundary.';
+
+
+--
+-- Name: COLUMN flow_runs.claims; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed the run (1 + resumptions after delays, retries or lost leases).';
+
+
+--
+-- Name: COLUMN flow_runs.lease_expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose lease expired belongs to no worker and is claimed again.';
+
+
+--
 -- Name: flow_versions; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -322,6 +697,8 @@ CREATE TABLE public.flow_versions (
     steps jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+ALTER TABLE ONLY public.flow_versions FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -349,6 +726,8 @@ CREATE TABLE public.flows (
     CONSTRAINT flows_steps_array CHECK (((jsonb_typeof(steps) = 'array'::text) AND (jsonb_array_length(steps) > 0))),
     CONSTRAINT flows_version_positive CHECK ((version >= 1))
 );
+
+ALTER TABLE ONLY public.flows FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -409,6 +788,48 @@ CREATE TABLE public.schema_migrations (
 
 
 --
+-- Name: tool_credentials; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.tool_credentials (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    tool_id uuid NOT NULL,
+    name text NOT NULL,
+    type public.tool_auth_type NOT NULL,
+    secret bytea NOT NULL,
+    is_default boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT tool_credentials_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
+    CONSTRAINT tool_credentials_type_not_none CHECK ((type <> 'none'::public.tool_auth_type))
+);
+
+ALTER TABLE ONLY public.tool_credentials FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE tool_credentials; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.tool_credentials IS 'Secrets a tool''s requests authenticate with; secret is a Fernet token of the JSON config.';
+
+
+--
+-- Name: COLUMN tool_credentials.secret; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tool_credentials.secret IS 'Encrypted with TOLSTOY_ENCRYPTION_KEY; `tolstoy secrets rotate` re-encrypts with the newest key.';
+
+
+--
+-- Name: COLUMN tool_credentials.is_default; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tool_credentials.is_default IS 'The credential the engine uses for the tool; at most one per tool.';
+
+
+--
 -- Name: tools; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -423,6 +844,8 @@ CREATE TABLE public.tools (
     CONSTRAINT tools_base_url_scheme CHECK ((base_url ~ '^https?://'::text)),
     CONSTRAINT tools_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
 );
+
+ALTER TABLE ONLY public.tools FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -453,6 +876,8 @@ CREATE TABLE public.users (
     CONSTRAINT users_email_length CHECK (((char_length(email) >= 3) AND (char_length(email) <= 320))),
     CONSTRAINT users_name_length CHECK ((char_length(name) <= 200))
 );
+
+ALTER TABLE ONLY public.users FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -486,11 +911,35 @@ ALTER TABLE ONLY public.actions
 
 
 --
+-- Name: api_keys api_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: execution_logs execution_logs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.execution_logs
     ADD CONSTRAINT execution_logs_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: flow_run_steps flow_run_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_steps
+    ADD CONSTRAINT flow_run_steps_pkey PRIMARY KEY (org_id, run_id, step_id);
+
+
+--
+-- Name: flow_runs flow_runs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs
+    ADD CONSTRAINT flow_runs_pkey PRIMARY KEY (org_id, id);
 
 
 --
@@ -523,6 +972,22 @@ ALTER TABLE ONLY public.organizations
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: tool_credentials tool_credentials_org_id_tool_id_name_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.tool_credentials
+    ADD CONSTRAINT tool_credentials_org_id_tool_id_name_key UNIQUE (org_id, tool_id, name);
+
+
+--
+-- Name: tool_credentials tool_credentials_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.tool_credentials
+    ADD CONSTRAINT tool_credentials_pkey PRIMARY KEY (org_id, id);
 
 
 --
@@ -564,6 +1029,20 @@ CREATE INDEX actions_org_id_tool_id_created_at_id_idx ON public.actions USING bt
 
 
 --
+-- Name: api_keys_key_hash_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX api_keys_key_hash_key ON public.api_keys USING btree (key_hash);
+
+
+--
+-- Name: api_keys_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX api_keys_org_id_created_at_id_idx ON public.api_keys USING btree (org_id, created_at DESC, id DESC);
+
+
+--
 -- Name: execution_logs_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -599,6 +1078,48 @@ CREATE INDEX execution_logs_org_id_user_id_created_at_id_idx ON public.execution
 
 
 --
+-- Name: flow_runs_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_flow_id_created_at_id_idx ON public.flow_runs USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
+-- Name: flow_runs_org_id_flow_id_idempotency_key_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_runs_org_id_flow_id_idempotency_key_key ON public.flow_runs USING btree (org_id, flow_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: flow_runs_org_id_retry_of_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_retry_of_idx ON public.flow_runs USING btree (org_id, retry_of);
+
+
+--
+-- Name: flow_runs_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_user_id_idx ON public.flow_runs USING btree (org_id, user_id);
+
+
+--
+-- Name: flow_runs_queued_run_after_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_queued_run_after_idx ON public.flow_runs USING btree (run_after) WHERE (status = 'queued'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_running_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_running_lease_expires_at_idx ON public.flow_runs USING btree (lease_expires_at) WHERE (status = 'running'::public.flow_run_status);
+
+
+--
 -- Name: flows_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -610,6 +1131,13 @@ CREATE INDEX flows_org_id_created_at_id_idx ON public.flows USING btree (org_id,
 --
 
 CREATE INDEX organizations_created_at_id_idx ON public.organizations USING btree (created_at DESC, id DESC);
+
+
+--
+-- Name: tool_credentials_one_default_per_tool; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX tool_credentials_one_default_per_tool ON public.tool_credentials USING btree (org_id, tool_id) WHERE is_default;
 
 
 --
@@ -648,10 +1176,38 @@ CREATE TRIGGER actions_touch_updated_at BEFORE UPDATE ON public.actions FOR EACH
 
 
 --
+-- Name: api_keys api_keys_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER api_keys_touch_updated_at BEFORE UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
 -- Name: execution_logs execution_logs_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER execution_logs_touch_updated_at BEFORE UPDATE ON public.execution_logs FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: flow_run_steps flow_run_steps_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_run_steps_touch_updated_at BEFORE UPDATE ON public.flow_run_steps FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: flow_runs flow_runs_notify; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_notify AFTER INSERT OR UPDATE OF status, run_after ON public.flow_runs FOR EACH ROW WHEN ((new.status = 'queued'::public.flow_run_status)) EXECUTE FUNCTION public.flow_runs_notify();
+
+
+--
+-- Name: flow_runs flow_runs_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
 
 
 --
@@ -690,6 +1246,13 @@ CREATE TRIGGER organizations_touch_updated_at BEFORE UPDATE ON public.organizati
 
 
 --
+-- Name: tool_credentials tool_credentials_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER tool_credentials_touch_updated_at BEFORE UPDATE ON public.tool_credentials FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
 -- Name: tools tools_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -712,6 +1275,14 @@ ALTER TABLE ONLY public.actions
 
 
 --
+-- Name: api_keys api_keys_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
 -- Name: execution_logs execution_logs_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -725,6 +1296,46 @@ ALTER TABLE ONLY public.execution_logs
 
 ALTER TABLE ONLY public.execution_logs
     ADD CONSTRAINT execution_logs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_run_steps flow_run_steps_run_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_steps
+    ADD CONSTRAINT flow_run_steps_run_id_fkey FOREIGN KEY (org_id, run_id) REFERENCES public.flow_runs(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: flow_runs flow_runs_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs
+    ADD CONSTRAINT flow_runs_flow_id_fkey FOREIGN KEY (org_id, flow_id) REFERENCES public.flows(org_id, id) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_runs flow_runs_flow_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs
+    ADD CONSTRAINT flow_runs_flow_version_fkey FOREIGN KEY (org_id, flow_id, flow_version) REFERENCES public.flow_versions(org_id, flow_id, version) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_runs flow_runs_retry_of_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs
+    ADD CONSTRAINT flow_runs_retry_of_fkey FOREIGN KEY (org_id, retry_of) REFERENCES public.flow_runs(org_id, id) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_runs flow_runs_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs
+    ADD CONSTRAINT flow_runs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
 
 
 --
@@ -744,6 +1355,14 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: tool_credentials tool_credentials_tool_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.tool_credentials
+    ADD CONSTRAINT tool_credentials_tool_id_fkey FOREIGN KEY (org_id, tool_id) REFERENCES public.tools(org_id, id) ON DELETE RESTRICT;
+
+
+--
 -- Name: tools tools_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -760,6 +1379,150 @@ ALTER TABLE ONLY public.users
 
 
 --
+-- Name: actions; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.actions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: api_keys; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.api_keys ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: api_keys engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.api_keys TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: flow_runs engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_runs TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: execution_logs; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.execution_logs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_run_steps; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_run_steps ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_runs; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_runs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_versions; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flows; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: actions tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.actions USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: api_keys tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.api_keys USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: execution_logs tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.execution_logs USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_run_steps tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_run_steps USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_runs tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_runs USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_versions tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_versions USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flows tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flows USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: tool_credentials tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.tool_credentials USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: tools tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.tools USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: users tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.users USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: tool_credentials; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.tool_credentials ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: tools; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.tools ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: users; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
+
+--
 -- PostgreSQL database dump complete
 --
 
@@ -773,4 +1536,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000002'),
     ('20261125000003'),
     ('20261125000004'),
-    ('20261125000005');
+    ('20261125000005'),
+    ('20261125000006'),
+    ('20261125000007');

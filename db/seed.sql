@@ -1,6 +1,9 @@
 -- Demo data for `tolstoy db seed`. Fixed ids and ON CONFLICT DO NOTHING make it
 -- idempotent: running it twice changes nothing. Never run against production.
 
+-- Row-level security: act for the demo organization for the rest of this transaction.
+select set_config('app.org_id', '00000000-0000-4000-8000-000000000001', true);
+
 insert into organizations (id, name)
 values ('00000000-0000-4000-8000-000000000001', 'Acme Robotics')
 on conflict do nothing;

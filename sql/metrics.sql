@@ -8,10 +8,7 @@ select to_regclass('flow_runs') is not null;
 
 -- name: queue_depth^
 -- Queued runs (all organizations), those already due, and how long the oldest
--- due one has waited. Served by the partial index on run_after where status = 'queued'.
-select count(*) as queued,
-       count(*) filter (where run_after <= now()) as due,
-       coalesce(extract(epoch from now() - min(run_after) filter (where run_after <= now())), 0)::float8
-           as oldest_due_age_seconds
-from flow_runs
-where status = 'queued';
+-- due one has waited; tolstoy_queue_stats() reads across tenants, which
+-- row-level security does not let the application role do itself.
+select queued, due, oldest_due_age_seconds
+from tolstoy_queue_stats();

@@ -50,3 +50,9 @@ select o.id as org_id,
         where u.org_id = o.id and u.id = :user_id::uuid) as user_id
 from organizations o
 where o.id = :org_id;
+
+-- name: all_ids
+-- Every organization's id, for maintenance that walks tenants one by one.
+select id
+from organizations
+order by id;

@@ -1,6 +1,7 @@
 -- Flow runs and their step checkpoints. Every query names the run's org_id,
--- except claim, renew_leases and next_wake: a worker serves all tenants, and
--- from the claimed row on it works inside that row's organization.
+-- except claim, renew_leases and next_wake: a worker serves all tenants through
+-- the security-definer functions of the row-level security migration, and from
+-- the claimed row on it works inside that row's organization.
 
 -- name: insert^
 -- Queue a run; with an Idempotency-Key a second insert for the same flow does nothing.
@@ -43,36 +44,19 @@ where org_id = :org_id and run_id = :run_id
 order by started_at, step_id;
 
 -- name: claim
--- Take up to :limit due runs: queued ones whose run_after has come, and running ones
--- whose worker stopped renewing its lease. SKIP LOCKED lets workers claim side by side.
-with due as (
-    select org_id, id
-    from flow_runs
-    where (status = 'queued' and run_after <= now())
-       or (status = 'running' and lease_expires_at < now())
-    order by run_after, created_at
-    limit :limit
-    for update skip locked
-)
-update flow_runs r
-set status = 'running',
-    claims = r.claims + 1,
-    lease_owner = :worker,
-    lease_expires_at = now() + make_interval(secs => :lease_seconds),
-    started_at = coalesce(r.started_at, now())
-from due
-where r.org_id = due.org_id and r.id = due.id
-returning r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.variables, r.claims;
+-- Take up to :limit due runs of any organization: queued ones whose run_after has come,
+-- and running ones whose worker stopped renewing its lease (tolstoy_claim_runs, a
+-- security-definer function: the worker acts for no organization yet).
+select org_id, id, flow_id, flow_version, user_id, variables, claims
+from tolstoy_claim_runs(:worker, :limit, :lease_seconds);
 
--- name: renew_leases!
+-- name: renew_leases$
 -- Heartbeat: extend the lease of every run this worker still holds.
-update flow_runs
-set lease_expires_at = now() + make_interval(secs => :lease_seconds)
-where lease_owner = :worker and status = 'running';
+select tolstoy_renew_leases(:worker, :lease_seconds);
 
 -- name: next_wake$
 -- When the earliest queued run becomes due (null when none is queued).
-select min(run_after) from flow_runs where status = 'queued';
+select tolstoy_next_wake();
 
 -- name: holds_lease$
 -- Whether this worker still owns the run, and whether a cancel was requested.

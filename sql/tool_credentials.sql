@@ -35,10 +35,11 @@ delete from tool_credentials
 where org_id = :org_id and tool_id = :tool_id and name = :name;
 
 -- name: all_for_rotation
--- Every stored secret, locked, for `tolstoy secrets rotate` (all organizations).
+-- Every stored secret of one organization, locked, for `tolstoy secrets rotate`.
 select org_id, id, secret
 from tool_credentials
-order by org_id, id
+where org_id = :org_id
+order by id
 for update;
 
 -- name: set_secret!

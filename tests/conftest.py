@@ -62,6 +62,11 @@ def admin_db(pg_server):
     """A connection pool on the maintenance database, for CREATE/DROP DATABASE."""
     db = Database(pg_server, min_size=1, max_size=2)
     db.open(wait=True)
+    if not os.environ.get("TEST_DATABASE_URL"):
+        # A throw-away server: durability buys nothing, and every test clones a database.
+        for setting in ("fsync = off", "synchronous_commit = off", "full_page_writes = off"):
+            db.execute_admin(f"alter system set {setting}")
+        db.execute_admin("select pg_reload_conf()")
     yield db
     db.close()
 
@@ -72,6 +77,7 @@ def template_url(pg_server, admin_db):
     admin_db.execute_admin(f'drop database if exists "{TEMPLATE}"')
     url = _with_database(pg_server, TEMPLATE)
     migrate.run(["up"], url, quiet=True)
+    migrate.apply_grants(url)
     return url
 
 
@@ -85,8 +91,17 @@ def database_url(pg_server, admin_db, template_url):
 
 
 @pytest.fixture
+def app_db(app_url):
+    """An opened pool on this test's database as the application role (what the app uses)."""
+    database = Database(app_url, min_size=1, max_size=6, timeout=5)
+    database.open(wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def db(database_url):
-    """An opened pool on this test's database."""
+    """An opened pool on this test's database as its owner, for looking at rows directly."""
     database = Database(database_url, min_size=1, max_size=4, timeout=5)
     database.open(wait=True)
     yield database
@@ -94,19 +109,25 @@ def db(database_url):
 
 
 @pytest.fixture
-def config(database_url):
+def app_url(database_url):
+    """This test's database as the application role: no ownership, row-level security applies."""
+    return migrate.as_role(database_url)
+
+
+@pytest.fixture
+def config(app_url):
     """Configuration as the app would read it for this test: tools on 127.0.0.1 reachable,
     credentials encryptable, short worker leases."""
-    return Config.from_env(engine_env(database_url))
+    return Config.from_env(engine_env(app_url))
 
 
 ENCRYPTION_KEY = generate_key()
 
 
 @pytest.fixture
-def worker_env(database_url):
+def worker_env(app_url):
     """Environment variables for a worker process on this test's database."""
-    return engine_env(database_url)
+    return engine_env(app_url)
 
 
 def engine_env(database_url: str) -> dict:
@@ -122,9 +143,9 @@ def engine_env(database_url: str) -> dict:
 
 
 @pytest.fixture
-def client(config, db):
+def client(config, app_db):
     """A Falcon test client on a fresh database."""
-    return testing.TestClient(create_app(config, db))
+    return testing.TestClient(create_app(config, app_db))
 
 
 class Api:

@@ -18,9 +18,9 @@ from tolstoy.worker import Worker
 
 
 @pytest.fixture
-def worker(config, db):
-    """A worker running in a thread of this process for the test's duration."""
-    w = Worker(db, lambda wid, stopping: engine.build(config, db, wid, stopping),
+def worker(config, app_db):
+    """A worker running in a thread of this process, as the application role."""
+    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
                concurrency=4, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
@@ -292,11 +292,11 @@ def test_a_run_keeps_the_version_it_started_with(api, org, user, worker):
     assert run["status"] == "completed" and run["flowVersion"] == 1 and run["outputs"]["out"] == "v1"
 
 
-def test_outbound_calls_refuse_private_targets_and_private_redirects(api, org, user, config, db, httpserver):
+def test_outbound_calls_refuse_private_targets_and_private_redirects(api, org, user, config, app_db, httpserver):
     httpserver.expect_request("/jump").respond_with_data("", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
     flow = api.flow(org, steps=[step("jump", "http_request", {"method": "GET", "url": httpserver.url_for("/jump")})])
     local = api.flow(org, steps=[step("local", "http_request", {"method": "GET", "url": "http://10.1.2.3:8080/admin"})])
-    w = Worker(db, lambda wid, stopping: engine.build(config, db, wid, stopping), poll_seconds=0.1,
+    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping), poll_seconds=0.1,
                lease_seconds=2)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()

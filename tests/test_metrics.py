@@ -66,9 +66,9 @@ def test_requests_are_counted_by_route_template_and_status(client, api):
     assert not any(missing in str(key) for key in after)
 
 
-def test_pool_usage_is_published(client):
+def test_pool_usage_is_published(client, app_db):
     found = scrape(client)
-    assert value(found, "tolstoy_db_pool_max_connections") == 4  # the db fixture's max_size
+    assert value(found, "tolstoy_db_pool_max_connections") == app_db.pool.max_size
     assert ("tolstoy_db_pool_connections", frozenset({("state", "idle")})) in found
     assert ("tolstoy_db_pool_connections", frozenset({("state", "in_use")})) in found
 

@@ -98,6 +98,8 @@ def test_every_tenant_table_leads_its_keys_with_org_id(db):
     for row in rows:
         assert row["first_column"] == "org_id", row
     for index in unique_indexes:
+        if index["indexname"] == "api_keys_key_hash_key":
+            continue  # authentication finds a key by its hash before knowing its organization
         assert "(org_id" in index["indexdef"], index
 
 

@@ -13,8 +13,9 @@ from tolstoy.queries import SQL
 # Files whose queries touch no tenant rows (or are the tenants themselves, or
 # aggregate over every tenant for /metrics).
 UNSCOPED = {"organizations", "health", "metrics"}
+# api_keys.authenticate goes through tolstoy_authenticate(): the key's organization is what it finds.
 # Worker-side queries that serve every tenant by design; each says why in its file.
-CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "tool_credentials.all_for_rotation"}
+CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "session.set_org"}
 
 
 def all_queries():

@@ -64,7 +64,9 @@ def new_secret(secrets, values) -> str:
 
 
 def production(name: str, **extra) -> dict:
-    return {"TOLSTOY_ENV": "production", "AWS_SECRET_NAME": name, "AWS_REGION": REGION, **extra}
+    # Production defaults to API-key auth, whose two secrets the API needs to start.
+    return {"TOLSTOY_ENV": "production", "AWS_SECRET_NAME": name, "AWS_REGION": REGION,
+            "TOLSTOY_API_KEY_SECRET": "k" * 40, "TOLSTOY_ADMIN_TOKEN": "a" * 40, **extra}
 
 
 class FakeClock:
@@ -275,8 +277,12 @@ def test_gunicorn_serves_with_the_database_url_from_the_secret(secrets, database
                 time.sleep(0.2)
                 continue
             conn.sendall(b"GET /status HTTP/1.0\r\nHost: x\r\n\r\n")
-            status = int(conn.makefile("rb").readline().split()[1])
-            conn.close()
+            try:
+                status = int(conn.makefile("rb").readline().split()[1])
+            except OSError:  # the worker is still booting: ask again
+                time.sleep(0.2)
+            finally:
+                conn.close()
         assert status == 200
     finally:
         process.terminate()

@@ -7,6 +7,7 @@ import falcon
 
 from . import (
     actions,
+    api_keys,
     engine,
     errors,
     execution_logs,
@@ -26,6 +27,7 @@ from .db import Database
 from .middleware import BodyGuardMiddleware, RequestIdMiddleware, allowed_methods
 from .queries import SQL
 from .store import TableStore
+from .security import SecurityHeadersMiddleware
 from .tenancy import TenantMiddleware
 
 
@@ -59,8 +61,10 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     status = health.Status(db, config)
     docs = openapi.Docs(config.app_name)
     return [
-        ("/organizations", organizations.Collection(db, stores["organizations"]), None),
+        ("/organizations", organizations.Collection(db, stores["organizations"], config.api_key_secret), None),
         ("/organizations/{id}", organizations.Item(db, stores["organizations"]), None),
+        ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
+        ("/api-keys/{id}", api_keys.Item(db), None),
         ("/users", users.Collection(db, stores["users"]), None),
         ("/users/{id}", users.Item(db, stores["users"]), None),
         ("/tools", tools.Collection(db, stores["tools"]), None),
@@ -104,7 +108,8 @@ def create_app(config: Config, db: Database) -> falcon.App:
             RequestIdMiddleware(),
             logs.RequestContextMiddleware(),
             BodyGuardMiddleware(methods),
-            TenantMiddleware(db, methods),
+            SecurityHeadersMiddleware(config.cors_origins),
+            TenantMiddleware(db, methods, config),
         ]
     )
     app.req_options.strip_url_path_trailing_slash = True

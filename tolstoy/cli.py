@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import embedded, engine, migrate
+from . import embedded, engine, logs, migrate
 from .config import Config, ConfigError
 from .credentials import local_key
 from .db import Database
@@ -44,7 +44,8 @@ def database_url(config: Config, *, for_migrations: bool) -> tuple[str, object]:
     server, url = embedded.start(Path(config.data_dir))
     print(f"tolstoy: using the embedded PostgreSQL in {Path(config.data_dir).resolve() / 'pgdata'}",
           file=sys.stderr)
-    return url, server
+    # Migrations run as the owner; the app and workers as the role row-level security binds.
+    return (url if for_migrations else migrate.as_role(url)), server
 
 
 def supervise(commands: list[list[str]], env: dict) -> int:
@@ -81,8 +82,9 @@ WORKER = [sys.executable, "-m", "tolstoy.cli", "worker"]
 def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded database (unless DATABASE_URL is set), migrations, then Gunicorn on PORT and one worker."""
     config = load_config()
+    owner_url, _server = database_url(config, for_migrations=True)
     url, _server = database_url(config, for_migrations=False)
-    migrate.run(["--wait", "up"], config.migration_url or url)
+    migrate.upgrade(owner_url)
     env = {**os.environ, "DATABASE_URL": url}
     # Tool credentials need a key; development keeps its own next to the embedded data.
     env.setdefault("TOLSTOY_ENCRYPTION_KEY", local_key(config.data_dir))
@@ -93,6 +95,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Claim and run flow runs until SIGTERM."""
+    logs.configure()  # JSON lines, with each run's executionId, like the API's
     config = load_config()
     url, _server = database_url(config, for_migrations=False)
     concurrency = args.concurrency or config.worker_concurrency
@@ -131,12 +134,16 @@ def cmd_secrets(args: argparse.Namespace) -> int:
 
 def rotate_secrets(db: Database, vault) -> int:
     """Re-encrypt every stored credential with the vault's newest key, in one transaction."""
+    count = 0
     with db.transaction():
-        rows = db.all(SQL.tool_credentials.all_for_rotation)
-        for row in rows:
-            db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
-                        secret=vault.rotate(row["secret"]))
-    return len(rows)
+        for org in db.all(SQL.organizations.all_ids):
+            # Row-level security: each organization's credentials are visible only as that organization.
+            db.one(SQL.session.set_org, org_id=str(org["id"]))
+            for row in db.all(SQL.tool_credentials.all_for_rotation, org_id=org["id"]):
+                db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
+                            secret=vault.rotate(row["secret"]))
+                count += 1
+    return count
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -166,7 +173,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     if dump:
         embedded.put_pg_tools_on_path()
     if args.action == "up":
-        return migrate.run(["--wait", "up"], url, dump_schema=dump)
+        return migrate.upgrade(url, dump_schema=dump)
     if args.action == "status":
         return migrate.run(["status"], url, check=False)
     if args.action == "rollback":
@@ -176,7 +183,7 @@ def cmd_db(args: argparse.Namespace) -> int:
         return migrate.run(["dump"], url, dump_schema=True)
     if args.action == "reset":
         migrate.run(["drop"], url)
-        return migrate.run(["up"], url, dump_schema=dump)
+        return migrate.upgrade(url, dump_schema=dump)
     if args.action == "seed":
         return seed(config, url)
     raise AssertionError(args.action)
@@ -185,7 +192,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 def seed(config: Config, url: str) -> int:
     """Load db/seed.sql (idempotent demo data) after bringing the schema up to date."""
 
-    migrate.run(["--wait", "up"], url)
+    migrate.upgrade(url)
     db = Database(url, min_size=1, max_size=1, application_name=f"{config.app_name}-seed")
     db.open(wait=True)
     try:

@@ -16,7 +16,9 @@ log = logging.getLogger("tolstoy.config")
 ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
 # Fields /status/detailed must never show: URLs may hold passwords.
-PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key")
+PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
+                  "api_key_secret", "admin_token")
+AUTH_MODES = ("headers", "api_key")
 
 
 class ConfigError(Exception):
@@ -45,6 +47,11 @@ class Config:
     worker_concurrency: int = 4
     worker_lease_seconds: float = 30.0
     worker_poll_seconds: float = 1.0
+    # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
+    auth_mode: str = "headers"
+    api_key_secret: str | None = None
+    admin_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
     bind: str | None = None
     web_concurrency: int | None = None
     # Proxies whose X-Forwarded-For / -Proto are believed (Nginx on the same host by default).
@@ -67,6 +74,15 @@ class Config:
     def is_production(self) -> bool:
         """True when running with production defaults and safety checks."""
         return self.env == "production"
+
+    def check_serving(self) -> None:
+        """Settings only the API needs (not migrations or maintenance commands); ConfigError if missing."""
+        if self.auth_mode == "api_key":
+            for name, value in (("TOLSTOY_API_KEY_SECRET", self.api_key_secret),
+                                ("TOLSTOY_ADMIN_TOKEN", self.admin_token)):
+                if not value or len(value) < 32:
+                    raise ConfigError(f"{name} must be set to at least 32 random characters when "
+                                      "TOLSTOY_AUTH_MODE=api_key")
 
     def public_facts(self) -> dict:
         """Settings safe to show on /status/detailed: no URLs, which may hold passwords."""
@@ -118,6 +134,11 @@ class Config:
             worker_concurrency=reader.integer("TOLSTOY_WORKER_CONCURRENCY", 4, 1, 256),
             worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 1.0, 0.05, 60),
+            auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
+                                    AUTH_MODES),
+            api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),
+            admin_token=reader.raw("TOLSTOY_ADMIN_TOKEN"),
+            cors_origins=tuple(o.strip() for o in (reader.raw("TOLSTOY_CORS_ORIGINS") or "").split(",") if o.strip()),
             bind=reader.raw("TOLSTOY_BIND"),
             web_concurrency=reader.integer("WEB_CONCURRENCY", None, 1, 256),
             trusted_proxies=reader.networks("TOLSTOY_TRUSTED_PROXIES", ("127.0.0.1", "::1")),
@@ -259,6 +280,12 @@ class _Reader:
         if not low <= number <= high:
             raise ConfigError(f"{name} must be between {low} and {high} (got {number})")
         return number
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self.raw(name) or default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
+        return value
 
     def prepare_threshold(self) -> int | None:
         # Transaction-mode poolers (PgBouncer) cannot keep prepared statements:

@@ -17,7 +17,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from . import errors
-from .queries import Query
+from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
 
@@ -26,6 +26,10 @@ log = logging.getLogger("tolstoy.db")
 _current: contextvars.ContextVar[psycopg.Connection | None] = contextvars.ContextVar(
     "tolstoy_db_connection", default=None
 )
+
+
+# The organization the current request or run acts for (see Database.tenant).
+_tenant: contextvars.ContextVar[Any] = contextvars.ContextVar("tolstoy_db_tenant", default=None)
 
 
 def json(value: Any) -> Any:
@@ -118,27 +122,61 @@ class Database:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
-        """The current transaction's connection, or a pooled one in autocommit."""
+        """The current transaction's connection; else, inside a tenant, a short
+        transaction that carries the tenant; else a pooled connection in autocommit."""
         conn = _current.get()
         if conn is not None:
             yield conn
+            return
+        if _tenant.get() is not None:
+            with self.transaction() as conn:
+                yield conn
             return
         with wrap_errors(), self.pool.connection() as conn:
             yield conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
-        """Run the block in one transaction; nested calls join the outer one."""
+        """Run the block in one transaction; nested calls join the outer one.
+
+        Inside ``tenant(org_id)`` the transaction first sets app.org_id, which the
+        row-level security policies compare every row with.
+        """
         if _current.get() is not None:
             yield _current.get()
             return
         with wrap_errors(), self.pool.connection() as conn:
             with conn.transaction():
+                org_id = _tenant.get()
+                if org_id is not None:
+                    # set_config(..., true) lasts for this transaction only, so it is
+                    # safe behind a transaction-mode pooler too.
+                    conn.execute(SQL.session.set_org.sql, {"org_id": str(org_id)})
                 token = _current.set(conn)
                 try:
                     yield conn
                 finally:
                     _current.reset(token)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def tenant(org_id) -> Iterator[None]:
+        """Queries in this block act for one organization (row-level security)."""
+        token = _tenant.set(org_id)
+        try:
+            yield
+        finally:
+            _tenant.reset(token)
+
+    @staticmethod
+    def set_tenant(org_id) -> contextvars.Token:
+        """Act for an organization until ``reset_tenant`` (for middleware hooks)."""
+        return _tenant.set(org_id)
+
+    @staticmethod
+    def reset_tenant(token: contextvars.Token) -> None:
+        """Undo ``set_tenant``."""
+        _tenant.reset(token)
 
     def all(self, query: Query, **params: Any) -> list[dict]:
         """Every row of a query, as dicts."""

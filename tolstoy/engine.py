@@ -169,10 +169,14 @@ class Engine:
             if credential is None:
                 raise StepFailed(f"Tool {tool['name']!r} uses {tool['auth_type']} but has no credential")
             try:
-                headers.update(auth_headers(credential, config, self.http, self.tokens))
+                injected = auth_headers(credential, config, self.http, self.tokens)
             except OutboundError as exc:
                 raise StepFailed(str(exc), retryable=exc.retryable) from None
+            headers.update(injected)
             secrets = secret_values(credential["type"], config)
+            # What the headers carry is secret too: Basic's base64 pair, a fetched OAuth2 token.
+            for value in injected.values():
+                secrets += [value, value.split(" ", 1)[-1]]
             if credential["type"] == "apiKey":
                 secrets.append(config.get("headerName", ""))
         url = tool["base_url"].rstrip("/") + path
@@ -266,7 +270,11 @@ class Engine:
         log.info("run finished", extra={"execution_id": str(run["id"]), "status": status})
 
     def run(self, run: dict) -> None:
-        """Advance a claimed run as far as it can go now."""
+        """Advance a claimed run as far as it can go now, acting for the run's organization."""
+        with self.db.tenant(run["org_id"]):
+            self._advance(run)
+
+    def _advance(self, run: dict) -> None:
         try:
             self._run(run)
         except LeaseLost:

@@ -32,7 +32,7 @@ def uptime() -> float:
 class Health:
     """``GET /health``: the process is up; never touches the database."""
 
-    tenant_scoped = False
+    access = "public"
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Always 200 while the process serves requests."""
@@ -43,7 +43,7 @@ class Health:
 class Status:
     """``GET /status`` and ``GET /status/detailed``: 200 when the database answers, else 503."""
 
-    tenant_scoped = False
+    access = "public"
 
     def __init__(self, db: Database, config: Config):
         self.db = db
@@ -109,7 +109,7 @@ class Status:
 class Version:
     """``GET /version``."""
 
-    tenant_scoped = False
+    access = "public"
 
     def __init__(self, config: Config):
         self.config = config

@@ -134,7 +134,7 @@ def process_registry() -> CollectorRegistry:
 class Metrics:
     """``GET /metrics``: Prometheus text format. Not part of the public contract: Nginx keeps it private."""
 
-    tenant_scoped = False
+    access = "public"
 
     def __init__(self, db):
         self.db = db

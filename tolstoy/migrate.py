@@ -10,9 +10,13 @@ import sysconfig
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+from .db import Database
+
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS_DIR = ROOT / "db" / "migrations"
 SCHEMA_FILE = ROOT / "db" / "schema.sql"
+GRANTS_FILE = ROOT / "db" / "grants.sql"
+APP_ROLE = "tolstoy_app"
 
 
 def dbmate_executable() -> str:
@@ -68,3 +72,27 @@ def run(
         print(f"tolstoy: dbmate {' '.join(args)} failed (exit {result.returncode})", file=sys.stderr)
         raise SystemExit(result.returncode)
     return result.returncode
+
+
+def upgrade(url: str, *, dump_schema: bool = False) -> int:
+    """``dbmate up`` (creating the database if needed), then the application role's grants."""
+    code = run(["--wait", "up"], url, dump_schema=dump_schema)
+    apply_grants(url)
+    return code
+
+
+def apply_grants(url: str) -> None:
+    """Create the application role if needed and grant it what the schema now holds (db/grants.sql)."""
+    db = Database(url, min_size=1, max_size=1, application_name="tolstoy-grants")
+    db.open(wait=True)
+    try:
+        db.script(GRANTS_FILE.read_text())
+    finally:
+        db.close()
+
+
+def as_role(url: str, role: str = APP_ROLE) -> str:
+    """The same database URL, logging in as another role (no password: local trust auth)."""
+    parts = urlparse(url)
+    host = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    return urlunparse(parts._replace(netloc=f"{role}@{host}"))

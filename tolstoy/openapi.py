@@ -371,7 +371,7 @@ DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swag
 class OpenAPI:
     """``GET /openapi.json``: built once per process."""
 
-    tenant_scoped = False
+    access = "public"
 
     def __init__(self, app_name: str):
         self.body = json.dumps(build_spec(app_name)).encode()
@@ -385,7 +385,7 @@ class OpenAPI:
 class Docs:
     """``GET /docs``: Swagger UI from files shipped in a Python package (no CDN)."""
 
-    tenant_scoped = False
+    access = "public"
 
     def __init__(self, app_name: str):
         self.page = DOCS_PAGE.format(title=app_name).encode()

@@ -641,3 +641,16 @@ class CredentialSchema(Base):
             data["config"] = schema().load(data["config"])
         except ValidationError as exc:
             raise ValidationError({"config": exc.messages}) from None
+
+
+# ---- API keys -----------------------------------------------------------------
+
+class ApiKeySchema(Base):
+    """``{id, name, prefix, createdAt, lastUsedAt}``; ``apiKey`` only in the answer that creates it."""
+
+    id = fields.UUID(dump_only=True)
+    name = text(1, 200, required=True)
+    prefix = fields.String(dump_only=True)
+    api_key = fields.String(data_key="apiKey", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True)

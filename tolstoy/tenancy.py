@@ -1,5 +1,16 @@
-"""Tenant resolution: who the caller's organization (and acting user) is, checked
-against the database before any tenant-scoped resource runs."""
+"""Tenant resolution: who is calling, for which organization (and acting user),
+checked before any resource runs. The organization found here is also set as
+the database tenant, so row-level security applies to every query of the request.
+
+Two modes (TOLSTOY_AUTH_MODE):
+- ``headers``: X-Org-ID is trusted (a gateway in front authenticates callers).
+- ``api_key``: ``Authorization: Bearer <key>`` decides the organization; an
+  X-Org-ID that names another one is a 403. Organization management needs the
+  admin token, except that a key may read and change its own organization.
+
+Resources declare ``access``: ``"tenant"`` (default), ``"organizations"`` or
+``"public"`` (health and docs).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,8 @@ import uuid
 
 import falcon
 
+from . import auth
+from .db import Database
 from .errors import field_error
 from .middleware import method_allowed
 from .queries import SQL
@@ -33,22 +46,36 @@ def require_user(req: falcon.Request) -> uuid.UUID:
 
 
 class TenantMiddleware:
-    """Sets ``req.context.org_id`` and ``req.context.user_id`` for tenant-scoped resources.
+    """Sets ``req.context``: ``org_id``, ``user_id``, ``is_admin`` and ``key_org_id``."""
 
-    Resources opt out with ``tenant_scoped = False`` (organizations, health, docs).
-    """
-
-    def __init__(self, db, routes: dict[str, frozenset]):
+    def __init__(self, db: Database, routes: dict[str, frozenset], config):
         self.db = db
         self.routes = routes
+        self.mode = config.auth_mode
+        self.key_secret = config.api_key_secret
+        self.admin_token = config.admin_token
 
     def process_resource(self, req, resp, resource, params) -> None:
         req.context.org_id = None
         req.context.user_id = None
-        if not getattr(resource, "tenant_scoped", True) or not method_allowed(req, self.routes):
+        req.context.is_admin = False
+        req.context.key_org_id = None
+        access = getattr(resource, "access", "tenant")
+        if access == "public" or not method_allowed(req, self.routes):
             return
-        org_id = header_uuid(req, "X-Org-ID", required=True)
+        if self.mode == "api_key":
+            self._authenticate(req, access)
+        if access == "organizations":
+            return
+        if self.mode == "api_key":
+            org_id = req.context.key_org_id
+            sent = header_uuid(req, "X-Org-ID", required=False)
+            if sent is not None and sent != org_id:
+                raise falcon.HTTPForbidden(description="X-Org-ID names another organization than the API key's.")
+        else:
+            org_id = header_uuid(req, "X-Org-ID", required=True)
         user_id = header_uuid(req, "X-User-ID", required=False)
+        req.context.tenant_token = self.db.set_tenant(org_id)
         row = self.db.one(SQL.organizations.resolve_tenant, org_id=org_id, user_id=user_id)
         if row is None:
             raise field_error("X-Org-ID", "No organization with this id.")
@@ -56,3 +83,20 @@ class TenantMiddleware:
             raise field_error("X-User-ID", "Not a user of this organization.")
         req.context.org_id = org_id
         req.context.user_id = user_id
+
+    def _authenticate(self, req: falcon.Request, access: str) -> None:
+        token = auth.bearer_token(req)
+        if token is None:
+            raise auth.unauthorized("Send Authorization: Bearer <API key>.")
+        if access == "organizations" and auth.same_secret(token, self.admin_token):
+            req.context.is_admin = True
+            return
+        found = self.db.one(SQL.api_keys.authenticate, key_hash=auth.key_hash(self.key_secret, token))
+        if found is None:
+            raise auth.unauthorized("The API key is not valid or has been revoked.")
+        req.context.key_org_id = found["org_id"]
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        token = getattr(req.context, "tenant_token", None)
+        if token is not None:
+            self.db.reset_tenant(token)

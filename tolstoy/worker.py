@@ -53,11 +53,11 @@ class Worker:
     def _heartbeat(self) -> None:
         while not self.stopping.wait(self.lease_seconds / 3):
             try:
-                self.db.rowcount(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
+                self.db.scalar(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 3 beats long
                 log.exception("lease renewal failed")
         # Final beat so runs finishing their step after the stop signal keep their lease.
-        self.db.rowcount(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
+        self.db.scalar(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
 
     def _seconds_until_next_run(self) -> float:
         next_wake = self.db.scalar(SQL.runs.next_wake)

@@ -1,0 +1,27 @@
+-- name: insert^
+-- Store a new key's hash; the key itself is returned to the caller once and never stored.
+insert into api_keys (org_id, name, prefix, key_hash)
+values (:org_id, :name, :prefix, :key_hash)
+returning id, org_id, name, prefix, created_at, last_used_at;
+
+-- name: list
+-- One keyset page of an organization's active keys, newest first.
+select id, org_id, name, prefix, created_at, last_used_at
+from api_keys
+where org_id = :org_id and revoked_at is null
+  and (:after_created_at::timestamptz is null
+       or (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
+order by created_at desc, id desc
+limit :limit;
+
+-- name: revoke!
+-- Revoke a key at once; the row stays for the audit trail.
+update api_keys
+set revoked_at = now()
+where org_id = :org_id and id = :id and revoked_at is null;
+
+-- name: authenticate^
+-- The organization of an active key, found by its hash (tolstoy_authenticate
+-- runs as tolstoy_engine because no organization is known yet).
+select org_id, key_id
+from tolstoy_authenticate(:key_hash);
