@@ -15,6 +15,8 @@ class ExecutionLogModel:
 
     noun = "Execution log"
     schema = ExecutionLogSchema()
+    # Written by the engine; a GET body PUT back must not be refused for carrying it.
+    derived_fields = frozenset({"durationMs"})
 
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """flowId must be a flow of the caller's organization."""
@@ -39,8 +41,8 @@ class Collection(ExecutionLogModel, resources.Collection):
         super().on_post(req, resp)
 
     def insert(self, req: falcon.Request, values: dict) -> dict:
-        """The actor comes from the header, never from the body."""
-        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id)
+        """The actor comes from the header, never from the body; durationMs is the engine's."""
+        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id, duration_ms=None)
 
 
 class Item(ExecutionLogModel, resources.Item):
