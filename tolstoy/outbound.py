@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -155,14 +157,43 @@ class Outbound:
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:
-    """JSON bodies become JSON values; anything else is text (bytes as replacement characters)."""
-    text = raw.decode("utf-8", errors="replace")
+    """JSON bodies become JSON values; anything else is text (bytes as replacement characters).
+
+    What PostgreSQL's jsonb cannot hold must not reach it (the reply is logged): NUL and
+    unpaired surrogates become U+FFFD; NaN, Infinity, out-of-range numbers and JSON too
+    deep to parse keep the body as text."""
+    text = _UNSTORABLE.sub("\ufffd", raw.decode("utf-8", errors="replace"))
     if "json" in content_type.lower() and text.strip():
         try:
-            return json.loads(text)
-        except ValueError:
+            return _storable(json.loads(text, parse_constant=_not_json, parse_float=_finite_float))
+        except (ValueError, RecursionError):
             return text
     return text
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is out of range")
+    return number
+
+
+def _storable(value: Any) -> Any:
+    """A parsed JSON value with NUL and unpaired surrogates in strings and keys replaced."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
 
 
 def mask_headers(headers: dict, extra: Iterable[str] = ()) -> dict:
