@@ -59,6 +59,19 @@ def wait_for(api, org, flow, execution_id, statuses=("completed", "failed", "can
     pytest.fail(f"run {execution_id} still {run['status']}: {json.dumps(run)[:2000]}")
 
 
+def wait_until_sleeping(api, org, flow, execution_id, step_id, timeout=15.0):
+    """Wait for a run to be back in the queue, asleep in a delay step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api.client.simulate_get(f"/flows/{flow['id']}/executions/{execution_id}",
+                                      headers=api.headers(org)).json
+        steps = {s["stepId"]: s["status"] for s in run["steps"]}
+        if run["status"] == "queued" and steps.get(step_id) == "waiting":
+            return run
+        time.sleep(0.05)
+    pytest.fail(f"run {execution_id} never slept in {step_id}")
+
+
 def logs_of(api, org, execution_id):
     result = api.client.simulate_get("/execution-logs", params={"executionId": execution_id, "limit": "200"},
                                      headers=api.headers(org))
@@ -220,9 +233,7 @@ def test_cancel_during_a_delay_and_retry_of_a_cancelled_run(api, org, user, work
         step("after", "http_request", {"method": "GET", "url": httpserver.url_for("/after")}),
     ])
     started = execute(api, org, user, flow)
-    wait_for(api, org, flow, started["executionId"], statuses=("queued",))  # sleeping, off any worker
-    run = api.client.simulate_get(f"/flows/{flow['id']}/executions/{started['executionId']}",
-                                  headers=api.headers(org)).json
+    run = wait_until_sleeping(api, org, flow, started["executionId"], "nap")
     assert {s["stepId"]: s["status"] for s in run["steps"]} == {"first": "completed", "nap": "waiting"}
     cancel = api.client.simulate_post(f"/flows/{flow['id']}/executions/{started['executionId']}/cancel",
                                       headers=api.headers(org, user))
@@ -237,7 +248,7 @@ def test_cancel_during_a_delay_and_retry_of_a_cancelled_run(api, org, user, work
                                      headers=api.headers(org, user))
     assert retry.status_code == 202 and retry.json["retryOf"] == started["executionId"]
     assert retry.json["executionId"] != started["executionId"]
-    wait_for(api, org, flow, retry.json["executionId"], statuses=("queued",))
+    wait_until_sleeping(api, org, flow, retry.json["executionId"], "nap")
     assert [r.path for r, _ in httpserver.log].count("/first") == 1
 
 
@@ -283,8 +294,7 @@ def test_idempotent_execute_returns_the_same_run(api, org, user, worker):
 def test_a_run_keeps_the_version_it_started_with(api, org, user, worker):
     flow = api.flow(org, steps=[step("nap", "delay", {"ms": 700}), step("out", "transform", {"output": "v1"})])
     started = execute(api, org, user, flow)
-    wait_for(api, org, flow, started["executionId"], statuses=("queued",))
-    time.sleep(0.2)
+    wait_until_sleeping(api, org, flow, started["executionId"], "nap")
     changed = api.client.simulate_patch(f"/flows/{flow['id']}", json={"steps": [step("out", "transform", {"output": "v2"})]},
                                         headers=api.headers(org))
     assert changed.json["version"] == 2

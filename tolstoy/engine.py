@@ -177,8 +177,6 @@ class Engine:
             # What the headers carry is secret too: Basic's base64 pair, a fetched OAuth2 token.
             for value in injected.values():
                 secrets += [value, value.split(" ", 1)[-1]]
-            if credential["type"] == "apiKey":
-                secrets.append(config.get("headerName", ""))
         url = tool["base_url"].rstrip("/") + path
         if action["method"] in ("GET", "DELETE"):
             return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,

@@ -8,6 +8,8 @@ import logging
 
 import falcon
 
+from .credentials import VaultError
+
 log = logging.getLogger("tolstoy.errors")
 
 
@@ -120,6 +122,14 @@ def database_unavailable(req, resp, exc: DatabaseUnavailable, params):
     )
 
 
+def vault_error(req, resp, exc: Exception, params):
+    """503 when stored credentials cannot be decrypted with the configured keys."""
+    log.error("credential vault: %s", exc)
+    raise falcon.HTTPServiceUnavailable(
+        description="Stored credentials cannot be decrypted with the configured TOLSTOY_ENCRYPTION_KEY."
+    )
+
+
 def unexpected(req, resp, exc: Exception, params):
     """500 for bugs: logged with the traceback, the client sees no internals."""
     if isinstance(exc, falcon.HTTPError):
@@ -161,4 +171,5 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(UniqueViolation, unique_violation)
     app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)
+    app.add_error_handler(VaultError, vault_error)
     app.set_error_serializer(serialize)
