@@ -37,6 +37,8 @@ def idempotency_key(req: falcon.Request) -> str | None:
         return None
     if not 1 <= len(key) <= 200:
         raise field_error("Idempotency-Key", "Must be 1 to 200 characters.")
+    if not key.isprintable():  # NUL cannot be stored in text; control characters are no key
+        raise field_error("Idempotency-Key", "Must not contain control characters.")
     return key
 
 

@@ -75,6 +75,7 @@ SCHEMAS = {
     "ActionExecute": schemas.ActionExecuteSchema,
     "ActionResult": schemas.ActionResultSchema,
     "Credential": schemas.CredentialSchema,
+    "ApiKey": schemas.ApiKeySchema,
 }
 
 ERRORS = {
@@ -277,6 +278,7 @@ def build_spec(app_name: str = "Tolstoy") -> dict:
         spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
 
     _engine_paths(spec)
+    _api_key_paths(spec)
     simple("/health", "The process is up (no database call).", "Health")
     simple("/status", "The database answers.", "Status", unhealthy=True)
     for path in ("/status/detailed", "/detailed"):
@@ -346,6 +348,25 @@ def _engine_paths(spec: APISpec) -> None:
         "tags": ["Tools"], "summary": "Delete a credential by name",
         "parameters": flow + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"204": {"description": "Deleted."}, **_errors("400", "404")}}})
+
+
+def _api_key_paths(spec: APISpec) -> None:
+    """``/api-keys``: an organization's keys (used when TOLSTOY_AUTH_MODE=api_key)."""
+    spec.path(path="/api-keys", operations={
+        "get": {"tags": ["API keys"], "summary": "Active keys, newest first (prefixes only, never the keys)",
+                "parameters": _tenant_params() + ["Limit", "Cursor"],
+                "responses": {"200": {"description": "One page.",
+                                      "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                                      "content": _json("ApiKey", many=True)}, **_errors("400")}},
+        "post": {"tags": ["API keys"], "summary": "Create a key; apiKey is shown in this answer only",
+                 "parameters": _tenant_params(), "requestBody": {"required": True, "content": _json("ApiKey")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": _json("ApiKey")}, **_errors("400", "413", "415")}}})
+    spec.path(path="/api-keys/{id}", operations={"delete": {
+        "tags": ["API keys"], "summary": "Revoke a key at once",
+        "parameters": _tenant_params() + [{"name": "id", "in": "path", "required": True,
+                                           "schema": {"type": "string", "format": "uuid"}}],
+        "responses": {"204": {"description": "Revoked."}, **_errors("400", "404")}}})
 
 
 DOCS_PAGE = """<!doctype html>
