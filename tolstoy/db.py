@@ -161,12 +161,19 @@ class Database:
     @staticmethod
     @contextlib.contextmanager
     def tenant(org_id) -> Iterator[None]:
-        """Queries in this block act for one organization (row-level security)."""
+        """Queries in this block act for one organization (row-level security), also
+        inside a transaction that is already open."""
         token = _tenant.set(org_id)
+        conn = _current.get()
+        if conn is not None:
+            conn.execute(SQL.session.set_org.sql, {"org_id": str(org_id)})
         try:
             yield
         finally:
             _tenant.reset(token)
+            if conn is not None:
+                previous = _tenant.get()
+                conn.execute(SQL.session.set_org.sql, {"org_id": "" if previous is None else str(previous)})
 
     @staticmethod
     def set_tenant(org_id) -> contextvars.Token:
