@@ -86,6 +86,9 @@ ERRORS = {
     "412": "If-Match does not match the record's ETag.",
     "413": "Body larger than 1 MiB.",
     "415": "Body is not JSON.",
+    "401": "TOLSTOY_AUTH_MODE=api_key: missing, invalid or revoked API key (WWW-Authenticate: Bearer).",
+    "403": "TOLSTOY_AUTH_MODE=api_key: X-Org-ID names another organization, or the admin token is needed.",
+    "503": "The database (or the credential key) is unavailable; retry later.",
 }
 
 
@@ -94,7 +97,8 @@ def _error(code: str) -> dict:
 
 
 def _errors(*codes: str) -> dict:
-    return {code: _error(code) for code in codes}
+    # Every data route may also meet API-key auth (401/403) and an unreachable database (503).
+    return {code: _error(code) for code in (*codes, "401", "403", "503")}
 
 
 def _json(ref: str, many: bool = False) -> dict:

@@ -424,16 +424,22 @@ class FlowVersionSchema(Base):
 class ExecutionLogSchema(TenantRecord):
     """``{flowId, executionId, stepKey, status, inputs, outputs?, error?}``; userId from X-User-ID."""
 
-    flow_id = fields.UUID(data_key="flowId", required=True)
-    user_id = fields.UUID(data_key="userId", dump_only=True)
+    # Null only on logs of direct action executions, which the engine writes.
+    flow_id = fields.UUID(data_key="flowId", required=True, allow_none=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
     execution_id = text(1, 200, data_key="executionId", required=True)
     step_key = text(1, 200, data_key="stepKey", required=True)
     status = fields.String(required=True, validate=validate.OneOf(EXECUTION_STATUSES))
     inputs = JSONObject(required=True)
     outputs = JSONObject(allow_none=True)
     error = fields.Raw(allow_none=True)
-    duration_ms = fields.Integer(data_key="durationMs", dump_only=True,
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True,
                                  metadata={"description": "Set on logs the engine writes."})
+
+    @validates_schema
+    def _flow_is_required(self, data, **kwargs):
+        if "flow_id" in data and data["flow_id"] is None:
+            raise ValidationError("Field may not be null.", "flowId")
 
 
 # ---- query strings ----------------------------------------------------------
@@ -526,10 +532,10 @@ class RunStepSchema(Base):
     inputs = fields.Raw(dump_only=True)
     outputs = fields.Raw(dump_only=True)
     error = fields.Raw(dump_only=True)
-    wake_at = Timestamp(data_key="wakeAt", dump_only=True)
+    wake_at = Timestamp(data_key="wakeAt", dump_only=True, allow_none=True)
     started_at = Timestamp(data_key="startedAt", dump_only=True)
-    finished_at = Timestamp(data_key="finishedAt", dump_only=True)
-    duration_ms = fields.Integer(data_key="durationMs", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True)
 
 
 class RunSchema(Base):
@@ -539,15 +545,15 @@ class RunSchema(Base):
     org_id = fields.UUID(data_key="orgId", dump_only=True)
     flow_id = fields.UUID(data_key="flowId", dump_only=True)
     flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
-    user_id = fields.UUID(data_key="userId", dump_only=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
     status = fields.String(dump_only=True)
     variables = fields.Dict(dump_only=True)
     outputs = fields.Raw(dump_only=True)
     error = fields.Raw(dump_only=True)
-    retry_of = fields.UUID(data_key="retryOf", dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
-    started_at = Timestamp(data_key="startedAt", dump_only=True)
-    finished_at = Timestamp(data_key="finishedAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
 
 
 class RunDetailSchema(RunSchema):
@@ -563,7 +569,7 @@ class RunAcceptedSchema(Base):
     flow_id = fields.UUID(data_key="flowId", dump_only=True)
     flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
     status = fields.String(dump_only=True)
-    retry_of = fields.UUID(data_key="retryOf", dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
 
 
 class FlowMetricsSchema(Base):
@@ -653,4 +659,4 @@ class ApiKeySchema(Base):
     prefix = fields.String(dump_only=True)
     api_key = fields.String(data_key="apiKey", dump_only=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
-    last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True)
+    last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True, allow_none=True)
