@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from contract import assert_error
+
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 FIELDS = {
     "id", "orgId", "toolId", "name", "key", "method", "endpoint", "headers", "inputSchema",
@@ -27,19 +29,6 @@ SCHEMA = {
     "properties": {"number": {"type": "integer", "minimum": 1}, "repo": {"type": "string"}},
     "required": ["number"],
 }
-
-
-def assert_error(result, status: int, field: str | None = None) -> dict:
-    """The contract's error body; when field is given, errors[0] names it."""
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["statusCode"] == status
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert body["errors"][0]["field"] == field, body
-        assert body["errors"][0]["message"]
-    return body
 
 
 def bad_request(result, field: str, *, prefix: bool = False) -> str | None:

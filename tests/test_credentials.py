@@ -25,6 +25,8 @@ from tolstoy.app import create_app
 from tolstoy.cli import main as cli_main, rotate_secrets
 from tolstoy.credentials import Vault, VaultError, generate_key
 
+from contract import assert_error
+
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 FIELDS = {"id", "toolId", "name", "type", "config", "isDefault", "createdAt", "updatedAt"}
 
@@ -38,19 +40,6 @@ CASES = {
                ["clientSecret", "accessToken", "refreshToken"], ["clientId", "tokenUrl", "scopes"]),
 }
 ALL_SECRETS = [config[f] for config, secret, _ in CASES.values() for f in secret]
-
-
-def assert_error(result, status: int, field: str | None = None) -> dict:
-    """The contract's error body; when field is given, errors[0] names it."""
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["statusCode"] == status
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert body["errors"][0]["field"] == field, body
-        assert body["errors"][0]["message"]
-    return body
 
 
 @pytest.fixture

@@ -21,22 +21,11 @@ from psycopg.rows import dict_row
 from tolstoy import engine
 from tolstoy.worker import Worker
 
+from contract import assert_error
+
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status", "variables", "outputs",
               "error", "retryOf", "createdAt", "startedAt", "finishedAt"}
-
-
-def assert_error(result, status: int, field: str | None = None) -> dict:
-    """The contract's error body; when field is given, errors[0] names it."""
-    assert result.status_code == status, result.text
-    body = result.json
-    assert body["statusCode"] == status
-    assert isinstance(body["error"], str) and body["error"]
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert body["errors"][0]["field"] == field, body
-        assert body["errors"][0]["message"]
-    return body
 
 
 @pytest.fixture
