@@ -63,6 +63,10 @@ max_requests = 10000
 max_requests_jitter = 1000
 # Heartbeat files on tmpfs: a worker blocked on a slow disk is not a dead worker.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# No gunicornc control socket (Gunicorn 25+): it would go in $HOME, which the
+# systemd unit makes read-only, and every Gunicorn of a user would share the
+# one path. Operators use systemctl reload/restart (HUP/TERM) instead.
+control_socket_disable = True
 
 # One JSON line per request, with its X-Request-ID (tolstoy/logs.py).
 accesslog = "-"
