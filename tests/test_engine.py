@@ -335,3 +335,25 @@ def test_metrics(api, org, user, worker, httpserver):
     assert metrics["totalExecutions"] == 3 and metrics["statusBreakdown"] == {"completed": 3}
     assert metrics["successRate"] == 1.0 and metrics["p50Ms"] >= 0 and metrics["p95Ms"] >= metrics["p50Ms"]
     assert api.client.simulate_get(f"/flows/{bad['id']}/metrics", headers=api.headers(org)).json["successRate"] == 0.0
+
+
+def test_runs_and_steps_reach_metrics_and_json_logs(api, org, user, worker, caplog):
+    from test_metrics import scrape, value  # the /metrics parser of the metrics tests
+
+    caplog.set_level("INFO", logger="tolstoy.runs")
+    before = scrape(api.client)
+    flow = api.flow(org, steps=[step("a", "transform", {"output": 1}),
+                                step("b", "transform", {"output": "{{ variables.missing }}"})])
+    started = execute(api, org, user, flow)
+    assert wait_for(api, org, flow, started["executionId"])["status"] == "failed"
+    after = scrape(api.client)
+    for status in ("queued", "running", "failed"):
+        assert value(after, "tolstoy_flow_runs_total", status=status) == \
+            value(before, "tolstoy_flow_runs_total", status=status) + 1, status
+    for status in ("completed", "failed"):
+        assert value(after, "tolstoy_flow_step_duration_seconds_count", type="transform", status=status) == \
+            value(before, "tolstoy_flow_step_duration_seconds_count", type="transform", status=status) + 1
+    events = [r.fields for r in caplog.records if r.name == "tolstoy.runs"]
+    steps = [(e["stepId"], e["status"]) for e in events if e["event"] == "step"]
+    assert steps == [("a", "completed"), ("b", "failed")]
+    assert {e["executionId"] for e in events} == {started["executionId"]}

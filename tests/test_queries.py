@@ -15,7 +15,7 @@ from tolstoy.queries import SQL
 UNSCOPED = {"organizations", "health", "metrics"}
 # api_keys.authenticate goes through tolstoy_authenticate(): the key's organization is what it finds.
 # Worker-side queries that serve every tenant by design; each says why in its file.
-CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "session.set_org"}
+CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "session.set_org", "api_keys.authenticate"}
 
 
 def all_queries():

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import jsonschema
 
 from . import db as dbmod
+from . import logs, metrics
 from .credentials import TokenCache, Vault, VaultError, auth_headers, secret_values
 from .outbound import Outbound, OutboundError, Reply, mask_secrets, retryable_status
 from .queries import SQL
@@ -219,8 +220,17 @@ class Engine:
     # ---- runs -------------------------------------------------------------------
 
     def log(self, run: dict, step_key: str, status: str, inputs: Any = None, outputs: Any = None,
-            error: Any = None, duration_ms: int | None = None) -> None:
-        """Append one execution log row for this run."""
+            error: Any = None, duration_ms: int | None = None, step_type: str = "unknown") -> None:
+        """Append one execution log row for this run; finished steps and run changes also
+        go to the JSON log and the metrics."""
+        if step_key == RUN_STEP_KEY:
+            metrics.count_run(status)
+            logs.run_event(status, execution=run["id"], flow_id=run["flow_id"], org_id=run["org_id"], status=status)
+        elif status in FINISHED:
+            seconds = (duration_ms or 0) / 1000
+            metrics.observe_step(seconds, status, step_type)
+            logs.step_event(execution=run["id"], step_id=step_key, step_type=step_type, status=status,
+                            duration=seconds, error=(error or {}).get("message") if isinstance(error, dict) else None)
         self.db.one(
             SQL.execution_logs.insert, org_id=run["org_id"], flow_id=run["flow_id"], user_id=run["user_id"],
             execution_id=str(run["id"]), step_key=step_key, status=status,
@@ -269,7 +279,7 @@ class Engine:
 
     def run(self, run: dict) -> None:
         """Advance a claimed run as far as it can go now, acting for the run's organization."""
-        with self.db.tenant(run["org_id"]):
+        with self.db.tenant(run["org_id"]), logs.execution(run["id"]):
             self._advance(run)
 
     def _advance(self, run: dict) -> None:
@@ -328,18 +338,19 @@ class Engine:
             if step["type"] == "delay":
                 self.save(run, sid, "completed", attempt, inputs=checkpoint["inputs"],
                           outputs={"delayedMs": step["config"]["ms"]})
-                self.log(run, sid, "completed", inputs=checkpoint["inputs"], outputs={"delayedMs": step["config"]["ms"]})
+                self.log(run, sid, "completed", inputs=checkpoint["inputs"], outputs={"delayedMs": step["config"]["ms"]},
+                         step_type="delay")
                 context["steps"][sid] = {"delayedMs": step["config"]["ms"]}
                 return "completed", None
             attempt += 1  # a retry back-off ended
         try:
             if step.get("executeIf") and not condition(step["executeIf"], context):
                 self.save(run, sid, "skipped", attempt)
-                self.log(run, sid, "skipped", inputs={"executeIf": step["executeIf"]})
+                self.log(run, sid, "skipped", inputs={"executeIf": step["executeIf"]}, step_type=step["type"])
                 return "skipped", None
             inputs = render(step["config"], context)
         except TemplateFailure as exc:
-            return self.fail(run, sid, attempt, None, StepFailed(f"Template error: {exc}"), 0)
+            return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
         if step["type"] == "delay":
             wake = utcnow() + dt.timedelta(milliseconds=int(inputs["ms"]))
             self.save(run, sid, "waiting", attempt, inputs=inputs, wake_at=wake)
@@ -364,20 +375,21 @@ class Engine:
                          duration_ms=duration)
                 self.release(run, wake)
                 return "paused", None
-            return self.fail(run, sid, attempt, logged_inputs, exc, duration)
+            return self.fail(run, step, attempt, logged_inputs, exc, duration)
         duration = int((time.perf_counter() - started) * 1000)
         # Later steps see the real output; what is stored and logged has secrets scrubbed.
         context["steps"][sid] = output
         stored = mask_secrets(output, secrets)
         self.save(run, sid, "completed", attempt, inputs=logged_inputs, outputs=stored, duration_ms=duration)
-        self.log(run, sid, "completed", inputs=logged_inputs, outputs=stored, duration_ms=duration)
+        self.log(run, sid, "completed", inputs=logged_inputs, outputs=stored, duration_ms=duration,
+                 step_type=step["type"])
         return "completed", None
 
-    def fail(self, run: dict, sid: str, attempt: int, inputs, exc: StepFailed, duration: int) -> tuple[str, dict]:
+    def fail(self, run: dict, step: dict, attempt: int, inputs, exc: StepFailed, duration: int) -> tuple[str, dict]:
         """Checkpoint and log a failed step."""
         error = exc.as_error()
-        self.save(run, sid, "failed", attempt, inputs=inputs, error=error, duration_ms=duration)
-        self.log(run, sid, "failed", inputs=inputs, error=error, duration_ms=duration)
+        self.save(run, step["id"], "failed", attempt, inputs=inputs, error=error, duration_ms=duration)
+        self.log(run, step["id"], "failed", inputs=inputs, error=error, duration_ms=duration, step_type=step["type"])
         return "failed", error
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import falcon
 
 from . import db as dbmod
+from . import metrics
 from .engine import RUN_STEP_KEY
 from .errors import Conflict, NotFound, field_error
 from .http import finish_page, page_limit, parse_uuid, read_json, respond, time_id_cursor, validate_body, validate_query
@@ -82,6 +83,7 @@ class FlowRuns:
             execution_id=str(run["id"]), step_key=RUN_STEP_KEY, status="queued",
             inputs=dbmod.json(variables), outputs=None, error=None, duration_ms=None,
         )
+        metrics.count_run("queued")
         return run, True
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
