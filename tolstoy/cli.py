@@ -138,11 +138,11 @@ def rotate_secrets(db: Database, vault) -> int:
     with db.transaction():
         for org in db.all(SQL.organizations.all_ids):
             # Row-level security: each organization's credentials are visible only as that organization.
-            db.one(SQL.session.set_org, org_id=str(org["id"]))
-            for row in db.all(SQL.tool_credentials.all_for_rotation, org_id=org["id"]):
-                db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
-                            secret=vault.rotate(row["secret"]))
-                count += 1
+            with db.tenant(org["id"]):
+                for row in db.all(SQL.tool_credentials.all_for_rotation, org_id=org["id"]):
+                    db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
+                                secret=vault.rotate(row["secret"]))
+                    count += 1
     return count
 
 
