@@ -51,8 +51,10 @@ workers = _config.web_concurrency or min((os.cpu_count() or 1) * 2 + 1, 9)
 preload_app = False
 
 # A request waits at most TOLSTOY_POOL_TIMEOUT (5 s) for a connection and
-# TOLSTOY_STATEMENT_TIMEOUT_MS (15 s) per statement: 30 s is a stuck worker.
-timeout = 30
+# TOLSTOY_STATEMENT_TIMEOUT_MS (15 s) per statement; POST /actions/{id}/execute
+# may also wait on a tool (20 s per connect/read phase, tolstoy/actions.py).
+# Past 60 s the worker is stuck.
+timeout = 60
 # On SIGTERM (systemctl stop/restart) requests in flight get this long to finish;
 # systemd's TimeoutStopSec is longer.
 graceful_timeout = 25

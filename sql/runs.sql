@@ -106,13 +106,15 @@ set status = excluded.status, attempt = excluded.attempt, inputs = excluded.inpu
 returning step_id;
 
 -- name: copy_finished_steps!
--- A retry starts with the original run's finished, successful steps.
+-- A retry starts with the original run's completed steps and those executeIf skipped.
 insert into flow_run_steps (org_id, run_id, step_id, status, attempt, inputs, outputs, error,
                             started_at, finished_at, duration_ms)
 select org_id, :run_id, step_id, status, attempt, inputs, outputs, error,
        started_at, finished_at, duration_ms
 from flow_run_steps
-where org_id = :org_id and run_id = :from_run_id and status in ('completed', 'skipped');
+where org_id = :org_id and run_id = :from_run_id
+  -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
+  and (status = 'completed' or (status = 'skipped' and error is null));
 
 -- name: version_steps$
 -- The steps of the flow version a run pinned.

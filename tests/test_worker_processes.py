@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,8 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_worker(worker_env: dict, concurrency: int = 4) -> subprocess.Popen:
     env = {**os.environ, **worker_env}
-    return subprocess.Popen([sys.executable, "-m", "tolstoy.cli", "worker", "--concurrency", str(concurrency)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A file, not a pipe: a worker logs a JSON line per step, and a pipe nobody reads fills up and blocks it.
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen([sys.executable, "-m", "tolstoy.cli", "worker", "--concurrency", str(concurrency)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    process.log = log
+    return process
+
+
+def log_tail(process: subprocess.Popen) -> str:
+    process.log.seek(0)
+    return process.log.read()[-3000:]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -130,7 +140,7 @@ def test_two_workers_share_a_queue_of_200_runs_exactly_once(api, db, worker_env,
     finally:
         for worker in workers:
             stop(worker)
-    assert all(w.returncode == 0 for w in workers), [w.stderr.read() for w in workers]
+    assert all(w.returncode == 0 for w in workers), [log_tail(w) for w in workers]
     assert len(keys) == 200 and len(set(keys)) == 200
     with db.pool.connection() as conn:
         totals = conn.execute(

@@ -10,7 +10,10 @@ import falcon
 from . import resources
 from .queries import SQL
 from .db import json as dbjson
-from .engine import DEFAULT_TIMEOUT_MS, Engine, StepFailed, input_errors
+from .engine import Engine, StepFailed, input_errors
+
+# A synchronous call must answer well inside Gunicorn's worker timeout (gunicorn.conf.py).
+SYNC_TIMEOUT_MS = 20000
 from .errors import ValidationFailed
 from .http import read_json, validate_body
 from .outbound import mask_secrets
@@ -63,7 +66,7 @@ class Item(ActionModel, resources.Item):
         try:
             call = self.engine.build_call(req.context.org_id, action, inputs)
             secrets = call.secrets
-            reply = self.engine.send(call, DEFAULT_TIMEOUT_MS, f"{execution_id}:{action['key']}:1")
+            reply = self.engine.send(call, SYNC_TIMEOUT_MS, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None
             if not success:
                 error = {"name": "UpstreamError", "message": f"Upstream answered {reply.status}"}

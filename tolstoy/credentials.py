@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from .errors import VaultError
 from .outbound import Outbound, OutboundError
 
 # Fields whose values are secret, per credential type; everything else is shown.
@@ -20,10 +21,6 @@ SECRET_FIELDS = {
     "basic": ("password",),
     "oauth2": ("clientSecret", "accessToken", "refreshToken"),
 }
-
-
-class VaultError(Exception):
-    """The encryption key is missing or cannot decrypt a stored secret."""
 
 
 class Vault:
@@ -111,18 +108,15 @@ class TokenCache:
 
 
 def oauth2_token(credential: dict, config: dict, http: Outbound, cache: TokenCache) -> str:
-    """An access token: cached, fetched with client credentials or a refresh token, or the stored one."""
+    """An access token: cached, else fetched from tokenUrl with the stored refresh token, or with
+    the client credentials when there is none."""
     key = (str(credential["id"]), str(credential["updated_at"]))
     cached = cache.get(key)
     if cached:
         return cached
-    token_url = config.get("tokenUrl")
-    if not token_url:
-        if config.get("accessToken"):
-            return config["accessToken"]
-        raise OutboundError("oauth2 credential has neither tokenUrl nor accessToken")
-    form = {"client_id": config.get("clientId", ""), "client_secret": config.get("clientSecret", "")}
-    if config.get("refreshToken") and not config.get("clientSecret"):
+    token_url = config["tokenUrl"]
+    form = {"client_id": config["clientId"], "client_secret": config["clientSecret"]}
+    if config.get("refreshToken"):
         form.update(grant_type="refresh_token", refresh_token=config["refreshToken"])
     else:
         form["grant_type"] = "client_credentials"

@@ -171,7 +171,8 @@ class Database:
             yield
         finally:
             _tenant.reset(token)
-            if conn is not None:
+            # After an error the transaction is aborted and will roll back anyway.
+            if conn is not None and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 previous = _tenant.get()
                 conn.execute(SQL.session.set_org.sql, {"org_id": "" if previous is None else str(previous)})
 

@@ -18,12 +18,14 @@ from typing import Any
 from urllib.parse import quote
 
 import jsonschema
+from referencing.exceptions import Unresolvable
 
 from . import db as dbmod
 from . import logs, metrics
 from .credentials import TokenCache, Vault, VaultError, auth_headers, secret_values
 from .outbound import Outbound, OutboundError, Reply, mask_secrets, retryable_status
 from .queries import SQL
+from .schemas import dependencies
 from .templates import TemplateFailure, condition, render
 
 log = logging.getLogger("tolstoy.engine")
@@ -44,6 +46,10 @@ class StepFailed(Exception):
     def as_error(self) -> dict:
         """The error as stored and shown: ``{name, message, …}``."""
         return {"name": type(self).__name__, "message": str(self), **self.details}
+
+
+class SkipStep(Exception):
+    """The step's action has an ``executeIf`` that is false for these inputs."""
 
 
 class LeaseLost(Exception):
@@ -71,14 +77,6 @@ def step_order(steps: list[dict]) -> list[dict]:
         remaining.remove(ready)
     by_id = {s["id"]: s for s in steps}
     return [by_id[i] for i in done]
-
-
-def dependencies(steps: list[dict], index: int) -> list[str]:
-    """A step's dependencies: its dependsOn, or by default the step before it."""
-    step = steps[index]
-    if step.get("dependsOn") is not None:
-        return list(step["dependsOn"])
-    return [steps[index - 1]["id"]] if index else []
 
 
 def backoff_ms(policy: dict, attempt: int) -> int:
@@ -113,18 +111,18 @@ class ToolCall:
     params: dict | None
     body: Any
     secrets: list = field(default_factory=list)
+    secret_headers: list = field(default_factory=list)  # dropped when a redirect leaves the origin
 
 
 class Engine:
     """Executes runs claimed by a worker (and single action calls for the API)."""
 
     def __init__(self, db: dbmod.Database, http: Outbound, vault: Vault | None, worker_id: str,
-                 lease_seconds: float = 30.0, stopping: threading.Event | None = None):
+                 stopping: threading.Event | None = None):
         self.db = db
         self.http = http
         self.vault = vault
         self.worker_id = worker_id
-        self.lease_seconds = lease_seconds
         self.stopping = stopping or threading.Event()
         self.tokens = TokenCache()
 
@@ -163,7 +161,11 @@ class Engine:
         path, rest = fill_endpoint(action["endpoint"], inputs)
         headers = {"Accept": "application/json"}
         if action.get("headers"):
-            headers.update(render(action["headers"], context) if context else action["headers"])
+            try:
+                rendered = render(action["headers"], context) if context else action["headers"]
+            except TemplateFailure as exc:
+                raise StepFailed(f"Template error in the action's headers: {exc}") from None
+            headers.update({name: str(value) for name, value in rendered.items()})
         secrets: list = []
         if tool["auth_type"] != "none":
             credential, config = self.credential(org_id, tool["id"])
@@ -179,10 +181,11 @@ class Engine:
             for value in injected.values():
                 secrets += [value, value.split(" ", 1)[-1]]
         url = tool["base_url"].rstrip("/") + path
+        credential_headers = list(injected) if tool["auth_type"] != "none" else []
         if action["method"] in ("GET", "DELETE"):
             return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,
-                            None, secrets)
-        return ToolCall(action["method"], url, headers, None, rest, secrets)
+                            None, secrets, credential_headers)
+        return ToolCall(action["method"], url, headers, None, rest, secrets, credential_headers)
 
     def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None) -> Reply:
         """Make the call; OutboundError becomes StepFailed."""
@@ -191,7 +194,8 @@ class Engine:
             headers["Idempotency-Key"] = idempotency_key
         try:
             return self.http.request(call.method, call.url, headers=headers, params=call.params,
-                                     json_body=call.body, timeout_ms=timeout_ms)
+                                     json_body=call.body, timeout_ms=timeout_ms,
+                                     secret_headers=call.secret_headers)
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 
@@ -205,6 +209,12 @@ class Engine:
             return inputs["output"], []
         if kind == "action":
             action = self.find_action(org_id, step["config"])
+            if isinstance(action.get("execute_if"), str):
+                try:
+                    if not condition(action["execute_if"], {**context, "inputs": inputs.get("inputs") or {}}):
+                        raise SkipStep()
+                except TemplateFailure as exc:
+                    raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
             call = self.build_call(org_id, action, inputs.get("inputs") or {}, context)
         elif kind == "http_request":
             call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
@@ -262,10 +272,24 @@ class Engine:
             raise Stop()
         return True
 
+    def pause(self, run: dict, until: dt.datetime) -> tuple[str, None]:
+        """Back to the queue until ``until`` (a delay or a retry back-off), unless cancel was asked."""
+        if not self.boundary(run):
+            self.finish(run, "cancelled", self.stored_outputs(run), {"message": "Cancelled"})
+        else:
+            self.release(run, until)
+        return "paused", None
+
     def release(self, run: dict, run_after: dt.datetime) -> None:
         """Put the run back in the queue until run_after."""
         self.db.rowcount(SQL.runs.release, org_id=run["org_id"], id=run["id"], worker=self.worker_id,
                          run_after=run_after)
+
+    def stored_outputs(self, run: dict) -> dict:
+        """The completed steps' outputs as checkpointed (secrets scrubbed), keyed by step id."""
+        return {row["step_id"]: row["outputs"]
+                for row in self.db.all(SQL.runs.steps, org_id=run["org_id"], run_id=run["id"])
+                if row["status"] == "completed"}
 
     def finish(self, run: dict, status: str, outputs: dict | None, error: dict | None) -> None:
         """End the run and log it, in one transaction."""
@@ -290,6 +314,13 @@ class Engine:
         except Stop:
             self.release(run, utcnow())
             log.info("run handed back on shutdown", extra={"execution_id": str(run["id"])})
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the run 'running' forever
+            log.exception("run crashed", extra={"execution_id": str(run["id"])})
+            try:
+                self.finish(run, "failed", self.stored_outputs(run),
+                            {"name": type(exc).__name__, "message": "Internal error while running the flow."})
+            except Exception:  # noqa: BLE001 - the lease expires and another worker retries
+                log.exception("could not record the crash", extra={"execution_id": str(run["id"])})
 
     def _run(self, run: dict) -> None:
         org_id = run["org_id"]
@@ -307,11 +338,11 @@ class Engine:
             if done and done["status"] in FINISHED:
                 if done["status"] == "completed":
                     context["steps"][sid] = done["outputs"]
-                elif done["status"] == "failed":
-                    failed.add(sid)
+                elif done["status"] == "failed" or (done["status"] == "skipped" and done["error"]):
+                    failed.add(sid)  # skipped with an error: skipped because a dependency failed
                 continue
             if not self.boundary(run):
-                return self.finish(run, "cancelled", context["steps"], {"message": "Cancelled"})
+                return self.finish(run, "cancelled", self.stored_outputs(run), {"message": "Cancelled"})
             if failed & set(dependencies(steps, by_id[sid])):
                 self.save(run, sid, "skipped", 1, error={"message": "A step it depends on failed"})
                 self.log(run, sid, "skipped", error={"message": "A step it depends on failed"})
@@ -323,8 +354,8 @@ class Engine:
             if outcome == "failed":
                 failed.add(sid)
                 if step.get("critical", True) is not False:
-                    return self.finish(run, "failed", context["steps"], {"stepId": sid, **error})
-        self.finish(run, "completed", context["steps"], None)
+                    return self.finish(run, "failed", self.stored_outputs(run), {"stepId": sid, **error})
+        self.finish(run, "completed", self.stored_outputs(run), None)
 
     def run_step(self, run: dict, step: dict, checkpoint: dict | None, context: dict) -> tuple[str, dict | None]:
         """Run one step to a checkpoint; returns (outcome, error) where outcome is
@@ -333,8 +364,7 @@ class Engine:
         attempt = checkpoint["attempt"] if checkpoint else 1
         if checkpoint and checkpoint["status"] == "waiting":
             if checkpoint["wake_at"] > utcnow():
-                self.release(run, checkpoint["wake_at"])
-                return "paused", None
+                return self.pause(run, checkpoint["wake_at"])
             if step["type"] == "delay":
                 self.save(run, sid, "completed", attempt, inputs=checkpoint["inputs"],
                           outputs={"delayedMs": step["config"]["ms"]})
@@ -355,15 +385,20 @@ class Engine:
             wake = utcnow() + dt.timedelta(milliseconds=int(inputs["ms"]))
             self.save(run, sid, "waiting", attempt, inputs=inputs, wake_at=wake)
             self.log(run, sid, "started", inputs=inputs)
-            self.release(run, wake)
-            return "paused", None
+            return self.pause(run, wake)
         key = f"{run['id']}:{sid}:{attempt}"
-        logged_inputs = mask_secrets(inputs)
+        # Credentials an earlier step of this claim sent may flow into later inputs and outputs.
+        known_secrets = run.setdefault("secrets", [])
+        logged_inputs = mask_secrets(inputs, known_secrets)
         self.save(run, sid, "running", attempt, inputs=logged_inputs)
         self.log(run, sid, "started", inputs={**logged_inputs, "attempt": attempt})
         started = time.perf_counter()
         try:
             output, secrets = self.execute_step(run["org_id"], step, inputs, context, key)
+        except SkipStep:
+            self.save(run, sid, "skipped", attempt, inputs=logged_inputs)
+            self.log(run, sid, "skipped", inputs=logged_inputs, step_type=step["type"])
+            return "skipped", None
         except StepFailed as exc:
             duration = int((time.perf_counter() - started) * 1000)
             policy = step.get("retryPolicy") or {}
@@ -373,13 +408,13 @@ class Engine:
                 self.log(run, sid, "failed", inputs=logged_inputs,
                          error={**exc.as_error(), "attempt": attempt, "retryAt": wake.isoformat()},
                          duration_ms=duration)
-                self.release(run, wake)
-                return "paused", None
+                return self.pause(run, wake)
             return self.fail(run, step, attempt, logged_inputs, exc, duration)
         duration = int((time.perf_counter() - started) * 1000)
         # Later steps see the real output; what is stored and logged has secrets scrubbed.
         context["steps"][sid] = output
-        stored = mask_secrets(output, secrets)
+        known_secrets.extend(secrets)
+        stored = mask_secrets(output, known_secrets)
         self.save(run, sid, "completed", attempt, inputs=logged_inputs, outputs=stored, duration_ms=duration)
         self.log(run, sid, "completed", inputs=logged_inputs, outputs=stored, duration_ms=duration,
                  step_type=step["type"])
@@ -409,7 +444,11 @@ def input_errors(schema: dict, inputs: dict) -> list[dict]:
     """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``."""
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     problems = []
-    for error in sorted(validator.iter_errors(inputs), key=lambda e: list(e.path)):
+    try:
+        found = sorted(validator.iter_errors(inputs), key=lambda e: list(e.path))
+    except Unresolvable as exc:
+        return [{"field": "inputs", "message": f"The action's inputSchema cannot resolve {exc.ref!r}."}]
+    for error in found:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         if error.validator == "required":
             missing = error.message.split("'")[1] if "'" in error.message else ""
@@ -425,5 +464,4 @@ def vault_from_config(config) -> Vault | None:
 
 def build(config, db: dbmod.Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
-    return Engine(db, Outbound(config.allow_networks), vault_from_config(config), worker_id,
-                  lease_seconds=config.worker_lease_seconds, stopping=stopping)
+    return Engine(db, Outbound(config.allow_networks), vault_from_config(config), worker_id, stopping=stopping)

@@ -8,8 +8,6 @@ import logging
 
 import falcon
 
-from .credentials import VaultError
-
 log = logging.getLogger("tolstoy.errors")
 
 
@@ -54,6 +52,10 @@ class PreconditionFailed(falcon.HTTPPreconditionFailed):
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached in time."""
+
+
+class VaultError(Exception):
+    """The encryption key is missing or cannot decrypt a stored secret."""
 
 
 class UniqueViolation(Exception):

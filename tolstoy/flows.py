@@ -42,9 +42,12 @@ class FlowModel:
             raise ValidationFailed(problems)
 
     def load_values(self, data: dict, partial: bool) -> dict:
-        """Validate, then keep the steps exactly as the client wrote them."""
+        """Validate, then keep the steps as the client wrote them (ids of actions in one spelling)."""
         values = super().load_values(data, partial)
         if "steps" in values:
+            for raw, loaded in zip(data["steps"], values["steps"]):
+                if "actionId" in loaded["config"]:  # urn:uuid:…, braces, upper case
+                    raw["config"]["actionId"] = str(loaded["config"]["actionId"])
             values["steps"] = data["steps"]
         return values
 
@@ -87,7 +90,7 @@ class Version(FlowModel, resources.Model):
     def on_get(self, req: falcon.Request, resp: falcon.Response, id: str, version: str) -> None:
         """One version of the flow's steps."""
         flow_id, _ = self.find(req, id)
-        if not version.isdigit() or not 1 <= int(version) <= 2_147_483_647:
+        if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= 2_147_483_647:
             raise NotFound("Flow version")
         row = self.db.one(
             SQL.flows.get_version, org_id=req.context.org_id, flow_id=flow_id, version=int(version)

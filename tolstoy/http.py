@@ -24,7 +24,7 @@ MAX_BODY_BYTES = 1024 * 1024
 # Deeper bodies are refused up front: serialising, hashing and JSON Schema checks recurse.
 MAX_JSON_DEPTH = 64
 # PostgreSQL text and jsonb cannot hold NUL; UTF-8 cannot encode a lone surrogate ("\ud800").
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _UNSTORABLE_MESSAGE = "Must not contain NUL characters or unpaired surrogates."
 
 
@@ -65,7 +65,7 @@ def read_json(req: falcon.Request) -> dict:
     if not raw.strip():
         raise field_error("body", "A JSON object is required.")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(raw, parse_constant=reject_constant, parse_float=finite_float)
     except (ValueError, RecursionError) as exc:
         raise field_error("body", f"Malformed JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -75,12 +75,12 @@ def read_json(req: falcon.Request) -> dict:
     return data
 
 
-def _reject_constant(name: str) -> None:
+def reject_constant(name: str) -> None:
     """NaN and Infinity are not JSON (and jsonb refuses them)."""
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
     """A JSON number as a float; one beyond a double's range (1e400) cannot be stored."""
     number = float(text)
     if not math.isfinite(number):
@@ -109,11 +109,11 @@ def unstorable_strings(value: Any, path: str = "") -> list[dict]:
     while stack:
         item, where = stack.pop()
         if isinstance(item, str):
-            if _UNSTORABLE.search(item):
+            if UNSTORABLE.search(item):
                 problems.append({"field": where or "body", "message": _UNSTORABLE_MESSAGE})
         elif isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and _UNSTORABLE.search(key):
+                if isinstance(key, str) and UNSTORABLE.search(key):
                     problems.append({"field": where or "body", "message": _UNSTORABLE_MESSAGE})
                     continue
                 stack.append((child, f"{where}.{key}" if where else str(key)))
@@ -143,7 +143,7 @@ def validate_query(schema: Schema, req: falcon.Request) -> dict:
     for key, value in req.params.items():
         if isinstance(value, list):
             raise field_error(key, "Give this parameter once.")
-        if _UNSTORABLE.search(key) or _UNSTORABLE.search(value):
+        if UNSTORABLE.search(key) or UNSTORABLE.search(value):
             raise field_error(key, _UNSTORABLE_MESSAGE)
         params[key] = value
     try:

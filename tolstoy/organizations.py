@@ -11,7 +11,7 @@ import falcon
 from . import resources
 from .api_keys import issue_key
 from .errors import NotFound
-from .http import created, read_json
+from .http import created, read_json, validate_query
 from .schemas import OrganizationSchema
 
 
@@ -38,6 +38,7 @@ class Collection(OrganizationModel, resources.Collection):
         """Every organization, or only the caller's own for an API key."""
         if req.context.key_org_id is None:
             return super().on_get(req, resp)
+        validate_query(self.list_query, req)  # same 400s for unknown parameters as the full list
         row = self.store.get(None, req.context.key_org_id)
         resp.media = self.schema.dump([row] if row else [], many=True)
 

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 import httpx
 
+from .http import UNSTORABLE, finite_float, reject_constant
+
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_REDIRECTS = 5
 SENSITIVE_HEADERS = frozenset({
@@ -78,8 +80,13 @@ class GuardedTransport(httpx.HTTPTransport):
             )
         if request.url.scheme == "https":
             request.extensions = {**request.extensions, "sni_hostname": host}
+        original = request.url
         request.url = request.url.copy_with(host=addresses[0])
-        return super().handle_request(request)
+        try:
+            return super().handle_request(request)
+        finally:
+            # The response keeps this request: redirects must resolve against the real name.
+            request.url = original
 
 
 @dataclass
@@ -102,8 +109,8 @@ class Outbound:
     def __init__(self, allow_networks: Iterable[str] = ()):
         self.client = httpx.Client(
             transport=GuardedTransport(allow=parse_networks(allow_networks)),
-            follow_redirects=True,
-            max_redirects=MAX_REDIRECTS,
+            # Redirects are followed by request(), which decides what a new origin may see.
+            follow_redirects=False,
             headers={"User-Agent": "Tolstoy/1"},
         )
 
@@ -122,38 +129,62 @@ class Outbound:
         content: bytes | None = None,
         data: dict | None = None,
         timeout_ms: int = 30000,
+        secret_headers: Iterable[str] = (),
     ) -> Reply:
-        """Send one request; network trouble and timeouts raise OutboundError(retryable=True)."""
+        """Send one request, following up to MAX_REDIRECTS redirects (each hop re-checked by the
+        transport; credentials dropped when a hop leaves the origin). Network trouble and
+        timeouts raise OutboundError(retryable=True)."""
         started = time.perf_counter()
-        kwargs: dict = {"headers": headers or {}, "params": params, "timeout": timeout_ms / 1000}
+        headers = dict(headers or {})
+        body: dict = {}
         if json_body is not None:
-            kwargs["json"] = json_body
+            body["json"] = json_body
         elif content is not None:
-            kwargs["content"] = content
+            body["content"] = content
         elif data is not None:
-            kwargs["data"] = data
+            body["data"] = data
+        secret = {name.lower() for name in secret_headers} | {"authorization", "cookie", "proxy-authorization"}
         try:
-            with self.client.stream(method, url, **kwargs) as response:
-                raw = bytearray()
-                for chunk in response.iter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raise OutboundError(f"Response body is larger than {MAX_RESPONSE_BYTES} bytes")
-                body = decode_body(bytes(raw), response.headers.get("content-type", ""))
-                return Reply(
-                    status=response.status_code,
-                    headers=dict(response.headers),
-                    body=body,
-                    duration_ms=int((time.perf_counter() - started) * 1000),
-                )
-        except httpx.TooManyRedirects:
-            raise OutboundError(f"More than {MAX_REDIRECTS} redirects") from None
+            for _ in range(MAX_REDIRECTS + 1):
+                with self.client.stream(method, url, headers=headers, params=params,
+                                        timeout=timeout_ms / 1000, **body) as response:
+                    location = response.headers.get("location")
+                    if response.is_redirect and location:
+                        target = response.url.join(location)
+                        if (target.scheme, target.host, target.port) != \
+                                (response.url.scheme, response.url.host, response.url.port):
+                            headers = {k: v for k, v in headers.items() if k.lower() not in secret}
+                        if response.status_code == 303 or (response.status_code in (301, 302)
+                                                           and method not in ("GET", "HEAD")):
+                            method, body = "GET", {}
+                        url, params = str(target), None
+                        continue
+                    return Reply(
+                        status=response.status_code,
+                        headers=dict(response.headers),
+                        body=decode_body(read_capped(response), response.headers.get("content-type", "")),
+                        duration_ms=int((time.perf_counter() - started) * 1000),
+                    )
+            raise OutboundError(f"More than {MAX_REDIRECTS} redirects")
         except httpx.TimeoutException:
             raise OutboundError(f"Timed out after {timeout_ms} ms", retryable=True) from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise OutboundError(f"Invalid URL {url!r}: {exc}") from None
         except httpx.TransportError as exc:
             raise OutboundError(f"Network error: {exc}", retryable=True) from None
+        except (TypeError, ValueError, UnicodeError) as exc:
+            # e.g. a header value that is not text, or not ASCII: the request cannot be built.
+            raise OutboundError(f"Cannot build the request: {exc}") from None
+
+
+def read_capped(response: httpx.Response) -> bytes:
+    """The response body, refused past MAX_RESPONSE_BYTES."""
+    raw = bytearray()
+    for chunk in response.iter_bytes():
+        raw += chunk
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise OutboundError(f"Response body is larger than {MAX_RESPONSE_BYTES} bytes")
+    return bytes(raw)
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:
@@ -162,33 +193,19 @@ def decode_body(raw: bytes, content_type: str) -> Any:
     What PostgreSQL's jsonb cannot hold must not reach it (the reply is logged): NUL and
     unpaired surrogates become U+FFFD; NaN, Infinity, out-of-range numbers and JSON too
     deep to parse keep the body as text."""
-    text = _UNSTORABLE.sub("\ufffd", raw.decode("utf-8", errors="replace"))
+    text = UNSTORABLE.sub("\ufffd", raw.decode("utf-8", errors="replace"))
     if "json" in content_type.lower() and text.strip():
         try:
-            return _storable(json.loads(text, parse_constant=_not_json, parse_float=_finite_float))
+            return _storable(json.loads(text, parse_constant=reject_constant, parse_float=finite_float))
         except (ValueError, RecursionError):
             return text
     return text
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text[:40]} is out of range")
-    return number
-
-
 def _storable(value: Any) -> Any:
     """A parsed JSON value with NUL and unpaired surrogates in strings and keys replaced."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
+        return UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, list):
         return [_storable(item) for item in value]
     if isinstance(value, dict):

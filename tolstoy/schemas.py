@@ -8,6 +8,7 @@ import datetime as dt
 import re
 
 import jsonschema
+from referencing.exceptions import Unresolvable
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
@@ -200,8 +201,12 @@ class InputSchemaField(fields.Field):
             raise self.make_error("invalid")
         try:
             jsonschema.Draft202012Validator.check_schema(value)
+            # Resolves every reachable $ref now, so a dangling one is the writer's 400, not a failed call later.
+            jsonschema.Draft202012Validator(value).is_valid({})
         except jsonschema.SchemaError as exc:
             raise ValidationError(f"Not a valid JSON Schema: {exc.message}") from None
+        except Unresolvable as exc:
+            raise ValidationError(f"Not a usable JSON Schema: cannot resolve {exc.ref!r}") from None
         return value
 
 
@@ -356,6 +361,14 @@ class StepSchema(Base):
             raise ValidationError({"config": exc.messages}) from None
 
 
+def dependencies(steps: list[dict], index: int) -> list[str]:
+    """A step's dependencies: its dependsOn, or by default the step before it (validation and engine agree)."""
+    step = steps[index]
+    if step.get("dependsOn") is not None:
+        return list(step["dependsOn"])
+    return [steps[index - 1]["id"]] if index else []
+
+
 def _check_graph(steps: list[dict]) -> dict:
     """Field errors for duplicate ids, unknown or self dependencies, and cycles."""
     problems: dict = {}
@@ -374,11 +387,7 @@ def _check_graph(steps: list[dict]) -> dict:
     if problems:
         return problems
     # Kahn's algorithm; default dependency is the previous step, as the engine runs it.
-    deps = {
-        s["id"]: set(s["dependsOn"]) if s.get("dependsOn") is not None
-        else ({ids[i - 1]} if i else set())
-        for i, s in enumerate(steps)
-    }
+    deps = {s["id"]: set(dependencies(steps, i)) for i, s in enumerate(steps)}
     ready = [i for i, d in deps.items() if not d]
     done: set[str] = set()
     while ready:

@@ -9,7 +9,26 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+MAX_RESULT = 1_000_000  # characters or items a single * may build
+MAX_EXPONENT = 100
+
+
+class LimitedEnvironment(SandboxedEnvironment):
+    """The sandbox, plus bounds on ``*`` and ``**`` so a template cannot eat a worker's memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > MAX_EXPONENT:
+            raise ValueError(f"exponent larger than {MAX_EXPONENT}")
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > MAX_RESULT:
+                    raise ValueError(f"result longer than {MAX_RESULT}")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENV = LimitedEnvironment(undefined=StrictUndefined, autoescape=False)
 _SINGLE = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}).)*)\}\}\s*$", re.S)
 
 

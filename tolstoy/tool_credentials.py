@@ -8,7 +8,7 @@ import falcon
 
 from .credentials import Vault, masked
 from .errors import NotFound
-from .http import created, parse_uuid, read_json, validate_body
+from .http import UNSTORABLE, created, parse_uuid, read_json, validate_body
 from .queries import SQL
 from .schemas import CredentialSchema
 
@@ -67,7 +67,7 @@ class ToolCredentials:
     def on_delete_named(self, req: falcon.Request, resp: falcon.Response, id: str, name: str) -> None:
         """Delete one credential by name."""
         tool = self.tool(req, id)
-        if not self.db.rowcount(SQL.tool_credentials.delete, org_id=req.context.org_id,
-                                tool_id=tool["id"], name=name):
+        if UNSTORABLE.search(name) or not self.db.rowcount(  # no stored name holds NUL
+                SQL.tool_credentials.delete, org_id=req.context.org_id, tool_id=tool["id"], name=name):
             raise NotFound("Credential")
         resp.status = falcon.HTTP_204

@@ -37,6 +37,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
+        self.drained = threading.Event()
         self.wake = threading.Event()
         self.engine: Engine = engine_factory(self.id, self.stopping)
         self._active = 0
@@ -51,13 +52,13 @@ class Worker:
         self.wake.set()
 
     def _heartbeat(self) -> None:
-        while not self.stopping.wait(self.lease_seconds / 3):
+        # Beats until every run in hand has been handed back, not merely until the stop
+        # signal: a step finishing after SIGTERM must keep its lease while it runs.
+        while not self.drained.wait(self.lease_seconds / 3):
             try:
                 self.db.scalar(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 3 beats long
                 log.exception("lease renewal failed")
-        # Final beat so runs finishing their step after the stop signal keep their lease.
-        self.db.scalar(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
 
     def _seconds_until_next_run(self) -> float:
         next_wake = self.db.scalar(SQL.runs.next_wake)
@@ -102,6 +103,7 @@ class Worker:
                     self.wake.wait(wait)
             # Leaving the with-block waits for in-flight runs to reach their step boundary.
         self.stopping.set()
+        self.drained.set()
         heartbeat.join(timeout=self.lease_seconds)
         listener.join(timeout=2)
         log.info("worker stopped", extra={"worker": self.id})
