@@ -83,7 +83,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     """Embedded database (unless DATABASE_URL is set), migrations, then Gunicorn on PORT and one worker."""
     config = load_config()
     owner_url, _server = database_url(config, for_migrations=True)
-    url, _server = database_url(config, for_migrations=False)
+    # With the embedded server the app logs in as the row-level-security role of the same server.
+    url = config.database_url or migrate.as_role(owner_url)
     migrate.upgrade(owner_url)
     env = {**os.environ, "DATABASE_URL": url}
     # Tool credentials need a key; development keeps its own next to the embedded data.
