@@ -4,6 +4,7 @@ template database; every test gets a fresh copy of that template."""
 from __future__ import annotations
 
 import itertools
+import threading
 import os
 import tempfile
 import uuid
@@ -12,11 +13,12 @@ from pathlib import Path
 import pytest
 from falcon import testing
 
-from tolstoy import embedded, migrate
+from tolstoy import embedded, engine, migrate
 from tolstoy.app import create_app
 from tolstoy.config import Config
 from tolstoy.credentials import generate_key
 from tolstoy.db import Database
+from tolstoy.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "tolstoy_template"
@@ -213,3 +215,27 @@ class Api:
 def api(client):
     """Helpers to create records through the API."""
     return Api(client)
+
+
+@pytest.fixture
+def org(api):
+    """An organization to work in."""
+    return api.org()
+
+
+@pytest.fixture
+def user(api, org):
+    """A user of ``org``, for routes that record an actor."""
+    return api.user(org)
+
+
+@pytest.fixture
+def worker(config, app_db):
+    """A flow worker in a thread of this process, as the application role, for the test's duration."""
+    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
+               concurrency=4, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    yield w
+    w.stop()
+    thread.join(timeout=10)

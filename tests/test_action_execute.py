@@ -32,16 +32,6 @@ def assert_error(result, status: int, field: str | None = None) -> dict:
     return body
 
 
-@pytest.fixture
-def org(api):
-    return api.org()
-
-
-@pytest.fixture
-def user(api, org):
-    return api.user(org)
-
-
 class Recorder:
     """Answers every request with a canned reply and remembers what came in."""
 

@@ -43,11 +43,6 @@ ALL_SECRETS = [config[f] for config, secret, _ in CASES.values() for f in secret
 
 
 @pytest.fixture
-def org(api):
-    return api.org()
-
-
-@pytest.fixture
 def tool(api, org):
     return api.tool(org, "Service", authType="bearer")
 

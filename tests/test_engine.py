@@ -17,28 +17,6 @@ from tolstoy.outbound import Outbound, OutboundError
 from tolstoy.worker import Worker
 
 
-@pytest.fixture
-def worker(config, app_db):
-    """A worker running in a thread of this process, as the application role."""
-    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
-               concurrency=4, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
-    thread = threading.Thread(target=w.run, daemon=True)
-    thread.start()
-    yield w
-    w.stop()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def org(api):
-    return api.org()
-
-
-@pytest.fixture
-def user(api, org):
-    return api.user(org)
-
-
 def execute(api, org, user, flow, variables=None, headers=None):
     result = api.client.simulate_post(
         f"/flows/{flow['id']}/execute", json={"variables": variables or {}},

@@ -8,33 +8,9 @@ import json
 import threading
 import time
 
-import pytest
 from werkzeug import Response
 
 from test_engine import execute, step, wait_for  # the same helpers as the main engine tests
-from tolstoy import engine
-from tolstoy.worker import Worker
-
-
-@pytest.fixture
-def worker(config, app_db):
-    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
-               concurrency=4, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
-    thread = threading.Thread(target=w.run, daemon=True)
-    thread.start()
-    yield w
-    w.stop()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def org(api):
-    return api.org()
-
-
-@pytest.fixture
-def user(api, org):
-    return api.user(org)
 
 
 def test_a_request_that_cannot_be_built_fails_the_step_not_the_worker(api, org, user, worker, httpserver):

@@ -29,16 +29,6 @@ RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status
 
 
 @pytest.fixture
-def org(api):
-    return api.org()
-
-
-@pytest.fixture
-def user(api, org):
-    return api.user(org)
-
-
-@pytest.fixture
 def flow(api, org):
     return api.flow(org)
 

@@ -5,7 +5,6 @@ last test stops and starts again under the running app."""
 from __future__ import annotations
 
 import concurrent.futures
-import getpass
 import gzip
 import http.client
 import json

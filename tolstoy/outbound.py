@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
-import re
 import socket
 import time
 from dataclasses import dataclass
