@@ -78,13 +78,17 @@ class FlowRuns:
         if run is None:  # this Idempotency-Key already made a run of this flow
             return self.db.one(SQL.runs.get_by_idempotency_key, org_id=org_id, flow_id=flow["id"],
                                idempotency_key=key), False
-        self.db.one(
-            SQL.execution_logs.insert, org_id=org_id, flow_id=flow["id"], user_id=req.context.user_id,
-            execution_id=str(run["id"]), step_key=RUN_STEP_KEY, status="queued",
-            inputs=dbmod.json(variables), outputs=None, error=None, duration_ms=None,
-        )
-        metrics.count_run("queued")
+        self.log_run(req, flow, run["id"], "queued", variables)
         return run, True
+
+    def log_run(self, req: falcon.Request, flow: dict, run_id, status: str, inputs: dict) -> None:
+        """The run-level execution log row (stepKey ``$flow``) for a change made here, counted in /metrics."""
+        self.db.one(
+            SQL.execution_logs.insert, org_id=req.context.org_id, flow_id=flow["id"], user_id=req.context.user_id,
+            execution_id=str(run_id), step_key=RUN_STEP_KEY, status=status,
+            inputs=dbmod.json(inputs), outputs=None, error=None, duration_ms=None,
+        )
+        metrics.count_run(status)
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
         """202 with the run's summary and where to follow it."""
@@ -129,11 +133,7 @@ class FlowRuns:
             if changed is None:
                 raise Conflict(f"The execution already finished with status {run['status']}.")
             if changed["status"] == "cancelled":
-                self.db.one(
-                    SQL.execution_logs.insert, org_id=req.context.org_id, flow_id=flow["id"],
-                    user_id=req.context.user_id, execution_id=str(run["id"]), step_key=RUN_STEP_KEY,
-                    status="cancelled", inputs=dbmod.json({}), outputs=None, error=None, duration_ms=None,
-                )
+                self.log_run(req, flow, run["id"], "cancelled", {})
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED.dump({**run, "status": changed["status"]})
 

@@ -327,6 +327,17 @@ class RetryPolicySchema(Base):
     delayMs = fields.Integer(strict=True, validate=validate.Range(0, 3_600_000))
 
 
+def load_config_for_type(data: dict, configs: dict) -> None:
+    """Load ``data["config"]`` with the schema its ``type`` names; errors are reported under ``config``."""
+    schema = configs.get(data.get("type"))
+    if schema is None or "config" not in data:
+        return  # an unknown type or a missing config is already reported by its own field
+    try:
+        data["config"] = schema().load(data["config"])
+    except ValidationError as exc:
+        raise ValidationError({"config": exc.messages}) from None
+
+
 class StepSchema(Base):
     """One step of a flow; ``config`` is checked against the schema of its ``type``."""
 
@@ -352,13 +363,7 @@ class StepSchema(Base):
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
-        schema = STEP_CONFIGS.get(data.get("type"))
-        if schema is None or "config" not in data:
-            return
-        try:
-            data["config"] = schema().load(data["config"])
-        except ValidationError as exc:
-            raise ValidationError({"config": exc.messages}) from None
+        load_config_for_type(data, STEP_CONFIGS)
 
 
 def dependencies(steps: list[dict], index: int) -> list[str]:
@@ -649,13 +654,7 @@ class CredentialSchema(Base):
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
-        schema = CREDENTIAL_CONFIGS.get(data.get("type"))
-        if schema is None or "config" not in data:
-            return
-        try:
-            data["config"] = schema().load(data["config"])
-        except ValidationError as exc:
-            raise ValidationError({"config": exc.messages}) from None
+        load_config_for_type(data, CREDENTIAL_CONFIGS)
 
 
 # ---- API keys -----------------------------------------------------------------
