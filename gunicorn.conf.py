@@ -52,7 +52,7 @@ preload_app = False
 
 # A request waits at most TOLSTOY_POOL_TIMEOUT (5 s) for a connection and
 # TOLSTOY_STATEMENT_TIMEOUT_MS (15 s) per statement; POST /actions/{id}/execute
-# may also wait on a tool (20 s per connect/read phase, tolstoy/actions.py).
+# may also wait on a tool (20 s per connect/read phase, tolstoy/engine/calls.py).
 # Past 60 s the worker is stuck.
 timeout = 60
 # On SIGTERM (systemctl stop/restart) requests in flight get this long to finish;
@@ -70,10 +70,10 @@ worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 # one path. Operators use systemctl reload/restart (HUP/TERM) instead.
 control_socket_disable = True
 
-# One JSON line per request, with its X-Request-ID (tolstoy/logs.py).
+# One JSON line per request, with its X-Request-ID (tolstoy/api/access_log.py).
 accesslog = "-"
 errorlog = "-"
-logger_class = "tolstoy.logs.GunicornLogger"
+logger_class = "tolstoy.api.access_log.GunicornLogger"
 
 # X-Forwarded-Proto and X-Forwarded-For are believed only from these peers (Nginx).
 forwarded_allow_ips = ",".join(_config.trusted_proxies)

@@ -4,21 +4,22 @@ template database; every test gets a fresh copy of that template."""
 from __future__ import annotations
 
 import itertools
-import threading
 import os
+import queue
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from falcon import testing
 
-from tolstoy import embedded, engine, migrate
-from tolstoy.app import create_app
+from tolstoy import engine
+from tolstoy.api.app import create_app
 from tolstoy.config import Config
-from tolstoy.credentials import generate_key
-from tolstoy.db import Database
-from tolstoy.worker import Worker
+from tolstoy.db import embedded, migrate
+from tolstoy.db.database import Database
+from tolstoy.engine import Worker, generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "tolstoy_template"
@@ -83,13 +84,60 @@ def template_url(pg_server, admin_db):
     return url
 
 
+class Clones:
+    """Fresh copies of the template database, made one ahead in a background thread
+    so that a test rarely waits for CREATE DATABASE (about 0.1 s each)."""
+
+    def __init__(self, admin_db: Database):
+        self.admin_db = admin_db
+        self.ready: queue.Queue[str] = queue.Queue(maxsize=1)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._make, name="test-database-clones", daemon=True)
+        self.thread.start()
+
+    def _make(self) -> None:
+        while not self.stopping.is_set():
+            name = f"t_{os.getpid()}_{next(_counter)}"
+            self.admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}"')
+            while not self.stopping.is_set():
+                try:
+                    self.ready.put(name, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            else:
+                self.drop(name)
+
+    def take(self) -> str:
+        """The name of a fresh database; the caller drops it."""
+        return self.ready.get(timeout=120)
+
+    def drop(self, name: str) -> None:
+        """Remove a database, closing any connection a test left open on it."""
+        self.admin_db.execute_admin(f'drop database if exists "{name}" with (force)')
+
+    def close(self) -> None:
+        """Stop making copies and drop the spare one."""
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        while not self.ready.empty():
+            self.drop(self.ready.get_nowait())
+
+
+@pytest.fixture(scope="session")
+def clones(admin_db, template_url):
+    """The background maker of fresh test databases."""
+    maker = Clones(admin_db)
+    yield maker
+    maker.close()
+
+
 @pytest.fixture
-def database_url(pg_server, admin_db, template_url):
+def database_url(pg_server, clones):
     """A fresh, migrated database for one test, dropped afterwards."""
-    name = f"t_{os.getpid()}_{next(_counter)}"
-    admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}"')
+    name = clones.take()
     yield _with_database(pg_server, name)
-    admin_db.execute_admin(f'drop database if exists "{name}" with (force)')
+    clones.drop(name)
 
 
 @pytest.fixture

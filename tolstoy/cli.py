@@ -11,16 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import embedded, engine, logs, migrate
+from . import engine, logs
 from .config import Config, ConfigError
-from .credentials import local_key
-from .db import Database
-from .queries import SQL
-from .worker import Worker
-
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = ROOT / "gunicorn.conf.py"
-SEED_FILE = ROOT / "db" / "seed.sql"
+from .db import embedded, migrate
+from .db.database import Database
+from .db.queries import SQL
+from .paths import GUNICORN_CONF, IN_CHECKOUT, SEED_FILE
 
 
 def load_config() -> Config:
@@ -53,7 +49,7 @@ def supervise(commands: list[list[str]], env: dict) -> int:
 
     Returns the first one's exit code.
     """
-    processes = [subprocess.Popen(command, env=env, cwd=str(ROOT)) for command in commands]
+    processes = [subprocess.Popen(command, env=env) for command in commands]
 
     def forward(signum, frame):
         for process in processes:
@@ -75,7 +71,7 @@ def supervise(commands: list[list[str]], env: dict) -> int:
         time.sleep(0.2)
 
 
-GUNICORN = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tolstoy.app:get_app()"]
+GUNICORN = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "tolstoy.api.app:get_app()"]
 WORKER = [sys.executable, "-m", "tolstoy.cli", "worker"]
 
 
@@ -88,7 +84,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     migrate.upgrade(owner_url)
     env = {**os.environ, "DATABASE_URL": url}
     # Tool credentials need a key; development keeps its own next to the embedded data.
-    env.setdefault("TOLSTOY_ENCRYPTION_KEY", local_key(config.data_dir))
+    env.setdefault("TOLSTOY_ENCRYPTION_KEY", engine.local_key(config.data_dir))
     print(f"tolstoy: serving on http://127.0.0.1:{config.port} (docs at /docs), with one worker",
           file=sys.stderr)
     return supervise([GUNICORN, WORKER], env)
@@ -105,7 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                  pool_max_size=max(config.pool_max_size, concurrency + 2))
     db = Database.from_config(config)
     db.open(wait=True, timeout=30)
-    worker = Worker(
+    worker = engine.Worker(
         db, lambda worker_id, stopping: engine.build(config, db, worker_id, stopping),
         concurrency=concurrency,
         poll_seconds=config.worker_poll_seconds, lease_seconds=config.worker_lease_seconds,
@@ -169,8 +165,9 @@ def cmd_db(args: argparse.Namespace) -> int:
                 "run 'tolstoy db reset --force' to confirm"
             )
     url, server = database_url(config, for_migrations=True)
-    # Developers keep db/schema.sql in step with the migrations; production never writes it.
-    dump = not config.is_production
+    # Developers keep db/schema.sql in step with the migrations; production and installed
+    # copies never write it.
+    dump = not config.is_production and IN_CHECKOUT
     if dump:
         embedded.put_pg_tools_on_path()
     if args.action == "up":

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Callable, Mapping
 
 from .aws_secrets import SecretCache, SecretError
-from .credentials import Vault, VaultError
 
 log = logging.getLogger("tolstoy.config")
 
@@ -106,7 +107,7 @@ class Config:
         return self.database_url
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Config":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         """Build the configuration from environment variables, or raise ConfigError."""
         env = os.environ if environ is None else environ
         environment = (env.get("TOLSTOY_ENV") or env.get("NODE_ENV") or "development").strip().lower()
@@ -149,17 +150,32 @@ class Config:
             secret=source.cache,
             database_url_from_secret=source.provides("DATABASE_URL", env),
         )
-        if config.encryption_key:
-            try:
-                Vault(config.encryption_key)
-            except VaultError as exc:
-                raise ConfigError(str(exc)) from None
+        if config.encryption_key is not None:
+            check_fernet_keys(config.encryption_key)
         if config.pool_min_size > config.pool_max_size:
             raise ConfigError(
                 "TOLSTOY_POOL_MIN_SIZE must not exceed TOLSTOY_POOL_MAX_SIZE "
                 f"({config.pool_min_size} > {config.pool_max_size})"
             )
         return config
+
+
+def check_fernet_keys(keys: str) -> None:
+    """ConfigError unless ``keys`` is a comma-separated list of Fernet keys (32 url-safe base64 bytes).
+
+    Checked here without the cryptography package, so reading settings stays light.
+    """
+    parts = [k.strip() for k in keys.split(",") if k.strip()]
+    if not parts:
+        raise ConfigError("TOLSTOY_ENCRYPTION_KEY is empty")
+    for part in parts:
+        try:
+            raw = base64.urlsafe_b64decode(part.encode())
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError("TOLSTOY_ENCRYPTION_KEY must hold Fernet keys (32 url-safe base64 bytes), "
+                              "comma-separated")
 
 
 class _SecretSource:
@@ -180,7 +196,7 @@ class _SecretSource:
         self.ttl = ttl
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], environment: str) -> "_SecretSource":
+    def from_env(cls, env: Mapping[str, str], environment: str) -> _SecretSource:
         reader = _Reader(env)
         precedence = reader.text("TOLSTOY_CONFIG_PRECEDENCE", "secret").lower()
         if precedence not in PRECEDENCES:

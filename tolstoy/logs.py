@@ -1,53 +1,26 @@
 """Structured logs: one JSON object per line, carrying the id of the request or
 flow execution in progress, with secrets masked before anything is written.
 
-Gunicorn's access log is the one line per request (``GunicornLogger``); the app
-adds what only it knows (route template, organization) to the WSGI environ for
-it. Flow runs and steps log through ``run_event`` and ``step_event``.
+Gunicorn's access log is the one line per request (tolstoy/api/access_log.py
+formats it with ``JsonFormatter``). Flow runs and steps log through
+``run_event`` and ``step_event``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime as dt
-import ipaddress
 import json
 import logging
-import re
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from gunicorn.glogging import Logger as _GunicornBaseLogger
+from .redaction import redact
+from .times import now_iso
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tolstoy_request_id", default=None)
 execution_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tolstoy_execution_id", default=None)
-
-# WSGI environ keys the app fills in for the access log line.
-ENV_ROUTE = "tolstoy.route"
-ENV_ORG = "tolstoy.org_id"
-
-# What must never reach a log: URL passwords, conninfo passwords, auth headers' credentials.
-_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
-_KEY_VALUE = re.compile(
-    r"""\b(password|passwd|secret|token|api[_-]?key|client_secret)(["']?\s*[=:]\s*["']?)[^\s"',&}]+""",
-    re.IGNORECASE,
-)
-_AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9._~+/=:-]{4,}", re.IGNORECASE)
-MASK = "***"
-
-
-def redact(text: str) -> str:
-    """Mask credentials in free text: ``postgresql://u:***@h``, ``password=***``, ``Bearer ***``."""
-    text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
-    text = _KEY_VALUE.sub(rf"\1\2{MASK}", text)
-    return _AUTH_SCHEME.sub(rf"\1 {MASK}", text)
-
-
-def now_iso() -> str:
-    """UTC time with milliseconds, as every log line spells it."""
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 # What every LogRecord has; anything else came from ``extra=`` and is written out.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -124,82 +97,3 @@ def step_event(*, execution: str, step_id: str, step_type: str, status: str,
     if attempt is not None:
         payload["attempt"] = attempt
     _runs.info("step %s %s", step_id, status, extra={"fields": payload})
-
-
-class RequestContextMiddleware:
-    """Puts the request id in the log context, and the route and organization where the access log finds them."""
-
-    def process_request(self, req, resp) -> None:
-        req.context.log_token = request_id.set(req.context.request_id)
-
-    def process_response(self, req, resp, resource, req_succeeded) -> None:
-        req.env[ENV_ROUTE] = req.uri_template
-        org = getattr(req.context, "org_id", None)
-        if org is not None:
-            req.env[ENV_ORG] = str(org)
-        token = getattr(req.context, "log_token", None)
-        if token is not None:
-            request_id.reset(token)
-
-
-def client_address(remote_addr: str | None, forwarded_for: str | None, trusted: list[str]) -> str | None:
-    """The client's address: X-Forwarded-For is believed only when the peer is a trusted proxy.
-
-    Walks X-Forwarded-For from the right (the entries our proxies appended) and
-    returns the first address that is not itself a trusted proxy. A unix-socket
-    peer (no address) is the local proxy, so it is trusted.
-    """
-    networks = [ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"]
-
-    def is_trusted(address: str | None) -> bool:
-        if not address or "*" in trusted:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
-
-    if not is_trusted(remote_addr) or not forwarded_for:
-        return remote_addr or None
-    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not is_trusted(hop):
-            return hop
-    return hops[0] if hops else (remote_addr or None)
-
-
-class GunicornLogger(_GunicornBaseLogger):
-    """Gunicorn's logger writing JSON: its own messages, and one access line per request with its id."""
-
-    def setup(self, cfg) -> None:
-        """Gunicorn's handlers, with the JSON formatter on each."""
-        super().setup(cfg)
-        for log in (self.error_log, self.access_log):
-            for handler in log.handlers:
-                handler.setFormatter(JsonFormatter())
-
-    def access(self, resp, req, environ, request_time) -> None:
-        """The request line: ids, route, status, size, duration, client; never headers or the query string."""
-        if not self.access_log_enabled:
-            return
-        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        headers = {name.lower(): value for name, value in resp.headers}
-        fields = {
-            "requestId": headers.get("x-request-id"),
-            "method": environ.get("REQUEST_METHOD"),
-            "path": environ.get("PATH_INFO"),
-            "route": environ.get(ENV_ROUTE),
-            "status": int(status) if str(status).isdigit() else status,
-            "bytes": getattr(resp, "sent", None),
-            "durationMs": round(request_time.total_seconds() * 1000, 2),
-            "client": client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"),
-                                     list(self.cfg.forwarded_allow_ips)),
-            "orgId": environ.get(ENV_ORG),
-            "userAgent": environ.get("HTTP_USER_AGENT"),
-        }
-        try:
-            self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
-                                 extra={"fields": fields})
-        except Exception:  # a log line must never fail a request
-            self.error("cannot write the access log line")

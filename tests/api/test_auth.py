@@ -1,0 +1,191 @@
+"""API-key mode (TOLSTOY_AUTH_MODE=api_key): keys, the admin token, and proof
+that one organization's key cannot read, change, delete, count or detect
+another organization's rows on any route."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from falcon import testing
+
+from tolstoy.api.app import create_app
+from tolstoy.config import Config
+
+ADMIN = "admin-token-" + "a" * 40
+KEY_SECRET = "key-secret-" + "k" * 40
+
+
+@pytest.fixture
+def keyed(worker_env, app_db):
+    """A client of the app in api_key mode."""
+    config = Config.from_env({**worker_env, "TOLSTOY_AUTH_MODE": "api_key",
+                              "TOLSTOY_API_KEY_SECRET": KEY_SECRET, "TOLSTOY_ADMIN_TOKEN": ADMIN})
+    return testing.TestClient(create_app(config, app_db))
+
+
+def bearer(token: str, **headers) -> dict:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+def new_org(client, name: str) -> tuple[dict, str]:
+    result = client.simulate_post("/organizations", json={"name": name}, headers=bearer(ADMIN))
+    assert result.status_code == 201, result.text
+    return result.json, result.json["apiKey"]
+
+
+def test_admin_creates_organizations_and_gets_a_key_once(keyed):
+    org, key = new_org(keyed, "Acme")
+    assert key.startswith("tsk_") and len(key) > 40
+    assert keyed.simulate_post("/organizations", json={"name": "x"}).status_code == 401
+    assert keyed.simulate_post("/organizations", json={"name": "x"}, headers=bearer("nope")).status_code == 401
+    # An organization's own key cannot create organizations.
+    assert keyed.simulate_post("/organizations", json={"name": "x"}, headers=bearer(key)).status_code == 403
+    listed = keyed.simulate_get("/api-keys", headers=bearer(key)).json
+    assert [(k["name"], k["prefix"]) for k in listed] == [("default", key[:12])]
+    assert "apiKey" not in listed[0] and key not in json.dumps(listed)
+
+
+def test_missing_invalid_and_revoked_keys_get_401_with_a_challenge(keyed):
+    org, key = new_org(keyed, "Acme")
+    for headers in ({}, bearer("tsk_not-a-real-key"), {"Authorization": "Basic abc"}, {"X-Org-ID": org["id"]}):
+        result = keyed.simulate_get("/users", headers=headers)
+        assert result.status_code == 401, headers
+        assert result.headers["www-authenticate"] == "Bearer"
+        assert result.json["statusCode"] == 401 and result.json["error"] == "Unauthorized"
+    assert keyed.simulate_get("/users", headers=bearer(key)).status_code == 200
+    second = keyed.simulate_post("/api-keys", json={"name": "ci"}, headers=bearer(key))
+    assert second.status_code == 201 and set(second.json) >= {"id", "name", "prefix", "apiKey", "createdAt"}
+    other_key = second.json["apiKey"]
+    assert keyed.simulate_delete(f"/api-keys/{second.json['id']}", headers=bearer(key)).status_code == 204
+    assert keyed.simulate_get("/users", headers=bearer(other_key)).status_code == 401
+    assert keyed.simulate_delete(f"/api-keys/{second.json['id']}", headers=bearer(key)).status_code == 404
+    assert keyed.simulate_get("/users", headers=bearer(key)).status_code == 200
+
+
+def test_x_org_id_must_match_the_key(keyed):
+    org_a, key_a = new_org(keyed, "A")
+    org_b, _ = new_org(keyed, "B")
+    assert keyed.simulate_get("/users", headers=bearer(key_a, **{"X-Org-ID": org_a["id"]})).status_code == 200
+    forbidden = keyed.simulate_get("/users", headers=bearer(key_a, **{"X-Org-ID": org_b["id"]}))
+    assert forbidden.status_code == 403 and forbidden.json["statusCode"] == 403
+
+
+def test_last_used_at_is_recorded(keyed):
+    _, key = new_org(keyed, "A")
+    assert keyed.simulate_get("/api-keys", headers=bearer(key)).json[0]["lastUsedAt"] is not None
+
+
+def test_an_org_key_sees_only_its_own_organization(keyed):
+    org_a, key_a = new_org(keyed, "A")
+    org_b, _ = new_org(keyed, "B")
+    assert [o["id"] for o in keyed.simulate_get("/organizations", headers=bearer(key_a)).json] == [org_a["id"]]
+    assert {o["id"] for o in keyed.simulate_get("/organizations", headers=bearer(ADMIN)).json} == {org_a["id"], org_b["id"]}
+    assert keyed.simulate_get(f"/organizations/{org_b['id']}", headers=bearer(key_a)).status_code == 404
+    assert keyed.simulate_patch(f"/organizations/{org_b['id']}", json={"name": "x"},
+                                headers=bearer(key_a)).status_code == 404
+    assert keyed.simulate_delete(f"/organizations/{org_b['id']}", headers=bearer(key_a)).status_code == 404
+    renamed = keyed.simulate_patch(f"/organizations/{org_a['id']}", json={"name": "A2"}, headers=bearer(key_a))
+    assert renamed.status_code == 200 and renamed.json["name"] == "A2"
+    assert keyed.simulate_delete(f"/organizations/{org_a['id']}", headers=bearer(key_a)).status_code == 403
+    # The admin token is not a tenant key.
+    assert keyed.simulate_get("/users", headers=bearer(ADMIN)).status_code == 401
+
+
+def populate(client, key: str) -> dict:
+    """One record of every kind in the key's organization; returns their ids."""
+    h = bearer(key)
+    user = client.simulate_post("/users", json={"email": "ada@a.example"}, headers=h).json
+    h_user = bearer(key, **{"X-User-ID": user["id"]})
+    tool = client.simulate_post("/tools", json={"name": "T", "baseUrl": "https://t.example", "authType": "bearer"},
+                                headers=h).json
+    client.simulate_post(f"/tools/{tool['id']}/auth", json={"type": "bearer", "config": {"token": "secret-token-a"}},
+                         headers=h)
+    action = client.simulate_post("/actions", json={"toolId": tool["id"], "name": "A", "key": "a.get",
+                                                    "method": "GET", "endpoint": "/a"}, headers=h).json
+    flow = client.simulate_post("/flows", json={"steps": [{"id": "s", "type": "transform", "config": {"output": 1}}]},
+                                headers=h).json
+    log = client.simulate_post("/execution-logs", json={"flowId": flow["id"], "executionId": "run-a", "stepKey": "s",
+                                                        "status": "completed", "inputs": {}}, headers=h_user).json
+    run = client.simulate_post(f"/flows/{flow['id']}/execute", json={}, headers=h_user).json
+    api_key = client.simulate_get("/api-keys", headers=h).json[0]
+    return {"user": user["id"], "tool": tool["id"], "action": action["id"], "flow": flow["id"], "log": log["id"],
+            "run": run["executionId"], "api_key": api_key["id"]}
+
+
+def test_another_organizations_key_cannot_read_change_delete_count_or_detect(keyed, db):
+    _, key_a = new_org(keyed, "A")
+    _, key_b = new_org(keyed, "B")
+    a = populate(keyed, key_a)
+    b_user = keyed.simulate_post("/users", json={"email": "bob@b.example"}, headers=bearer(key_b)).json
+    hb = bearer(key_b)
+    hb_user = bearer(key_b, **{"X-User-ID": b_user["id"]})
+    # Item routes: 404, exactly as for an id that does not exist.
+    item_requests = [
+        ("GET", f"/users/{a['user']}"), ("PATCH", f"/users/{a['user']}"), ("PUT", f"/users/{a['user']}"),
+        ("DELETE", f"/users/{a['user']}"),
+        ("GET", f"/tools/{a['tool']}"), ("PATCH", f"/tools/{a['tool']}"), ("DELETE", f"/tools/{a['tool']}"),
+        ("GET", f"/tools/{a['tool']}/auth"), ("POST", f"/tools/{a['tool']}/auth"),
+        ("DELETE", f"/tools/{a['tool']}/auth/default"),
+        ("GET", f"/actions/{a['action']}"), ("PATCH", f"/actions/{a['action']}"), ("DELETE", f"/actions/{a['action']}"),
+        ("POST", f"/actions/{a['action']}/execute"),
+        ("GET", f"/flows/{a['flow']}"), ("PATCH", f"/flows/{a['flow']}"), ("DELETE", f"/flows/{a['flow']}"),
+        ("GET", f"/flows/{a['flow']}/versions"), ("GET", f"/flows/{a['flow']}/versions/1"),
+        ("POST", f"/flows/{a['flow']}/execute"), ("GET", f"/flows/{a['flow']}/executions"),
+        ("GET", f"/flows/{a['flow']}/executions/{a['run']}"),
+        ("POST", f"/flows/{a['flow']}/executions/{a['run']}/cancel"),
+        ("POST", f"/flows/{a['flow']}/executions/{a['run']}/retry"),
+        ("GET", f"/flows/{a['flow']}/metrics"),
+        ("GET", f"/execution-logs/{a['log']}"), ("PATCH", f"/execution-logs/{a['log']}"),
+        ("DELETE", f"/execution-logs/{a['log']}"),
+        ("DELETE", f"/api-keys/{a['api_key']}"),
+    ]
+    bodies = {"PATCH": {"name": "stolen"}, "PUT": {"name": "stolen"},
+              "POST": {"inputs": {}, "type": "bearer", "config": {"token": "x"}}}
+    for method, path in item_requests:
+        body = {} if path.endswith("/execute") and "flows" in path else bodies.get(method)
+        if path.endswith("/auth") and method == "POST":
+            body = {"type": "bearer", "config": {"token": "x"}}
+        result = keyed.simulate_request(method, path, json=body, headers=hb_user)
+        assert result.status_code == 404, (method, path, result.status_code, result.text)
+    # Lists and filters: nothing of A, not even through a filter naming A's ids.
+    for path, params in [("/users", {}), ("/users", {"email": "ada@a.example"}), ("/tools", {}), ("/actions", {}),
+                         ("/actions", {"toolId": a["tool"]}), ("/flows", {}), ("/execution-logs", {}),
+                         ("/execution-logs", {"flowId": a["flow"]}), ("/execution-logs", {"userId": a["user"]}),
+                         ("/execution-logs", {"executionId": "run-a"}), ("/api-keys", {})]:
+        result = keyed.simulate_get(path, params=params, headers=hb)
+        assert result.status_code == 200
+        assert not (set(json.dumps(result.json).split('"')) & set(a.values())), (path, params)
+        if path != "/users" and path != "/api-keys":
+            assert result.json == [], (path, params)
+    # References inside bodies: a 400 naming the field, as for ids that do not exist.
+    for path, body, field in [
+        ("/actions", {"toolId": a["tool"], "name": "x", "key": "x", "method": "GET", "endpoint": "/"}, "toolId"),
+        ("/execution-logs", {"flowId": a["flow"], "executionId": "r", "stepKey": "s", "status": "completed",
+                             "inputs": {}}, "flowId"),
+        ("/flows", {"steps": [{"id": "s", "type": "action", "config": {"actionId": a["action"]}}]},
+         "steps[0].config.actionId"),
+    ]:
+        result = keyed.simulate_post(path, json=body, headers=hb_user)
+        assert result.status_code == 400 and result.json["errors"][0]["field"] == field, (path, result.text)
+    # Nothing of A changed.
+    with db.pool.connection() as conn:
+        counts = conn.execute(
+            "select (select count(*) from users where id = %(u)s) u, (select count(*) from tools where id = %(t)s) t, "
+            "(select name from tools where id = %(t)s) tool_name, "
+            "(select count(*) from tool_credentials where tool_id = %(t)s) c, "
+            "(select count(*) from api_keys where id = %(k)s and revoked_at is null) k",
+            {"u": a["user"], "t": a["tool"], "k": a["api_key"]}).fetchone()
+    assert counts == {"u": 1, "t": 1, "tool_name": "T", "c": 1, "k": 1}
+
+
+def test_keys_never_reach_the_logs(keyed, caplog):
+    caplog.set_level(logging.DEBUG)
+    _, key = new_org(keyed, "A")
+    keyed.simulate_get("/users", headers=bearer(key))
+    keyed.simulate_get("/users", headers=bearer(key + "x"))
+    created = keyed.simulate_post("/api-keys", json={"name": "two"}, headers=bearer(key)).json["apiKey"]
+    text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    for secret in (key, created, ADMIN, KEY_SECRET):
+        assert secret not in text

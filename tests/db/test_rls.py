@@ -1,0 +1,107 @@
+"""Row-level security, the second wall: the application role sees and changes
+only the organization its transaction acts for, even when a query forgets its
+org_id filter."""
+
+from __future__ import annotations
+
+import pytest
+
+from tolstoy.db.database import Database
+from tolstoy.db.queries import Query
+from tolstoy.errors import DatabaseUnavailable
+
+TENANT_TABLES = ("users", "tools", "actions", "flows", "flow_versions", "execution_logs", "flow_runs",
+                 "flow_run_steps", "tool_credentials", "api_keys")
+
+
+def unscoped(sql: str) -> Query:
+    """A deliberately careless query, as a bug would write it: no org_id filter."""
+    return Query(name="test.unscoped", kind="all", sql=sql, doc="", source="tests/test_rls.py")
+
+
+def fill(api, db, name: str) -> dict:
+    org = api.org(name)
+    user = api.user(org)
+    tool = api.tool(org)
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "bearer", "config": {"token": f"token-of-{name}"}})
+    api.action(org, tool)
+    flow = api.flow(org)
+    api.log(org, user, flow)
+    run = api.client.simulate_post(f"/flows/{flow['id']}/execute", json={}, headers=api.headers(org, user)).json
+    with db.pool.connection() as conn:  # a checkpoint and a key, as a worker and the key route would write
+        conn.execute("insert into flow_run_steps (org_id, run_id, step_id, status) values (%s, %s, 'hello', 'completed')",
+                     (org["id"], run["executionId"]))
+        conn.execute("insert into api_keys (org_id, name, prefix, key_hash) values (%s, 'k', 'tsk_test', %s)",
+                     (org["id"], bytes(range(32)) if name == "A" else bytes(range(1, 33))))
+    return {"org": org, "user": user}
+
+
+def test_the_application_role_owns_nothing_and_cannot_bypass(db):
+    with db.pool.connection() as conn:
+        role = conn.execute("select rolsuper, rolbypassrls from pg_roles where rolname = 'tolstoy_app'").fetchone()
+        owned = conn.execute(
+            "select count(*) as n from pg_class c join pg_roles r on r.oid = c.relowner "
+            "where r.rolname = 'tolstoy_app'").fetchone()
+        forced = conn.execute(
+            "select relname, relrowsecurity, relforcerowsecurity from pg_class "
+            "where relname = any(%s) order by relname", (list(TENANT_TABLES),)).fetchall()
+    assert role == {"rolsuper": False, "rolbypassrls": False}
+    assert owned["n"] == 0
+    assert len(forced) == len(TENANT_TABLES)
+    assert all(row["relrowsecurity"] and row["relforcerowsecurity"] for row in forced), forced
+
+
+def test_a_query_without_org_filter_returns_only_the_tenants_rows(api, app_db, db):
+    a = fill(api, db, "A")
+    b = fill(api, db, "B")
+    with db.pool.connection() as conn:  # the owner's view: both organizations' rows exist
+        totals = {t: conn.execute(f"select count(*) as n from {t}").fetchone()["n"] for t in TENANT_TABLES}
+    assert all(n >= 2 for n in totals.values()), totals
+    with app_db.tenant(b["org"]["id"]):
+        for table in TENANT_TABLES:
+            rows = app_db.all(unscoped(f"select org_id from {table}"))
+            assert rows and {str(r["org_id"]) for r in rows} == {b["org"]["id"]}, table
+            assert len(rows) == totals[table] // 2, table
+        # Writes are filtered the same way: A's rows cannot be touched or created.
+        assert app_db.rowcount(unscoped("update users set name = 'stolen'")) == 1
+        assert app_db.rowcount(unscoped("delete from execution_logs")) == totals["execution_logs"] // 2
+        with pytest.raises(Exception, match="row-level security"):
+            app_db.rowcount(unscoped(f"insert into users (org_id, email) values ('{a['org']['id']}', 'x@y.example')"))
+    with db.pool.connection() as conn:
+        untouched = conn.execute("select name from users where org_id = %s", (a["org"]["id"],)).fetchone()
+        a_logs = conn.execute("select count(*) as n from execution_logs where org_id = %s",
+                              (a["org"]["id"],)).fetchone()
+    assert untouched["name"] == "Ada" and a_logs["n"] > 0
+
+
+def test_without_a_tenant_the_application_role_sees_nothing(api, app_db, db):
+    fill(api, db, "A")
+    for table in TENANT_TABLES:
+        assert app_db.all(unscoped(f"select org_id from {table}")) == [], table
+
+
+def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_for):
+    with db.pool.connection() as conn:
+        granted = conn.execute(
+            "select p.proname, r.rolname from pg_proc p cross join lateral aclexplode(p.proacl) a "
+            "join pg_roles r on r.oid = a.grantee where p.proname like 'tolstoy\\_%%' and a.privilege_type = 'EXECUTE' "
+            "order by 1, 2").fetchall()
+    by_function: dict = {}
+    for row in granted:
+        by_function.setdefault(row["proname"], set()).add(row["rolname"])
+    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_next_wake", "tolstoy_authenticate",
+                 "tolstoy_queue_stats"):
+        assert "tolstoy_app" in by_function[name] and "public" not in by_function[name], (name, by_function[name])
+    # A role with no grants cannot call them at all.
+    with db.pool.connection() as conn:
+        conn.execute("do $$ begin if not exists (select from pg_roles where rolname = 'tolstoy_nobody') "
+                     "then create role tolstoy_nobody login; end if; end $$")
+    nobody = Database(app_url.replace("tolstoy_app@", "tolstoy_nobody@"), min_size=0, max_size=1, timeout=3)
+    nobody.open(wait=False)
+    try:
+        with pytest.raises(Exception, match="permission denied"):
+            nobody.all(unscoped("select * from tolstoy_next_wake()"))
+    except DatabaseUnavailable:
+        pytest.fail("could not connect as tolstoy_nobody")
+    finally:
+        nobody.close()

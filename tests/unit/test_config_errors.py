@@ -1,0 +1,47 @@
+"""Configuration errors stop the service and the command line with one line naming the setting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tolstoy import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def gunicorn(env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "tolstoy.api.app:get_app()"],
+        cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_invalid_configuration_fails_with_one_line():
+    process = gunicorn({"PORT": "not-a-port", "DATABASE_URL": "postgresql://localhost/x"})
+    out, err = process.communicate(timeout=30)
+    assert process.returncode != 0
+    assert "tolstoy: configuration error: PORT must be a whole number (got 'not-a-port')" in err
+    assert "Traceback" not in err
+
+
+def run_cli(monkeypatch, env: dict, *argv: str):
+    for key in ("DATABASE_URL", "DIRECT_URL", "TOLSTOY_ENV", "NODE_ENV"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return cli.main(list(argv))
+
+
+def test_serve_requires_a_database_url(monkeypatch):
+    with pytest.raises(SystemExit, match="DATABASE_URL must be set"):
+        run_cli(monkeypatch, {}, "serve")
+
+
+def test_invalid_configuration_stops_the_cli(monkeypatch):
+    with pytest.raises(SystemExit, match="configuration error: TOLSTOY_POOL_MAX_SIZE must be a whole number"):
+        run_cli(monkeypatch, {"TOLSTOY_POOL_MAX_SIZE": "lots"}, "serve")

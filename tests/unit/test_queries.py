@@ -1,0 +1,69 @@
+"""The named-query loader and the rules every query file follows (no database)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tolstoy.db import queries
+from tolstoy.db.queries import SQL
+
+UNSCOPED = {"organizations", "health", "metrics"}
+
+
+CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.next_wake", "session.set_org", "api_keys.authenticate"}
+
+
+def all_queries():
+    return [q for ns in vars(SQL).values() for q in vars(ns).values()]
+
+
+def test_parser_reads_headers_suffixes_docs_and_params():
+    text = (
+        "-- preamble prose\n\n"
+        "-- name: get_thing^\n-- Fetch one thing.\n"
+        "select a::text, '10:30' from t where id = :id and x like 'a%';\n\n"
+        "-- name: count$\nselect count(*) from t where org_id = :org_id;\n"
+    )
+    parsed = queries.parse(text, "things", "things.sql")
+    assert set(parsed) == {"get_thing", "count"}
+    get = parsed["get_thing"]
+    assert get.kind == "one" and get.doc == "Fetch one thing." and get.source == "things.sql:3"
+    assert get.sql == "select a::text, '10:30' from t where id = %(id)s and x like 'a%%';"
+    assert parsed["count"].kind == "scalar"
+
+
+def test_parser_rejects_duplicates_and_empty_queries():
+    with pytest.raises(ValueError, match="defined twice"):
+        queries.parse("-- name: a\nselect 1;\n-- name: a\nselect 2;\n", "x", "x.sql")
+    with pytest.raises(ValueError, match="has no SQL"):
+        queries.parse("-- name: a\n-- only a comment\n", "x", "x.sql")
+
+
+def test_every_query_has_a_description():
+    for query in all_queries():
+        assert query.doc, f"{query} has no description line"
+
+
+def test_tenant_queries_filter_by_org_id():
+    for namespace, group in vars(SQL).items():
+        if namespace in UNSCOPED:
+            continue
+        for query in vars(group).values():
+            if query.name in CROSS_TENANT:
+                continue
+            if query.sql.startswith("insert"):
+                # An insert writes the caller's org_id as the row's first value.
+                assert re.search(r"(values \(|select )%\(org_id\)s,|\borg_id = %\(org_id\)s", query.sql), \
+                    f"{query} does not set org_id"
+            else:
+                assert re.search(r"\borg_id = %\(org_id\)s", query.sql), f"{query} is not scoped by org_id"
+
+
+def test_lists_use_keyset_pagination():
+    for query in all_queries():
+        if query.name.endswith(".list"):
+            assert "order by created_at desc, id desc" in query.sql, query
+            assert "(created_at, id) <" in query.sql, query
+            assert "offset" not in query.sql.lower(), query

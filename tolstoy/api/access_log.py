@@ -1,0 +1,82 @@
+"""Gunicorn's logger, writing JSON: its own messages, and one access line per
+request with the request's id, route template and organization.
+
+The Gunicorn master loads this module (``logger_class`` in gunicorn.conf.py),
+so it imports neither Falcon nor the application: the app leaves what only it
+knows in the WSGI environ (``ENV_ROUTE``, ``ENV_ORG``) for the access line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gunicorn.glogging import Logger as _GunicornBaseLogger
+
+from ..logs import JsonFormatter
+
+# WSGI environ keys the app fills in for the access log line.
+ENV_ROUTE = "tolstoy.route"
+ENV_ORG = "tolstoy.org_id"
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, trusted: list[str]) -> str | None:
+    """The client's address: X-Forwarded-For is believed only when the peer is a trusted proxy.
+
+    Walks X-Forwarded-For from the right (the entries our proxies appended) and
+    returns the first address that is not itself a trusted proxy. A unix-socket
+    peer (no address) is the local proxy, so it is trusted.
+    """
+    networks = [ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"]
+
+    def is_trusted(address: str | None) -> bool:
+        if not address or "*" in trusted:
+            return True
+        try:
+            ip = ipaddress.ip_address(address.strip())
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    if not is_trusted(remote_addr) or not forwarded_for:
+        return remote_addr or None
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not is_trusted(hop):
+            return hop
+    return hops[0] if hops else (remote_addr or None)
+
+
+class GunicornLogger(_GunicornBaseLogger):
+    """Gunicorn's logger writing JSON: its own messages, and one access line per request with its id."""
+
+    def setup(self, cfg) -> None:
+        """Gunicorn's handlers, with the JSON formatter on each."""
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp, req, environ, request_time) -> None:
+        """The request line: ids, route, status, size, duration, client; never headers or the query string."""
+        if not self.access_log_enabled:
+            return
+        status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
+        headers = {name.lower(): value for name, value in resp.headers}
+        fields = {
+            "requestId": headers.get("x-request-id"),
+            "method": environ.get("REQUEST_METHOD"),
+            "path": environ.get("PATH_INFO"),
+            "route": environ.get(ENV_ROUTE),
+            "status": int(status) if str(status).isdigit() else status,
+            "bytes": getattr(resp, "sent", None),
+            "durationMs": round(request_time.total_seconds() * 1000, 2),
+            "client": client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"),
+                                     list(self.cfg.forwarded_allow_ips)),
+            "orgId": environ.get(ENV_ORG),
+            "userAgent": environ.get("HTTP_USER_AGENT"),
+        }
+        try:
+            self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
+                                 extra={"fields": fields})
+        except Exception:  # a log line must never fail a request
+            self.error("cannot write the access log line")

@@ -1,0 +1,63 @@
+"""``/api-keys``: an organization's API keys (shown once, listed by prefix, revoked at once)."""
+
+from __future__ import annotations
+
+import falcon
+
+from ..db.queries import SQL
+from . import resources
+from .errors import NotFound
+from .requests import parse_uuid, read_json, validate_body
+from .responses import created
+from .schemas import ApiKeySchema, PageQuery
+from .tenancy import key_hash, new_key, prefix_of
+
+_SCHEMA = ApiKeySchema()
+_PAGE = PageQuery()
+
+
+def issue_key(db, secret: str, org_id, name: str) -> dict:
+    """Create a key for an organization; the returned row holds ``api_key`` in clear, once."""
+    key = new_key()
+    row = db.one(SQL.api_keys.insert, org_id=org_id, name=name, prefix=prefix_of(key),
+                 key_hash=key_hash(secret, key))
+    return {**row, "api_key": key}
+
+
+class Collection:
+    """``GET/POST /api-keys``."""
+
+    def __init__(self, db, secret: str | None):
+        self.db = db
+        self.secret = secret
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Active keys, newest first (never the keys themselves)."""
+        resources.list_page(
+            req, resp, _PAGE,
+            lambda query, **page: self.db.all(SQL.api_keys.list, org_id=req.context.org_id, **page),
+            lambda rows: _SCHEMA.dump(rows, many=True),
+        )
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a key: 201 with ``apiKey``, the only time it is shown."""
+        data = read_json(req)
+        values = validate_body(_SCHEMA, data)
+        if not self.secret:
+            raise falcon.HTTPServiceUnavailable(description="API keys need TOLSTOY_API_KEY_SECRET to be set.")
+        row = issue_key(self.db, self.secret, req.context.org_id, values["name"])
+        created(req, resp, _SCHEMA.dump(row))
+
+
+class Item:
+    """``DELETE /api-keys/{id}``: revoke."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Revoke at once: the next request with this key gets 401."""
+        key_id = parse_uuid(id, "API key")
+        if not self.db.rowcount(SQL.api_keys.revoke, org_id=req.context.org_id, id=key_id):
+            raise NotFound("API key")
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,122 @@
+"""The WSGI application: ``create_app(config, db)`` wires routes, middleware and
+error handling; ``get_app()`` is what Gunicorn loads.
+
+The route table below is the whole HTTP surface: each row names the resource
+module that answers it, and each model's module names its SQL file."""
+
+from __future__ import annotations
+
+import falcon
+
+from .. import engine, logs
+from ..config import Config
+from ..db.database import Database
+from . import (
+    actions,
+    api_keys,
+    errors,
+    execution_logs,
+    flows,
+    health,
+    openapi,
+    organizations,
+    runs,
+    tool_credentials,
+    tools,
+    users,
+)
+from .middleware import (
+    BodyGuardMiddleware,
+    MetricsMiddleware,
+    RequestContextMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+    allowed_methods,
+)
+from .tenancy import TenantMiddleware
+
+# The models served as collection + item, in the order the OpenAPI document lists them.
+MODELS = (organizations.MODEL, users.MODEL, tools.MODEL, actions.MODEL, flows.MODEL, execution_logs.MODEL)
+
+
+def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | None]]:
+    """Every route as (URI template, resource, responder suffix)."""
+    tool_calls = engine.tools(config, db)
+    flow_item = flows.Item(db)
+    action_item = actions.Item(db, tool_calls)
+    flow_runs = runs.FlowRuns(db)
+    credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
+    status = health.Status(db, config)
+    docs = openapi.Docs(config.app_name)
+    return [
+        ("/organizations", organizations.Collection(db, config.api_key_secret), None),
+        ("/organizations/{id}", organizations.Item(db), None),
+        ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
+        ("/api-keys/{id}", api_keys.Item(db), None),
+        ("/users", users.Collection(db), None),
+        ("/users/{id}", users.Item(db), None),
+        ("/tools", tools.Collection(db), None),
+        ("/tools/{id}", tools.Item(db), None),
+        ("/tools/{id}/auth", credentials, None),
+        ("/tools/{id}/auth/{name}", credentials, "named"),
+        ("/actions", actions.Collection(db), None),
+        ("/actions/{id}", action_item, None),
+        ("/actions/{id}/execute", action_item, "execute"),
+        ("/flows", flows.Collection(db), None),
+        ("/flows/{id}", flow_item, None),
+        ("/flows/{id}/versions", flow_item, "versions"),
+        ("/flows/{id}/versions/{version}", flows.Version(db), None),
+        ("/flows/{id}/execute", flow_runs, "execute"),
+        ("/flows/{id}/executions", flow_runs, "executions"),
+        ("/flows/{id}/executions/{execution_id}", flow_runs, "execution"),
+        ("/flows/{id}/executions/{execution_id}/cancel", flow_runs, "cancel"),
+        ("/flows/{id}/executions/{execution_id}/retry", flow_runs, "retry"),
+        ("/flows/{id}/metrics", flow_runs, "metrics"),
+        ("/execution-logs", execution_logs.Collection(db), None),
+        ("/execution-logs/{id}", execution_logs.Item(db), None),
+        ("/health", health.Health(), None),
+        ("/status", status, None),
+        ("/status/detailed", status, "detailed"),
+        ("/detailed", status, "detailed"),
+        ("/version", health.Version(config), None),
+        ("/openapi.json", openapi.OpenAPI(MODELS, config.app_name), None),
+        ("/docs", docs, None),
+        ("/docs/static/docs-init.js", docs, "init"),
+    ]
+
+
+def create_app(config: Config, db: Database) -> falcon.App:
+    """A Falcon app serving the contract on the given (opened) database."""
+    routes = build_routes(db, config)
+    methods = allowed_methods(routes)
+    app = falcon.App(
+        middleware=[
+            # First in, last out: its clock spans every other middleware.
+            MetricsMiddleware(db),
+            RequestIdMiddleware(),
+            RequestContextMiddleware(),
+            BodyGuardMiddleware(methods),
+            SecurityHeadersMiddleware(config.cors_origins),
+            TenantMiddleware(db, methods, config),
+        ]
+    )
+    app.req_options.strip_url_path_trailing_slash = True
+    # Bodies are read by tolstoy.api.requests.read_json, which enforces the size cap.
+    app.req_options.auto_parse_form_urlencoded = False
+    for template, resource, suffix in routes:
+        app.add_route(template, resource, suffix=suffix)
+    app.add_static_route("/docs/static", openapi.DOCS_STATIC)
+    # For operators, not clients: outside build_routes (the contract's routes) and the
+    # OpenAPI document; Nginx only lets the monitoring host reach it.
+    app.add_route("/metrics", health.Metrics(db))
+    errors.install(app)
+    return app
+
+
+def get_app() -> falcon.App:
+    """Gunicorn's entry point: configuration from the environment, pool opened in this worker."""
+    logs.configure()
+    config = Config.from_env()
+    db = Database.from_config(config)
+    db.open()
+    return create_app(config, db)

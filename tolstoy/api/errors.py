@@ -1,0 +1,155 @@
+"""Every error the API can answer, in the contract's body shape, and the
+translation of domain errors (constraint names, an unreachable database, an
+undecryptable credential) into those answers."""
+
+from __future__ import annotations
+
+import http
+import logging
+
+import falcon
+
+from ..errors import DatabaseUnavailable, ForeignKeyViolation, UniqueViolation, VaultError
+
+log = logging.getLogger("tolstoy.errors")
+
+
+class ValidationFailed(falcon.HTTPBadRequest):
+    """400 with per-field errors: ``[{"field": ..., "message": ...}]``."""
+
+    def __init__(self, errors: list[dict], message: str | None = None):
+        self.errors = errors
+        if message is None:
+            first = errors[0]
+            message = f"{first['field']}: {first['message']}"
+            if len(errors) > 1:
+                message += f" (and {len(errors) - 1} more)"
+        super().__init__(description=message)
+
+
+def field_error(field: str, message: str) -> ValidationFailed:
+    """A 400 naming one field (a body field, a query parameter or a header)."""
+    return ValidationFailed([{"field": field, "message": message}])
+
+
+class NotFound(falcon.HTTPNotFound):
+    """404 for a record that does not exist or belongs to another organization."""
+
+    def __init__(self, what: str = "Record"):
+        super().__init__(description=f"{what} not found.")
+
+
+class Conflict(falcon.HTTPConflict):
+    """409: a unique value is taken, or dependent rows block a delete."""
+
+    def __init__(self, message: str):
+        super().__init__(description=message)
+
+
+class PreconditionFailed(falcon.HTTPPreconditionFailed):
+    """412: the If-Match header does not match the record's current ETag."""
+
+    def __init__(self):
+        super().__init__(description="If-Match does not match the current ETag of this record.")
+
+
+# Constraint names come from db/migrations; a test checks that each exists.
+UNIQUE_MESSAGES = {
+    "users_org_id_email_key": "A user with this email already exists in this organization.",
+    "tools_org_id_name_key": "A tool with this name already exists in this organization.",
+    "actions_org_id_key_key": "An action with this key already exists in this organization.",
+    "tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again.",
+}
+DEPENDENTS = {
+    "users_org_id_fkey": "users",
+    "tools_org_id_fkey": "tools",
+    "flows_org_id_fkey": "flows",
+    "actions_tool_id_fkey": "actions",
+    "execution_logs_flow_id_fkey": "execution logs",
+    "execution_logs_user_id_fkey": "execution logs",
+    "flow_runs_flow_id_fkey": "executions",
+    "flow_runs_flow_version_fkey": "executions",
+    "flow_runs_user_id_fkey": "executions",
+    "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",
+}
+REFERENCE_FIELDS = {
+    "actions_tool_id_fkey": "toolId",
+    "execution_logs_flow_id_fkey": "flowId",
+    "execution_logs_user_id_fkey": "X-User-ID",
+}
+
+
+def unique_violation(req, resp, exc: UniqueViolation, params):
+    """409 naming the value that is already taken."""
+    message = UNIQUE_MESSAGES.get(exc.constraint or "", "A record with these values already exists.")
+    raise Conflict(message)
+
+
+def foreign_key_violation(req, resp, exc: ForeignKeyViolation, params):
+    """409 for a delete blocked by dependents; 400 for a reference that vanished mid-request."""
+    if exc.on_delete:
+        dependents = DEPENDENTS.get(exc.constraint or "", "other records")
+        raise Conflict(f"Cannot delete: still referenced by {dependents}. Delete those first.")
+    field = REFERENCE_FIELDS.get(exc.constraint or "", "body")
+    raise field_error(field, "Refers to a record that does not exist.")
+
+
+def database_unavailable(req, resp, exc: DatabaseUnavailable, params):
+    """503 when the pool cannot hand out a connection in time."""
+    log.warning("database unavailable: %s", exc)
+    raise falcon.HTTPServiceUnavailable(
+        description="The database is not answering; try again shortly.", retry_after=5
+    )
+
+
+def vault_error(req, resp, exc: Exception, params):
+    """503 when stored credentials cannot be decrypted with the configured keys."""
+    log.error("credential vault: %s", exc)
+    raise falcon.HTTPServiceUnavailable(
+        description="Stored credentials cannot be decrypted with the configured TOLSTOY_ENCRYPTION_KEY."
+    )
+
+
+def unexpected(req, resp, exc: Exception, params):
+    """500 for bugs: logged with the traceback, the client sees no internals."""
+    if isinstance(exc, falcon.HTTPError):
+        raise exc
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    raise falcon.HTTPInternalServerError(description="Unexpected server error.")
+
+
+def _encodable(value):
+    """A string that UTF-8 can encode: a client's lone surrogate (echoed in a field name) is escaped."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def serialize(req, resp, exc: falcon.HTTPError) -> None:
+    """Write the contract's error body for every HTTPError, including Falcon's own 404/405."""
+    status = exc.status_code
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = exc.title or str(status)
+    message = exc.description or exc.title or phrase
+    if status == 404 and not exc.description:
+        message = "No route or record at this path."
+    if status == 405:
+        message = f"Method {req.method} is not allowed here."
+    body = {"statusCode": status, "error": phrase, "message": _encodable(message)}
+    errors = getattr(exc, "errors", None)
+    if errors:
+        body["errors"] = [{k: _encodable(v) for k, v in e.items()} for e in errors]
+    resp.media = body
+    resp.content_type = falcon.MEDIA_JSON
+
+
+def install(app: falcon.App) -> None:
+    """Register the serializer and the handlers, most general first (Falcon picks the most specific)."""
+    app.add_error_handler(Exception, unexpected)
+    app.add_error_handler(UniqueViolation, unique_violation)
+    app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
+    app.add_error_handler(DatabaseUnavailable, database_unavailable)
+    app.add_error_handler(VaultError, vault_error)
+    app.set_error_serializer(serialize)

@@ -1,0 +1,57 @@
+"""``/execution-logs``: the audit trail of runs, one row per step event."""
+
+from __future__ import annotations
+
+import falcon
+from marshmallow import fields, validate
+
+from ..db.queries import SQL
+from . import resources
+from .model import Filter, Model
+from .schemas import EXECUTION_STATUSES, ExecutionLogSchema, text
+from .tenancy import require_user
+
+MODEL = Model(
+    name="execution_logs", path="/execution-logs", noun="Execution log", tag="Execution logs",
+    schema=ExecutionLogSchema,
+    writable=("flow_id", "execution_id", "step_key", "status", "inputs", "outputs", "error"),
+    json_columns=("inputs", "outputs", "error"),
+    filters=(
+        Filter("flowId", "flow_id", fields.UUID(), "Only logs of this flow (UUID)."),
+        Filter("executionId", "execution_id", text(1, 200), "Only logs of this run."),
+        Filter("status", "status", fields.String(validate=validate.OneOf(EXECUTION_STATUSES)),
+               "Only logs with this status."),
+        Filter("userId", "user_id", fields.UUID(), "Only logs written by this user (UUID)."),
+    ),
+    user_required_on_create=True,
+    # Written by the engine; a GET body PUT back must not be refused for carrying it.
+    derived_fields=frozenset({"durationMs"}),
+)
+
+
+class ExecutionLogResource(resources.ModelResource):
+    """Shared checks of the execution log resources."""
+
+    model = MODEL
+
+    def check_references(self, req: falcon.Request, values: dict) -> None:
+        """flowId must be a flow of the caller's organization."""
+        if "flow_id" in values:
+            self.require_visible(req, SQL.flows.exists, values["flow_id"], "flowId", "flow")
+
+
+class Collection(ExecutionLogResource, resources.Collection):
+    """``GET/POST /execution-logs``; creating one records X-User-ID as its actor."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a log; X-User-ID is required (checked with the other headers)."""
+        require_user(req)
+        super().on_post(req, resp)
+
+    def insert(self, req: falcon.Request, values: dict) -> dict:
+        """The actor comes from the header, never from the body; durationMs is the engine's."""
+        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id, duration_ms=None)
+
+
+class Item(ExecutionLogResource, resources.Item):
+    """``GET/PUT/PATCH/DELETE /execution-logs/{id}``."""

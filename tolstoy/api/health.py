@@ -1,0 +1,171 @@
+"""Routes for operators and probes (no tenant header): liveness, readiness,
+details, version, and ``/metrics`` for Prometheus."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource as rlimit
+import time
+
+import falcon
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from .. import __version__, metrics
+from ..config import Config
+from ..db.database import Database
+from ..db.queries import SQL
+from ..errors import DatabaseUnavailable
+from ..times import now_iso
+
+STARTED = time.monotonic()
+
+def uptime() -> float:
+    """Seconds since this process imported the app."""
+    return round(time.monotonic() - STARTED, 3)
+
+
+class Health:
+    """``GET /health``: the process is up; never touches the database."""
+
+    access = "public"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Always 200 while the process serves requests."""
+        resp.media = {"status": "ok"}
+        resp.cache_control = ["no-store"]
+
+
+class Status:
+    """``GET /status`` and ``GET /status/detailed``: 200 when the database answers, else 503."""
+
+    access = "public"
+
+    def __init__(self, db: Database, config: Config):
+        self.db = db
+        self.config = config
+
+    def _unhealthy(self, resp: falcon.Response, exc: Exception) -> None:
+        resp.status = falcon.HTTP_503
+        resp.media = {
+            "status": "unhealthy",
+            "message": f"Database unavailable: {type(exc).__name__}",
+            "timestamp": now_iso(),
+        }
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Readiness: one round trip to the database."""
+        resp.cache_control = ["no-store"]
+        try:
+            self.db.ping(SQL.health.ping)
+        except DatabaseUnavailable as exc:
+            return self._unhealthy(resp, exc)
+        resp.media = {
+            "status": "ok",
+            "version": __version__,
+            "uptime": uptime(),
+            "timestamp": now_iso(),
+        }
+
+    def on_get_detailed(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Latency, pool, migration version, approximate row counts, process and config facts."""
+        resp.cache_control = ["no-store"]
+        try:
+            latency = self.db.ping(SQL.health.ping)
+            migration = self.db.scalar(SQL.health.migration_version)
+            counts = {
+                row["table_name"]: row["approximate_rows"]
+                for row in self.db.all(SQL.health.table_counts)
+            }
+        except DatabaseUnavailable as exc:
+            return self._unhealthy(resp, exc)
+        usage = rlimit.getrusage(rlimit.RUSAGE_SELF)
+        resp.media = {
+            "status": "ok",
+            "version": __version__,
+            "uptime": uptime(),
+            "timestamp": now_iso(),
+            "database": {
+                "latencyMs": round(latency * 1000, 2),
+                "migrationVersion": migration,
+                "pool": self.db.stats(),
+                "approximateRowCounts": counts,
+            },
+            "process": {
+                "pid": os.getpid(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "maxRssKb": usage.ru_maxrss,
+                "cpuSeconds": round(usage.ru_utime + usage.ru_stime, 3),
+            },
+            "config": self.config.public_facts(),
+        }
+
+
+class Version:
+    """``GET /version``."""
+
+    access = "public"
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Name and versions of the running service."""
+        resp.media = {
+            "name": self.config.app_name,
+            "version": __version__,
+            "python": platform.python_version(),
+            "falcon": falcon.__version__,
+        }
+
+
+class QueueCollector:
+    """Queue depth and the age of the oldest due run, read from the database at scrape time.
+
+    Reports nothing when the queue table is not installed yet or the database
+    does not answer: a missing sample, not a scrape error.
+    """
+
+    def __init__(self, db):
+        self.db = db
+
+    def describe(self):
+        """No fixed samples to announce: registering must not query the database."""
+        return []
+
+    def collect(self):
+        """Yield the queue gauges, or nothing."""
+        try:
+            if not self.db.scalar(SQL.metrics.queue_installed):
+                return
+            row = self.db.one(SQL.metrics.queue_depth)
+        except DatabaseUnavailable:
+            return
+        yield GaugeMetricFamily("tolstoy_flow_queue_depth", "Flow runs waiting in the queue (due or not).",
+                                value=row["queued"])
+        yield GaugeMetricFamily("tolstoy_flow_queue_due", "Queued flow runs whose start time has come.",
+                                value=row["due"])
+        yield GaugeMetricFamily("tolstoy_flow_queue_oldest_age_seconds",
+                                "How long the oldest due queued run has waited (0 when none).",
+                                value=row["oldest_due_age_seconds"])
+
+
+class Metrics:
+    """``GET /metrics``: Prometheus text format. Not part of the public contract: Nginx keeps it private."""
+
+    access = "public"
+
+    def __init__(self, db):
+        self.db = db
+        self.processes = metrics.process_registry()
+        self.database = CollectorRegistry()
+        self.database.register(QueueCollector(db))
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Every worker's samples, then the queue read from the database."""
+        metrics.observe_pool(self.db)
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.cache_control = ["no-store"]
+        resp.text = (generate_latest(self.processes) + generate_latest(self.database)).decode()

@@ -1,0 +1,401 @@
+"""The OpenAPI 3.1 document, generated from the marshmallow schemas with apispec,
+and the ``/openapi.json`` and ``/docs`` routes that serve it."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterable
+
+import falcon
+import swagger_ui
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+
+from .. import __version__
+from . import schemas
+from .model import Model
+
+DOCS_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
+
+
+SCHEMAS = {
+    "Organization": schemas.OrganizationSchema,
+    "User": schemas.UserSchema,
+    "Tool": schemas.ToolSchema,
+    "Action": schemas.ActionSchema,
+    "ToolDetail": schemas.ToolDetailSchema,
+    "Step": schemas.StepSchema,
+    "Flow": schemas.FlowSchema,
+    "FlowVersion": schemas.FlowVersionSchema,
+    "ExecutionLog": schemas.ExecutionLogSchema,
+    "FieldError": schemas.FieldErrorSchema,
+    "Error": schemas.ErrorSchema,
+    "Health": schemas.HealthSchema,
+    "Status": schemas.StatusSchema,
+    "Version": schemas.VersionSchema,
+    "Execute": schemas.ExecuteSchema,
+    "RunStep": schemas.RunStepSchema,
+    "Run": schemas.RunSchema,
+    "RunDetail": schemas.RunDetailSchema,
+    "RunAccepted": schemas.RunAcceptedSchema,
+    "FlowMetrics": schemas.FlowMetricsSchema,
+    "ActionExecute": schemas.ActionExecuteSchema,
+    "ActionResult": schemas.ActionResultSchema,
+    "Credential": schemas.CredentialSchema,
+    "ApiKey": schemas.ApiKeySchema,
+}
+
+ERRORS = {
+    "400": "Malformed JSON, failed validation, bad tenant headers or a reference to an unseen record.",
+    "404": "No such record (also another organization's, or an id that is not a UUID).",
+    "405": "Method not allowed on this path (see the Allow header).",
+    "409": "A unique value is taken, or dependent rows block the delete.",
+    "412": "If-Match does not match the record's ETag.",
+    "413": "Body larger than 1 MiB.",
+    "415": "Body is not JSON.",
+    "401": "TOLSTOY_AUTH_MODE=api_key: missing, invalid or revoked API key (WWW-Authenticate: Bearer).",
+    "403": "TOLSTOY_AUTH_MODE=api_key: X-Org-ID names another organization, or the admin token is needed.",
+    "503": "The database (or the credential key) is unavailable; retry later.",
+}
+
+
+def _error(code: str) -> dict:
+    return {"description": ERRORS[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _errors(*codes: str) -> dict:
+    # Every data route may also meet API-key auth (401/403) and an unreachable database (503).
+    return {code: _error(code) for code in (*codes, "401", "403", "503")}
+
+
+def _json(ref: str, many: bool = False) -> dict:
+    schema = {"$ref": f"#/components/schemas/{ref}"}
+    if many:
+        schema = {"type": "array", "items": schema}
+    return {"application/json": {"schema": schema}}
+
+
+def _tenant_params(user_required: bool = False) -> list[dict]:
+    return [
+        "OrgId",
+        "UserIdRequired" if user_required else "UserId",
+    ]
+
+
+def _crud_paths(spec: APISpec, model: Model) -> None:
+    tenant = _tenant_params() if model.tenant else []
+    item_ref = model.detail_schema_name
+    filters = [
+        {"name": f.param, "in": "query", "required": False, "description": f.description,
+         "schema": {"type": "string"}}
+        for f in model.filters
+    ]
+    spec.path(
+        path=model.path,
+        operations={
+            "get": {
+                "tags": [model.tag],
+                "summary": f"List {model.tag.lower()}, newest first",
+                "parameters": tenant + [
+                    "Limit",
+                    "Cursor",
+                ] + filters,
+                "responses": {
+                    "200": {
+                        "description": "One page; Link and X-Next-Cursor when more exist.",
+                        "headers": {
+                            "Link": "Link",
+                            "X-Next-Cursor": "NextCursor",
+                        },
+                        "content": _json(model.schema_name, many=True),
+                    },
+                    **_errors("400"),
+                },
+            },
+            "post": {
+                "tags": [model.tag],
+                "summary": f"Create a record in {model.tag.lower()}",
+                "parameters": _tenant_params(model.user_required_on_create) if model.tenant else [],
+                "requestBody": {"required": True, "content": _json(model.schema_name)},
+                "responses": {
+                    "201": {
+                        "description": "Created.",
+                        "headers": {
+                            "Location": "Location",
+                            "ETag": "ETag",
+                        },
+                        "content": _json(item_ref),
+                    },
+                    **_errors("400", "409", "413", "415"),
+                },
+            },
+        },
+    )
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    if_match = "IfMatch"
+    update = {
+        "tags": [model.tag],
+        "parameters": tenant + [id_param, if_match],
+        "description": "Partial update: fields not sent stay as they are; null clears an optional field.",
+        "requestBody": {"required": True, "content": _json(model.schema_name)},
+        "responses": {
+            "200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                    "content": _json(item_ref)},
+            **_errors("400", "404", "409", "412", "413", "415"),
+        },
+    }
+    spec.path(
+        path=f"{model.path}/{{id}}",
+        operations={
+            "get": {
+                "tags": [model.tag],
+                "parameters": tenant + [id_param],
+                "responses": {
+                    "200": {"description": "The record.", "headers": {"ETag": "ETag"},
+                            "content": _json(item_ref)},
+                    **_errors("400", "404"),
+                },
+            },
+            "put": {**update, "summary": "Update (partial)"},
+            "patch": {**update, "summary": "Update (partial)"},
+            "delete": {
+                "tags": [model.tag],
+                "parameters": tenant + [id_param, if_match],
+                "description": f"Refused with 409 while {model.delete_blocked_by} reference it."
+                if model.delete_blocked_by else "Delete the record.",
+                "responses": {"204": {"description": "Deleted."}, **_errors("400", "404", "409", "412")},
+            },
+        },
+    )
+
+
+@functools.cache
+def spec_bytes(models: tuple[Model, ...], app_name: str) -> bytes:
+    """The document as served; built once per process (it only changes with the code)."""
+    return json.dumps(build_spec(models, app_name)).encode()
+
+
+def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
+    """The whole OpenAPI 3.1 document as a dict."""
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title=app_name,
+        version=__version__,
+        openapi_version="3.1.0",
+        plugins=[plugin],
+        info={"description": "Multi-tenant workflow automation: tools, actions, flows and their execution logs."},
+    )
+    plugin.map_to_openapi_type(schemas.Timestamp, "string", "date-time")
+    plugin.map_to_openapi_type(schemas.JSONObject, "object", None)
+    for name, schema in SCHEMAS.items():
+        spec.components.schema(name, schema=schema)
+    # Fields whose accepted shapes marshmallow cannot describe by itself.
+    for name in ("Action",):
+        props = spec.components.schemas[name]["properties"]
+        props["inputSchema"] = {
+            "description": "JSON Schema object, or the original service's array of field definitions (stored converted).",
+            "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}],
+        }
+        props["executeIf"] = {"oneOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]}
+    spec.components.schemas["Flow"]["properties"]["steps"]["items"] = {"$ref": "#/components/schemas/Step"}
+    spec.components.schemas["Step"]["properties"]["config"]["description"] = (
+        "action: {actionId | actionKey, inputs}; http_request: {method, url, headers, body}; "
+        "delay: {ms}; transform: {output}."
+    )
+
+    spec.components.parameter("OrgId", "header", {
+        "name": "X-Org-ID", "required": True, "schema": {"type": "string", "format": "uuid"},
+        "description": "The caller's organization."})
+    spec.components.parameter("UserId", "header", {
+        "name": "X-User-ID", "required": False, "schema": {"type": "string", "format": "uuid"},
+        "description": "Acting user; must belong to the organization when sent."})
+    spec.components.parameter("UserIdRequired", "header", {
+        "name": "X-User-ID", "required": True, "schema": {"type": "string", "format": "uuid"},
+        "description": "Acting user, recorded on the new row."})
+    spec.components.parameter("Limit", "query", {
+        "name": "limit", "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE, "default": schemas.DEFAULT_PAGE}})
+    spec.components.parameter("Cursor", "query", {
+        "name": "cursor", "required": False, "schema": {"type": "string"},
+        "description": "Opaque cursor from X-Next-Cursor."})
+    spec.components.parameter("IfMatch", "header", {
+        "name": "If-Match", "required": False, "schema": {"type": "string"},
+        "description": "Apply only if the record's ETag still matches."})
+    spec.components.header("Link", {"schema": {"type": "string"}, "description": 'Relative URL of the next page, rel="next".'})
+    spec.components.header("NextCursor", {"schema": {"type": "string"}, "description": "Cursor of the next page."})
+    spec.components.header("Location", {"schema": {"type": "string"}, "description": "Relative path of the new record."})
+    spec.components.header("ETag", {"schema": {"type": "string"}, "description": "Strong entity tag."})
+
+    for model in models:
+        _crud_paths(spec, model)
+
+    flow_params = _tenant_params() + [
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    ]
+    spec.path(path="/flows/{id}/versions", operations={"get": {
+        "tags": ["Flows"], "summary": "Every version of a flow's steps, newest first",
+        "parameters": flow_params + ["Limit",
+                                     "Cursor"],
+        "responses": {"200": {"description": "One page of versions.",
+                              "headers": {"Link": "Link",
+                                          "X-Next-Cursor": "NextCursor"},
+                              "content": _json("FlowVersion", many=True)},
+                      **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/versions/{version}", operations={"get": {
+        "tags": ["Flows"], "summary": "One version of a flow",
+        "parameters": flow_params + [{"name": "version", "in": "path", "required": True,
+                                      "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "The version.", "content": _json("FlowVersion")},
+                      **_errors("400", "404")}}})
+
+    def simple(path: str, summary: str, ref: str, unhealthy: bool = False) -> None:
+        responses = {"200": {"description": summary, "content": _json(ref)}}
+        if unhealthy:
+            responses["503"] = {"description": "The database does not answer.", "content": _json("Status")}
+        spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
+
+    _engine_paths(spec)
+    _api_key_paths(spec)
+    simple("/health", "The process is up (no database call).", "Health")
+    simple("/status", "The database answers.", "Status", unhealthy=True)
+    for path in ("/status/detailed", "/detailed"):
+        spec.path(path=path, operations={"get": {
+            "tags": ["Health"], "summary": "Database latency, pool, migration version, counts, process and config",
+            "responses": {"200": {"description": "Details.", "content": {"application/json": {"schema": {"type": "object"}}}},
+                          "503": {"description": "The database does not answer.", "content": _json("Status")}}}})
+    simple("/version", "Name and versions of the service.", "Version")
+    spec.path(path="/openapi.json", operations={"get": {"tags": ["Docs"], "summary": "This document",
+              "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}})
+    spec.path(path="/docs", operations={"get": {"tags": ["Docs"], "summary": "Interactive documentation",
+              "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
+    return spec.to_dict()
+
+
+def _engine_paths(spec: APISpec) -> None:
+    """Flow execution, action execution and tool credential routes."""
+    uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    flow = [*_tenant_params(), {"name": "id", **uuid_param}]
+    acting = [*_tenant_params(user_required=True), {"name": "id", **uuid_param}]
+    execution = {"name": "executionId", **uuid_param}
+    accepted = {"202": {"description": "Queued; follow it at Location.",
+                        "headers": {"Location": "Location"}, "content": _json("RunAccepted")}}
+    idem = {"name": "Idempotency-Key", "in": "header", "required": False,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": "Repeating a key returns the run it first created."}
+    spec.path(path="/flows/{id}/execute", operations={"post": {
+        "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
+        "parameters": acting + [idem], "requestBody": {"required": True, "content": _json("Execute")},
+        "responses": {**accepted, **_errors("400", "404", "413", "415")}}})
+    spec.path(path="/flows/{id}/executions", operations={"get": {
+        "tags": ["Executions"], "summary": "The flow's runs, newest first",
+        "parameters": flow + ["Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                              "content": _json("Run", many=True)}, **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}", operations={"get": {
+        "tags": ["Executions"], "summary": "One run with its step checkpoints",
+        "parameters": flow + [execution],
+        "responses": {"200": {"description": "The run.", "content": _json("RunDetail")}, **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/cancel", operations={"post": {
+        "tags": ["Executions"], "summary": "Cancel (now if queued or sleeping, else at the next step)",
+        "parameters": flow + [execution],
+        "responses": {"202": {"description": "Cancelled or cancelling.", "content": _json("RunAccepted")},
+                      **_errors("400", "404", "409")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/retry", operations={"post": {
+        "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
+        "parameters": acting + [execution],
+        "responses": {**accepted, **_errors("400", "404", "409")}}})
+    spec.path(path="/flows/{id}/metrics", operations={"get": {
+        "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
+        "parameters": flow, "responses": {"200": {"description": "Metrics.", "content": _json("FlowMetrics")},
+                                          **_errors("400", "404")}}})
+    spec.path(path="/actions/{id}/execute", operations={"post": {
+        "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
+        "parameters": acting, "requestBody": {"required": True, "content": _json("ActionExecute")},
+        "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
+                              "content": _json("ActionResult")}, **_errors("400", "404", "413", "415")}}})
+    spec.path(path="/tools/{id}/auth", operations={
+        "post": {"tags": ["Tools"], "summary": "Store a credential (encrypted); the answer is masked",
+                 "parameters": flow, "requestBody": {"required": True, "content": _json("Credential")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": _json("Credential")}, **_errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's credentials, masked", "parameters": flow,
+                "responses": {"200": {"description": "Credentials.", "content": _json("Credential", many=True)},
+                              **_errors("400", "404")}}})
+    spec.path(path="/tools/{id}/auth/{name}", operations={"delete": {
+        "tags": ["Tools"], "summary": "Delete a credential by name",
+        "parameters": flow + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "Deleted."}, **_errors("400", "404")}}})
+
+
+def _api_key_paths(spec: APISpec) -> None:
+    """``/api-keys``: an organization's keys (used when TOLSTOY_AUTH_MODE=api_key)."""
+    spec.path(path="/api-keys", operations={
+        "get": {"tags": ["API keys"], "summary": "Active keys, newest first (prefixes only, never the keys)",
+                "parameters": _tenant_params() + ["Limit", "Cursor"],
+                "responses": {"200": {"description": "One page.",
+                                      "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                                      "content": _json("ApiKey", many=True)}, **_errors("400")}},
+        "post": {"tags": ["API keys"], "summary": "Create a key; apiKey is shown in this answer only",
+                 "parameters": _tenant_params(), "requestBody": {"required": True, "content": _json("ApiKey")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": _json("ApiKey")}, **_errors("400", "413", "415")}}})
+    spec.path(path="/api-keys/{id}", operations={"delete": {
+        "tags": ["API keys"], "summary": "Revoke a key at once",
+        "parameters": _tenant_params() + [{"name": "id", "in": "path", "required": True,
+                                           "schema": {"type": "string", "format": "uuid"}}],
+        "responses": {"204": {"description": "Revoked."}, **_errors("400", "404")}}})
+
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title} API</title>
+<link rel="stylesheet" href="/docs/static/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/static/swagger-ui-bundle.js"></script>
+<script src="/docs/static/docs-init.js"></script>
+</body>
+</html>
+"""
+
+# Kept out of the page so a strict Content-Security-Policy needs no inline script.
+DOCS_INIT = """window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});
+"""
+
+
+class OpenAPI:
+    """``GET /openapi.json``: built once per process."""
+
+    access = "public"
+
+    def __init__(self, models: tuple[Model, ...], app_name: str):
+        self.body = spec_bytes(models, app_name)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The spec."""
+        resp.data = self.body
+        resp.content_type = falcon.MEDIA_JSON
+
+
+class Docs:
+    """``GET /docs``: Swagger UI from files shipped in a Python package (no CDN)."""
+
+    access = "public"
+
+    def __init__(self, app_name: str):
+        self.page = DOCS_PAGE.format(title=app_name).encode()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The HTML page."""
+        resp.data = self.page
+        resp.content_type = falcon.MEDIA_HTML
+
+    def on_get_init(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The page's start-up script."""
+        resp.data = DOCS_INIT.encode()
+        resp.content_type = falcon.MEDIA_JS

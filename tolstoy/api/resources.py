@@ -1,0 +1,139 @@
+"""Collection and Item resources shared by every model. A model module declares
+its Model (tolstoy/api/model.py), subclasses these and adds its own reference
+checks or representation.
+
+Each write follows the contract's order of checks: body parsed (400) → record
+found (404) → If-Match (412) → fields valid (400) → references visible (400) →
+uniqueness and dependents (409, from the database's constraints)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+from marshmallow import Schema
+
+from ..db.database import Database
+from ..db.queries import Query
+from .errors import NotFound, field_error
+from .model import Model
+from .paging import finish_page, page_limit, time_id_cursor, time_id_key
+from .requests import parse_uuid, read_json, validate_body, validate_query
+from .responses import check_if_match, created, etag_of, respond
+
+
+def get_or_404(db: Database, query: Query, noun: str, **params: Any) -> dict:
+    """The one row a query finds, or 404 naming what was looked for (also another organization's)."""
+    row = db.one(query, **params)
+    if row is None:
+        raise NotFound(noun)
+    return row
+
+
+def list_page(req: falcon.Request, resp: falcon.Response, query_schema: Schema,
+              fetch: Callable[..., list[dict]], dump: Callable[[list[dict]], Any], *,
+              cursor: Callable[[dict], dict] = time_id_cursor,
+              key: Callable[[dict], list] = time_id_key) -> None:
+    """One keyset page: check the query string, fetch ``limit + 1`` rows with
+    ``fetch(query, limit=…, **keyset)``, set Link/X-Next-Cursor, answer the dumped rows."""
+    query = validate_query(query_schema, req)
+    limit = page_limit(query)
+    rows = fetch(query, limit=limit + 1, **cursor(query))
+    resp.media = dump(finish_page(req, resp, rows, limit, key))
+
+
+class ModelResource:
+    """What a model's Collection and Item share: the declaration, its store and its checks."""
+
+    model: Model
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.store = self.model.store(db)
+        self.schema = self.model.schema()
+        self.noun = self.model.noun
+
+    def represent(self, row: dict) -> dict:
+        """The record as the API shows it."""
+        return self.schema.dump(row)
+
+    def check_references(self, req: falcon.Request, values: dict) -> None:
+        """400 naming a field that points at a record the caller cannot see."""
+
+    def require_visible(self, req: falcon.Request, exists: Query, record_id, field: str, noun: str) -> None:
+        """400 naming ``field`` unless the caller's organization has that record (``exists`` query)."""
+        if not self.db.scalar(exists, org_id=req.context.org_id, id=record_id):
+            raise field_error(field, f"No {noun} with this id in this organization.")
+
+    def load_values(self, data: dict, partial: bool) -> dict:
+        """Validate a body; subclasses may normalise the result."""
+        return validate_body(self.schema, data, partial=partial, ignore=self.model.derived_fields)
+
+    def find(self, req: falcon.Request, raw_id: str, *, for_update: bool = False) -> tuple[uuid.UUID, dict]:
+        """The record named in the path, or 404 (also for another organization's)."""
+        record_id = parse_uuid(raw_id, self.noun)
+        query = self.store.queries.get_for_update if for_update else self.store.queries.get
+        return record_id, get_or_404(self.db, query, self.noun, org_id=req.context.org_id, id=record_id)
+
+
+class Collection(ModelResource):
+    """``GET`` a keyset page, ``POST`` a new record."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """List records newest first, one page at a time."""
+        filters = {f.column: f.param for f in self.model.filters}
+
+        def fetch(query: dict, **page) -> list[dict]:
+            values = {column: query.get(param) for column, param in filters.items()}
+            return self.store.list(req.context.org_id, filters=values, **page)
+
+        list_page(req, resp, self.model.list_query, fetch, lambda rows: self.schema.dump(rows, many=True))
+
+    def insert(self, req: falcon.Request, values: dict) -> dict:
+        """Write the new row; subclasses add columns that do not come from the body."""
+        return self.store.insert(req.context.org_id, values)
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a record: 201 with Location."""
+        data = read_json(req)
+        values = self.load_values(data, partial=False)
+        with self.db.transaction():
+            self.check_references(req, values)
+            row = self.insert(req, values)
+            body = self.represent(row)
+        created(req, resp, body)
+
+
+class Item(ModelResource):
+    """``GET``, partial ``PUT``/``PATCH`` and ``DELETE`` of one record."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Read one record with its ETag."""
+        _, row = self.find(req, id)
+        respond(resp, self.represent(row))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Change the fields sent; the others stay as they are."""
+        data = read_json(req)
+        with self.db.transaction():
+            record_id, row = self.find(req, id, for_update=True)
+            check_if_match(req, etag_of(self.represent(row)))
+            values = self.load_values(data, partial=True)
+            self.check_references(req, values)
+            merged = {column: row.get(column) for column in self.store.writable}
+            merged.update(values)
+            row = self.store.update(req.context.org_id, record_id, merged)
+            body = self.represent(row)
+        respond(resp, body)
+
+    on_put = on_patch
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Delete one record: 204, or 409 while other rows reference it."""
+        with self.db.transaction():
+            record_id, row = self.find(req, id, for_update=True)
+            check_if_match(req, etag_of(self.represent(row)))
+            self.store.delete(req.context.org_id, record_id)
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,606 @@
+"""marshmallow schemas: the one place that validates request bodies and query
+strings and shapes every response. Python names are the database's snake_case;
+``data_key`` gives the API's camelCase."""
+
+from __future__ import annotations
+
+import re
+
+import jsonschema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from referencing.exceptions import Unresolvable
+
+from ..engine import graph_errors
+from ..times import iso
+
+AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+EXECUTION_STATUSES = (
+    "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
+)
+STEP_TYPES = ("action", "http_request", "delay", "transform")
+FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
+MAX_STEPS = 200
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+
+# Sent back by clients that GET, modify and PUT a record; ignored on input.
+READ_ONLY_FIELDS = frozenset({"id", "orgId", "userId", "version", "createdAt", "updatedAt"})
+
+
+class Timestamp(fields.Field):
+    """ISO 8601 in UTC with milliseconds and a ``Z``, as the contract spells timestamps."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return iso(value)
+
+
+class JSONObject(fields.Dict):
+    """Any JSON object (keys are strings, values any JSON)."""
+
+    default_error_messages = {"invalid": "Must be a JSON object."}
+
+
+class StrictBoolean(fields.Boolean):
+    """JSON ``true``/``false`` only: flow steps are stored as sent, so ``"false"`` or ``1``
+    must not pass validation as a boolean."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
+class Base(Schema):
+    """Unknown fields are errors that name the field."""
+
+    class Meta:
+        unknown = RAISE
+
+
+class Record(Base):
+    """Fields every row has."""
+
+    id = fields.UUID(dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class TenantRecord(Record):
+    """Rows of tenant tables carry their organization."""
+
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+
+
+def text(low: int, high: int, **kwargs) -> fields.String:
+    """A string field whose length must lie in [low, high]."""
+    return fields.String(validate=validate.Length(min=low, max=high), **kwargs)
+
+
+class OrganizationSchema(Record):
+    """``{name}``."""
+
+    name = text(1, 200, required=True)
+
+
+class UserSchema(TenantRecord):
+    """``{email, name?}``; email unique per organization, ignoring case."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    name = text(0, 200, allow_none=True)
+
+
+class ToolSchema(TenantRecord):
+    """``{name, baseUrl, authType}``."""
+
+    name = text(1, 200, required=True)
+    base_url = fields.Url(
+        data_key="baseUrl",
+        required=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2048),
+    )
+    auth_type = fields.String(
+        data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
+    )
+
+
+class FieldValidationSchema(Base):
+    """The original service's per-field constraints."""
+
+    min = fields.Float(allow_none=True)
+    max = fields.Float(allow_none=True)
+    pattern = fields.String(allow_none=True, validate=validate.Length(max=1000))
+    format = fields.String(allow_none=True, validate=validate.Length(max=100))
+
+    @validates_schema
+    def _pattern_compiles(self, data, **kwargs):
+        if data.get("pattern"):
+            try:
+                re.compile(data["pattern"])
+            except re.error as exc:
+                raise ValidationError(f"Not a valid regular expression: {exc}", "pattern") from None
+
+
+class FieldDefinitionSchema(Base):
+    """One entry of the original service's array form of ``inputSchema``."""
+
+    name = text(1, 200, required=True)
+    type = fields.String(required=True, validate=validate.OneOf(FIELD_TYPES))
+    required = fields.Boolean()
+    description = text(0, 2000, allow_none=True)
+    default = fields.Raw(allow_none=True)
+    options = fields.List(fields.Raw(), allow_none=True, validate=validate.Length(max=1000))
+    validation = fields.Nested(FieldValidationSchema, allow_none=True)
+
+    @validates_schema
+    def _enum_has_options(self, data, **kwargs):
+        if data.get("type") == "enum" and not data.get("options"):
+            raise ValidationError("An enum field needs a non-empty options list.", "options")
+
+
+def field_definitions_to_json_schema(definitions: list[dict]) -> dict:
+    """Convert the original service's field list into an equivalent JSON Schema object."""
+    properties: dict = {}
+    required: list[str] = []
+    for item in definitions:
+        kind = item["type"]
+        rules = item.get("validation") or {}
+        prop: dict = {}
+        if kind == "enum":
+            prop["enum"] = item["options"]
+        elif kind == "date":
+            prop.update(type="string", format=rules.get("format") or "date")
+        else:
+            prop["type"] = kind
+        if kind == "number":
+            if rules.get("min") is not None:
+                prop["minimum"] = rules["min"]
+            if rules.get("max") is not None:
+                prop["maximum"] = rules["max"]
+        if kind == "string":
+            if rules.get("min") is not None:
+                prop["minLength"] = int(rules["min"])
+            if rules.get("max") is not None:
+                prop["maxLength"] = int(rules["max"])
+            if rules.get("format"):
+                prop["format"] = rules["format"]
+        if rules.get("pattern") and kind in ("string", "date"):
+            prop["pattern"] = rules["pattern"]
+        if item.get("description"):
+            prop["description"] = item["description"]
+        if "default" in item:
+            prop["default"] = item["default"]
+        properties[item["name"]] = prop
+        if item.get("required"):
+            required.append(item["name"])
+    schema: dict = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+class InputSchemaField(fields.Field):
+    """A JSON Schema object, or the legacy field array (stored converted to JSON Schema)."""
+
+    default_error_messages = {
+        "invalid": "Must be a JSON Schema object or an array of field definitions.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list):
+            definitions = FieldDefinitionSchema(many=True).load(value)
+            names = [d["name"] for d in definitions]
+            if len(set(names)) != len(names):
+                raise ValidationError("Field names must be unique.")
+            value = field_definitions_to_json_schema(definitions)
+        if not isinstance(value, dict):
+            raise self.make_error("invalid")
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+            # Resolves every reachable $ref now, so a dangling one is the writer's 400, not a failed call later.
+            jsonschema.Draft202012Validator(value).is_valid({})
+        except jsonschema.SchemaError as exc:
+            raise ValidationError(f"Not a valid JSON Schema: {exc.message}") from None
+        except Unresolvable as exc:
+            raise ValidationError(f"Not a usable JSON Schema: cannot resolve {exc.ref!r}") from None
+        return value
+
+
+class ExecuteIfField(fields.Field):
+    """A template string (``{{ … }}``) or a JSON condition object."""
+
+    default_error_messages = {"invalid": "Must be a template string or a JSON object."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            if not 1 <= len(value) <= 2000:
+                raise ValidationError("Length must be between 1 and 2000.")
+            return value
+        if isinstance(value, dict):
+            return value
+        raise self.make_error("invalid")
+
+
+class ActionSchema(TenantRecord):
+    """``{toolId, name, key, method, endpoint, headers?, inputSchema?, executeIf?}``."""
+
+    tool_id = fields.UUID(data_key="toolId", required=True)
+    name = text(1, 200, required=True)
+    key = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^\S+$", error="Must not contain whitespace."),
+        ],
+    )
+    method = fields.String(required=True, validate=validate.OneOf(HTTP_METHODS))
+    endpoint = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=2048),
+            validate.Regexp(r"^/\S*$", error="Must be a path starting with / and without spaces."),
+        ],
+    )
+    headers = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=200)),
+        values=fields.String(validate=validate.Length(max=8192)),
+        allow_none=True,
+    )
+    input_schema = InputSchemaField(data_key="inputSchema", allow_none=True)
+    execute_if = ExecuteIfField(data_key="executeIf", allow_none=True)
+    version = fields.Integer(dump_only=True)
+
+
+class ToolDetailSchema(ToolSchema):
+    """A tool with its actions, as ``GET /tools/{id}`` returns it."""
+
+    actions = fields.List(fields.Nested(ActionSchema), dump_only=True)
+
+
+# ---- flow steps -------------------------------------------------------------
+
+TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+def url_or_template(value: str) -> None:
+    """An absolute http(s) URL, or a string built from templates at run time."""
+    if TEMPLATE.search(value):
+        return
+    validate.URL(schemes={"http", "https"}, require_tld=False)(value)
+
+
+class ActionStepConfig(Base):
+    """``action``: which action to call and with what inputs."""
+
+    actionId = fields.UUID()
+    actionKey = text(1, 200)
+    inputs = JSONObject()
+
+    @validates_schema
+    def _one_reference(self, data, **kwargs):
+        if ("actionId" in data) == ("actionKey" in data):
+            raise ValidationError("Give exactly one of actionId or actionKey.", "actionId")
+
+
+class HttpRequestStepConfig(Base):
+    """``http_request``: a request to any allowed URL."""
+
+    method = fields.String(
+        required=True, validate=validate.OneOf(HTTP_METHODS + ("HEAD", "OPTIONS"))
+    )
+    url = fields.String(
+        required=True, validate=[validate.Length(min=1, max=4096), url_or_template]
+    )
+    headers = fields.Dict(keys=fields.String(), values=fields.String())
+    body = fields.Raw(allow_none=True)
+
+
+class DelayStepConfig(Base):
+    """``delay``: wait this many milliseconds (at most seven days)."""
+
+    ms = fields.Integer(required=True, strict=True, validate=validate.Range(0, 7 * 24 * 3600 * 1000))
+
+
+class TransformStepConfig(Base):
+    """``transform``: render ``output`` (any JSON with templates)."""
+
+    output = fields.Raw(required=True, allow_none=True)
+
+
+STEP_CONFIGS = {
+    "action": ActionStepConfig,
+    "http_request": HttpRequestStepConfig,
+    "delay": DelayStepConfig,
+    "transform": TransformStepConfig,
+}
+
+
+class RetryPolicySchema(Base):
+    """How often and how fast a failed step is tried again."""
+
+    maxRetries = fields.Integer(strict=True, validate=validate.Range(0, 20))
+    backoffStrategy = fields.String(validate=validate.OneOf(("fixed", "exponential")))
+    delayMs = fields.Integer(strict=True, validate=validate.Range(0, 3_600_000))
+
+
+def load_config_for_type(data: dict, configs: dict) -> None:
+    """Load ``data["config"]`` with the schema its ``type`` names; errors are reported under ``config``."""
+    schema = configs.get(data.get("type"))
+    if schema is None or "config" not in data:
+        return  # an unknown type or a missing config is already reported by its own field
+    try:
+        data["config"] = schema().load(data["config"])
+    except ValidationError as exc:
+        raise ValidationError({"config": exc.messages}) from None
+
+
+class StepSchema(Base):
+    """One step of a flow; ``config`` is checked against the schema of its ``type``."""
+
+    id = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=100),
+            validate.Regexp(
+                r"^[A-Za-z_][A-Za-z0-9_]*$",
+                error="Must start with a letter or _ and hold only letters, digits and _.",
+            ),
+        ],
+    )
+    type = fields.String(required=True, validate=validate.OneOf(STEP_TYPES))
+    name = text(0, 200, allow_none=True)
+    config = JSONObject(required=True)
+    executeIf = text(1, 2000, allow_none=True)
+    dependsOn = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
+                            validate=validate.Length(max=MAX_STEPS))
+    retryPolicy = fields.Nested(RetryPolicySchema, allow_none=True)
+    timeoutMs = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 3_600_000))
+    critical = StrictBoolean(allow_none=True)
+
+    @validates_schema
+    def _config_matches_type(self, data, **kwargs):
+        load_config_for_type(data, STEP_CONFIGS)
+
+
+class FlowSchema(TenantRecord):
+    """``{name?, description?, steps}``."""
+
+    name = text(0, 200, allow_none=True)
+    description = text(0, 5000, allow_none=True)
+    steps = fields.List(
+        fields.Nested(StepSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_STEPS),
+    )
+    version = fields.Integer(dump_only=True)
+
+    @validates_schema
+    def _steps_form_a_graph(self, data, **kwargs):
+        if data.get("steps"):
+            problems = graph_errors(data["steps"])
+            if problems:
+                raise ValidationError({"steps": problems})
+
+
+class FlowVersionSchema(Base):
+    """``{version, steps, createdAt}``: one immutable version of a flow."""
+
+    version = fields.Integer(dump_only=True)
+    steps = fields.List(fields.Dict(), dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
+
+class ExecutionLogSchema(TenantRecord):
+    """``{flowId, executionId, stepKey, status, inputs, outputs?, error?}``; userId from X-User-ID."""
+
+    # Null only on logs of direct action executions, which the engine writes.
+    flow_id = fields.UUID(data_key="flowId", required=True, allow_none=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
+    execution_id = text(1, 200, data_key="executionId", required=True)
+    step_key = text(1, 200, data_key="stepKey", required=True)
+    status = fields.String(required=True, validate=validate.OneOf(EXECUTION_STATUSES))
+    inputs = JSONObject(required=True)
+    outputs = JSONObject(allow_none=True)
+    error = fields.Raw(allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True,
+                                 metadata={"description": "Set on logs the engine writes."})
+
+    @validates_schema
+    def _flow_is_required(self, data, **kwargs):
+        if "flow_id" in data and data["flow_id"] is None:
+            raise ValidationError("Field may not be null.", "flowId")
+
+
+# ---- query strings ----------------------------------------------------------
+
+class PageQuery(Base):
+    """``?limit=&cursor=`` on every list."""
+
+    limit = fields.Integer(validate=validate.Range(1, MAX_PAGE))
+    cursor = text(1, 1000)
+
+
+# ---- health -----------------------------------------------------------------
+
+class HealthSchema(Base):
+    """``GET /health``."""
+
+    status = fields.String(dump_only=True)
+
+
+class StatusSchema(Base):
+    """``GET /status`` when the database answers (503 body has ``message`` instead)."""
+
+    status = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    uptime = fields.Float(dump_only=True, metadata={"description": "Seconds since the process started."})
+    timestamp = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class VersionSchema(Base):
+    """``GET /version``."""
+
+    name = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    python = fields.String(dump_only=True)
+    falcon = fields.String(dump_only=True)
+
+
+class FieldErrorSchema(Base):
+    """One validation problem."""
+
+    field = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class ErrorSchema(Base):
+    """Every error response."""
+
+    statusCode = fields.Integer(dump_only=True)
+    error = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+    errors = fields.List(fields.Nested(FieldErrorSchema), dump_only=True)
+
+
+# ---- engine -----------------------------------------------------------------
+
+class ExecuteSchema(Base):
+    """``POST /flows/{id}/execute``: the run's input."""
+
+    variables = JSONObject(load_default=dict)
+
+
+class RunStepSchema(Base):
+    """One step checkpoint of a run."""
+
+    step_id = fields.String(data_key="stepId", dump_only=True)
+    status = fields.String(dump_only=True)
+    attempt = fields.Integer(dump_only=True)
+    inputs = fields.Raw(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    wake_at = Timestamp(data_key="wakeAt", dump_only=True, allow_none=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True)
+
+
+class RunSchema(Base):
+    """A flow run (execution)."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
+    status = fields.String(dump_only=True)
+    variables = fields.Dict(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+
+
+class RunDetailSchema(RunSchema):
+    """A run with its step checkpoints."""
+
+    steps = fields.List(fields.Nested(RunStepSchema), dump_only=True)
+
+
+class RunAcceptedSchema(Base):
+    """202 body of execute and retry."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    status = fields.String(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+
+
+class FlowMetricsSchema(Base):
+    """``GET /flows/{id}/metrics``."""
+
+    totalExecutions = fields.Integer(dump_only=True)
+    statusBreakdown = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
+    successRate = fields.Float(dump_only=True, allow_none=True,
+                               metadata={"description": "completed / finished runs; null before any finished."})
+    p50Ms = fields.Float(dump_only=True, allow_none=True)
+    p95Ms = fields.Float(dump_only=True, allow_none=True)
+
+
+class ActionExecuteSchema(Base):
+    """``POST /actions/{id}/execute``."""
+
+    inputs = JSONObject(required=True)
+
+
+class ActionResultSchema(Base):
+    """200 body of an action execution."""
+
+    success = fields.Boolean(dump_only=True)
+    executionId = fields.String(dump_only=True)
+    durationMs = fields.Integer(dump_only=True)
+    statusCode = fields.Integer(dump_only=True, allow_none=True)
+    data = fields.Raw(dump_only=True)
+
+
+def _required_strings(*names: str) -> dict:
+    return {name: text(1, 8192, required=True) for name in names}
+
+
+CREDENTIAL_CONFIGS = {
+    "apiKey": Schema.from_dict({
+        "headerName": fields.String(required=True, validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", error="Not a valid HTTP header name.")]),
+        "headerValue": text(1, 8192, required=True),
+    }, name="ApiKeyConfig"),
+    "bearer": Schema.from_dict(_required_strings("token"), name="BearerConfig"),
+    "basic": Schema.from_dict({"username": text(1, 1000, required=True), "password": text(0, 8192, required=True)},
+                              name="BasicConfig"),
+    "oauth2": Schema.from_dict({
+        "clientId": text(1, 1000, required=True),
+        "clientSecret": text(1, 8192, required=True),
+        "tokenUrl": fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
+        "scopes": fields.List(text(1, 200), validate=validate.Length(max=100)),
+        "accessToken": text(1, 8192),
+        "refreshToken": text(1, 8192),
+    }, name="OAuth2Config"),
+}
+for _schema in CREDENTIAL_CONFIGS.values():
+    _schema.Meta.unknown = RAISE
+
+
+class CredentialSchema(Base):
+    """``POST /tools/{id}/auth``: ``{name?, type, config, isDefault?}``; secrets are write-only."""
+
+    name = text(1, 200, load_default="default")
+    type = fields.String(required=True, validate=validate.OneOf(tuple(CREDENTIAL_CONFIGS)))
+    config = JSONObject(required=True)
+    is_default = StrictBoolean(data_key="isDefault", load_default=False)
+    id = fields.UUID(dump_only=True)
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+    @validates_schema
+    def _config_matches_type(self, data, **kwargs):
+        load_config_for_type(data, CREDENTIAL_CONFIGS)
+
+
+# ---- API keys -----------------------------------------------------------------
+
+class ApiKeySchema(Base):
+    """``{id, name, prefix, createdAt, lastUsedAt}``; ``apiKey`` only in the answer that creates it."""
+
+    id = fields.UUID(dump_only=True)
+    name = text(1, 200, required=True)
+    prefix = fields.String(dump_only=True)
+    api_key = fields.String(data_key="apiKey", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True, allow_none=True)

@@ -1,0 +1,74 @@
+"""``/tools/{id}/auth``: a tool's credentials. Stored encrypted, shown masked."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import falcon
+
+from .. import engine
+from ..db.queries import SQL
+from ..jsonsafe import UNSTORABLE
+from . import resources
+from .errors import NotFound
+from .requests import parse_uuid, read_json, validate_body
+from .responses import created
+from .schemas import CredentialSchema
+
+_SCHEMA = CredentialSchema()
+
+
+class ToolCredentials:
+    """``POST/GET /tools/{id}/auth`` and ``DELETE /tools/{id}/auth/{name}``."""
+
+    def __init__(self, db, vault: engine.Vault | None):
+        self.db = db
+        self.vault = vault
+
+    def tool(self, req: falcon.Request, raw_id: str) -> dict:
+        """The tool in the path, or 404."""
+        return resources.get_or_404(self.db, SQL.tools.get, "Tool", org_id=req.context.org_id,
+                                    id=parse_uuid(raw_id, "Tool"))
+
+    def show(self, row: dict) -> dict:
+        """A credential with its secrets masked."""
+        config = self.vault.decrypt(row["secret"]) if self.vault else {}
+        return _SCHEMA.dump({**row, "config": engine.masked(row["type"], config)})
+
+    def _vault(self) -> engine.Vault:
+        if self.vault is None:
+            raise falcon.HTTPServiceUnavailable(
+                description="Tool credentials are disabled: TOLSTOY_ENCRYPTION_KEY is not set."
+            )
+        return self.vault
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Store a credential (replacing one of the same name); 201 with secrets masked."""
+        data = read_json(req)
+        vault = self._vault()
+        with self.db.transaction():
+            tool = self.tool(req, id)
+            values = validate_body(_SCHEMA, data)
+            if values["is_default"]:
+                self.db.rowcount(SQL.tool_credentials.clear_default, org_id=req.context.org_id, tool_id=tool["id"])
+            row = self.db.one(
+                SQL.tool_credentials.upsert, org_id=req.context.org_id, tool_id=tool["id"],
+                name=values["name"], type=values["type"], secret=vault.encrypt(values["config"]),
+                is_default=values["is_default"],
+            )
+            body = self.show(row)
+        created(req, resp, body, location=f"/tools/{tool['id']}/auth/{quote(row['name'], safe='')}")
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Every credential of the tool, masked."""
+        tool = self.tool(req, id)
+        rows = self.db.all(SQL.tool_credentials.list_by_tool, org_id=req.context.org_id, tool_id=tool["id"])
+        resp.media = [self.show(row) for row in rows]
+
+    def on_delete_named(self, req: falcon.Request, resp: falcon.Response, id: str, name: str) -> None:
+        """Delete one credential by name."""
+        tool = self.tool(req, id)
+        if UNSTORABLE.search(name) or not self.db.rowcount(  # no stored name holds NUL
+                SQL.tool_credentials.delete, org_id=req.context.org_id, tool_id=tool["id"], name=name):
+            raise NotFound("Credential")
+        resp.status = falcon.HTTP_204

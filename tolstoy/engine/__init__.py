@@ -1,0 +1,42 @@
+"""The flow engine: workers claim queued runs from PostgreSQL and execute their
+steps, checkpointing each one, calling tools through a guarded HTTP client
+with the organization's credentials.
+
+This module is the engine's public face: the API and the command line use
+what it exports and nothing deeper (import-linter checks it in CI).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ..db.database import Database
+from .calls import Tools, input_errors
+from .errors import InvalidInputs, StepFailed
+from .graph import dependencies, graph_errors, step_order
+from .outbound import Outbound
+from .runner import RUN_STEP_KEY, Engine
+from .tool_auth import SECRET_FIELDS, masked
+from .vault import Vault, generate_key, local_key
+from .worker import Worker
+
+__all__ = [
+    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "StepFailed", "Tools", "Vault", "Worker",
+    "build", "dependencies", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
+    "step_order", "tools", "vault_from_config",
+]
+
+
+def vault_from_config(config) -> Vault | None:
+    """The credential vault, or None when no TOLSTOY_ENCRYPTION_KEY is configured."""
+    return Vault(config.encryption_key) if config.encryption_key else None
+
+
+def tools(config, db: Database) -> Tools:
+    """Calls to tools with this configuration's outbound rules and credential keys."""
+    return Tools(db, Outbound(config.allow_networks), vault_from_config(config))
+
+
+def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
+    """An Engine wired from configuration."""
+    return Engine(db, tools(config, db), worker_id, stopping=stopping)

@@ -1,0 +1,196 @@
+"""Calls to tools: an action and its inputs become an HTTP request (base URL,
+endpoint, headers, credential, query string or JSON body), which is sent
+through the guarded client. Flow steps and ``POST /actions/{id}/execute`` use
+the same code."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import jsonschema
+from referencing.exceptions import Unresolvable
+
+from ..db.database import Database
+from ..db.queries import SQL
+from ..db.stores import write_execution_log
+from ..errors import VaultError
+from ..redaction import mask_json
+from .errors import InvalidInputs, StepFailed
+from .outbound import Outbound, OutboundError, Reply, retryable_status
+from .templates import TemplateFailure, render
+from .tool_auth import TokenCache, auth_headers, secret_values
+from .vault import Vault
+
+# A synchronous call must answer well inside Gunicorn's worker timeout (gunicorn.conf.py).
+SYNC_TIMEOUT_MS = 20000
+
+
+@dataclass
+class ToolCall:
+    """A request to a tool, built from an action and its inputs."""
+
+    method: str
+    url: str
+    headers: dict
+    params: dict | None
+    body: Any
+    secrets: list = field(default_factory=list)
+    secret_headers: list = field(default_factory=list)  # dropped when a redirect leaves the origin
+
+
+def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
+    """Put ``{name}`` path parameters from inputs into the endpoint; returns (path, unused inputs)."""
+    rest = dict(inputs)
+    path = endpoint
+    for name in list(rest):
+        token = "{" + name + "}"
+        if token in path:
+            path = path.replace(token, quote(str(rest.pop(name)), safe=""))
+    if "{" in path and "}" in path:
+        missing = path[path.index("{") + 1:path.index("}")]
+        raise StepFailed(f"Input {missing!r} is needed to build the endpoint {endpoint}")
+    return path, rest
+
+
+def input_errors(schema: dict, inputs: dict) -> list[dict]:
+    """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``."""
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    problems = []
+    try:
+        found = sorted(validator.iter_errors(inputs), key=lambda e: list(e.path))
+    except Unresolvable as exc:
+        return [{"field": "inputs", "message": f"The action's inputSchema cannot resolve {exc.ref!r}."}]
+    for error in found:
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
+        if error.validator == "required":
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            path += f".{missing}"
+        problems.append({"field": f"inputs{path}", "message": error.message})
+    return problems
+
+
+def checked(reply: Reply) -> dict:
+    """A step's output, or StepFailed for a non-2xx answer (retryable for 429 and 5xx)."""
+    if reply.status >= 400:
+        raise StepFailed(f"Upstream answered {reply.status}", retryable=retryable_status(reply.status),
+                         details={"status": reply.status, "body": reply.body})
+    return reply.as_output()
+
+
+def _query_value(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float)) else str(value)
+
+
+class Tools:
+    """Builds and sends calls to an organization's tools with their credentials."""
+
+    def __init__(self, db: Database, http: Outbound, vault: Vault | None):
+        self.db = db
+        self.http = http
+        self.vault = vault
+        self.tokens = TokenCache()
+
+    def credential(self, org_id, tool_id) -> tuple[dict | None, dict | None]:
+        """The tool's default credential and its decrypted config (None, None without one)."""
+        row = self.db.one(SQL.tool_credentials.get_default, org_id=org_id, tool_id=tool_id)
+        if row is None:
+            return None, None
+        if self.vault is None:
+            raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so tool credentials cannot be read")
+        try:
+            return row, self.vault.decrypt(row["secret"])
+        except VaultError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def find_action(self, org_id, config: dict) -> dict:
+        """The action a step names by actionId or actionKey, in the run's organization."""
+        if config.get("actionId"):
+            action = self.db.one(SQL.actions.get, org_id=org_id, id=config["actionId"])
+        else:
+            action = self.db.one(SQL.actions.get_by_key, org_id=org_id, key=config.get("actionKey"))
+        if action is None:
+            raise StepFailed("The action this step names no longer exists")
+        return action
+
+    def build_call(self, org_id, action: dict, inputs: dict, context: dict | None = None) -> ToolCall:
+        """Validate inputs, then build the request: base URL + endpoint, auth, query or JSON body."""
+        if action.get("input_schema"):
+            problems = input_errors(action["input_schema"], inputs)
+            if problems:
+                raise InvalidInputs(problems)
+        tool = self.db.one(SQL.tools.get, org_id=org_id, id=action["tool_id"])
+        path, rest = fill_endpoint(action["endpoint"], inputs)
+        headers = {"Accept": "application/json"}
+        if action.get("headers"):
+            try:
+                rendered = render(action["headers"], context) if context else action["headers"]
+            except TemplateFailure as exc:
+                raise StepFailed(f"Template error in the action's headers: {exc}") from None
+            headers.update({name: str(value) for name, value in rendered.items()})
+        secrets: list = []
+        injected: dict = {}
+        if tool["auth_type"] != "none":
+            credential, config = self.credential(org_id, tool["id"])
+            if credential is None:
+                raise StepFailed(f"Tool {tool['name']!r} uses {tool['auth_type']} but has no credential")
+            try:
+                injected = auth_headers(credential, config, self.http, self.tokens)
+            except OutboundError as exc:
+                raise StepFailed(str(exc), retryable=exc.retryable) from None
+            headers.update(injected)
+            secrets = secret_values(credential["type"], config)
+            # What the headers carry is secret too: Basic's base64 pair, a fetched OAuth2 token.
+            for value in injected.values():
+                secrets += [value, value.split(" ", 1)[-1]]
+        url = tool["base_url"].rstrip("/") + path
+        if action["method"] in ("GET", "DELETE"):
+            return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,
+                            None, secrets, list(injected))
+        return ToolCall(action["method"], url, headers, None, rest, secrets, list(injected))
+
+    def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None) -> Reply:
+        """Make the call; OutboundError becomes StepFailed."""
+        headers = dict(call.headers)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        try:
+            return self.http.request(call.method, call.url, headers=headers, params=call.params,
+                                     json_body=call.body, timeout_ms=timeout_ms,
+                                     secret_headers=call.secret_headers)
+        except OutboundError as exc:
+            raise StepFailed(str(exc), retryable=exc.retryable) from None
+
+    def call_action(self, org_id, user_id, action: dict, inputs: dict) -> dict:
+        """Call an action now (``POST /actions/{id}/execute``) and log the call as an execution log.
+
+        InvalidInputs when the inputs do not match the action's inputSchema (nothing is sent
+        or logged); an upstream error or a failed call is ``success: false``.
+        """
+        execution_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        secrets: list = []
+        try:
+            call = self.build_call(org_id, action, inputs)
+            secrets = call.secrets
+            reply = self.send(call, SYNC_TIMEOUT_MS, f"{execution_id}:{action['key']}:1")
+            success, status_code, body, error = reply.status < 400, reply.status, reply.body, None
+            if not success:
+                error = {"name": "UpstreamError", "message": f"Upstream answered {reply.status}"}
+        except InvalidInputs:
+            raise
+        except StepFailed as exc:
+            success, status_code, body, error = False, exc.details.get("status"), {"error": str(exc)}, exc.as_error()
+        duration = int((time.perf_counter() - started) * 1000)
+        write_execution_log(
+            self.db, org_id=org_id, flow_id=None, user_id=user_id, execution_id=execution_id,
+            step_key=action["key"], status="completed" if success else "failed",
+            inputs=mask_json(inputs, secrets),
+            outputs=mask_json({"statusCode": status_code, "data": body}, secrets),
+            error=mask_json(error, secrets), duration_ms=duration,
+        )
+        return {"success": success, "executionId": execution_id, "durationMs": duration,
+                "statusCode": status_code, "data": body}
