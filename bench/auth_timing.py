@@ -23,11 +23,12 @@ import time
 
 from falcon import testing
 
-from tolstoy import auth, embedded, migrate
-from tolstoy.app import create_app
+from tolstoy.api import tenancy as auth
+from tolstoy.api.app import create_app
 from tolstoy.config import Config
-from tolstoy.db import Database
-from tolstoy.queries import SQL
+from tolstoy.db import embedded, migrate
+from tolstoy.db.database import Database
+from tolstoy.db.queries import SQL
 
 ADMIN = "bench-admin-" + "a" * 40
 

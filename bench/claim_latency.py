@@ -21,11 +21,12 @@ import time
 
 from falcon import testing
 
-from tolstoy import embedded, engine, migrate
-from tolstoy.app import create_app
+from tolstoy import engine
+from tolstoy.api.app import create_app
 from tolstoy.config import Config
-from tolstoy.db import Database
-from tolstoy.worker import Worker
+from tolstoy.db import embedded, migrate
+from tolstoy.db.database import Database
+from tolstoy.engine import Worker
 
 TARGET_MS = 100.0
 

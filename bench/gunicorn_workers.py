@@ -20,8 +20,8 @@ import json
 import os
 import re
 import shutil
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tolstoy import embedded, migrate  # noqa: E402
+from tolstoy.db import embedded, migrate  # noqa: E402
 
 SETUPS = {
     "sync x5": ["--worker-class", "sync", "--workers", "5"],
@@ -81,7 +81,7 @@ def run_setup(url, folder, body_file, flags):
            "PROMETHEUS_MULTIPROC_DIR": str(Path(tempfile.mkdtemp(dir=folder)))}
     with open(folder / "gunicorn.log", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py",
-                                    "--access-logfile", "/dev/null", *flags, "tolstoy.app:get_app()"],
+                                    "--access-logfile", "/dev/null", *flags, "tolstoy.api.app:get_app()"],
                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         for _ in range(100):
