@@ -22,5 +22,5 @@ grant usage, select on all sequences in schema public to tolstoy_app;
 grant execute on function tolstoy_claim_runs(text, integer, double precision) to tolstoy_app;
 grant execute on function tolstoy_renew_leases(text, double precision) to tolstoy_app;
 grant execute on function tolstoy_next_wake() to tolstoy_app;
-grant execute on function tolstoy_authenticate(bytea) to tolstoy_app;
+grant execute on function tolstoy_enter_key(bytea, uuid, integer) to tolstoy_app;
 grant execute on function tolstoy_queue_stats() to tolstoy_app;

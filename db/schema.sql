@@ -287,6 +287,74 @@ COMMENT ON FUNCTION public.tolstoy_current_org() IS 'The organization this trans
 
 
 --
+-- Name: tolstoy_enter(uuid, uuid, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_enter(org uuid, acting_user uuid, timeout_ms integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
+    perform set_config('app.org_id', coalesce(org::text, ''), true);
+    if org is not null and not exists (select 1 from organizations o where o.id = org) then
+        raise exception 'No organization with this id.' using errcode = 'TS001';
+    end if;
+    -- Row-level security now admits this organization's rows only, so another
+    -- organization's user is not found either.
+    if acting_user is not null and not exists (select 1 from users u where u.org_id = org and u.id = acting_user) then
+        raise exception 'Not a user of this organization.' using errcode = 'TS002';
+    end if;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_enter(org uuid, acting_user uuid, timeout_ms integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_enter(org uuid, acting_user uuid, timeout_ms integer) IS 'Opens a unit of work: sets statement_timeout and app.org_id for this transaction; raises TS001/TS002 when the organization (or the acting user, when given) does not exist. A null org acts for none.';
+
+
+--
+-- Name: tolstoy_enter_key(bytea, uuid, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    found uuid;
+begin
+    perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
+    select k.org_id into found
+    from api_keys k
+    where k.key_hash = hash and k.revoked_at is null;
+    if found is null then
+        raise exception 'The API key is not valid or has been revoked.' using errcode = 'TS003';
+    end if;
+    -- Recorded at most once a minute, so authentication stays a read.
+    update api_keys k
+    set last_used_at = now()
+    where k.key_hash = hash
+      and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute');
+    perform set_config('app.org_id', found::text, true);
+    if acting_user is not null and not exists (select 1 from users u where u.org_id = found and u.id = acting_user) then
+        raise exception 'Not a user of this organization.' using errcode = 'TS002';
+    end if;
+    return found;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer) IS 'Opens a unit of work for the organization of an unrevoked API key hash and returns that organization: sets statement_timeout and app.org_id, refreshes last_used_at once a minute; raises TS003 for a key that is unknown or revoked, TS002 for an acting user of another organization.';
+
+
+--
 -- Name: tolstoy_next_wake(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1538,4 +1606,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000004'),
     ('20261125000005'),
     ('20261125000006'),
-    ('20261125000007');
+    ('20261125000007'),
+    ('20261201000001');

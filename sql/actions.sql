@@ -10,14 +10,6 @@ where org_id = :org_id
 order by created_at desc, id desc
 limit :limit;
 
--- name: list_by_tool
--- Every action of one tool, newest first, for the tool's own representation.
-select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
-       execute_if, version, created_at, updated_at
-from actions
-where org_id = :org_id and tool_id = :tool_id
-order by created_at desc, id desc;
-
 -- name: get^
 -- One action of the organization.
 select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,

@@ -19,9 +19,3 @@ limit :limit;
 update api_keys
 set revoked_at = now()
 where org_id = :org_id and id = :id and revoked_at is null;
-
--- name: authenticate^
--- The organization of an active key, found by its hash (tolstoy_authenticate
--- runs as tolstoy_engine because no organization is known yet).
-select org_id, key_id
-from tolstoy_authenticate(:key_hash);

@@ -41,16 +41,6 @@ returning id, name, created_at, updated_at;
 delete from organizations
 where id = :id;
 
--- name: resolve_tenant^
--- The tenant middleware's single round trip: does the organization exist, and
--- is the acting user (when sent) one of its users?
-select o.id as org_id,
-       (select u.id
-        from users u
-        where u.org_id = o.id and u.id = :user_id::uuid) as user_id
-from organizations o
-where o.id = :org_id;
-
 -- name: all_ids
 -- Every organization's id, for maintenance that walks tenants one by one.
 select id

@@ -1,5 +1,32 @@
--- Per-transaction session settings the row-level security policies read.
+-- The statements that open and close a unit of work (tolstoy/db/database.py).
+-- Every request and engine step sends enter (or enter_key) in the same round
+-- trip as its first query; see the unit_of_work migration for what it checks.
 
--- name: set_org
--- Act for one organization until the end of this transaction (tolstoy_current_org()).
-select set_config('app.org_id', :org_id, true);
+-- name: begin!
+-- Open an explicit transaction (a unit of work of more than one statement).
+begin;
+
+-- name: begin_repeatable!
+-- Open a transaction whose reads all see one snapshot (GET requests of more than one statement).
+begin isolation level repeatable read;
+
+-- name: commit!
+-- End the unit of work, keeping what it wrote.
+commit;
+
+-- name: rollback!
+-- End the unit of work, undoing what it wrote.
+rollback;
+
+-- name: enter!
+-- Act for :org_id (none when null) with :user_id as the acting user until the transaction ends;
+-- raises TS001/TS002 for an organization or user that does not exist.
+select tolstoy_enter(:org_id::uuid, :user_id::uuid, :timeout_ms::integer);
+
+-- name: enter_key$
+-- Act for the organization of an API key (returned); raises TS003 for an unknown or revoked key.
+select tolstoy_enter_key(:key_hash::bytea, :user_id::uuid, :timeout_ms::integer);
+
+-- name: listen!
+-- Wake idle workers when a run is queued (flow_runs_notify sends on this channel).
+listen tolstoy_runs;

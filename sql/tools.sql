@@ -1,5 +1,9 @@
+-- A single tool is always shown with its actions, newest first: the queries
+-- that return one tool (get, get_for_update, insert, update) carry them as a
+-- jsonb array, so showing a tool costs one statement.
+
 -- name: list
--- One keyset page of an organization's tools, newest first.
+-- One keyset page of an organization's tools, newest first (without their actions).
 select id, org_id, name, base_url, auth_type, created_at, updated_at
 from tools
 where org_id = :org_id
@@ -9,17 +13,27 @@ order by created_at desc, id desc
 limit :limit;
 
 -- name: get^
--- One tool of the organization.
-select id, org_id, name, base_url, auth_type, created_at, updated_at
-from tools
-where org_id = :org_id and id = :id;
+-- One tool of the organization, with its actions.
+select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.created_at, t.updated_at,
+       coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
+                 from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
+                              execute_if, version, created_at, updated_at
+                       from actions
+                       where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions
+from tools t
+where t.org_id = :org_id and t.id = :id;
 
 -- name: get_for_update^
--- One tool of the organization, locked until the end of the transaction.
-select id, org_id, name, base_url, auth_type, created_at, updated_at
-from tools
-where org_id = :org_id and id = :id
-for update;
+-- One tool of the organization with its actions, the tool locked until the end of the transaction.
+select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.created_at, t.updated_at,
+       coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
+                 from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
+                              execute_if, version, created_at, updated_at
+                       from actions
+                       where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions
+from tools t
+where t.org_id = :org_id and t.id = :id
+for update of t;
 
 -- name: exists$
 -- True when the organization has this tool; used to check a toolId in a body.
@@ -28,17 +42,22 @@ select exists (
 );
 
 -- name: insert^
--- Create a tool; tools_org_id_name_key refuses a duplicate name.
+-- Create a tool (it has no actions yet); tools_org_id_name_key refuses a duplicate name.
 insert into tools (org_id, name, base_url, auth_type)
 values (:org_id, :name, :base_url, :auth_type)
-returning id, org_id, name, base_url, auth_type, created_at, updated_at;
+returning id, org_id, name, base_url, auth_type, created_at, updated_at, '[]'::jsonb as actions;
 
 -- name: update^
--- Replace the writable columns of one tool.
-update tools
+-- Replace the writable columns of one tool; returns it with its actions.
+update tools t
 set name = :name, base_url = :base_url, auth_type = :auth_type
-where org_id = :org_id and id = :id
-returning id, org_id, name, base_url, auth_type, created_at, updated_at;
+where t.org_id = :org_id and t.id = :id
+returning t.id, t.org_id, t.name, t.base_url, t.auth_type, t.created_at, t.updated_at,
+          coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
+                    from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
+                                 execute_if, version, created_at, updated_at
+                          from actions
+                          where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions;
 
 -- name: delete!
 -- Delete one tool; actions_tool_id_fkey refuses while it has actions.

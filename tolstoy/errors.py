@@ -27,3 +27,16 @@ class ForeignKeyViolation(Exception):
         super().__init__(constraint)
         self.constraint = constraint
         self.on_delete = on_delete
+
+
+class TenantRejected(Exception):
+    """The organization or acting user a request names does not exist (``field`` names the header)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class KeyRejected(Exception):
+    """The API key is unknown or revoked."""

@@ -89,7 +89,7 @@ def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_fo
     by_function: dict = {}
     for row in granted:
         by_function.setdefault(row["proname"], set()).add(row["rolname"])
-    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_next_wake", "tolstoy_authenticate",
+    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_next_wake", "tolstoy_enter_key",
                  "tolstoy_queue_stats"):
         assert "tolstoy_app" in by_function[name] and "public" not in by_function[name], (name, by_function[name])
     # A role with no grants cannot call them at all.

@@ -51,7 +51,9 @@ class Item(ActionResource, resources.Item):
         """Call the action's tool now, with the engine's HTTP and auth code, and log the call."""
         require_user(req)
         data = read_json(req)
-        _, action = self.find(req, id)
+        # The action is all this request reads before calling the tool: its unit of work ends
+        # here, so no connection or transaction is held while the tool answers.
+        _, action = self.find(req, id, commit=True)
         inputs = validate_body(self.execute_schema, data)["inputs"]
         try:
             result = self.tools.call_action(req.context.org_id, req.context.user_id, action, inputs)

@@ -17,9 +17,10 @@ _PAGE = PageQuery()
 
 
 def issue_key(db, secret: str, org_id, name: str) -> dict:
-    """Create a key for an organization; the returned row holds ``api_key`` in clear, once."""
+    """Create a key for an organization (the request's last query); the returned row holds
+    ``api_key`` in clear, once."""
     key = new_key()
-    row = db.one(SQL.api_keys.insert, org_id=org_id, name=name, prefix=prefix_of(key),
+    row = db.one(SQL.api_keys.insert, commit=True, org_id=org_id, name=name, prefix=prefix_of(key),
                  key_hash=key_hash(secret, key))
     return {**row, "api_key": key}
 
@@ -35,7 +36,7 @@ class Collection:
         """Active keys, newest first (never the keys themselves)."""
         resources.list_page(
             req, resp, _PAGE,
-            lambda query, **page: self.db.all(SQL.api_keys.list, org_id=req.context.org_id, **page),
+            lambda query, **page: self.db.all(SQL.api_keys.list, commit=True, org_id=req.context.org_id, **page),
             lambda rows: _SCHEMA.dump(rows, many=True),
         )
 
@@ -58,6 +59,6 @@ class Item:
     def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Revoke at once: the next request with this key gets 401."""
         key_id = parse_uuid(id, "API key")
-        if not self.db.rowcount(SQL.api_keys.revoke, org_id=req.context.org_id, id=key_id):
+        if not self.db.rowcount(SQL.api_keys.revoke, commit=True, org_id=req.context.org_id, id=key_id):
             raise NotFound("API key")
         resp.status = falcon.HTTP_204

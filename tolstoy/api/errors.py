@@ -9,7 +9,7 @@ import logging
 
 import falcon
 
-from ..errors import DatabaseUnavailable, ForeignKeyViolation, UniqueViolation, VaultError
+from ..errors import DatabaseUnavailable, ForeignKeyViolation, KeyRejected, TenantRejected, UniqueViolation, VaultError
 
 log = logging.getLogger("tolstoy.errors")
 
@@ -110,6 +110,32 @@ def vault_error(req, resp, exc: Exception, params):
     )
 
 
+def tenant_rejected(req, resp, exc: TenantRejected, params):
+    """400 naming the tenant header whose organization or user does not exist."""
+    raise field_error(exc.field, exc.message)
+
+
+def key_rejected(req, resp, exc: KeyRejected, params):
+    """401 for an API key that is unknown or was revoked."""
+    raise falcon.HTTPUnauthorized(description="The API key is not valid or has been revoked.", challenges=["Bearer"])
+
+
+def http_error(req, resp, exc: falcon.HTTPError, params):
+    """Every HTTP error a resource raises: a bad tenant is answered first (the contract's order of
+    checks), even when the resource failed before its first query checked the tenant."""
+    unit = getattr(req.context, "unit", None)
+    if unit is not None and exc.status_code < 500:
+        try:
+            unit.verify()
+        except TenantRejected as rejected:
+            tenant_rejected(req, resp, rejected, params)
+        except KeyRejected as rejected:
+            key_rejected(req, resp, rejected, params)
+        except DatabaseUnavailable:
+            pass  # the tenant cannot be checked now; the resource's own error stands
+    raise exc
+
+
 def unexpected(req, resp, exc: Exception, params):
     """500 for bugs: logged with the traceback, the client sees no internals."""
     if isinstance(exc, falcon.HTTPError):
@@ -148,6 +174,9 @@ def serialize(req, resp, exc: falcon.HTTPError) -> None:
 def install(app: falcon.App) -> None:
     """Register the serializer and the handlers, most general first (Falcon picks the most specific)."""
     app.add_error_handler(Exception, unexpected)
+    app.add_error_handler(falcon.HTTPError, http_error)
+    app.add_error_handler(TenantRejected, tenant_rejected)
+    app.add_error_handler(KeyRejected, key_rejected)
     app.add_error_handler(UniqueViolation, unique_violation)
     app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)

@@ -72,7 +72,7 @@ class Item(FlowResource, resources.Item):
         flow_id, _ = self.find(req, id)
         resources.list_page(
             req, resp, self.versions_query,
-            lambda query, **page: self.db.all(SQL.flows.list_versions, org_id=req.context.org_id,
+            lambda query, **page: self.db.all(SQL.flows.list_versions, commit=True, org_id=req.context.org_id,
                                               flow_id=flow_id, **page),
             lambda rows: _VERSION_SCHEMA.dump(rows, many=True),
             cursor=version_cursor, key=version_key,
@@ -87,6 +87,6 @@ class Version(FlowResource):
         flow_id, _ = self.find(req, id)
         if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= 2_147_483_647:
             raise NotFound("Flow version")
-        row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version",
+        row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version", commit=True,
                                    org_id=req.context.org_id, flow_id=flow_id, version=int(version))
         respond(resp, _VERSION_SCHEMA.dump(row))

@@ -24,9 +24,10 @@ from .requests import parse_uuid, read_json, validate_body, validate_query
 from .responses import check_if_match, created, etag_of, respond
 
 
-def get_or_404(db: Database, query: Query, noun: str, **params: Any) -> dict:
-    """The one row a query finds, or 404 naming what was looked for (also another organization's)."""
-    row = db.one(query, **params)
+def get_or_404(db: Database, query: Query, noun: str, *, commit: bool = False, **params: Any) -> dict:
+    """The one row a query finds, or 404 naming what was looked for (also another organization's);
+    ``commit`` when it is the request's last query."""
+    row = db.one(query, commit=commit, **params)
     if row is None:
         raise NotFound(noun)
     return row
@@ -37,7 +38,8 @@ def list_page(req: falcon.Request, resp: falcon.Response, query_schema: Schema,
               cursor: Callable[[dict], dict] = time_id_cursor,
               key: Callable[[dict], list] = time_id_key) -> None:
     """One keyset page: check the query string, fetch ``limit + 1`` rows with
-    ``fetch(query, limit=…, **keyset)``, set Link/X-Next-Cursor, answer the dumped rows."""
+    ``fetch(query, limit=…, **keyset)`` (the request's last query), set Link/X-Next-Cursor,
+    answer the dumped rows."""
     query = validate_query(query_schema, req)
     limit = page_limit(query)
     rows = fetch(query, limit=limit + 1, **cursor(query))
@@ -71,11 +73,13 @@ class ModelResource:
         """Validate a body; subclasses may normalise the result."""
         return validate_body(self.schema, data, partial=partial, ignore=self.model.derived_fields)
 
-    def find(self, req: falcon.Request, raw_id: str, *, for_update: bool = False) -> tuple[uuid.UUID, dict]:
+    def find(self, req: falcon.Request, raw_id: str, *, for_update: bool = False,
+             commit: bool = False) -> tuple[uuid.UUID, dict]:
         """The record named in the path, or 404 (also for another organization's)."""
         record_id = parse_uuid(raw_id, self.noun)
         query = self.store.queries.get_for_update if for_update else self.store.queries.get
-        return record_id, get_or_404(self.db, query, self.noun, org_id=req.context.org_id, id=record_id)
+        return record_id, get_or_404(self.db, query, self.noun, commit=commit, org_id=req.context.org_id,
+                                     id=record_id)
 
 
 class Collection(ModelResource):
@@ -87,23 +91,22 @@ class Collection(ModelResource):
 
         def fetch(query: dict, **page) -> list[dict]:
             values = {column: query.get(param) for column, param in filters.items()}
-            return self.store.list(req.context.org_id, filters=values, **page)
+            return self.store.list(req.context.org_id, filters=values, commit=True, **page)
 
         list_page(req, resp, self.model.list_query, fetch, lambda rows: self.schema.dump(rows, many=True))
 
     def insert(self, req: falcon.Request, values: dict) -> dict:
-        """Write the new row; subclasses add columns that do not come from the body."""
-        return self.store.insert(req.context.org_id, values)
+        """Write the new row (the request's last query); subclasses add columns that do not come
+        from the body."""
+        return self.store.insert(req.context.org_id, values, commit=True)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create a record: 201 with Location."""
         data = read_json(req)
         values = self.load_values(data, partial=False)
-        with self.db.transaction():
-            self.check_references(req, values)
-            row = self.insert(req, values)
-            body = self.represent(row)
-        created(req, resp, body)
+        self.check_references(req, values)
+        row = self.insert(req, values)
+        created(req, resp, self.represent(row))
 
 
 class Item(ModelResource):
@@ -111,29 +114,26 @@ class Item(ModelResource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Read one record with its ETag."""
-        _, row = self.find(req, id)
+        _, row = self.find(req, id, commit=True)
         respond(resp, self.represent(row))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Change the fields sent; the others stay as they are."""
         data = read_json(req)
-        with self.db.transaction():
-            record_id, row = self.find(req, id, for_update=True)
-            check_if_match(req, etag_of(self.represent(row)))
-            values = self.load_values(data, partial=True)
-            self.check_references(req, values)
-            merged = {column: row.get(column) for column in self.store.writable}
-            merged.update(values)
-            row = self.store.update(req.context.org_id, record_id, merged)
-            body = self.represent(row)
-        respond(resp, body)
+        record_id, row = self.find(req, id, for_update=True)
+        check_if_match(req, etag_of(self.represent(row)))
+        values = self.load_values(data, partial=True)
+        self.check_references(req, values)
+        merged = {column: row.get(column) for column in self.store.writable}
+        merged.update(values)
+        row = self.store.update(req.context.org_id, record_id, merged, commit=True)
+        respond(resp, self.represent(row))
 
     on_put = on_patch
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Delete one record: 204, or 409 while other rows reference it."""
-        with self.db.transaction():
-            record_id, row = self.find(req, id, for_update=True)
-            check_if_match(req, etag_of(self.represent(row)))
-            self.store.delete(req.context.org_id, record_id)
+        record_id, row = self.find(req, id, for_update=True)
+        check_if_match(req, etag_of(self.represent(row)))
+        self.store.delete(req.context.org_id, record_id, commit=True)
         resp.status = falcon.HTTP_204

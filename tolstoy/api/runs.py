@@ -97,10 +97,9 @@ class FlowRuns:
         require_user(req)
         key = idempotency_key(req)
         data = read_json(req)
-        with self.db.transaction():
-            flow = self.flow(req, id, for_update=True)
-            values = validate_body(_EXECUTE, data)
-            run, _ = self.queue(req, flow, version=flow["version"], variables=values["variables"], key=key)
+        flow = self.flow(req, id, for_update=True)
+        values = validate_body(_EXECUTE, data)
+        run, _ = self.queue(req, flow, version=flow["version"], variables=values["variables"], key=key)
         self.accepted(req, resp, flow, run)
 
     def on_get_executions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
@@ -108,7 +107,8 @@ class FlowRuns:
         flow = self.flow(req, id)
         resources.list_page(
             req, resp, _PAGE,
-            lambda query, **page: self.db.all(SQL.runs.list, org_id=req.context.org_id, flow_id=flow["id"], **page),
+            lambda query, **page: self.db.all(SQL.runs.list, commit=True, org_id=req.context.org_id,
+                                              flow_id=flow["id"], **page),
             lambda rows: _RUN.dump(rows, many=True),
         )
 
@@ -116,20 +116,18 @@ class FlowRuns:
         """One run with its step checkpoints."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        steps = self.db.all(SQL.runs.steps, org_id=req.context.org_id, run_id=run["id"])
+        steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"])
         respond(resp, _DETAIL.dump({**run, "steps": steps}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """Cancel: at once when queued or sleeping, at the next step boundary when running."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        with self.db.transaction():
-            changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id,
-                                  flow_id=flow["id"], id=run["id"])
-            if changed is None:
-                raise Conflict(f"The execution already finished with status {run['status']}.")
-            if changed["status"] == "cancelled":
-                self.log_run(req, flow, run["id"], "cancelled", {})
+        changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
+        if changed is None:
+            raise Conflict(f"The execution already finished with status {run['status']}.")
+        if changed["status"] == "cancelled":
+            self.log_run(req, flow, run["id"], "cancelled", {})
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED.dump({**run, "status": changed["status"]})
 
@@ -140,17 +138,16 @@ class FlowRuns:
         original = self.run(req, flow, execution_id)
         if original["status"] not in ("failed", "cancelled"):
             raise Conflict(f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
-        with self.db.transaction():
-            run, _ = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
-                                retry_of=original["id"])
-            self.db.rowcount(SQL.runs.copy_finished_steps, org_id=req.context.org_id,
-                             from_run_id=original["id"], run_id=run["id"])
+        run, _ = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
+                            retry_of=original["id"])
+        self.db.rowcount(SQL.runs.copy_finished_steps, commit=True, org_id=req.context.org_id,
+                         from_run_id=original["id"], run_id=run["id"])
         self.accepted(req, resp, flow, run)
 
     def on_get_metrics(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Run counts by status, success rate and duration percentiles."""
         flow = self.flow(req, id)
-        row = self.db.one(SQL.runs.metrics, org_id=req.context.org_id, flow_id=flow["id"])
+        row = self.db.one(SQL.runs.metrics, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
         breakdown = row["breakdown"]
         finished = sum(breakdown.get(s, 0) for s in ("completed", "failed", "cancelled"))
         resp.media = _METRICS.dump({

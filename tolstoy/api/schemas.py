@@ -4,6 +4,7 @@ strings and shapes every response. Python names are the database's snake_case;
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import jsonschema
@@ -29,9 +30,12 @@ READ_ONLY_FIELDS = frozenset({"id", "orgId", "userId", "version", "createdAt", "
 
 
 class Timestamp(fields.Field):
-    """ISO 8601 in UTC with milliseconds and a ``Z``, as the contract spells timestamps."""
+    """ISO 8601 in UTC with milliseconds and a ``Z``, as the contract spells timestamps
+    (rows nested as jsonb, such as a tool's actions, carry them as ISO strings)."""
 
     def _serialize(self, value, attr, obj, **kwargs):
+        if isinstance(value, str):
+            value = dt.datetime.fromisoformat(value)
         return iso(value)
 
 

@@ -1,6 +1,10 @@
 """Tenant resolution: who is calling, for which organization (and acting user),
-checked before any resource runs. The organization found here is also set as
-the database tenant, so row-level security applies to every query of the request.
+decided before any resource runs. The middleware reads headers only; the
+request's unit of work checks that the organization and user exist in the same
+round trip as its first query (tolstoy_enter), and sets them as the database
+tenant, so row-level security applies to every query of the request. A request
+that fails before any query (a 400 from validation) still answers a bad tenant
+first: tolstoy/api/errors.py verifies it before answering.
 
 Two modes (TOLSTOY_AUTH_MODE):
 - ``headers``: X-Org-ID is trusted (a gateway in front authenticates callers).
@@ -21,16 +25,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import uuid
+from collections import OrderedDict
 
 import falcon
 
-from ..db.database import Database
-from ..db.queries import SQL
+from ..db.database import NOBODY, Database, Tenant
+from ..errors import KeyRejected
 from .errors import field_error
 from .middleware import method_allowed
 
 KEY_PREFIX = "tsk_"
+KEY_REJECTED = "The API key is not valid or has been revoked."
 SHOWN_PREFIX = 12  # "tsk_" and 8 characters: enough to tell keys apart in a list
 
 
@@ -90,8 +97,34 @@ def require_user(req: falcon.Request) -> uuid.UUID:
     return req.context.user_id
 
 
+class KeyOrganizations:
+    """Which organization an API key belongs to (it never changes), remembered per process so a
+    request can name its organization before its first query; whether the key is still valid is
+    checked by every unit of work (tolstoy_enter_key), so a revocation takes effect at once."""
+
+    def __init__(self, db: Database, size: int = 10_000):
+        self.db = db
+        self.size = size
+        self._orgs: OrderedDict[bytes, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def org_of(self, hashed: bytes):
+        """The key's organization; raises KeyRejected for an unknown or revoked key."""
+        with self._lock:
+            org = self._orgs.get(hashed)
+        if org is not None:
+            return org
+        org = self.db.unit(Tenant(key_hash=hashed)).resolve()
+        with self._lock:
+            self._orgs[hashed] = org
+            while len(self._orgs) > self.size:
+                self._orgs.popitem(last=False)
+        return org
+
+
 class TenantMiddleware:
-    """Sets ``req.context``: ``org_id``, ``user_id``, ``is_admin`` and ``key_org_id``."""
+    """Sets ``req.context``: ``org_id``, ``user_id``, ``is_admin``, ``key_org_id`` and ``unit``, the
+    request's unit of work, which checks the tenant in the same round trip as its first query."""
 
     def __init__(self, db: Database, routes: dict[str, frozenset], config):
         self.db = db
@@ -99,18 +132,20 @@ class TenantMiddleware:
         self.mode = config.auth_mode
         self.key_secret = config.api_key_secret
         self.admin_token = config.admin_token
+        self.keys = KeyOrganizations(db)
 
     def process_resource(self, req, resp, resource, params) -> None:
         req.context.org_id = None
         req.context.user_id = None
         req.context.is_admin = False
         req.context.key_org_id = None
+        req.context.unit = None
         access = getattr(resource, "access", "tenant")
         if access == "public" or not method_allowed(req, self.routes):
             return
-        if self.mode == "api_key":
-            self._authenticate(req, access)
+        hashed = self._authenticate(req, access) if self.mode == "api_key" else None
         if access == "organizations":
+            self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed) if hashed else NOBODY)
             return
         if self.mode == "api_key":
             org_id = req.context.key_org_id
@@ -120,28 +155,35 @@ class TenantMiddleware:
         else:
             org_id = header_uuid(req, "X-Org-ID", required=True)
         user_id = header_uuid(req, "X-User-ID", required=False)
-        req.context.tenant_token = self.db.set_tenant(org_id)
-        row = self.db.one(SQL.organizations.resolve_tenant, org_id=org_id, user_id=user_id)
-        if row is None:
-            raise field_error("X-Org-ID", "No organization with this id.")
-        if user_id is not None and row["user_id"] is None:
-            raise field_error("X-User-ID", "Not a user of this organization.")
         req.context.org_id = org_id
         req.context.user_id = user_id
+        self._open(req, Tenant(org_id=org_id, user_id=user_id, key_hash=hashed))
 
-    def _authenticate(self, req: falcon.Request, access: str) -> None:
+    def _open(self, req: falcon.Request, tenant: Tenant) -> None:
+        # Reads of more than one statement see one snapshot.
+        unit = self.db.unit(tenant, repeatable=req.method in ("GET", "HEAD"))
+        req.context.unit = unit
+        req.context.unit_token = self.db.activate(unit)
+
+    def _authenticate(self, req: falcon.Request, access: str) -> bytes | None:
+        """The key's hash (None for the admin token); 401 without a usable key."""
         token = bearer_token(req)
         if token is None:
             raise unauthorized("Send Authorization: Bearer <API key>.")
         if access == "organizations" and same_secret(token, self.admin_token):
             req.context.is_admin = True
-            return
-        found = self.db.one(SQL.api_keys.authenticate, key_hash=key_hash(self.key_secret, token))
-        if found is None:
-            raise unauthorized("The API key is not valid or has been revoked.")
-        req.context.key_org_id = found["org_id"]
+            return None
+        hashed = key_hash(self.key_secret, token)
+        try:
+            req.context.key_org_id = self.keys.org_of(hashed)
+        except KeyRejected:
+            raise unauthorized(KEY_REJECTED) from None
+        return hashed
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
-        token = getattr(req.context, "tenant_token", None)
-        if token is not None:
-            self.db.reset_tenant(token)
+        unit = getattr(req.context, "unit", None)
+        if unit is None:
+            return
+        self.db.deactivate(req.context.unit_token)
+        req.context.unit = None
+        unit.close(commit=req_succeeded and resp.status_code < 400)

@@ -46,29 +46,29 @@ class ToolCredentials:
         """Store a credential (replacing one of the same name); 201 with secrets masked."""
         data = read_json(req)
         vault = self._vault()
-        with self.db.transaction():
-            tool = self.tool(req, id)
-            values = validate_body(_SCHEMA, data)
-            if values["is_default"]:
-                self.db.rowcount(SQL.tool_credentials.clear_default, org_id=req.context.org_id, tool_id=tool["id"])
-            row = self.db.one(
-                SQL.tool_credentials.upsert, org_id=req.context.org_id, tool_id=tool["id"],
-                name=values["name"], type=values["type"], secret=vault.encrypt(values["config"]),
-                is_default=values["is_default"],
-            )
-            body = self.show(row)
+        tool = self.tool(req, id)
+        values = validate_body(_SCHEMA, data)
+        if values["is_default"]:
+            self.db.rowcount(SQL.tool_credentials.clear_default, org_id=req.context.org_id, tool_id=tool["id"])
+        row = self.db.one(
+            SQL.tool_credentials.upsert, commit=True, org_id=req.context.org_id, tool_id=tool["id"],
+            name=values["name"], type=values["type"], secret=vault.encrypt(values["config"]),
+            is_default=values["is_default"],
+        )
+        body = self.show(row)
         created(req, resp, body, location=f"/tools/{tool['id']}/auth/{quote(row['name'], safe='')}")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Every credential of the tool, masked."""
         tool = self.tool(req, id)
-        rows = self.db.all(SQL.tool_credentials.list_by_tool, org_id=req.context.org_id, tool_id=tool["id"])
+        rows = self.db.all(SQL.tool_credentials.list_by_tool, commit=True, org_id=req.context.org_id,
+                           tool_id=tool["id"])
         resp.media = [self.show(row) for row in rows]
 
     def on_delete_named(self, req: falcon.Request, resp: falcon.Response, id: str, name: str) -> None:
         """Delete one credential by name."""
         tool = self.tool(req, id)
         if UNSTORABLE.search(name) or not self.db.rowcount(  # no stored name holds NUL
-                SQL.tool_credentials.delete, org_id=req.context.org_id, tool_id=tool["id"], name=name):
+                SQL.tool_credentials.delete, commit=True, org_id=req.context.org_id, tool_id=tool["id"], name=name):
             raise NotFound("Credential")
         resp.status = falcon.HTTP_204

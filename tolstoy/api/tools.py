@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ..db.queries import SQL
 from . import resources
 from .model import Model
 from .schemas import ToolDetailSchema, ToolSchema
@@ -17,15 +16,14 @@ MODEL = Model(
 
 
 class ToolResource(resources.ModelResource):
-    """A single tool is shown with every one of its actions."""
+    """A single tool is shown with every one of its actions (its queries return them)."""
 
     model = MODEL
     detail = ToolDetailSchema()
 
     def represent(self, row: dict) -> dict:
         """A tool with every one of its actions."""
-        actions = self.db.all(SQL.actions.list_by_tool, org_id=row["org_id"], tool_id=row["id"])
-        return self.detail.dump({**row, "actions": actions})
+        return self.detail.dump(row)
 
 
 class Collection(ToolResource, resources.Collection):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import falcon
+
 from . import resources
 from .model import Filter, Model
 from .schemas import UserSchema, text
@@ -23,3 +25,8 @@ class Item(resources.Item):
     """``GET/PUT/PATCH/DELETE /users/{id}``; delete is 409 while execution logs name the user."""
 
     model = MODEL
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Delete the user; this process stops accepting them as X-User-ID at once."""
+        super().on_delete(req, resp, id)
+        self.db.verified.forget(req.context.org_id)

@@ -1,17 +1,32 @@
-"""The only module that talks to psycopg: a connection pool, three verbs that run
-named queries from ``sql/``, transactions, and translation of database errors."""
+"""The only module that talks to psycopg: a connection pool, units of work, the
+verbs that run named queries from ``sql/``, and translation of database errors.
+
+A **unit of work** is one request or one engine step: one pool checkout, one
+transaction, and the tenant set inside it. It opens lazily: the first query
+goes out in one round trip together with ``tolstoy_enter`` (which sets the
+tenant and the statement timeout and raises for an unknown one), preceded by
+``BEGIN`` when more statements will follow. A query marked ``commit=True``
+ends the unit: when it is also the first, the batch ``[enter, query]`` is one
+implicit transaction of the extended protocol (committed by the Sync that ends
+the batch, rolled back whole if any part fails); otherwise ``COMMIT`` rides
+along with it. So a one-query request costs one round trip and two statements.
+
+Nothing here knows HTTP or the engine.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import psycopg.sql
 import psycopg_pool
 from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
@@ -22,15 +37,18 @@ from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
 
-# The connection of the transaction this thread is inside, if any; queries run
-# on it so that everything a request writes commits or rolls back together.
-_current: contextvars.ContextVar[psycopg.Connection | None] = contextvars.ContextVar(
-    "tolstoy_db_connection", default=None
-)
+# How long a tenant that passed tolstoy_enter counts as known, so that a request
+# failing before its first query (a 400 from validation) needs no database to
+# answer in the contract's order of checks (tenant errors first).
+VERIFIED_SECONDS = 10.0
+VERIFIED_MAX = 10_000
 
-
-# The organization the current request or run acts for (see Database.tenant).
-_tenant: contextvars.ContextVar[Any] = contextvars.ContextVar("tolstoy_db_tenant", default=None)
+# SQLSTATEs raised by tolstoy_enter / tolstoy_enter_key (migration unit_of_work).
+_TENANT_ERRORS = {
+    "TS001": ("X-Org-ID", "No organization with this id."),
+    "TS002": ("X-User-ID", "Not a user of this organization."),
+}
+_KEY_ERROR = "TS003"
 
 
 def json(value: Any) -> Any:
@@ -52,10 +70,227 @@ def wrap_errors() -> Iterator[None]:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     except psycopg.OperationalError as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
+    except psycopg.Error as exc:
+        if exc.sqlstate in _TENANT_ERRORS:
+            raise errors.TenantRejected(*_TENANT_ERRORS[exc.sqlstate]) from exc
+        if exc.sqlstate == _KEY_ERROR:
+            raise errors.KeyRejected() from exc
+        raise
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Who a unit of work acts for: an organization (headers mode, or an API key's once
+    known), the acting user, or the API key whose organization it is."""
+
+    org_id: Any = None
+    user_id: Any = None
+    key_hash: bytes | None = None
+
+    def enter(self, timeout_ms: int) -> tuple[Query, dict]:
+        """The statement that opens a unit of work for this tenant."""
+        user = None if self.user_id is None else str(self.user_id)
+        if self.key_hash is not None:
+            return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms}
+        org = None if self.org_id is None else str(self.org_id)
+        return SQL.session.enter, {"org_id": org, "user_id": user, "timeout_ms": timeout_ms}
+
+
+NOBODY = Tenant()
+
+
+class Counts:
+    """Statements, round trips and transactions sent by one Database (tests and /metrics read them)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.statements = self.round_trips = self.transactions = 0
+
+    def add(self, statements: int, round_trips: int, transactions: int = 0) -> None:
+        with self._lock:
+            self.statements += statements
+            self.round_trips += round_trips
+            self.transactions += transactions
+
+    def snapshot(self) -> dict:
+        """The counts so far."""
+        with self._lock:
+            return {"statements": self.statements, "round_trips": self.round_trips,
+                    "transactions": self.transactions}
+
+
+class _Verified:
+    """A short, bounded memory of tenants that passed tolstoy_enter."""
+
+    def __init__(self, seconds: float = VERIFIED_SECONDS, size: int = VERIFIED_MAX):
+        self.seconds = seconds
+        self.size = size
+        self._until: OrderedDict[Tenant, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, tenant: Tenant) -> bool:
+        with self._lock:
+            until = self._until.get(tenant)
+            return until is not None and until > time.monotonic()
+
+    def add(self, tenant: Tenant) -> None:
+        with self._lock:
+            self._until[tenant] = time.monotonic() + self.seconds
+            self._until.move_to_end(tenant)
+            while len(self._until) > self.size:
+                self._until.popitem(last=False)
+
+    def forget(self, org_id=None) -> None:
+        """Forget every tenant of an organization (or all): it or its users were deleted."""
+        with self._lock:
+            for tenant in [t for t in self._until if org_id is None or t.org_id == org_id]:
+                del self._until[tenant]
+
+
+@dataclass
+class Result:
+    """What one statement returned, read before its connection went back to the pool."""
+
+    rows: list[dict]
+    rowcount: int
+
+
+# The unit of work of the request or engine step this thread is running.
+_current: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("tolstoy_unit", default=None)
+# The tenant queries outside any unit act for (each such query is its own unit).
+_ambient: contextvars.ContextVar[Tenant] = contextvars.ContextVar("tolstoy_ambient_tenant", default=NOBODY)
+
+
+class Unit:
+    """One pool checkout and one transaction, opened by the first statement."""
+
+    def __init__(self, db: Database, tenant: Tenant = NOBODY, *, repeatable: bool = False):
+        self.db = db
+        self.tenant = tenant
+        self.repeatable = repeatable
+        self.conn: psycopg.Connection | None = None
+        self.verified = tenant == NOBODY or tenant in db.verified
+
+    @property
+    def active(self) -> bool:
+        """A transaction is open and holds a connection."""
+        return self.conn is not None
+
+    def execute(self, query: Query, params: dict, *, commit: bool = False) -> Result:
+        """Run one statement in this unit; with ``commit`` it is the unit's last."""
+        if self.conn is None:
+            return self._first(query, params, commit)
+        statements = [(query, params)] + ([(SQL.session.commit, {})] if commit else [])
+        try:
+            with wrap_errors():
+                results = self._send(self.conn, statements)
+        finally:
+            if commit:
+                self._return(transactions=1)
+        return results[0]
+
+    def _first(self, query: Query, params: dict, commit: bool) -> Result:
+        enter = self.tenant.enter(self.db.statement_timeout_ms)
+        opening = [] if commit else [(SQL.session.begin_repeatable if self.repeatable else SQL.session.begin, {})]
+        batch = [*opening, enter, (query, params)]
+        conn = self._checkout()
+        try:
+            with wrap_errors():
+                try:
+                    results = self._send(conn, batch)
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    # A pooled connection died while idle (a database restart): nothing of
+                    # this unit ran, so send the batch once more on a fresh connection.
+                    self.db.pool.putconn(conn)
+                    conn = self._checkout()
+                    results = self._send(conn, batch)
+        except BaseException:
+            self.conn = conn
+            self._return(transactions=0)
+            raise
+        self._verified()
+        if commit:
+            self.db.pool.putconn(conn)
+            self.db.counts.add(0, 0, 1)
+        else:
+            self.conn = conn
+        return results[-1]
+
+    def verify(self) -> None:
+        """Make sure the tenant exists (raises TenantRejected/KeyRejected): at once when it was
+        checked lately, else with one statement of its own."""
+        if not self.verified:
+            self.resolve()
+
+    def resolve(self) -> Any:
+        """Check the tenant with one statement of its own; returns what it returns (an API
+        key's organization)."""
+        query, params = self.tenant.enter(self.db.statement_timeout_ms)
+        try:
+            with wrap_errors(), self.db.pool.connection() as conn:
+                [result] = self._send(conn, [(query, params)])
+        finally:
+            self.db.counts.add(0, 0, 1)
+        self._verified()
+        return next(iter(result.rows[0].values())) if result.rows else None
+
+    def switch(self, org_id) -> None:
+        """Act for another organization from here on (inside the same transaction)."""
+        self.tenant = Tenant(org_id=org_id)
+        if self.conn is not None:
+            query, params = self.tenant.enter(self.db.statement_timeout_ms)
+            with wrap_errors():
+                self._send(self.conn, [(query, params)])
+
+    def close(self, commit: bool) -> None:
+        """End the unit: commit (or roll back) its transaction and give the connection back."""
+        if self.conn is None:
+            return
+        status = self.conn.info.transaction_status
+        try:
+            if status == psycopg.pq.TransactionStatus.INTRANS:
+                with wrap_errors():
+                    self._send(self.conn, [(SQL.session.commit if commit else SQL.session.rollback, {})])
+            elif status == psycopg.pq.TransactionStatus.INERROR:
+                with wrap_errors():
+                    self._send(self.conn, [(SQL.session.rollback, {})])
+        finally:
+            self._return(transactions=1)
+
+    def _verified(self) -> None:
+        if not self.verified:
+            self.verified = True
+            self.db.verified.add(self.tenant)
+
+    def _checkout(self) -> psycopg.Connection:
+        with wrap_errors():
+            return self.db.pool.getconn()
+
+    def _return(self, transactions: int) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.db.pool.putconn(conn)  # the pool rolls back anything left open, or drops a broken one
+        self.db.counts.add(0, 0, transactions)
+
+    def _send(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
+        """Send statements in one round trip and read every result."""
+        self.db.counts.add(len(statements), 1)
+        if len(statements) == 1:
+            query, params = statements[0]
+            return [_result(conn.execute(query.sql, params))]
+        with conn.pipeline():
+            cursors = [conn.execute(query.sql, params) for query, params in statements]
+        return [_result(cursor) for cursor in cursors]
+
+
+def _result(cursor: psycopg.Cursor) -> Result:
+    return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
 
 
 class Database:
-    """A psycopg pool plus the verbs the stores use: ``all``, ``one``, ``scalar``, ``rowcount``."""
+    """A psycopg pool, units of work on it, and the verbs the stores use."""
 
     def __init__(
         self,
@@ -67,8 +302,11 @@ class Database:
         statement_timeout_ms: int = 15000,
         prepare_threshold: int | None = 5,
         application_name: str = "tolstoy",
+        listen_conninfo: str | None = None,
     ):
-        options = f"-c statement_timeout={statement_timeout_ms}"
+        # No liveness query per checkout and no startup options (PgBouncer refuses them):
+        # a dead connection is replaced when a unit's first batch finds it broken, and the
+        # statement timeout is set by tolstoy_enter inside each unit.
         self.pool = psycopg_pool.ConnectionPool(
             conninfo,
             min_size=min_size,
@@ -76,30 +314,34 @@ class Database:
             timeout=timeout,
             open=False,
             name=application_name,
-            check=psycopg_pool.ConnectionPool.check_connection,
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": prepare_threshold,
                 "application_name": application_name,
-                "options": options,
             },
         )
+        self.statement_timeout_ms = statement_timeout_ms
+        self.listen_conninfo = listen_conninfo
+        self.counts = Counts()
+        self.verified = _Verified()
 
     @classmethod
-    def from_config(cls, config) -> Database:
+    def from_config(cls, config, *, url: str | None = None, max_size: int | None = None,
+                    application_name: str | None = None) -> Database:
         """A Database configured from a tolstoy.config.Config."""
-        if not config.database_url:
+        conninfo = url or config.database_conninfo()
+        if not conninfo:
             raise errors.DatabaseUnavailable("DATABASE_URL is not set")
         return cls(
-            # A callable when the URL comes from an AWS secret: each new connection sees a rotated one.
-            config.database_conninfo(),
+            conninfo,
             min_size=config.pool_min_size,
-            max_size=config.pool_max_size,
+            max_size=max_size or config.pool_max_size,
             timeout=config.pool_timeout,
             statement_timeout_ms=config.statement_timeout_ms,
             prepare_threshold=config.prepare_threshold,
-            application_name=config.app_name,
+            application_name=application_name or config.app_name,
+            listen_conninfo=config.direct_url,
         )
 
     def open(self, wait: bool = False, timeout: float = 10.0) -> None:
@@ -111,7 +353,7 @@ class Database:
         self.pool.close()
 
     def stats(self) -> dict:
-        """Pool counters for /status/detailed."""
+        """Pool counters for /status/detailed and /metrics."""
         stats = self.pool.get_stats()
         return {
             "size": stats.get("pool_size", 0),
@@ -121,115 +363,102 @@ class Database:
             "maxSize": self.pool.max_size,
         }
 
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """The current transaction's connection; else, inside a tenant, a short
-        transaction that carries the tenant; else a pooled connection in autocommit."""
-        conn = _current.get()
-        if conn is not None:
-            yield conn
-            return
-        if _tenant.get() is not None:
-            with self.transaction() as conn:
-                yield conn
-            return
-        with wrap_errors(), self.pool.connection() as conn:
-            yield conn
+    # ---- units of work ---------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
-        """Run the block in one transaction; nested calls join the outer one.
-
-        Inside ``tenant(org_id)`` the transaction first sets app.org_id, which the
-        row-level security policies compare every row with.
-        """
-        if _current.get() is not None:
-            yield _current.get()
-            return
-        with wrap_errors(), self.pool.connection() as conn:
-            with conn.transaction():
-                org_id = _tenant.get()
-                if org_id is not None:
-                    # set_config(..., true) lasts for this transaction only, so it is
-                    # safe behind a transaction-mode pooler too.
-                    conn.execute(SQL.session.set_org.sql, {"org_id": str(org_id)})
-                token = _current.set(conn)
-                try:
-                    yield conn
-                finally:
-                    _current.reset(token)
+    def unit(self, tenant: Tenant = NOBODY, *, repeatable: bool = False) -> Unit:
+        """A unit of work for this tenant, not yet opened (its first statement opens it)."""
+        return Unit(self, tenant, repeatable=repeatable)
 
     @staticmethod
+    def activate(unit: Unit | None) -> contextvars.Token:
+        """Make ``unit`` the one this thread's queries run in (for middleware hooks)."""
+        return _current.set(unit)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token) -> None:
+        """Undo ``activate``."""
+        _current.reset(token)
+
+    @staticmethod
+    def current() -> Unit | None:
+        """The unit of work this thread is in, if any."""
+        return _current.get()
+
     @contextlib.contextmanager
-    def tenant(org_id) -> Iterator[None]:
-        """Queries in this block act for one organization (row-level security), also
-        inside a transaction that is already open."""
-        token = _tenant.set(org_id)
-        conn = _current.get()
-        if conn is not None:
-            conn.execute(SQL.session.set_org.sql, {"org_id": str(org_id)})
+    def transaction(self) -> Iterator[Unit]:
+        """Run the block in one unit of work: the current one, or a new one committed at the end."""
+        unit = _current.get()
+        if unit is not None:
+            yield unit
+            return
+        unit = self.unit(_ambient.get())
+        token = _current.set(unit)
+        committed = False
+        try:
+            yield unit
+            committed = True
+        finally:
+            _current.reset(token)
+            unit.close(commit=committed)
+
+    @contextlib.contextmanager
+    def tenant(self, org_id) -> Iterator[None]:
+        """Queries in this block act for one organization (row-level security): inside a unit
+        the unit switches to it; outside, each query is its own unit for it."""
+        unit = _current.get()
+        if unit is not None:
+            previous = unit.tenant
+            unit.switch(org_id)
+            try:
+                yield
+            finally:
+                if unit.active and unit.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
+                    unit.switch(previous.org_id)
+                else:
+                    unit.tenant = previous
+            return
+        token = _ambient.set(Tenant(org_id=org_id))
         try:
             yield
         finally:
-            _tenant.reset(token)
-            # After an error the transaction is aborted and will roll back anyway.
-            if conn is not None and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
-                previous = _tenant.get()
-                conn.execute(SQL.session.set_org.sql, {"org_id": "" if previous is None else str(previous)})
+            _ambient.reset(token)
 
-    @staticmethod
-    def set_tenant(org_id) -> contextvars.Token:
-        """Act for an organization until ``reset_tenant`` (for middleware hooks)."""
-        return _tenant.set(org_id)
+    # ---- verbs ------------------------------------------------------------------
 
-    @staticmethod
-    def reset_tenant(token: contextvars.Token) -> None:
-        """Undo ``set_tenant``."""
-        _tenant.reset(token)
+    def _run(self, query: Query, params: dict, commit: bool) -> Result:
+        unit = _current.get()
+        if unit is not None:
+            return unit.execute(query, params, commit=commit)
+        return self.unit(_ambient.get()).execute(query, params, commit=True)
 
-    def all(self, query: Query, **params: Any) -> list[dict]:
-        """Every row of a query, as dicts."""
-        with self.connection() as conn, wrap_errors():
-            return conn.execute(query.sql, params).fetchall()
+    def all(self, query: Query, /, *, commit: bool = False, **params: Any) -> list[dict]:
+        """Every row of a query, as dicts; ``commit`` makes it the unit of work's last statement."""
+        return self._run(query, params, commit).rows
 
-    def one(self, query: Query, **params: Any) -> dict | None:
+    def one(self, query: Query, /, *, commit: bool = False, **params: Any) -> dict | None:
         """The first row of a query, or None."""
-        with self.connection() as conn, wrap_errors():
-            return conn.execute(query.sql, params).fetchone()
+        rows = self._run(query, params, commit).rows
+        return rows[0] if rows else None
 
-    def scalar(self, query: Query, **params: Any) -> Any:
+    def scalar(self, query: Query, /, *, commit: bool = False, **params: Any) -> Any:
         """The first column of the first row, or None."""
-        row = self.one(query, **params)
+        row = self.one(query, commit=commit, **params)
         return None if row is None else next(iter(row.values()))
 
-    def rowcount(self, query: Query, **params: Any) -> int:
+    def rowcount(self, query: Query, /, *, commit: bool = False, **params: Any) -> int:
         """How many rows a statement changed."""
-        with self.connection() as conn, wrap_errors():
-            return conn.execute(query.sql, params).rowcount
+        return self._run(query, params, commit).rowcount
+
+    # ---- outside units of work ---------------------------------------------------
 
     def execute_admin(self, statement: str) -> None:
         """Run a statement that cannot run in a transaction (CREATE/DROP DATABASE); no parameters."""
         with wrap_errors(), self.pool.connection() as conn:
             conn.execute(statement.encode())
 
-    def listen(self, channel: str, on_notify, stop, timeout: float = 0.2) -> None:
-        """LISTEN on a channel with a dedicated connection, calling ``on_notify()`` per
-        notification, until ``stop.is_set()``; reconnects after connection errors."""
-        while not stop.is_set():
-            conninfo = self.pool.conninfo() if callable(self.pool.conninfo) else self.pool.conninfo
-            try:
-                with psycopg.connect(conninfo, autocommit=True) as conn:
-                    conn.execute(f"listen {psycopg.sql.Identifier(channel).as_string(conn)}")
-                    while not stop.is_set():
-                        for _ in conn.notifies(timeout=timeout, stop_after=1):
-                            on_notify()
-            except psycopg.OperationalError as exc:
-                log.warning("listen connection lost (%s); retrying", exc)
-                stop.wait(timeout)
-
     def script(self, text: str) -> None:
         """Run a multi-statement SQL script (no parameters) in one transaction."""
-        with self.transaction() as conn, wrap_errors():
+        with wrap_errors(), self.pool.connection() as conn, conn.transaction():
             conn.execute(text.encode())
 
     def ping(self, query: Query, timeout: float = 2.0) -> float:
@@ -237,4 +466,22 @@ class Database:
         started = time.perf_counter()
         with wrap_errors(), self.pool.connection(timeout=timeout) as conn:
             conn.execute(query.sql)
+        self.counts.add(1, 1, 1)
         return time.perf_counter() - started
+
+    def listen(self, on_notify, stop, timeout: float = 0.2) -> None:
+        """LISTEN for queued runs on a dedicated direct connection (never through a transaction
+        pooler, which would hand the session to others), calling ``on_notify()`` per notification,
+        until ``stop.is_set()``; reconnects after connection errors."""
+        while not stop.is_set():
+            conninfo = self.listen_conninfo or (self.pool.conninfo() if callable(self.pool.conninfo)
+                                                else self.pool.conninfo)
+            try:
+                with psycopg.connect(conninfo, autocommit=True) as conn:
+                    conn.execute(SQL.session.listen.sql)
+                    while not stop.is_set():
+                        for _ in conn.notifies(timeout=timeout, stop_after=1):
+                            on_notify()
+            except psycopg.OperationalError as exc:
+                log.warning("listen connection lost (%s); retrying", exc)
+                stop.wait(max(timeout, 1.0))

@@ -40,39 +40,42 @@ class TableStore:
             for column in self.writable
         }
 
-    def list(self, org_id: uuid.UUID | None, *, limit: int, filters: dict, **keyset: Any) -> list[dict]:
+    # ``commit=True`` makes the statement the last of its unit of work (tolstoy/db/database.py).
+
+    def list(self, org_id: uuid.UUID | None, *, limit: int, filters: dict, commit: bool = False,
+             **keyset: Any) -> list[dict]:
         """Up to ``limit`` rows after the keyset position, newest first; ``filters`` by column."""
         params = {name: filters.get(name) for name in self.filters}
-        return self.db.all(self.queries.list, org_id=org_id, limit=limit, **keyset, **params)
+        return self.db.all(self.queries.list, commit=commit, org_id=org_id, limit=limit, **keyset, **params)
 
-    def get(self, org_id: uuid.UUID | None, record_id: uuid.UUID) -> dict | None:
+    def get(self, org_id: uuid.UUID | None, record_id: uuid.UUID, *, commit: bool = False) -> dict | None:
         """One row of the organization, or None."""
-        return self.db.one(self.queries.get, org_id=org_id, id=record_id)
+        return self.db.one(self.queries.get, commit=commit, org_id=org_id, id=record_id)
 
     def get_for_update(self, org_id: uuid.UUID | None, record_id: uuid.UUID) -> dict | None:
         """One row, locked for the rest of the caller's transaction."""
         return self.db.one(self.queries.get_for_update, org_id=org_id, id=record_id)
 
-    def insert(self, org_id: uuid.UUID | None, values: dict, **extra: Any) -> dict:
+    def insert(self, org_id: uuid.UUID | None, values: dict, *, commit: bool = False, **extra: Any) -> dict:
         """Insert a row from the writable values; returns it as stored."""
-        return self.db.one(self.queries.insert, org_id=org_id, **self._values(values), **extra)
+        return self.db.one(self.queries.insert, commit=commit, org_id=org_id, **self._values(values), **extra)
 
-    def update(self, org_id: uuid.UUID | None, record_id: uuid.UUID, values: dict) -> dict:
+    def update(self, org_id: uuid.UUID | None, record_id: uuid.UUID, values: dict, *, commit: bool = False) -> dict:
         """Replace the writable columns of one row; returns it as stored."""
-        return self.db.one(self.queries.update, org_id=org_id, id=record_id, **self._values(values))
+        return self.db.one(self.queries.update, commit=commit, org_id=org_id, id=record_id, **self._values(values))
 
-    def delete(self, org_id: uuid.UUID | None, record_id: uuid.UUID) -> bool:
+    def delete(self, org_id: uuid.UUID | None, record_id: uuid.UUID, *, commit: bool = False) -> bool:
         """Delete one row; False when there was none."""
-        return self.db.rowcount(self.queries.delete, org_id=org_id, id=record_id) > 0
+        return self.db.rowcount(self.queries.delete, commit=commit, org_id=org_id, id=record_id) > 0
 
 
 def write_execution_log(db: dbmod.Database, *, org_id, flow_id, user_id, execution_id, step_key: str, status: str,
                         inputs: Any = None, outputs: Any = None, error: Any = None,
-                        duration_ms: int | None = None) -> dict:
+                        duration_ms: int | None = None, commit: bool = False) -> dict:
     """Append one execution log row written by Tolstoy itself (engine step events, run changes made
     through the API, direct action calls); non-object inputs become ``{}``, outputs ``{"value": …}``."""
     return db.one(
-        SQL.execution_logs.insert, org_id=org_id, flow_id=flow_id, user_id=user_id,
+        SQL.execution_logs.insert, commit=commit, org_id=org_id, flow_id=flow_id, user_id=user_id,
         execution_id=str(execution_id), step_key=step_key, status=status,
         inputs=dbmod.json(inputs if isinstance(inputs, dict) else {}),
         outputs=dbmod.json(outputs if isinstance(outputs, dict) or outputs is None else {"value": outputs}),

@@ -190,7 +190,7 @@ class Tools:
             step_key=action["key"], status="completed" if success else "failed",
             inputs=mask_json(inputs, secrets),
             outputs=mask_json({"statusCode": status_code, "data": body}, secrets),
-            error=mask_json(error, secrets), duration_ms=duration,
+            error=mask_json(error, secrets), duration_ms=duration, commit=True,
         )
         return {"success": success, "executionId": execution_id, "durationMs": duration,
                 "statusCode": status_code, "data": body}

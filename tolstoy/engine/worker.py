@@ -83,7 +83,7 @@ class Worker:
     def run(self, stop_after_idle: bool = False) -> None:
         """Work until stop() (or, with stop_after_idle, until no run is due or in flight)."""
         listener = threading.Thread(target=self.db.listen, name="tolstoy-listen",
-                                    args=("tolstoy_runs", self.wake.set, self.stopping), daemon=True)
+                                    args=(self.wake.set, self.stopping), daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat, name="tolstoy-heartbeat", daemon=True)
         listener.start()
         heartbeat.start()

@@ -1,0 +1,178 @@
+"""What each request costs the database: one unit of work (one transaction) per
+request, the tenant checked in the same round trip as the first query, and no
+connection at all for requests that need no data. Counts decide speed, so a
+regression fails here rather than in a benchmark."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from falcon import testing
+
+from tolstoy.api.app import create_app
+from tolstoy.db.database import Database
+
+
+@pytest.fixture
+def counted(client, app_db, api):
+    """Call the API and return (result, what it cost: statements, round trips, transactions)."""
+
+    def call(method: str, path: str, **kwargs):
+        before = app_db.counts.snapshot()
+        result = client.simulate_request(method, path, **kwargs)
+        after = app_db.counts.snapshot()
+        return result, {key: after[key] - before[key] for key in after}
+
+    return call
+
+
+@pytest.fixture
+def world(api, org, user):
+    tool = api.tool(org, authType="bearer")
+    action = api.action(org, tool)
+    flow = api.flow(org)
+    log = api.log(org, user, flow)
+    return {"org": org, "user": user, "tool": tool, "action": action, "flow": flow, "log": log,
+            "headers": api.headers(org), "acting": api.headers(org, user)}
+
+
+def test_reading_a_tool_is_one_round_trip_of_two_statements(counted, world):
+    result, cost = counted("GET", f"/tools/{world['tool']['id']}", headers=world["acting"])
+    assert result.status_code == 200 and result.json["actions"][0]["id"] == world["action"]["id"]
+    # tolstoy_enter (tenant, user, timeout) and the tool with its actions, committed by the Sync.
+    assert cost == {"statements": 2, "round_trips": 1, "transactions": 1}
+
+
+def test_creating_a_tool_is_one_round_trip_of_two_statements(counted, world):
+    body = {"name": "Slack", "baseUrl": "https://slack.com/api", "authType": "bearer"}
+    result, cost = counted("POST", "/tools", json=body, headers=world["headers"])
+    assert result.status_code == 201, result.text
+    assert cost == {"statements": 2, "round_trips": 1, "transactions": 1}
+
+
+@pytest.mark.parametrize("kind", ["users", "tools", "actions", "flows", "execution-logs"])
+def test_every_crud_route_is_one_transaction(counted, world, kind):
+    item = {"users": world["user"], "tools": world["tool"], "actions": world["action"], "flows": world["flow"],
+            "execution-logs": world["log"]}[kind]
+    changes = {"users": {"name": "Grace"}, "tools": {"name": "GitHub 2"}, "actions": {"name": "Renamed"},
+               "flows": {"description": "new"}, "execution-logs": {"status": "failed"}}[kind]
+    path = f"/{kind}/{item['id']}"
+    for method, target, kwargs in [("GET", f"/{kind}", {}), ("GET", path, {}),
+                                   ("PATCH", path, {"json": changes}), ("PUT", path, {"json": changes})]:
+        result, cost = counted(method, target, headers=world["acting"], **kwargs)
+        assert result.status_code == 200, (method, target, result.text)
+        assert cost["transactions"] == 1, (method, target, cost)
+        # A read is one round trip; an update reads (locking) then writes and commits: two.
+        assert cost["round_trips"] == (1 if method == "GET" else 2), (method, target, cost)
+
+
+def test_create_and_delete_are_one_transaction_each(counted, world, api):
+    org = world["org"]
+    for path, body in [("/users", {"email": "new@example.com"}),
+                       ("/actions", {"toolId": world["tool"]["id"], "name": "n", "key": "k.new", "method": "GET",
+                                     "endpoint": "/x"}),
+                       ("/flows", {"steps": [{"id": "a", "type": "transform", "config": {"output": 1}}]}),
+                       ("/execution-logs", {"flowId": world["flow"]["id"], "executionId": "r", "stepKey": "s",
+                                            "status": "completed", "inputs": {}})]:
+        result, cost = counted("POST", path, json=body, headers=world["acting"])
+        assert result.status_code == 201, (path, result.text)
+        assert cost["transactions"] == 1, (path, cost)
+        deleted, cost = counted("DELETE", f"{path}/{result.json['id']}", headers=api.headers(org))
+        assert deleted.status_code == 204, (path, deleted.text)
+        assert cost["transactions"] == 1 and cost["round_trips"] == 2, (path, cost)
+
+
+def test_requests_that_need_no_data_take_no_connection(counted, world, app_db):
+    for method, path, kwargs in [
+        ("GET", "/health", {}),
+        ("GET", "/openapi.json", {}),
+        # The tenant was checked by the world's requests moments ago, so a 400 from
+        # validation needs nothing from the database.
+        ("POST", "/tools", {"json": {"name": ""}, "headers": world["headers"]}),
+        ("GET", "/tools", {"params": {"limit": "0"}, "headers": world["headers"]}),
+        ("GET", "/users", {"headers": {"X-Org-ID": "not-a-uuid"}}),
+    ]:
+        result, cost = counted(method, path, **kwargs)
+        assert result.status_code in (200, 400), (path, result.text)
+        assert cost == {"statements": 0, "round_trips": 0, "transactions": 0}, (method, path, cost)
+    assert app_db.stats()["size"] - app_db.stats()["available"] == 0  # nothing left checked out
+
+
+def test_a_bad_tenant_is_answered_before_a_bad_body_even_with_no_query_made(counted):
+    ghost = str(uuid.uuid4())
+    result, cost = counted("POST", "/tools", json={"name": ""}, headers={"X-Org-ID": ghost})
+    assert result.status_code == 400 and result.json["errors"][0]["field"] == "X-Org-ID", result.text
+    # Not known lately, so the tenant check ran on its own: one statement.
+    assert cost == {"statements": 1, "round_trips": 1, "transactions": 1}
+
+
+def test_a_bad_user_never_commits_the_write_sent_with_the_check(counted, world, db):
+    body = {"name": "Never", "baseUrl": "https://never.example.com", "authType": "none"}
+    result, _ = counted("POST", "/tools", json=body, headers={**world["headers"], "X-User-ID": str(uuid.uuid4())})
+    assert result.status_code == 400 and result.json["errors"][0]["field"] == "X-User-ID", result.text
+    with db.pool.connection() as conn:
+        assert conn.execute("select count(*) as n from tools where name = 'Never'").fetchone()["n"] == 0
+
+
+def test_a_connection_that_died_in_the_pool_is_replaced_transparently(world, app_db, db, client):
+    """A database restart or a killed backend leaves dead connections in the pool: the first
+    batch of a unit notices, and sends itself again on a fresh connection."""
+    client.simulate_get("/users", headers=world["headers"])  # a pooled connection exists
+    with db.pool.connection() as conn:
+        killed = conn.execute("select count(*) as n from (select pg_terminate_backend(pid) from pg_stat_activity "
+                              "where usename = 'tolstoy_app' and datname = current_database()) as t").fetchone()["n"]
+    assert killed >= 1
+    time.sleep(0.2)
+    result = client.simulate_get(f"/tools/{world['tool']['id']}", headers=world["headers"])
+    assert result.status_code == 200, result.text
+
+
+def test_no_database_is_a_clean_503(config):
+    """Nothing listens: every data route answers 503 with the error body, never a 500."""
+    nowhere = Database("postgresql://tolstoy_app@127.0.0.1:9/none?connect_timeout=1", min_size=0, max_size=1,
+                       timeout=1)
+    nowhere.open(wait=False)
+    try:
+        client = testing.TestClient(create_app(config, nowhere))
+        result = client.simulate_get("/users", headers={"X-Org-ID": str(uuid.uuid4())})
+        assert result.status_code == 503 and result.json["statusCode"] == 503, result.text
+        assert result.headers["retry-after"]
+    finally:
+        nowhere.close()
+
+
+def test_the_server_sees_what_the_counts_say(world, app_url, db, config):
+    """Cross-check the counter with PostgreSQL's own statement log for one request."""
+    with db.pool.connection() as conn:
+        data_dir = conn.execute("show data_directory").fetchone()["data_directory"]
+        name = conn.execute("select current_database() as d").fetchone()["d"]
+        conn.execute("alter system set log_line_prefix = '%m [%p] db=%d '")
+        conn.execute("select pg_reload_conf()")
+        conn.execute(f'alter database "{name}" set log_statement = \'all\'')
+    log = Path(data_dir) / "log"
+    fresh = Database(app_url, min_size=0, max_size=1, timeout=5)  # new connections read the new setting
+    fresh.open(wait=False)
+    try:
+        client = testing.TestClient(create_app(config, fresh))
+        client.simulate_get("/health")
+        mark = log.stat().st_size
+        before = fresh.counts.snapshot()["statements"]
+        result = client.simulate_get(f"/tools/{world['tool']['id']}", headers=world["headers"])
+        assert result.status_code == 200
+        counted = fresh.counts.snapshot()["statements"] - before
+        deadline = time.monotonic() + 5
+        while True:
+            with log.open("rb") as handle:
+                handle.seek(mark)
+                lines = handle.read().decode(errors="replace").splitlines()
+            logged = [line for line in lines if f"db={name} " in line and re.search(r"LOG:  (statement|execute)", line)]
+            if len(logged) >= counted or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert counted == 2 and len(logged) == counted, logged
+    finally:
+        fresh.close()
