@@ -49,6 +49,9 @@ _TENANT_ERRORS = {
     "TS002": ("X-User-ID", "Not a user of this organization."),
 }
 _KEY_ERROR = "TS003"
+# What auto-prepared statements meet behind a transaction-mode pooler that does not track them
+# (PgBouncer before 1.21, or max_prepared_statements = 0).
+_POOLER_CLASHES = (pg_errors.DuplicatePreparedStatement, pg_errors.InvalidSqlStatementName)
 
 
 def json(value: Any) -> Any:
@@ -68,6 +71,8 @@ def wrap_errors() -> Iterator[None]:
         raise errors.ForeignKeyViolation(exc.diag.constraint_name, on_delete) from exc
     except psycopg_pool.PoolTimeout as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
+    except _POOLER_CLASHES as exc:
+        raise errors.DatabaseUnavailable(f"prepared statements through a transaction pooler: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     except psycopg.Error as exc:
@@ -206,6 +211,13 @@ class Unit:
                     self.db.pool.putconn(conn)
                     conn = self._checkout()
                     results = self._send(conn, batch)
+                except _POOLER_CLASHES:
+                    # A transaction pooler gave us a server connection that knows other
+                    # clients' prepared statements (or not ours): stop preparing, resend.
+                    self.db.stop_preparing(conn)
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        self._send(conn, [(SQL.session.rollback, {})])
+                    results = self._send(conn, batch)
         except BaseException:
             self.conn = conn
             self._return(transactions=0)
@@ -266,7 +278,10 @@ class Unit:
 
     def _checkout(self) -> psycopg.Connection:
         with wrap_errors():
-            return self.db.pool.getconn()
+            conn = self.db.pool.getconn()
+        if self.db.pool.kwargs["prepare_threshold"] is None:
+            conn.prepare_threshold = None  # opened before stop_preparing
+        return conn
 
     def _return(self, transactions: int) -> None:
         conn, self.conn = self.conn, None
@@ -343,6 +358,15 @@ class Database:
             application_name=application_name or config.app_name,
             listen_conninfo=config.direct_url,
         )
+
+    def stop_preparing(self, conn: psycopg.Connection) -> None:
+        """Turn psycopg's automatic prepared statements off for this process: a transaction
+        pooler that does not track them is in front (say TOLSTOY_PREPARE_THRESHOLD=off)."""
+        conn.prepare_threshold = None
+        if self.pool.kwargs.get("prepare_threshold") is not None:
+            self.pool.kwargs["prepare_threshold"] = None
+            log.warning("prepared statements clash behind a transaction pooler; they are off from now on "
+                        "(set TOLSTOY_PREPARE_THRESHOLD=off to start that way)")
 
     def open(self, wait: bool = False, timeout: float = 10.0) -> None:
         """Open the pool; call it in each process (after Gunicorn forks)."""
