@@ -13,6 +13,8 @@ import math
 import re
 from typing import Any
 
+import orjson
+
 MAX_JSON_DEPTH = 64
 # PostgreSQL text and jsonb cannot hold NUL; UTF-8 cannot encode a lone surrogate ("\ud800").
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -35,6 +37,16 @@ def finite_float(text: str) -> float:
 def loads(text: str | bytes) -> Any:
     """Parse JSON strictly: ValueError for NaN, Infinity and out-of-range numbers."""
     return json.loads(text, parse_constant=reject_constant, parse_float=finite_float)
+
+
+def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
+    """Compact JSON bytes, fast (orjson); integers beyond 64 bits, which orjson refuses,
+    go through the standard library."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+    except TypeError:
+        return json.dumps(value, default=str, sort_keys=sort_keys, separators=(",", ":"),
+                          ensure_ascii=False).encode()
 
 
 def depth(value: Any) -> int:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import logging
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+from .jsonsafe import dumps
 from .redaction import redact
 from .times import now_iso
 
@@ -52,7 +52,7 @@ class JsonFormatter(logging.Formatter):
             entry[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
             entry["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return dumps(entry).decode()
 
 
 def configure(level: str = "INFO") -> None:

@@ -8,6 +8,7 @@ knows in the WSGI environ (``ENV_ROUTE``, ``ENV_ORG``) for the access line.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 from gunicorn.glogging import Logger as _GunicornBaseLogger
@@ -19,29 +20,31 @@ ENV_ROUTE = "tolstoy.route"
 ENV_ORG = "tolstoy.org_id"
 
 
-def client_address(remote_addr: str | None, forwarded_for: str | None, trusted: list[str]) -> str | None:
+@functools.lru_cache(maxsize=1024)
+def _is_trusted(address: str | None, trusted: tuple[str, ...]) -> bool:
+    """A unix-socket peer (no address) is the local proxy; otherwise the address must lie in a
+    trusted network. Cached: the same proxies and clients come back request after request."""
+    if not address or "*" in trusted:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(item, strict=False) for item in trusted)
+
+
+def client_address(remote_addr: str | None, forwarded_for: str | None, trusted) -> str | None:
     """The client's address: X-Forwarded-For is believed only when the peer is a trusted proxy.
 
     Walks X-Forwarded-For from the right (the entries our proxies appended) and
-    returns the first address that is not itself a trusted proxy. A unix-socket
-    peer (no address) is the local proxy, so it is trusted.
+    returns the first address that is not itself a trusted proxy.
     """
-    networks = [ipaddress.ip_network(item, strict=False) for item in trusted if item != "*"]
-
-    def is_trusted(address: str | None) -> bool:
-        if not address or "*" in trusted:
-            return True
-        try:
-            ip = ipaddress.ip_address(address.strip())
-        except ValueError:
-            return False
-        return any(ip in network for network in networks)
-
-    if not is_trusted(remote_addr) or not forwarded_for:
+    trusted = tuple(trusted)
+    if not forwarded_for or not _is_trusted(remote_addr, trusted):
         return remote_addr or None
     hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
     for hop in reversed(hops):
-        if not is_trusted(hop):
+        if not _is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else (remote_addr or None)
 

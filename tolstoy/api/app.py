@@ -11,6 +11,7 @@ import falcon
 from .. import engine, logs
 from ..config import Config
 from ..db.database import Database
+from ..jsonsafe import dumps
 from . import (
     actions,
     api_keys,
@@ -100,6 +101,9 @@ def create_app(config: Config, db: Database) -> falcon.App:
             TenantMiddleware(db, methods, config),
         ]
     )
+    # Answers are serialized with orjson (tolstoy.jsonsafe.dumps); request bodies are parsed
+    # strictly by tolstoy.api.requests.read_json, never by this handler.
+    app.resp_options.media_handlers[falcon.MEDIA_JSON] = falcon.media.JSONHandler(dumps=dumps)
     app.req_options.strip_url_path_trailing_slash = True
     # Bodies are read by tolstoy.api.requests.read_json, which enforces the size cap.
     app.req_options.auto_parse_form_urlencoded = False

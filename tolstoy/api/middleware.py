@@ -72,8 +72,14 @@ class BodyGuardMiddleware:
 class MetricsMiddleware:
     """Times every request and counts it by method, route template and status."""
 
+    # The pool gauges change slowly; publishing them once a second (and at each scrape)
+    # costs a fraction of doing it per request.
+    POOL_EVERY = 1.0
+
     def __init__(self, db):
         self.db = db
+        self._children: dict[tuple, tuple] = {}
+        self._pool_published = 0.0
 
     def process_request(self, req, resp) -> None:
         req.context.metrics_started = time.perf_counter()
@@ -82,11 +88,20 @@ class MetricsMiddleware:
         started = getattr(req.context, "metrics_started", None)
         if started is None:
             return
-        method = req.method if req.method in metrics.METHODS else "other"
-        labels = {"method": method, "route": req.uri_template or metrics.UNMATCHED, "status": str(resp.status_code)}
-        metrics.HTTP_REQUESTS.labels(**labels).inc()
-        metrics.HTTP_LATENCY.labels(**labels).observe(time.perf_counter() - started)
-        metrics.observe_pool(self.db)
+        now = time.perf_counter()
+        key = (req.method, req.uri_template, resp.status_code)
+        children = self._children.get(key)
+        if children is None:
+            method = req.method if req.method in metrics.METHODS else "other"
+            labels = {"method": method, "route": req.uri_template or metrics.UNMATCHED, "status": str(resp.status_code)}
+            children = (metrics.HTTP_REQUESTS.labels(**labels), metrics.HTTP_LATENCY.labels(**labels))
+            if len(self._children) < 10_000:  # bounded: methods, routes and statuses are few
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(now - started)
+        if now - self._pool_published >= self.POOL_EVERY:
+            self._pool_published = now
+            metrics.observe_pool(self.db)
 
 
 class RequestContextMiddleware:

@@ -4,12 +4,12 @@ and 201 with a relative Location."""
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from typing import Any
 
 import falcon
 
+from ..jsonsafe import dumps
 from .errors import PreconditionFailed
 
 # Falcon parses one unquoted tag leniently; an entity-tag is quoted (RFC 9110 8.8.3), and a
@@ -19,8 +19,7 @@ _ENTITY_TAG_LIST = re.compile(r'^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$'
 
 def etag_of(body: Any) -> str:
     """Strong ETag: a hash of the exact JSON representation."""
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
+    return '"' + hashlib.sha256(dumps(body, sort_keys=True)).hexdigest()[:32] + '"'
 
 
 def check_if_match(req: falcon.Request, current_etag: str) -> None:
