@@ -43,6 +43,10 @@ POOL_WAITING = Gauge(
     "tolstoy_db_pool_waiting_requests", "Requests waiting for a pooled connection, over all workers.",
     multiprocess_mode="livesum",
 )
+# What the data layer sends (tolstoy/db/database.py): the cost of requests and engine steps.
+DB_STATEMENTS = Counter("tolstoy_db_statements_total", "SQL statements sent to PostgreSQL.")
+DB_ROUND_TRIPS = Counter("tolstoy_db_round_trips_total", "Network round trips to PostgreSQL (a pipelined batch is one).")
+DB_TRANSACTIONS = Counter("tolstoy_db_transactions_total", "Transactions (units of work) ended.")
 FLOW_RUNS = Counter("tolstoy_flow_runs_total", "Flow runs that reached a status.", ["status"])
 STEP_DURATION = Histogram(
     "tolstoy_flow_step_duration_seconds", "Duration of one step attempt, by step type and outcome.",

@@ -13,7 +13,10 @@ import ipaddress
 
 from gunicorn.glogging import Logger as _GunicornBaseLogger
 
+from ..jsonsafe import dumps
 from ..logs import JsonFormatter
+from ..redaction import redact
+from ..times import now_iso
 
 # WSGI environ keys the app fills in for the access log line.
 ENV_ROUTE = "tolstoy.route"
@@ -78,8 +81,20 @@ class GunicornLogger(_GunicornBaseLogger):
             "orgId": environ.get(ENV_ORG),
             "userAgent": environ.get("HTTP_USER_AGENT"),
         }
+        message = f"{fields['method']} {fields['path']} {fields['status']}"
         try:
-            self.access_log.info("%s %s %s", fields["method"], fields["path"], fields["status"],
-                                 extra={"fields": fields})
+            streams = [getattr(handler, "stream", None) for handler in self.access_log.handlers]
+            if not all(streams):  # syslog and the like: the logging module's way
+                self.access_log.info("%s", message, extra={"fields": fields})
+                return
+            # One line a request is the hottest log path: written straight to the handlers' streams
+            # in the JsonFormatter's shape, without building a LogRecord (a third of its cost).
+            entry = {"time": now_iso(), "level": "info", "logger": self.access_log.name, "message": redact(message)}
+            entry.update((key, redact(value) if isinstance(value, str) else value) for key, value in fields.items())
+            line = dumps(entry).decode() + "\n"
+            for handler, stream in zip(self.access_log.handlers, streams, strict=True):
+                with handler.lock:
+                    stream.write(line)
+                    stream.flush()
         except Exception:  # a log line must never fail a request
             self.error("cannot write the access log line")

@@ -8,6 +8,7 @@ from marshmallow import fields
 from .. import engine
 from ..db.queries import SQL
 from . import resources
+from .dumping import dumper
 from .errors import ValidationFailed
 from .model import Filter, Model
 from .requests import read_json, validate_body
@@ -41,7 +42,7 @@ class Item(ActionResource, resources.Item):
     """``GET/PUT/PATCH/DELETE /actions/{id}``; ``POST /actions/{id}/execute``."""
 
     execute_schema = ActionExecuteSchema()
-    result_schema = ActionResultSchema()
+    result = staticmethod(dumper(ActionResultSchema()))
 
     def __init__(self, db, tools: engine.Tools):
         super().__init__(db)
@@ -59,4 +60,4 @@ class Item(ActionResource, resources.Item):
             result = self.tools.call_action(req.context.org_id, req.context.user_id, action, inputs)
         except engine.InvalidInputs as exc:
             raise ValidationFailed(exc.problems) from None
-        resp.media = self.result_schema.dump(result)
+        resp.media = self.result(result)

@@ -6,6 +6,7 @@ import falcon
 
 from ..db.queries import SQL
 from . import resources
+from .dumping import dumper, many
 from .errors import NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
@@ -13,6 +14,7 @@ from .schemas import ApiKeySchema, PageQuery
 from .tenancy import key_hash, new_key, prefix_of
 
 _SCHEMA = ApiKeySchema()
+_DUMP = dumper(_SCHEMA)
 _PAGE = PageQuery()
 
 
@@ -37,7 +39,7 @@ class Collection:
         resources.list_page(
             req, resp, _PAGE,
             lambda query, **page: self.db.all(SQL.api_keys.list, commit=True, org_id=req.context.org_id, **page),
-            lambda rows: _SCHEMA.dump(rows, many=True),
+            many(_DUMP),
         )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -47,7 +49,7 @@ class Collection:
         if not self.secret:
             raise falcon.HTTPServiceUnavailable(description="API keys need TOLSTOY_API_KEY_SECRET to be set.")
         row = issue_key(self.db, self.secret, req.context.org_id, values["name"])
-        created(req, resp, _SCHEMA.dump(row))
+        created(req, resp, _DUMP(row))
 
 
 class Item:

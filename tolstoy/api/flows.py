@@ -6,6 +6,7 @@ import falcon
 
 from ..db.queries import SQL
 from . import resources
+from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed
 from .model import Model
 from .paging import version_cursor, version_key
@@ -17,7 +18,7 @@ MODEL = Model(
     writable=("name", "description", "steps"), json_columns=("steps",),
     delete_blocked_by="execution logs",
 )
-_VERSION_SCHEMA = FlowVersionSchema()
+_VERSION = dumper(FlowVersionSchema())
 
 
 class FlowResource(resources.ModelResource):
@@ -74,7 +75,7 @@ class Item(FlowResource, resources.Item):
             req, resp, self.versions_query,
             lambda query, **page: self.db.all(SQL.flows.list_versions, commit=True, org_id=req.context.org_id,
                                               flow_id=flow_id, **page),
-            lambda rows: _VERSION_SCHEMA.dump(rows, many=True),
+            many(_VERSION),
             cursor=version_cursor, key=version_key,
         )
 
@@ -89,4 +90,4 @@ class Version(FlowResource):
             raise NotFound("Flow version")
         row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version", commit=True,
                                    org_id=req.context.org_id, flow_id=flow_id, version=int(version))
-        respond(resp, _VERSION_SCHEMA.dump(row))
+        respond(resp, _VERSION(row))

@@ -47,7 +47,7 @@ class Collection(OrganizationResource, resources.Collection):
             return super().on_get(req, resp)
         validate_query(self.model.list_query, req)  # same 400s for unknown parameters as the full list
         row = self.store.get(None, req.context.key_org_id, commit=True)
-        resp.media = self.schema.dump([row] if row else [], many=True)
+        resp.media = [self.dump(row)] if row else []
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Create an organization; in api_key mode (admin only) the answer holds its first ``apiKey``."""

@@ -17,6 +17,7 @@ from marshmallow import Schema
 
 from ..db.database import Database
 from ..db.queries import Query
+from .dumping import dumper, many
 from .errors import NotFound, field_error
 from .model import Model
 from .paging import finish_page, page_limit, time_id_cursor, time_id_key
@@ -55,11 +56,12 @@ class ModelResource:
         self.db = db
         self.store = self.model.store(db)
         self.schema = self.model.schema()
+        self.dump = dumper(self.schema)
         self.noun = self.model.noun
 
     def represent(self, row: dict) -> dict:
         """The record as the API shows it."""
-        return self.schema.dump(row)
+        return self.dump(row)
 
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """400 naming a field that points at a record the caller cannot see."""
@@ -93,7 +95,7 @@ class Collection(ModelResource):
             values = {column: query.get(param) for column, param in filters.items()}
             return self.store.list(req.context.org_id, filters=values, commit=True, **page)
 
-        list_page(req, resp, self.model.list_query, fetch, lambda rows: self.schema.dump(rows, many=True))
+        list_page(req, resp, self.model.list_query, fetch, many(self.dump))
 
     def insert(self, req: falcon.Request, values: dict) -> dict:
         """Write the new row (the request's last query); subclasses add columns that do not come

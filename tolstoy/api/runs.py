@@ -15,6 +15,7 @@ from ..db.queries import SQL
 from ..db.stores import write_execution_log
 from ..engine import RUN_STEP_KEY
 from . import resources
+from .dumping import dumper, many
 from .errors import Conflict, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
@@ -28,10 +29,10 @@ from .schemas import (
 )
 from .tenancy import require_user
 
-_ACCEPTED = RunAcceptedSchema()
-_RUN = RunSchema()
-_DETAIL = RunDetailSchema()
-_METRICS = FlowMetricsSchema()
+_ACCEPTED = dumper(RunAcceptedSchema())
+_RUN = dumper(RunSchema())
+_DETAIL = dumper(RunDetailSchema())
+_METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
 
@@ -89,7 +90,7 @@ class FlowRuns:
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
         """202 with the run's summary and where to follow it."""
         resp.status = falcon.HTTP_202
-        resp.media = _ACCEPTED.dump(run)
+        resp.media = _ACCEPTED(run)
         resp.location = f"/flows/{flow['id']}/executions/{run['id']}"
 
     def on_post_execute(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
@@ -109,7 +110,7 @@ class FlowRuns:
             req, resp, _PAGE,
             lambda query, **page: self.db.all(SQL.runs.list, commit=True, org_id=req.context.org_id,
                                               flow_id=flow["id"], **page),
-            lambda rows: _RUN.dump(rows, many=True),
+            many(_RUN),
         )
 
     def on_get_execution(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
@@ -117,7 +118,7 @@ class FlowRuns:
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
         steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"])
-        respond(resp, _DETAIL.dump({**run, "steps": steps}))
+        respond(resp, _DETAIL({**run, "steps": steps}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """Cancel: at once when queued or sleeping, at the next step boundary when running."""
@@ -129,7 +130,7 @@ class FlowRuns:
         if changed["status"] == "cancelled":
             self.log_run(req, flow, run["id"], "cancelled", {})
         resp.status = falcon.HTTP_202
-        resp.media = _ACCEPTED.dump({**run, "status": changed["status"]})
+        resp.media = _ACCEPTED({**run, "status": changed["status"]})
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """A new run of the same version that starts with the original's finished steps."""
@@ -150,7 +151,7 @@ class FlowRuns:
         row = self.db.one(SQL.runs.metrics, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
         breakdown = row["breakdown"]
         finished = sum(breakdown.get(s, 0) for s in ("completed", "failed", "cancelled"))
-        resp.media = _METRICS.dump({
+        resp.media = _METRICS({
             "totalExecutions": sum(breakdown.values()),
             "statusBreakdown": breakdown,
             "successRate": round(breakdown.get("completed", 0) / finished, 4) if finished else None,

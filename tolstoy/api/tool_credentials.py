@@ -10,12 +10,14 @@ from .. import engine
 from ..db.queries import SQL
 from ..jsonsafe import UNSTORABLE
 from . import resources
+from .dumping import dumper
 from .errors import NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .schemas import CredentialSchema
 
 _SCHEMA = CredentialSchema()
+_DUMP = dumper(_SCHEMA)
 
 
 class ToolCredentials:
@@ -33,7 +35,7 @@ class ToolCredentials:
     def show(self, row: dict) -> dict:
         """A credential with its secrets masked."""
         config = self.vault.decrypt(row["secret"]) if self.vault else {}
-        return _SCHEMA.dump({**row, "config": engine.masked(row["type"], config)})
+        return _DUMP({**row, "config": engine.masked(row["type"], config)})
 
     def _vault(self) -> engine.Vault:
         if self.vault is None:

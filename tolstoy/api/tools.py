@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import resources
+from .dumping import dumper
 from .model import Model
 from .schemas import ToolDetailSchema, ToolSchema
 
@@ -19,11 +20,11 @@ class ToolResource(resources.ModelResource):
     """A single tool is shown with every one of its actions (its queries return them)."""
 
     model = MODEL
-    detail = ToolDetailSchema()
+    detail = staticmethod(dumper(ToolDetailSchema()))
 
     def represent(self, row: dict) -> dict:
         """A tool with every one of its actions."""
-        return self.detail.dump(row)
+        return self.detail(row)
 
 
 class Collection(ToolResource, resources.Collection):

@@ -32,7 +32,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .. import errors
+from .. import errors, metrics
 from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
@@ -92,13 +92,17 @@ class Tenant:
     user_id: Any = None
     key_hash: bytes | None = None
 
-    def enter(self, timeout_ms: int) -> tuple[Query, dict]:
-        """The statement that opens a unit of work for this tenant."""
+    def enter(self, timeout_ms: int, *, known: bool = False) -> tuple[Query, dict]:
+        """The statement that opens a unit of work for this tenant: the checking one, or, for an
+        organization and user that passed the check seconds ago, one that only sets them. An API
+        key is checked every time, so that revoking it takes effect at once."""
         user = None if self.user_id is None else str(self.user_id)
         if self.key_hash is not None:
             return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms}
-        org = None if self.org_id is None else str(self.org_id)
-        return SQL.session.enter, {"org_id": org, "user_id": user, "timeout_ms": timeout_ms}
+        org = "" if self.org_id is None else str(self.org_id)
+        if known:
+            return SQL.session.enter_known, {"org_id": org, "timeout": f"{timeout_ms}ms"}
+        return SQL.session.enter, {"org_id": org or None, "user_id": user, "timeout_ms": timeout_ms}
 
 
 NOBODY = Tenant()
@@ -116,6 +120,11 @@ class Counts:
             self.statements += statements
             self.round_trips += round_trips
             self.transactions += transactions
+        if statements:
+            metrics.DB_STATEMENTS.inc(statements)
+            metrics.DB_ROUND_TRIPS.inc(round_trips)
+        if transactions:
+            metrics.DB_TRANSACTIONS.inc(transactions)
 
     def snapshot(self) -> dict:
         """The counts so far."""
@@ -195,7 +204,7 @@ class Unit:
         return results[0]
 
     def _first(self, query: Query, params: dict, commit: bool) -> Result:
-        enter = self.tenant.enter(self.db.statement_timeout_ms)
+        enter = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
         opening = [] if commit else [(SQL.session.begin_repeatable if self.repeatable else SQL.session.begin, {})]
         batch = [*opening, enter, (query, params)]
         conn = self._checkout()
@@ -251,8 +260,9 @@ class Unit:
     def switch(self, org_id) -> None:
         """Act for another organization from here on (inside the same transaction)."""
         self.tenant = Tenant(org_id=org_id)
+        self.verified = self.tenant in self.db.verified
         if self.conn is not None:
-            query, params = self.tenant.enter(self.db.statement_timeout_ms)
+            query, params = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
             with wrap_errors():
                 self._send(self.conn, [(query, params)])
 
@@ -294,14 +304,18 @@ class Unit:
         self.db.counts.add(len(statements), 1)
         if len(statements) == 1:
             query, params = statements[0]
-            return [_result(conn.execute(query.sql, params))]
+            return [_result(query, conn.execute(query.sql, params))]
         with conn.pipeline():
             cursors = [conn.execute(query.sql, params) for query, params in statements]
-        return [_result(cursor) for cursor in cursors]
+        return [_result(query, cursor) for (query, _), cursor in zip(statements, cursors, strict=True)]
 
 
-def _result(cursor: psycopg.Cursor) -> Result:
-    return Result(cursor.fetchall() if cursor.description else [], cursor.rowcount)
+def _result(query: Query, cursor: psycopg.Cursor) -> Result:
+    # Rows are read only where the query's kind says the caller wants them (not for "!"
+    # statements such as enter, begin or commit): building them is most of the client's work.
+    if query.kind == "rowcount":
+        return Result([], cursor.rowcount)
+    return Result(cursor.fetchall(), cursor.rowcount)
 
 
 class Database:
@@ -449,7 +463,9 @@ class Database:
 
     # ---- verbs ------------------------------------------------------------------
 
-    def _run(self, query: Query, params: dict, commit: bool) -> Result:
+    def _run(self, query: Query, params: dict, commit: bool, kind: str) -> Result:
+        if query.kind != kind:  # the suffix of the query's header says what it returns
+            raise TypeError(f"{query!r} returns {query.kind!r}, not {kind!r}")
         unit = _current.get()
         if unit is not None:
             return unit.execute(query, params, commit=commit)
@@ -457,21 +473,21 @@ class Database:
 
     def all(self, query: Query, /, *, commit: bool = False, **params: Any) -> list[dict]:
         """Every row of a query, as dicts; ``commit`` makes it the unit of work's last statement."""
-        return self._run(query, params, commit).rows
+        return self._run(query, params, commit, "all").rows
 
     def one(self, query: Query, /, *, commit: bool = False, **params: Any) -> dict | None:
         """The first row of a query, or None."""
-        rows = self._run(query, params, commit).rows
+        rows = self._run(query, params, commit, "one").rows
         return rows[0] if rows else None
 
     def scalar(self, query: Query, /, *, commit: bool = False, **params: Any) -> Any:
         """The first column of the first row, or None."""
-        row = self.one(query, commit=commit, **params)
-        return None if row is None else next(iter(row.values()))
+        rows = self._run(query, params, commit, "scalar").rows
+        return next(iter(rows[0].values())) if rows else None
 
     def rowcount(self, query: Query, /, *, commit: bool = False, **params: Any) -> int:
         """How many rows a statement changed."""
-        return self._run(query, params, commit).rowcount
+        return self._run(query, params, commit, "rowcount").rowcount
 
     # ---- outside units of work ---------------------------------------------------
 
