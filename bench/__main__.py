@@ -1,0 +1,228 @@
+"""``python -m bench``: Tolstoy against the stacks people would pick instead, in
+one run on this machine.
+
+Starts everything on 127.0.0.1 (an embedded PostgreSQL, Tolstoy under
+gunicorn.conf.py, a bare Falcon peer and a FastAPI + SQLAlchemy peer with the
+same worker count, a stub tool, flow workers, DBOS), loads data, runs bounded
+loads with wrk (interleaved, so drift on a shared machine hits every server
+alike), stops everything, prints one table of figures with their targets and
+writes bench/results/<date>.json. Ratios matter more than absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from tolstoy.api.paging import encode_cursor
+from tolstoy.db import embedded
+
+from . import data as bench_data
+from . import engine_load, http_load
+from .stack import Stack, children_of, free_port, rss_mb
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SERVERS = ("tolstoy", "bare_falcon", "fastapi_sqlalchemy")
+
+
+def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, runs: int, seconds: int,
+                connections: int = 32) -> list[http_load.Run]:
+    """``runs`` rounds of one wrk run per server, servers in turn."""
+    found = []
+    for _ in range(runs):
+        for server, url in urls.items():
+            run = http_load.wrk(url, script, args(server), scenario=scenario, server=server, seconds=seconds,
+                                connections=connections)
+            print(f"  {scenario:<22} {server:<20} {run.requests_per_second:9.0f} req/s  p50 {run.p50_ms:6.2f} ms"
+                  f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}", flush=True)
+            found.append(run)
+    return found
+
+
+def by_server(runs: list[http_load.Run]) -> dict:
+    """The summary of each server's runs."""
+    servers = sorted({r.server for r in runs}, key=lambda s: (s not in SERVERS, SERVERS.index(s) if s in SERVERS else 0))
+    return {server: http_load.summary([r for r in runs if r.server == server]) for server in servers}
+
+
+def target(name: str, value: float, goal: str, unit: str) -> dict:
+    """One line of the targets table: ``goal`` like ">= 1.0" or "<= 80"."""
+    op, number = goal.split()
+    met = value >= float(number) if op == ">=" else value <= float(number)
+    return {"name": name, "value": round(value, 3), "target": goal, "unit": unit, "met": met}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="wrk runs per scenario and server (default 3)")
+    parser.add_argument("--seconds", type=int, default=8, help="length of one wrk run (default 8)")
+    parser.add_argument("--large-logs", type=int, default=bench_data.LARGE_LOGS,
+                        help="execution logs of the large organization (default 1,000,000)")
+    parser.add_argument("--engine-runs", type=int, default=1500, help="runs drained per engine scenario")
+    parser.add_argument("--quick", action="store_true", help="one short run of everything (a smoke test)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.seconds, args.large_logs, args.engine_runs = 1, 3, 20_000, 200
+    http_load.wrk_path()
+    began = time.monotonic()
+    stack = Stack()
+    figures: dict = {}
+    raw: list[dict] = []
+    try:
+        print("bench: starting PostgreSQL and loading data …", flush=True)
+        stack.start_database()
+        loaded = bench_data.load(stack.owner_url, large_logs=args.large_logs)
+        with psycopg.connect(stack.owner_url) as conn:
+            middle = conn.execute("select created_at, id from execution_logs where org_id = %s "
+                                  "order by created_at desc, id desc offset %s limit 1",
+                                  (loaded.large_org, args.large_logs // 2)).fetchone()
+        deep_cursor = encode_cursor([middle[0].isoformat(), str(middle[1])])
+        ports = {name: free_port() for name in (*SERVERS, "stub")}
+        stub_url = f"http://127.0.0.1:{ports['stub']}/echo"
+        stack.stub_tool(ports["stub"])
+        tolstoy = stack.tolstoy(ports["tolstoy"])
+        stack.peer("bare_falcon", ports["bare_falcon"])
+        stack.peer("fastapi_sqlalchemy", ports["fastapi_sqlalchemy"])
+        urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVERS}
+        lua_data = loaded.lua(stack.work / "data.lua")
+        nonce = uuid.uuid4().hex[:8]
+        print(f"bench: HTTP, {args.runs} × {args.seconds} s per scenario and server, wrk -t2 -c32", flush=True)
+
+        def with_nonce(server: str) -> list[str]:
+            return [str(lua_data), f"{nonce}{server[:2]}"]
+
+        scenarios = [("GET /tools/{id}", "get_tool.lua", urls), ("GET /tools?limit=50", "list_tools.lua", urls),
+                     ("POST /tools", "post_tool.lua", urls)]
+        for name, script, targets_urls in scenarios:
+            runs = interleaved(stack, targets_urls, name, script, with_nonce, runs=args.runs, seconds=args.seconds)
+            raw += [r.as_dict() for r in runs]
+            figures[name] = by_server(runs)
+        only_tolstoy = {"tolstoy": urls["tolstoy"]}
+        for name, script in [("PUT /flows/{id}", "put_flow.lua"), ("80/20 read/write", "mix.lua")]:
+            runs = interleaved(stack, only_tolstoy, name, script, with_nonce, runs=args.runs, seconds=args.seconds)
+            raw += [r.as_dict() for r in runs]
+            figures[name] = by_server(runs)
+
+        print("bench: list latency by history size (wrk -c4)", flush=True)
+        lists = {}
+        for label, org, cursor in [("10k", loaded.small_org, ""), ("1M", loaded.large_org, ""),
+                                   ("1M deep page", loaded.large_org, deep_cursor)]:
+            path = loaded.lua(stack.work / f"logs-{label.replace(' ', '-')}.lua", org=org, cursor=cursor)
+            runs = interleaved(stack, only_tolstoy, f"GET /execution-logs {label}", "list_logs.lua",
+                               lambda server, p=path: [str(p)], runs=args.runs, seconds=args.seconds, connections=4)
+            raw += [r.as_dict() for r in runs]
+            lists[label] = by_server(runs)["tolstoy"]
+        figures["list latency"] = lists
+
+        print("bench: pgbench ceiling (same query, 32 clients)", flush=True)
+        figures["pgbench tps"] = statistics.median(
+            http_load.pgbench(embedded.bin_dir(), stack.socket_dir, stack.database, loaded.org, loaded.tools[0],
+                              seconds=args.seconds, work=stack.work) for _ in range(args.runs))
+
+        figures["api_worker_rss_mb"] = round(max(rss_mb(pid) for pid in children_of(tolstoy.pid)), 1)
+
+        print("bench: engine", flush=True)
+        engine = {"throughput": []}
+        for processes in (1, 2, 4):
+            result = engine_load.throughput(stack, loaded, stub_url, processes, args.engine_runs)
+            print(f"  {processes} worker process(es): {result}", flush=True)
+            engine["throughput"].append(result)
+        engine["latency"] = engine_load.latency(stack, loaded, stub_url, urls["tolstoy"],
+                                                runs=10 if args.quick else 40)
+        print(f"  light load: {engine['latency']}", flush=True)
+        engine["idle"] = engine_load.idle(stack, 5 if args.quick else 30)
+        print(f"  idle worker: {engine['idle']}", flush=True)
+        engine["dbos"] = engine_load.dbos(stack, stub_url, args.engine_runs)
+        print(f"  DBOS: {engine['dbos']}", flush=True)
+        figures["engine"] = engine
+    finally:
+        stack.close()
+
+    targets = evaluate(figures)
+    report(figures, targets)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    out = RESULTS / f"{stamp}{'-quick' if args.quick else ''}.json"
+    out.write_text(json.dumps({
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": {"runs": args.runs, "seconds": args.seconds, "wrk": "-t2 -c32", "workers_per_server": 2,
+                     "large_logs": args.large_logs, "engine_runs": args.engine_runs,
+                     "worker_concurrency": engine_load.WORKER_CONCURRENCY},
+        "figures": figures, "targets": targets, "runs": raw,
+        "seconds_total": round(time.monotonic() - began, 1),
+    }, indent=2, default=str) + "\n")
+    print(f"bench: wrote {out.relative_to(Path.cwd()) if out.is_relative_to(Path.cwd()) else out} "
+          f"in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def evaluate(figures: dict) -> list[dict]:
+    """Every target of the performance issue, from this run's figures."""
+    get, post = figures["GET /tools/{id}"], figures["POST /tools"]
+    ratio = lambda table, a, b: table[a]["rps_median"] / table[b]["rps_median"]  # noqa: E731
+    engine = figures["engine"]
+    by_processes = {t["processes"]: t for t in engine["throughput"]}
+    found = [
+        target("GET /tools/{id} vs bare Falcon", ratio(get, "tolstoy", "bare_falcon"), ">= 1.0", "x"),
+        target("GET /tools/{id} vs FastAPI", ratio(get, "tolstoy", "fastapi_sqlalchemy"), ">= 2.0", "x"),
+        target("GET /tools/{id} p99 vs bare Falcon p99", get["tolstoy"]["p99_ms"] / get["bare_falcon"]["p99_ms"],
+               "<= 1.3", "x"),
+        target("POST /tools vs bare Falcon", ratio(post, "tolstoy", "bare_falcon"), ">= 0.9", "x"),
+        target("POST /tools vs FastAPI", ratio(post, "tolstoy", "fastapi_sqlalchemy"), ">= 1.8", "x"),
+        target("list p50 at 1M rows vs 10k rows",
+               figures["list latency"]["1M"]["p50_ms"] / figures["list latency"]["10k"]["p50_ms"], "<= 1.2", "x"),
+        target("engine runs/s, 2 processes vs 1",
+               by_processes[2]["runs_per_second"] / by_processes[1]["runs_per_second"], ">= 1.6", "x"),
+        target("statements per 3-step run", by_processes[1]["statements_per_run"], "<= 15", "statements"),
+        target("execute→completed p50", engine["latency"]["p50_ms"], "<= 30", "ms"),
+        target("idle worker", engine["idle"]["queries_per_second"], "<= 0.2", "queries/s"),
+        target("RSS per API worker", figures["api_worker_rss_mb"], "<= 80", "MiB"),
+        target("RSS per engine worker", max(t["worker_rss_mb"] for t in engine["throughput"]), "<= 80", "MiB"),
+    ]
+    if engine.get("dbos"):
+        found.insert(6, target("engine runs/s vs DBOS, one process",
+                               by_processes[1]["runs_per_second"] / engine["dbos"]["runs_per_second"], ">= 1.5", "x"))
+    return found
+
+
+def report(figures: dict, targets: list[dict]) -> None:
+    """The table a person reads."""
+    print("\n| scenario | server | req/s median (min–max) | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    for scenario, servers in figures.items():
+        if not isinstance(servers, dict) or scenario in ("engine", "list latency"):
+            continue
+        for server, s in servers.items():
+            print(f"| {scenario} | {server} | {s['rps_median']:,.0f} ({s['rps_min']:,.0f}–{s['rps_max']:,.0f}) | "
+                  f"{s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['errors']} |")
+    for label, s in figures["list latency"].items():
+        print(f"| GET /execution-logs?limit=50, {label} | tolstoy | {s['rps_median']:,.0f} | {s['p50_ms']:.2f} | "
+              f"{s['p99_ms']:.2f} | {s['errors']} |")
+    print(f"\npgbench, same query: {figures['pgbench tps']:,.0f} tps")
+    engine = figures["engine"]
+    for t in engine["throughput"]:
+        print(f"engine, {t['processes']} process(es): {t['runs_per_second']:,.1f} runs/s, "
+              f"{t['statements_per_run']} statements/run, worker RSS {t['worker_rss_mb']} MiB")
+    if engine.get("dbos"):
+        print(f"DBOS, 1 process: {engine['dbos']['runs_per_second']:,.1f} runs/s")
+    print(f"execute→completed: p50 {engine['latency']['p50_ms']} ms, p99 {engine['latency']['p99_ms']} ms; "
+          f"idle worker {engine['idle']['queries_per_second']} queries/s; API worker RSS {figures['api_worker_rss_mb']} MiB")
+    print("\n| target | value | goal | met |")
+    print("|---|---|---|---|")
+    for t in targets:
+        print(f"| {t['name']} | {t['value']} {t['unit']} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

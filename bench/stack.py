@@ -1,0 +1,167 @@
+"""Everything a benchmark run starts on 127.0.0.1 and stops again: an embedded
+PostgreSQL migrated like production, Tolstoy under gunicorn.conf.py, the peer
+servers, a stub tool, flow workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tolstoy.db import embedded, migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+ENCRYPTION_KEY = "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (yet) on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until something accepts on 127.0.0.1:port; SystemExit if the process dies first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: {' '.join(map(str, process.args))[:200]} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"bench: nothing listened on port {port} within {timeout} s")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of a process (Gunicorn's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class Stack:
+    """The processes of one benchmark run; ``close()`` stops every one of them."""
+
+    def __init__(self):
+        self.work = Path(tempfile.mkdtemp(prefix="tolstoy-bench-"))
+        self.processes: list[subprocess.Popen] = []
+        self.server = None
+        self.owner_url = ""
+        self.app_url = ""
+        self.metrics_dir = self.work / "metrics"
+        self.metrics_dir.mkdir()
+
+    # ---- PostgreSQL ---------------------------------------------------------------
+
+    def start_database(self) -> None:
+        """An embedded PostgreSQL 16 with Tolstoy's migrations and grants applied."""
+        self.server, self.owner_url = embedded.start(self.work / "pg", database="bench", cleanup="delete")
+        migrate.run(["--wait", "up"], self.owner_url, quiet=True)
+        migrate.apply_grants(self.owner_url)
+        self.app_url = migrate.as_role(self.owner_url)
+
+    @property
+    def socket_dir(self) -> str:
+        return embedded.socket_dir(self.owner_url)
+
+    @property
+    def database(self) -> str:
+        return urlparse(self.owner_url).path.lstrip("/")
+
+    # ---- processes ----------------------------------------------------------------
+
+    def spawn(self, command: list[str], env: dict | None = None, log: str | None = None) -> subprocess.Popen:
+        """Start a process of this run (its output goes to a log file in the work folder)."""
+        out = open(self.work / (log or "process.log"), "ab")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen, timeout: float = 30) -> None:
+        """SIGTERM a process (its whole group), then SIGKILL if it lingers."""
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if process in self.processes:
+            self.processes.remove(process)
+
+    def tolstoy_env(self, **extra: str) -> dict:
+        """The environment Tolstoy's processes run with in the benchmark (headers auth, 2 workers)."""
+        return {
+            "DATABASE_URL": self.app_url, "DIRECT_URL": self.owner_url, "TOLSTOY_ENV": "production",
+            "USE_AWS_SECRETS": "false", "TOLSTOY_AUTH_MODE": "headers", "WEB_CONCURRENCY": "2",
+            "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY, "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            **extra,
+        }
+
+    def tolstoy(self, port: int, **extra: str) -> subprocess.Popen:
+        """Tolstoy's API under the project's own gunicorn.conf.py."""
+        process = self.spawn([sys.executable, "-m", "gunicorn", "--config", str(ROOT / "gunicorn.conf.py"),
+                              "--access-logfile", "/dev/null", "tolstoy.api.app:get_app()"],
+                             self.tolstoy_env(PORT=str(port), **extra), log=f"tolstoy-{port}.log")
+        wait_for_port(port, process)
+        return process
+
+    def peer(self, name: str, port: int) -> subprocess.Popen:
+        """A peer server of bench/peers/ (2 workers, same database, as the database's owner)."""
+        process = self.spawn([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "bench" / "peers" / name /
+                                                                            "gunicorn.conf.py"),
+                              f"bench.peers.{name}.app:app"],
+                             {"DATABASE_URL": self.owner_url, "PORT": str(port), "WEB_CONCURRENCY": "2"},
+                             log=f"{name}.log")
+        wait_for_port(port, process)
+        return process
+
+    def stub_tool(self, port: int) -> subprocess.Popen:
+        """The tool flows call: a small JSON endpoint that answers at once."""
+        process = self.spawn([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                              "--worker-class", "gthread", "--threads", "16", "--log-level", "warning",
+                              "bench.stub_tool:app"], log="stub.log")
+        wait_for_port(port, process)
+        return process
+
+    def worker(self, concurrency: int, name: str) -> subprocess.Popen:
+        """One `tolstoy worker` process."""
+        return self.spawn([sys.executable, "-m", "tolstoy.cli", "worker", "--concurrency", str(concurrency)],
+                          self.tolstoy_env(), log=f"worker-{name}.log")
+
+    def close(self) -> None:
+        """Stop everything this run started and remove its files."""
+        for process in list(self.processes):
+            self.stop(process, timeout=15)
+        if self.server is not None:
+            self.server.cleanup()
+        subprocess.run(["rm", "-rf", str(self.work)], check=False)
