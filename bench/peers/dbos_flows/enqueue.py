@@ -1,6 +1,7 @@
 """Benchmark peer C, the load: enqueue N runs of ``bench_flow`` and time them to the last finish.
 
-Usage (repository root, worker.py already running): ``python -m bench.peers.dbos_flows.enqueue N``
+Usage (repository root, worker.py started): ``python -m bench.peers.dbos_flows.enqueue N``
+(or by path: ``python bench/peers/dbos_flows/enqueue.py N``)
 
 Enqueues from a separate process with ``DBOSClient``, the way DBOS documents it (the
 client only writes rows to the system database; it runs no workflow code), one
@@ -23,7 +24,10 @@ import time
 from dbos import DBOSClient, EnqueueOptions
 from sqlalchemy.exc import DBAPIError
 
-from bench.peers.dbos_flows.common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url
+try:
+    from bench.peers.dbos_flows.common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url
+except ImportError:  # run by path (python bench/peers/dbos_flows/X.py): this folder is on sys.path
+    from common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url  # type: ignore[no-redef]
 
 FINISHED = ["SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED"]
 

@@ -10,7 +10,8 @@ running at once, polled every 0.1 s) and then serves it until SIGTERM/SIGINT.
 
 Environment: ``DATABASE_URL`` (superuser libpq URL; see common.py for the system
 database derived from it), ``STUB_URL`` (the URL step 2 fetches).
-Run from the repository root: ``python -m bench.peers.dbos_flows.worker``.
+Run from the repository root: ``python -m bench.peers.dbos_flows.worker`` (or by path:
+``python bench/peers/dbos_flows/worker.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ import threading
 import httpx
 from dbos import DBOS, DBOSConfig
 
-from bench.peers.dbos_flows.common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url
+try:
+    from bench.peers.dbos_flows.common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url
+except ImportError:  # run by path (python bench/peers/dbos_flows/X.py): this folder is on sys.path
+    from common import APP_NAME, QUEUE_NAME, WORKFLOW_NAME, system_database_url  # type: ignore[no-redef]
 
 STUB_URL = os.environ["STUB_URL"]
 
