@@ -14,9 +14,9 @@ TENANT_TABLES = ("users", "tools", "actions", "flows", "flow_versions", "executi
                  "flow_run_steps", "tool_credentials", "api_keys")
 
 
-def unscoped(sql: str) -> Query:
+def unscoped(sql: str, kind: str = "all") -> Query:
     """A deliberately careless query, as a bug would write it: no org_id filter."""
-    return Query(name="test.unscoped", kind="all", sql=sql, doc="", source="tests/test_rls.py")
+    return Query(name="test.unscoped", kind=kind, sql=sql, doc="", source="tests/test_rls.py")
 
 
 def fill(api, db, name: str) -> dict:
@@ -63,10 +63,11 @@ def test_a_query_without_org_filter_returns_only_the_tenants_rows(api, app_db, d
             assert rows and {str(r["org_id"]) for r in rows} == {b["org"]["id"]}, table
             assert len(rows) == totals[table] // 2, table
         # Writes are filtered the same way: A's rows cannot be touched or created.
-        assert app_db.rowcount(unscoped("update users set name = 'stolen'")) == 1
-        assert app_db.rowcount(unscoped("delete from execution_logs")) == totals["execution_logs"] // 2
+        assert app_db.rowcount(unscoped("update users set name = 'stolen'", "rowcount")) == 1
+        assert app_db.rowcount(unscoped("delete from execution_logs", "rowcount")) == totals["execution_logs"] // 2
         with pytest.raises(Exception, match="row-level security"):
-            app_db.rowcount(unscoped(f"insert into users (org_id, email) values ('{a['org']['id']}', 'x@y.example')"))
+            app_db.rowcount(unscoped(f"insert into users (org_id, email) values ('{a['org']['id']}', 'x@y.example')",
+                                     "rowcount"))
     with db.pool.connection() as conn:
         untouched = conn.execute("select name from users where org_id = %s", (a["org"]["id"],)).fetchone()
         a_logs = conn.execute("select count(*) as n from execution_logs where org_id = %s",
