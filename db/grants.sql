@@ -19,8 +19,9 @@ grant select, insert, update, delete on all tables in schema public to tolstoy_a
 revoke all on table schema_migrations from tolstoy_app;
 grant select on table schema_migrations to tolstoy_app;
 grant usage, select on all sequences in schema public to tolstoy_app;
-grant execute on function tolstoy_claim_runs(text, integer, double precision) to tolstoy_app;
-grant execute on function tolstoy_renew_leases(text, double precision) to tolstoy_app;
-grant execute on function tolstoy_next_wake() to tolstoy_app;
 grant execute on function tolstoy_enter_key(bytea, uuid, integer) to tolstoy_app;
 grant execute on function tolstoy_queue_stats() to tolstoy_app;
+-- The flow engine's cross-tenant functions (workers use this role too, for now).
+grant execute on function tolstoy_claim_runs(text, integer, double precision, integer) to tolstoy_app;
+grant execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) to tolstoy_app;
+grant execute on function tolstoy_maintain_history(date, integer, integer) to tolstoy_app;

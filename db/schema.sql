@@ -39,6 +39,7 @@ COMMENT ON TYPE public.execution_status IS 'Lifecycle of a run or a step, as the
 CREATE TYPE public.flow_run_status AS ENUM (
     'queued',
     'running',
+    'waiting',
     'completed',
     'failed',
     'cancelled'
@@ -49,7 +50,7 @@ CREATE TYPE public.flow_run_status AS ENUM (
 -- Name: TYPE flow_run_status; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TYPE public.flow_run_status IS 'Lifecycle of a flow run: queued → running → completed | failed | cancelled.';
+COMMENT ON TYPE public.flow_run_status IS 'Lifecycle of a flow run: queued → running → completed | failed | cancelled; waiting = parked until something outside the engine happens (an unknown outcome resolved).';
 
 
 --
@@ -233,39 +234,183 @@ COMMENT ON FUNCTION public.tolstoy_authenticate(hash bytea) IS 'The organization
 
 
 --
--- Name: tolstoy_claim_runs(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+-- Name: tolstoy_checkpoint(text, uuid, uuid, integer, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision) RETURNS TABLE(org_id uuid, id uuid, flow_id uuid, flow_version integer, user_id uuid, variables jsonb, claims integer)
-    LANGUAGE sql SECURITY DEFINER
+CREATE FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    current flow_runs;
+    step jsonb;
+    event jsonb;
+    transition jsonb := coalesce(writes -> 'run', '{"action": "continue"}');
+    outcome text;
+begin
+    perform set_config('app.org_id', org::text, true);
+    select * into current from flow_runs r
+    where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
+      and r.status = 'running' and r.lease_expires_at > now()
+    for update;
+    if not found then
+        raise exception 'The lease on run % is lost.', run using errcode = 'TL001';
+    end if;
+    for step in select * from jsonb_array_elements(coalesce(writes -> 'steps', '[]')) loop
+        insert into flow_run_steps as s (org_id, run_id, run_created_at, step_id, status, attempt, inputs, outputs,
+                                         sealed, error, wake_at, call_started_at, started_at, finished_at,
+                                         duration_ms)
+        values (org, run, current.created_at, step ->> 'step_id', step ->> 'status',
+                coalesce((step ->> 'attempt')::integer, 1), step -> 'inputs', step -> 'outputs',
+                decode(step ->> 'sealed', 'base64'), step -> 'error',
+                now() + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
+                case when (step ->> 'call_started')::boolean then now() end,
+                -- Steps checkpointed together keep their order (now() is the same for all of them).
+                clock_timestamp(),
+                case when step ->> 'status' in ('completed', 'skipped', 'failed') then clock_timestamp() end,
+                (step ->> 'duration_ms')::integer)
+        on conflict (org_id, run_id, step_id, run_created_at) do update
+        set status = excluded.status, attempt = excluded.attempt,
+            inputs = coalesce(excluded.inputs, s.inputs), outputs = excluded.outputs, sealed = excluded.sealed,
+            error = excluded.error, wake_at = excluded.wake_at,
+            call_started_at = case when excluded.status = 'running' then excluded.call_started_at
+                                   else s.call_started_at end,
+            finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
+            started_at = case when s.status in ('completed', 'skipped', 'failed') then now() else s.started_at end;
+    end loop;
+    for event in select * from jsonb_array_elements(coalesce(writes -> 'events', '[]')) loop
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
+                                    duration_ms, created_at)
+        values (org, current.flow_id, current.user_id, run::text, event ->> 'step_key',
+                (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
+                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, clock_timestamp());
+    end loop;
+    case transition ->> 'action'
+        when 'continue' then
+            update flow_runs
+            set lease_expires_at = now() + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
+                                                                          30))
+            where org_id = org and id = run and created_at = current.created_at;
+        when 'pause' then
+            -- A cancel asked for while the step ran ends the run instead of sleeping.
+            outcome := case when current.cancel_requested then 'cancelled' else 'queued' end;
+            update flow_runs
+            set status = outcome::flow_run_status,
+                run_after = now() + make_interval(secs => coalesce((transition ->> 'after_ms')::double precision, 0)
+                                                         / 1000),
+                finished_at = case when outcome = 'cancelled' then now() end,
+                error = case when outcome = 'cancelled' then '{"message": "Cancelled"}'::jsonb else error end,
+                lease_owner = null, lease_token = null, lease_expires_at = null
+            where org_id = org and id = run and created_at = current.created_at;
+            if outcome = 'cancelled' then
+                insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+                values (org, current.flow_id, current.user_id, run::text, '$flow', 'cancelled', '{}',
+                        '{"message": "Cancelled"}');
+            end if;
+        when 'wait' then
+            update flow_runs
+            set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+            where org_id = org and id = run and created_at = current.created_at;
+        when 'finish' then
+            update flow_runs
+            set status = (transition ->> 'status')::flow_run_status, error = nullif(transition -> 'error', 'null'),
+                finished_at = now(), lease_owner = null, lease_token = null, lease_expires_at = null
+            where org_id = org and id = run and created_at = current.created_at;
+        else
+            raise exception 'tolstoy_checkpoint: unknown run action %', transition ->> 'action'
+                using errcode = 'invalid_parameter_value';
+    end case;
+    return jsonb_build_object('cancel', current.cancel_requested);
+end;
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, and moves the run (continue, pause, wait, finish) in one transaction. Acts for org under row-level security.';
+
+
+--
+-- Name: tolstoy_claim_runs(text, integer, double precision, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    AS $$
-    with due as (
-        select r.org_id, r.id
+    AS $_$
+declare
+    claimed jsonb := '[]';
+    lost record;
+    due record;
+    taken flow_runs;
+    lease interval := make_interval(secs => lease_seconds);
+    failure jsonb;
+begin
+    if worker is null or worker = '' or max_runs < 1 or max_runs > 1000 or lease_seconds <= 0
+            or max_recoveries < 0 then
+        raise exception 'tolstoy_claim_runs: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    for lost in
+        select r.org_id, r.id, r.created_at, r.flow_id, r.user_id, r.recoveries
         from flow_runs r
-        where (r.status = 'queued' and r.run_after <= now())
-           or (r.status = 'running' and r.lease_expires_at < now())
-        order by r.run_after, r.created_at
+        where r.status = 'running' and r.lease_expires_at < now()
+        order by r.lease_expires_at
         limit max_runs
         for update skip locked
-    )
-    update flow_runs r
-    set status = 'running',
-        claims = r.claims + 1,
-        lease_owner = worker,
-        lease_expires_at = now() + make_interval(secs => lease_seconds),
-        started_at = coalesce(r.started_at, now())
-    from due
-    where r.org_id = due.org_id and r.id = due.id
-    returning r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.variables, r.claims
-$$;
+    loop
+        if lost.recoveries >= max_recoveries then
+            failure := jsonb_build_object(
+                'name', 'RecoveryLimit',
+                'message', format('The run stopped its worker %s times (the limit is %s); it is not tried again.',
+                                  lost.recoveries + 1, max_recoveries));
+            update flow_runs
+            set status = 'failed', error = failure, finished_at = now(), recoveries = recoveries + 1,
+                lease_owner = null, lease_token = null, lease_expires_at = null
+            where org_id = lost.org_id and id = lost.id and created_at = lost.created_at;
+            insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+            values (lost.org_id, lost.flow_id, lost.user_id, lost.id::text, '$flow', 'failed', '{}', failure);
+        else
+            update flow_runs
+            set claims = claims + 1, lease_token = claims + 1, recoveries = recoveries + 1,
+                lease_owner = worker, lease_expires_at = now() + lease
+            where org_id = lost.org_id and id = lost.id and created_at = lost.created_at
+            returning * into taken;
+            claimed := claimed || tolstoy_run_payload(taken);
+        end if;
+    end loop;
+    for due in
+        select r.org_id, r.id, r.created_at
+        from flow_runs r
+        where r.status = 'queued' and r.run_after <= now()
+        order by r.run_after
+        limit max_runs - jsonb_array_length(claimed)
+        for update skip locked
+    loop
+        update flow_runs
+        set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
+            lease_expires_at = now() + lease, started_at = coalesce(started_at, now())
+        where org_id = due.org_id and id = due.id and created_at = due.created_at
+        returning * into taken;
+        if taken.claims = 1 then
+            insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+            values (taken.org_id, taken.flow_id, taken.user_id, taken.id::text, '$flow', 'running', taken.variables);
+        end if;
+        claimed := claimed || tolstoy_run_payload(taken);
+    end loop;
+    return jsonb_build_object(
+        'runs', claimed,
+        'next_due', least((select min(r.run_after) from flow_runs r where r.status = 'queued'),
+                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
+end;
+$_$;
 
 
 --
--- Name: FUNCTION tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision) IS 'Claim up to max_runs due runs of any organization (SKIP LOCKED) under a lease for worker.';
+COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) IS 'Claims up to max_runs runs for worker (expired leases first, then due queued runs), returns them with {runs, next_due}; a run past max_recoveries fails instead.';
 
 
 --
@@ -284,6 +429,42 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_current_org() IS 'The organization this transaction acts for (app.org_id), or null when none was set.';
+
+
+--
+-- Name: tolstoy_ensure_partitions(date, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_ensure_partitions(first_month date, months integer) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    parent text;
+    month date;
+    name text;
+    created integer := 0;
+begin
+    foreach parent in array array['flow_runs', 'flow_run_steps', 'execution_logs'] loop
+        for i in 0 .. months - 1 loop
+            month := date_trunc('month', first_month)::date + make_interval(months => i);
+            name := format('%s_p%s', parent, to_char(month, 'YYYY_MM'));
+            if to_regclass(name) is null then
+                execute format('create table %I partition of %I for values from (%L) to (%L)',
+                               name, parent, month::timestamptz, (month + interval '1 month')::timestamptz);
+                created := created + 1;
+            end if;
+        end loop;
+    end loop;
+    return created;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_ensure_partitions(first_month date, months integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_ensure_partitions(first_month date, months integer) IS 'Creates the missing monthly partitions of the run history tables for months starting at first_month.';
 
 
 --
@@ -355,22 +536,266 @@ COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeo
 
 
 --
--- Name: tolstoy_next_wake(); Type: FUNCTION; Schema: public; Owner: -
+-- Name: tolstoy_maintain_history(date, integer, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_next_wake() RETURNS timestamp with time zone
-    LANGUAGE sql STABLE SECURITY DEFINER
+CREATE FUNCTION public.tolstoy_maintain_history(today date, retention_days integer, months_ahead integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    AS $$
-    select min(run_after) from flow_runs where status = 'queued'
-$$;
+    AS $_$
+declare
+    cutoff date;
+    created integer;
+    dropped text[] := '{}';
+    kept text[] := '{}';
+    part record;
+    busy boolean;
+begin
+    if today is null or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
+        raise exception 'tolstoy_maintain_history: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    if not pg_try_advisory_xact_lock(hashtextextended('tolstoy_maintain_history', 0)) then
+        return jsonb_build_object('skipped', true);
+    end if;
+    -- Waiting behind live traffic is worse than trying again at the next tick.
+    perform set_config('lock_timeout', '5s', true);
+    created := tolstoy_ensure_partitions(date_trunc('month', today)::date, months_ahead + 1);
+    if retention_days is not null then
+        cutoff := today - retention_days;
+        for part in
+            select c.relname, to_date(substring(c.relname from '_p(\d{4}_\d{2})$'), 'YYYY_MM') as month,
+                   p.relname as parent
+            from pg_inherits i
+            join pg_class c on c.oid = i.inhrelid
+            join pg_class p on p.oid = i.inhparent
+            where p.relname in ('flow_runs', 'execution_logs') and c.relname ~ '_p\d{4}_\d{2}$'
+            order by 2
+        loop
+            continue when (part.month + interval '1 month')::date > cutoff;
+            if part.parent = 'flow_runs' then
+                execute format('select exists (select 1 from %I where status in (''queued'', ''running'', ''waiting''))',
+                               part.relname) into busy;
+                if busy then
+                    kept := kept || part.relname;
+                    continue;
+                end if;
+                execute format('drop table if exists %I', 'flow_run_steps_p' || to_char(part.month, 'YYYY_MM'));
+                dropped := dropped || ('flow_run_steps_p' || to_char(part.month, 'YYYY_MM'));
+            end if;
+            execute format('drop table %I', part.relname);
+            dropped := dropped || part.relname;
+        end loop;
+    end if;
+    return jsonb_build_object('created', created, 'dropped', to_jsonb(dropped), 'kept', to_jsonb(kept));
+end;
+$_$;
 
 
 --
--- Name: FUNCTION tolstoy_next_wake(); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_maintain_history(today date, retention_days integer, months_ahead integer); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_next_wake() IS 'When the earliest queued run of any organization becomes due.';
+COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days integer, months_ahead integer) IS 'Creates monthly history partitions ahead and drops those older than retention_days (null: keep all); returns {created, dropped, kept}.';
+
+
+SET default_tablespace = '';
+
+--
+-- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_runs (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid NOT NULL,
+    flow_version integer NOT NULL,
+    user_id uuid,
+    status public.flow_run_status DEFAULT 'queued'::public.flow_run_status NOT NULL,
+    variables jsonb DEFAULT '{}'::jsonb NOT NULL,
+    plan jsonb NOT NULL,
+    error jsonb,
+    idempotency_key text,
+    retry_of uuid,
+    root_run_id uuid NOT NULL,
+    run_after timestamp with time zone DEFAULT now() NOT NULL,
+    cancel_requested boolean DEFAULT false NOT NULL,
+    claims integer DEFAULT 0 NOT NULL,
+    recoveries integer DEFAULT 0 NOT NULL,
+    lease_owner text,
+    lease_token integer,
+    lease_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
+    CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
+    CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
+    CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
+)
+PARTITION BY RANGE (created_at);
+
+ALTER TABLE ONLY public.flow_runs FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_runs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the work queue the workers claim from. Monthly partitions.';
+
+
+--
+-- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text.';
+
+
+--
+-- Name: COLUMN flow_runs.plan; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.plan IS 'What the run executes, copied when it was queued: {steps, actions: [action with its tool]}.';
+
+
+--
+-- Name: COLUMN flow_runs.retry_of; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.retry_of IS 'The run this one retries (at most one retry per run; no foreign key across monthly partitions).';
+
+
+--
+-- Name: COLUMN flow_runs.root_run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.root_run_id IS 'First run of a retry chain; Idempotency-Keys sent to tools derive from it, so a retry repeats them.';
+
+
+--
+-- Name: COLUMN flow_runs.run_after; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.run_after IS 'Not claimable before this time: set by delay steps and retry backoff.';
+
+
+--
+-- Name: COLUMN flow_runs.cancel_requested; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.cancel_requested IS 'Set by the cancel route; a worker stops the run within one heartbeat.';
+
+
+--
+-- Name: COLUMN flow_runs.claims; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed the run; the claim number is the lease token.';
+
+
+--
+-- Name: COLUMN flow_runs.recoveries; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.recoveries IS 'Claims after a worker vanished (its lease expired); past the limit the run fails.';
+
+
+--
+-- Name: COLUMN flow_runs.lease_token; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.lease_token IS 'Fencing token of the current claim: writes must present it with an unexpired lease.';
+
+
+--
+-- Name: COLUMN flow_runs.lease_expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose lease expired belongs to no worker and is claimed again.';
+
+
+--
+-- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid) RETURNS TABLE(run public.flow_runs, created boolean)
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    existing flow_runs;
+    queued flow_runs;
+    original flow_runs;
+    steps jsonb;
+    run_plan jsonb;
+    root uuid;
+    new_id uuid := gen_random_uuid();
+    new_created_at timestamptz := now();
+begin
+    if key is not null then
+        perform pg_advisory_xact_lock(hashtextextended(format('run-key:%s:%s:%s', org, flow, key), 0));
+        select * into existing from flow_runs r
+        where r.org_id = org and r.flow_id = flow and r.idempotency_key = key;
+    elsif retrying is not null then
+        perform pg_advisory_xact_lock(hashtextextended(format('run-retry:%s:%s', org, retrying), 0));
+        select * into existing from flow_runs r where r.org_id = org and r.retry_of = retrying;
+    end if;
+    if existing.id is not null then
+        run := existing;
+        created := false;
+        return next;
+        return;
+    end if;
+    if retrying is not null then
+        select * into original from flow_runs r where r.org_id = org and r.id = retrying;
+        run_plan := original.plan;
+        root := original.root_run_id;
+    else
+        select v.steps into steps from flow_versions v
+        where v.org_id = org and v.flow_id = flow and v.version = queue_run_version;
+        run_plan := jsonb_build_object('steps', steps, 'actions', coalesce((
+            select jsonb_agg(jsonb_build_object(
+                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                         'base_url', t.base_url,
+                                                                         'auth_type', t.auth_type,
+                                                                        'honors_idempotency_key',
+                                                                        t.honors_idempotency_key)))
+            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+            where a.org_id = org
+              and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
+                   or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'));
+    end if;
+    insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
+                           retry_of, root_run_id, created_at)
+    values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, coalesce(root, new_id),
+            new_created_at)
+    returning * into queued;
+    if retrying is not null then
+        -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
+        insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, inputs, outputs,
+                                    sealed, error, started_at, finished_at, duration_ms)
+        select s.org_id, new_id, new_created_at, s.step_id, s.status, s.attempt, s.inputs, s.outputs, s.sealed,
+               s.error, s.started_at, s.finished_at, s.duration_ms
+        from flow_run_steps s
+        where s.org_id = org and s.run_id = retrying and s.run_created_at = original.created_at
+          and (s.status = 'completed' or (s.status = 'skipped' and s.error is null));
+    end if;
+    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+    values (org, flow, actor, new_id::text, '$flow', 'queued', vars);
+    run := queued;
+    created := true;
+    return next;
+end;
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run.';
 
 
 --
@@ -397,28 +822,56 @@ COMMENT ON FUNCTION public.tolstoy_queue_stats() IS 'Queue depth across organiza
 
 
 --
--- Name: tolstoy_renew_leases(text, double precision); Type: FUNCTION; Schema: public; Owner: -
+-- Name: tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_renew_leases(worker text, lease_seconds double precision) RETURNS integer
+CREATE FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) RETURNS TABLE(run_id uuid, cancel boolean)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    with renewed as (
-        update flow_runs
-        set lease_expires_at = now() + make_interval(secs => lease_seconds)
-        where lease_owner = worker and status = 'running'
-        returning 1
-    )
-    select count(*)::integer from renewed
+    update flow_runs r
+    set lease_expires_at = now() + make_interval(secs => lease_seconds)
+    from unnest(orgs, runs, tokens) as held(org_id, id, token)
+    where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
+      and r.status = 'running' and r.lease_expires_at > now() and lease_seconds > 0
+    returning r.id, r.cancel_requested
 $$;
 
 
 --
--- Name: FUNCTION tolstoy_renew_leases(worker text, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, lease_seconds double precision) IS 'Heartbeat: extend the lease of every run the worker holds.';
+COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) IS 'Heartbeat: renews the unexpired leases the worker holds with these tokens; returns them with cancel flags.';
+
+
+--
+-- Name: tolstoy_run_payload(public.flow_runs); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select jsonb_build_object(
+        'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
+        'flow_version', r.flow_version, 'user_id', r.user_id, 'variables', r.variables, 'plan', r.plan,
+        'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
+        'checkpoints', coalesce((
+            select jsonb_agg(jsonb_build_object(
+                       'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
+                       'outputs', s.outputs, 'sealed', encode(s.sealed, 'base64'), 'error', s.error,
+                       'wake_at', s.wake_at, 'call_started_at', s.call_started_at)
+                   order by s.started_at)
+            from flow_run_steps s
+            where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '[]'))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_payload(r public.flow_runs); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed run as a worker receives it: the row, its plan and its checkpoints.';
 
 
 --
@@ -445,8 +898,6 @@ $$;
 
 COMMENT ON FUNCTION public.tolstoy_touch_updated_at() IS 'BEFORE UPDATE trigger: sets updated_at to now() when any column changed, keeps it otherwise.';
 
-
-SET default_tablespace = '';
 
 SET default_table_access_method = heap;
 
@@ -585,14 +1036,15 @@ CREATE TABLE public.execution_logs (
     inputs jsonb NOT NULL,
     outputs jsonb,
     error jsonb,
+    duration_ms integer,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    duration_ms integer,
     CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
     CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
     CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
     CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
-);
+)
+PARTITION BY RANGE (created_at);
 
 ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
 
@@ -601,7 +1053,7 @@ ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
 -- Name: TABLE execution_logs; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run.';
+COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run (written by clients or the engine); monthly partitions.';
 
 
 --
@@ -633,27 +1085,56 @@ COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step to
 
 
 --
+-- Name: execution_logs_default; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.execution_logs_default (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid,
+    user_id uuid,
+    execution_id text NOT NULL,
+    step_key text NOT NULL,
+    status public.execution_status NOT NULL,
+    inputs jsonb NOT NULL,
+    outputs jsonb,
+    error jsonb,
+    duration_ms integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
+    CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
+    CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
+    CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
+);
+
+
+--
 -- Name: flow_run_steps; Type: TABLE; Schema: public; Owner: -
 --
 
 CREATE TABLE public.flow_run_steps (
     org_id uuid NOT NULL,
     run_id uuid NOT NULL,
+    run_created_at timestamp with time zone NOT NULL,
     step_id text NOT NULL,
     status text NOT NULL,
     attempt integer DEFAULT 1 NOT NULL,
     inputs jsonb,
     outputs jsonb,
+    sealed bytea,
     error jsonb,
     wake_at timestamp with time zone,
+    call_started_at timestamp with time zone,
     started_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
     duration_ms integer,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT flow_run_steps_attempt_positive CHECK ((attempt >= 1)),
-    CONSTRAINT flow_run_steps_status CHECK ((status = ANY (ARRAY['running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'skipped'::text])))
-);
+    CONSTRAINT flow_run_steps_status CHECK ((status = ANY (ARRAY['running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'skipped'::text, 'outcome_unknown'::text])))
+)
+PARTITION BY RANGE (run_created_at);
 
 ALTER TABLE ONLY public.flow_run_steps FORCE ROW LEVEL SECURITY;
 
@@ -662,7 +1143,7 @@ ALTER TABLE ONLY public.flow_run_steps FORCE ROW LEVEL SECURITY;
 -- Name: TABLE flow_run_steps; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.flow_run_steps IS 'Durable step checkpoints of a run; finished ones are skipped when the run resumes.';
+COMMENT ON TABLE public.flow_run_steps IS 'Durable step checkpoints of a run; finished ones are skipped when the run resumes. Partitioned with the run (run_created_at), so a month of runs and their steps are dropped together; no foreign key spans them.';
 
 
 --
@@ -673,6 +1154,20 @@ COMMENT ON COLUMN public.flow_run_steps.attempt IS 'Retry attempt (1 = first try
 
 
 --
+-- Name: COLUMN flow_run_steps.outputs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_steps.outputs IS 'What people see of the output: secrets masked.';
+
+
+--
+-- Name: COLUMN flow_run_steps.sealed; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_steps.sealed IS 'The real output, encrypted by the application, when it differs from outputs (it held secrets).';
+
+
+--
 -- Name: COLUMN flow_run_steps.wake_at; Type: COMMENT; Schema: public; Owner: -
 --
 
@@ -680,10 +1175,44 @@ COMMENT ON COLUMN public.flow_run_steps.wake_at IS 'For waiting steps: when the 
 
 
 --
--- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
+-- Name: COLUMN flow_run_steps.call_started_at; Type: COMMENT; Schema: public; Owner: -
 --
 
-CREATE TABLE public.flow_runs (
+COMMENT ON COLUMN public.flow_run_steps.call_started_at IS 'Set just before an outbound call; a running step with it set and no result is a call whose outcome is unknown.';
+
+
+--
+-- Name: flow_run_steps_default; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_run_steps_default (
+    org_id uuid NOT NULL,
+    run_id uuid NOT NULL,
+    run_created_at timestamp with time zone NOT NULL,
+    step_id text NOT NULL,
+    status text NOT NULL,
+    attempt integer DEFAULT 1 NOT NULL,
+    inputs jsonb,
+    outputs jsonb,
+    sealed bytea,
+    error jsonb,
+    wake_at timestamp with time zone,
+    call_started_at timestamp with time zone,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    duration_ms integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT flow_run_steps_attempt_positive CHECK ((attempt >= 1)),
+    CONSTRAINT flow_run_steps_status CHECK ((status = ANY (ARRAY['running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'skipped'::text, 'outcome_unknown'::text])))
+);
+
+
+--
+-- Name: flow_runs_default; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_runs_default (
     org_id uuid NOT NULL,
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     flow_id uuid NOT NULL,
@@ -691,14 +1220,17 @@ CREATE TABLE public.flow_runs (
     user_id uuid,
     status public.flow_run_status DEFAULT 'queued'::public.flow_run_status NOT NULL,
     variables jsonb DEFAULT '{}'::jsonb NOT NULL,
-    outputs jsonb,
+    plan jsonb NOT NULL,
     error jsonb,
     idempotency_key text,
     retry_of uuid,
+    root_run_id uuid NOT NULL,
     run_after timestamp with time zone DEFAULT now() NOT NULL,
     cancel_requested boolean DEFAULT false NOT NULL,
     claims integer DEFAULT 0 NOT NULL,
+    recoveries integer DEFAULT 0 NOT NULL,
     lease_owner text,
+    lease_token integer,
     lease_expires_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -706,52 +1238,9 @@ CREATE TABLE public.flow_runs (
     finished_at timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
+    CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
     CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
 );
-
-ALTER TABLE ONLY public.flow_runs FORCE ROW LEVEL SECURITY;
-
-
---
--- Name: TABLE flow_runs; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the work queue the workers claim from.';
-
-
---
--- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text.';
-
-
---
--- Name: COLUMN flow_runs.run_after; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.run_after IS 'Not claimable before this time: set by delay steps and retry backoff.';
-
-
---
--- Name: COLUMN flow_runs.cancel_requested; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.cancel_requested IS 'Set by the cancel route on a running run; the worker stops at the next step boundary.';
-
-
---
--- Name: COLUMN flow_runs.claims; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed the run (1 + resumptions after delays, retries or lost leases).';
-
-
---
--- Name: COLUMN flow_runs.lease_expires_at; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose lease expired belongs to no worker and is claimed again.';
 
 
 --
@@ -909,6 +1398,7 @@ CREATE TABLE public.tools (
     auth_type public.tool_auth_type DEFAULT 'none'::public.tool_auth_type NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    honors_idempotency_key boolean DEFAULT false NOT NULL,
     CONSTRAINT tools_base_url_scheme CHECK ((base_url ~ '^https?://'::text)),
     CONSTRAINT tools_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
 );
@@ -928,6 +1418,13 @@ COMMENT ON TABLE public.tools IS 'External HTTP APIs an organization calls from 
 --
 
 COMMENT ON COLUMN public.tools.base_url IS 'http(s) URL that action endpoints are appended to.';
+
+
+--
+-- Name: COLUMN tools.honors_idempotency_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tools.honors_idempotency_key IS 'The tool treats a repeated Idempotency-Key as the same request, so a call whose outcome is unknown may be resent.';
 
 
 --
@@ -963,6 +1460,27 @@ COMMENT ON COLUMN public.users.email IS 'Stored as sent; unique per organization
 
 
 --
+-- Name: execution_logs_default; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.execution_logs ATTACH PARTITION public.execution_logs_default DEFAULT;
+
+
+--
+-- Name: flow_run_steps_default; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_steps ATTACH PARTITION public.flow_run_steps_default DEFAULT;
+
+
+--
+-- Name: flow_runs_default; Type: TABLE ATTACH; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs ATTACH PARTITION public.flow_runs_default DEFAULT;
+
+
+--
 -- Name: actions actions_org_id_key_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -991,7 +1509,15 @@ ALTER TABLE ONLY public.api_keys
 --
 
 ALTER TABLE ONLY public.execution_logs
-    ADD CONSTRAINT execution_logs_pkey PRIMARY KEY (org_id, id);
+    ADD CONSTRAINT execution_logs_pkey PRIMARY KEY (org_id, id, created_at);
+
+
+--
+-- Name: execution_logs_default execution_logs_default_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.execution_logs_default
+    ADD CONSTRAINT execution_logs_default_pkey PRIMARY KEY (org_id, id, created_at);
 
 
 --
@@ -999,7 +1525,15 @@ ALTER TABLE ONLY public.execution_logs
 --
 
 ALTER TABLE ONLY public.flow_run_steps
-    ADD CONSTRAINT flow_run_steps_pkey PRIMARY KEY (org_id, run_id, step_id);
+    ADD CONSTRAINT flow_run_steps_pkey PRIMARY KEY (org_id, run_id, step_id, run_created_at);
+
+
+--
+-- Name: flow_run_steps_default flow_run_steps_default_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_steps_default
+    ADD CONSTRAINT flow_run_steps_default_pkey PRIMARY KEY (org_id, run_id, step_id, run_created_at);
 
 
 --
@@ -1007,7 +1541,15 @@ ALTER TABLE ONLY public.flow_run_steps
 --
 
 ALTER TABLE ONLY public.flow_runs
-    ADD CONSTRAINT flow_runs_pkey PRIMARY KEY (org_id, id);
+    ADD CONSTRAINT flow_runs_pkey PRIMARY KEY (org_id, id, created_at);
+
+
+--
+-- Name: flow_runs_default flow_runs_default_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_runs_default
+    ADD CONSTRAINT flow_runs_default_pkey PRIMARY KEY (org_id, id, created_at);
 
 
 --
@@ -1114,77 +1656,182 @@ CREATE INDEX api_keys_org_id_created_at_id_idx ON public.api_keys USING btree (o
 -- Name: execution_logs_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX execution_logs_org_id_created_at_id_idx ON public.execution_logs USING btree (org_id, created_at DESC, id DESC);
+CREATE INDEX execution_logs_org_id_created_at_id_idx ON ONLY public.execution_logs USING btree (org_id, created_at DESC, id DESC);
+
+
+--
+-- Name: execution_logs_default_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_default_org_id_created_at_id_idx ON public.execution_logs_default USING btree (org_id, created_at DESC, id DESC);
 
 
 --
 -- Name: execution_logs_org_id_execution_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX execution_logs_org_id_execution_id_created_at_id_idx ON public.execution_logs USING btree (org_id, execution_id, created_at DESC, id DESC);
+CREATE INDEX execution_logs_org_id_execution_id_created_at_id_idx ON ONLY public.execution_logs USING btree (org_id, execution_id, created_at DESC, id DESC);
+
+
+--
+-- Name: execution_logs_default_org_id_execution_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_default_org_id_execution_id_created_at_id_idx ON public.execution_logs_default USING btree (org_id, execution_id, created_at DESC, id DESC);
 
 
 --
 -- Name: execution_logs_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX execution_logs_org_id_flow_id_created_at_id_idx ON public.execution_logs USING btree (org_id, flow_id, created_at DESC, id DESC);
+CREATE INDEX execution_logs_org_id_flow_id_created_at_id_idx ON ONLY public.execution_logs USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
+-- Name: execution_logs_default_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_default_org_id_flow_id_created_at_id_idx ON public.execution_logs_default USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
+-- Name: execution_logs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_org_id_id_idx ON ONLY public.execution_logs USING btree (org_id, id);
+
+
+--
+-- Name: execution_logs_default_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_default_org_id_id_idx ON public.execution_logs_default USING btree (org_id, id);
 
 
 --
 -- Name: execution_logs_org_id_status_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX execution_logs_org_id_status_created_at_id_idx ON public.execution_logs USING btree (org_id, status, created_at DESC, id DESC);
+CREATE INDEX execution_logs_org_id_status_created_at_id_idx ON ONLY public.execution_logs USING btree (org_id, status, created_at DESC, id DESC);
+
+
+--
+-- Name: execution_logs_default_org_id_status_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX execution_logs_default_org_id_status_created_at_id_idx ON public.execution_logs_default USING btree (org_id, status, created_at DESC, id DESC);
 
 
 --
 -- Name: execution_logs_org_id_user_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX execution_logs_org_id_user_id_created_at_id_idx ON public.execution_logs USING btree (org_id, user_id, created_at DESC, id DESC);
+CREATE INDEX execution_logs_org_id_user_id_created_at_id_idx ON ONLY public.execution_logs USING btree (org_id, user_id, created_at DESC, id DESC);
 
 
 --
--- Name: flow_runs_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+-- Name: execution_logs_default_org_id_user_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX flow_runs_org_id_flow_id_created_at_id_idx ON public.flow_runs USING btree (org_id, flow_id, created_at DESC, id DESC);
-
-
---
--- Name: flow_runs_org_id_flow_id_idempotency_key_key; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE UNIQUE INDEX flow_runs_org_id_flow_id_idempotency_key_key ON public.flow_runs USING btree (org_id, flow_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
-
-
---
--- Name: flow_runs_org_id_retry_of_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX flow_runs_org_id_retry_of_idx ON public.flow_runs USING btree (org_id, retry_of);
-
-
---
--- Name: flow_runs_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX flow_runs_org_id_user_id_idx ON public.flow_runs USING btree (org_id, user_id);
-
-
---
--- Name: flow_runs_queued_run_after_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX flow_runs_queued_run_after_idx ON public.flow_runs USING btree (run_after) WHERE (status = 'queued'::public.flow_run_status);
+CREATE INDEX execution_logs_default_org_id_user_id_created_at_id_idx ON public.execution_logs_default USING btree (org_id, user_id, created_at DESC, id DESC);
 
 
 --
 -- Name: flow_runs_running_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX flow_runs_running_lease_expires_at_idx ON public.flow_runs USING btree (lease_expires_at) WHERE (status = 'running'::public.flow_run_status);
+CREATE INDEX flow_runs_running_lease_expires_at_idx ON ONLY public.flow_runs USING btree (lease_expires_at) WHERE (status = 'running'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_default_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_lease_expires_at_idx ON public.flow_runs_default USING btree (lease_expires_at) WHERE (status = 'running'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_flow_id_created_at_id_idx ON ONLY public.flow_runs USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_flow_id_created_at_id_idx ON public.flow_runs_default USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
+-- Name: flow_runs_org_id_flow_id_idempotency_key_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_flow_id_idempotency_key_idx ON ONLY public.flow_runs USING btree (org_id, flow_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_idempotency_key_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_flow_id_idempotency_key_idx ON public.flow_runs_default USING btree (org_id, flow_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: flow_runs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_id_idx ON ONLY public.flow_runs USING btree (org_id, id);
+
+
+--
+-- Name: flow_runs_default_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_id_idx ON public.flow_runs_default USING btree (org_id, id);
+
+
+--
+-- Name: flow_runs_org_id_retry_of_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_retry_of_idx ON ONLY public.flow_runs USING btree (org_id, retry_of) WHERE (retry_of IS NOT NULL);
+
+
+--
+-- Name: flow_runs_default_org_id_retry_of_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_retry_of_idx ON public.flow_runs_default USING btree (org_id, retry_of) WHERE (retry_of IS NOT NULL);
+
+
+--
+-- Name: flow_runs_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_user_id_idx ON ONLY public.flow_runs USING btree (org_id, user_id);
+
+
+--
+-- Name: flow_runs_default_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_user_id_idx ON public.flow_runs_default USING btree (org_id, user_id);
+
+
+--
+-- Name: flow_runs_queued_run_after_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_queued_run_after_idx ON ONLY public.flow_runs USING btree (run_after) WHERE (status = 'queued'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_default_run_after_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_run_after_idx ON public.flow_runs_default USING btree (run_after) WHERE (status = 'queued'::public.flow_run_status);
 
 
 --
@@ -1227,6 +1874,118 @@ CREATE INDEX users_org_id_created_at_id_idx ON public.users USING btree (org_id,
 --
 
 CREATE UNIQUE INDEX users_org_id_email_key ON public.users USING btree (org_id, lower(email));
+
+
+--
+-- Name: execution_logs_default_org_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_created_at_id_idx ATTACH PARTITION public.execution_logs_default_org_id_created_at_id_idx;
+
+
+--
+-- Name: execution_logs_default_org_id_execution_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_execution_id_created_at_id_idx ATTACH PARTITION public.execution_logs_default_org_id_execution_id_created_at_id_idx;
+
+
+--
+-- Name: execution_logs_default_org_id_flow_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_flow_id_created_at_id_idx ATTACH PARTITION public.execution_logs_default_org_id_flow_id_created_at_id_idx;
+
+
+--
+-- Name: execution_logs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_id_idx ATTACH PARTITION public.execution_logs_default_org_id_id_idx;
+
+
+--
+-- Name: execution_logs_default_org_id_status_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_status_created_at_id_idx ATTACH PARTITION public.execution_logs_default_org_id_status_created_at_id_idx;
+
+
+--
+-- Name: execution_logs_default_org_id_user_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_org_id_user_id_created_at_id_idx ATTACH PARTITION public.execution_logs_default_org_id_user_id_created_at_id_idx;
+
+
+--
+-- Name: execution_logs_default_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.execution_logs_pkey ATTACH PARTITION public.execution_logs_default_pkey;
+
+
+--
+-- Name: flow_run_steps_default_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_run_steps_pkey ATTACH PARTITION public.flow_run_steps_default_pkey;
+
+
+--
+-- Name: flow_runs_default_lease_expires_at_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_running_lease_expires_at_idx ATTACH PARTITION public.flow_runs_default_lease_expires_at_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_flow_id_created_at_id_idx ATTACH PARTITION public.flow_runs_default_org_id_flow_id_created_at_id_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_idempotency_key_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_flow_id_idempotency_key_idx ATTACH PARTITION public.flow_runs_default_org_id_flow_id_idempotency_key_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_id_idx ATTACH PARTITION public.flow_runs_default_org_id_id_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_retry_of_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_retry_of_idx ATTACH PARTITION public.flow_runs_default_org_id_retry_of_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_user_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_user_id_idx ATTACH PARTITION public.flow_runs_default_org_id_user_id_idx;
+
+
+--
+-- Name: flow_runs_default_pkey; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_pkey ATTACH PARTITION public.flow_runs_default_pkey;
+
+
+--
+-- Name: flow_runs_default_run_after_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_queued_run_after_idx ATTACH PARTITION public.flow_runs_default_run_after_idx;
 
 
 --
@@ -1354,7 +2113,7 @@ ALTER TABLE ONLY public.api_keys
 -- Name: execution_logs execution_logs_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.execution_logs
+ALTER TABLE public.execution_logs
     ADD CONSTRAINT execution_logs_flow_id_fkey FOREIGN KEY (org_id, flow_id) REFERENCES public.flows(org_id, id) ON DELETE RESTRICT;
 
 
@@ -1362,23 +2121,15 @@ ALTER TABLE ONLY public.execution_logs
 -- Name: execution_logs execution_logs_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.execution_logs
+ALTER TABLE public.execution_logs
     ADD CONSTRAINT execution_logs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
-
-
---
--- Name: flow_run_steps flow_run_steps_run_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.flow_run_steps
-    ADD CONSTRAINT flow_run_steps_run_id_fkey FOREIGN KEY (org_id, run_id) REFERENCES public.flow_runs(org_id, id) ON DELETE CASCADE;
 
 
 --
 -- Name: flow_runs flow_runs_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.flow_runs
+ALTER TABLE public.flow_runs
     ADD CONSTRAINT flow_runs_flow_id_fkey FOREIGN KEY (org_id, flow_id) REFERENCES public.flows(org_id, id) ON DELETE RESTRICT;
 
 
@@ -1386,23 +2137,15 @@ ALTER TABLE ONLY public.flow_runs
 -- Name: flow_runs flow_runs_flow_version_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.flow_runs
+ALTER TABLE public.flow_runs
     ADD CONSTRAINT flow_runs_flow_version_fkey FOREIGN KEY (org_id, flow_id, flow_version) REFERENCES public.flow_versions(org_id, flow_id, version) ON DELETE RESTRICT;
-
-
---
--- Name: flow_runs flow_runs_retry_of_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
---
-
-ALTER TABLE ONLY public.flow_runs
-    ADD CONSTRAINT flow_runs_retry_of_fkey FOREIGN KEY (org_id, retry_of) REFERENCES public.flow_runs(org_id, id) ON DELETE RESTRICT;
 
 
 --
 -- Name: flow_runs flow_runs_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
-ALTER TABLE ONLY public.flow_runs
+ALTER TABLE public.flow_runs
     ADD CONSTRAINT flow_runs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
 
 
@@ -1463,6 +2206,20 @@ ALTER TABLE public.api_keys ENABLE ROW LEVEL SECURITY;
 --
 
 CREATE POLICY engine_access ON public.api_keys TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: execution_logs engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.execution_logs TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: flow_run_steps engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_run_steps TO tolstoy_engine USING (true);
 
 
 --
@@ -1607,4 +2364,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000005'),
     ('20261125000006'),
     ('20261125000007'),
-    ('20261201000001');
+    ('20261201000001'),
+    ('20261201000002');

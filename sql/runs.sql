@@ -1,125 +1,117 @@
--- Flow runs and their step checkpoints. Every query names the run's org_id,
--- except claim, renew_leases and next_wake: a worker serves all tenants through
--- the security-definer functions of the row-level security migration, and from
--- the claimed row on it works inside that row's organization.
+-- Flow runs (the API's executions, table flow_runs) and their step checkpoints
+-- (flow_run_steps). The API's queries name the run's org_id; the worker's go
+-- through the functions of the durable_engine migration: claim, renew_leases
+-- and maintain_history cross tenants (security definer), checkpoint acts for
+-- the run's organization only.
 
--- name: insert^
--- Queue a run; with an Idempotency-Key a second insert for the same flow does nothing.
-insert into flow_runs (org_id, flow_id, flow_version, user_id, variables, idempotency_key, retry_of)
-values (:org_id, :flow_id, :flow_version, :user_id, :variables, :idempotency_key, :retry_of)
-on conflict (org_id, flow_id, idempotency_key) where idempotency_key is not null do nothing
-returning org_id, id, flow_id, flow_version, user_id, status, variables, outputs, error,
-          retry_of, created_at, started_at, finished_at;
+-- ---- the API ------------------------------------------------------------------
 
--- name: get_by_idempotency_key^
--- The run an Idempotency-Key already created for this flow.
-select org_id, id, flow_id, flow_version, user_id, status, variables, outputs, error,
-       retry_of, created_at, started_at, finished_at
-from flow_runs
-where org_id = :org_id and flow_id = :flow_id and idempotency_key = :idempotency_key;
+-- name: queue^
+-- Queue a run of a flow version with its plan and first log row, or find the run this
+-- Idempotency-Key (or this retried run) already made; created says which.
+select (q.run).org_id, (q.run).id, (q.run).flow_id, (q.run).flow_version, (q.run).user_id, (q.run).status,
+       (q.run).variables, (q.run).error, (q.run).retry_of, (q.run).created_at, (q.run).started_at,
+       (q.run).finished_at, q.created
+from tolstoy_queue_run(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
+                       :variables::jsonb, :idempotency_key::text, :retry_of::uuid) as q;
 
 -- name: get^
--- One run of a flow.
-select org_id, id, flow_id, flow_version, user_id, status, variables, outputs, error,
-       retry_of, created_at, started_at, finished_at
-from flow_runs
-where org_id = :org_id and flow_id = :flow_id and id = :id;
+-- One run of a flow, with what its completed steps returned (as shown: secrets masked; null
+-- while nothing has completed and the run has not finished).
+select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
+       r.retry_of, r.cancel_requested, r.started_at, r.finished_at,
+       coalesce((select jsonb_object_agg(s.step_id, s.outputs)
+                 from flow_run_steps s
+                 where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
+                   and s.status = 'completed'),
+                case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
+from flow_runs r
+where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
+
+-- name: get_for_update^
+-- One run of a flow, locked until the end of the transaction.
+select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
+       r.retry_of, r.cancel_requested, r.started_at, r.finished_at
+from flow_runs r
+where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
+for update;
 
 -- name: list
 -- One keyset page of a flow's runs, newest first.
-select org_id, id, flow_id, flow_version, user_id, status, variables, outputs, error,
-       retry_of, created_at, started_at, finished_at
-from flow_runs
-where org_id = :org_id and flow_id = :flow_id
+select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
+       r.retry_of, r.created_at, r.started_at, r.finished_at,
+       coalesce((select jsonb_object_agg(s.step_id, s.outputs)
+                 from flow_run_steps s
+                 where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
+                   and s.status = 'completed'),
+                case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
+from flow_runs r
+where r.org_id = :org_id and r.flow_id = :flow_id
   and (:after_created_at::timestamptz is null
-       or (created_at, id) < (:after_created_at::timestamptz, :after_id::uuid))
-order by created_at desc, id desc
+       or (r.created_at, r.id) < (:after_created_at::timestamptz, :after_id::uuid))
+order by r.created_at desc, r.id desc
 limit :limit;
 
 -- name: steps
--- A run's step checkpoints in the order they started.
+-- A run's step checkpoints in the order they started (outputs as shown: secrets masked).
 select step_id, status, attempt, inputs, outputs, error, wake_at, started_at, finished_at, duration_ms
 from flow_run_steps
-where org_id = :org_id and run_id = :run_id
+where org_id = :org_id and run_id = :run_id and run_created_at = :run_created_at
 order by started_at, step_id;
 
--- name: claim
--- Take up to :limit due runs of any organization: queued ones whose run_after has come,
--- and running ones whose worker stopped renewing its lease (tolstoy_claim_runs, a
--- security-definer function: the worker acts for no organization yet).
-select org_id, id, flow_id, flow_version, user_id, variables, claims
-from tolstoy_claim_runs(:worker, :limit, :lease_seconds);
-
--- name: renew_leases$
--- Heartbeat: extend the lease of every run this worker still holds.
-select tolstoy_renew_leases(:worker, :lease_seconds);
-
--- name: next_wake$
--- When the earliest queued run becomes due (null when none is queued).
-select tolstoy_next_wake();
-
--- name: holds_lease$
--- Whether this worker still owns the run, and whether a cancel was requested.
-select case when cancel_requested then 'cancel' else 'ok' end
-from flow_runs
-where org_id = :org_id and id = :id and lease_owner = :worker and status = 'running';
-
--- name: release!
--- Give the run back to the queue until :run_after (delays, retry backoff, shutdown).
-update flow_runs
-set status = 'queued', run_after = :run_after, lease_owner = null, lease_expires_at = null
-where org_id = :org_id and id = :id and lease_owner = :worker and status = 'running';
-
--- name: finish^
--- Record a run's end; only the lease holder may.
-update flow_runs
-set status = :status, outputs = :outputs, error = :error, finished_at = now(),
-    lease_owner = null, lease_expires_at = null
-where org_id = :org_id and id = :id and lease_owner = :worker and status = 'running'
-returning id;
-
 -- name: request_cancel^
--- A queued (or sleeping) run is cancelled at once; a running one at its next step boundary.
+-- A queued (or sleeping), or waiting run is cancelled at once; a running one within one heartbeat.
 update flow_runs
-set status = case when status = 'queued' then 'cancelled'::flow_run_status else status end,
-    finished_at = case when status = 'queued' then now() else finished_at end,
+set status = case when status in ('queued', 'waiting') then 'cancelled'::flow_run_status else status end,
+    finished_at = case when status in ('queued', 'waiting') then now() else finished_at end,
+    error = case when status in ('queued', 'waiting') then '{"message": "Cancelled"}'::jsonb else error end,
     cancel_requested = true
-where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running')
+where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
 returning id, status;
 
--- name: save_step^
--- Write a checkpoint, but only while :worker holds the run's lease.
-insert into flow_run_steps (org_id, run_id, step_id, status, attempt, inputs, outputs, error,
-                            wake_at, finished_at, duration_ms)
-select :org_id, :run_id, :step_id, :status, :attempt, :inputs, :outputs, :error,
-       :wake_at, :finished_at, :duration_ms
-where exists (
-    select 1 from flow_runs
-    where org_id = :org_id and id = :run_id and lease_owner = :worker and status = 'running'
+-- name: unknown_step^
+-- The step of a waiting run whose outcome nobody knows, locked for a person's resolution.
+select s.step_id, s.attempt, s.inputs
+from flow_run_steps s
+where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
+  and s.step_id = :step_id and s.status = 'outcome_unknown'
+for update;
+
+-- name: resolve_step!
+-- Record what a person says of an unknown outcome: the step completed (with outputs), failed,
+-- or is to be sent again (back to 'running' with no call recorded, same attempt and key).
+update flow_run_steps
+set status = :status, outputs = :outputs, sealed = :sealed, error = :error, call_started_at = null,
+    finished_at = case when :status::text in ('completed', 'failed') then now() end
+where org_id = :org_id and run_id = :run_id and run_created_at = :run_created_at and step_id = :step_id;
+
+-- name: requeue!
+-- A waiting run goes back to the queue (after a person resolved what it waited for).
+update flow_runs
+set status = 'queued', run_after = now()
+where org_id = :org_id and id = :id and created_at = :created_at and status = 'waiting';
+
+-- name: unfinished_count$
+-- Runs of a flow that have not finished (a purge leaves them alone and says so).
+select count(*)
+from flow_runs
+where org_id = :org_id and flow_id = :flow_id and status in ('queued', 'running', 'waiting');
+
+-- name: purge!
+-- Delete a flow's finished runs with their checkpoints and the engine's log rows of them
+-- (an explicit purge, so the flow itself can be deleted).
+with gone as (
+    delete from flow_runs
+    where org_id = :org_id and flow_id = :flow_id and status in ('completed', 'failed', 'cancelled')
+    returning org_id, id, created_at
+), steps as (
+    delete from flow_run_steps s
+    using gone
+    where s.org_id = gone.org_id and s.run_id = gone.id and s.run_created_at = gone.created_at
 )
-on conflict (org_id, run_id, step_id) do update
-set status = excluded.status, attempt = excluded.attempt, inputs = excluded.inputs,
-    outputs = excluded.outputs, error = excluded.error, wake_at = excluded.wake_at,
-    finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-    started_at = case when flow_run_steps.status in ('completed', 'skipped', 'failed')
-                      then now() else flow_run_steps.started_at end
-returning step_id;
-
--- name: copy_finished_steps!
--- A retry starts with the original run's completed steps and those executeIf skipped.
-insert into flow_run_steps (org_id, run_id, step_id, status, attempt, inputs, outputs, error,
-                            started_at, finished_at, duration_ms)
-select org_id, :run_id, step_id, status, attempt, inputs, outputs, error,
-       started_at, finished_at, duration_ms
-from flow_run_steps
-where org_id = :org_id and run_id = :from_run_id
-  -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
-  and (status = 'completed' or (status = 'skipped' and error is null));
-
--- name: version_steps$
--- The steps of the flow version a run pinned.
-select steps from flow_versions
-where org_id = :org_id and flow_id = :flow_id and version = :version;
+delete from execution_logs l
+using gone
+where l.org_id = gone.org_id and l.flow_id = :flow_id and l.execution_id = gone.id::text;
 
 -- name: metrics^
 -- Status breakdown and duration percentiles (completed runs) of one flow.
@@ -137,3 +129,25 @@ from (
           from flow_runs
           where org_id = :org_id and flow_id = :flow_id and status = 'completed') as done
 ) as durations;
+
+-- ---- the worker ---------------------------------------------------------------------
+
+-- name: claim$
+-- Claim up to :limit runs of any organization (expired leases first, past the recovery limit
+-- they fail); {runs: [run with plan and checkpoints], next_due_in: seconds until one falls due}.
+select tolstoy_claim_runs(:worker, :limit, :lease_seconds, :max_recoveries)
+       || jsonb_build_object('now', now());
+
+-- name: renew_leases
+-- Heartbeat: renew the leases of the runs this worker is executing; returns those still held.
+select run_id, cancel
+from tolstoy_renew_leases(:worker, :orgs::uuid[], :runs::uuid[], :tokens::integer[], :lease_seconds);
+
+-- name: checkpoint$
+-- One engine step's writes and the run's move (tolstoy_checkpoint); TL001 when the lease is lost.
+select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
+
+-- name: maintain_history$
+-- Create history partitions ahead and drop those past retention (null: keep everything).
+select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
+                                :months_ahead::integer);

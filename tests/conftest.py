@@ -19,7 +19,7 @@ from tolstoy.api.app import create_app
 from tolstoy.config import Config
 from tolstoy.db import embedded, migrate
 from tolstoy.db.database import Database
-from tolstoy.engine import Worker, generate_key
+from tolstoy.engine import generate_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "tolstoy_template"
@@ -280,8 +280,7 @@ def user(api, org):
 @pytest.fixture
 def worker(config, app_db):
     """A flow worker in a thread of this process, as the application role, for the test's duration."""
-    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
-               concurrency=4, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
+    w = engine.worker(config, app_db, concurrency=4, poll_seconds=0.1)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     yield w

@@ -101,11 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                  pool_max_size=max(config.pool_max_size, concurrency + 2))
     db = Database.from_config(config)
     db.open(wait=True, timeout=30)
-    worker = engine.Worker(
-        db, lambda worker_id, stopping: engine.build(config, db, worker_id, stopping),
-        concurrency=concurrency,
-        poll_seconds=config.worker_poll_seconds, lease_seconds=config.worker_lease_seconds,
-    )
+    worker = engine.worker(config, db, concurrency)
     worker.install_signal_handlers()
     worker.run()
     db.close()

@@ -47,7 +47,11 @@ class Config:
     allow_networks: tuple[str, ...] = ()
     worker_concurrency: int = 4
     worker_lease_seconds: float = 30.0
-    worker_poll_seconds: float = 1.0
+    worker_poll_seconds: float = 10.0
+    # A run reclaimed after its worker vanished this many times fails instead.
+    max_recoveries: int = 3
+    # Run history (runs, steps, execution logs) older than this is dropped by month; None keeps it.
+    run_retention_days: int | None = None
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
@@ -134,7 +138,9 @@ class Config:
             allow_networks=reader.networks("TOLSTOY_ALLOW_NETWORKS", ()),
             worker_concurrency=reader.integer("TOLSTOY_WORKER_CONCURRENCY", 4, 1, 256),
             worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
-            worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 1.0, 0.05, 60),
+            worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
+            max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
+            run_retention_days=reader.integer("TOLSTOY_RUN_RETENTION_DAYS", None, 1, 36500),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),

@@ -69,6 +69,22 @@ def mask_json(value: Any, secrets: Iterable[str] = ()) -> Any:
     return walk(value)
 
 
+def secret_strings(value: Any) -> list[str]:
+    """The strings a JSON value keeps under secret-named fields (a token a login step returned):
+    wherever they appear later, in inputs, outputs or errors, they are masked too."""
+    found: list[str] = []
+    stack = [(value, False)]
+    while stack:
+        item, secret = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, secret or is_sensitive_key(key)) for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, secret) for child in item)
+        elif secret and isinstance(item, (str, int)) and not isinstance(item, bool) and len(str(item)) >= 4:
+            found.append(str(item))
+    return found
+
+
 def redact(text: str) -> str:
     """Mask credentials in free text: ``postgresql://u:***@h``, ``password=***``, ``Bearer ***``."""
     if not _SUSPECT.search(text):

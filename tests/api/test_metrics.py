@@ -75,10 +75,10 @@ def test_queue_depth_and_oldest_due_age_come_from_the_database(client, api, db):
         for run_after in ("now() - interval '90 seconds'", "now() - interval '10 seconds'",
                           "now() + interval '1 hour'"):
             conn.execute(
-                "insert into flow_runs (org_id, flow_id, flow_version, status, run_after) "
-                f"values (%s, %s, 1, 'queued', {run_after})", (org["id"], flow["id"]))
-        conn.execute("insert into flow_runs (org_id, flow_id, flow_version, status, run_after) "
-                     "values (%s, %s, 1, 'completed', now() - interval '1 day')", (org["id"], flow["id"]))
+                "insert into flow_runs (org_id, flow_id, flow_version, plan, status, run_after, root_run_id) "
+                f"values (%s, %s, 1, '{{}}', 'queued', {run_after}, gen_random_uuid())", (org["id"], flow["id"]))
+        conn.execute("insert into flow_runs (org_id, flow_id, flow_version, plan, status, run_after, root_run_id) "
+                     "values (%s, %s, 1, '{}', 'completed', now() - interval '1 day', gen_random_uuid())", (org["id"], flow["id"]))
     found = scrape(client)
     assert value(found, "tolstoy_flow_queue_depth") == 3
     assert value(found, "tolstoy_flow_queue_due") == 2

@@ -20,7 +20,6 @@ from contract import assert_error
 from psycopg.rows import dict_row
 
 from tolstoy import engine
-from tolstoy.engine import Worker
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status", "variables", "outputs",
@@ -345,8 +344,7 @@ def test_retry_404s(api, org, user, flow):
 
 
 def test_retry_of_a_completed_run_is_409(api, org, user, flow, config, app_db):
-    worker = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping),
-                    concurrency=2, poll_seconds=0.1, lease_seconds=config.worker_lease_seconds)
+    worker = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
@@ -419,8 +417,8 @@ def test_a_user_with_executions_cannot_be_deleted(api, org, user, flow, db):
 @pytest.mark.parametrize("method, suffix, allowed", [
     ("GET", "/execute", {"POST"}),
     ("PUT", "/execute", {"POST"}),
-    ("POST", "/executions", {"GET"}),
-    ("DELETE", "/executions", {"GET"}),
+    ("POST", "/executions", {"GET", "DELETE"}),
+    ("PUT", "/executions", {"GET", "DELETE"}),
     ("PUT", "/executions/{run}", {"GET"}),
     ("DELETE", "/executions/{run}", {"GET"}),
     ("GET", "/executions/{run}/cancel", {"POST"}),

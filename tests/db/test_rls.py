@@ -29,8 +29,9 @@ def fill(api, db, name: str) -> dict:
     api.log(org, user, flow)
     run = api.client.simulate_post(f"/flows/{flow['id']}/execute", json={}, headers=api.headers(org, user)).json
     with db.pool.connection() as conn:  # a checkpoint and a key, as a worker and the key route would write
-        conn.execute("insert into flow_run_steps (org_id, run_id, step_id, status) values (%s, %s, 'hello', 'completed')",
-                     (org["id"], run["executionId"]))
+        conn.execute("insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status) "
+                     "select org_id, id, created_at, 'hello', 'completed' from flow_runs where id = %s",
+                     (run["executionId"],))
         conn.execute("insert into api_keys (org_id, name, prefix, key_hash) values (%s, 'k', 'tsk_test', %s)",
                      (org["id"], bytes(range(32)) if name == "A" else bytes(range(1, 33))))
     return {"org": org, "user": user}
@@ -90,7 +91,7 @@ def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_fo
     by_function: dict = {}
     for row in granted:
         by_function.setdefault(row["proname"], set()).add(row["rolname"])
-    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_next_wake", "tolstoy_enter_key",
+    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_maintain_history", "tolstoy_enter_key",
                  "tolstoy_queue_stats"):
         assert "tolstoy_app" in by_function[name] and "public" not in by_function[name], (name, by_function[name])
     # A role with no grants cannot call them at all.
@@ -101,7 +102,7 @@ def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_fo
     nobody.open(wait=False)
     try:
         with pytest.raises(Exception, match="permission denied"):
-            nobody.all(unscoped("select * from tolstoy_next_wake()"))
+            nobody.all(unscoped("select * from tolstoy_queue_stats()"))
     except DatabaseUnavailable:
         pytest.fail("could not connect as tolstoy_nobody")
     finally:

@@ -13,7 +13,7 @@ from support import scrape, value
 from werkzeug import Response
 
 from tolstoy import engine
-from tolstoy.engine import SECRET_FIELDS, Worker
+from tolstoy.engine import SECRET_FIELDS
 from tolstoy.engine.outbound import Outbound, OutboundError
 
 
@@ -284,8 +284,7 @@ def test_outbound_calls_refuse_private_targets_and_private_redirects(api, org, u
     httpserver.expect_request("/jump").respond_with_data("", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
     flow = api.flow(org, steps=[step("jump", "http_request", {"method": "GET", "url": httpserver.url_for("/jump")})])
     local = api.flow(org, steps=[step("local", "http_request", {"method": "GET", "url": "http://10.1.2.3:8080/admin"})])
-    w = Worker(app_db, lambda wid, stopping: engine.build(config, app_db, wid, stopping), poll_seconds=0.1,
-               lease_seconds=2)
+    w = engine.worker(config, app_db, poll_seconds=0.1, lease_seconds=2)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     try:

@@ -117,8 +117,7 @@ def test_the_api_and_a_worker_work_through_pgbouncer(pooled):
         {"id": "two", "type": "transform", "config": {"output": "{{ steps.one.n * 2 }}"}}]}).json
 
     stopping = threading.Event()
-    worker = engine.Worker(db, lambda wid, stop: engine.build(config, db, wid, stop), concurrency=2,
-                           poll_seconds=0.2, lease_seconds=config.worker_lease_seconds)
+    worker = engine.worker(config, db, concurrency=2, poll_seconds=0.2)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

@@ -45,7 +45,7 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     tool_calls = engine.tools(config, db)
     flow_item = flows.Item(db)
     action_item = actions.Item(db, tool_calls)
-    flow_runs = runs.FlowRuns(db)
+    flow_runs = runs.FlowRuns(db, tool_calls.vault)
     credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
     status = health.Status(db, config)
     docs = openapi.Docs(config.app_name)
@@ -72,6 +72,7 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/flows/{id}/executions/{execution_id}", flow_runs, "execution"),
         ("/flows/{id}/executions/{execution_id}/cancel", flow_runs, "cancel"),
         ("/flows/{id}/executions/{execution_id}/retry", flow_runs, "retry"),
+        ("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", flow_runs, "resolve"),
         ("/flows/{id}/metrics", flow_runs, "metrics"),
         ("/execution-logs", execution_logs.Collection(db), None),
         ("/execution-logs/{id}", execution_logs.Item(db), None),

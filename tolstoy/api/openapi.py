@@ -40,6 +40,7 @@ SCHEMAS = {
     "Run": schemas.RunSchema,
     "RunDetail": schemas.RunDetailSchema,
     "RunAccepted": schemas.RunAcceptedSchema,
+    "Resolve": schemas.ResolveSchema,
     "FlowMetrics": schemas.FlowMetricsSchema,
     "ActionExecute": schemas.ActionExecuteSchema,
     "ActionResult": schemas.ActionResultSchema,
@@ -288,11 +289,19 @@ def _engine_paths(spec: APISpec) -> None:
         "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
         "parameters": acting + [idem], "requestBody": {"required": True, "content": _json("Execute")},
         "responses": {**accepted, **_errors("400", "404", "413", "415")}}})
-    spec.path(path="/flows/{id}/executions", operations={"get": {
-        "tags": ["Executions"], "summary": "The flow's runs, newest first",
-        "parameters": flow + ["Limit", "Cursor"],
-        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
-                              "content": _json("Run", many=True)}, **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/executions", operations={
+        "get": {"tags": ["Executions"], "summary": "The flow's runs, newest first",
+                "parameters": flow + ["Limit", "Cursor"],
+                "responses": {"200": {"description": "One page.",
+                                      "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                                      "content": _json("Run", many=True)}, **_errors("400", "404")}},
+        "delete": {"tags": ["Executions"],
+                   "summary": "Purge the flow's finished runs and the engine's log rows of them",
+                   "parameters": flow,
+                   "responses": {"204": {"description": "Purged."},
+                                 "409": {"description": "Some runs have not finished (cancel them first).",
+                                         "content": _json("Error")},
+                                 **_errors("400", "404")}}})
     spec.path(path="/flows/{id}/executions/{executionId}", operations={"get": {
         "tags": ["Executions"], "summary": "One run with its step checkpoints",
         "parameters": flow + [execution],
@@ -306,6 +315,13 @@ def _engine_paths(spec: APISpec) -> None:
         "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
         "parameters": acting + [execution],
         "responses": {**accepted, **_errors("400", "404", "409")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/steps/{stepId}/resolve", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Say what became of a call whose outcome is unknown; the run goes on",
+        "parameters": acting + [execution, {"name": "stepId", "in": "path", "required": True,
+                                            "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": _json("Resolve")},
+        "responses": {**accepted, **_errors("400", "404", "409", "413", "415")}}})
     spec.path(path="/flows/{id}/metrics", operations={"get": {
         "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
         "parameters": flow, "responses": {"200": {"description": "Metrics.", "content": _json("FlowMetrics")},

@@ -1,28 +1,32 @@
 """``/flows/{id}/execute`` and ``/flows/{id}/executions``: runs of a flow over
-HTTP (queue, list, read, cancel, retry) and the flow's run metrics. A run is
-an "execution" in the API and a row of ``flow_runs`` (sql/runs.sql).
+HTTP (queue, list, read, cancel, retry, resolve an unknown outcome, purge) and
+the flow's run metrics. A run is an "execution" in the API and a row of
+``flow_runs`` (sql/runs.sql).
 
-Executing only queues: the run row and its first execution log are written in
-one transaction, and a worker (``tolstoy worker``) claims and runs it."""
+Executing only queues: the run (with its plan: the flow version and the actions
+it calls, as they are now) and its first execution log are written in one
+statement, and a worker (``tolstoy worker``) claims and runs it."""
 
 from __future__ import annotations
 
 import falcon
 
-from .. import metrics
+from .. import engine, metrics
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..db.stores import write_execution_log
 from ..engine import RUN_STEP_KEY
+from ..redaction import mask_json, secret_strings
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, field_error
+from .errors import Conflict, NotFound, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
 from .schemas import (
     ExecuteSchema,
     FlowMetricsSchema,
     PageQuery,
+    ResolveSchema,
     RunAcceptedSchema,
     RunDetailSchema,
     RunSchema,
@@ -35,6 +39,10 @@ _DETAIL = dumper(RunDetailSchema())
 _METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
+FINISHED = ("completed", "failed", "cancelled")
+
+
+_RESOLVE = ResolveSchema()
 
 
 def idempotency_key(req: falcon.Request) -> str | None:
@@ -50,41 +58,39 @@ def idempotency_key(req: falcon.Request) -> str | None:
 
 
 class FlowRuns:
-    """Routes under ``/flows/{id}``: execute, executions, cancel, retry, metrics."""
+    """Routes under ``/flows/{id}``: execute, executions, cancel, retry, resolve, purge, metrics."""
 
-    def __init__(self, db: dbmod.Database):
+    def __init__(self, db: dbmod.Database, vault: engine.Vault | None = None):
         self.db = db
+        self.vault = vault
 
-    def flow(self, req: falcon.Request, raw_id: str, *, for_update: bool = False) -> dict:
+    def flow(self, req: falcon.Request, raw_id: str) -> dict:
         """The flow in the path, or 404."""
-        query = SQL.flows.get_for_update if for_update else SQL.flows.get
-        return resources.get_or_404(self.db, query, "Flow", org_id=req.context.org_id,
+        return resources.get_or_404(self.db, SQL.flows.get, "Flow", org_id=req.context.org_id,
                                     id=parse_uuid(raw_id, "Flow"))
 
-    def run(self, req: falcon.Request, flow: dict, raw_id: str) -> dict:
+    def run(self, req: falcon.Request, flow: dict, raw_id: str, *, for_update: bool = False) -> dict:
         """One run of the flow, or 404."""
-        return resources.get_or_404(self.db, SQL.runs.get, "Execution", org_id=req.context.org_id,
+        query = SQL.runs.get_for_update if for_update else SQL.runs.get
+        return resources.get_or_404(self.db, query, "Execution", org_id=req.context.org_id,
                                     flow_id=flow["id"], id=parse_uuid(raw_id, "Execution"))
 
     def queue(self, req: falcon.Request, flow: dict, *, version: int, variables: dict,
-              key: str | None = None, retry_of=None) -> tuple[dict, bool]:
-        """Insert a queued run and its first log in one transaction; returns (run, created)."""
-        org_id = req.context.org_id
-        run = self.db.one(
-            SQL.runs.insert, org_id=org_id, flow_id=flow["id"], flow_version=version,
-            user_id=req.context.user_id, variables=dbmod.json(variables), idempotency_key=key,
-            retry_of=retry_of,
-        )
-        if run is None:  # this Idempotency-Key already made a run of this flow
-            return self.db.one(SQL.runs.get_by_idempotency_key, org_id=org_id, flow_id=flow["id"],
-                               idempotency_key=key), False
-        self.log_run(req, flow, run["id"], "queued", variables)
-        return run, True
+              key: str | None = None, retry_of=None) -> dict:
+        """Queue a run (or find the one an Idempotency-Key, or a retry, already made): the request's last query."""
+        run = self.db.one(SQL.runs.queue, commit=True, org_id=req.context.org_id, flow_id=flow["id"],
+                          flow_version=version, user_id=req.context.user_id, variables=dbmod.json(variables),
+                          idempotency_key=key, retry_of=retry_of)
+        if run["created"]:
+            metrics.count_run("queued")
+        return run
 
-    def log_run(self, req: falcon.Request, flow: dict, run_id, status: str, inputs: dict) -> None:
-        """The run-level execution log row (stepKey ``$flow``) for a change made here, counted in /metrics."""
+    def log_run(self, req: falcon.Request, flow: dict, run_id, status: str, inputs: dict, *, commit: bool = True,
+                error=None) -> None:
+        """A run-level execution log row (stepKey ``$flow``) for a change made here, counted in /metrics."""
         write_execution_log(self.db, org_id=req.context.org_id, flow_id=flow["id"], user_id=req.context.user_id,
-                            execution_id=run_id, step_key=RUN_STEP_KEY, status=status, inputs=inputs)
+                            execution_id=run_id, step_key=RUN_STEP_KEY, status=status, inputs=inputs, error=error,
+                            commit=commit)
         metrics.count_run(status)
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
@@ -98,9 +104,9 @@ class FlowRuns:
         require_user(req)
         key = idempotency_key(req)
         data = read_json(req)
-        flow = self.flow(req, id, for_update=True)
+        flow = self.flow(req, id)
         values = validate_body(_EXECUTE, data)
-        run, _ = self.queue(req, flow, version=flow["version"], variables=values["variables"], key=key)
+        run = self.queue(req, flow, version=flow["version"], variables=values["variables"], key=key)
         self.accepted(req, resp, flow, run)
 
     def on_get_executions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
@@ -113,44 +119,93 @@ class FlowRuns:
             many(_RUN),
         )
 
+    def on_delete_executions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Purge the flow's finished runs (and the engine's log rows of them): 409 while any is unfinished."""
+        flow = self.flow(req, id)
+        unfinished = self.db.scalar(SQL.runs.unfinished_count, org_id=req.context.org_id, flow_id=flow["id"])
+        if unfinished:
+            raise Conflict(f"{unfinished} execution(s) of this flow have not finished; cancel them first.")
+        self.db.rowcount(SQL.runs.purge, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
+        resp.status = falcon.HTTP_204
+
     def on_get_execution(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """One run with its step checkpoints."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"])
+        steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"],
+                            run_created_at=run["created_at"])
         respond(resp, _DETAIL({**run, "steps": steps}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
-        """Cancel: at once when queued or sleeping, at the next step boundary when running."""
+        """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
         changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
         if changed is None:
             raise Conflict(f"The execution already finished with status {run['status']}.")
         if changed["status"] == "cancelled":
-            self.log_run(req, flow, run["id"], "cancelled", {})
+            self.log_run(req, flow, run["id"], "cancelled", {}, error={"message": "Cancelled"})
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED({**run, "status": changed["status"]})
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
-        """A new run of the same version that starts with the original's finished steps."""
+        """A new run of the same plan that starts with the original's finished steps and sends the same
+        Idempotency-Keys. One retry per run: retrying it again answers the same retry."""
         require_user(req)
         flow = self.flow(req, id)
         original = self.run(req, flow, execution_id)
         if original["status"] not in ("failed", "cancelled"):
             raise Conflict(f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
-        run, _ = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
-                            retry_of=original["id"])
-        self.db.rowcount(SQL.runs.copy_finished_steps, commit=True, org_id=req.context.org_id,
-                         from_run_id=original["id"], run_id=run["id"])
+        run = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
+                         retry_of=original["id"])
         self.accepted(req, resp, flow, run)
+
+    def on_post_resolve(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str,
+                        step_id: str) -> None:
+        """Say what became of a call whose outcome is unknown; the run goes on from there."""
+        require_user(req)
+        data = read_json(req)
+        flow = self.flow(req, id)
+        run = self.run(req, flow, execution_id, for_update=True)
+        values = validate_body(_RESOLVE, data)
+        if run["status"] != "waiting":
+            raise Conflict(f"The execution is {run['status']}, not waiting for a resolution.")
+        step = self.db.one(SQL.runs.unknown_step, org_id=req.context.org_id, run_id=run["id"],
+                           run_created_at=run["created_at"], step_id=step_id)
+        if step is None:
+            raise NotFound("Step waiting for a resolution")
+        outcome = values["outcome"]
+        shown = sealed = error = None
+        if outcome == "succeeded":
+            output = values.get("outputs")
+            shown = mask_json(output, secret_strings(output))
+            if shown != output:
+                if self.vault is None:
+                    raise falcon.HTTPServiceUnavailable(
+                        description="Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
+                sealed = self.vault.seal(output)
+        elif outcome == "failed":
+            error = {"name": "OutcomeUnknown", "message": values.get("message") or "Resolved as failed.",
+                     "resolvedBy": str(req.context.user_id)}
+        status = {"succeeded": "completed", "failed": "failed", "retry": "running"}[outcome]
+        self.db.rowcount(SQL.runs.resolve_step, org_id=req.context.org_id, run_id=run["id"],
+                         run_created_at=run["created_at"], step_id=step_id, status=status,
+                         outputs=dbmod.json(shown), sealed=sealed, error=dbmod.json(error))
+        write_execution_log(self.db, org_id=req.context.org_id, flow_id=flow["id"], user_id=req.context.user_id,
+                            execution_id=run["id"], step_key=step_id,
+                            status={"succeeded": "completed", "failed": "failed", "retry": "pending"}[outcome],
+                            inputs={"resolved": outcome, "attempt": step["attempt"]}, error=error)
+        self.db.rowcount(SQL.runs.requeue, commit=True, org_id=req.context.org_id, id=run["id"],
+                         created_at=run["created_at"])
+        resp.status = falcon.HTTP_202
+        resp.media = _ACCEPTED({**run, "status": "queued"})
 
     def on_get_metrics(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Run counts by status, success rate and duration percentiles."""
         flow = self.flow(req, id)
         row = self.db.one(SQL.runs.metrics, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
         breakdown = row["breakdown"]
-        finished = sum(breakdown.get(s, 0) for s in ("completed", "failed", "cancelled"))
+        finished = sum(breakdown.get(s, 0) for s in FINISHED)
         resp.media = _METRICS({
             "totalExecutions": sum(breakdown.values()),
             "statusBreakdown": breakdown,

@@ -95,7 +95,7 @@ class UserSchema(TenantRecord):
 
 
 class ToolSchema(TenantRecord):
-    """``{name, baseUrl, authType}``."""
+    """``{name, baseUrl, authType, honorsIdempotencyKey}``."""
 
     name = text(1, 200, required=True)
     base_url = fields.Url(
@@ -107,6 +107,11 @@ class ToolSchema(TenantRecord):
     )
     auth_type = fields.String(
         data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
+    )
+    honors_idempotency_key = fields.Boolean(
+        data_key="honorsIdempotencyKey", load_default=False,
+        metadata={"description": "The tool treats a repeated Idempotency-Key as the same request, so the engine "
+                                 "may send a call again when a worker died during it (see onUnknownOutcome)."},
     )
 
 
@@ -362,6 +367,12 @@ class StepSchema(Base):
     retryPolicy = fields.Nested(RetryPolicySchema, allow_none=True)
     timeoutMs = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 3_600_000))
     critical = StrictBoolean(allow_none=True)
+    onUnknownOutcome = fields.String(
+        allow_none=True, validate=validate.OneOf(("wait", "retry", "fail")),
+        metadata={"description": "When a worker died during this step's call: wait for a person to resolve it, "
+                                 "send it again, or fail the step. Default: retry for GET, HEAD, OPTIONS, PUT, "
+                                 "DELETE and for tools that honour Idempotency-Key; wait otherwise."},
+    )
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
@@ -524,6 +535,15 @@ class RunAcceptedSchema(Base):
     flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
     status = fields.String(dump_only=True)
     retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+
+
+class ResolveSchema(Base):
+    """``POST …/steps/{stepId}/resolve``: what became of a call whose outcome was unknown."""
+
+    outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed", "retry")))
+    outputs = fields.Raw(allow_none=True, metadata={"description": "What the step returned (with succeeded)."})
+    message = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                            metadata={"description": "Why (with failed); kept in the step's error."})
 
 
 class FlowMetricsSchema(Base):

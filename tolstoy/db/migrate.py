@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,20 @@ def run(
     if check and result.returncode != 0:
         print(f"tolstoy: dbmate {' '.join(args)} failed (exit {result.returncode})", file=sys.stderr)
         raise SystemExit(result.returncode)
+    if dump_schema and result.returncode == 0 and schema_file.exists():
+        schema_file.write_text(without_monthly_partitions(schema_file.read_text()))
     return result.returncode
+
+
+# pg_dump writes each object as a block that starts with a "-- Name: <object>; Type: ..." header.
+DUMP_BLOCK = re.compile(r"(?=^--\n-- Name: )", re.MULTILINE)
+MONTHLY = re.compile(r"^--\n-- Name: [^;\n]*_p\d{4}_\d{2}(?!\d)", re.MULTILINE)
+
+
+def without_monthly_partitions(schema: str) -> str:
+    """The dump without the history tables' monthly partitions: they depend on the date and
+    the rows a database holds (tolstoy_maintain_history makes them), not on the migrations."""
+    return "".join(block for block in DUMP_BLOCK.split(schema) if not MONTHLY.match(block))
 
 
 def upgrade(url: str, *, dump_schema: bool = False) -> int:

@@ -22,7 +22,7 @@ from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "StepFailed", "Tools", "Vault", "Worker",
-    "build", "dependencies", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
+    "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "step_order", "tools", "vault_from_config",
 ]
 
@@ -39,4 +39,12 @@ def tools(config, db: Database) -> Tools:
 
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
-    return Engine(db, tools(config, db), worker_id, stopping=stopping)
+    return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds)
+
+
+def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:
+    """A Worker wired from configuration (``overrides`` for tests: poll_seconds, worker_id…)."""
+    settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
+                "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
+                "retention_days": config.run_retention_days, **overrides}
+    return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)

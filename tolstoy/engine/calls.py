@@ -5,6 +5,8 @@ the same code."""
 
 from __future__ import annotations
 
+import base64
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -96,7 +98,7 @@ class Tools:
 
     def credential(self, org_id, tool_id) -> tuple[dict | None, dict | None]:
         """The tool's default credential and its decrypted config (None, None without one)."""
-        row = self.db.one(SQL.tool_credentials.get_default, org_id=org_id, tool_id=tool_id)
+        row = self.db.one(SQL.tool_credentials.get_default, commit=True, org_id=org_id, tool_id=tool_id)
         if row is None:
             return None, None
         if self.vault is None:
@@ -106,23 +108,28 @@ class Tools:
         except VaultError as exc:
             raise StepFailed(str(exc)) from None
 
-    def find_action(self, org_id, config: dict) -> dict:
-        """The action a step names by actionId or actionKey, in the run's organization."""
-        if config.get("actionId"):
-            action = self.db.one(SQL.actions.get, org_id=org_id, id=config["actionId"])
-        else:
-            action = self.db.one(SQL.actions.get_by_key, org_id=org_id, key=config.get("actionKey"))
-        if action is None:
-            raise StepFailed("The action this step names no longer exists")
-        return action
+    def seal(self, value: Any) -> bytes:
+        """A step output that holds secrets, encrypted for the run's checkpoint."""
+        if self.vault is None:
+            raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so an output holding secrets cannot be kept")
+        return self.vault.seal(value)
 
-    def build_call(self, org_id, action: dict, inputs: dict, context: dict | None = None) -> ToolCall:
+    def unseal(self, sealed: str | bytes) -> Any:
+        """A sealed step output (base64 as the claim hands it over, or bytes) as it was."""
+        if self.vault is None:
+            raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so a sealed output cannot be read")
+        raw = base64.b64decode(sealed) if isinstance(sealed, str) else sealed
+        try:
+            return self.vault.unseal(raw)
+        except VaultError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def build_call(self, org_id, action: dict, tool: dict, inputs: dict, context: dict | None = None) -> ToolCall:
         """Validate inputs, then build the request: base URL + endpoint, auth, query or JSON body."""
         if action.get("input_schema"):
             problems = input_errors(action["input_schema"], inputs)
             if problems:
                 raise InvalidInputs(problems)
-        tool = self.db.one(SQL.tools.get, org_id=org_id, id=action["tool_id"])
         path, rest = fill_endpoint(action["endpoint"], inputs)
         headers = {"Accept": "application/json"}
         if action.get("headers"):
@@ -152,15 +159,17 @@ class Tools:
                             None, secrets, list(injected))
         return ToolCall(action["method"], url, headers, None, rest, secrets, list(injected))
 
-    def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None) -> Reply:
-        """Make the call; OutboundError becomes StepFailed."""
+    def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None,
+             cancel: threading.Event | None = None) -> Reply:
+        """Make the call, ending it at ``timeout_ms`` or when ``cancel`` is set; OutboundError
+        becomes StepFailed."""
         headers = dict(call.headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         try:
             return self.http.request(call.method, call.url, headers=headers, params=call.params,
                                      json_body=call.body, timeout_ms=timeout_ms,
-                                     secret_headers=call.secret_headers)
+                                     secret_headers=call.secret_headers, cancel=cancel)
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 
@@ -174,7 +183,9 @@ class Tools:
         started = time.perf_counter()
         secrets: list = []
         try:
-            call = self.build_call(org_id, action, inputs)
+            # Its own short unit of work: no connection is held while the tool answers.
+            tool = self.db.one(SQL.tools.get, commit=True, org_id=org_id, id=action["tool_id"])
+            call = self.build_call(org_id, action, tool, inputs)
             secrets = call.secrets
             reply = self.send(call, SYNC_TIMEOUT_MS, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None

@@ -1,19 +1,36 @@
 """Outbound HTTP for the engine and action execution (httpx), guarded against
-server-side request forgery and oversized answers."""
+server-side request forgery, oversized answers and calls that never end.
+
+Every connection goes through ``GuardedBackend``, httpcore's network backend
+for this client: it resolves the hostname once, refuses the connection when any
+address is not public (``address_allowed``), and connects to the very address
+it checked. The URL keeps the hostname, so httpcore pools connections per
+hostname and TLS verifies the certificate (and sends SNI) for that name.
+
+Each call runs under ``limits(deadline, cancel)``: every read and write on the
+socket waits at most until the deadline, and returns at once when the cancel
+event is set, so a tool that trickles a byte every few seconds, or a cancelled
+run, cannot hold a call past its step's time.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import ipaddress
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import certifi
+import httpcore
 import httpx
+from httpcore._backends.sync import SyncBackend
 
 from .. import jsonsafe
 from ..redaction import mask_headers
@@ -32,6 +49,10 @@ class OutboundError(Exception):
 
 class ForbiddenTarget(OutboundError):
     """The target resolves to an address requests may not reach (loopback, private, metadata…)."""
+
+
+class CallCancelled(OutboundError):
+    """The run was cancelled (or its lease lost) while the call was in flight."""
 
 
 def parse_networks(cidrs: Iterable[str]) -> tuple:
@@ -56,21 +77,90 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-class GuardedTransport(httpx.HTTPTransport):
-    """Resolves each request's host once, refuses forbidden addresses, and connects to the
-    checked address (so DNS cannot change between the check and the connection)."""
+# ---- deadline and cancel, per call -------------------------------------------------
 
-    def __init__(self, allow: tuple = (), **kwargs):
-        super().__init__(**kwargs)
+@dataclass(frozen=True)
+class _Limits:
+    deadline: float  # time.monotonic()
+    cancel: threading.Event | None
+
+
+_limits: contextvars.ContextVar[_Limits | None] = contextvars.ContextVar("tolstoy_call_limits", default=None)
+# How often a blocked read or write looks at the cancel event.
+CANCEL_CHECK_SECONDS = 0.25
+
+
+@contextlib.contextmanager
+def limits(deadline: float, cancel: threading.Event | None = None) -> Iterator[None]:
+    """Socket operations in this block end by ``deadline`` (monotonic) or when ``cancel`` is set."""
+    token = _limits.set(_Limits(deadline, cancel))
+    try:
+        yield
+    finally:
+        _limits.reset(token)
+
+
+def _wait_budget(timeout: float | None, kind: type[Exception], poll: bool = True) -> float:
+    """The socket timeout for the next operation: the phase's own, bounded by the deadline (and,
+    with ``poll``, short enough to look at the cancel event again soon)."""
+    current = _limits.get()
+    if current is None:
+        return timeout
+    if current.cancel is not None and current.cancel.is_set():
+        raise CallCancelled("The call was cancelled")
+    left = current.deadline - time.monotonic()
+    if left <= 0:
+        raise kind("The step's deadline passed")
+    budget = left if timeout is None else min(timeout, left)
+    return min(budget, CANCEL_CHECK_SECONDS) if poll and current.cancel is not None else budget
+
+
+class _LimitedStream(httpcore.NetworkStream):
+    """A socket stream whose reads and writes obey the call's deadline and cancel event."""
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        while True:
+            budget = _wait_budget(timeout, httpcore.ReadTimeout)
+            try:
+                return self.inner.read(max_bytes, budget)
+            except httpcore.ReadTimeout:
+                if timeout is not None and budget >= timeout:
+                    raise  # the phase's own timeout, not just a look at the cancel event
+                if timeout is not None:
+                    timeout -= budget
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.inner.write(buffer, _wait_budget(timeout, httpcore.WriteTimeout, poll=False))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        budget = _wait_budget(timeout, httpcore.ConnectTimeout, poll=False)
+        return _LimitedStream(self.inner.start_tls(ssl_context, server_hostname, budget))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.inner.get_extra_info(info)
+
+
+class GuardedBackend(SyncBackend):
+    """Resolves each hostname once, refuses addresses requests may not reach, and connects to
+    the address it checked (so DNS cannot change between the check and the connection)."""
+
+    def __init__(self, allow: tuple = ()):
         self.allow = allow
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable | None = None) -> httpcore.NetworkStream:
+        budget = _wait_budget(timeout, httpcore.ConnectTimeout, poll=False)
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise OutboundError(f"Cannot resolve {host}: {exc.strerror}", retryable=True) from None
+            raise httpcore.ConnectError(f"Cannot resolve {host}: {exc.strerror}") from None
         addresses = [info[4][0] for info in infos]
         refused = [a for a in addresses if not address_allowed(a, self.allow)]
         if refused:
@@ -78,15 +168,18 @@ class GuardedTransport(httpx.HTTPTransport):
                 f"Refusing to connect to {host} ({refused[0]}): not a public address. "
                 "Add its network to TOLSTOY_ALLOW_NETWORKS to allow it."
             )
-        if request.url.scheme == "https":
-            request.extensions = {**request.extensions, "sni_hostname": host}
-        original = request.url
-        request.url = request.url.copy_with(host=addresses[0])
-        try:
-            return super().handle_request(request)
-        finally:
-            # The response keeps this request: redirects must resolve against the real name.
-            request.url = original
+        stream = super().connect_tcp(addresses[0], port, budget, local_address, socket_options)
+        return _LimitedStream(stream)
+
+
+class GuardedTransport(httpx.HTTPTransport):
+    """httpx's transport on httpcore's pool, with every connection made by GuardedBackend."""
+
+    def __init__(self, allow: tuple = ()):
+        super().__init__(verify=tls_context())
+        self._pool = httpcore.ConnectionPool(ssl_context=tls_context(), max_connections=100,
+                                             max_keepalive_connections=20, keepalive_expiry=5.0,
+                                             network_backend=GuardedBackend(allow))
 
 
 @dataclass
@@ -108,7 +201,7 @@ class Outbound:
 
     def __init__(self, allow_networks: Iterable[str] = ()):
         self.client = httpx.Client(
-            transport=GuardedTransport(allow=parse_networks(allow_networks), verify=tls_context()),
+            transport=GuardedTransport(allow=parse_networks(allow_networks)),
             # Redirects are followed by request(), which decides what a new origin may see.
             follow_redirects=False,
             headers={"User-Agent": "Tolstoy/1"},
@@ -130,11 +223,19 @@ class Outbound:
         data: dict | None = None,
         timeout_ms: int = 30000,
         secret_headers: Iterable[str] = (),
+        cancel: threading.Event | None = None,
     ) -> Reply:
         """Send one request, following up to MAX_REDIRECTS redirects (each hop re-checked by the
-        transport; credentials dropped when a hop leaves the origin). Network trouble and
-        timeouts raise OutboundError(retryable=True)."""
+        backend; credentials dropped when a hop leaves the origin). The whole call, redirects and
+        body included, ends within ``timeout_ms``; network trouble and timeouts raise
+        OutboundError(retryable=True)."""
         started = time.perf_counter()
+        with limits(time.monotonic() + timeout_ms / 1000, cancel):
+            return self._request(method, url, headers, params, json_body, content, data, timeout_ms,
+                                 secret_headers, started)
+
+    def _request(self, method, url, headers, params, json_body, content, data, timeout_ms, secret_headers,
+                 started) -> Reply:
         headers = dict(headers or {})
         body: dict = {}
         if json_body is not None:
@@ -166,11 +267,16 @@ class Outbound:
                         duration_ms=int((time.perf_counter() - started) * 1000),
                     )
             raise OutboundError(f"More than {MAX_REDIRECTS} redirects")
+        except OutboundError:
+            raise
         except httpx.TimeoutException:
             raise OutboundError(f"Timed out after {timeout_ms} ms", retryable=True) from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise OutboundError(f"Invalid URL {url!r}: {exc}") from None
         except httpx.TransportError as exc:
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, OutboundError):  # raised inside the backend (refused, cancelled)
+                raise cause from None
             raise OutboundError(f"Network error: {exc}", retryable=True) from None
         except (TypeError, ValueError, UnicodeError) as exc:
             # e.g. a header value that is not text, or not ASCII: the request cannot be built.

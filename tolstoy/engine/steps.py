@@ -1,7 +1,6 @@
-"""Step kinds: what each type of step does once its config is rendered.
-
-``delay`` is not here: a delay is no work, only a wake-up time, which the run
-loop records as a checkpoint before handing the run back to the queue.
+"""Step kinds that call out: what an ``action`` or ``http_request`` step does
+once its config is rendered. ``transform`` and ``delay`` are no work beyond
+rendering (a delay is only a wake-up time), so the run loop keeps them.
 """
 
 from __future__ import annotations
@@ -11,33 +10,42 @@ from typing import Any
 from ..redaction import mask_json
 from .calls import ToolCall, Tools, checked
 from .errors import SkipStep, StepFailed
+from .plans import Plan
 from .templates import TemplateFailure, condition
 
 DEFAULT_TIMEOUT_MS = 30000
+# Sending one of these twice does what sending it once did: a call whose outcome is unknown
+# may simply be sent again.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
-def execute_step(tools: Tools, org_id, step: dict, inputs: dict, context: dict, key: str) -> tuple[Any, list]:
-    """Run one step whose config is already rendered; returns (output, secrets to scrub from logs)."""
+def step_method(step: dict, inputs: dict, plan: Plan) -> str:
+    """The HTTP method a calling step uses."""
+    if step["type"] == "action":
+        return plan.action(step["config"])["method"]
+    return str(inputs.get("method", "GET")).upper()
+
+
+def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_ms: int) -> tuple[Any, list]:
+    """Make the call of one step whose config is already rendered; returns (output, secrets the call
+    used, so later inputs and outputs showing them are masked)."""
     kind = step["type"]
-    timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
-    if kind == "transform":
-        return inputs["output"], []
     if kind == "action":
-        action = tools.find_action(org_id, step["config"])
+        action = run.plan.action(step["config"])
         if isinstance(action.get("execute_if"), str):
             try:
-                if not condition(action["execute_if"], {**context, "inputs": inputs.get("inputs") or {}}):
+                if not condition(action["execute_if"], {**run.context, "inputs": inputs.get("inputs") or {}}):
                     raise SkipStep()
             except TemplateFailure as exc:
                 raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
-        call = tools.build_call(org_id, action, inputs.get("inputs") or {}, context)
+        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.context)
     elif kind == "http_request":
         call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
                         inputs.get("body"))
     else:
         raise StepFailed(f"Unknown step type {kind!r}")
     try:
-        return checked(tools.send(call, timeout, key)), call.secrets
+        return checked(tools.send(call, timeout_ms, key, cancel=run.cancel)), call.secrets
     except StepFailed as exc:
         exc.details = mask_json(exc.details, call.secrets)
         raise

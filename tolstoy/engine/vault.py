@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from ..errors import VaultError
+from ..jsonsafe import dumps
 
 
 class Vault:
@@ -32,6 +34,17 @@ class Vault:
             return json.loads(self.fernet.decrypt(bytes(token)))
         except InvalidToken:
             raise VaultError("No configured TOLSTOY_ENCRYPTION_KEY decrypts this credential") from None
+
+    def seal(self, value: Any) -> bytes:
+        """Any JSON value as a Fernet token (a step output that holds secrets)."""
+        return self.fernet.encrypt(dumps(value))
+
+    def unseal(self, token: bytes) -> Any:
+        """The JSON value a sealed token holds; VaultError when no key fits."""
+        try:
+            return json.loads(self.fernet.decrypt(bytes(token)))
+        except InvalidToken:
+            raise VaultError("No configured TOLSTOY_ENCRYPTION_KEY decrypts this sealed output") from None
 
     def rotate(self, token: bytes) -> bytes:
         """Re-encrypt a token with the newest key."""

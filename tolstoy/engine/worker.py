@@ -1,27 +1,35 @@
 """``tolstoy worker``: claims flow runs from PostgreSQL and runs them on a thread pool.
 
-Idle workers wake on NOTIFY tolstoy_runs (sent when a run is queued) and also
-poll, so a run whose delay ends is picked up on time. While a run is in hand,
-a heartbeat renews its lease; a worker that dies stops renewing, and after
-``lease_seconds`` any other worker claims the run and resumes it.
+A worker claims only as many runs as it has free threads. An idle worker asks
+the database nothing until a run is queued (NOTIFY on the direct connection),
+until the next delayed run or expiring lease falls due (the claim says when),
+or until ``poll_seconds`` pass. While it holds runs, a heartbeat renews the
+leases of exactly those runs, presenting each run's token; a run whose lease
+could not be renewed (another worker may own it now) is stopped, and a cancel
+asked for through the API reaches its run within one heartbeat. Once an hour
+(``maintenance_seconds``) a worker keeps the run history: monthly partitions
+created ahead, those past retention dropped.
+
 SIGTERM/SIGINT: stop claiming, let each run finish its current step, hand the
 runs back to the queue, exit.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import metrics
 from ..db.database import Database
 from ..db.queries import SQL
-from .runner import Engine
+from ..errors import DatabaseUnavailable
+from .runner import Engine, Run, seconds_between
 
 log = logging.getLogger("tolstoy.worker")
 
@@ -29,59 +37,106 @@ log = logging.getLogger("tolstoy.worker")
 class Worker:
     """A claim loop with ``concurrency`` runs in flight at most."""
 
-    def __init__(self, db: Database, engine_factory, *, concurrency: int = 4, poll_seconds: float = 1.0,
-                 lease_seconds: float = 30.0, worker_id: str | None = None):
+    def __init__(self, db: Database, engine_factory, *, concurrency: int = 4, poll_seconds: float = 10.0,
+                 lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
+                 maintenance_seconds: float = 3600.0, worker_id: str | None = None):
         self.db = db
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
+        self.max_recoveries = max_recoveries
+        self.retention_days = retention_days
+        self.maintenance_seconds = maintenance_seconds
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
         self.drained = threading.Event()
         self.wake = threading.Event()
         self.engine: Engine = engine_factory(self.id, self.stopping)
-        self._active = 0
+        self.engine.lease_seconds = lease_seconds
+        self._held: dict = {}  # run id -> Run being executed by a thread of this worker
         self._lock = threading.Lock()
+        self._next_maintenance = 0.0
 
-    def _done(self, future) -> None:
+    # ---- runs in hand -----------------------------------------------------------
+
+    def _execute(self, claimed: dict, run: Run) -> None:
+        try:
+            self.engine.run(claimed, run)
+        finally:
+            with self._lock:
+                self._held.pop(run.id, None)
+            self.wake.set()
+
+    def claim(self, pool: ThreadPoolExecutor) -> tuple[int, float | None]:
+        """Claim as many runs as there are free threads; returns (claimed, seconds until the next
+        run falls due, by the database's clock, or None when nothing is queued)."""
         with self._lock:
-            self._active -= 1
-        exc = future.exception()
-        if exc is not None:
-            log.error("run crashed: %r", exc, exc_info=exc)
-        self.wake.set()
+            free = self.concurrency - len(self._held)
+        if free <= 0:
+            return 0, None
+        answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=free, lease_seconds=self.lease_seconds,
+                                max_recoveries=self.max_recoveries)
+        for claimed in answer["runs"]:
+            run = Run(claimed)
+            if claimed.get("claims") == 1:  # a first claim starts the run; later ones resume it
+                metrics.count_run("running")
+            with self._lock:
+                self._held[run.id] = run
+            pool.submit(self._execute, claimed, run)
+        due = answer.get("next_due")
+        return len(answer["runs"]), (None if due is None else seconds_between(due, answer["now"]))
+
+    def heartbeat_once(self) -> None:
+        """Renew the leases of the runs in hand; stop those that are lost, deliver cancels."""
+        with self._lock:
+            held = list(self._held.values())
+        if not held:
+            return
+        rows = self.db.all(SQL.runs.renew_leases, worker=self.id, orgs=[r.org_id for r in held],
+                           runs=[r.id for r in held], tokens=[r.token for r in held],
+                           lease_seconds=self.lease_seconds)
+        renewed = {str(row["run_id"]): row["cancel"] for row in rows}
+        for run in held:
+            cancel = renewed.get(str(run.id))
+            if cancel is None:
+                log.warning("lease not renewed; stopping the run", extra={"execution_id": str(run.id)})
+                run.lost.set()
+                run.cancel.set()  # ends a call in flight
+            elif cancel:
+                run.cancel.set()
 
     def _heartbeat(self) -> None:
         # Beats until every run in hand has been handed back, not merely until the stop
         # signal: a step finishing after SIGTERM must keep its lease while it runs.
         while not self.drained.wait(self.lease_seconds / 3):
             try:
-                self.db.scalar(SQL.runs.renew_leases, worker=self.id, lease_seconds=self.lease_seconds)
+                self.heartbeat_once()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 3 beats long
                 log.exception("lease renewal failed")
 
-    def _seconds_until_next_run(self) -> float:
-        next_wake = self.db.scalar(SQL.runs.next_wake)
-        if next_wake is None:
-            return self.poll_seconds
-        delta = (next_wake - dt.datetime.now(dt.UTC)).total_seconds()
-        return min(max(delta, 0.01), self.poll_seconds)
+    def maintain(self, today=None) -> dict | None:
+        """Keep the run history: partitions ahead, those past retention dropped (one worker at a time)."""
+        result = self.db.scalar(SQL.runs.maintain_history, today=today, retention_days=self.retention_days,
+                                months_ahead=3)
+        if result and result.get("dropped"):
+            log.info("history pruned", extra={"dropped": result["dropped"], "kept": result.get("kept")})
+        return result
 
-    def claim(self, pool: ThreadPoolExecutor) -> int:
-        """Claim as many runs as there are free slots; returns how many were claimed."""
-        with self._lock:
-            free = self.concurrency - self._active
-        if free <= 0:
-            return 0
-        rows = self.db.all(SQL.runs.claim, worker=self.id, limit=free, lease_seconds=self.lease_seconds)
-        for row in rows:
-            with self._lock:
-                self._active += 1
-            pool.submit(self.engine.run, row).add_done_callback(self._done)
-        return len(rows)
+    def _maintain_when_due(self) -> None:
+        if time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + self.maintenance_seconds
+        try:
+            self.maintain()
+        except DatabaseUnavailable:
+            self._next_maintenance = time.monotonic() + 60  # try again soon
+        except Exception:  # noqa: BLE001 - history upkeep must never stop the worker
+            log.exception("history maintenance failed")
+
+    # ---- the loop ---------------------------------------------------------------
 
     def run(self, stop_after_idle: bool = False) -> None:
-        """Work until stop() (or, with stop_after_idle, until no run is due or in flight)."""
+        """Work until stop() (or, with stop_after_idle, until nothing is due or in flight)."""
         listener = threading.Thread(target=self.db.listen, name="tolstoy-listen",
                                     args=(self.wake.set, self.stopping), daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat, name="tolstoy-heartbeat", daemon=True)
@@ -91,16 +146,20 @@ class Worker:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run") as pool:
             while not self.stopping.is_set():
                 self.wake.clear()
+                self._maintain_when_due()
                 try:
-                    claimed = self.claim(pool)
-                    wait = 0 if claimed else self._seconds_until_next_run()
+                    claimed, due_in = self.claim(pool)
                 except Exception:  # noqa: BLE001 - database hiccup: back off, keep serving
                     log.exception("claim failed")
-                    claimed, wait = 0, self.poll_seconds
-                if stop_after_idle and not claimed and self._active == 0 and self.db.scalar(SQL.runs.next_wake) is None:
+                    claimed, due_in = 0, self.poll_seconds
+                with self._lock:
+                    busy = len(self._held)
+                if stop_after_idle and not claimed and busy == 0 and due_in is None:
                     break
-                if wait:
-                    self.wake.wait(wait)
+                if claimed and busy < self.concurrency:
+                    continue  # there may be more due right now
+                wait = self.poll_seconds if due_in is None else min(max(due_in, 0.01), self.poll_seconds)
+                self.wake.wait(wait)
             # Leaving the with-block waits for in-flight runs to reach their step boundary.
         self.stopping.set()
         self.drained.set()
