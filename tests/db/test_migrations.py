@@ -49,6 +49,14 @@ def test_schema_file_matches_the_migrations(template_url, tmp_path):
     assert committed == fresh, "db/schema.sql is stale: run `tolstoy db dump` (or `tolstoy db up`)"
 
 
+def test_monthly_partitions_stay_out_of_the_schema_file(database_url, db, tmp_path):
+    # Partitions depend on the date and the rows (tolstoy_maintain_history makes them), not on the migrations.
+    with db.pool.connection() as conn:
+        conn.execute("select tolstoy_maintain_history('2031-06-15', null, 3)")
+        assert conn.execute("select to_regclass('flow_runs_p2031_09') is not null as made").fetchone()["made"]
+    assert dump(database_url, tmp_path / "schema.sql") == migrate.SCHEMA_FILE.read_text()
+
+
 def test_constraint_names_used_by_errors_exist(db):
     names = set(errors.UNIQUE_MESSAGES) | set(errors.DEPENDENTS) | set(errors.REFERENCE_FIELDS)
     with db.pool.connection() as conn:

@@ -65,9 +65,10 @@ DEPENDENTS = {
     "tools_org_id_fkey": "tools",
     "flows_org_id_fkey": "flows",
     "actions_tool_id_fkey": "actions",
-    "execution_logs_flow_id_fkey": "execution logs",
+    "execution_logs_flow_id_fkey": "execution logs or executions (DELETE /flows/{id}/executions purges finished "
+                                   "executions and their logs)",
     "execution_logs_user_id_fkey": "execution logs",
-    "flow_runs_flow_id_fkey": "executions",
+    "flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
     "flow_runs_flow_version_fkey": "executions",
     "flow_runs_user_id_fkey": "executions",
     "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",

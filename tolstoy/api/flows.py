@@ -16,7 +16,7 @@ from .schemas import FlowSchema, FlowVersionSchema, PageQuery
 MODEL = Model(
     name="flows", path="/flows", noun="Flow", tag="Flows", schema=FlowSchema,
     writable=("name", "description", "steps"), json_columns=("steps",),
-    delete_blocked_by="execution logs",
+    delete_blocked_by="execution logs or executions (purge them with DELETE /flows/{id}/executions)",
 )
 _VERSION = dumper(FlowVersionSchema())
 

@@ -1,0 +1,471 @@
+"""The promise of a durable engine, tried the way it breaks: later steps see what earlier
+steps really returned (after a delay, a SIGKILL, a retry); poison runs end within their
+bounds; a stolen lease writes nothing; a killed database connection or a worker dead in
+the middle of a call never repeats what must not be repeated; history is pruned by
+dropping partitions; the claim stays an index scan however long the history."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import signal
+import threading
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+from test_engine import execute, logs_of, step, wait_for  # the same helpers as the main engine tests
+from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
+from werkzeug import Response
+
+from tolstoy import engine
+from tolstoy.db.database import Database
+
+TOKEN = "tok-42-a-real-login-token"
+LOGIN = step("login", "transform", {"output": {"access_token": TOKEN, "user": "ada"}})
+USE_HEADERS = {"Authorization": "Bearer {{ steps.login.access_token }}"}
+
+
+@pytest.fixture
+def flow(api, org):
+    return api.flow(org)
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server that answers requests concurrently (one call can hang while others go on)."""
+    httpserver = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    httpserver.start()
+    yield httpserver
+    httpserver.clear()
+    httpserver.stop()
+
+
+def everything_shown(api, org, flow, execution_id, db) -> str:
+    """All a person (or a log reader) can see of a run: its API views, its log rows, its stored rows."""
+    run = api.client.simulate_get(f"/flows/{flow['id']}/executions/{execution_id}", headers=api.headers(org)).json
+    listing = api.client.simulate_get(f"/flows/{flow['id']}/executions", headers=api.headers(org)).json
+    with db.pool.connection() as conn:
+        rows = conn.execute(
+            "select (select coalesce(jsonb_agg(l), '[]') from execution_logs l where l.execution_id = %(id)s::text)"
+            "    as logs,"
+            " (select coalesce(jsonb_agg(jsonb_build_array(s.inputs, s.outputs, s.error)), '[]')"
+            "    from flow_run_steps s where s.run_id = %(id)s::uuid) as steps,"
+            " (select to_jsonb(r) - 'plan' from flow_runs r where r.id = %(id)s::uuid) as run",
+            {"id": execution_id}).fetchone()
+    return json.dumps([run, listing, logs_of(api, org, execution_id), rows], default=str)
+
+
+def auth_seen(httpserver) -> list:
+    return [request.headers.get("Authorization") for request, _ in httpserver.log if request.path == "/use"]
+
+
+def test_the_real_token_is_sent_after_a_delay_and_in_a_retried_run(api, org, user, worker, httpserver, db):
+    calls = {"n": 0}
+
+    def use(request):
+        calls["n"] += 1
+        # The first run's call fails for good, so the run fails and is retried.
+        return Response("{}", status=400 if calls["n"] == 1 else 200, content_type="application/json")
+
+    httpserver.expect_request("/use").respond_with_handler(use)
+    flow = api.flow(org, steps=[
+        LOGIN,
+        step("nap", "delay", {"ms": 300}),
+        step("use", "http_request", {"method": "POST", "url": httpserver.url_for("/use"), "headers": USE_HEADERS}),
+    ])
+    first = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    assert first["status"] == "failed", first
+    retry = api.client.simulate_post(f"/flows/{flow['id']}/executions/{first['executionId']}/retry",
+                                     headers=api.headers(org, user))
+    assert retry.status_code == 202, retry.text
+    second = wait_for(api, org, flow, retry.json["executionId"])
+    assert second["status"] == "completed", second
+    # Both calls carried the real token: after the delay, and in the retry, where login was not run again.
+    assert auth_seen(httpserver) == [f"Bearer {TOKEN}"] * 2
+    # The retry sends the same Idempotency-Key as the run it retries: a tool that saw it does nothing twice.
+    keys = [request.headers.get("Idempotency-Key") for request, _ in httpserver.log if request.path == "/use"]
+    assert keys == [f"{first['executionId']}:use:1"] * 2
+    again = api.client.simulate_post(f"/flows/{flow['id']}/executions/{first['executionId']}/retry",
+                                     headers=api.headers(org, user))
+    assert again.status_code == 202 and again.json["executionId"] == retry.json["executionId"]  # one retry per run
+    for run in (first, second):
+        shown = everything_shown(api, org, flow, run["executionId"], db)
+        assert TOKEN not in shown and '"***"' in shown
+
+
+def test_the_real_token_is_sent_after_the_worker_is_killed_between_steps(api, org, user, worker_env, server, db):
+    entered = threading.Event()
+
+    def slow(request):
+        entered.set()
+        time.sleep(1.5)
+        return Response('{"ok": true}', content_type="application/json")
+
+    server.expect_request("/slow").respond_with_handler(slow)
+    server.expect_request("/use").respond_with_json({"ok": True})
+    flow = api.flow(org, steps=[
+        LOGIN,
+        step("nap", "delay", {"ms": 200}),
+        step("slow", "http_request", {"method": "GET", "url": server.url_for("/slow")}),
+        step("use", "http_request", {"method": "POST", "url": server.url_for("/use"), "headers": USE_HEADERS}),
+    ])
+    first = start_worker(worker_env)
+    second = None
+    try:
+        run = execute(api, org, user, flow)
+        assert entered.wait(20), log_tail(first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = start_worker(worker_env)
+        wait_until(lambda: run_status(db, run["executionId"]) in ("completed", "failed"), 30, "the run to end")
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert run_status(db, run["executionId"]) == "completed", log_tail(second)
+    assert auth_seen(server) == [f"Bearer {TOKEN}"]
+    assert TOKEN not in everything_shown(api, org, flow, run["executionId"], db)
+
+
+def test_poison_runs_end_within_their_bounds_while_another_tenant_runs(api, user, worker, server, org):
+    def trickle(request):
+        def body():
+            for _ in range(60):
+                yield b" "
+                time.sleep(0.3)
+        return Response(body(), content_type="application/json")
+
+    server.expect_request("/trickle").respond_with_handler(trickle)
+    server.expect_request("/fine").respond_with_json({"fine": True})
+    poison = {
+        "center": (step("big", "transform", {"output": "{{ 'x' | center(1500000000) }}"}), "longer than"),
+        "percent": (step("big", "transform", {"output": "{{ '%01500000000d' % 1 }}"}), "longer than"),
+        "format": (step("big", "transform", {"output": "{{ '{:>1500000000}'.format(1) }}"}), "longer than"),
+        "loop": (step("big", "transform", {"output": "{% for i in range(100000) %}{% for j in range(100000) %}"
+                                                     "{% endfor %}{% endfor %}"}), "took longer than"),
+        "trickle": (step("big", "http_request", {"method": "GET", "url": server.url_for("/trickle")},
+                         timeoutMs=1500), "Timed out after 1500 ms"),
+    }
+    flows = {name: api.flow(org, steps=[kind]) for name, (kind, _) in poison.items()}
+    other = api.org("Other")
+    other_user = api.user(other)
+    fine = api.flow(other, steps=[step("fine", "http_request", {"method": "GET", "url": server.url_for("/fine")})])
+    started = time.monotonic()
+    runs = {name: execute(api, org, user, flows[name])["executionId"] for name in poison}
+    fine_run = execute(api, other, other_user, fine)["executionId"]
+    assert wait_for(api, other, fine, fine_run, timeout=20)["status"] == "completed"
+    for name, (_, message) in poison.items():
+        run = wait_for(api, org, flows[name], runs[name], timeout=20)
+        assert run["status"] == "failed" and message in run["error"]["message"], (name, run["error"])
+    assert time.monotonic() - started < 15  # each ended at its bound, not when the tool or the loop gave up
+
+
+def test_a_run_past_its_recovery_limit_fails_with_the_reason(api, org, user, flow, db, config, app_db):
+    run = execute(api, org, user, flow)
+    with db.pool.connection() as conn:  # as if three workers had died holding it
+        conn.execute("update flow_runs set status = 'running', recoveries = 3, claims = 4, lease_token = 4, "
+                     "lease_owner = 'gone', lease_expires_at = now() - interval '1 second' where id = %s",
+                     (run["executionId"],))
+    w = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1, max_recoveries=3)
+    w.run(stop_after_idle=True)
+    done = wait_for(api, org, flow, run["executionId"])
+    assert done["status"] == "failed" and done["error"]["name"] == "RecoveryLimit", done
+    assert "4 times" in done["error"]["message"]
+
+
+def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_env, server, db):
+    first_call = threading.Event()
+    release = threading.Event()
+    hits = {"slow": 0, "after": 0}
+
+    def slow(request):
+        hits["slow"] += 1
+        if hits["slow"] == 1:
+            first_call.set()
+            release.wait(30)
+        return Response('{"n": %d}' % hits["slow"], content_type="application/json")
+
+    def after(request):
+        hits["after"] += 1
+        return Response("{}", content_type="application/json")
+
+    server.expect_request("/slow").respond_with_handler(slow)
+    server.expect_request("/after").respond_with_handler(after)
+    flow = api.flow(org, steps=[
+        step("slow", "http_request", {"method": "GET", "url": server.url_for("/slow")}, timeoutMs=60000),
+        step("after", "http_request", {"method": "POST", "url": server.url_for("/after")}),
+    ])
+    stalled = start_worker(worker_env)
+    other = None
+    try:
+        run = execute(api, org, user, flow)
+        assert first_call.wait(20), log_tail(stalled)
+        stalled.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM: the lease (2 s) runs out
+        other = start_worker(worker_env)
+        wait_until(lambda: run_status(db, run["executionId"]) == "completed", 30, "the other worker to finish")
+
+        def history():
+            with db.pool.connection() as conn:
+                return conn.execute(
+                    "select (select jsonb_agg(s order by s.step_id) from flow_run_steps s where s.run_id = %(id)s)"
+                    " as steps, (select count(*) from execution_logs where execution_id = %(id)s::text) as logs,"
+                    " (select to_jsonb(r) - 'updated_at' from flow_runs r where r.id = %(id)s) as run",
+                    {"id": run["executionId"]}).fetchone()
+
+        before = history()
+        release.set()  # the stalled worker's call now answers...
+        stalled.send_signal(signal.SIGCONT)  # ...and it wakes up to a lease that is no longer its own
+        time.sleep(3)
+        assert history() == before
+        assert stalled.poll() is None, log_tail(stalled)  # it lost a run, not its mind
+    finally:
+        release.set()
+        if stalled.poll() is None:
+            stalled.send_signal(signal.SIGCONT)
+        stop(stalled)
+        if other is not None:
+            stop(other)
+    assert hits == {"slow": 2, "after": 1}
+    assert before["steps"][1]["outputs"]["body"] == {"n": 2}
+    assert "lease" in log_tail(stalled)
+
+
+@pytest.fixture
+def patient_worker(config, app_db):
+    """An in-process worker with a 10 s lease, so a slow machine cannot lose it while a test holds a lock."""
+    w = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1, lease_seconds=10)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    yield w
+    w.stop()
+    thread.join(timeout=15)
+
+
+def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user, patient_worker, server, db):
+    hits = {"one": 0, "two": 0, "three": 0}
+    in_two = threading.Event()
+    go_on = threading.Event()
+
+    def handler(name):
+        def respond(request):
+            hits[name] += 1
+            if name == "two":
+                in_two.set()
+                go_on.wait(10)
+            return Response("{}", content_type="application/json")
+        return respond
+
+    for name in hits:
+        server.expect_request(f"/{name}").respond_with_handler(handler(name))
+    flow = api.flow(org, steps=[step(name, "http_request", {"method": "POST", "url": server.url_for(f"/{name}")})
+                                for name in hits])
+    run = execute(api, org, user, flow)
+    assert in_two.wait(10)
+    with db.pool.connection() as locker, locker.transaction(force_rollback=True):
+        # Hold the run's row so that the checkpoint after step two waits on it, then kill it there.
+        locker.execute("select 1 from flow_runs where id = %s for update", (run["executionId"],))
+        go_on.set()
+        waiting = wait_until(lambda: locker.execute(
+            "select pid from pg_stat_activity where usename = 'tolstoy_app' and wait_event_type = 'Lock' "
+            "and query like '%%tolstoy_checkpoint%%'").fetchall(), 10, "the checkpoint to wait on the row")
+        for row in waiting:
+            locker.execute("select pg_terminate_backend(%s)", (row["pid"],))
+    with db.pool.connection() as conn:
+        wait_until(lambda: conn.execute("select status::text from flow_runs where id = %s",
+                                        (run["executionId"],)).fetchone()["status"] in ("completed", "failed"),
+                   20, "the run to end")
+        steps = conn.execute("select step_id, status::text, attempt from flow_run_steps where run_id = %s "
+                             "order by step_id", (run["executionId"],)).fetchall()
+        status = conn.execute("select status::text from flow_runs where id = %s", (run["executionId"],)).fetchone()
+    assert status["status"] == "completed"
+    assert [(s["step_id"], s["status"], s["attempt"]) for s in steps] == [
+        ("one", "completed", 1), ("three", "completed", 1), ("two", "completed", 1)]
+    assert hits == {"one": 1, "two": 1, "three": 1}
+
+
+def test_a_call_cut_off_by_a_dead_worker_waits_for_a_person_unless_it_is_safe_to_send_again(
+        api, org, user, worker_env, server, db):
+    entered = {"charge": threading.Event(), "fetch": threading.Event()}
+    hits = {"charge": 0, "fetch": 0}
+
+    def handler(name):
+        def respond(request):
+            hits[name] += 1
+            entered[name].set()
+            if hits[name] == 1:
+                time.sleep(3)
+            return Response('{"id": "ch_1"}', content_type="application/json")
+        return respond
+
+    for name in hits:
+        server.expect_request(f"/{name}").respond_with_handler(handler(name))
+    charge = api.flow(org, steps=[
+        step("charge", "http_request", {"method": "POST", "url": server.url_for("/charge")}),
+        step("receipt", "transform", {"output": "paid {{ steps.charge.body.id }}"}),
+    ])
+    fetch = api.flow(org, steps=[step("fetch", "http_request", {"method": "GET", "url": server.url_for("/fetch")})])
+    first = start_worker(worker_env)
+    second = None
+    try:
+        charged = execute(api, org, user, charge)["executionId"]
+        fetched = execute(api, org, user, fetch)["executionId"]
+        assert entered["charge"].wait(20) and entered["fetch"].wait(20), log_tail(first)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        second = start_worker(worker_env)
+        waiting = wait_for(api, org, charge, charged, statuses=("waiting", "completed", "failed"), timeout=30)
+        assert waiting["status"] == "waiting", waiting
+        assert {s["stepId"]: s["status"] for s in waiting["steps"]} == {"charge": "outcome_unknown"}
+        assert wait_for(api, org, fetch, fetched, timeout=30)["status"] == "completed"
+        assert hits == {"charge": 1, "fetch": 2}  # the GET was sent again; the POST was not
+
+        path = f"/flows/{charge['id']}/executions/{charged}/steps/charge/resolve"
+        bad = api.client.simulate_post(path, json={"outcome": "maybe"}, headers=api.headers(org, user))
+        assert bad.status_code == 400 and "outcome" in bad.text
+        missing = api.client.simulate_post(path.replace("/charge/", "/nope/"), json={"outcome": "retry"},
+                                           headers=api.headers(org, user))
+        assert missing.status_code == 404
+        resolved = api.client.simulate_post(path, json={"outcome": "succeeded", "outputs": {"body": {"id": "ch_9"}}},
+                                            headers=api.headers(org, user))
+        assert resolved.status_code == 202, resolved.text
+        done = wait_for(api, org, charge, charged, timeout=30)
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    assert done["status"] == "completed", done
+    assert done["outputs"]["receipt"] == "paid ch_9" and hits["charge"] == 1
+    again = api.client.simulate_post(path, json={"outcome": "retry"}, headers=api.headers(org, user))
+    assert again.status_code == 409
+
+
+def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, flow, db, config, app_db):
+    old = execute(api, org, user, flow)["executionId"]
+    w = engine.worker(config, app_db, concurrency=1, retention_days=90)
+    w.run(stop_after_idle=True)
+    assert run_status(db, old) == "completed"
+
+    def partitions():
+        with db.pool.connection() as conn:
+            return {row["relname"] for row in conn.execute(
+                "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+                "join pg_class p on p.oid = i.inhparent where p.relname = 'flow_runs'").fetchall()}
+
+    this_month = dt.date.today().replace(day=1)
+    later = (this_month + dt.timedelta(days=200)).replace(day=15)  # six or seven months on
+    result = w.maintain(today=later)
+    ahead = {f"flow_runs_p{(later.replace(day=1) + dt.timedelta(days=31 * i)):%Y_%m}" for i in range(4)}
+    assert ahead <= partitions()
+    this = f"flow_runs_p{this_month:%Y_%m}"
+    assert this not in partitions() and "flow_runs_default" in partitions()
+    assert f"flow_run_steps_p{this_month:%Y_%m}" in result["dropped"]
+    assert run_status(db, old) is None  # gone with its partition; no DELETE ran
+    with db.pool.connection() as conn:
+        left = conn.execute("select count(*) as n from execution_logs where execution_id = %s", (old,)).fetchone()
+    assert left["n"] == 0
+    # The flow's runs are past retention: it can be deleted now.
+    assert api.client.simulate_delete(f"/flows/{flow['id']}", headers=api.headers(org, user)).status_code == 204
+
+
+def test_a_month_with_an_unfinished_run_is_kept(api, org, user, flow, db, config, app_db):
+    run = execute(api, org, user, flow)["executionId"]  # queued, never claimed
+    w = engine.worker(config, app_db, concurrency=1, retention_days=30)
+    later = dt.date.today() + dt.timedelta(days=120)
+    result = w.maintain(today=later)
+    assert f"flow_runs_p{dt.date.today():%Y_%m}" in result["kept"]
+    assert run_status(db, run) == "queued"
+
+
+def test_purge_lets_a_flow_with_runs_be_deleted(api, org, user, flow, worker):
+    run = execute(api, org, user, flow)["executionId"]
+    wait_for(api, org, flow, run)
+    refused = api.client.simulate_delete(f"/flows/{flow['id']}", headers=api.headers(org, user))
+    assert refused.status_code == 409 and "executions" in refused.json["message"]
+    purged = api.client.simulate_delete(f"/flows/{flow['id']}/executions", headers=api.headers(org, user))
+    assert purged.status_code == 204, purged.text
+    assert api.client.simulate_get(f"/flows/{flow['id']}/executions", headers=api.headers(org)).json == []
+    assert api.client.simulate_delete(f"/flows/{flow['id']}", headers=api.headers(org, user)).status_code == 204
+
+
+def test_purge_refuses_while_a_run_is_unfinished(api, org, user, flow):
+    execute(api, org, user, flow)
+    refused = api.client.simulate_delete(f"/flows/{flow['id']}/executions", headers=api.headers(org, user))
+    assert refused.status_code == 409 and "cancel" in refused.json["message"]
+
+
+def claim_selects(conn) -> list[str]:
+    """The row-finding statements inside tolstoy_claim_runs, as the function runs them (limit 10)."""
+    source = conn.execute("select pg_get_functiondef('tolstoy_claim_runs'::regproc) as src").fetchone()["src"]
+    loops = re.findall(r"for \w+ in\s+(select .*?skip locked)", source, re.DOTALL)
+    dues = re.findall(r"\((select min\(.*?\) from flow_runs r where .*?)\)", source)
+    assert len(loops) == 2 and len(dues) == 2, source
+    return [re.sub(r"max_runs( - jsonb_array_length\(claimed\))?", "10", q) for q in loops] + dues
+
+
+def scans_of(plan: dict):
+    """(node type, relation) of every scan in an EXPLAIN (FORMAT JSON) plan."""
+    if "Relation Name" in plan:
+        yield plan["Node Type"], plan["Relation Name"]
+    for child in plan.get("Plans", []):
+        yield from scans_of(child)
+
+
+def test_the_claim_stays_an_index_scan_with_a_long_history(db, org, flow):
+    with db.pool.connection() as conn:
+        conn.execute("set local synchronous_commit = off")
+        for status, count, after in (("completed", 1_000_000, "- interval '1 day'"),
+                                     ("queued", 100_000, "+ interval '1 hour'")):
+            conn.execute(
+                "insert into flow_runs (org_id, flow_id, flow_version, plan, status, root_run_id, run_after, "
+                "finished_at) "
+                f"select %s, %s, 1, '{{}}', '{status}', gen_random_uuid(), now() {after}, null "
+                f"from generate_series(1, {count})", (org["id"], flow["id"]))
+        conn.commit()
+        conn.execute("analyze flow_runs")
+        populated = conn.execute("select tableoid::regclass::text as part from flow_runs limit 1").fetchone()["part"]
+        for query in claim_selects(conn):
+            plan = conn.execute(f"explain (format json) {query}").fetchone()["QUERY PLAN"][0]["Plan"]
+            scans = list(scans_of(plan))
+            # The month holding the 1.1 M rows is read through an index; the planner may seq-scan
+            # the empty partitions (there is nothing to read); the whole costs what a few rows cost.
+            assert any(node.startswith("Index") and rel == populated for node, rel in scans), (query, scans)
+            assert not any(node == "Seq Scan" and rel == populated for node, rel in scans), (query, scans)
+            assert plan["Total Cost"] < 500, (query, plan["Total Cost"])
+
+
+def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(api, org, user, app_url, config,
+                                                                                httpserver, db):
+    httpserver.expect_request("/call").respond_with_json({"ok": True})
+    flow = api.flow(org, steps=[
+        step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
+        step("b", "transform", {"output": "{{ steps.a.body.ok }}"}),
+        step("c", "http_request", {"method": "GET", "url": httpserver.url_for("/call")}),
+    ])
+    counted = Database(app_url, min_size=1, max_size=2, timeout=5)
+    counted.open(wait=True)
+    try:
+        w = engine.worker(config, counted, concurrency=1, poll_seconds=10)
+        w.maintain()  # the once-a-day upkeep is not part of a run
+        run = execute(api, org, user, flow)["executionId"]
+        before = counted.counts.snapshot()
+        w.run(stop_after_idle=True)
+        after = counted.counts.snapshot()
+        spent = {k: after[k] - before[k] for k in after}
+        # Two claims (the run, then nothing), a checkpoint before each call and one at the finish:
+        # each one transaction, one round trip, the tenant set with the statement (104 statements before).
+        assert spent["round_trips"] <= 6 and spent["transactions"] <= 6 and spent["statements"] <= 12, spent
+        assert run_status(db, run) == "completed"
+
+        idle = engine.worker(config, counted, concurrency=1, poll_seconds=10)
+        thread = threading.Thread(target=idle.run, daemon=True)
+        thread.start()
+        time.sleep(1)  # started: its upkeep and first claim are behind it
+        before = counted.counts.snapshot()["statements"]
+        time.sleep(5)
+        assert counted.counts.snapshot()["statements"] - before <= 1  # at most 0.2 a second
+        idle.stop()
+        thread.join(timeout=10)
+    finally:
+        counted.close()
