@@ -121,6 +121,7 @@ class Stack:
         """The environment Tolstoy's processes run with in the benchmark (headers auth, 2 workers)."""
         return {
             "DATABASE_URL": self.app_url, "DIRECT_URL": self.owner_url, "TOLSTOY_ENV": "production",
+            "WORKER_DATABASE_URL": migrate.as_role(self.owner_url, migrate.WORKER_ROLE),
             "USE_AWS_SECRETS": "false", "TOLSTOY_AUTH_MODE": "headers", "WEB_CONCURRENCY": "2",
             "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY, "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),

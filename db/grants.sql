@@ -1,16 +1,25 @@
--- Privileges of the application's login role, tolstoy_app. `tolstoy db up`
--- runs this after the migrations, so new tables are covered; it is idempotent.
+-- Privileges of the two login roles the services use. `tolstoy db up` runs
+-- this after the migrations, so new tables are covered; it is idempotent.
 --
--- tolstoy_app owns nothing and has no BYPASSRLS: every tenant row it reads or
--- writes passes the tenant_isolation policies. Its password is the DBA's
--- business: `alter role tolstoy_app password '…'` once, then use it in DATABASE_URL.
+--   role            used by                          URL setting
+--   tolstoy_app     the API (Gunicorn)                DATABASE_URL
+--   tolstoy_worker  the flow workers (tolstoy worker) WORKER_DATABASE_URL
+--   (the owner)     migrations, `tolstoy secrets`     DIRECT_URL, or DATABASE_URL as the owner
+--
+-- Neither owns anything or has BYPASSRLS: every tenant row they read or write
+-- passes the row-level security policies. Only tolstoy_worker may run the
+-- queue's cross-tenant functions. Passwords are the DBA's business:
+-- `alter role tolstoy_app password '…'` once, then use it in the URL.
 
 do $$
 begin
     if not exists (select from pg_roles where rolname = 'tolstoy_app') then
         create role tolstoy_app login;
     end if;
-    execute format('grant connect on database %I to tolstoy_app', current_database());
+    if not exists (select from pg_roles where rolname = 'tolstoy_worker') then
+        create role tolstoy_worker login;
+    end if;
+    execute format('grant connect on database %I to tolstoy_app, tolstoy_worker', current_database());
 end;
 $$;
 
@@ -21,7 +30,18 @@ grant select on table schema_migrations to tolstoy_app;
 grant usage, select on all sequences in schema public to tolstoy_app;
 grant execute on function tolstoy_enter_key(bytea, uuid, integer) to tolstoy_app;
 grant execute on function tolstoy_queue_stats() to tolstoy_app;
--- The flow engine's cross-tenant functions (workers use this role too, for now).
-grant execute on function tolstoy_claim_runs(text, integer, double precision, integer) to tolstoy_app;
-grant execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) to tolstoy_app;
-grant execute on function tolstoy_maintain_history(date, integer, integer) to tolstoy_app;
+-- The API never claims runs: earlier versions granted it the queue's functions.
+revoke execute on function tolstoy_claim_runs(text, integer, double precision, integer) from tolstoy_app;
+revoke execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) from tolstoy_app;
+revoke execute on function tolstoy_maintain_history(date, integer, integer) from tolstoy_app;
+
+-- The workers: the tables a run touches (tool credentials for OAuth2 token
+-- refreshes), under row-level security, and the queue's cross-tenant functions.
+grant usage on schema public to tolstoy_worker;
+grant select on organizations, users, tools, actions, flows, flow_versions to tolstoy_worker;
+grant select, insert, update on flow_runs, flow_run_steps, execution_logs, tool_credentials to tolstoy_worker;
+grant select on table schema_migrations to tolstoy_worker;
+grant execute on function tolstoy_claim_runs(text, integer, double precision, integer) to tolstoy_worker;
+grant execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) to tolstoy_worker;
+grant execute on function tolstoy_maintain_history(date, integer, integer) to tolstoy_worker;
+grant execute on function tolstoy_queue_stats() to tolstoy_worker;

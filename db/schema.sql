@@ -497,6 +497,28 @@ COMMENT ON FUNCTION public.tolstoy_enter(org uuid, acting_user uuid, timeout_ms 
 
 
 --
+-- Name: tolstoy_enter_admin(integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_enter_admin(timeout_ms integer) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
+    perform set_config('app.org_id', '', true);
+    perform set_config('app.admin', 'on', true);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_enter_admin(timeout_ms integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_enter_admin(timeout_ms integer) IS 'Opens a unit of work that manages organizations themselves: no tenant, every organization row visible.';
+
+
+--
 -- Name: tolstoy_enter_key(bytea, uuid, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -533,6 +555,24 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer) IS 'Opens a unit of work for the organization of an unrevoked API key hash and returns that organization: sets statement_timeout and app.org_id, refreshes last_used_at once a minute; raises TS003 for a key that is unknown or revoked, TS002 for an acting user of another organization.';
+
+
+--
+-- Name: tolstoy_is_admin(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_is_admin() RETURNS boolean
+    LANGUAGE sql STABLE
+    AS $$
+    select coalesce(current_setting('app.admin', true), '') = 'on' and tolstoy_current_org() is null
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_is_admin(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_is_admin() IS 'True in a transaction opened by tolstoy_enter_admin (the /organizations routes) while it acts for no organization: it may see every organization.';
 
 
 --
@@ -826,15 +866,23 @@ COMMENT ON FUNCTION public.tolstoy_queue_stats() IS 'Queue depth across organiza
 --
 
 CREATE FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) RETURNS TABLE(run_id uuid, cancel boolean)
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+begin
+    if worker is null or worker = '' or lease_seconds is null or lease_seconds <= 0 or lease_seconds > 3600
+            or cardinality(orgs) is distinct from cardinality(runs)
+            or cardinality(runs) is distinct from cardinality(tokens) or cardinality(runs) > 1000 then
+        raise exception 'tolstoy_renew_leases: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    return query
     update flow_runs r
     set lease_expires_at = now() + make_interval(secs => lease_seconds)
     from unnest(orgs, runs, tokens) as held(org_id, id, token)
     where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
-      and r.status = 'running' and r.lease_expires_at > now() and lease_seconds > 0
-    returning r.id, r.cancel_requested
+      and r.status = 'running' and r.lease_expires_at > now()
+    returning r.id, r.cancel_requested;
+end;
 $$;
 
 
@@ -2196,6 +2244,13 @@ ALTER TABLE ONLY public.users
 ALTER TABLE public.actions ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: organizations admin_all; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY admin_all ON public.organizations USING (public.tolstoy_is_admin()) WITH CHECK (public.tolstoy_is_admin());
+
+
+--
 -- Name: api_keys; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2258,6 +2313,19 @@ ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organizations; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.organizations ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organizations own_organization; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY own_organization ON public.organizations USING ((id = public.tolstoy_current_org()));
+
 
 --
 -- Name: actions tenant_isolation; Type: POLICY; Schema: public; Owner: -
@@ -2365,4 +2433,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000006'),
     ('20261125000007'),
     ('20261201000001'),
-    ('20261201000002');
+    ('20261201000002'),
+    ('20261201000003');

@@ -150,6 +150,15 @@ def app_db(app_url):
 
 
 @pytest.fixture
+def worker_db(database_url):
+    """An opened pool on this test's database as the workers' role (tolstoy_worker)."""
+    database = Database(migrate.as_role(database_url, migrate.WORKER_ROLE), min_size=1, max_size=8, timeout=5)
+    database.open(wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def db(database_url):
     """An opened pool on this test's database as its owner, for looking at rows directly."""
     database = Database(database_url, min_size=1, max_size=4, timeout=5)
@@ -181,9 +190,10 @@ def worker_env(app_url):
 
 
 def engine_env(database_url: str) -> dict:
-    """Environment for the app and workers in tests."""
+    """Environment for the app and workers in tests (workers log in as tolstoy_worker)."""
     return {
         "DATABASE_URL": database_url,
+        "WORKER_DATABASE_URL": migrate.as_role(database_url, migrate.WORKER_ROLE),
         "TOLSTOY_ENV": "test",
         "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
         "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
@@ -278,9 +288,9 @@ def user(api, org):
 
 
 @pytest.fixture
-def worker(config, app_db):
-    """A flow worker in a thread of this process, as the application role, for the test's duration."""
-    w = engine.worker(config, app_db, concurrency=4, poll_seconds=0.1)
+def worker(config, worker_db):
+    """A flow worker in a thread of this process, as the workers' role, for the test's duration."""
+    w = engine.worker(config, worker_db, concurrency=4, poll_seconds=0.1)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     yield w

@@ -44,6 +44,20 @@ def database_url(config: Config, *, for_migrations: bool) -> tuple[str, object]:
     return (url if for_migrations else migrate.as_role(url)), server
 
 
+def worker_database_url(config: Config) -> tuple[str, object]:
+    """WORKER_DATABASE_URL (the tolstoy_worker role); outside production DATABASE_URL will do, and
+    with neither, the embedded PostgreSQL as tolstoy_worker. Returns (url, server handle or None)."""
+    if config.worker_database_url:
+        return config.worker_database_url, None
+    if config.is_production:
+        raise SystemExit("tolstoy: WORKER_DATABASE_URL must be set in production: workers log in as "
+                         "tolstoy_worker, the only role that may claim runs (see db/grants.sql)")
+    if config.database_url:
+        return config.database_url, None
+    owner_url, server = database_url(config, for_migrations=True)
+    return migrate.as_role(owner_url, migrate.WORKER_ROLE), server
+
+
 def supervise(commands: list[list[str]], env: dict) -> int:
     """Run processes side by side, forwarding Ctrl-C and SIGTERM; when the first exits, stop the rest.
 
@@ -81,8 +95,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
     owner_url, _server = database_url(config, for_migrations=True)
     # With the embedded server the app logs in as the row-level-security role of the same server.
     url = config.database_url or migrate.as_role(owner_url)
+    # The worker claims runs as tolstoy_worker; with DATABASE_URL set and no worker URL, it
+    # uses DATABASE_URL (development only: that role may not claim in a real deployment).
+    worker_url = config.worker_database_url or (
+        migrate.as_role(owner_url, migrate.WORKER_ROLE) if config.database_url is None else config.database_url)
     migrate.upgrade(owner_url)
-    env = {**os.environ, "DATABASE_URL": url}
+    env = {**os.environ, "DATABASE_URL": url, "WORKER_DATABASE_URL": worker_url}
     # Tool credentials need a key; development keeps its own next to the embedded data.
     env.setdefault("TOLSTOY_ENCRYPTION_KEY", engine.local_key(config.data_dir))
     print(f"tolstoy: serving on http://127.0.0.1:{config.port} (docs at /docs), with one worker",
@@ -94,7 +112,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Claim and run flow runs until SIGTERM."""
     logs.configure()  # JSON lines, with each run's executionId, like the API's
     config = load_config()
-    url, _server = database_url(config, for_migrations=False)
+    url, _server = worker_database_url(config)
     concurrency = args.concurrency or config.worker_concurrency
     # One connection per run in flight, plus the claim loop and the heartbeat.
     config = dataclasses.replace(config, database_url=url, app_name=f"{config.app_name}-worker",
@@ -129,7 +147,9 @@ def rotate_secrets(db: Database, vault) -> int:
     """Re-encrypt every stored credential with the vault's newest key, in one transaction."""
     count = 0
     with db.transaction():
-        for org in db.all(SQL.organizations.all_ids):
+        with db.admin():  # the list of organizations is the admin's (the owner's URL needs no path)
+            orgs = db.all(SQL.organizations.all_ids)
+        for org in orgs:
             # Row-level security: each organization's credentials are visible only as that organization.
             with db.tenant(org["id"]):
                 for row in db.all(SQL.tool_credentials.all_for_rotation, org_id=org["id"]):

@@ -17,7 +17,7 @@ log = logging.getLogger("tolstoy.config")
 ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
 # Fields /status/detailed must never show: URLs may hold passwords.
-PRIVATE_FIELDS = ("database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
+PRIVATE_FIELDS = ("database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
                   "api_key_secret", "admin_token")
 AUTH_MODES = ("headers", "api_key")
 
@@ -31,6 +31,8 @@ class Config:
     """Every setting the service reads; see the README's configuration table."""
 
     database_url: str | None = None
+    # The workers' login role (tolstoy_worker), the only one that may claim runs.
+    worker_database_url: str | None = None
     direct_url: str | None = None
     port: int = 3000
     app_name: str = "tolstoy"
@@ -124,6 +126,7 @@ class Config:
         database_url = reader.url("DATABASE_URL")
         config = cls(
             database_url=database_url,
+            worker_database_url=reader.url("WORKER_DATABASE_URL"),
             direct_url=reader.url("DIRECT_URL"),
             port=reader.integer("PORT", 3000, 1, 65535),
             app_name=reader.text("APP_NAME", "tolstoy"),

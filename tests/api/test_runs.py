@@ -343,8 +343,8 @@ def test_retry_404s(api, org, user, flow):
     assert_error(api.client.simulate_post(runs_path(flow, "x", "retry"), headers=api.headers(org, user)), 404)
 
 
-def test_retry_of_a_completed_run_is_409(api, org, user, flow, config, app_db):
-    worker = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1)
+def test_retry_of_a_completed_run_is_409(api, org, user, flow, config, worker_db):
+    worker = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.1)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

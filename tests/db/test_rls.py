@@ -91,8 +91,11 @@ def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_fo
     by_function: dict = {}
     for row in granted:
         by_function.setdefault(row["proname"], set()).add(row["rolname"])
-    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_maintain_history", "tolstoy_enter_key",
-                 "tolstoy_queue_stats"):
+    # The queue's functions read every organization's runs: the workers' role only.
+    for name in ("tolstoy_claim_runs", "tolstoy_renew_leases", "tolstoy_maintain_history"):
+        assert by_function[name] & {"tolstoy_app", "tolstoy_worker", "public"} == {"tolstoy_worker"}, \
+            (name, by_function[name])
+    for name in ("tolstoy_enter_key", "tolstoy_queue_stats"):
         assert "tolstoy_app" in by_function[name] and "public" not in by_function[name], (name, by_function[name])
     # A role with no grants cannot call them at all.
     with db.pool.connection() as conn:
@@ -107,3 +110,32 @@ def test_the_cross_tenant_functions_are_not_open_to_everyone(db, app_url, url_fo
         pytest.fail("could not connect as tolstoy_nobody")
     finally:
         nobody.close()
+
+
+def test_the_api_role_cannot_claim_and_the_worker_role_must_say_what_it_holds(app_db, worker_db):
+    with pytest.raises(Exception, match="permission denied"):
+        app_db.all(unscoped("select tolstoy_claim_runs('w', 10, 30, 3)"))
+    with pytest.raises(Exception, match="permission denied"):
+        app_db.all(unscoped("select * from tolstoy_renew_leases('w', '{}', '{}', '{}', 30)"))
+    assert worker_db.all(unscoped("select tolstoy_claim_runs('w', 10, 30, 3) -> 'runs' as runs"))[0]["runs"] == []
+    for bad in ("'', '{}', '{}', '{}', 30", "'w', '{}', '{}', '{}', 0", "'w', '{}', '{}', '{}', 99999",
+                "'w', array[gen_random_uuid()], '{}', '{1}', 30"):
+        with pytest.raises(Exception, match="invalid arguments"):
+            worker_db.all(unscoped(f"select * from tolstoy_renew_leases({bad})"))
+
+
+def test_organizations_are_visible_to_themselves_and_to_the_admin_path(api, app_db, db):
+    a = api.org("A")
+    b = api.org("B")
+    with app_db.tenant(a["id"]):
+        assert [str(r["id"]) for r in app_db.all(unscoped("select id from organizations"))] == [a["id"]]
+        assert app_db.rowcount(unscoped("update organizations set name = 'mine'", "rowcount")) == 1
+    assert app_db.all(unscoped("select id from organizations")) == []  # no tenant, no admin: nothing
+    with pytest.raises(Exception, match="row-level security"):
+        app_db.all(unscoped("insert into organizations (name) values ('sneaky') returning id"))
+    # The /organizations routes open their units on the admin path and see every organization.
+    listed = api.client.simulate_get("/organizations", params={"limit": "100"}).json
+    assert {a["id"], b["id"]} <= {o["id"] for o in listed}
+    with db.pool.connection() as conn:
+        names = {str(r["id"]): r["name"] for r in conn.execute("select id, name from organizations").fetchall()}
+    assert names[a["id"]] == "mine" and names[b["id"]] == "B"

@@ -20,6 +20,7 @@ from test_worker_processes import log_tail, run_status, start_worker, stop, wait
 from werkzeug import Response
 
 from tolstoy import engine
+from tolstoy.db import migrate
 from tolstoy.db.database import Database
 
 TOKEN = "tok-42-a-real-login-token"
@@ -162,13 +163,13 @@ def test_poison_runs_end_within_their_bounds_while_another_tenant_runs(api, user
     assert time.monotonic() - started < 15  # each ended at its bound, not when the tool or the loop gave up
 
 
-def test_a_run_past_its_recovery_limit_fails_with_the_reason(api, org, user, flow, db, config, app_db):
+def test_a_run_past_its_recovery_limit_fails_with_the_reason(api, org, user, flow, db, config, worker_db):
     run = execute(api, org, user, flow)
     with db.pool.connection() as conn:  # as if three workers had died holding it
         conn.execute("update flow_runs set status = 'running', recoveries = 3, claims = 4, lease_token = 4, "
                      "lease_owner = 'gone', lease_expires_at = now() - interval '1 second' where id = %s",
                      (run["executionId"],))
-    w = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1, max_recoveries=3)
+    w = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.1, max_recoveries=3)
     w.run(stop_after_idle=True)
     done = wait_for(api, org, flow, run["executionId"])
     assert done["status"] == "failed" and done["error"]["name"] == "RecoveryLimit", done
@@ -233,9 +234,9 @@ def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_e
 
 
 @pytest.fixture
-def patient_worker(config, app_db):
+def patient_worker(config, worker_db):
     """An in-process worker with a 10 s lease, so a slow machine cannot lose it while a test holds a lock."""
-    w = engine.worker(config, app_db, concurrency=2, poll_seconds=0.1, lease_seconds=10)
+    w = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.1, lease_seconds=10)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     yield w
@@ -268,7 +269,7 @@ def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user
         locker.execute("select 1 from flow_runs where id = %s for update", (run["executionId"],))
         go_on.set()
         waiting = wait_until(lambda: locker.execute(
-            "select pid from pg_stat_activity where usename = 'tolstoy_app' and wait_event_type = 'Lock' "
+            "select pid from pg_stat_activity where usename = 'tolstoy_worker' and wait_event_type = 'Lock' "
             "and query like '%%tolstoy_checkpoint%%'").fetchall(), 10, "the checkpoint to wait on the row")
         for row in waiting:
             locker.execute("select pg_terminate_backend(%s)", (row["pid"],))
@@ -341,9 +342,9 @@ def test_a_call_cut_off_by_a_dead_worker_waits_for_a_person_unless_it_is_safe_to
     assert again.status_code == 409
 
 
-def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, flow, db, config, app_db):
+def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, flow, db, config, worker_db):
     old = execute(api, org, user, flow)["executionId"]
-    w = engine.worker(config, app_db, concurrency=1, retention_days=90)
+    w = engine.worker(config, worker_db, concurrency=1, retention_days=90)
     w.run(stop_after_idle=True)
     assert run_status(db, old) == "completed"
 
@@ -369,9 +370,9 @@ def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, fl
     assert api.client.simulate_delete(f"/flows/{flow['id']}", headers=api.headers(org, user)).status_code == 204
 
 
-def test_a_month_with_an_unfinished_run_is_kept(api, org, user, flow, db, config, app_db):
+def test_a_month_with_an_unfinished_run_is_kept(api, org, user, flow, db, config, worker_db):
     run = execute(api, org, user, flow)["executionId"]  # queued, never claimed
-    w = engine.worker(config, app_db, concurrency=1, retention_days=30)
+    w = engine.worker(config, worker_db, concurrency=1, retention_days=30)
     later = dt.date.today() + dt.timedelta(days=120)
     result = w.maintain(today=later)
     assert f"flow_runs_p{dt.date.today():%Y_%m}" in result["kept"]
@@ -443,7 +444,7 @@ def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(ap
         step("b", "transform", {"output": "{{ steps.a.body.ok }}"}),
         step("c", "http_request", {"method": "GET", "url": httpserver.url_for("/call")}),
     ])
-    counted = Database(app_url, min_size=1, max_size=2, timeout=5)
+    counted = Database(migrate.as_role(app_url, migrate.WORKER_ROLE), min_size=1, max_size=2, timeout=5)
     counted.open(wait=True)
     try:
         w = engine.worker(config, counted, concurrency=1, poll_seconds=10)

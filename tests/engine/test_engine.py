@@ -280,11 +280,11 @@ def test_a_run_keeps_the_version_it_started_with(api, org, user, worker):
     assert run["status"] == "completed" and run["flowVersion"] == 1 and run["outputs"]["out"] == "v1"
 
 
-def test_outbound_calls_refuse_private_targets_and_private_redirects(api, org, user, config, app_db, httpserver):
+def test_outbound_calls_refuse_private_targets_and_private_redirects(api, org, user, config, worker_db, httpserver):
     httpserver.expect_request("/jump").respond_with_data("", status=302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
     flow = api.flow(org, steps=[step("jump", "http_request", {"method": "GET", "url": httpserver.url_for("/jump")})])
     local = api.flow(org, steps=[step("local", "http_request", {"method": "GET", "url": "http://10.1.2.3:8080/admin"})])
-    w = engine.worker(config, app_db, poll_seconds=0.1, lease_seconds=2)
+    w = engine.worker(config, worker_db, poll_seconds=0.1, lease_seconds=2)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     try:

@@ -5,6 +5,7 @@ the pooler with TOLSTOY_PREPARE_THRESHOLD=off, DIRECT_URL for LISTEN)."""
 
 from __future__ import annotations
 
+import dataclasses
 import pwd
 import shutil
 import subprocess
@@ -41,7 +42,7 @@ def pgbouncer(app_url):
     run_as = "pgserver" if _user_exists("pgserver") else "nobody"
     tmp_path = Path(tempfile.mkdtemp(prefix="tolstoy-pgbouncer-"))
     tmp_path.chmod(0o755)
-    (tmp_path / "users.txt").write_text('"tolstoy_app" ""\n')
+    (tmp_path / "users.txt").write_text('"tolstoy_app" ""\n"tolstoy_worker" ""\n')
     (tmp_path / "pgbouncer.ini").write_text(f"""
 [databases]
 {database} = host={socket_dir} dbname={database}
@@ -89,12 +90,17 @@ def pooled(request, pgbouncer, app_url, worker_env):
                               "TOLSTOY_PREPARE_THRESHOLD": request.param})
     db = Database.from_config(config, max_size=8)
     db.open(wait=True)
-    yield config, db
+    # The worker through the same PgBouncer, as its own role.
+    worker_config = dataclasses.replace(config, database_url=pgbouncer.replace("tolstoy_app@", "tolstoy_worker@"))
+    worker_db = Database.from_config(worker_config, max_size=8)
+    worker_db.open(wait=True)
+    yield config, db, worker_db
+    worker_db.close()
     db.close()
 
 
 def test_the_api_and_a_worker_work_through_pgbouncer(pooled):
-    config, db = pooled
+    config, db, worker_db = pooled
     client = testing.TestClient(create_app(config, db))
     org = client.simulate_post("/organizations", json={"name": "Pooled"}).json
     headers = {"X-Org-ID": org["id"]}
@@ -117,7 +123,7 @@ def test_the_api_and_a_worker_work_through_pgbouncer(pooled):
         {"id": "two", "type": "transform", "config": {"output": "{{ steps.one.n * 2 }}"}}]}).json
 
     stopping = threading.Event()
-    worker = engine.worker(config, db, concurrency=2, poll_seconds=0.2)
+    worker = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.2)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
@@ -142,7 +148,7 @@ def test_the_api_and_a_worker_work_through_pgbouncer(pooled):
 def test_concurrent_requests_through_pgbouncer_never_fail(pooled):
     """Many threads, few server connections: no statement may leak between clients (the 500s
     auto-prepared statements caused) and every request keeps its own tenant."""
-    config, db = pooled
+    config, db, worker_db = pooled
     client = testing.TestClient(create_app(config, db))
     orgs = []
     for name in ("A", "B", "C"):

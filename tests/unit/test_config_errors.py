@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tolstoy import cli
+from tolstoy.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,3 +46,13 @@ def test_serve_requires_a_database_url(monkeypatch):
 def test_invalid_configuration_stops_the_cli(monkeypatch):
     with pytest.raises(SystemExit, match="configuration error: TOLSTOY_POOL_MAX_SIZE must be a whole number"):
         run_cli(monkeypatch, {"TOLSTOY_POOL_MAX_SIZE": "lots"}, "serve")
+
+
+def test_a_production_worker_needs_its_own_database_role():
+    app = "postgresql://tolstoy_app@db.internal/tolstoy"
+    with pytest.raises(SystemExit, match="WORKER_DATABASE_URL"):
+        cli.worker_database_url(Config(env="production", database_url=app))
+    worker = "postgresql://tolstoy_worker@db.internal/tolstoy"
+    assert cli.worker_database_url(Config(env="production", database_url=app, worker_database_url=worker)) \
+        == (worker, None)
+    assert cli.worker_database_url(Config(env="development", database_url=app)) == (app, None)

@@ -31,7 +31,7 @@ from collections import OrderedDict
 
 import falcon
 
-from ..db.database import NOBODY, Database, Tenant
+from ..db.database import ADMIN, Database, Tenant
 from ..errors import KeyRejected
 from .errors import field_error
 from .middleware import method_allowed
@@ -145,7 +145,8 @@ class TenantMiddleware:
             return
         hashed = self._authenticate(req, access) if self.mode == "api_key" else None
         if access == "organizations":
-            self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed) if hashed else NOBODY)
+            # An organization's key sees its own organization; the admin token (or headers mode) all of them.
+            self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed) if hashed else ADMIN)
             return
         if self.mode == "api_key":
             org_id = req.context.key_org_id

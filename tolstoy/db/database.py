@@ -91,11 +91,14 @@ class Tenant:
     org_id: Any = None
     user_id: Any = None
     key_hash: bytes | None = None
+    admin: bool = False  # manages the organizations themselves (the /organizations routes)
 
     def enter(self, timeout_ms: int, *, known: bool = False) -> tuple[Query, dict]:
         """The statement that opens a unit of work for this tenant: the checking one, or, for an
         organization and user that passed the check seconds ago, one that only sets them. An API
         key is checked every time, so that revoking it takes effect at once."""
+        if self.admin:
+            return SQL.session.enter_admin, {"timeout_ms": timeout_ms}
         user = None if self.user_id is None else str(self.user_id)
         if self.key_hash is not None:
             return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms}
@@ -106,6 +109,7 @@ class Tenant:
 
 
 NOBODY = Tenant()
+ADMIN = Tenant(admin=True)
 
 
 class Counts:
@@ -183,7 +187,7 @@ class Unit:
         self.tenant = tenant
         self.repeatable = repeatable
         self.conn: psycopg.Connection | None = None
-        self.verified = tenant == NOBODY or tenant in db.verified
+        self.verified = tenant in (NOBODY, ADMIN) or tenant in db.verified
 
     @property
     def active(self) -> bool:
@@ -257,10 +261,10 @@ class Unit:
         self._verified()
         return next(iter(result.rows[0].values())) if result.rows else None
 
-    def switch(self, org_id) -> None:
-        """Act for another organization from here on (inside the same transaction)."""
-        self.tenant = Tenant(org_id=org_id)
-        self.verified = self.tenant in self.db.verified
+    def switch(self, tenant: Tenant) -> None:
+        """Act for another tenant from here on (inside the same transaction)."""
+        self.tenant = tenant
+        self.verified = tenant in (NOBODY, ADMIN) or tenant in self.db.verified
         if self.conn is not None:
             query, params = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
             with wrap_errors():
@@ -439,23 +443,32 @@ class Database:
             _current.reset(token)
             unit.close(commit=committed)
 
-    @contextlib.contextmanager
-    def tenant(self, org_id) -> Iterator[None]:
+    def tenant(self, org_id) -> contextlib.AbstractContextManager[None]:
         """Queries in this block act for one organization (row-level security): inside a unit
         the unit switches to it; outside, each query is its own unit for it."""
+        return self.acting(Tenant(org_id=org_id))
+
+    def admin(self) -> contextlib.AbstractContextManager[None]:
+        """Queries in this block manage the organizations themselves (row-level security's admin
+        path: every organization row, no tenant's rows)."""
+        return self.acting(ADMIN)
+
+    @contextlib.contextmanager
+    def acting(self, tenant: Tenant) -> Iterator[None]:
+        """Queries in this block act as ``tenant``; the unit (if any) switches back afterwards."""
         unit = _current.get()
         if unit is not None:
             previous = unit.tenant
-            unit.switch(org_id)
+            unit.switch(tenant)
             try:
                 yield
             finally:
                 if unit.active and unit.conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS:
-                    unit.switch(previous.org_id)
+                    unit.switch(previous)
                 else:
                     unit.tenant = previous
             return
-        token = _ambient.set(Tenant(org_id=org_id))
+        token = _ambient.set(tenant)
         try:
             yield
         finally:

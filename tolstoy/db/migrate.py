@@ -15,6 +15,7 @@ from ..paths import GRANTS_FILE, MIGRATIONS_DIR, SCHEMA_FILE
 from .database import Database
 
 APP_ROLE = "tolstoy_app"
+WORKER_ROLE = "tolstoy_worker"
 
 
 def dbmate_executable() -> str:
