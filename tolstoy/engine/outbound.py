@@ -3,7 +3,8 @@ server-side request forgery, oversized answers and calls that never end.
 
 Every connection goes through ``GuardedBackend``, httpcore's network backend
 for this client: it resolves the hostname once, refuses the connection when any
-address is not public (``address_allowed``), and connects to the very address
+address is not public (``address_allowed``: ``DENIED_NETWORKS``, checked for the
+address and for any IPv4 address it embeds), and connects to the very address
 it checked. The URL keeps the hostname, so httpcore pools connections per
 hostname and TLS verifies the certificate (and sends SNI) for that name.
 
@@ -60,21 +61,100 @@ def parse_networks(cidrs: Iterable[str]) -> tuple:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
+# Where requests may not go: every block of the IANA IPv4 and IPv6 Special-Purpose Address
+# Registries (RFC 6890 and later) whose "Globally Reachable" is False, plus multicast, the
+# deprecated site-local and IPv4-compatible IPv6 forms and the deprecated 6to4 relay anycast.
+# The IPv6 forms that carry an IPv4 address (IPv4-mapped, NAT64 64:ff9b::/96, 6to4, Teredo)
+# are not listed: they are judged by the IPv4 addresses they carry (``embedded_ipv4``). The
+# NAT64 local-use prefix and IPv4-compatible addresses are listed and unwrapped, so they pass
+# only through TOLSTOY_ALLOW_NETWORKS.
+DENIED_NETWORKS = tuple(ipaddress.ip_network(cidr) for cidr in (
+    # IANA IPv4 Special-Purpose Address Registry
+    "0.0.0.0/8",           # "this network"
+    "10.0.0.0/8",          # private-use
+    "100.64.0.0/10",       # shared address space (carrier-grade NAT)
+    "127.0.0.0/8",         # loopback
+    "169.254.0.0/16",      # link-local (cloud metadata services live here)
+    "172.16.0.0/12",       # private-use
+    "192.0.0.0/24",        # IETF protocol assignments (its PCP and TURN anycast /32s too)
+    "192.0.2.0/24",        # documentation TEST-NET-1
+    "192.88.99.0/24",      # 6to4 relay anycast (deprecated, RFC 7526)
+    "192.168.0.0/16",      # private-use
+    "198.18.0.0/15",       # benchmarking
+    "198.51.100.0/24",     # documentation TEST-NET-2
+    "203.0.113.0/24",      # documentation TEST-NET-3
+    "224.0.0.0/4",         # multicast (IANA IPv4 Multicast Address Space Registry)
+    "240.0.0.0/4",         # reserved
+    "255.255.255.255/32",  # limited broadcast
+    # IANA IPv6 Special-Purpose Address Registry
+    "::/128",              # unspecified
+    "::1/128",             # loopback
+    "::/96",               # IPv4-compatible (deprecated, RFC 4291; not in the registry)
+    "64:ff9b:1::/48",      # NAT64 local-use prefix (RFC 8215): an operator's own translator
+    "100::/64",            # discard-only
+    "100:0:0:1::/64",      # dummy prefix (RFC 9780)
+    "2001:2::/48",         # benchmarking
+    "2001:10::/28",        # ORCHID (deprecated)
+    "2001:db8::/32",       # documentation
+    "3fff::/20",           # documentation (RFC 9637)
+    "5f00::/16",           # SRv6 segment identifiers (RFC 9602)
+    "fc00::/7",            # unique-local
+    "fe80::/10",           # link-local
+    "fec0::/10",           # site-local (deprecated, RFC 3879; not in the registry)
+    "ff00::/8",            # multicast (IANA IPv6 Multicast Address Space Registry)
+))
+
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_6TO4 = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
+
+
+def embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses a connection to this IPv6 address ends up at, by its form; () for
+    any other address. IPv4-mapped and IPv4-compatible (RFC 4291) and NAT64 (RFC 6052, and
+    RFC 8215's local-use prefix taken as a /96) carry it in the last 32 bits; 6to4 (RFC 3056)
+    in bits 16-48; Teredo (RFC 4380) carries its server in bits 32-64 and its client,
+    inverted, in the last 32 bits: both are returned."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return ()
+    bits = int(ip)
+    last32 = ipaddress.IPv4Address(bits & 0xFFFFFFFF)
+    if ip in _IPV4_MAPPED or ip in _IPV4_COMPATIBLE or any(ip in prefix for prefix in _NAT64):
+        return (last32,)
+    if ip in _6TO4:
+        return (ipaddress.IPv4Address((bits >> 80) & 0xFFFFFFFF),)
+    if ip in _TEREDO:
+        return (ipaddress.IPv4Address((bits >> 64) & 0xFFFFFFFF), ipaddress.IPv4Address(~bits & 0xFFFFFFFF))
+    return ()
+
+
 def address_allowed(address: str, allow: Iterable) -> bool:
-    """Public unicast addresses are allowed; anything else only inside an allowed network."""
+    """Whether requests may connect to ``address``.
+
+    An address inside an allowed network (``TOLSTOY_ALLOW_NETWORKS``) is allowed, and so is an
+    IPv6 address whose embedded IPv4 addresses all are. Otherwise the address and every IPv4
+    address it embeds must lie outside DENIED_NETWORKS: ``64:ff9b::a9fe:a9fe`` (NAT64) and
+    ``2002:a9fe:a9fe::1`` (6to4) are refused as 169.254.169.254 is."""
+    allow = tuple(allow)
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if any(ip in network for network in allow):
+    embedded = embedded_ipv4(ip)
+    if _inside(ip, allow) or (embedded and all(_inside(inner, allow) for inner in embedded)):
         return True
-    return ip.is_global and not ip.is_multicast
+    return not any(_inside(each, DENIED_NETWORKS) for each in (ip, *embedded))
+
+
+def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, networks: Iterable) -> bool:
+    return any(ip in network for network in networks)
 
 
 @functools.cache
-def tls_context() -> ssl.SSLContext:
-    """Mozilla's CA bundle (certifi, as httpx uses by default), loaded once per process:
-    each load costs tens of milliseconds."""
-    return ssl.create_default_context(cafile=certifi.where())
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The context outbound TLS verifies certificates with: Mozilla's CA bundle (certifi, as
+    httpx uses by default), or only the CAs in ``ca_file`` when given. Loaded once per process
+    and file: each load costs tens of milliseconds."""
+    return ssl.create_default_context(cafile=ca_file or certifi.where())
 
 
 # ---- deadline and cancel, per call -------------------------------------------------
@@ -164,8 +244,10 @@ class GuardedBackend(SyncBackend):
         addresses = [info[4][0] for info in infos]
         refused = [a for a in addresses if not address_allowed(a, self.allow)]
         if refused:
+            carried = embedded_ipv4(ipaddress.ip_address(refused[0]))
+            reaches = f", which reaches {', '.join(map(str, carried))}" if carried else ""
             raise ForbiddenTarget(
-                f"Refusing to connect to {host} ({refused[0]}): not a public address. "
+                f"Refusing to connect to {host} ({refused[0]}{reaches}): not a public address. "
                 "Add its network to TOLSTOY_ALLOW_NETWORKS to allow it."
             )
         stream = super().connect_tcp(addresses[0], port, budget, local_address, socket_options)
@@ -175,9 +257,10 @@ class GuardedBackend(SyncBackend):
 class GuardedTransport(httpx.HTTPTransport):
     """httpx's transport on httpcore's pool, with every connection made by GuardedBackend."""
 
-    def __init__(self, allow: tuple = ()):
-        super().__init__(verify=tls_context())
-        self._pool = httpcore.ConnectionPool(ssl_context=tls_context(), max_connections=100,
+    def __init__(self, allow: tuple = (), ssl_context: ssl.SSLContext | None = None):
+        ssl_context = ssl_context or tls_context()
+        super().__init__(verify=ssl_context)
+        self._pool = httpcore.ConnectionPool(ssl_context=ssl_context, max_connections=100,
                                              max_keepalive_connections=20, keepalive_expiry=5.0,
                                              network_backend=GuardedBackend(allow))
 
@@ -197,11 +280,12 @@ class Reply:
 
 
 class Outbound:
-    """The one HTTP client the engine uses."""
+    """The one HTTP client the engine uses. ``allow_networks``: CIDRs reachable although not
+    public; ``ca_file``: trust only the CAs in this PEM file instead of certifi's bundle."""
 
-    def __init__(self, allow_networks: Iterable[str] = ()):
+    def __init__(self, allow_networks: Iterable[str] = (), ca_file: str | None = None):
         self.client = httpx.Client(
-            transport=GuardedTransport(allow=parse_networks(allow_networks)),
+            transport=GuardedTransport(allow=parse_networks(allow_networks), ssl_context=tls_context(ca_file)),
             # Redirects are followed by request(), which decides what a new origin may see.
             follow_redirects=False,
             headers={"User-Agent": "Tolstoy/1"},
