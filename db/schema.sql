@@ -532,9 +532,9 @@ begin
     perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
     select k.org_id into found
     from api_keys k
-    where k.key_hash = hash and k.revoked_at is null;
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
     if found is null then
-        raise exception 'The API key is not valid or has been revoked.' using errcode = 'TS003';
+        raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
     end if;
     -- Recorded at most once a minute, so authentication stays a read.
     update api_keys k
@@ -573,6 +573,33 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_is_admin() IS 'True in a transaction opened by tolstoy_enter_admin (the /organizations routes) while it acts for no organization: it may see every organization.';
+
+
+--
+-- Name: tolstoy_key_grant(bytea); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_key_grant(hash bytea) RETURNS TABLE(org_id uuid, scopes text[])
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    return query
+    select k.org_id, k.scopes
+    from api_keys k
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
+    if not found then
+        raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
+    end if;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_key_grant(hash bytea); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_key_grant(hash bytea) IS 'The organization and scopes of a usable API key (TS003 otherwise); the API caches them per key.';
 
 
 --
@@ -1034,8 +1061,12 @@ CREATE TABLE public.api_keys (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     last_used_at timestamp with time zone,
     revoked_at timestamp with time zone,
+    scopes text[] DEFAULT '{read,write,execute,admin}'::text[] NOT NULL,
+    expires_at timestamp with time zone,
+    CONSTRAINT api_keys_expires_after_creation CHECK (((expires_at IS NULL) OR (expires_at > created_at))),
     CONSTRAINT api_keys_key_hash_length CHECK ((octet_length(key_hash) = 32)),
-    CONSTRAINT api_keys_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
+    CONSTRAINT api_keys_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
+    CONSTRAINT api_keys_scopes_known CHECK ((((cardinality(scopes) >= 1) AND (cardinality(scopes) <= 4)) AND (scopes <@ '{read,write,execute,admin}'::text[])))
 );
 
 ALTER TABLE ONLY public.api_keys FORCE ROW LEVEL SECURITY;
@@ -1067,6 +1098,20 @@ COMMENT ON COLUMN public.api_keys.last_used_at IS 'Refreshed at most once a minu
 --
 
 COMMENT ON COLUMN public.api_keys.revoked_at IS 'Revoked keys are kept for the audit trail and never authenticate.';
+
+
+--
+-- Name: COLUMN api_keys.scopes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.scopes IS 'What the key may do: read, write, execute, admin (its organization''s keys).';
+
+
+--
+-- Name: COLUMN api_keys.expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.expires_at IS 'When the key stops working (null: never); checked by tolstoy_enter_key.';
 
 
 --
@@ -2434,4 +2479,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261125000007'),
     ('20261201000001'),
     ('20261201000002'),
-    ('20261201000003');
+    ('20261201000003'),
+    ('20261201000004');

@@ -1,12 +1,13 @@
 -- name: insert^
 -- Store a new key's hash; the key itself is returned to the caller once and never stored.
-insert into api_keys (org_id, name, prefix, key_hash)
-values (:org_id, :name, :prefix, :key_hash)
-returning id, org_id, name, prefix, created_at, last_used_at;
+insert into api_keys (org_id, name, prefix, key_hash, scopes, expires_at)
+values (:org_id, :name, :prefix, :key_hash, :scopes, :expires_at)
+returning id, org_id, name, prefix, scopes, expires_at, created_at, last_used_at;
 
 -- name: list
--- One keyset page of an organization's active keys, newest first.
-select id, org_id, name, prefix, created_at, last_used_at
+-- One keyset page of an organization's active keys (expired ones included, marked by
+-- expiresAt), newest first.
+select id, org_id, name, prefix, scopes, expires_at, created_at, last_used_at
 from api_keys
 where org_id = :org_id and revoked_at is null
   and (:after_created_at::timestamptz is null

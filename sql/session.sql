@@ -38,6 +38,11 @@ select set_config('app.org_id', :org_id, true), set_config('statement_timeout', 
 -- Act for the organization of an API key (returned); raises TS003 for an unknown or revoked key.
 select tolstoy_enter_key(:key_hash::bytea, :user_id::uuid, :timeout_ms::integer);
 
+-- name: key_grant^
+-- The organization and scopes of a usable API key (TS003 for an unknown, revoked or expired one).
+select org_id, scopes
+from tolstoy_key_grant(:key_hash::bytea);
+
 -- name: listen!
 -- Wake idle workers when a run is queued (flow_runs_notify sends on this channel).
 listen tolstoy_runs;

@@ -189,3 +189,65 @@ def test_keys_never_reach_the_logs(keyed, caplog):
     text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     for secret in (key, created, ADMIN, KEY_SECRET):
         assert secret not in text
+
+
+def make_key(client, key: str, **body) -> dict:
+    result = client.simulate_post("/api-keys", json={"name": "scoped", **body}, headers=bearer(key))
+    assert result.status_code == 201, result.text
+    return result.json
+
+
+def test_a_key_does_only_what_its_scopes_allow(keyed):
+    org, admin_key = new_org(keyed, "Scoped")
+    user = keyed.simulate_post("/users", json={"email": "s@example.com"}, headers=bearer(admin_key)).json
+    flow = keyed.simulate_post("/flows", json={"name": "F", "steps": [
+        {"id": "a", "type": "transform", "config": {"output": 1}}]}, headers=bearer(admin_key)).json
+    reader = make_key(keyed, admin_key, scopes=["read"])
+    assert reader["scopes"] == ["read"] and reader["expiresAt"] is None
+    runner = make_key(keyed, admin_key, scopes=["read", "execute"])["apiKey"]
+    writer = make_key(keyed, admin_key, scopes=["write"])["apiKey"]
+    reader = reader["apiKey"]
+
+    def status(method, path, key, body=None):
+        headers = bearer(key, **{"X-User-ID": user["id"]})
+        return keyed.simulate_request(method, path, json=body, headers=headers)
+
+    assert status("GET", "/flows", reader).status_code == 200
+    refused = status("POST", "/flows", reader, {"name": "G", "steps": [{"id": "a", "type": "transform",
+                                                                        "config": {"output": 1}}]})
+    assert refused.status_code == 403 and "'write' scope" in refused.json["message"]
+    assert status("POST", f"/flows/{flow['id']}/execute", reader, {}).status_code == 403
+    assert status("POST", f"/flows/{flow['id']}/execute", runner, {}).status_code == 202
+    assert status("POST", f"/flows/{flow['id']}/execute", writer, {}).status_code == 403
+    assert status("GET", "/flows", writer).status_code == 403  # writing is not reading
+    assert status("PATCH", f"/flows/{flow['id']}", writer, {"name": "G"}).status_code == 200
+    # Keys are the admin scope's business, and no key hands out more than it holds.
+    assert status("GET", "/api-keys", runner).status_code == 403
+    assert status("POST", "/api-keys", runner, {"name": "x"}).status_code == 403
+    listed = status("GET", "/api-keys", admin_key).json
+    assert {tuple(k["scopes"]) for k in listed} >= {("read",), ("read", "execute"), ("write",)}
+
+
+def test_scopes_and_expiry_are_validated_and_an_expired_key_is_refused(keyed, db):
+    org, key = new_org(keyed, "Expiring")
+    for body, field in (({"scopes": ["root"]}, "scopes"), ({"scopes": []}, "scopes"),
+                        ({"scopes": ["read", "read"]}, "scopes"), ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt"),
+                        ({"expiresAt": "tomorrow"}, "expiresAt"), ({"expiresAt": "2099-01-01T00:00:00"}, "expiresAt")):
+        result = keyed.simulate_post("/api-keys", json={"name": "x", **body}, headers=bearer(key))
+        assert result.status_code == 400 and field in json.dumps(result.json), (body, result.text)
+    soon = make_key(keyed, key, expiresAt="2099-01-01T00:00:00Z")
+    assert soon["expiresAt"] == "2099-01-01T00:00:00.000Z"
+    assert keyed.simulate_get("/users", headers=bearer(soon["apiKey"])).status_code == 200
+    with db.pool.connection() as conn:  # time passes
+        conn.execute("update api_keys set created_at = now() - interval '2 days', "
+                     "expires_at = now() - interval '1 second' where id = %s", (soon["id"],))
+    expired = keyed.simulate_get("/users", headers=bearer(soon["apiKey"]))
+    assert expired.status_code == 401 and "expired" in expired.json["message"]
+
+
+def test_the_openapi_document_names_the_api_key_scheme_and_scopes(keyed):
+    spec = keyed.simulate_get("/openapi.json").json
+    scheme = spec["components"]["securitySchemes"]["apiKey"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert all(scope in scheme["description"] for scope in ("read", "write", "execute", "admin"))
+    assert {"apiKey": []} in spec["security"]

@@ -10,7 +10,7 @@ from .dumping import dumper, many
 from .errors import NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
-from .schemas import ApiKeySchema, PageQuery
+from .schemas import SCOPES, ApiKeySchema, PageQuery
 from .tenancy import key_hash, new_key, prefix_of
 
 _SCHEMA = ApiKeySchema()
@@ -18,17 +18,19 @@ _DUMP = dumper(_SCHEMA)
 _PAGE = PageQuery()
 
 
-def issue_key(db, secret: str, org_id, name: str) -> dict:
+def issue_key(db, secret: str, org_id, name: str, scopes=SCOPES, expires_at=None) -> dict:
     """Create a key for an organization (the request's last query); the returned row holds
     ``api_key`` in clear, once."""
     key = new_key()
     row = db.one(SQL.api_keys.insert, commit=True, org_id=org_id, name=name, prefix=prefix_of(key),
-                 key_hash=key_hash(secret, key))
+                 key_hash=key_hash(secret, key), scopes=list(scopes), expires_at=expires_at)
     return {**row, "api_key": key}
 
 
 class Collection:
     """``GET/POST /api-keys``."""
+
+    scope = "admin"  # an API key needs the admin scope to see or make keys
 
     def __init__(self, db, secret: str | None):
         self.db = db
@@ -48,12 +50,20 @@ class Collection:
         values = validate_body(_SCHEMA, data)
         if not self.secret:
             raise falcon.HTTPServiceUnavailable(description="API keys need TOLSTOY_API_KEY_SECRET to be set.")
-        row = issue_key(self.db, self.secret, req.context.org_id, values["name"])
+        granted = req.context.key_scopes
+        if granted and not set(values["scopes"]) <= granted:
+            raise falcon.HTTPForbidden(
+                title="Missing scope",
+                description=f"A key cannot grant scopes it lacks: {', '.join(sorted(set(values['scopes']) - granted))}.")
+        row = issue_key(self.db, self.secret, req.context.org_id, values["name"], values["scopes"],
+                        values["expires_at"])
         created(req, resp, _DUMP(row))
 
 
 class Item:
     """``DELETE /api-keys/{id}``: revoke."""
+
+    scope = "admin"
 
     def __init__(self, db):
         self.db = db

@@ -116,9 +116,12 @@ def tenant_rejected(req, resp, exc: TenantRejected, params):
     raise field_error(exc.field, exc.message)
 
 
+KEY_REJECTED = "The API key is not valid, has expired or has been revoked."
+
+
 def key_rejected(req, resp, exc: KeyRejected, params):
     """401 for an API key that is unknown or was revoked."""
-    raise falcon.HTTPUnauthorized(description="The API key is not valid or has been revoked.", challenges=["Bearer"])
+    raise falcon.HTTPUnauthorized(description=KEY_REJECTED, challenges=["Bearer"])
 
 
 def http_error(req, resp, exc: falcon.HTTPError, params):

@@ -224,6 +224,13 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     spec.components.parameter("IfMatch", "header", {
         "name": "If-Match", "required": False, "schema": {"type": "string"},
         "description": "Apply only if the record's ETag still matches."})
+    spec.components.security_scheme("apiKey", {
+        "type": "http", "scheme": "bearer",
+        "description": "TOLSTOY_AUTH_MODE=api_key: `Authorization: Bearer <API key>`. A key's scopes decide what "
+                       "it may do: read (GET), write (create, change, delete), execute (run flows and actions, "
+                       "cancel, retry, resolve), admin (the organization's API keys); a missing scope is a 403 "
+                       "naming it. In headers mode no credential is sent (X-Org-ID names the organization)."})
+    spec.options["security"] = [{"apiKey": []}, {}]
     spec.components.header("Link", {"schema": {"type": "string"}, "description": 'Relative URL of the next page, rel="next".'})
     spec.components.header("NextCursor", {"schema": {"type": "string"}, "description": "Cursor of the next page."})
     spec.components.header("Location", {"schema": {"type": "string"}, "description": "Relative path of the new record."})

@@ -8,7 +8,7 @@ import datetime as dt
 import re
 
 import jsonschema
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 from referencing.exceptions import Unresolvable
 
 from ..engine import graph_errors
@@ -33,10 +33,23 @@ class Timestamp(fields.Field):
     """ISO 8601 in UTC with milliseconds and a ``Z``, as the contract spells timestamps
     (rows nested as jsonb, such as a tool's actions, carry them as ISO strings)."""
 
+    default_error_messages = {"invalid": "Not an ISO 8601 timestamp with a time zone (e.g. 2027-01-31T12:00:00Z)."}
+
     def _serialize(self, value, attr, obj, **kwargs):
         if isinstance(value, str):
             value = dt.datetime.fromisoformat(value)
         return iso(value)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise self.make_error("invalid") from None
+        if parsed.tzinfo is None:
+            raise self.make_error("invalid")
+        return parsed
 
 
 class JSONObject(fields.Dict):
@@ -619,12 +632,33 @@ class CredentialSchema(Base):
 
 # ---- API keys -----------------------------------------------------------------
 
+# What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute
+# (run flows and actions, act on runs), admin (the organization's API keys).
+SCOPES = ("read", "write", "execute", "admin")
+
+
+def unique_items(values: list) -> None:
+    """A list without repeats."""
+    if len(set(values)) != len(values):
+        raise ValidationError("Items must be unique.")
+
+
 class ApiKeySchema(Base):
-    """``{id, name, prefix, createdAt, lastUsedAt}``; ``apiKey`` only in the answer that creates it."""
+    """``{id, name, prefix, scopes, expiresAt, createdAt, lastUsedAt}``; ``apiKey`` only in the answer
+    that creates it."""
 
     id = fields.UUID(dump_only=True)
     name = text(1, 200, required=True)
     prefix = fields.String(dump_only=True)
+    # Every scope unless the caller names fewer: keys made by clients that know no scopes keep working.
+    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list(SCOPES),
+                         validate=[validate.Length(min=1, max=len(SCOPES)), unique_items])
+    expires_at = Timestamp(data_key="expiresAt", allow_none=True, load_default=None)
     api_key = fields.String(data_key="apiKey", dump_only=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
     last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True, allow_none=True)
+
+    @validates("expires_at")
+    def _in_the_future(self, value, **_):
+        if value is not None and value <= dt.datetime.now(dt.UTC):
+            raise ValidationError("Must be in the future.")

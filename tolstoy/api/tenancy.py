@@ -32,12 +32,12 @@ from collections import OrderedDict
 import falcon
 
 from ..db.database import ADMIN, Database, Tenant
+from ..db.queries import SQL
 from ..errors import KeyRejected
-from .errors import field_error
+from .errors import KEY_REJECTED, field_error
 from .middleware import method_allowed
 
 KEY_PREFIX = "tsk_"
-KEY_REJECTED = "The API key is not valid or has been revoked."
 SHOWN_PREFIX = 12  # "tsk_" and 8 characters: enough to tell keys apart in a list
 
 
@@ -98,28 +98,47 @@ def require_user(req: falcon.Request) -> uuid.UUID:
 
 
 class KeyOrganizations:
-    """Which organization an API key belongs to (it never changes), remembered per process so a
-    request can name its organization before its first query; whether the key is still valid is
+    """Which organization an API key belongs to and what it may do (neither ever changes),
+    remembered per process so a request can name its organization and be refused a scope
+    before its first query; whether the key is still valid (not revoked, not expired) is
     checked by every unit of work (tolstoy_enter_key), so a revocation takes effect at once."""
 
     def __init__(self, db: Database, size: int = 10_000):
         self.db = db
         self.size = size
-        self._orgs: OrderedDict[bytes, object] = OrderedDict()
+        self._grants: OrderedDict[bytes, tuple] = OrderedDict()
         self._lock = threading.Lock()
 
-    def org_of(self, hashed: bytes):
-        """The key's organization; raises KeyRejected for an unknown or revoked key."""
+    def grant_of(self, hashed: bytes) -> tuple:
+        """(organization, scopes) of the key; raises KeyRejected for one that cannot be used."""
         with self._lock:
-            org = self._orgs.get(hashed)
-        if org is not None:
-            return org
-        org = self.db.unit(Tenant(key_hash=hashed)).resolve()
+            grant = self._grants.get(hashed)
+        if grant is not None:
+            return grant
+        row = self.db.one(SQL.session.key_grant, commit=True, key_hash=hashed)
+        grant = (row["org_id"], frozenset(row["scopes"]))
         with self._lock:
-            self._orgs[hashed] = org
-            while len(self._orgs) > self.size:
-                self._orgs.popitem(last=False)
-        return org
+            self._grants[hashed] = grant
+            while len(self._grants) > self.size:
+                self._grants.popitem(last=False)
+        return grant
+
+
+# Requests that run something (a flow, an action) or act on a run need the execute scope.
+EXECUTING_SUFFIXES = ("/execute", "/cancel", "/retry", "/resolve")
+
+
+def scope_needed(req: falcon.Request, resource) -> str:
+    """The API-key scope a request needs: the resource's own (admin for /api-keys), read for
+    reads, execute to run or act on runs, write for every other change."""
+    own = getattr(resource, "scope", None)
+    if own is not None:
+        return own
+    if req.method in ("GET", "HEAD", "OPTIONS"):
+        return "read"
+    if req.method == "POST" and (req.uri_template or "").endswith(EXECUTING_SUFFIXES):
+        return "execute"
+    return "write"
 
 
 class TenantMiddleware:
@@ -139,11 +158,19 @@ class TenantMiddleware:
         req.context.user_id = None
         req.context.is_admin = False
         req.context.key_org_id = None
+        req.context.key_scopes = frozenset()
         req.context.unit = None
         access = getattr(resource, "access", "tenant")
         if access == "public" or not method_allowed(req, self.routes):
             return
         hashed = self._authenticate(req, access) if self.mode == "api_key" else None
+        if hashed is not None:
+            needed = scope_needed(req, resource)
+            if needed not in req.context.key_scopes:
+                raise falcon.HTTPForbidden(
+                    title="Missing scope",
+                    description=f"This API key lacks the {needed!r} scope this request needs "
+                                f"(it has: {', '.join(sorted(req.context.key_scopes))}).")
         if access == "organizations":
             # An organization's key sees its own organization; the admin token (or headers mode) all of them.
             self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed) if hashed else ADMIN)
@@ -176,7 +203,7 @@ class TenantMiddleware:
             return None
         hashed = key_hash(self.key_secret, token)
         try:
-            req.context.key_org_id = self.keys.org_of(hashed)
+            req.context.key_org_id, req.context.key_scopes = self.keys.grant_of(hashed)
         except KeyRejected:
             raise unauthorized(KEY_REJECTED) from None
         return hashed
