@@ -994,11 +994,13 @@ CREATE TABLE public.actions (
     version integer DEFAULT 1 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    timeout_ms integer,
     CONSTRAINT actions_endpoint_path CHECK (("left"(endpoint, 1) = '/'::text)),
     CONSTRAINT actions_headers_object CHECK (((headers IS NULL) OR (jsonb_typeof(headers) = 'object'::text))),
     CONSTRAINT actions_input_schema_object CHECK (((input_schema IS NULL) OR (jsonb_typeof(input_schema) = 'object'::text))),
     CONSTRAINT actions_key_length CHECK (((char_length(key) >= 1) AND (char_length(key) <= 200))),
     CONSTRAINT actions_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
+    CONSTRAINT actions_timeout_ms_range CHECK (((timeout_ms >= 100) AND (timeout_ms <= 120000))),
     CONSTRAINT actions_version_positive CHECK ((version >= 1))
 );
 
@@ -1045,6 +1047,13 @@ COMMENT ON COLUMN public.actions.execute_if IS 'Condition (template string or JS
 --
 
 COMMENT ON COLUMN public.actions.version IS 'Starts at 1; actions_bump_version raises it by one when a definitional column changes.';
+
+
+--
+-- Name: COLUMN actions.timeout_ms; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.actions.timeout_ms IS 'End-to-end limit of POST /actions/{id}/execute for this action, in ms (null: the server default).';
 
 
 --
@@ -1438,6 +1447,27 @@ CREATE TABLE public.schema_migrations (
 
 
 --
+-- Name: sync_execute_slots; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE UNLOGGED TABLE public.sync_execute_slots (
+    org_id uuid NOT NULL,
+    slot integer NOT NULL,
+    holder uuid,
+    expires_at timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL
+);
+
+ALTER TABLE ONLY public.sync_execute_slots FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE sync_execute_slots; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.sync_execute_slots IS 'Concurrent synchronous action executions per organization (a slot is free once expires_at has passed).';
+
+
+--
 -- Name: tool_credentials; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1675,6 +1705,14 @@ ALTER TABLE ONLY public.organizations
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: sync_execute_slots sync_execute_slots_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sync_execute_slots
+    ADD CONSTRAINT sync_execute_slots_pkey PRIMARY KEY (org_id, slot);
 
 
 --
@@ -2259,6 +2297,14 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: sync_execute_slots sync_execute_slots_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.sync_execute_slots
+    ADD CONSTRAINT sync_execute_slots_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
 -- Name: tool_credentials tool_credentials_tool_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2373,6 +2419,12 @@ CREATE POLICY own_organization ON public.organizations USING ((id = public.tolst
 
 
 --
+-- Name: sync_execute_slots; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.sync_execute_slots ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: actions tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -2419,6 +2471,13 @@ CREATE POLICY tenant_isolation ON public.flow_versions USING ((org_id = public.t
 --
 
 CREATE POLICY tenant_isolation ON public.flows USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: sync_execute_slots tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.sync_execute_slots USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -2480,4 +2539,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000001'),
     ('20261201000002'),
     ('20261201000003'),
-    ('20261201000004');
+    ('20261201000004'),
+    ('20261201000006');

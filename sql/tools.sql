@@ -17,7 +17,7 @@ limit :limit;
 select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
        coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                  from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
-                              execute_if, version, created_at, updated_at
+                              execute_if, timeout_ms, version, created_at, updated_at
                        from actions
                        where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions
 from tools t
@@ -28,7 +28,7 @@ where t.org_id = :org_id and t.id = :id;
 select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
        coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                  from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
-                              execute_if, version, created_at, updated_at
+                              execute_if, timeout_ms, version, created_at, updated_at
                        from actions
                        where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions
 from tools t
@@ -55,7 +55,7 @@ where t.org_id = :org_id and t.id = :id
 returning t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
           coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                     from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
-                                 execute_if, version, created_at, updated_at
+                                 execute_if, timeout_ms, version, created_at, updated_at
                           from actions
                           where org_id = t.org_id and tool_id = t.id) as a), '[]') as actions;
 

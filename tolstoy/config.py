@@ -48,6 +48,11 @@ class Config:
     encryption_key: str | None = None
     allow_networks: tuple[str, ...] = ()
     worker_concurrency: int = 4
+    # POST /actions/{id}/execute holds a Gunicorn worker while the tool answers: bounded in
+    # time (per action up to the maximum) and in how many one organization runs at once.
+    sync_execute_timeout_ms: int = 10_000
+    sync_execute_max_timeout_ms: int = 30_000
+    sync_execute_per_org: int = 2
     worker_lease_seconds: float = 30.0
     worker_poll_seconds: float = 10.0
     # A run reclaimed after its worker vanished this many times fails instead.
@@ -140,6 +145,9 @@ class Config:
             encryption_key=reader.raw("TOLSTOY_ENCRYPTION_KEY"),
             allow_networks=reader.networks("TOLSTOY_ALLOW_NETWORKS", ()),
             worker_concurrency=reader.integer("TOLSTOY_WORKER_CONCURRENCY", 4, 1, 256),
+            sync_execute_timeout_ms=reader.integer("TOLSTOY_SYNC_EXECUTE_TIMEOUT_MS", 10_000, 100, 120_000),
+            sync_execute_max_timeout_ms=reader.integer("TOLSTOY_SYNC_EXECUTE_MAX_TIMEOUT_MS", 30_000, 100, 120_000),
+            sync_execute_per_org=reader.integer("TOLSTOY_SYNC_EXECUTE_PER_ORG", 2, 1, 1000),
             worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),

@@ -20,7 +20,7 @@ from contract import assert_error
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 FIELDS = {
     "id", "orgId", "toolId", "name", "key", "method", "endpoint", "headers", "inputSchema",
-    "executeIf", "version", "createdAt", "updatedAt",
+    "executeIf", "timeoutMs", "version", "createdAt", "updatedAt",
 }
 DUPLICATE = "An action with this key already exists in this organization."
 SCHEMA = {
@@ -197,7 +197,8 @@ CREATE_CASES = [
     ({"executeIf": True}, "executeIf"),
     ({"executeIf": ""}, "executeIf"),
     ({"executeIf": ["a"]}, "executeIf"),
-    ({"timeoutMs": 100}, "timeoutMs"),
+    ({"timeoutMs": 50}, "timeoutMs"),
+    ({"retries": 3}, "retries"),
     ({"tool": "GitHub"}, "tool"),
 ]
 

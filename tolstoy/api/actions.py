@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import falcon
 from marshmallow import fields
 
@@ -9,7 +11,7 @@ from .. import engine
 from ..db.queries import SQL
 from . import resources
 from .dumping import dumper
-from .errors import ValidationFailed
+from .errors import TooManyRequests, ValidationFailed
 from .model import Filter, Model
 from .requests import read_json, validate_body
 from .schemas import ActionExecuteSchema, ActionResultSchema, ActionSchema
@@ -17,7 +19,7 @@ from .tenancy import require_user
 
 MODEL = Model(
     name="actions", path="/actions", noun="Action", tag="Actions", schema=ActionSchema,
-    writable=("tool_id", "name", "key", "method", "endpoint", "headers", "input_schema", "execute_if"),
+    writable=("tool_id", "name", "key", "method", "endpoint", "headers", "input_schema", "execute_if", "timeout_ms"),
     json_columns=("headers", "input_schema", "execute_if"),
     filters=(Filter("toolId", "tool_id", fields.UUID(), "Only actions of this tool (UUID)."),),
 )
@@ -44,20 +46,37 @@ class Item(ActionResource, resources.Item):
     execute_schema = ActionExecuteSchema()
     result = staticmethod(dumper(ActionResultSchema()))
 
-    def __init__(self, db, tools: engine.Tools):
+    def __init__(self, db, tools: engine.Tools, config):
         super().__init__(db)
         self.tools = tools
+        self.default_timeout_ms = config.sync_execute_timeout_ms
+        self.max_timeout_ms = config.sync_execute_max_timeout_ms
+        self.per_org = config.sync_execute_per_org
 
     def on_post_execute(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
-        """Call the action's tool now, with the engine's HTTP and auth code, and log the call."""
+        """Call the action's tool now, with the engine's HTTP and auth code, and log the call:
+        within the action's time limit, and 429 while the organization has as many such calls
+        running as it may (flows are the way to call slow tools)."""
         require_user(req)
         data = read_json(req)
-        # The action is all this request reads before calling the tool: its unit of work ends
-        # here, so no connection or transaction is held while the tool answers.
-        _, action = self.find(req, id, commit=True)
+        _, action = self.find(req, id)  # another organization's action is a 404 before any 400
         inputs = validate_body(self.execute_schema, data)["inputs"]
+        timeout_ms = min(action.get("timeout_ms") or self.default_timeout_ms, self.max_timeout_ms)
+        org_id, holder = req.context.org_id, uuid.uuid4()
+        # Reading the action and taking a slot are one transaction; it ends before the tool is
+        # called, so no connection is held while the tool answers. A slot outlives a dead
+        # process by at most the call's time limit and a margin.
+        self.db.rowcount(SQL.actions.ensure_slots, org_id=org_id, slots=self.per_org)
+        slot = self.db.scalar(SQL.actions.take_slot, commit=True, org_id=org_id, slots=self.per_org,
+                              holder=holder, hold_seconds=timeout_ms / 1000 + 5)
+        if slot is None:
+            raise TooManyRequests(
+                f"This organization already has {self.per_org} synchronous executions running; retry "
+                "shortly, or run slow tools in a flow (POST /flows/{id}/execute).", retry_after=1)
         try:
-            result = self.tools.call_action(req.context.org_id, req.context.user_id, action, inputs)
+            result = self.tools.call_action(org_id, req.context.user_id, action, inputs, timeout_ms)
         except engine.InvalidInputs as exc:
             raise ValidationFailed(exc.problems) from None
+        finally:
+            self.db.rowcount(SQL.actions.release_slot, commit=True, org_id=org_id, slot=slot, holder=holder)
         resp.media = self.result(result)

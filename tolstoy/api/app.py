@@ -44,7 +44,7 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     """Every route as (URI template, resource, responder suffix)."""
     tool_calls = engine.tools(config, db)
     flow_item = flows.Item(db)
-    action_item = actions.Item(db, tool_calls)
+    action_item = actions.Item(db, tool_calls, config)
     flow_runs = runs.FlowRuns(db, tool_calls.vault)
     credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
     status = health.Status(db, config)

@@ -46,6 +46,13 @@ class Conflict(falcon.HTTPConflict):
         super().__init__(description=message)
 
 
+class TooManyRequests(falcon.HTTPTooManyRequests):
+    """429 with Retry-After (seconds)."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(description=message, retry_after=retry_after)
+
+
 class PreconditionFailed(falcon.HTTPPreconditionFailed):
     """412: the If-Match header does not match the record's current ETag."""
 

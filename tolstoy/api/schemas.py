@@ -245,6 +245,9 @@ class ExecuteIfField(fields.Field):
         raise self.make_error("invalid")
 
 
+MAX_SYNC_TIMEOUT_MS = 120_000  # the most an action may ask for; the server's maximum may be lower
+
+
 class ActionSchema(TenantRecord):
     """``{toolId, name, key, method, endpoint, headers?, inputSchema?, executeIf?}``."""
 
@@ -272,6 +275,10 @@ class ActionSchema(TenantRecord):
     )
     input_schema = InputSchemaField(data_key="inputSchema", allow_none=True)
     execute_if = ExecuteIfField(data_key="executeIf", allow_none=True)
+    # How long POST /actions/{id}/execute waits for the tool, end to end (null: the default,
+    # TOLSTOY_SYNC_EXECUTE_TIMEOUT_MS; never more than TOLSTOY_SYNC_EXECUTE_MAX_TIMEOUT_MS).
+    timeout_ms = fields.Integer(data_key="timeoutMs", strict=True, allow_none=True, load_default=None,
+                                validate=validate.Range(100, MAX_SYNC_TIMEOUT_MS))
     version = fields.Integer(dump_only=True)
 
 

@@ -28,7 +28,7 @@ from .tool_auth import TokenCache, auth_headers, secret_values
 from .vault import Vault
 
 # A synchronous call must answer well inside Gunicorn's worker timeout (gunicorn.conf.py).
-SYNC_TIMEOUT_MS = 20000
+SYNC_TIMEOUT_MS = 10_000  # POST /actions/{id}/execute, end to end, unless the action or the server says otherwise
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Tools:
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 
-    def call_action(self, org_id, user_id, action: dict, inputs: dict) -> dict:
+    def call_action(self, org_id, user_id, action: dict, inputs: dict, timeout_ms: int = SYNC_TIMEOUT_MS) -> dict:
         """Call an action now (``POST /actions/{id}/execute``) and log the call as an execution log.
 
         InvalidInputs when the inputs do not match the action's inputSchema (nothing is sent
@@ -187,7 +187,7 @@ class Tools:
             tool = self.db.one(SQL.tools.get, commit=True, org_id=org_id, id=action["tool_id"])
             call = self.build_call(org_id, action, tool, inputs)
             secrets = call.secrets
-            reply = self.send(call, SYNC_TIMEOUT_MS, f"{execution_id}:{action['key']}:1")
+            reply = self.send(call, timeout_ms, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None
             if not success:
                 error = {"name": "UpstreamError", "message": f"Upstream answered {reply.status}"}
