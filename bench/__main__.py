@@ -37,7 +37,12 @@ SERVERS = ("tolstoy", "bare_falcon", "fastapi_sqlalchemy")
 
 def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, runs: int, seconds: int,
                 connections: int = 32) -> list[http_load.Run]:
-    """``runs`` rounds of one wrk run per server, servers in turn."""
+    """``runs`` rounds of one wrk run per server, servers in turn, after an unmeasured warm-up of
+    each (pools filled, caches and code paths warm: the first seconds of a fresh server measure
+    its start, not its speed)."""
+    for server, url in urls.items():
+        http_load.wrk(url, script, args(server), scenario=scenario, server=server, seconds=2,
+                      connections=connections)
     found = []
     for _ in range(runs):
         for server, url in urls.items():
