@@ -41,8 +41,19 @@ revoke execute on function tolstoy_maintain_history(date, integer, integer) from
 grant usage on schema public to tolstoy_worker;
 grant select on organizations, users, tools, actions, flows, flow_versions to tolstoy_worker;
 grant select, insert, update on flow_runs, flow_run_steps, execution_logs, tool_credentials to tolstoy_worker;
+grant select, insert, update on oauth_tokens to tolstoy_worker;
 grant select on table schema_migrations to tolstoy_worker;
 grant execute on function tolstoy_claim_runs(text, integer, double precision, integer) to tolstoy_worker;
 grant execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) to tolstoy_worker;
 grant execute on function tolstoy_maintain_history(date, integer, integer) to tolstoy_worker;
 grant execute on function tolstoy_queue_stats() to tolstoy_worker;
+
+-- envelope encryption: organizations' wrapped data keys and the trail of
+-- credential reads (20261201000005). Both services make an organization's first
+-- data key and record reads; only the retirement of old key versions updates a
+-- key. Neither may delete a key, nor change or delete an audit row.
+grant select, insert, update on organization_keys to tolstoy_app, tolstoy_worker;
+grant select, insert on secret_reads to tolstoy_app, tolstoy_worker;
+revoke delete, truncate on organization_keys from tolstoy_app, tolstoy_worker;
+revoke update, delete, truncate on secret_reads from tolstoy_app, tolstoy_worker;
+grant execute on function tolstoy_key_version(bytea) to tolstoy_app, tolstoy_worker;

@@ -603,6 +603,27 @@ COMMENT ON FUNCTION public.tolstoy_key_grant(hash bytea) IS 'The organization an
 
 
 --
+-- Name: tolstoy_key_version(bytea); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_key_version(ciphertext bytea) RETURNS integer
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select case
+        when length(ciphertext) < 5 then null
+        when get_byte(ciphertext, 0) = 1 then ('x' || encode(substring(ciphertext from 2 for 4), 'hex'))::bit(32)::integer
+    end
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_key_version(ciphertext bytea); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_key_version(ciphertext bytea) IS 'The organization data key version a ciphertext (tool_credentials.secret, flow_run_steps.sealed) was encrypted with; null for a plain Fernet token under TOLSTOY_ENCRYPTION_KEY (written before envelope encryption).';
+
+
+--
 -- Name: tolstoy_maintain_history(date, integer, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1266,7 +1287,7 @@ COMMENT ON COLUMN public.flow_run_steps.outputs IS 'What people see of the outpu
 -- Name: COLUMN flow_run_steps.sealed; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.flow_run_steps.sealed IS 'The real output, encrypted by the application, when it differs from outputs (it held secrets).';
+COMMENT ON COLUMN public.flow_run_steps.sealed IS 'The real output, encrypted with the organization''s data key, when it differs from outputs (it held secrets).';
 
 
 --
@@ -1411,6 +1432,81 @@ COMMENT ON COLUMN public.flows.version IS 'Current version number; equals the hi
 
 
 --
+-- Name: oauth_tokens; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.oauth_tokens (
+    org_id uuid NOT NULL,
+    credential_id uuid NOT NULL,
+    access_token bytea NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY public.oauth_tokens FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE oauth_tokens; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.oauth_tokens IS 'The current OAuth2 access token of each oauth2 credential, shared by all processes (refreshed under a row lock on tool_credentials).';
+
+
+--
+-- Name: COLUMN oauth_tokens.expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.expires_at IS 'When the provider said the token expires; refreshed 30 s before.';
+
+
+--
+-- Name: organization_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_keys (
+    org_id uuid NOT NULL,
+    version integer NOT NULL,
+    wrapped bytea NOT NULL,
+    kek_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    retired_at timestamp with time zone,
+    CONSTRAINT organization_keys_kek_id_length CHECK (((char_length(kek_id) >= 1) AND (char_length(kek_id) <= 2048))),
+    CONSTRAINT organization_keys_version_positive CHECK ((version >= 1))
+);
+
+ALTER TABLE ONLY public.organization_keys FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE organization_keys; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.organization_keys IS 'Data keys of each organization (Fernet), one row per version, wrapped by a key-encryption key kept outside the database; the newest version encrypts, every version decrypts.';
+
+
+--
+-- Name: COLUMN organization_keys.wrapped; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_keys.wrapped IS 'The data key encrypted by the KEK kek_id names; never stored in clear.';
+
+
+--
+-- Name: COLUMN organization_keys.kek_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_keys.kek_id IS 'Which key-encryption key wrapped it: fernet:<fingerprint of a TOLSTOY_ENCRYPTION_KEY key> or kms:<key ARN>.';
+
+
+--
+-- Name: COLUMN organization_keys.retired_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_keys.retired_at IS 'Set by `tolstoy secrets rotate --reencrypt` once every ciphertext moved to a newer version.';
+
+
+--
 -- Name: organizations; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1444,6 +1540,62 @@ COMMENT ON COLUMN public.organizations.name IS 'Display name, 1 to 200 character
 CREATE TABLE public.schema_migrations (
     version character varying NOT NULL
 );
+
+
+--
+-- Name: secret_reads; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.secret_reads (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    read_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor text NOT NULL,
+    user_id uuid,
+    tool_id uuid,
+    credential_id uuid,
+    run_id uuid,
+    purpose text NOT NULL,
+    CONSTRAINT secret_reads_actor_known CHECK ((actor = ANY (ARRAY['api'::text, 'worker'::text, 'cli'::text]))),
+    CONSTRAINT secret_reads_purpose_length CHECK (((char_length(purpose) >= 1) AND (char_length(purpose) <= 100)))
+);
+
+ALTER TABLE ONLY public.secret_reads FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE secret_reads; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.secret_reads IS 'Audit trail: one row per tool credential read to be decrypted (who, which credential, which run, why).';
+
+
+--
+-- Name: COLUMN secret_reads.actor; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.secret_reads.actor IS 'api (a request), worker (a flow step) or cli (tolstoy secrets rotate --reencrypt).';
+
+
+--
+-- Name: COLUMN secret_reads.user_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.secret_reads.user_id IS 'The acting user (X-User-ID, or the user who started the run); null when none.';
+
+
+--
+-- Name: COLUMN secret_reads.run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.secret_reads.run_id IS 'The flow run (executionId) whose step used the credential; null outside runs.';
+
+
+--
+-- Name: COLUMN secret_reads.purpose; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.secret_reads.purpose IS 'step, execute (POST /actions/{id}/execute), show (masked listing) or reencrypt.';
 
 
 --
@@ -1499,7 +1651,7 @@ COMMENT ON TABLE public.tool_credentials IS 'Secrets a tool''s requests authenti
 -- Name: COLUMN tool_credentials.secret; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.tool_credentials.secret IS 'Encrypted with TOLSTOY_ENCRYPTION_KEY; `tolstoy secrets rotate` re-encrypts with the newest key.';
+COMMENT ON COLUMN public.tool_credentials.secret IS 'The JSON config, encrypted with the organization''s data key (tolstoy_key_version(secret) says which version); older rows: a Fernet token under TOLSTOY_ENCRYPTION_KEY.';
 
 
 --
@@ -1692,6 +1844,22 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: oauth_tokens oauth_tokens_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.oauth_tokens
+    ADD CONSTRAINT oauth_tokens_pkey PRIMARY KEY (org_id, credential_id);
+
+
+--
+-- Name: organization_keys organization_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_keys
+    ADD CONSTRAINT organization_keys_pkey PRIMARY KEY (org_id, version);
+
+
+--
 -- Name: organizations organizations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -1705,6 +1873,14 @@ ALTER TABLE ONLY public.organizations
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+
+--
+-- Name: secret_reads secret_reads_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.secret_reads
+    ADD CONSTRAINT secret_reads_pkey PRIMARY KEY (org_id, id);
 
 
 --
@@ -1977,6 +2153,13 @@ CREATE INDEX flows_org_id_created_at_id_idx ON public.flows USING btree (org_id,
 --
 
 CREATE INDEX organizations_created_at_id_idx ON public.organizations USING btree (created_at DESC, id DESC);
+
+
+--
+-- Name: secret_reads_org_id_read_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX secret_reads_org_id_read_at_idx ON public.secret_reads USING btree (org_id, read_at DESC);
 
 
 --
@@ -2297,6 +2480,22 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: oauth_tokens oauth_tokens_credential_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.oauth_tokens
+    ADD CONSTRAINT oauth_tokens_credential_id_fkey FOREIGN KEY (org_id, credential_id) REFERENCES public.tool_credentials(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: organization_keys organization_keys_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_keys
+    ADD CONSTRAINT organization_keys_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
 -- Name: sync_execute_slots sync_execute_slots_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2406,6 +2605,18 @@ ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: oauth_tokens; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.oauth_tokens ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organization_keys; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.organization_keys ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: organizations; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2417,6 +2628,12 @@ ALTER TABLE public.organizations ENABLE ROW LEVEL SECURITY;
 
 CREATE POLICY own_organization ON public.organizations USING ((id = public.tolstoy_current_org()));
 
+
+--
+-- Name: secret_reads; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.secret_reads ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: sync_execute_slots; Type: ROW SECURITY; Schema: public; Owner: -
@@ -2471,6 +2688,27 @@ CREATE POLICY tenant_isolation ON public.flow_versions USING ((org_id = public.t
 --
 
 CREATE POLICY tenant_isolation ON public.flows USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: oauth_tokens tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.oauth_tokens USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: organization_keys tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.organization_keys USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: secret_reads tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.secret_reads USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -2540,4 +2778,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000002'),
     ('20261201000003'),
     ('20261201000004'),
-    ('20261201000006');
+    ('20261201000005'),
+    ('20261201000006'),
+    ('20261201000007');

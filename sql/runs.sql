@@ -151,3 +151,31 @@ select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 -- Create history partitions ahead and drop those past retention (null: keep everything).
 select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
                                 :months_ahead::integer);
+
+-- ---- tolstoy secrets rotate --reencrypt ---------------------------------------------
+
+-- name: sealed_to_reencrypt
+-- The next batch (in primary key order after the given step) of an organization's sealed outputs
+-- not encrypted with data key :version, locked.
+select org_id, run_id, step_id, run_created_at, sealed
+from flow_run_steps
+where org_id = :org_id and sealed is not null
+  and (run_id, step_id, run_created_at) > (:after_run::uuid, :after_step::text, :after_created::timestamptz)
+  and tolstoy_key_version(sealed) is distinct from :version::integer
+order by run_id, step_id, run_created_at
+limit :limit
+for update;
+
+-- name: resealed!
+-- Store a batch of re-encrypted sealed outputs.
+update flow_run_steps s
+set sealed = n.sealed
+from unnest(:run_ids::uuid[], :step_ids::text[], :run_created::timestamptz[], :sealed::bytea[])
+     as n(run_id, step_id, run_created_at, sealed)
+where s.org_id = :org_id and s.run_id = n.run_id and s.step_id = n.step_id and s.run_created_at = n.run_created_at;
+
+-- name: legacy_sealed_count$
+-- How many sealed outputs of an organization are still under TOLSTOY_ENCRYPTION_KEY directly.
+select count(*)
+from flow_run_steps
+where org_id = :org_id and sealed is not null and tolstoy_key_version(sealed) is null;

@@ -1,19 +1,39 @@
 -- name: list_by_tool
--- Every credential of one tool, newest first (secrets are decrypted and masked by the app).
+-- Every credential of one tool, newest first (secrets are decrypted and masked by the app); with a
+-- :purpose, each is recorded in secret_reads as read by :actor (and :user_id) by the same statement.
+with found as (
+    select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
+    from tool_credentials
+    where org_id = :org_id and tool_id = :tool_id
+), audit as (
+    insert into secret_reads (org_id, actor, user_id, tool_id, credential_id, purpose)
+    select found.org_id, :actor::text, :user_id::uuid, found.tool_id, found.id, :purpose::text
+    from found
+    where :purpose::text is not null
+)
 select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
-from tool_credentials
-where org_id = :org_id and tool_id = :tool_id
+from found
 order by created_at desc, id desc;
 
--- name: get_default^
--- The credential requests to a tool use: the default one, else the only one.
+-- name: read_default^
+-- The credential requests to a tool use (the default one, else the only one), recorded in
+-- secret_reads as read by :actor (:user_id, :run_id, :purpose) by the same statement: a
+-- credential is never handed over for decryption unrecorded, and the record costs no round trip.
+with found as (
+    select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
+    from tool_credentials
+    where org_id = :org_id and tool_id = :tool_id
+      and (is_default or (select count(*) from tool_credentials c
+                          where c.org_id = :org_id and c.tool_id = :tool_id) = 1)
+    order by is_default desc
+    limit 1
+), audit as (
+    insert into secret_reads (org_id, actor, user_id, tool_id, credential_id, run_id, purpose)
+    select found.org_id, :actor::text, :user_id::uuid, found.tool_id, found.id, :run_id::uuid, :purpose::text
+    from found
+)
 select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
-from tool_credentials
-where org_id = :org_id and tool_id = :tool_id
-  and (is_default or (select count(*) from tool_credentials c
-                      where c.org_id = :org_id and c.tool_id = :tool_id) = 1)
-order by is_default desc
-limit 1;
+from found;
 
 -- name: clear_default!
 -- Before making another credential the default: at most one per tool.
@@ -34,16 +54,41 @@ returning id, org_id, tool_id, name, type, secret, is_default, created_at, updat
 delete from tool_credentials
 where org_id = :org_id and tool_id = :tool_id and name = :name;
 
--- name: all_for_rotation
--- Every stored secret of one organization, locked, for `tolstoy secrets rotate`.
-select org_id, id, secret
-from tool_credentials
-where org_id = :org_id
-order by id
-for update;
+-- ---- encryption upkeep -------------------------------------------------------------
 
--- name: set_secret!
--- Store a re-encrypted secret.
+-- name: rewrite_secret!
+-- A secret re-encrypted with the organization's newest data key as it was used, unless it
+-- changed meanwhile (then the newer one stays).
 update tool_credentials
 set secret = :secret
-where org_id = :org_id and id = :id;
+where org_id = :org_id and id = :id and secret = :previous;
+
+-- name: to_reencrypt
+-- The next batch (ids after :after_id) of an organization's secrets not encrypted with data key
+-- :version, locked, for `tolstoy secrets rotate --reencrypt`.
+select org_id, id, tool_id, secret
+from tool_credentials
+where org_id = :org_id and id > :after_id::uuid
+  and tolstoy_key_version(secret) is distinct from :version::integer
+order by id
+limit :limit
+for update;
+
+-- name: reencrypted!
+-- Store a batch of re-encrypted secrets, recording each in secret_reads as decrypted by the command line.
+with changed as (
+    update tool_credentials c
+    set secret = n.secret
+    from unnest(:ids::uuid[], :secrets::bytea[]) as n(id, secret)
+    where c.org_id = :org_id and c.id = n.id
+    returning c.org_id, c.id, c.tool_id
+)
+insert into secret_reads (org_id, actor, tool_id, credential_id, purpose)
+select changed.org_id, 'cli', changed.tool_id, changed.id, 'reencrypt'
+from changed;
+
+-- name: legacy_count$
+-- How many secrets of an organization are still under TOLSTOY_ENCRYPTION_KEY directly (no data key).
+select count(*)
+from tool_credentials
+where org_id = :org_id and tolstoy_key_version(secret) is null;

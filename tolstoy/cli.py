@@ -15,7 +15,6 @@ from . import engine, logs
 from .config import Config, ConfigError
 from .db import embedded, migrate
 from .db.database import Database
-from .db.queries import SQL
 from .paths import GUNICORN_CONF, IN_CHECKOUT, SEED_FILE
 
 
@@ -127,36 +126,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_secrets(args: argparse.Namespace) -> int:
-    """``tolstoy secrets rotate``: re-encrypt every tool credential with the first key."""
+    """``tolstoy secrets rotate [--reencrypt]``: re-wrap every organization's data keys with the newest
+    key-encryption key; with --reencrypt, move every ciphertext to a new data key version."""
     config = load_config()
-    vault = engine.vault_from_config(config)
-    if vault is None:
-        raise SystemExit("tolstoy: TOLSTOY_ENCRYPTION_KEY is not set")
     url, _server = database_url(config, for_migrations=True)
     db = Database(url, min_size=1, max_size=1, application_name=f"{config.app_name}-secrets")
+    vault = engine.vault_from_config(config, db)
+    if vault is None:
+        raise SystemExit("tolstoy: TOLSTOY_ENCRYPTION_KEY (or TOLSTOY_KMS_KEY_ID) is not set")
     db.open(wait=True)
     try:
-        count = rotate_secrets(db, vault)
+        if args.reencrypt:
+            counts = reencrypt_secrets(db, vault, args.batch_size)
+            print(f"tolstoy: re-encrypted {counts['credentials']} credential(s) and {counts['outputs']} sealed "
+                  f"output(s) of {counts['organizations']} organization(s) in {counts['batches']} batch(es); "
+                  f"{counts['versions']} new data key version(s), {counts['retired']} older version(s) retired",
+                  file=sys.stderr)
+        else:
+            counts = rotate_secrets(db, vault)
+            print(f"tolstoy: re-wrapped {counts['rewrapped']} data key(s) of {counts['organizations']} "
+                  f"organization(s) with {counts['kek_id']}; {counts['legacy']} ciphertext(s) still under "
+                  "TOLSTOY_ENCRYPTION_KEY itself (`tolstoy secrets rotate --reencrypt` moves them)", file=sys.stderr)
     finally:
         db.close()
-    print(f"tolstoy: re-encrypted {count} credential(s) with the first TOLSTOY_ENCRYPTION_KEY", file=sys.stderr)
     return 0
 
 
-def rotate_secrets(db: Database, vault) -> int:
-    """Re-encrypt every stored credential with the vault's newest key, in one transaction."""
-    count = 0
-    with db.transaction():
-        with db.admin():  # the list of organizations is the admin's (the owner's URL needs no path)
-            orgs = db.all(SQL.organizations.all_ids)
-        for org in orgs:
-            # Row-level security: each organization's credentials are visible only as that organization.
-            with db.tenant(org["id"]):
-                for row in db.all(SQL.tool_credentials.all_for_rotation, org_id=org["id"]):
-                    db.rowcount(SQL.tool_credentials.set_secret, org_id=row["org_id"], id=row["id"],
-                                secret=vault.rotate(row["secret"]))
-                    count += 1
-    return count
+def rotate_secrets(db: Database, vault) -> dict:
+    """Re-wrap every organization's data keys with the newest KEK (no data is re-encrypted); counts."""
+    return engine.rewrap(db, vault)
+
+
+def reencrypt_secrets(db: Database, vault, batch: int = 500) -> dict:
+    """Move every ciphertext to a new data key version per organization, ``batch`` rows per transaction,
+    and retire the older versions; counts."""
+    return engine.reencrypt(db, vault, batch)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -227,10 +231,14 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=int, default=None,
                         help="runs in flight at once (default TOLSTOY_WORKER_CONCURRENCY, 4)")
     worker.set_defaults(func=cmd_worker)
-    secrets = sub.add_parser("secrets", help="tool credential encryption")
+    secrets = sub.add_parser("secrets", help="encryption of tool credentials and sealed step outputs")
     secrets.set_defaults(func=cmd_secrets)
-    secrets.add_subparsers(dest="action", required=True).add_parser(
-        "rotate", help="re-encrypt every credential with the first TOLSTOY_ENCRYPTION_KEY")
+    rotate = secrets.add_subparsers(dest="action", required=True).add_parser(
+        "rotate", help="re-wrap every organization's data keys with the newest key-encryption key "
+                       "(the first TOLSTOY_ENCRYPTION_KEY, or TOLSTOY_KMS_KEY_ID)")
+    rotate.add_argument("--reencrypt", action="store_true",
+                        help="also give each organization a new data key and move every ciphertext to it")
+    rotate.add_argument("--batch-size", type=int, default=500, help="rows per transaction with --reencrypt")
     db = sub.add_parser("db", help="migrations with dbmate (uses DIRECT_URL, else DATABASE_URL)")
     db.set_defaults(func=cmd_db)
     actions = db.add_subparsers(dest="action", required=True)

@@ -46,6 +46,11 @@ class Config:
     # Engine: Fernet key(s) for tool credentials (first encrypts, all decrypt),
     # networks outbound calls may reach although not public, and worker tuning.
     encryption_key: str | None = None
+    # Envelope encryption: an AWS KMS key wraps the organizations' data keys instead (its region from
+    # AWS_REGION), and how long a process keeps an unwrapped data key.
+    kms_key_id: str | None = None
+    kms_region: str | None = None
+    data_key_ttl: float = 300.0
     allow_networks: tuple[str, ...] = ()
     worker_concurrency: int = 4
     # POST /actions/{id}/execute holds a Gunicorn worker while the tool answers: bounded in
@@ -143,6 +148,10 @@ class Config:
             prepare_threshold=reader.prepare_threshold(),
             data_dir=reader.text("TOLSTOY_DATA_DIR", ".tolstoy"),
             encryption_key=reader.raw("TOLSTOY_ENCRYPTION_KEY"),
+            kms_key_id=reader.raw("TOLSTOY_KMS_KEY_ID"),
+            kms_region=reader.raw("AWS_REGION") or reader.raw("AWS_DEFAULT_REGION") or _arn_region(
+                reader.raw("TOLSTOY_KMS_KEY_ID")),
+            data_key_ttl=reader.number("TOLSTOY_DATA_KEY_TTL", 300.0, 1, 3600),
             allow_networks=reader.networks("TOLSTOY_ALLOW_NETWORKS", ()),
             worker_concurrency=reader.integer("TOLSTOY_WORKER_CONCURRENCY", 4, 1, 256),
             sync_execute_timeout_ms=reader.integer("TOLSTOY_SYNC_EXECUTE_TIMEOUT_MS", 10_000, 100, 120_000),
@@ -169,6 +178,8 @@ class Config:
         )
         if config.encryption_key is not None:
             check_fernet_keys(config.encryption_key)
+        if config.kms_key_id is not None and config.kms_region is None:
+            raise ConfigError("AWS_REGION must be set with TOLSTOY_KMS_KEY_ID (or give the key's ARN)")
         if config.pool_min_size > config.pool_max_size:
             raise ConfigError(
                 "TOLSTOY_POOL_MIN_SIZE must not exceed TOLSTOY_POOL_MAX_SIZE "
@@ -193,6 +204,14 @@ def check_fernet_keys(keys: str) -> None:
         if len(raw) != 32:
             raise ConfigError("TOLSTOY_ENCRYPTION_KEY must hold Fernet keys (32 url-safe base64 bytes), "
                               "comma-separated")
+
+
+def _arn_region(key_id: str | None) -> str | None:
+    """The region an ARN names (arn:aws:kms:<region>:<account>:key/…), else None."""
+    parts = (key_id or "").split(":")
+    if len(parts) > 3 and parts[0] == "arn" and parts[3]:
+        return parts[3]
+    return None
 
 
 class _SecretSource:

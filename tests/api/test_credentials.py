@@ -7,8 +7,9 @@ credential by posting its name again, at most one default per tool, GET (masked)
 DELETE by name (204 then 404), other organizations' tools (404 everywhere), the
 stored ``secret`` column (encrypted, never the clear value), deleting a tool that
 still has credentials (409), the service without an encryption key (503), and
-``tolstoy secrets rotate`` (re-encryption with the newest key, old key refused, the
-engine still authenticating with the new key)."""
+``tolstoy secrets rotate`` (data keys re-wrapped with the newest key while the
+ciphertexts stay as they are, the old key refused, the engine still authenticating
+with the new key). Envelope encryption itself: tests/engine/test_envelope_encryption.py."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from psycopg.rows import dict_row
 from tolstoy.api.app import create_app
 from tolstoy.cli import main as cli_main
 from tolstoy.cli import rotate_secrets
-from tolstoy.engine import Vault, generate_key
+from tolstoy.engine import generate_key, vault_from_config
+from tolstoy.engine.keys import fingerprint
 from tolstoy.errors import VaultError
 from tolstoy.redaction import MASK
 
@@ -63,10 +65,28 @@ def stored(db, tool_id=None) -> list[dict]:
     """tool_credentials rows as the database holds them."""
     with db.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
-            "select id, tool_id, name, type::text as type, secret, is_default from tool_credentials"
+            "select org_id, id, tool_id, name, type::text as type, secret, is_default from tool_credentials"
             " where %(tool)s::uuid is null or tool_id = %(tool)s::uuid order by created_at, id",
             {"tool": tool_id})
         return cur.fetchall()
+
+
+def vault(db, config, keys: str | None = None):
+    """A vault on the owner's pool with these TOLSTOY_ENCRYPTION_KEY keys (the configured ones by default)."""
+    return vault_from_config(dataclasses.replace(config, encryption_key=keys or config.encryption_key), db)
+
+
+def opened(db, config, row: dict, keys: str | None = None):
+    """A stored secret decrypted as its organization (row-level security binds the owner too)."""
+    with db.tenant(row["org_id"]):
+        return vault(db, config, keys).decrypt(row["org_id"], row["secret"])
+
+
+def wrapped_keys(db) -> dict:
+    """organization_keys rows: {(org_id, version): (kek_id, wrapped)}."""
+    with db.pool.connection() as conn:
+        rows = conn.execute("select org_id, version, kek_id, wrapped from organization_keys").fetchall()
+    return {(str(r["org_id"]), r["version"]): (r["kek_id"], bytes(r["wrapped"])) for r in rows}
 
 
 # ---- create ---------------------------------------------------------------------------------
@@ -95,16 +115,17 @@ def test_create_each_type_masks_its_secrets(api, org, tool, db, config, kind):
         assert sent[field] not in result.text
     # Listed the same way, masked.
     assert listing(api, org, tool) == [body]
-    # At rest: encrypted, decryptable with the configured key.
+    # At rest: encrypted with the organization's data key (version 1), decryptable with the configured key.
     [row] = stored(db, tool["id"])
     assert (row["name"], row["type"], row["is_default"]) == ("default", kind, False)
     raw = bytes(row["secret"])
+    assert raw[:5] == b"\x01\x00\x00\x00\x01"
     for field in secret_fields:
         assert sent[field].encode() not in raw
     for field in shown:
         if isinstance(sent[field], str):
             assert sent[field].encode() not in raw  # the whole config is encrypted
-    assert Vault(config.encryption_key).decrypt(raw) == sent
+    assert opened(db, config, row) == sent
 
 
 def test_short_secrets_are_fully_masked(api, org, tool):
@@ -196,8 +217,7 @@ def test_posting_the_same_name_replaces_it(api, org, tool, db, config):
     assert listing(api, org, tool) == [second]
     rows = stored(db, tool["id"])
     assert len(rows) == 1
-    assert Vault(config.encryption_key).decrypt(rows[0]["secret"]) == {"headerName": "X-K",
-                                                                       "headerValue": "second-value-2"}
+    assert opened(db, config, rows[0]) == {"headerName": "X-K", "headerValue": "second-value-2"}
     assert first["id"] == second["id"]
     # Names are per tool: the same name on another tool is another credential.
     other_tool = api.tool(org, "Other")
@@ -338,23 +358,30 @@ def setup_rotation(api, org, tool, httpserver):
     return api.action(org, tool, key="me.get", endpoint="/me")
 
 
-def test_rotate_secrets_re_encrypts_with_the_new_key(api, org, tool, db, app_db, config, httpserver):
+def test_rotate_secrets_rewraps_the_data_keys_with_the_new_key(api, org, tool, db, app_db, config, httpserver):
     user = api.user(org)
     action = setup_rotation(api, org, tool, httpserver)
     old_key, new_key = config.encryption_key, generate_key()
     before = {r["id"]: bytes(r["secret"]) for r in stored(db)}
+    keys_before = wrapped_keys(db)
+    assert {kek for kek, _ in keys_before.values()} == {fingerprint(old_key)}
 
-    assert rotate_secrets(db, Vault(f"{new_key},{old_key}")) == 2
+    counts = rotate_secrets(db, vault(db, config, f"{new_key},{old_key}"))
+    assert (counts["organizations"], counts["rewrapped"], counts["legacy"]) == (2, 2, 0)
+    assert counts["kek_id"] == fingerprint(new_key)
 
+    # The data keys are wrapped anew; the data they encrypt is untouched.
+    keys_after = wrapped_keys(db)
+    assert set(keys_after) == set(keys_before)
+    for key, (kek, wrapped) in keys_after.items():
+        assert kek == fingerprint(new_key) and wrapped != keys_before[key][1]
     rows = stored(db)
-    assert {r["id"] for r in rows} == set(before)
+    assert {r["id"]: bytes(r["secret"]) for r in rows} == before
     configs = {}
     for row in rows:
-        raw = bytes(row["secret"])
-        assert raw != before[row["id"]]
-        configs[row["type"]] = Vault(new_key).decrypt(raw)
+        configs[row["type"]] = opened(db, config, row, new_key)
         with pytest.raises(VaultError):
-            Vault(old_key).decrypt(raw)
+            opened(db, config, row, old_key)
     assert configs == {"bearer": {"token": "rotating-token-1"}, "basic": {"username": "u", "password": "pw-123"}}
 
     # The engine with the new key still authenticates the tool's requests.
@@ -369,9 +396,11 @@ def test_rotate_secrets_re_encrypts_with_the_new_key(api, org, tool, db, app_db,
     listed = rotated.simulate_get(auth_path(tool), headers=api.headers(org)).json
     assert listed[0]["config"] == {"token": MASK + "en-1"}
 
-    # With only the old key the engine can no longer read the credential: a clean failure, no request.
-    stale = api.client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
-                                     headers=api.headers(org, user))
+    # A process with only the old key (and no data key in memory) can no longer read the credential:
+    # a clean failure, no request.
+    stale_app = testing.TestClient(create_app(dataclasses.replace(config, encryption_key=old_key), app_db))
+    stale = stale_app.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                    headers=api.headers(org, user))
     assert stale.status_code == 200 and stale.json["success"] is False
     assert "TOLSTOY_ENCRYPTION_KEY" in stale.json["data"]["error"]
     assert len(httpserver.log) == 1
@@ -380,14 +409,15 @@ def test_rotate_secrets_re_encrypts_with_the_new_key(api, org, tool, db, app_db,
 def test_rotate_is_idempotent_and_a_foreign_key_fails_without_changes(api, org, tool, db, config, httpserver):
     setup_rotation(api, org, tool, httpserver)
     old_key, new_key = config.encryption_key, generate_key()
-    assert rotate_secrets(db, Vault(f"{new_key},{old_key}")) == 2
-    assert rotate_secrets(db, Vault(f"{new_key},{old_key}")) == 2
+    assert rotate_secrets(db, vault(db, config, f"{new_key},{old_key}"))["rewrapped"] == 2
+    assert rotate_secrets(db, vault(db, config, f"{new_key},{old_key}"))["rewrapped"] == 0
     for row in stored(db):
-        Vault(new_key).decrypt(row["secret"])
-    before = {r["id"]: bytes(r["secret"]) for r in stored(db)}
+        opened(db, config, row, new_key)
+    before = ({r["id"]: bytes(r["secret"]) for r in stored(db)}, wrapped_keys(db))
+    # A key that wraps nothing stored cannot unwrap the data keys: nothing changes, for any organization.
     with pytest.raises(VaultError):
-        rotate_secrets(db, Vault(generate_key()))
-    assert {r["id"]: bytes(r["secret"]) for r in stored(db)} == before
+        rotate_secrets(db, vault(db, config, generate_key()))
+    assert ({r["id"]: bytes(r["secret"]) for r in stored(db)}, wrapped_keys(db)) == before
 
 
 def test_secrets_rotate_command(api, org, tool, db, config, httpserver, worker_env, monkeypatch, capsys):
@@ -397,9 +427,9 @@ def test_secrets_rotate_command(api, org, tool, db, config, httpserver, worker_e
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DIRECT_URL", raising=False)
     assert cli_main(["secrets", "rotate"]) == 0
-    assert "re-encrypted 2 credential(s)" in capsys.readouterr().err
+    assert "re-wrapped 2 data key(s) of 2 organization(s)" in capsys.readouterr().err
     for row in stored(db):
-        assert Vault(new_key).decrypt(row["secret"])
+        assert opened(db, config, row, new_key)
 
 
 def test_apikey_credential_is_sent_as_its_header_and_kept_out_of_logs(api, org, db, config, httpserver):

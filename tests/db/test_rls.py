@@ -11,7 +11,7 @@ from tolstoy.db.queries import Query
 from tolstoy.errors import DatabaseUnavailable
 
 TENANT_TABLES = ("users", "tools", "actions", "flows", "flow_versions", "execution_logs", "flow_runs",
-                 "flow_run_steps", "tool_credentials", "api_keys")
+                 "flow_run_steps", "tool_credentials", "api_keys", "organization_keys", "secret_reads")
 
 
 def unscoped(sql: str, kind: str = "all") -> Query:
@@ -24,6 +24,8 @@ def fill(api, db, name: str) -> dict:
     user = api.user(org)
     tool = api.tool(org)
     api.create(f"/tools/{tool['id']}/auth", org, {"type": "bearer", "config": {"token": f"token-of-{name}"}})
+    # Its data key (organization_keys) was made with it; showing it records a read (secret_reads).
+    api.client.simulate_get(f"/tools/{tool['id']}/auth", headers=api.headers(org))
     api.action(org, tool)
     flow = api.flow(org)
     api.log(org, user, flow)

@@ -183,7 +183,7 @@ class FlowRuns:
                 if self.vault is None:
                     raise falcon.HTTPServiceUnavailable(
                         description="Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
-                sealed = self.vault.seal(output)
+                sealed = self.vault.seal(req.context.org_id, output)
         elif outcome == "failed":
             error = {"name": "OutcomeUnknown", "message": values.get("message") or "Resolved as failed.",
                      "resolvedBy": str(req.context.user_id)}

@@ -1,4 +1,5 @@
-"""``/tools/{id}/auth``: a tool's credentials. Stored encrypted, shown masked."""
+"""``/tools/{id}/auth``: a tool's credentials. Stored encrypted with the organization's data
+key, shown masked; each decryption for showing is recorded in ``secret_reads``."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ class ToolCredentials:
         return resources.get_or_404(self.db, SQL.tools.get, "Tool", org_id=req.context.org_id,
                                     id=parse_uuid(raw_id, "Tool"))
 
-    def show(self, row: dict) -> dict:
-        """A credential with its secrets masked."""
-        config = self.vault.decrypt(row["secret"]) if self.vault else {}
+    def show(self, row: dict, config: dict | None = None) -> dict:
+        """A credential with its secrets masked (``config`` when the caller has it in clear already)."""
+        if config is None:
+            config = self.vault.decrypt(row["org_id"], row["secret"]) if self.vault else {}
         return _DUMP({**row, "config": engine.masked(row["type"], config)})
 
     def _vault(self) -> engine.Vault:
@@ -54,17 +56,19 @@ class ToolCredentials:
             self.db.rowcount(SQL.tool_credentials.clear_default, org_id=req.context.org_id, tool_id=tool["id"])
         row = self.db.one(
             SQL.tool_credentials.upsert, commit=True, org_id=req.context.org_id, tool_id=tool["id"],
-            name=values["name"], type=values["type"], secret=vault.encrypt(values["config"]),
+            name=values["name"], type=values["type"], secret=vault.encrypt(req.context.org_id, values["config"]),
             is_default=values["is_default"],
         )
-        body = self.show(row)
+        # Masked from what was sent: nothing is decrypted, so nothing is read.
+        body = self.show(row, values["config"])
         created(req, resp, body, location=f"/tools/{tool['id']}/auth/{quote(row['name'], safe='')}")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
-        """Every credential of the tool, masked."""
+        """Every credential of the tool, masked (each decryption recorded as the request's)."""
         tool = self.tool(req, id)
         rows = self.db.all(SQL.tool_credentials.list_by_tool, commit=True, org_id=req.context.org_id,
-                           tool_id=tool["id"])
+                           tool_id=tool["id"], actor="api", user_id=req.context.user_id,
+                           purpose="show" if self.vault else None)
         resp.media = [self.show(row) for row in rows]
 
     def on_delete_named(self, req: falcon.Request, resp: falcon.Response, id: str, name: str) -> None:

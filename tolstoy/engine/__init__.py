@@ -14,27 +14,34 @@ from ..db.database import Database
 from .calls import Tools, input_errors
 from .errors import InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
+from .keys import Keyring, keks_from_config
 from .outbound import Outbound
+from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine
 from .tool_auth import SECRET_FIELDS, masked
-from .vault import Vault, generate_key, local_key
+from .vault import Reader, Vault, generate_key, legacy_keys, local_key
 from .worker import Worker
 
 __all__ = [
-    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "StepFailed", "Tools", "Vault", "Worker",
+    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
-    "step_order", "tools", "vault_from_config",
+    "reencrypt", "rewrap", "step_order", "tools", "vault_from_config",
 ]
 
 
-def vault_from_config(config) -> Vault | None:
-    """The credential vault, or None when no TOLSTOY_ENCRYPTION_KEY is configured."""
-    return Vault(config.encryption_key) if config.encryption_key else None
+def vault_from_config(config, db: Database) -> Vault | None:
+    """The vault of organizations' secrets on ``db``, or None when neither TOLSTOY_ENCRYPTION_KEY nor
+    TOLSTOY_KMS_KEY_ID is configured."""
+    keks = keks_from_config(config)
+    if keks is None:
+        return None
+    legacy = legacy_keys(config.encryption_key) if config.encryption_key else None
+    return Vault(Keyring(db, keks, config.data_key_ttl), legacy)
 
 
 def tools(config, db: Database) -> Tools:
     """Calls to tools with this configuration's outbound rules and credential keys."""
-    return Tools(db, Outbound(config.allow_networks), vault_from_config(config))
+    return Tools(db, Outbound(config.allow_networks), vault_from_config(config, db))
 
 
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:

@@ -6,6 +6,7 @@ the same code."""
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 import uuid
@@ -19,14 +20,15 @@ from referencing.exceptions import Unresolvable
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import write_execution_log
-from ..errors import VaultError
+from ..errors import DatabaseUnavailable, VaultError
 from ..redaction import mask_json
 from .errors import InvalidInputs, StepFailed
 from .outbound import Outbound, OutboundError, Reply, retryable_status
 from .templates import TemplateFailure, render
-from .tool_auth import TokenCache, auth_headers, secret_values
-from .vault import Vault
+from .tool_auth import SharedTokens, auth_headers, secret_values
+from .vault import Reader, Vault
 
+log = logging.getLogger("tolstoy.engine")
 # A synchronous call must answer well inside Gunicorn's worker timeout (gunicorn.conf.py).
 SYNC_TIMEOUT_MS = 10_000  # POST /actions/{id}/execute, end to end, unless the action or the server says otherwise
 
@@ -94,38 +96,58 @@ class Tools:
         self.db = db
         self.http = http
         self.vault = vault
-        self.tokens = TokenCache()
+        self.tokens = SharedTokens(db, vault, http)
 
-    def credential(self, org_id, tool_id) -> tuple[dict | None, dict | None]:
-        """The tool's default credential and its decrypted config (None, None without one)."""
-        row = self.db.one(SQL.tool_credentials.get_default, commit=True, org_id=org_id, tool_id=tool_id)
-        if row is None:
-            return None, None
+    def credential(self, org_id, tool_id, reader: Reader) -> tuple[dict | None, dict | None]:
+        """The tool's default credential and its decrypted config (None, None without one); the
+        statement that reads it records the read in ``secret_reads`` as ``reader``'s."""
         if self.vault is None:
             raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so tool credentials cannot be read")
+        row = self.db.one(SQL.tool_credentials.read_default, commit=True, org_id=org_id, tool_id=tool_id,
+                          actor=reader.actor, user_id=reader.user_id, run_id=reader.run_id, purpose=reader.purpose)
+        if row is None:
+            return None, None
         try:
-            return row, self.vault.decrypt(row["secret"])
+            config = self.vault.decrypt(org_id, row["secret"])
         except VaultError as exc:
             raise StepFailed(str(exc)) from None
+        self._renew(org_id, row, config)
+        return row, config
 
-    def seal(self, value: Any) -> bytes:
+    def _renew(self, org_id, row: dict, config: dict) -> None:
+        """Rewrite a credential made with an older data key (or before envelope encryption) with the
+        newest one, so old key versions fall out of use without a pass over every row."""
+        try:
+            if self.vault.stale(org_id, row["secret"]):
+                self.db.rowcount(SQL.tool_credentials.rewrite_secret, commit=True, org_id=org_id, id=row["id"],
+                                 secret=self.vault.encrypt(org_id, config), previous=row["secret"])
+        except (VaultError, DatabaseUnavailable) as exc:
+            # The call goes on with the credential it has; the next use tries again.
+            log.warning("could not re-encrypt credential %s with the newest data key: %s", row["id"], exc)
+
+    def seal(self, org_id, value: Any) -> bytes:
         """A step output that holds secrets, encrypted for the run's checkpoint."""
         if self.vault is None:
             raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so an output holding secrets cannot be kept")
-        return self.vault.seal(value)
+        try:
+            return self.vault.seal(org_id, value)
+        except VaultError as exc:
+            raise StepFailed(str(exc)) from None
 
-    def unseal(self, sealed: str | bytes) -> Any:
+    def unseal(self, org_id, sealed: str | bytes) -> Any:
         """A sealed step output (base64 as the claim hands it over, or bytes) as it was."""
         if self.vault is None:
             raise StepFailed("TOLSTOY_ENCRYPTION_KEY is not set, so a sealed output cannot be read")
         raw = base64.b64decode(sealed) if isinstance(sealed, str) else sealed
         try:
-            return self.vault.unseal(raw)
+            return self.vault.unseal(org_id, raw)
         except VaultError as exc:
             raise StepFailed(str(exc)) from None
 
-    def build_call(self, org_id, action: dict, tool: dict, inputs: dict, context: dict | None = None) -> ToolCall:
-        """Validate inputs, then build the request: base URL + endpoint, auth, query or JSON body."""
+    def build_call(self, org_id, action: dict, tool: dict, inputs: dict, context: dict | None = None, *,
+                   reader: Reader) -> ToolCall:
+        """Validate inputs, then build the request: base URL + endpoint, auth (the credential read as
+        ``reader``'s), query or JSON body."""
         if action.get("input_schema"):
             problems = input_errors(action["input_schema"], inputs)
             if problems:
@@ -141,11 +163,11 @@ class Tools:
         secrets: list = []
         injected: dict = {}
         if tool["auth_type"] != "none":
-            credential, config = self.credential(org_id, tool["id"])
+            credential, config = self.credential(org_id, tool["id"], reader)
             if credential is None:
                 raise StepFailed(f"Tool {tool['name']!r} uses {tool['auth_type']} but has no credential")
             try:
-                injected = auth_headers(credential, config, self.http, self.tokens)
+                injected = auth_headers(org_id, credential, config, self.tokens)
             except OutboundError as exc:
                 raise StepFailed(str(exc), retryable=exc.retryable) from None
             headers.update(injected)
@@ -185,7 +207,7 @@ class Tools:
         try:
             # Its own short unit of work: no connection is held while the tool answers.
             tool = self.db.one(SQL.tools.get, commit=True, org_id=org_id, id=action["tool_id"])
-            call = self.build_call(org_id, action, tool, inputs)
+            call = self.build_call(org_id, action, tool, inputs, reader=Reader("api", "execute", user_id))
             secrets = call.secrets
             reply = self.send(call, timeout_ms, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None

@@ -189,7 +189,7 @@ class Engine:
         failed: set[str] = set()
         for step_id, done in run.checkpoints.items():
             if done["status"] == "completed":
-                output = self.tools.unseal(done["sealed"]) if done.get("sealed") else done["outputs"]
+                output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
                 run.context["steps"][step_id] = output
                 run.secrets += secret_strings(output)
             elif done["status"] == "failed" or (done["status"] == "skipped" and done.get("error")):
@@ -339,7 +339,7 @@ class Engine:
         run.secrets += secret_strings(output)
         shown = mask_json(output, run.secrets)
         # Base64, because the checkpoint travels as one JSON document.
-        sealed = base64.b64encode(self.tools.seal(output)).decode() if shown != output else None
+        sealed = base64.b64encode(self.tools.seal(run.org_id, output)).decode() if shown != output else None
         run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs, outputs=shown,
                         sealed=sealed, duration_ms=duration)
         # The output is kept once, in the step's checkpoint; the log says what went in.

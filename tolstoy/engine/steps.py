@@ -12,6 +12,7 @@ from .calls import ToolCall, Tools, checked
 from .errors import SkipStep, StepFailed
 from .plans import Plan
 from .templates import TemplateFailure, condition
+from .vault import Reader
 
 DEFAULT_TIMEOUT_MS = 30000
 # Sending one of these twice does what sending it once did: a call whose outcome is unknown
@@ -38,7 +39,9 @@ def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_
                     raise SkipStep()
             except TemplateFailure as exc:
                 raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
-        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.context)
+        # The credential's read is recorded as this run's (secret_reads).
+        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.context,
+                                reader=Reader("worker", "step", run.user_id, run.id))
     elif kind == "http_request":
         call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
                         inputs.get("body"))

@@ -1,13 +1,16 @@
 """Tool credentials on the wire: which fields are secret, how a credential
-becomes request headers, and OAuth2 access tokens (cached until shortly
-before they expire)."""
+becomes request headers, and OAuth2 access tokens (shared by every process
+through the database, cached until shortly before they expire)."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import threading
 import time
 
+from ..db.database import Database
+from ..db.queries import SQL
 from ..redaction import hint
 from .outbound import Outbound, OutboundError
 
@@ -52,13 +55,56 @@ class TokenCache:
             self._tokens[key] = (token, time.monotonic() + max(expires_in - 30, 0))
 
 
-def oauth2_token(credential: dict, config: dict, http: Outbound, cache: TokenCache) -> str:
-    """An access token: cached, else fetched from tokenUrl with the stored refresh token, or with
-    the client credentials when there is none."""
-    key = (str(credential["id"]), str(credential["updated_at"]))
-    cached = cache.get(key)
-    if cached:
-        return cached
+class SharedTokens:
+    """OAuth2 access tokens every process shares: this process's cache, then the database's
+    (oauth_tokens), then a refresh under the credential's row lock, so that one process refreshes
+    while the others wait and reuse its token, and a refresh token the provider rotates is kept
+    instead of being sent again (providers with reuse detection revoke the grant for that)."""
+
+    def __init__(self, db: Database, vault, http: Outbound):
+        self.db = db
+        self.vault = vault
+        self.http = http
+        self.cache = TokenCache()
+
+    def token(self, org_id, credential: dict, config: dict) -> str:
+        """A valid access token for this oauth2 credential."""
+        key = (str(credential["id"]), str(credential["updated_at"]))
+        cached = self.cache.get(key)
+        if cached:
+            return cached
+        stored = self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential["id"])
+        if stored is None:
+            stored = self._refresh(org_id, credential["id"], config)
+        token = self.vault.decrypt(org_id, stored["access_token"], what="oauth2 access token")
+        left = (stored["expires_at"] - dt.datetime.now(dt.UTC)).total_seconds()
+        self.cache.put(key, token, left)
+        return token
+
+    def _refresh(self, org_id, credential_id, config: dict) -> dict:
+        # One transaction: the row lock is held while the provider answers (a refresh is rare and
+        # bounded by the call's deadline), so no two processes refresh the same grant.
+        with self.db.transaction():
+            locked = self.db.one(SQL.oauth_tokens.lock_credential, org_id=org_id, credential_id=credential_id)
+            stored = self.db.one(SQL.oauth_tokens.current, org_id=org_id, credential_id=credential_id)
+            if stored is not None:  # another process refreshed while this one waited
+                return stored
+            if locked is not None:  # the freshest refresh token is the stored one
+                config = self.vault.decrypt(org_id, locked["secret"])
+            body = fetch_token(config, self.http)
+            expires_in = float(body.get("expires_in") or 3600)
+            self.db.rowcount(SQL.oauth_tokens.store, org_id=org_id, credential_id=credential_id,
+                             access_token=self.vault.encrypt(org_id, body["access_token"]), expires_in=expires_in)
+            rotated = body.get("refresh_token")
+            if locked is not None and rotated and rotated != config.get("refreshToken"):
+                self.db.rowcount(SQL.oauth_tokens.keep_rotated_secret, org_id=org_id, credential_id=credential_id,
+                                 secret=self.vault.encrypt(org_id, {**config, "refreshToken": rotated}))
+            return self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential_id)
+
+
+def fetch_token(config: dict, http: Outbound) -> dict:
+    """The token endpoint's answer: with the refresh token when there is one, else with the client
+    credentials; OutboundError when it gives no access token."""
     token_url = config["tokenUrl"]
     form = {"client_id": config["clientId"], "client_secret": config["clientSecret"]}
     if config.get("refreshToken"):
@@ -73,11 +119,10 @@ def oauth2_token(credential: dict, config: dict, http: Outbound, cache: TokenCac
     if reply.status >= 400 or "access_token" not in body:
         raise OutboundError(f"oauth2 token request to {token_url} failed with status {reply.status}",
                             retryable=reply.status >= 500)
-    cache.put(key, body["access_token"], float(body.get("expires_in", 3600)))
-    return body["access_token"]
+    return body
 
 
-def auth_headers(credential: dict | None, config: dict | None, http: Outbound, cache: TokenCache) -> dict:
+def auth_headers(org_id, credential: dict | None, config: dict | None, tokens: SharedTokens) -> dict:
     """Headers that authenticate a request with this credential (none without one)."""
     if credential is None or config is None:
         return {}
@@ -90,5 +135,5 @@ def auth_headers(credential: dict | None, config: dict | None, http: Outbound, c
         pair = f"{config['username']}:{config['password']}".encode()
         return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
     if kind == "oauth2":
-        return {"Authorization": f"Bearer {oauth2_token(credential, config, http, cache)}"}
+        return {"Authorization": f"Bearer {tokens.token(org_id, credential, config)}"}
     return {}

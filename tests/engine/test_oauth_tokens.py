@@ -1,0 +1,87 @@
+"""OAuth2 tokens shared through the database: a refresh token the provider rotates is kept
+(the old one is never sent again), and processes that need a token at the same moment
+cause one refresh, not one each. Each app below has its own in-process token cache, as two
+Gunicorn workers do."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.parse
+
+import pytest
+from falcon import testing
+from pytest_httpserver import HTTPServer
+from werkzeug import Response
+
+from tolstoy.api.app import create_app
+from tolstoy.config import Config
+
+
+@pytest.fixture
+def provider():
+    """A token endpoint with reuse detection: each refresh token works once and is rotated."""
+    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    server.start()
+    state = {"valid": {"refresh-1"}, "seen": [], "issued": 0, "lock": threading.Lock()}
+
+    def token(request):
+        form = dict(urllib.parse.parse_qsl(request.get_data(as_text=True)))
+        time.sleep(0.3)  # slow enough for concurrent requests to overlap
+        with state["lock"]:
+            state["seen"].append(form.get("refresh_token"))
+            if form.get("refresh_token") not in state["valid"]:
+                state["valid"].clear()  # reuse detected: the whole grant is revoked
+                return Response('{"error": "invalid_grant"}', status=400, content_type="application/json")
+            state["valid"].discard(form["refresh_token"])
+            state["issued"] += 1
+            n = state["issued"]
+            state["valid"].add(f"refresh-{n + 1}")
+        return Response(f'{{"access_token": "access-{n}", "refresh_token": "refresh-{n + 1}", "expires_in": 3600}}',
+                        content_type="application/json")
+
+    server.expect_request("/token", method="POST").respond_with_handler(token)
+    server.expect_request("/me").respond_with_handler(
+        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
+                                 content_type="application/json"))
+    yield server, state
+    server.clear()
+    server.stop()
+
+
+def test_a_rotated_refresh_token_is_kept_and_processes_share_one_refresh(api, org, user, worker_env, app_db, db,
+                                                                          provider):
+    config = Config.from_env({**worker_env, "TOLSTOY_SYNC_EXECUTE_PER_ORG": "5"})
+    server, state = provider
+    tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token"),
+        "refreshToken": "refresh-1"}})
+    action = api.action(org, tool, key="me", method="GET", endpoint="/me")
+    workers = [testing.TestClient(create_app(config, app_db)) for _ in range(3)]
+
+    def execute(client):
+        result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                      headers=api.headers(org, user))
+        assert result.status_code == 200, result.text
+        return result.json
+
+    answers: list = []
+    threads = [threading.Thread(target=lambda c=c: answers.append(execute(c))) for c in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    # Three processes at once: one refresh, the same token everywhere.
+    assert state["seen"] == ["refresh-1"]
+    assert [a["data"]["auth"] for a in answers] == ["Bearer access-1"] * 3
+
+    with db.pool.connection() as conn:  # the token runs out
+        conn.execute("update oauth_tokens set expires_at = now() - interval '1 minute'")
+    with db.pool.connection() as conn:
+        stored = conn.execute("select access_token from oauth_tokens").fetchone()
+    assert b"access-1" not in bytes(stored["access_token"])  # encrypted at rest
+    # A fresh process (empty cache) refreshes with the rotated token, never the spent one.
+    fresh = testing.TestClient(create_app(config, app_db))
+    assert execute(fresh)["data"]["auth"] == "Bearer access-2"
+    assert state["seen"] == ["refresh-1", "refresh-2"] and state["valid"] == {"refresh-3"}
