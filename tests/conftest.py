@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from falcon import testing
+from pytest_httpserver import HTTPServer
 
 from tolstoy import engine
 from tolstoy.api.app import create_app
@@ -296,3 +297,14 @@ def worker(config, worker_db):
     yield w
     w.stop()
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def server():
+    """A local HTTP server that answers requests concurrently (one call can hang while others go
+    on); pytest-httpserver's own ``httpserver`` answers one request at a time."""
+    httpserver = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    httpserver.start()
+    yield httpserver
+    httpserver.clear()
+    httpserver.stop()

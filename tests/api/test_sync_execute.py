@@ -7,23 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 from falcon import testing
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from tolstoy.api.app import create_app
 from tolstoy.config import Config
-
-
-@pytest.fixture
-def server():
-    """A local HTTP server that answers requests concurrently."""
-    httpserver = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    httpserver.start()
-    yield httpserver
-    httpserver.clear()
-    httpserver.stop()
 
 
 def client_with(worker_env, app_db, **settings) -> testing.TestClient:

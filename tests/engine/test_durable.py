@@ -14,7 +14,6 @@ import threading
 import time
 
 import pytest
-from pytest_httpserver import HTTPServer
 from test_engine import execute, logs_of, step, wait_for  # the same helpers as the main engine tests
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
@@ -31,16 +30,6 @@ USE_HEADERS = {"Authorization": "Bearer {{ steps.login.access_token }}"}
 @pytest.fixture
 def flow(api, org):
     return api.flow(org)
-
-
-@pytest.fixture
-def server():
-    """A local HTTP server that answers requests concurrently (one call can hang while others go on)."""
-    httpserver = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    httpserver.start()
-    yield httpserver
-    httpserver.clear()
-    httpserver.stop()
 
 
 def everything_shown(api, org, flow, execution_id, db) -> str:

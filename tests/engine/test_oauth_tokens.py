@@ -11,7 +11,6 @@ import urllib.parse
 
 import pytest
 from falcon import testing
-from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
 from tolstoy.api.app import create_app
@@ -19,10 +18,8 @@ from tolstoy.config import Config
 
 
 @pytest.fixture
-def provider():
+def provider(server):
     """A token endpoint with reuse detection: each refresh token works once and is rotated."""
-    server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-    server.start()
     state = {"valid": {"refresh-1"}, "seen": [], "issued": 0, "lock": threading.Lock()}
 
     def token(request):
@@ -44,9 +41,7 @@ def provider():
     server.expect_request("/me").respond_with_handler(
         lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
                                  content_type="application/json"))
-    yield server, state
-    server.clear()
-    server.stop()
+    return server, state
 
 
 def test_a_rotated_refresh_token_is_kept_and_processes_share_one_refresh(api, org, user, worker_env, app_db, db,
