@@ -57,3 +57,13 @@ grant select, insert on secret_reads to tolstoy_app, tolstoy_worker;
 revoke delete, truncate on organization_keys from tolstoy_app, tolstoy_worker;
 revoke update, delete, truncate on secret_reads from tolstoy_app, tolstoy_worker;
 grant execute on function tolstoy_key_version(bytea) to tolstoy_app, tolstoy_worker;
+
+-- flow triggers (20261201000008): the API manages triggers and writes the inbox
+-- (its table grants come from "on all tables" above) and looks up the trigger
+-- of a public webhook request; the workers lock due schedules across
+-- organizations and fire them (advancing next_run_at, under row-level security).
+grant execute on function tolstoy_hook_target(uuid) to tolstoy_app;
+grant select, update on flow_triggers to tolstoy_worker;
+grant execute on function tolstoy_claim_schedules(text, integer, timestamptz) to tolstoy_worker;
+grant execute on function tolstoy_next_schedule() to tolstoy_worker;
+grant execute on function tolstoy_fire_schedules(timestamptz, jsonb) to tolstoy_worker;

@@ -414,6 +414,36 @@ COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lea
 
 
 --
+-- Name: tolstoy_claim_schedules(text, integer, timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_claim_schedules(worker text, max_schedules integer, as_of timestamp with time zone) RETURNS TABLE(org_id uuid, id uuid, flow_id uuid, cron text, timezone text, catch_up text, next_run_at timestamp with time zone, now timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    if worker is null or worker = '' or max_schedules < 1 or max_schedules > 1000 then
+        raise exception 'tolstoy_claim_schedules: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    return query
+    select t.org_id, t.id, t.flow_id, t.cron, t.timezone, t.catch_up, t.next_run_at, coalesce(as_of, now())
+    from flow_triggers t
+    where t.type = 'schedule' and t.enabled and t.next_run_at <= coalesce(as_of, now())
+    order by t.next_run_at
+    limit max_schedules
+    for update skip locked;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_claim_schedules(worker text, max_schedules integer, as_of timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_claim_schedules(worker text, max_schedules integer, as_of timestamp with time zone) IS 'Locks (SKIP LOCKED) up to max_schedules enabled schedules of any organization due at as_of (null: now).';
+
+
+--
 -- Name: tolstoy_current_org(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -558,6 +588,86 @@ COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeo
 
 
 --
+-- Name: tolstoy_fire_schedules(timestamp with time zone, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    fire jsonb;
+    org uuid;
+    flow uuid;
+    flow_version integer;
+    scheduled timestamptz;
+    queued uuid;
+    fired jsonb := '[]';
+    previous text := current_setting('app.org_id', true);
+begin
+    if jsonb_typeof(fires) is distinct from 'array' or jsonb_array_length(fires) > 1000 then
+        raise exception 'tolstoy_fire_schedules: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    for fire in select * from jsonb_array_elements(fires) loop
+        org := (fire ->> 'org_id')::uuid;
+        scheduled := (fire ->> 'scheduled_at')::timestamptz;
+        perform set_config('app.org_id', org::text, true);
+        update flow_triggers t
+        set next_run_at = (fire ->> 'next_run_at')::timestamptz,
+            last_fired_at = case when scheduled is null then t.last_fired_at else coalesce(as_of, now()) end
+        where t.org_id = org and t.id = (fire ->> 'id')::uuid and t.type = 'schedule' and t.enabled
+          and t.next_run_at = (fire ->> 'due')::timestamptz and t.next_run_at <= coalesce(as_of, now())
+          and ((fire ->> 'next_run_at') is null or (fire ->> 'next_run_at')::timestamptz > t.next_run_at)
+          and (scheduled is null or scheduled between t.next_run_at and coalesce(as_of, now()))
+        returning t.flow_id into flow;
+        continue when not found or scheduled is null;
+        select f.version into flow_version from flows f where f.org_id = org and f.id = flow;
+        select (q.run).id into queued
+        from tolstoy_queue_run(org, flow, flow_version, null,
+                               jsonb_build_object('trigger', jsonb_build_object(
+                                   'id', fire ->> 'id', 'type', 'schedule',
+                                   'scheduledAt', to_char(scheduled at time zone 'UTC',
+                                                          'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))),
+                               format('tolstoy:schedule:%s:%s', fire ->> 'id',
+                                      extract(epoch from scheduled)::numeric),
+                               null) as q;
+        fired := fired || jsonb_build_object('trigger_id', fire ->> 'id', 'org_id', org, 'execution_id', queued,
+                                             'scheduled_at', scheduled);
+    end loop;
+    perform set_config('app.org_id', coalesce(previous, ''), true);
+    return fired;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb) IS 'Advances claimed schedules (only from the due time the worker saw) and queues their runs, each acting for its organization; returns [{trigger_id, org_id, execution_id, scheduled_at}] of the runs queued.';
+
+
+--
+-- Name: tolstoy_hook_target(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_hook_target(hook uuid) RETURNS TABLE(org_id uuid, flow_id uuid, enabled boolean, verification text, secret bytea)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select t.org_id, t.flow_id, t.enabled, t.verification, t.secret
+    from flow_triggers t
+    where t.id = hook and t.type = 'webhook'
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_hook_target(hook uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_hook_target(hook uuid) IS 'For POST /hooks/{id}: the organization, flow, state and encrypted secret of a webhook trigger.';
+
+
+--
 -- Name: tolstoy_is_admin(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -684,6 +794,26 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days integer, months_ahead integer) IS 'Creates monthly history partitions ahead and drops those older than retention_days (null: keep all); returns {created, dropped, kept}.';
+
+
+--
+-- Name: tolstoy_next_schedule(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_next_schedule() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select min(t.next_run_at) from flow_triggers t
+    where t.type = 'schedule' and t.enabled and t.next_run_at is not null
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_next_schedule(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at of an enabled schedule, across organizations.';
 
 
 SET default_tablespace = '';
@@ -1367,6 +1497,139 @@ CREATE TABLE public.flow_runs_default (
 
 
 --
+-- Name: flow_trigger_deliveries; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_trigger_deliveries (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    trigger_id uuid NOT NULL,
+    verdict text NOT NULL,
+    reason text,
+    delivery_id text,
+    signature text,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    body bytea,
+    execution_id uuid,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT flow_trigger_deliveries_delivery_id_length CHECK (((char_length(delivery_id) >= 1) AND (char_length(delivery_id) <= 200))),
+    CONSTRAINT flow_trigger_deliveries_headers_object CHECK ((jsonb_typeof(headers) = 'object'::text)),
+    CONSTRAINT flow_trigger_deliveries_valid_has_run CHECK (((verdict <> 'valid'::text) OR (body IS NOT NULL))),
+    CONSTRAINT flow_trigger_deliveries_verdict CHECK ((verdict = ANY (ARRAY['valid'::text, 'invalid'::text, 'stale'::text, 'replayed'::text])))
+);
+
+ALTER TABLE ONLY public.flow_trigger_deliveries FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_trigger_deliveries; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_trigger_deliveries IS 'Inbox of webhook triggers: each request as received (headers that matter, raw body of verified ones), its signature verdict and the run it queued, written in the run''s transaction.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.delivery_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.delivery_id IS 'The sender''s id of the event (X-GitHub-Delivery, Stripe event id, Slack event_id, X-Tolstoy-Delivery).';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.signature; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.signature IS 'The verified signature: a second request bearing it is a replay.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.execution_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.execution_id IS 'The run this delivery queued (flow_runs.id; no foreign key across monthly partitions).';
+
+
+--
+-- Name: flow_triggers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_triggers (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid NOT NULL,
+    type text NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    secret bytea,
+    verification text,
+    cron text,
+    timezone text,
+    catch_up text,
+    next_run_at timestamp with time zone,
+    last_fired_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT flow_triggers_catch_up CHECK ((catch_up = ANY (ARRAY['one'::text, 'none'::text]))),
+    CONSTRAINT flow_triggers_cron_length CHECK (((char_length(cron) >= 1) AND (char_length(cron) <= 200))),
+    CONSTRAINT flow_triggers_schedule_fields CHECK (((type <> 'schedule'::text) OR ((cron IS NOT NULL) AND (timezone IS NOT NULL) AND (catch_up IS NOT NULL) AND (secret IS NULL)))),
+    CONSTRAINT flow_triggers_timezone_length CHECK (((char_length(timezone) >= 1) AND (char_length(timezone) <= 100))),
+    CONSTRAINT flow_triggers_type CHECK ((type = ANY (ARRAY['webhook'::text, 'schedule'::text]))),
+    CONSTRAINT flow_triggers_verification CHECK ((verification = ANY (ARRAY['tolstoy'::text, 'github'::text, 'stripe'::text, 'slack'::text]))),
+    CONSTRAINT flow_triggers_webhook_fields CHECK (((type <> 'webhook'::text) OR ((secret IS NOT NULL) AND (verification IS NOT NULL) AND (cron IS NULL))))
+);
+
+ALTER TABLE ONLY public.flow_triggers FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_triggers; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_triggers IS 'What starts a flow besides the API: a signed webhook (POST /hooks/{id}) or a cron schedule.';
+
+
+--
+-- Name: COLUMN flow_triggers.secret; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.secret IS 'Webhook signing secret, encrypted by the application with the organization''s data key; shown once.';
+
+
+--
+-- Name: COLUMN flow_triggers.verification; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.verification IS 'How a webhook request is verified: tolstoy (X-Tolstoy-Signature), github, stripe or slack.';
+
+
+--
+-- Name: COLUMN flow_triggers.cron; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.cron IS 'Schedule: cron expression (5 fields, or 6 with seconds last).';
+
+
+--
+-- Name: COLUMN flow_triggers.timezone; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.timezone IS 'Schedule: IANA time zone the cron expression reads wall-clock time in.';
+
+
+--
+-- Name: COLUMN flow_triggers.catch_up; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.catch_up IS 'Schedule: after downtime, one = fire once for every missed time, none = skip them.';
+
+
+--
+-- Name: COLUMN flow_triggers.next_run_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.next_run_at IS 'Schedule: next due time; a worker that fires it advances it in the same transaction. Null: none left.';
+
+
+--
 -- Name: flow_versions; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1828,6 +2091,22 @@ ALTER TABLE ONLY public.flow_runs_default
 
 
 --
+-- Name: flow_trigger_deliveries flow_trigger_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_trigger_deliveries
+    ADD CONSTRAINT flow_trigger_deliveries_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: flow_triggers flow_triggers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_triggers
+    ADD CONSTRAINT flow_triggers_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: flow_versions flow_versions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2142,6 +2421,48 @@ CREATE INDEX flow_runs_default_run_after_idx ON public.flow_runs_default USING b
 
 
 --
+-- Name: flow_trigger_deliveries_delivery_id_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_trigger_deliveries_delivery_id_key ON public.flow_trigger_deliveries USING btree (org_id, trigger_id, delivery_id) WHERE (verdict = 'valid'::text);
+
+
+--
+-- Name: flow_trigger_deliveries_org_id_trigger_id_received_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_trigger_deliveries_org_id_trigger_id_received_at_id_idx ON public.flow_trigger_deliveries USING btree (org_id, trigger_id, received_at DESC, id DESC);
+
+
+--
+-- Name: flow_trigger_deliveries_signature_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_trigger_deliveries_signature_key ON public.flow_trigger_deliveries USING btree (org_id, trigger_id, signature) WHERE (verdict = 'valid'::text);
+
+
+--
+-- Name: flow_triggers_due_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_triggers_due_idx ON public.flow_triggers USING btree (next_run_at) WHERE ((type = 'schedule'::text) AND enabled AND (next_run_at IS NOT NULL));
+
+
+--
+-- Name: flow_triggers_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_triggers_id_idx ON public.flow_triggers USING btree (id);
+
+
+--
+-- Name: flow_triggers_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_triggers_org_id_flow_id_created_at_id_idx ON public.flow_triggers USING btree (org_id, flow_id, created_at DESC, id DESC);
+
+
+--
 -- Name: flows_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2352,6 +2673,13 @@ CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR 
 
 
 --
+-- Name: flow_triggers flow_triggers_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_triggers_touch_updated_at BEFORE UPDATE ON public.flow_triggers FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
 -- Name: flow_versions flow_versions_immutable; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -2461,6 +2789,22 @@ ALTER TABLE public.flow_runs
 
 ALTER TABLE public.flow_runs
     ADD CONSTRAINT flow_runs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_trigger_deliveries flow_trigger_deliveries_trigger_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_trigger_deliveries
+    ADD CONSTRAINT flow_trigger_deliveries_trigger_id_fkey FOREIGN KEY (org_id, trigger_id) REFERENCES public.flow_triggers(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: flow_triggers flow_triggers_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_triggers
+    ADD CONSTRAINT flow_triggers_flow_id_fkey FOREIGN KEY (org_id, flow_id) REFERENCES public.flows(org_id, id) ON DELETE RESTRICT;
 
 
 --
@@ -2575,6 +2919,13 @@ CREATE POLICY engine_access ON public.flow_runs TO tolstoy_engine USING (true) W
 
 
 --
+-- Name: flow_triggers engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_triggers TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
 -- Name: execution_logs; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -2591,6 +2942,18 @@ ALTER TABLE public.flow_run_steps ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.flow_runs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_trigger_deliveries; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_trigger_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_triggers; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_triggers ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: flow_versions; Type: ROW SECURITY; Schema: public; Owner: -
@@ -2674,6 +3037,20 @@ CREATE POLICY tenant_isolation ON public.flow_run_steps USING ((org_id = public.
 --
 
 CREATE POLICY tenant_isolation ON public.flow_runs USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_trigger_deliveries tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_trigger_deliveries USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_triggers tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_triggers USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -2780,4 +3157,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000004'),
     ('20261201000005'),
     ('20261201000006'),
-    ('20261201000007');
+    ('20261201000007'),
+    ('20261201000008');

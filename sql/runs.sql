@@ -23,7 +23,8 @@ select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.sta
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
-                   and s.status = 'completed'),
+                   and s.status = 'completed'
+                   and strpos(s.step_id, '[') = 0),  -- a foreach step's items are in its output
                 case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
 from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
@@ -134,9 +135,10 @@ from (
 
 -- name: claim$
 -- Claim up to :limit runs of any organization (expired leases first, past the recovery limit
--- they fail); {runs: [run with plan and checkpoints], next_due_in: seconds until one falls due}.
+-- they fail); {runs: [run with plan and checkpoints], next_due, now, next_schedule: when the next
+-- schedule trigger falls due}, so an idle worker needs no other statement to know when to wake.
 select tolstoy_claim_runs(:worker, :limit, :lease_seconds, :max_recoveries)
-       || jsonb_build_object('now', now());
+       || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule());
 
 -- name: renew_leases
 -- Heartbeat: renew the leases of the runs this worker is executing; returns those still held.

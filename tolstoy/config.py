@@ -62,6 +62,8 @@ class Config:
     worker_poll_seconds: float = 10.0
     # A run reclaimed after its worker vanished this many times fails instead.
     max_recoveries: int = 3
+    # A foreach step with more items than this fails (its items are one checkpoint each).
+    foreach_max_items: int = 10_000
     # Run history (runs, steps, execution logs) older than this is dropped by month; None keeps it.
     run_retention_days: int | None = None
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
@@ -160,6 +162,7 @@ class Config:
             worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
+            foreach_max_items=reader.integer("TOLSTOY_FOREACH_MAX_ITEMS", 10_000, 1, 1_000_000),
             run_retention_days=reader.integer("TOLSTOY_RUN_RETENTION_DAYS", None, 1, 36500),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),

@@ -14,7 +14,11 @@ UNSCOPED = {"organizations", "health", "metrics", "session"}
 
 
 # The worker's: security-definer functions that check their own arguments (the durable_engine migration).
-CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history"}
+# The flow_triggers migration's: the public webhook's lookup of its trigger, the workers' claim of due
+# schedules and the time of the next one (security definer), and the fire of claimed schedules, which
+# acts for each schedule's organization in turn (row-level security).
+CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history", "triggers.hook_target",
+                "triggers.claim_schedules", "triggers.next_schedule", "triggers.fire_schedules"}
 # A function that acts for one organization takes it as an argument.
 FOR_ORG = r"tolstoy_\w+\((%\(\w+\)s(::\w+)?, )*%\(org_id\)s"
 

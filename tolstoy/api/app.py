@@ -19,11 +19,13 @@ from . import (
     execution_logs,
     flows,
     health,
+    hooks,
     openapi,
     organizations,
     runs,
     tool_credentials,
     tools,
+    triggers,
     users,
 )
 from .middleware import (
@@ -47,6 +49,7 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     action_item = actions.Item(db, tool_calls, config)
     flow_runs = runs.FlowRuns(db, tool_calls.vault)
     credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
+    flow_triggers = triggers.FlowTriggers(db, tool_calls.vault)
     status = health.Status(db, config)
     docs = openapi.Docs(config.app_name)
     return [
@@ -74,6 +77,12 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/flows/{id}/executions/{execution_id}/retry", flow_runs, "retry"),
         ("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", flow_runs, "resolve"),
         ("/flows/{id}/metrics", flow_runs, "metrics"),
+        ("/flows/{id}/triggers", flow_triggers, "triggers"),
+        ("/flows/{id}/triggers/{trigger_id}", flow_triggers, "trigger"),
+        ("/flows/{id}/triggers/{trigger_id}/deliveries", flow_triggers, "deliveries"),
+        ("/flows/{id}/triggers/{trigger_id}/deliveries/{delivery_id}/replay", triggers.DeliveryReplay(flow_triggers),
+         None),
+        ("/hooks/{trigger_id}", hooks.Hook(db, tool_calls.vault), None),
         ("/execution-logs", execution_logs.Collection(db), None),
         ("/execution-logs/{id}", execution_logs.Item(db), None),
         ("/health", health.Health(), None),

@@ -79,6 +79,7 @@ DEPENDENTS = {
     "flow_runs_flow_version_fkey": "executions",
     "flow_runs_user_id_fkey": "executions",
     "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",
+    "flow_triggers_flow_id_fkey": "triggers (DELETE /flows/{id}/triggers/{triggerId})",
 }
 REFERENCE_FIELDS = {
     "actions_tool_id_fkey": "toolId",

@@ -46,6 +46,11 @@ SCHEMAS = {
     "ActionResult": schemas.ActionResultSchema,
     "Credential": schemas.CredentialSchema,
     "ApiKey": schemas.ApiKeySchema,
+    "Trigger": schemas.TriggerSchema,
+    "TriggerCreated": schemas.TriggerCreatedSchema,
+    "TriggerPatch": schemas.TriggerPatchSchema,
+    "Delivery": schemas.DeliverySchema,
+    "HookAccepted": schemas.HookAcceptedSchema,
 }
 
 ERRORS = {
@@ -203,7 +208,8 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     spec.components.schemas["Flow"]["properties"]["steps"]["items"] = {"$ref": "#/components/schemas/Step"}
     spec.components.schemas["Step"]["properties"]["config"]["description"] = (
         "action: {actionId | actionKey, inputs}; http_request: {method, url, headers, body}; "
-        "delay: {ms}; transform: {output}."
+        "delay: {ms}; transform: {output}; foreach: {items, step (any step but foreach, without id), "
+        "concurrency (1-50, default 1), continueOnError (default false)}."
     )
 
     spec.components.parameter("OrgId", "header", {
@@ -265,6 +271,7 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
         spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
 
     _engine_paths(spec)
+    _trigger_paths(spec)
     _api_key_paths(spec)
     simple("/health", "The process is up (no database call).", "Health")
     simple("/status", "The database answers.", "Status", unhealthy=True)
@@ -350,6 +357,71 @@ def _engine_paths(spec: APISpec) -> None:
         "tags": ["Tools"], "summary": "Delete a credential by name",
         "parameters": flow + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
         "responses": {"204": {"description": "Deleted."}, **_errors("400", "404")}}})
+
+
+def _trigger_paths(spec: APISpec) -> None:
+    """Triggers on a flow, their inbox, and the public webhook door."""
+    uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    flow = [*_tenant_params(), {"name": "id", **uuid_param}]
+    trigger = [*flow, {"name": "triggerId", **uuid_param}]
+    page = {"Link": "Link", "X-Next-Cursor": "NextCursor"}
+    spec.path(path="/flows/{id}/triggers", operations={
+        "get": {"tags": ["Triggers"], "summary": "The flow's triggers, newest first (schedules with nextRunAt)",
+                "parameters": flow + ["Limit", "Cursor"],
+                "responses": {"200": {"description": "One page.", "headers": page,
+                                      "content": _json("Trigger", many=True)}, **_errors("400", "404")}},
+        "post": {"tags": ["Triggers"], "summary": "Add a webhook or schedule trigger; a webhook's secret is shown "
+                                                  "in this answer only",
+                 "parameters": flow, "requestBody": {"required": True, "content": _json("Trigger")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location", "ETag": "ETag"},
+                                       "content": _json("TriggerCreated")},
+                               **_errors("400", "404", "413", "415")}}})
+    update = {"tags": ["Triggers"], "summary": "Enable or disable a trigger",
+              "parameters": trigger + ["IfMatch"], "requestBody": {"required": True, "content": _json("TriggerPatch")},
+              "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                                    "content": _json("Trigger")}, **_errors("400", "404", "412", "413", "415")}}
+    spec.path(path="/flows/{id}/triggers/{triggerId}", operations={
+        "get": {"tags": ["Triggers"], "summary": "One trigger", "parameters": trigger,
+                "responses": {"200": {"description": "The trigger.", "headers": {"ETag": "ETag"},
+                                      "content": _json("Trigger")}, **_errors("400", "404")}},
+        "patch": update, "put": update,
+        "delete": {"tags": ["Triggers"], "summary": "Delete a trigger and its inbox",
+                   "parameters": trigger + ["IfMatch"],
+                   "responses": {"204": {"description": "Deleted."}, **_errors("400", "404", "412")}}})
+    spec.path(path="/flows/{id}/triggers/{triggerId}/deliveries", operations={"get": {
+        "tags": ["Triggers"], "summary": "The webhook trigger's inbox, newest first",
+        "parameters": trigger + ["Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": page, "content": _json("Delivery", many=True)},
+                      **_errors("400", "404")}}})
+    spec.path(path="/flows/{id}/triggers/{triggerId}/deliveries/{deliveryId}/replay", operations={"post": {
+        "tags": ["Triggers"], "summary": "Start a new run from a verified delivery's stored body",
+        "parameters": trigger + [{"name": "deliveryId", **uuid_param}],
+        "responses": {"202": {"description": "Queued; follow it at Location.", "headers": {"Location": "Location"},
+                              "content": _json("RunAccepted")},
+                      "409": {"description": "The delivery was refused (only verified ones are kept whole).",
+                              "content": _json("Error")},
+                      **_errors("400", "404")}}})
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    spec.path(path="/hooks/{triggerId}", operations={"post": {
+        "tags": ["Triggers"], "security": [{}],
+        "summary": "Public webhook of a trigger: a signed JSON body starts a run with it as variables",
+        "description": "No tenant header. Signed with X-Tolstoy-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "
+                       "\"<t>.<raw body>\")> (or the trigger's GitHub, Stripe or Slack preset).",
+        "parameters": [{"name": "triggerId", **uuid_param},
+                       {"name": "X-Tolstoy-Signature", "in": "header", "required": False,
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "202": {"description": "Verified, recorded and queued.", "content": _json("HookAccepted")},
+            "200": {"description": "A redelivered event (same sender delivery id): the first run.",
+                    "content": _json("HookAccepted")},
+            "400": {"description": "The JSON body is not an object.", "content": error},
+            "401": {"description": "Bad or missing signature, stale timestamp (> 300 s) or replay.",
+                    "content": error},
+            "403": {"description": "The trigger is disabled.", "content": error},
+            "404": {"description": "No such webhook trigger.", "content": error},
+            "413": _error("413"), "415": _error("415"),
+            "503": {"description": "The database (or the secret's key) is unavailable.", "content": error}}}})
 
 
 def _api_key_paths(spec: APISpec) -> None:

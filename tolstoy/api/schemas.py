@@ -11,6 +11,7 @@ import jsonschema
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 from referencing.exceptions import Unresolvable
 
+from .. import schedules
 from ..engine import graph_errors
 from ..times import iso
 
@@ -19,7 +20,9 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 EXECUTION_STATUSES = (
     "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
 )
-STEP_TYPES = ("action", "http_request", "delay", "transform")
+STEP_TYPES = ("action", "http_request", "delay", "transform", "foreach")
+# What a foreach step may run for each item.
+ITEM_STEP_TYPES = ("action", "http_request", "delay", "transform")
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
 MAX_STEPS = 200
 MAX_PAGE = 200
@@ -338,20 +341,60 @@ class TransformStepConfig(Base):
     output = fields.Raw(required=True, allow_none=True)
 
 
-STEP_CONFIGS = {
-    "action": ActionStepConfig,
-    "http_request": HttpRequestStepConfig,
-    "delay": DelayStepConfig,
-    "transform": TransformStepConfig,
-}
-
-
 class RetryPolicySchema(Base):
     """How often and how fast a failed step is tried again."""
 
     maxRetries = fields.Integer(strict=True, validate=validate.Range(0, 20))
     backoffStrategy = fields.String(validate=validate.OneOf(("fixed", "exponential")))
     delayMs = fields.Integer(strict=True, validate=validate.Range(0, 3_600_000))
+
+
+def _not_foreach(value: str) -> None:
+    if value == "foreach":
+        raise ValidationError("A foreach step cannot run a foreach step; use a subflow.")
+    validate.OneOf(ITEM_STEP_TYPES)(value)
+
+
+class ItemStepSchema(Base):
+    """The step a foreach runs per item: a step without id, dependsOn or critical."""
+
+    type = fields.String(required=True, validate=_not_foreach)
+    name = text(0, 200, allow_none=True)
+    config = JSONObject(required=True)
+    executeIf = text(1, 2000, allow_none=True)
+    retryPolicy = fields.Nested(RetryPolicySchema, allow_none=True)
+    timeoutMs = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 3_600_000))
+    onUnknownOutcome = fields.String(allow_none=True, validate=validate.OneOf(("wait", "retry", "fail")))
+
+    @validates_schema
+    def _config_matches_type(self, data, **kwargs):
+        load_config_for_type(data, STEP_CONFIGS)
+
+
+def _items(value) -> None:
+    if isinstance(value, list):
+        return
+    if isinstance(value, str) and TEMPLATE.search(value) and len(value) <= 2000:
+        return
+    raise ValidationError("Must be a list, or a template (at most 2000 characters) that renders to one.")
+
+
+class ForeachStepConfig(Base):
+    """``foreach``: run ``step`` once per item of ``items``, ``concurrency`` at a time."""
+
+    items = fields.Raw(required=True, validate=_items)
+    step = fields.Nested(ItemStepSchema, required=True)
+    concurrency = fields.Integer(strict=True, load_default=1, validate=validate.Range(1, 50))
+    continueOnError = StrictBoolean(load_default=False)
+
+
+STEP_CONFIGS = {
+    "action": ActionStepConfig,
+    "http_request": HttpRequestStepConfig,
+    "delay": DelayStepConfig,
+    "transform": TransformStepConfig,
+    "foreach": ForeachStepConfig,
+}
 
 
 def load_config_for_type(data: dict, configs: dict) -> None:
@@ -669,3 +712,100 @@ class ApiKeySchema(Base):
     def _in_the_future(self, value, **_):
         if value is not None and value <= dt.datetime.now(dt.UTC):
             raise ValidationError("Must be in the future.")
+
+
+# ---- flow triggers ------------------------------------------------------------
+
+TRIGGER_TYPES = ("webhook", "schedule")
+VERIFICATIONS = ("tolstoy", "github", "stripe", "slack")
+# Presets whose sender makes the secret (Stripe's whsec_…, Slack's signing secret): it must be given.
+SENDER_SECRETS = ("stripe", "slack")
+_WEBHOOK_ONLY = (("verification", "verification"), ("secret", "secret"))
+_SCHEDULE_ONLY = (("cron", "cron"), ("timezone", "timezone"), ("catch_up", "catchUp"))
+
+
+class TriggerSchema(TenantRecord):
+    """``{type: "webhook", verification?, secret?}`` or ``{type: "schedule", cron, timezone?, catchUp?}``."""
+
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    type = fields.String(required=True, validate=validate.OneOf(TRIGGER_TYPES))
+    enabled = StrictBoolean(load_default=True)
+    verification = fields.String(
+        validate=validate.OneOf(VERIFICATIONS), allow_none=True,
+        metadata={"description": "webhook: how requests are verified (default tolstoy: X-Tolstoy-Signature)."})
+    secret = text(8, 500, load_only=True, metadata={
+        "description": "webhook: the signing secret (required for stripe and slack, whose sender makes it; "
+                       "generated when omitted otherwise). Shown once, in the answer that creates the trigger."})
+    url = fields.String(dump_only=True, allow_none=True,
+                        metadata={"description": "webhook: the path to POST to (relative)."})
+    cron = text(1, 200, allow_none=True, metadata={
+        "description": "schedule: cron expression, five fields or six with seconds last."})
+    timezone = text(1, 100, allow_none=True, metadata={"description": "schedule: IANA time zone (default UTC)."})
+    catch_up = fields.String(data_key="catchUp", validate=validate.OneOf(("one", "none")), allow_none=True,
+                             metadata={"description": "schedule: after downtime fire once (one, default) or "
+                                                      "skip the missed times (none)."})
+    next_run_at = Timestamp(data_key="nextRunAt", dump_only=True, allow_none=True)
+    last_fired_at = Timestamp(data_key="lastFiredAt", dump_only=True, allow_none=True)
+
+    @validates_schema
+    def _fields_of_the_type(self, data, **kwargs):
+        kind = data.get("type")
+        if kind not in TRIGGER_TYPES:
+            return
+        problems: dict = {}
+        foreign = _SCHEDULE_ONLY if kind == "webhook" else _WEBHOOK_ONLY
+        for attribute, key in foreign:
+            if data.get(attribute) is not None:
+                problems[key] = [f"Only {'schedule' if kind == 'webhook' else 'webhook'} triggers have this field."]
+        if kind == "webhook" and data.get("verification") in SENDER_SECRETS and not data.get("secret"):
+            problems["secret"] = ["Give the signing secret the sender made (required for this verification)."]
+        if kind == "schedule":
+            if not data.get("cron"):
+                problems["cron"] = ["A schedule needs a cron expression."]
+            else:
+                try:
+                    schedules.check_cron(data["cron"])
+                except schedules.ScheduleError as exc:
+                    problems["cron"] = [str(exc)]
+            try:
+                schedules.zone(data.get("timezone") or "UTC")
+            except schedules.ScheduleError as exc:
+                problems["timezone"] = [str(exc)]
+        if problems:
+            raise ValidationError(problems)
+
+
+class TriggerCreatedSchema(TriggerSchema):
+    """The answer that creates a trigger: a webhook's secret is shown here, once."""
+
+    secret = fields.String(dump_only=True, allow_none=True)
+
+
+class TriggerPatchSchema(Base):
+    """``PATCH /flows/{id}/triggers/{triggerId}``: enable or disable."""
+
+    enabled = StrictBoolean(required=True)
+
+
+class DeliverySchema(Base):
+    """One request to a webhook trigger, as the inbox keeps it (the body is not listed)."""
+
+    id = fields.UUID(dump_only=True)
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    trigger_id = fields.UUID(data_key="triggerId", dump_only=True)
+    verdict = fields.String(dump_only=True, metadata={
+        "description": "valid (verified, run queued), invalid (bad or missing signature), stale or replayed."})
+    reason = fields.String(dump_only=True, allow_none=True)
+    delivery_id = fields.String(data_key="deliveryId", dump_only=True, allow_none=True,
+                                metadata={"description": "The sender's event id (X-GitHub-Delivery, …)."})
+    headers = fields.Dict(dump_only=True)
+    execution_id = fields.UUID(data_key="executionId", dump_only=True, allow_none=True)
+    body_bytes = fields.Integer(data_key="bodyBytes", dump_only=True, allow_none=True)
+    received_at = Timestamp(data_key="receivedAt", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
+
+class HookAcceptedSchema(Base):
+    """202 (or 200 for a redelivered event) body of ``POST /hooks/{triggerId}``."""
+
+    execution_id = fields.UUID(data_key="executionId", dump_only=True)

@@ -46,7 +46,8 @@ def tools(config, db: Database) -> Tools:
 
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
-    return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds)
+    return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds,
+                  foreach_max_items=config.foreach_max_items)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:

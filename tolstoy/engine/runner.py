@@ -18,12 +18,15 @@ failed for it.
 from __future__ import annotations
 
 import base64
+import contextvars
 import datetime as dt
 import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from .. import logs, metrics
@@ -45,6 +48,13 @@ RUN_STEP_KEY = "$flow"  # execution log rows about the run itself (not a valid s
 FINISHED = ("completed", "skipped", "failed")
 # Retry back-off never waits longer than this, whatever the policy says.
 MAX_BACKOFF_MS = 3_600_000
+# A foreach step refuses more items than this (TOLSTOY_FOREACH_MAX_ITEMS).
+FOREACH_MAX_ITEMS = 10_000
+
+
+def item_id(step_id: str, index: int) -> str:
+    """The checkpoint id of one item of a foreach step (step ids never hold brackets)."""
+    return f"{step_id}[{index}]"
 
 
 def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> int:
@@ -91,6 +101,18 @@ class Run:
         self.writes = Writes()
         self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
         self.lost = threading.Event()  # the heartbeat could not renew the lease
+        # A foreach step's items run on threads of their own: they share the writes under this lock.
+        self.lock = threading.RLock()
+        # The database's clock at the claim (the worker passes it), to tell which sleeping items are due.
+        self.claimed_now = claimed.get("now")
+        self.claimed_at = time.monotonic()
+
+    def db_now(self) -> dt.datetime:
+        """The database's clock now, as far as the worker can tell without asking."""
+        if self.claimed_now is None:
+            return dt.datetime.now(dt.UTC)
+        base = dt.datetime.fromisoformat(self.claimed_now) if isinstance(self.claimed_now, str) else self.claimed_now
+        return base + dt.timedelta(seconds=time.monotonic() - self.claimed_at)
 
     def key(self, step_id: str, attempt: int) -> str:
         """The Idempotency-Key of a step attempt: from the root of a retry chain, so a retry repeats it."""
@@ -101,12 +123,13 @@ class Engine:
     """Executes runs claimed by a worker."""
 
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
-                 lease_seconds: float = 30.0):
+                 lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS):
         self.db = db
         self.tools = tools
         self.worker_id = worker_id
         self.stopping = stopping or threading.Event()
         self.lease_seconds = lease_seconds
+        self.foreach_max_items = foreach_max_items
 
     # ---- writing ------------------------------------------------------------------
 
@@ -188,6 +211,8 @@ class Engine:
         """Rebuild what finished steps returned; returns the ids of failed (or failure-skipped) steps."""
         failed: set[str] = set()
         for step_id, done in run.checkpoints.items():
+            if "[" in step_id:
+                continue  # an item of a foreach step: the foreach step reads its own
             if done["status"] == "completed":
                 output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
                 run.context["steps"][step_id] = output
@@ -249,9 +274,14 @@ class Engine:
                 run.writes.event(sid, "skipped", inputs={"executeIf": step["executeIf"]})
                 self.log_event(run, step, "skipped")
                 return "skipped", None
-            inputs = render(step["config"], run.context)
+            if step["type"] == "foreach":  # the item step's templates are rendered per item
+                inputs = {"items": render(step["config"]["items"], run.context)}
+            else:
+                inputs = render(step["config"], run.context)
         except TemplateFailure as exc:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
+        if step["type"] == "foreach":
+            return self._foreach(run, step, inputs["items"])
         shown_inputs = mask_json(inputs, run.secrets)
         if step["type"] == "delay":
             run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
@@ -355,6 +385,211 @@ class Engine:
                         duration_ms=duration)
         run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
         self.log_event(run, step, "failed", duration / 1000, error)
+        return "failed", error
+
+    # ---- foreach ------------------------------------------------------------------------
+
+    def _foreach(self, run: Run, step: dict, items: Any) -> tuple[str, dict | None]:
+        """Run a foreach step's item step once per item, ``concurrency`` at a time, each item its own
+        checkpoint (``<step>[<index>]``), so a resumed run runs only the unfinished items. An item
+        sleeping (a delay, a retry back-off) or waiting (an unknown outcome) holds no thread: once
+        the runnable items are done, the run goes back to the queue until the first one is due."""
+        sid = step["id"]
+        config = step["config"]
+        if not isinstance(items, list):
+            return self.fail(run, step, 1, None, StepFailed(
+                f"foreach items must be a list, not {type(items).__name__}"), 0)
+        if len(items) > self.foreach_max_items:
+            return self.fail(run, step, 1, {"items": len(items)}, StepFailed(
+                f"foreach has {len(items)} items, more than the limit of {self.foreach_max_items} "
+                "(TOLSTOY_FOREACH_MAX_ITEMS)", details={"name": "TooManyItems"}), 0)
+        inner = {**config["step"], "id": sid}
+        concurrency = max(1, min(int(config.get("concurrency") or 1), 50))
+        shown_inputs: dict = {"items": len(items), "concurrency": concurrency}
+        if sid not in run.checkpoints:  # goes out with the first item's write
+            run.writes.step(step_id=sid, status="running", attempt=1, inputs=shown_inputs)
+            run.writes.event(sid, "started", inputs=shown_inputs)
+        started = time.perf_counter()
+        results: list = [None] * len(items)
+        failures: dict[int, dict] = {}
+        sleeping: dict[int, float] = {}  # index -> ms until due
+        unknown: list[int] = []
+        todo: list[tuple[int, dict | None]] = []
+        now = run.db_now()
+        for index in range(len(items)):
+            done = run.checkpoints.get(item_id(sid, index))
+            status = done["status"] if done else None
+            if status == "completed":
+                output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
+                results[index] = output
+                run.secrets += secret_strings(output)
+            elif status == "skipped":
+                pass
+            elif status == "failed":
+                failures[index] = done.get("error") or {}
+            elif status == "outcome_unknown":
+                unknown.append(index)
+            elif status == "waiting" and done.get("wake_at") and seconds_between(done["wake_at"], now) > 0:
+                sleeping[index] = seconds_between(done["wake_at"], now) * 1000
+            else:
+                todo.append((index, done))
+        keep_going = bool(config.get("continueOnError"))
+        halt = threading.Event()  # an item failed and the step does not continue on errors
+        not_run = False
+        lost = False
+        if todo and not (failures and not keep_going):
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="foreach") as pool:
+                # Each item runs in a copy of this thread's context: the tenant the run acts for.
+                futures = [(index, pool.submit(contextvars.copy_context().run, self._item, run, inner, sid, index,
+                                               items[index], done, halt, keep_going))
+                           for index, done in todo]
+                for index, future in futures:
+                    try:
+                        kind, value = future.result()
+                    except LeaseLost:
+                        lost = True
+                        halt.set()
+                        continue
+                    if kind == "completed":
+                        results[index] = value
+                    elif kind == "failed":
+                        failures[index] = value
+                    elif kind == "waiting":
+                        sleeping[index] = value
+                    elif kind == "unknown":
+                        unknown.append(index)
+                    elif kind == "not_run":
+                        not_run = True
+        if lost or run.lost.is_set():
+            raise LeaseLost(str(run.id))
+        if run.cancel.is_set() or (not_run and self.stopping.is_set()):
+            self._boundary(run)
+        duration = int((time.perf_counter() - started) * 1000)
+        if failures and not keep_going:
+            first = min(failures)
+            error = failures[first]
+            return self.fail(run, step, 1, shown_inputs, StepFailed(
+                f"Item {first} failed: {error.get('message', 'failed')}",
+                details={"item": first, "failed": len(failures), "itemError": error}), duration)
+        if unknown:
+            run.writes.event(sid, "pending", inputs={"outcomeUnknown": sorted(unknown)})
+            self.checkpoint(run, {"action": "wait"})
+            metrics.count_run("waiting")
+            return "paused", None
+        if sleeping:
+            self.pause(run, int(min(sleeping.values())))
+            return "paused", None
+        shown_inputs["failed"] = len(failures)
+        return self._complete(run, step, 1, results, shown_inputs, duration)
+
+    def _item(self, run: Run, inner: dict, sid: str, index: int, item: Any, done: dict | None,
+              halt: threading.Event, keep_going: bool) -> tuple[str, Any]:
+        """One item of a foreach step, on a thread of its pool: ('completed', output), ('skipped', None),
+        ('failed', error), ('waiting', ms until due), ('unknown', None) or ('not_run', None)."""
+        if halt.is_set() or run.cancel.is_set() or run.lost.is_set() or self.stopping.is_set():
+            return "not_run", None
+        iid = item_id(sid, index)
+        attempt = done["attempt"] if done else 1
+        # What the item step's templates see: the run's context plus the item and its index.
+        context = {**run.context, "item": item, "index": index}
+        scope = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, plan=run.plan,
+                                cancel=run.cancel, context=context)
+        kind = inner["type"]
+        if done and done["status"] == "waiting":
+            if kind == "delay":
+                return self._item_done(run, inner, iid, attempt, {"delayedMs": inner["config"]["ms"]},
+                                       done.get("inputs"), 0)
+            attempt += 1  # a retry back-off ended
+        try:
+            if inner.get("executeIf") and not condition(inner["executeIf"], context):
+                with run.lock:
+                    run.writes.step(step_id=iid, status="skipped", attempt=attempt)
+                return "skipped", None
+            inputs = render(inner["config"], context)
+        except TemplateFailure as exc:
+            return self._item_failed(run, inner, iid, attempt, None, StepFailed(f"Template error: {exc}"), 0,
+                                     halt, keep_going)
+        with run.lock:
+            shown = mask_json(inputs, run.secrets)
+        if kind == "delay":
+            wait = int(inputs["ms"])
+            with run.lock:
+                run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
+            return "waiting", wait
+        if kind == "transform":
+            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0)
+        if done and done["status"] == "running" and done.get("call_started_at"):
+            method = step_method(inner, inputs, run.plan)
+            tool = run.plan.tool_of(inner)
+            default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") \
+                else "wait"
+            policy = inner.get("onUnknownOutcome") or default
+            message = (f"The worker stopped during the {method} call of attempt {attempt}; whether it took "
+                       "effect is unknown.")
+            if policy == "fail":
+                return self._item_failed(run, inner, iid, attempt, done.get("inputs"),
+                                         StepFailed(message, details={"name": "OutcomeUnknown"}), 0, halt,
+                                         keep_going)
+            if policy == "wait":
+                error = {"name": "OutcomeUnknown", "message": message}
+                with run.lock:
+                    run.writes.step(step_id=iid, status="outcome_unknown", attempt=attempt,
+                                    inputs=done.get("inputs"), error=error)
+                return "unknown", None
+        # The call is recorded as starting (with every pending write) before it does.
+        with run.lock:
+            run.writes.step(step_id=iid, status="running", attempt=attempt, inputs=shown, call_started=True)
+            self.checkpoint(run)
+        started = time.perf_counter()
+        try:
+            output, secrets = execute_step(self.tools, scope, inner, inputs, run.key(iid, attempt),
+                                           inner.get("timeoutMs") or DEFAULT_TIMEOUT_MS)
+        except SkipStep:
+            with run.lock:
+                run.writes.step(step_id=iid, status="skipped", attempt=attempt, inputs=shown)
+            return "skipped", None
+        except StepFailed as exc:
+            duration = int((time.perf_counter() - started) * 1000)
+            if run.lost.is_set():
+                raise LeaseLost(str(run.id)) from None
+            if run.cancel.is_set():
+                return "not_run", None
+            policy = inner.get("retryPolicy") or {}
+            if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
+                wait = backoff_ms(policy, attempt)
+                error = exc.as_error()
+                with run.lock:
+                    run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, error=error,
+                                    wake_in_ms=wait)
+                    run.writes.event(iid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
+                                     duration_ms=duration)
+                return "waiting", wait
+            return self._item_failed(run, inner, iid, attempt, shown, exc, duration, halt, keep_going)
+        duration = int((time.perf_counter() - started) * 1000)
+        with run.lock:
+            run.secrets += secrets
+        return self._item_done(run, inner, iid, attempt, output, shown, duration)
+
+    def _item_done(self, run: Run, inner: dict, iid: str, attempt: int, output: Any, shown_inputs: Any,
+                   duration: int) -> tuple[str, Any]:
+        """Keep an item's output (masked for people, sealed whole) in its checkpoint, written with the
+        run's next statement; items log no event of their own unless they fail."""
+        with run.lock:
+            run.secrets += secret_strings(output)
+            shown = mask_json(output, run.secrets)
+        sealed = base64.b64encode(self.tools.seal(run.org_id, output)).decode() if shown != output else None
+        with run.lock:
+            run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs, outputs=shown,
+                            sealed=sealed, duration_ms=duration)
+            self.log_event(run, {**inner, "id": iid}, "completed", duration / 1000)
+        return "completed", output
+
+    def _item_failed(self, run: Run, inner: dict, iid: str, attempt: int, inputs: Any, exc: StepFailed,
+                     duration: int, halt: threading.Event, keep_going: bool) -> tuple[str, dict]:
+        with run.lock:
+            _, error = self.fail(run, {**inner, "id": iid}, attempt, inputs, exc, duration)
+        if not keep_going:
+            halt.set()  # no new item starts; those in flight finish
         return "failed", error
 
 

@@ -166,6 +166,9 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
 
     def getattr(self, obj, attribute):
         _check_deadline()
+        # Data first: in JSON, `body.items` means the field, not the dict method (Jinja's default).
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
         return super().getattr(obj, attribute)
 
     def getitem(self, obj, argument):

@@ -10,12 +10,19 @@ asked for through the API reaches its run within one heartbeat. Once an hour
 (``maintenance_seconds``) a worker keeps the run history: monthly partitions
 created ahead, those past retention dropped.
 
+Schedule triggers fire from the same loop: the claim of runs also says when the
+next schedule of any organization falls due, and only then does a worker lock
+the due schedules (SKIP LOCKED), advance each one's next time and queue its run
+in one transaction, so each due time fires once however many workers run. The
+clock that decides what is due is the database's, or ``clock`` (tests).
+
 SIGTERM/SIGINT: stop claiming, let each run finish its current step, hand the
 runs back to the queue, exit.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import signal
@@ -23,9 +30,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import metrics
+from .. import metrics, schedules
+from ..db import database as dbmod
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
@@ -34,13 +43,35 @@ from .runner import Engine, Run, seconds_between
 log = logging.getLogger("tolstoy.worker")
 
 
+def _stamp(value: dt.datetime | None) -> str | None:
+    # Full precision: the fire compares the due time it is given with the stored one.
+    return None if value is None else value.isoformat()
+
+
+def _firing(row: dict) -> dict:
+    """What to do with one claimed schedule: its due time, the next one, and the time fired (or None)."""
+    try:
+        firing = schedules.plan(row["cron"], row["timezone"], row["catch_up"], row["next_run_at"], row["now"])
+    except schedules.ScheduleError as exc:
+        # Stored schedules were checked when created; a zone gone from tzdata stops the schedule, loudly.
+        log.error("schedule cannot be computed; it stops", extra={"trigger_id": str(row["id"]), "error": str(exc)})
+        firing = schedules.Firing(None, None)
+    return {"org_id": str(row["org_id"]), "id": str(row["id"]), "due": _stamp(row["next_run_at"]),
+            "next_run_at": _stamp(firing.next_run_at), "scheduled_at": _stamp(firing.scheduled_at)}
+
+
 class Worker:
     """A claim loop with ``concurrency`` runs in flight at most."""
 
     def __init__(self, db: Database, engine_factory, *, concurrency: int = 4, poll_seconds: float = 10.0,
                  lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
-                 maintenance_seconds: float = 3600.0, worker_id: str | None = None):
+                 maintenance_seconds: float = 3600.0, worker_id: str | None = None,
+                 clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100):
         self.db = db
+        self.clock = clock  # None: the database's clock decides what is due
+        self.schedules_per_claim = schedules_per_claim
+        # When the next schedule falls due, on time.monotonic()'s scale (None: none is known).
+        self._schedule_deadline: float | None = None
         self.concurrency = concurrency
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
@@ -68,23 +99,77 @@ class Worker:
             self.wake.set()
 
     def claim(self, pool: ThreadPoolExecutor) -> tuple[int, float | None]:
-        """Claim as many runs as there are free threads; returns (claimed, seconds until the next
-        run falls due, by the database's clock, or None when nothing is queued)."""
+        """Claim as many runs as there are free threads (and fire the schedules that are due); returns
+        (claimed, seconds until the next run falls due, by the database's clock, or None when nothing
+        is queued)."""
         with self._lock:
             free = self.concurrency - len(self._held)
         if free <= 0:
+            self.fire_when_due()
             return 0, None
         answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=free, lease_seconds=self.lease_seconds,
                                 max_recoveries=self.max_recoveries)
         for claimed in answer["runs"]:
+            claimed["now"] = answer["now"]  # the database's clock at the claim (foreach items' wake times)
             run = Run(claimed)
             if claimed.get("claims") == 1:  # a first claim starts the run; later ones resume it
                 metrics.count_run("running")
             with self._lock:
                 self._held[run.id] = run
             pool.submit(self._execute, claimed, run)
+        self._note_schedule(answer.get("next_schedule"), answer["now"])
+        self.fire_when_due()
         due = answer.get("next_due")
         return len(answer["runs"]), (None if due is None else seconds_between(due, answer["now"]))
+
+    # ---- schedule triggers ------------------------------------------------------
+
+    def _note_schedule(self, next_schedule, db_now) -> None:
+        """Remember when the next schedule falls due (by the injected clock, else the database's)."""
+        if next_schedule is None:
+            self._schedule_deadline = None
+            return
+        now = self.clock() if self.clock is not None else db_now
+        self._schedule_deadline = time.monotonic() + seconds_between(next_schedule, now)
+
+    def schedule_due_in(self) -> float | None:
+        """Seconds until the next known schedule falls due (None: none)."""
+        if self._schedule_deadline is None:
+            return None
+        return self._schedule_deadline - time.monotonic()
+
+    def fire_when_due(self) -> None:
+        """Fire the due schedules if the last answer said one is due; never raises."""
+        due_in = self.schedule_due_in()
+        if due_in is None or due_in > 0:
+            return
+        try:
+            self.fire_schedules()
+        except Exception:  # noqa: BLE001 - a schedule is fired by the next attempt (or another worker)
+            log.exception("firing schedules failed")
+            self._schedule_deadline = time.monotonic() + 1.0
+
+    def fire_schedules(self) -> list[dict]:
+        """Lock the due schedules of any organization (SKIP LOCKED: another worker takes the others),
+        advance each to its next time and queue its run, all in one transaction; returns the runs queued."""
+        as_of = self.clock() if self.clock is not None else None
+        with self.db.transaction():
+            rows = self.db.all(SQL.triggers.claim_schedules, worker=self.id, limit=self.schedules_per_claim,
+                               as_of=as_of)
+            fires = [_firing(row) for row in rows]
+            fired = self.db.scalar(SQL.triggers.fire_schedules, as_of=as_of, fires=dbmod.json(fires)) if fires else []
+            after = self.db.one(SQL.triggers.next_schedule, commit=True)
+        for each in fired:
+            metrics.count_run("queued")
+            log.info("schedule fired", extra={"trigger_id": each["trigger_id"], "execution_id": each["execution_id"],
+                                             "scheduled_at": each["scheduled_at"]})
+        now = as_of if as_of is not None else after["now"]
+        next_schedule = after["next_schedule"]
+        if next_schedule is not None and not rows:
+            # The due ones are locked by other workers firing them: look again shortly rather than spin.
+            next_schedule = max(next_schedule, now + dt.timedelta(seconds=0.05))
+        self._note_schedule(next_schedule, now)
+        return fired
 
     def heartbeat_once(self) -> None:
         """Renew the leases of the runs in hand; stop those that are lost, deliver cancels."""
@@ -159,6 +244,9 @@ class Worker:
                 if claimed and busy < self.concurrency:
                     continue  # there may be more due right now
                 wait = self.poll_seconds if due_in is None else min(max(due_in, 0.01), self.poll_seconds)
+                schedule_in = self.schedule_due_in()
+                if schedule_in is not None:
+                    wait = min(wait, max(schedule_in, 0.01))
                 self.wake.wait(wait)
             # Leaving the with-block waits for in-flight runs to reach their step boundary.
         self.stopping.set()

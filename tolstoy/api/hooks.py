@@ -1,0 +1,134 @@
+"""``POST /hooks/{triggerId}``: the public door of a webhook trigger.
+
+No tenant header: the trigger id names the organization, found through
+``tolstoy_hook_target`` (security definer) before any tenant is known; from
+then on the request acts for that organization (row-level security). The
+request is verified over its raw bytes (tolstoy/signatures.py) with the
+trigger's secret, decrypted with the organization's data key. A verified
+request and the run it queues are written in one transaction (the inbox row
+first: a concurrent twin waits on its unique delivery id), and the answer is
+sent only after that commit. Refused requests are kept too, without their
+body, so a sender's misconfiguration can be seen in the inbox.
+
+Answers: 202 ``{executionId}``; 200 ``{executionId}`` of the first run for a
+redelivered event (same sender delivery id); 401 bad, missing, stale or
+replayed signature; 403 disabled trigger; 404 no such webhook trigger; 413,
+415 not JSON; 400 JSON that is not an object.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import falcon
+
+from .. import engine, metrics, signatures
+from ..db import database as dbmod
+from ..db.queries import SQL
+from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
+from .dumping import dumper
+from .errors import NotFound, ValidationFailed, field_error
+from .requests import MAX_BODY_BYTES, is_chunked, parse_uuid
+from .schemas import HookAcceptedSchema
+
+_ACCEPTED = dumper(HookAcceptedSchema())
+
+
+def read_raw(req: falcon.Request) -> bytes:
+    """The body as sent, at most 1 MiB (413 beyond; the middleware already refused a larger Content-Length)."""
+    stream = req.stream if req.content_length is None and is_chunked(req) else req.bounded_stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
+    if len(raw) > MAX_BODY_BYTES:
+        raise falcon.HTTPContentTooLarge(description="Request body is larger than 1 MiB.")
+    return raw
+
+
+def parse_object(raw: bytes) -> dict:
+    """The verified body as the run's variables: 415 when it is not JSON, 400 when not an object."""
+    try:
+        data = loads(raw)
+    except (ValueError, RecursionError):
+        raise falcon.HTTPUnsupportedMediaType(description="The body is not JSON.") from None
+    if not isinstance(data, dict):
+        raise field_error("body", "The body must be a JSON object (it becomes the run's variables).")
+    if depth(data) > MAX_JSON_DEPTH:
+        raise field_error("body", f"JSON is nested deeper than {MAX_JSON_DEPTH} levels.")
+    unstorable = unstorable_strings(data)
+    if unstorable:
+        raise ValidationFailed(unstorable)
+    return data
+
+
+def refused(verdict: signatures.Verdict) -> falcon.HTTPUnauthorized:
+    """401 naming why (the scheme is the trigger's, not a bearer token)."""
+    return falcon.HTTPUnauthorized(title="Invalid signature", description=verdict.reason)
+
+
+class Hook:
+    """``POST /hooks/{triggerId}``."""
+
+    access = "public"
+
+    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.vault = vault
+        self.clock = clock
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, trigger_id: str) -> None:
+        """Verify, record and queue: 202 ``{executionId}`` once committed."""
+        hook_id = parse_uuid(trigger_id, "Trigger")
+        raw = read_raw(req)
+        # Errors are decided inside the transaction but raised after it, so a refusal is recorded.
+        failure: Exception | None = None
+        status, media = falcon.HTTP_202, None
+        with self.db.transaction():
+            target = self.db.one(SQL.triggers.hook_target, id=hook_id)
+            if target is None:
+                raise NotFound("Webhook trigger")
+            if self.vault is None:
+                raise falcon.HTTPServiceUnavailable(
+                    description="Webhook secrets cannot be read: TOLSTOY_ENCRYPTION_KEY is not set.")
+            org_id, preset = target["org_id"], target["verification"]
+            with self.db.tenant(org_id):
+                secret = self.vault.decrypt(org_id, target["secret"])
+                verdict = signatures.verify(preset, secret, req.get_header, raw, self.clock())
+                kept = dbmod.json(signatures.kept_headers(preset, req.get_header))
+                if not verdict.ok:
+                    self.db.rowcount(SQL.triggers.refuse, commit=True, org_id=org_id, trigger_id=hook_id,
+                                     verdict=verdict.verdict, reason=verdict.reason, delivery_id=None, headers=kept)
+                    failure = refused(verdict)
+                elif not target["enabled"]:
+                    failure = falcon.HTTPForbidden(title="Trigger disabled",
+                                                   description="This trigger is disabled; enable it to start runs.")
+                else:
+                    status, media, failure = self._receive(req, target, hook_id, raw, verdict, kept)
+        if failure is not None:
+            raise failure
+        resp.status = status
+        resp.media = media
+
+    def _receive(self, req, target: dict, hook_id, raw: bytes, verdict: signatures.Verdict, kept):
+        """Inside the organization's transaction: (status, body, error to raise instead)."""
+        org_id, preset = target["org_id"], target["verification"]
+        data = parse_object(raw)
+        if preset == "slack" and data.get("type") == "url_verification":
+            # Slack checks a new Events API URL with a signed challenge it wants echoed; no run.
+            return falcon.HTTP_200, {"challenge": data.get("challenge")}, None
+        sender_id = signatures.delivery_id(preset, req.get_header, data)
+        inserted = self.db.one(SQL.triggers.receive, org_id=org_id, trigger_id=hook_id, delivery_id=sender_id,
+                               signature=verdict.signature, headers=kept, body=raw)
+        if inserted is None:
+            earlier = self.db.one(SQL.triggers.earlier, org_id=org_id, trigger_id=hook_id, delivery_id=sender_id,
+                                  signature=verdict.signature)
+            if earlier is not None and earlier["same_delivery"]:
+                # A redelivery of an event already received: its first run, not a second one.
+                return falcon.HTTP_200, _ACCEPTED({"execution_id": earlier["execution_id"]}), None
+            replay = signatures.Verdict("replayed", "This signature was seen before: the request is a replay.")
+            self.db.rowcount(SQL.triggers.refuse, commit=True, org_id=org_id, trigger_id=hook_id,
+                             verdict=replay.verdict, reason=replay.reason, delivery_id=sender_id, headers=kept)
+            return None, None, refused(replay)
+        run = self.db.one(SQL.triggers.queue, commit=True, org_id=org_id, flow_id=target["flow_id"],
+                          user_id=None, variables=dbmod.json(data), delivery_id=inserted["id"])
+        metrics.count_run("queued")
+        return falcon.HTTP_202, _ACCEPTED({"execution_id": run["id"]}), None
