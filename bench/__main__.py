@@ -40,14 +40,19 @@ def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, r
     """``runs`` rounds of one wrk run per server, servers in turn, after an unmeasured warm-up of
     each (pools filled, caches and code paths warm: the first seconds of a fresh server measure
     its start, not its speed)."""
+    def run_args(server: str, run: str) -> list[str]:
+        # Each wrk run names what it creates apart from every other run (its counters restart).
+        given = args(server)
+        return [*given[:-1], f"{given[-1]}{run}"]
+
     for server, url in urls.items():
-        http_load.wrk(url, script, args(server), scenario=scenario, server=server, seconds=2,
+        http_load.wrk(url, script, run_args(server, "w"), scenario=scenario, server=server, seconds=2,
                       connections=connections)
     found = []
-    for _ in range(runs):
+    for number in range(runs):
         for server, url in urls.items():
-            run = http_load.wrk(url, script, args(server), scenario=scenario, server=server, seconds=seconds,
-                                connections=connections)
+            run = http_load.wrk(url, script, run_args(server, f"r{number}"), scenario=scenario, server=server,
+                                seconds=seconds, connections=connections)
             print(f"  {scenario:<22} {server:<20} {run.requests_per_second:9.0f} req/s  p50 {run.p50_ms:6.2f} ms"
                   f"  p99 {run.p99_ms:7.2f} ms  errors {run.errors}", flush=True)
             found.append(run)

@@ -749,7 +749,8 @@ declare
     part record;
     busy boolean;
 begin
-    if today is null or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
+    -- A day after today would let the caller drop history that is not yet past retention.
+    if today is null or today > current_date or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
         raise exception 'tolstoy_maintain_history: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     if not pg_try_advisory_xact_lock(hashtextextended('tolstoy_maintain_history', 0)) then
@@ -3158,4 +3159,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000005'),
     ('20261201000006'),
     ('20261201000007'),
-    ('20261201000008');
+    ('20261201000008'),
+    ('20261201000009');

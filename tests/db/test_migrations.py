@@ -52,7 +52,7 @@ def test_schema_file_matches_the_migrations(template_url, tmp_path):
 def test_monthly_partitions_stay_out_of_the_schema_file(database_url, db, tmp_path):
     # Partitions depend on the date and the rows (tolstoy_maintain_history makes them), not on the migrations.
     with db.pool.connection() as conn:
-        conn.execute("select tolstoy_maintain_history('2031-06-15', null, 3)")
+        conn.execute("select tolstoy_ensure_partitions('2031-06-01', 4)")
         assert conn.execute("select to_regclass('flow_runs_p2031_09') is not null as made").fetchone()["made"]
     assert dump(database_url, tmp_path / "schema.sql") == migrate.SCHEMA_FILE.read_text()
 

@@ -331,27 +331,39 @@ def test_a_call_cut_off_by_a_dead_worker_waits_for_a_person_unless_it_is_safe_to
     assert again.status_code == 409
 
 
+def age(db, execution_id: str, when: str) -> None:
+    """Move a run, its steps and its log rows to another month, as if it had been made then."""
+    with db.pool.connection() as conn:
+        conn.execute("select tolstoy_ensure_partitions(%s::date, 1)", (when,))
+        conn.execute("update flow_runs set created_at = %s where id = %s", (when, execution_id))
+        conn.execute("update flow_run_steps set run_created_at = %s where run_id = %s", (when, execution_id))
+        conn.execute("update execution_logs set created_at = %s where execution_id = %s", (when, execution_id))
+
+
+def partitions(db) -> set:
+    with db.pool.connection() as conn:
+        return {row["relname"] for row in conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+            "join pg_class p on p.oid = i.inhparent where p.relname = 'flow_runs'").fetchall()}
+
+
 def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, flow, db, config, worker_db):
     old = execute(api, org, user, flow)["executionId"]
     w = engine.worker(config, worker_db, concurrency=1, retention_days=90)
     w.run(stop_after_idle=True)
-    assert run_status(db, old) == "completed"
+    unfinished = execute(api, org, user, api.flow(org))  # queued, never claimed
+    assert run_status(db, old) == "completed" and run_status(db, unfinished["executionId"]) == "queued"
+    age(db, old, "2025-01-15T12:00:00Z")
+    age(db, unfinished["executionId"], "2025-02-15T12:00:00Z")
 
-    def partitions():
-        with db.pool.connection() as conn:
-            return {row["relname"] for row in conn.execute(
-                "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
-                "join pg_class p on p.oid = i.inhparent where p.relname = 'flow_runs'").fetchall()}
-
+    result = w.maintain()
     this_month = dt.date.today().replace(day=1)
-    later = (this_month + dt.timedelta(days=200)).replace(day=15)  # six or seven months on
-    result = w.maintain(today=later)
-    ahead = {f"flow_runs_p{(later.replace(day=1) + dt.timedelta(days=31 * i)):%Y_%m}" for i in range(4)}
-    assert ahead <= partitions()
-    this = f"flow_runs_p{this_month:%Y_%m}"
-    assert this not in partitions() and "flow_runs_default" in partitions()
-    assert f"flow_run_steps_p{this_month:%Y_%m}" in result["dropped"]
+    ahead = {f"flow_runs_p{(this_month + dt.timedelta(days=31 * i)):%Y_%m}" for i in range(4)}
+    assert ahead | {"flow_runs_default"} <= partitions(db)
+    assert {"flow_runs_p2025_01", "flow_run_steps_p2025_01", "execution_logs_p2025_01"} <= set(result["dropped"])
+    assert "flow_runs_p2025_02" in result["kept"]  # a month with an unfinished run stays whole
     assert run_status(db, old) is None  # gone with its partition; no DELETE ran
+    assert run_status(db, unfinished["executionId"]) == "queued"
     with db.pool.connection() as conn:
         left = conn.execute("select count(*) as n from execution_logs where execution_id = %s", (old,)).fetchone()
     assert left["n"] == 0
@@ -359,13 +371,12 @@ def test_partitions_are_made_ahead_and_dropped_past_retention(api, org, user, fl
     assert api.client.simulate_delete(f"/flows/{flow['id']}", headers=api.headers(org, user)).status_code == 204
 
 
-def test_a_month_with_an_unfinished_run_is_kept(api, org, user, flow, db, config, worker_db):
-    run = execute(api, org, user, flow)["executionId"]  # queued, never claimed
+def test_history_upkeep_refuses_a_date_ahead_of_the_database(config, worker_db, db):
+    # The function drops partitions as their owner: a caller's clock must not make history look old.
     w = engine.worker(config, worker_db, concurrency=1, retention_days=30)
-    later = dt.date.today() + dt.timedelta(days=120)
-    result = w.maintain(today=later)
-    assert f"flow_runs_p{dt.date.today():%Y_%m}" in result["kept"]
-    assert run_status(db, run) == "queued"
+    with pytest.raises(Exception, match="invalid arguments"):
+        w.maintain(today=dt.date.today() + dt.timedelta(days=400))
+    assert w.maintain(today=dt.date.today() - dt.timedelta(days=1))["dropped"] == []
 
 
 def test_purge_lets_a_flow_with_runs_be_deleted(api, org, user, flow, worker):
@@ -459,3 +470,41 @@ def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(ap
         thread.join(timeout=10)
     finally:
         counted.close()
+
+
+def test_a_step_resolved_as_failed_fails_the_run(api, org, user, worker, db):
+    flow = api.flow(org, steps=[
+        step("charge", "http_request", {"method": "POST", "url": "http://127.0.0.1:9/charge"}),
+        step("receipt", "transform", {"output": "paid"}),
+    ])
+    run = execute(api, org, user, flow)["executionId"]
+    wait_for(api, org, flow, run)  # the call fails (nothing listens); now make it an unknown outcome instead
+    with db.pool.connection() as conn:  # as a worker that died during the call leaves it
+        conn.execute("delete from flow_run_steps where run_id = %s", (run,))
+        conn.execute("insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, error) "
+                     "select org_id, id, created_at, 'charge', 'outcome_unknown', 1, '{\"name\": \"OutcomeUnknown\"}' "
+                     "from flow_runs where id = %s", (run,))
+        conn.execute("update flow_runs set status = 'waiting', finished_at = null, error = null where id = %s",
+                     (run,))
+    resolved = api.client.simulate_post(f"/flows/{flow['id']}/executions/{run}/steps/charge/resolve",
+                                        json={"outcome": "failed", "message": "The charge was declined."},
+                                        headers=api.headers(org, user))
+    assert resolved.status_code == 202, resolved.text
+    done = wait_for(api, org, flow, run)
+    assert done["status"] == "failed" and done["error"]["stepId"] == "charge", done
+    assert "declined" in done["error"]["message"]
+    assert "receipt" not in {s["stepId"] for s in done["steps"] if s["status"] == "completed"}
+
+
+def test_an_upstream_echoing_a_secret_in_a_retried_error_stays_masked(api, org, user, worker, server, db):
+    server.expect_request("/flaky").respond_with_handler(
+        lambda request: Response(f'{{"echo": "{request.headers.get("Authorization")}"}}', status=503,
+                                 content_type="application/json"))
+    flow = api.flow(org, steps=[
+        LOGIN,
+        step("use", "http_request", {"method": "GET", "url": server.url_for("/flaky"), "headers": USE_HEADERS},
+             retryPolicy={"maxRetries": 1, "delayMs": 10}),
+    ])
+    run = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    assert run["status"] == "failed"
+    assert TOKEN not in everything_shown(api, org, flow, run["executionId"], db)

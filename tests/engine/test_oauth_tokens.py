@@ -80,3 +80,19 @@ def test_a_rotated_refresh_token_is_kept_and_processes_share_one_refresh(api, or
     fresh = testing.TestClient(create_app(config, app_db))
     assert execute(fresh)["data"]["auth"] == "Bearer access-2"
     assert state["seen"] == ["refresh-1", "refresh-2"] and state["valid"] == {"refresh-3"}
+
+
+def test_a_token_that_lives_less_than_the_refresh_margin_still_works(api, org, user, worker_env, app_db, server):
+    server.expect_request("/token", method="POST").respond_with_json(
+        {"access_token": "short-lived", "expires_in": 10})
+    server.expect_request("/me").respond_with_handler(
+        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
+                                 content_type="application/json"))
+    tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token")}})
+    action = api.action(org, tool, key="me", method="GET", endpoint="/me")
+    client = testing.TestClient(create_app(Config.from_env(worker_env), app_db))
+    result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                  headers=api.headers(org, user))
+    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer short-lived", result.text

@@ -83,6 +83,10 @@ class Writes:
                             "duration_ms": duration_ms})
 
 
+# SQLSTATE tolstoy_checkpoint raises when the lease is no longer this worker's.
+LEASE_LOST = "TL001"
+
+
 class Run:
     """A claimed run in a worker's hands."""
 
@@ -147,7 +151,11 @@ class Engine:
                 answer = self.db.scalar(SQL.runs.checkpoint, worker=self.worker_id, org_id=run.org_id,
                                         run_id=run.id, token=run.token, writes=dbjson(writes))
                 break
-            except DatabaseUnavailable as exc:
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) == LEASE_LOST:
+                    raise LeaseLost(str(run.id)) from None
+                if not isinstance(exc, DatabaseUnavailable):
+                    raise
                 if time.monotonic() + pause > deadline:
                     log.warning("checkpoint failed, leaving the run to its lease: %s", exc,
                                 extra={"execution_id": str(run.id)})
@@ -192,6 +200,15 @@ class Engine:
                 log.warning("lease lost", extra={"execution_id": str(run.id)})
             except Stop:
                 self._hand_back(run)
+            except DatabaseUnavailable as exc:
+                # Infrastructure trouble is no verdict on the flow: back to the queue, checkpoints kept
+                # (if even that fails, the lease runs out and another claim resumes it).
+                log.warning("database unavailable; the run goes back to the queue: %s", exc,
+                            extra={"execution_id": str(run.id)})
+                try:
+                    self.pause(run, 1000)
+                except Exception:  # noqa: BLE001 - the lease expires and another worker retries
+                    pass
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the run 'running' forever
                 log.exception("run crashed", extra={"execution_id": str(run.id)})
                 try:
@@ -228,6 +245,9 @@ class Engine:
         for step in step_order(steps):
             sid = step["id"]
             done = run.checkpoints.get(sid)
+            if done and done["status"] == "failed" and step.get("critical", True) is not False:
+                # Failed before this claim (a person resolved an unknown outcome as failed).
+                return self.finish(run, "failed", {"stepId": sid, **(done.get("error") or {})})
             if done and done["status"] in FINISHED:
                 continue
             self._boundary(run)
@@ -335,6 +355,13 @@ class Engine:
         timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
         try:
             output, secrets = execute_step(self.tools, run, step, inputs, run.key(sid, attempt), timeout)
+        except DatabaseUnavailable as exc:
+            # Raised while reading the credential or a token, before anything was sent: the same
+            # attempt runs again shortly, and it is not an unknown outcome (the step is not 'running').
+            run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs, wake_in_ms=1000,
+                            error={"name": "DatabaseUnavailable", "message": str(exc)[:500]})
+            self.pause(run, 1000)
+            return "paused", None
         except SkipStep:
             run.writes.step(step_id=sid, status="skipped", attempt=attempt, inputs=shown_inputs)
             run.writes.event(sid, "skipped")
@@ -347,7 +374,7 @@ class Engine:
             policy = step.get("retryPolicy") or {}
             if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
                 wait = backoff_ms(policy, attempt)
-                error = exc.as_error()
+                error = mask_json(exc.as_error(), run.secrets)  # an upstream may echo a secret
                 run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs, error=error,
                                 wake_in_ms=wait)
                 run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
@@ -557,7 +584,7 @@ class Engine:
             policy = inner.get("retryPolicy") or {}
             if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
                 wait = backoff_ms(policy, attempt)
-                error = exc.as_error()
+                error = mask_json(exc.as_error(), run.secrets)  # an upstream may echo a secret
                 with run.lock:
                     run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, error=error,
                                     wake_in_ms=wait)

@@ -84,22 +84,24 @@ class SharedTokens:
     def _refresh(self, org_id, credential_id, config: dict) -> dict:
         # One transaction: the row lock is held while the provider answers (a refresh is rare and
         # bounded by the call's deadline), so no two processes refresh the same grant.
-        with self.db.transaction():
+        with self.db.transaction() as unit:
             locked = self.db.one(SQL.oauth_tokens.lock_credential, org_id=org_id, credential_id=credential_id)
             stored = self.db.one(SQL.oauth_tokens.current, org_id=org_id, credential_id=credential_id)
             if stored is not None:  # another process refreshed while this one waited
+                unit.close(commit=True)  # the lock goes before the tool call this token is for
                 return stored
             if locked is not None:  # the freshest refresh token is the stored one
                 config = self.vault.decrypt(org_id, locked["secret"])
             body = fetch_token(config, self.http)
             expires_in = float(body.get("expires_in") or 3600)
-            self.db.rowcount(SQL.oauth_tokens.store, org_id=org_id, credential_id=credential_id,
-                             access_token=self.vault.encrypt(org_id, body["access_token"]), expires_in=expires_in)
             rotated = body.get("refresh_token")
             if locked is not None and rotated and rotated != config.get("refreshToken"):
                 self.db.rowcount(SQL.oauth_tokens.keep_rotated_secret, org_id=org_id, credential_id=credential_id,
                                  secret=self.vault.encrypt(org_id, {**config, "refreshToken": rotated}))
-            return self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential_id)
+            # Last, and committed: the lock goes before the tool call this token is for.
+            return self.db.one(SQL.oauth_tokens.store, commit=True, org_id=org_id, credential_id=credential_id,
+                               access_token=self.vault.encrypt(org_id, body["access_token"]),
+                               expires_in=expires_in)
 
 
 def fetch_token(config: dict, http: Outbound) -> dict:
