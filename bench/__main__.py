@@ -43,7 +43,7 @@ def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, r
     def run_args(server: str, run: str) -> list[str]:
         # Each wrk run names what it creates apart from every other run (its counters restart).
         given = args(server)
-        return [*given[:-1], f"{given[-1]}{run}"]
+        return [*given[:-1], f"{given[-1]}{run}"] if len(given) > 1 else given  # [data, nonce] or [data]
 
     for server, url in urls.items():
         http_load.wrk(url, script, run_args(server, "w"), scenario=scenario, server=server, seconds=2,
