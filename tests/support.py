@@ -65,3 +65,17 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
         except OSError:
             time.sleep(0.1)
     pytest.fail(f"nothing listened on port {port} within {timeout} s")
+
+
+def trickle(count: int, pause: float):
+    """A pytest-httpserver handler whose answer sends one byte every ``pause`` seconds, ``count``
+    times: a tool that never stalls long enough for a per-read timeout to fire."""
+    from werkzeug import Response
+
+    def handler(request):
+        def body():
+            for _ in range(count):
+                yield b" "
+                time.sleep(pause)
+        return Response(body(), content_type="application/json")
+    return handler

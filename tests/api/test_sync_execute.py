@@ -8,6 +8,7 @@ import threading
 import time
 
 from falcon import testing
+from support import trickle
 from werkzeug import Response
 
 from tolstoy.api.app import create_app
@@ -30,14 +31,7 @@ def setup(api, client, server, org_name="Sync", **action_fields):
 
 
 def test_a_call_ends_at_the_actions_time_limit_even_if_the_tool_trickles(api, worker_env, app_db, server):
-    def trickle(request):
-        def body():
-            for _ in range(40):
-                yield b" "
-                time.sleep(0.1)
-        return Response(body(), content_type="application/json")
-
-    server.expect_request("/slow").respond_with_handler(trickle)
+    server.expect_request("/slow").respond_with_handler(trickle(40, 0.1))
     client = client_with(worker_env, app_db)
     _, action, execute = setup(api, client, server, timeoutMs=500)
     assert action["timeoutMs"] == 500

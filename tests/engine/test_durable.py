@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from support import trickle
 from test_engine import execute, logs_of, step, wait_for  # the same helpers as the main engine tests
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
@@ -120,14 +121,7 @@ def test_the_real_token_is_sent_after_the_worker_is_killed_between_steps(api, or
 
 
 def test_poison_runs_end_within_their_bounds_while_another_tenant_runs(api, user, worker, server, org):
-    def trickle(request):
-        def body():
-            for _ in range(60):
-                yield b" "
-                time.sleep(0.3)
-        return Response(body(), content_type="application/json")
-
-    server.expect_request("/trickle").respond_with_handler(trickle)
+    server.expect_request("/trickle").respond_with_handler(trickle(60, 0.3))
     server.expect_request("/fine").respond_with_json({"fine": True})
     poison = {
         "center": (step("big", "transform", {"output": "{{ 'x' | center(1500000000) }}"}), "longer than"),
