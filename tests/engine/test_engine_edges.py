@@ -101,3 +101,27 @@ def test_redirects_keep_credentials_on_their_origin(api, org, user, httpserver, 
                                           headers=api.headers(org, user))
         assert result.status_code == 200 and result.json["success"] is True, result.text
     assert seen == {"localhost": "key-abcdefgh", "127.0.0.1": None}
+
+
+def test_credentials_are_placeholders_until_the_request_is_sent(api, org, user, worker, httpserver, caplog):
+    """The call a step builds, and every log line about it, holds ``{{secret:…}}``; only the
+    request on the wire carries the credential (no string-matched mask involved)."""
+    caplog.set_level("DEBUG")
+    seen = []
+
+    def echo(request):
+        seen.append(request.headers.get("Authorization"))
+        return Response("{}", content_type="application/json")
+
+    httpserver.expect_request("/me").respond_with_handler(echo)
+    tool = api.tool(org, baseUrl=httpserver.url_for("/"), authType="basic")
+    api.create(f"/tools/{tool['id']}/auth", org, {"name": "ops", "type": "basic",
+                                                   "config": {"username": "ada", "password": "pw-7c1e9a"}})
+    api.action(org, tool, key="me", endpoint="/me")
+    flow = api.flow(org, steps=[step("me", "action", {"actionKey": "me", "inputs": {}})])
+    run = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    assert run["status"] == "completed", run
+    wire = "Basic " + __import__("base64").b64encode(b"ada:pw-7c1e9a").decode()
+    assert seen == [wire]
+    assert "'Authorization': 'Basic {{secret:ops.basic}}'" in caplog.text
+    assert wire.split()[1] not in caplog.text and "pw-7c1e9a" not in caplog.text

@@ -96,3 +96,22 @@ def test_a_token_that_lives_less_than_the_refresh_margin_still_works(api, org, u
     result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
                                   headers=api.headers(org, user))
     assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer short-lived", result.text
+
+
+def test_a_token_refresh_is_part_of_the_calls_deadline(api, org, user, worker_env, app_db, server):
+    """A token endpoint that stalls ends the call at the action's timeoutMs, not at the HTTP
+    client's default: the refresh is spent from the same budget as the call."""
+    from support import trickle
+
+    server.expect_request("/token", method="POST").respond_with_handler(trickle(40, 0.1))
+    tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token")}})
+    action = api.action(org, tool, key="me", method="GET", endpoint="/me", timeoutMs=800)
+    client = testing.TestClient(create_app(Config.from_env(worker_env), app_db))
+    started = time.monotonic()
+    result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                  headers=api.headers(org, user))
+    assert time.monotonic() - started < 2.5
+    assert result.status_code == 200 and result.json["success"] is False, result.text
+    assert "Timed out" in result.json["data"]["error"] or "deadline" in result.json["data"]["error"]

@@ -25,7 +25,7 @@ from ..redaction import mask_json
 from .errors import InvalidInputs, StepFailed
 from .outbound import Outbound, OutboundError, Reply, retryable_status
 from .templates import TemplateFailure, render
-from .tool_auth import SharedTokens, auth_headers, secret_values
+from .tool_auth import SharedTokens, auth_headers, secret_headers_for, secret_values
 from .vault import Reader, Vault
 
 log = logging.getLogger("tolstoy.engine")
@@ -42,8 +42,9 @@ class ToolCall:
     headers: dict
     params: dict | None
     body: Any
-    secrets: list = field(default_factory=list)
-    secret_headers: list = field(default_factory=list)  # dropped when a redirect leaves the origin
+    secrets: list = field(default_factory=list)  # clear values to mask where a tool echoes them
+    # (org_id, credential, config) whose values replace the headers' placeholders at send time
+    auth: tuple | None = None
 
 
 def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
@@ -161,37 +162,40 @@ class Tools:
                 raise StepFailed(f"Template error in the action's headers: {exc}") from None
             headers.update({name: str(value) for name, value in rendered.items()})
         secrets: list = []
-        injected: dict = {}
+        auth = None
         if tool["auth_type"] != "none":
             credential, config = self.credential(org_id, tool["id"], reader)
             if credential is None:
                 raise StepFailed(f"Tool {tool['name']!r} uses {tool['auth_type']} but has no credential")
-            try:
-                injected = auth_headers(org_id, credential, config, self.tokens)
-            except OutboundError as exc:
-                raise StepFailed(str(exc), retryable=exc.retryable) from None
-            headers.update(injected)
+            # Placeholders only: the values go in when the request is sent (send()).
+            headers.update(auth_headers(credential, config))
             secrets = secret_values(credential["type"], config)
-            # What the headers carry is secret too: Basic's base64 pair, a fetched OAuth2 token.
-            for value in injected.values():
-                secrets += [value, value.split(" ", 1)[-1]]
+            auth = (org_id, credential, config)
         url = tool["base_url"].rstrip("/") + path
         if action["method"] in ("GET", "DELETE"):
             return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,
-                            None, secrets, list(injected))
-        return ToolCall(action["method"], url, headers, None, rest, secrets, list(injected))
+                            None, secrets, auth)
+        return ToolCall(action["method"], url, headers, None, rest, secrets, auth)
 
     def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None,
              cancel: threading.Event | None = None) -> Reply:
-        """Make the call, ending it at ``timeout_ms`` or when ``cancel`` is set; OutboundError
-        becomes StepFailed."""
+        """Make the call, ending it at ``timeout_ms`` or when ``cancel`` is set (an OAuth2 token
+        fetched for it included); OutboundError becomes StepFailed. The credential's values
+        replace the placeholders only here, on their way to the wire."""
         headers = dict(call.headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        started = time.monotonic()
         try:
+            values = secret_headers_for(*call.auth, self.tokens, timeout_ms, cancel) if call.auth else {}
+            # What the headers carry is secret too (Basic's base64 pair, a fetched OAuth2 token).
+            call.secrets += [value for value in values.values() if value]
+            left = timeout_ms - int((time.monotonic() - started) * 1000)
+            if left <= 0:
+                raise OutboundError(f"Timed out after {timeout_ms} ms", retryable=True)
+            log.debug("calling %s %s with headers %s", call.method, call.url, headers)
             return self.http.request(call.method, call.url, headers=headers, params=call.params,
-                                     json_body=call.body, timeout_ms=timeout_ms,
-                                     secret_headers=call.secret_headers, cancel=cancel)
+                                     json_body=call.body, timeout_ms=left, secrets=values, cancel=cancel)
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 

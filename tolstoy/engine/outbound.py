@@ -307,19 +307,21 @@ class Outbound:
         data: dict | None = None,
         timeout_ms: int = 30000,
         secret_headers: Iterable[str] = (),
+        secrets: dict[str, str] | None = None,
         cancel: threading.Event | None = None,
     ) -> Reply:
         """Send one request, following up to MAX_REDIRECTS redirects (each hop re-checked by the
         backend; credentials dropped when a hop leaves the origin). The whole call, redirects and
         body included, ends within ``timeout_ms``; network trouble and timeouts raise
-        OutboundError(retryable=True)."""
+        OutboundError(retryable=True). ``secrets`` maps placeholders in header values to what
+        goes on the wire in their place; a header holding one is dropped like ``secret_headers``."""
         started = time.perf_counter()
         with limits(time.monotonic() + timeout_ms / 1000, cancel):
             return self._request(method, url, headers, params, json_body, content, data, timeout_ms,
-                                 secret_headers, started)
+                                 secret_headers, secrets or {}, started)
 
     def _request(self, method, url, headers, params, json_body, content, data, timeout_ms, secret_headers,
-                 started) -> Reply:
+                 secrets, started) -> Reply:
         headers = dict(headers or {})
         body: dict = {}
         if json_body is not None:
@@ -329,9 +331,10 @@ class Outbound:
         elif data is not None:
             body["data"] = data
         secret = {name.lower() for name in secret_headers} | {"authorization", "cookie", "proxy-authorization"}
+        secret |= {name.lower() for name, value in headers.items() if any(p in str(value) for p in secrets)}
         try:
             for _ in range(MAX_REDIRECTS + 1):
-                with self.client.stream(method, url, headers=headers, params=params,
+                with self.client.stream(method, url, headers=fill_placeholders(headers, secrets), params=params,
                                         timeout=timeout_ms / 1000, **body) as response:
                     location = response.headers.get("location")
                     if response.is_redirect and location:
@@ -365,6 +368,19 @@ class Outbound:
         except (TypeError, ValueError, UnicodeError) as exc:
             # e.g. a header value that is not text, or not ASCII: the request cannot be built.
             raise OutboundError(f"Cannot build the request: {exc}") from None
+
+
+def fill_placeholders(headers: dict, secrets: dict[str, str]) -> dict:
+    """Headers as sent: each placeholder replaced by its value (a new dict; ``headers`` keeps them)."""
+    if not secrets:
+        return headers
+    filled = {}
+    for name, value in headers.items():
+        for stand_in, secret in secrets.items():
+            if isinstance(value, str) and stand_in in value:
+                value = value.replace(stand_in, secret)
+        filled[name] = value
+    return filled
 
 
 def read_capped(response: httpx.Response) -> bytes:

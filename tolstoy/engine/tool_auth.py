@@ -67,21 +67,23 @@ class SharedTokens:
         self.http = http
         self.cache = TokenCache()
 
-    def token(self, org_id, credential: dict, config: dict) -> str:
-        """A valid access token for this oauth2 credential."""
+    def token(self, org_id, credential: dict, config: dict, timeout_ms: int = 30000,
+              cancel: threading.Event | None = None) -> str:
+        """A valid access token for this oauth2 credential; a refresh ends within ``timeout_ms`` or
+        when ``cancel`` is set (it is part of the call that needs the token)."""
         key = (str(credential["id"]), str(credential["updated_at"]))
         cached = self.cache.get(key)
         if cached:
             return cached
         stored = self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential["id"])
         if stored is None:
-            stored = self._refresh(org_id, credential["id"], config)
+            stored = self._refresh(org_id, credential["id"], config, timeout_ms, cancel)
         token = self.vault.decrypt(org_id, stored["access_token"], what="oauth2 access token")
         left = (stored["expires_at"] - dt.datetime.now(dt.UTC)).total_seconds()
         self.cache.put(key, token, left)
         return token
 
-    def _refresh(self, org_id, credential_id, config: dict) -> dict:
+    def _refresh(self, org_id, credential_id, config: dict, timeout_ms: int, cancel) -> dict:
         # One transaction: the row lock is held while the provider answers (a refresh is rare and
         # bounded by the call's deadline), so no two processes refresh the same grant.
         with self.db.transaction() as unit:
@@ -92,7 +94,7 @@ class SharedTokens:
                 return stored
             if locked is not None:  # the freshest refresh token is the stored one
                 config = self.vault.decrypt(org_id, locked["secret"])
-            body = fetch_token(config, self.http)
+            body = fetch_token(config, self.http, timeout_ms, cancel)
             expires_in = float(body.get("expires_in") or 3600)
             rotated = body.get("refresh_token")
             if locked is not None and rotated and rotated != config.get("refreshToken"):
@@ -104,7 +106,8 @@ class SharedTokens:
                                expires_in=expires_in)
 
 
-def fetch_token(config: dict, http: Outbound) -> dict:
+def fetch_token(config: dict, http: Outbound, timeout_ms: int = 30000,
+                cancel: threading.Event | None = None) -> dict:
     """The token endpoint's answer: with the refresh token when there is one, else with the client
     credentials; OutboundError when it gives no access token."""
     token_url = config["tokenUrl"]
@@ -116,7 +119,8 @@ def fetch_token(config: dict, http: Outbound) -> dict:
     if config.get("scopes"):
         scopes = config["scopes"]
         form["scope"] = " ".join(scopes) if isinstance(scopes, list) else str(scopes)
-    reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"})
+    reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"},
+                         timeout_ms=timeout_ms, cancel=cancel)
     body = reply.body if isinstance(reply.body, dict) else {}
     if reply.status >= 400 or "access_token" not in body:
         raise OutboundError(f"oauth2 token request to {token_url} failed with status {reply.status}",
@@ -124,18 +128,41 @@ def fetch_token(config: dict, http: Outbound) -> dict:
     return body
 
 
-def auth_headers(org_id, credential: dict | None, config: dict | None, tokens: SharedTokens) -> dict:
-    """Headers that authenticate a request with this credential (none without one)."""
+def placeholder(credential: dict, field: str) -> str:
+    """The stand-in for one secret of a credential, e.g. ``{{secret:default.token}}``: what a
+    request carries until it is sent, so nothing built, logged or stored holds the value."""
+    return "{{secret:" + f"{credential['name']}.{field}" + "}}"
+
+
+def auth_headers(credential: dict | None, config: dict | None) -> dict:
+    """Headers that authenticate a request with this credential, with placeholders where the secrets
+    go (none without a credential); ``secret_headers_for`` gives the values at send time."""
     if credential is None or config is None:
         return {}
     kind = credential["type"]
     if kind == "apiKey":
-        return {config["headerName"]: config["headerValue"]}
+        return {config["headerName"]: placeholder(credential, "headerValue")}
     if kind == "bearer":
-        return {"Authorization": f"Bearer {config['token']}"}
+        return {"Authorization": "Bearer " + placeholder(credential, "token")}
+    if kind == "basic":
+        return {"Authorization": "Basic " + placeholder(credential, "basic")}
+    if kind == "oauth2":
+        return {"Authorization": "Bearer " + placeholder(credential, "accessToken")}
+    return {}
+
+
+def secret_headers_for(org_id, credential: dict, config: dict, tokens: SharedTokens, timeout_ms: int,
+                       cancel: threading.Event | None = None) -> dict[str, str]:
+    """The values behind ``auth_headers``' placeholders; an OAuth2 token fetched now (within the
+    call's ``timeout_ms``) if no process holds a valid one."""
+    kind = credential["type"]
+    if kind == "apiKey":
+        return {placeholder(credential, "headerValue"): config["headerValue"]}
+    if kind == "bearer":
+        return {placeholder(credential, "token"): config["token"]}
     if kind == "basic":
         pair = f"{config['username']}:{config['password']}".encode()
-        return {"Authorization": "Basic " + base64.b64encode(pair).decode()}
+        return {placeholder(credential, "basic"): base64.b64encode(pair).decode()}
     if kind == "oauth2":
-        return {"Authorization": f"Bearer {tokens.token(org_id, credential, config)}"}
+        return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, config, timeout_ms, cancel)}
     return {}
