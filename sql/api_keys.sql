@@ -4,6 +4,12 @@ insert into api_keys (org_id, name, prefix, key_hash, scopes, expires_at)
 values (:org_id, :name, :prefix, :key_hash, :scopes, :expires_at)
 returning id, org_id, name, prefix, scopes, expires_at, created_at, last_used_at;
 
+-- name: expiry_of$
+-- When the key making a request expires (null: never); a key it creates may not outlive it.
+select expires_at
+from api_keys
+where org_id = :org_id and key_hash = :key_hash;
+
 -- name: list
 -- One keyset page of an organization's active keys (expired ones included, marked by
 -- expiresAt), newest first.

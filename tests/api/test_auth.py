@@ -245,6 +245,17 @@ def test_scopes_and_expiry_are_validated_and_an_expired_key_is_refused(keyed, db
     assert expired.status_code == 401 and "expired" in expired.json["message"]
 
 
+def test_a_key_cannot_outlive_the_key_that_creates_it(keyed):
+    _, key = new_org(keyed, "Mortal")
+    parent = make_key(keyed, key, expiresAt="2099-01-01T00:00:00Z")
+    assert make_key(keyed, parent["apiKey"])["expiresAt"] == "2099-01-01T00:00:00.000Z"  # inherits it
+    assert make_key(keyed, parent["apiKey"], expiresAt="2098-06-01T00:00:00Z")["expiresAt"].startswith("2098-06-01")
+    later = keyed.simulate_post("/api-keys", json={"name": "x", "expiresAt": "2100-01-01T00:00:00Z"},
+                                headers=bearer(parent["apiKey"]))
+    assert later.status_code == 400 and later.json["errors"][0]["field"] == "expiresAt", later.text
+    assert make_key(keyed, key)["expiresAt"] is None  # a key without expiry makes keys without one
+
+
 def test_the_openapi_document_names_the_api_key_scheme_and_scopes(keyed):
     spec = keyed.simulate_get("/openapi.json").json
     scheme = spec["components"]["securitySchemes"]["apiKey"]

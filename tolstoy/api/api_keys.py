@@ -7,7 +7,7 @@ import falcon
 from ..db.queries import SQL
 from . import resources
 from .dumping import dumper, many
-from .errors import NotFound
+from .errors import NotFound, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .schemas import SCOPES, ApiKeySchema, PageQuery
@@ -55,9 +55,25 @@ class Collection:
             raise falcon.HTTPForbidden(
                 title="Missing scope",
                 description=f"A key cannot grant scopes it lacks: {', '.join(sorted(set(values['scopes']) - granted))}.")
-        row = issue_key(self.db, self.secret, req.context.org_id, values["name"], values["scopes"],
-                        values["expires_at"])
+        expires_at = self._bounded_expiry(req, values["expires_at"])
+        row = issue_key(self.db, self.secret, req.context.org_id, values["name"], values["scopes"], expires_at)
         created(req, resp, _DUMP(row))
+
+
+    def _bounded_expiry(self, req: falcon.Request, wanted):
+        """A key made with an expiring key expires no later than it (and by default with it), so
+        a short-lived key cannot mint itself a permanent successor."""
+        if req.context.key_hash is None:
+            return wanted
+        limit = self.db.scalar(SQL.api_keys.expiry_of, org_id=req.context.org_id, key_hash=req.context.key_hash)
+        if limit is None:
+            return wanted
+        if wanted is None:
+            return limit
+        if wanted > limit:
+            raise field_error("expiresAt", "A key cannot outlive the key that creates it, which expires at "
+                                           f"{limit.isoformat()}.")
+        return wanted
 
 
 class Item:

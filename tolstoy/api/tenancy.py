@@ -159,6 +159,7 @@ class TenantMiddleware:
         req.context.is_admin = False
         req.context.key_org_id = None
         req.context.key_scopes = frozenset()
+        req.context.key_hash = None
         req.context.unit = None
         access = getattr(resource, "access", "tenant")
         if access == "public" or not method_allowed(req, self.routes):
@@ -206,6 +207,7 @@ class TenantMiddleware:
             req.context.key_org_id, req.context.key_scopes = self.keys.grant_of(hashed)
         except KeyRejected:
             raise unauthorized(KEY_REJECTED) from None
+        req.context.key_hash = hashed
         return hashed
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
