@@ -502,3 +502,51 @@ def test_an_upstream_echoing_a_secret_in_a_retried_error_stays_masked(api, org, 
     run = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
     assert run["status"] == "failed"
     assert TOKEN not in everything_shown(api, org, flow, run["executionId"], db)
+
+
+def test_a_worker_cut_off_from_the_database_stops_its_call_once_its_lease_may_be_gone(
+        api, org, user, config, worker_db, server, db):
+    """Renewals that keep failing (the database unreachable from this worker) end the run's call
+    in flight within about a lease, not when the tool answers: another worker may own the run by
+    then. Once the database is back, the run is claimed again and completes."""
+    started, ended = [], []
+
+    def tool(request):
+        started.append(time.monotonic())
+        if len(started) > 1:
+            return Response('{"ok": true}', content_type="application/json")
+
+        def body():
+            try:
+                for _ in range(400):  # 20 s, a byte at a time, so no read timeout fires
+                    yield b" "
+                    time.sleep(0.05)
+            finally:
+                ended.append(time.monotonic())
+        return Response(body(), content_type="application/json")
+
+    server.expect_request("/slow").respond_with_handler(tool)
+    flow = api.flow(org, steps=[step("slow", "http_request", {"method": "GET", "url": server.url_for("/slow")},
+                                     timeoutMs=60000)])
+    w = engine.worker(config, worker_db, concurrency=1, poll_seconds=0.1, lease_seconds=1.5)
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        run = execute(api, org, user, flow)
+        wait_until(lambda: started, 10, "the call to start")
+        with db.pool.connection() as conn:
+            conn.execute("alter role tolstoy_worker connection limit 0")
+            conn.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                         "where usename = 'tolstoy_worker' and datname = current_database()")
+        cut = time.monotonic()
+        wait_until(lambda: ended, 10, "the call to be cut")
+        assert ended[0] - cut < 4, "the call went on long after the lease could have run out"
+    finally:
+        with db.pool.connection() as conn:
+            conn.execute("alter role tolstoy_worker connection limit -1")
+    try:
+        done = wait_for(api, org, flow, run["executionId"], timeout=30)
+        assert done["status"] == "completed" and len(started) == 2, done
+    finally:
+        w.stop()
+        thread.join(timeout=10)

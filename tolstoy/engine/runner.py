@@ -96,6 +96,7 @@ class Run:
         self.flow_id = claimed["flow_id"]
         self.user_id = claimed.get("user_id")
         self.token = claimed["token"]
+        self.leased_at = time.monotonic()  # when its lease was last (re)started, by this process's clock
         self.root_id = claimed["root_run_id"]
         self.variables = claimed.get("variables") or {}
         self.plan = plans.Plan(claimed["plan"])

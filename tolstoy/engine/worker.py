@@ -107,11 +107,13 @@ class Worker:
         if free <= 0:
             self.fire_when_due()
             return 0, None
+        asked = time.monotonic()  # the lease cannot have started before this
         answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=free, lease_seconds=self.lease_seconds,
                                 max_recoveries=self.max_recoveries)
         for claimed in answer["runs"]:
             claimed["now"] = answer["now"]  # the database's clock at the claim (foreach items' wake times)
             run = Run(claimed)
+            run.leased_at = asked
             if claimed.get("claims") == 1:  # a first claim starts the run; later ones resume it
                 metrics.count_run("running")
             with self._lock:
@@ -177,6 +179,7 @@ class Worker:
             held = list(self._held.values())
         if not held:
             return
+        asked = time.monotonic()
         rows = self.db.all(SQL.runs.renew_leases, worker=self.id, orgs=[r.org_id for r in held],
                            runs=[r.id for r in held], tokens=[r.token for r in held],
                            lease_seconds=self.lease_seconds)
@@ -187,7 +190,22 @@ class Worker:
                 log.warning("lease not renewed; stopping the run", extra={"execution_id": str(run.id)})
                 run.lost.set()
                 run.cancel.set()  # ends a call in flight
-            elif cancel:
+            else:
+                run.leased_at = asked
+                if cancel:
+                    run.cancel.set()
+
+    def stop_expired(self) -> None:
+        """Stop the runs whose lease may have run out because renewals kept failing (the database is
+        unreachable): another worker may own them by now, so their calls in flight end here."""
+        now = time.monotonic()
+        with self._lock:
+            held = list(self._held.values())
+        for run in held:
+            if now - run.leased_at >= self.lease_seconds and not run.lost.is_set():
+                log.warning("lease not renewed for a whole lease; stopping the run",
+                            extra={"execution_id": str(run.id)})
+                run.lost.set()
                 run.cancel.set()
 
     def _heartbeat(self) -> None:
@@ -198,6 +216,11 @@ class Worker:
                 self.heartbeat_once()
             except Exception:  # noqa: BLE001 - a missed beat is retried; the lease is 3 beats long
                 log.exception("lease renewal failed")
+
+    def _watch_leases(self) -> None:
+        # Apart from the heartbeat, which may sit waiting for a connection longer than a lease.
+        while not self.drained.wait(self.lease_seconds / 6):
+            self.stop_expired()
 
     def maintain(self, today=None) -> dict | None:
         """Keep the run history: partitions ahead, those past retention dropped (one worker at a time)."""
@@ -225,8 +248,10 @@ class Worker:
         listener = threading.Thread(target=self.db.listen, name="tolstoy-listen",
                                     args=(self.wake.set, self.stopping), daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat, name="tolstoy-heartbeat", daemon=True)
+        watch = threading.Thread(target=self._watch_leases, name="tolstoy-lease-watch", daemon=True)
         listener.start()
         heartbeat.start()
+        watch.start()
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency})
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run") as pool:
             while not self.stopping.is_set():
