@@ -30,3 +30,21 @@ returning access_token, expires_at;
 update tool_credentials
 set secret = :secret
 where org_id = :org_id and id = :credential_id;
+
+-- name: to_reencrypt
+-- The next batch (credential ids after :after_credential_id) of an organization's stored access
+-- tokens not encrypted with data key :version, locked, for `tolstoy secrets rotate --reencrypt`.
+select org_id, credential_id, access_token
+from oauth_tokens
+where org_id = :org_id and credential_id > :after_credential_id::uuid
+  and tolstoy_key_version(access_token) is distinct from :version::integer
+order by credential_id
+limit :limit
+for update;
+
+-- name: reencrypted!
+-- Store a batch of re-encrypted access tokens (their expiry is unchanged).
+update oauth_tokens t
+set access_token = n.access_token
+from unnest(:credential_ids::uuid[], :values::bytea[]) as n(credential_id, access_token)
+where t.org_id = :org_id and t.credential_id = n.credential_id;

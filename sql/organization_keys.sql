@@ -38,6 +38,13 @@ update organization_keys
 set wrapped = :wrapped, kek_id = :kek_id
 where org_id = :org_id and version = :version;
 
+-- name: settle_left$
+-- Seconds until every process has dropped its cached copy of an organization's keys, counted from
+-- when its newest version was made (processes keep them :seconds, TOLSTOY_DATA_KEY_TTL); 0 when past.
+select greatest(0, extract(epoch from max(created_at) + make_interval(secs => :seconds) - now()))::float8
+from organization_keys
+where org_id = :org_id;
+
 -- name: retire!
 -- Mark the versions before :version retired (every ciphertext moved to :version or later).
 update organization_keys

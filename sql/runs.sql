@@ -162,7 +162,7 @@ select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention
 select org_id, run_id, step_id, run_created_at, sealed
 from flow_run_steps
 where org_id = :org_id and sealed is not null
-  and (run_id, step_id, run_created_at) > (:after_run::uuid, :after_step::text, :after_created::timestamptz)
+  and (run_id, step_id, run_created_at) > (:after_run_id::uuid, :after_step_id::text, :after_run_created_at::timestamptz)
   and tolstoy_key_version(sealed) is distinct from :version::integer
 order by run_id, step_id, run_created_at
 limit :limit
@@ -172,7 +172,7 @@ for update;
 -- Store a batch of re-encrypted sealed outputs.
 update flow_run_steps s
 set sealed = n.sealed
-from unnest(:run_ids::uuid[], :step_ids::text[], :run_created::timestamptz[], :sealed::bytea[])
+from unnest(:run_ids::uuid[], :step_ids::text[], :run_created_ats::timestamptz[], :values::bytea[])
      as n(run_id, step_id, run_created_at, sealed)
 where s.org_id = :org_id and s.run_id = n.run_id and s.step_id = n.step_id and s.run_created_at = n.run_created_at;
 

@@ -79,7 +79,7 @@ for update;
 with changed as (
     update tool_credentials c
     set secret = n.secret
-    from unnest(:ids::uuid[], :secrets::bytea[]) as n(id, secret)
+    from unnest(:ids::uuid[], :values::bytea[]) as n(id, secret)
     where c.org_id = :org_id and c.id = n.id
     returning c.org_id, c.id, c.tool_id
 )

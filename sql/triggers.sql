@@ -134,3 +134,21 @@ select tolstoy_fire_schedules(:as_of::timestamptz, :fires::jsonb);
 -- name: next_schedule^
 -- When the next enabled schedule of any organization falls due (null: none), and the database's now.
 select tolstoy_next_schedule() as next_schedule, now() as now;
+
+-- name: secrets_to_reencrypt
+-- The next batch (ids after :after_id) of an organization's webhook trigger secrets not encrypted
+-- with data key :version, locked, for `tolstoy secrets rotate --reencrypt`.
+select org_id, id, secret
+from flow_triggers
+where org_id = :org_id and id > :after_id::uuid and secret is not null
+  and tolstoy_key_version(secret) is distinct from :version::integer
+order by id
+limit :limit
+for update;
+
+-- name: secrets_reencrypted!
+-- Store a batch of re-encrypted webhook trigger secrets.
+update flow_triggers t
+set secret = n.secret
+from unnest(:ids::uuid[], :values::bytea[]) as n(id, secret)
+where t.org_id = :org_id and t.id = n.id;

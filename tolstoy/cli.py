@@ -137,9 +137,11 @@ def cmd_secrets(args: argparse.Namespace) -> int:
     db.open(wait=True)
     try:
         if args.reencrypt:
-            counts = reencrypt_secrets(db, vault, args.batch_size)
-            print(f"tolstoy: re-encrypted {counts['credentials']} credential(s) and {counts['outputs']} sealed "
-                  f"output(s) of {counts['organizations']} organization(s) in {counts['batches']} batch(es); "
+            counts = reencrypt_secrets(db, vault, args.batch_size,
+                                       say=lambda line: print(f"tolstoy: {line}", file=sys.stderr, flush=True))
+            print(f"tolstoy: re-encrypted {counts['credentials']} credential(s), {counts['outputs']} sealed "
+                  f"output(s), {counts['tokens']} OAuth2 token(s) and {counts['triggers']} trigger secret(s) of "
+                  f"{counts['organizations']} organization(s) in {counts['batches']} batch(es); "
                   f"{counts['versions']} new data key version(s), {counts['retired']} older version(s) retired",
                   file=sys.stderr)
         else:
@@ -157,10 +159,11 @@ def rotate_secrets(db: Database, vault) -> dict:
     return engine.rewrap(db, vault)
 
 
-def reencrypt_secrets(db: Database, vault, batch: int = 500) -> dict:
+def reencrypt_secrets(db: Database, vault, batch: int = 500, **options) -> dict:
     """Move every ciphertext to a new data key version per organization, ``batch`` rows per transaction,
-    and retire the older versions; counts."""
-    return engine.reencrypt(db, vault, batch)
+    and retire the older versions once no process can still be using them; counts. ``options``:
+    settle_seconds, sleep, say (see engine.reencrypt)."""
+    return engine.reencrypt(db, vault, batch, **options)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -201,9 +201,10 @@ def test_reencrypt_moves_everything_to_version_2_in_batches(api, org, user, db, 
     before_rewrap = rotate_secrets(db, vault(db, config))
     assert before_rewrap["rewrapped"] == 0 and before_rewrap["legacy"] == 1
 
-    counts = reencrypt_secrets(db, vault(db, config), batch=2)
+    counts = reencrypt_secrets(db, vault(db, config), batch=2, settle_seconds=0)
 
     assert counts == {"organizations": 2, "versions": 2, "credentials": 5, "outputs": 1, "retired": 2,
+                      "tokens": 0, "triggers": 0,
                       # this organization: 4 credentials in 2 batches, 1 output; the other: 1 and none
                       "batches": 4}
     versions = rows(db, "select tolstoy_key_version(secret) as v from tool_credentials union all "
@@ -234,12 +235,12 @@ def test_an_interrupted_reencrypt_is_finished_by_the_next_run(api, org, db, conf
     with db.transaction(), db.tenant(org["id"]):  # a run that made version 2, then stopped
         db.all(Query("test.open", "all", "select 1 as one", "", "test"))
         assert keeper.keyring.add_version(org["id"]) == 2
-    counts = reencrypt_secrets(db, vault(db, config), batch=500)
+    counts = reencrypt_secrets(db, vault(db, config), batch=500, settle_seconds=0)
     assert (counts["versions"], counts["credentials"], counts["retired"]) == (0, 1, 1)
     assert [r["v"] for r in rows(db, "select max(version) as v from organization_keys")] == [2]
     assert rows(db, "select tolstoy_key_version(secret) as v from tool_credentials")[0]["v"] == 2
     # A settled organization (one version in use) gets the next version on the next run.
-    again = reencrypt_secrets(db, vault(db, config), batch=500)
+    again = reencrypt_secrets(db, vault(db, config), batch=500, settle_seconds=0)
     assert (again["versions"], again["credentials"], again["retired"]) == (1, 1, 1)
 
 
@@ -248,10 +249,45 @@ def test_secrets_rotate_reencrypt_command(api, org, db, httpserver, worker_env, 
     for name, value in worker_env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DIRECT_URL", raising=False)
+    monkeypatch.setenv("TOLSTOY_DATA_KEY_TTL", "1")  # how long other processes may cache the old key
     assert cli_main(["secrets", "rotate", "--reencrypt", "--batch-size", "10"]) == 0
     err = capsys.readouterr().err
-    assert "re-encrypted 1 credential(s) and 0 sealed output(s) of 1 organization(s) in 1 batch(es)" in err
+    assert re.search(r"waiting [01] s for other processes to stop using the older data keys", err), err
+    assert ("re-encrypted 1 credential(s), 0 sealed output(s), 0 OAuth2 token(s) and 0 trigger secret(s) "
+            "of 1 organization(s) in 1 batch(es)") in err
     assert "1 new data key version(s), 1 older version(s) retired" in err
+
+
+def test_reencrypt_waits_out_other_processes_key_caches_and_moves_tokens_and_trigger_secrets(
+        api, org, user, db, config, server):
+    """The API process has version 1 cached when the command makes version 2 and goes on encrypting
+    with it for up to TOLSTOY_DATA_KEY_TTL: what it writes meanwhile is moved too before version 1 is
+    retired. Shared OAuth2 access tokens and webhook trigger secrets move with the credentials."""
+    server.expect_request("/token", method="POST").respond_with_json({"access_token": "acc-77", "expires_in": 3600})
+    server.expect_request("/me").respond_with_json({"ok": True})
+    tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-9", "tokenUrl": server.url_for("/token")}})
+    action = api.action(org, tool, key="me", method="GET", endpoint="/me")
+    executed = api.client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                        headers=api.headers(org, user))
+    assert executed.json["success"] is True, executed.text
+    flow = api.flow(org)
+    api.create(f"/flows/{flow['id']}/triggers", org, {"type": "webhook"})
+    waited = []
+
+    def meanwhile(seconds):  # the API, its cache still on version 1, stores a new credential
+        waited.append(seconds)
+        other = api.tool(org, name="Late", authType="bearer")
+        api.create(f"/tools/{other['id']}/auth", org, {"type": "bearer", "config": {"token": "late-token-1"}})
+
+    counts = reencrypt_secrets(db, vault(db, config), settle_seconds=30, sleep=meanwhile)
+    assert len(waited) == 1 and 25 < waited[0] <= 30
+    assert (counts["credentials"], counts["tokens"], counts["triggers"], counts["retired"]) == (2, 1, 1, 1)
+    versions = rows(db, "select tolstoy_key_version(secret) as v from tool_credentials union all "
+                        "select tolstoy_key_version(access_token) from oauth_tokens union all "
+                        "select tolstoy_key_version(secret) from flow_triggers where secret is not null")
+    assert [r["v"] for r in versions] == [2] * 4
 
 
 # ---- the audit trail --------------------------------------------------------------------------------

@@ -4,8 +4,10 @@
 transaction over a few small rows: the data keys stay the same, so no
 ciphertext changes and nothing has to stop. ``reencrypt`` gives each
 organization a new data key version and moves every ciphertext (credentials,
-sealed step outputs, and tokens from before envelope encryption) to it in
-batches of one transaction each, then retires the older versions. A run that
+sealed step outputs, shared OAuth2 access tokens, webhook trigger secrets, and
+tokens from before envelope encryption) to it in batches of one transaction
+each, waits until no process can still hold the older versions in its key
+cache, moves what was written meanwhile, then retires the older versions. A run that
 stopped part way is finished by the next one (an organization with more than
 one unretired version is mid-move) rather than starting yet another version.
 """
@@ -13,7 +15,11 @@ one unretired version is mid-move) rather than starting yet another version.
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from ..db.database import Database
 from ..db.queries import SQL
@@ -21,7 +27,6 @@ from .vault import Vault
 
 BATCH = 500
 _FIRST_ID = uuid.UUID(int=0)
-_FIRST_STEP = (_FIRST_ID, "", dt.datetime.min.replace(tzinfo=dt.UTC))
 
 
 def organization_ids(db: Database) -> list:
@@ -52,17 +57,34 @@ def rewrap(db: Database, vault: Vault) -> dict:
     return counts
 
 
-def reencrypt(db: Database, vault: Vault, batch: int = BATCH) -> dict:
+def reencrypt(db: Database, vault: Vault, batch: int = BATCH, settle_seconds: float | None = None,
+              sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = lambda _: None) -> dict:
     """Move every organization's ciphertexts to a new data key version, ``batch`` rows per transaction,
-    and retire the versions before it. Returns counts."""
-    counts = {"organizations": 0, "versions": 0, "credentials": 0, "outputs": 0, "batches": 0, "retired": 0}
+    and retire the versions before it. Returns counts.
+
+    Other processes keep an organization's keys for ``settle_seconds`` (TOLSTOY_DATA_KEY_TTL, the
+    keyring's own by default) and go on encrypting with the version they knew: the versions before
+    are retired only after that long, and after a last pass over what they wrote meanwhile."""
+    settle = vault.keyring.ttl if settle_seconds is None else settle_seconds
+    counts = {"organizations": 0, "versions": 0, "credentials": 0, "outputs": 0, "tokens": 0, "triggers": 0,
+              "batches": 0, "retired": 0}
+    targets = {}
     for org_id in organization_ids(db):
         target = _target(db, vault, org_id, counts)
         if target is None:
             continue
         counts["organizations"] += 1
-        _move_credentials(db, vault, org_id, target, batch, counts)
-        _move_sealed(db, vault, org_id, target, batch, counts)
+        _move_all(db, vault, org_id, target, batch, counts)
+        targets[org_id] = target
+    wait = 0.0
+    for org_id in targets:
+        with db.transaction(), db.tenant(org_id):
+            wait = max(wait, db.scalar(SQL.organization_keys.settle_left, org_id=org_id, seconds=settle) or 0.0)
+    if wait > 0:
+        say(f"waiting {wait:.0f} s for other processes to stop using the older data keys (TOLSTOY_DATA_KEY_TTL)")
+        sleep(wait)
+    for org_id, target in targets.items():
+        _move_all(db, vault, org_id, target, batch, counts)  # what other processes wrote meanwhile
         with db.transaction(), db.tenant(org_id):
             counts["retired"] += db.rowcount(SQL.organization_keys.retire, org_id=org_id, version=target)
         vault.keyring.forget(org_id)
@@ -83,36 +105,51 @@ def _target(db: Database, vault: Vault, org_id, counts: dict) -> int | None:
         return vault.keyring.add_version(org_id)
 
 
-def _move_credentials(db: Database, vault: Vault, org_id, target: int, batch: int, counts: dict) -> None:
-    after = _FIRST_ID
-    while True:
-        with db.transaction(), db.tenant(org_id):
-            rows = db.all(SQL.tool_credentials.to_reencrypt, org_id=org_id, after_id=after, version=target,
-                          limit=batch)
-            if not rows:
-                return
-            secrets = [vault.encrypt(org_id, vault.decrypt(org_id, row["secret"]), version=target) for row in rows]
-            # The same statement records each decryption in secret_reads.
-            db.rowcount(SQL.tool_credentials.reencrypted, org_id=org_id, ids=[row["id"] for row in rows],
-                        secrets=secrets)
-        counts["credentials"] += len(rows)
-        counts["batches"] += 1
-        after = rows[-1]["id"]
+@dataclass(frozen=True)
+class _Ciphertexts:
+    """One kind of ciphertext to move: its queries (batches in key order, locked; the update of a
+    batch), the columns of its key, the column that holds it, how to open it, and its count's name."""
+
+    select: Any
+    update: Any
+    key: tuple
+    column: str
+    count: str
+    sealed: bool = False
 
 
-def _move_sealed(db: Database, vault: Vault, org_id, target: int, batch: int, counts: dict) -> None:
-    after = _FIRST_STEP
+_KINDS = (
+    # The update records each credential's decryption in secret_reads.
+    _Ciphertexts(SQL.tool_credentials.to_reencrypt, SQL.tool_credentials.reencrypted, ("id",), "secret",
+                 "credentials"),
+    _Ciphertexts(SQL.runs.sealed_to_reencrypt, SQL.runs.resealed, ("run_id", "step_id", "run_created_at"),
+                 "sealed", "outputs", sealed=True),
+    _Ciphertexts(SQL.oauth_tokens.to_reencrypt, SQL.oauth_tokens.reencrypted, ("credential_id",), "access_token",
+                 "tokens"),
+    _Ciphertexts(SQL.triggers.secrets_to_reencrypt, SQL.triggers.secrets_reencrypted, ("id",), "secret",
+                 "triggers"),
+)
+_FIRST = {"id": _FIRST_ID, "credential_id": _FIRST_ID, "run_id": _FIRST_ID, "step_id": "",
+          "run_created_at": dt.datetime.min.replace(tzinfo=dt.UTC)}
+
+
+def _move_all(db: Database, vault: Vault, org_id, target: int, batch: int, counts: dict) -> None:
+    for kind in _KINDS:
+        _move(db, vault, org_id, target, batch, counts, kind)
+
+
+def _move(db: Database, vault: Vault, org_id, target: int, batch: int, counts: dict, kind: _Ciphertexts) -> None:
+    after = {f"after_{name}": _FIRST[name] for name in kind.key}
     while True:
         with db.transaction(), db.tenant(org_id):
-            rows = db.all(SQL.runs.sealed_to_reencrypt, org_id=org_id, after_run=after[0], after_step=after[1],
-                          after_created=after[2], version=target, limit=batch)
+            rows = db.all(kind.select, org_id=org_id, version=target, limit=batch, **after)
             if not rows:
                 return
-            sealed = [vault.encrypt(org_id, vault.unseal(org_id, row["sealed"]), version=target) for row in rows]
-            db.rowcount(SQL.runs.resealed, org_id=org_id, run_ids=[row["run_id"] for row in rows],
-                        step_ids=[row["step_id"] for row in rows],
-                        run_created=[row["run_created_at"] for row in rows], sealed=sealed)
-        counts["outputs"] += len(rows)
+            opened = [vault.unseal(org_id, row[kind.column]) if kind.sealed
+                      else vault.decrypt(org_id, row[kind.column]) for row in rows]
+            db.rowcount(kind.update, org_id=org_id, values=[vault.encrypt(org_id, value, version=target)
+                                                            for value in opened],
+                        **{f"{name}s": [row[name] for row in rows] for name in kind.key})
+        counts[kind.count] += len(rows)
         counts["batches"] += 1
-        last = rows[-1]
-        after = (last["run_id"], last["step_id"], last["run_created_at"])
+        after = {f"after_{name}": rows[-1][name] for name in kind.key}
