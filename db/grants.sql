@@ -67,3 +67,37 @@ grant select, update on flow_triggers to tolstoy_worker;
 grant execute on function tolstoy_claim_schedules(text, integer, timestamptz) to tolstoy_worker;
 grant execute on function tolstoy_next_schedule() to tolstoy_worker;
 grant execute on function tolstoy_fire_schedules(timestamptz, jsonb) to tolstoy_worker;
+
+-- wait steps and signals (20261201000011): the API stores signals (its table
+-- grants come from "on all tables" above); the workers take them for the wait
+-- step that consumes them, under row-level security.
+grant select, update on flow_run_signals to tolstoy_worker;
+grant execute on function tolstoy_take_signal(uuid, uuid, text, text) to tolstoy_worker;
+-- Deleting the signals of runs dropped past retention crosses tenants (the
+-- workers' hourly upkeep, with tolstoy_maintain_history).
+grant execute on function tolstoy_prune_signals(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_prune_signals(integer, integer) from tolstoy_app;
+
+-- sub-flows (20261201000013): a subflow step's one statement (checkpoint, queue
+-- the child, park the parent), under row-level security.
+grant execute on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) to tolstoy_worker;
+
+-- outbound event webhooks (20261201000010): the API manages webhooks and reads
+-- their deliveries (its table grants come from "on all tables" above); the
+-- workers write the events of the runs they move (triggers on the run tables),
+-- claim deliveries across organizations, record attempts (disabling a webhook
+-- that keeps failing) and prune old deliveries and the trigger inbox.
+grant select, update on webhooks to tolstoy_worker;
+grant select, insert, update on webhook_deliveries to tolstoy_worker;
+grant execute on function tolstoy_claim_deliveries(text, integer, double precision) to tolstoy_worker;
+grant execute on function tolstoy_next_delivery() to tolstoy_worker;
+grant execute on function tolstoy_record_delivery(text, uuid, uuid, integer, jsonb) to tolstoy_worker;
+grant execute on function tolstoy_prune_deliveries(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_claim_deliveries(text, integer, double precision) from tolstoy_app;
+revoke execute on function tolstoy_record_delivery(text, uuid, uuid, integer, jsonb) from tolstoy_app;
+revoke execute on function tolstoy_prune_deliveries(integer, integer) from tolstoy_app;
+
+-- per-user OAuth connections (20261201000014): the API manages connections and
+-- login states (its table grants come from "on all tables" above); the workers
+-- read a run's user's tokens and refresh them, under row-level security.
+grant select, update on user_connections to tolstoy_worker;

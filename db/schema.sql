@@ -135,6 +135,82 @@ COMMENT ON FUNCTION public.flow_runs_notify() IS 'AFTER INSERT/UPDATE trigger: N
 
 
 --
+-- Name: flow_runs_plan_on_failure(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_plan_on_failure() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    handlers jsonb;
+begin
+    if new.plan ? 'onFailure' then
+        return new;
+    end if;
+    select v.on_failure into handlers
+    from flow_versions v
+    where v.org_id = new.org_id and v.flow_id = new.flow_id and v.version = new.flow_version;
+    if handlers is null then
+        return new;
+    end if;
+    new.plan := new.plan || jsonb_build_object(
+        'onFailure', handlers,
+        'actions', coalesce(new.plan -> 'actions', '[]') || coalesce((
+            select jsonb_agg(jsonb_build_object(
+                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                         'base_url', t.base_url,
+                                                                         'auth_type', t.auth_type,
+                                                                         'honors_idempotency_key',
+                                                                         t.honors_idempotency_key)))
+            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+            where a.org_id = new.org_id
+              and (a.key in (select jsonb_path_query(handlers, 'strict $.**.actionKey') #>> '{}')
+                   or a.id::text in (select jsonb_path_query(handlers, 'strict $.**.actionId') #>> '{}'))
+              and a.id::text not in (select jsonb_path_query(coalesce(new.plan -> 'actions', '[]'),
+                                                             'strict $[*].id') #>> '{}')), '[]'));
+    return new;
+end;
+$_$;
+
+
+--
+-- Name: FUNCTION flow_runs_plan_on_failure(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_plan_on_failure() IS 'BEFORE INSERT trigger on flow_runs: adds the version''s onFailure steps (and the actions they call) to the plan.';
+
+
+--
+-- Name: flow_runs_wake_parent(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_wake_parent() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform 1 from flow_runs p where p.org_id = new.org_id and p.id = new.parent_run_id for update;
+    -- A new statement, so a new snapshot: it sees a parent that parked while this waited for the lock.
+    update flow_runs p
+    set status = 'queued', run_after = now()
+    where p.org_id = new.org_id and p.id = new.parent_run_id and p.status = 'waiting'
+      and exists (select 1 from flow_run_steps s
+                  where s.org_id = p.org_id and s.run_id = p.id and s.run_created_at = p.created_at
+                    and s.step_id = new.parent_step_id and s.status = 'waiting');
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_wake_parent(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_wake_parent() IS 'AFTER UPDATE trigger: a child run that finished queues its parent again when the parent waits for it.';
+
+
+--
 -- Name: flow_versions_immutable(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -162,7 +238,7 @@ CREATE FUNCTION public.flows_bump_version() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 begin
-    if new.steps is distinct from old.steps then
+    if new.steps is distinct from old.steps or new.on_failure is distinct from old.on_failure then
         new.version := old.version + 1;
     else
         new.version := old.version;
@@ -176,7 +252,7 @@ $$;
 -- Name: FUNCTION flows_bump_version(); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.flows_bump_version() IS 'BEFORE UPDATE trigger: version + 1 when steps change.';
+COMMENT ON FUNCTION public.flows_bump_version() IS 'BEFORE UPDATE trigger: version + 1 when steps or on_failure change.';
 
 
 --
@@ -188,8 +264,8 @@ CREATE FUNCTION public.flows_record_version() RETURNS trigger
     AS $$
 begin
     if tg_op = 'INSERT' or new.version <> old.version then
-        insert into flow_versions (org_id, flow_id, version, steps)
-        values (new.org_id, new.id, new.version, new.steps);
+        insert into flow_versions (org_id, flow_id, version, steps, on_failure)
+        values (new.org_id, new.id, new.version, new.steps, new.on_failure);
     end if;
     return null;
 end;
@@ -200,7 +276,7 @@ $$;
 -- Name: FUNCTION flows_record_version(); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.flows_record_version() IS 'AFTER INSERT/UPDATE trigger: stores each new version of steps in flow_versions.';
+COMMENT ON FUNCTION public.flows_record_version() IS 'AFTER INSERT/UPDATE trigger: stores each new version of steps (and on_failure) in flow_versions.';
 
 
 --
@@ -329,6 +405,102 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, and moves the run (continue, pause, wait, finish) in one transaction. Acts for org under row-level security.';
+
+
+--
+-- Name: tolstoy_claim_deliveries(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    claimed jsonb := '[]';
+    candidate record;
+    taken webhook_deliveries;
+    hook webhooks;
+    lease interval := make_interval(secs => lease_seconds);
+    ahead timestamptz;
+begin
+    if worker is null or worker = '' or max_deliveries < 1 or max_deliveries > 1000 or lease_seconds <= 0
+            or lease_seconds > 3600 then
+        raise exception 'tolstoy_claim_deliveries: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    for candidate in
+        select d.org_id, d.id
+        from webhook_deliveries d
+        where d.state = 'sending' and d.lease_expires_at < now()
+        order by d.lease_expires_at
+        limit max_deliveries
+        for update skip locked
+    loop
+        update webhook_deliveries d
+        set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+            lease_expires_at = now() + lease, last_attempt_at = now(),
+            attempt_log = d.attempt_log || jsonb_build_object(
+                'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
+                'durationMs', null, 'error', 'The worker sending it vanished; sent again.')
+        where d.org_id = candidate.org_id and d.id = candidate.id
+        returning * into taken;
+        select * into hook from webhooks w where w.org_id = taken.org_id and w.id = taken.webhook_id;
+        claimed := claimed || jsonb_build_object(
+            'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
+            'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
+            'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
+            'headers', encode(hook.headers, 'base64'));
+    end loop;
+    for candidate in
+        select d.org_id, d.id, d.webhook_id, d.seq
+        from webhook_deliveries d
+        where d.state = 'pending' and d.next_attempt_at <= now()
+        order by d.next_attempt_at, d.seq
+        limit max_deliveries - jsonb_array_length(claimed)
+        for update skip locked
+    loop
+        -- Read committed: this sees whatever finished before the row was locked.
+        select case when e.state = 'pending' then e.next_attempt_at else e.lease_expires_at end into ahead
+        from webhook_deliveries e
+        where e.org_id = candidate.org_id and e.webhook_id = candidate.webhook_id
+          and e.state in ('pending', 'sending') and e.seq < candidate.seq
+        order by e.seq
+        limit 1;
+        if found then
+            update webhook_deliveries
+            set next_attempt_at = greatest(ahead, now() + interval '1 second')
+            where org_id = candidate.org_id and id = candidate.id;
+            continue;
+        end if;
+        select * into hook from webhooks w where w.org_id = candidate.org_id and w.id = candidate.webhook_id;
+        if not hook.enabled then  -- disabled while this one was queued: it is not sent
+            update webhook_deliveries
+            set state = 'cancelled', next_attempt_at = null, finished_at = now(),
+                last_error = coalesce(hook.disabled_reason, 'The webhook was disabled.')
+            where org_id = candidate.org_id and id = candidate.id;
+            continue;
+        end if;
+        update webhook_deliveries d
+        set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+            lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
+            last_attempt_at = now()
+        where d.org_id = candidate.org_id and d.id = candidate.id
+        returning * into taken;
+        claimed := claimed || jsonb_build_object(
+            'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
+            'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
+            'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
+            'headers', encode(hook.headers, 'base64'));
+    end loop;
+    return jsonb_build_object('deliveries', claimed, 'next_due', tolstoy_next_delivery(), 'now', now());
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) IS 'Claims up to max_deliveries webhook deliveries of any organization (expired leases first, then due ones, one per webhook line), returns {deliveries, next_due, now}.';
 
 
 --
@@ -686,6 +858,24 @@ COMMENT ON FUNCTION public.tolstoy_is_admin() IS 'True in a transaction opened b
 
 
 --
+-- Name: tolstoy_iso(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_iso(t timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_iso(t timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_iso(t timestamp with time zone) IS 'A timestamp as the API shows it: ISO 8601 UTC with milliseconds.';
+
+
+--
 -- Name: tolstoy_key_grant(bytea); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -798,6 +988,26 @@ COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days i
 
 
 --
+-- Name: tolstoy_next_delivery(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_next_delivery() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select least((select min(d.next_attempt_at) from webhook_deliveries d where d.state = 'pending'),
+                 (select min(d.lease_expires_at) from webhook_deliveries d where d.state = 'sending'))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_next_delivery(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_next_delivery() IS 'The earliest time a webhook delivery of any organization falls due (null: none is waiting).';
+
+
+--
 -- Name: tolstoy_next_schedule(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -815,6 +1025,84 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at of an enabled schedule, across organizations.';
+
+
+--
+-- Name: tolstoy_prune_deliveries(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_prune_deliveries(retention_days integer, batch integer) RETURNS jsonb
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    cutoff timestamptz;
+    outbox integer;
+    inbox integer;
+begin
+    if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
+        raise exception 'tolstoy_prune_deliveries: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    if retention_days is null then
+        return jsonb_build_object('deliveries', 0, 'inbox', 0);
+    end if;
+    cutoff := now() - make_interval(days => retention_days);
+    delete from webhook_deliveries d
+    where (d.org_id, d.id) in (select o.org_id, o.id from webhook_deliveries o
+                               where o.state in ('delivered', 'failed', 'cancelled') and o.created_at < cutoff
+                               limit batch);
+    get diagnostics outbox = row_count;
+    delete from flow_trigger_deliveries t
+    where (t.org_id, t.id) in (select i.org_id, i.id from flow_trigger_deliveries i
+                               where i.received_at < cutoff
+                               limit batch);
+    get diagnostics inbox = row_count;
+    return jsonb_build_object('deliveries', outbox, 'inbox', inbox);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_prune_deliveries(retention_days integer, batch integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_prune_deliveries(retention_days integer, batch integer) IS 'Deletes up to batch finished webhook deliveries and inbound trigger deliveries older than retention_days.';
+
+
+--
+-- Name: tolstoy_prune_signals(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    pruned integer;
+begin
+    if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
+        raise exception 'tolstoy_prune_signals: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    if retention_days is null then
+        return 0;
+    end if;
+    delete from flow_run_signals g
+    where (g.org_id, g.id) in (
+        select s.org_id, s.id from flow_run_signals s
+        where s.created_at < now() - make_interval(days => retention_days)
+          and not exists (select 1 from flow_runs r where r.org_id = s.org_id and r.id = s.run_id)
+        limit batch);
+    get diagnostics pruned = row_count;
+    return pruned;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_prune_signals(retention_days integer, batch integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) IS 'Deletes up to batch signals older than retention_days whose run is gone (its partition was dropped).';
 
 
 SET default_tablespace = '';
@@ -847,6 +1135,9 @@ CREATE TABLE public.flow_runs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
+    parent_run_id uuid,
+    parent_step_id text,
+    depth integer DEFAULT 0 NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -935,6 +1226,27 @@ COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose leas
 
 
 --
+-- Name: COLUMN flow_runs.parent_run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.parent_run_id IS 'The run whose subflow step queued this one (exposed as parentExecutionId); null for a top-level run. No foreign key across monthly partitions.';
+
+
+--
+-- Name: COLUMN flow_runs.parent_step_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.parent_step_id IS 'The id of the parent''s subflow step that queued this run.';
+
+
+--
+-- Name: COLUMN flow_runs.depth; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.depth IS 'Sub-flow nesting: 0 for a top-level run, the parent''s depth + 1 for a child (bounded by TOLSTOY_SUBFLOW_MAX_DEPTH).';
+
+
+--
 -- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -999,7 +1311,9 @@ begin
                s.error, s.started_at, s.finished_at, s.duration_ms
         from flow_run_steps s
         where s.org_id = org and s.run_id = retrying and s.run_created_at = original.created_at
-          and (s.status = 'completed' or (s.status = 'skipped' and s.error is null));
+          and (s.status = 'completed' or (s.status = 'skipped' and s.error is null))
+          -- The original's failure handlers ran for its failure, not for this run's.
+          and s.step_id not like 'onFailure.%';
     end if;
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
     values (org, flow, actor, new_id::text, '$flow', 'queued', vars);
@@ -1038,6 +1352,89 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_queue_stats() IS 'Queue depth across organizations for /metrics: queued runs, due ones, age of the oldest due one.';
+
+
+--
+-- Name: tolstoy_record_delivery(text, uuid, uuid, integer, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    current webhook_deliveries;
+    outcome text := result ->> 'outcome';
+    give_up interval := make_interval(secs => coalesce((result ->> 'give_up_seconds')::double precision, 86400));
+    retry_at timestamptz := now() + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
+                                                          / 1000);
+    hook webhooks;
+    disabled text;
+begin
+    if outcome is null or outcome not in ('delivered', 'retry', 'failed') then
+        raise exception 'tolstoy_record_delivery: invalid outcome' using errcode = 'invalid_parameter_value';
+    end if;
+    perform set_config('app.org_id', org::text, true);
+    select * into current from webhook_deliveries d
+    where d.org_id = org and d.id = delivery and d.lease_owner = worker and d.lease_token = token
+      and d.state = 'sending'
+    for update;
+    if not found then
+        return jsonb_build_object('recorded', false);
+    end if;
+    -- No key update: events being written for this webhook (their foreign key's key-share lock) do
+    -- not hold this up.
+    select * into hook from webhooks w where w.org_id = org and w.id = current.webhook_id for no key update;
+    if outcome <> 'delivered' and hook.enabled and now() - hook.failing_since >= give_up then
+        -- Failing for the whole period: the webhook is disabled, this delivery given up with it.
+        disabled := format('Disabled at %s: every delivery failed since %s (last: %s).',
+                           tolstoy_iso(now()), tolstoy_iso(hook.failing_since),
+                           coalesce('HTTP ' || (result ->> 'status_code'), left(result ->> 'error', 300),
+                                    'no answer'));
+        outcome := 'failed';
+    elsif outcome = 'retry' and (retry_at - current.first_attempt_at > give_up or not hook.enabled) then
+        outcome := 'failed';
+    end if;
+    update webhook_deliveries d
+    set state = case outcome when 'delivered' then 'delivered' when 'retry' then 'pending' else 'failed' end,
+        next_attempt_at = case when outcome = 'retry' then retry_at end,
+        finished_at = case when outcome <> 'retry' then now() end,
+        last_status_code = (result ->> 'status_code')::integer,
+        last_error = left(result ->> 'error', 1000),
+        lease_owner = null, lease_token = null, lease_expires_at = null,
+        attempt_log = d.attempt_log || jsonb_build_object(
+            'attempt', token, 'at', tolstoy_iso(d.last_attempt_at),
+            'statusCode', (result ->> 'status_code')::integer,
+            'durationMs', (result ->> 'duration_ms')::integer, 'error', left(result ->> 'error', 1000))
+    where d.org_id = org and d.id = delivery;
+    if outcome = 'delivered' then
+        if hook.failing_since is not null then
+            update webhooks set failing_since = null where org_id = org and id = hook.id;
+        end if;
+    elsif disabled is not null then
+        -- Its deliveries not sent yet are cancelled (webhooks_cancel_pending).
+        update webhooks set enabled = false, disabled_reason = disabled where org_id = org and id = hook.id;
+    elsif hook.failing_since is null then
+        update webhooks set failing_since = now() where org_id = org and id = hook.id;
+    end if;
+    if outcome <> 'retry' then
+        -- The next in line may go now (a claim may have put it off until this one's next attempt).
+        update webhook_deliveries d
+        set next_attempt_at = least(d.next_attempt_at, now())
+        where d.org_id = org and d.id = (select n.id from webhook_deliveries n
+                                         where n.org_id = org and n.webhook_id = current.webhook_id
+                                           and n.state = 'pending'
+                                         order by n.seq limit 1);
+    end if;
+    return jsonb_build_object('recorded', true, 'outcome', outcome, 'disabled', disabled);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) IS 'Records one attempt of a claimed webhook delivery (fenced by its lease token): delivered, retry later or failed; disables a webhook failing for the give-up period. Acts for org under row-level security.';
 
 
 --
@@ -1102,6 +1499,239 @@ COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed
 
 
 --
+-- Name: tolstoy_run_webhook_events(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_webhook_events() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    payload jsonb := jsonb_build_object(
+        'executionId', new.id, 'flowId', new.flow_id, 'flowVersion', new.flow_version, 'userId', new.user_id,
+        'status', new.status, 'error', new.error, 'retryOf', new.retry_of,
+        'startedAt', tolstoy_iso(new.started_at), 'finishedAt', tolstoy_iso(new.finished_at));
+begin
+    if old.started_at is null and new.started_at is not null then
+        perform tolstoy_webhook_emit(new.org_id, 'flow.started', payload || '{"status": "running"}');
+    end if;
+    if new.status is distinct from old.status and new.status in ('completed', 'failed', 'cancelled') then
+        perform tolstoy_webhook_emit(new.org_id, 'flow.' || new.status::text, payload);
+    end if;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_webhook_events(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_webhook_events() IS 'AFTER UPDATE trigger on flow_runs: the run''s flow.* events, in the statement that changes the run.';
+
+
+--
+-- Name: tolstoy_step_webhook_events(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_step_webhook_events() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    kinds text[];
+    kind text;
+    flow uuid;
+begin
+    if tg_op = 'INSERT' then
+        kinds := case new.status
+                     when 'skipped' then array['step.skipped']
+                     when 'running' then array['step.started']
+                     when 'waiting' then array['step.started']
+                     else array['step.started', 'step.' || new.status] end;
+    elsif new.status in ('completed', 'failed', 'skipped', 'outcome_unknown') then
+        kinds := array['step.' || new.status];
+    elsif old.status in ('completed', 'failed', 'skipped') then
+        kinds := array['step.started'];
+    else
+        return null;
+    end if;
+    -- Most organizations subscribe to no step events: one index probe, nothing more.
+    if not exists (select 1 from webhooks w
+                   where w.org_id = new.org_id and w.enabled and w.event_types && kinds) then
+        return null;
+    end if;
+    select r.flow_id into flow from flow_runs r
+    where r.org_id = new.org_id and r.id = new.run_id and r.created_at = new.run_created_at;
+    foreach kind in array kinds loop
+        perform tolstoy_webhook_emit(new.org_id, kind, jsonb_build_object(
+            'executionId', new.run_id, 'flowId', flow, 'stepId', new.step_id,
+            'status', case when kind = 'step.started' then 'running' else new.status end,
+            'attempt', new.attempt, 'error', case when kind = 'step.started' then null else new.error end,
+            'durationMs', case when kind = 'step.started' then null else new.duration_ms end,
+            'outputs', case when kind = 'step.completed' then new.outputs end));
+    end loop;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_step_webhook_events(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_step_webhook_events() IS 'AFTER INSERT/UPDATE trigger on flow_run_steps: the step.* events, in the statement that writes the step.';
+
+
+--
+-- Name: tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    answer jsonb;
+    parent flow_runs;
+    child flow_runs;
+    original flow_runs;
+    step text := spec ->> 'step_id';
+    target uuid := (spec ->> 'flow_id')::uuid;
+    target_version integer := (spec ->> 'version')::integer;
+    max_depth integer := coalesce((spec ->> 'max_depth')::integer, 10);
+    created boolean := false;
+    parked boolean := false;
+    outputs jsonb;
+    sealed jsonb;
+begin
+    if step is null or jsonb_typeof(spec -> 'variables') is distinct from 'object' then
+        raise exception 'tolstoy_subflow: invalid spec' using errcode = 'invalid_parameter_value';
+    end if;
+    -- Lease check, the parent's row locked until commit, the pending writes.
+    answer := tolstoy_checkpoint(worker, org, run, token, writes);
+    select * into parent from flow_runs r where r.org_id = org and r.id = run;
+    select * into child from flow_runs c
+    where c.org_id = org and c.parent_run_id = run and c.parent_step_id = step
+    order by c.created_at desc
+    limit 1;
+    if child.id is null then
+        if parent.cancel_requested then
+            return answer || '{"cancel": true}';
+        end if;
+        if parent.depth + 1 > max_depth then
+            return answer || jsonb_build_object('error', jsonb_build_object(
+                'name', 'SubflowDepthExceeded',
+                'message', format('A child run here would be nested %s deep, more than the limit of %s '
+                                  '(TOLSTOY_SUBFLOW_MAX_DEPTH).', parent.depth + 1, max_depth)));
+        end if;
+        -- A retry of the parent retries the child the same step of the retried run queued (same plan,
+        -- its completed steps kept, the same Idempotency-Keys), unless that child was retried already.
+        if parent.retry_of is not null then
+            select * into original from flow_runs o
+            where o.org_id = org and o.parent_run_id = parent.retry_of and o.parent_step_id = step
+              and o.status in ('completed', 'failed', 'cancelled')
+            order by o.created_at desc
+            limit 1;
+            if original.id is not null then
+                select (q.run).* into child
+                from tolstoy_queue_run(org, original.flow_id, original.flow_version, parent.user_id,
+                                       original.variables, null, original.id) as q
+                where q.created;
+            end if;
+        end if;
+        if child.id is null then
+            if target_version is null then
+                select f.version into target_version from flows f where f.org_id = org and f.id = target;
+            elsif not exists (select 1 from flow_versions v
+                              where v.org_id = org and v.flow_id = target and v.version = target_version) then
+                return answer || jsonb_build_object('error', jsonb_build_object(
+                    'name', 'SubflowNotFound',
+                    'message', format('Flow %s has no version %s.', target, target_version)));
+            end if;
+            if target_version is null then
+                return answer || jsonb_build_object('error', jsonb_build_object(
+                    'name', 'SubflowNotFound', 'message', format('Flow %s does not exist (any more).', target)));
+            end if;
+            select (q.run).* into child
+            from tolstoy_queue_run(org, target, target_version, parent.user_id, spec -> 'variables', null, null)
+                as q;
+        end if;
+        update flow_runs c
+        set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
+        where c.org_id = org and c.id = child.id and c.created_at = child.created_at
+        returning * into child;
+        -- The parent's log says which child the step started.
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+        values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
+                jsonb_build_object('childExecutionId', child.id, 'flowId', child.flow_id,
+                                   'flowVersion', child.flow_version, 'wait', (spec ->> 'wait')::boolean,
+                                   'retryOf', child.retry_of));
+        created := true;
+    end if;
+    if child.status = 'completed' then
+        select coalesce(jsonb_object_agg(s.step_id, s.outputs), '{}'),
+               coalesce(jsonb_object_agg(s.step_id, encode(s.sealed, 'base64')) filter (where s.sealed is not null),
+                        '{}')
+        into outputs, sealed
+        from flow_run_steps s
+        where s.org_id = org and s.run_id = child.id and s.run_created_at = child.created_at
+          and s.status = 'completed' and strpos(s.step_id, '[') = 0;
+    elsif (spec ->> 'wait')::boolean and child.status not in ('failed', 'cancelled') then
+        if parent.cancel_requested then
+            return answer || '{"cancel": true}' || jsonb_build_object('created', created);
+        end if;
+        update flow_runs r
+        set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+        where r.org_id = org and r.id = run and r.created_at = parent.created_at;
+        parked := true;
+    end if;
+    return answer || jsonb_build_object(
+        'created', created, 'parked', parked,
+        'child', jsonb_build_object('id', child.id, 'flow_id', child.flow_id, 'flow_version', child.flow_version,
+                                    'status', child.status, 'error', child.error, 'outputs', outputs,
+                                    'sealed', sealed));
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one per parent step), and park the parent while a waited-for child runs. Acts for org under row-level security.';
+
+
+--
+-- Name: tolstoy_take_signal(uuid, uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_take_signal(org uuid, run uuid, step text, signal_name text) RETURNS TABLE(id uuid, payload jsonb, approver text, user_id uuid, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+begin
+    perform 1 from flow_runs r where r.org_id = org and r.id = run for update;
+    -- A new statement, so a new snapshot: it sees a signal committed while this waited for the lock.
+    return query
+    update flow_run_signals s
+    set step_id = step, consumed_at = coalesce(s.consumed_at, now())
+    where s.org_id = org and s.id = (
+        select p.id from flow_run_signals p
+        where p.org_id = org and p.run_id = run and p.signal = signal_name
+          and (p.step_id is null or p.step_id = step)
+        order by p.step_id is null, p.created_at
+        limit 1
+        for update)
+    returning s.id, s.payload, s.approver, s.user_id, s.created_at;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_take_signal(org uuid, run uuid, step text, signal_name text); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_take_signal(org uuid, run uuid, step text, signal_name text) IS 'A wait step''s signal: locks the run, then takes the oldest pending signal of the name (or the one the step took before); no row when none is pending.';
+
+
+--
 -- Name: tolstoy_touch_updated_at(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1124,6 +1754,81 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_touch_updated_at() IS 'BEFORE UPDATE trigger: sets updated_at to now() when any column changed, keeps it otherwise.';
+
+
+--
+-- Name: tolstoy_webhook_emit(uuid, text, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_webhook_emit(org uuid, kind text, payload jsonb) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+declare
+    event uuid := gen_random_uuid();
+    fanned integer;
+begin
+    insert into webhook_deliveries (org_id, webhook_id, event_id, event_type, data, next_attempt_at)
+    select w.org_id, w.id, event, kind, payload, now()
+    from webhooks w
+    where w.org_id = org and w.enabled and kind = any(w.event_types);
+    get diagnostics fanned = row_count;
+    return fanned;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_webhook_emit(org uuid, kind text, payload jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_webhook_emit(org uuid, kind text, payload jsonb) IS 'Writes one event to the outbox for each enabled webhook of org subscribed to its type; returns how many.';
+
+
+--
+-- Name: webhook_deliveries_notify(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.webhook_deliveries_notify() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    if exists (select 1 from inserted) then
+        perform pg_notify('tolstoy_runs', 'webhook');
+    end if;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION webhook_deliveries_notify(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.webhook_deliveries_notify() IS 'AFTER INSERT statement trigger: NOTIFY tolstoy_runs when deliveries were queued, so an idle worker delivers.';
+
+
+--
+-- Name: webhooks_cancel_pending(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.webhooks_cancel_pending() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    update webhook_deliveries
+    set state = 'cancelled', next_attempt_at = null, finished_at = now(),
+        last_error = coalesce(new.disabled_reason, 'The webhook was disabled.')
+    where org_id = new.org_id and webhook_id = new.id and state = 'pending';
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION webhooks_cancel_pending(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.webhooks_cancel_pending() IS 'AFTER UPDATE trigger on webhooks: a webhook disabled cancels its pending deliveries.';
 
 
 SET default_table_access_method = heap;
@@ -1364,6 +2069,75 @@ CREATE TABLE public.execution_logs_default (
 
 
 --
+-- Name: flow_run_signals; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_run_signals (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    run_id uuid NOT NULL,
+    signal text NOT NULL,
+    payload jsonb,
+    user_id uuid,
+    approver text,
+    idempotency_key text,
+    link_id uuid,
+    step_id text,
+    consumed_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT flow_run_signals_approver_length CHECK (((char_length(approver) >= 1) AND (char_length(approver) <= 320))),
+    CONSTRAINT flow_run_signals_consumed CHECK (((step_id IS NULL) = (consumed_at IS NULL))),
+    CONSTRAINT flow_run_signals_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
+    CONSTRAINT flow_run_signals_signal_format CHECK ((signal ~ '^[A-Za-z0-9_.-]{1,100}$'::text))
+);
+
+ALTER TABLE ONLY public.flow_run_signals FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_run_signals; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_run_signals IS 'Signals sent to runs (API or approval link); a wait step of the run takes the oldest one of its name.';
+
+
+--
+-- Name: COLUMN flow_run_signals.run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.run_id IS 'flow_runs.id (no foreign key across monthly partitions).';
+
+
+--
+-- Name: COLUMN flow_run_signals.payload; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.payload IS 'What the wait step that takes the signal returns.';
+
+
+--
+-- Name: COLUMN flow_run_signals.idempotency_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.idempotency_key IS 'Idempotency-Key of the request: a repeat answers this row.';
+
+
+--
+-- Name: COLUMN flow_run_signals.link_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.link_id IS 'The approval link used (each link delivers at most one signal).';
+
+
+--
+-- Name: COLUMN flow_run_signals.step_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.step_id IS 'Checkpoint id of the wait step that took the signal; null while pending.';
+
+
+--
 -- Name: flow_run_steps; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -1490,6 +2264,9 @@ CREATE TABLE public.flow_runs_default (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
+    parent_run_id uuid,
+    parent_step_id text,
+    depth integer DEFAULT 0 NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1639,7 +2416,8 @@ CREATE TABLE public.flow_versions (
     flow_id uuid NOT NULL,
     version integer NOT NULL,
     steps jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    on_failure jsonb
 );
 
 ALTER TABLE ONLY public.flow_versions FORCE ROW LEVEL SECURITY;
@@ -1650,6 +2428,13 @@ ALTER TABLE ONLY public.flow_versions FORCE ROW LEVEL SECURITY;
 --
 
 COMMENT ON TABLE public.flow_versions IS 'Immutable history of a flow''s steps; written only by the flows triggers.';
+
+
+--
+-- Name: COLUMN flow_versions.on_failure; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_versions.on_failure IS 'The onFailure steps of this version (null: none).';
 
 
 --
@@ -1665,8 +2450,10 @@ CREATE TABLE public.flows (
     version integer DEFAULT 1 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    on_failure jsonb,
     CONSTRAINT flows_description_length CHECK ((char_length(description) <= 5000)),
     CONSTRAINT flows_name_length CHECK ((char_length(name) <= 200)),
+    CONSTRAINT flows_on_failure_array CHECK (((on_failure IS NULL) OR (jsonb_typeof(on_failure) = 'array'::text))),
     CONSTRAINT flows_steps_array CHECK (((jsonb_typeof(steps) = 'array'::text) AND (jsonb_array_length(steps) > 0))),
     CONSTRAINT flows_version_positive CHECK ((version >= 1))
 );
@@ -1693,6 +2480,39 @@ COMMENT ON COLUMN public.flows.steps IS 'Non-empty JSON array of step objects, v
 --
 
 COMMENT ON COLUMN public.flows.version IS 'Current version number; equals the highest flow_versions.version of this flow.';
+
+
+--
+-- Name: COLUMN flows.on_failure; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flows.on_failure IS 'Steps run when a run of the flow fails (validated by the API); null: none. Versioned with steps.';
+
+
+--
+-- Name: oauth_states; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.oauth_states (
+    org_id uuid NOT NULL,
+    nonce text NOT NULL,
+    user_id uuid NOT NULL,
+    tool_id uuid NOT NULL,
+    redirect_uri text NOT NULL,
+    expires_at timestamp with time zone DEFAULT (now() + '00:10:00'::interval) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT oauth_states_nonce_length CHECK (((char_length(nonce) >= 16) AND (char_length(nonce) <= 100))),
+    CONSTRAINT oauth_states_redirect_uri_length CHECK (((char_length(redirect_uri) >= 1) AND (char_length(redirect_uri) <= 2048)))
+);
+
+ALTER TABLE ONLY public.oauth_states FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE oauth_states; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.oauth_states IS 'OAuth logins in progress: consumed (deleted) by their callback, so a state works once; valid 10 minutes.';
 
 
 --
@@ -1938,7 +2758,9 @@ CREATE TABLE public.tools (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     honors_idempotency_key boolean DEFAULT false NOT NULL,
+    key text,
     CONSTRAINT tools_base_url_scheme CHECK ((base_url ~ '^https?://'::text)),
+    CONSTRAINT tools_key_format CHECK ((key ~ '^[a-z0-9][a-z0-9_.-]{0,63}$'::text)),
     CONSTRAINT tools_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
 );
 
@@ -1964,6 +2786,54 @@ COMMENT ON COLUMN public.tools.base_url IS 'http(s) URL that action endpoints ar
 --
 
 COMMENT ON COLUMN public.tools.honors_idempotency_key IS 'The tool treats a repeated Idempotency-Key as the same request, so a call whose outcome is unknown may be resent.';
+
+
+--
+-- Name: COLUMN tools.key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tools.key IS 'Optional short name of the tool, unique per organization (the original service''s /auth/{toolKey} routes).';
+
+
+--
+-- Name: user_connections; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.user_connections (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    user_id uuid NOT NULL,
+    tool_id uuid NOT NULL,
+    tokens bytea NOT NULL,
+    expires_at timestamp with time zone,
+    scope text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT user_connections_scope_length CHECK ((char_length(scope) <= 2000))
+);
+
+ALTER TABLE ONLY public.user_connections FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE user_connections; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.user_connections IS 'A user''s own OAuth2 tokens for a tool with a perUser oauth2 credential (authorization code + PKCE).';
+
+
+--
+-- Name: COLUMN user_connections.tokens; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.tokens IS 'The access and refresh tokens (JSON), encrypted by the application with the organization''s data key.';
+
+
+--
+-- Name: COLUMN user_connections.expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.expires_at IS 'When the access token expires; null when the provider did not say.';
 
 
 --
@@ -1996,6 +2866,154 @@ COMMENT ON TABLE public.users IS 'People acting inside one organization; recorde
 --
 
 COMMENT ON COLUMN public.users.email IS 'Stored as sent; unique per organization ignoring case (users_org_id_email_key).';
+
+
+--
+-- Name: webhook_deliveries; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_deliveries (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    seq bigint NOT NULL,
+    webhook_id uuid NOT NULL,
+    event_id uuid NOT NULL,
+    event_type text NOT NULL,
+    data jsonb NOT NULL,
+    event_created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    next_attempt_at timestamp with time zone,
+    attempts integer DEFAULT 0 NOT NULL,
+    attempt_log jsonb DEFAULT '[]'::jsonb NOT NULL,
+    lease_owner text,
+    lease_token integer,
+    lease_expires_at timestamp with time zone,
+    first_attempt_at timestamp with time zone,
+    last_attempt_at timestamp with time zone,
+    last_status_code integer,
+    last_error text,
+    finished_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhook_deliveries_attempt_log_array CHECK ((jsonb_typeof(attempt_log) = 'array'::text)),
+    CONSTRAINT webhook_deliveries_data_object CHECK ((jsonb_typeof(data) = 'object'::text)),
+    CONSTRAINT webhook_deliveries_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
+    CONSTRAINT webhook_deliveries_pending_due CHECK (((state <> 'pending'::text) OR (next_attempt_at IS NOT NULL))),
+    CONSTRAINT webhook_deliveries_state CHECK ((state = ANY (ARRAY['pending'::text, 'sending'::text, 'delivered'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+ALTER TABLE ONLY public.webhook_deliveries FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE webhook_deliveries; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhook_deliveries IS 'Outbox of event webhooks: one row per event and subscribed webhook, written in the transaction of the change it describes; also the queue workers deliver from, in seq order per webhook.';
+
+
+--
+-- Name: COLUMN webhook_deliveries.next_attempt_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.next_attempt_at IS 'When a pending delivery is due: sent then, or put off again while an earlier one of its webhook is unfinished.';
+
+
+--
+-- Name: COLUMN webhook_deliveries.attempt_log; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.attempt_log IS 'Every attempt: [{attempt, at, statusCode, durationMs, error}] (a claim whose worker vanished included).';
+
+
+--
+-- Name: COLUMN webhook_deliveries.lease_token; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.lease_token IS 'Fencing token of the current claim (the attempt number).';
+
+
+--
+-- Name: webhook_deliveries_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_deliveries ALTER COLUMN seq ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhook_deliveries_seq_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+
+--
+-- Name: webhooks; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhooks (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    name text NOT NULL,
+    url text NOT NULL,
+    event_types text[] NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    secret bytea NOT NULL,
+    headers bytea,
+    header_names text[] DEFAULT '{}'::text[] NOT NULL,
+    disabled_reason text,
+    failing_since timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT webhooks_disabled_reason_length CHECK ((char_length(disabled_reason) <= 1000)),
+    CONSTRAINT webhooks_event_types_known CHECK (((cardinality(event_types) >= 1) AND (event_types <@ ARRAY['flow.started'::text, 'flow.completed'::text, 'flow.failed'::text, 'flow.cancelled'::text, 'step.started'::text, 'step.completed'::text, 'step.failed'::text, 'step.skipped'::text, 'step.outcome_unknown'::text, 'action.executed'::text, 'action.failed'::text, 'webhook.test'::text]))),
+    CONSTRAINT webhooks_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
+    CONSTRAINT webhooks_url_length CHECK (((char_length(url) >= 1) AND (char_length(url) <= 2048)))
+);
+
+ALTER TABLE ONLY public.webhooks FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE webhooks; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhooks IS 'Outbound event webhooks: an organization''s URLs subscribed to event types.';
+
+
+--
+-- Name: COLUMN webhooks.secret; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhooks.secret IS 'HMAC-SHA256 signing secret, encrypted by the application with the organization''s data key; shown once.';
+
+
+--
+-- Name: COLUMN webhooks.headers; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhooks.headers IS 'Custom headers sent with every delivery: a JSON object encrypted like the secret (values may be credentials).';
+
+
+--
+-- Name: COLUMN webhooks.header_names; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhooks.header_names IS 'The names of the custom headers, shown with masked values.';
+
+
+--
+-- Name: COLUMN webhooks.disabled_reason; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhooks.disabled_reason IS 'Why the workers disabled the webhook (its deliveries kept failing).';
+
+
+--
+-- Name: COLUMN webhooks.failing_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhooks.failing_since IS 'First failed attempt since the last successful one; past the give-up period the webhook is disabled.';
 
 
 --
@@ -2060,6 +3078,14 @@ ALTER TABLE ONLY public.execution_logs_default
 
 
 --
+-- Name: flow_run_signals flow_run_signals_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_signals
+    ADD CONSTRAINT flow_run_signals_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: flow_run_steps flow_run_steps_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2121,6 +3147,14 @@ ALTER TABLE ONLY public.flow_versions
 
 ALTER TABLE ONLY public.flows
     ADD CONSTRAINT flows_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: oauth_states oauth_states_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.oauth_states
+    ADD CONSTRAINT oauth_states_pkey PRIMARY KEY (org_id, nonce);
 
 
 --
@@ -2204,11 +3238,43 @@ ALTER TABLE ONLY public.tools
 
 
 --
+-- Name: user_connections user_connections_org_id_user_id_tool_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_connections
+    ADD CONSTRAINT user_connections_org_id_user_id_tool_id_key UNIQUE (org_id, user_id, tool_id);
+
+
+--
+-- Name: user_connections user_connections_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_connections
+    ADD CONSTRAINT user_connections_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: webhook_deliveries webhook_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: webhooks webhooks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_pkey PRIMARY KEY (org_id, id);
 
 
 --
@@ -2324,6 +3390,34 @@ CREATE INDEX execution_logs_default_org_id_user_id_created_at_id_idx ON public.e
 
 
 --
+-- Name: flow_run_signals_created_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_signals_created_at_idx ON public.flow_run_signals USING btree (created_at);
+
+
+--
+-- Name: flow_run_signals_idempotency_key_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_run_signals_idempotency_key_key ON public.flow_run_signals USING btree (org_id, run_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+
+--
+-- Name: flow_run_signals_link_id_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_run_signals_link_id_key ON public.flow_run_signals USING btree (org_id, link_id) WHERE (link_id IS NOT NULL);
+
+
+--
+-- Name: flow_run_signals_org_id_run_id_signal_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_signals_org_id_run_id_signal_idx ON public.flow_run_signals USING btree (org_id, run_id, signal, created_at);
+
+
+--
 -- Name: flow_runs_running_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2377,6 +3471,20 @@ CREATE INDEX flow_runs_org_id_id_idx ON ONLY public.flow_runs USING btree (org_i
 --
 
 CREATE INDEX flow_runs_default_org_id_id_idx ON public.flow_runs_default USING btree (org_id, id);
+
+
+--
+-- Name: flow_runs_org_id_parent_run_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_parent_run_id_idx ON ONLY public.flow_runs USING btree (org_id, parent_run_id, parent_step_id) WHERE (parent_run_id IS NOT NULL);
+
+
+--
+-- Name: flow_runs_default_org_id_parent_run_id_parent_step_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_parent_run_id_parent_step_id_idx ON public.flow_runs_default USING btree (org_id, parent_run_id, parent_step_id) WHERE (parent_run_id IS NOT NULL);
 
 
 --
@@ -2436,6 +3544,13 @@ CREATE INDEX flow_trigger_deliveries_org_id_trigger_id_received_at_id_idx ON pub
 
 
 --
+-- Name: flow_trigger_deliveries_received_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_trigger_deliveries_received_at_idx ON public.flow_trigger_deliveries USING btree (received_at);
+
+
+--
 -- Name: flow_trigger_deliveries_signature_key; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2471,6 +3586,27 @@ CREATE INDEX flows_org_id_created_at_id_idx ON public.flows USING btree (org_id,
 
 
 --
+-- Name: oauth_states_org_id_expires_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX oauth_states_org_id_expires_at_idx ON public.oauth_states USING btree (org_id, expires_at);
+
+
+--
+-- Name: oauth_states_org_id_tool_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX oauth_states_org_id_tool_id_idx ON public.oauth_states USING btree (org_id, tool_id);
+
+
+--
+-- Name: oauth_states_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX oauth_states_org_id_user_id_idx ON public.oauth_states USING btree (org_id, user_id);
+
+
+--
 -- Name: organizations_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2499,6 +3635,27 @@ CREATE INDEX tools_org_id_created_at_id_idx ON public.tools USING btree (org_id,
 
 
 --
+-- Name: tools_org_id_key_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX tools_org_id_key_key ON public.tools USING btree (org_id, key) WHERE (key IS NOT NULL);
+
+
+--
+-- Name: user_connections_org_id_tool_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX user_connections_org_id_tool_id_idx ON public.user_connections USING btree (org_id, tool_id);
+
+
+--
+-- Name: user_connections_org_id_user_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX user_connections_org_id_user_id_created_at_id_idx ON public.user_connections USING btree (org_id, user_id, created_at DESC, id DESC);
+
+
+--
 -- Name: users_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -2510,6 +3667,48 @@ CREATE INDEX users_org_id_created_at_id_idx ON public.users USING btree (org_id,
 --
 
 CREATE UNIQUE INDEX users_org_id_email_key ON public.users USING btree (org_id, lower(email));
+
+
+--
+-- Name: webhook_deliveries_due_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_due_idx ON public.webhook_deliveries USING btree (next_attempt_at) WHERE (state = 'pending'::text);
+
+
+--
+-- Name: webhook_deliveries_finished_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (created_at) WHERE (state = ANY (ARRAY['delivered'::text, 'failed'::text, 'cancelled'::text]));
+
+
+--
+-- Name: webhook_deliveries_lease_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_lease_idx ON public.webhook_deliveries USING btree (lease_expires_at) WHERE (state = 'sending'::text);
+
+
+--
+-- Name: webhook_deliveries_line_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_line_idx ON public.webhook_deliveries USING btree (org_id, webhook_id, seq) WHERE (state = ANY (ARRAY['pending'::text, 'sending'::text]));
+
+
+--
+-- Name: webhook_deliveries_org_id_webhook_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_org_id_webhook_id_created_at_id_idx ON public.webhook_deliveries USING btree (org_id, webhook_id, created_at DESC, id DESC);
+
+
+--
+-- Name: webhooks_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhooks_org_id_created_at_id_idx ON public.webhooks USING btree (org_id, created_at DESC, id DESC);
 
 
 --
@@ -2597,6 +3796,13 @@ ALTER INDEX public.flow_runs_org_id_id_idx ATTACH PARTITION public.flow_runs_def
 
 
 --
+-- Name: flow_runs_default_org_id_parent_run_id_parent_step_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_parent_run_id_idx ATTACH PARTITION public.flow_runs_default_org_id_parent_run_id_parent_step_id_idx;
+
+
+--
 -- Name: flow_runs_default_org_id_retry_of_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -2653,10 +3859,31 @@ CREATE TRIGGER execution_logs_touch_updated_at BEFORE UPDATE ON public.execution
 
 
 --
+-- Name: flow_run_signals flow_run_signals_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_run_signals_touch_updated_at BEFORE UPDATE ON public.flow_run_signals FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
 -- Name: flow_run_steps flow_run_steps_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER flow_run_steps_touch_updated_at BEFORE UPDATE ON public.flow_run_steps FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: flow_run_steps flow_run_steps_webhook_events_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_run_steps_webhook_events_insert AFTER INSERT ON public.flow_run_steps FOR EACH ROW WHEN (((strpos(new.step_id, '['::text) = 0) AND (new.started_at >= now()))) EXECUTE FUNCTION public.tolstoy_step_webhook_events();
+
+
+--
+-- Name: flow_run_steps flow_run_steps_webhook_events_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_run_steps_webhook_events_update AFTER UPDATE OF status ON public.flow_run_steps FOR EACH ROW WHEN (((strpos(new.step_id, '['::text) = 0) AND (new.status IS DISTINCT FROM old.status))) EXECUTE FUNCTION public.tolstoy_step_webhook_events();
 
 
 --
@@ -2667,10 +3894,31 @@ CREATE TRIGGER flow_runs_notify AFTER INSERT OR UPDATE OF status, run_after ON p
 
 
 --
+-- Name: flow_runs flow_runs_plan_on_failure; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_plan_on_failure BEFORE INSERT ON public.flow_runs FOR EACH ROW EXECUTE FUNCTION public.flow_runs_plan_on_failure();
+
+
+--
 -- Name: flow_runs flow_runs_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: flow_runs flow_runs_wake_parent; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_wake_parent AFTER UPDATE OF status ON public.flow_runs FOR EACH ROW WHEN (((new.parent_run_id IS NOT NULL) AND (new.status = ANY (ARRAY['completed'::public.flow_run_status, 'failed'::public.flow_run_status, 'cancelled'::public.flow_run_status])) AND (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION public.flow_runs_wake_parent();
+
+
+--
+-- Name: flow_runs flow_runs_webhook_events; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_webhook_events AFTER UPDATE ON public.flow_runs FOR EACH ROW WHEN ((((old.started_at IS NULL) AND (new.started_at IS NOT NULL)) OR ((new.status IS DISTINCT FROM old.status) AND (new.status = ANY (ARRAY['completed'::public.flow_run_status, 'failed'::public.flow_run_status, 'cancelled'::public.flow_run_status]))))) EXECUTE FUNCTION public.tolstoy_run_webhook_events();
 
 
 --
@@ -2730,10 +3978,45 @@ CREATE TRIGGER tools_touch_updated_at BEFORE UPDATE ON public.tools FOR EACH ROW
 
 
 --
+-- Name: user_connections user_connections_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER user_connections_touch_updated_at BEFORE UPDATE ON public.user_connections FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
 -- Name: users users_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER users_touch_updated_at BEFORE UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: webhook_deliveries webhook_deliveries_notify; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON public.webhook_deliveries REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION public.webhook_deliveries_notify();
+
+
+--
+-- Name: webhook_deliveries webhook_deliveries_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER webhook_deliveries_touch_updated_at BEFORE UPDATE ON public.webhook_deliveries FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: webhooks webhooks_cancel_pending; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER webhooks_cancel_pending AFTER UPDATE OF enabled ON public.webhooks FOR EACH ROW WHEN ((old.enabled AND (NOT new.enabled))) EXECUTE FUNCTION public.webhooks_cancel_pending();
+
+
+--
+-- Name: webhooks webhooks_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER webhooks_touch_updated_at BEFORE UPDATE ON public.webhooks FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
 
 
 --
@@ -2766,6 +4049,14 @@ ALTER TABLE public.execution_logs
 
 ALTER TABLE public.execution_logs
     ADD CONSTRAINT execution_logs_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
+
+
+--
+-- Name: flow_run_signals flow_run_signals_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_run_signals
+    ADD CONSTRAINT flow_run_signals_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE RESTRICT;
 
 
 --
@@ -2825,6 +4116,22 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: oauth_states oauth_states_tool_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.oauth_states
+    ADD CONSTRAINT oauth_states_tool_id_fkey FOREIGN KEY (org_id, tool_id) REFERENCES public.tools(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: oauth_states oauth_states_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.oauth_states
+    ADD CONSTRAINT oauth_states_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE CASCADE;
+
+
+--
 -- Name: oauth_tokens oauth_tokens_credential_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -2865,11 +4172,43 @@ ALTER TABLE ONLY public.tools
 
 
 --
+-- Name: user_connections user_connections_tool_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_connections
+    ADD CONSTRAINT user_connections_tool_id_fkey FOREIGN KEY (org_id, tool_id) REFERENCES public.tools(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: user_connections user_connections_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.user_connections
+    ADD CONSTRAINT user_connections_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE CASCADE;
+
+
+--
 -- Name: users users_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
 ALTER TABLE ONLY public.users
     ADD CONSTRAINT users_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE RESTRICT;
+
+
+--
+-- Name: webhook_deliveries webhook_deliveries_webhook_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_deliveries
+    ADD CONSTRAINT webhook_deliveries_webhook_id_fkey FOREIGN KEY (org_id, webhook_id) REFERENCES public.webhooks(org_id, id) ON DELETE CASCADE;
+
+
+--
+-- Name: webhooks webhooks_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhooks
+    ADD CONSTRAINT webhooks_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
 
 
 --
@@ -2906,6 +4245,13 @@ CREATE POLICY engine_access ON public.execution_logs TO tolstoy_engine USING (tr
 
 
 --
+-- Name: flow_run_signals engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_run_signals TO tolstoy_engine USING (true);
+
+
+--
 -- Name: flow_run_steps engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -2920,6 +4266,13 @@ CREATE POLICY engine_access ON public.flow_runs TO tolstoy_engine USING (true) W
 
 
 --
+-- Name: flow_trigger_deliveries engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_trigger_deliveries TO tolstoy_engine USING (true);
+
+
+--
 -- Name: flow_triggers engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -2927,10 +4280,30 @@ CREATE POLICY engine_access ON public.flow_triggers TO tolstoy_engine USING (tru
 
 
 --
+-- Name: webhook_deliveries engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.webhook_deliveries TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: webhooks engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.webhooks TO tolstoy_engine USING (true);
+
+
+--
 -- Name: execution_logs; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
 ALTER TABLE public.execution_logs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_run_signals; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_run_signals ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: flow_run_steps; Type: ROW SECURITY; Schema: public; Owner: -
@@ -2967,6 +4340,12 @@ ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: oauth_states; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.oauth_states ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: oauth_tokens; Type: ROW SECURITY; Schema: public; Owner: -
@@ -3027,6 +4406,13 @@ CREATE POLICY tenant_isolation ON public.execution_logs USING ((org_id = public.
 
 
 --
+-- Name: flow_run_signals tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_run_signals USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: flow_run_steps tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -3066,6 +4452,13 @@ CREATE POLICY tenant_isolation ON public.flow_versions USING ((org_id = public.t
 --
 
 CREATE POLICY tenant_isolation ON public.flows USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: oauth_states tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.oauth_states USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -3111,10 +4504,31 @@ CREATE POLICY tenant_isolation ON public.tools USING ((org_id = public.tolstoy_c
 
 
 --
+-- Name: user_connections tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.user_connections USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: users tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
 CREATE POLICY tenant_isolation ON public.users USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: webhook_deliveries tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.webhook_deliveries USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: webhooks tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.webhooks USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -3130,10 +4544,28 @@ ALTER TABLE public.tool_credentials ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.tools ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: user_connections; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.user_connections ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: users; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
 ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: webhook_deliveries; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: webhooks; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhooks ENABLE ROW LEVEL SECURITY;
 
 --
 -- PostgreSQL database dump complete
@@ -3160,4 +4592,8 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000006'),
     ('20261201000007'),
     ('20261201000008'),
-    ('20261201000009');
+    ('20261201000009'),
+    ('20261201000010'),
+    ('20261201000011'),
+    ('20261201000013'),
+    ('20261201000014');

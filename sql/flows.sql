@@ -1,6 +1,6 @@
 -- name: list
 -- One keyset page of an organization's flows, newest first.
-select id, org_id, name, description, steps, version, created_at, updated_at
+select id, org_id, name, description, steps, on_failure, version, created_at, updated_at
 from flows
 where org_id = :org_id
   and (:after_created_at::timestamptz is null
@@ -10,13 +10,13 @@ limit :limit;
 
 -- name: get^
 -- One flow of the organization.
-select id, org_id, name, description, steps, version, created_at, updated_at
+select id, org_id, name, description, steps, on_failure, version, created_at, updated_at
 from flows
 where org_id = :org_id and id = :id;
 
 -- name: get_for_update^
 -- One flow of the organization, locked until the end of the transaction.
-select id, org_id, name, description, steps, version, created_at, updated_at
+select id, org_id, name, description, steps, on_failure, version, created_at, updated_at
 from flows
 where org_id = :org_id and id = :id
 for update;
@@ -29,16 +29,16 @@ select exists (
 
 -- name: insert^
 -- Create a flow at version 1; flows_record_version stores that version.
-insert into flows (org_id, name, description, steps)
-values (:org_id, :name, :description, :steps)
-returning id, org_id, name, description, steps, version, created_at, updated_at;
+insert into flows (org_id, name, description, steps, on_failure)
+values (:org_id, :name, :description, :steps, :on_failure)
+returning id, org_id, name, description, steps, on_failure, version, created_at, updated_at;
 
 -- name: update^
--- Replace the writable columns; the triggers bump version and store it when steps change.
+-- Replace the writable columns; the triggers bump version and store it when steps or on_failure change.
 update flows
-set name = :name, description = :description, steps = :steps
+set name = :name, description = :description, steps = :steps, on_failure = :on_failure
 where org_id = :org_id and id = :id
-returning id, org_id, name, description, steps, version, created_at, updated_at;
+returning id, org_id, name, description, steps, on_failure, version, created_at, updated_at;
 
 -- name: delete!
 -- Delete one flow with its versions; execution_logs_flow_id_fkey refuses while logs exist.
@@ -47,7 +47,7 @@ where org_id = :org_id and id = :id;
 
 -- name: list_versions
 -- One keyset page of a flow's versions, newest first (versions only grow).
-select version, steps, created_at
+select version, steps, on_failure, created_at
 from flow_versions
 where org_id = :org_id and flow_id = :flow_id
   and (:before_version::integer is null or version < :before_version::integer)
@@ -56,6 +56,15 @@ limit :limit;
 
 -- name: get_version^
 -- One version of a flow.
-select version, steps, created_at
+select version, steps, on_failure, created_at
 from flow_versions
 where org_id = :org_id and flow_id = :flow_id and version = :version;
+
+-- name: subflow_target^
+-- A flow a subflow step names, with the steps of the version it would run (:version, or the
+-- current one); steps is null when the flow has no such version.
+select f.id, f.version, v.steps
+from flows f
+left join flow_versions v
+       on v.org_id = f.org_id and v.flow_id = f.id and v.version = coalesce(:version::integer, f.version)
+where f.org_id = :org_id and f.id = :id::uuid;

@@ -19,7 +19,7 @@ from tolstoy_queue_run(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :u
 -- One run of a flow, with what its completed steps returned (as shown: secrets masked; null
 -- while nothing has completed and the run has not finished).
 select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
-       r.retry_of, r.cancel_requested, r.started_at, r.finished_at,
+       r.retry_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
@@ -32,15 +32,15 @@ where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
 -- name: get_for_update^
 -- One run of a flow, locked until the end of the transaction.
 select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
-       r.retry_of, r.cancel_requested, r.started_at, r.finished_at
+       r.retry_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id
 from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
 for update;
 
 -- name: list
--- One keyset page of a flow's runs, newest first.
+-- One keyset page of a flow's runs, newest first (only the children of :parent_id when given).
 select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
-       r.retry_of, r.created_at, r.started_at, r.finished_at,
+       r.retry_of, r.created_at, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
@@ -48,17 +48,23 @@ select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variabl
                 case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
 from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id
+  and (:parent_id::uuid is null or r.parent_run_id = :parent_id::uuid)
   and (:after_created_at::timestamptz is null
        or (r.created_at, r.id) < (:after_created_at::timestamptz, :after_id::uuid))
 order by r.created_at desc, r.id desc
 limit :limit;
 
 -- name: steps
--- A run's step checkpoints in the order they started (outputs as shown: secrets masked).
-select step_id, status, attempt, inputs, outputs, error, wake_at, started_at, finished_at, duration_ms
-from flow_run_steps
-where org_id = :org_id and run_id = :run_id and run_created_at = :run_created_at
-order by started_at, step_id;
+-- A run's step checkpoints in the order they started (outputs as shown: secrets masked), a
+-- subflow step's with the child run it queued.
+select s.step_id, s.status, s.attempt, s.inputs, s.outputs, s.error, s.wake_at, s.started_at, s.finished_at,
+       s.duration_ms, c.id as child_execution_id
+from flow_run_steps s
+left join (select k.id, k.parent_step_id
+           from flow_runs k
+           where k.org_id = :org_id and k.parent_run_id = :run_id) as c on c.parent_step_id = s.step_id
+where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
+order by s.started_at, s.step_id;
 
 -- name: request_cancel^
 -- A queued (or sleeping), or waiting run is cancelled at once; a running one within one heartbeat.
@@ -69,6 +75,50 @@ set status = case when status in ('queued', 'waiting') then 'cancelled'::flow_ru
     cancel_requested = true
 where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
 returning id, status;
+
+-- name: cancel_descendants^
+-- Cancelling a run cancels the runs its subflow steps queued, and theirs: a queued or waiting
+-- one at once (with its log row), a running one within one heartbeat. Run before the run's own
+-- cancel, so rows are locked children first, parent last, as a child's last checkpoint does; and
+-- again after it, for a child its subflow step committed while the first pass looked.
+with recursive tree as (
+    select c.org_id, c.id, c.created_at
+    from flow_runs c
+    where c.org_id = :org_id and c.parent_run_id = :id
+    union all
+    select c.org_id, c.id, c.created_at
+    from flow_runs c
+    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id
+), locked as (
+    -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
+    -- locking a middle run before a grandchild that is finishing would deadlock with it.
+    select r.org_id, r.id, r.created_at
+    from flow_runs r
+    join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
+    where r.status in ('queued', 'running', 'waiting')
+      and (r.status <> 'running' or not r.cancel_requested)
+    order by r.depth desc, r.id
+    for update of r
+), changed as (
+    update flow_runs r
+    set status = case when r.status in ('queued', 'waiting') then 'cancelled'::flow_run_status else r.status end,
+        finished_at = case when r.status in ('queued', 'waiting') then now() else r.finished_at end,
+        error = case when r.status in ('queued', 'waiting') then '{"message": "Cancelled with its parent"}'::jsonb
+                     else r.error end,
+        cancel_requested = true
+    from locked
+    where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
+      and r.status in ('queued', 'running', 'waiting')
+      and (r.status <> 'running' or not r.cancel_requested)
+    returning r.org_id, r.id, r.flow_id, r.user_id, r.status
+), logged as (
+    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+    select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
+    from changed
+    where status = 'cancelled'
+)
+select count(*) filter (where status = 'cancelled') as cancelled, count(*) as asked
+from changed;
 
 -- name: unknown_step^
 -- The step of a waiting run whose outcome nobody knows, locked for a person's resolution.
@@ -99,7 +149,7 @@ from flow_runs
 where org_id = :org_id and flow_id = :flow_id and status in ('queued', 'running', 'waiting');
 
 -- name: purge!
--- Delete a flow's finished runs with their checkpoints and the engine's log rows of them
+-- Delete a flow's finished runs with their checkpoints, signals and the engine's log rows of them
 -- (an explicit purge, so the flow itself can be deleted).
 with gone as (
     delete from flow_runs
@@ -109,6 +159,10 @@ with gone as (
     delete from flow_run_steps s
     using gone
     where s.org_id = gone.org_id and s.run_id = gone.id and s.run_created_at = gone.created_at
+), signals as (
+    delete from flow_run_signals g
+    using gone
+    where g.org_id = gone.org_id and g.run_id = gone.id
 )
 delete from execution_logs l
 using gone
@@ -136,23 +190,34 @@ from (
 -- name: claim$
 -- Claim up to :limit runs of any organization (expired leases first, past the recovery limit
 -- they fail); {runs: [run with plan and checkpoints], next_due, now, next_schedule: when the next
--- schedule trigger falls due}, so an idle worker needs no other statement to know when to wake.
+-- schedule trigger falls due, next_delivery: when a webhook delivery does}, so an idle worker needs
+-- no other statement to know when to wake.
 select tolstoy_claim_runs(:worker, :limit, :lease_seconds, :max_recoveries)
-       || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule());
+       || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule(),
+                             'next_delivery', tolstoy_next_delivery());
 
 -- name: renew_leases
 -- Heartbeat: renew the leases of the runs this worker is executing; returns those still held.
 select run_id, cancel
 from tolstoy_renew_leases(:worker, :orgs::uuid[], :runs::uuid[], :tokens::integer[], :lease_seconds);
 
+-- name: subflow$
+-- A subflow step's writes, its child run found or queued, and the parent parked while a waited-for
+-- child runs (tolstoy_subflow); TL001 when the lease is lost.
+select tolstoy_subflow(:worker, :org_id, :run_id, :token, :writes, :spec);
+
 -- name: checkpoint$
 -- One engine step's writes and the run's move (tolstoy_checkpoint); TL001 when the lease is lost.
 select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 
 -- name: maintain_history$
--- Create history partitions ahead and drop those past retention (null: keep everything).
+-- Create history partitions ahead and drop those past retention (null: keep everything); in the
+-- same statement, delete finished webhook deliveries and the trigger inbox past theirs ({pruned}),
+-- and the signals of runs dropped past retention ({signals_pruned}).
 select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
-                                :months_ahead::integer);
+                                :months_ahead::integer)
+       || jsonb_build_object('pruned', tolstoy_prune_deliveries(:delivery_retention_days::integer, 50000),
+                             'signals_pruned', tolstoy_prune_signals(:retention_days::integer, 50000));
 
 -- ---- tolstoy secrets rotate --reencrypt ---------------------------------------------
 

@@ -54,6 +54,51 @@ returning id, org_id, tool_id, name, type, secret, is_default, created_at, updat
 delete from tool_credentials
 where org_id = :org_id and tool_id = :tool_id and name = :name;
 
+-- name: delete_all!
+-- Delete every organization-level credential of a tool (DELETE /tools/{id}/auth); users' own
+-- connections (user_connections) stay.
+delete from tool_credentials
+where org_id = :org_id and tool_id = :tool_id;
+
+-- name: delete_default!
+-- Delete the credential calls use (the default one, else the only one): DELETE /tools/{id}/secrets.
+delete from tool_credentials
+where org_id = :org_id and tool_id = :tool_id
+  and (is_default or (select count(*) from tool_credentials c
+                      where c.org_id = :org_id and c.tool_id = :tool_id) = 1);
+
+-- name: list_secrets
+-- One keyset page of the organization's tools with their default credential (the one calls use),
+-- for GET /tools/secrets; each credential found is recorded in secret_reads as read by :actor
+-- (and :user_id) by the same statement, since the app decrypts it to name its keys.
+with page as (
+    select t.id, t.org_id, t.name, t.auth_type, t.created_at,
+           c.id as credential_id, c.type as credential_type, c.secret, c.updated_at as credential_updated_at
+    from tools t
+    left join lateral (
+        select id, type, secret, updated_at
+        from tool_credentials
+        where org_id = t.org_id and tool_id = t.id
+          and (is_default or (select count(*) from tool_credentials o
+                              where o.org_id = t.org_id and o.tool_id = t.id) = 1)
+        order by is_default desc
+        limit 1
+    ) c on true
+    where t.org_id = :org_id
+      and (:after_created_at::timestamptz is null
+           or (t.created_at, t.id) < (:after_created_at::timestamptz, :after_id::uuid))
+    order by t.created_at desc, t.id desc
+    limit :limit
+), audit as (
+    insert into secret_reads (org_id, actor, user_id, tool_id, credential_id, purpose)
+    select page.org_id, :actor::text, :user_id::uuid, page.id, page.credential_id, 'show'
+    from page
+    where page.credential_id is not null
+)
+select id, org_id, name, auth_type, created_at, credential_id, credential_type, secret, credential_updated_at
+from page
+order by created_at desc, id desc;
+
 -- ---- encryption upkeep -------------------------------------------------------------
 
 -- name: rewrite_secret!

@@ -4,7 +4,7 @@
 
 -- name: list
 -- One keyset page of an organization's tools, newest first (without their actions).
-select id, org_id, name, base_url, auth_type, honors_idempotency_key, created_at, updated_at
+select id, org_id, name, key, base_url, auth_type, honors_idempotency_key, created_at, updated_at
 from tools
 where org_id = :org_id
   and (:after_created_at::timestamptz is null
@@ -14,7 +14,7 @@ limit :limit;
 
 -- name: get^
 -- One tool of the organization, with its actions.
-select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
+select t.id, t.org_id, t.name, t.key, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
        coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                  from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
                               execute_if, timeout_ms, version, created_at, updated_at
@@ -25,7 +25,7 @@ where t.org_id = :org_id and t.id = :id;
 
 -- name: get_for_update^
 -- One tool of the organization with its actions, the tool locked until the end of the transaction.
-select t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
+select t.id, t.org_id, t.name, t.key, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
        coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                  from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
                               execute_if, timeout_ms, version, created_at, updated_at
@@ -35,6 +35,12 @@ from tools t
 where t.org_id = :org_id and t.id = :id
 for update of t;
 
+-- name: get_by_key^
+-- One tool of the organization by its key (the original service's /auth/{toolKey} routes), without actions.
+select id, org_id, name, key, base_url, auth_type, honors_idempotency_key, created_at, updated_at
+from tools
+where org_id = :org_id and key = :key;
+
 -- name: exists$
 -- True when the organization has this tool; used to check a toolId in a body.
 select exists (
@@ -43,16 +49,16 @@ select exists (
 
 -- name: insert^
 -- Create a tool (it has no actions yet); tools_org_id_name_key refuses a duplicate name.
-insert into tools (org_id, name, base_url, auth_type, honors_idempotency_key)
-values (:org_id, :name, :base_url, :auth_type, :honors_idempotency_key)
-returning id, org_id, name, base_url, auth_type, honors_idempotency_key, created_at, updated_at, '[]'::jsonb as actions;
+insert into tools (org_id, name, key, base_url, auth_type, honors_idempotency_key)
+values (:org_id, :name, :key, :base_url, :auth_type, :honors_idempotency_key)
+returning id, org_id, name, key, base_url, auth_type, honors_idempotency_key, created_at, updated_at, '[]'::jsonb as actions;
 
 -- name: update^
 -- Replace the writable columns of one tool; returns it with its actions.
 update tools t
-set name = :name, base_url = :base_url, auth_type = :auth_type, honors_idempotency_key = :honors_idempotency_key
+set name = :name, key = :key, base_url = :base_url, auth_type = :auth_type, honors_idempotency_key = :honors_idempotency_key
 where t.org_id = :org_id and t.id = :id
-returning t.id, t.org_id, t.name, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
+returning t.id, t.org_id, t.name, t.key, t.base_url, t.auth_type, t.honors_idempotency_key, t.created_at, t.updated_at,
           coalesce((select jsonb_agg(a order by a.created_at desc, a.id desc)
                     from (select id, org_id, tool_id, name, key, method, endpoint, headers, input_schema,
                                  execute_if, timeout_ms, version, created_at, updated_at

@@ -39,3 +39,9 @@ returning id, org_id, email, name, created_at, updated_at;
 -- Delete one user; execution_logs_user_id_fkey refuses while logs name them.
 delete from users
 where org_id = :org_id and id = :id;
+
+-- name: exists$
+-- True when the organization has this user (the user of a connection, GET /auth/{toolKey}/login).
+select exists (
+    select 1 from users where org_id = :org_id and id = :id
+);

@@ -79,3 +79,120 @@ def trickle(count: int, pause: float):
                 time.sleep(pause)
         return Response(body(), content_type="application/json")
     return handler
+
+
+class FakeOAuthProvider:
+    """An OAuth 2 provider on a test ``server``: ``/authorize`` (consent: redirects back with a code
+    bound to the PKCE challenge; ``?as=`` says who consents), ``/token`` (authorization code with
+    S256 checked, refresh tokens that work once and rotate, refreshes counted) and ``/me``, the tool
+    itself, which answers with the Authorization header it got (and records it)."""
+
+    def __init__(self, server, client_id: str = "client-1", client_secret: str = "client-secret-1"):
+        import threading
+
+        self.server = server
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.lock = threading.Lock()
+        self.codes: dict[str, dict] = {}
+        self.refresh_tokens: dict[str, str] = {}  # valid refresh token -> who
+        self.issued = 0
+        self.refreshes = 0
+        self.token_requests: list[dict] = []
+        self.seen_auth: list[str] = []
+        self.expires_in = 3600
+        self.refresh_delay = 0.3
+        server.expect_request("/authorize").respond_with_handler(self._authorize)
+        server.expect_request("/token", method="POST").respond_with_handler(self._token)
+        server.expect_request("/me").respond_with_handler(self._me)
+
+    def url(self, path: str) -> str:
+        return self.server.url_for(path)
+
+    def credential(self, **extra) -> dict:
+        """The body of POST /tools/{id}/auth for a per-user oauth2 credential of this provider."""
+        return {"type": "oauth2", "config": {"clientId": self.client_id, "clientSecret": self.client_secret,
+                                             "tokenUrl": self.url("/token"), "authorizeUrl": self.url("/authorize"),
+                                             "scopes": ["repo", "user"], "perUser": True, **extra}}
+
+    def _json(self, body: dict, status: int = 200):
+        import json
+
+        from werkzeug import Response
+        return Response(json.dumps(body), status=status, content_type="application/json")
+
+    def _authorize(self, request):
+        import secrets
+        from urllib.parse import urlencode
+
+        from werkzeug import Response
+        args = request.args
+        assert args["response_type"] == "code" and args["client_id"] == self.client_id
+        assert args["code_challenge_method"] == "S256"
+        code = "code-" + secrets.token_hex(8)
+        with self.lock:
+            self.codes[code] = {"challenge": args["code_challenge"], "redirect_uri": args["redirect_uri"],
+                                "who": args.get("as", "someone"), "scope": args.get("scope")}
+        if args.get("deny"):
+            query = {"error": "access_denied", "error_description": "The user said no", "state": args["state"]}
+        else:
+            query = {"code": code, "state": args["state"]}
+        return Response(status=302, headers={"Location": args["redirect_uri"] + "?" + urlencode(query)})
+
+    def _token(self, request):
+        import base64
+        import hashlib
+        import time
+
+        form = request.form
+        with self.lock:
+            self.token_requests.append(dict(form))
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            return self._json({"error": "invalid_client"}, 401)
+        if form.get("grant_type") == "authorization_code":
+            with self.lock:
+                found = self.codes.pop(form.get("code", ""), None)
+            if found is None:
+                return self._json({"error": "invalid_grant", "error_description": "Unknown or used code"}, 400)
+            if form.get("redirect_uri") != found["redirect_uri"]:
+                return self._json({"error": "invalid_grant", "error_description": "redirect_uri mismatch"}, 400)
+            digest = base64.urlsafe_b64encode(hashlib.sha256(form.get("code_verifier", "").encode()).digest())
+            if digest.rstrip(b"=").decode() != found["challenge"]:
+                return self._json({"error": "invalid_grant", "error_description": "PKCE verification failed"}, 400)
+            return self._issue(found["who"])
+        if form.get("grant_type") == "refresh_token":
+            time.sleep(self.refresh_delay)  # slow enough for concurrent refreshes to overlap
+            with self.lock:
+                who = self.refresh_tokens.pop(form.get("refresh_token", ""), None)
+                if who is not None:
+                    self.refreshes += 1
+            if who is None:
+                return self._json({"error": "invalid_grant", "error_description": "refresh token reused"}, 400)
+            return self._issue(who)
+        return self._json({"error": "unsupported_grant_type"}, 400)
+
+    def _issue(self, who: str):
+        with self.lock:
+            self.issued += 1
+            n = self.issued
+            self.refresh_tokens[f"refresh-{who}-{n}"] = who
+        return self._json({"access_token": f"access-{who}-{n}", "refresh_token": f"refresh-{who}-{n}",
+                           "token_type": "Bearer", "expires_in": self.expires_in, "scope": "repo user"})
+
+    def _me(self, request):
+        auth = request.headers.get("Authorization")
+        with self.lock:
+            self.seen_auth.append(auth)
+        return self._json({"auth": auth})
+
+
+def follow(location: str, **extra) -> str:
+    """GET a provider URL (adding ``extra`` query parameters) without following its redirect: the
+    Location it answers with."""
+    from urllib.parse import urlencode
+
+    import httpx
+    url = location + ("&" + urlencode(extra) if extra else "")
+    reply = httpx.get(url, follow_redirects=False, timeout=10)
+    assert reply.status_code == 302, reply.text
+    return reply.headers["location"]

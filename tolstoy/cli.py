@@ -140,7 +140,8 @@ def cmd_secrets(args: argparse.Namespace) -> int:
             counts = reencrypt_secrets(db, vault, args.batch_size,
                                        say=lambda line: print(f"tolstoy: {line}", file=sys.stderr, flush=True))
             print(f"tolstoy: re-encrypted {counts['credentials']} credential(s), {counts['outputs']} sealed "
-                  f"output(s), {counts['tokens']} OAuth2 token(s) and {counts['triggers']} trigger secret(s) of "
+                  f"output(s), {counts['tokens']} OAuth2 token(s), {counts['triggers']} trigger secret(s) and "
+                  f"{counts['connections']} user connection(s) of "
                   f"{counts['organizations']} organization(s) in {counts['batches']} batch(es); "
                   f"{counts['versions']} new data key version(s), {counts['retired']} older version(s) retired",
                   file=sys.stderr)

@@ -18,7 +18,7 @@ ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
 # Fields /status/detailed must never show: URLs may hold passwords.
 PRIVATE_FIELDS = ("database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
-                  "api_key_secret", "admin_token")
+                  "api_key_secret", "admin_token", "link_secret")
 AUTH_MODES = ("headers", "api_key")
 
 
@@ -64,12 +64,26 @@ class Config:
     max_recoveries: int = 3
     # A foreach step with more items than this fails (its items are one checkpoint each).
     foreach_max_items: int = 10_000
+    # A subflow step whose child would nest deeper than this fails (a run started by execute is at depth 0).
+    subflow_max_depth: int = 10
     # Run history (runs, steps, execution logs) older than this is dropped by month; None keeps it.
     run_retention_days: int | None = None
+    # Outbound event webhooks: per-attempt timeout, retry back-off (doubling from base up to the cap,
+    # jittered), how long a delivery is retried and a webhook may fail before it is disabled, and how
+    # long finished deliveries (and the inbound trigger inbox) are kept.
+    webhook_timeout_ms: int = 10_000
+    webhook_retry_base_ms: int = 10_000
+    webhook_retry_max_ms: int = 3_600_000
+    webhook_give_up_seconds: float = 86_400.0
+    webhook_retention_days: int = 30
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
     admin_token: str | None = None
+    # Approval links: the externally visible base URL they start with (else they are relative), and
+    # the HMAC key that signs them (else one derived from TOLSTOY_ENCRYPTION_KEY).
+    public_url: str | None = None
+    link_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
     bind: str | None = None
     web_concurrency: int | None = None
@@ -163,11 +177,19 @@ class Config:
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
             foreach_max_items=reader.integer("TOLSTOY_FOREACH_MAX_ITEMS", 10_000, 1, 1_000_000),
+            subflow_max_depth=reader.integer("TOLSTOY_SUBFLOW_MAX_DEPTH", 10, 1, 1000),
             run_retention_days=reader.integer("TOLSTOY_RUN_RETENTION_DAYS", None, 1, 36500),
+            webhook_timeout_ms=reader.integer("TOLSTOY_WEBHOOK_TIMEOUT_MS", 10_000, 100, 60_000),
+            webhook_retry_base_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_BASE_MS", 10_000, 10, 3_600_000),
+            webhook_retry_max_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_MAX_MS", 3_600_000, 10, 86_400_000),
+            webhook_give_up_seconds=reader.number("TOLSTOY_WEBHOOK_GIVE_UP_SECONDS", 86_400.0, 1, 30 * 86_400),
+            webhook_retention_days=reader.integer("TOLSTOY_WEBHOOK_RETENTION_DAYS", 30, 1, 36500),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),
             admin_token=reader.raw("TOLSTOY_ADMIN_TOKEN"),
+            public_url=reader.public_url("TOLSTOY_PUBLIC_URL"),
+            link_secret=reader.raw("TOLSTOY_LINK_SECRET"),
             cors_origins=tuple(o.strip() for o in (reader.raw("TOLSTOY_CORS_ORIGINS") or "").split(",") if o.strip()),
             bind=reader.raw("TOLSTOY_BIND"),
             web_concurrency=reader.integer("WEB_CONCURRENCY", None, 1, 256),
@@ -181,6 +203,8 @@ class Config:
         )
         if config.encryption_key is not None:
             check_fernet_keys(config.encryption_key)
+        if config.link_secret is not None and len(config.link_secret) < 32:
+            raise ConfigError("TOLSTOY_LINK_SECRET must be at least 32 random characters")
         if config.kms_key_id is not None and config.kms_region is None:
             raise ConfigError("AWS_REGION must be set with TOLSTOY_KMS_KEY_ID (or give the key's ARN)")
         if config.pool_min_size > config.pool_max_size:
@@ -295,6 +319,15 @@ class _Reader:
         if not value.startswith(("postgres://", "postgresql://")):
             raise ConfigError(f"{name} must be a postgres:// or postgresql:// URL")
         return value
+
+    def public_url(self, name: str) -> str | None:
+        """An http(s) base URL without a trailing slash."""
+        value = self.raw(name)
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ConfigError(f"{name} must be an http:// or https:// URL (no query or fragment)")
+        return value.rstrip("/")
 
     def boolean(self, name: str, default: bool) -> bool:
         value = self.raw(name)

@@ -53,6 +53,49 @@ STEP_DURATION = Histogram(
     ["type", "status"], buckets=STEP_BUCKETS,
 )
 
+# Wait steps and failure handlers (issue 14).
+SIGNALS = Counter("tolstoy_signals_total", "Signals received by runs, by how they came (api, link).", ["source"])
+WAIT_TIMEOUTS = Counter("tolstoy_wait_timeouts_total", "Wait steps that timed out, by onTimeout (fail, continue).",
+                        ["on_timeout"])
+ON_FAILURE_RUNS = Counter("tolstoy_on_failure_runs_total",
+                          "Failure handlers (onFailure) started, and how they ended (started, completed, failed).",
+                          ["outcome"])
+
+
+# Outbound event webhooks: each attempt's outcome (sent, retried later, failed for good).
+WEBHOOK_DELIVERIES = Counter("tolstoy_webhook_deliveries_total",
+                             "Webhook delivery attempts by outcome: sent (2xx), retried (will be sent again), "
+                             "failed (given up).", ["outcome"])
+
+
+def count_webhook_delivery(outcome: str) -> None:
+    """Count one webhook delivery attempt: ``sent``, ``retried`` or ``failed``."""
+    WEBHOOK_DELIVERIES.labels(outcome=outcome).inc()
+
+
+def count_signal(source: str) -> None:
+    """Count a signal stored for a run (``api`` or ``link``)."""
+    SIGNALS.labels(source=source).inc()
+
+
+def count_wait_timeout(on_timeout: str) -> None:
+    """Count a wait step that timed out."""
+    WAIT_TIMEOUTS.labels(on_timeout=on_timeout).inc()
+
+
+def count_on_failure(outcome: str) -> None:
+    """Count a failure handler starting (``started``) or ending (``completed``, ``failed``)."""
+    ON_FAILURE_RUNS.labels(outcome=outcome).inc()
+
+
+CHILD_RUNS = Counter("tolstoy_child_runs_total", "Child runs queued by subflow steps, by whether the parent waits.",
+                     ["mode"])
+
+
+def count_child_run(mode: str) -> None:
+    """Count a child run queued by a subflow step (mode: wait or nowait)."""
+    CHILD_RUNS.labels(mode=mode).inc()
+
 
 def count_run(status: str) -> None:
     """Count a flow run reaching ``status`` (queued, running, completed, failed, cancelled)."""

@@ -204,7 +204,7 @@ def test_reencrypt_moves_everything_to_version_2_in_batches(api, org, user, db, 
     counts = reencrypt_secrets(db, vault(db, config), batch=2, settle_seconds=0)
 
     assert counts == {"organizations": 2, "versions": 2, "credentials": 5, "outputs": 1, "retired": 2,
-                      "tokens": 0, "triggers": 0,
+                      "tokens": 0, "triggers": 0, "connections": 0, "webhooks": 0,
                       # this organization: 4 credentials in 2 batches, 1 output; the other: 1 and none
                       "batches": 4}
     versions = rows(db, "select tolstoy_key_version(secret) as v from tool_credentials union all "
@@ -253,8 +253,8 @@ def test_secrets_rotate_reencrypt_command(api, org, db, httpserver, worker_env, 
     assert cli_main(["secrets", "rotate", "--reencrypt", "--batch-size", "10"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"waiting [01] s for other processes to stop using the older data keys", err), err
-    assert ("re-encrypted 1 credential(s), 0 sealed output(s), 0 OAuth2 token(s) and 0 trigger secret(s) "
-            "of 1 organization(s) in 1 batch(es)") in err
+    assert ("re-encrypted 1 credential(s), 0 sealed output(s), 0 OAuth2 token(s), 0 trigger secret(s) and "
+            "0 user connection(s) of 1 organization(s) in 1 batch(es)") in err
     assert "1 new data key version(s), 1 older version(s) retired" in err
 
 

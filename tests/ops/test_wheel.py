@@ -47,6 +47,19 @@ def test_the_wheel_holds_the_queries_migrations_and_gunicorn_settings(installed)
     assert help_text.returncode == 0 and "worker" in help_text.stdout
 
 
+def test_the_wheel_holds_the_console_templates_and_static_files(installed):
+    code = ("from tolstoy.api import console; import json; "
+            "print(json.dumps([str(console.TEMPLATES), sorted(p.name for p in console.TEMPLATES.glob('*.html')), "
+            "sorted(p.name for p in console.STATIC.iterdir())]))")
+    result = subprocess.run([str(installed / "bin" / "python"), "-c", code], capture_output=True, text=True,
+                            cwd=installed, timeout=60)
+    assert result.returncode == 0, result.stderr
+    where, templates, static = json.loads(result.stdout)
+    assert where.startswith(str(installed))
+    assert templates == sorted(p.name for p in (ROOT / "tolstoy" / "api" / "templates" / "console").glob("*.html"))
+    assert static == ["console.css", "console.js"]
+
+
 def test_a_clean_install_migrates_and_serves(installed, database_url, app_url, tmp_path):
     env = {"PATH": f"{installed / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "USE_AWS_SECRETS": "false",
            "DIRECT_URL": database_url, "DATABASE_URL": app_url}

@@ -18,7 +18,9 @@ UNSCOPED = {"organizations", "health", "metrics", "session"}
 # schedules and the time of the next one (security definer), and the fire of claimed schedules, which
 # acts for each schedule's organization in turn (row-level security).
 CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history", "triggers.hook_target",
-                "triggers.claim_schedules", "triggers.next_schedule", "triggers.fire_schedules"}
+                "triggers.claim_schedules", "triggers.next_schedule", "triggers.fire_schedules",
+                # The event_webhooks migration's claim of due deliveries (security definer).
+                "webhooks.claim"}
 # A function that acts for one organization takes it as an argument.
 FOR_ORG = r"tolstoy_\w+\((%\(\w+\)s(::\w+)?, )*%\(org_id\)s"
 

@@ -9,9 +9,10 @@ from marshmallow import fields
 
 from .. import engine
 from ..db.queries import SQL
+from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
-from .errors import TooManyRequests, ValidationFailed
+from .errors import NotFound, TooManyRequests, ValidationFailed
 from .model import Filter, Model
 from .requests import read_json, validate_body
 from .schemas import ActionExecuteSchema, ActionResultSchema, ActionSchema
@@ -41,7 +42,7 @@ class Collection(ActionResource, resources.Collection):
 
 
 class Item(ActionResource, resources.Item):
-    """``GET/PUT/PATCH/DELETE /actions/{id}``; ``POST /actions/{id}/execute``."""
+    """``GET/PUT/PATCH/DELETE /actions/{id}``; ``POST /actions/{idOrKey}/execute``."""
 
     execute_schema = ActionExecuteSchema()
     result = staticmethod(dumper(ActionResultSchema()))
@@ -53,13 +54,29 @@ class Item(ActionResource, resources.Item):
         self.max_timeout_ms = config.sync_execute_max_timeout_ms
         self.per_org = config.sync_execute_per_org
 
+    def find_by_id_or_key(self, req: falcon.Request, id_or_key: str) -> dict:
+        """The action a path segment names: its id (a UUID), else its ``key`` (the original service
+        executes by key); one query either way, a second only for a UUID-shaped key."""
+        org_id = req.context.org_id
+        try:
+            action_id = uuid.UUID(id_or_key)
+        except ValueError:
+            action_id = None
+        if action_id is not None:
+            found = self.db.one(SQL.actions.get, org_id=org_id, id=action_id)
+            if found is not None:
+                return found
+        if UNSTORABLE.search(id_or_key) or len(id_or_key) > 200:  # no stored key is like this
+            raise NotFound(self.noun)
+        return resources.get_or_404(self.db, SQL.actions.get_by_key, self.noun, org_id=org_id, key=id_or_key)
+
     def on_post_execute(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Call the action's tool now, with the engine's HTTP and auth code, and log the call:
         within the action's time limit, and 429 while the organization has as many such calls
         running as it may (flows are the way to call slow tools)."""
         require_user(req)
         data = read_json(req)
-        _, action = self.find(req, id)  # another organization's action is a 404 before any 400
+        action = self.find_by_id_or_key(req, id)  # another organization's action is a 404 before any 400
         inputs = validate_body(self.execute_schema, data)["inputs"]
         timeout_ms = min(action.get("timeout_ms") or self.default_timeout_ms, self.max_timeout_ms)
         org_id, holder = req.context.org_id, uuid.uuid4()

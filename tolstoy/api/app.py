@@ -15,6 +15,9 @@ from ..jsonsafe import dumps
 from . import (
     actions,
     api_keys,
+    compat,
+    connections,
+    console,
     errors,
     execution_logs,
     flows,
@@ -23,10 +26,12 @@ from . import (
     openapi,
     organizations,
     runs,
+    signals,
     tool_credentials,
     tools,
     triggers,
     users,
+    webhooks,
 )
 from .middleware import (
     BodyGuardMiddleware,
@@ -48,21 +53,32 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     flow_item = flows.Item(db)
     action_item = actions.Item(db, tool_calls, config)
     flow_runs = runs.FlowRuns(db, tool_calls.vault)
+    run_signals = signals.RunSignals(db, config)
     credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
     flow_triggers = triggers.FlowTriggers(db, tool_calls.vault)
+    outbound_hooks = webhooks.Webhooks(db, tool_calls.vault, config.allow_networks)
     status = health.Status(db, config)
     docs = openapi.Docs(config.app_name)
+    secrets = compat.ToolSecrets(db, tool_calls.vault)
+    user_connections = connections.UserConnections(db)
     return [
+        ("/", compat.Welcome(), None),
         ("/organizations", organizations.Collection(db, config.api_key_secret), None),
         ("/organizations/{id}", organizations.Item(db), None),
         ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
         ("/api-keys/{id}", api_keys.Item(db), None),
         ("/users", users.Collection(db), None),
         ("/users/{id}", users.Item(db), None),
+        ("/users/{id}/connections", user_connections, None),
+        ("/users/{id}/connections/{tool_id}", user_connections, "tool"),
         ("/tools", tools.Collection(db), None),
+        ("/tools/secrets", secrets, None),
         ("/tools/{id}", tools.Item(db), None),
+        ("/tools/{id}/secrets", secrets, "item"),
         ("/tools/{id}/auth", credentials, None),
         ("/tools/{id}/auth/{name}", credentials, "named"),
+        ("/auth/{tool_key}/login", connections.OAuthLogin(db, tool_calls, config), None),
+        ("/auth/{tool_key}/callback", connections.OAuthCallback(db, tool_calls, config), None),
         ("/actions", actions.Collection(db), None),
         ("/actions/{id}", action_item, None),
         ("/actions/{id}/execute", action_item, "execute"),
@@ -76,6 +92,9 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/flows/{id}/executions/{execution_id}/cancel", flow_runs, "cancel"),
         ("/flows/{id}/executions/{execution_id}/retry", flow_runs, "retry"),
         ("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", flow_runs, "resolve"),
+        ("/flows/{id}/executions/{execution_id}/signals/{signal}", run_signals, "signal"),
+        ("/flows/{id}/executions/{execution_id}/signals/{signal}/links", run_signals, "links"),
+        ("/approvals/{token}", signals.Approval(db, config), None),
         ("/flows/{id}/metrics", flow_runs, "metrics"),
         ("/flows/{id}/triggers", flow_triggers, "triggers"),
         ("/flows/{id}/triggers/{trigger_id}", flow_triggers, "trigger"),
@@ -83,6 +102,12 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/flows/{id}/triggers/{trigger_id}/deliveries/{delivery_id}/replay", triggers.DeliveryReplay(flow_triggers),
          None),
         ("/hooks/{trigger_id}", hooks.Hook(db, tool_calls.vault), None),
+        ("/webhooks", outbound_hooks, None),
+        ("/webhooks/event-types", outbound_hooks, "event_types"),
+        ("/webhooks/{id}", outbound_hooks, "item"),
+        ("/webhooks/{id}/toggle", outbound_hooks, "toggle"),
+        ("/webhooks/{id}/test", outbound_hooks, "test"),
+        ("/webhooks/{id}/deliveries", outbound_hooks, "deliveries"),
         ("/execution-logs", execution_logs.Collection(db), None),
         ("/execution-logs/{id}", execution_logs.Item(db), None),
         ("/health", health.Health(), None),
@@ -120,6 +145,14 @@ def create_app(config: Config, db: Database) -> falcon.App:
     for template, resource, suffix in routes:
         app.add_route(template, resource, suffix=suffix)
     app.add_static_route("/docs/static", openapi.DOCS_STATIC)
+    # The run console: HTML for people, outside build_routes (the contract's routes) and the OpenAPI
+    # document; its pages read through the same SQL and tenancy, its actions are the routes above.
+    run_console = console.Console(db, config)
+    for template, suffix in console.ROUTES:
+        app.add_route(template, run_console, suffix=suffix)
+    # Sinks and static routes added later win: the static files over the console's 404 sink.
+    app.add_sink(console.NotFoundSink(run_console), console.SINK)
+    app.add_static_route("/console/static", str(console.STATIC))
     # For operators, not clients: outside build_routes (the contract's routes) and the
     # OpenAPI document; Nginx only lets the monitoring host reach it.
     app.add_route("/metrics", health.Metrics(db))

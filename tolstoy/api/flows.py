@@ -15,10 +15,17 @@ from .schemas import FlowSchema, FlowVersionSchema, PageQuery
 
 MODEL = Model(
     name="flows", path="/flows", noun="Flow", tag="Flows", schema=FlowSchema,
-    writable=("name", "description", "steps"), json_columns=("steps",),
+    writable=("name", "description", "steps", "on_failure"), json_columns=("steps", "on_failure"),
     delete_blocked_by="execution logs or executions (purge them with DELETE /flows/{id}/executions)",
 )
 _VERSION = dumper(FlowVersionSchema())
+# The save-time search for sub-flow cycles reads at most this many flow versions.
+SUBFLOW_SEARCH = 100
+
+
+def subflow_steps(steps) -> list[dict]:
+    """The subflow steps of a stored list of steps."""
+    return [s for s in steps or [] if isinstance(s, dict) and s.get("type") == "subflow"]
 
 
 class FlowResource(resources.ModelResource):
@@ -29,7 +36,9 @@ class FlowResource(resources.ModelResource):
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """Every action a step names must be an action of the caller's organization."""
         problems = []
-        for index, step in enumerate(values.get("steps") or []):
+        named = [("steps", index, step) for index, step in enumerate(values.get("steps") or [])]
+        named += [("onFailure", index, step) for index, step in enumerate(values.get("on_failure") or [])]
+        for where, index, step in named:
             if step["type"] != "action":
                 continue
             config = step["config"]
@@ -37,25 +46,101 @@ class FlowResource(resources.ModelResource):
                 found = self.db.scalar(
                     SQL.actions.exists_by_id, org_id=req.context.org_id, id=config["actionId"]
                 )
-                field = f"steps[{index}].config.actionId"
+                field = f"{where}[{index}].config.actionId"
             else:
                 found = self.db.scalar(
                     SQL.actions.exists_by_key, org_id=req.context.org_id, key=config["actionKey"]
                 )
-                field = f"steps[{index}].config.actionKey"
+                field = f"{where}[{index}].config.actionKey"
             if not found:
                 problems.append({"field": field, "message": "No action with this reference in this organization."})
+        problems += self.subflow_problems(req, named)
+        problems += self.id_clashes(req, values)
         if problems:
             raise ValidationFailed(problems)
+
+    def id_clashes(self, req: falcon.Request, values: dict) -> list[dict]:
+        """A PATCH that sends only ``steps`` or only ``onFailure``: their ids must still differ from the
+        stored other list's (the schema checks a body that sends both)."""
+        stored = getattr(req.context, "flow_row", None)
+        if stored is None or ("steps" in values) == ("on_failure" in values):
+            return []
+        if "steps" in values:
+            where, sent, others = "steps", values["steps"] or [], stored.get("on_failure") or []
+        else:
+            where, sent, others = "onFailure", values["on_failure"] or [], stored.get("steps") or []
+        taken = {step.get("id") for step in others if isinstance(step, dict)}
+        return [{"field": f"{where}[{index}].id",
+                 "message": "An onFailure step id must differ from the ids of the flow's steps."}
+                for index, step in enumerate(sent) if step["id"] in taken]
+
+    def find(self, req: falcon.Request, raw_id: str, **kwargs) -> tuple:
+        """As for every model; remembers which flow is being saved (for the sub-flow cycle check)."""
+        record_id, row = super().find(req, raw_id, **kwargs)
+        req.context.flow_id = record_id
+        req.context.flow_row = row
+        return record_id, row
+
+    def subflow_problems(self, req: falcon.Request, named: list[tuple[str, int, dict]]) -> list[dict]:
+        """Every flow a subflow step names must be a flow of the caller's organization (with the version it
+        pins), and no chain of sub-flows visible now (through the versions they would run) may lead back to
+        the flow being saved."""
+        problems = []
+        saving = str(getattr(req.context, "flow_id", None) or "") or None
+        for where, index, step in named:
+            if step["type"] != "subflow":
+                continue
+            config = step["config"]
+            field = f"{where}[{index}].config"
+            target = self.db.one(SQL.flows.subflow_target, org_id=req.context.org_id, id=config["flowId"],
+                                 version=config.get("version"))
+            if target is None:
+                problems.append({"field": f"{field}.flowId", "message": "No flow with this id in this organization."})
+            elif target["steps"] is None:
+                problems.append({"field": f"{field}.version",
+                                 "message": f"The flow has no version {config.get('version')}."})
+            elif saving is not None:
+                cycle = self.subflow_cycle(req, saving, {**target, "pinned": config.get("version")})
+                if cycle:
+                    problems.append({"field": f"{field}.flowId",
+                                     "message": "Sub-flow cycle: " + " → ".join(cycle) + "."})
+        return problems
+
+    def subflow_cycle(self, req: falcon.Request, saving: str, first: dict) -> list[str] | None:
+        """The flow ids of a chain of sub-flows from ``saving`` through ``first`` back to ``saving`` (whose
+        current version is the one being saved), or None. Explores at most SUBFLOW_SEARCH flow versions."""
+        node = (str(first["id"]), first["pinned"])
+        paths = {node: [saving, node[0]]}
+        todo = [(node, first["steps"])]
+        while todo:
+            node, steps = todo.pop(0)
+            if node == (saving, None):
+                return paths[node]
+            for step in subflow_steps(steps):
+                config = step.get("config") or {}
+                nxt = (str(config.get("flowId")), config.get("version"))
+                if nxt in paths or len(paths) >= SUBFLOW_SEARCH:
+                    continue
+                paths[nxt] = paths[node] + [nxt[0]]
+                if nxt == (saving, None):
+                    return paths[nxt]
+                target = self.db.one(SQL.flows.subflow_target, org_id=req.context.org_id, id=nxt[0],
+                                     version=nxt[1])
+                if target is not None and target["steps"] is not None:
+                    todo.append((nxt, target["steps"]))
+        return None
 
     def load_values(self, data: dict, partial: bool) -> dict:
         """Validate, then keep the steps as the client wrote them (ids of actions in one spelling)."""
         values = super().load_values(data, partial)
-        if "steps" in values:
-            for raw, loaded in zip(data["steps"], values["steps"], strict=True):
-                if "actionId" in loaded["config"]:  # urn:uuid:…, braces, upper case
-                    raw["config"]["actionId"] = str(loaded["config"]["actionId"])
-            values["steps"] = data["steps"]
+        for column, key in (("steps", "steps"), ("on_failure", "onFailure")):
+            if values.get(column) is not None:
+                for raw, loaded in zip(data[key], values[column], strict=True):
+                    if "actionId" in loaded["config"]:  # urn:uuid:…, braces, upper case
+                        raw["config"]["actionId"] = str(loaded["config"]["actionId"])
+                    if loaded["type"] == "subflow" and "flowId" in loaded["config"]:
+                        raw["config"]["flowId"] = str(loaded["config"]["flowId"])
+                values[column] = data[key]
         return values
 
 

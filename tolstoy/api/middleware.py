@@ -127,6 +127,10 @@ API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 DOCS_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
                "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
                "form-action 'none'")
+# The run console (tolstoy/api/console.py): its own script and stylesheet only, nothing inline (no
+# 'unsafe-inline' for either), fetches to this origin, forms that submit here.
+CONSOLE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+                  "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 EXPOSED = ["ETag", "Location", "Link", "X-Next-Cursor", "X-Request-ID", "Retry-After"]
 
 
@@ -143,6 +147,7 @@ class SecurityHeadersMiddleware:
         resp.set_header("Referrer-Policy", "no-referrer")
         resp.set_header("X-Frame-Options", "DENY")
         docs = req.path == "/docs" or req.path.startswith("/docs/")
-        resp.set_header("Content-Security-Policy", DOCS_POLICY if docs else API_POLICY)
+        console = req.path == "/console" or req.path.startswith("/console/")
+        resp.set_header("Content-Security-Policy", DOCS_POLICY if docs else CONSOLE_POLICY if console else API_POLICY)
         if self.cors is not None:
             self.cors.process_response(req, resp, resource, req_succeeded)

@@ -41,16 +41,30 @@ SCHEMAS = {
     "RunDetail": schemas.RunDetailSchema,
     "RunAccepted": schemas.RunAcceptedSchema,
     "Resolve": schemas.ResolveSchema,
+    "Signal": schemas.SignalSchema,
+    "SignalAccepted": schemas.SignalAcceptedSchema,
+    "Link": schemas.LinkSchema,
+    "LinkCreated": schemas.LinkCreatedSchema,
+    "Approval": schemas.ApprovalSchema,
     "FlowMetrics": schemas.FlowMetricsSchema,
     "ActionExecute": schemas.ActionExecuteSchema,
     "ActionResult": schemas.ActionResultSchema,
     "Credential": schemas.CredentialSchema,
     "ApiKey": schemas.ApiKeySchema,
+    "Webhook": schemas.WebhookSchema,
+    "WebhookCreated": schemas.WebhookCreatedSchema,
+    "WebhookDelivery": schemas.WebhookDeliverySchema,
+    "WebhookTest": schemas.WebhookTestSchema,
     "Trigger": schemas.TriggerSchema,
     "TriggerCreated": schemas.TriggerCreatedSchema,
     "TriggerPatch": schemas.TriggerPatchSchema,
     "Delivery": schemas.DeliverySchema,
     "HookAccepted": schemas.HookAcceptedSchema,
+    "Secrets": schemas.SecretsSchema,
+    "ToolSecrets": schemas.ToolSecretsSchema,
+    "ToolSecretsSummary": schemas.ToolSecretsSummarySchema,
+    "Connected": schemas.ConnectedSchema,
+    "UserConnection": schemas.UserConnectionSchema,
 }
 
 ERRORS = {
@@ -272,7 +286,9 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
 
     _engine_paths(spec)
     _trigger_paths(spec)
+    _webhook_paths(spec)
     _api_key_paths(spec)
+    _compat_paths(spec)
     simple("/health", "The process is up (no database call).", "Health")
     simple("/status", "The database answers.", "Status", unhealthy=True)
     for path in ("/status/detailed", "/detailed"):
@@ -305,7 +321,10 @@ def _engine_paths(spec: APISpec) -> None:
         "responses": {**accepted, **_errors("400", "404", "413", "415")}}})
     spec.path(path="/flows/{id}/executions", operations={
         "get": {"tags": ["Executions"], "summary": "The flow's runs, newest first",
-                "parameters": flow + ["Limit", "Cursor"],
+                "parameters": flow + ["Limit", "Cursor", {
+                    "name": "parentExecutionId", "in": "query", "required": False,
+                    "schema": {"type": "string", "format": "uuid"},
+                    "description": "Only the runs this run's subflow steps queued."}],
                 "responses": {"200": {"description": "One page.",
                                       "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
                                       "content": _json("Run", many=True)}, **_errors("400", "404")}},
@@ -336,13 +355,47 @@ def _engine_paths(spec: APISpec) -> None:
                                             "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": _json("Resolve")},
         "responses": {**accepted, **_errors("400", "404", "409", "413", "415")}}})
+    signal = {"name": "signal", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": schemas.SIGNAL_NAME}}
+    spec.path(path="/flows/{id}/executions/{executionId}/signals/{signal}", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Send a signal to a run; its wait step returns the payload (idempotent per Idempotency-Key)",
+        "parameters": flow + [execution, signal, idem],
+        "requestBody": {"required": True, "content": _json("Signal")},
+        "responses": {"202": {"description": "Stored; the run wakes if it waits for it.",
+                              "content": _json("SignalAccepted")},
+                      **_errors("400", "404", "409", "413", "415")}}})
+    spec.path(path="/flows/{id}/executions/{executionId}/signals/{signal}/links", operations={"post": {
+        "tags": ["Executions"], "summary": "An approval link (signed, expiring, single-use) for this run and signal",
+        "parameters": flow + [execution, signal],
+        "requestBody": {"required": True, "content": _json("Link")},
+        "responses": {"201": {"description": "The link.", "content": _json("LinkCreated")},
+                      **_errors("400", "404", "409", "413", "415")}}})
+    token = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+    link_errors = {"401": {"description": "Not a valid link (malformed or tampered).", "content": _json("Error")},
+                   "410": {"description": "The link expired, or was used.", "content": _json("Error")}}
+    spec.path(path="/approvals/{token}", operations={
+        "get": {"tags": ["Executions"], "security": [{}],
+                "summary": "What an approval link approves (no credentials; does nothing)",
+                "parameters": [token],
+                "responses": {"200": {"description": "The run, signal, approver and expiry.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **link_errors, **_errors("404")}},
+        "post": {"tags": ["Executions"], "security": [{}],
+                 "summary": "Approve or reject through the link: the signal {approved, approver, comment, at}",
+                 "parameters": [token], "requestBody": {"required": True, "content": _json("Approval")},
+                 "responses": {"202": {"description": "Delivered.", "content": _json("SignalAccepted")},
+                               **link_errors, **_errors("400", "404", "409", "413", "415")}}})
     spec.path(path="/flows/{id}/metrics", operations={"get": {
         "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
         "parameters": flow, "responses": {"200": {"description": "Metrics.", "content": _json("FlowMetrics")},
                                           **_errors("400", "404")}}})
+    by_id_or_key = [*_tenant_params(user_required=True),
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                     "description": "The action's id, or its key (as the original service)."}]
     spec.path(path="/actions/{id}/execute", operations={"post": {
         "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
-        "parameters": acting, "requestBody": {"required": True, "content": _json("ActionExecute")},
+        "parameters": by_id_or_key, "requestBody": {"required": True, "content": _json("ActionExecute")},
         "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
                               "content": _json("ActionResult")}, **_errors("400", "404", "413", "415")}}})
     spec.path(path="/tools/{id}/auth", operations={
@@ -352,7 +405,12 @@ def _engine_paths(spec: APISpec) -> None:
                                        "content": _json("Credential")}, **_errors("400", "404", "413", "415")}},
         "get": {"tags": ["Tools"], "summary": "The tool's credentials, masked", "parameters": flow,
                 "responses": {"200": {"description": "Credentials.", "content": _json("Credential", many=True)},
-                              **_errors("400", "404")}}})
+                              **_errors("400", "404")}},
+        "delete": {"tags": ["Tools"], "summary": "Delete every organization-level credential of the tool",
+                   "parameters": flow,
+                   "responses": {"200": {"description": "{success: true, message}.",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}},
+                                 **_errors("400", "404")}}})
     spec.path(path="/tools/{id}/auth/{name}", operations={"delete": {
         "tags": ["Tools"], "summary": "Delete a credential by name",
         "parameters": flow + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -422,6 +480,114 @@ def _trigger_paths(spec: APISpec) -> None:
             "404": {"description": "No such webhook trigger.", "content": error},
             "413": _error("413"), "415": _error("415"),
             "503": {"description": "The database (or the secret's key) is unavailable.", "content": error}}}})
+
+
+def _webhook_paths(spec: APISpec) -> None:
+    """Outbound event webhooks and their deliveries."""
+    uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    tenant = _tenant_params()
+    item = [*tenant, {"name": "id", **uuid_param}]
+    page = {"Link": "Link", "X-Next-Cursor": "NextCursor"}
+    tags = ["Webhooks"]
+    spec.path(path="/webhooks", operations={
+        "get": {"tags": tags, "summary": "The organization's webhooks, newest first (secrets masked)",
+                "parameters": tenant + ["Limit", "Cursor"],
+                "responses": {"200": {"description": "One page.", "headers": page,
+                                      "content": _json("Webhook", many=True)}, **_errors("400")}},
+        "post": {"tags": tags, "summary": "Subscribe a URL to event types; the secret is shown in this answer only",
+                 "parameters": tenant, "requestBody": {"required": True, "content": _json("Webhook")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": _json("WebhookCreated")}, **_errors("400", "413", "415")}}})
+    spec.path(path="/webhooks/event-types", operations={"get": {
+        "tags": tags, "summary": "The event types a webhook may subscribe to", "parameters": tenant,
+        "responses": {"200": {"description": "Event types.", "content": {"application/json": {"schema": {
+            "type": "array", "items": {"type": "string"}}}}}, **_errors("400")}}})
+    update = {"tags": tags, "summary": "Change the fields sent (masked values sent back keep the stored ones)",
+              "parameters": item + ["IfMatch"], "requestBody": {"required": True, "content": _json("Webhook")},
+              "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                                    "content": _json("Webhook")}, **_errors("400", "404", "412", "413", "415")}}
+    spec.path(path="/webhooks/{id}", operations={
+        "get": {"tags": tags, "summary": "One webhook (secret and header values masked)", "parameters": item,
+                "responses": {"200": {"description": "The webhook.", "headers": {"ETag": "ETag"},
+                                      "content": _json("Webhook")}, **_errors("400", "404")}},
+        "patch": update, "put": update,
+        "delete": {"tags": tags, "summary": "Delete a webhook and its deliveries", "parameters": item + ["IfMatch"],
+                   "responses": {"204": {"description": "Deleted."}, **_errors("400", "404", "412")}}})
+    spec.path(path="/webhooks/{id}/toggle", operations={"patch": {
+        "tags": tags, "summary": "Switch the webhook on or off (off cancels its pending deliveries)",
+        "parameters": item + ["IfMatch"],
+        "responses": {"200": {"description": "Toggled.", "headers": {"ETag": "ETag"}, "content": _json("Webhook")},
+                      **_errors("400", "404", "412", "413", "415")}}})
+    spec.path(path="/webhooks/{id}/test", operations={"post": {
+        "tags": tags, "summary": "Queue a webhook.test event for this webhook; the workers send it like any other",
+        "parameters": item,
+        "responses": {"202": {"description": "Queued.", "content": _json("WebhookTest")},
+                      "409": {"description": "The webhook is disabled.", "content": _json("Error")},
+                      **_errors("400", "404", "413", "415")}}})
+    spec.path(path="/webhooks/{id}/deliveries", operations={"get": {
+        "tags": tags, "summary": "The webhook's deliveries, newest first, each with every attempt",
+        "parameters": item + ["Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": page,
+                              "content": _json("WebhookDelivery", many=True)}, **_errors("400", "404")}}})
+
+
+def _compat_paths(spec: APISpec) -> None:
+    """Routes the original service's SDK calls (docs/api.md, "Compatibility with the original service")."""
+    uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    tool = [*_tenant_params(), {"name": "id", **uuid_param}]
+    tool_key = {"name": "toolKey", "in": "path", "required": True,
+                "schema": {"type": "string", "pattern": schemas.TOOL_KEY}}
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    spec.path(path="/", operations={"get": {
+        "tags": ["Docs"], "summary": "One line naming the service and pointing at /docs", "security": [{}],
+        "responses": {"200": {"description": "Welcome.", "content": text}}}})
+    spec.path(path="/tools/{id}/secrets", operations={
+        "post": {"tags": ["Tools"], "summary": "Store the original's free-form secrets as the tool's default "
+                                               "credential (typed by its authType); the answer is masked",
+                 "parameters": tool, "requestBody": {"required": True, "content": _json("Secrets")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": _json("ToolSecrets")}, **_errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's secrets, masked (unmask=true is refused: write-only)",
+                "parameters": tool + [{"name": "unmask", "in": "query", "required": False,
+                                       "schema": {"type": "boolean"}}],
+                "responses": {"200": {"description": "Masked.", "content": _json("ToolSecrets")},
+                              "403": {"description": "unmask=true.", "content": _json("Error")},
+                              **_errors("400", "404")}},
+        "delete": {"tags": ["Tools"], "summary": "Delete the tool's default credential", "parameters": tool,
+                   "responses": {"204": {"description": "Deleted (or there was none)."}, **_errors("400", "404")}}})
+    spec.path(path="/tools/secrets", operations={"get": {
+        "tags": ["Tools"], "summary": "Every tool, whether it has secrets and under which keys",
+        "parameters": [*_tenant_params(), "Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                              "content": _json("ToolSecretsSummary", many=True)}, **_errors("400")}}})
+    spec.path(path="/auth/{toolKey}/login", operations={"get": {
+        "tags": ["Connections"], "summary": "Start a user's OAuth connection to a per-user tool: 302 to its "
+                                            "authorizeUrl (authorization code + PKCE S256)",
+        "parameters": [*_tenant_params(), tool_key, {"name": "userId", "in": "query", "required": False,
+                                                     "schema": {"type": "string", "format": "uuid"},
+                                                     "description": "The user who connects (else X-User-ID)."}],
+        "responses": {"302": {"description": "To the provider's consent page."},
+                      "403": {"description": "userId is not the acting user (X-User-ID).", "content": _json("Error")},
+                      **_errors("400", "404")}}})
+    spec.path(path="/auth/{toolKey}/callback", operations={"get": {
+        "tags": ["Connections"], "security": [{}],
+        "summary": "Where the provider sends the user back: exchanges the code, keeps the user's tokens",
+        "parameters": [tool_key] + [{"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+                                    for name in ("code", "state", "error", "error_description")],
+        "responses": {"200": {"description": "Connected.", "content": _json("Connected")},
+                      "400": {"description": "A bad, expired or reused state; the provider's error or its refusal "
+                                             "of the code.", "content": _json("Error")},
+                      "502": {"description": "The provider's token endpoint failed.", "content": _json("Error")}}}})
+    user = [*_tenant_params(), {"name": "id", **uuid_param}]
+    spec.path(path="/users/{id}/connections", operations={"get": {
+        "tags": ["Connections"], "summary": "The tools the user connected (never their tokens)",
+        "parameters": user + ["Limit", "Cursor"],
+        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                              "content": _json("UserConnection", many=True)}, **_errors("400", "404")}}})
+    spec.path(path="/users/{id}/connections/{toolId}", operations={"delete": {
+        "tags": ["Connections"], "summary": "Disconnect the user from the tool (forget their tokens)",
+        "parameters": user + [{"name": "toolId", **uuid_param}],
+        "responses": {"204": {"description": "Disconnected."}, **_errors("400", "404")}}})
 
 
 def _api_key_paths(spec: APISpec) -> None:

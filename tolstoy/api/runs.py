@@ -17,6 +17,7 @@ from ..db.queries import SQL
 from ..db.stores import write_execution_log
 from ..engine import RUN_STEP_KEY
 from ..redaction import mask_json, secret_strings
+from ..times import iso
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, NotFound, field_error
@@ -24,6 +25,7 @@ from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
 from .schemas import (
     ExecuteSchema,
+    ExecutionsQuery,
     FlowMetricsSchema,
     PageQuery,
     ResolveSchema,
@@ -39,6 +41,7 @@ _DETAIL = dumper(RunDetailSchema())
 _METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
+_EXECUTIONS = ExecutionsQuery()
 FINISHED = ("completed", "failed", "cancelled")
 
 
@@ -55,6 +58,18 @@ def idempotency_key(req: falcon.Request) -> str | None:
     if not key.isprintable():  # NUL cannot be stored in text; control characters are no key
         raise field_error("Idempotency-Key", "Must not contain control characters.")
     return key
+
+
+def step_view(step: dict) -> dict:
+    """A step checkpoint as the run view shows it: its phase (``onFailure`` for the flow's failure
+    handlers, whose ids are ``onFailure.<id>``) and, for a wait step parked for a signal, what it
+    waits for since when and until when."""
+    inputs = step.get("inputs")
+    waiting = (step["status"] == "waiting" and isinstance(inputs, dict) and "signal" in inputs
+               and "onTimeout" in inputs)
+    return {**step, "phase": "onFailure" if step["step_id"].startswith("onFailure.") else "main",
+            "waiting_for": {"signal": inputs["signal"], "since": iso(step["started_at"]),
+                            "timeoutAt": iso(step["wake_at"])} if waiting else None}
 
 
 class FlowRuns:
@@ -113,9 +128,10 @@ class FlowRuns:
         """The flow's runs, newest first, one keyset page at a time."""
         flow = self.flow(req, id)
         resources.list_page(
-            req, resp, _PAGE,
+            req, resp, _EXECUTIONS,
             lambda query, **page: self.db.all(SQL.runs.list, commit=True, org_id=req.context.org_id,
-                                              flow_id=flow["id"], **page),
+                                              flow_id=flow["id"], parent_id=query.get("parentExecutionId"),
+                                              **page),
             many(_RUN),
         )
 
@@ -134,19 +150,33 @@ class FlowRuns:
         run = self.run(req, flow, execution_id)
         steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"],
                             run_created_at=run["created_at"])
-        respond(resp, _DETAIL({**run, "steps": steps}))
+        respond(resp, _DETAIL({**run, "steps": [step_view(step) for step in steps]}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
-        """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running."""
+        """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running. The runs
+        its subflow steps queued (and theirs) are cancelled with it, before it (children's rows are locked
+        before their parent's, in the order a child's last checkpoint locks them)."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
+        if run["status"] not in FINISHED:
+            self.cancel_descendants(req, run)
         changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
         if changed is None:
             raise Conflict(f"The execution already finished with status {run['status']}.")
+        # Again, now that the run's row is locked: a subflow step that was queueing a child while the
+        # first pass looked (the cancel then waited for the run's row) committed it meanwhile, and this
+        # statement sees it. The run itself can queue no other child now (cancel_requested, or cancelled).
+        self.cancel_descendants(req, run)
         if changed["status"] == "cancelled":
             self.log_run(req, flow, run["id"], "cancelled", {}, error={"message": "Cancelled"})
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED({**run, "status": changed["status"]})
+
+    def cancel_descendants(self, req: falcon.Request, run: dict) -> None:
+        """Cancel the unfinished runs below ``run`` (its subflow steps' children, theirs, …)."""
+        children = self.db.one(SQL.runs.cancel_descendants, org_id=req.context.org_id, id=run["id"])
+        for _ in range(children["cancelled"]):
+            metrics.count_run("cancelled")
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """A new run of the same plan that starts with the original's finished steps and sends the same

@@ -11,7 +11,7 @@ import jsonschema
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 from referencing.exceptions import Unresolvable
 
-from .. import schedules
+from .. import engine, schedules
 from ..engine import graph_errors
 from ..times import iso
 
@@ -20,7 +20,7 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 EXECUTION_STATUSES = (
     "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
 )
-STEP_TYPES = ("action", "http_request", "delay", "transform", "foreach")
+STEP_TYPES = ("action", "http_request", "delay", "transform", "foreach", "wait", "subflow")
 # What a foreach step may run for each item.
 ITEM_STEP_TYPES = ("action", "http_request", "delay", "transform")
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
@@ -110,10 +110,19 @@ class UserSchema(TenantRecord):
     name = text(0, 200, allow_none=True)
 
 
+TOOL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
 class ToolSchema(TenantRecord):
-    """``{name, baseUrl, authType, honorsIdempotencyKey}``."""
+    """``{name, key?, baseUrl, authType, honorsIdempotencyKey}``."""
 
     name = text(1, 200, required=True)
+    key = fields.String(
+        allow_none=True, load_default=None,
+        validate=validate.Regexp(TOOL_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
+        metadata={"description": "Optional short name, unique per organization: the original service's "
+                                 "/auth/{toolKey}/login and callback routes name the tool by it."},
+    )
     base_url = fields.Url(
         data_key="baseUrl",
         required=True,
@@ -379,6 +388,14 @@ def _items(value) -> None:
     raise ValidationError("Must be a list, or a template (at most 2000 characters) that renders to one.")
 
 
+def _variables(value) -> None:
+    if isinstance(value, dict):
+        return
+    if isinstance(value, str) and TEMPLATE.search(value) and len(value) <= 2000:
+        return
+    raise ValidationError("Must be a JSON object, or a template (at most 2000 characters) that renders to one.")
+
+
 class ForeachStepConfig(Base):
     """``foreach``: run ``step`` once per item of ``items``, ``concurrency`` at a time."""
 
@@ -388,12 +405,48 @@ class ForeachStepConfig(Base):
     continueOnError = StrictBoolean(load_default=False)
 
 
+# A wait step's signal name (it is a URL path segment), and how long it may wait at most (30 days).
+SIGNAL_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+MAX_WAIT_MS = 30 * 24 * 3600 * 1000
+
+
+class WaitStepConfig(Base):
+    """``wait``: park the run until ``signal`` is sent to it, at most ``timeoutMs``."""
+
+    signal = fields.String(required=True, validate=validate.Regexp(
+        SIGNAL_NAME, error="Must be 1 to 100 letters, digits, '_', '.' or '-'."))
+    timeoutMs = fields.Integer(strict=True, load_default=7 * 24 * 3600 * 1000,
+                               validate=validate.Range(1, MAX_WAIT_MS),
+                               metadata={"description": "At most 30 days; default 7 days."})
+    onTimeout = fields.String(load_default="fail", validate=validate.OneOf(("fail", "continue")))
+
+
+class SubflowStepConfig(Base):
+    """``subflow``: queue a run of another flow of the organization (its ``version``, or its version at that
+    moment) with ``variables`` (templates), and with ``wait`` take its outputs as this step's output."""
+
+    flowId = fields.UUID(metadata={"description": "A flow of the same organization (required)."})
+    flowKey = fields.Raw(metadata={"description": "Refused: flows have no key; name the flow by flowId."})
+    version = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 2_147_483_647))
+    variables = fields.Raw(load_default=dict, validate=_variables)
+    wait = StrictBoolean(load_default=True)
+
+    @validates_schema
+    def _no_flow_key(self, data, **kwargs):
+        if "flowKey" in data:
+            raise ValidationError("Flows have no key in Tolstoy; name the flow by flowId.", "flowKey")
+        if "flowId" not in data:
+            raise ValidationError("Missing data for required field.", "flowId")
+
+
 STEP_CONFIGS = {
+    "wait": WaitStepConfig,
     "action": ActionStepConfig,
     "http_request": HttpRequestStepConfig,
     "delay": DelayStepConfig,
     "transform": TransformStepConfig,
     "foreach": ForeachStepConfig,
+    "subflow": SubflowStepConfig,
 }
 
 
@@ -452,6 +505,12 @@ class FlowSchema(TenantRecord):
         required=True,
         validate=validate.Length(min=1, max=MAX_STEPS),
     )
+    on_failure = fields.List(
+        fields.Nested(StepSchema), data_key="onFailure", allow_none=True,
+        validate=validate.Length(min=1, max=MAX_STEPS),
+        metadata={"description": "Steps run when a run fails; they see `error` ({message, stepId}) and "
+                                 "`failedStepId`. Null: none."},
+    )
     version = fields.Integer(dump_only=True)
 
     @validates_schema
@@ -460,6 +519,15 @@ class FlowSchema(TenantRecord):
             problems = graph_errors(data["steps"])
             if problems:
                 raise ValidationError({"steps": problems})
+        if data.get("on_failure"):
+            problems = graph_errors(data["on_failure"])
+            if problems:
+                raise ValidationError({"onFailure": problems})
+            main = {step["id"] for step in data.get("steps") or []}
+            for index, step in enumerate(data["on_failure"]):
+                if step["id"] in main:
+                    raise ValidationError({"onFailure": {index: {"id": [
+                        "An onFailure step id must differ from the ids of the flow's steps."]}}})
 
 
 class FlowVersionSchema(Base):
@@ -467,6 +535,7 @@ class FlowVersionSchema(Base):
 
     version = fields.Integer(dump_only=True)
     steps = fields.List(fields.Dict(), dump_only=True)
+    on_failure = fields.List(fields.Dict(), data_key="onFailure", dump_only=True, allow_none=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
 
 
@@ -498,6 +567,12 @@ class PageQuery(Base):
 
     limit = fields.Integer(validate=validate.Range(1, MAX_PAGE))
     cursor = text(1, 1000)
+
+
+class ExecutionsQuery(PageQuery):
+    """``GET /flows/{id}/executions``: a page, optionally only the children of one run."""
+
+    parentExecutionId = fields.UUID(metadata={"description": "Only the runs this run's subflow steps queued."})
 
 
 # ---- health -----------------------------------------------------------------
@@ -564,6 +639,12 @@ class RunStepSchema(Base):
     started_at = Timestamp(data_key="startedAt", dump_only=True)
     finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
     duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True)
+    child_execution_id = fields.UUID(data_key="childExecutionId", dump_only=True, allow_none=True,
+                                     metadata={"description": "The run a subflow step queued; null otherwise."})
+    phase = fields.String(dump_only=True, metadata={"description": "main, or onFailure for failure handlers."})
+    waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True,
+                              metadata={"description": "A wait step parked for a signal: {signal, since, "
+                                                       "timeoutAt}; null otherwise."})
 
 
 class RunSchema(Base):
@@ -579,6 +660,11 @@ class RunSchema(Base):
     outputs = fields.Raw(dump_only=True)
     error = fields.Raw(dump_only=True)
     retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    parent_run_id = fields.UUID(data_key="parentExecutionId", dump_only=True, allow_none=True,
+                                metadata={"description": "The run whose subflow step queued this one; null for "
+                                                         "a top-level run."})
+    parent_step_id = fields.String(data_key="parentStepId", dump_only=True, allow_none=True,
+                                   metadata={"description": "The id of that subflow step."})
     created_at = Timestamp(data_key="createdAt", dump_only=True)
     started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
     finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
@@ -640,6 +726,30 @@ def _required_strings(*names: str) -> dict:
     return {name: text(1, 8192, required=True) for name in names}
 
 
+class OAuth2Config(Schema):
+    """An oauth2 credential: the client credentials grant (or a refresh token), or, with ``perUser``,
+    each user's own connection made through the authorization code grant at ``authorizeUrl``."""
+
+    clientId = text(1, 1000, required=True)
+    clientSecret = text(1, 8192, required=True)
+    tokenUrl = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    scopes = fields.List(text(1, 200), validate=validate.Length(max=100))
+    accessToken = text(1, 8192)
+    refreshToken = text(1, 8192)
+    # Per-user connections (authorization code + PKCE, GET /auth/{toolKey}/login): where users consent,
+    # and that calls use the tokens of the run's user instead of the organization's.
+    authorizeUrl = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048))
+    perUser = StrictBoolean()
+
+    class Meta:
+        unknown = RAISE
+
+    @validates_schema
+    def _per_user_needs_authorize_url(self, data, **kwargs):
+        if data.get("perUser") and not data.get("authorizeUrl"):
+            raise ValidationError("Required when perUser is true (where users consent).", "authorizeUrl")
+
+
 CREDENTIAL_CONFIGS = {
     "apiKey": Schema.from_dict({
         "headerName": fields.String(required=True, validate=[
@@ -650,14 +760,7 @@ CREDENTIAL_CONFIGS = {
     "bearer": Schema.from_dict(_required_strings("token"), name="BearerConfig"),
     "basic": Schema.from_dict({"username": text(1, 1000, required=True), "password": text(0, 8192, required=True)},
                               name="BasicConfig"),
-    "oauth2": Schema.from_dict({
-        "clientId": text(1, 1000, required=True),
-        "clientSecret": text(1, 8192, required=True),
-        "tokenUrl": fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
-        "scopes": fields.List(text(1, 200), validate=validate.Length(max=100)),
-        "accessToken": text(1, 8192),
-        "refreshToken": text(1, 8192),
-    }, name="OAuth2Config"),
+    "oauth2": OAuth2Config,
 }
 for _schema in CREDENTIAL_CONFIGS.values():
     _schema.Meta.unknown = RAISE
@@ -809,3 +912,217 @@ class HookAcceptedSchema(Base):
     """202 (or 200 for a redelivered event) body of ``POST /hooks/{triggerId}``."""
 
     execution_id = fields.UUID(data_key="executionId", dump_only=True)
+
+
+# ---- signals and approval links (wait steps) -----------------------------------
+
+SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
+MAX_LINK_SECONDS = 30 * 24 * 3600
+
+
+class SignalSchema(Base):
+    """``POST …/executions/{executionId}/signals/{signal}``: what the wait step returns."""
+
+    payload = fields.Raw(allow_none=True, load_default=None,
+                         metadata={"description": "Any JSON; the wait step's output."})
+
+
+class SignalAcceptedSchema(Base):
+    """202 body of a signal: the stored signal."""
+
+    id = fields.UUID(data_key="signalId", dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+    signal = fields.String(dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
+
+class LinkSchema(Base):
+    """``POST …/signals/{signal}/links``: an approval link for a person."""
+
+    approver = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    expiresInSeconds = fields.Integer(strict=True, load_default=7 * 24 * 3600,
+                                      validate=validate.Range(60, MAX_LINK_SECONDS))
+
+
+class LinkCreatedSchema(Base):
+    """201 body of an approval link."""
+
+    url = fields.String(dump_only=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True)
+    approver = fields.String(dump_only=True, allow_none=True)
+    signal = fields.String(dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+
+
+class ApprovalSchema(Base):
+    """``POST /approvals/{token}``: the person's decision."""
+
+    decision = fields.String(required=True, validate=validate.OneOf(("approve", "reject")))
+    comment = fields.String(allow_none=True, validate=validate.Length(max=2000))
+
+
+# ---- outbound event webhooks ------------------------------------------------------------
+
+WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
+# Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).
+MASK = "********"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,200}$")
+
+
+def _header_problem(name: str, value) -> str | None:
+    if not _HEADER_NAME.match(name):
+        return f"{name!r} is not a valid header name."
+    if name.lower() in engine.WEBHOOK_RESERVED_HEADERS:
+        return f"{name} is set by Tolstoy on every delivery."
+    if not isinstance(value, str) or len(value) > 8192 or any(c in value for c in "\r\n\0"):
+        return f"The value of {name} must be a string of at most 8192 characters, on one line."
+    return None
+
+
+class WebhookSchema(TenantRecord):
+    """``{name, url, eventTypes, enabled, secret?, headers?}``; the secret and header values are
+    shown masked (the secret in full once, in the answer that creates the webhook)."""
+
+    name = text(1, 200, required=True)
+    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+                     metadata={"description": "Where deliveries are POSTed (http or https; checked by the "
+                                              "outbound guard at every attempt)."})
+    event_types = fields.List(fields.String(), data_key="eventTypes", required=True,
+                              metadata={"description": "Event types to deliver (GET /webhooks/event-types)."})
+    enabled = StrictBoolean(load_default=True)
+    secret = text(16, 500, metadata={
+        "description": "HMAC-SHA256 signing secret (generated when omitted; shown in full only when created, "
+                       f"masked as {MASK} afterwards; sending {MASK} back keeps it)."})
+    headers = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": f"Custom headers sent with every delivery; values encrypted at rest, shown as {MASK}."})
+    disabled_reason = fields.String(data_key="disabledReason", dump_only=True, allow_none=True,
+                                    metadata={"description": "Why the workers disabled the webhook, if they did."})
+    failing_since = Timestamp(data_key="failingSince", dump_only=True, allow_none=True,
+                              metadata={"description": "First failed attempt since the last success."})
+
+    @validates("event_types")
+    def _known_types(self, value, **_):
+        unknown = sorted({t for t in value if t not in WEBHOOK_EVENT_TYPES}, key=str)
+        if unknown:
+            raise ValidationError(f"Unknown event types: {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(WEBHOOK_EVENT_TYPES)}).")
+        if not value:
+            raise ValidationError("Give at least one event type.")
+        unique_items(value)
+
+    @validates("headers")
+    def _valid_headers(self, value, **_):
+        if value is None:
+            return
+        if len(value) > 50:
+            raise ValidationError("At most 50 headers.")
+        problems = [p for p in (_header_problem(k, v) for k, v in value.items()) if p]
+        if problems:
+            raise ValidationError(problems)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    """The answer that creates a webhook: its secret in full, once."""
+
+    secret = fields.String(dump_only=True)
+
+
+class WebhookDeliverySchema(Base):
+    """One event sent (or to send) to a webhook, with every attempt made."""
+
+    id = fields.UUID(dump_only=True, metadata={"description": "Sent as X-Webhook-Delivery (same every attempt)."})
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    webhook_id = fields.UUID(data_key="webhookId", dump_only=True)
+    event_id = fields.UUID(data_key="eventId", dump_only=True, metadata={"description": "The envelope's id."})
+    event_type = fields.String(data_key="eventType", dump_only=True)
+    data = fields.Dict(dump_only=True, metadata={"description": "The event's data, as the envelope carries it."})
+    state = fields.String(dump_only=True, metadata={
+        "description": "pending (due at nextAttemptAt, or after the unfinished delivery before it), sending, "
+                       "delivered, failed (given up), cancelled (the webhook was disabled)."})
+    attempts = fields.Integer(dump_only=True)
+    attempt_log = fields.List(fields.Dict(), data_key="attemptLog", dump_only=True, metadata={
+        "description": "Every attempt: {attempt, at, statusCode, durationMs, error}."})
+    next_attempt_at = Timestamp(data_key="nextAttemptAt", dump_only=True, allow_none=True)
+    last_status_code = fields.Integer(data_key="lastStatusCode", dump_only=True, allow_none=True)
+    last_error = fields.String(data_key="lastError", dump_only=True, allow_none=True)
+    first_attempt_at = Timestamp(data_key="firstAttemptAt", dump_only=True, allow_none=True)
+    last_attempt_at = Timestamp(data_key="lastAttemptAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    event_created_at = Timestamp(data_key="eventCreatedAt", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class WebhookTestSchema(Base):
+    """202 body of ``POST /webhooks/{id}/test``: the delivery queued."""
+
+    delivery_id = fields.UUID(data_key="deliveryId", dump_only=True)
+    state = fields.String(dump_only=True)
+
+
+# ---- clients of the original service (compat) ------------------------------------------------
+
+# The original's free-form secret keys, and which credential field each fills per authType.
+SECRET_KEYS = ("apiKey", "headerName", "token", "accessToken", "refreshToken", "username", "password",
+               "clientId", "clientSecret")
+
+
+class SecretsSchema(Base):
+    """``POST /tools/{id}/secrets``: ``{"credentials": {key: value}}`` with the original's keys."""
+
+    credentials = fields.Dict(keys=fields.String(), values=text(0, 8192), required=True,
+                              validate=validate.Length(min=1),
+                              metadata={"description": "Keys: " + ", ".join(SECRET_KEYS) + " (per the tool's "
+                                                       "authType); any other key is a 400."})
+
+
+class ToolSecretsSchema(Base):
+    """A tool's secrets as the original showed them: masked, under the keys it was sent with."""
+
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    masked_credentials = fields.Dict(data_key="maskedCredentials", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class ToolSecretsSummarySchema(Base):
+    """One row of ``GET /tools/secrets``."""
+
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    tool_type = fields.String(data_key="toolType", dump_only=True)
+    has_credentials = fields.Boolean(data_key="hasCredentials", dump_only=True)
+    credential_keys = fields.List(fields.String(), data_key="credentialKeys", dump_only=True)
+    last_updated = Timestamp(data_key="lastUpdated", dump_only=True, allow_none=True)
+
+
+class SecretsQuery(Base):
+    """``GET /tools/{id}/secrets``: ``?unmask=true`` is refused (secrets are write-only)."""
+
+    unmask = fields.Boolean()
+
+
+class LoginQuery(Base):
+    """``GET /auth/{toolKey}/login?userId=``: the user who connects (else X-User-ID)."""
+
+    userId = fields.UUID()
+
+
+class ConnectedSchema(Base):
+    """200 of ``GET /auth/{toolKey}/callback``."""
+
+    success = fields.Boolean(dump_only=True)
+    credentialId = fields.UUID(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class UserConnectionSchema(TenantRecord):
+    """A tool a user connected (``GET /users/{id}/connections``): never its tokens."""
+
+    user_id = fields.UUID(data_key="userId", dump_only=True)
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    tool_key = fields.String(data_key="toolKey", dump_only=True, allow_none=True)
+    scope = fields.String(dump_only=True, allow_none=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True, allow_none=True)

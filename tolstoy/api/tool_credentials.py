@@ -22,7 +22,7 @@ _DUMP = dumper(_SCHEMA)
 
 
 class ToolCredentials:
-    """``POST/GET /tools/{id}/auth`` and ``DELETE /tools/{id}/auth/{name}``."""
+    """``POST/GET/DELETE /tools/{id}/auth`` and ``DELETE /tools/{id}/auth/{name}``."""
 
     def __init__(self, db, vault: engine.Vault | None):
         self.db = db
@@ -70,6 +70,15 @@ class ToolCredentials:
                            tool_id=tool["id"], actor="api", user_id=req.context.user_id,
                            purpose="show" if self.vault else None)
         resp.media = [self.show(row) for row in rows]
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Delete every organization-level credential of the tool (the original's
+        ``tools.auth.delete(toolId)``): 200 ``{success, message}``; users' own connections stay."""
+        tool = self.tool(req, id)
+        count = self.db.rowcount(SQL.tool_credentials.delete_all, commit=True, org_id=req.context.org_id,
+                                 tool_id=tool["id"])
+        resp.media = {"success": True,
+                      "message": f"Deleted {count} credential(s) of the tool {tool['name']!r}."}
 
     def on_delete_named(self, req: falcon.Request, resp: falcon.Response, id: str, name: str) -> None:
         """Delete one credential by name."""

@@ -9,7 +9,7 @@ from .schemas import ToolDetailSchema, ToolSchema
 
 MODEL = Model(
     name="tools", path="/tools", noun="Tool", tag="Tools", schema=ToolSchema,
-    writable=("name", "base_url", "auth_type", "honors_idempotency_key"), detail_schema=ToolDetailSchema,
+    writable=("name", "key", "base_url", "auth_type", "honors_idempotency_key"), detail_schema=ToolDetailSchema,
     delete_blocked_by="actions",
     # GET /tools/{id} includes actions; a client may send them back on PUT.
     derived_fields=frozenset({"actions"}),

@@ -15,17 +15,23 @@ from .calls import Tools, input_errors
 from .errors import InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
-from .outbound import Outbound
+from .outbound import Outbound, OutboundError
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine
-from .tool_auth import SECRET_FIELDS, masked
+from .tool_auth import SECRET_FIELDS, TokenRequestFailed, exchange_code, expires_in, masked, scope_of
 from .vault import Reader, Vault, generate_key, legacy_keys, local_key
+from .webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
+from .webhooks import RESERVED_HEADERS as WEBHOOK_RESERVED_HEADERS
+from .webhooks import Deliverer
+from .webhooks import target_problem as webhook_target_problem
 from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "rewrap", "step_order", "tools", "vault_from_config",
+    "OutboundError", "TokenRequestFailed", "exchange_code", "expires_in", "scope_of",
+    "WEBHOOK_EVENT_TYPES", "WEBHOOK_RESERVED_HEADERS", "Deliverer", "deliverer", "webhook_target_problem",
 ]
 
 
@@ -47,7 +53,7 @@ def tools(config, db: Database) -> Tools:
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
     return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds,
-                  foreach_max_items=config.foreach_max_items)
+                  foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:
@@ -55,4 +61,13 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
     settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
                 "retention_days": config.run_retention_days, **overrides}
+    settings.setdefault("deliverer", lambda worker_id: deliverer(config, db, worker_id))
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
+
+
+def deliverer(config, db: Database, worker_id: str) -> Deliverer:
+    """The sender of outbound event webhooks, wired from configuration."""
+    return Deliverer(db, Outbound(config.allow_networks), vault_from_config(config, db), worker_id,
+                     timeout_ms=config.webhook_timeout_ms, retry_base_ms=config.webhook_retry_base_ms,
+                     retry_max_ms=config.webhook_retry_max_ms, give_up_seconds=config.webhook_give_up_seconds,
+                     retention_days=config.webhook_retention_days)

@@ -19,7 +19,7 @@ from referencing.exceptions import Unresolvable
 
 from ..db.database import Database
 from ..db.queries import SQL
-from ..db.stores import write_execution_log
+from ..db.stores import write_action_log
 from ..errors import DatabaseUnavailable, VaultError
 from ..redaction import mask_json
 from .errors import InvalidInputs, StepFailed
@@ -167,6 +167,13 @@ class Tools:
             credential, config = self.credential(org_id, tool["id"], reader)
             if credential is None:
                 raise StepFailed(f"Tool {tool['name']!r} uses {tool['auth_type']} but has no credential")
+            if credential["type"] == "oauth2" and config.get("perUser"):
+                # Each user's own connection: the run's user (or the caller of a synchronous execute).
+                if reader.user_id is None:
+                    raise StepFailed(f"Tool {tool['name']!r} calls as the user who connected it, but this run "
+                                     "has no user (it was not started with X-User-ID)",
+                                     details={"name": "NotConnected", "toolId": str(tool["id"])})
+                credential = {**credential, "acting_user_id": reader.user_id, "tool": tool}
             # Placeholders only: the values go in when the request is sent (send()).
             headers.update(auth_headers(credential, config))
             secrets = secret_values(credential["type"], config)
@@ -222,12 +229,12 @@ class Tools:
         except StepFailed as exc:
             success, status_code, body, error = False, exc.details.get("status"), {"error": str(exc)}, exc.as_error()
         duration = int((time.perf_counter() - started) * 1000)
-        write_execution_log(
-            self.db, org_id=org_id, flow_id=None, user_id=user_id, execution_id=execution_id,
-            step_key=action["key"], status="completed" if success else "failed",
+        # The log row and the action.executed / action.failed webhook event: one statement.
+        write_action_log(
+            self.db, org_id=org_id, user_id=user_id, execution_id=execution_id, action=action, success=success,
             inputs=mask_json(inputs, secrets),
             outputs=mask_json({"statusCode": status_code, "data": body}, secrets),
-            error=mask_json(error, secrets), duration_ms=duration, commit=True,
+            error=mask_json(error, secrets), duration_ms=duration, status_code=status_code,
         )
         return {"success": success, "executionId": execution_id, "durationMs": duration,
                 "statusCode": status_code, "data": body}

@@ -12,6 +12,8 @@ class Plan:
 
     def __init__(self, plan: dict):
         self.steps: list[dict] = plan["steps"]
+        # Run when the run fails (the flow version's onFailure, added when the run was queued).
+        self.on_failure: list[dict] = plan.get("onFailure") or []
         actions = plan.get("actions") or []
         self.by_id = {str(a["id"]): a for a in actions}
         self.by_key = {a["key"]: a for a in actions}

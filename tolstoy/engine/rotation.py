@@ -4,9 +4,9 @@
 transaction over a few small rows: the data keys stay the same, so no
 ciphertext changes and nothing has to stop. ``reencrypt`` gives each
 organization a new data key version and moves every ciphertext (credentials,
-sealed step outputs, shared OAuth2 access tokens, webhook trigger secrets, and
-tokens from before envelope encryption) to it in batches of one transaction
-each, waits until no process can still hold the older versions in its key
+sealed step outputs, shared OAuth2 access tokens, webhook trigger secrets, users' OAuth2
+connections, outbound webhooks' secrets and headers, and tokens from before envelope
+encryption) to it in batches of one transaction each, waits until no process can still hold the older versions in its key
 cache, moves what was written meanwhile, then retires the older versions. A run that
 stopped part way is finished by the next one (an organization with more than
 one unretired version is mid-move) rather than starting yet another version.
@@ -67,7 +67,7 @@ def reencrypt(db: Database, vault: Vault, batch: int = BATCH, settle_seconds: fl
     are retired only after that long, and after a last pass over what they wrote meanwhile."""
     settle = vault.keyring.ttl if settle_seconds is None else settle_seconds
     counts = {"organizations": 0, "versions": 0, "credentials": 0, "outputs": 0, "tokens": 0, "triggers": 0,
-              "batches": 0, "retired": 0}
+              "connections": 0, "webhooks": 0, "batches": 0, "retired": 0}
     targets = {}
     for org_id in organization_ids(db):
         target = _target(db, vault, org_id, counts)
@@ -128,6 +128,12 @@ _KINDS = (
                  "tokens"),
     _Ciphertexts(SQL.triggers.secrets_to_reencrypt, SQL.triggers.secrets_reencrypted, ("id",), "secret",
                  "triggers"),
+    _Ciphertexts(SQL.user_connections.to_reencrypt, SQL.user_connections.reencrypted, ("id",), "tokens",
+                 "connections"),
+    _Ciphertexts(SQL.webhooks.secrets_to_reencrypt, SQL.webhooks.secrets_reencrypted, ("id",), "secret",
+                 "webhooks"),
+    _Ciphertexts(SQL.webhooks.headers_to_reencrypt, SQL.webhooks.headers_reencrypted, ("id",), "headers",
+                 "webhooks"),
 )
 _FIRST = {"id": _FIRST_ID, "credential_id": _FIRST_ID, "run_id": _FIRST_ID, "step_id": "",
           "run_created_at": dt.datetime.min.replace(tzinfo=dt.UTC)}

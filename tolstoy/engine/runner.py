@@ -50,6 +50,12 @@ FINISHED = ("completed", "skipped", "failed")
 MAX_BACKOFF_MS = 3_600_000
 # A foreach step refuses more items than this (TOLSTOY_FOREACH_MAX_ITEMS).
 FOREACH_MAX_ITEMS = 10_000
+# How deep sub-flows may nest (TOLSTOY_SUBFLOW_MAX_DEPTH): a run started by execute is at depth 0.
+SUBFLOW_MAX_DEPTH = 10
+# The checkpoint ids of a flow's onFailure steps: "onFailure.<id>" (a step id never holds a dot).
+ON_FAILURE = "onFailure."
+# How long a wait step waits when its config says nothing (the API fills it in: 7 days).
+DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 
 
 def item_id(step_id: str, index: int) -> str:
@@ -128,8 +134,10 @@ class Engine:
     """Executes runs claimed by a worker."""
 
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
-                 lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS):
+                 lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
+                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH):
         self.db = db
+        self.subflow_max_depth = subflow_max_depth
         self.tools = tools
         self.worker_id = worker_id
         self.stopping = stopping or threading.Event()
@@ -138,9 +146,11 @@ class Engine:
 
     # ---- writing ------------------------------------------------------------------
 
-    def checkpoint(self, run: Run, transition: dict | None = None) -> None:
+    def checkpoint(self, run: Run, transition: dict | None = None, subflow: dict | None = None) -> dict | None:
         """Write the run's pending checkpoints and move it, in one statement; LeaseLost when another
-        worker owns it now. Database trouble is retried while the lease lasts."""
+        worker owns it now. Database trouble is retried while the lease lasts. With ``subflow`` (a
+        subflow step's spec) the same statement also finds or queues the step's child run and parks
+        the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
         writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
                   "run": transition or {"action": "continue"}}
         deadline = time.monotonic() + self.lease_seconds * 0.8
@@ -149,8 +159,13 @@ class Engine:
             if run.lost.is_set():
                 raise LeaseLost(str(run.id))
             try:
-                answer = self.db.scalar(SQL.runs.checkpoint, worker=self.worker_id, org_id=run.org_id,
-                                        run_id=run.id, token=run.token, writes=dbjson(writes))
+                if subflow is not None:
+                    answer = self.db.scalar(SQL.runs.subflow, worker=self.worker_id, org_id=run.org_id,
+                                            run_id=run.id, token=run.token, writes=dbjson(writes),
+                                            spec=dbjson(subflow))
+                else:
+                    answer = self.db.scalar(SQL.runs.checkpoint, worker=self.worker_id, org_id=run.org_id,
+                                            run_id=run.id, token=run.token, writes=dbjson(writes))
                 break
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) == LEASE_LOST:
@@ -166,6 +181,7 @@ class Engine:
         run.writes = Writes()
         if answer and answer.get("cancel"):
             run.cancel.set()
+        return answer
 
     def log_event(self, run: Run, step: dict, status: str, seconds: float | None = None,
                   error: Any = None) -> None:
@@ -234,38 +250,75 @@ class Engine:
             if done["status"] == "completed":
                 output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
                 run.context["steps"][step_id] = output
+                if step_id.startswith(ON_FAILURE):  # later onFailure steps see it under its own id too
+                    run.context["steps"][step_id[len(ON_FAILURE):]] = output
                 run.secrets += secret_strings(output)
             elif done["status"] == "failed" or (done["status"] == "skipped" and done.get("error")):
                 failed.add(step_id)  # skipped with an error: skipped because a dependency failed
         return failed
 
     def _advance(self, run: Run) -> None:
-        steps = run.plan.steps
         failed = self._restore(run)
+        outcome, error = self._walk(run, run.plan.steps, failed)
+        if outcome == "paused":
+            return
+        if outcome == "completed":
+            return self.finish(run, "completed", None)
+        if run.plan.on_failure:
+            handled, handler_error = self._on_failure(run, error, failed)
+            if handled == "paused":
+                return
+            if handler_error is not None:  # kept apart: the run's error stays the original one
+                error = {**error, "onFailureError": handler_error}
+        self.finish(run, "failed", error)
+
+    def _walk(self, run: Run, steps: list[dict], failed: set[str], prefix: str = "") -> tuple[str, dict | None]:
+        """Run ``steps`` in dependency order: ('completed', None), ('paused', None), or ('failed', error)
+        for the first critical step that failed. Checkpoint ids are the step ids with ``prefix``."""
         by_id = {s["id"]: i for i, s in enumerate(steps)}
         for step in step_order(steps):
-            sid = step["id"]
+            sid = prefix + step["id"]
             done = run.checkpoints.get(sid)
             if done and done["status"] == "failed" and step.get("critical", True) is not False:
-                # Failed before this claim (a person resolved an unknown outcome as failed).
-                return self.finish(run, "failed", {"stepId": sid, **(done.get("error") or {})})
+                # Failed before this claim (a person resolved an unknown outcome as failed, or the run
+                # failed before and its onFailure steps are under way).
+                return "failed", {"stepId": sid, **(done.get("error") or {})}
             if done and done["status"] in FINISHED:
                 continue
             self._boundary(run)
-            if failed & set(dependencies(steps, by_id[sid])):
+            if failed & {prefix + dep for dep in dependencies(steps, by_id[step["id"]])}:
                 error = {"message": "A step it depends on failed"}
                 run.writes.step(step_id=sid, status="skipped", attempt=1, error=error)
                 run.writes.event(sid, "skipped", error=error)
                 failed.add(sid)
                 continue
-            outcome, error = self.run_step(run, step, done)
+            outcome, error = self.run_step(run, {**step, "id": sid} if prefix else step, done)
             if outcome == "paused":
-                return
+                return "paused", None
+            if outcome == "completed" and prefix:
+                run.context["steps"][step["id"]] = run.context["steps"][sid]
             if outcome == "failed":
                 failed.add(sid)
                 if step.get("critical", True) is not False:
-                    return self.finish(run, "failed", {"stepId": sid, **error})
-        self.finish(run, "completed", None)
+                    return "failed", {"stepId": sid, **error}
+        return "completed", None
+
+    def _on_failure(self, run: Run, error: dict, failed: set[str]) -> tuple[str, dict | None]:
+        """The flow's onFailure steps, once the run failed with ``error``: their templates also see
+        ``error`` ({message, stepId, …}) and ``failedStepId``; each is checkpointed as
+        ``onFailure.<id>``. Returns ('paused', None), or ('done', the handler's error or None)."""
+        run.context["error"] = {k: v for k, v in error.items() if k != "onFailureError"}
+        run.context["failedStepId"] = error.get("stepId")
+        if not any(cid.startswith(ON_FAILURE) for cid in run.checkpoints):
+            run.writes.event(RUN_STEP_KEY, "started", inputs={"phase": "onFailure", "failedStepId": error.get("stepId")})
+            metrics.count_on_failure("started")
+            logs.run_event("onFailure", execution=run.id, flow_id=run.flow_id, org_id=run.org_id,
+                           status="onFailure")
+        outcome, handler_error = self._walk(run, run.plan.on_failure, failed, ON_FAILURE)
+        if outcome == "paused":
+            return "paused", None
+        metrics.count_on_failure("failed" if outcome == "failed" else "completed")
+        return "done", handler_error
 
     def _boundary(self, run: Run) -> None:
         """Between steps: stop for a lost lease, a cancel, or shutdown."""
@@ -288,7 +341,8 @@ class Engine:
             if step["type"] == "delay":
                 return self._complete(run, step, attempt, {"delayedMs": step["config"]["ms"]},
                                       checkpoint.get("inputs"), 0)
-            attempt += 1  # a retry back-off ended
+            if step["type"] != "subflow":  # a subflow step waits for its child, not a back-off
+                attempt += 1  # a retry back-off ended
         try:
             if step.get("executeIf") and not condition(step["executeIf"], run.context):
                 run.writes.step(step_id=sid, status="skipped", attempt=attempt)
@@ -303,6 +357,10 @@ class Engine:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
         if step["type"] == "foreach":
             return self._foreach(run, step, inputs["items"])
+        if step["type"] == "wait":
+            return self._wait(run, step, checkpoint, inputs)
+        if step["type"] == "subflow":
+            return self._subflow(run, step, attempt, checkpoint, inputs)
         shown_inputs = mask_json(inputs, run.secrets)
         if step["type"] == "delay":
             run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
@@ -318,6 +376,48 @@ class Engine:
             if decided is not None:
                 return decided
         return self._call(run, step, attempt, inputs, shown_inputs)
+
+    def _wait(self, run: Run, step: dict, checkpoint: dict | None, config: dict) -> tuple[str, dict | None]:
+        """A wait step: the signal sent to the run (its payload is the output), or, while none came,
+        back to the queue until the timeout, holding no thread (the signal route wakes the run). Taking
+        the signal locks the run's row, and parking happens under that lock: a signal stored meanwhile
+        is seen, or wakes the parked run."""
+        sid = step["id"]
+        signal = config["signal"]
+        timeout_ms = int(config.get("timeoutMs") or DEFAULT_WAIT_MS)
+        on_timeout = config.get("onTimeout") or "fail"
+        shown = {"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}
+        parked = bool(checkpoint and checkpoint["status"] == "waiting" and checkpoint.get("wake_at"))
+        with self.db.transaction():
+            taken = self.db.one(SQL.signals.take, org_id=run.org_id, run_id=run.id, step_id=sid, signal=signal)
+            if taken is None:
+                remaining = seconds_between(checkpoint["wake_at"], run.db_now()) * 1000 if parked else timeout_ms
+                if remaining > 0:
+                    run.writes.step(step_id=sid, status="waiting", attempt=1, inputs=shown,
+                                    wake_in_ms=int(remaining))
+                    if not parked:
+                        run.writes.event(sid, "pending", inputs=shown)
+                        log.info("waiting for a signal", extra={"execution_id": str(run.id), "step_id": sid})
+                    self.pause(run, int(remaining))
+                    return "paused", None
+            # The step's end is written under the same lock: once it is released, a signal sent
+            # for this step is refused (409) instead of being stored for a step that took one
+            # already, or timed out.
+            if taken is not None:
+                received = {"signal": signal, "signalId": str(taken["id"]), "approver": taken.get("approver")}
+                outcome = self._complete(run, step, 1, taken["payload"], {**shown, **received}, 0)
+            elif on_timeout == "continue":
+                outcome = self._complete(run, step, 1, {"timedOut": True}, shown, 0)
+            else:
+                outcome = self.fail(run, step, 1, shown, StepFailed(
+                    f"Timed out after {timeout_ms} ms waiting for the signal {signal!r}",
+                    details={"name": "WaitTimedOut"}), 0)
+            self.checkpoint(run)
+        if taken is None:
+            metrics.count_wait_timeout(on_timeout)
+            logs.step_event(execution=run.id, step_id=sid, step_type="wait", status="timed_out", duration=None,
+                            error=f"no signal {signal!r} within {timeout_ms} ms")
+        return outcome
 
     def _unknown_outcome(self, run: Run, step: dict, attempt: int, checkpoint: dict,
                          inputs: dict) -> tuple[str, dict | None] | None:
@@ -414,6 +514,59 @@ class Engine:
         run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
         self.log_event(run, step, "failed", duration / 1000, error)
         return "failed", error
+
+    # ---- subflow ------------------------------------------------------------------------
+
+    def _subflow(self, run: Run, step: dict, attempt: int, checkpoint: dict | None,
+                 config: dict) -> tuple[str, dict | None]:
+        """A subflow step: one statement writes the pending checkpoints, finds the child run this step
+        queued before or queues it (pinned to ``version``, or the flow's version now), and, with ``wait``,
+        parks this run until the child ends (the child's end queues it again; no thread is held). The
+        output is ``{executionId}`` without ``wait``, else the child's outputs; a failed or cancelled
+        child fails the step."""
+        sid = step["id"]
+        wait = config.get("wait", True) is not False
+        variables = config.get("variables")
+        variables = {} if variables is None else variables
+        shown = mask_json({"flowId": config.get("flowId"), "version": config.get("version"), "wait": wait,
+                           "variables": variables}, run.secrets)
+        if not isinstance(variables, dict):
+            return self.fail(run, step, attempt, shown, StepFailed(
+                f"subflow variables must be a JSON object, not {type(variables).__name__}"), 0)
+        if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
+            run.writes.event(sid, "started", inputs=shown)
+        run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)
+        spec = {"step_id": sid, "flow_id": str(config.get("flowId")), "version": config.get("version"),
+                "variables": variables, "wait": wait, "max_depth": self.subflow_max_depth}
+        answer = self.checkpoint(run, subflow=spec) or {}
+        if answer.get("cancel"):
+            self._boundary(run)  # finishes the run as cancelled
+        if answer.get("error"):
+            error = answer["error"]
+            return self.fail(run, step, attempt, shown, StepFailed(error["message"], details={
+                "name": error.get("name", "SubflowFailed")}), 0)
+        child = answer["child"]
+        if answer.get("created"):
+            metrics.count_run("queued")
+            metrics.count_child_run("wait" if wait else "nowait")
+            log.info("child run queued", extra={"execution_id": str(run.id), "step_id": sid,
+                                                "child_execution_id": child["id"]})
+        if not wait:
+            return self._complete(run, step, attempt, {"executionId": child["id"]}, shown, 0)
+        if answer.get("parked"):
+            metrics.count_run("waiting")
+            return "paused", None
+        if child["status"] == "completed":
+            outputs = dict(child.get("outputs") or {})
+            for child_step, sealed in (child.get("sealed") or {}).items():
+                outputs[child_step] = self.tools.unseal(run.org_id, sealed)
+            return self._complete(run, step, attempt, outputs, shown, 0)
+        error = child.get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else None
+        verb = "was cancelled" if child["status"] == "cancelled" else "failed"
+        return self.fail(run, step, attempt, shown, StepFailed(
+            f"Sub-flow execution {child['id']} {verb}: {message or child['status']}",
+            details={"name": "SubflowFailed", "childExecutionId": child["id"], "childError": error}), 0)
 
     # ---- foreach ------------------------------------------------------------------------
 

@@ -1,17 +1,22 @@
 """Tool credentials on the wire: which fields are secret, how a credential
 becomes request headers, and OAuth2 access tokens (shared by every process
-through the database, cached until shortly before they expire)."""
+through the database, cached until shortly before they expire), including each
+user's own tokens for a ``perUser`` credential (``user_connections``) and the
+authorization-code exchange that makes them."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import threading
 import time
 
 from ..db.database import Database
 from ..db.queries import SQL
-from ..redaction import hint
+from ..errors import VaultError
+from ..redaction import MASK, hint
+from .errors import StepFailed
 from .outbound import Outbound, OutboundError
 
 # Fields whose values are secret, per credential type; everything else is shown.
@@ -95,7 +100,7 @@ class SharedTokens:
             if locked is not None:  # the freshest refresh token is the stored one
                 config = self.vault.decrypt(org_id, locked["secret"])
             body = fetch_token(config, self.http, timeout_ms, cancel)
-            expires_in = float(body.get("expires_in") or 3600)
+            lifetime = float(body.get("expires_in") or 3600)
             rotated = body.get("refresh_token")
             if locked is not None and rotated and rotated != config.get("refreshToken"):
                 self.db.rowcount(SQL.oauth_tokens.keep_rotated_secret, org_id=org_id, credential_id=credential_id,
@@ -103,29 +108,144 @@ class SharedTokens:
             # Last, and committed: the lock goes before the tool call this token is for.
             return self.db.one(SQL.oauth_tokens.store, commit=True, org_id=org_id, credential_id=credential_id,
                                access_token=self.vault.encrypt(org_id, body["access_token"]),
-                               expires_in=expires_in)
+                               expires_in=lifetime)
+
+
+    # ---- per-user connections (user_connections) -------------------------------------------------
+
+    def user_token(self, org_id, user_id, tool: dict, credential: dict, config: dict, timeout_ms: int = 30000,
+                   cancel: threading.Event | None = None) -> str:
+        """The access token ``user_id`` connected for this tool (a ``perUser`` oauth2 credential),
+        refreshed under the connection's row lock when it expires (one process refreshes, the others
+        wait and reuse its token; a rotated refresh token is kept). Never cached in the process: a
+        disconnected user's token stops being used at once. StepFailed naming the user and the tool
+        when the user has not connected it."""
+        stored = self.db.one(SQL.user_connections.current, commit=True, org_id=org_id, user_id=user_id,
+                             tool_id=tool["id"])
+        if stored is None or stored["id"] is None:
+            raise not_connected(user_id, stored, tool)
+        try:
+            if not stored["fresh"]:
+                stored = self._refresh_user(org_id, user_id, tool, config, timeout_ms, cancel)
+            return self.vault.decrypt(org_id, stored["tokens"], what="user's oauth2 tokens")["accessToken"]
+        except VaultError as exc:
+            raise StepFailed(str(exc)) from None
+
+    def _refresh_user(self, org_id, user_id, tool: dict, config: dict, timeout_ms: int, cancel) -> dict:
+        # As _refresh: the row lock is held while the provider answers, so no two processes spend
+        # the same refresh token; the one that waited finds the token the first one stored.
+        with self.db.transaction() as unit:
+            locked = self.db.one(SQL.user_connections.lock, org_id=org_id, user_id=user_id, tool_id=tool["id"])
+            if locked is None:  # disconnected meanwhile
+                raise not_connected(user_id, None, tool)
+            if locked["fresh"]:
+                unit.close(commit=True)
+                return locked
+            tokens = self.vault.decrypt(org_id, locked["tokens"], what="user's oauth2 tokens")
+            if not tokens.get("refreshToken"):
+                raise StepFailed(f"The access token user {user_id} connected for the tool {tool['name']!r} expired "
+                                 "and the provider gave no refresh token: the user must connect the tool again",
+                                 details={"name": "ConnectionExpired"})
+            body = fetch_token({**config, "refreshToken": tokens["refreshToken"]}, self.http, timeout_ms, cancel)
+            kept = {"accessToken": body["access_token"],
+                    "refreshToken": body.get("refresh_token") or tokens["refreshToken"]}
+            return self.db.one(SQL.user_connections.refreshed, commit=True, org_id=org_id, id=locked["id"],
+                               tokens=self.vault.encrypt(org_id, kept), expires_in=expires_in(body))
+
+
+def not_connected(user_id, stored: dict | None, tool: dict) -> StepFailed:
+    """The step error of a run whose user has not connected a per-user tool: names both."""
+    who = f"{stored['email']} ({user_id})" if stored and stored.get("email") else str(user_id)
+    how = f" (GET /auth/{tool['key']}/login?userId={user_id})" if tool.get("key") else ""
+    return StepFailed(f"User {who} has not connected the tool {tool['name']!r}{how}",
+                      details={"name": "NotConnected", "userId": str(user_id), "toolId": str(tool["id"])})
+
+
+MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600.0
+
+
+def expires_in(body: dict) -> float | None:
+    """Seconds a token endpoint's access token lives (None when it does not say, or says something that
+    is no number); a number or a numeric string (some providers send one), within 0 s to 10 years."""
+    value = body.get("expires_in")
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_LIFETIME_SECONDS)
+
+
+class TokenRequestFailed(OutboundError):
+    """A token endpoint refused (or answered without an access token): its ``error`` and
+    ``error_description`` (RFC 6749 section 5.2), when it gave them."""
+
+    def __init__(self, message: str, status: int, error: str | None, description: str | None):
+        super().__init__(message, retryable=status >= 500)
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+_SECRET_FORM_FIELDS = ("client_secret", "refresh_token", "code", "code_verifier")
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
+
+
+def token_request(token_url: str, form: dict, http: Outbound, timeout_ms: int,
+                  cancel: threading.Event | None = None) -> dict:
+    """POST a form to a token endpoint (through the outbound guard); its JSON answer, or
+    TokenRequestFailed naming the provider's error."""
+    reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"},
+                         timeout_ms=timeout_ms, cancel=cancel)
+    body = reply.body if isinstance(reply.body, dict) else {}
+    if reply.status >= 400 or not isinstance(body.get("access_token"), str) or not body["access_token"]:
+        # The provider's words go into step errors and the callback's answer: without anything
+        # secret it was sent (client secret, refresh token, code, PKCE verifier) should it repeat it.
+        sent = [str(form[name]) for name in _SECRET_FORM_FIELDS if form.get(name)]
+        error = _scrub(body.get("error"), sent) if isinstance(body.get("error"), str) else None
+        description = (_scrub(body.get("error_description"), sent)
+                       if isinstance(body.get("error_description"), str) else None)
+        said = ": " + ": ".join(str(x)[:300] for x in (error, description) if x) if error or description else ""
+        raise TokenRequestFailed(f"oauth2 token request to {token_url} failed with status {reply.status}{said}",
+                                 reply.status, error, description)
+    return body
 
 
 def fetch_token(config: dict, http: Outbound, timeout_ms: int = 30000,
                 cancel: threading.Event | None = None) -> dict:
     """The token endpoint's answer: with the refresh token when there is one, else with the client
     credentials; OutboundError when it gives no access token."""
-    token_url = config["tokenUrl"]
     form = {"client_id": config["clientId"], "client_secret": config["clientSecret"]}
     if config.get("refreshToken"):
         form.update(grant_type="refresh_token", refresh_token=config["refreshToken"])
     else:
         form["grant_type"] = "client_credentials"
     if config.get("scopes"):
-        scopes = config["scopes"]
-        form["scope"] = " ".join(scopes) if isinstance(scopes, list) else str(scopes)
-    reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"},
-                         timeout_ms=timeout_ms, cancel=cancel)
-    body = reply.body if isinstance(reply.body, dict) else {}
-    if reply.status >= 400 or "access_token" not in body:
-        raise OutboundError(f"oauth2 token request to {token_url} failed with status {reply.status}",
-                            retryable=reply.status >= 500)
-    return body
+        form["scope"] = scope_of(config)
+    return token_request(config["tokenUrl"], form, http, timeout_ms, cancel)
+
+
+def scope_of(config: dict) -> str:
+    """The ``scope`` parameter of an oauth2 credential's scopes."""
+    scopes = config.get("scopes") or []
+    return " ".join(scopes) if isinstance(scopes, list) else str(scopes)
+
+
+def exchange_code(config: dict, code: str, verifier: str, redirect_uri: str, http: Outbound,
+                  timeout_ms: int = 10000) -> dict:
+    """The authorization-code grant with PKCE (RFC 7636): the token endpoint's answer for a code a
+    user's consent produced; TokenRequestFailed when the provider refuses it (a wrong verifier too)."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "client_id": config["clientId"], "client_secret": config["clientSecret"], "code_verifier": verifier}
+    return token_request(config["tokenUrl"], form, http, timeout_ms)
 
 
 def placeholder(credential: dict, field: str) -> str:
@@ -163,6 +283,11 @@ def secret_headers_for(org_id, credential: dict, config: dict, tokens: SharedTok
     if kind == "basic":
         pair = f"{config['username']}:{config['password']}".encode()
         return {placeholder(credential, "basic"): base64.b64encode(pair).decode()}
+    if kind == "oauth2" and config.get("perUser"):
+        # build_call put the run's (or caller's) user and the tool next to the credential.
+        token = tokens.user_token(org_id, credential["acting_user_id"], credential["tool"], credential, config,
+                                  timeout_ms, cancel)
+        return {placeholder(credential, "accessToken"): token}
     if kind == "oauth2":
         return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, config, timeout_ms, cancel)}
     return {}

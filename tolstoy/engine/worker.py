@@ -39,6 +39,7 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from .runner import Engine, Run, seconds_between
+from .webhooks import Deliverer, DeliveryLoop
 
 log = logging.getLogger("tolstoy.worker")
 
@@ -66,7 +67,8 @@ class Worker:
     def __init__(self, db: Database, engine_factory, *, concurrency: int = 4, poll_seconds: float = 10.0,
                  lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
-                 clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100):
+                 clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
+                 deliverer: Callable[[str], Deliverer] | None = None):
         self.db = db
         self.clock = clock  # None: the database's clock decides what is due
         self.schedules_per_claim = schedules_per_claim
@@ -87,6 +89,9 @@ class Worker:
         self._held: dict = {}  # run id -> Run being executed by a thread of this worker
         self._lock = threading.Lock()
         self._next_maintenance = 0.0
+        # Outbound event webhooks: a thread of their own, woken when the run claim says one is due.
+        self.deliverer = deliverer(self.id) if deliverer is not None else None
+        self.deliveries = DeliveryLoop(self.deliverer, self.stopping) if self.deliverer is not None else None
 
     # ---- runs in hand -----------------------------------------------------------
 
@@ -120,6 +125,8 @@ class Worker:
                 self._held[run.id] = run
             pool.submit(self._execute, claimed, run)
         self._note_schedule(answer.get("next_schedule"), answer["now"])
+        if self.deliveries is not None and answer.get("next_delivery") is not None:
+            self.deliveries.due_in(seconds_between(answer["next_delivery"], answer["now"]))
         self.fire_when_due()
         due = answer.get("next_due")
         return len(answer["runs"]), (None if due is None else seconds_between(due, answer["now"]))
@@ -225,9 +232,12 @@ class Worker:
     def maintain(self, today=None) -> dict | None:
         """Keep the run history: partitions ahead, those past retention dropped (one worker at a time)."""
         result = self.db.scalar(SQL.runs.maintain_history, today=today, retention_days=self.retention_days,
-                                months_ahead=3)
+                                months_ahead=3, delivery_retention_days=(
+                                    self.deliverer.retention_days if self.deliverer is not None else None))
         if result and result.get("dropped"):
             log.info("history pruned", extra={"dropped": result["dropped"], "kept": result.get("kept")})
+        if result and any((result.get("pruned") or {}).values()):
+            log.info("deliveries pruned", extra=result["pruned"])
         return result
 
     def _maintain_when_due(self) -> None:
@@ -249,6 +259,10 @@ class Worker:
                                     args=(self.wake.set, self.stopping), daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat, name="tolstoy-heartbeat", daemon=True)
         watch = threading.Thread(target=self._watch_leases, name="tolstoy-lease-watch", daemon=True)
+        delivery = None
+        if self.deliveries is not None:
+            delivery = threading.Thread(target=self.deliveries.run, name="tolstoy-webhooks", daemon=True)
+            delivery.start()
         listener.start()
         heartbeat.start()
         watch.start()
@@ -276,6 +290,9 @@ class Worker:
             # Leaving the with-block waits for in-flight runs to reach their step boundary.
         self.stopping.set()
         self.drained.set()
+        if delivery is not None:
+            self.deliveries.stop()
+            delivery.join(timeout=self.deliverer.timeout_ms / 1000 + 5)
         heartbeat.join(timeout=self.lease_seconds)
         listener.join(timeout=2)
         log.info("worker stopped", extra={"worker": self.id})

@@ -1,0 +1,287 @@
+"""Per-user OAuth connect (the original service's ``auth.oauthLogin`` / ``auth.oauthCallback``):
+each user connects their own account to a tool whose oauth2 credential says ``perUser``, with
+the authorization code grant and PKCE (S256), and runs they start call the tool as them.
+
+- ``GET /auth/{toolKey}/login?userId=`` (tenant headers) → 302 to the credential's
+  ``authorizeUrl`` with ``response_type=code``, ``client_id``, ``redirect_uri``
+  (``TOLSTOY_PUBLIC_URL`` + ``/auth/{toolKey}/callback``), ``scope``, ``state`` and
+  ``code_challenge`` (``S256``).
+- ``GET /auth/{toolKey}/callback?code=&state=`` (public: the organization comes from the
+  verified state) → exchanges the code at ``tokenUrl`` through the outbound guard, keeps the
+  user's tokens encrypted (``user_connections``) → 200 ``{success, credentialId, message}``.
+- ``GET /users/{id}/connections``, ``DELETE /users/{id}/connections/{toolId}``.
+
+The ``state`` is ``<org>.<nonce>.<HMAC-SHA256(key, org|nonce|toolKey)>``: opaque to the
+provider, bound to the organization and the tool by its signature and to the user by its row
+(``oauth_states``, keyed by the nonce), which the callback deletes as it reads it, so a state
+works once, and only within 10 minutes. The PKCE verifier is derived from the nonce with the
+same server key (never stored, never in a URL): only this service can compute it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from urllib.parse import urlencode
+
+import falcon
+
+from .. import engine
+from ..config import Config
+from ..db.queries import SQL
+from ..errors import VaultError
+from ..jsonsafe import UNSTORABLE
+from . import resources
+from .dumping import dumper, many
+from .errors import NotFound, field_error
+from .requests import parse_uuid, validate_query
+from .schemas import TOOL_KEY, ConnectedSchema, LoginQuery, PageQuery, UserConnectionSchema
+
+STATE_MINUTES = 10
+EXCHANGE_TIMEOUT_MS = 10_000
+_TOOL_KEY = re.compile(TOOL_KEY)
+_STATE = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{43})$")
+_LOGIN = LoginQuery()
+_PAGE = PageQuery()
+_CONNECTED = dumper(ConnectedSchema())
+_CONNECTIONS = many(dumper(UserConnectionSchema()))
+
+
+def state_key(config: Config) -> bytes | None:
+    """The HMAC key of OAuth states and PKCE verifiers: derived from TOLSTOY_LINK_SECRET, else from the
+    first TOLSTOY_ENCRYPTION_KEY (so connect works wherever tokens can be kept), else None."""
+    secret = config.link_secret or (config.encryption_key.split(",")[0].strip() if config.encryption_key else None)
+    if not secret:
+        return None
+    return hmac.new(secret.encode(), b"tolstoy oauth state v1", hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signature(key: bytes, org: str, nonce: str, tool_key: str) -> str:
+    return _b64(hmac.new(key, f"state|{org}|{nonce}|{tool_key}".encode(), hashlib.sha256).digest())
+
+
+def sign_state(key: bytes, org_id: uuid.UUID, nonce: str, tool_key: str) -> str:
+    """The ``state`` of a login: organization, nonce, and their signature with the tool's key."""
+    return f"{org_id.hex}.{nonce}.{_signature(key, org_id.hex, nonce, tool_key)}"
+
+
+def read_state(key: bytes, state: str, tool_key: str) -> tuple[uuid.UUID, str]:
+    """(organization, nonce) of a state this service signed for this tool; 400 otherwise."""
+    found = _STATE.match(state)
+    if found is None or not hmac.compare_digest(found.group(3), _signature(key, found.group(1), found.group(2),
+                                                                           tool_key)):
+        raise field_error("state", "Not a valid state (altered, or not issued for this tool).")
+    return uuid.UUID(found.group(1)), found.group(2)
+
+
+def pkce_verifier(key: bytes, org_id: uuid.UUID, nonce: str) -> str:
+    """The PKCE code verifier of a login (43 URL-safe characters, RFC 7636), derived, never stored."""
+    return _b64(hmac.new(key, f"pkce|{org_id.hex}|{nonce}".encode(), hashlib.sha256).digest())
+
+
+def pkce_challenge(verifier: str) -> str:
+    """S256: BASE64URL(SHA256(verifier))."""
+    return _b64(hashlib.sha256(verifier.encode()).digest())
+
+
+def _per_user_config(tool: dict, row: dict | None, vault) -> dict:
+    """The decrypted oauth2 config of a tool's per-user credential; 400 when it has none."""
+    config = vault.decrypt(tool["org_id"], row["secret"]) if row is not None and row["type"] == "oauth2" else {}
+    if not (config.get("perUser") and config.get("authorizeUrl")):
+        raise field_error("toolKey", f"Tool {tool['name']!r} has no per-user oauth2 credential: store one with "
+                                     "perUser: true and an authorizeUrl (POST /tools/{id}/auth).")
+    return config
+
+
+def check_tool_key(tool_key: str) -> None:
+    """A key no tool can have names no tool: 404 before any query."""
+    if not _TOOL_KEY.match(tool_key):
+        raise NotFound("Tool")
+
+
+class _Connect:
+    def __init__(self, db, tools: engine.Tools, config: Config):
+        self.db = db
+        self.tools = tools
+        self.key = state_key(config)
+        self.public_url = config.public_url
+        self.production = config.is_production
+
+    def _ready(self) -> tuple[bytes, engine.Vault]:
+        if self.key is None or self.tools.vault is None:
+            raise falcon.HTTPServiceUnavailable(
+                description="Per-user connections need TOLSTOY_ENCRYPTION_KEY (tokens are kept encrypted).")
+        return self.key, self.tools.vault
+
+
+class OAuthLogin(_Connect):
+    """``GET /auth/{toolKey}/login?userId=``: 302 to the provider's consent page."""
+
+    # Starting a connection writes a login row: more than reading.
+    scope = "write"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, tool_key: str) -> None:
+        """Remember the login (10 minutes, single use) and send the user to consent."""
+        check_tool_key(tool_key)
+        query = validate_query(_LOGIN, req)
+        key, vault = self._ready()
+        org_id = req.context.org_id
+        tool = resources.get_or_404(self.db, SQL.tools.get_by_key, "Tool", org_id=org_id, key=tool_key)
+        user_id = query.get("userId") or req.context.user_id
+        if req.context.user_id is not None and user_id != req.context.user_id:
+            # Whoever consents at the provider lends their account to this user's runs: an acting
+            # user connects only themselves.
+            raise falcon.HTTPForbidden(title="Another user's connection",
+                                       description="userId must be the acting user (X-User-ID): a user connects "
+                                                   "only their own account.")
+        if user_id is None:
+            raise field_error("userId", "Name the user who connects: ?userId= (or the X-User-ID header).")
+        if not self.db.scalar(SQL.users.exists, org_id=org_id, id=user_id):
+            raise field_error("userId", "No user with this id in this organization.")
+        credential = self.db.one(SQL.tool_credentials.read_default, org_id=org_id, tool_id=tool["id"], actor="api",
+                                 user_id=user_id, run_id=None, purpose="connect")
+        config = _per_user_config(tool, credential, vault)
+        if self.public_url is None and self.production:
+            # Behind the Nginx of ops/ the Host header is what the client sent: a redirect_uri built from
+            # it would send the user's code wherever the caller chose. Only development trusts it.
+            raise falcon.HTTPServiceUnavailable(
+                description="Per-user connections need TOLSTOY_PUBLIC_URL in production (the redirect_uri "
+                            "registered with the provider starts with it).")
+        nonce = secrets.token_urlsafe(24)
+        base = self.public_url or req.prefix
+        redirect_uri = f"{base}/auth/{tool_key}/callback"
+        self.db.one(SQL.user_connections.start_login, commit=True, org_id=org_id, nonce=nonce, user_id=user_id,
+                    tool_id=tool["id"], redirect_uri=redirect_uri)
+        params = {"response_type": "code", "client_id": config["clientId"], "redirect_uri": redirect_uri,
+                  "scope": engine.scope_of(config), "state": sign_state(key, org_id, nonce, tool_key),
+                  "code_challenge": pkce_challenge(pkce_verifier(key, org_id, nonce)),
+                  "code_challenge_method": "S256"}
+        authorize = config["authorizeUrl"]
+        resp.status = falcon.HTTP_302
+        resp.location = authorize + ("&" if "?" in authorize else "?") + urlencode(params)
+        resp.cache_control = ["no-store"]
+
+
+class OAuthCallback(_Connect):
+    """``GET /auth/{toolKey}/callback?code=&state=``: where the provider sends the user back."""
+
+    access = "public"  # the organization comes from the verified state
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, tool_key: str) -> None:
+        """Consume the state, exchange the code (with the PKCE verifier), keep the user's tokens."""
+        check_tool_key(tool_key)
+        key, vault = self._ready()
+        params = {name: req.get_param(name) for name in ("code", "state", "error", "error_description")}
+        for name, value in params.items():
+            if isinstance(req.params.get(name), list):
+                raise field_error(name, "Give this parameter once.")
+            if value is not None and (UNSTORABLE.search(value) or len(value) > 4096):
+                raise field_error(name, "Not a valid value.")
+        if params["error"]:
+            if params["state"]:  # the login is over either way: its state may not be used again
+                self._take(key, params["state"], tool_key, consume_only=True)
+            description = params["error_description"] or "no description"
+            raise falcon.HTTPBadRequest(title="Authorization refused",
+                                        description=f"The provider answered {params['error']}: {description}")
+        if not params["state"]:
+            raise field_error("state", "The state parameter is required.")
+        if not params["code"]:
+            raise field_error("code", "The code parameter is required.")
+        org_id, login, credential = self._take(key, params["state"], tool_key)
+        config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
+        verifier = pkce_verifier(key, org_id, _STATE.match(params["state"]).group(2))
+        try:
+            body = engine.exchange_code(config, params["code"], verifier, login["redirect_uri"], self.tools.http,
+                                        EXCHANGE_TIMEOUT_MS)
+        except engine.TokenRequestFailed as exc:
+            if exc.status >= 500:
+                raise falcon.HTTPBadGateway(description=str(exc)) from None
+            said = ": ".join(x for x in (exc.error, exc.description) if x) or f"status {exc.status}"
+            raise falcon.HTTPBadRequest(title="Code exchange refused",
+                                        description=f"The provider refused the authorization code: {said}") from None
+        except engine.OutboundError as exc:
+            raise falcon.HTTPBadGateway(description=f"The provider's token endpoint failed: {exc}") from None
+        tokens = {"accessToken": body["access_token"]}
+        if body.get("refresh_token"):
+            tokens["refreshToken"] = body["refresh_token"]
+        scope = body.get("scope") if isinstance(body.get("scope"), str) else engine.scope_of(config) or None
+        lifetime = engine.expires_in(body)  # a numeric string too; bounded, so no interval overflows
+        with self.db.transaction(), self.db.tenant(org_id):
+            try:
+                sealed = vault.encrypt(org_id, tokens)
+            except VaultError as exc:
+                raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
+            row = self.db.one(SQL.user_connections.connect, commit=True, org_id=org_id, user_id=login["user_id"],
+                              tool_id=login["tool_id"], tokens=sealed, expires_in=lifetime,
+                              scope=scope[:2000] if scope else None)
+        resp.media = _CONNECTED({"success": True, "credentialId": row["id"],
+                                 "message": f"{login['email']} connected the tool {login['tool_name']!r}."})
+        resp.cache_control = ["no-store"]
+
+    def _take(self, key: bytes, state: str, tool_key: str, consume_only: bool = False):
+        """Verify and consume a state: (organization, login, the tool's credential); 400 for one that is
+        not valid, unknown, used or expired."""
+        try:
+            org_id, nonce = read_state(key, state, tool_key)
+        except falcon.HTTPBadRequest:
+            if consume_only:
+                return None
+            raise
+        failure = None
+        with self.db.transaction(), self.db.tenant(org_id):
+            login = self.db.one(SQL.user_connections.take_login, org_id=org_id, nonce=nonce)
+            credential = None
+            if login is None:
+                failure = field_error("state", "Unknown or already used state: start the login again.")
+            elif login["expired"]:
+                failure = field_error("state", f"This login expired (after {STATE_MINUTES} minutes): start again.")
+            elif login["tool_key"] != tool_key:
+                failure = field_error("state", "This state was issued for another tool.")
+            elif not consume_only:
+                credential = self.db.one(SQL.tool_credentials.read_default, org_id=org_id, tool_id=login["tool_id"],
+                                         actor="api", user_id=login["user_id"], run_id=None, purpose="connect")
+        # Committed: the state is spent even when it is refused here.
+        if failure is not None and not consume_only:
+            raise failure
+        return org_id, login, credential
+
+
+class UserConnections:
+    """``GET /users/{id}/connections`` and ``DELETE /users/{id}/connections/{toolId}``."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def user(self, req: falcon.Request, raw_id: str) -> uuid.UUID:
+        """The user in the path, or 404."""
+        user_id = parse_uuid(raw_id, "User")
+        if not self.db.scalar(SQL.users.exists, org_id=req.context.org_id, id=user_id):
+            raise NotFound("User")
+        return user_id
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """The tools the user connected, newest first (never their tokens)."""
+        user_id = self.user(req, id)
+
+        def fetch(query: dict, **page) -> list[dict]:
+            return self.db.all(SQL.user_connections.list_by_user, commit=True, org_id=req.context.org_id,
+                               user_id=user_id, **page)
+
+        resources.list_page(req, resp, _PAGE, fetch, _CONNECTIONS)
+
+    def on_delete_tool(self, req: falcon.Request, resp: falcon.Response, id: str, tool_id: str) -> None:
+        """Forget the user's tokens for the tool: 204, or 404 when they had not connected it."""
+        user_id = self.user(req, id)
+        tool = parse_uuid(tool_id, "Connection")
+        if not self.db.rowcount(SQL.user_connections.disconnect, commit=True, org_id=req.context.org_id,
+                                user_id=user_id, tool_id=tool):
+            raise NotFound("Connection")
+        resp.status = falcon.HTTP_204

@@ -1,0 +1,256 @@
+"""Signals to runs (table ``flow_run_signals``, sql/signals.sql): what a ``wait``
+step waits for.
+
+- ``POST /flows/{id}/executions/{executionId}/signals/{signal}`` ``{payload}``
+  (tenant routes, idempotent per ``Idempotency-Key``) → 202.
+- ``POST …/signals/{signal}/links`` ``{approver?, expiresInSeconds?}`` → 201
+  ``{url, expiresAt}``: an approval link for a person.
+- ``GET/POST /approvals/{token}``: the link itself, public (no API key, no tenant
+  header): the signed token names the organization, run and signal. ``GET``
+  only describes (link scanners fetch URLs); ``POST {decision, comment?}``
+  delivers ``{approved, approver, comment, at}`` once.
+
+A signal is stored in the transaction that holds the run's row locked, and the
+same statement wakes the run when a wait step of it is parked for that signal;
+the worker takes signals under the same lock (tolstoy_take_signal), so a run
+never parks past a signal. A signal sent before the run reaches its wait step
+is kept and taken when it gets there; one the run can no longer take (no
+unfinished wait step for it, or as many pending signals as such steps) is a 409.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import time
+import uuid
+
+import falcon
+
+from .. import metrics
+from ..config import Config
+from ..db import database as dbmod
+from ..db.queries import SQL
+from ..db.stores import write_execution_log
+from ..engine import RUN_STEP_KEY
+from ..times import iso
+from .dumping import dumper
+from .errors import Conflict, NotFound
+from .requests import parse_uuid, read_json, validate_body
+from .runs import idempotency_key
+from .schemas import (
+    SIGNAL_NAME_RE,
+    ApprovalSchema,
+    LinkCreatedSchema,
+    LinkSchema,
+    SignalAcceptedSchema,
+    SignalSchema,
+)
+
+FINISHED = ("completed", "failed", "cancelled")
+_SIGNAL = SignalSchema()
+_LINK = LinkSchema()
+_APPROVAL = ApprovalSchema()
+_ACCEPTED = dumper(SignalAcceptedSchema())
+_CREATED = dumper(LinkCreatedSchema())
+
+
+# ---- approval link tokens ------------------------------------------------------------
+
+def link_key(config: Config) -> bytes | None:
+    """The HMAC key of approval links: TOLSTOY_LINK_SECRET, else one derived from the first
+    TOLSTOY_ENCRYPTION_KEY (so links work wherever secrets can be kept), else None."""
+    if config.link_secret:
+        return config.link_secret.encode()
+    if config.encryption_key:
+        first = config.encryption_key.split(",")[0].strip()
+        return hmac.new(first.encode(), b"tolstoy approval links v1", hashlib.sha256).digest()
+    return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign_link(key: bytes, claims: dict) -> str:
+    """``<base64url JSON claims>.<base64url HMAC-SHA256 of the first part>``."""
+    body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    return f"{body}.{_b64(hmac.new(key, b'approval.' + body.encode(), hashlib.sha256).digest())}"
+
+
+def read_link(key: bytes, token: str, now: float) -> dict:
+    """The claims of a link: 401 when it is not one of ours (malformed, tampered), 410 when expired."""
+    body, _, mac = token.partition(".")
+    try:
+        good = hmac.compare_digest(_unb64(mac), hmac.new(key, b"approval." + body.encode(), hashlib.sha256).digest())
+        claims = json.loads(_unb64(body)) if good else None
+        if claims is not None:
+            claims = {"org": uuid.UUID(claims["o"]), "flow": uuid.UUID(claims["f"]), "run": uuid.UUID(claims["r"]),
+                      "signal": str(claims["s"]), "approver": claims.get("a"), "expires": int(claims["e"]),
+                      "link": uuid.UUID(claims["l"])}
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+        claims = None
+    if claims is None:
+        raise falcon.HTTPUnauthorized(title="Invalid link", description="This approval link is not valid.")
+    if claims["expires"] <= now:
+        raise falcon.HTTPGone(title="Link expired", description="This approval link has expired.")
+    return claims
+
+
+# ---- delivering a signal --------------------------------------------------------------
+
+def deliver(db: dbmod.Database, *, org_id, flow_id, run_id, signal: str, payload, source: str, user_id=None,
+            approver: str | None = None, key: str | None = None, link_id=None) -> tuple[dict, bool]:
+    """Inside the caller's transaction: lock the run, check it can take the signal, store it (waking the
+    run if it is parked for it) and log it. Returns (signal row, new); a repeated Idempotency-Key
+    returns the first signal, not new."""
+    run = db.one(SQL.runs.get_for_update, org_id=org_id, flow_id=flow_id, id=run_id)
+    if run is None:
+        raise NotFound("Execution")
+    state = db.one(SQL.signals.state, org_id=org_id, run_id=run["id"], run_created_at=run["created_at"],
+                   signal=signal, idempotency_key=key, link_id=link_id)
+    if key is not None and state["earlier"] is not None:
+        earlier = state["earlier"]
+        if earlier["signal"] != signal:
+            raise Conflict("This Idempotency-Key was used for another signal of this execution.")
+        return {"id": earlier["id"], "signal": earlier["signal"], "created_at": earlier["created_at"],
+                "run_id": run["id"]}, False
+    if state["link_used"]:
+        raise falcon.HTTPGone(title="Link used", description="This approval link was used already.")
+    if run["status"] in FINISHED:
+        raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
+    if state["waits"] <= state["pending"]:
+        raise Conflict(f"The execution is not waiting for the signal {signal!r}: no wait step of it that has not "
+                       "finished waits for it" + (" (a signal of that name is pending already)."
+                                                  if state["pending"] else "."))
+    sent = db.one(SQL.signals.send, org_id=org_id, run_id=run["id"], run_created_at=run["created_at"],
+                  signal=signal, payload=dbmod.json(payload), user_id=user_id, approver=approver,
+                  idempotency_key=key, link_id=link_id)
+    write_execution_log(db, org_id=org_id, flow_id=flow_id, user_id=user_id, execution_id=run["id"],
+                        step_key=RUN_STEP_KEY, status="pending",
+                        inputs={"signal": signal, "signalId": str(sent["id"]), "source": source,
+                                "approver": approver, "wokeRun": sent["woke"]},
+                        commit=True)
+    metrics.count_signal(source)
+    return {**sent, "run_id": run["id"]}, True
+
+
+def check_signal_name(signal: str) -> str:
+    """The signal of the path: 404 when no wait step could ever wait for it."""
+    if not SIGNAL_NAME_RE.match(signal):
+        raise NotFound("Signal")
+    return signal
+
+
+class RunSignals:
+    """``POST /flows/{id}/executions/{executionId}/signals/{signal}`` and ``…/links``."""
+
+    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+        self.db = db
+        self.key = link_key(config)
+        self.public_url = config.public_url
+        self.clock = clock
+
+    def on_post_signal(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str,
+                       signal: str) -> None:
+        """Send the signal with its payload: 202 once stored (the run wakes if it waits for it)."""
+        key = idempotency_key(req)
+        data = read_json(req)
+        flow_id = parse_uuid(id, "Flow")
+        run_id = parse_uuid(execution_id, "Execution")
+        check_signal_name(signal)
+        values = validate_body(_SIGNAL, data)
+        sent, _ = deliver(self.db, org_id=req.context.org_id, flow_id=flow_id, run_id=run_id, signal=signal,
+                          payload=values.get("payload"), source="api", user_id=req.context.user_id, key=key)
+        resp.status = falcon.HTTP_202
+        resp.media = _ACCEPTED(sent)
+
+    def on_post_links(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str,
+                      signal: str) -> None:
+        """An approval link for this run and signal: 201 ``{url, expiresAt}``."""
+        data = read_json(req)
+        flow_id = parse_uuid(id, "Flow")
+        run_id = parse_uuid(execution_id, "Execution")
+        check_signal_name(signal)
+        values = validate_body(_LINK, data)
+        if self.key is None:
+            raise falcon.HTTPServiceUnavailable(
+                description="Approval links need TOLSTOY_LINK_SECRET (or TOLSTOY_ENCRYPTION_KEY) to be signed.")
+        run = self.db.one(SQL.runs.get, org_id=req.context.org_id, flow_id=flow_id, id=run_id)
+        if run is None:
+            raise NotFound("Execution")
+        if run["status"] in FINISHED:
+            raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
+        state = self.db.one(SQL.signals.state, commit=True, org_id=req.context.org_id, run_id=run["id"],
+                            run_created_at=run["created_at"], signal=signal, idempotency_key=None, link_id=None)
+        if state["waits"] <= state["pending"]:
+            raise Conflict(f"The execution is not waiting for the signal {signal!r}.")
+        expires = int(self.clock()) + values["expiresInSeconds"]
+        token = sign_link(self.key, {"o": str(req.context.org_id), "f": str(flow_id), "r": str(run_id),
+                                     "s": signal, "a": values.get("approver"), "e": expires,
+                                     "l": str(uuid.uuid4())})
+        path = f"/approvals/{token}"
+        resp.status = falcon.HTTP_201
+        resp.location = path
+        resp.media = _CREATED({"url": (self.public_url or "") + path,
+                               "expires_at": dt.datetime.fromtimestamp(expires, dt.UTC),
+                               "approver": values.get("approver"), "signal": signal, "run_id": run_id})
+
+
+class Approval:
+    """``GET/POST /approvals/{token}``: an approval link, usable without credentials."""
+
+    access = "public"
+
+    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+        self.db = db
+        self.key = link_key(config)
+        self.clock = clock
+
+    def claims(self, token: str) -> dict:
+        if self.key is None:
+            raise falcon.HTTPServiceUnavailable(description="Approval links are not configured.")
+        return read_link(self.key, token, self.clock())
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """What the link approves (it does nothing: scanners and previews fetch links)."""
+        claims = self.claims(token)
+        with self.db.transaction(), self.db.tenant(claims["org"]):
+            run = self.db.one(SQL.runs.get, org_id=claims["org"], flow_id=claims["flow"], id=claims["run"])
+            if run is None:
+                raise NotFound("Execution")
+            state = self.db.one(SQL.signals.state, org_id=claims["org"], run_id=run["id"],
+                                run_created_at=run["created_at"], signal=claims["signal"], idempotency_key=None,
+                                link_id=claims["link"])
+        resp.media = {
+            "executionId": str(run["id"]), "flowId": str(run["flow_id"]), "signal": claims["signal"],
+            "approver": claims["approver"], "expiresAt": iso(dt.datetime.fromtimestamp(claims["expires"], dt.UTC)),
+            "executionStatus": run["status"], "used": state["link_used"],
+            "waiting": run["status"] not in FINISHED and state["waits"] > state["pending"],
+            "decisions": ["approve", "reject"],
+            "message": "POST this URL with {\"decision\": \"approve\" | \"reject\", \"comment\"?} to decide.",
+        }
+        resp.cache_control = ["no-store"]
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, token: str) -> None:
+        """Approve or reject: the signal ``{approved, approver, comment, at}``, once per link."""
+        claims = self.claims(token)
+        data = read_json(req)
+        values = validate_body(_APPROVAL, data)
+        approved = values["decision"] == "approve"
+        payload = {"approved": approved, "approver": claims["approver"], "comment": values.get("comment"),
+                   "at": iso(dt.datetime.now(dt.UTC))}
+        with self.db.transaction(), self.db.tenant(claims["org"]):
+            sent, _ = deliver(self.db, org_id=claims["org"], flow_id=claims["flow"], run_id=claims["run"],
+                              signal=claims["signal"], payload=payload, source="link",
+                              approver=claims["approver"], link_id=claims["link"])
+        resp.status = falcon.HTTP_202
+        resp.media = {**_ACCEPTED(sent), "approved": approved}

@@ -1,0 +1,269 @@
+// Tolstoy console: the little that needs a script. Pages are server-rendered and read without
+// it in headers mode; this adds API-key sign-in (the key stays in sessionStorage and travels in
+// the Authorization header, never a cookie), live refresh by polling, and the actions, which
+// call the API's own endpoints and show the API's own messages.
+(function () {
+  "use strict";
+
+  var KEY = "tolstoy.console.key";
+  var USER = "tolstoy.console.user";
+  var body = document.body;
+  var mode = body.dataset.mode;
+  var org = body.dataset.org;
+  var timer = null;
+
+  function apiKey() { return sessionStorage.getItem(KEY); }
+
+  // Headers of a page request: the API key in api_key mode (headers mode reads the path's org).
+  function pageHeaders() {
+    var headers = { "Accept": "text/html" };
+    if (mode === "api_key" && apiKey()) { headers.Authorization = "Bearer " + apiKey(); }
+    return headers;
+  }
+
+  // Headers of an API call: as any API client sends them.
+  function apiHeaders() {
+    var headers = { "Content-Type": "application/json", "Accept": "application/json" };
+    if (mode === "api_key") {
+      if (apiKey()) { headers.Authorization = "Bearer " + apiKey(); }
+    } else if (org) {
+      headers["X-Org-ID"] = org;
+    }
+    var user = sessionStorage.getItem(USER);
+    if (user) { headers["X-User-ID"] = user; }
+    return headers;
+  }
+
+  function signOut(reason) {
+    sessionStorage.removeItem(KEY);
+    location.assign("/console" + (reason ? "?signedout=" + encodeURIComponent(reason) : ""));
+  }
+
+  function load(url) {
+    return fetch(url, { headers: pageHeaders(), credentials: "omit", cache: "no-store" }).then(function (answer) {
+      if (answer.status === 401 && mode === "api_key") {
+        signOut("expired");
+        throw new Error("signed out");
+      }
+      return answer.text();
+    }).then(function (text) {
+      return new DOMParser().parseFromString(text, "text/html");
+    });
+  }
+
+  // Put a freshly fetched page's <main> (and the acting-user picker) in place of ours, keeping
+  // the focus and the last action's message.
+  function swap(doc) {
+    var fresh = doc.getElementById("main");
+    var main = document.getElementById("main");
+    if (!fresh || !main) { return; }
+    var focused = document.activeElement && main.contains(document.activeElement) ? document.activeElement.id : null;
+    var result = document.getElementById("action-result");
+    var openDetails = Array.prototype.map.call(main.querySelectorAll("details[open][id]"), function (d) { return d.id; });
+    fresh = document.adoptNode(fresh);
+    main.replaceWith(fresh);
+    if (result) {
+      var slot = document.getElementById("action-result");
+      if (slot) { slot.replaceWith(result); }
+    }
+    openDetails.forEach(function (id) { var d = document.getElementById(id); if (d) { d.open = true; } });
+    var who = document.getElementById("who");
+    var freshWho = doc.getElementById("who");
+    if (who && freshWho && who.querySelectorAll("option").length < freshWho.querySelectorAll("option").length) {
+      who.replaceWith(document.adoptNode(freshWho));
+      bindUser();
+    }
+    if (doc.title) { document.title = doc.title; }
+    if (focused && document.getElementById(focused)) { document.getElementById(focused).focus(); }
+    bind();
+  }
+
+  function refresh() {
+    return load(location.href).then(swap);
+  }
+
+  // Poll while the page says so: every 2 s with active runs on it, every 10 s on a first page.
+  function schedule() {
+    clearTimeout(timer);
+    var main = document.getElementById("main");
+    var live = main && main.dataset.live;
+    if (!live) { return; }
+    timer = setTimeout(function () {
+      if (document.hidden) { schedule(); return; }
+      refresh().then(schedule, schedule);
+    }, live === "active" ? 2000 : 10000);
+  }
+
+  function show(message, isError, link) {
+    var slot = document.getElementById("action-result");
+    if (!slot) { return; }
+    slot.textContent = message;
+    slot.classList.toggle("is-error", !!isError);
+    slot.setAttribute("role", isError ? "alert" : "status");
+    if (link) {
+      slot.appendChild(document.createTextNode(" "));
+      var a = document.createElement("a");
+      a.href = link.href;
+      a.textContent = link.text;
+      a.id = "action-link";
+      slot.appendChild(a);
+    }
+  }
+
+  // POST to an API endpoint; the API's answer (or its error message) is shown as it is.
+  function post(url, payload, control) {
+    if (control) { control.disabled = true; }
+    return fetch(url, { method: "POST", headers: apiHeaders(), body: JSON.stringify(payload || {}),
+                        credentials: "omit", cache: "no-store" })
+      .then(function (answer) {
+        return answer.text().then(function (text) {
+          var data = null;
+          try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+          if (!answer.ok) {
+            var message = (data && data.message) || ("HTTP " + answer.status);
+            show("The API answered " + answer.status + ": " + message, true);
+            return null;
+          }
+          return data;
+        });
+      }, function () { show("The API could not be reached.", true); return null; })
+      .then(function (data) {
+        if (control) { control.disabled = false; }
+        return data;
+      });
+  }
+
+  function runLink(data) {
+    return { href: "/console/orgs/" + org + "/runs/" + data.executionId, text: "Open run " + data.executionId.slice(0, 8) };
+  }
+
+  function bindActions() {
+    Array.prototype.forEach.call(document.querySelectorAll("button[data-api-post]"), function (button) {
+      if (button.dataset.bound) { return; }
+      button.dataset.bound = "1";
+      button.addEventListener("click", function () {
+        post(button.dataset.apiPost, {}, button).then(function (data) {
+          if (!data) { return; }
+          if (data.retryOf) {
+            show("Retry queued (" + data.status + ").", false, runLink(data));
+          } else {
+            show("Accepted: the run is " + data.status + ".");
+          }
+          refresh().then(schedule);
+        });
+      });
+    });
+    var execute = document.getElementById("execute");
+    if (execute && !execute.dataset.bound) {
+      execute.dataset.bound = "1";
+      execute.addEventListener("submit", function (event) {
+        event.preventDefault();
+        var variables;
+        try { variables = JSON.parse(document.getElementById("variables").value || "{}"); } catch (e) {
+          show("Variables: not valid JSON (" + e.message + ").", true);
+          return;
+        }
+        post(execute.dataset.apiPost, { variables: variables }, execute.querySelector("button")).then(function (data) {
+          if (data) { show("Run queued (" + data.status + ").", false, runLink(data)); }
+        });
+      });
+    }
+    Array.prototype.forEach.call(document.querySelectorAll("form.resolve"), function (form) {
+      if (form.dataset.bound) { return; }
+      form.dataset.bound = "1";
+      form.addEventListener("submit", function (event) {
+        event.preventDefault();
+        var payload = {};
+        var outcome = form.querySelector("[data-field=outcome]").value;
+        payload.outcome = outcome;
+        if (outcome === "succeeded") {
+          try { payload.outputs = JSON.parse(form.querySelector("[data-field=outputs]").value || "null"); } catch (e) {
+            show("Output: not valid JSON (" + e.message + ").", true);
+            return;
+          }
+        }
+        if (outcome === "failed") { payload.message = form.querySelector("[data-field=message]").value || null; }
+        post(form.dataset.apiPost, payload, form.querySelector("button")).then(function (data) {
+          if (!data) { return; }
+          show("Resolved: the run is " + data.status + " again.");
+          refresh().then(schedule);
+        });
+      });
+    });
+  }
+
+  function bindUser() {
+    var select = document.getElementById("acting-user");
+    if (!select) { return; }
+    var saved = sessionStorage.getItem(USER);
+    if (saved && select.querySelector("option[value='" + saved.replace(/[^0-9a-f-]/gi, "") + "']")) {
+      select.value = saved;
+    } else if (!saved && select.options.length > 1) {
+      select.selectedIndex = 1;
+      sessionStorage.setItem(USER, select.value);
+    }
+    select.addEventListener("change", function () { sessionStorage.setItem(USER, select.value); });
+    var out = document.getElementById("sign-out");
+    if (out) { out.addEventListener("click", function () { signOut(""); }); }
+  }
+
+  function reveal() {
+    Array.prototype.forEach.call(document.querySelectorAll(".js-only[hidden]"), function (el) { el.hidden = false; });
+  }
+
+  function bind() {
+    reveal();
+    bindActions();
+  }
+
+  function signIn() {
+    var form = document.getElementById("signin");
+    if (!form) { return; }
+    var error = document.getElementById("signin-error");
+    if (/signedout=expired/.test(location.search)) {
+      error.textContent = "Your API key was refused (expired, revoked or unknown); sign in again.";
+    }
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var key = document.getElementById("api-key").value.trim();
+      error.textContent = "";
+      fetch("/organizations?limit=1", { headers: { "Authorization": "Bearer " + key, "Accept": "application/json" },
+                                        credentials: "omit", cache: "no-store" })
+        .then(function (answer) {
+          return answer.json().then(function (data) { return { ok: answer.ok, status: answer.status, data: data }; });
+        })
+        .then(function (got) {
+          if (!got.ok || !Array.isArray(got.data) || !got.data.length) {
+            error.textContent = "Sign-in refused: " + ((got.data && got.data.message) || ("HTTP " + got.status));
+            return;
+          }
+          sessionStorage.setItem(KEY, key);
+          sessionStorage.removeItem(USER);
+          location.assign("/console/orgs/" + got.data[0].id + "/flows");
+        }, function () { error.textContent = "The server could not be reached."; });
+    });
+  }
+
+  function start() {
+    bindUser();
+    bind();
+    signIn();
+    var main = document.getElementById("main");
+    if (main && main.dataset.shell) {
+      if (!apiKey()) { signOut(""); return; }
+      refresh().then(function () {
+        var fresh = document.getElementById("main");
+        if (fresh) { fresh.focus({ preventScroll: true }); }
+        schedule();
+      });
+      return;
+    }
+    schedule();
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+}());

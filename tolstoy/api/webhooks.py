@@ -1,0 +1,189 @@
+"""``/webhooks``: outbound event webhooks (sql/webhooks.sql). Events are written to
+the outbox by the database in the transaction of the change they describe, and
+the workers deliver them (tolstoy/engine/webhooks.py). The secret and the custom
+header values are encrypted with the organization's data key and shown masked;
+the secret is shown in full once, in the answer that creates the webhook."""
+
+from __future__ import annotations
+
+import secrets as random
+
+import falcon
+
+from .. import engine
+from ..db import database as dbmod
+from ..db.queries import SQL
+from . import resources
+from .dumping import dumper, many
+from .errors import field_error
+from .requests import parse_uuid, read_json, validate_body
+from .responses import check_if_match, created, etag_of, respond
+from .schemas import (
+    MASK,
+    WEBHOOK_EVENT_TYPES,
+    PageQuery,
+    WebhookCreatedSchema,
+    WebhookDeliverySchema,
+    WebhookSchema,
+    WebhookTestSchema,
+)
+
+_SCHEMA = WebhookSchema()
+_DUMP = dumper(_SCHEMA)
+_CREATED = dumper(WebhookCreatedSchema())
+_DELIVERY = dumper(WebhookDeliverySchema())
+_TEST = dumper(WebhookTestSchema())
+_PAGE = PageQuery()
+SECRET_PREFIX = "whsec_"
+# Shown by GET, ignored when a client sends them back with PUT.
+DERIVED = frozenset({"disabledReason", "failingSince"})
+
+
+def new_secret() -> str:
+    """A random signing secret for a webhook."""
+    return SECRET_PREFIX + random.token_urlsafe(32)
+
+
+def represent(row: dict) -> dict:
+    """A webhook as the API shows it: secret and header values masked."""
+    return _DUMP({**row, "secret": MASK, "headers": {name: MASK for name in row.get("header_names") or []}})
+
+
+class Webhooks:
+    """``GET/POST /webhooks``, ``GET/PUT/PATCH/DELETE /webhooks/{id}``, ``PATCH …/toggle``,
+    ``GET /webhooks/event-types``, ``POST …/test`` and ``GET …/deliveries``."""
+
+    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, allow_networks=()):
+        self.db = db
+        self.vault = vault
+        self.allow_networks = tuple(allow_networks)
+
+    def _vault(self) -> engine.Vault:
+        if self.vault is None:
+            raise falcon.HTTPServiceUnavailable(
+                description="Webhooks need TOLSTOY_ENCRYPTION_KEY (or TOLSTOY_KMS_KEY_ID) to keep their secrets.")
+        return self.vault
+
+    def find(self, req: falcon.Request, raw_id: str, *, for_update: bool = False, commit: bool = False) -> dict:
+        """The webhook in the path, or 404 (also another organization's)."""
+        query = SQL.webhooks.get_for_update if for_update else SQL.webhooks.get
+        return resources.get_or_404(self.db, query, "Webhook", commit=commit, org_id=req.context.org_id,
+                                    id=parse_uuid(raw_id, "Webhook"))
+
+    def check_url(self, values: dict) -> None:
+        """400 naming url for a target the outbound guard would certainly refuse."""
+        if "url" in values:
+            problem = engine.webhook_target_problem(values["url"], self.allow_networks)
+            if problem:
+                raise field_error("url", problem)
+
+    # ---- collection ------------------------------------------------------------------
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """The organization's webhooks, newest first, one keyset page at a time."""
+        resources.list_page(
+            req, resp, _PAGE,
+            lambda query, **page: self.db.all(SQL.webhooks.list, commit=True, org_id=req.context.org_id, **page),
+            lambda rows: [represent(row) for row in rows],
+        )
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Create a webhook: 201 with its secret in full (the only time it is shown)."""
+        data = read_json(req)
+        values = validate_body(_SCHEMA, data, ignore=DERIVED)
+        self.check_url(values)
+        vault = self._vault()
+        org_id = req.context.org_id
+        secret = values.get("secret") or new_secret()
+        if secret == MASK:
+            raise field_error("secret", "Give a secret of your own, or none to have one generated.")
+        headers = values.get("headers") or {}
+        row = self.db.one(SQL.webhooks.insert, commit=True, org_id=org_id, name=values["name"], url=values["url"],
+                          event_types=values["event_types"], enabled=values["enabled"],
+                          secret=vault.encrypt(org_id, secret),
+                          headers=vault.encrypt(org_id, headers) if headers else None,
+                          header_names=sorted(headers))
+        created(req, resp, _CREATED({**row, "secret": secret, "headers": {n: MASK for n in row["header_names"]}}))
+
+    def on_get_event_types(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """Every event type a webhook may subscribe to."""
+        resp.media = list(WEBHOOK_EVENT_TYPES)
+
+    # ---- item ----------------------------------------------------------------------------
+
+    def on_get_item(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """One webhook with its ETag."""
+        respond(resp, represent(self.find(req, id, commit=True)))
+
+    def on_patch_item(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Change the fields sent (a field sent replaces the stored value whole; a masked secret or
+        header value sent back keeps the stored one)."""
+        data = read_json(req)
+        row = self.find(req, id, for_update=True)
+        check_if_match(req, etag_of(represent(row)))
+        if data.get("secret") == MASK:  # sent back as GET showed it: kept
+            data = {k: v for k, v in data.items() if k != "secret"}
+        values = validate_body(_SCHEMA, data, partial=True, ignore=DERIVED)
+        self.check_url(values)
+        org_id = req.context.org_id
+        secret, headers, header_names = row["secret"], row["headers"], row["header_names"]
+        if "secret" in values:
+            secret = self._vault().encrypt(org_id, values["secret"])
+        if "headers" in values:
+            sent = values["headers"] or {}
+            if any(value == MASK for value in sent.values()):
+                stored = self._vault().decrypt(org_id, row["headers"], "webhook headers") if row["headers"] else {}
+                unknown = [name for name, value in sent.items() if value == MASK and name not in stored]
+                if unknown:
+                    raise field_error("headers", f"No stored value to keep for {', '.join(unknown)}.")
+                sent = {name: stored[name] if value == MASK else value for name, value in sent.items()}
+            headers = self._vault().encrypt(org_id, sent) if sent else None
+            header_names = sorted(sent)
+        row = self.db.one(SQL.webhooks.update, commit=True, org_id=org_id, id=row["id"],
+                          name=values.get("name", row["name"]), url=values.get("url", row["url"]),
+                          event_types=values.get("event_types", row["event_types"]),
+                          enabled=values.get("enabled", row["enabled"]), secret=secret, headers=headers,
+                          header_names=header_names)
+        respond(resp, represent(row))
+
+    on_put_item = on_patch_item
+
+    def on_delete_item(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Delete a webhook with its deliveries: 204."""
+        row = self.find(req, id, for_update=True)
+        check_if_match(req, etag_of(represent(row)))
+        self.db.rowcount(SQL.webhooks.delete, commit=True, org_id=req.context.org_id, id=row["id"])
+        resp.status = falcon.HTTP_204
+
+    def on_patch_toggle(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Switch the webhook on or off (off cancels its pending deliveries; on forgets why the
+        workers disabled it)."""
+        row = self.find(req, id, for_update=True)
+        check_if_match(req, etag_of(represent(row)))
+        row = self.db.one(SQL.webhooks.toggle, commit=True, org_id=req.context.org_id, id=row["id"])
+        respond(resp, represent(row))
+
+    def on_post_test(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """Queue a ``webhook.test`` event for this webhook (whatever it subscribes to): the workers
+        send it like any other, signed; 202 with the delivery to follow in …/deliveries."""
+        row = self.find(req, id)
+        if not row["enabled"]:
+            raise falcon.HTTPConflict(description="The webhook is disabled: enable it first (PATCH …/toggle).")
+        delivery_id = self.db.scalar(SQL.webhooks.emit, commit=True, org_id=req.context.org_id, id=row["id"],
+                                     event_type="webhook.test",
+                                     data=dbmod.json({"webhookId": str(row["id"]), "name": row["name"],
+                                                      "message": "A test event sent through POST /webhooks/"
+                                                                 f"{row['id']}/test."}))
+        resp.status = falcon.HTTP_202
+        resp.media = _TEST({"delivery_id": delivery_id, "state": "pending"})
+        resp.location = f"/webhooks/{row['id']}/deliveries"
+
+    def on_get_deliveries(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
+        """The webhook's deliveries, newest first, each with every attempt, one keyset page at a time."""
+        row = self.find(req, id)
+        resources.list_page(
+            req, resp, _PAGE,
+            lambda query, **page: self.db.all(SQL.webhooks.deliveries, commit=True, org_id=req.context.org_id,
+                                              webhook_id=row["id"], **page),
+            many(_DELIVERY),
+        )
