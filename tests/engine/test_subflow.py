@@ -72,6 +72,22 @@ def test_a_parent_waits_for_its_child_and_gets_its_outputs(api, org, user, worke
     assert len(pending) == 1 and pending[0]["inputs"]["childExecutionId"] == child_id
 
 
+def test_a_secret_is_not_passed_in_clear_into_a_childs_variables(api, org, user, worker, db):
+    """A child run's variables are stored and shown as they are, so a step that would hand it a
+    secret (here a login token) fails, naming why, and queues no child."""
+    child = api.flow(org, steps=[step("use", "transform", {"output": "{{ variables.token }}"})])
+    parent = api.flow(org, steps=[
+        step("login", "transform", {"output": {"access_token": "tok-child-secret-991", "user": "ada"}}),
+        subflow("call", child, variables={"token": "{{ steps.login.access_token }}", "who": "ada"}),
+    ])
+    execution_id = execute(api, org, user, parent)["executionId"]
+    run = wait_for(api, org, parent, execution_id)
+    assert run["status"] == "failed" and "would carry a secret" in run["error"]["message"], run
+    assert children(db, execution_id) == []
+    shown = json.dumps(run) + json.dumps(logs_of(api, org, execution_id))
+    assert "tok-child-secret-991" not in shown
+
+
 def test_a_failed_child_fails_the_parent_step_with_its_error(api, org, user, worker, server):
     server.expect_request("/broken").respond_with_data('{"oops": 1}', status=400, content_type="application/json")
     child = api.flow(org, steps=[step("post", "http_request", {"method": "PUT", "url": server.url_for("/broken")})])

@@ -577,6 +577,7 @@ def _compat_paths(spec: APISpec) -> None:
         "responses": {"200": {"description": "Connected.", "content": _json("Connected")},
                       "400": {"description": "A bad, expired or reused state; the provider's error or its refusal "
                                              "of the code.", "content": _json("Error")},
+                      "404": {"description": "toolKey is not a tool key at all (malformed).", "content": _json("Error")},
                       "502": {"description": "The provider's token endpoint failed.", "content": _json("Error")}}}})
     user = [*_tenant_params(), {"name": "id", **uuid_param}]
     spec.path(path="/users/{id}/connections", operations={"get": {

@@ -533,6 +533,12 @@ class Engine:
         if not isinstance(variables, dict):
             return self.fail(run, step, attempt, shown, StepFailed(
                 f"subflow variables must be a JSON object, not {type(variables).__name__}"), 0)
+        if shown["variables"] != variables:
+            # A run's variables are stored and shown as they are: a secret passed on would be in clear.
+            return self.fail(run, step, attempt, shown, StepFailed(
+                "subflow variables would carry a secret (a credential, or a secret-named output such as "
+                "access_token) into the child run, whose variables are stored and shown in clear; let the "
+                "child call the tool with its credential instead", details={"name": "SecretInVariables"}), 0)
         if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
             run.writes.event(sid, "started", inputs=shown)
         run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)
