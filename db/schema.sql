@@ -2451,7 +2451,9 @@ CREATE TABLE public.flows (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     on_failure jsonb,
+    key text,
     CONSTRAINT flows_description_length CHECK ((char_length(description) <= 5000)),
+    CONSTRAINT flows_key_format CHECK ((key ~ '^[a-z0-9][a-z0-9_.-]{0,63}$'::text)),
     CONSTRAINT flows_name_length CHECK ((char_length(name) <= 200)),
     CONSTRAINT flows_on_failure_array CHECK (((on_failure IS NULL) OR (jsonb_typeof(on_failure) = 'array'::text))),
     CONSTRAINT flows_steps_array CHECK (((jsonb_typeof(steps) = 'array'::text) AND (jsonb_array_length(steps) > 0))),
@@ -2487,6 +2489,13 @@ COMMENT ON COLUMN public.flows.version IS 'Current version number; equals the hi
 --
 
 COMMENT ON COLUMN public.flows.on_failure IS 'Steps run when a run of the flow fails (validated by the API); null: none. Versioned with steps.';
+
+
+--
+-- Name: COLUMN flows.key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flows.key IS 'Optional short name of the flow, unique per organization (a subflow step may name its child by it: flowKey).';
 
 
 --
@@ -3586,6 +3595,13 @@ CREATE INDEX flows_org_id_created_at_id_idx ON public.flows USING btree (org_id,
 
 
 --
+-- Name: flows_org_id_key_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flows_org_id_key_key ON public.flows USING btree (org_id, key) WHERE (key IS NOT NULL);
+
+
+--
 -- Name: oauth_states_org_id_expires_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -4596,4 +4612,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000010'),
     ('20261201000011'),
     ('20261201000013'),
-    ('20261201000014');
+    ('20261201000014'),
+    ('20261201000015');

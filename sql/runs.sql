@@ -203,8 +203,15 @@ from tolstoy_renew_leases(:worker, :orgs::uuid[], :runs::uuid[], :tokens::intege
 
 -- name: subflow$
 -- A subflow step's writes, its child run found or queued, and the parent parked while a waited-for
--- child runs (tolstoy_subflow); TL001 when the lease is lost.
-select tolstoy_subflow(:worker, :org_id, :run_id, :token, :writes, :spec);
+-- child runs (tolstoy_subflow); TL001 when the lease is lost. A step naming its flow by key
+-- (:flow_key) has it resolved to the flow's id here, by flows_org_id_key_key, and the answer says which
+-- flow that was ("flowId"; null when the key names no flow now: tolstoy_subflow then reports the flow
+-- missing, unless the step's child run exists already).
+select tolstoy_subflow(:worker, :org_id, :run_id, :token, :writes,
+                       :spec::jsonb || jsonb_build_object('flow_id', t.flow_id))
+       || jsonb_build_object('flowId', t.flow_id)
+from (select coalesce(:flow_id::uuid,
+                      (select f.id from flows f where f.org_id = :org_id and f.key = :flow_key::text)) as flow_id) t;
 
 -- name: checkpoint$
 -- One engine step's writes and the run's move (tolstoy_checkpoint); TL001 when the lease is lost.

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-FLOW_KEYS = {"id", "orgId", "name", "description", "steps", "onFailure", "version", "createdAt", "updatedAt"}
+FLOW_KEYS = {"id", "orgId", "name", "key", "description", "steps", "onFailure", "version", "createdAt", "updatedAt"}
 VERSION_KEYS = {"version", "steps", "onFailure", "createdAt"}
 PHRASES = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 412: "Precondition Failed"}
 
@@ -136,6 +136,7 @@ def test_create_flow_optional_fields_are_null(api):
     org = api.org()
     flow = api.create("/flows", org, {"steps": [transform("only")]})
     assert flow["name"] is None
+    assert flow["key"] is None
     assert flow["description"] is None
     assert flow["version"] == 1
     # explicit null is accepted for the optional fields too
@@ -409,6 +410,50 @@ def test_delete_action_used_by_flow_is_not_blocked_by_steps(client, api):
 
 
 # ---- updates and versions ------------------------------------------------------------------
+
+def test_flow_key_is_optional_settable_and_does_not_change_the_version(client, api):
+    org = api.org()
+    flow = api.create("/flows", org, {"name": "F", "key": "billing.v2-run_1", "steps": [transform("a")]})
+    assert flow["key"] == "billing.v2-run_1" and flow["version"] == 1
+    path = f"/flows/{flow['id']}"
+    assert get(client, path, org).json["key"] == "billing.v2-run_1"
+    assert [f["key"] for f in get(client, "/flows", org).json] == ["billing.v2-run_1"]
+    renamed = patch(client, path, org, {"key": "billing"})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json["key"] == "billing" and renamed.json["version"] == 1
+    # An update without key keeps it (PUT is partial too).
+    for method in ("PATCH", "PUT"):
+        kept = patch(client, path, org, {"name": "G", "steps": [transform("a")]}, method=method)
+        assert kept.status_code == 200, kept.text
+        assert kept.json["key"] == "billing" and kept.json["version"] == 1
+    assert patch(client, path, org, {"key": "k" * 64}).json["key"] == "k" * 64
+    assert patch(client, path, org, {"key": None}).json["key"] is None
+
+
+@pytest.mark.parametrize("key", ["", "Billing", "-lead", ".x", "has space", "k" * 65, "é", 7, ["x"]])
+def test_flow_key_format_is_checked(client, api, key):
+    org = api.org()
+    assert_error(api.post("/flows", org, {"key": key, "steps": [transform("a")]}), 400, "key")
+    flow = api.flow(org)
+    assert_error(patch(client, f"/flows/{flow['id']}", org, {"key": key}), 400, "key")
+
+
+def test_flow_key_unique_per_org(client, api):
+    org, other = api.org("A"), api.org("B")
+    api.create("/flows", org, {"key": "billing", "steps": [transform("a")]})
+    second = api.create("/flows", org, {"key": "shipping", "steps": [transform("a")]})
+    body = assert_error(api.post("/flows", org, {"key": "billing", "steps": [transform("a")]}), 409)
+    assert body["message"] == "A flow with this key already exists in this organization."
+    assert "errors" not in body
+    path = f"/flows/{second['id']}"
+    for method in ("PUT", "PATCH"):
+        result = patch(client, path, org, {"key": "billing", "steps": [transform("a")]}, method=method)
+        assert_error(result, 409)
+    assert get(client, path, org).json == second
+    # Another organization may use the same key; flows without a key never clash.
+    assert api.create("/flows", other, {"key": "billing", "steps": [transform("a")]})["key"] == "billing"
+    assert api.flow(org)["key"] is None and api.flow(org)["key"] is None
+
 
 def test_version_rises_only_when_steps_really_change(client, api, db):
     org = api.org()

@@ -72,6 +72,56 @@ def test_a_parent_waits_for_its_child_and_gets_its_outputs(api, org, user, worke
     assert len(pending) == 1 and pending[0]["inputs"]["childExecutionId"] == child_id
 
 
+def by_key(step_id, key, **config):
+    return step(step_id, "subflow", {"flowKey": key, **config})
+
+
+def test_a_subflow_step_names_its_child_by_flow_key(api, org, user, worker, db):
+    child = api.flow(org, key="greeter", steps=[
+        step("greet", "transform", {"output": {"text": "hi {{ variables.who }}"}})])
+    parent = api.flow(org, steps=[by_key("call", "greeter", variables={"who": "{{ variables.name }}"}),
+                                  step("after", "transform", {"output": "{{ steps.call.greet.text }}!"})])
+    assert parent["steps"][0]["config"] == {"flowKey": "greeter", "variables": {"who": "{{ variables.name }}"}}
+    execution_id = execute(api, org, user, parent, {"name": "ada"})["executionId"]
+    run = wait_for(api, org, parent, execution_id)
+    assert run["status"] == "completed", run
+    assert run["outputs"]["call"] == {"greet": {"text": "hi ada"}}
+    assert run["outputs"]["after"] == "hi ada!"
+    rows = {s["stepId"]: s for s in run["steps"]}
+    assert rows["call"]["inputs"] == {"flowKey": "greeter", "version": None, "wait": True,
+                                      "variables": {"who": "ada"}}
+    kid = run_view(api, org, child, rows["call"]["childExecutionId"])
+    assert kid["flowId"] == child["id"] and kid["parentExecutionId"] == execution_id, kid
+    assert [c["id"] for c in children(db, execution_id)] == [rows["call"]["childExecutionId"]]
+
+
+def test_a_flow_key_that_names_no_flow_when_the_step_runs_fails_the_step(api, org, user, worker, db):
+    child = api.flow(org, key="billing", steps=[step("one", "transform", {"output": 1})])
+    parent = api.flow(org, steps=[by_key("call", "billing"), step("never", "transform", {"output": 1})])
+    renamed = api.client.simulate_patch(f"/flows/{child['id']}", json={"key": "invoicing"}, headers=api.headers(org))
+    assert renamed.status_code == 200, renamed.text
+    execution_id = execute(api, org, user, parent)["executionId"]
+    run = wait_for(api, org, parent, execution_id)
+    assert run["status"] == "failed", run
+    assert run["error"]["stepId"] == "call" and run["error"]["name"] == "SubflowNotFound", run
+    assert run["error"]["message"] == "No flow with key 'billing' in this organization (any more).", run
+    assert children(db, execution_id) == []
+    assert "never" not in {s["stepId"] for s in run["steps"]}
+    # Another organization's flow with that key is not found either.
+    theirs = api.org("Other")
+    api.flow(theirs, key="billing")
+    execution_id = execute(api, org, user, parent)["executionId"]
+    run = wait_for(api, org, parent, execution_id)
+    assert run["status"] == "failed" and run["error"]["name"] == "SubflowNotFound", run
+    # With a pinned version too.
+    pinned = api.flow(org, steps=[by_key("call", "invoicing", version=1)])
+    assert api.client.simulate_patch(f"/flows/{child['id']}", json={"key": None},
+                                     headers=api.headers(org)).status_code == 200
+    execution_id = execute(api, org, user, pinned)["executionId"]
+    run = wait_for(api, org, pinned, execution_id)
+    assert run["error"]["message"] == "No flow with key 'invoicing' in this organization (any more).", run
+
+
 def test_a_secret_is_not_passed_in_clear_into_a_childs_variables(api, org, user, worker, db):
     """A child run's variables are stored and shown as they are, so a step that would hand it a
     secret (here a login token) fails, naming why, and queues no child."""
@@ -230,7 +280,18 @@ def test_subflow_steps_are_checked_when_the_flow_is_saved(api, org):
         "steps[0].config.flowId": "No flow with this id in this organization."}
     assert errors_of([subflow("call", mine, version=2)]) == {
         "steps[0].config.version": "The flow has no version 2."}
-    assert set(errors_of([step("call", "subflow", {"flowKey": "billing"})])) == {"steps[0].config.flowKey"}
+    assert errors_of([step("call", "subflow", {"flowKey": "billing"})]) == {
+        "steps[0].config.flowKey": "No flow with this key in this organization."}
+    api.client.simulate_patch(f"/flows/{theirs['id']}", json={"key": "theirs"}, headers=api.headers(other_org))
+    assert set(errors_of([step("call", "subflow", {"flowKey": "theirs"})])) == {"steps[0].config.flowKey"}
+    assert set(errors_of([step("call", "subflow", {"flowKey": "Bad Key"})])) == {"steps[0].config.flowKey"}
+    keyed = api.client.simulate_patch(f"/flows/{mine['id']}", json={"key": "mine"}, headers=api.headers(org))
+    assert keyed.status_code == 200, keyed.text
+    assert errors_of([step("call", "subflow", {"flowKey": "mine", "flowId": mine["id"]})]) == {
+        "steps[0].config.flowKey": "Name the flow by flowId or by flowKey, not both."}
+    assert set(errors_of([step("call", "subflow", {"variables": {}})])) == {"steps[0].config.flowId"}
+    assert errors_of([step("call", "subflow", {"flowKey": "mine", "version": 2})]) == {
+        "steps[0].config.version": "The flow has no version 2."}
     assert set(errors_of([step("call", "subflow", {"flowId": mine["id"], "wait": "yes", "variables": [1]})])) == {
         "steps[0].config.wait", "steps[0].config.variables"}
     assert set(errors_of([{"id": "each", "type": "foreach", "config": {
@@ -242,6 +303,14 @@ def test_subflow_steps_are_checked_when_the_flow_is_saved(api, org):
     b = api.flow(org, steps=[subflow("back", mine)])
     assert errors_of([step("x", "transform", {"output": 1}), subflow("call", b)], mine) == {
         "steps[1].config.flowId": f"Sub-flow cycle: {mine['id']} → {b['id']} → {mine['id']}."}
+    # The same cycles named by key.
+    assert errors_of([by_key("me", "mine")], mine) == {
+        "steps[0].config.flowKey": f"Sub-flow cycle: {mine['id']} → {mine['id']}."}
+    c = api.flow(org, key="c", steps=[by_key("back", "mine")])
+    assert errors_of([by_key("call", "c")], mine) == {
+        "steps[0].config.flowKey": f"Sub-flow cycle: {mine['id']} → {c['id']} → {mine['id']}."}
+    assert errors_of([subflow("call", c)], mine) == {
+        "steps[0].config.flowId": f"Sub-flow cycle: {mine['id']} → {c['id']} → {mine['id']}."}
     # A version of itself that calls nothing is no cycle.
     ok = api.client.simulate_patch(f"/flows/{mine['id']}", json={"steps": [subflow("old", mine, version=1)]},
                                    headers=api.headers(org))

@@ -65,6 +65,7 @@ UNIQUE_MESSAGES = {
     "users_org_id_email_key": "A user with this email already exists in this organization.",
     "tools_org_id_name_key": "A tool with this name already exists in this organization.",
     "tools_org_id_key_key": "A tool with this key already exists in this organization.",
+    "flows_org_id_key_key": "A flow with this key already exists in this organization.",
     "actions_org_id_key_key": "An action with this key already exists in this organization.",
     "tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again.",
 }

@@ -15,7 +15,7 @@ from .schemas import FlowSchema, FlowVersionSchema, PageQuery
 
 MODEL = Model(
     name="flows", path="/flows", noun="Flow", tag="Flows", schema=FlowSchema,
-    writable=("name", "description", "steps", "on_failure"), json_columns=("steps", "on_failure"),
+    writable=("name", "key", "description", "steps", "on_failure"), json_columns=("steps", "on_failure"),
     delete_blocked_by="execution logs or executions (purge them with DELETE /flows/{id}/executions)",
 )
 _VERSION = dumper(FlowVersionSchema())
@@ -82,9 +82,9 @@ class FlowResource(resources.ModelResource):
         return record_id, row
 
     def subflow_problems(self, req: falcon.Request, named: list[tuple[str, int, dict]]) -> list[dict]:
-        """Every flow a subflow step names must be a flow of the caller's organization (with the version it
-        pins), and no chain of sub-flows visible now (through the versions they would run) may lead back to
-        the flow being saved."""
+        """Every flow a subflow step names (by flowId or flowKey) must be a flow of the caller's organization
+        (with the version it pins), and no chain of sub-flows visible now (through the versions they would
+        run) may lead back to the flow being saved."""
         problems = []
         saving = str(getattr(req.context, "flow_id", None) or "") or None
         for where, index, step in named:
@@ -92,40 +92,65 @@ class FlowResource(resources.ModelResource):
                 continue
             config = step["config"]
             field = f"{where}[{index}].config"
-            target = self.db.one(SQL.flows.subflow_target, org_id=req.context.org_id, id=config["flowId"],
-                                 version=config.get("version"))
+            named_by = "flowKey" if "flowKey" in config else "flowId"
+            target = self.subflow_target(req, config)
             if target is None:
-                problems.append({"field": f"{field}.flowId", "message": "No flow with this id in this organization."})
+                what = "key" if named_by == "flowKey" else "id"
+                problems.append({"field": f"{field}.{named_by}",
+                                 "message": f"No flow with this {what} in this organization."})
             elif target["steps"] is None:
                 problems.append({"field": f"{field}.version",
                                  "message": f"The flow has no version {config.get('version')}."})
             elif saving is not None:
                 cycle = self.subflow_cycle(req, saving, {**target, "pinned": config.get("version")})
                 if cycle:
-                    problems.append({"field": f"{field}.flowId",
+                    problems.append({"field": f"{field}.{named_by}",
                                      "message": "Sub-flow cycle: " + " → ".join(cycle) + "."})
         return problems
 
+    def subflow_target(self, req: falcon.Request, config: dict) -> dict | None:
+        """The flow a subflow step's config names (by flowId or flowKey) with the steps of the version it
+        would run now (None when the flow has no such version), or None when there is no such flow."""
+        if config.get("flowKey") is not None:
+            return self.db.one(SQL.flows.subflow_target_by_key, org_id=req.context.org_id,
+                               key=str(config["flowKey"]), version=config.get("version"))
+        return self.db.one(SQL.flows.subflow_target, org_id=req.context.org_id, id=str(config.get("flowId")),
+                           version=config.get("version"))
+
     def subflow_cycle(self, req: falcon.Request, saving: str, first: dict) -> list[str] | None:
         """The flow ids of a chain of sub-flows from ``saving`` through ``first`` back to ``saving`` (whose
-        current version is the one being saved), or None. Explores at most SUBFLOW_SEARCH flow versions."""
+        current version is the one being saved), or None. A step naming its flow by key is followed to
+        the flow that key names now. Explores at most SUBFLOW_SEARCH flow versions."""
         node = (str(first["id"]), first["pinned"])
         paths = {node: [saving, node[0]]}
         todo = [(node, first["steps"])]
+        by_key: dict[tuple, dict | None] = {}  # each (flowKey, version) is looked up once
         while todo:
             node, steps = todo.pop(0)
             if node == (saving, None):
                 return paths[node]
             for step in subflow_steps(steps):
                 config = step.get("config") or {}
-                nxt = (str(config.get("flowId")), config.get("version"))
-                if nxt in paths or len(paths) >= SUBFLOW_SEARCH:
+                if len(paths) >= SUBFLOW_SEARCH:
+                    break
+                if "flowKey" in config:
+                    ref = (config["flowKey"], config.get("version"))
+                    if ref not in by_key:  # a key is resolved before the node it names is known
+                        by_key[ref] = self.subflow_target(req, config)
+                    target = by_key[ref]
+                    if target is None:
+                        continue
+                    nxt = (str(target["id"]), config.get("version"))
+                else:
+                    target = None
+                    nxt = (str(config.get("flowId")), config.get("version"))
+                if nxt in paths:
                     continue
                 paths[nxt] = paths[node] + [nxt[0]]
                 if nxt == (saving, None):
                     return paths[nxt]
-                target = self.db.one(SQL.flows.subflow_target, org_id=req.context.org_id, id=nxt[0],
-                                     version=nxt[1])
+                if target is None:
+                    target = self.subflow_target(req, config)
                 if target is not None and target["steps"] is not None:
                     todo.append((nxt, target["steps"]))
         return None

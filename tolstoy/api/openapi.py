@@ -223,7 +223,9 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     spec.components.schemas["Step"]["properties"]["config"]["description"] = (
         "action: {actionId | actionKey, inputs}; http_request: {method, url, headers, body}; "
         "delay: {ms}; transform: {output}; foreach: {items, step (any step but foreach, without id), "
-        "concurrency (1-50, default 1), continueOnError (default false)}."
+        "concurrency (1-50, default 1), continueOnError (default false)}; subflow: {flowId | flowKey (exactly "
+        "one: a flow of the organization, or its key), version?, variables, wait (default true)}; "
+        "wait: {signal, timeoutMs, onTimeout}."
     )
 
     spec.components.parameter("OrgId", "header", {

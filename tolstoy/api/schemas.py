@@ -111,6 +111,8 @@ class UserSchema(TenantRecord):
 
 
 TOOL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# A flow's key has the same form (a subflow step may name its child flow by it).
+FLOW_KEY = TOOL_KEY
 
 
 class ToolSchema(TenantRecord):
@@ -422,21 +424,26 @@ class WaitStepConfig(Base):
 
 
 class SubflowStepConfig(Base):
-    """``subflow``: queue a run of another flow of the organization (its ``version``, or its version at that
-    moment) with ``variables`` (templates), and with ``wait`` take its outputs as this step's output."""
+    """``subflow``: queue a run of another flow of the organization, named by ``flowId`` or ``flowKey`` (its
+    ``version``, or its version at that moment) with ``variables`` (templates), and with ``wait`` take its
+    outputs as this step's output."""
 
-    flowId = fields.UUID(metadata={"description": "A flow of the same organization (required)."})
-    flowKey = fields.Raw(metadata={"description": "Refused: flows have no key; name the flow by flowId."})
+    flowId = fields.UUID(metadata={"description": "A flow of the same organization (this or flowKey)."})
+    flowKey = fields.String(
+        validate=validate.Regexp(FLOW_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
+        metadata={"description": "The key of a flow of the same organization (this or flowId), resolved to the "
+                                 "flow when the step runs."},
+    )
     version = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 2_147_483_647))
     variables = fields.Raw(load_default=dict, validate=_variables)
     wait = StrictBoolean(load_default=True)
 
     @validates_schema
-    def _no_flow_key(self, data, **kwargs):
-        if "flowKey" in data:
-            raise ValidationError("Flows have no key in Tolstoy; name the flow by flowId.", "flowKey")
-        if "flowId" not in data:
-            raise ValidationError("Missing data for required field.", "flowId")
+    def _one_flow_reference(self, data, **kwargs):
+        if "flowId" in data and "flowKey" in data:
+            raise ValidationError("Name the flow by flowId or by flowKey, not both.", "flowKey")
+        if "flowId" not in data and "flowKey" not in data:
+            raise ValidationError("Missing data for required field (flowId or flowKey).", "flowId")
 
 
 STEP_CONFIGS = {
@@ -496,9 +503,15 @@ class StepSchema(Base):
 
 
 class FlowSchema(TenantRecord):
-    """``{name?, description?, steps}``."""
+    """``{name?, key?, description?, steps, onFailure?}``."""
 
     name = text(0, 200, allow_none=True)
+    key = fields.String(
+        allow_none=True, load_default=None,
+        validate=validate.Regexp(FLOW_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
+        metadata={"description": "Optional short name, unique per organization: a subflow step may name this "
+                                 "flow by it (flowKey)."},
+    )
     description = text(0, 5000, allow_none=True)
     steps = fields.List(
         fields.Nested(StepSchema),

@@ -162,7 +162,8 @@ class Engine:
                 if subflow is not None:
                     answer = self.db.scalar(SQL.runs.subflow, worker=self.worker_id, org_id=run.org_id,
                                             run_id=run.id, token=run.token, writes=dbjson(writes),
-                                            spec=dbjson(subflow))
+                                            spec=dbjson(subflow), flow_id=subflow.get("flow_id"),
+                                            flow_key=subflow.get("flow_key"))
                 else:
                     answer = self.db.scalar(SQL.runs.checkpoint, worker=self.worker_id, org_id=run.org_id,
                                             run_id=run.id, token=run.token, writes=dbjson(writes))
@@ -528,7 +529,9 @@ class Engine:
         wait = config.get("wait", True) is not False
         variables = config.get("variables")
         variables = {} if variables is None else variables
-        shown = mask_json({"flowId": config.get("flowId"), "version": config.get("version"), "wait": wait,
+        flow_key = config.get("flowKey")
+        named = {"flowKey": flow_key} if flow_key is not None else {"flowId": config.get("flowId")}
+        shown = mask_json({**named, "version": config.get("version"), "wait": wait,
                            "variables": variables}, run.secrets)
         if not isinstance(variables, dict):
             return self.fail(run, step, attempt, shown, StepFailed(
@@ -542,13 +545,18 @@ class Engine:
         if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
             run.writes.event(sid, "started", inputs=shown)
         run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)
-        spec = {"step_id": sid, "flow_id": str(config.get("flowId")), "version": config.get("version"),
+        # A flowKey is resolved to its flow in the subflow statement itself (sql/runs.sql).
+        spec = {"step_id": sid, "flow_id": None if flow_key is not None else str(config.get("flowId")),
+                "flow_key": None if flow_key is None else str(flow_key), "version": config.get("version"),
                 "variables": variables, "wait": wait, "max_depth": self.subflow_max_depth}
         answer = self.checkpoint(run, subflow=spec) or {}
         if answer.get("cancel"):
             self._boundary(run)  # finishes the run as cancelled
         if answer.get("error"):
             error = answer["error"]
+            if flow_key is not None and answer.get("flowId") is None and error.get("name") == "SubflowNotFound":
+                error = {"name": "SubflowNotFound",
+                         "message": f"No flow with key {flow_key!r} in this organization (any more)."}
             return self.fail(run, step, attempt, shown, StepFailed(error["message"], details={
                 "name": error.get("name", "SubflowFailed")}), 0)
         child = answer["child"]
