@@ -1,7 +1,7 @@
 """The run console in real Chromium (Debian's /usr/bin/chromium, driven by Playwright for Python):
 a real HTTP server on 127.0.0.1 and a flow worker, both auth modes, live refresh, the timeline,
 actions through the API, the 404 page for another organization's run, and axe-core (vendored)
-with no serious or critical violation. Screenshots go to docs/ (the README shows them).
+with no serious or critical violation. With TOLSTOY_SCREENSHOTS=docs it rewrites the README's screenshots in docs/.
 
 Skipped without Chromium or Playwright, failed instead under CI=true (.ci/run installs both)."""
 
@@ -22,6 +22,9 @@ from tolstoy.api.app import create_app
 from tolstoy.config import Config
 
 ROOT = Path(__file__).resolve().parents[2]
+# The README's screenshots: rewritten only when asked (TOLSTOY_SCREENSHOTS=docs), so an ordinary
+# test run leaves the tree clean; otherwise they go to the test's temporary directory.
+SHOTS_TO_DOCS = os.environ.get("TOLSTOY_SCREENSHOTS") == "docs"
 AXE = (Path(__file__).parent / "vendor" / "axe.min.js").read_text()
 ADMIN = "admin-token-" + "b" * 24
 WAIT_MS = 20_000
@@ -134,7 +137,7 @@ def csp_clean(page) -> None:
     assert not [p for p in page.problems if "Content Security Policy" in p or "Uncaught" in p], page.problems
 
 
-def test_headers_mode_flows_live_runs_timeline_and_actions(site, page):
+def test_headers_mode_flows_live_runs_timeline_and_actions(site, page, tmp_path):
     status, org = call(site, "POST", "/organizations", {"name": "Acme Robotics"})
     h = {"X-Org-ID": org["id"]}
     status, user = call(site, "POST", "/users", {"email": "ada@acme.example", "name": "Ada"}, h)
@@ -170,7 +173,8 @@ def test_headers_mode_flows_live_runs_timeline_and_actions(site, page):
     assert page.evaluate("window.__sameDocument") is True  # refreshed in place, by polling
     failed_status, failed = call(site, "POST", f"/flows/{broken['id']}/execute", {}, hu)
     page.locator("table.runs tbody tr .status-failed").first.wait_for(timeout=WAIT_MS)
-    page.screenshot(path=str(ROOT / "docs" / "console-runs.png"), full_page=True)
+    shots = ROOT / "docs" if SHOTS_TO_DOCS else tmp_path
+    page.screenshot(path=str(shots / "console-runs.png"), full_page=True)
     no_serious_violations(page)
 
     # Its timeline: a bar per step, the delay as its own segment, the critical path marked.
@@ -184,7 +188,7 @@ def test_headers_mode_flows_live_runs_timeline_and_actions(site, page):
     assert page.locator("#timeline g.lane.critical").count() == 4
     assert "HELLO ADA" in page.inner_text("main")
     page.locator("#timeline").scroll_into_view_if_needed()
-    page.screenshot(path=str(ROOT / "docs" / "console-timeline.png"), full_page=True)
+    page.screenshot(path=str(shots / "console-timeline.png"), full_page=True)
     no_serious_violations(page)
 
     # Cancel a delayed run with the page's button (the API's own endpoint).
