@@ -115,3 +115,23 @@ def test_a_token_refresh_is_part_of_the_calls_deadline(api, org, user, worker_en
     assert time.monotonic() - started < 2.5
     assert result.status_code == 200 and result.json["success"] is False, result.text
     assert "Timed out" in result.json["data"]["error"] or "deadline" in result.json["data"]["error"]
+
+
+@pytest.mark.parametrize("lifetime", ["3600", 1e300])
+def test_a_lifetime_as_a_string_or_absurdly_long_still_gives_a_token(api, org, user, worker_env, app_db, server,
+                                                                     lifetime):
+    """An organization's token is read like a user's (tool_auth.expires_in): a numeric string is a
+    number, and a lifetime past any interval PostgreSQL can hold is bounded instead of failing."""
+    server.expect_request("/token", method="POST").respond_with_json(
+        {"access_token": "long-lived", "expires_in": lifetime})
+    server.expect_request("/me").respond_with_handler(
+        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
+                                 content_type="application/json"))
+    tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
+    api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token")}})
+    action = api.action(org, tool, key="me", method="GET", endpoint="/me")
+    client = testing.TestClient(create_app(Config.from_env(worker_env), app_db))
+    result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                  headers=api.headers(org, user))
+    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer long-lived", result.text

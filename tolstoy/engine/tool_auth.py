@@ -100,7 +100,7 @@ class SharedTokens:
             if locked is not None:  # the freshest refresh token is the stored one
                 config = self.vault.decrypt(org_id, locked["secret"])
             body = fetch_token(config, self.http, timeout_ms, cancel)
-            lifetime = float(body.get("expires_in") or 3600)
+            lifetime = expires_in(body) or 3600.0  # the same reading as a user's tokens get
             rotated = body.get("refresh_token")
             if locked is not None and rotated and rotated != config.get("refreshToken"):
                 self.db.rowcount(SQL.oauth_tokens.keep_rotated_secret, org_id=org_id, credential_id=credential_id,
