@@ -1,8 +1,10 @@
-"""The one way Tolstoy spells a timestamp: ISO 8601 in UTC, milliseconds, ``Z``."""
+"""Time, one way everywhere: how Tolstoy spells a timestamp (ISO 8601 in UTC, milliseconds,
+``Z``), the seconds between two database timestamps, and how far apart retries are spaced."""
 
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 
 def utcnow() -> dt.datetime:
@@ -20,3 +22,17 @@ def iso(value: dt.datetime | None) -> str | None:
 def now_iso() -> str:
     """The current time, spelled as every API body and log line spells it."""
     return iso(utcnow())
+
+
+def seconds_between(later: str | dt.datetime, earlier: str | dt.datetime) -> float:
+    """Seconds between two database timestamps (so a worker never mixes in its own clock)."""
+    def parse(value):
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return (parse(later) - parse(earlier)).total_seconds()
+
+
+def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random | None = None) -> int:
+    """Wait after failed attempt ``attempt`` (1 = the first): base doubled per attempt, capped, then
+    jittered down by up to a quarter so many retries coming due together spread out."""
+    delay = min(base_ms * (2 ** min(attempt - 1, 30)), max_ms)
+    return int(delay * (1 - 0.25 * (rng or random).random()))

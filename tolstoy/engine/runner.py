@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from .. import logs, metrics
+from .. import logs, metrics, times
 from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..redaction import mask_json, secret_strings
+from ..times import seconds_between
 from . import plans
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
@@ -65,12 +66,9 @@ def item_id(step_id: str, index: int) -> str:
 
 def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> int:
     """Wait before attempt ``attempt + 1``: fixed delayMs, or delayMs doubled per failed attempt;
-    capped, then jittered down by up to a quarter so retries of many runs spread out."""
-    delay = int(policy.get("delayMs", 1000))
-    if policy.get("backoffStrategy", "exponential") == "exponential":
-        delay = delay * (2 ** min(attempt - 1, 30))
-    delay = min(delay, MAX_BACKOFF_MS)
-    return int(delay * (1 - 0.25 * (rng or random).random()))
+    capped and jittered as every retry is (times.backoff_ms)."""
+    exponential = policy.get("backoffStrategy", "exponential") == "exponential"
+    return times.backoff_ms(attempt if exponential else 1, int(policy.get("delayMs", 1000)), MAX_BACKOFF_MS, rng)
 
 
 @dataclass
@@ -790,9 +788,3 @@ class Engine:
 
 class _Done(Exception):
     """The run reached an end (cancelled) between steps; nothing more to do."""
-
-
-def seconds_between(later: str | dt.datetime, earlier: str | dt.datetime) -> float:
-    """Seconds between two database timestamps (so the worker never mixes in its own clock)."""
-    parse = lambda v: dt.datetime.fromisoformat(v) if isinstance(v, str) else v  # noqa: E731
-    return (parse(later) - parse(earlier)).total_seconds()

@@ -23,7 +23,6 @@ import datetime as dt
 import email.utils
 import ipaddress
 import logging
-import random
 import re
 import socket
 import threading
@@ -38,6 +37,7 @@ from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..jsonsafe import dumps
+from ..times import backoff_ms, seconds_between
 from .outbound import Outbound, OutboundError, address_allowed, parse_networks
 from .vault import Vault
 
@@ -113,13 +113,6 @@ def retry_after_ms(value: str | None, now: float | None = None) -> int | None:
     return max(0, int((when.timestamp() - (now if now is not None else time.time())) * 1000))
 
 
-def backoff_ms(attempt: int, base_ms: int, max_ms: int, rng: random.Random | None = None) -> int:
-    """Wait after failed attempt ``attempt`` (1 = the first): base doubled per attempt, capped, then
-    jittered down by up to a quarter so many receivers coming back are not hit at once."""
-    delay = min(base_ms * (2 ** min(attempt - 1, 30)), max_ms)
-    return int(delay * (1 - 0.25 * (rng or random).random()))
-
-
 class Deliverer:
     """Claims due deliveries as it has free threads (``concurrency``), sends them and records every
     attempt. A claimed delivery is sent at once, so its lease (twice the timeout, plus a margin)
@@ -172,7 +165,7 @@ class Deliverer:
             return len(claimed), None
         # Due already but not handed out (locked by another worker, or behind an earlier delivery
         # being sent): look again shortly rather than spin.
-        return len(claimed), max(_seconds_between(due, answer["now"]), 0.25)
+        return len(claimed), max(seconds_between(due, answer["now"]), 0.25)
 
     def _attempt_then_free(self, delivery: dict) -> None:
         try:
@@ -302,8 +295,3 @@ def _header(headers: dict, name: str) -> str | None:
             return value
     return None
 
-
-def _seconds_between(later, earlier) -> float:
-    def parse(value):
-        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
-    return (parse(later) - parse(earlier)).total_seconds()

@@ -38,7 +38,8 @@ from ..db import database as dbmod
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
-from .runner import Engine, Run, seconds_between
+from ..times import seconds_between
+from .runner import Engine, Run
 from .webhooks import Deliverer, DeliveryLoop
 
 log = logging.getLogger("tolstoy.worker")
