@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 from .jsonsafe import UNSTORABLE
 
 PRESETS = ("tolstoy", "github", "stripe", "slack")
+SECRET_PREFIX = "whsec_"
 MAX_AGE = 300  # seconds a signed timestamp may be off (Stripe's and Slack's own tolerance)
+
+
+
+def new_secret() -> str:
+    """A random signing secret (webhook triggers and outbound webhooks alike), shown once."""
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
 
 # Headers kept with a delivery in the inbox (besides the preset's own): enough to tell what was sent.
 COMMON_HEADERS = ("Content-Type", "User-Agent")

@@ -11,7 +11,7 @@ import jsonschema
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 from referencing.exceptions import Unresolvable
 
-from .. import engine, schedules
+from .. import engine, schedules, signatures
 from ..engine import graph_errors
 from ..times import iso
 
@@ -833,7 +833,6 @@ class ApiKeySchema(Base):
 # ---- flow triggers ------------------------------------------------------------
 
 TRIGGER_TYPES = ("webhook", "schedule")
-VERIFICATIONS = ("tolstoy", "github", "stripe", "slack")
 # Presets whose sender makes the secret (Stripe's whsec_…, Slack's signing secret): it must be given.
 SENDER_SECRETS = ("stripe", "slack")
 _WEBHOOK_ONLY = (("verification", "verification"), ("secret", "secret"))
@@ -847,7 +846,7 @@ class TriggerSchema(TenantRecord):
     type = fields.String(required=True, validate=validate.OneOf(TRIGGER_TYPES))
     enabled = StrictBoolean(load_default=True)
     verification = fields.String(
-        validate=validate.OneOf(VERIFICATIONS), allow_none=True,
+        validate=validate.OneOf(signatures.PRESETS), allow_none=True,
         metadata={"description": "webhook: how requests are verified (default tolstoy: X-Tolstoy-Signature)."})
     secret = text(8, 500, load_only=True, metadata={
         "description": "webhook: the signing secret (required for stripe and slack, whose sender makes it; "

@@ -41,7 +41,7 @@ from ..times import iso
 from .dumping import dumper
 from .errors import Conflict, NotFound
 from .requests import parse_uuid, read_json, validate_body
-from .runs import idempotency_key
+from .runs import FINISHED, idempotency_key
 from .schemas import (
     SIGNAL_NAME_RE,
     ApprovalSchema,
@@ -51,7 +51,6 @@ from .schemas import (
     SignalSchema,
 )
 
-FINISHED = ("completed", "failed", "cancelled")
 _SIGNAL = SignalSchema()
 _LINK = LinkSchema()
 _APPROVAL = ApprovalSchema()

@@ -7,7 +7,6 @@ inbox, which can be listed and replayed into a new run."""
 from __future__ import annotations
 
 import datetime as dt
-import secrets as random
 from collections.abc import Callable
 
 import falcon
@@ -16,6 +15,7 @@ from .. import engine, metrics, schedules
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..jsonsafe import loads
+from ..signatures import new_secret
 from ..times import utcnow
 from . import resources
 from .dumping import dumper, many
@@ -38,12 +38,6 @@ _PATCH = TriggerPatchSchema()
 _DELIVERY = dumper(DeliverySchema())
 _ACCEPTED = dumper(RunAcceptedSchema())
 _PAGE = PageQuery()
-SECRET_PREFIX = "whsec_"
-
-
-def new_secret() -> str:
-    """A random signing secret for a webhook trigger."""
-    return SECRET_PREFIX + random.token_urlsafe(32)
 
 
 def represent(row: dict) -> dict:

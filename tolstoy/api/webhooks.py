@@ -6,13 +6,12 @@ the secret is shown in full once, in the answer that creates the webhook."""
 
 from __future__ import annotations
 
-import secrets as random
-
 import falcon
 
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
 from .errors import field_error
@@ -34,14 +33,8 @@ _CREATED = dumper(WebhookCreatedSchema())
 _DELIVERY = dumper(WebhookDeliverySchema())
 _TEST = dumper(WebhookTestSchema())
 _PAGE = PageQuery()
-SECRET_PREFIX = "whsec_"
 # Shown by GET, ignored when a client sends them back with PUT.
 DERIVED = frozenset({"disabledReason", "failingSince"})
-
-
-def new_secret() -> str:
-    """A random signing secret for a webhook."""
-    return SECRET_PREFIX + random.token_urlsafe(32)
 
 
 def represent(row: dict) -> dict:

@@ -38,7 +38,7 @@ from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..jsonsafe import dumps
 from ..times import backoff_ms, seconds_between
-from .outbound import Outbound, OutboundError, address_allowed, parse_networks
+from .outbound import Outbound, OutboundError, address_allowed, parse_networks, retryable_status
 from .vault import Vault
 
 log = logging.getLogger("tolstoy.webhooks")
@@ -225,7 +225,7 @@ class Deliverer:
         if 200 <= reply.status < 300:
             return {**result, "outcome": "delivered"}
         result["error"] = f"The receiver answered {reply.status}."
-        if reply.status == 429 or reply.status >= 500:
+        if retryable_status(reply.status):
             wait = retry_after_ms(_header(reply.headers, "retry-after"))
             if wait is None:
                 wait = backoff_ms(delivery["token"], self.retry_base_ms, self.retry_max_ms)
