@@ -61,13 +61,14 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
     settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
                 "retention_days": config.run_retention_days, **overrides}
-    settings.setdefault("deliverer", lambda worker_id: deliverer(config, db, worker_id))
+    settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 
 
-def deliverer(config, db: Database, worker_id: str) -> Deliverer:
-    """The sender of outbound event webhooks, wired from configuration."""
-    return Deliverer(db, Outbound(config.allow_networks), vault_from_config(config, db), worker_id,
+def deliverer(config, db: Database, worker_id: str, calls: Tools) -> Deliverer:
+    """The sender of outbound event webhooks, wired from configuration; it shares the engine's HTTP
+    client and vault (``calls``), so a worker has one connection pool and one data-key cache."""
+    return Deliverer(db, calls.http, calls.vault, worker_id,
                      timeout_ms=config.webhook_timeout_ms, retry_base_ms=config.webhook_retry_base_ms,
                      retry_max_ms=config.webhook_retry_max_ms, give_up_seconds=config.webhook_give_up_seconds,
                      retention_days=config.webhook_retention_days)

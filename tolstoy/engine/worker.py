@@ -39,6 +39,7 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..times import seconds_between
+from .calls import Tools
 from .runner import Engine, Run
 from .webhooks import Deliverer, DeliveryLoop
 
@@ -69,7 +70,7 @@ class Worker:
                  lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
-                 deliverer: Callable[[str], Deliverer] | None = None):
+                 deliverer: Callable[[str, Tools], Deliverer] | None = None):
         self.db = db
         self.clock = clock  # None: the database's clock decides what is due
         self.schedules_per_claim = schedules_per_claim
@@ -91,7 +92,7 @@ class Worker:
         self._lock = threading.Lock()
         self._next_maintenance = 0.0
         # Outbound event webhooks: a thread of their own, woken when the run claim says one is due.
-        self.deliverer = deliverer(self.id) if deliverer is not None else None
+        self.deliverer = deliverer(self.id, self.engine.tools) if deliverer is not None else None
         self.deliveries = DeliveryLoop(self.deliverer, self.stopping) if self.deliverer is not None else None
 
     # ---- runs in hand -----------------------------------------------------------
