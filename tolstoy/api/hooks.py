@@ -29,19 +29,10 @@ from ..db.queries import SQL
 from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
 from .dumping import dumper
 from .errors import NotFound, ValidationFailed, field_error
-from .requests import MAX_BODY_BYTES, is_chunked, parse_uuid
+from .requests import parse_uuid, read_raw
 from .schemas import HookAcceptedSchema
 
 _ACCEPTED = dumper(HookAcceptedSchema())
-
-
-def read_raw(req: falcon.Request) -> bytes:
-    """The body as sent, at most 1 MiB (413 beyond; the middleware already refused a larger Content-Length)."""
-    stream = req.stream if req.content_length is None and is_chunked(req) else req.bounded_stream
-    raw = stream.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise falcon.HTTPContentTooLarge(description="Request body is larger than 1 MiB.")
-    return raw
 
 
 def parse_object(raw: bytes) -> dict:

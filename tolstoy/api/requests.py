@@ -42,15 +42,19 @@ def is_chunked(req: falcon.Request) -> bool:
     return "chunked" in (req.get_header("Transfer-Encoding") or "").lower()
 
 
-def read_json(req: falcon.Request) -> dict:
-    """The request body as a JSON object; 413 past 1 MiB, 400 when empty, malformed or not an object."""
-    if req.content_length is None and is_chunked(req):
-        # No length to bound by: the server de-chunks, and we stop one byte past the cap.
-        raw = req.stream.read(MAX_BODY_BYTES + 1)
-    else:
-        raw = req.bounded_stream.read(MAX_BODY_BYTES + 1)
+def read_raw(req: falcon.Request) -> bytes:
+    """The body as sent, at most 1 MiB (413 beyond; the middleware already refused a larger Content-Length)."""
+    # Chunked: no length to bound by; the server de-chunks, and we stop one byte past the cap.
+    stream = req.stream if req.content_length is None and is_chunked(req) else req.bounded_stream
+    raw = stream.read(MAX_BODY_BYTES + 1)
     if len(raw) > MAX_BODY_BYTES:
         raise falcon.HTTPContentTooLarge(description="Request body is larger than 1 MiB.")
+    return raw
+
+
+def read_json(req: falcon.Request) -> dict:
+    """The request body as a JSON object; 413 past 1 MiB, 400 when empty, malformed or not an object."""
+    raw = read_raw(req)
     if not raw.strip():
         raise field_error("body", "A JSON object is required.")
     try:
