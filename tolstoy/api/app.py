@@ -125,6 +125,7 @@ def create_app(config: Config, db: Database) -> falcon.App:
     """A Falcon app serving the contract on the given (opened) database."""
     routes = build_routes(db, config)
     methods = allowed_methods(routes)
+    tenancy = TenantMiddleware(db, methods, config)
     app = falcon.App(
         middleware=[
             # First in, last out: its clock spans every other middleware.
@@ -133,7 +134,7 @@ def create_app(config: Config, db: Database) -> falcon.App:
             RequestContextMiddleware(),
             BodyGuardMiddleware(methods),
             SecurityHeadersMiddleware(config.cors_origins),
-            TenantMiddleware(db, methods, config),
+            tenancy,
         ]
     )
     # Answers are serialized with orjson (tolstoy.jsonsafe.dumps); request bodies are parsed
@@ -147,7 +148,7 @@ def create_app(config: Config, db: Database) -> falcon.App:
     app.add_static_route("/docs/static", openapi.DOCS_STATIC)
     # The run console: HTML for people, outside build_routes (the contract's routes) and the OpenAPI
     # document; its pages read through the same SQL and tenancy, its actions are the routes above.
-    run_console = console.Console(db, config)
+    run_console = console.Console(db, config, tenancy.keys)  # one cache of API-key grants per process
     for template, suffix in console.ROUTES:
         app.add_route(template, run_console, suffix=suffix)
     # Sinks and static routes added later win: the static files over the console's 404 sink.

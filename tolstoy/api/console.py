@@ -35,7 +35,7 @@ from ..db.database import ADMIN, Database, Tenant
 from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
-from .paging import decode_cursor, encode_cursor
+from .paging import encode_cursor, time_id_cursor, time_id_key
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
 log = logging.getLogger("tolstoy.console")
@@ -331,11 +331,11 @@ class Console:
 
     access = "public"  # TenantMiddleware steps aside: the console opens its own unit of work (below)
 
-    def __init__(self, db: Database, config: Config):
+    def __init__(self, db: Database, config: Config, keys: KeyOrganizations):
         self.db = db
         self.mode = config.auth_mode
         self.key_secret = config.api_key_secret
-        self.keys = KeyOrganizations(db)
+        self.keys = keys  # the API's own (TenantMiddleware's)
         self.env = _environment()
 
     # ---- rendering ---------------------------------------------------------------------------
@@ -551,13 +551,9 @@ class NotFoundSink:
 
 def cursor_params(req: falcon.Request) -> dict:
     """The keyset position of ``?cursor=`` (the console's 400 page for a bad one)."""
-    raw = req.get_param("cursor")
-    if not raw:
-        return {"after_created_at": None, "after_id": None}
     try:
-        created_at, row_id = decode_cursor(raw)
-        return {"after_created_at": dt.datetime.fromisoformat(created_at), "after_id": uuid.UUID(row_id)}
-    except (falcon.HTTPError, ValueError, TypeError):
+        return time_id_cursor({"cursor": req.get_param("cursor")})
+    except falcon.HTTPError:
         raise Page(400, "Bad request", "cursor: not a valid cursor.") from None
 
 
@@ -566,7 +562,7 @@ def next_url(req: falcon.Request, rows: list[dict], limit: int) -> str | None:
         return None
     last = rows[limit - 1]
     params = {k: v for k, v in req.params.items() if k != "cursor"}
-    params["cursor"] = encode_cursor([last["created_at"].isoformat(), str(last["id"])])
+    params["cursor"] = encode_cursor(time_id_key(last))
     return f"{req.path}?{urlencode(params)}"
 
 
@@ -616,7 +612,7 @@ def runs_page(db: Database, org_id, filters: dict, cursor: dict | None, limit: i
     exhausted = False
     if len(runs) > limit:
         runs = runs[:limit]
-        nxt = [runs[-1]["created_at"].isoformat(), str(runs[-1]["id"])]
+        nxt = time_id_key(runs[-1])
     elif scanned >= scan and rows[0]["edge_id"] is not None:
         # The window was full and held too few matches: go on from its oldest row.
         nxt = [rows[0]["edge_created_at"].isoformat(), str(rows[0]["edge_id"])]
