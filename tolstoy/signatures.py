@@ -10,6 +10,7 @@ time, and, where the sender signs a timestamp, refused when it is more than
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
@@ -23,6 +24,16 @@ PRESETS = ("tolstoy", "github", "stripe", "slack")
 SECRET_PREFIX = "whsec_"
 MAX_AGE = 300  # seconds a signed timestamp may be off (Stripe's and Slack's own tolerance)
 
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 4648 section 5), as signed tokens, PKCE and cursors spell bytes."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    """The bytes of unpadded base64url; ValueError (binascii.Error) when it is not."""
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def new_secret() -> str:

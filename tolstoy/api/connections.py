@@ -20,7 +20,6 @@ same server key (never stored, never in a URL): only this service can compute it
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import re
@@ -35,6 +34,7 @@ from ..config import Config
 from ..db.queries import SQL
 from ..errors import VaultError
 from ..jsonsafe import UNSTORABLE
+from ..signatures import b64url
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
@@ -60,12 +60,9 @@ def state_key(config: Config) -> bytes | None:
     return hmac.new(secret.encode(), b"tolstoy oauth state v1", hashlib.sha256).digest()
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
 
 def _signature(key: bytes, org: str, nonce: str, tool_key: str) -> str:
-    return _b64(hmac.new(key, f"state|{org}|{nonce}|{tool_key}".encode(), hashlib.sha256).digest())
+    return b64url(hmac.new(key, f"state|{org}|{nonce}|{tool_key}".encode(), hashlib.sha256).digest())
 
 
 def sign_state(key: bytes, org_id: uuid.UUID, nonce: str, tool_key: str) -> str:
@@ -84,12 +81,12 @@ def read_state(key: bytes, state: str, tool_key: str) -> tuple[uuid.UUID, str]:
 
 def pkce_verifier(key: bytes, org_id: uuid.UUID, nonce: str) -> str:
     """The PKCE code verifier of a login (43 URL-safe characters, RFC 7636), derived, never stored."""
-    return _b64(hmac.new(key, f"pkce|{org_id.hex}|{nonce}".encode(), hashlib.sha256).digest())
+    return b64url(hmac.new(key, f"pkce|{org_id.hex}|{nonce}".encode(), hashlib.sha256).digest())
 
 
 def pkce_challenge(verifier: str) -> str:
     """S256: BASE64URL(SHA256(verifier))."""
-    return _b64(hashlib.sha256(verifier.encode()).digest())
+    return b64url(hashlib.sha256(verifier.encode()).digest())
 
 
 def _per_user_config(tool: dict, row: dict | None, vault) -> dict:

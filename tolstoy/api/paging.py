@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 
 import falcon
 
+from ..signatures import b64url
 from .errors import field_error
 from .schemas import DEFAULT_PAGE
 
@@ -20,7 +21,7 @@ from .schemas import DEFAULT_PAGE
 def encode_cursor(values: list) -> str:
     """An opaque, URL-safe cursor holding the last row's sort key."""
     raw = json.dumps(values, separators=(",", ":"), default=str).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return b64url(raw)
 
 
 def decode_cursor(cursor: str) -> list:

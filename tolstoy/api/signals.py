@@ -20,7 +20,6 @@ unfinished wait step for it, or as many pending signals as such steps) is a 409.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import datetime as dt
 import hashlib
@@ -37,6 +36,7 @@ from ..db import database as dbmod
 from ..db.queries import SQL
 from ..db.stores import write_execution_log
 from ..engine import RUN_STEP_KEY
+from ..signatures import b64url, unb64url
 from ..times import iso
 from .dumping import dumper
 from .errors import Conflict, NotFound
@@ -71,26 +71,20 @@ def link_key(config: Config) -> bytes | None:
     return None
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def sign_link(key: bytes, claims: dict) -> str:
     """``<base64url JSON claims>.<base64url HMAC-SHA256 of the first part>``."""
-    body = _b64(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
-    return f"{body}.{_b64(hmac.new(key, b'approval.' + body.encode(), hashlib.sha256).digest())}"
+    body = b64url(json.dumps(claims, separators=(",", ":"), sort_keys=True).encode())
+    return f"{body}.{b64url(hmac.new(key, b'approval.' + body.encode(), hashlib.sha256).digest())}"
 
 
 def read_link(key: bytes, token: str, now: float) -> dict:
     """The claims of a link: 401 when it is not one of ours (malformed, tampered), 410 when expired."""
     body, _, mac = token.partition(".")
     try:
-        good = hmac.compare_digest(_unb64(mac), hmac.new(key, b"approval." + body.encode(), hashlib.sha256).digest())
-        claims = json.loads(_unb64(body)) if good else None
+        good = hmac.compare_digest(unb64url(mac), hmac.new(key, b"approval." + body.encode(), hashlib.sha256).digest())
+        claims = json.loads(unb64url(body)) if good else None
         if claims is not None:
             claims = {"org": uuid.UUID(claims["o"]), "flow": uuid.UUID(claims["f"]), "run": uuid.UUID(claims["r"]),
                       "signal": str(claims["s"]), "approver": claims.get("a"), "expires": int(claims["e"]),
