@@ -25,7 +25,7 @@ from ..redaction import mask_json
 from .errors import InvalidInputs, StepFailed
 from .outbound import Outbound, OutboundError, Reply, retryable_status
 from .templates import TemplateFailure, render
-from .tool_auth import SharedTokens, auth_headers, secret_headers_for, secret_values
+from .tool_auth import CallAuth, SharedTokens, auth_headers, secret_headers_for, secret_values
 from .vault import Reader, Vault
 
 log = logging.getLogger("tolstoy.engine")
@@ -43,8 +43,7 @@ class ToolCall:
     params: dict | None
     body: Any
     secrets: list = field(default_factory=list)  # clear values to mask where a tool echoes them
-    # (org_id, credential, config) whose values replace the headers' placeholders at send time
-    auth: tuple | None = None
+    auth: CallAuth | None = None  # what replaces the headers' placeholders at send time
 
 
 def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
@@ -173,11 +172,12 @@ class Tools:
                     raise StepFailed(f"Tool {tool['name']!r} calls as the user who connected it, but this run "
                                      "has no user (it was not started with X-User-ID)",
                                      details={"name": "NotConnected", "toolId": str(tool["id"])})
-                credential = {**credential, "acting_user_id": reader.user_id, "tool": tool}
+                auth = CallAuth(org_id, credential, config, reader.user_id, tool)
+            else:
+                auth = CallAuth(org_id, credential, config)
             # Placeholders only: the values go in when the request is sent (send()).
             headers.update(auth_headers(credential, config))
             secrets = secret_values(credential["type"], config)
-            auth = (org_id, credential, config)
         url = tool["base_url"].rstrip("/") + path
         if action["method"] in ("GET", "DELETE"):
             return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,
@@ -194,7 +194,7 @@ class Tools:
             headers["Idempotency-Key"] = idempotency_key
         started = time.monotonic()
         try:
-            values = secret_headers_for(*call.auth, self.tokens, timeout_ms, cancel) if call.auth else {}
+            values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel) if call.auth else {}
             # What the headers carry is secret too (Basic's base64 pair, a fetched OAuth2 token).
             call.secrets += [value for value in values.values() if value]
             left = timeout_ms - int((time.monotonic() - started) * 1000)

@@ -11,6 +11,8 @@ import datetime as dt
 import math
 import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from ..db.database import Database
 from ..db.queries import SQL
@@ -113,7 +115,7 @@ class SharedTokens:
 
     # ---- per-user connections (user_connections) -------------------------------------------------
 
-    def user_token(self, org_id, user_id, tool: dict, credential: dict, config: dict, timeout_ms: int = 30000,
+    def user_token(self, org_id, user_id, tool: dict, config: dict, timeout_ms: int = 30000,
                    cancel: threading.Event | None = None) -> str:
         """The access token ``user_id`` connected for this tool (a ``perUser`` oauth2 credential),
         refreshed under the connection's row lock when it expires (one process refreshes, the others
@@ -271,10 +273,23 @@ def auth_headers(credential: dict | None, config: dict | None) -> dict:
     return {}
 
 
-def secret_headers_for(org_id, credential: dict, config: dict, tokens: SharedTokens, timeout_ms: int,
+@dataclass(frozen=True)
+class CallAuth:
+    """What a call's placeholders are filled from at send time: the organization's credential and
+    its decrypted config; for a per-user oauth2 credential, also the acting user and the tool."""
+
+    org_id: Any
+    credential: dict
+    config: dict
+    user_id: Any = None
+    tool: dict | None = None
+
+
+def secret_headers_for(auth: CallAuth, tokens: SharedTokens, timeout_ms: int,
                        cancel: threading.Event | None = None) -> dict[str, str]:
     """The values behind ``auth_headers``' placeholders; an OAuth2 token fetched now (within the
     call's ``timeout_ms``) if no process holds a valid one."""
+    org_id, credential, config = auth.org_id, auth.credential, auth.config
     kind = credential["type"]
     if kind == "apiKey":
         return {placeholder(credential, "headerValue"): config["headerValue"]}
@@ -284,9 +299,8 @@ def secret_headers_for(org_id, credential: dict, config: dict, tokens: SharedTok
         pair = f"{config['username']}:{config['password']}".encode()
         return {placeholder(credential, "basic"): base64.b64encode(pair).decode()}
     if kind == "oauth2" and config.get("perUser"):
-        # build_call put the run's (or caller's) user and the tool next to the credential.
-        token = tokens.user_token(org_id, credential["acting_user_id"], credential["tool"], credential, config,
-                                  timeout_ms, cancel)
+        # build_call named the run's (or caller's) user and the tool.
+        token = tokens.user_token(org_id, auth.user_id, auth.tool, config, timeout_ms, cancel)
         return {placeholder(credential, "accessToken"): token}
     if kind == "oauth2":
         return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, config, timeout_ms, cancel)}
