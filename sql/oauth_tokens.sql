@@ -25,12 +25,6 @@ on conflict (org_id, credential_id) do update
 set access_token = excluded.access_token, expires_at = excluded.expires_at, updated_at = now()
 returning access_token, expires_at;
 
--- name: keep_rotated_secret!
--- The provider rotated the refresh token: the credential keeps the new one (encrypted).
-update tool_credentials
-set secret = :secret
-where org_id = :org_id and id = :credential_id;
-
 -- name: to_reencrypt
 -- The next batch (credential ids after :after_credential_id) of an organization's stored access
 -- tokens not encrypted with data key :version, locked, for `tolstoy secrets rotate --reencrypt`.

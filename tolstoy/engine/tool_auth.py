@@ -105,8 +105,10 @@ class SharedTokens:
             lifetime = expires_in(body) or 3600.0  # the same reading as a user's tokens get
             rotated = body.get("refresh_token")
             if locked is not None and rotated and rotated != config.get("refreshToken"):
-                self.db.rowcount(SQL.oauth_tokens.keep_rotated_secret, org_id=org_id, credential_id=credential_id,
-                                 secret=self.vault.encrypt(org_id, {**config, "refreshToken": rotated}))
+                # The credential keeps the new refresh token; the row is locked, so it is still ``locked``'s.
+                self.db.rowcount(SQL.tool_credentials.rewrite_secret, org_id=org_id, id=credential_id,
+                                 secret=self.vault.encrypt(org_id, {**config, "refreshToken": rotated}),
+                                 previous=locked["secret"])
             # Last, and committed: the lock goes before the tool call this token is for.
             return self.db.one(SQL.oauth_tokens.store, commit=True, org_id=org_id, credential_id=credential_id,
                                access_token=self.vault.encrypt(org_id, body["access_token"]),
