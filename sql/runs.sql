@@ -37,6 +37,12 @@ from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
 for update;
 
+-- name: status_of^
+-- Where one run of a flow stands (no outputs gathered): for checks before acting on it.
+select r.id, r.created_at, r.flow_id, r.status
+from flow_runs r
+where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
+
 -- name: list
 -- One keyset page of a flow's runs, newest first (only the children of :parent_id when given).
 select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,

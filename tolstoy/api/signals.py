@@ -177,7 +177,7 @@ class RunSignals:
         if self.key is None:
             raise falcon.HTTPServiceUnavailable(
                 description="Approval links need TOLSTOY_LINK_SECRET (or TOLSTOY_ENCRYPTION_KEY) to be signed.")
-        run = self.db.one(SQL.runs.get, org_id=req.context.org_id, flow_id=flow_id, id=run_id)
+        run = self.db.one(SQL.runs.status_of, org_id=req.context.org_id, flow_id=flow_id, id=run_id)
         if run is None:
             raise NotFound("Execution")
         if run["status"] in FINISHED:
@@ -217,7 +217,7 @@ class Approval:
         """What the link approves (it does nothing: scanners and previews fetch links)."""
         claims = self.claims(token)
         with self.db.transaction(), self.db.tenant(claims["org"]):
-            run = self.db.one(SQL.runs.get, org_id=claims["org"], flow_id=claims["flow"], id=claims["run"])
+            run = self.db.one(SQL.runs.status_of, org_id=claims["org"], flow_id=claims["flow"], id=claims["run"])
             if run is None:
                 raise NotFound("Execution")
             state = self.db.one(SQL.signals.state, org_id=claims["org"], run_id=run["id"],
