@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import jsonschema
-from referencing.exceptions import Unresolvable
-
+from .. import jsonschemas
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import write_action_log
@@ -61,12 +59,17 @@ def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
 
 
 def input_errors(schema: dict, inputs: dict) -> list[dict]:
-    """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``."""
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``. A schema
+    stored before its references were checked at save (or written past the API) is checked again
+    here: one whose references leave the document or point at no schema is the action's fault,
+    named ``inputs``, and nothing is fetched whatever it says (tolstoy/jsonschemas.py)."""
+    wrong = jsonschemas.reference_problem(schema)
+    if wrong:
+        return [{"field": "inputs", "message": f"The action's inputSchema cannot be used: {wrong}"}]
     problems = []
     try:
-        found = sorted(validator.iter_errors(inputs), key=lambda e: list(e.path))
-    except Unresolvable as exc:
+        found = sorted(jsonschemas.validator(schema).iter_errors(inputs), key=lambda e: list(e.path))
+    except jsonschemas.Unresolvable as exc:
         return [{"field": "inputs", "message": f"The action's inputSchema cannot resolve {exc.ref!r}."}]
     for error in found:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
