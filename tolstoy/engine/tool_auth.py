@@ -206,9 +206,11 @@ def _scrub(text: str, secrets: list[str]) -> str:
 def token_request(token_url: str, form: dict, http: Outbound, timeout_ms: int,
                   cancel: threading.Event | None = None) -> dict:
     """POST a form to a token endpoint (through the outbound guard); its JSON answer, or
-    TokenRequestFailed naming the provider's error."""
+    TokenRequestFailed naming the provider's error. The form holds the client secret and a refresh
+    token or code: a redirect to another origin is an OutboundError, not followed (a 307 would send
+    the form there)."""
     reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"},
-                         timeout_ms=timeout_ms, cancel=cancel)
+                         timeout_ms=timeout_ms, cancel=cancel, cross_origin_redirects=False)
     body = reply.body if isinstance(reply.body, dict) else {}
     if reply.status >= 400 or not isinstance(body.get("access_token"), str) or not body["access_token"]:
         # The provider's words go into step errors and the callback's answer: without anything
