@@ -138,6 +138,13 @@ class ToolSchema(TenantRecord):
         metadata={"description": "The tool treats a repeated Idempotency-Key as the same request, so the engine "
                                  "may send a call again when a worker died during it (see onUnknownOutcome)."},
     )
+    drop_credentials = StrictBoolean(
+        data_key="dropCredentials", load_only=True,
+        metadata={"description": "Write-only, for PUT/PATCH: a baseUrl on another origin (scheme, host, port) than "
+                                 "the stored one is refused (409) while the tool has credentials or users' "
+                                 "connections, which are sent only to the origin they were stored for; true "
+                                 "deletes them (and their OAuth2 tokens) in the same transaction as the change."},
+    )
 
 
 class FieldValidationSchema(Base):

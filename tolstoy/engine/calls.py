@@ -191,13 +191,14 @@ class Tools:
              cancel: threading.Event | None = None) -> Reply:
         """Make the call, ending it at ``timeout_ms`` or when ``cancel`` is set (an OAuth2 token
         fetched for it included); OutboundError becomes StepFailed. The credential's values
-        replace the placeholders only here, on their way to the wire."""
+        replace the placeholders only here, on their way to the wire, and only when the call goes
+        to the origin the credential was stored for (else StepFailed, nothing sent)."""
         headers = dict(call.headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         started = time.monotonic()
         try:
-            values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel) if call.auth else {}
+            values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel, url=call.url) if call.auth else {}
             # What the headers carry is secret too (Basic's base64 pair, a fetched OAuth2 token).
             call.secrets += [value for value in values.values() if value]
             left = timeout_ms - int((time.monotonic() - started) * 1000)
