@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -36,6 +37,8 @@ from httpcore._backends.sync import SyncBackend
 from .. import jsonsafe
 from ..redaction import mask_headers
 
+log = logging.getLogger("tolstoy.outbound")
+
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_REDIRECTS = 5
 
@@ -50,6 +53,13 @@ class OutboundError(Exception):
 
 class ForbiddenTarget(OutboundError):
     """The target resolves to an address requests may not reach (loopback, private, metadata…)."""
+
+
+def refusal(host: str) -> str:
+    """What a tenant is told when a connection is refused: the host as it was given and the rule,
+    never the address it resolved to."""
+    return (f"Refusing to connect to {host}: it is not a public address. "
+            "The operator may allow its network with TOLSTOY_ALLOW_NETWORKS.")
 
 
 class CallCancelled(OutboundError):
@@ -244,12 +254,12 @@ class GuardedBackend(SyncBackend):
         addresses = [info[4][0] for info in infos]
         refused = [a for a in addresses if not address_allowed(a, self.allow)]
         if refused:
+            # The tenant learns the rule, not what its name resolved to (that would map the
+            # operator's internal network); the operator reads the address in the log.
             carried = embedded_ipv4(ipaddress.ip_address(refused[0]))
-            reaches = f", which reaches {', '.join(map(str, carried))}" if carried else ""
-            raise ForbiddenTarget(
-                f"Refusing to connect to {host} ({refused[0]}{reaches}): not a public address. "
-                "Add its network to TOLSTOY_ALLOW_NETWORKS to allow it."
-            )
+            log.warning("refused a connection to %s: it resolved to %s%s, not a public address", host, refused[0],
+                        f" (which reaches {', '.join(map(str, carried))})" if carried else "")
+            raise ForbiddenTarget(refusal(host))
         stream = super().connect_tcp(addresses[0], port, budget, local_address, socket_options)
         return _LimitedStream(stream)
 
