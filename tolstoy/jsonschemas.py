@@ -13,9 +13,10 @@ reference can be made absolute by an ``$id`` or a nested ``$schema``. So:
   the document or fail: a ``$ref``/``$dynamicRef``/``$recursiveRef`` that is not ``#…``, an
   ``$id`` below the root (it would change the base ``#`` resolves against), a nested
   ``$schema`` naming another dialect (its keywords and ids would be read another way), and a
-  reference that points at nothing or at something that is not a schema (``#/info/title``).
-  With no ``$id`` below the root every ``#`` reference resolves against the root, so each is
-  checked by one lookup.
+  reference that points at nothing or at something that is not a schema (``#/info/title``), and
+  references that loop back without reading further into the input (``{"allOf": [{"$ref":
+  "#"}]}``), on which validation would never end. With no ``$id`` below the root every ``#``
+  reference resolves against the root, so each is checked by one lookup.
 """
 
 from __future__ import annotations
@@ -68,28 +69,72 @@ def reference_problem(schema: Any) -> str | None:
     if not isinstance(schema, dict):
         return None
     resolver = REGISTRY.resolver_with_root(DRAFT202012.create_resource(schema))
-    seen: set[int] = set()
+    nodes: dict[int, dict] = {}
+    # Schemas applied to the same part of the input as their node: by a reference or an in-place
+    # applicator. A loop of these never reads further into the input, so validation would not end.
+    in_place: dict[int, list] = {}
     pending = [(schema, True)]
     try:
         while pending:
             node, is_root = pending.pop()
-            if not isinstance(node, dict) or id(node) in seen:
+            if not isinstance(node, dict) or id(node) in nodes:
                 continue
-            seen.add(id(node))
+            nodes[id(node)] = node
             wrong = _own_problem(node, is_root)
             if wrong:
                 return wrong
+            targets = []
             for keyword in REFERENCE_KEYWORDS:
                 if keyword in node:
                     target, wrong = _target(resolver, keyword, node[keyword])
                     if wrong:
                         return wrong
-                    pending.append((target, False))
+                    targets.append(target)
+            in_place[id(node)] = [each for each in [*targets, *_in_place_subschemas(node)] if isinstance(each, dict)]
+            pending.extend((target, False) for target in targets)
             # The subschemas of a 2020-12 schema object, by referencing's own list of its keywords.
             pending.extend((sub, False) for sub in DRAFT202012.subresources_of(node))
     except (AttributeError, TypeError, ValueError):  # a shape the meta-schema would have refused
         return "Not a valid JSON Schema."
+    if _loops(in_place):
+        return ("References loop back to a schema they started from without reading further into the input "
+                "(e.g. {\"allOf\": [{\"$ref\": \"#\"}]}): validation would never end.")
     return None
+
+
+_IN_PLACE_ONE = ("not", "if", "then", "else")
+_IN_PLACE_MANY = ("allOf", "anyOf", "oneOf")
+
+
+def _in_place_subschemas(node: dict) -> list:
+    found = [node[keyword] for keyword in _IN_PLACE_ONE if keyword in node]
+    found += [each for keyword in _IN_PLACE_MANY for each in node.get(keyword) or ()]
+    found += list((node.get("dependentSchemas") or {}).values())
+    return found
+
+
+def _loops(edges: dict[int, list]) -> bool:
+    """Whether the graph of in-place applications has a cycle (iterative depth-first search)."""
+    done: set[int] = set()
+    for start in edges:
+        if start in done:
+            continue
+        path: set[int] = {start}
+        stack = [(start, iter(edges.get(start, ())))]
+        while stack:
+            current, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.discard(current)
+                done.add(current)
+                continue
+            if id(child) in path:
+                return True
+            if id(child) not in done:
+                path.add(id(child))
+                stack.append((id(child), iter(edges.get(id(child), ()))))
+    return False
 
 
 def _own_problem(node: dict, is_root: bool) -> str | None:

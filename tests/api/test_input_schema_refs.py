@@ -119,6 +119,33 @@ def test_a_pointer_to_something_that_is_not_a_schema_is_a_400(api, org, tool, sc
     assert said in body["errors"][0]["message"], body
 
 
+LOOPS = [
+    {"allOf": [{"$ref": "#"}]},
+    {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"anyOf": [{"$ref": "#/$defs/a"}]}}},
+    {"if": {"$dynamicRef": "#/$defs/x"}, "$defs": {"x": {"not": {"$ref": "#"}}}},
+    {"dependentSchemas": {"a": {"$ref": "#"}}},
+]
+
+
+@pytest.mark.parametrize("schema", LOOPS)
+def test_a_reference_loop_that_reads_no_input_is_a_400_and_an_old_row_with_one_no_500(api, org, user, tool, db,
+                                                                                    schema):
+    """Validation would recurse until Python gives up (a 500): a 400 at save, and at run time."""
+    body = assert_error(save(api, org, tool, schema), 400, "inputSchema")
+    assert "never end" in body["errors"][0]["message"], body
+    action = api.create("/actions", org, {"toolId": tool["id"], "name": "Get", "key": "loop", "method": "GET",
+                                          "endpoint": "/things", "inputSchema": {"type": "object"}})
+    stored_behind_the_api(db, org, action, schema)
+    call = api.client.simulate_post(f"/actions/{action['id']}/execute", headers=api.headers(org, user),
+                                    json={"inputs": {"a": 1}})
+    assert_error(call, 400, "inputs")
+
+
+def test_a_recursive_schema_that_reads_the_input_is_fine(api, org, tool):
+    tree = {"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}
+    assert save(api, org, tool, tree).status_code == 201
+
+
 def test_references_inside_the_document_still_work(api, org, tool, server):
     from werkzeug import Response
 

@@ -71,6 +71,9 @@ def input_errors(schema: dict, inputs: dict) -> list[dict]:
         found = sorted(jsonschemas.validator(schema).iter_errors(inputs), key=lambda e: list(e.path))
     except jsonschemas.Unresolvable as exc:
         return [{"field": "inputs", "message": f"The action's inputSchema cannot resolve {exc.ref!r}."}]
+    except RecursionError:  # a loop reference_problem did not foresee: the action's fault, not a 500
+        return [{"field": "inputs", "message": "The action's inputSchema cannot be used: it never stops referring "
+                                               "to itself."}]
     for error in found:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         if error.validator == "required":
