@@ -310,6 +310,31 @@ COMMENT ON FUNCTION public.tolstoy_authenticate(hash bytea) IS 'The organization
 
 
 --
+-- Name: tolstoy_bind_to_tool_origin(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_bind_to_tool_origin() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    select base_url into new.origin_url
+    from tools
+    where org_id = new.org_id and id = new.tool_id
+    for key share;
+    return new;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_bind_to_tool_origin(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_bind_to_tool_origin() IS 'BEFORE INSERT trigger of tool_credentials and user_connections: origin_url := the tool''s base_url now.';
+
+
+--
 -- Name: tolstoy_checkpoint(text, uuid, uuid, integer, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2726,6 +2751,7 @@ CREATE TABLE public.tool_credentials (
     is_default boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    origin_url text NOT NULL,
     CONSTRAINT tool_credentials_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
     CONSTRAINT tool_credentials_type_not_none CHECK ((type <> 'none'::public.tool_auth_type))
 );
@@ -2752,6 +2778,13 @@ COMMENT ON COLUMN public.tool_credentials.secret IS 'The JSON config, encrypted 
 --
 
 COMMENT ON COLUMN public.tool_credentials.is_default IS 'The credential the engine uses for the tool; at most one per tool.';
+
+
+--
+-- Name: COLUMN tool_credentials.origin_url; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tool_credentials.origin_url IS 'The tool''s base URL when the credential was stored: the engine sends the credential only to its origin.';
 
 
 --
@@ -2818,6 +2851,7 @@ CREATE TABLE public.user_connections (
     scope text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    origin_url text NOT NULL,
     CONSTRAINT user_connections_scope_length CHECK ((char_length(scope) <= 2000))
 );
 
@@ -2843,6 +2877,13 @@ COMMENT ON COLUMN public.user_connections.tokens IS 'The access and refresh toke
 --
 
 COMMENT ON COLUMN public.user_connections.expires_at IS 'When the access token expires; null when the provider did not say.';
+
+
+--
+-- Name: COLUMN user_connections.origin_url; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.origin_url IS 'The tool''s base URL when the user connected it: the engine sends the user''s tokens only to its origin.';
 
 
 --
@@ -3980,6 +4021,13 @@ CREATE TRIGGER organizations_touch_updated_at BEFORE UPDATE ON public.organizati
 
 
 --
+-- Name: tool_credentials tool_credentials_bind_to_tool_origin; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER tool_credentials_bind_to_tool_origin BEFORE INSERT ON public.tool_credentials FOR EACH ROW EXECUTE FUNCTION public.tolstoy_bind_to_tool_origin();
+
+
+--
 -- Name: tool_credentials tool_credentials_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -3991,6 +4039,13 @@ CREATE TRIGGER tool_credentials_touch_updated_at BEFORE UPDATE ON public.tool_cr
 --
 
 CREATE TRIGGER tools_touch_updated_at BEFORE UPDATE ON public.tools FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: user_connections user_connections_bind_to_tool_origin; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER user_connections_bind_to_tool_origin BEFORE INSERT ON public.user_connections FOR EACH ROW EXECUTE FUNCTION public.tolstoy_bind_to_tool_origin();
 
 
 --
@@ -4613,4 +4668,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000011'),
     ('20261201000013'),
     ('20261201000014'),
-    ('20261201000015');
+    ('20261201000015'),
+    ('20261207000101');

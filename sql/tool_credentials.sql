@@ -19,8 +19,9 @@ order by created_at desc, id desc;
 -- The credential requests to a tool use (the default one, else the only one), recorded in
 -- secret_reads as read by :actor (:user_id, :run_id, :purpose) by the same statement: a
 -- credential is never handed over for decryption unrecorded, and the record costs no round trip.
+-- origin_url: the tool's base URL when it was stored; it is sent only to that origin.
 with found as (
-    select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
+    select id, org_id, tool_id, name, type, secret, is_default, origin_url, created_at, updated_at
     from tool_credentials
     where org_id = :org_id and tool_id = :tool_id
       and (is_default or (select count(*) from tool_credentials c
@@ -32,7 +33,7 @@ with found as (
     select found.org_id, :actor::text, :user_id::uuid, found.tool_id, found.id, :run_id::uuid, :purpose::text
     from found
 )
-select id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at
+select id, org_id, tool_id, name, type, secret, is_default, origin_url, created_at, updated_at
 from found;
 
 -- name: clear_default!
@@ -42,11 +43,12 @@ set is_default = false
 where org_id = :org_id and tool_id = :tool_id and is_default;
 
 -- name: upsert^
--- Create a credential, or replace the one with the same name on this tool.
+-- Create a credential, or replace the one with the same name on this tool; either way it is bound
+-- to the tool's base URL as it is now (origin_url, set by tool_credentials_bind_to_tool_origin).
 insert into tool_credentials (org_id, tool_id, name, type, secret, is_default)
 values (:org_id, :tool_id, :name, :type, :secret, :is_default)
 on conflict (org_id, tool_id, name) do update
-set type = excluded.type, secret = excluded.secret, is_default = excluded.is_default
+set type = excluded.type, secret = excluded.secret, is_default = excluded.is_default, origin_url = excluded.origin_url
 returning id, org_id, tool_id, name, type, secret, is_default, created_at, updated_at;
 
 -- name: delete!
@@ -58,6 +60,26 @@ where org_id = :org_id and tool_id = :tool_id and name = :name;
 -- Delete every organization-level credential of a tool (DELETE /tools/{id}/auth); users' own
 -- connections (user_connections) stay.
 delete from tool_credentials
+where org_id = :org_id and tool_id = :tool_id;
+
+-- name: bound_to_tool$
+-- How many secrets are bound to the tool's origin: its credentials and its users' connections
+-- (the tool row is locked by the caller, so none is added before it commits).
+select (select count(*) from tool_credentials where org_id = :org_id and tool_id = :tool_id)
+     + (select count(*) from user_connections where org_id = :org_id and tool_id = :tool_id);
+
+-- name: drop_for_tool!
+-- Delete every secret bound to the tool's origin, for PATCH /tools/{id} with dropCredentials in
+-- the transaction that moves it: its credentials (their shared OAuth2 access tokens go with them,
+-- oauth_tokens_credential_id_fkey cascades), its users' connections and their logins in progress.
+with credentials as (
+    delete from tool_credentials
+    where org_id = :org_id and tool_id = :tool_id
+), connections as (
+    delete from user_connections
+    where org_id = :org_id and tool_id = :tool_id
+)
+delete from oauth_states
 where org_id = :org_id and tool_id = :tool_id;
 
 -- name: delete_default!

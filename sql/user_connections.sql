@@ -27,18 +27,21 @@ join users u on u.org_id = taken.org_id and u.id = taken.user_id
 join tools t on t.org_id = taken.org_id and t.id = taken.tool_id;
 
 -- name: connect^
--- Keep a user's tokens for a tool (a new connection, or the same one connected again).
+-- Keep a user's tokens for a tool (a new connection, or the same one connected again), bound to the
+-- tool's base URL as it is now (origin_url, set by user_connections_bind_to_tool_origin).
 insert into user_connections (org_id, user_id, tool_id, tokens, expires_at, scope)
 values (:org_id, :user_id, :tool_id, :tokens,
         now() + make_interval(secs => :expires_in::double precision), :scope)
 on conflict (org_id, user_id, tool_id) do update
-set tokens = excluded.tokens, expires_at = excluded.expires_at, scope = excluded.scope
+set tokens = excluded.tokens, expires_at = excluded.expires_at, scope = excluded.scope,
+    origin_url = excluded.origin_url
 returning id, org_id, user_id, tool_id, expires_at, scope, created_at, updated_at;
 
 -- name: current^
--- The user (to name in an error) and their connection to a tool, if any: its tokens, and whether
--- the access token has more than 30 s to live (no expiry from the provider: it has).
-select u.email, c.id, c.tokens, c.expires_at,
+-- The user (to name in an error) and their connection to a tool, if any: its tokens, the tool's
+-- base URL when it was connected (origin_url), and whether the access token has more than 30 s to
+-- live (no expiry from the provider: it has).
+select u.email, c.id, c.tokens, c.origin_url, c.expires_at,
        (c.expires_at is null or c.expires_at > now() + interval '30 seconds') as fresh
 from users u
 left join user_connections c on c.org_id = u.org_id and c.user_id = u.id and c.tool_id = :tool_id
@@ -46,7 +49,7 @@ where u.org_id = :org_id and u.id = :user_id;
 
 -- name: lock^
 -- The connection locked for a refresh (other processes wait here, then find the new token).
-select id, tokens, expires_at,
+select id, tokens, origin_url, expires_at,
        (expires_at is null or expires_at > now() + interval '30 seconds') as fresh
 from user_connections
 where org_id = :org_id and user_id = :user_id and tool_id = :tool_id
@@ -57,7 +60,7 @@ for update;
 update user_connections
 set tokens = :tokens, expires_at = now() + make_interval(secs => :expires_in::double precision)
 where org_id = :org_id and id = :id
-returning id, tokens, expires_at, true as fresh;
+returning id, tokens, origin_url, expires_at, true as fresh;
 
 -- name: list_by_user
 -- One keyset page of the tools a user connected, newest first (no tokens).

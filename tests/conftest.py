@@ -22,6 +22,9 @@ from tolstoy.db import embedded, migrate
 from tolstoy.db.database import Database
 from tolstoy.engine import generate_key
 
+# Fails any test in which Tolstoy's code opens a connection past its doors (see the module).
+pytest_plugins = ["audit_connections"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "tolstoy_template"
 

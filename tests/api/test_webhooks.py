@@ -250,3 +250,26 @@ def test_a_direct_action_call_writes_its_event_with_its_log(api, org, user, serv
     logs = api.client.simulate_get("/execution-logs", params={"executionId": results[0]["executionId"]},
                                    headers=api.headers(org)).json
     assert len(logs) == 1 and logs[0]["status"] == "completed"  # the log row, written with its event
+
+
+def test_a_webhook_moved_to_another_origin_takes_no_stored_header_value_along(api, org):
+    """Stored header values are credentials bound to their origin, like a tool's (issue 19, row 8)."""
+    hook = create(api, org, url="https://hooks.example.com/in", headers={"Authorization": "Bearer sekrit-token"})
+    path, headers = f"/webhooks/{hook['id']}", api.headers(org)
+    for body in ({"url": "https://attacker.example/in"},
+                 {"url": "https://hooks.example.com:8443/in"},
+                 {"url": "http://hooks.example.com/in"},
+                 {"url": "https://attacker.example/in", "headers": {"Authorization": "********"}}):
+        result = api.client.simulate_patch(path, json=body, headers=headers)
+        assert result.status_code == 409, result.text
+        assert result.json["message"].startswith("url:") and "Authorization" in result.json["message"], result.text
+    assert get(api, org, hook["id"]).json["url"] == "https://hooks.example.com/in"
+    # The same origin keeps them; another one with the values sent again, or without headers, is a move.
+    same = api.client.simulate_patch(path, json={"url": "https://HOOKS.example.com/v2"}, headers=headers)
+    assert same.status_code == 200 and same.json["headers"] == {"Authorization": "********"}, same.text
+    moved = api.client.simulate_patch(path, headers=headers, json={
+        "url": "https://receiver.example/in", "headers": {"Authorization": "Bearer new-token"}})
+    assert moved.status_code == 200 and moved.json["url"] == "https://receiver.example/in", moved.text
+    dropped = api.client.simulate_patch(path, json={"url": "https://third.example/in", "headers": None},
+                                        headers=headers)
+    assert dropped.status_code == 200 and dropped.json["headers"] == {}, dropped.text

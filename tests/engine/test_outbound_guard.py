@@ -149,13 +149,17 @@ def test_a_url_with_a_wrapped_loopback_address_is_refused_before_connecting(list
         listener.accept()  # nobody connected
 
 
-def test_the_refusal_names_the_address_a_wrapped_address_reaches():
+def test_the_refusal_tells_the_rule_and_the_log_the_address_a_wrapped_address_reaches(caplog):
+    caplog.set_level("WARNING", logger="tolstoy.outbound")
     client = Outbound(())
     try:
-        with pytest.raises(ForbiddenTarget, match=r"64:ff9b::a9fe:a9fe, which reaches 169\.254\.169\.254"):
+        with pytest.raises(ForbiddenTarget) as refused:
             client.request("GET", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", timeout_ms=2000)
     finally:
         client.close()
+    assert str(refused.value) == ("Refusing to connect to 64:ff9b::a9fe:a9fe: it is not a public address. "
+                                  "The operator may allow its network with TOLSTOY_ALLOW_NETWORKS.")
+    assert "64:ff9b::a9fe:a9fe (which reaches 169.254.169.254)" in caplog.text
 
 
 # ---- TLS: the certificate is verified for the URL's hostname, never for a pooled neighbour ----

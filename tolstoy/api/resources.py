@@ -126,12 +126,17 @@ class Item(ModelResource):
         check_if_match(req, etag_of(self.represent(row)))
         values = self.load_values(data, partial=True)
         self.check_references(req, values)
+        self.before_update(req, row, values)
         merged = {column: row.get(column) for column in self.store.writable}
         merged.update(values)
         row = self.store.update(req.context.org_id, record_id, merged, commit=True)
         respond(resp, self.represent(row))
 
     on_put = on_patch
+
+    def before_update(self, req: falcon.Request, row: dict, values: dict) -> None:
+        """What a model checks or changes, in the update's transaction with the record locked,
+        before the record is written (its 409s come after every 400)."""
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Delete one record: 204, or 409 while other rows reference it."""

@@ -7,11 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-import jsonschema
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
-from referencing.exceptions import Unresolvable
 
-from .. import engine, schedules, signatures
+from .. import engine, jsonschemas, schedules, signatures
 from ..engine import graph_errors
 from ..times import iso
 
@@ -140,6 +138,13 @@ class ToolSchema(TenantRecord):
         metadata={"description": "The tool treats a repeated Idempotency-Key as the same request, so the engine "
                                  "may send a call again when a worker died during it (see onUnknownOutcome)."},
     )
+    drop_credentials = StrictBoolean(
+        data_key="dropCredentials", load_only=True,
+        metadata={"description": "Write-only, for PUT/PATCH: a baseUrl on another origin (scheme, host, port) than "
+                                 "the stored one is refused (409) while the tool has credentials or users' "
+                                 "connections, which are sent only to the origin they were stored for; true "
+                                 "deletes them (and their OAuth2 tokens) in the same transaction as the change."},
+    )
 
 
 class FieldValidationSchema(Base):
@@ -218,7 +223,8 @@ def field_definitions_to_json_schema(definitions: list[dict]) -> dict:
 
 
 class InputSchemaField(fields.Field):
-    """A JSON Schema object, or the legacy field array (stored converted to JSON Schema)."""
+    """A JSON Schema object, or the legacy field array (stored converted to JSON Schema). Its
+    references must stay inside the document (tolstoy/jsonschemas.py): nothing is fetched."""
 
     default_error_messages = {
         "invalid": "Must be a JSON Schema object or an array of field definitions.",
@@ -233,14 +239,10 @@ class InputSchemaField(fields.Field):
             value = field_definitions_to_json_schema(definitions)
         if not isinstance(value, dict):
             raise self.make_error("invalid")
-        try:
-            jsonschema.Draft202012Validator.check_schema(value)
-            # Resolves every reachable $ref now, so a dangling one is the writer's 400, not a failed call later.
-            jsonschema.Draft202012Validator(value).is_valid({})
-        except jsonschema.SchemaError as exc:
-            raise ValidationError(f"Not a valid JSON Schema: {exc.message}") from None
-        except Unresolvable as exc:
-            raise ValidationError(f"Not a usable JSON Schema: cannot resolve {exc.ref!r}") from None
+        # Every reference is looked up now, so a dangling one is the writer's 400, not a failed call later.
+        wrong = jsonschemas.problem(value)
+        if wrong:
+            raise ValidationError(wrong)
         return value
 
 

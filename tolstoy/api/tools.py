@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import falcon
+
+from .. import engine
+from ..db.queries import SQL
 from . import resources
 from .dumping import dumper
+from .errors import Conflict
 from .model import Model
 from .schemas import ToolDetailSchema, ToolSchema
 
@@ -33,3 +38,23 @@ class Collection(ToolResource, resources.Collection):
 
 class Item(ToolResource, resources.Item):
     """``GET/PUT/PATCH/DELETE /tools/{id}``; delete is 409 while the tool has actions."""
+
+    def before_update(self, req: falcon.Request, row: dict, values: dict) -> None:
+        """Credentials are bound to an origin: moving the tool to another one (scheme, host, port)
+        is a 409 naming baseUrl while it has credentials or users' connections, unless the body says
+        ``dropCredentials: true``, which deletes them in this transaction (the tool row is locked,
+        so none is stored meanwhile). A new path on the same origin keeps them."""
+        drop = values.pop("drop_credentials", False)
+        moved_to = values.get("base_url")
+        if moved_to is None or engine.origin_of(moved_to) == engine.origin_of(row["base_url"]):
+            return
+        org_id = req.context.org_id
+        if not self.db.scalar(SQL.tool_credentials.bound_to_tool, org_id=org_id, tool_id=row["id"]):
+            return
+        if not drop:
+            raise Conflict(
+                f"baseUrl: the tool's credentials and users' connections are sent only to "
+                f"{engine.origin_of(row['base_url'])}, where they were stored; to move the tool to "
+                f"{engine.origin_of(moved_to)}, send \"dropCredentials\": true to delete them with the change "
+                "(then store the credential for the new origin), or keep the origin.")
+        self.db.rowcount(SQL.tool_credentials.drop_for_tool, org_id=org_id, tool_id=row["id"])

@@ -14,7 +14,7 @@ from ..db.queries import SQL
 from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
-from .errors import field_error
+from .errors import Conflict, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .schemas import (
@@ -118,6 +118,7 @@ class Webhooks:
             data = {k: v for k, v in data.items() if k != "secret"}
         values = validate_body(_SCHEMA, data, partial=True, ignore=DERIVED)
         self.check_url(values)
+        self.check_origin(row, values)
         org_id = req.context.org_id
         secret, headers, header_names = row["secret"], row["headers"], row["header_names"]
         if "secret" in values:
@@ -140,6 +141,22 @@ class Webhooks:
         respond(resp, represent(row))
 
     on_put_item = on_patch_item
+
+    @staticmethod
+    def check_origin(row: dict, values: dict) -> None:
+        """Stored header values are credentials bound to the origin they were stored for, as a tool's
+        are: moving the webhook to another origin (scheme, host, port) while keeping any of them (not
+        sending headers, or sending a value back masked) is a 409 naming url."""
+        if "url" not in values or engine.origin_of(values["url"]) == engine.origin_of(row["url"]):
+            return
+        if "headers" in values:
+            kept = [name for name, value in (values["headers"] or {}).items() if value == MASK]
+        else:
+            kept = row["header_names"] or []
+        if kept:
+            raise Conflict(f"url: the stored values of {', '.join(kept)} are sent only to "
+                           f"{engine.origin_of(row['url'])}, where they were stored; to move the webhook to "
+                           f"{engine.origin_of(values['url'])}, send headers again with their values (or null).")
 
     def on_delete_item(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Delete a webhook with its deliveries: 204."""

@@ -15,7 +15,7 @@ from .calls import Tools, input_errors
 from .errors import InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
-from .outbound import Outbound, OutboundError
+from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine
 from .tool_auth import SECRET_FIELDS, TokenRequestFailed, exchange_code, expires_in, masked, scope_of
@@ -30,7 +30,7 @@ __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "rewrap", "step_order", "tools", "vault_from_config",
-    "OutboundError", "TokenRequestFailed", "exchange_code", "expires_in", "scope_of",
+    "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",
     "WEBHOOK_EVENT_TYPES", "WEBHOOK_RESERVED_HEADERS", "Deliverer", "deliverer", "webhook_target_problem",
 ]
 

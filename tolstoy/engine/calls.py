@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-import jsonschema
-from referencing.exceptions import Unresolvable
-
+from .. import jsonschemas
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import write_action_log
@@ -61,13 +59,21 @@ def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
 
 
 def input_errors(schema: dict, inputs: dict) -> list[dict]:
-    """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``."""
-    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    """Field errors of inputs against an action's JSON Schema, named ``inputs.<path>``. A schema
+    stored before its references were checked at save (or written past the API) is checked again
+    here: one whose references leave the document or point at no schema is the action's fault,
+    named ``inputs``, and nothing is fetched whatever it says (tolstoy/jsonschemas.py)."""
+    wrong = jsonschemas.reference_problem(schema)
+    if wrong:
+        return [{"field": "inputs", "message": f"The action's inputSchema cannot be used: {wrong}"}]
     problems = []
     try:
-        found = sorted(validator.iter_errors(inputs), key=lambda e: list(e.path))
-    except Unresolvable as exc:
+        found = sorted(jsonschemas.validator(schema).iter_errors(inputs), key=lambda e: list(e.path))
+    except jsonschemas.Unresolvable as exc:
         return [{"field": "inputs", "message": f"The action's inputSchema cannot resolve {exc.ref!r}."}]
+    except RecursionError:  # a loop reference_problem did not foresee: the action's fault, not a 500
+        return [{"field": "inputs", "message": "The action's inputSchema cannot be used: it never stops referring "
+                                               "to itself."}]
     for error in found:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.path)
         if error.validator == "required":
@@ -188,13 +194,14 @@ class Tools:
              cancel: threading.Event | None = None) -> Reply:
         """Make the call, ending it at ``timeout_ms`` or when ``cancel`` is set (an OAuth2 token
         fetched for it included); OutboundError becomes StepFailed. The credential's values
-        replace the placeholders only here, on their way to the wire."""
+        replace the placeholders only here, on their way to the wire, and only when the call goes
+        to the origin the credential was stored for (else StepFailed, nothing sent)."""
         headers = dict(call.headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         started = time.monotonic()
         try:
-            values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel) if call.auth else {}
+            values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel, url=call.url) if call.auth else {}
             # What the headers carry is secret too (Basic's base64 pair, a fetched OAuth2 token).
             call.secrets += [value for value in values.values() if value]
             left = timeout_ms - int((time.monotonic() - started) * 1000)

@@ -20,6 +20,7 @@ import contextlib
 import contextvars
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -36,6 +37,8 @@ from httpcore._backends.sync import SyncBackend
 from .. import jsonsafe
 from ..redaction import mask_headers
 
+log = logging.getLogger("tolstoy.outbound")
+
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_REDIRECTS = 5
 
@@ -50,6 +53,13 @@ class OutboundError(Exception):
 
 class ForbiddenTarget(OutboundError):
     """The target resolves to an address requests may not reach (loopback, private, metadata…)."""
+
+
+def refusal(host: str) -> str:
+    """What a tenant is told when a connection is refused: the host as it was given and the rule,
+    never the address it resolved to."""
+    return (f"Refusing to connect to {host}: it is not a public address. "
+            "The operator may allow its network with TOLSTOY_ALLOW_NETWORKS.")
 
 
 class CallCancelled(OutboundError):
@@ -244,12 +254,12 @@ class GuardedBackend(SyncBackend):
         addresses = [info[4][0] for info in infos]
         refused = [a for a in addresses if not address_allowed(a, self.allow)]
         if refused:
+            # The tenant learns the rule, not what its name resolved to (that would map the
+            # operator's internal network); the operator reads the address in the log.
             carried = embedded_ipv4(ipaddress.ip_address(refused[0]))
-            reaches = f", which reaches {', '.join(map(str, carried))}" if carried else ""
-            raise ForbiddenTarget(
-                f"Refusing to connect to {host} ({refused[0]}{reaches}): not a public address. "
-                "Add its network to TOLSTOY_ALLOW_NETWORKS to allow it."
-            )
+            log.warning("refused a connection to %s: it resolved to %s%s, not a public address", host, refused[0],
+                        f" (which reaches {', '.join(map(str, carried))})" if carried else "")
+            raise ForbiddenTarget(refusal(host))
         stream = super().connect_tcp(addresses[0], port, budget, local_address, socket_options)
         return _LimitedStream(stream)
 
@@ -309,19 +319,23 @@ class Outbound:
         secret_headers: Iterable[str] = (),
         secrets: dict[str, str] | None = None,
         cancel: threading.Event | None = None,
+        cross_origin_redirects: bool = True,
     ) -> Reply:
         """Send one request, following up to MAX_REDIRECTS redirects (each hop re-checked by the
         backend; credentials dropped when a hop leaves the origin). The whole call, redirects and
         body included, ends within ``timeout_ms``; network trouble and timeouts raise
         OutboundError(retryable=True). ``secrets`` maps placeholders in header values to what
-        goes on the wire in their place; a header holding one is dropped like ``secret_headers``."""
+        goes on the wire in their place; a header holding one is dropped like ``secret_headers``.
+        ``cross_origin_redirects=False`` for a request whose body is a credential (an OAuth2 token
+        request): a redirect to another origin is an OutboundError, never followed, since a 307 or
+        308 would send the same body there."""
         started = time.perf_counter()
         with limits(time.monotonic() + timeout_ms / 1000, cancel):
             return self._request(method, url, headers, params, json_body, content, data, timeout_ms,
-                                 secret_headers, secrets or {}, started)
+                                 secret_headers, secrets or {}, started, cross_origin_redirects)
 
     def _request(self, method, url, headers, params, json_body, content, data, timeout_ms, secret_headers,
-                 secrets, started) -> Reply:
+                 secrets, started, cross_origin_redirects) -> Reply:
         headers = dict(headers or {})
         body: dict = {}
         if json_body is not None:
@@ -339,8 +353,12 @@ class Outbound:
                     location = response.headers.get("location")
                     if response.is_redirect and location:
                         target = response.url.join(location)
-                        if (target.scheme, target.host, target.port) != \
-                                (response.url.scheme, response.url.host, response.url.port):
+                        if origin_of(target) != origin_of(response.url):
+                            if not cross_origin_redirects:
+                                raise OutboundError(
+                                    f"{origin_of(response.url)} answered {response.status_code} with a redirect to "
+                                    f"another origin ({origin_of(target)}): not followed, since the request carries "
+                                    "credentials in its body")
                             headers = {k: v for k, v in headers.items() if k.lower() not in secret}
                         if response.status_code == 303 or (response.status_code in (301, 302)
                                                            and method not in ("GET", "HEAD")):
@@ -368,6 +386,20 @@ class Outbound:
         except (TypeError, ValueError, UnicodeError) as exc:
             # e.g. a header value that is not text, or not ASCII: the request cannot be built.
             raise OutboundError(f"Cannot build the request: {exc}") from None
+
+
+def origin_of(url: str | httpx.URL) -> str:
+    """``scheme://host[:port]`` of a URL as a request to it goes: the host lower-case and in its
+    ASCII (IDNA) form, the scheme's default port left out; two URLs may share credentials only when
+    their origins are equal. ValueError for something that is not a URL."""
+    try:
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(str(exc)) from None
+    host = parsed.raw_host.decode("ascii").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parsed.scheme}://{host}" + (f":{parsed.port}" if parsed.port is not None else "")
 
 
 def fill_placeholders(headers: dict, secrets: dict[str, str]) -> dict:

@@ -19,7 +19,7 @@ from ..db.queries import SQL
 from ..errors import VaultError
 from ..redaction import MASK, hint
 from .errors import StepFailed
-from .outbound import Outbound, OutboundError
+from .outbound import Outbound, OutboundError, origin_of
 
 # Fields whose values are secret, per credential type; everything else is shown.
 SECRET_FIELDS = {
@@ -118,16 +118,21 @@ class SharedTokens:
     # ---- per-user connections (user_connections) -------------------------------------------------
 
     def user_token(self, org_id, user_id, tool: dict, config: dict, timeout_ms: int = 30000,
-                   cancel: threading.Event | None = None) -> str:
+                   cancel: threading.Event | None = None, *, origin: str) -> str:
         """The access token ``user_id`` connected for this tool (a ``perUser`` oauth2 credential),
         refreshed under the connection's row lock when it expires (one process refreshes, the others
         wait and reuse its token; a rotated refresh token is kept). Never cached in the process: a
         disconnected user's token stops being used at once. StepFailed naming the user and the tool
-        when the user has not connected it."""
+        when the user has not connected it, or connected it when the tool was at another origin
+        than the call's (``origin``)."""
         stored = self.db.one(SQL.user_connections.current, commit=True, org_id=org_id, user_id=user_id,
                              tool_id=tool["id"])
         if stored is None or stored["id"] is None:
             raise not_connected(user_id, stored, tool)
+        if origin_of(stored["origin_url"]) != origin:
+            raise StepFailed(f"User {user_id} connected the tool {tool['name']!r} when it was at "
+                             f"{origin_of(stored['origin_url'])}; this call goes to {origin}, so their token is not "
+                             "sent: the user must connect the tool again", details={"name": "CredentialOriginMismatch"})
         try:
             if not stored["fresh"]:
                 stored = self._refresh_user(org_id, user_id, tool, config, timeout_ms, cancel)
@@ -206,9 +211,11 @@ def _scrub(text: str, secrets: list[str]) -> str:
 def token_request(token_url: str, form: dict, http: Outbound, timeout_ms: int,
                   cancel: threading.Event | None = None) -> dict:
     """POST a form to a token endpoint (through the outbound guard); its JSON answer, or
-    TokenRequestFailed naming the provider's error."""
+    TokenRequestFailed naming the provider's error. The form holds the client secret and a refresh
+    token or code: a redirect to another origin is an OutboundError, not followed (a 307 would send
+    the form there)."""
     reply = http.request("POST", token_url, data=form, headers={"Accept": "application/json"},
-                         timeout_ms=timeout_ms, cancel=cancel)
+                         timeout_ms=timeout_ms, cancel=cancel, cross_origin_redirects=False)
     body = reply.body if isinstance(reply.body, dict) else {}
     if reply.status >= 400 or not isinstance(body.get("access_token"), str) or not body["access_token"]:
         # The provider's words go into step errors and the callback's answer: without anything
@@ -287,10 +294,28 @@ class CallAuth:
     tool: dict | None = None
 
 
+def bound_origin(auth: CallAuth, url: str) -> str:
+    """The origin of ``url`` when the credential was stored for it (the tool's base URL then), else
+    StepFailed: a credential goes only where it was stored for, whatever moved the tool or built the
+    URL since."""
+    stored_for = origin_of(auth.credential["origin_url"])
+    try:
+        going_to = origin_of(url)
+    except ValueError:  # not a URL: the request could not be sent anyway
+        going_to = url
+    if going_to != stored_for:
+        raise StepFailed(f"The credential {auth.credential['name']!r} was stored for {stored_for}; this call goes to "
+                         f"{going_to}, so it is not sent: store the credential again for the tool's base URL",
+                         details={"name": "CredentialOriginMismatch"})
+    return going_to
+
+
 def secret_headers_for(auth: CallAuth, tokens: SharedTokens, timeout_ms: int,
-                       cancel: threading.Event | None = None) -> dict[str, str]:
-    """The values behind ``auth_headers``' placeholders; an OAuth2 token fetched now (within the
-    call's ``timeout_ms``) if no process holds a valid one."""
+                       cancel: threading.Event | None = None, *, url: str) -> dict[str, str]:
+    """The values behind ``auth_headers``' placeholders for a call to ``url`` (StepFailed when the
+    credential was stored for another origin, see ``bound_origin``); an OAuth2 token fetched now
+    (within the call's ``timeout_ms``) if no process holds a valid one."""
+    origin = bound_origin(auth, url)
     org_id, credential, config = auth.org_id, auth.credential, auth.config
     kind = credential["type"]
     if kind == "apiKey":
@@ -302,7 +327,7 @@ def secret_headers_for(auth: CallAuth, tokens: SharedTokens, timeout_ms: int,
         return {placeholder(credential, "basic"): base64.b64encode(pair).decode()}
     if kind == "oauth2" and config.get("perUser"):
         # build_call named the run's (or caller's) user and the tool.
-        token = tokens.user_token(org_id, auth.user_id, auth.tool, config, timeout_ms, cancel)
+        token = tokens.user_token(org_id, auth.user_id, auth.tool, config, timeout_ms, cancel, origin=origin)
         return {placeholder(credential, "accessToken"): token}
     if kind == "oauth2":
         return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, config, timeout_ms, cancel)}
