@@ -35,6 +35,7 @@ from ..db.database import ADMIN, Database, Tenant
 from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
+from ..numerals import unsigned
 from .paging import encode_cursor, time_id_cursor, time_id_key
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
@@ -478,9 +479,10 @@ class Console:
             raw = req.get_param("compare")
             compare = None
             if raw is not None:
-                if not (raw.isascii() and raw.isdigit()):
+                number = unsigned(raw, 10)
+                if number is None:
                     raise Page(400, "Bad request", "compare: a version number.")
-                compare = next((v for v in versions if v["version"] == int(raw)), None)
+                compare = next((v for v in versions if v["version"] == number), None)
                 if compare is None:
                     raise not_found("Flow version")
             elif len(versions) > 1:
