@@ -191,7 +191,8 @@ def build_timeline(run: dict, steps: list[dict], logs: list[dict], now: dt.datet
     types = {s.get("id"): s.get("type") for s in plan}
     by_step: dict[str, list[dict]] = {}
     for row in logs:
-        if row["step_key"] != RUN_STEP_KEY:
+        # The engine's rows only: a client may write logs under a run's id (marked on the page), never its timing.
+        if row["source"] == "engine" and row["step_key"] != RUN_STEP_KEY:
             by_step.setdefault(row["step_key"], []).append({**row, "step_type": types.get(row["step_key"])})
     lanes = []
     for step in steps:
