@@ -74,7 +74,6 @@ class Status:
         }
 
 
-
 class DetailedStatus(Status):
     """``GET /status/detailed`` (alias ``/detailed``): for operators. In api_key mode only the admin
     token reads it (401 without, 403 with an organization's key): its row counts span every
