@@ -1,6 +1,10 @@
 """Fuzz the live API against its own OpenAPI document with schemathesis, in both
-auth modes. Bounded (fixed seed, a per-operation example cap, a time budget) so
-CI stays well under five minutes; any failure fails CI.
+auth modes, then its public doors that parse what anyone sends (``POST /hooks/{id}``
+with every preset's signature headers, ``/auth/{toolKey}/login`` and ``…/callback``)
+with Hypothesis-drawn header values and query parameters: other scripts' digits
+("²" is isdigit() but not int()-able), huge numbers, control characters, sent as the
+raw bytes a client would send. Bounded (fixed seeds, example caps, a time budget) so
+CI stays well under five minutes; any failure (a 5xx) fails CI.
 
     .venv/bin/python .ci/fuzz.py
 
@@ -9,6 +13,7 @@ Starts a throw-away embedded PostgreSQL and real Gunicorn on 127.0.0.1.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -18,15 +23,24 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
+from hostile import HEADER_TEXT, QUERY_TEXT, SIGNATURE_VALUE  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tolstoy import signatures  # noqa: E402
 from tolstoy.db import embedded, migrate  # noqa: E402
 
 ADMIN = "fuzz-admin-" + "a" * 40
 KEY_SECRET = "fuzz-keys-" + "k" * 40
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+# Requests per public door and mode (about 5 ms each on the live Gunicorn).
+DOOR_EXAMPLES = 300
 
 
 def free_port() -> int:
@@ -86,6 +100,109 @@ def fuzz(port: int, headers: dict, label: str) -> int:
     return result.returncode
 
 
+def wire(value: str) -> bytes:
+    """A header value's bytes: Latin-1 when it has such a spelling (so "²" arrives as the one byte that
+    Gunicorn reads back as "²"), else UTF-8 (which Gunicorn reads as Latin-1: "١" becomes "Ù¡")."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode()
+
+
+def send(port: int, method: str, target: str, headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:
+    """One request with headers as given (str or raw bytes): (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, wire(value) if isinstance(value, str) else value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def fuzz_doors(port: int, auth: dict, label: str) -> int:
+    """Hypothesis over the public doors: 1 when any answer was a 5xx (the failing example is printed)."""
+    started = time.monotonic()
+    flow = call(port, "POST", "/flows", {"name": "Doors", "steps": [
+        {"id": "hello", "type": "transform", "config": {"output": {"hi": 1}}}]}, auth)
+    hooks = {preset: call(port, "POST", f"/flows/{flow['id']}/triggers",
+                          {"type": "webhook", "verification": preset,
+                           **({} if preset == "tolstoy" else {"secret": "s" * 32})}, auth)["url"]
+             for preset in signatures.PRESETS}
+    tool = call(port, "POST", "/tools", {"name": "Provider", "key": "provider", "authType": "oauth2",
+                                         "baseUrl": "https://provider.example"}, auth)
+    call(port, "POST", f"/tools/{tool['id']}/auth", {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "s", "perUser": True, "tokenUrl": "https://provider.example/token",
+        "authorizeUrl": "https://provider.example/authorize"}}, auth)
+    # Real states (from real logins) are fuzzed with the provider's error parameters only: a code with a
+    # real state would be exchanged with provider.example, and CI sends nothing off this host.
+    states = []
+    for _ in range(3):
+        status, headers, _ = send(port, "GET", f"/auth/provider/login?userId={auth['X-User-ID']}", auth)
+        if status == 302:
+            states += parse_qs(urlsplit(headers["location"]).query)["state"]
+    failures: list[str] = []
+    door = settings(max_examples=DOOR_EXAMPLES, derandomize=True, database=None, deadline=None,
+                    suppress_health_check=list(HealthCheck), print_blob=False)
+
+    def expect_no_5xx(what: str, status: int, payload: bytes) -> None:
+        assert status < 500, f"{what} → {status} {payload[:300]!r}"
+
+    presets = st.sampled_from(signatures.PRESETS)
+
+    @door
+    @given(sent=presets.flatmap(lambda preset: st.tuples(st.just(preset), st.dictionaries(
+        st.sampled_from(signatures.PRESET_HEADERS[preset] + ("User-Agent",)), SIGNATURE_VALUE))))
+    # The reproductions of issue 19 (a 500 before the fix), then what Hypothesis draws.
+    @example(sent=("tolstoy", {"X-Tolstoy-Signature": "t=²,v1=00"}))
+    @example(sent=("stripe", {"Stripe-Signature": "t=١٧٠٠٠٠٠٠٠٠,v1=00"}))
+    @example(sent=("slack", {"X-Slack-Signature": "v0=00", "X-Slack-Request-Timestamp": "²"}))
+    def hooks_door(sent):
+        preset, headers = sent
+        status, _, payload = send(port, "POST", hooks[preset], {"Content-Type": "application/json", **headers}, b"{}")
+        expect_no_5xx(f"POST {preset} hook {headers!r}", status, payload)
+
+    callback_state = st.one_of(QUERY_TEXT, st.sampled_from(states or ["none"]))
+
+    @door
+    @given(params=st.fixed_dictionaries({}, optional={"code": QUERY_TEXT, "state": callback_state,
+                                                      "error": QUERY_TEXT, "error_description": QUERY_TEXT}),
+           tool_key=st.sampled_from(["provider", "Provider", "²", "provider%0A", "a" * 70]),
+           headers=st.dictionaries(st.sampled_from(["Host", "X-Forwarded-Proto", "X-Forwarded-For", "X-Org-ID"]),
+                                   HEADER_TEXT))
+    def callback_door(params, tool_key, headers):
+        if "state" in params and params["state"] in states:
+            params.pop("code", None)  # never a code with a real state: no exchange leaves this host
+            params.setdefault("error", "access_denied")
+        target = f"/auth/{quote(tool_key, safe='')}/callback?{urlencode(params)}"
+        status, _, payload = send(port, "GET", target, headers)
+        expect_no_5xx(f"GET {target} {headers!r}", status, payload)
+
+    @door
+    @given(user=QUERY_TEXT, headers=st.dictionaries(
+        st.sampled_from(["Host", "X-User-ID", "X-Forwarded-Proto", "X-Forwarded-For", "X-Request-ID"]), HEADER_TEXT))
+    def login_door(user, headers):
+        target = f"/auth/provider/login?userId={quote(user, safe='')}"
+        status, _, payload = send(port, "GET", target, {**auth, **headers})
+        expect_no_5xx(f"GET {target} {headers!r}", status, payload)
+
+    for name, door_test in (("hooks", hooks_door), ("auth callback", callback_door), ("auth login", login_door)):
+        try:
+            door_test()
+        except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the failing example's error
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    print(f"fuzz: {label} doors: {3 * DOOR_EXAMPLES} examples ({len(states)} real OAuth states), "
+          f"{len(failures)} failing door(s) "
+          f"in {time.monotonic() - started:.0f} s", flush=True)
+    for failure in failures:
+        print(f"fuzz: {label}: {failure[:4000]}")
+    return 1 if failures else 0
+
+
 def main() -> int:
     server, owner_url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-fuzz-"), database="fuzz", cleanup="delete")
     migrate.upgrade(owner_url)
@@ -96,7 +213,9 @@ def main() -> int:
     try:
         org = call(port, "POST", "/organizations", {"name": "Fuzz"})
         user = call(port, "POST", "/users", {"email": "fuzz@example.com"}, {"X-Org-ID": org["id"]})
-        failures += fuzz(port, {"X-Org-ID": org["id"], "X-User-ID": user["id"]}, "headers mode") != 0
+        tenant = {"X-Org-ID": org["id"], "X-User-ID": user["id"]}
+        failures += fuzz(port, tenant, "headers mode") != 0
+        failures += fuzz_doors(port, tenant, "headers mode")
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -106,13 +225,15 @@ def main() -> int:
         created = call(port, "POST", "/organizations", {"name": "Fuzz keys"}, {"Authorization": f"Bearer {ADMIN}"})
         key = created["apiKey"]
         user = call(port, "POST", "/users", {"email": "fuzz@example.com"}, {"Authorization": f"Bearer {key}"})
-        failures += fuzz(port, {"Authorization": f"Bearer {key}", "X-Org-ID": created["id"],
-                                "X-User-ID": user["id"]}, "api_key mode") != 0
+        tenant = {"Authorization": f"Bearer {key}", "X-Org-ID": created["id"], "X-User-ID": user["id"]}
+        failures += fuzz(port, tenant, "api_key mode") != 0
+        failures += fuzz_doors(port, tenant, "api_key mode")
     finally:
         process.terminate()
         process.wait(timeout=30)
     server.cleanup()
-    print(f"fuzz: {'FAILED' if failures else 'passed'} in {2 - failures} of 2 modes")
+    print(f"fuzz: {'FAILED' if failures else 'passed'} ({failures} failing run(s) of 4: schemathesis and the "
+          "public doors, in each mode)")
     return 1 if failures else 0
 
 

@@ -10,6 +10,23 @@ SET client_min_messages = warning;
 SET row_security = off;
 
 --
+-- Name: execution_log_source; Type: TYPE; Schema: public; Owner: -
+--
+
+CREATE TYPE public.execution_log_source AS ENUM (
+    'engine',
+    'client'
+);
+
+
+--
+-- Name: TYPE execution_log_source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TYPE public.execution_log_source IS 'Who wrote an execution log row: engine (Tolstoy itself) or client (POST /execution-logs).';
+
+
+--
 -- Name: execution_status; Type: TYPE; Schema: public; Owner: -
 --
 
@@ -2023,6 +2040,7 @@ CREATE TABLE public.execution_logs (
     duration_ms integer,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
     CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
     CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
     CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
@@ -2069,6 +2087,13 @@ COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step to
 
 
 --
+-- Name: COLUMN execution_logs.source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.source IS 'engine: written by Tolstoy (workers, run changes made through the API, action calls); client: written through POST /execution-logs (shown as such; never changed into an engine row).';
+
+
+--
 -- Name: execution_logs_default; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2086,6 +2111,7 @@ CREATE TABLE public.execution_logs_default (
     duration_ms integer,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
     CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
     CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
     CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
@@ -4669,4 +4695,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000013'),
     ('20261201000014'),
     ('20261201000015'),
-    ('20261207000101');
+    ('20261207000101'),
+    ('20261207000400');

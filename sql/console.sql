@@ -112,8 +112,8 @@ order by started_at, step_id
 limit :limit;
 
 -- name: run_logs
--- A run's execution log rows, oldest first, at most :limit.
-select id, step_key, status, inputs, outputs, error, duration_ms, user_id, created_at
+-- A run's execution log rows, oldest first, at most :limit; source says whose (engine or client).
+select id, step_key, status, inputs, outputs, error, duration_ms, user_id, source, created_at
 from execution_logs
 where org_id = :org_id and execution_id = :execution_id
 order by created_at, id

@@ -196,3 +196,62 @@ def follow(location: str, **extra) -> str:
     reply = httpx.get(url, follow_redirects=False, timeout=10)
     assert reply.status_code == 302, reply.text
     return reply.headers["location"]
+
+
+# Every route that TenantMiddleware does not guard as a tenant route (``access`` other than "tenant"),
+# every sink and every static folder, reviewed one by one: template → (access, methods, who may reach it
+# through the shipped Nginx, why). tests/api/test_public_routes.py fails for anything served that is not
+# here as it is here: review it first. tests/ops/test_nginx.py sends each "monitoring host" row, spelled
+# every way it knows, from another address and expects no answer from the app.
+ANYONE, MONITORING = "anyone", "monitoring host"
+REVIEWED_ROUTES = {
+    "/": ("public", "GET", ANYONE, "one line naming the service and pointing at /docs"),
+    "/organizations": ("organizations", "GET POST", ANYONE,
+                       "admin token, or an organization's key for its own (api_key mode)"),
+    "/organizations/{id}": ("organizations", "DELETE GET PATCH PUT", ANYONE, "as /organizations"),
+    "/auth/{tool_key}/callback": ("public", "GET", ANYONE, "the provider sends the browser back; the HMAC-signed "
+                                                          "state names the organization and login, single use"),
+    "/approvals/{token}": ("public", "GET POST", ANYONE, "the HMAC-signed link is the credential, single use"),
+    "/hooks/{trigger_id}": ("public", "POST", ANYONE,
+                            "the sender's HMAC signature with the trigger's secret is the credential"),
+    "/health": ("public", "GET", ANYONE, "liveness for load balancers: no database call, nothing per tenant"),
+    "/status": ("public", "GET", ANYONE, "readiness for load balancers: up or not, version, uptime"),
+    "/status/detailed": ("operator", "GET", MONITORING, "counts across organizations: admin token in api_key mode"),
+    "/detailed": ("operator", "GET", MONITORING, "alias of /status/detailed"),
+    "/metrics": ("public", "GET", MONITORING, "Prometheus scrapes it; counts across organizations"),
+    "/version": ("public", "GET", ANYONE, "name and versions, as /openapi.json says"),
+    "/openapi.json": ("public", "GET", ANYONE, "the interface description"),
+    "/docs": ("public", "GET", ANYONE, "the page that renders /openapi.json"),
+    "/docs/static/docs-init.js": ("public", "GET", ANYONE, "that page's script"),
+    "/console": ("public", "GET", ANYONE, "the console's shell; its pages open their own tenant unit of work"),
+    "/console/orgs/{org_id}": ("public", "GET", ANYONE,
+                               "console page: the path's organization (headers mode) or the key's"),
+    "/console/orgs/{org_id}/flows": ("public", "GET", ANYONE, "console page, as above"),
+    "/console/orgs/{org_id}/flows/{flow_id}": ("public", "GET", ANYONE, "console page, as above"),
+    "/console/orgs/{org_id}/runs": ("public", "GET", ANYONE, "console page, as above"),
+    "/console/orgs/{org_id}/runs/{run_id}": ("public", "GET", ANYONE, "console page, as above"),
+    "sink /console(?!/static/)(/.*)?\\Z": ("public", "", ANYONE, "the console's 404 page"),
+    "static /docs/static/": ("public", "", ANYONE, "files of the docs page"),
+    "static /console/static/": ("public", "", ANYONE, "the console's script and stylesheet"),
+}
+
+
+def app_routes(app) -> dict[str, tuple[object, frozenset]]:
+    """Every route a Falcon app serves: template → (resource, methods with a responder), plus its sinks
+    (``sink <pattern>``) and static folders (``static <prefix>``), with no methods."""
+    found = {}
+
+    def walk(nodes):
+        for node in nodes:
+            if node.resource is not None:
+                methods = frozenset(method for method, responder in node.method_map.items()
+                                    if method != "OPTIONS" and "method_not_allowed" not in repr(responder))
+                found[node.uri_template] = (node.resource, methods)
+            walk(node.children)
+
+    walk(app._router._roots)
+    for matcher, sink, _ in app._sinks:
+        found[f"sink {getattr(matcher, 'pattern', matcher)}"] = (sink, frozenset())
+    for route, _, _ in app._static_routes:
+        found[f"static {route._prefix}"] = (route, frozenset())
+    return found

@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from .aws_secrets import SecretCache, SecretError
 
@@ -16,9 +16,24 @@ log = logging.getLogger("tolstoy.config")
 
 ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
-# Fields /status/detailed must never show: URLs may hold passwords.
-PRIVATE_FIELDS = ("database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
-                  "api_key_secret", "admin_token", "link_secret")
+# What /status/detailed shows of the settings, reviewed field by field (tests/unit/test_config_errors.py
+# fails for a field in neither list): PUBLIC_FIELDS as they are; PRIVATE_FIELDS never, because they are
+# secrets, may hold passwords (URLs), or tell an attacker more than an operator needs from this page
+# (which KMS key and AWS secret to go after, which internal networks tools may reach, local paths and
+# addresses); the operator knows them from the environment, and the page says only whether they are set.
+PUBLIC_FIELDS = (
+    "port", "app_name", "env", "pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout_ms",
+    "prepare_threshold", "data_key_ttl", "worker_concurrency", "sync_execute_timeout_ms",
+    "sync_execute_max_timeout_ms", "sync_execute_per_org", "worker_lease_seconds", "worker_poll_seconds",
+    "max_recoveries", "foreach_max_items", "subflow_max_depth", "run_retention_days", "webhook_timeout_ms",
+    "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
+    "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
+)
+PRIVATE_FIELDS = (
+    "database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret",
+    "encryption_key", "api_key_secret", "admin_token", "link_secret", "kms_key_id", "kms_region",
+    "aws_secret_name", "aws_region", "allow_networks", "trusted_proxies", "bind", "data_dir",
+)
 AUTH_MODES = ("headers", "api_key")
 
 
@@ -118,10 +133,15 @@ class Config:
                                       "TOLSTOY_AUTH_MODE=api_key")
 
     def public_facts(self) -> dict:
-        """Settings safe to show on /status/detailed: no URLs, which may hold passwords."""
-        facts = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in PRIVATE_FIELDS}
-        facts["trusted_proxies"] = list(self.trusted_proxies)
+        """The settings /status/detailed shows (PUBLIC_FIELDS), and whether the private ones that
+        decide how the service runs are set."""
+        facts = {name: getattr(self, name) for name in PUBLIC_FIELDS}
+        facts["cors_origins"] = list(self.cors_origins)
         facts["database_configured"] = self.database_url is not None
+        facts["worker_database_configured"] = self.worker_database_url is not None
+        facts["kms_configured"] = self.kms_key_id is not None
+        facts["aws_secret_configured"] = self.aws_secret_name is not None
+        facts["allow_networks_configured"] = bool(self.allow_networks)
         return facts
 
     def database_conninfo(self) -> str | Callable[[], str] | None:

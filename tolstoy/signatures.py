@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jsonsafe import UNSTORABLE
+from .numerals import unsigned
 
 PRESETS = ("tolstoy", "github", "stripe", "slack")
 SECRET_PREFIX = "whsec_"
@@ -100,10 +101,12 @@ def _matching(expected: str, given: list[str]) -> str | None:
 
 
 def _fresh(timestamp: str | None, now: float) -> bool | None:
-    """True/False for a well-formed timestamp within/outside MAX_AGE; None when malformed."""
-    if timestamp is None or not timestamp.isdigit() or len(timestamp) > 12:
+    """True/False for a timestamp of 1 to 12 ASCII digits within/outside MAX_AGE; None otherwise ("²",
+    "١٧٠٠…", a sign or a blank are not unix seconds, whatever ``str.isdigit`` says)."""
+    seconds = unsigned(timestamp, 12)
+    if seconds is None:
         return None
-    return abs(now - int(timestamp)) <= MAX_AGE
+    return abs(now - seconds) <= MAX_AGE
 
 
 def _timestamped(secret: str, header: str | None, body: bytes, now: float, name: str) -> Verdict:
@@ -184,5 +187,6 @@ def kept_headers(preset: str, headers: Headers) -> dict:
     for name in (*COMMON_HEADERS, *PRESET_HEADERS.get(preset, ())):
         value = headers(name)
         if value is not None:
-            kept[name] = value[:1000]
+            # Kept as jsonb, which holds no NUL: a sender's stray byte must not cost the refusal's record.
+            kept[name] = UNSTORABLE.sub("\ufffd", value[:1000])
     return kept

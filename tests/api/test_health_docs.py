@@ -5,6 +5,7 @@ working database and with one that cannot be reached."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import platform
 import re
@@ -120,6 +121,49 @@ def test_detailed_status_shows_no_secret(app_db, database_url, app_url):
         for secret in (SECRET_URL, SECRET_DIRECT_URL, "Sup3r-S3cret-Pw", "D1rect-S3cret-Pw", "tolstoy_admin",
                        ENCRYPTION_KEY, database_url, app_url, "postgresql://", "postgres://"):
             assert secret not in result.text, (path, secret)
+
+
+ADMIN = "admin-token-" + "a" * 40
+
+
+@pytest.mark.parametrize("path", ["/status/detailed", "/detailed"])
+def test_detailed_status_needs_the_admin_token_in_api_key_mode(worker_env, app_db, path):
+    """Its row counts span every organization: never a tenant's to read, nor anyone's without a token."""
+    config = Config.from_env({**worker_env, "TOLSTOY_AUTH_MODE": "api_key", "TOLSTOY_ADMIN_TOKEN": ADMIN,
+                              "TOLSTOY_API_KEY_SECRET": "key-secret-" + "k" * 40})
+    client = testing.TestClient(create_app(config, app_db))
+    created = client.simulate_post("/organizations", json={"name": "Tenant"},
+                                   headers={"Authorization": f"Bearer {ADMIN}"})
+    key = created.json["apiKey"]
+    for headers, status in (({}, 401), ({"Authorization": "Bearer tsk_not-a-key"}, 401),
+                            ({"Authorization": f"Bearer {ADMIN}x"}, 401), ({"X-Org-ID": created.json["id"]}, 401),
+                            ({"Authorization": f"Bearer {key}"}, 403)):
+        result = client.simulate_get(path, headers=headers)
+        assert result.status_code == status, (headers, result.text)
+        assert "approximateRowCounts" not in result.text and "database" not in result.json
+    assert "admin token" in result.json["message"]
+    result = client.simulate_get(path, headers={"Authorization": f"Bearer {ADMIN}"})
+    assert result.status_code == 200 and result.json["database"]["approximateRowCounts"]["organizations"] >= 0
+    # Readiness and liveness stay open to probes.
+    assert client.simulate_get("/status").status_code == 200 and client.simulate_get("/health").status_code == 200
+
+
+def test_detailed_status_shows_what_an_operator_needs_and_nothing_that_helps_an_attacker(app_db):
+    config = Config.from_env({
+        "DATABASE_URL": SECRET_URL, "TOLSTOY_ENV": "test", "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "TOLSTOY_KMS_KEY_ID": "arn:aws:kms:eu-west-3:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+        "TOLSTOY_ALLOW_NETWORKS": "10.20.0.0/16", "TOLSTOY_TRUSTED_PROXIES": "10.9.8.7",
+        "TOLSTOY_BIND": "10.1.2.3:3000", "TOLSTOY_DATA_DIR": "/srv/secret-place"})
+    body = testing.TestClient(create_app(config, app_db)).simulate_get("/status/detailed").json
+    text = json.dumps(body)
+    for leak in ("1234abcd", "111122223333", "eu-west-3", "10.20.0.0", "10.9.8.7", "10.1.2.3", "/srv/secret-place",
+                 platform.release(), platform.platform()):
+        assert leak not in text, leak
+    facts = body["config"]
+    assert facts["kms_configured"] is True and facts["allow_networks_configured"] is True
+    assert facts["aws_secret_configured"] is False and facts["database_configured"] is True
+    assert facts["env"] == "test" and facts["auth_mode"] == "headers" and facts["pool_max_size"] == 10
+    assert set(body["process"]) == {"pid", "python", "maxRssKb", "cpuSeconds"}
 
 
 def test_detailed_status_does_not_show_the_real_database_url(client, config):

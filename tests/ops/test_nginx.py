@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import require_program
+from support import ANYONE, MONITORING, REVIEWED_ROUTES, require_program
 
 from tolstoy.db import embedded, migrate
 
@@ -86,10 +86,13 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.rglob("*.log")))
 
-    def request(self, method, path, body=None, headers=None, *, raw: bytes | None = None, retry_429=True):
-        """One HTTP request through Nginx; a 429 is retried after Retry-After unless asked for."""
+    def request(self, method, path, body=None, headers=None, *, raw: bytes | None = None, retry_429=True,
+                source: str | None = None):
+        """One HTTP request through Nginx, from 127.0.0.1 or the ``source`` address; a 429 is retried
+        after Retry-After unless asked for."""
         for _ in range(10):
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15,
+                                              source_address=(source, 0) if source else None)
             data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
             sent = dict(headers or {})
             if data is not None:
@@ -233,6 +236,74 @@ def test_metrics_through_nginx_count_every_worker(stack):
     status, headers, payload = stack.request("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     assert 'tolstoy_http_requests_total{method="POST",route="/organizations",status="201"}' in payload.decode()
+
+
+# Another client: still loopback (tests reach only 127.0.0.1), but not the 127.0.0.1 that
+# ops/nginx/tolstoy.conf allows to reach the operator surfaces.
+OUTSIDE = "127.0.0.2"
+# What only the operator surfaces answer: Prometheus samples, detailed status's database facts.
+OPERATOR_DATA = ("tolstoy_http_requests_total", "# HELP", "# TYPE", "approximateRowCounts", "migrationVersion",
+                 "latencyMs", "maxRssKb")
+
+
+def spellings(path: str) -> list[str]:
+    """Ways to write ``path`` that Nginx normalizes to it or that the app (Gunicorn decodes %XX,
+    Falcon drops leading and trailing slashes) may route to it; issue 19's, and their relatives."""
+    body = path[1:]
+    every = "".join(f"%{ord(c):02x}" if c != "/" else "/" for c in body)
+    first, rest = body.split("/", 1) if "/" in body else (body, "")
+    return [
+        path, path + "/", path + "//", path + "?x", path + "?x=1&y=2", path + ";x", path + ";", path + "/;x",
+        path + "/.", path + "/./", path + "/x/..", path + "%2F", path + "%2f", path + "%20", path + "%3F",
+        path + ".", path + "x", path + "\\", path.upper(), path.title(), path.swapcase(),
+        "/" + every, "/" + every.upper(), f"/%{ord(body[0]):02x}{body[1:]}", f"/%{ord(body[0]):02X}{body[1:]}",
+        "//" + body, "///" + body, path.replace("/", "//"), "/." + path, "/./" + body, "/x/.." + path,
+        "/x/../" + body, "/%2e" + path, "/%2E/" + body, "/x/%2e%2e" + path, "/x/%2E%2E/" + body,
+        "/" + body.replace("/", "%2F"), "/" + body.replace("/", "%2f/"), "/" + body.replace("/", "/./"),
+        "/" + body.replace("/", "/x/../"), "/%2F" + body, "/auth/../" + body, "/auth/%2e%2e/" + body,
+        f"/{first}%2F{rest}" if rest else f"/{first}%2F", "http://localhost" + path, "http://127.0.0.1" + path,
+    ]
+
+
+def operator_paths() -> list[str]:
+    """The reviewed routes only the monitoring host may reach, and /health/detailed (no such route,
+    but a name someone may add)."""
+    return sorted({t for t, (_, _, reach, _) in REVIEWED_ROUTES.items() if reach == MONITORING}
+                  | {"/health/detailed"})
+
+
+def test_operator_surfaces_are_not_reachable_from_outside_however_spelled(stack):
+    paths = operator_paths()
+    assert {"/metrics", "/status/detailed", "/detailed"} <= set(paths)
+    leaked = []
+    for path in paths:
+        for spelling in spellings(path):
+            for method in ("GET", "HEAD"):
+                status, _, payload = stack.request(method, spelling, source=OUTSIDE)
+                text = payload.decode(errors="replace")
+                if status not in (400, 403, 404, 405) or any(marker in text for marker in OPERATOR_DATA):
+                    leaked.append(f"{method} {spelling} → {status} {text[:80]!r}")
+    assert not leaked, "\n".join(leaked)
+    # The operator surfaces are denied by Nginx itself, with the app's error body.
+    status, headers, payload = stack.request("GET", "/metrics/", source=OUTSIDE)
+    assert status == 403 and headers["content-type"] == "application/json"
+    assert decode(payload)["message"] == "Not available from this address."
+
+
+def test_the_monitoring_host_still_reaches_them_and_everyone_the_public_routes(stack):
+    for path in ("/metrics", "/status/detailed", "/detailed"):
+        status, _, payload = stack.request("GET", path)
+        assert status == 200 and any(marker in payload.decode() for marker in OPERATOR_DATA), path
+    # Every reviewed route anyone may reach (without a path parameter) is not refused by Nginx.
+    for template, (_, methods, reach, _) in REVIEWED_ROUTES.items():
+        if reach == ANYONE and "GET" in methods.split() and "{" not in template:
+            status, _, payload = stack.request("GET", template, source=OUTSIDE)
+            assert status in (200, 302), (template, status, payload[:200])
+    # Nor a tenant route that merely ends in "metrics".
+    org = decode(stack.request("POST", "/organizations", {"name": "Metrics reader"})[2])
+    status, _, payload = stack.request("GET", "/flows/00000000-0000-4000-8000-000000000000/metrics",
+                                       headers={"X-Org-ID": org["id"]}, source=OUTSIDE)
+    assert status == 404 and decode(payload)["message"].startswith("Flow"), payload
 
 
 def test_rate_limit_answers_429_json_per_client(stack):

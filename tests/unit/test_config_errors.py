@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from tolstoy import cli
-from tolstoy.config import Config
+from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,3 +57,14 @@ def test_a_production_worker_needs_its_own_database_role():
     assert cli.worker_database_url(Config(env="production", database_url=app, worker_database_url=worker)) \
         == (worker, None)
     assert cli.worker_database_url(Config(env="development", database_url=app)) == (app, None)
+
+
+def test_every_setting_is_reviewed_for_detailed_status():
+    """/status/detailed shows PUBLIC_FIELDS only: a new setting is private until someone says otherwise."""
+    names = {f.name for f in fields(Config)}
+    assert not set(PUBLIC_FIELDS) & set(PRIVATE_FIELDS)
+    assert names == set(PUBLIC_FIELDS) | set(PRIVATE_FIELDS), (
+        f"classify in tolstoy/config.py: {sorted(names - set(PUBLIC_FIELDS) - set(PRIVATE_FIELDS))}, "
+        f"gone: {sorted((set(PUBLIC_FIELDS) | set(PRIVATE_FIELDS)) - names)}")
+    facts = Config(database_url="postgresql://u:pw@h/db", admin_token="t" * 40).public_facts()
+    assert not set(facts) & set(PRIVATE_FIELDS)

@@ -15,6 +15,7 @@ from gunicorn.glogging import Logger as _GunicornBaseLogger
 
 from ..jsonsafe import dumps
 from ..logs import JsonFormatter
+from ..numerals import unsigned
 from ..redaction import redact
 from ..times import now_iso
 
@@ -73,7 +74,7 @@ class GunicornLogger(_GunicornBaseLogger):
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),
             "route": environ.get(ENV_ROUTE),
-            "status": int(status) if str(status).isdigit() else status,
+            "status": unsigned(str(status), 3) or status,
             "bytes": getattr(resp, "sent", None),
             "durationMs": round(request_time.total_seconds() * 1000, 2),
             "client": client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"),

@@ -58,6 +58,7 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     flow_triggers = triggers.FlowTriggers(db, tool_calls.vault)
     outbound_hooks = webhooks.Webhooks(db, tool_calls.vault, config.allow_networks)
     status = health.Status(db, config)
+    detailed = health.DetailedStatus(db, config)
     docs = openapi.Docs(config.app_name)
     secrets = compat.ToolSecrets(db, tool_calls.vault)
     user_connections = connections.UserConnections(db)
@@ -112,8 +113,8 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/execution-logs/{id}", execution_logs.Item(db), None),
         ("/health", health.Health(), None),
         ("/status", status, None),
-        ("/status/detailed", status, "detailed"),
-        ("/detailed", status, "detailed"),
+        ("/status/detailed", detailed, None),
+        ("/detailed", detailed, None),
         ("/version", health.Version(config), None),
         ("/openapi.json", openapi.OpenAPI(MODELS, config.app_name), None),
         ("/docs", docs, None),

@@ -43,8 +43,9 @@ from .schemas import TOOL_KEY, ConnectedSchema, LoginQuery, PageQuery, UserConne
 
 STATE_MINUTES = 10
 EXCHANGE_TIMEOUT_MS = 10_000
-_TOOL_KEY = re.compile(TOOL_KEY)
-_STATE = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{43})$")
+_TOOL_KEY = re.compile(TOOL_KEY.removeprefix("^").removesuffix("$"))
+# Matched whole (fullmatch): "$" would also let a state or tool key end in a newline.
+_STATE = re.compile(r"([0-9a-f]{32})\.([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{43})")
 _LOGIN = LoginQuery()
 _PAGE = PageQuery()
 _CONNECTED = dumper(ConnectedSchema())
@@ -72,7 +73,7 @@ def sign_state(key: bytes, org_id: uuid.UUID, nonce: str, tool_key: str) -> str:
 
 def read_state(key: bytes, state: str, tool_key: str) -> tuple[uuid.UUID, str]:
     """(organization, nonce) of a state this service signed for this tool; 400 otherwise."""
-    found = _STATE.match(state)
+    found = _STATE.fullmatch(state)
     if found is None or not hmac.compare_digest(found.group(3), _signature(key, found.group(1), found.group(2),
                                                                            tool_key)):
         raise field_error("state", "Not a valid state (altered, or not issued for this tool).")
@@ -100,7 +101,7 @@ def _per_user_config(tool: dict, row: dict | None, vault) -> dict:
 
 def check_tool_key(tool_key: str) -> None:
     """A key no tool can have names no tool: 404 before any query."""
-    if not _TOOL_KEY.match(tool_key):
+    if not _TOOL_KEY.fullmatch(tool_key):
         raise NotFound("Tool")
 
 
@@ -194,7 +195,7 @@ class OAuthCallback(_Connect):
             raise field_error("code", "The code parameter is required.")
         org_id, login, credential = self._take(key, params["state"], tool_key)
         config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
-        verifier = pkce_verifier(key, org_id, _STATE.match(params["state"]).group(2))
+        verifier = pkce_verifier(key, org_id, _STATE.fullmatch(params["state"]).group(2))
         try:
             body = engine.exchange_code(config, params["code"], verifier, login["redirect_uri"], self.tools.http,
                                         EXCHANGE_TIMEOUT_MS)

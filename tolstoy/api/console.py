@@ -35,6 +35,7 @@ from ..db.database import ADMIN, Database, Tenant
 from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
+from ..numerals import unsigned
 from .paging import encode_cursor, time_id_cursor, time_id_key
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
@@ -190,7 +191,8 @@ def build_timeline(run: dict, steps: list[dict], logs: list[dict], now: dt.datet
     types = {s.get("id"): s.get("type") for s in plan}
     by_step: dict[str, list[dict]] = {}
     for row in logs:
-        if row["step_key"] != RUN_STEP_KEY:
+        # The engine's rows only: a client may write logs under a run's id (marked on the page), never its timing.
+        if row["source"] == "engine" and row["step_key"] != RUN_STEP_KEY:
             by_step.setdefault(row["step_key"], []).append({**row, "step_type": types.get(row["step_key"])})
     lanes = []
     for step in steps:
@@ -478,9 +480,10 @@ class Console:
             raw = req.get_param("compare")
             compare = None
             if raw is not None:
-                if not (raw.isascii() and raw.isdigit()):
+                number = unsigned(raw, 10)
+                if number is None:
                     raise Page(400, "Bad request", "compare: a version number.")
-                compare = next((v for v in versions if v["version"] == int(raw)), None)
+                compare = next((v for v in versions if v["version"] == number), None)
                 if compare is None:
                     raise not_found("Flow version")
             elif len(versions) > 1:

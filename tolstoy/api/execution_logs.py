@@ -7,6 +7,7 @@ from marshmallow import fields, validate
 
 from ..db.queries import SQL
 from . import resources
+from .errors import Conflict
 from .model import Filter, Model
 from .schemas import EXECUTION_STATUSES, ExecutionLogSchema, text
 from .tenancy import require_user
@@ -24,8 +25,8 @@ MODEL = Model(
         Filter("userId", "user_id", fields.UUID(), "Only logs written by this user (UUID)."),
     ),
     user_required_on_create=True,
-    # Written by the engine; a GET body PUT back must not be refused for carrying it.
-    derived_fields=frozenset({"durationMs"}),
+    # Written by the engine or the database; a GET body PUT back must not be refused for carrying them.
+    derived_fields=frozenset({"durationMs", "source"}),
 )
 
 
@@ -39,6 +40,13 @@ class ExecutionLogResource(resources.ModelResource):
         if "flow_id" in values:
             self.require_visible(req, SQL.flows.exists, values["flow_id"], "flowId", "flow")
 
+    def check_changeable(self, row: dict) -> None:
+        """The engine's rows are the run's audit trail: no client changes or deletes them (409)."""
+        if row["source"] != "client":
+            raise Conflict("This execution log was written by the engine (source \"engine\"): it is part of its "
+                           "run's audit trail and cannot be changed or deleted. Only logs written through "
+                           "POST /execution-logs (source \"client\") can.")
+
 
 class Collection(ExecutionLogResource, resources.Collection):
     """``GET/POST /execution-logs``; creating one records X-User-ID as its actor."""
@@ -49,8 +57,9 @@ class Collection(ExecutionLogResource, resources.Collection):
         super().on_post(req, resp)
 
     def insert(self, req: falcon.Request, values: dict) -> dict:
-        """The actor comes from the header, never from the body; durationMs is the engine's."""
-        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id, duration_ms=None)
+        """The actor comes from the header, never from the body; the row is the client's (source
+        ``client``, set by the statement itself); durationMs is the engine's."""
+        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id)
 
 
 class Item(ExecutionLogResource, resources.Item):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import falcon
 
 from ..db.queries import SQL
+from ..numerals import unsigned
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed
@@ -196,8 +197,9 @@ class Version(FlowResource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, id: str, version: str) -> None:
         """One version of the flow's steps."""
         flow_id, _ = self.find(req, id)
-        if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= 2_147_483_647:
+        number = unsigned(version, 10)
+        if number is None or not 1 <= number <= 2_147_483_647:
             raise NotFound("Flow version")
         row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version", commit=True,
-                                   org_id=req.context.org_id, flow_id=flow_id, version=int(version))
+                                   org_id=req.context.org_id, flow_id=flow_id, version=number)
         respond(resp, _VERSION(row))

@@ -1,5 +1,10 @@
 """Routes for operators and probes (no tenant header): liveness, readiness,
-details, version, and ``/metrics`` for Prometheus."""
+details, version, and ``/metrics`` for Prometheus.
+
+Detailed status and ``/metrics`` are operator surfaces: their counts span every
+organization. ops/nginx/tolstoy.conf answers them only to the monitoring host,
+whatever the path's spelling, and in api_key mode detailed status also needs
+the admin token (``access = "operator"``, checked by TenantMiddleware)."""
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ class Health:
 
 
 class Status:
-    """``GET /status`` and ``GET /status/detailed``: 200 when the database answers, else 503."""
+    """``GET /status``: 200 when the database answers, else 503."""
 
     access = "public"
 
@@ -68,7 +73,15 @@ class Status:
             "timestamp": now_iso(),
         }
 
-    def on_get_detailed(self, req: falcon.Request, resp: falcon.Response) -> None:
+
+class DetailedStatus(Status):
+    """``GET /status/detailed`` (alias ``/detailed``): for operators. In api_key mode only the admin
+    token reads it (401 without, 403 with an organization's key): its row counts span every
+    organization. Shows no secret, and of the settings only what an operator needs here."""
+
+    access = "operator"
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         """Latency, pool, migration version, approximate row counts, process and config facts."""
         resp.cache_control = ["no-store"]
         try:
@@ -95,7 +108,6 @@ class Status:
             "process": {
                 "pid": os.getpid(),
                 "python": platform.python_version(),
-                "platform": platform.platform(),
                 "maxRssKb": usage.ru_maxrss,
                 "cpuSeconds": round(usage.ru_utime + usage.ru_stime, 3),
             },

@@ -296,8 +296,11 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     for path in ("/status/detailed", "/detailed"):
         spec.path(path=path, operations={"get": {
             "tags": ["Health"], "summary": "Database latency, pool, migration version, counts, process and config",
+            "description": "For operators: in api_key mode only the admin token (TOLSTOY_ADMIN_TOKEN) reads it "
+                           "(401 without a token, 403 with an organization's key); the shipped Nginx answers "
+                           "it to the monitoring host only.",
             "responses": {"200": {"description": "Details.", "content": {"application/json": {"schema": {"type": "object"}}}},
-                          "503": {"description": "The database does not answer.", "content": _json("Status")}}}})
+                          **_errors()}}})
     simple("/version", "Name and versions of the service.", "Version")
     spec.path(path="/openapi.json", operations={"get": {"tags": ["Docs"], "summary": "This document",
               "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}})

@@ -41,11 +41,12 @@ def time_id_cursor(query: dict) -> dict:
     params = {"after_created_at": None, "after_id": None}
     if query.get("cursor"):
         values = decode_cursor(query["cursor"])
+        if len(values) != 2 or not all(isinstance(value, str) for value in values):
+            raise field_error("cursor", "Not a valid cursor.")
         try:
-            created_at, row_id = values
-            params["after_created_at"] = dt.datetime.fromisoformat(created_at)
-            params["after_id"] = uuid.UUID(row_id)
-        except (ValueError, TypeError):
+            params["after_created_at"] = dt.datetime.fromisoformat(values[0])
+            params["after_id"] = uuid.UUID(values[1])
+        except ValueError:
             raise field_error("cursor", "Not a valid cursor.") from None
     return params
 

@@ -66,6 +66,10 @@ class ModelResource:
     def check_references(self, req: falcon.Request, values: dict) -> None:
         """400 naming a field that points at a record the caller cannot see."""
 
+    def check_changeable(self, row: dict) -> None:
+        """409 when the found record may not be changed or deleted through this route (after every
+        other check of the request, as the contract orders a 409)."""
+
     def require_visible(self, req: falcon.Request, exists: Query, record_id, field: str, noun: str) -> None:
         """400 naming ``field`` unless the caller's organization has that record (``exists`` query)."""
         if not self.db.scalar(exists, org_id=req.context.org_id, id=record_id):
@@ -126,6 +130,7 @@ class Item(ModelResource):
         check_if_match(req, etag_of(self.represent(row)))
         values = self.load_values(data, partial=True)
         self.check_references(req, values)
+        self.check_changeable(row)
         self.before_update(req, row, values)
         merged = {column: row.get(column) for column in self.store.writable}
         merged.update(values)
@@ -142,5 +147,6 @@ class Item(ModelResource):
         """Delete one record: 204, or 409 while other rows reference it."""
         record_id, row = self.find(req, id, for_update=True)
         check_if_match(req, etag_of(self.represent(row)))
+        self.check_changeable(row)
         self.store.delete(req.context.org_id, record_id, commit=True)
         resp.status = falcon.HTTP_204

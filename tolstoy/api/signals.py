@@ -79,17 +79,23 @@ def sign_link(key: bytes, claims: dict) -> str:
     return f"{body}.{b64url(hmac.new(key, b'approval.' + body.encode(), hashlib.sha256).digest())}"
 
 
+def _claims(data) -> dict | None:
+    """The claims sign_link wrote, each of its type, or None."""
+    if not isinstance(data, dict) or not all(isinstance(data.get(name), str) for name in "ofrsl"):
+        return None
+    if type(data.get("e")) is not int or not isinstance(data.get("a"), str | None):
+        return None
+    return {"org": uuid.UUID(data["o"]), "flow": uuid.UUID(data["f"]), "run": uuid.UUID(data["r"]),
+            "signal": data["s"], "approver": data.get("a"), "expires": data["e"], "link": uuid.UUID(data["l"])}
+
+
 def read_link(key: bytes, token: str, now: float) -> dict:
     """The claims of a link: 401 when it is not one of ours (malformed, tampered), 410 when expired."""
     body, _, mac = token.partition(".")
     try:
         good = hmac.compare_digest(unb64url(mac), hmac.new(key, b"approval." + body.encode(), hashlib.sha256).digest())
-        claims = json.loads(unb64url(body)) if good else None
-        if claims is not None:
-            claims = {"org": uuid.UUID(claims["o"]), "flow": uuid.UUID(claims["f"]), "run": uuid.UUID(claims["r"]),
-                      "signal": str(claims["s"]), "approver": claims.get("a"), "expires": int(claims["e"]),
-                      "link": uuid.UUID(claims["l"])}
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeError):
+        claims = _claims(json.loads(unb64url(body))) if good else None
+    except (ValueError, binascii.Error, UnicodeError):
         claims = None
     if claims is None:
         raise falcon.HTTPUnauthorized(title="Invalid link", description="This approval link is not valid.")

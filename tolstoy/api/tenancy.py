@@ -16,8 +16,12 @@ API keys are ``tsk_`` + 43 random URL-safe characters. Only HMAC-SHA256(server
 secret, key) is stored: a stolen table yields no usable key, and checking a key
 is one hash plus one indexed lookup, whether the key is valid or not.
 
-Resources declare ``access``: ``"tenant"`` (default), ``"organizations"`` or
-``"public"`` (health and docs).
+Resources declare ``access``: ``"tenant"`` (default), ``"organizations"``,
+``"operator"`` (detailed status: the admin token in api_key mode; headers mode
+trusts its gateway, as it does for organizations) or ``"public"`` (health,
+docs and the doors that authenticate by themselves: webhook signatures, signed
+approval links and OAuth states). tests/api/test_public_routes.py lists every
+route that is not ``"tenant"`` against a reviewed list.
 """
 
 from __future__ import annotations
@@ -164,6 +168,13 @@ class TenantMiddleware:
         access = getattr(resource, "access", "tenant")
         if access == "public" or not method_allowed(req, self.routes):
             return
+        if access == "operator":
+            if self.mode == "api_key" and self._authenticate(req, access) is not None:
+                raise falcon.HTTPForbidden(
+                    title="Admin token required",
+                    description="This is for operators: send the admin token (TOLSTOY_ADMIN_TOKEN), not an "
+                                "organization's API key.")
+            return
         hashed = self._authenticate(req, access) if self.mode == "api_key" else None
         if hashed is not None:
             needed = scope_needed(req, resource)
@@ -199,7 +210,7 @@ class TenantMiddleware:
         token = bearer_token(req)
         if token is None:
             raise unauthorized("Send Authorization: Bearer <API key>.")
-        if access == "organizations" and same_secret(token, self.admin_token):
+        if access in ("organizations", "operator") and same_secret(token, self.admin_token):
             req.context.is_admin = True
             return None
         hashed = key_hash(self.key_secret, token)

@@ -72,10 +72,10 @@ class TableStore:
 def write_execution_log(db: dbmod.Database, *, org_id, flow_id, user_id, execution_id, step_key: str, status: str,
                         inputs: Any = None, outputs: Any = None, error: Any = None,
                         duration_ms: int | None = None, commit: bool = False) -> dict:
-    """Append one execution log row written by Tolstoy itself (engine step events, run changes made
-    through the API, direct action calls); non-object inputs become ``{}``, outputs ``{"value": …}``."""
+    """Append one execution log row written by Tolstoy itself (source ``engine``: run changes made
+    through the API); non-object inputs become ``{}``, outputs ``{"value": …}``."""
     return db.one(
-        SQL.execution_logs.insert, commit=commit, org_id=org_id, flow_id=flow_id, user_id=user_id,
+        SQL.execution_logs.write, commit=commit, org_id=org_id, flow_id=flow_id, user_id=user_id,
         execution_id=str(execution_id), step_key=step_key, status=status,
         inputs=dbmod.json(inputs if isinstance(inputs, dict) else {}),
         outputs=dbmod.json(outputs if isinstance(outputs, dict) or outputs is None else {"value": outputs}),

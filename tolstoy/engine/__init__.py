@@ -17,7 +17,7 @@ from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
-from .runner import RUN_STEP_KEY, Engine
+from .runner import RUN_STEP_KEY, Engine, reserved_step_key
 from .tool_auth import SECRET_FIELDS, TokenRequestFailed, exchange_code, expires_in, masked, scope_of
 from .vault import Reader, Vault, generate_key, legacy_keys, local_key
 from .webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
@@ -29,7 +29,7 @@ from .worker import Worker
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
-    "reencrypt", "rewrap", "step_order", "tools", "vault_from_config",
+    "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",
     "WEBHOOK_EVENT_TYPES", "WEBHOOK_RESERVED_HEADERS", "Deliverer", "deliverer", "webhook_target_problem",
 ]

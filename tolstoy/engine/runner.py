@@ -22,6 +22,7 @@ import contextvars
 import datetime as dt
 import logging
 import random
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -62,6 +63,17 @@ DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 def item_id(step_id: str, index: int) -> str:
     """The checkpoint id of one item of a foreach step (step ids never hold brackets)."""
     return f"{step_id}[{index}]"
+
+
+_ITEM_SUFFIX = re.compile(r"\[[0-9]+\]\Z")
+
+
+def reserved_step_key(key: str) -> bool:
+    """Whether an execution log's step key is one the engine names its own rows with and no flow step
+    can have: RUN_STEP_KEY (and every "$…" key, kept for the engine), ON_FAILURE + id, and item_id's
+    "<id>[<n>]". A client may not write a log under one (POST /execution-logs: 400 naming stepKey);
+    tests/engine/test_log_provenance.py checks every key a run's rows use is a step id or one of these."""
+    return key.startswith(("$", ON_FAILURE)) or _ITEM_SUFFIX.search(key) is not None
 
 
 def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> int:

@@ -29,7 +29,7 @@ MAX_OUTPUT = 1_000_000  # characters (or items) any one value may have
 MAX_EXPONENT = 100
 RENDER_SECONDS = 1.0
 # Width and precision in a format spec: "%-10000s", "{:>10000}", "{:.5000f}".
-_PERCENT_SPEC = re.compile(r"%[#0\- +]*(\d+|\*)?(?:\.(\d+|\*))?[a-zA-Z%]")
+_PERCENT_SPEC = re.compile(r"%[#0\- +]*(\d+|\*)?(?:\.(\d+|\*))?[a-zA-Z%]", re.ASCII)
 _FORMAT_WIDTHS = re.compile(r"(\d+)")
 _PAD_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
@@ -154,7 +154,7 @@ class LimitedEnvironment(ImmutableSandboxedEnvironment):
         numbers = [a for a in (args if isinstance(args, tuple) else (args,)) if isinstance(a, int)]
         for width, precision in _PERCENT_SPEC.findall(spec):
             for part in (width, precision):
-                if part.isdigit():
+                if part and part != "*":  # ASCII digits (re.ASCII)
                     _bounded(int(part), "format width")
                 elif part == "*" and numbers:
                     _bounded(max(numbers), "format width")

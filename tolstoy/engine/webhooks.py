@@ -37,6 +37,7 @@ from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..jsonsafe import dumps
+from ..numerals import unsigned
 from ..times import backoff_ms, seconds_between
 from .outbound import Outbound, OutboundError, address_allowed, parse_networks, retryable_status
 from .vault import Vault
@@ -102,8 +103,9 @@ def retry_after_ms(value: str | None, now: float | None = None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return int(value) * 1000
+    seconds = unsigned(value, 10)
+    if seconds is not None:
+        return seconds * 1000
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
