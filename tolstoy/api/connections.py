@@ -193,7 +193,8 @@ class OAuthCallback(_Connect):
         if not params["code"]:
             raise field_error("code", "The code parameter is required.")
         org_id, login, credential = self._take(key, params["state"], tool_key)
-        config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
+        with self.db.tenant(org_id):  # its data key is the organization's: visible only as the organization
+            config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
         verifier = pkce_verifier(key, org_id, _STATE.match(params["state"]).group(2))
         try:
             body = engine.exchange_code(config, params["code"], verifier, login["redirect_uri"], self.tools.http,
