@@ -131,6 +131,30 @@ COMMENT ON FUNCTION public.actions_bump_version() IS 'BEFORE UPDATE trigger: ver
 
 
 --
+-- Name: flow_runs_inherit_acting(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_inherit_acting() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    select p.acts_as_user and p.user_id is not distinct from new.user_id into new.acts_as_user
+    from flow_runs p
+    where p.org_id = new.org_id and p.id = new.parent_run_id;
+    new.acts_as_user := coalesce(new.acts_as_user, false);
+    return new;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_inherit_acting(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_inherit_acting() IS 'BEFORE UPDATE OF parent_run_id trigger: a child run may act as its user only when its parent may.';
+
+
+--
 -- Name: flow_runs_notify(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -921,13 +945,13 @@ COMMENT ON FUNCTION public.tolstoy_iso(t timestamp with time zone) IS 'A timesta
 -- Name: tolstoy_key_grant(bytea); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_key_grant(hash bytea) RETURNS TABLE(org_id uuid, scopes text[])
+CREATE FUNCTION public.tolstoy_key_grant(hash bytea) RETURNS TABLE(org_id uuid, scopes text[], user_id uuid)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
 begin
     return query
-    select k.org_id, k.scopes
+    select k.org_id, k.scopes, k.user_id
     from api_keys k
     where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
     if not found then
@@ -941,7 +965,7 @@ $$;
 -- Name: FUNCTION tolstoy_key_grant(hash bytea); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_key_grant(hash bytea) IS 'The organization and scopes of a usable API key (TS003 otherwise); the API caches them per key.';
+COMMENT ON FUNCTION public.tolstoy_key_grant(hash bytea) IS 'The organization, scopes and bound user of a usable API key (TS003 otherwise); the API caches them per key.';
 
 
 --
@@ -1180,6 +1204,7 @@ CREATE TABLE public.flow_runs (
     parent_run_id uuid,
     parent_step_id text,
     depth integer DEFAULT 0 NOT NULL,
+    acts_as_user boolean DEFAULT false NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1289,10 +1314,17 @@ COMMENT ON COLUMN public.flow_runs.depth IS 'Sub-flow nesting: 0 for a top-level
 
 
 --
--- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid); Type: FUNCTION; Schema: public; Owner: -
+-- Name: COLUMN flow_runs.acts_as_user; Type: COMMENT; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid) RETURNS TABLE(run public.flow_runs, created boolean)
+COMMENT ON COLUMN public.flow_runs.acts_as_user IS 'The run may use its user''s OAuth connections (per-user tools): its starter could act as user_id (a key bound to them or with impersonate; headers mode: X-User-ID). Set when queued; a subflow child inherits it.';
+
+
+--
+-- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean DEFAULT false) RETURNS TABLE(run public.flow_runs, created boolean)
     LANGUAGE plpgsql
     AS $_$
 declare
@@ -1341,9 +1373,9 @@ begin
                    or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'));
     end if;
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
-                           retry_of, root_run_id, created_at)
+                           retry_of, root_run_id, created_at, acts_as_user)
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, coalesce(root, new_id),
-            new_created_at)
+            new_created_at, coalesce(acting, false) and actor is not null)
     returning * into queued;
     if retrying is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -1367,10 +1399,10 @@ $_$;
 
 
 --
--- Name: FUNCTION tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run.';
+COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user).';
 
 
 --
@@ -1520,7 +1552,8 @@ CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
     AS $$
     select jsonb_build_object(
         'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
-        'flow_version', r.flow_version, 'user_id', r.user_id, 'variables', r.variables, 'plan', r.plan,
+        'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
+        'variables', r.variables, 'plan', r.plan,
         'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
         'checkpoints', coalesce((
             select jsonb_agg(jsonb_build_object(
@@ -1971,10 +2004,11 @@ CREATE TABLE public.api_keys (
     revoked_at timestamp with time zone,
     scopes text[] DEFAULT '{read,write,execute,admin}'::text[] NOT NULL,
     expires_at timestamp with time zone,
+    user_id uuid,
     CONSTRAINT api_keys_expires_after_creation CHECK (((expires_at IS NULL) OR (expires_at > created_at))),
     CONSTRAINT api_keys_key_hash_length CHECK ((octet_length(key_hash) = 32)),
     CONSTRAINT api_keys_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200))),
-    CONSTRAINT api_keys_scopes_known CHECK ((((cardinality(scopes) >= 1) AND (cardinality(scopes) <= 4)) AND (scopes <@ '{read,write,execute,admin}'::text[])))
+    CONSTRAINT api_keys_scopes_known CHECK ((((cardinality(scopes) >= 1) AND (cardinality(scopes) <= 5)) AND (scopes <@ '{read,write,execute,admin,impersonate}'::text[])))
 );
 
 ALTER TABLE ONLY public.api_keys FORCE ROW LEVEL SECURITY;
@@ -2012,7 +2046,7 @@ COMMENT ON COLUMN public.api_keys.revoked_at IS 'Revoked keys are kept for the a
 -- Name: COLUMN api_keys.scopes; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.api_keys.scopes IS 'What the key may do: read, write, execute, admin (its organization''s keys).';
+COMMENT ON COLUMN public.api_keys.scopes IS 'What the key may do: read, write, execute, admin (its organization''s keys), impersonate (act as any user).';
 
 
 --
@@ -2020,6 +2054,13 @@ COMMENT ON COLUMN public.api_keys.scopes IS 'What the key may do: read, write, e
 --
 
 COMMENT ON COLUMN public.api_keys.expires_at IS 'When the key stops working (null: never); checked by tolstoy_enter_key.';
+
+
+--
+-- Name: COLUMN api_keys.user_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.api_keys.user_id IS 'The user the key is bound to (null: none): it may act as that user (use their OAuth connections, connect an account for them). Never changes.';
 
 
 --
@@ -2318,6 +2359,7 @@ CREATE TABLE public.flow_runs_default (
     parent_run_id uuid,
     parent_step_id text,
     depth integer DEFAULT 0 NOT NULL,
+    acts_as_user boolean DEFAULT false NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -3382,6 +3424,13 @@ CREATE INDEX api_keys_org_id_created_at_id_idx ON public.api_keys USING btree (o
 
 
 --
+-- Name: api_keys_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX api_keys_org_id_user_id_idx ON public.api_keys USING btree (org_id, user_id) WHERE (user_id IS NOT NULL);
+
+
+--
 -- Name: execution_logs_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3970,6 +4019,13 @@ CREATE TRIGGER flow_run_steps_webhook_events_update AFTER UPDATE OF status ON pu
 
 
 --
+-- Name: flow_runs flow_runs_inherit_acting; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_inherit_acting BEFORE UPDATE OF parent_run_id ON public.flow_runs FOR EACH ROW WHEN (((new.parent_run_id IS NOT NULL) AND (new.parent_run_id IS DISTINCT FROM old.parent_run_id))) EXECUTE FUNCTION public.flow_runs_inherit_acting();
+
+
+--
 -- Name: flow_runs flow_runs_notify; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4130,6 +4186,14 @@ ALTER TABLE ONLY public.actions
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
+-- Name: api_keys api_keys_user_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_user_id_fkey FOREIGN KEY (org_id, user_id) REFERENCES public.users(org_id, id) ON DELETE CASCADE;
 
 
 --
@@ -4696,4 +4760,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000014'),
     ('20261201000015'),
     ('20261207000101'),
+    ('20261207000300'),
     ('20261207000400');

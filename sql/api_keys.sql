@@ -1,8 +1,8 @@
 -- name: insert^
 -- Store a new key's hash; the key itself is returned to the caller once and never stored.
-insert into api_keys (org_id, name, prefix, key_hash, scopes, expires_at)
-values (:org_id, :name, :prefix, :key_hash, :scopes, :expires_at)
-returning id, org_id, name, prefix, scopes, expires_at, created_at, last_used_at;
+insert into api_keys (org_id, name, prefix, key_hash, scopes, expires_at, user_id)
+values (:org_id, :name, :prefix, :key_hash, :scopes, :expires_at, :user_id)
+returning id, org_id, name, prefix, scopes, expires_at, user_id, created_at, last_used_at;
 
 -- name: expiry_of$
 -- When the key making a request expires (null: never); a key it creates may not outlive it.
@@ -13,7 +13,7 @@ where org_id = :org_id and key_hash = :key_hash;
 -- name: list
 -- One keyset page of an organization's active keys (expired ones included, marked by
 -- expiresAt), newest first.
-select id, org_id, name, prefix, scopes, expires_at, created_at, last_used_at
+select id, org_id, name, prefix, scopes, expires_at, user_id, created_at, last_used_at
 from api_keys
 where org_id = :org_id and revoked_at is null
   and (:after_created_at::timestamptz is null

@@ -8,12 +8,14 @@
 
 -- name: queue^
 -- Queue a run of a flow version with its plan and first log row, or find the run this
--- Idempotency-Key (or this retried run) already made; created says which.
+-- Idempotency-Key (or this retried run) already made; created says which. acts_as_user: the
+-- one who queues it may act as :user_id (use their connections; tenancy.may_act_as).
 select (q.run).org_id, (q.run).id, (q.run).flow_id, (q.run).flow_version, (q.run).user_id, (q.run).status,
        (q.run).variables, (q.run).error, (q.run).retry_of, (q.run).created_at, (q.run).started_at,
        (q.run).finished_at, q.created
 from tolstoy_queue_run(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
-                       :variables::jsonb, :idempotency_key::text, :retry_of::uuid) as q;
+                       :variables::jsonb, :idempotency_key::text, :retry_of::uuid,
+                       :acts_as_user::boolean) as q;
 
 -- name: get^
 -- One run of a flow, with what its completed steps returned (as shown: secrets masked; null

@@ -39,8 +39,9 @@ select set_config('app.org_id', :org_id, true), set_config('statement_timeout', 
 select tolstoy_enter_key(:key_hash::bytea, :user_id::uuid, :timeout_ms::integer);
 
 -- name: key_grant^
--- The organization and scopes of a usable API key (TS003 for an unknown, revoked or expired one).
-select org_id, scopes
+-- The organization, scopes and bound user (null: none) of a usable API key (TS003 for an
+-- unknown, revoked or expired one).
+select org_id, scopes, user_id
 from tolstoy_key_grant(:key_hash::bytea);
 
 -- name: listen!

@@ -262,3 +262,45 @@ def test_the_openapi_document_names_the_api_key_scheme_and_scopes(keyed):
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
     assert all(scope in scheme["description"] for scope in ("read", "write", "execute", "admin"))
     assert {"apiKey": []} in spec["security"]
+
+
+def test_a_key_may_be_bound_to_a_user_and_impersonate_is_given_only_by_name(keyed):
+    _, root = new_org(keyed, "Bound")
+    _, other_root = new_org(keyed, "Other")
+    # An organization's first key holds every scope, impersonate included …
+    [first] = keyed.simulate_get("/api-keys", headers=bearer(root)).json
+    assert first["scopes"] == ["read", "write", "execute", "admin", "impersonate"] and first["userId"] is None
+    ada = keyed.simulate_post("/users", json={"email": "ada@b.example"}, headers=bearer(root)).json
+    bob = keyed.simulate_post("/users", json={"email": "bob@b.example"}, headers=bearer(root)).json
+    stranger = keyed.simulate_post("/users", json={"email": "s@o.example"}, headers=bearer(other_root)).json
+    # … a key made without scopes the four of old: acting as users is never given by default.
+    plain = make_key(keyed, root)
+    assert plain["scopes"] == ["read", "write", "execute", "admin"] and plain["userId"] is None
+    bound = make_key(keyed, root, scopes=["read", "execute"], userId=ada["id"])
+    assert bound["userId"] == ada["id"]
+    listed = {k["id"]: k for k in keyed.simulate_get("/api-keys", headers=bearer(root)).json}
+    assert listed[bound["id"]]["userId"] == ada["id"] and listed[plain["id"]]["userId"] is None
+    for user_id in ("not-a-uuid", stranger["id"], "6f1b4a0e-8f0c-4c55-9a57-000000000000"):
+        result = keyed.simulate_post("/api-keys", json={"name": "x", "userId": user_id}, headers=bearer(root))
+        assert result.status_code == 400 and result.json["errors"][0]["field"] == "userId", result.text
+    # No key grants more than it has: binding a key to a user lets it act as them, so a key that may not
+    # act as that user (not bound to them, no impersonate) may neither bind nor grant impersonate; it is
+    # refused before the user is looked up, so it learns nothing of who exists.
+    for body in ({"scopes": ["read", "impersonate"]}, {"userId": ada["id"]}, {"userId": stranger["id"]}):
+        result = keyed.simulate_post("/api-keys", json={"name": "x", **body}, headers=bearer(plain["apiKey"]))
+        assert result.status_code == 403 and "impersonate" in result.json["message"], (body, result.text)
+    ada_admin = make_key(keyed, root, scopes=["read", "admin"], userId=ada["id"])
+    assert make_key(keyed, ada_admin["apiKey"], scopes=["read"], userId=ada["id"])["userId"] == ada["id"]
+    assert keyed.simulate_post("/api-keys", json={"name": "x", "scopes": ["read"], "userId": bob["id"]},
+                               headers=bearer(ada_admin["apiKey"])).status_code == 403
+    # A key goes with the user it is bound to.
+    bobs = make_key(keyed, root, scopes=["read"], userId=bob["id"])["apiKey"]
+    assert keyed.simulate_get("/users", headers=bearer(bobs)).status_code == 200
+    assert keyed.simulate_delete(f"/users/{bob['id']}", headers=bearer(root)).status_code == 204
+    assert keyed.simulate_get("/users", headers=bearer(bobs)).status_code == 401
+
+
+def test_the_openapi_document_names_impersonate_and_a_keys_user(keyed):
+    spec = keyed.simulate_get("/openapi.json").json
+    assert "impersonate" in spec["components"]["securitySchemes"]["apiKey"]["description"]
+    assert "userId" in spec["components"]["schemas"]["ApiKey"]["properties"]

@@ -40,9 +40,9 @@ def github(api, org, provider):
 
 
 def login(client, api, org, tool_key: str, user: dict, **params):
-    """``auth.oauthLogin``: GET /auth/{toolKey}/login?userId= → the 302's Location."""
+    """``auth.oauthLogin``: GET /auth/{toolKey}/login?userId= (as that user: X-User-ID) → the 302's Location."""
     result = client.simulate_get(f"/auth/{tool_key}/login", params={"userId": user["id"], **params},
-                                 headers=api.headers(org))
+                                 headers=api.headers(org, user))
     assert result.status_code == 302, result.text
     return result.headers["location"]
 
@@ -218,7 +218,7 @@ def test_oauth_login_and_callback(client, api, org, user, github, provider, db):
     assert [r["grant_type"] for r in provider.token_requests] == ["authorization_code"]
     assert provider.token_requests[0]["redirect_uri"] == f"{PUBLIC}/auth/github/callback"
 
-    listed = client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org))
+    listed = client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org, user))
     assert listed.status_code == 200, listed.text
     [connection] = listed.json
     assert connection["toolId"] == github["id"] and connection["toolKey"] == "github"
@@ -228,27 +228,31 @@ def test_oauth_login_and_callback(client, api, org, user, github, provider, db):
         sealed = bytes(conn.execute("select tokens from user_connections").fetchone()["tokens"])
     assert b"access-ada" not in sealed and b"refresh-ada" not in sealed
 
-    gone = client.simulate_delete(f"/users/{user['id']}/connections/{github['id']}", headers=api.headers(org))
+    gone = client.simulate_delete(f"/users/{user['id']}/connections/{github['id']}",
+                                  headers=api.headers(org, user))
     assert gone.status_code == 204
-    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org)).json == []
+    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org, user)).json == []
     assert_error(client.simulate_delete(f"/users/{user['id']}/connections/{github['id']}",
-                                        headers=api.headers(org)), 404)
+                                        headers=api.headers(org, user)), 404)
 
 
 def test_oauth_login_refusals(client, api, org, user, github, provider):
-    headers = api.headers(org)
+    headers = api.headers(org, user)
     assert_error(client.simulate_get("/auth/nope/login", params={"userId": user["id"]}, headers=headers), 404)
-    assert_error(client.simulate_get("/auth/github/login", headers=headers), 400, "userId")
     assert_error(client.simulate_get("/auth/github/login", params={"userId": "x"}, headers=headers), 400, "userId")
-    stranger = api.user(api.org("Other"))
-    assert_error(client.simulate_get("/auth/github/login", params={"userId": stranger["id"]}, headers=headers),
-                 400, "userId")
     assert_error(client.simulate_get("/auth/github/login", params={"userId": user["id"]}), 400, "X-Org-ID")
-    # X-User-ID works when userId is not given; an acting user connects only themselves.
-    assert client.simulate_get("/auth/github/login", headers=api.headers(org, user)).status_code == 302
+    # Headers mode: the gateway vouches for X-User-ID only, so a login needs it (userId alone once let
+    # anyone connect their own account as any user) …
+    assert_error(client.simulate_get("/auth/github/login", params={"userId": user["id"]},
+                                     headers=api.headers(org)), 400, "X-User-ID")
+    assert_error(client.simulate_get("/auth/github/login", headers=api.headers(org)), 400, "X-User-ID")
+    # … it is enough when userId is not given, and an acting user connects only themselves.
+    assert client.simulate_get("/auth/github/login", headers=headers).status_code == 302
     other_user = api.user(org)
-    assert_error(client.simulate_get("/auth/github/login", params={"userId": other_user["id"]},
-                                     headers=api.headers(org, user)), 403)
+    stranger = api.user(api.org("Other"))
+    for someone in (other_user, stranger):
+        assert_error(client.simulate_get("/auth/github/login", params={"userId": someone["id"]}, headers=headers),
+                     403)
     # A tool whose oauth2 credential is not per user cannot be connected.
     plain = api.tool(org, key="plain", authType="oauth2")
     api.create(f"/tools/{plain['id']}/auth", org, {"type": "oauth2", "config": {
@@ -306,8 +310,10 @@ def test_replayed_expired_tampered_and_cross_organization_states_are_refused(cli
     path, query = callback_of(follow(login(client, api, other, "github", other_user), **{"as": "bob"}))
     assert callback(client, path, query).status_code == 200
     assert [c["userId"] for c in client.simulate_get(f"/users/{other_user['id']}/connections",
-                                                     headers=api.headers(other)).json] == [other_user["id"]]
-    assert_error(client.simulate_get(f"/users/{other_user['id']}/connections", headers=api.headers(org)), 404)
+                                                     headers=api.headers(other, other_user)).json] == [other_user["id"]]
+    # From this organization the other's user is nobody's to see (403 before any query, so it says nothing
+    # of whether the user exists; with an admin key it is a 404: test_acting_user.py).
+    assert_error(client.simulate_get(f"/users/{other_user['id']}/connections", headers=api.headers(org, user)), 403)
 
 
 def test_a_wrong_pkce_verifier_is_refused_by_the_provider_and_reported(client, api, org, user, github, provider,
@@ -323,7 +329,7 @@ def test_a_wrong_pkce_verifier_is_refused_by_the_provider_and_reported(client, a
     result = callback(client, path, back)
     assert_error(result, 400)
     assert "PKCE verification failed" in result.json["message"] and "invalid_grant" in result.json["message"]
-    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org)).json == []
+    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org, user)).json == []
 
 
 def test_a_provider_error_is_a_400_with_its_description_and_spends_the_state(client, api, org, user, github,
@@ -373,7 +379,7 @@ def test_the_nine_sdk_calls_over_http(worker_env, app_db, server):
             welcome = sdk.get("/")
             assert welcome.status_code == 200 and welcome.headers["content-type"].startswith("text/plain")
             # 2, 3. auth.oauthLogin, then the provider, then auth.oauthCallback (redirected to us).
-            login_reply = sdk.get("/auth/github/login", params={"userId": user["id"]}, headers=h)
+            login_reply = sdk.get("/auth/github/login", params={"userId": user["id"]}, headers=hu)
             assert login_reply.status_code == 302
             back = follow(login_reply.headers["location"], **{"as": "ada"})
             assert back.startswith(f"{base}/auth/github/callback?")
@@ -466,7 +472,7 @@ def test_an_access_token_that_is_not_a_string_is_refused(client, api, org, user,
     path, query = callback_of(follow(login(client, api, org, "github", user), **{"as": "ada"}))
     result = callback(client, path, query)
     assert result.status_code in (400, 502), result.text
-    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org)).json == []
+    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org, user)).json == []
 
 
 def test_production_without_a_public_url_does_not_trust_the_host_header(worker_env, app_db, api, org, user,
@@ -482,7 +488,7 @@ def test_production_without_a_public_url_does_not_trust_the_host_header(worker_e
     assert production.public_url is None
     prod = testing.TestClient(create_app(production, app_db))
     result = prod.simulate_get("/auth/github/login", params={"userId": user["id"]},
-                               headers={**api.headers(org), "Host": "evil.example"})
+                               headers={**api.headers(org, user), "Host": "evil.example"})
     assert result.status_code == 503, result.headers.get("location")
     assert "TOLSTOY_PUBLIC_URL" in result.json["message"]
 

@@ -133,8 +133,8 @@ def test_a_data_key_made_by_a_transaction_that_rolls_back_is_never_used(api, org
         lost = keeper.encrypt(org["id"], {"token": "never-stored"})  # makes version 1 in it
         raise RuntimeError("rolled back")
     assert rows(db, "select * from organization_keys") == []
-    kept = keeper.encrypt(org["id"], {"token": "stored"})  # a new version 1, committed at once
     with db.tenant(org["id"]):
+        kept = keeper.encrypt(org["id"], {"token": "stored"})  # a new version 1, committed at once
         fresh = vault(db, config)
         assert fresh.decrypt(org["id"], kept) == {"token": "stored"}
         with pytest.raises(VaultError):

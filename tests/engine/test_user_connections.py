@@ -32,7 +32,7 @@ def github(api, org, provider):
 def connect(api, org, user: dict, who: str) -> dict:
     """Login → the provider's consent (its 302 followed by hand) → callback."""
     client = api.client
-    login = client.simulate_get("/auth/github/login", params={"userId": user["id"]}, headers=api.headers(org))
+    login = client.simulate_get("/auth/github/login", params={"userId": user["id"]}, headers=api.headers(org, user))
     assert login.status_code == 302, login.text
     back = urlsplit(follow(login.headers["location"], **{"as": who}))
     result = client.simulate_get(back.path, params={k: v[0] for k, v in parse_qs(back.query).items()})
@@ -72,7 +72,7 @@ def test_each_user_runs_with_their_own_token_and_an_unconnected_user_fails(api, 
 
     # Disconnected: Bob's next run fails the same way, at once.
     assert api.client.simulate_delete(f"/users/{bob['id']}/connections/{tool['id']}",
-                                      headers=api.headers(org)).status_code == 204
+                                      headers=api.headers(org, bob)).status_code == 204
     assert run_as(api, org, bob, flow)["status"] == "failed"
     assert len(provider.seen_auth) == 2
 

@@ -16,7 +16,7 @@ from .errors import NotFound, TooManyRequests, ValidationFailed
 from .model import Filter, Model
 from .requests import read_json, validate_body
 from .schemas import ActionExecuteSchema, ActionResultSchema, ActionSchema
-from .tenancy import require_user
+from .tenancy import cannot_act_as, may_act_as, require_user
 
 MODEL = Model(
     name="actions", path="/actions", noun="Action", tag="Actions", schema=ActionSchema,
@@ -91,9 +91,14 @@ class Item(ActionResource, resources.Item):
                 f"This organization already has {self.per_org} synchronous executions running; retry "
                 "shortly, or run slow tools in a flow (POST /flows/{id}/execute).", retry_after=1)
         try:
-            result = self.tools.call_action(org_id, req.context.user_id, action, inputs, timeout_ms)
+            # X-User-ID records who the call is for; calling a per-user tool with that user's tokens
+            # also needs the authority to act as them.
+            result = self.tools.call_action(org_id, req.context.user_id, action, inputs, timeout_ms,
+                                            acts_as_user=may_act_as(req, req.context.user_id))
         except engine.InvalidInputs as exc:
             raise ValidationFailed(exc.problems) from None
+        except engine.ActAsUserRefused:
+            raise cannot_act_as(req.context.user_id) from None
         finally:
             self.db.rowcount(SQL.actions.release_slot, commit=True, org_id=org_id, slot=slot, holder=holder)
         resp.media = self.result(result)

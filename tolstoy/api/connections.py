@@ -11,6 +11,11 @@ the authorization code grant and PKCE (S256), and runs they start call the tool 
   user's tokens encrypted (``user_connections``) → 200 ``{success, credentialId, message}``.
 - ``GET /users/{id}/connections``, ``DELETE /users/{id}/connections/{toolId}``.
 
+Connecting an account for a user acts as that user (their runs will call the tool with it), so
+the login checks ``tenancy.may_act_as``: in headers mode the user is the X-User-ID the gateway
+vouches for (required); with an API key, a key bound to the user or holding ``impersonate``.
+A user's connections are listed and removed by that user, or by a key with the admin scope.
+
 The ``state`` is ``<org>.<nonce>.<HMAC-SHA256(key, org|nonce|toolKey)>``: opaque to the
 provider, bound to the organization and the tool by its signature and to the user by its row
 (``oauth_states``, keyed by the nonce), which the callback deletes as it reads it, so a state
@@ -40,6 +45,7 @@ from .dumping import dumper, many
 from .errors import NotFound, field_error
 from .requests import parse_uuid, validate_query
 from .schemas import TOOL_KEY, ConnectedSchema, LoginQuery, PageQuery, UserConnectionSchema
+from .tenancy import is_user, require_acting_as, require_user
 
 STATE_MINUTES = 10
 EXCHANGE_TIMEOUT_MS = 10_000
@@ -99,6 +105,24 @@ def _per_user_config(tool: dict, row: dict | None, vault) -> dict:
     return config
 
 
+def connecting_user(req: falcon.Request, named) -> uuid.UUID:
+    """The user a login connects: ``?userId=``, else X-User-ID, else the user the API key is bound to.
+    Whoever consents at the provider lends their account to this user's runs, so the login must act as
+    that user (``may_act_as``; 403 naming the scope): in headers mode only X-User-ID, which the caller
+    requires first (400, as a tenant header); and a userId other than X-User-ID is a 403 (a user
+    connects only themselves)."""
+    acting = req.context.user_id
+    user_id = named or acting or req.context.key_user_id
+    if user_id is None:
+        raise field_error("userId", "Name the user who connects: ?userId= (or the X-User-ID header).")
+    if acting is not None and user_id != acting:
+        raise falcon.HTTPForbidden(title="Another user's connection",
+                                   description="userId must be the acting user (X-User-ID): a user connects "
+                                               "only their own account.")
+    require_acting_as(req, user_id)
+    return user_id
+
+
 def check_tool_key(tool_key: str) -> None:
     """A key no tool can have names no tool: 404 before any query."""
     if not _TOOL_KEY.fullmatch(tool_key):
@@ -129,19 +153,14 @@ class OAuthLogin(_Connect):
     def on_get(self, req: falcon.Request, resp: falcon.Response, tool_key: str) -> None:
         """Remember the login (10 minutes, single use) and send the user to consent."""
         check_tool_key(tool_key)
+        if req.context.key_hash is None:
+            require_user(req)  # the gateway vouches for no one else; a tenant header: before the query
         query = validate_query(_LOGIN, req)
+        # Decided before any query: who may not connect this user learns nothing of the tool or the user.
+        user_id = connecting_user(req, query.get("userId"))
         key, vault = self._ready()
         org_id = req.context.org_id
         tool = resources.get_or_404(self.db, SQL.tools.get_by_key, "Tool", org_id=org_id, key=tool_key)
-        user_id = query.get("userId") or req.context.user_id
-        if req.context.user_id is not None and user_id != req.context.user_id:
-            # Whoever consents at the provider lends their account to this user's runs: an acting
-            # user connects only themselves.
-            raise falcon.HTTPForbidden(title="Another user's connection",
-                                       description="userId must be the acting user (X-User-ID): a user connects "
-                                                   "only their own account.")
-        if user_id is None:
-            raise field_error("userId", "Name the user who connects: ?userId= (or the X-User-ID header).")
         if not self.db.scalar(SQL.users.exists, org_id=org_id, id=user_id):
             raise field_error("userId", "No user with this id in this organization.")
         credential = self.db.one(SQL.tool_credentials.read_default, org_id=org_id, tool_id=tool["id"], actor="api",
@@ -194,7 +213,8 @@ class OAuthCallback(_Connect):
         if not params["code"]:
             raise field_error("code", "The code parameter is required.")
         org_id, login, credential = self._take(key, params["state"], tool_key)
-        config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
+        with self.db.tenant(org_id):  # its data key is the organization's: visible only as the organization
+            config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
         verifier = pkce_verifier(key, org_id, _STATE.fullmatch(params["state"]).group(2))
         try:
             body = engine.exchange_code(config, params["code"], verifier, login["redirect_uri"], self.tools.http,
@@ -253,14 +273,23 @@ class OAuthCallback(_Connect):
 
 
 class UserConnections:
-    """``GET /users/{id}/connections`` and ``DELETE /users/{id}/connections/{toolId}``."""
+    """``GET /users/{id}/connections`` and ``DELETE /users/{id}/connections/{toolId}``: by that user
+    (headers mode: X-User-ID, required; api_key mode: a key bound to them) or a key with the admin scope."""
 
     def __init__(self, db):
         self.db = db
 
     def user(self, req: falcon.Request, raw_id: str) -> uuid.UUID:
-        """The user in the path, or 404."""
+        """The user in the path, if the caller may see their connections (403 before any query, so
+        nothing is learnt of another user), or 404."""
         user_id = parse_uuid(raw_id, "User")
+        if req.context.key_hash is None:
+            require_user(req)
+        if not (is_user(req, user_id) or (req.context.key_hash is not None and "admin" in req.context.key_scopes)):
+            raise falcon.HTTPForbidden(
+                title="Another user's connections",
+                description="A user's connections are listed and removed by that user (X-User-ID in headers mode, "
+                            "a key bound to them in api_key mode) or by an API key with the 'admin' scope.")
         if not self.db.scalar(SQL.users.exists, org_id=req.context.org_id, id=user_id):
             raise NotFound("User")
         return user_id

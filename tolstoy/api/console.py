@@ -413,7 +413,7 @@ class Console:
         if token is None:
             return None
         hashed = key_hash(self.key_secret, token)
-        key_org, scopes = self.keys.grant_of(hashed)  # KeyRejected → the sign-in page
+        key_org, scopes, _ = self.keys.grant_of(hashed)  # KeyRejected → the sign-in page
         if key_org != org_id:
             raise not_found("Organization")
         if "read" not in scopes:

@@ -87,6 +87,7 @@ REFERENCE_FIELDS = {
     "actions_tool_id_fkey": "toolId",
     "execution_logs_flow_id_fkey": "flowId",
     "execution_logs_user_id_fkey": "X-User-ID",
+    "api_keys_user_id_fkey": "userId",
 }
 
 

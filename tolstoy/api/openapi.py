@@ -250,8 +250,11 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
         "type": "http", "scheme": "bearer",
         "description": "TOLSTOY_AUTH_MODE=api_key: `Authorization: Bearer <API key>`. A key's scopes decide what "
                        "it may do: read (GET), write (create, change, delete), execute (run flows and actions, "
-                       "cancel, retry, resolve), admin (the organization's API keys); a missing scope is a 403 "
-                       "naming it. In headers mode no credential is sent (X-Org-ID names the organization)."})
+                       "cancel, retry, resolve), admin (the organization's API keys), impersonate (act as any "
+                       "user: call per-user tools with their connected accounts, connect one for them; a key "
+                       "bound to a user, userId, acts as that user only); a missing scope is a 403 naming it. "
+                       "X-User-ID only records who a request is for. In headers mode no credential is sent "
+                       "(X-Org-ID names the organization, and the gateway vouches for X-User-ID)."})
     spec.options["security"] = [{"apiKey": []}, {}]
     spec.components.header("Link", {"schema": {"type": "string"}, "description": 'Relative URL of the next page, rel="next".'})
     spec.components.header("NextCursor", {"schema": {"type": "string"}, "description": "Cursor of the next page."})
@@ -402,7 +405,10 @@ def _engine_paths(spec: APISpec) -> None:
         "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
         "parameters": by_id_or_key, "requestBody": {"required": True, "content": _json("ActionExecute")},
         "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
-                              "content": _json("ActionResult")}, **_errors("400", "404", "413", "415")}}})
+                              "content": _json("ActionResult")}, **_errors("400", "404", "413", "415"),
+                      "403": {"description": "A missing scope; or the tool is per-user and the API key may not act "
+                                             "as X-User-ID (bound to another user, no impersonate scope).",
+                              "content": _json("Error")}}}})
     spec.path(path="/tools/{id}/auth", operations={
         "post": {"tags": ["Tools"], "summary": "Store a credential (encrypted); the answer is masked",
                  "parameters": flow, "requestBody": {"required": True, "content": _json("Credential")},
@@ -572,8 +578,10 @@ def _compat_paths(spec: APISpec) -> None:
                                                      "schema": {"type": "string", "format": "uuid"},
                                                      "description": "The user who connects (else X-User-ID)."}],
         "responses": {"302": {"description": "To the provider's consent page."},
-                      "403": {"description": "userId is not the acting user (X-User-ID).", "content": _json("Error")},
-                      **_errors("400", "404")}}})
+                      **_errors("400", "404"),
+                      "403": {"description": "userId is not the acting user (X-User-ID); or, with an API key, the "
+                                             "key may not act as that user (not bound to them, no impersonate "
+                                             "scope).", "content": _json("Error")}}}})
     spec.path(path="/auth/{toolKey}/callback", operations={"get": {
         "tags": ["Connections"], "security": [{}],
         "summary": "Where the provider sends the user back: exchanges the code, keeps the user's tokens",
@@ -585,15 +593,18 @@ def _compat_paths(spec: APISpec) -> None:
                       "404": {"description": "toolKey is not a tool key at all (malformed).", "content": _json("Error")},
                       "502": {"description": "The provider's token endpoint failed.", "content": _json("Error")}}}})
     user = [*_tenant_params(), {"name": "id", **uuid_param}]
+    not_theirs = {"description": "Not that user (headers mode: X-User-ID; api_key mode: a key bound to them) "
+                                 "and no API key with the admin scope.", "content": _json("Error")}
     spec.path(path="/users/{id}/connections", operations={"get": {
         "tags": ["Connections"], "summary": "The tools the user connected (never their tokens)",
         "parameters": user + ["Limit", "Cursor"],
         "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
-                              "content": _json("UserConnection", many=True)}, **_errors("400", "404")}}})
+                              "content": _json("UserConnection", many=True)}, **_errors("400", "404"),
+                      "403": not_theirs}}})
     spec.path(path="/users/{id}/connections/{toolId}", operations={"delete": {
         "tags": ["Connections"], "summary": "Disconnect the user from the tool (forget their tokens)",
         "parameters": user + [{"name": "toolId", **uuid_param}],
-        "responses": {"204": {"description": "Disconnected."}, **_errors("400", "404")}}})
+        "responses": {"204": {"description": "Disconnected."}, **_errors("400", "404"), "403": not_theirs}}})
 
 
 def _api_key_paths(spec: APISpec) -> None:
@@ -607,7 +618,11 @@ def _api_key_paths(spec: APISpec) -> None:
         "post": {"tags": ["API keys"], "summary": "Create a key; apiKey is shown in this answer only",
                  "parameters": _tenant_params(), "requestBody": {"required": True, "content": _json("ApiKey")},
                  "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
-                                       "content": _json("ApiKey")}, **_errors("400", "413", "415")}}})
+                                       "content": _json("ApiKey")}, **_errors("400", "413", "415"),
+                               "403": {"description": "The calling key lacks the admin scope, or a scope it "
+                                                      "would grant; or it would bind the key to a user it may "
+                                                      "not act as itself (not bound to them, no impersonate).",
+                                       "content": _json("Error")}}}})
     spec.path(path="/api-keys/{id}", operations={"delete": {
         "tags": ["API keys"], "summary": "Revoke a key at once",
         "parameters": _tenant_params() + [{"name": "id", "in": "path", "required": True,

@@ -68,9 +68,11 @@ def read_json(req: falcon.Request) -> dict:
     return data
 
 
-def validate_body(schema: Schema, data: dict, *, partial: bool = False, ignore: frozenset = frozenset()) -> dict:
-    """Drop read-only fields, then load with the schema; 400 naming every bad field."""
-    cleaned = {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS and k not in ignore}
+def validate_body(schema: Schema, data: dict, *, partial: bool = False, ignore: frozenset = frozenset(),
+                  writable: frozenset = frozenset()) -> dict:
+    """Drop read-only fields (but those ``writable`` here, such as an API key's userId), then load with
+    the schema; 400 naming every bad field."""
+    cleaned = {k: v for k, v in data.items() if (k not in READ_ONLY_FIELDS or k in writable) and k not in ignore}
     unstorable = unstorable_strings(cleaned)
     try:
         values = schema.load(cleaned, partial=partial)

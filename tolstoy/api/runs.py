@@ -33,7 +33,7 @@ from .schemas import (
     RunDetailSchema,
     RunSchema,
 )
-from .tenancy import require_user
+from .tenancy import may_act_as, require_user
 
 _ACCEPTED = dumper(RunAcceptedSchema())
 _RUN = dumper(RunSchema())
@@ -92,10 +92,13 @@ class FlowRuns:
 
     def queue(self, req: falcon.Request, flow: dict, *, version: int, variables: dict,
               key: str | None = None, retry_of=None) -> dict:
-        """Queue a run (or find the one an Idempotency-Key, or a retry, already made): the request's last query."""
+        """Queue a run (or find the one an Idempotency-Key, or a retry, already made): the request's last
+        query. The run records X-User-ID, and may use that user's connections only if this request may
+        act as them (a retry: whoever retries, not the original's starter)."""
         run = self.db.one(SQL.runs.queue, commit=True, org_id=req.context.org_id, flow_id=flow["id"],
                           flow_version=version, user_id=req.context.user_id, variables=dbmod.json(variables),
-                          idempotency_key=key, retry_of=retry_of)
+                          idempotency_key=key, retry_of=retry_of,
+                          acts_as_user=may_act_as(req, req.context.user_id))
         if run["created"]:
             metrics.count_run("queued")
         return run

@@ -816,7 +816,12 @@ class CredentialSchema(Base):
 
 # What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute
 # (run flows and actions, act on runs), admin (the organization's API keys).
-SCOPES = ("read", "write", "execute", "admin")
+# impersonate: act as any user of the organization (use their connected accounts, connect one for
+# them); a key without it acts only as the user it is bound to (userId), if any.
+SCOPES = ("read", "write", "execute", "admin", "impersonate")
+# What a key gets when it names no scopes: every scope but impersonate, which is only ever given
+# by name, so that acting as users is never granted by accident.
+DEFAULT_SCOPES = ("read", "write", "execute", "admin")
 
 
 def unique_items(values: list) -> None:
@@ -826,16 +831,19 @@ def unique_items(values: list) -> None:
 
 
 class ApiKeySchema(Base):
-    """``{id, name, prefix, scopes, expiresAt, createdAt, lastUsedAt}``; ``apiKey`` only in the answer
-    that creates it."""
+    """``{id, name, prefix, scopes, expiresAt, userId, createdAt, lastUsedAt}``; ``apiKey`` only in the
+    answer that creates it."""
 
     id = fields.UUID(dump_only=True)
     name = text(1, 200, required=True)
     prefix = fields.String(dump_only=True)
-    # Every scope unless the caller names fewer: keys made by clients that know no scopes keep working.
-    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list(SCOPES),
+    # Every scope but impersonate unless the caller names them: keys made by clients that know no
+    # scopes keep working as they did.
+    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list(DEFAULT_SCOPES),
                          validate=[validate.Length(min=1, max=len(SCOPES)), unique_items])
     expires_at = Timestamp(data_key="expiresAt", allow_none=True, load_default=None)
+    # The user the key acts as (their connected accounts); null: an organization key. Never changes.
+    user_id = fields.UUID(data_key="userId", allow_none=True, load_default=None)
     api_key = fields.String(data_key="apiKey", dump_only=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
     last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True, allow_none=True)

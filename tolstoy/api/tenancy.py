@@ -12,6 +12,12 @@ Two modes (TOLSTOY_AUTH_MODE):
   X-Org-ID that names another one is a 403. Organization management needs the
   admin token, except that a key may read and change its own organization.
 
+X-User-ID *records* who a request is for, in both modes. *Acting* as a user
+(calling a per-user tool with their stored OAuth tokens, connecting an account
+for them) is more: ``may_act_as`` decides it, from X-User-ID in headers mode
+(the gateway vouches for it) and from the key in api_key mode (bound to that
+user, or holding the ``impersonate`` scope).
+
 API keys are ``tsk_`` + 43 random URL-safe characters. Only HMAC-SHA256(server
 secret, key) is stored: a stolen table yields no usable key, and checking a key
 is one hash plus one indexed lookup, whether the key is valid or not.
@@ -101,8 +107,46 @@ def require_user(req: falcon.Request) -> uuid.UUID:
     return req.context.user_id
 
 
+# The scope of a key that may act as any user of its organization.
+IMPERSONATE = "impersonate"
+
+
+def is_user(req: falcon.Request, user_id) -> bool:
+    """Whether the request comes from ``user_id`` themselves: in headers mode the X-User-ID the
+    gateway vouches for; with an API key, a key bound to that user (X-User-ID proves nothing)."""
+    if user_id is None:
+        return False
+    if req.context.key_hash is None:  # headers mode: no key, X-User-ID is trusted
+        return user_id == req.context.user_id
+    return user_id == req.context.key_user_id
+
+
+def may_act_as(req: falcon.Request, user_id) -> bool:
+    """Whether this request may act as ``user_id``: use the user's stored OAuth tokens (a per-user
+    tool) or connect an account for them. The user themselves (``is_user``), or a key holding the
+    impersonate scope. Recording a user (X-User-ID on a run or a log) needs none of this."""
+    if is_user(req, user_id):
+        return True
+    return user_id is not None and req.context.key_hash is not None and IMPERSONATE in req.context.key_scopes
+
+
+def cannot_act_as(user_id) -> falcon.HTTPForbidden:
+    """The 403 of a key that may not act as ``user_id``: names the scope that would allow it."""
+    return falcon.HTTPForbidden(
+        title="Missing scope",
+        description=f"Acting as user {user_id} (using their connected accounts, or connecting one for them) "
+                    f"needs an API key bound to that user or with the {IMPERSONATE!r} scope.")
+
+
+def require_acting_as(req: falcon.Request, user_id) -> None:
+    """403 unless this request may act as ``user_id`` (``may_act_as``)."""
+    if not may_act_as(req, user_id):
+        raise cannot_act_as(user_id)
+
+
 class KeyOrganizations:
-    """Which organization an API key belongs to and what it may do (neither ever changes),
+    """Which organization an API key belongs to, what it may do and the user it is bound to (none
+    of which ever changes),
     remembered per process so a request can name its organization and be refused a scope
     before its first query; whether the key is still valid (not revoked, not expired) is
     checked by every unit of work (tolstoy_enter_key), so a revocation takes effect at once."""
@@ -114,13 +158,14 @@ class KeyOrganizations:
         self._lock = threading.Lock()
 
     def grant_of(self, hashed: bytes) -> tuple:
-        """(organization, scopes) of the key; raises KeyRejected for one that cannot be used."""
+        """(organization, scopes, bound user or None) of the key; raises KeyRejected for one that
+        cannot be used."""
         with self._lock:
             grant = self._grants.get(hashed)
         if grant is not None:
             return grant
         row = self.db.one(SQL.session.key_grant, commit=True, key_hash=hashed)
-        grant = (row["org_id"], frozenset(row["scopes"]))
+        grant = (row["org_id"], frozenset(row["scopes"]), row["user_id"])
         with self._lock:
             self._grants[hashed] = grant
             while len(self._grants) > self.size:
@@ -146,8 +191,9 @@ def scope_needed(req: falcon.Request, resource) -> str:
 
 
 class TenantMiddleware:
-    """Sets ``req.context``: ``org_id``, ``user_id``, ``is_admin``, ``key_org_id`` and ``unit``, the
-    request's unit of work, which checks the tenant in the same round trip as its first query."""
+    """Sets ``req.context``: ``org_id``, ``user_id``, ``is_admin``, ``key_org_id``, ``key_scopes``,
+    ``key_user_id`` (the user the key is bound to) and ``unit``, the request's unit of work, which
+    checks the tenant in the same round trip as its first query."""
 
     def __init__(self, db: Database, routes: dict[str, frozenset], config):
         self.db = db
@@ -163,6 +209,7 @@ class TenantMiddleware:
         req.context.is_admin = False
         req.context.key_org_id = None
         req.context.key_scopes = frozenset()
+        req.context.key_user_id = None
         req.context.key_hash = None
         req.context.unit = None
         access = getattr(resource, "access", "tenant")
@@ -215,7 +262,7 @@ class TenantMiddleware:
             return None
         hashed = key_hash(self.key_secret, token)
         try:
-            req.context.key_org_id, req.context.key_scopes = self.keys.grant_of(hashed)
+            req.context.key_org_id, req.context.key_scopes, req.context.key_user_id = self.keys.grant_of(hashed)
         except KeyRejected:
             raise unauthorized(KEY_REJECTED) from None
         req.context.key_hash = hashed

@@ -30,6 +30,7 @@ from .schemas import (
     TriggerPatchSchema,
     TriggerSchema,
 )
+from .tenancy import may_act_as
 
 _SCHEMA = TriggerSchema()
 _DUMP = dumper(_SCHEMA)
@@ -176,7 +177,7 @@ class DeliveryReplay:
         run = self.db.one(SQL.runs.queue, commit=True, org_id=req.context.org_id, flow_id=flow["id"],
                           flow_version=flow["version"], user_id=req.context.user_id,
                           variables=dbmod.json(loads(bytes(delivery["body"]))), idempotency_key=None,
-                          retry_of=None)
+                          retry_of=None, acts_as_user=may_act_as(req, req.context.user_id))
         metrics.count_run("queued")
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(run)

@@ -426,6 +426,13 @@ class Database:
         """The unit of work this thread is in, if any."""
         return _current.get()
 
+    @staticmethod
+    def acting_for() -> Tenant:
+        """The tenant this thread's queries act for now: its unit's, else the one ``acting`` set
+        outside any unit (NOBODY when none)."""
+        unit = _current.get()
+        return unit.tenant if unit is not None else _ambient.get()
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Unit]:
         """Run the block in one unit of work: the current one, or a new one committed at the end."""

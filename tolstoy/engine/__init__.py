@@ -12,7 +12,7 @@ import threading
 
 from ..db.database import Database
 from .calls import Tools, input_errors
-from .errors import InvalidInputs, StepFailed
+from .errors import ActAsUserRefused, InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
 from .outbound import Outbound, OutboundError, origin_of
@@ -28,6 +28,7 @@ from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
+    "ActAsUserRefused",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",

@@ -20,7 +20,7 @@ from ..db.queries import SQL
 from ..db.stores import write_action_log
 from ..errors import DatabaseUnavailable, VaultError
 from ..redaction import mask_json
-from .errors import InvalidInputs, StepFailed
+from .errors import ActAsUserRefused, InvalidInputs, StepFailed
 from .outbound import Outbound, OutboundError, Reply, retryable_status
 from .templates import TemplateFailure, render
 from .tool_auth import CallAuth, SharedTokens, auth_headers, secret_headers_for, secret_values
@@ -151,9 +151,10 @@ class Tools:
             raise StepFailed(str(exc)) from None
 
     def build_call(self, org_id, action: dict, tool: dict, inputs: dict, context: dict | None = None, *,
-                   reader: Reader) -> ToolCall:
+                   reader: Reader, acts_as_user: bool = False) -> ToolCall:
         """Validate inputs, then build the request: base URL + endpoint, auth (the credential read as
-        ``reader``'s), query or JSON body."""
+        ``reader``'s), query or JSON body. A per-user credential is used only with ``acts_as_user``
+        (whoever started the run or call may act as ``reader.user_id``), else ActAsUserRefused."""
         if action.get("input_schema"):
             problems = input_errors(action["input_schema"], inputs)
             if problems:
@@ -178,6 +179,8 @@ class Tools:
                     raise StepFailed(f"Tool {tool['name']!r} calls as the user who connected it, but this run "
                                      "has no user (it was not started with X-User-ID)",
                                      details={"name": "NotConnected", "toolId": str(tool["id"])})
+                if not acts_as_user:
+                    raise ActAsUserRefused(reader.user_id, tool)
                 auth = CallAuth(org_id, credential, config, reader.user_id, tool)
             else:
                 auth = CallAuth(org_id, credential, config)
@@ -213,11 +216,13 @@ class Tools:
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 
-    def call_action(self, org_id, user_id, action: dict, inputs: dict, timeout_ms: int = SYNC_TIMEOUT_MS) -> dict:
+    def call_action(self, org_id, user_id, action: dict, inputs: dict, timeout_ms: int = SYNC_TIMEOUT_MS, *,
+                    acts_as_user: bool = False) -> dict:
         """Call an action now (``POST /actions/{id}/execute``) and log the call as an execution log.
 
-        InvalidInputs when the inputs do not match the action's inputSchema (nothing is sent
-        or logged); an upstream error or a failed call is ``success: false``.
+        InvalidInputs when the inputs do not match the action's inputSchema, ActAsUserRefused when
+        the tool is per-user and the caller may not act as ``user_id`` (nothing is sent or logged
+        either way); an upstream error or a failed call is ``success: false``.
         """
         execution_id = str(uuid.uuid4())
         started = time.perf_counter()
@@ -225,13 +230,14 @@ class Tools:
         try:
             # Its own short unit of work: no connection is held while the tool answers.
             tool = self.db.one(SQL.tools.get, commit=True, org_id=org_id, id=action["tool_id"])
-            call = self.build_call(org_id, action, tool, inputs, reader=Reader("api", "execute", user_id))
+            call = self.build_call(org_id, action, tool, inputs, reader=Reader("api", "execute", user_id),
+                                   acts_as_user=acts_as_user)
             secrets = call.secrets
             reply = self.send(call, timeout_ms, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None
             if not success:
                 error = {"name": "UpstreamError", "message": f"Upstream answered {reply.status}"}
-        except InvalidInputs:
+        except (InvalidInputs, ActAsUserRefused):
             raise
         except StepFailed as exc:
             success, status_code, body, error = False, exc.details.get("status"), {"error": str(exc)}, exc.as_error()

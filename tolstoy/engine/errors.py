@@ -24,6 +24,19 @@ class InvalidInputs(StepFailed):
         self.problems = problems
 
 
+class ActAsUserRefused(StepFailed):
+    """A call would use a user's own OAuth tokens (a per-user tool) for a run or caller that may not
+    act as that user: only a key bound to the user, or with the impersonate scope, may (in headers
+    mode, the X-User-ID the gateway vouches for)."""
+
+    def __init__(self, user_id, tool: dict):
+        super().__init__(
+            f"Not allowed to call the tool {tool['name']!r} as user {user_id}: acting as a user (with the account "
+            "they connected) needs an API key bound to that user or with the 'impersonate' scope, and this "
+            "run (or call) was started by one that has neither",
+            details={"userId": str(user_id), "toolId": str(tool["id"])})
+
+
 class SkipStep(Exception):
     """The step's action has an ``executeIf`` that is false for these inputs."""
 

@@ -11,6 +11,14 @@ never touches the data.
 
 Unwrapped data keys stay in process memory for a short TTL: the common case of
 an engine step or a request costs no query for its key.
+
+An organization's data keys are read and made only while the caller acts for
+that organization (its unit of work, or ``Database.tenant``): row-level
+security shows them to it alone, so outside its tenancy a process whose cache
+is cold would find none ("no data key version 1") while one whose cache is warm
+would go on. The keyring refuses such a call whatever its cache holds
+(``OutsideTenancy``), so the mistake shows in the first test that makes it,
+not in production on the process that happens to be cold.
 """
 
 from __future__ import annotations
@@ -34,6 +42,11 @@ from ..errors import VaultError
 DATA_KEY_BYTES = 32
 # Organizations whose keys one process keeps at most (least recently used go first).
 CACHE_MAX = 10_000
+
+
+class OutsideTenancy(RuntimeError):
+    """A data key was asked for outside the organization's tenancy: a bug in the caller, which must
+    act for the organization (``Database.tenant(org_id)`` or its unit of work) first."""
 
 
 class Keks(Protocol):
@@ -201,8 +214,16 @@ class Keyring:
         self._cache: OrderedDict[str, _Keys] = OrderedDict()
         self._lock = threading.Lock()
 
+    def require_tenancy(self, org_id) -> None:
+        """OutsideTenancy unless this thread acts for ``org_id`` now (see the module's docstring)."""
+        acting = self.db.acting_for().org_id
+        if acting is None or str(acting) != str(org_id):
+            raise OutsideTenancy(f"The data keys of organization {org_id} are used outside its tenancy (acting for "
+                                 f"{acting or 'no organization'}): act for it first (Database.tenant).")
+
     def newest(self, org_id) -> tuple[int, Fernet]:
         """(version, key) to encrypt with: the newest version, made (version 1) on first use."""
+        self.require_tenancy(org_id)
         keys = self._keys(org_id)
         if not keys.rows:
             keys = self._create_first(org_id)
@@ -211,11 +232,13 @@ class Keyring:
 
     def newest_version(self, org_id) -> int | None:
         """The version ``newest`` would use, or None while the organization has no data key."""
+        self.require_tenancy(org_id)
         keys = self._keys(org_id)
         return max(keys.rows) if keys.rows else None
 
     def get(self, org_id, version: int) -> Fernet:
         """The data key of one version (retired ones too: they still decrypt stragglers)."""
+        self.require_tenancy(org_id)
         keys = self._keys(org_id)
         if version not in keys.rows:
             keys = self._load(org_id)  # made since this process looked (another process, the CLI)
@@ -225,6 +248,7 @@ class Keyring:
 
     def add_version(self, org_id) -> int:
         """A new data key version after the newest, wrapped by the newest KEK (in the caller's unit)."""
+        self.require_tenancy(org_id)
         _, kek_id, wrapped = self.keks.generate()
         row = self.db.one(SQL.organization_keys.add_version, org_id=org_id, wrapped=wrapped, kek_id=kek_id)
         self.forget(org_id)

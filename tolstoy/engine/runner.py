@@ -111,6 +111,8 @@ class Run:
         self.id = claimed["id"]
         self.flow_id = claimed["flow_id"]
         self.user_id = claimed.get("user_id")
+        # Whoever queued it may act as user_id (use their connections): flow_runs.acts_as_user.
+        self.acts_as_user = bool(claimed.get("acts_as_user"))
         self.token = claimed["token"]
         self.leased_at = time.monotonic()  # when its lease was last (re)started, by this process's clock
         self.root_id = claimed["root_run_id"]
@@ -697,8 +699,8 @@ class Engine:
         attempt = done["attempt"] if done else 1
         # What the item step's templates see: the run's context plus the item and its index.
         context = {**run.context, "item": item, "index": index}
-        scope = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, plan=run.plan,
-                                cancel=run.cancel, context=context)
+        scope = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, acts_as_user=run.acts_as_user,
+                                plan=run.plan, cancel=run.cancel, context=context)
         kind = inner["type"]
         if done and done["status"] == "waiting":
             if kind == "delay":

@@ -41,7 +41,7 @@ def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_
                 raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
         # The credential's read is recorded as this run's (secret_reads).
         call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.context,
-                                reader=Reader("worker", "step", run.user_id, run.id))
+                                reader=Reader("worker", "step", run.user_id, run.id), acts_as_user=run.acts_as_user)
     elif kind == "http_request":
         call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
                         inputs.get("body"))

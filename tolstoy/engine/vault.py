@@ -6,6 +6,10 @@ version as 4 bytes big-endian, then the Fernet token. What was written before
 envelope encryption is a plain Fernet token under TOLSTOY_ENCRYPTION_KEY (it
 starts with ``gAAAAA``, never with 0x01); it still decrypts, and ``stale`` says
 it should be rewritten.
+
+The vault works for an organization only while the caller acts for it (its unit
+of work, or ``Database.tenant``): its data keys are visible to it alone, and the
+keyring refuses any other call (``OutsideTenancy``), whatever its cache holds.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class Vault:
         try:
             if version is not None:
                 return json.loads(self.keyring.get(org_id, version).decrypt(raw[_HEADER.size:]))
+            # The same rule for a token from before envelope encryption, though no data key opens it.
+            self.keyring.require_tenancy(org_id)
             if self.legacy is None:
                 raise VaultError(f"This {what} was encrypted before envelope encryption: TOLSTOY_ENCRYPTION_KEY "
                                  "must hold the key it was made with")
