@@ -83,7 +83,7 @@ def test_the_callbacks_code_exchange_redirected_to_another_origin_sends_it_nothi
     redirect_to(server, "/moved-token", elsewhere.url_for("/token"), status)
     tool = api.tool(org, name="GitHub", key="github", baseUrl=provider.url("/"), authType="oauth2")
     api.create(f"/tools/{tool['id']}/auth", org, provider.credential(tokenUrl=provider.url("/moved-token")))
-    login = client.simulate_get("/auth/github/login", params={"userId": user["id"]}, headers=api.headers(org))
+    login = client.simulate_get("/auth/github/login", params={"userId": user["id"]}, headers=api.headers(org, user))
     assert login.status_code == 302, login.text
     back = follow(login.headers["location"], **{"as": "ada"})
     assert back.startswith(PUBLIC + "/auth/github/callback?")
