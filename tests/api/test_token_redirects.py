@@ -93,4 +93,4 @@ def test_the_callbacks_code_exchange_redirected_to_another_origin_sends_it_nothi
     assert "redirect to another origin" in body["message"], body
     assert "client-secret-1" not in result.text
     assert elsewhere.log == []
-    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org)).json == []
+    assert client.simulate_get(f"/users/{user['id']}/connections", headers=api.headers(org, user)).json == []
