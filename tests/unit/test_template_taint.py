@@ -117,6 +117,14 @@ def test_the_views_hold_no_reachable_real_value():
             render(template, CONTEXT)
 
 
+def test_a_failing_template_that_read_a_secret_says_why_without_the_value():
+    with pytest.raises(TemplateFailure) as failed:
+        render("{{ steps.other[steps.login.body.access_token | upper] }}", CONTEXT)
+    assert TOKEN.upper() not in str(failed.value) and "details withheld" in str(failed.value)
+    with pytest.raises(TemplateFailure, match="'dict object' has no attribute 'missing'"):
+        render("{{ steps.other.missing }}", CONTEXT)  # nothing secret read: the message is whole
+
+
 def test_a_failed_render_leaves_no_mark_for_the_next():
     with pytest.raises(TemplateFailure):
         render("{{ steps.login.body.access_token | nosuchfilter }}", CONTEXT)

@@ -445,7 +445,10 @@ def _render(value: Any, context: dict, views: bool) -> tuple[Any, Hidden]:
             _bounded(_size(result))
         except _ERRORS as exc:
             shown = f"{{{{{single['expr']}}}}}" if single else repr(value[:200])
-            raise TemplateFailure(f"{shown}: {exc}") from None
+            # A template that read a secret may have put what it made of it in the message ("no
+            # attribute 'ACC-7HQ…'"): the message goes into the step's error, so it is withheld.
+            cause = f"{type(exc).__name__} (details withheld: the template read a secret)" if _reads.secret else exc
+            raise TemplateFailure(f"{shown}: {cause}") from None
         return result, True if _reads.secret else tree
     if isinstance(value, dict):
         out, tree = {}, {}
