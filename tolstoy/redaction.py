@@ -13,12 +13,11 @@ URL-encoded (``%XX`` in either case, ``+`` for a space) and hex. A value
 shorter than ``WINDOW`` is matched whole only (in those encodings too), and
 values shorter than ``SHORTEST`` not at all: they are too common. Values a run
 derived from a secret (``Derived``) are matched whole, as they are: their
-slices are mostly the run's own text. Matching is one pass of an Aho-Corasick
-automaton over the text per group of secrets, whatever the number of secrets;
-secrets added later join a new small group, and groups of equal size are merged
-(as a binary counter carries), so adding n secrets one at a time rebuilds
-O(n log n) patterns in all and a text is scanned by at most log2(n) + 1
-automata.
+slices are mostly the run's own text. Every pattern is filed under its first
+``WINDOW`` characters, so checking a text is one pass over its slices whatever
+the number of secrets, and adding a secret costs only its own patterns; a large
+text is scanned by an Aho-Corasick automaton (in C) of the same patterns,
+built when one is needed and kept until the secrets change (``Secrets``).
 
 Positions of a JSON value that a masked copy hides are a ``Hidden`` tree:
 ``None`` (nothing), ``True`` (all of it) or a dict of the keys (or list
@@ -55,6 +54,14 @@ WINDOW = 8
 HEX_WINDOW = 2 * WINDOW
 # Shorter known values are not masked at all: they are too common ("true", "1", "ok").
 SHORTEST = 4
+# Of each form of a secret, the slices of the first this many characters are indexed, and a whole
+# form is matched by as many: a huge value under a secret-named field (a tool answering a megabyte
+# "token") costs bounded memory, and only its first 4 KiB are recognised where they reappear.
+MAX_WHOLE = 4096
+# How many secrets one index (a run's) knows with their slices and encodings; later ones are matched
+# whole, as they are. A typical run knows a handful; this bounds what a foreach whose every item
+# logs in can cost (about 300 patterns, some 30 KB, per 32-character secret).
+MAX_ENCODED = 1000
 
 # Free text (log lines): URL passwords, key=value secrets, credentials after an auth scheme.
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
@@ -105,7 +112,7 @@ def _url_forms(secret: str) -> set[str]:
 def patterns(secret: str, derived: bool = False) -> set[str]:
     """The strings whose presence in a text shows ``secret`` (see the module's docstring)."""
     if derived:
-        return {secret}
+        return {secret[:MAX_WHOLE]}
     raw = secret.encode()
     whole = {secret, secret[::-1], raw.hex(), raw.hex().upper(), *_url_forms(secret)}
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
@@ -124,41 +131,46 @@ def patterns(secret: str, derived: bool = False) -> set[str]:
             # Where the secret ends the encoded data, its last group is padded: matched whole.
             ending = encode(part).decode()
             whole |= {ending, ending.rstrip("=")}
-    found = set(whole)
+    found = {text[:MAX_WHOLE] for text in whole}
     for text in sliced:
-        found.update(text[i:i + WINDOW] for i in range(len(text) - WINDOW + 1))
+        found.update(_slices(text, WINDOW))
     for text in (raw.hex(), raw.hex().upper()):
-        found.update(text[i:i + HEX_WINDOW] for i in range(len(text) - HEX_WINDOW + 1))
+        found.update(_slices(text, HEX_WINDOW))
     return found
 
 
-class _Group:
-    """Some secrets and the automaton that finds all their patterns in one pass."""
-
-    __slots__ = ("secrets", "automaton")
-
-    def __init__(self, secrets: list[tuple[str, bool]]):
-        self.secrets = secrets
-        self.automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
-        for secret, derived in secrets:
-            for pattern in patterns(secret, derived):
-                self.automaton.add_word(pattern, len(pattern))
-        self.automaton.make_automaton()
+def _slices(text: str, length: int) -> list[str]:
+    """Every ``length``-character slice of the first MAX_WHOLE characters of ``text``."""
+    text = text[:MAX_WHOLE]
+    return [text[i:i + length] for i in range(len(text) - length + 1)]
 
 
 class Secrets:
     """Known secret values, each recognised with its common encodings wherever it appears (``mask``).
-    Safe to share between threads: adding builds new groups under a lock, and a scan reads the
-    groups as they were when it began."""
+
+    Every pattern of WINDOW characters or more is filed under its first WINDOW characters, so a text
+    is checked by taking its WINDOW-character slices (in C, as a set) and asking whether any is a
+    known one: no secret found costs one pass over the text whatever the number of secrets, and
+    adding a secret costs its own patterns only (a foreach whose items each log in adds thousands).
+    Past MAX_ENCODED secrets, further ones are matched whole only, which bounds the memory a run can
+    spend on them. Safe to share between threads: adding happens under a lock and replaces what it
+    changes, so a scan sees the secrets as they were or as they are."""
 
     def __init__(self, values: Iterable[Any] = ()):
         self._lock = threading.Lock()
+        self._version = 0  # rises with every change, so a built automaton knows it is stale
+        self._count = 0  # patterns indexed
+        self._built: tuple[int, Any] | None = None  # (version, automaton) for large texts
         self._known: dict[str, bool] = {}  # value -> matched whole only (a Derived value)
-        self._groups: tuple[_Group, ...] = ()
+        self._encoded = 0  # how many are indexed with their slices and encodings
+        self._grams: set[str] = set()  # the first WINDOW characters of every pattern at least that long
+        self._windows: set[str] = set()  # the patterns exactly WINDOW long (slices of encodings)
+        self._longer: dict[str, tuple[str, ...]] = {}  # first WINDOW characters -> longer patterns
+        self._short: dict[int, frozenset[str]] = {}  # length (< WINDOW) -> whole patterns that long
         self.add(values)
 
     def __bool__(self) -> bool:
-        return bool(self._groups)
+        return bool(self._known)
 
     def __contains__(self, value: str) -> bool:
         return value in self._known
@@ -182,26 +194,37 @@ class Secrets:
         if not fresh:
             return
         with self._lock:
-            fresh = {text: whole for text, whole in fresh.items()
-                     if self._known.get(text) is None or (self._known[text] and not whole)}
-            if not fresh:
-                return
-            self._known.update(fresh)
-            groups = list(self._groups)
-            merged = list(fresh.items())
-            # A binary counter's carry: a new group absorbs the groups no larger than itself.
-            while groups and len(groups[-1].secrets) <= len(merged):
-                merged = groups.pop().secrets + merged
-            groups.append(_Group(merged))
-            self._groups = tuple(groups)
+            for text, whole in fresh.items():
+                if self._known.get(text) is False or (whole and text in self._known):
+                    continue  # another thread indexed it meanwhile
+                whole = whole or self._encoded >= MAX_ENCODED
+                self._encoded += not whole
+                self._known[text] = whole
+                self._index(patterns(text, whole))
+
+    def _index(self, found: set[str]) -> None:
+        self._version += 1
+        self._count += len(found)
+        short: dict[int, set[str]] = {}
+        for pattern in found:
+            if len(pattern) < WINDOW:
+                short.setdefault(len(pattern), set()).add(pattern)
+                continue
+            head = pattern[:WINDOW]
+            self._grams.add(head)
+            if len(pattern) == WINDOW:
+                self._windows.add(pattern)
+            elif pattern not in self._longer.get(head, ()):
+                self._longer[head] = (*self._longer.get(head, ()), pattern)
+        for length, patterns_ in short.items():
+            self._short[length] = self._short.get(length, frozenset()) | patterns_
 
     def mask(self, text: str) -> str:
         """``text`` with every stretch that shows a known secret replaced by MASK (one MASK for
         stretches that touch or overlap)."""
-        groups = self._groups
-        if not groups or len(text) < SHORTEST:
+        if not self._known or len(text) < SHORTEST:
             return text
-        spans = [(end + 1 - length, end + 1) for group in groups for end, length in group.automaton.iter(text)]
+        spans = self._spans(text)
         if not spans:
             return text
         spans.sort()
@@ -216,6 +239,58 @@ class Secrets:
             done, (start, stop) = stop, (begin, end)
         parts += [text[done:start], MASK, text[stop:]]
         return "".join(parts)
+
+    def _automaton(self, size: int):
+        """An automaton of every pattern, for a text of ``size`` characters: the one built before if no
+        secret came since; None when building one would cost more than checking the text slice by
+        slice (many secrets just added, a text not that large)."""
+        built = self._built
+        if built is not None and built[0] == self._version:
+            return built[1]
+        if self._count > _BUILD_PER_CHARACTER * size:
+            return None
+        with self._lock:
+            automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
+            patterns_ = [*self._windows, *(p for found in self._longer.values() for p in found),
+                         *(p for found in self._short.values() for p in found)]
+            for pattern in patterns_:
+                automaton.add_word(pattern, len(pattern))
+            automaton.make_automaton()
+            self._built = (self._version, automaton)
+        return automaton
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        if len(text) >= _LARGE:
+            automaton = self._automaton(len(text))
+            if automaton is not None:
+                return [(end + 1 - length, end + 1) for end, length in automaton.iter(text)]
+        spans: list[tuple[int, int]] = []
+        grams, windows, longer = self._grams, self._windows, self._longer
+        for first in range(0, len(text) - WINDOW + 1, _BLOCK):
+            last = min(first + _BLOCK, len(text) - WINDOW + 1)
+            if {text[i:i + WINDOW] for i in range(first, last)}.isdisjoint(grams):
+                continue  # the common case: nothing known starts in this block
+            for i in range(first, last):
+                head = text[i:i + WINDOW]
+                if head in grams:
+                    if head in windows:
+                        spans.append((i, i + WINDOW))
+                    spans.extend((i, i + len(p)) for p in longer.get(head, ()) if text.startswith(p, i))
+        for length, whole in self._short.items():
+            for first in range(0, len(text) - length + 1, _BLOCK):
+                last = min(first + _BLOCK, len(text) - length + 1)
+                if {text[i:i + length] for i in range(first, last)}.isdisjoint(whole):
+                    continue
+                spans.extend((i, i + length) for i in range(first, last) if text[i:i + length] in whole)
+        return spans
+
+
+# Texts are checked this many starting positions at a time (bounds the slices held at once).
+_BLOCK = 65536
+# A text this long is scanned by an automaton (about ten times faster than slice by slice in Python),
+# built if need be when that costs less than this many patterns per character of the text.
+_LARGE = 4096
+_BUILD_PER_CHARACTER = 4
 
 
 _NONE = Secrets()

@@ -14,6 +14,8 @@ import pytest
 from tolstoy import logs
 from tolstoy.redaction import (
     MASK,
+    MAX_ENCODED,
+    MAX_WHOLE,
     SHORTEST,
     WINDOW,
     Derived,
@@ -143,20 +145,21 @@ def test_the_json_log_formatter_masks_the_secrets_of_the_run_in_progress():
     assert SECRET[::-1] in formatter.format(record)  # outside a run, the run's secrets are not known
 
 
-def test_adding_secrets_one_at_a_time_rebuilds_few_automata():
-    """A foreach of n items each adding a secret merges groups like a binary counter: at most
-    log2(n) + 1 groups, each secret rebuilt into O(log n) groups in all."""
+def test_many_secrets_cost_their_own_patterns_and_a_text_is_checked_once():
+    """A foreach whose every item logs in adds a secret per item: each costs its own patterns (no
+    rebuild of what is known), and past MAX_ENCODED they are matched whole only."""
     index = Secrets()
-    built = 0
-    for n in range(1, 1025):
-        before = index._groups
+    for n in range(MAX_ENCODED + 50):
         index.add([f"secret-number-{n:06d}"])
-        built += sum(len(g.secrets) for g in index._groups if g not in before)
-        assert len(index._groups) <= n.bit_length()
-    assert built <= 1024 * 11
-    assert all(index.mask(f"x secret-number-{n:06d} y") == f"x {MASK} y" for n in (1, 511, 1024))
-    index.add([f"secret-number-{n:06d}" for n in range(1, 1025)])  # known already: nothing built
-    assert index._groups == before or len(index._groups) <= 11
+    assert len(index._windows) < (MAX_ENCODED + 50) * 400
+    assert index.mask(f"x secret-number-{7:06d} y") == f"x {MASK} y"
+    assert index.mask(f"x {'secret-number-000007'[::-1]} y") == f"x {MASK} y"  # encoded: among the first
+    late = "zq9x81-late-comer-77"
+    index.add([late])
+    assert index.mask(f"x {late} y") == f"x {MASK} y" and index.mask(late[::-1]) == late[::-1]  # whole only
+    before = len(index._grams)
+    index.add([f"secret-number-{n:06d}" for n in range(100)])  # known already: nothing added
+    assert len(index._grams) == before
 
 
 def test_patterns_grow_linearly_with_the_secret():
@@ -164,6 +167,15 @@ def test_patterns_grow_linearly_with_the_secret():
     assert len(patterns(short)) < 40 * len(short) and len(patterns(long)) < 40 * len(long)
     assert len(patterns(long)) > 10 * len(patterns(short[:len(short) // 2]))
     assert patterns("only-whole-please", derived=True) == {"only-whole-please"}
+
+
+def test_a_huge_secret_costs_bounded_patterns_and_its_first_part_is_recognised():
+    huge = "".join(f"{n:08x}" for n in range(125_000))  # a megabyte under a secret-named field
+    assert len(patterns(huge)) < 16 * MAX_WHOLE
+    index = Secrets([huge])
+    assert index.mask(f"<{huge[1000:2000]}>") == f"<{MASK}>"
+    assert index.mask(f"<{huge[::-1][1000:2000]}>") == f"<{MASK}>"
+    assert len(patterns(huge, derived=True).pop()) == MAX_WHOLE
 
 
 def test_adding_a_single_string_is_refused():
@@ -188,3 +200,18 @@ def test_hex_windows_are_whole_bytes_of_the_secret():
     assert MASK in Secrets([SECRET]).mask(binascii.hexlify(raw[2:2 + WINDOW]).decode())
     assert Secrets([SECRET]).mask(binascii.hexlify(raw[2:2 + WINDOW - 1]).decode()) == \
         binascii.hexlify(raw[2:2 + WINDOW - 1]).decode()
+
+
+def test_a_large_text_is_masked_by_the_automaton_exactly_as_slice_by_slice(monkeypatch):
+    import tolstoy.redaction as redaction
+
+    filler = "".join(f"row {n}, " for n in range(1500))
+    text = filler + "".join(f"{encode(SECRET)} | {encode(SECRET[5:20])} | " for encode in ENCODINGS.values()) + filler
+    index = Secrets([SECRET, "ab12", Derived("Bearer derived-value-1")])
+    assert len(text) > redaction._LARGE
+    by_automaton = index.mask(text + "Bearer derived-value-1 ab12")
+    assert index._built is not None  # built for the large text, kept until a secret is added
+    monkeypatch.setattr(redaction, "_LARGE", 10 ** 9)
+    assert index.mask(text + "Bearer derived-value-1 ab12") == by_automaton
+    assert SECRET[5:20] not in by_automaton and by_automaton.endswith(f"{MASK} {MASK}")
+    assert by_automaton.count(MASK) >= 2 * len(ENCODINGS)
