@@ -10,19 +10,17 @@ by a new path that skips the redaction is caught."""
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import time
 from urllib.parse import quote, quote_plus
 
 import pytest
+from support import json_log_lines
 from test_engine import execute, step, wait_for
 from test_webhook_delivery import Receiver, hook
 from test_worker_processes import wait_until
 from werkzeug import Response
-
-from tolstoy import logs
 
 # Characters URL-encoding changes, so its form differs from the clear one.
 BEARER = "org-bearer-SECRET/4f9c+2d=71e0a8b3c6"
@@ -176,16 +174,8 @@ def column_texts(db) -> dict[str, str]:
 @pytest.fixture
 def json_log():
     """The service's log lines as production writes them (tolstoy.logs.JsonFormatter), DEBUG and up."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
+    with json_log_lines(logging.DEBUG) as lines:
+        yield lines
 
 
 def test_every_exit_of_a_run_hides_secrets_and_their_encodings(api, org, user, worker, httpserver, server, db,
@@ -232,7 +222,7 @@ def test_every_exit_of_a_run_hides_secrets_and_their_encodings(api, org, user, w
         "webhook bodies": b"\n".join(body for _, body in receiver.got).decode(),
         "webhook deliveries": api.client.simulate_get(f"/webhooks/{webhook['id']}/deliveries",
                                                       headers=api.headers(org)).text,
-        "log lines": json_log.getvalue(),
+        "log lines": json.dumps(json_log()),
         **{f"column {name}": text for name, text in column_texts(db).items()},
     }
     # The exits are read at all: each shows the run, and the masks.
