@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tolstoy import logs
 
 
 def require_program(name: str, *also: str) -> str:
@@ -255,3 +262,21 @@ def app_routes(app) -> dict[str, tuple[object, frozenset]]:
     for route, _, _ in app._static_routes:
         found[f"static {route._prefix}"] = (route, frozenset())
     return found
+
+
+@contextlib.contextmanager
+def json_log_lines(level: int = logging.INFO) -> Iterator[Callable[[], list[dict]]]:
+    """Every log record at ``level`` and up, as the JSON line production writes it
+    (tolstoy.logs.JsonFormatter): yields a function that returns the lines so far."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(level)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)

@@ -4,6 +4,11 @@ flow execution in progress, with secrets masked before anything is written.
 Gunicorn's access log is the one line per request (tolstoy/api/access_log.py
 formats it with ``JsonFormatter``). Flow runs and steps log through
 ``run_event`` and ``step_event``.
+
+Log lines are one of the exits outputs leave by, so they are masked with the
+same rule (``redaction``): free-text patterns (``Bearer …``, ``password=…``),
+secret-named fields, and the secrets known to the run or call in progress
+(``execution(run_id, secrets)``, ``masking(secrets)``) in their encodings too.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from .jsonsafe import dumps
-from .redaction import redact
+from .redaction import Secrets, mask_json, redact
 from .times import now_iso
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tolstoy_request_id", default=None)
 execution_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tolstoy_execution_id", default=None)
+# The secrets of the run or call in progress: masked in every line written meanwhile.
+known_secrets: contextvars.ContextVar[Secrets | None] = contextvars.ContextVar("tolstoy_known_secrets", default=None)
 
 # What every LogRecord has; anything else came from ``extra=`` and is written out.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -37,11 +44,12 @@ class JsonFormatter(logging.Formatter):
     """A log record as one JSON line; ``extra={"fields": {...}}`` adds top-level keys."""
 
     def format(self, record: logging.LogRecord) -> str:
+        secrets = known_secrets.get()
         entry: dict[str, Any] = {
             "time": now_iso(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": redact(record.getMessage(), secrets),
         }
         for key, var in (("requestId", request_id), ("executionId", execution_id)):
             if var.get() is not None:
@@ -49,10 +57,27 @@ class JsonFormatter(logging.Formatter):
         extras = {_camel(k): v for k, v in record.__dict__.items() if k not in _RECORD_ATTRIBUTES}
         extras.update(getattr(record, "fields", None) or {})
         for key, value in extras.items():
-            entry[key] = redact(value) if isinstance(value, str) else value
+            entry[key] = redact(value, secrets) if isinstance(value, str) else _masked(value, secrets)
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
+            entry["exception"] = redact(self.formatException(record.exc_info), secrets)
         return dumps(entry).decode()
+
+
+def _masked(value: Any, secrets: Secrets | None) -> Any:
+    """A structured log field as written: secret-named fields and known secrets masked, and the
+    free-text rule applied to each string in it."""
+    if isinstance(value, (dict, list, tuple)):
+        shown = mask_json(value, secrets or ())
+
+        def walk(item: Any) -> Any:
+            if isinstance(item, dict):
+                return {key: walk(child) for key, child in item.items()}
+            if isinstance(item, list):
+                return [walk(child) for child in item]
+            return redact(item) if isinstance(item, str) else item
+
+        return walk(shown)
+    return value
 
 
 def configure(level: str = "INFO") -> None:
@@ -65,13 +90,25 @@ def configure(level: str = "INFO") -> None:
 
 
 @contextlib.contextmanager
-def execution(run_id: str) -> Iterator[None]:
-    """Tag every log line written inside the block with this execution id."""
+def execution(run_id: str, secrets: Secrets | None = None) -> Iterator[None]:
+    """Tag every log line written inside the block with this execution id, and mask the run's
+    known ``secrets`` in it (the set grows as the run learns more)."""
     token = execution_id.set(str(run_id))
+    try:
+        with masking(secrets):
+            yield
+    finally:
+        execution_id.reset(token)
+
+
+@contextlib.contextmanager
+def masking(secrets: Secrets | None) -> Iterator[None]:
+    """Mask these known secrets (and their encodings) in every log line written inside the block."""
+    token = known_secrets.set(secrets)
     try:
         yield
     finally:
-        execution_id.reset(token)
+        known_secrets.reset(token)
 
 
 _runs = logging.getLogger("tolstoy.runs")

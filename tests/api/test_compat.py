@@ -107,10 +107,21 @@ def test_tools_auth_delete_without_a_name_removes_the_organization_credentials(c
     assert_error(client.simulate_delete(f"/tools/{uuid.uuid4()}/auth", headers=api.headers(org)), 404)
 
 
+def echoing(server, path: str, header: str) -> list:
+    """A tool endpoint that echoes one request header (its answer masks a credential in it);
+    returns what it received."""
+    seen: list = []
+
+    def handle(request):
+        seen.append(request.headers.get(header))
+        return __import__("werkzeug").Response(json.dumps({"echo": seen[-1]}), content_type="application/json")
+
+    server.expect_request(path).respond_with_handler(handle)
+    return seen
+
+
 def test_tools_secrets_store_get_list_delete(client, api, org, user, server):
-    server.expect_request("/who").respond_with_handler(
-        lambda request: __import__("werkzeug").Response(
-            json.dumps({"auth": request.headers.get("Authorization")}), content_type="application/json"))
+    seen = echoing(server, "/who", "Authorization")
     tool = api.tool(org, name="Svc", baseUrl=server.url_for("/"), authType="bearer")
     bare = api.tool(org, name="Bare", authType="apiKey")
     path, headers = f"/tools/{tool['id']}/secrets", api.headers(org)
@@ -141,7 +152,7 @@ def test_tools_secrets_store_get_list_delete(client, api, org, user, server):
     action = api.action(org, tool, key="svc.who", method="GET", endpoint="/who")
     called = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
                                   headers=api.headers(org, user))
-    assert called.json["data"]["auth"] == "Bearer tok-abcdef123456"
+    assert seen == ["Bearer tok-abcdef123456"] and called.json["data"]["echo"] == "Bearer ***"
 
     assert client.simulate_delete(path, headers=headers).status_code == 204
     assert_error(client.simulate_get(path, headers=headers), 404)
@@ -149,9 +160,7 @@ def test_tools_secrets_store_get_list_delete(client, api, org, user, server):
 
 
 def test_secrets_keys_are_checked_against_the_tools_auth_type(client, api, org, user, server):
-    server.expect_request("/key").respond_with_handler(
-        lambda request: __import__("werkzeug").Response(
-            json.dumps({"key": request.headers.get("X-Key")}), content_type="application/json"))
+    seen = echoing(server, "/key", "X-Key")
     bearer = api.tool(org, authType="bearer")
     path, headers = f"/tools/{bearer['id']}/secrets", api.headers(org)
     assert_error(client.simulate_post(path, json={"credentials": {"token": "x", "sessionCookie": "y"}},
@@ -177,7 +186,7 @@ def test_secrets_keys_are_checked_against_the_tools_auth_type(client, api, org, 
     action = api.action(org, keyed, key="svc.key", method="GET", endpoint="/key")
     called = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
                                   headers=api.headers(org, user))
-    assert called.json["data"]["key"] == "k-0123456789"
+    assert seen == ["k-0123456789"] and called.json["data"]["echo"] == "***"
 
 
 def test_tools_have_an_optional_key_unique_per_organization(client, api, org):

@@ -3,14 +3,12 @@ line, the client address behind trusted proxies, and no secrets."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 
 import pytest
 from falcon import testing
+from support import json_log_lines
 
-from tolstoy import logs
 from tolstoy.api.app import create_app
 from tolstoy.db.database import Database
 
@@ -18,16 +16,8 @@ from tolstoy.db.database import Database
 @pytest.fixture
 def captured():
     """Every log record as the JSON line the app would write."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with json_log_lines() as lines:
+        yield lines
 
 
 def test_app_logs_carry_the_request_id(config, captured, tmp_path):

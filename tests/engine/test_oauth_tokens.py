@@ -17,6 +17,19 @@ from tolstoy.api.app import create_app
 from tolstoy.config import Config
 
 
+def echo_auth(server, path: str = "/me") -> list[str]:
+    """A tool endpoint that echoes its Authorization header (the answer masks it: one exit for
+    outputs); returns the list of what it received, the token as it went on the wire."""
+    seen: list[str] = []
+
+    def handle(request):
+        seen.append(request.headers.get("Authorization"))
+        return Response(f'{{"auth": "{request.headers.get("Authorization")}"}}', content_type="application/json")
+
+    server.expect_request(path).respond_with_handler(handle)
+    return seen
+
+
 @pytest.fixture
 def provider(server):
     """A token endpoint with reuse detection: each refresh token works once and is rotated."""
@@ -38,9 +51,7 @@ def provider(server):
                         content_type="application/json")
 
     server.expect_request("/token", method="POST").respond_with_handler(token)
-    server.expect_request("/me").respond_with_handler(
-        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
-                                 content_type="application/json"))
+    state["auth"] = echo_auth(server)
     return server, state
 
 
@@ -69,7 +80,8 @@ def test_a_rotated_refresh_token_is_kept_and_processes_share_one_refresh(api, or
         thread.join(20)
     # Three processes at once: one refresh, the same token everywhere.
     assert state["seen"] == ["refresh-1"]
-    assert [a["data"]["auth"] for a in answers] == ["Bearer access-1"] * 3
+    assert state["auth"] == ["Bearer access-1"] * 3
+    assert [a["data"]["auth"] for a in answers] == ["Bearer ***"] * 3  # echoed, masked
 
     with db.pool.connection() as conn:  # the token runs out
         conn.execute("update oauth_tokens set expires_at = now() - interval '1 minute'")
@@ -78,16 +90,14 @@ def test_a_rotated_refresh_token_is_kept_and_processes_share_one_refresh(api, or
     assert b"access-1" not in bytes(stored["access_token"])  # encrypted at rest
     # A fresh process (empty cache) refreshes with the rotated token, never the spent one.
     fresh = testing.TestClient(create_app(config, app_db))
-    assert execute(fresh)["data"]["auth"] == "Bearer access-2"
+    assert execute(fresh)["data"]["auth"] == "Bearer ***" and state["auth"][-1] == "Bearer access-2"
     assert state["seen"] == ["refresh-1", "refresh-2"] and state["valid"] == {"refresh-3"}
 
 
 def test_a_token_that_lives_less_than_the_refresh_margin_still_works(api, org, user, worker_env, app_db, server):
     server.expect_request("/token", method="POST").respond_with_json(
         {"access_token": "short-lived", "expires_in": 10})
-    server.expect_request("/me").respond_with_handler(
-        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
-                                 content_type="application/json"))
+    seen = echo_auth(server)
     tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
     api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
         "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token")}})
@@ -95,7 +105,8 @@ def test_a_token_that_lives_less_than_the_refresh_margin_still_works(api, org, u
     client = testing.TestClient(create_app(Config.from_env(worker_env), app_db))
     result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
                                   headers=api.headers(org, user))
-    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer short-lived", result.text
+    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer ***", result.text
+    assert seen == ["Bearer short-lived"]
 
 
 def test_a_token_refresh_is_part_of_the_calls_deadline(api, org, user, worker_env, app_db, server):
@@ -124,9 +135,7 @@ def test_a_lifetime_as_a_string_or_absurdly_long_still_gives_a_token(api, org, u
     number, and a lifetime past any interval PostgreSQL can hold is bounded instead of failing."""
     server.expect_request("/token", method="POST").respond_with_json(
         {"access_token": "long-lived", "expires_in": lifetime})
-    server.expect_request("/me").respond_with_handler(
-        lambda request: Response(f'{{"auth": "{request.headers.get("Authorization")}"}}',
-                                 content_type="application/json"))
+    seen = echo_auth(server)
     tool = api.tool(org, baseUrl=server.url_for("/"), authType="oauth2")
     api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
         "clientId": "c", "clientSecret": "client-secret-1", "tokenUrl": server.url_for("/token")}})
@@ -134,4 +143,5 @@ def test_a_lifetime_as_a_string_or_absurdly_long_still_gives_a_token(api, org, u
     client = testing.TestClient(create_app(Config.from_env(worker_env), app_db))
     result = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
                                   headers=api.headers(org, user))
-    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer long-lived", result.text
+    assert result.status_code == 200 and result.json["data"]["auth"] == "Bearer ***", result.text
+    assert seen == ["Bearer long-lived"]

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 from gunicorn.config import Config as GunicornConfig
+from support import json_log_lines
 
 from tolstoy import logs, redaction
 from tolstoy.api import access_log
@@ -18,16 +19,8 @@ from tolstoy.api import access_log
 @pytest.fixture
 def captured():
     """Every log record as the JSON line the app would write."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonFormatter())
-    root = logging.getLogger()
-    root.addHandler(handler)
-    old_level = root.level
-    root.setLevel(logging.INFO)
-    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
-    root.removeHandler(handler)
-    root.setLevel(old_level)
+    with json_log_lines() as lines:
+        yield lines
 
 
 @pytest.mark.parametrize("text, secret", [

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .. import jsonschemas
+from .. import jsonschemas, logs
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import write_action_log
 from ..errors import DatabaseUnavailable, VaultError
-from ..redaction import mask_json
+from ..redaction import Derived, Secrets, mask_json
 from .errors import ActAsUserRefused, InvalidInputs, StepFailed
 from .outbound import Outbound, OutboundError, Reply, retryable_status
-from .templates import TemplateFailure, render
+from .templates import TemplateFailure, render_tracked
 from .tool_auth import CallAuth, SharedTokens, auth_headers, secret_headers_for, secret_values
 from .vault import Reader, Vault
 
@@ -161,13 +161,15 @@ class Tools:
                 raise InvalidInputs(problems)
         path, rest = fill_endpoint(action["endpoint"], inputs)
         headers = {"Accept": "application/json"}
+        secrets: list = []
         if action.get("headers"):
             try:
-                rendered = render(action["headers"], context) if context else action["headers"]
+                rendered, tree = render_tracked(action["headers"], context) if context else (action["headers"], None)
             except TemplateFailure as exc:
                 raise StepFailed(f"Template error in the action's headers: {exc}") from None
             headers.update({name: str(value) for name, value in rendered.items()})
-        secrets: list = []
+            # A header a template derived from a secret is one too (matched whole where it shows).
+            secrets += [Derived(str(rendered[name])) for name in (tree or {})]
         auth = None
         if tool["auth_type"] != "none":
             credential, config = self.credential(org_id, tool["id"], reader)
@@ -222,17 +224,25 @@ class Tools:
 
         InvalidInputs when the inputs do not match the action's inputSchema, ActAsUserRefused when
         the tool is per-user and the caller may not act as ``user_id`` (nothing is sent or logged
-        either way); an upstream error or a failed call is ``success: false``.
+        either way); an upstream error or a failed call is ``success: false``. What the tool
+        answered is redacted, not withheld: the answer, the log row and the log lines show it with
+        the credential's values masked (in their encodings too).
         """
+        secrets = Secrets()  # the credential's values, as they become known
+        with logs.masking(secrets):
+            return self._call_action(org_id, user_id, action, inputs, timeout_ms, secrets, acts_as_user)
+
+    def _call_action(self, org_id, user_id, action: dict, inputs: dict, timeout_ms: int, secrets: Secrets,
+                     acts_as_user: bool) -> dict:
         execution_id = str(uuid.uuid4())
         started = time.perf_counter()
-        secrets: list = []
+        call = None
         try:
             # Its own short unit of work: no connection is held while the tool answers.
             tool = self.db.one(SQL.tools.get, commit=True, org_id=org_id, id=action["tool_id"])
             call = self.build_call(org_id, action, tool, inputs, reader=Reader("api", "execute", user_id),
                                    acts_as_user=acts_as_user)
-            secrets = call.secrets
+            secrets.add(call.secrets)
             reply = self.send(call, timeout_ms, f"{execution_id}:{action['key']}:1")
             success, status_code, body, error = reply.status < 400, reply.status, reply.body, None
             if not success:
@@ -241,13 +251,15 @@ class Tools:
             raise
         except StepFailed as exc:
             success, status_code, body, error = False, exc.details.get("status"), {"error": str(exc)}, exc.as_error()
+        if call is not None:
+            secrets.add(call.secrets)  # what only sending learned (an OAuth2 token, Basic's pair)
         duration = int((time.perf_counter() - started) * 1000)
+        outputs = mask_json({"statusCode": status_code, "data": body}, secrets)
         # The log row and the action.executed / action.failed webhook event: one statement.
         write_action_log(
             self.db, org_id=org_id, user_id=user_id, execution_id=execution_id, action=action, success=success,
-            inputs=mask_json(inputs, secrets),
-            outputs=mask_json({"statusCode": status_code, "data": body}, secrets),
+            inputs=mask_json(inputs, secrets), outputs=outputs,
             error=mask_json(error, secrets), duration_ms=duration, status_code=status_code,
         )
         return {"success": success, "executionId": execution_id, "durationMs": duration,
-                "statusCode": status_code, "data": body}
+                "statusCode": status_code, "data": outputs["data"]}

@@ -13,6 +13,15 @@ Every write presents the run's lease token; a lost lease (another worker owns
 the run now) stops the run at once and writes nothing more. Database trouble
 while writing is retried until the lease would run out; the run is never
 failed for it.
+
+One exit: everything a run writes for people to see (a step's inputs, output
+and error, an execution log row, the run's error) goes through ``Writes``,
+which masks it with ``redaction.mask_json`` and the run's known secrets
+(``Run.secrets``: the credentials its calls used, secret-named fields of
+outputs, values derived from them), as do the run's log lines (``logs``).
+A value a template derived from a secret is hidden whole (``templates``); where
+an output hides something, the real value is sealed next to the masked one,
+and ``Run.hidden`` remembers where, so later templates reading it are marked.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -35,14 +45,14 @@ from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
-from ..redaction import mask_json, secret_strings
+from ..redaction import Hidden, Secrets, hidden, hidden_strings, hide, mask_json, secret_strings
 from ..times import seconds_between
 from . import plans
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
 from .graph import dependencies, step_order
 from .steps import DEFAULT_TIMEOUT_MS, IDEMPOTENT_METHODS, execute_step, step_method
-from .templates import TemplateFailure, condition, render
+from .templates import TemplateFailure, condition, render_tracked, scope
 
 log = logging.getLogger("tolstoy.engine")
 
@@ -85,18 +95,30 @@ def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> 
 
 @dataclass
 class Writes:
-    """Checkpoint writes waiting to go out with the next statement of this run."""
+    """Checkpoint writes waiting to go out with the next statement of this run: the run's one exit
+    for what people see (checkpoints, execution log rows and the events triggers make of them), so
+    each is masked here with the run's known secrets, whoever wrote it."""
 
+    secrets: Secrets = field(default_factory=Secrets)
     steps: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
 
-    def step(self, **values: Any) -> None:
+    def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, **values: Any) -> dict:
+        """Queue a checkpoint; returns it as it will be written. With ``seal``, ``outputs`` is what the
+        step returned with what is already known to be hidden masked, and ``real`` what it returned:
+        when the masked output differs, the checkpoint keeps ``seal(real)`` too."""
+        for name in ("inputs", "outputs", "error"):
+            if values.get(name) is not None:
+                values[name] = mask_json(values[name], self.secrets)
+        if seal is not None and values.get("outputs") != real:
+            values["sealed"] = seal(real)
         self.steps = [s for s in self.steps if s["step_id"] != values["step_id"]] + [values]
+        return values
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
               duration_ms: int | None = None) -> None:
-        self.events.append({"step_key": step_key, "status": status, "inputs": inputs or {}, "error": error,
-                            "duration_ms": duration_ms})
+        self.events.append({"step_key": step_key, "status": status, "inputs": mask_json(inputs or {}, self.secrets),
+                            "error": mask_json(error, self.secrets), "duration_ms": duration_ms})
 
 
 # SQLSTATE tolstoy_checkpoint raises when the lease is no longer this worker's.
@@ -120,8 +142,11 @@ class Run:
         self.plan = plans.Plan(claimed["plan"])
         self.checkpoints = {c["step_id"]: c for c in claimed.get("checkpoints") or []}
         self.context: dict = {"variables": self.variables, "steps": {}}
-        self.secrets: list[str] = []  # values that must not be shown: credentials, secret-named fields
-        self.writes = Writes()
+        # Values that must not be shown: credentials, secret-named fields, values derived from them.
+        self.secrets = Secrets()
+        # Where each finished step's output hides a secret (only steps whose output does).
+        self.hidden: dict[str, Hidden] = {}
+        self.writes = Writes(self.secrets)
         self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
         self.lost = threading.Event()  # the heartbeat could not renew the lease
         # A foreach step's items run on threads of their own: they share the writes under this lock.
@@ -140,6 +165,32 @@ class Run:
     def key(self, step_id: str, attempt: int) -> str:
         """The Idempotency-Key of a step attempt: from the root of a retry chain, so a retry repeats it."""
         return f"{self.root_id}:{step_id}:{attempt}"
+
+    @property
+    def view(self) -> dict:
+        """The context as templates see it: the outputs' hidden parts behind views (templates.scope)."""
+        return scope(self.context, {"steps": self.hidden or None})
+
+    def keep(self, step_id: str, output: Any, shown: Any) -> None:
+        """What a finished step returned (``output``) and what people see of it (``shown``): later
+        steps see the output; where ``shown`` hides something, templates reading it are marked,
+        and the values hidden are known secrets from now on (also after a resume: the masks stored
+        say where)."""
+        self.context["steps"][step_id] = output
+        tree = hidden(output, shown)
+        if tree is None:
+            self.hidden.pop(step_id, None)
+            return
+        self.hidden[step_id] = tree
+        self.secrets.add(hidden_strings(output, tree, shown), derived=True)
+
+    def conceal(self, value: Any, tree: Hidden) -> Any:
+        """``value`` with what ``tree`` hides (values templates derived from a secret) masked whole;
+        those values are known secrets from now on, so a tool echoing one is masked too."""
+        if tree is None:
+            return value
+        self.secrets.add(hidden_strings(value, tree), derived=True)
+        return hide(value, tree)
 
 
 class Engine:
@@ -163,8 +214,11 @@ class Engine:
         worker owns it now. Database trouble is retried while the lease lasts. With ``subflow`` (a
         subflow step's spec) the same statement also finds or queues the step's child run and parks
         the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
+        transition = transition or {"action": "continue"}
+        if transition.get("error") is not None:  # the run's error is shown too
+            transition = {**transition, "error": mask_json(transition["error"], run.secrets)}
         writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
-                  "run": transition or {"action": "continue"}}
+                  "run": transition}
         deadline = time.monotonic() + self.lease_seconds * 0.8
         pause = 0.2
         while True:
@@ -191,10 +245,15 @@ class Engine:
                     raise LeaseLost(str(run.id)) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
-        run.writes = Writes()
+        run.writes = Writes(run.secrets)
         if answer and answer.get("cancel"):
             run.cancel.set()
         return answer
+
+    def sealed(self, run: Run, value: Any) -> str:
+        """``value`` encrypted for the run's checkpoint (base64: the checkpoint travels as one JSON
+        document)."""
+        return base64.b64encode(self.tools.seal(run.org_id, value)).decode()
 
     def log_event(self, run: Run, step: dict, status: str, seconds: float | None = None,
                   error: Any = None) -> None:
@@ -221,7 +280,7 @@ class Engine:
         """Advance a claimed run as far as it can go now."""
         run = run or Run(claimed)
         # Credentials and tools are read for the run's organization only (row-level security).
-        with self.db.tenant(run.org_id), logs.execution(run.id):
+        with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets):
             try:
                 self._advance(run)
             except _Done:
@@ -262,10 +321,10 @@ class Engine:
                 continue  # an item of a foreach step: the foreach step reads its own
             if done["status"] == "completed":
                 output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
-                run.context["steps"][step_id] = output
+                run.secrets.add(secret_strings(output))
+                run.keep(step_id, output, done["outputs"])
                 if step_id.startswith(ON_FAILURE):  # later onFailure steps see it under its own id too
-                    run.context["steps"][step_id[len(ON_FAILURE):]] = output
-                run.secrets += secret_strings(output)
+                    run.keep(step_id[len(ON_FAILURE):], output, done["outputs"])
             elif done["status"] == "failed" or (done["status"] == "skipped" and done.get("error")):
                 failed.add(step_id)  # skipped with an error: skipped because a dependency failed
         return failed
@@ -310,6 +369,8 @@ class Engine:
                 return "paused", None
             if outcome == "completed" and prefix:
                 run.context["steps"][step["id"]] = run.context["steps"][sid]
+                if sid in run.hidden:
+                    run.hidden[step["id"]] = run.hidden[sid]
             if outcome == "failed":
                 failed.add(sid)
                 if step.get("critical", True) is not False:
@@ -363,18 +424,18 @@ class Engine:
                 self.log_event(run, step, "skipped")
                 return "skipped", None
             if step["type"] == "foreach":  # the item step's templates are rendered per item
-                inputs = {"items": render(step["config"]["items"], run.context)}
+                items, items_hidden = render_tracked(step["config"]["items"], run.view)
             else:
-                inputs = render(step["config"], run.context)
+                inputs, tree = render_tracked(step["config"], run.view)
         except TemplateFailure as exc:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
         if step["type"] == "foreach":
-            return self._foreach(run, step, inputs["items"])
+            return self._foreach(run, step, items, items_hidden)
         if step["type"] == "wait":
             return self._wait(run, step, checkpoint, inputs)
         if step["type"] == "subflow":
-            return self._subflow(run, step, attempt, checkpoint, inputs)
-        shown_inputs = mask_json(inputs, run.secrets)
+            return self._subflow(run, step, attempt, checkpoint, inputs, tree)
+        shown_inputs = run.conceal(inputs, tree)
         if step["type"] == "delay":
             run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
                             wake_in_ms=int(inputs["ms"]))
@@ -383,7 +444,7 @@ class Engine:
             return "paused", None
         if step["type"] == "transform":
             run.writes.event(sid, "started", inputs=shown_inputs)
-            return self._complete(run, step, attempt, inputs["output"], shown_inputs, 0)
+            return self._complete(run, step, attempt, inputs["output"], shown_inputs, 0, shown_inputs["output"])
         if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
             decided = self._unknown_outcome(run, step, attempt, checkpoint, inputs)
             if decided is not None:
@@ -468,7 +529,7 @@ class Engine:
         started = time.perf_counter()
         timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
         try:
-            output, secrets = execute_step(self.tools, run, step, inputs, run.key(sid, attempt), timeout)
+            output = execute_step(self.tools, run, step, inputs, run.key(sid, attempt), timeout)
         except DatabaseUnavailable as exc:
             # Raised while reading the credential or a token, before anything was sent: the same
             # attempt runs again shortly, and it is not an unknown outcome (the step is not 'running').
@@ -497,22 +558,21 @@ class Engine:
                 self.pause(run, wait)
                 return "paused", None
             return self.fail(run, step, attempt, shown_inputs, exc, duration)
-        run.secrets += secrets
         duration = int((time.perf_counter() - started) * 1000)
         return self._complete(run, step, attempt, output, shown_inputs, duration)
 
     def _complete(self, run: Run, step: dict, attempt: int, output: Any, shown_inputs: Any,
-                  duration: int) -> tuple[str, None]:
+                  duration: int, concealed: Any = None) -> tuple[str, None]:
         """Keep what a step returned: later steps see it as it is; what is stored for people to see
-        has secrets masked, with the real value sealed next to it."""
+        has secrets masked, with the real value sealed next to it. ``concealed`` is the output with
+        what is already known to be hidden masked (values a template derived from a secret, a child
+        run's masked outputs), else the output itself."""
         sid = step["id"]
-        run.context["steps"][sid] = output
-        run.secrets += secret_strings(output)
-        shown = mask_json(output, run.secrets)
-        # Base64, because the checkpoint travels as one JSON document.
-        sealed = base64.b64encode(self.tools.seal(run.org_id, output)).decode() if shown != output else None
-        run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs, outputs=shown,
-                        sealed=sealed, duration_ms=duration)
+        run.secrets.add(secret_strings(output))
+        written = run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs,
+                                  outputs=output if concealed is None else concealed, duration_ms=duration,
+                                  real=output, seal=lambda value: self.sealed(run, value))
+        run.keep(sid, output, written["outputs"])
         # The output is kept once, in the step's checkpoint; the log says what went in.
         run.writes.event(sid, "completed", inputs=shown_inputs if isinstance(shown_inputs, dict) else None,
                          duration_ms=duration)
@@ -531,7 +591,7 @@ class Engine:
     # ---- subflow ------------------------------------------------------------------------
 
     def _subflow(self, run: Run, step: dict, attempt: int, checkpoint: dict | None,
-                 config: dict) -> tuple[str, dict | None]:
+                 config: dict, tree: Hidden = None) -> tuple[str, dict | None]:
         """A subflow step: one statement writes the pending checkpoints, finds the child run this step
         queued before or queues it (pinned to ``version``, or the flow's version now), and, with ``wait``,
         parks this run until the child ends (the child's end queues it again; no thread is held). The
@@ -543,8 +603,9 @@ class Engine:
         variables = {} if variables is None else variables
         flow_key = config.get("flowKey")
         named = {"flowKey": flow_key} if flow_key is not None else {"flowId": config.get("flowId")}
-        shown = mask_json({**named, "version": config.get("version"), "wait": wait,
-                           "variables": variables}, run.secrets)
+        shown = mask_json(run.conceal({**named, "version": config.get("version"), "wait": wait,
+                                       "variables": variables}, tree),
+                          run.secrets)
         if not isinstance(variables, dict):
             return self.fail(run, step, attempt, shown, StepFailed(
                 f"subflow variables must be a JSON object, not {type(variables).__name__}"), 0)
@@ -586,7 +647,8 @@ class Engine:
             outputs = dict(child.get("outputs") or {})
             for child_step, sealed in (child.get("sealed") or {}).items():
                 outputs[child_step] = self.tools.unseal(run.org_id, sealed)
-            return self._complete(run, step, attempt, outputs, shown, 0)
+            # What the child hid (its masked outputs) stays hidden: this run may not know its secrets.
+            return self._complete(run, step, attempt, outputs, shown, 0, child.get("outputs") or {})
         error = child.get("error") or {}
         message = error.get("message") if isinstance(error, dict) else None
         verb = "was cancelled" if child["status"] == "cancelled" else "failed"
@@ -596,11 +658,12 @@ class Engine:
 
     # ---- foreach ------------------------------------------------------------------------
 
-    def _foreach(self, run: Run, step: dict, items: Any) -> tuple[str, dict | None]:
+    def _foreach(self, run: Run, step: dict, items: Any, items_hidden: Hidden = None) -> tuple[str, dict | None]:
         """Run a foreach step's item step once per item, ``concurrency`` at a time, each item its own
         checkpoint (``<step>[<index>]``), so a resumed run runs only the unfinished items. An item
         sleeping (a delay, a retry back-off) or waiting (an unknown outcome) holds no thread: once
-        the runnable items are done, the run goes back to the queue until the first one is due."""
+        the runnable items are done, the run goes back to the queue until the first one is due. An
+        item the ``items`` template derived from a secret is hidden in its item's scope."""
         sid = step["id"]
         config = step["config"]
         if not isinstance(items, list):
@@ -618,6 +681,7 @@ class Engine:
             run.writes.event(sid, "started", inputs=shown_inputs)
         started = time.perf_counter()
         results: list = [None] * len(items)
+        concealed: list = [None] * len(items)  # each item's output as its checkpoint shows it
         failures: dict[int, dict] = {}
         sleeping: dict[int, float] = {}  # index -> ms until due
         unknown: list[int] = []
@@ -628,8 +692,10 @@ class Engine:
             status = done["status"] if done else None
             if status == "completed":
                 output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
-                results[index] = output
-                run.secrets += secret_strings(output)
+                results[index], concealed[index] = output, done["outputs"]
+                run.secrets.add(secret_strings(output))
+                run.secrets.add(hidden_strings(output, hidden(output, done["outputs"]), done["outputs"]),
+                                derived=True)
             elif status == "skipped":
                 pass
             elif status == "failed":
@@ -647,8 +713,10 @@ class Engine:
         if todo and not (failures and not keep_going):
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="foreach") as pool:
                 # Each item runs in a copy of this thread's context: the tenant the run acts for.
+                whole = items_hidden is True
                 futures = [(index, pool.submit(contextvars.copy_context().run, self._item, run, inner, sid, index,
-                                               items[index], done, halt, keep_going))
+                                               items[index], True if whole else (items_hidden or {}).get(index),
+                                               done, halt, keep_going))
                            for index, done in todo]
                 for index, future in futures:
                     try:
@@ -658,7 +726,7 @@ class Engine:
                         halt.set()
                         continue
                     if kind == "completed":
-                        results[index] = value
+                        results[index], concealed[index] = value
                     elif kind == "failed":
                         failures[index] = value
                     elif kind == "waiting":
@@ -687,11 +755,11 @@ class Engine:
             self.pause(run, int(min(sleeping.values())))
             return "paused", None
         shown_inputs["failed"] = len(failures)
-        return self._complete(run, step, 1, results, shown_inputs, duration)
+        return self._complete(run, step, 1, results, shown_inputs, duration, concealed)
 
-    def _item(self, run: Run, inner: dict, sid: str, index: int, item: Any, done: dict | None,
+    def _item(self, run: Run, inner: dict, sid: str, index: int, item: Any, item_hidden: Hidden, done: dict | None,
               halt: threading.Event, keep_going: bool) -> tuple[str, Any]:
-        """One item of a foreach step, on a thread of its pool: ('completed', output), ('skipped', None),
+        """One item of a foreach step, on a thread of its pool: ('completed', (output, as shown)), ('skipped', None),
         ('failed', error), ('waiting', ms until due), ('unknown', None) or ('not_run', None)."""
         if halt.is_set() or run.cancel.is_set() or run.lost.is_set() or self.stopping.is_set():
             return "not_run", None
@@ -699,8 +767,9 @@ class Engine:
         attempt = done["attempt"] if done else 1
         # What the item step's templates see: the run's context plus the item and its index.
         context = {**run.context, "item": item, "index": index}
-        scope = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, acts_as_user=run.acts_as_user,
-                                plan=run.plan, cancel=run.cancel, context=context)
+        view = scope(context, {"steps": run.hidden or None, "item": item_hidden})
+        item_run = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, acts_as_user=run.acts_as_user,
+                                   plan=run.plan, cancel=run.cancel, context=context, view=view, secrets=run.secrets)
         kind = inner["type"]
         if done and done["status"] == "waiting":
             if kind == "delay":
@@ -712,19 +781,18 @@ class Engine:
                 with run.lock:
                     run.writes.step(step_id=iid, status="skipped", attempt=attempt)
                 return "skipped", None
-            inputs = render(inner["config"], context)
+            inputs, tree = render_tracked(inner["config"], view)
         except TemplateFailure as exc:
             return self._item_failed(run, inner, iid, attempt, None, StepFailed(f"Template error: {exc}"), 0,
                                      halt, keep_going)
-        with run.lock:
-            shown = mask_json(inputs, run.secrets)
+        shown = run.conceal(inputs, tree)
         if kind == "delay":
             wait = int(inputs["ms"])
             with run.lock:
                 run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
             return "waiting", wait
         if kind == "transform":
-            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0)
+            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0, shown["output"])
         if done and done["status"] == "running" and done.get("call_started_at"):
             method = step_method(inner, inputs, run.plan)
             tool = run.plan.tool_of(inner)
@@ -749,8 +817,8 @@ class Engine:
             self.checkpoint(run)
         started = time.perf_counter()
         try:
-            output, secrets = execute_step(self.tools, scope, inner, inputs, run.key(iid, attempt),
-                                           inner.get("timeoutMs") or DEFAULT_TIMEOUT_MS)
+            output = execute_step(self.tools, item_run, inner, inputs, run.key(iid, attempt),
+                                  inner.get("timeoutMs") or DEFAULT_TIMEOUT_MS)
         except SkipStep:
             with run.lock:
                 run.writes.step(step_id=iid, status="skipped", attempt=attempt, inputs=shown)
@@ -773,23 +841,22 @@ class Engine:
                 return "waiting", wait
             return self._item_failed(run, inner, iid, attempt, shown, exc, duration, halt, keep_going)
         duration = int((time.perf_counter() - started) * 1000)
-        with run.lock:
-            run.secrets += secrets
         return self._item_done(run, inner, iid, attempt, output, shown, duration)
 
     def _item_done(self, run: Run, inner: dict, iid: str, attempt: int, output: Any, shown_inputs: Any,
-                   duration: int) -> tuple[str, Any]:
+                   duration: int, concealed: Any = None) -> tuple[str, Any]:
         """Keep an item's output (masked for people, sealed whole) in its checkpoint, written with the
-        run's next statement; items log no event of their own unless they fail."""
+        run's next statement; items log no event of their own unless they fail. ``concealed`` as
+        for ``Engine._complete``."""
+        run.secrets.add(secret_strings(output))
         with run.lock:
-            run.secrets += secret_strings(output)
-            shown = mask_json(output, run.secrets)
-        sealed = base64.b64encode(self.tools.seal(run.org_id, output)).decode() if shown != output else None
+            shown = run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs,
+                                    outputs=output if concealed is None else concealed, duration_ms=duration,
+                                    real=output, seal=lambda value: self.sealed(run, value))["outputs"]
+        run.secrets.add(hidden_strings(output, hidden(output, shown), shown), derived=True)
         with run.lock:
-            run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs, outputs=shown,
-                            sealed=sealed, duration_ms=duration)
             self.log_event(run, {**inner, "id": iid}, "completed", duration / 1000)
-        return "completed", output
+        return "completed", (output, shown)
 
     def _item_failed(self, run: Run, inner: dict, iid: str, attempt: int, inputs: Any, exc: StepFailed,
                      duration: int, halt: threading.Event, keep_going: bool) -> tuple[str, dict]:

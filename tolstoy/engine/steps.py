@@ -27,9 +27,10 @@ def step_method(step: dict, inputs: dict, plan: Plan) -> str:
     return str(inputs.get("method", "GET")).upper()
 
 
-def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_ms: int) -> tuple[Any, list]:
-    """Make the call of one step whose config is already rendered; returns (output, secrets the call
-    used, so later inputs and outputs showing them are masked)."""
+def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
+    """Make the call of one step whose config is already rendered; returns its output. The secrets
+    the call uses join ``run.secrets`` before it is sent (a log line about it masks them) and after
+    (what only sending learned: an OAuth2 token, Basic's pair), so whatever shows them is masked."""
     kind = step["type"]
     if kind == "action":
         action = run.plan.action(step["config"])
@@ -40,15 +41,18 @@ def execute_step(tools: Tools, run, step: dict, inputs: dict, key: str, timeout_
             except TemplateFailure as exc:
                 raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
         # The credential's read is recorded as this run's (secret_reads).
-        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.context,
+        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, run.view,
                                 reader=Reader("worker", "step", run.user_id, run.id), acts_as_user=run.acts_as_user)
     elif kind == "http_request":
         call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
                         inputs.get("body"))
     else:
         raise StepFailed(f"Unknown step type {kind!r}")
+    run.secrets.add(call.secrets)
     try:
-        return checked(tools.send(call, timeout_ms, key, cancel=run.cancel)), call.secrets
+        return checked(tools.send(call, timeout_ms, key, cancel=run.cancel))
     except StepFailed as exc:
-        exc.details = mask_json(exc.details, call.secrets)
+        exc.details = mask_json(exc.details, run.secrets)
         raise
+    finally:
+        run.secrets.add(call.secrets)
