@@ -141,3 +141,33 @@ def test_organizations_are_visible_to_themselves_and_to_the_admin_path(api, app_
     with db.pool.connection() as conn:
         names = {str(r["id"]): r["name"] for r in conn.execute("select id, name from organizations").fetchall()}
     assert names[a["id"]] == "mine" and names[b["id"]] == "B"
+
+
+def test_a_partition_named_directly_shows_nothing_of_another_organization(api, app_db, db):
+    a = fill(api, db, "A")
+    b = fill(api, db, "B")
+    with db.pool.connection() as conn:
+        parts = [r["relname"] for r in conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+            "join pg_class p on p.oid = i.inhparent "
+            "where p.relname in ('flow_runs', 'flow_run_steps', 'execution_logs') order by 1").fetchall()]
+        holding = {r["relname"] for r in conn.execute(
+            "select distinct tableoid::regclass::text as relname from flow_runs union "
+            "select distinct tableoid::regclass::text from execution_logs union "
+            "select distinct tableoid::regclass::text from flow_run_steps").fetchall()}
+    assert holding and holding <= set(parts), (holding, parts)
+    for part in parts:
+        # The services go through the parent tables and may not name a partition at all.
+        with app_db.tenant(b["org"]["id"]), pytest.raises(Exception, match="permission denied"):
+            app_db.all(unscoped(f"select org_id from {part}"))
+    # And if a grant slipped back in, row-level security on the partition still holds.
+    with db.pool.connection() as conn, conn.transaction(force_rollback=True):
+        for part in parts:
+            conn.execute(f"grant select, update on {part} to tolstoy_app")
+        conn.execute("set local role tolstoy_app")
+        conn.execute("select set_config('app.org_id', %s, true)", (b["org"]["id"],))
+        for part in holding:
+            seen = {str(r["org_id"]) for r in conn.execute(f"select org_id from {part}").fetchall()}
+            assert seen == {b["org"]["id"]}, part
+            changed = conn.execute(f"update {part} set org_id = org_id where org_id = %s", (a["org"]["id"],))
+            assert changed.rowcount == 0, part
