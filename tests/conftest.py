@@ -77,11 +77,14 @@ def admin_db(pg_server):
 
 @pytest.fixture(scope="session")
 def template_url(pg_server, admin_db):
-    """A database migrated with dbmate once; tests clone it."""
+    """A database migrated with dbmate once, as production migrates it: by a schema owner that is not
+    a superuser (tolstoy_owner), so nothing passes only because a superuser bypasses row-level
+    security. Tests clone it; the URL returned is the superuser's."""
     admin_db.execute_admin(f'drop database if exists "{TEMPLATE}"')
     url = _with_database(pg_server, TEMPLATE)
-    migrate.run(["up"], url, quiet=True)
-    migrate.apply_grants(url)
+    owner_url = migrate.prepare_owner(url)
+    assert owner_url == migrate.as_role(url, migrate.OWNER_ROLE), owner_url
+    migrate.upgrade(owner_url, quiet=True)
     return url
 
 
@@ -99,7 +102,7 @@ class Clones:
     def _make(self) -> None:
         while not self.stopping.is_set():
             name = f"t_{os.getpid()}_{next(_counter)}"
-            self.admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}"')
+            self.admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}" owner {migrate.OWNER_ROLE}')
             while not self.stopping.is_set():
                 try:
                     self.ready.put(name, timeout=0.5)
@@ -163,6 +166,16 @@ def worker_db(database_url):
 def db(database_url):
     """An opened pool on this test's database as its owner, for looking at rows directly."""
     database = Database(database_url, min_size=1, max_size=4, timeout=5)
+    database.open(wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def owner_db(database_url):
+    """An opened pool on this test's database as the schema owner (tolstoy_owner, no superuser): what
+    migrations and `tolstoy secrets` run as."""
+    database = Database(migrate.as_role(database_url, migrate.OWNER_ROLE), min_size=1, max_size=2, timeout=5)
     database.open(wait=True)
     yield database
     database.close()

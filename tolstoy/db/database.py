@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -508,6 +509,20 @@ class Database:
         """Run a statement that cannot run in a transaction (CREATE/DROP DATABASE); no parameters."""
         with wrap_errors(), self.pool.connection() as conn:
             conn.execute(statement.encode())
+
+    def outside(self, query: Query, /, **params: Any) -> Any:
+        """The first value of a query run on its own, outside any unit of work (no tenant is set: on the
+        maintenance database the schema's functions do not exist), or None without rows."""
+        with wrap_errors(), self.pool.connection() as conn:
+            row = conn.execute(query.sql, params).fetchone()
+        return next(iter(row.values())) if row else None
+
+    def create_database(self, name: str, owner: str) -> None:
+        """CREATE DATABASE ``name`` OWNER ``owner`` (identifiers quoted; not in a transaction)."""
+        statement = pg_sql.SQL("create database {} owner {}").format(pg_sql.Identifier(name),
+                                                                      pg_sql.Identifier(owner))
+        with wrap_errors(), self.pool.connection() as conn:
+            conn.execute(statement)
 
     def script(self, text: str) -> None:
         """Run a multi-statement SQL script (no parameters) in one transaction."""
