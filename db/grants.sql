@@ -1,15 +1,17 @@
 -- Privileges of the login roles the services use. `tolstoy db up` runs this
 -- after the migrations; it is idempotent.
 --
---   role            used by                          URL setting
---   tolstoy_app     the API (Gunicorn)                DATABASE_URL
---   tolstoy_worker  the flow workers (tolstoy worker) WORKER_DATABASE_URL
---   (the owner)     migrations, `tolstoy secrets`     DIRECT_URL, or DATABASE_URL as the owner
+--   role            used by                                        URL setting
+--   tolstoy_app     the API (Gunicorn)                              DATABASE_URL
+--   tolstoy_worker  the flow workers (tolstoy worker)               WORKER_DATABASE_URL
+--   tolstoy_admin   the API's /organizations cross-tenant routes    ADMIN_DATABASE_URL
+--   (the owner)     migrations, `tolstoy secrets`                   DIRECT_URL, or DATABASE_URL as the owner
 --
--- Neither owns anything or has BYPASSRLS: every tenant row they read or write
+-- None owns anything or has BYPASSRLS: every tenant row they read or write
 -- passes the row-level security policies. Only tolstoy_worker may run the
--- queue's cross-tenant functions. Passwords are the DBA's business:
--- `alter role tolstoy_app password '…'` once, then use it in the URL.
+-- queue's cross-tenant functions; only tolstoy_admin sees every organization
+-- (its own policy on organizations, 20261207000002). Passwords are the DBA's
+-- business: `alter role tolstoy_app password '…'` once, then use it in the URL.
 --
 -- Grants are an explicit list, table by table: each run first takes back
 -- everything the services hold on tables, then grants what is listed here. A
@@ -27,17 +29,23 @@ begin
     if not exists (select from pg_roles where rolname = 'tolstoy_worker') then
         create role tolstoy_worker login;
     end if;
-    execute format('grant connect on database %I to tolstoy_app, tolstoy_worker', current_database());
+    if not exists (select from pg_roles where rolname = 'tolstoy_admin') then
+        create role tolstoy_admin login;
+    end if;
+    execute format('grant connect on database %I to tolstoy_app, tolstoy_worker, tolstoy_admin',
+                   current_database());
 end;
 $$;
 
-revoke all on all tables in schema public from tolstoy_app, tolstoy_worker;
+revoke all on all tables in schema public from tolstoy_app, tolstoy_worker, tolstoy_admin;
 
--- The API: every tenant table of the contract, under row-level security, and
--- organizations (its own, or every one on the admin path).
+-- The API: every tenant table of the contract, under row-level security. Its
+-- own organization only, read and renamed: creating and deleting organizations
+-- is tolstoy_admin's.
 grant usage on schema public to tolstoy_app;
-grant select, insert, update, delete on organizations, users, tools, actions, flows, flow_versions,
-    tool_credentials, api_keys, oauth_tokens, execution_logs, flow_runs, flow_run_steps to tolstoy_app;
+grant select, update on organizations to tolstoy_app;
+grant select, insert, update, delete on users, tools, actions, flows, flow_versions, tool_credentials, api_keys,
+    oauth_tokens, execution_logs, flow_runs, flow_run_steps to tolstoy_app;
 -- bounded synchronous execute (20261201000006): the slots of running calls.
 grant select, insert, update, delete on sync_execute_slots to tolstoy_app;
 grant select on table schema_migrations to tolstoy_app;
@@ -49,6 +57,13 @@ grant execute on function tolstoy_queue_stats() to tolstoy_app;
 revoke execute on function tolstoy_claim_runs(text, integer, double precision, integer) from tolstoy_app;
 revoke execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) from tolstoy_app;
 revoke execute on function tolstoy_maintain_history(date, integer, integer) from tolstoy_app;
+
+-- The admin login: every organization (its policy), and the first API key of
+-- an organization it creates, written as that organization (row-level
+-- security). Nothing of any tenant: no users, flows, runs or credentials.
+grant usage on schema public to tolstoy_admin;
+grant select, insert, update, delete on organizations to tolstoy_admin;
+grant select, insert on api_keys to tolstoy_admin;
 
 -- The workers: the tables a run touches (tool credentials for OAuth2 token
 -- refreshes), under row-level security, and the queue's cross-tenant functions.

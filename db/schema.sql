@@ -704,28 +704,6 @@ COMMENT ON FUNCTION public.tolstoy_enter(org uuid, acting_user uuid, timeout_ms 
 
 
 --
--- Name: tolstoy_enter_admin(integer); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.tolstoy_enter_admin(timeout_ms integer) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-begin
-    perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
-    perform set_config('app.org_id', '', true);
-    perform set_config('app.admin', 'on', true);
-end;
-$$;
-
-
---
--- Name: FUNCTION tolstoy_enter_admin(timeout_ms integer); Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON FUNCTION public.tolstoy_enter_admin(timeout_ms integer) IS 'Opens a unit of work that manages organizations themselves: no tenant, every organization row visible.';
-
-
---
 -- Name: tolstoy_enter_key(bytea, uuid, integer); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -842,24 +820,6 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_hook_target(hook uuid) IS 'For POST /hooks/{id}: the organization, flow, state and encrypted secret of a webhook trigger.';
-
-
---
--- Name: tolstoy_is_admin(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.tolstoy_is_admin() RETURNS boolean
-    LANGUAGE sql STABLE
-    AS $$
-    select coalesce(current_setting('app.admin', true), '') = 'on' and tolstoy_current_org() is null
-$$;
-
-
---
--- Name: FUNCTION tolstoy_is_admin(); Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON FUNCTION public.tolstoy_is_admin() IS 'True in a transaction opened by tolstoy_enter_admin (the /organizations routes) while it acts for no organization: it may see every organization.';
 
 
 --
@@ -2658,6 +2618,8 @@ CREATE TABLE public.organizations (
     CONSTRAINT organizations_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
 );
 
+ALTER TABLE ONLY public.organizations FORCE ROW LEVEL SECURITY;
+
 
 --
 -- Name: TABLE organizations; Type: COMMENT; Schema: public; Owner: -
@@ -4284,7 +4246,14 @@ ALTER TABLE public.actions ENABLE ROW LEVEL SECURITY;
 -- Name: organizations admin_all; Type: POLICY; Schema: public; Owner: -
 --
 
-CREATE POLICY admin_all ON public.organizations USING (public.tolstoy_is_admin()) WITH CHECK (public.tolstoy_is_admin());
+CREATE POLICY admin_all ON public.organizations TO tolstoy_admin USING (true) WITH CHECK (true);
+
+
+--
+-- Name: POLICY admin_all ON organizations; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON POLICY admin_all ON public.organizations IS 'The admin login (tolstoy_admin: the /organizations routes'' cross-tenant operations) sees every organization.';
 
 
 --
@@ -4721,4 +4690,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000013'),
     ('20261201000014'),
     ('20261201000015'),
-    ('20261207000001');
+    ('20261207000001'),
+    ('20261207000002');

@@ -204,10 +204,12 @@ def worker_env(app_url):
 
 
 def engine_env(database_url: str) -> dict:
-    """Environment for the app and workers in tests (workers log in as tolstoy_worker)."""
+    """Environment for the app and workers in tests (workers log in as tolstoy_worker, the API's
+    /organizations routes as tolstoy_admin)."""
     return {
         "DATABASE_URL": database_url,
         "WORKER_DATABASE_URL": migrate.as_role(database_url, migrate.WORKER_ROLE),
+        "ADMIN_DATABASE_URL": migrate.as_role(database_url, migrate.ADMIN_ROLE),
         "TOLSTOY_ENV": "test",
         "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
         "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",

@@ -103,6 +103,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # uses DATABASE_URL (development only: that role may not claim in a real deployment).
     worker_url = config.worker_database_url or (
         migrate.as_role(owner_url, migrate.WORKER_ROLE) if config.database_url is None else config.database_url)
+    # The /organizations routes log in as tolstoy_admin on DATABASE_URL's server unless
+    # ADMIN_DATABASE_URL says otherwise (tolstoy/api/app.py admin_url).
     migrate.upgrade(owner_url)
     env = {**os.environ, "DATABASE_URL": url, "WORKER_DATABASE_URL": worker_url}
     # Tool credentials need a key; development keeps its own next to the embedded data.

@@ -17,8 +17,8 @@ log = logging.getLogger("tolstoy.config")
 ENVIRONMENTS = ("development", "production", "test")
 PRECEDENCES = ("secret", "env")
 # Fields /status/detailed must never show: URLs may hold passwords.
-PRIVATE_FIELDS = ("database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret", "encryption_key",
-                  "api_key_secret", "admin_token", "link_secret")
+PRIVATE_FIELDS = ("database_url", "worker_database_url", "admin_database_url", "direct_url", "extra", "secret",
+                  "database_url_from_secret", "encryption_key", "api_key_secret", "admin_token", "link_secret")
 AUTH_MODES = ("headers", "api_key")
 
 
@@ -33,6 +33,9 @@ class Config:
     database_url: str | None = None
     # The workers' login role (tolstoy_worker), the only one that may claim runs.
     worker_database_url: str | None = None
+    # The admin login (tolstoy_admin), the only one that sees every organization: the API's
+    # /organizations routes manage organizations through it (a small pool of its own).
+    admin_database_url: str | None = None
     direct_url: str | None = None
     port: int = 3000
     app_name: str = "tolstoy"
@@ -153,6 +156,7 @@ class Config:
         config = cls(
             database_url=database_url,
             worker_database_url=reader.url("WORKER_DATABASE_URL"),
+            admin_database_url=reader.url("ADMIN_DATABASE_URL"),
             direct_url=reader.url("DIRECT_URL"),
             port=reader.integer("PORT", 3000, 1, 65535),
             app_name=reader.text("APP_NAME", "tolstoy"),

@@ -25,10 +25,16 @@ NON_TENANT = {
 
 # The reviewed row-level security policies: (relation, policy, roles it applies to, USING, WITH CHECK).
 # Monthly partitions are written <parent>_pYYYY_MM. A policy open to everyone (PUBLIC) may only trust
-# tolstoy_current_org(), which reads app.org_id: the one setting the services are meant to set (but see
-# organizations' admin_all). The others are bound to roles no service logs in as
-# (test_no_login_role_may_truncate_create_or_own_anything_nor_hold_a_privileged_role): tolstoy_engine
-# owns the cross-tenant functions, tolstoy_history the run history's partitions.
+# tolstoy_current_org(), which reads app.org_id: the one setting the services are meant to set. The
+# others are bound to roles no service logs in as (test_no_service_role_holds_a_privileged_role):
+# tolstoy_engine owns the cross-tenant functions, tolstoy_history the run history's partitions, and
+# tolstoy_admin is the admin login of the /organizations routes.
+#
+# No policy trusts any other setting, and there is no test-only setting (a clock override, say) that
+# a service role could flip in production: tolstoy_maintain_history takes today's date from its caller
+# but refuses one after the database's own current_date. A setting of that kind added later must not
+# appear in a policy (test_no_policy_trusts_a_setting_other_than_app_org_id) and must be locked away
+# from the service roles.
 TENANT = ("PUBLIC", "(org_id = tolstoy_current_org())", "(org_id = tolstoy_current_org())")
 REVIEWED_POLICIES = {
     *{(table, "tenant_isolation", *TENANT) for table in (
@@ -38,7 +44,7 @@ REVIEWED_POLICIES = {
         "flows", "oauth_states", "oauth_tokens", "organization_keys", "secret_reads", "sync_execute_slots",
         "tool_credentials", "tools", "user_connections", "users", "webhook_deliveries", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
-    ("organizations", "admin_all", "PUBLIC", "tolstoy_is_admin()", "tolstoy_is_admin()"),
+    ("organizations", "admin_all", "tolstoy_admin", "true", "true"),
     # The history upkeep's "does this month still hold an unfinished run?" reads every organization's
     # runs of a month, and only reads them (as may the schema owner, a member, for a DBA's checks).
     *{(f"{table}_{month}", "history_upkeep", "tolstoy_history", "true", None)
@@ -48,7 +54,7 @@ REVIEWED_POLICIES = {
     *{(table, "engine_access", "tolstoy_engine", "true", None)
       for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "webhooks")},
 }
-PRIVILEGED_ROLES = ("tolstoy_engine", "tolstoy_history")
+PRIVILEGED_ROLES = ("tolstoy_engine", "tolstoy_history", "tolstoy_admin")
 
 
 @pytest.fixture
@@ -113,8 +119,6 @@ def test_every_relation_a_service_role_can_touch_is_isolated(partitioned):
     for relation in reachable:
         if relation["name"] in NON_TENANT and relation["schema"] == "public":
             continue
-        if relation["name"] == "organizations":
-            continue  # not forced, and admin_all trusts app.admin: the admin path becomes a role next (issue 19)
         own = by_relation.get(relation["oid"], [])
         # Policies a service role is subject to: PUBLIC's (roles of their own are checked elsewhere).
         public = [p for p in own if p["roles"] == "PUBLIC"]
@@ -141,7 +145,7 @@ def test_no_service_role_reads_a_monthly_partition_directly_and_partitions_are_i
 
 
 def test_no_login_role_may_truncate_create_or_own_anything_nor_hold_a_privileged_role(partitioned):
-    logins = list(SERVICE_ROLES)
+    logins = [*SERVICE_ROLES, "tolstoy_admin"]
     with partitioned.pool.connection() as conn:
         truncatable = conn.execute(
             "select c.relname, r.role from pg_class c cross join unnest(%s::text[]) as r(role) "
@@ -174,6 +178,31 @@ def test_the_row_level_security_policies_are_the_reviewed_ones(partitioned):
     assert restrictive == []
     assert found - REVIEWED_POLICIES == set(), "new policies to review"
     assert REVIEWED_POLICIES - found == set(), "reviewed policies that are gone"
+
+
+def test_no_policy_trusts_a_setting_other_than_app_org_id(partitioned):
+    """What a policy calls, followed through every function it calls in turn, reads no setting but
+    app.org_id: any other (app.admin was one) is a switch a service role can flip with set_config."""
+    with partitioned.pool.connection() as conn:
+        functions = {row["name"]: row["source"] for row in conn.execute(
+            "select p.proname as name, string_agg(p.prosrc, ' ') as source from pg_proc p "
+            "join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'public' group by 1").fetchall()}
+        expressions = [e for p in policies(conn) for e in (p["using"], p["check"]) if e]
+    called = re.compile(r"\b(" + "|".join(map(re.escape, functions)) + r")\s*\(")
+    seen: set = set()
+    todo = [name for text in expressions for name in called.findall(text)]
+    settings = set()
+    for text in expressions:
+        settings |= set(re.findall(r"current_setting\(\s*'([^']+)'", text))
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        settings |= set(re.findall(r"current_setting\(\s*'([^']+)'", functions[name]))
+        todo += called.findall(functions[name])
+    assert "tolstoy_current_org" in seen
+    assert settings == {"app.org_id"}, settings
 
 
 def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_search_path(partitioned):

@@ -17,6 +17,7 @@ from .queries import SQL
 
 APP_ROLE = "tolstoy_app"
 WORKER_ROLE = "tolstoy_worker"
+ADMIN_ROLE = "tolstoy_admin"
 # Who migrates a database the project runs itself (the embedded one, the tests'): not a superuser,
 # which would bypass row-level security and hide what the schema really allows (db/README.md).
 OWNER_ROLE = "tolstoy_owner"
