@@ -219,3 +219,28 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
                 if d["superuser"] or d["bypass"] or d["login"]
                 or not any(c.startswith("search_path=") for c in d["config"])]
     assert problems == []
+
+
+# The security definer functions (they run as their owner, across organizations) each login role may
+# call. A new one is executable by PUBLIC unless its migration revokes that: it must be added here.
+REVIEWED_DEFINERS = {
+    "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats"},
+    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_schedules",
+                       "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
+                       "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
+                       "tolstoy_renew_leases"},
+    "tolstoy_admin": set(),
+}
+
+
+def test_each_login_role_may_call_only_the_reviewed_security_definer_functions(partitioned):
+    with partitioned.pool.connection() as conn:
+        rows = conn.execute(
+            "select r.role, p.proname from pg_proc p cross join unnest(%s::text[]) as r(role) "
+            "where p.prosecdef and has_function_privilege(r.role, p.oid, 'execute')",
+            (list(REVIEWED_DEFINERS),)).fetchall()
+    found = {role: set() for role in REVIEWED_DEFINERS}
+    for row in rows:
+        found[row["role"]].add(row["proname"])
+    assert found == REVIEWED_DEFINERS
+
