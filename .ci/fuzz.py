@@ -204,7 +204,8 @@ def fuzz_doors(port: int, auth: dict, label: str) -> int:
 
 
 def main() -> int:
-    server, owner_url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-fuzz-"), database="fuzz", cleanup="delete")
+    server, superuser_url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-fuzz-"), database="fuzz", cleanup="delete")
+    owner_url = migrate.prepare_owner(superuser_url)  # migrated as production is: by a schema owner, no superuser
     migrate.upgrade(owner_url)
     app_url = migrate.as_role(owner_url)
     failures = 0

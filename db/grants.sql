@@ -1,15 +1,25 @@
--- Privileges of the two login roles the services use. `tolstoy db up` runs
--- this after the migrations, so new tables are covered; it is idempotent.
+-- Privileges of the login roles the services use. `tolstoy db up` runs this
+-- after the migrations; it is idempotent.
 --
---   role            used by                          URL setting
---   tolstoy_app     the API (Gunicorn)                DATABASE_URL
---   tolstoy_worker  the flow workers (tolstoy worker) WORKER_DATABASE_URL
---   (the owner)     migrations, `tolstoy secrets`     DIRECT_URL, or DATABASE_URL as the owner
+--   role            used by                                        URL setting
+--   tolstoy_app     the API (Gunicorn)                              DATABASE_URL
+--   tolstoy_worker  the flow workers (tolstoy worker)               WORKER_DATABASE_URL
+--   tolstoy_admin   the API's /organizations cross-tenant routes    ADMIN_DATABASE_URL
+--   (the owner)     migrations, `tolstoy secrets`                   DIRECT_URL, or DATABASE_URL as the owner
 --
--- Neither owns anything or has BYPASSRLS: every tenant row they read or write
+-- None owns anything or has BYPASSRLS: every tenant row they read or write
 -- passes the row-level security policies. Only tolstoy_worker may run the
--- queue's cross-tenant functions. Passwords are the DBA's business:
--- `alter role tolstoy_app password '…'` once, then use it in the URL.
+-- queue's cross-tenant functions; only tolstoy_admin sees every organization
+-- (its own policy on organizations, 20261207000002). Passwords are the DBA's
+-- business: `alter role tolstoy_app password '…'` once, then use it in the URL.
+--
+-- Grants are an explicit list, table by table: each run first takes back
+-- everything the services hold on tables, then grants what is listed here. A
+-- new table is reachable by no service until it is listed, and the run
+-- history's monthly partitions never are (the services go through the parent
+-- tables; `grant ... on all tables` used to reach every partition).
+-- tests/db/test_catalog.py checks that whatever a service can reach has
+-- row-level security forced with an organization policy.
 
 do $$
 begin
@@ -19,13 +29,25 @@ begin
     if not exists (select from pg_roles where rolname = 'tolstoy_worker') then
         create role tolstoy_worker login;
     end if;
-    execute format('grant connect on database %I to tolstoy_app, tolstoy_worker', current_database());
+    if not exists (select from pg_roles where rolname = 'tolstoy_admin') then
+        create role tolstoy_admin login;
+    end if;
+    execute format('grant connect on database %I to tolstoy_app, tolstoy_worker, tolstoy_admin',
+                   current_database());
 end;
 $$;
 
+revoke all on all tables in schema public from tolstoy_app, tolstoy_worker, tolstoy_admin;
+
+-- The API: every tenant table of the contract, under row-level security. Its
+-- own organization only, read and renamed: creating and deleting organizations
+-- is tolstoy_admin's.
 grant usage on schema public to tolstoy_app;
-grant select, insert, update, delete on all tables in schema public to tolstoy_app;
-revoke all on table schema_migrations from tolstoy_app;
+grant select, update on organizations to tolstoy_app;
+grant select, insert, update, delete on users, tools, actions, flows, flow_versions, tool_credentials, api_keys,
+    oauth_tokens, execution_logs, flow_runs, flow_run_steps to tolstoy_app;
+-- bounded synchronous execute (20261201000006): the slots of running calls.
+grant select, insert, update, delete on sync_execute_slots to tolstoy_app;
 grant select on table schema_migrations to tolstoy_app;
 grant usage, select on all sequences in schema public to tolstoy_app;
 grant execute on function tolstoy_enter_key(bytea, uuid, integer) to tolstoy_app;
@@ -35,6 +57,13 @@ grant execute on function tolstoy_queue_stats() to tolstoy_app;
 revoke execute on function tolstoy_claim_runs(text, integer, double precision, integer) from tolstoy_app;
 revoke execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) from tolstoy_app;
 revoke execute on function tolstoy_maintain_history(date, integer, integer) from tolstoy_app;
+
+-- The admin login: every organization (its policy), and the first API key of
+-- an organization it creates, written as that organization (row-level
+-- security). Nothing of any tenant: no users, flows, runs or credentials.
+grant usage on schema public to tolstoy_admin;
+grant select, insert, update, delete on organizations to tolstoy_admin;
+grant select, insert on api_keys to tolstoy_admin;
 
 -- The workers: the tables a run touches (tool credentials for OAuth2 token
 -- refreshes), under row-level security, and the queue's cross-tenant functions.
@@ -54,23 +83,22 @@ grant execute on function tolstoy_queue_stats() to tolstoy_worker;
 -- key. Neither may delete a key, nor change or delete an audit row.
 grant select, insert, update on organization_keys to tolstoy_app, tolstoy_worker;
 grant select, insert on secret_reads to tolstoy_app, tolstoy_worker;
-revoke delete, truncate on organization_keys from tolstoy_app, tolstoy_worker;
-revoke update, delete, truncate on secret_reads from tolstoy_app, tolstoy_worker;
 grant execute on function tolstoy_key_version(bytea) to tolstoy_app, tolstoy_worker;
 
--- flow triggers (20261201000008): the API manages triggers and writes the inbox
--- (its table grants come from "on all tables" above) and looks up the trigger
--- of a public webhook request; the workers lock due schedules across
--- organizations and fire them (advancing next_run_at, under row-level security).
+-- flow triggers (20261201000008): the API manages triggers, writes the inbox
+-- and looks up the trigger of a public webhook request; the workers lock due
+-- schedules across organizations and fire them (advancing next_run_at, under
+-- row-level security).
+grant select, insert, update, delete on flow_triggers, flow_trigger_deliveries to tolstoy_app;
 grant execute on function tolstoy_hook_target(uuid) to tolstoy_app;
 grant select, update on flow_triggers to tolstoy_worker;
 grant execute on function tolstoy_claim_schedules(text, integer, timestamptz) to tolstoy_worker;
 grant execute on function tolstoy_next_schedule() to tolstoy_worker;
 grant execute on function tolstoy_fire_schedules(timestamptz, jsonb) to tolstoy_worker;
 
--- wait steps and signals (20261201000011): the API stores signals (its table
--- grants come from "on all tables" above); the workers take them for the wait
--- step that consumes them, under row-level security.
+-- wait steps and signals (20261201000011): the API stores signals; the workers
+-- take them for the wait step that consumes them, under row-level security.
+grant select, insert, update, delete on flow_run_signals to tolstoy_app;
 grant select, update on flow_run_signals to tolstoy_worker;
 grant execute on function tolstoy_take_signal(uuid, uuid, text, text) to tolstoy_worker;
 -- Deleting the signals of runs dropped past retention crosses tenants (the
@@ -83,10 +111,11 @@ revoke execute on function tolstoy_prune_signals(integer, integer) from tolstoy_
 grant execute on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) to tolstoy_worker;
 
 -- outbound event webhooks (20261201000010): the API manages webhooks and reads
--- their deliveries (its table grants come from "on all tables" above); the
--- workers write the events of the runs they move (triggers on the run tables),
--- claim deliveries across organizations, record attempts (disabling a webhook
--- that keeps failing) and prune old deliveries and the trigger inbox.
+-- their deliveries; the workers write the events of the runs they move
+-- (triggers on the run tables), claim deliveries across organizations, record
+-- attempts (disabling a webhook that keeps failing) and prune old deliveries
+-- and the trigger inbox.
+grant select, insert, update, delete on webhooks, webhook_deliveries to tolstoy_app;
 grant select, update on webhooks to tolstoy_worker;
 grant select, insert, update on webhook_deliveries to tolstoy_worker;
 grant execute on function tolstoy_claim_deliveries(text, integer, double precision) to tolstoy_worker;
@@ -98,6 +127,7 @@ revoke execute on function tolstoy_record_delivery(text, uuid, uuid, integer, js
 revoke execute on function tolstoy_prune_deliveries(integer, integer) from tolstoy_app;
 
 -- per-user OAuth connections (20261201000014): the API manages connections and
--- login states (its table grants come from "on all tables" above); the workers
--- read a run's user's tokens and refresh them, under row-level security.
+-- login states; the workers read a run's user's tokens and refresh them, under
+-- row-level security.
+grant select, insert, update, delete on user_connections, oauth_states to tolstoy_app;
 grant select, update on user_connections to tolstoy_worker;

@@ -704,7 +704,8 @@ COMMENT ON FUNCTION public.tolstoy_current_org() IS 'The organization this trans
 --
 
 CREATE FUNCTION public.tolstoy_ensure_partitions(first_month date, months integer) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
     parent text;
@@ -712,6 +713,9 @@ declare
     name text;
     created integer := 0;
 begin
+    if first_month is null or months is null or months < 0 or months > 1200 then
+        raise exception 'tolstoy_ensure_partitions: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
     foreach parent in array array['flow_runs', 'flow_run_steps', 'execution_logs'] loop
         for i in 0 .. months - 1 loop
             month := date_trunc('month', first_month)::date + make_interval(months => i);
@@ -719,6 +723,7 @@ begin
             if to_regclass(name) is null then
                 execute format('create table %I partition of %I for values from (%L) to (%L)',
                                name, parent, month::timestamptz, (month + interval '1 month')::timestamptz);
+                perform tolstoy_isolate_partition(name::regclass);
                 created := created + 1;
             end if;
         end loop;
@@ -732,7 +737,7 @@ $$;
 -- Name: FUNCTION tolstoy_ensure_partitions(first_month date, months integer); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_ensure_partitions(first_month date, months integer) IS 'Creates the missing monthly partitions of the run history tables for months starting at first_month.';
+COMMENT ON FUNCTION public.tolstoy_ensure_partitions(first_month date, months integer) IS 'Creates the missing monthly partitions of the run history tables for months starting at first_month, each with row-level security like its parent; runs as tolstoy_history, their owner.';
 
 
 --
@@ -762,28 +767,6 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_enter(org uuid, acting_user uuid, timeout_ms integer) IS 'Opens a unit of work: sets statement_timeout and app.org_id for this transaction; raises TS001/TS002 when the organization (or the acting user, when given) does not exist. A null org acts for none.';
-
-
---
--- Name: tolstoy_enter_admin(integer); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.tolstoy_enter_admin(timeout_ms integer) RETURNS void
-    LANGUAGE plpgsql
-    AS $$
-begin
-    perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
-    perform set_config('app.org_id', '', true);
-    perform set_config('app.admin', 'on', true);
-end;
-$$;
-
-
---
--- Name: FUNCTION tolstoy_enter_admin(timeout_ms integer); Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON FUNCTION public.tolstoy_enter_admin(timeout_ms integer) IS 'Opens a unit of work that manages organizations themselves: no tenant, every organization row visible.';
 
 
 --
@@ -906,24 +889,6 @@ COMMENT ON FUNCTION public.tolstoy_hook_target(hook uuid) IS 'For POST /hooks/{i
 
 
 --
--- Name: tolstoy_is_admin(); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.tolstoy_is_admin() RETURNS boolean
-    LANGUAGE sql STABLE
-    AS $$
-    select coalesce(current_setting('app.admin', true), '') = 'on' and tolstoy_current_org() is null
-$$;
-
-
---
--- Name: FUNCTION tolstoy_is_admin(); Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON FUNCTION public.tolstoy_is_admin() IS 'True in a transaction opened by tolstoy_enter_admin (the /organizations routes) while it acts for no organization: it may see every organization.';
-
-
---
 -- Name: tolstoy_iso(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -939,6 +904,42 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_iso(t timestamp with time zone) IS 'A timestamp as the API shows it: ISO 8601 UTC with milliseconds.';
+
+
+--
+-- Name: tolstoy_isolate_partition(regclass); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_isolate_partition(partition regclass) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    parent text := (select p.relname from pg_inherits i join pg_class p on p.oid = i.inhparent
+                    where i.inhrelid = partition);
+begin
+    if parent not in ('flow_runs', 'flow_run_steps', 'execution_logs') then
+        raise exception 'tolstoy_isolate_partition: % is not a run history partition', partition
+            using errcode = 'invalid_parameter_value';
+    end if;
+    execute format('alter table %s enable row level security', partition);
+    execute format('alter table %s force row level security', partition);
+    if not exists (select from pg_policy where polrelid = partition and polname = 'tenant_isolation') then
+        execute format('create policy tenant_isolation on %s using (org_id = tolstoy_current_org()) '
+                       'with check (org_id = tolstoy_current_org())', partition);
+    end if;
+    if not exists (select from pg_policy where polrelid = partition and polname = 'history_upkeep') then
+        execute format('create policy history_upkeep on %s for select to tolstoy_history using (true)', partition);
+    end if;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_isolate_partition(partition regclass); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_isolate_partition(partition regclass) IS 'Enables and forces row-level security on a run history partition with the tenant_isolation policy of its parent, and the history upkeep''s read-only policy (history_upkeep, for tolstoy_history).';
 
 
 --
@@ -2159,6 +2160,8 @@ CREATE TABLE public.execution_logs_default (
     CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
 );
 
+ALTER TABLE ONLY public.execution_logs_default FORCE ROW LEVEL SECURITY;
+
 
 --
 -- Name: flow_run_signals; Type: TABLE; Schema: public; Owner: -
@@ -2327,6 +2330,8 @@ CREATE TABLE public.flow_run_steps_default (
     CONSTRAINT flow_run_steps_status CHECK ((status = ANY (ARRAY['running'::text, 'waiting'::text, 'completed'::text, 'failed'::text, 'skipped'::text, 'outcome_unknown'::text])))
 );
 
+ALTER TABLE ONLY public.flow_run_steps_default FORCE ROW LEVEL SECURITY;
+
 
 --
 -- Name: flow_runs_default; Type: TABLE; Schema: public; Owner: -
@@ -2365,6 +2370,8 @@ CREATE TABLE public.flow_runs_default (
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
     CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
 );
+
+ALTER TABLE ONLY public.flow_runs_default FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -2703,6 +2710,8 @@ CREATE TABLE public.organizations (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT organizations_name_length CHECK (((char_length(name) >= 1) AND (char_length(name) <= 200)))
 );
+
+ALTER TABLE ONLY public.organizations FORCE ROW LEVEL SECURITY;
 
 
 --
@@ -4382,7 +4391,14 @@ ALTER TABLE public.actions ENABLE ROW LEVEL SECURITY;
 -- Name: organizations admin_all; Type: POLICY; Schema: public; Owner: -
 --
 
-CREATE POLICY admin_all ON public.organizations USING (public.tolstoy_is_admin()) WITH CHECK (public.tolstoy_is_admin());
+CREATE POLICY admin_all ON public.organizations TO tolstoy_admin USING (true) WITH CHECK (true);
+
+
+--
+-- Name: POLICY admin_all ON organizations; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON POLICY admin_all ON public.organizations IS 'The admin login (tolstoy_admin: the /organizations routes'' cross-tenant operations) sees every organization.';
 
 
 --
@@ -4461,6 +4477,12 @@ CREATE POLICY engine_access ON public.webhooks TO tolstoy_engine USING (true);
 ALTER TABLE public.execution_logs ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: execution_logs_default; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.execution_logs_default ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: flow_run_signals; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
@@ -4473,10 +4495,22 @@ ALTER TABLE public.flow_run_signals ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.flow_run_steps ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: flow_run_steps_default; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_run_steps_default ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: flow_runs; Type: ROW SECURITY; Schema: public; Owner: -
 --
 
 ALTER TABLE public.flow_runs ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_runs_default; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_runs_default ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: flow_trigger_deliveries; Type: ROW SECURITY; Schema: public; Owner: -
@@ -4501,6 +4535,27 @@ ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: execution_logs_default history_upkeep; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY history_upkeep ON public.execution_logs_default FOR SELECT TO tolstoy_history USING (true);
+
+
+--
+-- Name: flow_run_steps_default history_upkeep; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY history_upkeep ON public.flow_run_steps_default FOR SELECT TO tolstoy_history USING (true);
+
+
+--
+-- Name: flow_runs_default history_upkeep; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY history_upkeep ON public.flow_runs_default FOR SELECT TO tolstoy_history USING (true);
+
 
 --
 -- Name: oauth_states; Type: ROW SECURITY; Schema: public; Owner: -
@@ -4567,6 +4622,13 @@ CREATE POLICY tenant_isolation ON public.execution_logs USING ((org_id = public.
 
 
 --
+-- Name: execution_logs_default tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.execution_logs_default USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: flow_run_signals tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -4581,10 +4643,24 @@ CREATE POLICY tenant_isolation ON public.flow_run_steps USING ((org_id = public.
 
 
 --
+-- Name: flow_run_steps_default tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_run_steps_default USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: flow_runs tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
 CREATE POLICY tenant_isolation ON public.flow_runs USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_runs_default tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_runs_default USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -4759,6 +4835,8 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261201000013'),
     ('20261201000014'),
     ('20261201000015'),
+    ('20261207000001'),
+    ('20261207000002'),
     ('20261207000101'),
     ('20261207000300'),
     ('20261207000400');

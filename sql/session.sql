@@ -23,16 +23,11 @@ rollback;
 -- raises TS001/TS002 for an organization or user that does not exist.
 select tolstoy_enter(:org_id::uuid, :user_id::uuid, :timeout_ms::integer);
 
--- name: enter_admin!
--- Manage the organizations themselves: no tenant, every organization visible (row-level
--- security's admin path; only the /organizations routes open a unit this way).
-select tolstoy_enter_admin(:timeout_ms::integer);
-
 -- name: enter_known!
 -- The same for an organization (or none: '') and user that passed tolstoy_enter seconds ago
--- in this process: only set them, without checking again.
-select set_config('app.org_id', :org_id, true), set_config('statement_timeout', :timeout, true),
-       set_config('app.admin', '', true);
+-- in this process: only set them, without checking again. A unit of the admin login (the
+-- /organizations routes) acts for none: its role, not a setting, lets it see every organization.
+select set_config('app.org_id', :org_id, true), set_config('statement_timeout', :timeout, true);
 
 -- name: enter_key$
 -- Act for the organization of an API key (returned); raises TS003 for an unknown or revoked key.

@@ -80,11 +80,14 @@ def admin_db(pg_server):
 
 @pytest.fixture(scope="session")
 def template_url(pg_server, admin_db):
-    """A database migrated with dbmate once; tests clone it."""
+    """A database migrated with dbmate once, as production migrates it: by a schema owner that is not
+    a superuser (tolstoy_owner), so nothing passes only because a superuser bypasses row-level
+    security. Tests clone it; the URL returned is the superuser's."""
     admin_db.execute_admin(f'drop database if exists "{TEMPLATE}"')
     url = _with_database(pg_server, TEMPLATE)
-    migrate.run(["up"], url, quiet=True)
-    migrate.apply_grants(url)
+    owner_url = migrate.prepare_owner(url)
+    assert owner_url == migrate.as_role(url, migrate.OWNER_ROLE), owner_url
+    migrate.upgrade(owner_url, quiet=True)
     return url
 
 
@@ -102,7 +105,7 @@ class Clones:
     def _make(self) -> None:
         while not self.stopping.is_set():
             name = f"t_{os.getpid()}_{next(_counter)}"
-            self.admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}"')
+            self.admin_db.execute_admin(f'create database "{name}" template "{TEMPLATE}" owner {migrate.OWNER_ROLE}')
             while not self.stopping.is_set():
                 try:
                     self.ready.put(name, timeout=0.5)
@@ -172,6 +175,16 @@ def db(database_url):
 
 
 @pytest.fixture
+def owner_db(database_url):
+    """An opened pool on this test's database as the schema owner (tolstoy_owner, no superuser): what
+    migrations and `tolstoy secrets` run as."""
+    database = Database(migrate.as_role(database_url, migrate.OWNER_ROLE), min_size=1, max_size=2, timeout=5)
+    database.open(wait=True)
+    yield database
+    database.close()
+
+
+@pytest.fixture
 def app_url(database_url):
     """This test's database as the application role: no ownership, row-level security applies."""
     return migrate.as_role(database_url)
@@ -194,10 +207,12 @@ def worker_env(app_url):
 
 
 def engine_env(database_url: str) -> dict:
-    """Environment for the app and workers in tests (workers log in as tolstoy_worker)."""
+    """Environment for the app and workers in tests (workers log in as tolstoy_worker, the API's
+    /organizations routes as tolstoy_admin)."""
     return {
         "DATABASE_URL": database_url,
         "WORKER_DATABASE_URL": migrate.as_role(database_url, migrate.WORKER_ROLE),
+        "ADMIN_DATABASE_URL": migrate.as_role(database_url, migrate.ADMIN_ROLE),
         "TOLSTOY_ENV": "test",
         "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
         "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",

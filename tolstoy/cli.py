@@ -39,8 +39,13 @@ def database_url(config: Config, *, for_migrations: bool) -> tuple[str, object]:
     server, url = embedded.start(Path(config.data_dir))
     print(f"tolstoy: using the embedded PostgreSQL in {Path(config.data_dir).resolve() / 'pgdata'}",
           file=sys.stderr)
-    # Migrations run as the owner; the app and workers as the role row-level security binds.
-    return (url if for_migrations else migrate.as_role(url)), server
+    # Migrations run as the schema owner (tolstoy_owner, no superuser, as in production); the app
+    # and workers as the roles row-level security binds.
+    owner_url = migrate.prepare_owner(url)
+    if owner_url == url:
+        print("tolstoy: this embedded database was made by an older version and is migrated as the "
+              "superuser; `tolstoy db reset --force` makes it again, owned by tolstoy_owner", file=sys.stderr)
+    return (owner_url if for_migrations else migrate.as_role(url)), server
 
 
 def worker_database_url(config: Config) -> tuple[str, object]:
@@ -98,6 +103,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     # uses DATABASE_URL (development only: that role may not claim in a real deployment).
     worker_url = config.worker_database_url or (
         migrate.as_role(owner_url, migrate.WORKER_ROLE) if config.database_url is None else config.database_url)
+    # The /organizations routes log in as tolstoy_admin on DATABASE_URL's server unless
+    # ADMIN_DATABASE_URL says otherwise (tolstoy/api/app.py admin_url).
     migrate.upgrade(owner_url)
     env = {**os.environ, "DATABASE_URL": url, "WORKER_DATABASE_URL": worker_url}
     # Tool credentials need a key; development keeps its own next to the embedded data.
@@ -205,6 +212,8 @@ def cmd_db(args: argparse.Namespace) -> int:
         return migrate.run(["dump"], url, dump_schema=True)
     if args.action == "reset":
         migrate.run(["drop"], url)
+        if server is not None:  # the embedded server: the database is made again, for its owner role
+            url, server = database_url(config, for_migrations=True)
         return migrate.upgrade(url, dump_schema=dump)
     if args.action == "seed":
         return seed(config, url)

@@ -30,9 +30,9 @@ PUBLIC_FIELDS = (
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
 )
 PRIVATE_FIELDS = (
-    "database_url", "worker_database_url", "direct_url", "extra", "secret", "database_url_from_secret",
-    "encryption_key", "api_key_secret", "admin_token", "link_secret", "kms_key_id", "kms_region",
-    "aws_secret_name", "aws_region", "allow_networks", "trusted_proxies", "bind", "data_dir",
+    "database_url", "worker_database_url", "admin_database_url", "direct_url", "extra", "secret",
+    "database_url_from_secret", "encryption_key", "api_key_secret", "admin_token", "link_secret", "kms_key_id",
+    "kms_region", "aws_secret_name", "aws_region", "allow_networks", "trusted_proxies", "bind", "data_dir",
 )
 AUTH_MODES = ("headers", "api_key")
 
@@ -48,6 +48,9 @@ class Config:
     database_url: str | None = None
     # The workers' login role (tolstoy_worker), the only one that may claim runs.
     worker_database_url: str | None = None
+    # The admin login (tolstoy_admin), the only one that sees every organization: the API's
+    # /organizations routes manage organizations through it (a small pool of its own).
+    admin_database_url: str | None = None
     direct_url: str | None = None
     port: int = 3000
     app_name: str = "tolstoy"
@@ -139,6 +142,7 @@ class Config:
         facts["cors_origins"] = list(self.cors_origins)
         facts["database_configured"] = self.database_url is not None
         facts["worker_database_configured"] = self.worker_database_url is not None
+        facts["admin_database_configured"] = self.admin_database_url is not None
         facts["kms_configured"] = self.kms_key_id is not None
         facts["aws_secret_configured"] = self.aws_secret_name is not None
         facts["allow_networks_configured"] = bool(self.allow_networks)
@@ -173,6 +177,7 @@ class Config:
         config = cls(
             database_url=database_url,
             worker_database_url=reader.url("WORKER_DATABASE_URL"),
+            admin_database_url=reader.url("ADMIN_DATABASE_URL"),
             direct_url=reader.url("DIRECT_URL"),
             port=reader.integer("PORT", 3000, 1, 65535),
             app_name=reader.text("APP_NAME", "tolstoy"),

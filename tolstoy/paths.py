@@ -26,6 +26,7 @@ IN_CHECKOUT = BASE == CHECKOUT
 SQL_DIR = BASE / "sql"
 MIGRATIONS_DIR = BASE / "db" / "migrations"
 SCHEMA_FILE = BASE / "db" / "schema.sql"
+BOOTSTRAP_FILE = BASE / "db" / "bootstrap.sql"
 GRANTS_FILE = BASE / "db" / "grants.sql"
 SEED_FILE = BASE / "db" / "seed.sql"
 GUNICORN_CONF = BASE / "gunicorn.conf.py"

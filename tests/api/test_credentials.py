@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from tolstoy.api.app import create_app
 from tolstoy.cli import main as cli_main
 from tolstoy.cli import rotate_secrets
+from tolstoy.db import migrate
 from tolstoy.engine import generate_key, vault_from_config
 from tolstoy.engine.keys import fingerprint
 from tolstoy.errors import VaultError
@@ -421,12 +422,14 @@ def test_rotate_is_idempotent_and_a_foreign_key_fails_without_changes(api, org, 
     assert ({r["id"]: bytes(r["secret"]) for r in stored(db)}, wrapped_keys(db)) == before
 
 
-def test_secrets_rotate_command(api, org, tool, db, config, httpserver, worker_env, monkeypatch, capsys):
+def test_secrets_rotate_command(api, org, tool, db, config, httpserver, worker_env, database_url, monkeypatch,
+                                capsys):
     setup_rotation(api, org, tool, httpserver)
     new_key = generate_key()
     for name, value in {**worker_env, "TOLSTOY_ENCRYPTION_KEY": f"{new_key},{config.encryption_key}"}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("DIRECT_URL", raising=False)
+    # As a DBA runs it: as the schema owner (not a superuser), which sees every organization.
+    monkeypatch.setenv("DIRECT_URL", migrate.as_role(database_url, migrate.OWNER_ROLE))
     assert cli_main(["secrets", "rotate"]) == 0
     assert "re-wrapped 2 data key(s) of 2 organization(s)" in capsys.readouterr().err
     for row in stored(db):

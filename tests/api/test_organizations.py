@@ -6,10 +6,17 @@ updates leave updatedAt and the ETag alone), validation of ``name``, delete
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 
 from contract import assert_error, bad_request
+from falcon import testing
+
+from tolstoy.api.app import create_app
+from tolstoy.config import Config
+from tolstoy.db import migrate
+from tolstoy.db.database import Database
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 FIELDS = {"id", "name", "createdAt", "updatedAt"}
@@ -211,3 +218,64 @@ def test_no_tenant_header_needed_and_bogus_one_ignored(client, api):
     created = client.simulate_post("/organizations", json={"name": "B"}, headers={"X-Org-ID": "nope"})
     assert created.status_code == 201
     assert created.json["name"] == "B"
+
+
+def counted_apps(config, app_db, database_url):
+    """A client whose admin login's pool is this test's, and a way to see what a request cost each pool."""
+    admin_db = Database(migrate.as_role(database_url, migrate.ADMIN_ROLE), min_size=0, max_size=2, timeout=5)
+    admin_db.open(wait=False)
+    client = testing.TestClient(create_app(config, app_db, admin_db))
+
+    def call(method: str, path: str, **kwargs):
+        before = (admin_db.counts.snapshot(), app_db.counts.snapshot())
+        result = client.simulate_request(method, path, **kwargs)
+        after = (admin_db.counts.snapshot(), app_db.counts.snapshot())
+        return result, *({k: a[k] - b[k] for k in a} for a, b in zip(after, before, strict=True))
+
+    return admin_db, call
+
+
+def test_every_organization_is_managed_through_the_admin_login_at_the_same_cost(config, app_db, database_url):
+    """The cross-tenant operations run on the admin login's pool (tolstoy_admin), none on the API's,
+    and cost what they cost before: one round trip for a read or a create, two for a change or a
+    delete (the row is read locked, then written and committed)."""
+    admin_db, call = counted_apps(config, app_db, database_url)
+    try:
+        nothing = {"statements": 0, "round_trips": 0, "transactions": 0}
+        one = {"statements": 2, "round_trips": 1, "transactions": 1}
+        created, on_admin, on_app = call("POST", "/organizations", json={"name": "Acme"})
+        assert created.status_code == 201, created.text
+        assert (on_admin, on_app) == (one, nothing)
+        path = f"/organizations/{created.json['id']}"
+        for method, target, kwargs, status, round_trips in [
+                ("GET", "/organizations", {}, 200, 1), ("GET", path, {}, 200, 1),
+                ("PATCH", path, {"json": {"name": "Acme 2"}}, 200, 2), ("PUT", path, {"json": {"name": "A"}}, 200, 2),
+                ("DELETE", path, {}, 204, 2)]:
+            result, on_admin, on_app = call(method, target, **kwargs)
+            assert result.status_code == status, (method, target, result.text)
+            assert on_app == nothing, (method, target, on_app)
+            assert on_admin["transactions"] == 1 and on_admin["round_trips"] == round_trips, (method, target, on_admin)
+    finally:
+        admin_db.close()
+
+
+def test_without_the_admin_login_cross_tenant_routes_are_a_503_and_a_key_still_has_its_own(worker_env, app_db):
+    admin_token, secret = "admin-token-" + "t" * 40, "key-secret-" + "s" * 40
+    keyed = Config.from_env({**worker_env, "TOLSTOY_AUTH_MODE": "api_key", "TOLSTOY_API_KEY_SECRET": secret,
+                             "TOLSTOY_ADMIN_TOKEN": admin_token})
+    org = testing.TestClient(create_app(keyed, app_db)).simulate_post(
+        "/organizations", json={"name": "Acme"}, headers={"Authorization": f"Bearer {admin_token}"}).json
+    key = {"Authorization": f"Bearer {org['apiKey']}"}
+    # Production without ADMIN_DATABASE_URL: the admin token's routes answer 503 naming the setting...
+    production = dataclasses.replace(keyed, env="production", admin_database_url=None)
+    client = testing.TestClient(create_app(production, app_db))
+    for method, path in [("GET", "/organizations"), ("POST", "/organizations"),
+                         ("GET", f"/organizations/{org['id']}"), ("DELETE", f"/organizations/{org['id']}")]:
+        body = assert_error(client.simulate_request(method, path, json={"name": "x"},
+                                                    headers={"Authorization": f"Bearer {admin_token}"}), 503)
+        assert "ADMIN_DATABASE_URL" in body["message"], (method, path)
+    # ...while an organization's own key still reads and renames its own organization (tolstoy_app).
+    assert [o["id"] for o in client.simulate_get("/organizations", headers=key).json] == [org["id"]]
+    renamed = client.simulate_patch(f"/organizations/{org['id']}", json={"name": "Acme 2"}, headers=key)
+    assert renamed.status_code == 200 and renamed.json["name"] == "Acme 2", renamed.text
+    assert client.simulate_get(f"/organizations/{org['id']}", headers=key).json["name"] == "Acme 2"

@@ -21,21 +21,15 @@ VERSION = "20261207000300"
 
 @pytest.fixture
 def owned_url(url_for, admin_db, template_url):
-    """An empty database owned by a fresh non-superuser role with CREATEROLE (as on a managed
-    PostgreSQL), which may act as tolstoy_engine (made by the template's migrations). The functions
-    the migrations give to tolstoy_engine need it to hold CREATE on the schema, which PostgreSQL 15
-    no longer grants to everyone: the administrator grants it once, as docs/security.md's managed
-    database setup does for the roles."""
-    suffix = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    name, role = f"upgrade_{suffix}", f"owner_{suffix}"
-    admin_db.execute_admin(f"create role {role} login createrole nosuperuser")
-    admin_db.execute_admin(f"grant tolstoy_engine to {role} with admin option")
-    admin_db.execute_admin(f'create database "{name}" owner {role}')
-    with psycopg.connect(url_for(name), autocommit=True) as conn:
-        conn.execute("grant create on schema public to tolstoy_engine")
-    yield migrate.as_role(url_for(name), role)
+    """An empty database owned by the schema owner role the template is migrated by (tolstoy_owner:
+    LOGIN CREATEROLE, no superuser, made by migrate.prepare_owner), readied and migrated as
+    `tolstoy db up` does it (db/bootstrap.sql, dbmate, db/grants.sql)."""
+    name = f"upgrade_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin_db.execute_admin(f'create database "{name}" owner {migrate.OWNER_ROLE}')
+    url = migrate.as_role(url_for(name), migrate.OWNER_ROLE)
+    migrate.upgrade(url, quiet=True)
+    yield url
     admin_db.execute_admin(f'drop database if exists "{name}" with (force)')
-    admin_db.execute_admin(f"drop role if exists {role}")
 
 
 def newest(conn) -> str:

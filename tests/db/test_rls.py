@@ -4,10 +4,14 @@ org_id filter."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from tolstoy.db import migrate
 from tolstoy.db.database import Database
 from tolstoy.db.queries import Query
+from tolstoy.engine.rotation import organization_ids
 from tolstoy.errors import DatabaseUnavailable
 
 TENANT_TABLES = ("users", "tools", "actions", "flows", "flow_versions", "execution_logs", "flow_runs",
@@ -126,18 +130,100 @@ def test_the_api_role_cannot_claim_and_the_worker_role_must_say_what_it_holds(ap
             worker_db.all(unscoped(f"select * from tolstoy_renew_leases({bad})"))
 
 
-def test_organizations_are_visible_to_themselves_and_to_the_admin_path(api, app_db, db):
+def test_organizations_are_visible_to_themselves_and_to_the_admin_role(api, app_db, db, database_url):
     a = api.org("A")
     b = api.org("B")
     with app_db.tenant(a["id"]):
         assert [str(r["id"]) for r in app_db.all(unscoped("select id from organizations"))] == [a["id"]]
         assert app_db.rowcount(unscoped("update organizations set name = 'mine'", "rowcount")) == 1
-    assert app_db.all(unscoped("select id from organizations")) == []  # no tenant, no admin: nothing
-    with pytest.raises(Exception, match="row-level security"):
+    assert app_db.all(unscoped("select id from organizations")) == []  # no tenant: nothing
+    with pytest.raises(Exception, match="permission denied"):  # creating organizations is the admin role's
         app_db.all(unscoped("insert into organizations (name) values ('sneaky') returning id"))
-    # The /organizations routes open their units on the admin path and see every organization.
+    # The /organizations routes manage organizations through the admin login, tolstoy_admin.
     listed = api.client.simulate_get("/organizations", params={"limit": "100"}).json
     assert {a["id"], b["id"]} <= {o["id"] for o in listed}
     with db.pool.connection() as conn:
         names = {str(r["id"]): r["name"] for r in conn.execute("select id, name from organizations").fetchall()}
     assert names[a["id"]] == "mine" and names[b["id"]] == "B"
+    # It sees every organization and nothing else: no tenant's rows.
+    admin = Database(migrate.as_role(database_url, migrate.ADMIN_ROLE), min_size=0, max_size=1, timeout=3)
+    admin.open(wait=False)
+    try:
+        assert {a["id"], b["id"]} <= {str(r["id"]) for r in admin.all(unscoped("select id from organizations"))}
+        for table in ("users", "flows", "tool_credentials", "flow_runs", "flow_runs_default"):
+            with pytest.raises(Exception, match="permission denied"):
+                admin.all(unscoped(f"select org_id from {table}"))
+    finally:
+        admin.close()
+
+
+def settings_read_by_functions(db) -> set:
+    """Every custom setting a function of the schema reads, and the usual suspects."""
+    with db.pool.connection() as conn:
+        sources = " ".join(r["prosrc"] for r in conn.execute(
+            "select p.prosrc from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname = 'public'").fetchall())
+    found = set(re.findall(r"current_setting\(\s*'([a-z_]+\.[a-z_.]+)'", sources))
+    return (found | {"app.admin", "app.is_admin", "app.role", "app.bypass", "app.superuser", "app.all_orgs"}) \
+        - {"app.org_id"}
+
+
+@pytest.mark.parametrize("value", ["on", "true", "1", "yes"])
+def test_no_setting_a_service_role_can_flip_shows_it_another_organization(api, app_db, worker_db, db, value):
+    a = api.org("A")
+    b = api.org("B")
+    user = api.user(b)
+    names = settings_read_by_functions(db)
+    assert "app.admin" in names
+    for role_db in (app_db, worker_db):
+        with role_db.pool.connection() as conn, conn.transaction():
+            for name in names:
+                conn.execute("select set_config(%s, %s, true)", (name, value))
+            assert conn.execute("select id from organizations").fetchall() == []
+            assert conn.execute("select id from users").fetchall() == []
+            conn.execute("select set_config('app.org_id', %s, true)", (a["id"],))
+            assert [str(r["id"]) for r in conn.execute("select id from organizations").fetchall()] == [a["id"]]
+            assert conn.execute("select id from users where id = %s", (user["id"],)).fetchall() == []
+
+
+def test_a_partition_named_directly_shows_nothing_of_another_organization(api, app_db, db):
+    a = fill(api, db, "A")
+    b = fill(api, db, "B")
+    with db.pool.connection() as conn:
+        parts = [r["relname"] for r in conn.execute(
+            "select c.relname from pg_inherits i join pg_class c on c.oid = i.inhrelid "
+            "join pg_class p on p.oid = i.inhparent "
+            "where p.relname in ('flow_runs', 'flow_run_steps', 'execution_logs') order by 1").fetchall()]
+        holding = {r["relname"] for r in conn.execute(
+            "select distinct tableoid::regclass::text as relname from flow_runs union "
+            "select distinct tableoid::regclass::text from execution_logs union "
+            "select distinct tableoid::regclass::text from flow_run_steps").fetchall()}
+    assert holding and holding <= set(parts), (holding, parts)
+    for part in parts:
+        # The services go through the parent tables and may not name a partition at all.
+        with app_db.tenant(b["org"]["id"]), pytest.raises(Exception, match="permission denied"):
+            app_db.all(unscoped(f"select org_id from {part}"))
+    # And if a grant slipped back in, row-level security on the partition still holds.
+    with db.pool.connection() as conn, conn.transaction(force_rollback=True):
+        for part in parts:
+            conn.execute(f"grant select, update on {part} to tolstoy_app")
+        conn.execute("set local role tolstoy_app")
+        conn.execute("select set_config('app.org_id', %s, true)", (b["org"]["id"],))
+        for part in holding:
+            seen = {str(r["org_id"]) for r in conn.execute(f"select org_id from {part}").fetchall()}
+            assert seen == {b["org"]["id"]}, part
+            changed = conn.execute(f"update {part} set org_id = org_id where org_id = %s", (a["org"]["id"],))
+            assert changed.rowcount == 0, part
+
+
+def test_the_schema_owner_walks_every_organization_for_key_rotation(api, owner_db, app_db):
+    """`tolstoy secrets` runs as the schema owner, which is no superuser and is bound by forced row-level
+    security like everyone: it sees every organization as a member of tolstoy_admin, and a tenant's
+    rows only as that tenant."""
+    a, b = api.org("A"), api.org("B")
+    api.user(a)
+    assert {a["id"], b["id"]} <= {str(i) for i in organization_ids(owner_db)}
+    assert owner_db.all(unscoped("select org_id from users")) == []
+    with owner_db.tenant(a["id"]):
+        assert {str(r["org_id"]) for r in owner_db.all(unscoped("select org_id from users"))} == {a["id"]}
+    assert organization_ids(app_db) == []  # the API's role sees none without a tenant

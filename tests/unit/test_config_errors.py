@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tolstoy import cli
+from tolstoy.api.app import admin_url
 from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,3 +69,17 @@ def test_every_setting_is_reviewed_for_detailed_status():
         f"gone: {sorted((set(PUBLIC_FIELDS) | set(PRIVATE_FIELDS)) - names)}")
     facts = Config(database_url="postgresql://u:pw@h/db", admin_token="t" * 40).public_facts()
     assert not set(facts) & set(PRIVATE_FIELDS)
+
+
+def test_the_admin_login_is_configured_in_production_and_derived_elsewhere():
+    app = "postgresql://tolstoy_app@db.internal/tolstoy?sslmode=require"
+    admin = "postgresql://tolstoy_admin:secret@db.internal/tolstoy"
+    assert admin_url(Config(env="production", database_url=app)) is None  # organization management off: 503
+    assert admin_url(Config(env="production", database_url=app, admin_database_url=admin)) == admin
+    assert admin_url(Config(env="development", database_url=app)) == \
+        "postgresql://tolstoy_admin@db.internal/tolstoy?sslmode=require"  # tolstoy_app sees only its own
+    owner = "postgresql://tolstoy_owner:pw@localhost/tolstoy"
+    assert admin_url(Config(env="development", database_url=owner)) == owner  # as for the workers
+    assert admin_url(Config(env="test")) is None
+    facts = Config.from_env({"ADMIN_DATABASE_URL": admin, "USE_AWS_SECRETS": "false"}).public_facts()
+    assert "admin_database_url" not in facts and "tolstoy_admin:secret" not in str(facts)

@@ -9,8 +9,9 @@ import pytest
 from tolstoy.db import queries
 from tolstoy.db.queries import SQL
 
-# session.sql opens and closes units of work: it is what sets the tenant.
-UNSCOPED = {"organizations", "health", "metrics", "session"}
+# session.sql opens and closes units of work: it is what sets the tenant. server.sql prepares a
+# server we run ourselves (the schema owner role, its database) before any migration.
+UNSCOPED = {"organizations", "health", "metrics", "session", "server"}
 
 
 # The worker's: security-definer functions that check their own arguments (the durable_engine migration).

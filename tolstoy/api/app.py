@@ -6,10 +6,14 @@ module that answers it, and each model's module names its SQL file."""
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import urlparse
+
 import falcon
 
 from .. import engine, logs
 from ..config import Config
+from ..db import migrate
 from ..db.database import Database
 from ..jsonsafe import dumps
 from . import (
@@ -42,6 +46,8 @@ from .middleware import (
     allowed_methods,
 )
 from .tenancy import TenantMiddleware
+
+log = logging.getLogger("tolstoy.api")
 
 # The models served as collection + item, in the order the OpenAPI document lists them.
 MODELS = (organizations.MODEL, users.MODEL, tools.MODEL, actions.MODEL, flows.MODEL, execution_logs.MODEL)
@@ -122,11 +128,36 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
     ]
 
 
-def create_app(config: Config, db: Database) -> falcon.App:
-    """A Falcon app serving the contract on the given (opened) database."""
+def admin_url(config: Config) -> str | None:
+    """Where the /organizations routes' cross-tenant operations log in: ADMIN_DATABASE_URL (the
+    tolstoy_admin role). Outside production, DATABASE_URL will do (as for the workers), unless it logs
+    in as tolstoy_app, which sees no organization but its own: then its server as tolstoy_admin (local
+    trust authentication, as `tolstoy dev` and the tests use). None: organization management is off."""
+    if config.admin_database_url or config.is_production or not config.database_url:
+        return config.admin_database_url
+    if urlparse(config.database_url).username == migrate.APP_ROLE:
+        return migrate.as_role(config.database_url, migrate.ADMIN_ROLE)
+    return config.database_url
+
+
+def admin_database(config: Config) -> Database | None:
+    """The admin login's pool, for the /organizations routes' cross-tenant operations: rare, so small
+    and without idle connections. None when not configured."""
+    url = admin_url(config)
+    if url is None:
+        return None
+    db = Database.from_config(config, url=url, min_size=0, max_size=2, application_name=f"{config.app_name}-admin")
+    db.open()
+    return db
+
+
+def create_app(config: Config, db: Database, admin_db: Database | None = None) -> falcon.App:
+    """A Falcon app serving the contract on the given (opened) database; ``admin_db`` is the admin
+    login's pool (built from the configuration when not given)."""
     routes = build_routes(db, config)
     methods = allowed_methods(routes)
-    tenancy = TenantMiddleware(db, methods, config)
+    admin_db = admin_db or admin_database(config)
+    tenancy = TenantMiddleware(db, methods, config, admin_db)
     app = falcon.App(
         middleware=[
             # First in, last out: its clock spans every other middleware.
@@ -149,7 +180,8 @@ def create_app(config: Config, db: Database) -> falcon.App:
     app.add_static_route("/docs/static", openapi.DOCS_STATIC)
     # The run console: HTML for people, outside build_routes (the contract's routes) and the OpenAPI
     # document; its pages read through the same SQL and tenancy, its actions are the routes above.
-    run_console = console.Console(db, config, tenancy.keys)  # one cache of API-key grants per process
+    # One cache of API-key grants per process; its organization picker lists through the admin login.
+    run_console = console.Console(db, config, tenancy.keys, admin_db)
     for template, suffix in console.ROUTES:
         app.add_route(template, run_console, suffix=suffix)
     # Sinks and static routes added later win: the static files over the console's 404 sink.
@@ -166,6 +198,9 @@ def get_app() -> falcon.App:
     """Gunicorn's entry point: configuration from the environment, pool opened in this worker."""
     logs.configure()
     config = Config.from_env()
+    if admin_url(config) is None:
+        log.warning("ADMIN_DATABASE_URL is not set: /organizations answers 503, except to an organization's "
+                    "own API key (see docs/deploying.md)")
     db = Database.from_config(config)
     db.open()
     return create_app(config, db)

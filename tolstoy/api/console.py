@@ -31,7 +31,7 @@ import falcon
 import jinja2
 
 from ..config import Config
-from ..db.database import ADMIN, Database, Tenant
+from ..db.database import NOBODY, Database, Tenant
 from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
@@ -333,8 +333,9 @@ class Console:
 
     access = "public"  # TenantMiddleware steps aside: the console opens its own unit of work (below)
 
-    def __init__(self, db: Database, config: Config, keys: KeyOrganizations):
+    def __init__(self, db: Database, config: Config, keys: KeyOrganizations, admin_db: Database | None = None):
         self.db = db
+        self.admin_db = admin_db  # the admin login's pool: the organization picker lists every organization
         self.mode = config.auth_mode
         self.key_secret = config.api_key_secret
         self.keys = keys  # the API's own (TenantMiddleware's)
@@ -393,10 +394,10 @@ class Console:
             self.error_page(req, resp, Page(500, "Something went wrong", "Unexpected server error."), org_id)
 
     @contextlib.contextmanager
-    def unit(self, tenant: Tenant) -> Iterator[None]:
+    def unit(self, tenant: Tenant, db: Database | None = None) -> Iterator[None]:
         """One unit of work (one transaction, one snapshot) for the page, as the API's middleware
         opens one per request; the tenant is checked by its first statement."""
-        unit = self.db.unit(tenant, repeatable=True)
+        unit = (db or self.db).unit(tenant, repeatable=True)
         token = self.db.activate(unit)
         try:
             yield
@@ -444,7 +445,10 @@ class Console:
 
         def build(_):
             cursor = cursor_params(req)
-            with self.unit(ADMIN):
+            if self.admin_db is None:
+                raise Page(503, "Organizations unavailable",
+                           "Listing organizations needs ADMIN_DATABASE_URL on this server; open one by its ID.")
+            with self.unit(NOBODY, self.admin_db):
                 rows = self.db.all(SQL.organizations.list, limit=PAGE + 1, **cursor)
             return "orgs.html", {"title": "Organizations", "orgs": rows[:PAGE], "problem": None, "chosen": "",
                                  "next_url": next_url(req, rows, PAGE)}

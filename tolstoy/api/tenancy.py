@@ -18,6 +18,12 @@ for them) is more: ``may_act_as`` decides it, from X-User-ID in headers mode
 (the gateway vouches for it) and from the key in api_key mode (bound to that
 user, or holding the ``impersonate`` scope).
 
+Seeing every organization is a database role's, not a setting's: the
+``/organizations`` routes' cross-tenant operations (headers mode, or the admin
+token) run on a pool of their own that logs in as ``tolstoy_admin``
+(ADMIN_DATABASE_URL); an API key's unit runs on the API's pool as
+``tolstoy_app``, which sees its own organization only.
+
 API keys are ``tsk_`` + 43 random URL-safe characters. Only HMAC-SHA256(server
 secret, key) is stored: a stolen table yields no usable key, and checking a key
 is one hash plus one indexed lookup, whether the key is valid or not.
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import uuid
@@ -41,11 +48,13 @@ from collections import OrderedDict
 
 import falcon
 
-from ..db.database import ADMIN, Database, Tenant
+from ..db.database import NOBODY, Database, Tenant
 from ..db.queries import SQL
 from ..errors import KeyRejected
 from .errors import KEY_REJECTED, field_error
 from .middleware import method_allowed
+
+log = logging.getLogger("tolstoy.tenancy")
 
 KEY_PREFIX = "tsk_"
 SHOWN_PREFIX = 12  # "tsk_" and 8 characters: enough to tell keys apart in a list
@@ -195,8 +204,9 @@ class TenantMiddleware:
     ``key_user_id`` (the user the key is bound to) and ``unit``, the request's unit of work, which
     checks the tenant in the same round trip as its first query."""
 
-    def __init__(self, db: Database, routes: dict[str, frozenset], config):
+    def __init__(self, db: Database, routes: dict[str, frozenset], config, admin_db: Database | None = None):
         self.db = db
+        self.admin_db = admin_db  # tolstoy_admin's pool; None when ADMIN_DATABASE_URL is not set
         self.routes = routes
         self.mode = config.auth_mode
         self.key_secret = config.api_key_secret
@@ -231,8 +241,12 @@ class TenantMiddleware:
                     description=f"This API key lacks the {needed!r} scope this request needs "
                                 f"(it has: {', '.join(sorted(req.context.key_scopes))}).")
         if access == "organizations":
-            # An organization's key sees its own organization; the admin token (or headers mode) all of them.
-            self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed) if hashed else ADMIN)
+            # An organization's key sees its own organization; the admin token (or headers mode) all of
+            # them, through the admin login.
+            if hashed is not None:
+                self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed))
+            else:
+                self._open(req, NOBODY, self._admin())
             return
         if self.mode == "api_key":
             org_id = req.context.key_org_id
@@ -246,9 +260,17 @@ class TenantMiddleware:
         req.context.user_id = user_id
         self._open(req, Tenant(org_id=org_id, user_id=user_id, key_hash=hashed))
 
-    def _open(self, req: falcon.Request, tenant: Tenant) -> None:
+    def _admin(self) -> Database:
+        """The admin login's pool, or a 503 naming the setting that is missing."""
+        if self.admin_db is None:
+            log.error("an /organizations request needs ADMIN_DATABASE_URL (the tolstoy_admin role), which is not set")
+            raise falcon.HTTPServiceUnavailable(
+                description="Organization management is not configured on this server (ADMIN_DATABASE_URL).")
+        return self.admin_db
+
+    def _open(self, req: falcon.Request, tenant: Tenant, db: Database | None = None) -> None:
         # Reads of more than one statement see one snapshot.
-        unit = self.db.unit(tenant, repeatable=req.method in ("GET", "HEAD"))
+        unit = (db or self.db).unit(tenant, repeatable=req.method in ("GET", "HEAD"))
         req.context.unit = unit
         req.context.unit_token = self.db.activate(unit)
 

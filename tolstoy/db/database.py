@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -91,14 +92,11 @@ class Tenant:
     org_id: Any = None
     user_id: Any = None
     key_hash: bytes | None = None
-    admin: bool = False  # manages the organizations themselves (the /organizations routes)
 
     def enter(self, timeout_ms: int, *, known: bool = False) -> tuple[Query, dict]:
         """The statement that opens a unit of work for this tenant: the checking one, or, for an
         organization and user that passed the check seconds ago, one that only sets them. An API
         key is checked every time, so that revoking it takes effect at once."""
-        if self.admin:
-            return SQL.session.enter_admin, {"timeout_ms": timeout_ms}
         user = None if self.user_id is None else str(self.user_id)
         if self.key_hash is not None:
             return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms}
@@ -108,8 +106,10 @@ class Tenant:
         return SQL.session.enter, {"org_id": org or None, "user_id": user, "timeout_ms": timeout_ms}
 
 
+# No organization: a tenant's rows are invisible. Units of the admin login (tolstoy_admin, the
+# /organizations routes) act for nobody and see every organization through that role's own policy;
+# no setting a transaction can make changes what a role sees.
 NOBODY = Tenant()
-ADMIN = Tenant(admin=True)
 
 
 class Counts:
@@ -187,7 +187,7 @@ class Unit:
         self.tenant = tenant
         self.repeatable = repeatable
         self.conn: psycopg.Connection | None = None
-        self.verified = tenant in (NOBODY, ADMIN) or tenant in db.verified
+        self.verified = tenant == NOBODY or tenant in db.verified
 
     @property
     def active(self) -> bool:
@@ -264,7 +264,7 @@ class Unit:
     def switch(self, tenant: Tenant) -> None:
         """Act for another tenant from here on (inside the same transaction)."""
         self.tenant = tenant
-        self.verified = tenant in (NOBODY, ADMIN) or tenant in self.db.verified
+        self.verified = tenant == NOBODY or tenant in self.db.verified
         if self.conn is not None:
             query, params = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
             with wrap_errors():
@@ -360,15 +360,15 @@ class Database:
         self.verified = _Verified()
 
     @classmethod
-    def from_config(cls, config, *, url: str | None = None, max_size: int | None = None,
-                    application_name: str | None = None) -> Database:
+    def from_config(cls, config, *, url: str | None = None, min_size: int | None = None,
+                    max_size: int | None = None, application_name: str | None = None) -> Database:
         """A Database configured from a tolstoy.config.Config."""
         conninfo = url or config.database_conninfo()
         if not conninfo:
             raise errors.DatabaseUnavailable("DATABASE_URL is not set")
         return cls(
             conninfo,
-            min_size=config.pool_min_size,
+            min_size=config.pool_min_size if min_size is None else min_size,
             max_size=max_size or config.pool_max_size,
             timeout=config.pool_timeout,
             statement_timeout_ms=config.statement_timeout_ms,
@@ -455,11 +455,6 @@ class Database:
         the unit switches to it; outside, each query is its own unit for it."""
         return self.acting(Tenant(org_id=org_id))
 
-    def admin(self) -> contextlib.AbstractContextManager[None]:
-        """Queries in this block manage the organizations themselves (row-level security's admin
-        path: every organization row, no tenant's rows)."""
-        return self.acting(ADMIN)
-
     @contextlib.contextmanager
     def acting(self, tenant: Tenant) -> Iterator[None]:
         """Queries in this block act as ``tenant``; the unit (if any) switches back afterwards."""
@@ -515,6 +510,20 @@ class Database:
         """Run a statement that cannot run in a transaction (CREATE/DROP DATABASE); no parameters."""
         with wrap_errors(), self.pool.connection() as conn:
             conn.execute(statement.encode())
+
+    def outside(self, query: Query, /, **params: Any) -> Any:
+        """The first value of a query run on its own, outside any unit of work (no tenant is set: on the
+        maintenance database the schema's functions do not exist), or None without rows."""
+        with wrap_errors(), self.pool.connection() as conn:
+            row = conn.execute(query.sql, params).fetchone()
+        return next(iter(row.values())) if row else None
+
+    def create_database(self, name: str, owner: str) -> None:
+        """CREATE DATABASE ``name`` OWNER ``owner`` (identifiers quoted; not in a transaction)."""
+        statement = pg_sql.SQL("create database {} owner {}").format(pg_sql.Identifier(name),
+                                                                      pg_sql.Identifier(owner))
+        with wrap_errors(), self.pool.connection() as conn:
+            conn.execute(statement)
 
     def script(self, text: str) -> None:
         """Run a multi-statement SQL script (no parameters) in one transaction."""

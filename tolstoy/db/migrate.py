@@ -11,11 +11,16 @@ import sysconfig
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
-from ..paths import GRANTS_FILE, MIGRATIONS_DIR, SCHEMA_FILE
+from ..paths import BOOTSTRAP_FILE, GRANTS_FILE, MIGRATIONS_DIR, SCHEMA_FILE
 from .database import Database
+from .queries import SQL
 
 APP_ROLE = "tolstoy_app"
 WORKER_ROLE = "tolstoy_worker"
+ADMIN_ROLE = "tolstoy_admin"
+# Who migrates a database the project runs itself (the embedded one, the tests'): not a superuser,
+# which would bypass row-level security and hide what the schema really allows (db/README.md).
+OWNER_ROLE = "tolstoy_owner"
 
 
 def dbmate_executable() -> str:
@@ -86,21 +91,72 @@ def without_monthly_partitions(schema: str) -> str:
     return "".join(block for block in DUMP_BLOCK.split(schema) if not MONTHLY.match(block))
 
 
-def upgrade(url: str, *, dump_schema: bool = False) -> int:
-    """``dbmate up`` (creating the database if needed), then the application role's grants."""
-    code = run(["--wait", "up"], url, dump_schema=dump_schema)
+def upgrade(url: str, *, dump_schema: bool = False, quiet: bool = False) -> int:
+    """The database (created if missing) readied for the migrations (db/bootstrap.sql), ``dbmate
+    up``, then the services' roles and grants (db/grants.sql)."""
+    run(["wait"], url, quiet=True)
+    if _owner_of_database(url) is None:
+        run(["create"], url, quiet=quiet)
+    _script(url, BOOTSTRAP_FILE.read_text(), "tolstoy-bootstrap")
+    code = run(["up"], url, dump_schema=dump_schema, quiet=quiet)
     apply_grants(url)
     return code
 
 
 def apply_grants(url: str) -> None:
-    """Create the application role if needed and grant it what the schema now holds (db/grants.sql)."""
-    db = Database(url, min_size=1, max_size=1, application_name="tolstoy-grants")
+    """Create the services' roles if needed and grant each what the schema now holds (db/grants.sql)."""
+    _script(url, GRANTS_FILE.read_text(), "tolstoy-grants")
+
+
+def _script(url: str, text: str, application_name: str) -> None:
+    db = Database(url, min_size=1, max_size=1, application_name=application_name)
     db.open(wait=True)
     try:
-        db.script(GRANTS_FILE.read_text())
+        db.script(text)
     finally:
         db.close()
+
+
+def _owner_of_database(url: str, *, setup: str | None = None) -> str | None:
+    """Who owns the URL's database, asked on the server's maintenance database (after running
+    ``setup`` there, if given); None when it is missing."""
+    server = Database(_with_database(url, "postgres"), min_size=1, max_size=1, application_name="tolstoy-migrate")
+    server.open(wait=True)
+    try:
+        if setup is not None:
+            server.execute_admin(setup)
+        return server.outside(SQL.server.database_owner, name=_database_name(url))
+    finally:
+        server.close()
+
+
+def prepare_owner(superuser_url: str) -> str:
+    """On a server we run ourselves, as its superuser: make sure the schema owner role exists (it may
+    log in and create the services' roles, nothing more) and owns the URL's database, creating the
+    database if it is missing. Returns the URL as that owner, or the superuser's own URL for a
+    database an older version made and migrated as the superuser (``tolstoy db reset`` remakes it)."""
+    owner = _owner_of_database(superuser_url, setup=SQL.server.ensure_owner.sql)
+    if owner is None:
+        server = Database(_with_database(superuser_url, "postgres"), min_size=1, max_size=1,
+                          application_name="tolstoy-owner")
+        server.open(wait=True)
+        try:
+            server.create_database(_database_name(superuser_url), OWNER_ROLE)
+        finally:
+            server.close()
+    elif owner != OWNER_ROLE:
+        return superuser_url
+    return as_role(superuser_url, OWNER_ROLE)
+
+
+def _database_name(url: str) -> str:
+    return urlparse(url).path.lstrip("/")
+
+
+def _with_database(url: str, name: str) -> str:
+    """The same server URL pointing at another database."""
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path=f"/{name}"))
 
 
 def as_role(url: str, role: str = APP_ROLE) -> str:
