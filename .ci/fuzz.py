@@ -77,7 +77,7 @@ def serve(url: str, mode: str) -> tuple[subprocess.Popen, int]:
     raise SystemExit(f"fuzz: gunicorn did not start in {mode} mode")
 
 
-def fuzz(port: int, headers: dict, label: str) -> int:
+def fuzz(port: int, headers: dict, label: str, exclude: tuple[str, ...] = ()) -> int:
     command = [
         str(Path(sys.executable).parent / "schemathesis"), "run", f"http://127.0.0.1:{port}/openapi.json",
         "--checks", CHECKS, "--seed", "20261125", "--max-examples", "8", "--max-time", "60",
@@ -85,6 +85,8 @@ def fuzz(port: int, headers: dict, label: str) -> int:
         # two threads at once ("AST constructor recursion depth mismatch", a tool error, not a finding).
         "--phases", "examples,coverage,fuzzing", "--workers", "1", "--suppress-health-check", "all",
     ]
+    for operation in exclude:
+        command += ["--exclude-name", operation]
     for name, value in headers.items():
         command += ["--header", f"{name}: {value}"]
     print(f"fuzz: {label}: {' '.join(command[1:4])} …", flush=True)
@@ -203,6 +205,18 @@ def fuzz_doors(port: int, auth: dict, label: str) -> int:
     return 1 if failures else 0
 
 
+def new_tenant(port: int, mode: str) -> dict:
+    """A new organization with a user: the headers (and, in api_key mode, the first key) that act for it."""
+    if mode == "headers":
+        org = call(port, "POST", "/organizations", {"name": "Fuzz"})
+        auth = {"X-Org-ID": org["id"]}
+    else:
+        org = call(port, "POST", "/organizations", {"name": "Fuzz keys"}, {"Authorization": f"Bearer {ADMIN}"})
+        auth = {"Authorization": f"Bearer {org['apiKey']}", "X-Org-ID": org["id"]}
+    user = call(port, "POST", "/users", {"email": "fuzz@example.com"}, auth)
+    return {**auth, "X-User-ID": user["id"]}
+
+
 def main() -> int:
     server, superuser_url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-fuzz-"), database="fuzz", cleanup="delete")
     owner_url = migrate.prepare_owner(superuser_url)  # migrated as production is: by a schema owner, no superuser
@@ -212,23 +226,20 @@ def main() -> int:
 
     process, port = serve(app_url, "headers")
     try:
-        org = call(port, "POST", "/organizations", {"name": "Fuzz"})
-        user = call(port, "POST", "/users", {"email": "fuzz@example.com"}, {"X-Org-ID": org["id"]})
-        tenant = {"X-Org-ID": org["id"], "X-User-ID": user["id"]}
-        failures += fuzz(port, tenant, "headers mode") != 0
-        failures += fuzz_doors(port, tenant, "headers mode")
+        failures += fuzz(port, new_tenant(port, "headers"), "headers mode") != 0
+        # Schemathesis may have deleted that user or revoked that key (an id a listing showed it):
+        # the doors get an organization of their own.
+        failures += fuzz_doors(port, new_tenant(port, "headers"), "headers mode")
     finally:
         process.terminate()
         process.wait(timeout=30)
 
     process, port = serve(app_url, "api_key")
     try:
-        created = call(port, "POST", "/organizations", {"name": "Fuzz keys"}, {"Authorization": f"Bearer {ADMIN}"})
-        key = created["apiKey"]
-        user = call(port, "POST", "/users", {"email": "fuzz@example.com"}, {"Authorization": f"Bearer {key}"})
-        tenant = {"Authorization": f"Bearer {key}", "X-Org-ID": created["id"], "X-User-ID": user["id"]}
-        failures += fuzz(port, tenant, "api_key mode") != 0
-        failures += fuzz_doors(port, tenant, "api_key mode")
+        # Not DELETE /api-keys/{id}: it would revoke the key the run authenticates with (an id the
+        # listing showed it) and leave every later operation a 401; headers mode fuzzes it.
+        failures += fuzz(port, new_tenant(port, "api_key"), "api_key mode", exclude=("DELETE /api-keys/{id}",)) != 0
+        failures += fuzz_doors(port, new_tenant(port, "api_key"), "api_key mode")
     finally:
         process.terminate()
         process.wait(timeout=30)
