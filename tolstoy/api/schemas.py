@@ -159,11 +159,9 @@ class FieldValidationSchema(Base):
 
     @validates_schema
     def _pattern_compiles(self, data, **kwargs):
-        if data.get("pattern"):
-            try:
-                re.compile(data["pattern"])
-            except re.error as exc:
-                raise ValidationError(f"Not a valid regular expression: {exc}", "pattern") from None
+        wrong = jsonschemas.pattern_problem(data.get("pattern"))
+        if wrong:
+            raise ValidationError(wrong, "pattern")
 
 
 class FieldDefinitionSchema(Base):
