@@ -71,6 +71,21 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
+class HttpUrl(fields.Url):
+    """An http(s) URL, kept with its scheme in lower case: schemes are case-insensitive (RFC 3986
+    3.1), and everything downstream (the database's checks, origins, the outbound client) reads the
+    canonical form. ``HTTP://host`` was accepted here and refused by tools_base_url_scheme: a 500."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("require_tld", False)
+        super().__init__(schemes={"http", "https"}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        url = super()._deserialize(value, attr, data, **kwargs)
+        scheme, sep, rest = url.partition("://")
+        return scheme.lower() + sep + rest
+
+
 class Base(Schema):
     """Unknown fields are errors that name the field."""
 
@@ -125,13 +140,7 @@ class ToolSchema(TenantRecord):
         metadata={"description": "Optional short name, unique per organization: the original service's "
                                  "/auth/{toolKey}/login and callback routes name the tool by it."},
     )
-    base_url = fields.Url(
-        data_key="baseUrl",
-        required=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=validate.Length(max=2048),
-    )
+    base_url = HttpUrl(data_key="baseUrl", required=True, validate=validate.Length(max=2048))
     auth_type = fields.String(
         data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
     )
@@ -759,13 +768,13 @@ class OAuth2Config(Schema):
 
     clientId = text(1, 1000, required=True)
     clientSecret = text(1, 8192, required=True)
-    tokenUrl = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    tokenUrl = HttpUrl(required=True)
     scopes = fields.List(text(1, 200), validate=validate.Length(max=100))
     accessToken = text(1, 8192)
     refreshToken = text(1, 8192)
     # Per-user connections (authorization code + PKCE, GET /auth/{toolKey}/login): where users consent,
     # and that calls use the tokens of the run's user instead of the organization's.
-    authorizeUrl = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048))
+    authorizeUrl = HttpUrl(validate=validate.Length(max=2048))
     perUser = StrictBoolean()
 
     class Meta:
@@ -1018,7 +1027,7 @@ class WebhookSchema(TenantRecord):
     shown masked (the secret in full once, in the answer that creates the webhook)."""
 
     name = text(1, 200, required=True)
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+    url = HttpUrl(required=True, validate=validate.Length(max=2048),
                      metadata={"description": "Where deliveries are POSTed (http or https; checked by the "
                                               "outbound guard at every attempt)."})
     event_types = fields.List(fields.String(), data_key="eventTypes", required=True,
