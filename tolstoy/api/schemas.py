@@ -9,7 +9,7 @@ import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from .. import engine, jsonschemas, schedules, signatures
+from .. import engine, jsonschemas, redaction, schedules, signatures
 from ..engine import graph_errors
 from ..times import iso
 
@@ -802,6 +802,19 @@ for _schema in CREDENTIAL_CONFIGS.values():
     _schema.Meta.unknown = RAISE
 
 
+def load_credential_config(kind: str, config: dict) -> dict:
+    """A credential's config as its type's schema loads it. A secret field holding the masked form the
+    API shows (``***abcd``) is refused: a client that reads a credential and sends it back would
+    otherwise store the mask in place of the secret, and its calls would fail at the tool."""
+    loaded = CREDENTIAL_CONFIGS[kind]().load(config)
+    shown = [name for name in engine.SECRET_FIELDS.get(kind, ())
+             if isinstance(loaded.get(name), str) and loaded[name].startswith(redaction.MASK)]
+    if shown:
+        raise ValidationError({name: ["This is the masked form the API shows, not the secret: send the secret "
+                                      "itself (or leave the credential as it is)."] for name in shown})
+    return loaded
+
+
 class CredentialSchema(Base):
     """``POST /tools/{id}/auth``: ``{name?, type, config, isDefault?}``; secrets are write-only."""
 
@@ -816,7 +829,11 @@ class CredentialSchema(Base):
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
-        load_config_for_type(data, CREDENTIAL_CONFIGS)
+        if data.get("type") in CREDENTIAL_CONFIGS and "config" in data:
+            try:
+                data["config"] = load_credential_config(data["type"], data["config"])
+            except ValidationError as exc:
+                raise ValidationError({"config": exc.messages}) from None
 
 
 # ---- API keys -----------------------------------------------------------------
