@@ -625,6 +625,13 @@ class Engine:
         answer = self.checkpoint(run, subflow=spec) or {}
         if answer.get("cancel"):
             self._boundary(run)  # finishes the run as cancelled
+        if answer.get("waitingFor"):
+            # The child an earlier run of this retry chain started at this step is still under way: this
+            # run waits for its end (which wakes it), then continues that child's chain; never a second child.
+            metrics.count_run("waiting")
+            log.info("waiting for the child run of an earlier run of the chain",
+                     extra={"execution_id": str(run.id), "step_id": sid, "child_execution_id": answer["waitingFor"]})
+            return "paused", None
         if answer.get("error"):
             error = answer["error"]
             if flow_key is not None and answer.get("flowId") is None and error.get("name") == "SubflowNotFound":
