@@ -123,3 +123,27 @@ def test_a_retry_of_a_parent_continues_its_childs_chain_not_a_new_one(api, org, 
     [second] = children(db, retried)
     assert run_view(api, org, child, second["id"])["retryOf"] == by_hand
     assert calls.keys == [f"{kid['id']}:charge:1"] and flaky["n"] == 3
+
+
+def test_a_retry_that_fails_again_alerts_again_under_keys_of_its_own(api, org, user, worker, server, db):
+    alerts = Receiver()
+    server.expect_request("/alert", method="POST").respond_with_handler(alerts)
+    server.expect_request("/sync", method="POST").respond_with_json({"error": "down"}, status=500)
+    pager = api.flow(org, steps=[step("page", "http_request", {
+        "method": "POST", "url": server.url_for("/alert"), "body": {"via": "child"}})])
+    flow = api.flow(org, steps=[step("sync", "http_request", {"method": "POST", "url": server.url_for("/sync")})],
+                    onFailure=[step("notify", "http_request", {"method": "POST", "url": server.url_for("/alert"),
+                                                               "body": {"via": "step"}}),
+                               subflow("escalate", pager)])
+    first = execute(api, org, user, flow)["executionId"]
+    assert wait_for(api, org, flow, first)["status"] == "failed"
+    second = api.client.simulate_post(f"/flows/{flow['id']}/executions/{first}/retry",
+                                      headers=api.headers(org, user)).json["executionId"]
+    assert wait_for(api, org, flow, second)["status"] == "failed"
+    # Each failed run alerted, directly and through its own child run, under keys of its own.
+    assert sorted(e["body"]["via"] for e in alerts.effects) == ["child", "child", "step", "step"], alerts.keys
+    direct = [k for k in alerts.keys if ":onFailure.notify:" in k]
+    assert direct == [f"{first}:onFailure.notify:1", f"{second}:onFailure.notify:1"]
+    pagers = [children(db, run) for run in (first, second)]
+    assert [len(p) for p in pagers] == [1, 1] and pagers[0][0]["id"] != pagers[1][0]["id"]
+    assert run_view(api, org, pager, pagers[1][0]["id"])["retryOf"] is None  # a run of its own, not a retry

@@ -163,8 +163,12 @@ class Run:
         return base + dt.timedelta(seconds=time.monotonic() - self.claimed_at)
 
     def key(self, step_id: str, attempt: int) -> str:
-        """The Idempotency-Key of a step attempt: from the root of a retry chain, so a retry repeats it."""
-        return f"{self.root_id}:{step_id}:{attempt}"
+        """The Idempotency-Key of a step attempt. A flow step's (and each of its items') is the retry
+        chain's (from its root run), so a retry sends a call that was in flight under the key it was
+        sent with; a failure handler's is this run's own, so a retry that fails again is alerted of
+        again (docs/flows.md, Idempotency keys)."""
+        owner = self.id if step_id.startswith(ON_FAILURE) else self.root_id
+        return f"{owner}:{step_id}:{attempt}"
 
     @property
     def view(self) -> dict:
