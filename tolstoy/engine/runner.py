@@ -100,8 +100,15 @@ class Writes:
     each is masked here with the run's known secrets, whoever wrote it."""
 
     secrets: Secrets = field(default_factory=Secrets)
-    steps: list[dict] = field(default_factory=list)
+    # Step id -> its pending checkpoint, in the order last written: a foreach's transforms queue one
+    # per item until the next statement, so replacing one costs the same however many wait.
+    pending: dict[str, dict] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[dict]:
+        """The pending checkpoints, in the order they were last written."""
+        return list(self.pending.values())
 
     def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, **values: Any) -> dict:
         """Queue a checkpoint; returns it as it will be written. With ``seal``, ``outputs`` is what the
@@ -112,7 +119,8 @@ class Writes:
                 values[name] = mask_json(values[name], self.secrets)
         if seal is not None and values.get("outputs") != real:
             values["sealed"] = seal(real)
-        self.steps = [s for s in self.steps if s["step_id"] != values["step_id"]] + [values]
+        self.pending.pop(values["step_id"], None)
+        self.pending[values["step_id"]] = values
         return values
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
