@@ -20,9 +20,9 @@ LOG_SOURCES = ("engine", "client")
 EXECUTION_STATUSES = (
     "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
 )
-STEP_TYPES = ("action", "http_request", "delay", "transform", "foreach", "wait", "subflow")
-# What a foreach step may run for each item.
-ITEM_STEP_TYPES = ("action", "http_request", "delay", "transform")
+# The step kinds the engine runs, and those a foreach may run per item: the engine's one table of them.
+STEP_TYPES = engine.STEP_TYPES
+ITEM_STEP_TYPES = engine.ITEM_STEP_TYPES
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
 MAX_STEPS = 200
 MAX_PAGE = 200
