@@ -2682,9 +2682,12 @@ COMMENT ON TABLE public.oauth_states IS 'OAuth logins in progress: consumed (del
 CREATE TABLE public.oauth_tokens (
     org_id uuid NOT NULL,
     credential_id uuid NOT NULL,
-    access_token bytea NOT NULL,
-    expires_at timestamp with time zone NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    access_token bytea,
+    expires_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    refreshing_by uuid,
+    refresh_lease_until timestamp with time zone,
+    CONSTRAINT oauth_tokens_token_with_expiry CHECK (((access_token IS NULL) = (expires_at IS NULL)))
 );
 
 ALTER TABLE ONLY public.oauth_tokens FORCE ROW LEVEL SECURITY;
@@ -2694,14 +2697,35 @@ ALTER TABLE ONLY public.oauth_tokens FORCE ROW LEVEL SECURITY;
 -- Name: TABLE oauth_tokens; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.oauth_tokens IS 'The current OAuth2 access token of each oauth2 credential, shared by all processes (refreshed under a row lock on tool_credentials).';
+COMMENT ON TABLE public.oauth_tokens IS 'The current OAuth2 access token of each oauth2 credential, shared by all processes (refreshed under a short lease on this row, the provider called outside any transaction).';
+
+
+--
+-- Name: COLUMN oauth_tokens.access_token; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.access_token IS 'The access token, encrypted by the application; null until the first refresh of the credential stores one.';
 
 
 --
 -- Name: COLUMN oauth_tokens.expires_at; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.oauth_tokens.expires_at IS 'When the provider said the token expires; refreshed 30 s before.';
+COMMENT ON COLUMN public.oauth_tokens.expires_at IS 'When the provider said the token expires (refreshed 30 s before); null until the first refresh stores one.';
+
+
+--
+-- Name: COLUMN oauth_tokens.refreshing_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.refreshing_by IS 'The random id of the refresh that holds the lease (null: none since the last one stored or gave up).';
+
+
+--
+-- Name: COLUMN oauth_tokens.refresh_lease_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most); a refresher that died leaves a lease that expires.';
 
 
 --
@@ -2980,6 +3004,8 @@ CREATE TABLE public.user_connections (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     origin_url text NOT NULL,
+    refreshing_by uuid,
+    refresh_lease_until timestamp with time zone,
     CONSTRAINT user_connections_scope_length CHECK ((char_length(scope) <= 2000))
 );
 
@@ -3012,6 +3038,20 @@ COMMENT ON COLUMN public.user_connections.expires_at IS 'When the access token e
 --
 
 COMMENT ON COLUMN public.user_connections.origin_url IS 'The tool''s base URL when the user connected it: the engine sends the user''s tokens only to its origin.';
+
+
+--
+-- Name: COLUMN user_connections.refreshing_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.refreshing_by IS 'The random id of the refresh of this user''s tokens that holds the lease (null: none).';
+
+
+--
+-- Name: COLUMN user_connections.refresh_lease_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most).';
 
 
 --
@@ -4891,4 +4931,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000101'),
     ('20261207000300'),
     ('20261207000400'),
-    ('20261208000200');
+    ('20261208000200'),
+    ('20261208000300');
