@@ -484,73 +484,93 @@ CREATE FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries inte
 declare
     claimed jsonb := '[]';
     candidate record;
+    line webhook_lines;
+    head webhook_deliveries;
     taken webhook_deliveries;
     hook webhooks;
     lease interval := make_interval(secs => lease_seconds);
-    ahead timestamptz;
 begin
     if worker is null or worker = '' or max_deliveries < 1 or max_deliveries > 1000 or lease_seconds <= 0
             or lease_seconds > 3600 then
         raise exception 'tolstoy_claim_deliveries: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     for candidate in
-        select d.org_id, d.id
-        from webhook_deliveries d
-        where d.state = 'sending' and d.lease_expires_at < now()
-        order by d.lease_expires_at
-        limit max_deliveries
-        for update skip locked
+        select x.org_id, x.webhook_id
+        from (select l.org_id, l.webhook_id, l.served_at,
+                     row_number() over (partition by l.org_id order by l.served_at nulls first, l.webhook_id) as turn
+              from webhook_lines l
+              where l.due_at <= now()) as x
+        cross join lateral (select max(o.served_at) as served_at
+                            from webhook_lines o where o.org_id = x.org_id) as org_turn
+        order by x.turn, org_turn.served_at nulls first, x.served_at nulls first, x.org_id, x.webhook_id
+        -- Spare candidates: another worker claiming at the same moment holds some of the first.
+        limit max_deliveries * 2 + 8
     loop
-        update webhook_deliveries d
-        set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-            lease_expires_at = now() + lease, last_attempt_at = now(),
-            attempt_log = d.attempt_log || jsonb_build_object(
-                'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
-                'durationMs', null, 'error', 'The worker sending it vanished; sent again.')
-        where d.org_id = candidate.org_id and d.id = candidate.id
-        returning * into taken;
-        select * into hook from webhooks w where w.org_id = taken.org_id and w.id = taken.webhook_id;
-        claimed := claimed || jsonb_build_object(
-            'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
-            'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
-            'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
-            'headers', encode(hook.headers, 'base64'));
-    end loop;
-    for candidate in
-        select d.org_id, d.id, d.webhook_id, d.seq
-        from webhook_deliveries d
-        where d.state = 'pending' and d.next_attempt_at <= now()
-        order by d.next_attempt_at, d.seq
-        limit max_deliveries - jsonb_array_length(claimed)
-        for update skip locked
-    loop
-        -- Read committed: this sees whatever finished before the row was locked.
-        select case when e.state = 'pending' then e.next_attempt_at else e.lease_expires_at end into ahead
-        from webhook_deliveries e
-        where e.org_id = candidate.org_id and e.webhook_id = candidate.webhook_id
-          and e.state in ('pending', 'sending') and e.seq < candidate.seq
-        order by e.seq
-        limit 1;
-        if found then
-            update webhook_deliveries
-            set next_attempt_at = greatest(ahead, now() + interval '1 second')
-            where org_id = candidate.org_id and id = candidate.id;
+        exit when jsonb_array_length(claimed) >= max_deliveries;
+        select * into line from webhook_lines l
+        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= now()
+        for update skip locked;
+        continue when not found;
+        select * into head from webhook_deliveries d
+        where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state in ('pending', 'sending')
+        order by d.seq
+        limit 1
+        for update skip locked;
+        if not found then
+            -- Finished meanwhile, or its first delivery locked (being cancelled): look again later.
+            update webhook_lines l
+            set due_at = case when exists (select 1 from webhook_deliveries d
+                                           where d.org_id = line.org_id and d.webhook_id = line.webhook_id
+                                             and d.state in ('pending', 'sending'))
+                              then now() + interval '1 second' end
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        select * into hook from webhooks w where w.org_id = candidate.org_id and w.id = candidate.webhook_id;
-        if not hook.enabled then  -- disabled while this one was queued: it is not sent
-            update webhook_deliveries
+        if head.state = 'sending' and head.lease_expires_at >= now() then
+            update webhook_lines l set due_at = head.lease_expires_at
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
+            continue;
+        end if;
+        if head.state = 'pending' and head.next_attempt_at > now() then
+            update webhook_lines l set due_at = head.next_attempt_at
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
+            continue;
+        end if;
+        select * into hook from webhooks w where w.org_id = line.org_id and w.id = line.webhook_id;
+        if head.state = 'pending' and not hook.enabled then
+            -- Disabled while these were queued: they are not sent.
+            update webhook_deliveries d
             set state = 'cancelled', next_attempt_at = null, finished_at = now(),
                 last_error = coalesce(hook.disabled_reason, 'The webhook was disabled.')
-            where org_id = candidate.org_id and id = candidate.id;
+            where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'pending';
+            update webhook_lines l
+            set due_at = (select d.lease_expires_at from webhook_deliveries d
+                          where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'sending'
+                          order by d.seq limit 1)
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        update webhook_deliveries d
-        set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-            lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
-            last_attempt_at = now()
-        where d.org_id = candidate.org_id and d.id = candidate.id
-        returning * into taken;
+        if head.state = 'sending' then
+            -- Its worker vanished: the attempt it made is logged as lost, and it is sent again.
+            update webhook_deliveries d
+            set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+                lease_expires_at = now() + lease, last_attempt_at = now(),
+                attempt_log = d.attempt_log || jsonb_build_object(
+                    'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
+                    'durationMs', null, 'error', 'The worker sending it vanished; sent again.', 'location', null)
+            where d.org_id = head.org_id and d.id = head.id
+            returning * into taken;
+        else
+            update webhook_deliveries d
+            set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+                lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
+                last_attempt_at = now()
+            where d.org_id = head.org_id and d.id = head.id
+            returning * into taken;
+        end if;
+        update webhook_lines l
+        set due_at = taken.lease_expires_at, served_at = clock_timestamp()
+        where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
         claimed := claimed || jsonb_build_object(
             'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
             'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
@@ -566,7 +586,7 @@ $$;
 -- Name: FUNCTION tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) IS 'Claims up to max_deliveries webhook deliveries of any organization (expired leases first, then due ones, one per webhook line), returns {deliveries, next_due, now}.';
+COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) IS 'Claims up to max_deliveries webhook deliveries of any organization, the first unfinished one of each due line, lines round-robin across organizations and webhooks; returns {deliveries, next_due, now}.';
 
 
 --
@@ -1062,8 +1082,7 @@ CREATE FUNCTION public.tolstoy_next_delivery() RETURNS timestamp with time zone
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select least((select min(d.next_attempt_at) from webhook_deliveries d where d.state = 'pending'),
-                 (select min(d.lease_expires_at) from webhook_deliveries d where d.state = 'sending'))
+    select min(l.due_at) from webhook_lines l where l.due_at is not null
 $$;
 
 
@@ -1092,6 +1111,55 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at of an enabled schedule, across organizations.';
+
+
+--
+-- Name: tolstoy_place_deliveries(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_place_deliveries() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    line record;
+    delivery record;
+begin
+    -- Placed already by an earlier firing of this commit (or deleted since): one key lookup, so a
+    -- transaction writing thousands of events does not look for the unplaced ones thousands of times.
+    if (select d.placed from webhook_deliveries d where d.org_id = new.org_id and d.id = new.id)
+            is distinct from false then
+        return null;
+    end if;
+    for line in
+        select distinct d.org_id, d.webhook_id
+        from webhook_deliveries d
+        where not d.placed
+        order by d.org_id, d.webhook_id
+    loop
+        insert into webhook_lines as l (org_id, webhook_id, due_at)
+        values (line.org_id, line.webhook_id, now())
+        on conflict (org_id, webhook_id) do update
+        set due_at = coalesce(l.due_at, excluded.due_at);
+    end loop;
+    -- In the order they were written: a transaction's own events keep their order.
+    for delivery in
+        select d.org_id, d.id from webhook_deliveries d where not d.placed order by d.seq
+    loop
+        update webhook_deliveries
+        set seq = default, placed = true
+        where org_id = delivery.org_id and id = delivery.id;
+    end loop;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_place_deliveries(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_place_deliveries() IS 'Deferred constraint trigger on webhook_deliveries: at commit, gives the transaction''s deliveries their seq under their webhook lines'' locks (commit order per webhook) and makes idle lines due.';
 
 
 --
@@ -1443,12 +1511,18 @@ declare
     retry_at timestamptz := now() + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
                                                           / 1000);
     hook webhooks;
+    line uuid;
     disabled text;
 begin
     if outcome is null or outcome not in ('delivered', 'retry', 'failed') then
         raise exception 'tolstoy_record_delivery: invalid outcome' using errcode = 'invalid_parameter_value';
     end if;
     perform set_config('app.org_id', org::text, true);
+    select d.webhook_id into line from webhook_deliveries d where d.org_id = org and d.id = delivery;
+    if not found then
+        return jsonb_build_object('recorded', false);
+    end if;
+    perform 1 from webhook_lines l where l.org_id = org and l.webhook_id = line for update;
     select * into current from webhook_deliveries d
     where d.org_id = org and d.id = delivery and d.lease_owner = worker and d.lease_token = token
       and d.state = 'sending'
@@ -1479,7 +1553,8 @@ begin
         attempt_log = d.attempt_log || jsonb_build_object(
             'attempt', token, 'at', tolstoy_iso(d.last_attempt_at),
             'statusCode', (result ->> 'status_code')::integer,
-            'durationMs', (result ->> 'duration_ms')::integer, 'error', left(result ->> 'error', 1000))
+            'durationMs', (result ->> 'duration_ms')::integer, 'error', left(result ->> 'error', 1000),
+            'location', left(result ->> 'location', 2048))
     where d.org_id = org and d.id = delivery;
     if outcome = 'delivered' then
         if hook.failing_since is not null then
@@ -1491,15 +1566,13 @@ begin
     elsif hook.failing_since is null then
         update webhooks set failing_since = now() where org_id = org and id = hook.id;
     end if;
-    if outcome <> 'retry' then
-        -- The next in line may go now (a claim may have put it off until this one's next attempt).
-        update webhook_deliveries d
-        set next_attempt_at = least(d.next_attempt_at, now())
-        where d.org_id = org and d.id = (select n.id from webhook_deliveries n
-                                         where n.org_id = org and n.webhook_id = current.webhook_id
-                                           and n.state = 'pending'
-                                         order by n.seq limit 1);
-    end if;
+    update webhook_lines l
+    set due_at = (select case when n.state = 'sending' then n.lease_expires_at else n.next_attempt_at end
+                  from webhook_deliveries n
+                  where n.org_id = org and n.webhook_id = current.webhook_id and n.state in ('pending', 'sending')
+                  order by n.seq
+                  limit 1)
+    where l.org_id = org and l.webhook_id = current.webhook_id;
     return jsonb_build_object('recorded', true, 'outcome', outcome, 'disabled', disabled);
 end;
 $$;
@@ -1509,7 +1582,7 @@ $$;
 -- Name: FUNCTION tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) IS 'Records one attempt of a claimed webhook delivery (fenced by its lease token): delivered, retry later or failed; disables a webhook failing for the give-up period. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) IS 'Records one attempt of a claimed webhook delivery (fenced by its lease token): delivered, retry later or failed; disables a webhook failing for the give-up period; tells the line when it is due next. Acts for org under row-level security.';
 
 
 --
@@ -3022,6 +3095,7 @@ CREATE TABLE public.webhook_deliveries (
     finished_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    placed boolean DEFAULT false NOT NULL,
     CONSTRAINT webhook_deliveries_attempt_log_array CHECK ((jsonb_typeof(attempt_log) = 'array'::text)),
     CONSTRAINT webhook_deliveries_data_object CHECK ((jsonb_typeof(data) = 'object'::text)),
     CONSTRAINT webhook_deliveries_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
@@ -3037,6 +3111,13 @@ ALTER TABLE ONLY public.webhook_deliveries FORCE ROW LEVEL SECURITY;
 --
 
 COMMENT ON TABLE public.webhook_deliveries IS 'Outbox of event webhooks: one row per event and subscribed webhook, written in the transaction of the change it describes; also the queue workers deliver from, in seq order per webhook.';
+
+
+--
+-- Name: COLUMN webhook_deliveries.seq; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.seq IS 'Place in its webhook''s line, taken when the inserting transaction commits, under the line''s lock: a webhook''s deliveries go out in commit order.';
 
 
 --
@@ -3061,6 +3142,13 @@ COMMENT ON COLUMN public.webhook_deliveries.lease_token IS 'Fencing token of the
 
 
 --
+-- Name: COLUMN webhook_deliveries.placed; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.placed IS 'False until the inserting transaction commits and tolstoy_place_deliveries gives it its seq in its webhook''s line.';
+
+
+--
 -- Name: webhook_deliveries_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -3072,6 +3160,42 @@ ALTER TABLE public.webhook_deliveries ALTER COLUMN seq ADD GENERATED ALWAYS AS I
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: webhook_lines; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_lines (
+    org_id uuid NOT NULL,
+    webhook_id uuid NOT NULL,
+    due_at timestamp with time zone,
+    served_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY public.webhook_lines FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE webhook_lines; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhook_lines IS 'One row per webhook with deliveries: when the claim should look at its line next and when it last served it (round robin). Its row lock orders the webhook''s deliveries by commit.';
+
+
+--
+-- Name: COLUMN webhook_lines.due_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_lines.due_at IS 'When the line''s first unfinished delivery is due (pending) or its lease ends (sending); null: none is unfinished. Never later than that: a claim that finds it early sets it right.';
+
+
+--
+-- Name: COLUMN webhook_lines.served_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_lines.served_at IS 'When a claim last handed out a delivery of this line (clock time; null: never): longest ago goes first.';
 
 
 --
@@ -3394,6 +3518,14 @@ ALTER TABLE ONLY public.users
 
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (org_id, id);
+
+
+--
+-- Name: webhook_lines webhook_lines_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_lines
+    ADD CONSTRAINT webhook_lines_pkey PRIMARY KEY (org_id, webhook_id);
 
 
 --
@@ -3811,24 +3943,10 @@ CREATE UNIQUE INDEX users_org_id_email_key ON public.users USING btree (org_id, 
 
 
 --
--- Name: webhook_deliveries_due_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX webhook_deliveries_due_idx ON public.webhook_deliveries USING btree (next_attempt_at) WHERE (state = 'pending'::text);
-
-
---
 -- Name: webhook_deliveries_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (created_at) WHERE (state = ANY (ARRAY['delivered'::text, 'failed'::text, 'cancelled'::text]));
-
-
---
--- Name: webhook_deliveries_lease_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX webhook_deliveries_lease_idx ON public.webhook_deliveries USING btree (lease_expires_at) WHERE (state = 'sending'::text);
 
 
 --
@@ -3843,6 +3961,27 @@ CREATE INDEX webhook_deliveries_line_idx ON public.webhook_deliveries USING btre
 --
 
 CREATE INDEX webhook_deliveries_org_id_webhook_id_created_at_id_idx ON public.webhook_deliveries USING btree (org_id, webhook_id, created_at DESC, id DESC);
+
+
+--
+-- Name: webhook_deliveries_unplaced_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_unplaced_idx ON public.webhook_deliveries USING btree (seq) WHERE (NOT placed);
+
+
+--
+-- Name: webhook_lines_due_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_lines_due_at_idx ON public.webhook_lines USING btree (due_at) WHERE (due_at IS NOT NULL);
+
+
+--
+-- Name: webhook_lines_org_id_served_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_lines_org_id_served_at_idx ON public.webhook_lines USING btree (org_id, served_at);
 
 
 --
@@ -4161,6 +4300,13 @@ CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON public.webhook_deliveri
 
 
 --
+-- Name: webhook_deliveries webhook_deliveries_place; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER webhook_deliveries_place AFTER INSERT ON public.webhook_deliveries DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.tolstoy_place_deliveries();
+
+
+--
 -- Name: webhook_deliveries webhook_deliveries_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4374,6 +4520,14 @@ ALTER TABLE ONLY public.webhook_deliveries
 
 
 --
+-- Name: webhook_lines webhook_lines_webhook_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_lines
+    ADD CONSTRAINT webhook_lines_webhook_id_fkey FOREIGN KEY (org_id, webhook_id) REFERENCES public.webhooks(org_id, id) ON DELETE CASCADE;
+
+
+--
 -- Name: webhooks webhooks_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4461,6 +4615,13 @@ CREATE POLICY engine_access ON public.flow_triggers TO tolstoy_engine USING (tru
 --
 
 CREATE POLICY engine_access ON public.webhook_deliveries TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: webhook_lines engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.webhook_lines TO tolstoy_engine USING (true) WITH CHECK (true);
 
 
 --
@@ -4762,6 +4923,13 @@ CREATE POLICY tenant_isolation ON public.webhook_deliveries USING ((org_id = pub
 
 
 --
+-- Name: webhook_lines tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.webhook_lines USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: webhooks tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -4797,6 +4965,12 @@ ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: webhook_lines; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_lines ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: webhooks; Type: ROW SECURITY; Schema: public; Owner: -
@@ -4839,4 +5013,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000002'),
     ('20261207000101'),
     ('20261207000300'),
-    ('20261207000400');
+    ('20261207000400'),
+    ('20261208000401');

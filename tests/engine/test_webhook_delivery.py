@@ -351,6 +351,7 @@ def test_a_redirect_is_a_failed_attempt_that_records_its_location_and_is_not_fol
                             10, "the attempt recorded")
     assert delivery["state"] == "failed" and delivery["attempts"] == 1 and delivery["lastStatusCode"] == status
     [attempt] = delivery["attemptLog"]
-    assert attempt["statusCode"] == status and moved in attempt["error"] and moved in delivery["lastError"]
+    assert attempt["statusCode"] == status and attempt["location"] == moved
+    assert moved in attempt["error"] and moved in delivery["lastError"]
     time.sleep(0.3)
     assert len(receiver.got) == 1 and elsewhere.got == []

@@ -1077,7 +1077,8 @@ class WebhookDeliverySchema(Base):
                        "delivered, failed (given up), cancelled (the webhook was disabled)."})
     attempts = fields.Integer(dump_only=True)
     attempt_log = fields.List(fields.Dict(), data_key="attemptLog", dump_only=True, metadata={
-        "description": "Every attempt: {attempt, at, statusCode, durationMs, error}."})
+        "description": "Every attempt: {attempt, at, statusCode, durationMs, error, location} (location: the "
+                       "Location of a 3xx answer, which is never followed)."})
     next_attempt_at = Timestamp(data_key="nextAttemptAt", dump_only=True, allow_none=True)
     last_status_code = fields.Integer(data_key="lastStatusCode", dump_only=True, allow_none=True)
     last_error = fields.String(data_key="lastError", dump_only=True, allow_none=True)

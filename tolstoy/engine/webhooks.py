@@ -9,8 +9,10 @@ records the attempt: 2xx delivered; network trouble, 5xx and 429 retried after
 a capped, jittered exponential back-off (or the receiver's ``Retry-After``)
 until the give-up period has passed since the first attempt; any other answer
 is final. Redirects are never followed: a 3xx is a failed attempt that records
-its ``Location``. A webhook's deliveries go out one at a time, in event order: the
-claim hands out only the first unfinished delivery of each webhook.
+its ``Location``. A webhook's deliveries go out one at a time, in the order
+their transactions committed: the claim hands out only the first unfinished
+delivery of each webhook's line, and takes lines in turns across organizations
+and webhooks (tolstoy_claim_deliveries), so no tenant's backlog holds another's.
 
 Every attempt goes through the engine's outbound guard (``Outbound``), so a
 target that resolves to a private address is refused at send time as a tool
@@ -166,8 +168,8 @@ class Deliverer:
         due = answer.get("next_due")
         if due is None:
             return len(claimed), None
-        # Due already but not handed out (locked by another worker, or behind an earlier delivery
-        # being sent): look again shortly rather than spin.
+        # Due already but not handed out (its line locked by another worker's claim at that moment):
+        # look again shortly rather than spin.
         return len(claimed), max(seconds_between(due, answer["now"]), 0.25)
 
     def _attempt_then_free(self, delivery: dict) -> None:
