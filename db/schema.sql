@@ -140,7 +140,8 @@ CREATE FUNCTION public.flow_runs_inherit_acting() RETURNS trigger
 begin
     select p.acts_as_user and p.user_id is not distinct from new.user_id into new.acts_as_user
     from flow_runs p
-    where p.org_id = new.org_id and p.id = new.parent_run_id;
+    where p.org_id = new.org_id and p.id = new.parent_run_id
+      and p.created_at between tolstoy_run_from(new.parent_run_id) and tolstoy_run_until(new.parent_run_id);
     new.acts_as_user := coalesce(new.acts_as_user, false);
     return new;
 end;
@@ -231,13 +232,19 @@ CREATE FUNCTION public.flow_runs_wake_parent() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 begin
-    perform 1 from flow_runs p where p.org_id = new.org_id and p.id = new.parent_run_id for update;
+    perform 1 from flow_runs p
+    where p.org_id = new.org_id and p.id = new.parent_run_id
+      and p.created_at between tolstoy_run_from(new.parent_run_id) and tolstoy_run_until(new.parent_run_id)
+    for update;
     -- A new statement, so a new snapshot: it sees a parent that parked while this waited for the lock.
     update flow_runs p
     set status = 'queued', run_after = now()
     where p.org_id = new.org_id and p.id = new.parent_run_id and p.status = 'waiting'
+      and p.created_at between tolstoy_run_from(new.parent_run_id) and tolstoy_run_until(new.parent_run_id)
       and exists (select 1 from flow_run_steps s
                   where s.org_id = p.org_id and s.run_id = p.id and s.run_created_at = p.created_at
+                    and s.run_created_at between tolstoy_run_from(new.parent_run_id)
+                                             and tolstoy_run_until(new.parent_run_id)
                     and s.step_id = new.parent_step_id and s.status = 'waiting');
     return null;
 end;
@@ -392,6 +399,7 @@ begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
+      and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
       and r.status = 'running' and r.lease_expires_at > now()
     for update;
     if not found then
@@ -1075,6 +1083,28 @@ COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days i
 
 
 --
+-- Name: tolstoy_new_run_id(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    AS $$
+    select encode(overlay(uuid_send(gen_random_uuid())
+                          placing int8send((floor(extract(epoch from at) * 1000)::bigint << 16)
+                                           | (7::bigint << 12)
+                                           | (floor(extract(epoch from at) * 1000000)::bigint % 1000))
+                          from 1 for 8), 'hex')::uuid
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_new_run_id(at timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) IS 'A new run id carrying the time at (UUID version 7 layout, microseconds in its 12 bits after the version): tolstoy_run_from/until compute the run''s month from it.';
+
+
+--
 -- Name: tolstoy_next_delivery(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1225,7 +1255,9 @@ begin
     where (g.org_id, g.id) in (
         select s.org_id, s.id from flow_run_signals s
         where s.created_at < now() - make_interval(days => retention_days)
-          and not exists (select 1 from flow_runs r where r.org_id = s.org_id and r.id = s.run_id)
+          and not exists (select 1 from flow_runs r
+                          where r.org_id = s.org_id and r.id = s.run_id
+                            and r.created_at between tolstoy_run_from(s.run_id) and tolstoy_run_until(s.run_id))
         limit batch);
     get diagnostics pruned = row_count;
     return pruned;
@@ -1248,7 +1280,7 @@ SET default_tablespace = '';
 
 CREATE TABLE public.flow_runs (
     org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
     flow_id uuid NOT NULL,
     flow_version integer NOT NULL,
     user_id uuid,
@@ -1295,7 +1327,7 @@ COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the 
 -- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text.';
+COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text. Carries created_at (see tolstoy_new_run_id) for runs queued since 20261208000402; lookups by id bound created_at with it.';
 
 
 --
@@ -1403,7 +1435,8 @@ declare
     steps jsonb;
     run_plan jsonb;
     root uuid;
-    new_id uuid := gen_random_uuid();
+    -- The id carries the time the run is queued, its created_at: lookups by id find its month.
+    new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
 begin
     if key is not null then
@@ -1412,7 +1445,8 @@ begin
         where r.org_id = org and r.flow_id = flow and r.idempotency_key = key;
     elsif retrying is not null then
         perform pg_advisory_xact_lock(hashtextextended(format('run-retry:%s:%s', org, retrying), 0));
-        select * into existing from flow_runs r where r.org_id = org and r.retry_of = retrying;
+        select * into existing from flow_runs r
+        where r.org_id = org and r.retry_of = retrying and r.created_at >= tolstoy_run_from(retrying);
     end if;
     if existing.id is not null then
         run := existing;
@@ -1421,7 +1455,9 @@ begin
         return;
     end if;
     if retrying is not null then
-        select * into original from flow_runs r where r.org_id = org and r.id = retrying;
+        select * into original from flow_runs r
+        where r.org_id = org and r.id = retrying
+          and r.created_at between tolstoy_run_from(retrying) and tolstoy_run_until(retrying);
         run_plan := original.plan;
         root := original.root_run_id;
     else
@@ -1604,6 +1640,7 @@ begin
     set lease_expires_at = now() + make_interval(secs => lease_seconds)
     from unnest(orgs, runs, tokens) as held(org_id, id, token)
     where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
+      and r.created_at between tolstoy_run_from(held.id) and tolstoy_run_until(held.id)
       and r.status = 'running' and r.lease_expires_at > now()
     returning r.id, r.cancel_requested;
 end;
@@ -1615,6 +1652,48 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) IS 'Heartbeat: renews the unexpired leases the worker holds with these tokens; returns them with cancel flags.';
+
+
+--
+-- Name: tolstoy_run_epoch(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_epoch(id uuid) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select case when get_byte(uuid_send(id), 6) >> 4 = 7 then
+        least(((get_byte(uuid_send(id), 0)::bigint << 40) | (get_byte(uuid_send(id), 1)::bigint << 32)
+               | (get_byte(uuid_send(id), 2)::bigint << 24) | (get_byte(uuid_send(id), 3)::bigint << 16)
+               | (get_byte(uuid_send(id), 4)::bigint << 8) | get_byte(uuid_send(id), 5)::bigint) * 1000
+              + least(((get_byte(uuid_send(id), 6) & 15) << 8) | get_byte(uuid_send(id), 7), 999),
+              253402300799000000)::double precision / 1000000
+    end
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_epoch(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id.';
+
+
+--
+-- Name: tolstoy_run_from(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_from(id uuid) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_from(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id).';
 
 
 --
@@ -1645,6 +1724,24 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed run as a worker receives it: the row, its plan and its checkpoints.';
+
+
+--
+-- Name: tolstoy_run_until(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_until(id uuid) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_until(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one).';
 
 
 --
@@ -1756,9 +1853,11 @@ begin
     end if;
     -- Lease check, the parent's row locked until commit, the pending writes.
     answer := tolstoy_checkpoint(worker, org, run, token, writes);
-    select * into parent from flow_runs r where r.org_id = org and r.id = run;
+    select * into parent from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     select * into child from flow_runs c
     where c.org_id = org and c.parent_run_id = run and c.parent_step_id = step
+      and c.created_at >= tolstoy_run_from(run)  -- a child is queued after its parent
     order by c.created_at desc
     limit 1;
     if child.id is null then
@@ -1776,6 +1875,7 @@ begin
         if parent.retry_of is not null then
             select * into original from flow_runs o
             where o.org_id = org and o.parent_run_id = parent.retry_of and o.parent_step_id = step
+              and o.created_at >= tolstoy_run_from(parent.retry_of)
               and o.status in ('completed', 'failed', 'cancelled')
             order by o.created_at desc
             limit 1;
@@ -1856,7 +1956,9 @@ CREATE FUNCTION public.tolstoy_take_signal(org uuid, run uuid, step text, signal
     LANGUAGE plpgsql
     AS $$
 begin
-    perform 1 from flow_runs r where r.org_id = org and r.id = run for update;
+    perform 1 from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+    for update;
     -- A new statement, so a new snapshot: it sees a signal committed while this waited for the lock.
     return query
     update flow_run_signals s
@@ -2412,7 +2514,7 @@ ALTER TABLE ONLY public.flow_run_steps_default FORCE ROW LEVEL SECURITY;
 
 CREATE TABLE public.flow_runs_default (
     org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
     flow_id uuid NOT NULL,
     flow_version integer NOT NULL,
     user_id uuid,
@@ -5014,4 +5116,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000101'),
     ('20261207000300'),
     ('20261207000400'),
-    ('20261208000401');
+    ('20261208000401'),
+    ('20261208000402');
