@@ -130,7 +130,9 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
 
 # ---- the rule over every statement that looks a run up ------------------------------------------
 
-LOOKUP = re.compile(r"\b(?P<alias>\w+)\.(?P<column>id|parent_run_id|retry_of)\s*=\s*(?P<arg>[:\w.]+(?:::uuid)?)")
+# "r.id = run", "r.id = any(chain)", "c.parent_run_id in (select ...)".
+LOOKUP = re.compile(r"\b(?P<alias>\w+)\.(?P<column>id|parent_run_id|retry_of)\s*(?:=\s*(?:any\s*\()?|\s+in\s*\()\s*"
+                    r"(?P<arg>[:\w.]+(?:::uuid)?)")
 BARE = re.compile(r"(?<![.\w])(?P<column>id)\s*=\s*(?P<arg>[:\w.]+(?:::uuid)?)")
 
 
@@ -161,7 +163,7 @@ def unbounded(statement: str) -> list[str]:
         alias = match["alias"]
         if match["column"] == "id":
             ok = (re.search(rf"tolstoy_run_from\({re.escape(arg)}(::uuid)?\)", text)
-                  or re.search(rf"\b{alias}\.created_at\s*=", text))
+                  or re.search(rf"\b{alias}\.created_at\s*(=|between\b)", text))
         else:  # children and retries are never older than the run they name
             ok = re.search(rf"\b{alias}\.created_at\s*>=", text)
         if not ok:
@@ -186,5 +188,9 @@ def test_every_lookup_of_a_run_by_id_bounds_its_month(db):
     assert unbounded("update flow_runs set status = 'queued' where org_id = :org_id and id = :id") == ["id = :id"]
     assert unbounded("select 1 from flow_runs c where c.org_id = o and c.parent_run_id = run") == [
         "c.parent_run_id = run"]
+    assert unbounded("update flow_runs p set status = 'queued' where p.org_id = o and p.id = any(chain)") == [
+        "p.id = any(chain"]
+    assert unbounded("select 1 from flow_runs c where c.parent_run_id in (select e.id from earlier e)") == [
+        "c.parent_run_id in (select"]
     checked = [s for _, s in statements() + function_statements(db) if LOOKUP.search(s) and "flow_runs" in s]
     assert len(checked) >= 15
