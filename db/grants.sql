@@ -105,6 +105,10 @@ grant execute on function tolstoy_take_signal(uuid, uuid, text, text) to tolstoy
 -- workers' hourly upkeep, with tolstoy_maintain_history).
 grant execute on function tolstoy_prune_signals(integer, integer) to tolstoy_worker;
 revoke execute on function tolstoy_prune_signals(integer, integer) from tolstoy_app;
+-- Failing the steps parked on an unknown outcome past TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS
+-- crosses tenants too (20261208000403, the same upkeep).
+grant execute on function tolstoy_expire_unknown_outcomes(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_expire_unknown_outcomes(integer, integer) from tolstoy_app;
 
 -- sub-flows (20261201000013): a subflow step's one statement (checkpoint, queue
 -- the child, park the parent), under row-level security.

@@ -854,6 +854,68 @@ COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeo
 
 
 --
+-- Name: tolstoy_expire_unknown_outcomes(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    expired integer;
+begin
+    if timeout_days is null or timeout_days < 1 or batch is null or batch < 1 or batch > 100000 then
+        raise exception 'tolstoy_expire_unknown_outcomes: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    -- Each step as a person's "failed" resolution records it (runs.py on_post_resolve): the step failed
+    -- with an OutcomeUnknown error, a log row, the run queued to go on. Runs being resolved right now
+    -- (locked) are left to the next pass.
+    with due as (
+        select s.org_id, s.run_id, s.run_created_at, s.step_id, s.attempt, r.flow_id, r.user_id
+        from flow_run_steps s
+        join flow_runs r on r.org_id = s.org_id and r.id = s.run_id and r.created_at = s.run_created_at
+        where s.status = 'outcome_unknown' and s.updated_at < now() - make_interval(days => timeout_days)
+          and r.status = 'waiting'
+        order by s.updated_at
+        limit batch
+        for update of s, r skip locked
+    ), failed as (
+        update flow_run_steps s
+        set status = 'failed', call_started_at = null, finished_at = now(),
+            error = jsonb_build_object(
+                'name', 'OutcomeUnknown', 'timedOut', true,
+                'message', format('Nobody resolved the unknown outcome of this call within %s days '
+                                  '(TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS): the step failed.', timeout_days))
+        from due
+        where s.org_id = due.org_id and s.run_id = due.run_id and s.run_created_at = due.run_created_at
+          and s.step_id = due.step_id
+        returning s.org_id, s.run_id, s.run_created_at, s.step_id, s.error
+    ), logged as (
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+        select due.org_id, due.flow_id, due.user_id, due.run_id::text, due.step_id, 'failed',
+               jsonb_build_object('resolved', 'failed', 'attempt', due.attempt, 'timedOut', true), failed.error
+        from due
+        join failed on failed.org_id = due.org_id and failed.run_id = due.run_id and failed.step_id = due.step_id
+    ), queued as (
+        update flow_runs r
+        set status = 'queued', run_after = now()
+        from (select distinct org_id, run_id, run_created_at from due) d
+        where r.org_id = d.org_id and r.id = d.run_id and r.created_at = d.run_created_at and r.status = 'waiting'
+    )
+    select count(*) into expired from failed;
+    return expired;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) IS 'Fails up to batch steps parked on an unknown outcome for more than timeout_days (as a "failed" resolution would) and queues their runs, so no run waits forever and retention can drop its month; returns how many.';
+
+
+--
 -- Name: tolstoy_fire_schedules(timestamp with time zone, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2627,8 +2689,14 @@ CREATE TABLE public.flow_trigger_deliveries (
     body bytea,
     execution_id uuid,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
+    source text,
+    refused_hour timestamp with time zone,
+    refusals integer DEFAULT 1 NOT NULL,
+    last_received_at timestamp with time zone,
     CONSTRAINT flow_trigger_deliveries_delivery_id_length CHECK (((char_length(delivery_id) >= 1) AND (char_length(delivery_id) <= 200))),
     CONSTRAINT flow_trigger_deliveries_headers_object CHECK ((jsonb_typeof(headers) = 'object'::text)),
+    CONSTRAINT flow_trigger_deliveries_refusals_positive CHECK ((refusals >= 1)),
+    CONSTRAINT flow_trigger_deliveries_source_length CHECK (((char_length(source) >= 1) AND (char_length(source) <= 64))),
     CONSTRAINT flow_trigger_deliveries_valid_has_run CHECK (((verdict <> 'valid'::text) OR (body IS NOT NULL))),
     CONSTRAINT flow_trigger_deliveries_verdict CHECK ((verdict = ANY (ARRAY['valid'::text, 'invalid'::text, 'stale'::text, 'replayed'::text])))
 );
@@ -2662,6 +2730,34 @@ COMMENT ON COLUMN public.flow_trigger_deliveries.signature IS 'The verified sign
 --
 
 COMMENT ON COLUMN public.flow_trigger_deliveries.execution_id IS 'The run this delivery queued (flow_runs.id; no foreign key across monthly partitions).';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.source IS 'A refused request''s sender: its address (an IPv6 address by its /64), or * for the requests of sources past the cap of that trigger and hour; null for verified requests.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.refused_hour; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.refused_hour IS 'The hour a row of refused requests counts (one row per trigger, hour, verdict and source); null for verified requests and for rows refused before 20261208000403, one per request.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.refusals; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.refusals IS 'How many requests the row stands for (1 for a verified request).';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.last_received_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.last_received_at IS 'When the latest refused request this row counts was received (null: only the one at received_at).';
 
 
 --
@@ -3888,6 +3984,20 @@ CREATE INDEX flow_run_signals_org_id_run_id_signal_idx ON public.flow_run_signal
 
 
 --
+-- Name: flow_run_steps_outcome_unknown_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_steps_outcome_unknown_idx ON ONLY public.flow_run_steps USING btree (updated_at) WHERE (status = 'outcome_unknown'::text);
+
+
+--
+-- Name: flow_run_steps_default_updated_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_steps_default_updated_at_idx ON public.flow_run_steps_default USING btree (updated_at) WHERE (status = 'outcome_unknown'::text);
+
+
+--
 -- Name: flow_runs_running_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -4018,6 +4128,13 @@ CREATE INDEX flow_trigger_deliveries_org_id_trigger_id_received_at_id_idx ON pub
 --
 
 CREATE INDEX flow_trigger_deliveries_received_at_idx ON public.flow_trigger_deliveries USING btree (received_at);
+
+
+--
+-- Name: flow_trigger_deliveries_refusal_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_trigger_deliveries_refusal_key ON public.flow_trigger_deliveries USING btree (org_id, trigger_id, refused_hour, verdict, source) WHERE (verdict <> 'valid'::text);
 
 
 --
@@ -4249,6 +4366,13 @@ ALTER INDEX public.execution_logs_pkey ATTACH PARTITION public.execution_logs_de
 --
 
 ALTER INDEX public.flow_run_steps_pkey ATTACH PARTITION public.flow_run_steps_default_pkey;
+
+
+--
+-- Name: flow_run_steps_default_updated_at_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_run_steps_outcome_unknown_idx ATTACH PARTITION public.flow_run_steps_default_updated_at_idx;
 
 
 --
@@ -5221,4 +5345,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000200'),
     ('20261208000300'),
     ('20261208000401'),
-    ('20261208000402');
+    ('20261208000402'),
+    ('20261208000403');

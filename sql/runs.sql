@@ -234,13 +234,22 @@ from (select coalesce(:flow_id::uuid,
 select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 
 -- name: maintain_history$
--- Create history partitions ahead and drop those past retention (null: keep everything); in the
--- same statement, delete finished webhook deliveries and the trigger inbox past theirs ({pruned}),
--- and the signals of runs dropped past retention ({signals_pruned}).
+-- Create history partitions ahead and drop those past retention (null: keep everything).
 select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
-                                :months_ahead::integer)
-       || jsonb_build_object('pruned', tolstoy_prune_deliveries(:delivery_retention_days::integer, 50000),
-                             'signals_pruned', tolstoy_prune_signals(:retention_days::integer, 50000));
+                                :months_ahead::integer);
+
+-- name: prune$
+-- One batch of housekeeping, at most :batch rows of each kind: finished webhook deliveries and the
+-- trigger inbox past their retention ({deliveries, inbox}), signals of runs dropped past retention
+-- ({signals}), steps parked on an unknown outcome past their timeout failed and their runs queued
+-- ({unknown_outcomes}). Null when another worker's batch is under way (one pruner at a time).
+select case when pg_try_advisory_xact_lock(hashtextextended('tolstoy_prune', 0)) then
+           tolstoy_prune_deliveries(:delivery_retention_days::integer, :batch::integer)
+           || jsonb_build_object(
+                  'signals', tolstoy_prune_signals(:retention_days::integer, :batch::integer),
+                  'unknown_outcomes', tolstoy_expire_unknown_outcomes(:unknown_outcome_days::integer,
+                                                                      :batch::integer))
+       end;
 
 -- ---- tolstoy secrets rotate --reencrypt ---------------------------------------------
 

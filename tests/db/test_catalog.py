@@ -228,7 +228,7 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
 REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats"},
     "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_schedules",
-                       "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
+                       "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
                        "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     "tolstoy_admin": set(),

@@ -964,6 +964,14 @@ class DeliverySchema(Base):
     headers = fields.Dict(dump_only=True)
     execution_id = fields.UUID(data_key="executionId", dump_only=True, allow_none=True)
     body_bytes = fields.Integer(data_key="bodyBytes", dump_only=True, allow_none=True)
+    source = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "A refused request's sender (its address, an IPv6 one by its /64; * for the sources past "
+                       "the hour's cap); null for verified requests."})
+    refusals = fields.Integer(dump_only=True, metadata={
+        "description": "How many requests this entry counts: refused requests of one trigger, hour, verdict and "
+                       "source are counted in one entry (1 for a verified request)."})
+    last_received_at = Timestamp(data_key="lastReceivedAt", dump_only=True, metadata={
+        "description": "When the latest request this entry counts was received (receivedAt for one request)."})
     received_at = Timestamp(data_key="receivedAt", dump_only=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
 
