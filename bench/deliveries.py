@@ -29,11 +29,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
-from falcon import testing
-
-from tolstoy.api.app import create_app
-from tolstoy.config import Config
-from tolstoy.db.database import Database
 
 from .__main__ import target
 from .stack import Stack
@@ -106,13 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     receivers = Receivers()
     try:
         stack.start_database()
-        env = stack.tolstoy_env(TOLSTOY_ENV="test")
-        db = Database(stack.app_url, min_size=1, max_size=2)
-        db.open(wait=True)
-        client = testing.TestClient(create_app(Config.from_env(env), db))
-        with psycopg.connect(stack.owner_url, autocommit=True) as conn:
-            orgs = {name: str(conn.execute("insert into organizations (name) values (%s) returning id",
-                                           (name,)).fetchone()[0]) for name in ("noisy", "victim")}
+        client, orgs = stack.in_process_api("noisy", "victim")
         hooks = {}
         for name, org in orgs.items():
             answer = client.simulate_post("/webhooks", headers={"X-Org-ID": org}, json={
@@ -148,7 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             span = conn.execute(
                 "select extract(epoch from max(finished_at) - min(first_attempt_at))::float8, count(*) "
                 "from webhook_deliveries where org_id = %s and state = 'delivered'", (orgs["noisy"],)).fetchone()
-        db.close()
     finally:
         receivers.close()
         stack.close()

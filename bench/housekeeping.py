@@ -27,11 +27,6 @@ import time
 from pathlib import Path
 
 import psycopg
-from falcon import testing
-
-from tolstoy.api.app import create_app
-from tolstoy.config import Config
-from tolstoy.db.database import Database
 
 from .__main__ import target
 from .stack import Stack
@@ -57,12 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack()
     try:
         stack.start_database()
-        env = stack.tolstoy_env(TOLSTOY_ENV="test")
-        db = Database(stack.app_url, min_size=1, max_size=2)
-        db.open(wait=True)
-        client = testing.TestClient(create_app(Config.from_env(env), db))
-        with psycopg.connect(stack.owner_url, autocommit=True) as conn:
-            org = str(conn.execute("insert into organizations (name) values ('busy') returning id").fetchone()[0])
+        client, orgs = stack.in_process_api("busy")
+        org = orgs["busy"]
         headers = {"X-Org-ID": org}
         webhook = client.simulate_post("/webhooks", headers=headers, json={
             "name": "w", "url": "https://hooks.example.com/x", "eventTypes": ["flow.completed"]})
@@ -73,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         trigger = client.simulate_post(f"/flows/{flow.json['id']}/triggers", headers=headers,
                                        json={"type": "webhook"})
         assert trigger.status_code == 201, trigger.text
-        db.close()
         print(f"bench: writing {args.rows:,} rows of each kind, 40 days old", flush=True)
         written = time.monotonic()
         with psycopg.connect(stack.owner_url, autocommit=True) as conn:
