@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+import psycopg
+from falcon import testing
+
+from tolstoy.api.app import create_app
+from tolstoy.config import Config
 from tolstoy.db import embedded, migrate
+from tolstoy.db.database import Database
 
 ROOT = Path(__file__).resolve().parent.parent
 ENCRYPTION_KEY = "Zm9vYmFyYmF6cXV4Zm9vYmFyYmF6cXV4Zm9vYmFyYmE="
@@ -75,6 +81,7 @@ class Stack:
         self.app_url = ""
         self.metrics_dir = self.work / "metrics"
         self.metrics_dir.mkdir()
+        self.pools: list[Database] = []
 
     # ---- PostgreSQL ---------------------------------------------------------------
 
@@ -84,6 +91,18 @@ class Stack:
         migrate.run(["--wait", "up"], self.owner_url, quiet=True)
         migrate.apply_grants(self.owner_url)
         self.app_url = migrate.as_role(self.owner_url)
+
+    def in_process_api(self, *names: str) -> tuple[testing.TestClient, dict[str, str]]:
+        """Tolstoy's API in this process (a Falcon test client, headers auth) on the benchmark's
+        database, and a new organization of each name (name -> id); its pool closes with the stack."""
+        db = Database(self.app_url, min_size=1, max_size=2)
+        db.open(wait=True)
+        self.pools.append(db)
+        client = testing.TestClient(create_app(Config.from_env(self.tolstoy_env(TOLSTOY_ENV="test")), db))
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            orgs = {name: str(conn.execute("insert into organizations (name) values (%s) returning id",
+                                           (name,)).fetchone()[0]) for name in names}
+        return client, orgs
 
     @property
     def socket_dir(self) -> str:
@@ -161,6 +180,8 @@ class Stack:
 
     def close(self) -> None:
         """Stop everything this run started and remove its files."""
+        for db in self.pools:
+            db.close()
         for process in list(self.processes):
             self.stop(process, timeout=15)
         if self.server is not None:

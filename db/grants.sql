@@ -105,6 +105,10 @@ grant execute on function tolstoy_take_signal(uuid, uuid, text, text) to tolstoy
 -- workers' hourly upkeep, with tolstoy_maintain_history).
 grant execute on function tolstoy_prune_signals(integer, integer) to tolstoy_worker;
 revoke execute on function tolstoy_prune_signals(integer, integer) from tolstoy_app;
+-- Failing the steps parked on an unknown outcome past TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS
+-- crosses tenants too (20261208000403, the same upkeep).
+grant execute on function tolstoy_expire_unknown_outcomes(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_expire_unknown_outcomes(integer, integer) from tolstoy_app;
 
 -- sub-flows (20261201000013): a subflow step's one statement (checkpoint, queue
 -- the child, park the parent), under row-level security.
@@ -125,6 +129,10 @@ grant execute on function tolstoy_prune_deliveries(integer, integer) to tolstoy_
 revoke execute on function tolstoy_claim_deliveries(text, integer, double precision) from tolstoy_app;
 revoke execute on function tolstoy_record_delivery(text, uuid, uuid, integer, jsonb) from tolstoy_app;
 revoke execute on function tolstoy_prune_deliveries(integer, integer) from tolstoy_app;
+-- fair, ordered deliveries (20261208000401): recording an attempt tells the
+-- webhook's line (its queue state) when it is due next, under row-level
+-- security; placing deliveries at commit and claiming them is tolstoy_engine's.
+grant select, update on webhook_lines to tolstoy_worker;
 
 -- per-user OAuth connections (20261201000014): the API manages connections and
 -- login states; the workers read a run's user's tokens and refresh them, under

@@ -140,7 +140,8 @@ CREATE FUNCTION public.flow_runs_inherit_acting() RETURNS trigger
 begin
     select p.acts_as_user and p.user_id is not distinct from new.user_id into new.acts_as_user
     from flow_runs p
-    where p.org_id = new.org_id and p.id = new.parent_run_id;
+    where p.org_id = new.org_id and p.id = new.parent_run_id
+      and p.created_at between tolstoy_run_from(new.parent_run_id) and tolstoy_run_until(new.parent_run_id);
     new.acts_as_user := coalesce(new.acts_as_user, false);
     return new;
 end;
@@ -232,23 +233,35 @@ CREATE FUNCTION public.flow_runs_wake_parent() RETURNS trigger
     AS $$
 declare
     chain uuid[];
+    -- The months the chain's runs are in: from the parent's to its newest retry's.
+    chain_from timestamptz := tolstoy_run_from(new.parent_run_id);
+    chain_until timestamptz;
 begin
     -- The parent and its retries (one retry per run: a path from the parent on). The run waiting for this
     -- child is the parent, or a retry of it that waits for the child its chain started (tolstoy_subflow).
     chain := array(
-        with recursive later(id) as (
-            select new.parent_run_id
+        with recursive later(id, created_at) as (
+            select new.parent_run_id, chain_from
             union all
-            select r.id from flow_runs r join later l on r.org_id = new.org_id and r.retry_of = l.id
+            select r.id, r.created_at
+            from flow_runs r
+            join later l on r.org_id = new.org_id and r.retry_of = l.id
+                            and r.created_at >= l.created_at  -- a retry is queued after its run
         )
         select l.id from later l);
-    perform 1 from flow_runs p where p.org_id = new.org_id and p.id = any(chain) order by p.created_at for update;
+    chain_until := (select max(tolstoy_run_until(c)) from unnest(chain) as c);
+    perform 1 from flow_runs p
+    where p.org_id = new.org_id and p.id = any(chain) and p.created_at between chain_from and chain_until
+    order by p.created_at
+    for update;
     -- A new statement, so a new snapshot: it sees a run that parked while this waited for the lock.
     update flow_runs p
     set status = 'queued', run_after = now()
     where p.org_id = new.org_id and p.id = any(chain) and p.status = 'waiting'
+      and p.created_at between chain_from and chain_until
       and exists (select 1 from flow_run_steps s
                   where s.org_id = p.org_id and s.run_id = p.id and s.run_created_at = p.created_at
+                    and s.run_created_at between chain_from and chain_until
                     and s.step_id = new.parent_step_id and s.status = 'waiting');
     return null;
 end;
@@ -403,6 +416,7 @@ begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
+      and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
       and r.status = 'running' and r.lease_expires_at > now()
     for update;
     if not found then
@@ -495,73 +509,93 @@ CREATE FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries inte
 declare
     claimed jsonb := '[]';
     candidate record;
+    line webhook_lines;
+    head webhook_deliveries;
     taken webhook_deliveries;
     hook webhooks;
     lease interval := make_interval(secs => lease_seconds);
-    ahead timestamptz;
 begin
     if worker is null or worker = '' or max_deliveries < 1 or max_deliveries > 1000 or lease_seconds <= 0
             or lease_seconds > 3600 then
         raise exception 'tolstoy_claim_deliveries: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     for candidate in
-        select d.org_id, d.id
-        from webhook_deliveries d
-        where d.state = 'sending' and d.lease_expires_at < now()
-        order by d.lease_expires_at
-        limit max_deliveries
-        for update skip locked
+        select x.org_id, x.webhook_id
+        from (select l.org_id, l.webhook_id, l.served_at,
+                     row_number() over (partition by l.org_id order by l.served_at nulls first, l.webhook_id) as turn
+              from webhook_lines l
+              where l.due_at <= now()) as x
+        cross join lateral (select max(o.served_at) as served_at
+                            from webhook_lines o where o.org_id = x.org_id) as org_turn
+        order by x.turn, org_turn.served_at nulls first, x.served_at nulls first, x.org_id, x.webhook_id
+        -- Spare candidates: another worker claiming at the same moment holds some of the first.
+        limit max_deliveries * 2 + 8
     loop
-        update webhook_deliveries d
-        set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-            lease_expires_at = now() + lease, last_attempt_at = now(),
-            attempt_log = d.attempt_log || jsonb_build_object(
-                'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
-                'durationMs', null, 'error', 'The worker sending it vanished; sent again.')
-        where d.org_id = candidate.org_id and d.id = candidate.id
-        returning * into taken;
-        select * into hook from webhooks w where w.org_id = taken.org_id and w.id = taken.webhook_id;
-        claimed := claimed || jsonb_build_object(
-            'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
-            'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
-            'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
-            'headers', encode(hook.headers, 'base64'));
-    end loop;
-    for candidate in
-        select d.org_id, d.id, d.webhook_id, d.seq
-        from webhook_deliveries d
-        where d.state = 'pending' and d.next_attempt_at <= now()
-        order by d.next_attempt_at, d.seq
-        limit max_deliveries - jsonb_array_length(claimed)
-        for update skip locked
-    loop
-        -- Read committed: this sees whatever finished before the row was locked.
-        select case when e.state = 'pending' then e.next_attempt_at else e.lease_expires_at end into ahead
-        from webhook_deliveries e
-        where e.org_id = candidate.org_id and e.webhook_id = candidate.webhook_id
-          and e.state in ('pending', 'sending') and e.seq < candidate.seq
-        order by e.seq
-        limit 1;
-        if found then
-            update webhook_deliveries
-            set next_attempt_at = greatest(ahead, now() + interval '1 second')
-            where org_id = candidate.org_id and id = candidate.id;
+        exit when jsonb_array_length(claimed) >= max_deliveries;
+        select * into line from webhook_lines l
+        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= now()
+        for update skip locked;
+        continue when not found;
+        select * into head from webhook_deliveries d
+        where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state in ('pending', 'sending')
+        order by d.seq
+        limit 1
+        for update skip locked;
+        if not found then
+            -- Finished meanwhile, or its first delivery locked (being cancelled): look again later.
+            update webhook_lines l
+            set due_at = case when exists (select 1 from webhook_deliveries d
+                                           where d.org_id = line.org_id and d.webhook_id = line.webhook_id
+                                             and d.state in ('pending', 'sending'))
+                              then now() + interval '1 second' end
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        select * into hook from webhooks w where w.org_id = candidate.org_id and w.id = candidate.webhook_id;
-        if not hook.enabled then  -- disabled while this one was queued: it is not sent
-            update webhook_deliveries
+        if head.state = 'sending' and head.lease_expires_at >= now() then
+            update webhook_lines l set due_at = head.lease_expires_at
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
+            continue;
+        end if;
+        if head.state = 'pending' and head.next_attempt_at > now() then
+            update webhook_lines l set due_at = head.next_attempt_at
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
+            continue;
+        end if;
+        select * into hook from webhooks w where w.org_id = line.org_id and w.id = line.webhook_id;
+        if head.state = 'pending' and not hook.enabled then
+            -- Disabled while these were queued: they are not sent.
+            update webhook_deliveries d
             set state = 'cancelled', next_attempt_at = null, finished_at = now(),
                 last_error = coalesce(hook.disabled_reason, 'The webhook was disabled.')
-            where org_id = candidate.org_id and id = candidate.id;
+            where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'pending';
+            update webhook_lines l
+            set due_at = (select d.lease_expires_at from webhook_deliveries d
+                          where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'sending'
+                          order by d.seq limit 1)
+            where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        update webhook_deliveries d
-        set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-            lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
-            last_attempt_at = now()
-        where d.org_id = candidate.org_id and d.id = candidate.id
-        returning * into taken;
+        if head.state = 'sending' then
+            -- Its worker vanished: the attempt it made is logged as lost, and it is sent again.
+            update webhook_deliveries d
+            set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+                lease_expires_at = now() + lease, last_attempt_at = now(),
+                attempt_log = d.attempt_log || jsonb_build_object(
+                    'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
+                    'durationMs', null, 'error', 'The worker sending it vanished; sent again.', 'location', null)
+            where d.org_id = head.org_id and d.id = head.id
+            returning * into taken;
+        else
+            update webhook_deliveries d
+            set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
+                lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
+                last_attempt_at = now()
+            where d.org_id = head.org_id and d.id = head.id
+            returning * into taken;
+        end if;
+        update webhook_lines l
+        set due_at = taken.lease_expires_at, served_at = clock_timestamp()
+        where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
         claimed := claimed || jsonb_build_object(
             'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
             'event_type', taken.event_type, 'data', taken.data, 'created_at', tolstoy_iso(taken.event_created_at),
@@ -577,7 +611,7 @@ $$;
 -- Name: FUNCTION tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) IS 'Claims up to max_deliveries webhook deliveries of any organization (expired leases first, then due ones, one per webhook line), returns {deliveries, next_due, now}.';
+COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries integer, lease_seconds double precision) IS 'Claims up to max_deliveries webhook deliveries of any organization, the first unfinished one of each due line, lines round-robin across organizations and webhooks; returns {deliveries, next_due, now}.';
 
 
 --
@@ -817,6 +851,68 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer) IS 'Opens a unit of work for the organization of an unrevoked API key hash and returns that organization: sets statement_timeout and app.org_id, refreshes last_used_at once a minute; raises TS003 for a key that is unknown or revoked, TS002 for an acting user of another organization.';
+
+
+--
+-- Name: tolstoy_expire_unknown_outcomes(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    expired integer;
+begin
+    if timeout_days is null or timeout_days < 1 or batch is null or batch < 1 or batch > 100000 then
+        raise exception 'tolstoy_expire_unknown_outcomes: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    -- Each step as a person's "failed" resolution records it (runs.py on_post_resolve): the step failed
+    -- with an OutcomeUnknown error, a log row, the run queued to go on. Runs being resolved right now
+    -- (locked) are left to the next pass.
+    with due as (
+        select s.org_id, s.run_id, s.run_created_at, s.step_id, s.attempt, r.flow_id, r.user_id
+        from flow_run_steps s
+        join flow_runs r on r.org_id = s.org_id and r.id = s.run_id and r.created_at = s.run_created_at
+        where s.status = 'outcome_unknown' and s.updated_at < now() - make_interval(days => timeout_days)
+          and r.status = 'waiting'
+        order by s.updated_at
+        limit batch
+        for update of s, r skip locked
+    ), failed as (
+        update flow_run_steps s
+        set status = 'failed', call_started_at = null, finished_at = now(),
+            error = jsonb_build_object(
+                'name', 'OutcomeUnknown', 'timedOut', true,
+                'message', format('Nobody resolved the unknown outcome of this call within %s days '
+                                  '(TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS): the step failed.', timeout_days))
+        from due
+        where s.org_id = due.org_id and s.run_id = due.run_id and s.run_created_at = due.run_created_at
+          and s.step_id = due.step_id
+        returning s.org_id, s.run_id, s.run_created_at, s.step_id, s.error
+    ), logged as (
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+        select due.org_id, due.flow_id, due.user_id, due.run_id::text, due.step_id, 'failed',
+               jsonb_build_object('resolved', 'failed', 'attempt', due.attempt, 'timedOut', true), failed.error
+        from due
+        join failed on failed.org_id = due.org_id and failed.run_id = due.run_id and failed.step_id = due.step_id
+    ), queued as (
+        update flow_runs r
+        set status = 'queued', run_after = now()
+        from (select distinct org_id, run_id, run_created_at from due) d
+        where r.org_id = d.org_id and r.id = d.run_id and r.created_at = d.run_created_at and r.status = 'waiting'
+    )
+    select count(*) into expired from failed;
+    return expired;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) IS 'Fails up to batch steps parked on an unknown outcome for more than timeout_days (as a "failed" resolution would) and queues their runs, so no run waits forever and retention can drop its month; returns how many.';
 
 
 --
@@ -1066,6 +1162,28 @@ COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days i
 
 
 --
+-- Name: tolstoy_new_run_id(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    AS $$
+    select encode(overlay(uuid_send(gen_random_uuid())
+                          placing int8send((floor(extract(epoch from at) * 1000)::bigint << 16)
+                                           | (7::bigint << 12)
+                                           | (floor(extract(epoch from at) * 1000000)::bigint % 1000))
+                          from 1 for 8), 'hex')::uuid
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_new_run_id(at timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) IS 'A new run id carrying the time at (UUID version 7 layout, microseconds in its 12 bits after the version): tolstoy_run_from/until compute the run''s month from it.';
+
+
+--
 -- Name: tolstoy_next_delivery(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1073,8 +1191,7 @@ CREATE FUNCTION public.tolstoy_next_delivery() RETURNS timestamp with time zone
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select least((select min(d.next_attempt_at) from webhook_deliveries d where d.state = 'pending'),
-                 (select min(d.lease_expires_at) from webhook_deliveries d where d.state = 'sending'))
+    select min(l.due_at) from webhook_lines l where l.due_at is not null
 $$;
 
 
@@ -1103,6 +1220,55 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at of an enabled schedule, across organizations.';
+
+
+--
+-- Name: tolstoy_place_deliveries(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_place_deliveries() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    line record;
+    delivery record;
+begin
+    -- Placed already by an earlier firing of this commit (or deleted since): one key lookup, so a
+    -- transaction writing thousands of events does not look for the unplaced ones thousands of times.
+    if (select d.placed from webhook_deliveries d where d.org_id = new.org_id and d.id = new.id)
+            is distinct from false then
+        return null;
+    end if;
+    for line in
+        select distinct d.org_id, d.webhook_id
+        from webhook_deliveries d
+        where not d.placed
+        order by d.org_id, d.webhook_id
+    loop
+        insert into webhook_lines as l (org_id, webhook_id, due_at)
+        values (line.org_id, line.webhook_id, now())
+        on conflict (org_id, webhook_id) do update
+        set due_at = coalesce(l.due_at, excluded.due_at);
+    end loop;
+    -- In the order they were written: a transaction's own events keep their order.
+    for delivery in
+        select d.org_id, d.id from webhook_deliveries d where not d.placed order by d.seq
+    loop
+        update webhook_deliveries
+        set seq = default, placed = true
+        where org_id = delivery.org_id and id = delivery.id;
+    end loop;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_place_deliveries(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_place_deliveries() IS 'Deferred constraint trigger on webhook_deliveries: at commit, gives the transaction''s deliveries their seq under their webhook lines'' locks (commit order per webhook) and makes idle lines due.';
 
 
 --
@@ -1168,7 +1334,9 @@ begin
     where (g.org_id, g.id) in (
         select s.org_id, s.id from flow_run_signals s
         where s.created_at < now() - make_interval(days => retention_days)
-          and not exists (select 1 from flow_runs r where r.org_id = s.org_id and r.id = s.run_id)
+          and not exists (select 1 from flow_runs r
+                          where r.org_id = s.org_id and r.id = s.run_id
+                            and r.created_at between tolstoy_run_from(s.run_id) and tolstoy_run_until(s.run_id))
         limit batch);
     get diagnostics pruned = row_count;
     return pruned;
@@ -1191,7 +1359,7 @@ SET default_tablespace = '';
 
 CREATE TABLE public.flow_runs (
     org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
     flow_id uuid NOT NULL,
     flow_version integer NOT NULL,
     user_id uuid,
@@ -1238,7 +1406,7 @@ COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the 
 -- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text.';
+COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text. Carries created_at (see tolstoy_new_run_id) for runs queued since 20261208000402; lookups by id bound created_at with it.';
 
 
 --
@@ -1346,7 +1514,8 @@ declare
     steps jsonb;
     run_plan jsonb;
     root uuid;
-    new_id uuid := gen_random_uuid();
+    -- The id carries the time the run is queued, its created_at: lookups by id find its month.
+    new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
 begin
     if key is not null then
@@ -1355,7 +1524,8 @@ begin
         where r.org_id = org and r.flow_id = flow and r.idempotency_key = key;
     elsif retrying is not null then
         perform pg_advisory_xact_lock(hashtextextended(format('run-retry:%s:%s', org, retrying), 0));
-        select * into existing from flow_runs r where r.org_id = org and r.retry_of = retrying;
+        select * into existing from flow_runs r
+        where r.org_id = org and r.retry_of = retrying and r.created_at >= tolstoy_run_from(retrying);
     end if;
     if existing.id is not null then
         run := existing;
@@ -1364,7 +1534,9 @@ begin
         return;
     end if;
     if retrying is not null then
-        select * into original from flow_runs r where r.org_id = org and r.id = retrying;
+        select * into original from flow_runs r
+        where r.org_id = org and r.id = retrying
+          and r.created_at between tolstoy_run_from(retrying) and tolstoy_run_until(retrying);
         run_plan := original.plan;
         root := original.root_run_id;
     else
@@ -1454,12 +1626,18 @@ declare
     retry_at timestamptz := now() + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
                                                           / 1000);
     hook webhooks;
+    line uuid;
     disabled text;
 begin
     if outcome is null or outcome not in ('delivered', 'retry', 'failed') then
         raise exception 'tolstoy_record_delivery: invalid outcome' using errcode = 'invalid_parameter_value';
     end if;
     perform set_config('app.org_id', org::text, true);
+    select d.webhook_id into line from webhook_deliveries d where d.org_id = org and d.id = delivery;
+    if not found then
+        return jsonb_build_object('recorded', false);
+    end if;
+    perform 1 from webhook_lines l where l.org_id = org and l.webhook_id = line for update;
     select * into current from webhook_deliveries d
     where d.org_id = org and d.id = delivery and d.lease_owner = worker and d.lease_token = token
       and d.state = 'sending'
@@ -1490,7 +1668,8 @@ begin
         attempt_log = d.attempt_log || jsonb_build_object(
             'attempt', token, 'at', tolstoy_iso(d.last_attempt_at),
             'statusCode', (result ->> 'status_code')::integer,
-            'durationMs', (result ->> 'duration_ms')::integer, 'error', left(result ->> 'error', 1000))
+            'durationMs', (result ->> 'duration_ms')::integer, 'error', left(result ->> 'error', 1000),
+            'location', left(result ->> 'location', 2048))
     where d.org_id = org and d.id = delivery;
     if outcome = 'delivered' then
         if hook.failing_since is not null then
@@ -1502,15 +1681,13 @@ begin
     elsif hook.failing_since is null then
         update webhooks set failing_since = now() where org_id = org and id = hook.id;
     end if;
-    if outcome <> 'retry' then
-        -- The next in line may go now (a claim may have put it off until this one's next attempt).
-        update webhook_deliveries d
-        set next_attempt_at = least(d.next_attempt_at, now())
-        where d.org_id = org and d.id = (select n.id from webhook_deliveries n
-                                         where n.org_id = org and n.webhook_id = current.webhook_id
-                                           and n.state = 'pending'
-                                         order by n.seq limit 1);
-    end if;
+    update webhook_lines l
+    set due_at = (select case when n.state = 'sending' then n.lease_expires_at else n.next_attempt_at end
+                  from webhook_deliveries n
+                  where n.org_id = org and n.webhook_id = current.webhook_id and n.state in ('pending', 'sending')
+                  order by n.seq
+                  limit 1)
+    where l.org_id = org and l.webhook_id = current.webhook_id;
     return jsonb_build_object('recorded', true, 'outcome', outcome, 'disabled', disabled);
 end;
 $$;
@@ -1520,7 +1697,7 @@ $$;
 -- Name: FUNCTION tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) IS 'Records one attempt of a claimed webhook delivery (fenced by its lease token): delivered, retry later or failed; disables a webhook failing for the give-up period. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery uuid, token integer, result jsonb) IS 'Records one attempt of a claimed webhook delivery (fenced by its lease token): delivered, retry later or failed; disables a webhook failing for the give-up period; tells the line when it is due next. Acts for org under row-level security.';
 
 
 --
@@ -1542,6 +1719,7 @@ begin
     set lease_expires_at = now() + make_interval(secs => lease_seconds)
     from unnest(orgs, runs, tokens) as held(org_id, id, token)
     where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
+      and r.created_at between tolstoy_run_from(held.id) and tolstoy_run_until(held.id)
       and r.status = 'running' and r.lease_expires_at > now()
     returning r.id, r.cancel_requested;
 end;
@@ -1553,6 +1731,48 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) IS 'Heartbeat: renews the unexpired leases the worker holds with these tokens; returns them with cancel flags.';
+
+
+--
+-- Name: tolstoy_run_epoch(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_epoch(id uuid) RETURNS double precision
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select case when get_byte(uuid_send(id), 6) >> 4 = 7 then
+        least(((get_byte(uuid_send(id), 0)::bigint << 40) | (get_byte(uuid_send(id), 1)::bigint << 32)
+               | (get_byte(uuid_send(id), 2)::bigint << 24) | (get_byte(uuid_send(id), 3)::bigint << 16)
+               | (get_byte(uuid_send(id), 4)::bigint << 8) | get_byte(uuid_send(id), 5)::bigint) * 1000
+              + least(((get_byte(uuid_send(id), 6) & 15) << 8) | get_byte(uuid_send(id), 7), 999),
+              253402300799000000)::double precision / 1000000
+    end
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_epoch(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id.';
+
+
+--
+-- Name: tolstoy_run_from(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_from(id uuid) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_from(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id).';
 
 
 --
@@ -1583,6 +1803,24 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed run as a worker receives it: the row, its plan and its checkpoints.';
+
+
+--
+-- Name: tolstoy_run_until(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_until(id uuid) RETURNS timestamp with time zone
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    select to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision))
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_until(id uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one).';
 
 
 --
@@ -1695,9 +1933,11 @@ begin
     end if;
     -- Lease check, the parent's row locked until commit, the pending writes.
     answer := tolstoy_checkpoint(worker, org, run, token, writes);
-    select * into parent from flow_runs r where r.org_id = org and r.id = run;
+    select * into parent from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     select * into child from flow_runs c
     where c.org_id = org and c.parent_run_id = run and c.parent_step_id = step
+      and c.created_at >= tolstoy_run_from(run)  -- a child is queued after its parent
     order by c.created_at desc
     limit 1;
     if child.id is null then
@@ -1717,11 +1957,15 @@ begin
                 select parent.retry_of
                 union all
                 select r.retry_of
-                from flow_runs r join earlier e on r.org_id = org and r.id = e.id
+                from flow_runs r
+                join earlier e on r.org_id = org and r.id = e.id
+                                  and r.created_at between tolstoy_run_from(e.id) and tolstoy_run_until(e.id)
                 where r.retry_of is not null
             )
             select * into latest from flow_runs c
             where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+              -- Children are queued after their parents, the chain's first run the oldest.
+              and c.created_at >= (select min(tolstoy_run_from(e.id)) from earlier e)
             order by c.created_at desc
             limit 1;
             if latest.id is not null then
@@ -1729,7 +1973,9 @@ begin
                     select latest.id, latest.created_at
                     union all
                     select r.id, r.created_at
-                    from flow_runs r join later l on r.org_id = org and r.retry_of = l.id
+                    from flow_runs r
+                    join later l on r.org_id = org and r.retry_of = l.id
+                                    and r.created_at >= l.created_at  -- a retry is queued after its run
                 )
                 select r.* into latest
                 from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
@@ -1834,7 +2080,9 @@ CREATE FUNCTION public.tolstoy_take_signal(org uuid, run uuid, step text, signal
     LANGUAGE plpgsql
     AS $$
 begin
-    perform 1 from flow_runs r where r.org_id = org and r.id = run for update;
+    perform 1 from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+    for update;
     -- A new statement, so a new snapshot: it sees a signal committed while this waited for the lock.
     return query
     update flow_run_signals s
@@ -2390,7 +2638,7 @@ ALTER TABLE ONLY public.flow_run_steps_default FORCE ROW LEVEL SECURITY;
 
 CREATE TABLE public.flow_runs_default (
     org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
     flow_id uuid NOT NULL,
     flow_version integer NOT NULL,
     user_id uuid,
@@ -2441,8 +2689,14 @@ CREATE TABLE public.flow_trigger_deliveries (
     body bytea,
     execution_id uuid,
     received_at timestamp with time zone DEFAULT now() NOT NULL,
+    source text,
+    refused_hour timestamp with time zone,
+    refusals integer DEFAULT 1 NOT NULL,
+    last_received_at timestamp with time zone,
     CONSTRAINT flow_trigger_deliveries_delivery_id_length CHECK (((char_length(delivery_id) >= 1) AND (char_length(delivery_id) <= 200))),
     CONSTRAINT flow_trigger_deliveries_headers_object CHECK ((jsonb_typeof(headers) = 'object'::text)),
+    CONSTRAINT flow_trigger_deliveries_refusals_positive CHECK ((refusals >= 1)),
+    CONSTRAINT flow_trigger_deliveries_source_length CHECK (((char_length(source) >= 1) AND (char_length(source) <= 64))),
     CONSTRAINT flow_trigger_deliveries_valid_has_run CHECK (((verdict <> 'valid'::text) OR (body IS NOT NULL))),
     CONSTRAINT flow_trigger_deliveries_verdict CHECK ((verdict = ANY (ARRAY['valid'::text, 'invalid'::text, 'stale'::text, 'replayed'::text])))
 );
@@ -2476,6 +2730,34 @@ COMMENT ON COLUMN public.flow_trigger_deliveries.signature IS 'The verified sign
 --
 
 COMMENT ON COLUMN public.flow_trigger_deliveries.execution_id IS 'The run this delivery queued (flow_runs.id; no foreign key across monthly partitions).';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.source IS 'A refused request''s sender: its address (an IPv6 address by its /64), or * for the requests of sources past the cap of that trigger and hour; null for verified requests.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.refused_hour; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.refused_hour IS 'The hour a row of refused requests counts (one row per trigger, hour, verdict and source); null for verified requests and for rows refused before 20261208000403, one per request.';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.refusals; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.refusals IS 'How many requests the row stands for (1 for a verified request).';
+
+
+--
+-- Name: COLUMN flow_trigger_deliveries.last_received_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_trigger_deliveries.last_received_at IS 'When the latest refused request this row counts was received (null: only the one at received_at).';
 
 
 --
@@ -3113,6 +3395,7 @@ CREATE TABLE public.webhook_deliveries (
     finished_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    placed boolean DEFAULT false NOT NULL,
     CONSTRAINT webhook_deliveries_attempt_log_array CHECK ((jsonb_typeof(attempt_log) = 'array'::text)),
     CONSTRAINT webhook_deliveries_data_object CHECK ((jsonb_typeof(data) = 'object'::text)),
     CONSTRAINT webhook_deliveries_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
@@ -3128,6 +3411,13 @@ ALTER TABLE ONLY public.webhook_deliveries FORCE ROW LEVEL SECURITY;
 --
 
 COMMENT ON TABLE public.webhook_deliveries IS 'Outbox of event webhooks: one row per event and subscribed webhook, written in the transaction of the change it describes; also the queue workers deliver from, in seq order per webhook.';
+
+
+--
+-- Name: COLUMN webhook_deliveries.seq; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.seq IS 'Place in its webhook''s line, taken when the inserting transaction commits, under the line''s lock: a webhook''s deliveries go out in commit order.';
 
 
 --
@@ -3152,6 +3442,13 @@ COMMENT ON COLUMN public.webhook_deliveries.lease_token IS 'Fencing token of the
 
 
 --
+-- Name: COLUMN webhook_deliveries.placed; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_deliveries.placed IS 'False until the inserting transaction commits and tolstoy_place_deliveries gives it its seq in its webhook''s line.';
+
+
+--
 -- Name: webhook_deliveries_seq_seq; Type: SEQUENCE; Schema: public; Owner: -
 --
 
@@ -3163,6 +3460,42 @@ ALTER TABLE public.webhook_deliveries ALTER COLUMN seq ADD GENERATED ALWAYS AS I
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: webhook_lines; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.webhook_lines (
+    org_id uuid NOT NULL,
+    webhook_id uuid NOT NULL,
+    due_at timestamp with time zone,
+    served_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE ONLY public.webhook_lines FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE webhook_lines; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.webhook_lines IS 'One row per webhook with deliveries: when the claim should look at its line next and when it last served it (round robin). Its row lock orders the webhook''s deliveries by commit.';
+
+
+--
+-- Name: COLUMN webhook_lines.due_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_lines.due_at IS 'When the line''s first unfinished delivery is due (pending) or its lease ends (sending); null: none is unfinished. Never later than that: a claim that finds it early sets it right.';
+
+
+--
+-- Name: COLUMN webhook_lines.served_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.webhook_lines.served_at IS 'When a claim last handed out a delivery of this line (clock time; null: never): longest ago goes first.';
 
 
 --
@@ -3488,6 +3821,14 @@ ALTER TABLE ONLY public.webhook_deliveries
 
 
 --
+-- Name: webhook_lines webhook_lines_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_lines
+    ADD CONSTRAINT webhook_lines_pkey PRIMARY KEY (org_id, webhook_id);
+
+
+--
 -- Name: webhooks webhooks_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3643,6 +3984,20 @@ CREATE INDEX flow_run_signals_org_id_run_id_signal_idx ON public.flow_run_signal
 
 
 --
+-- Name: flow_run_steps_outcome_unknown_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_steps_outcome_unknown_idx ON ONLY public.flow_run_steps USING btree (updated_at) WHERE (status = 'outcome_unknown'::text);
+
+
+--
+-- Name: flow_run_steps_default_updated_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_run_steps_default_updated_at_idx ON public.flow_run_steps_default USING btree (updated_at) WHERE (status = 'outcome_unknown'::text);
+
+
+--
 -- Name: flow_runs_running_lease_expires_at_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3776,6 +4131,13 @@ CREATE INDEX flow_trigger_deliveries_received_at_idx ON public.flow_trigger_deli
 
 
 --
+-- Name: flow_trigger_deliveries_refusal_key; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX flow_trigger_deliveries_refusal_key ON public.flow_trigger_deliveries USING btree (org_id, trigger_id, refused_hour, verdict, source) WHERE (verdict <> 'valid'::text);
+
+
+--
 -- Name: flow_trigger_deliveries_signature_key; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -3902,24 +4264,10 @@ CREATE UNIQUE INDEX users_org_id_email_key ON public.users USING btree (org_id, 
 
 
 --
--- Name: webhook_deliveries_due_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX webhook_deliveries_due_idx ON public.webhook_deliveries USING btree (next_attempt_at) WHERE (state = 'pending'::text);
-
-
---
 -- Name: webhook_deliveries_finished_idx; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX webhook_deliveries_finished_idx ON public.webhook_deliveries USING btree (created_at) WHERE (state = ANY (ARRAY['delivered'::text, 'failed'::text, 'cancelled'::text]));
-
-
---
--- Name: webhook_deliveries_lease_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX webhook_deliveries_lease_idx ON public.webhook_deliveries USING btree (lease_expires_at) WHERE (state = 'sending'::text);
 
 
 --
@@ -3934,6 +4282,27 @@ CREATE INDEX webhook_deliveries_line_idx ON public.webhook_deliveries USING btre
 --
 
 CREATE INDEX webhook_deliveries_org_id_webhook_id_created_at_id_idx ON public.webhook_deliveries USING btree (org_id, webhook_id, created_at DESC, id DESC);
+
+
+--
+-- Name: webhook_deliveries_unplaced_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_deliveries_unplaced_idx ON public.webhook_deliveries USING btree (seq) WHERE (NOT placed);
+
+
+--
+-- Name: webhook_lines_due_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_lines_due_at_idx ON public.webhook_lines USING btree (due_at) WHERE (due_at IS NOT NULL);
+
+
+--
+-- Name: webhook_lines_org_id_served_at_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX webhook_lines_org_id_served_at_idx ON public.webhook_lines USING btree (org_id, served_at);
 
 
 --
@@ -3997,6 +4366,13 @@ ALTER INDEX public.execution_logs_pkey ATTACH PARTITION public.execution_logs_de
 --
 
 ALTER INDEX public.flow_run_steps_pkey ATTACH PARTITION public.flow_run_steps_default_pkey;
+
+
+--
+-- Name: flow_run_steps_default_updated_at_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_run_steps_outcome_unknown_idx ATTACH PARTITION public.flow_run_steps_default_updated_at_idx;
 
 
 --
@@ -4252,6 +4628,13 @@ CREATE TRIGGER webhook_deliveries_notify AFTER INSERT ON public.webhook_deliveri
 
 
 --
+-- Name: webhook_deliveries webhook_deliveries_place; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE CONSTRAINT TRIGGER webhook_deliveries_place AFTER INSERT ON public.webhook_deliveries DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.tolstoy_place_deliveries();
+
+
+--
 -- Name: webhook_deliveries webhook_deliveries_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4465,6 +4848,14 @@ ALTER TABLE ONLY public.webhook_deliveries
 
 
 --
+-- Name: webhook_lines webhook_lines_webhook_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.webhook_lines
+    ADD CONSTRAINT webhook_lines_webhook_id_fkey FOREIGN KEY (org_id, webhook_id) REFERENCES public.webhooks(org_id, id) ON DELETE CASCADE;
+
+
+--
 -- Name: webhooks webhooks_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4552,6 +4943,13 @@ CREATE POLICY engine_access ON public.flow_triggers TO tolstoy_engine USING (tru
 --
 
 CREATE POLICY engine_access ON public.webhook_deliveries TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: webhook_lines engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.webhook_lines TO tolstoy_engine USING (true) WITH CHECK (true);
 
 
 --
@@ -4853,6 +5251,13 @@ CREATE POLICY tenant_isolation ON public.webhook_deliveries USING ((org_id = pub
 
 
 --
+-- Name: webhook_lines tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.webhook_lines USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: webhooks tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -4888,6 +5293,12 @@ ALTER TABLE public.users ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.webhook_deliveries ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: webhook_lines; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.webhook_lines ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: webhooks; Type: ROW SECURITY; Schema: public; Owner: -
@@ -4932,4 +5343,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000300'),
     ('20261207000400'),
     ('20261208000200'),
-    ('20261208000300');
+    ('20261208000300'),
+    ('20261208000401'),
+    ('20261208000402'),
+    ('20261208000403');

@@ -95,12 +95,13 @@ select r.org_id, r.id, r.flow_id, f.name as flow_name, r.flow_version, r.user_id
        r.plan -> 'steps' as plan_steps,
        (select x.id
         from flow_runs x
-        where x.org_id = :org_id and x.retry_of = r.id
+        where x.org_id = :org_id and x.retry_of = r.id and x.created_at >= tolstoy_run_from(:id::uuid)
         order by x.created_at
         limit 1) as retried_by
 from flow_runs r
 join flows f on f.org_id = r.org_id and f.id = r.flow_id
-where r.org_id = :org_id and r.id = :id;
+where r.org_id = :org_id and r.id = :id
+  and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
 
 -- name: run_steps
 -- A run's step checkpoints in the order they started, at most :limit (a foreach of

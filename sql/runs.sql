@@ -29,7 +29,8 @@ select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.sta
                    and strpos(s.step_id, '[') = 0),  -- a foreach step's items are in its output
                 case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
 from flow_runs r
-where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
+where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
+  and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
 
 -- name: get_for_update^
 -- One run of a flow, locked until the end of the transaction.
@@ -37,13 +38,15 @@ select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.sta
        r.retry_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id
 from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
+  and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid)
 for update;
 
 -- name: status_of^
 -- Where one run of a flow stands (no outputs gathered): for checks before acting on it.
 select r.id, r.created_at, r.flow_id, r.status
 from flow_runs r
-where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id;
+where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
+  and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
 
 -- name: list
 -- One keyset page of a flow's runs, newest first (only the children of :parent_id when given).
@@ -56,7 +59,8 @@ select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variabl
                 case when r.status in ('completed', 'failed', 'cancelled') then '{}'::jsonb end) as outputs
 from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id
-  and (:parent_id::uuid is null or r.parent_run_id = :parent_id::uuid)
+  and (:parent_id::uuid is null
+       or (r.parent_run_id = :parent_id::uuid and r.created_at >= tolstoy_run_from(:parent_id::uuid)))
   and (:after_created_at::timestamptz is null
        or (r.created_at, r.id) < (:after_created_at::timestamptz, :after_id::uuid))
 order by r.created_at desc, r.id desc
@@ -70,7 +74,9 @@ select s.step_id, s.status, s.attempt, s.inputs, s.outputs, s.error, s.wake_at, 
 from flow_run_steps s
 left join (select k.id, k.parent_step_id
            from flow_runs k
-           where k.org_id = :org_id and k.parent_run_id = :run_id) as c on c.parent_step_id = s.step_id
+           where k.org_id = :org_id and k.parent_run_id = :run_id
+             and k.created_at >= :run_created_at::timestamptz - interval '1 second') as c
+  on c.parent_step_id = s.step_id
 where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
 order by s.started_at, s.step_id;
 
@@ -82,6 +88,7 @@ set status = case when status in ('queued', 'waiting') then 'cancelled'::flow_ru
     error = case when status in ('queued', 'waiting') then '{"message": "Cancelled"}'::jsonb else error end,
     cancel_requested = true
 where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
+  and created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid)
 returning id, status;
 
 -- name: cancel_descendants^
@@ -93,10 +100,11 @@ with recursive tree as (
     select c.org_id, c.id, c.created_at
     from flow_runs c
     where c.org_id = :org_id and c.parent_run_id = :id
+      and c.created_at >= tolstoy_run_from(:id::uuid)  -- children are queued after their parent
     union all
     select c.org_id, c.id, c.created_at
     from flow_runs c
-    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id
+    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
 ), locked as (
     -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
     -- locking a middle run before a grandchild that is finishing would deadlock with it.
@@ -226,13 +234,22 @@ from (select coalesce(:flow_id::uuid,
 select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 
 -- name: maintain_history$
--- Create history partitions ahead and drop those past retention (null: keep everything); in the
--- same statement, delete finished webhook deliveries and the trigger inbox past theirs ({pruned}),
--- and the signals of runs dropped past retention ({signals_pruned}).
+-- Create history partitions ahead and drop those past retention (null: keep everything).
 select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
-                                :months_ahead::integer)
-       || jsonb_build_object('pruned', tolstoy_prune_deliveries(:delivery_retention_days::integer, 50000),
-                             'signals_pruned', tolstoy_prune_signals(:retention_days::integer, 50000));
+                                :months_ahead::integer);
+
+-- name: prune$
+-- One batch of housekeeping, at most :batch rows of each kind: finished webhook deliveries and the
+-- trigger inbox past their retention ({deliveries, inbox}), signals of runs dropped past retention
+-- ({signals}), steps parked on an unknown outcome past their timeout failed and their runs queued
+-- ({unknown_outcomes}). Null when another worker's batch is under way (one pruner at a time).
+select case when pg_try_advisory_xact_lock(hashtextextended('tolstoy_prune', 0)) then
+           tolstoy_prune_deliveries(:delivery_retention_days::integer, :batch::integer)
+           || jsonb_build_object(
+                  'signals', tolstoy_prune_signals(:retention_days::integer, :batch::integer),
+                  'unknown_outcomes', tolstoy_expire_unknown_outcomes(:unknown_outcome_days::integer,
+                                                                      :batch::integer))
+       end;
 
 -- ---- tolstoy secrets rotate --reencrypt ---------------------------------------------
 

@@ -58,7 +58,8 @@ where org_id = :org_id and flow_id = :flow_id and id = :id;
 -- name: deliveries
 -- One keyset page of a trigger's deliveries, newest first (bodies are not listed).
 select org_id, id, trigger_id, verdict, reason, delivery_id, headers, execution_id, received_at,
-       received_at as created_at, octet_length(body) as body_bytes
+       received_at as created_at, octet_length(body) as body_bytes, source, refusals,
+       coalesce(last_received_at, received_at) as last_received_at
 from flow_trigger_deliveries
 where org_id = :org_id and trigger_id = :trigger_id
   and (:after_created_at::timestamptz is null
@@ -98,9 +99,27 @@ order by (delivery_id = :delivery_id::text) desc nulls last
 limit 1;
 
 -- name: refuse!
--- Record a refused request (no body: it was not verified).
-insert into flow_trigger_deliveries (org_id, trigger_id, verdict, reason, delivery_id, headers)
-values (:org_id, :trigger_id, :verdict, :reason, :delivery_id, :headers);
+-- Count a refused request (no body: it was not verified) into its trigger's row for this hour,
+-- verdict and :source; the first request of a row gives it its reason, delivery id and headers.
+-- Past :max_sources sources in the hour (of any verdict), a new source counts into the source '*':
+-- an hour of refusals is at most :max_sources rows and one per verdict (two requests racing in may
+-- each add a source). Nothing here reads the unbounded count, only up to :max_sources rows.
+insert into flow_trigger_deliveries as d (org_id, trigger_id, verdict, reason, delivery_id, headers, source,
+                                          refused_hour, last_received_at)
+select :org_id, :trigger_id, :verdict, :reason, :delivery_id, :headers,
+       case when exists (select 1 from flow_trigger_deliveries e
+                         where e.org_id = :org_id and e.trigger_id = :trigger_id and e.refused_hour = h.hour
+                           and e.verdict = :verdict and e.source = :source::text)
+                 or (select count(*)
+                     from (select 1 from flow_trigger_deliveries e
+                           where e.org_id = :org_id and e.trigger_id = :trigger_id and e.refused_hour = h.hour
+                             and e.verdict <> 'valid' and e.source <> '*'
+                           limit :max_sources::integer) as seen) < :max_sources::integer
+            then :source::text else '*' end,
+       h.hour, now()
+from (select date_bin('1 hour', now(), timestamptz '2000-01-01 00:00:00+00') as hour) as h
+on conflict (org_id, trigger_id, refused_hour, verdict, source) where verdict <> 'valid'
+do update set refusals = d.refusals + 1, last_received_at = excluded.last_received_at;
 
 -- name: queue^
 -- Queue a run of the flow's current version with these variables and record it on the delivery

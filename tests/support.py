@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import logging
@@ -282,6 +283,27 @@ def json_log_lines(level: int = logging.INFO) -> Iterator[Callable[[], list[dict
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+HISTORY_MONTHS = 24
+
+
+def month_start(today: dt.date, back: int) -> dt.date:
+    """The first day of the month ``back`` months before ``today``'s."""
+    index = today.year * 12 + today.month - 1 - back
+    return dt.date(index // 12, index % 12 + 1, 1)
+
+
+def two_years_of_partitions(db) -> str:
+    """Make the run history's monthly partitions for the 23 months before this one, this one and three
+    ahead (as two years of upkeep would have); returns this month's flow_runs partition."""
+    with db.pool.connection() as conn:
+        conn.execute("select tolstoy_ensure_partitions(%s, %s)",
+                     (month_start(dt.date.today(), HISTORY_MONTHS - 1), HISTORY_MONTHS + 3))
+        made = conn.execute("select count(*) as n from pg_inherits i join pg_class p on p.oid = i.inhparent "
+                            "where p.relname = 'flow_runs'").fetchone()["n"]
+    assert made >= HISTORY_MONTHS + 3
+    return f"flow_runs_p{dt.date.today():%Y_%m}"
 
 
 class LinesRun:

@@ -28,6 +28,7 @@ PUBLIC_FIELDS = (
     "max_recoveries", "foreach_max_items", "subflow_max_depth", "run_retention_days", "webhook_timeout_ms",
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
+    "prune_batch", "prune_budget_seconds", "unknown_outcome_timeout_days", "hook_refused_sources",
 )
 PRIVATE_FIELDS = (
     "database_url", "worker_database_url", "admin_database_url", "direct_url", "extra", "secret",
@@ -94,6 +95,15 @@ class Config:
     webhook_retry_max_ms: int = 3_600_000
     webhook_give_up_seconds: float = 86_400.0
     webhook_retention_days: int = 30
+    # Housekeeping (a worker's upkeep pass): rows deleted per transaction, and how long a pass may
+    # prune before it yields (the next pass follows soon when it was not done).
+    prune_batch: int = 10_000
+    prune_budget_seconds: float = 60.0
+    # A step parked on an unknown outcome that nobody resolves fails after this many days.
+    unknown_outcome_timeout_days: int = 30
+    # Refused requests to a webhook trigger are counted per source and hour; past this many sources
+    # in an hour, one row counts the rest.
+    hook_refused_sources: int = 20
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
@@ -209,6 +219,10 @@ class Config:
             webhook_retry_max_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_MAX_MS", 3_600_000, 10, 86_400_000),
             webhook_give_up_seconds=reader.number("TOLSTOY_WEBHOOK_GIVE_UP_SECONDS", 86_400.0, 1, 30 * 86_400),
             webhook_retention_days=reader.integer("TOLSTOY_WEBHOOK_RETENTION_DAYS", 30, 1, 36500),
+            prune_batch=reader.integer("TOLSTOY_PRUNE_BATCH", 10_000, 100, 100_000),
+            prune_budget_seconds=reader.number("TOLSTOY_PRUNE_BUDGET_SECONDS", 60.0, 0.1, 3600),
+            unknown_outcome_timeout_days=reader.integer("TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS", 30, 1, 36500),
+            hook_refused_sources=reader.integer("TOLSTOY_HOOK_REFUSED_SOURCES", 20, 1, 1000),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),

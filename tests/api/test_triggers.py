@@ -143,8 +143,12 @@ def test_tampered_wrong_secret_stale_missing_and_replayed_requests_get_401(api, 
     assert len(runs_of(db, flow["id"])) == 1
     inbox = client.simulate_get(f"/flows/{flow['id']}/triggers/{hook['id']}/deliveries?limit=200",
                                 headers=api.headers(org)).json
-    verdicts = sorted(d["verdict"] for d in inbox)
-    assert verdicts == sorted(["invalid"] * 4 + ["stale"] * 2 + ["valid", "replayed", "replayed"])
+    # Refusals of one hour, verdict and source are counted in one entry each.
+    counted = {}
+    for d in inbox:
+        counted[d["verdict"]] = counted.get(d["verdict"], 0) + d["refusals"]
+    assert counted == {"invalid": 4, "stale": 2, "valid": 1, "replayed": 2}
+    assert sorted(d["verdict"] for d in inbox) == ["invalid", "replayed", "stale", "valid"]
     assert all(d["bodyBytes"] is None for d in inbox if d["verdict"] != "valid")  # unverified bodies are not kept
 
 
@@ -226,6 +230,53 @@ def test_a_replay_from_the_inbox_starts_a_new_run_with_the_stored_body(api, org,
     assert client.simulate_post(f"{base}/{refused['id']}/replay", headers=api.headers(org)).status_code == 409
     other = api.org("Other")
     assert client.simulate_post(f"{base}/{delivery['id']}/replay", headers=api.headers(other)).status_code == 404
+
+
+def refusal_rows(db, trigger_id: str) -> list[dict]:
+    with db.pool.connection() as conn:
+        return conn.execute("select verdict, source, refusals from flow_trigger_deliveries "
+                            "where trigger_id = %s and verdict <> 'valid' order by source", (trigger_id,)).fetchall()
+
+
+def test_a_flood_of_refused_requests_is_counted_not_stored_one_by_one(api, org, db, client):
+    """Anyone who knows a trigger's URL can send bad signatures: the inbox counts them per hour, verdict
+    and source (at most TOLSTOY_HOOK_REFUSED_SOURCES sources an hour, the rest as '*'), so a flood of
+    them writes a bounded number of rows, and no refusal goes uncounted."""
+    flow = api.flow(org)
+    hook = webhook(api, org, flow)
+    body = b'{"n": 1}'
+    bad = signed("whsec_not-the-secret", body)
+
+    def refuse(remote_addr: str, **headers):
+        result = client.simulate_post(hook["url"], body=body, remote_addr=remote_addr,
+                                      headers={"Content-Type": "application/json", **bad, **headers})
+        assert result.status_code == 401, result.text
+
+    for _ in range(300):
+        refuse("192.0.2.7")
+    assert [dict(r) for r in refusal_rows(db, hook["id"])] == [
+        {"verdict": "invalid", "source": "192.0.2.7", "refusals": 300}]
+    # One IPv6 host has a whole /64 to send from: one source. X-Forwarded-For from a peer that is not a
+    # trusted proxy is not believed.
+    for host in range(1, 51):
+        refuse(f"2001:db8:1:2::{host:x}", **{"X-Forwarded-For": f"198.51.100.{host}"})
+    # Past 20 sources in the hour (the default cap), the rest are counted as one.
+    for host in range(1, 41):
+        refuse(f"203.0.113.{host}")
+    rows = refusal_rows(db, hook["id"])
+    sources = {r["source"]: r["refusals"] for r in rows}
+    assert sources["192.0.2.7"] == 300 and sources["2001:db8:1:2::/64"] == 50
+    assert len(rows) == 21 and sources["*"] == 40 - 18  # 18 of the 203.0.113 hosts fit under the cap
+    assert sum(sources.values()) == 300 + 50 + 40
+    # The tenant sees the counts; a verified request is its own entry as ever.
+    assert post_hook(client, hook, body, signed(hook["secret"], body)).status_code == 202
+    inbox = client.simulate_get(f"/flows/{flow['id']}/triggers/{hook['id']}/deliveries?limit=100",
+                                headers=api.headers(org)).json
+    assert sum(d["refusals"] for d in inbox if d["verdict"] == "invalid") == 390
+    flood = next(d for d in inbox if d["source"] == "192.0.2.7")
+    assert flood["refusals"] == 300 and flood["lastReceivedAt"] >= flood["receivedAt"]
+    valid = [d for d in inbox if d["verdict"] == "valid"]
+    assert len(valid) == 1 and valid[0]["refusals"] == 1 and valid[0]["source"] is None
 
 
 def test_the_inbox_is_paginated(api, org, client):

@@ -30,11 +30,11 @@ class Receiver:
     """Records what a webhook receiver got: (headers, raw body) per request; answers from a script
     of (status, headers) then 200."""
 
-    def __init__(self, server: HTTPServer, path: str = "/hook", script=()):
+    def __init__(self, server: HTTPServer, path: str = "/hook", script=(), **match):
         self.got: list[tuple[dict, bytes]] = []
         self.script = list(script)
         self.lock = threading.Lock()
-        server.expect_request(path, method="POST").respond_with_handler(self.handle)
+        server.expect_request(path, **({"method": "POST"} | match)).respond_with_handler(self.handle)
         self.url = server.url_for(path)
 
     def handle(self, request):
@@ -274,7 +274,7 @@ def test_upkeep_prunes_old_finished_deliveries_and_the_trigger_inbox(api, org, c
                          "values (%s, %s, 'invalid', 'test', now() - %s::interval)", (org["id"], trigger["id"], age))
     w = engine.worker(config, worker_db, concurrency=1)  # TOLSTOY_WEBHOOK_RETENTION_DAYS: 30 by default
     result = w.maintain()
-    assert result["pruned"] == {"deliveries": 1, "inbox": 1}
+    assert result["pruned"] == {"deliveries": 1, "inbox": 1, "signals": 0, "unknown_outcomes": 0, "behind": False}
     with db.pool.connection() as conn:
         left = [r["id"] for r in conn.execute("select id from webhook_deliveries order by seq").fetchall()]
         inbox = conn.execute("select count(*) as n from flow_trigger_deliveries").fetchone()["n"]
@@ -335,3 +335,23 @@ def test_key_rotation_moves_webhook_secrets_and_headers_and_deliveries_still_ver
     headers, body = receiver.got[0]
     assert headers["X-Key"] == "kept-through-rotation"
     assert verify(webhook["secret"], headers["X-Webhook-Signature"], body)
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_attempt_that_records_its_location_and_is_not_followed(api, org, fast_worker, server,
+                                                                                      status):
+    """A receiver answering 3xx gets no second request (a 302 followed as a GET used to be recorded as
+    delivered, with the body lost; a 307 would have sent the signed body to wherever it points)."""
+    elsewhere = Receiver(server, "/elsewhere", method="__ALL")  # a GET after a 302 as well
+    moved = server.url_for("/elsewhere")
+    receiver = Receiver(server, script=[(status, {"Location": moved})])
+    webhook = hook(api, org, receiver.url, ["flow.completed"])
+    assert api.client.simulate_post(f"/webhooks/{webhook['id']}/test", headers=api.headers(org)).status_code == 202
+    [delivery] = wait_until(lambda: [d for d in deliveries(api, org, webhook) if d["state"] in ("delivered", "failed")],
+                            10, "the attempt recorded")
+    assert delivery["state"] == "failed" and delivery["attempts"] == 1 and delivery["lastStatusCode"] == status
+    [attempt] = delivery["attemptLog"]
+    assert attempt["statusCode"] == status and attempt["location"] == moved
+    assert moved in attempt["error"] and moved in delivery["lastError"]
+    time.sleep(0.3)
+    assert len(receiver.got) == 1 and elsewhere.got == []

@@ -21,7 +21,10 @@ UNSCOPED = {"organizations", "health", "metrics", "session", "server"}
 CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history", "triggers.hook_target",
                 "triggers.claim_schedules", "triggers.next_schedule", "triggers.fire_schedules",
                 # The event_webhooks migration's claim of due deliveries (security definer).
-                "webhooks.claim"}
+                "webhooks.claim",
+                # The upkeep's housekeeping batch (security-definer functions of the event_webhooks,
+                # wait_signals and housekeeping_keeps_up migrations).
+                "runs.prune"}
 # A function that acts for one organization takes it as an argument.
 FOR_ORG = r"tolstoy_\w+\((%\(\w+\)s(::\w+)?, )*%\(org_id\)s"
 

@@ -8,7 +8,10 @@ trigger's secret, decrypted with the organization's data key. A verified
 request and the run it queues are written in one transaction (the inbox row
 first: a concurrent twin waits on its unique delivery id), and the answer is
 sent only after that commit. Refused requests are kept too, without their
-body, so a sender's misconfiguration can be seen in the inbox.
+body, so a sender's misconfiguration can be seen in the inbox; but anyone who
+knows the URL can send them, so they are counted, not stored one by one: one
+row per trigger, hour, verdict and source (the sender's address, an IPv6 one by
+its /64), at most ``max_sources`` sources an hour, the rest counted as ``*``.
 
 Answers: 202 ``{executionId}``; 200 ``{executionId}`` of the first run for a
 redelivered event (same sender delivery id); 401 bad, missing, stale or
@@ -18,8 +21,9 @@ replayed signature; 403 disabled trigger; 404 no such webhook trigger; 413,
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import falcon
 
@@ -27,6 +31,7 @@ from .. import engine, metrics, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
+from .access_log import client_address
 from .dumping import dumper
 from .errors import NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_raw
@@ -51,6 +56,21 @@ def parse_object(raw: bytes) -> dict:
     return data
 
 
+def source_of(req: falcon.Request, trusted: Iterable[str]) -> str:
+    """Who sent a request, as refusals are counted: the client's address (X-Forwarded-For believed
+    from trusted proxies only), an IPv6 address by its /64 (one host has a whole /64 to send from)."""
+    address = client_address(req.remote_addr, req.get_header("X-Forwarded-For"), trusted)
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return "unknown"
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def refused(verdict: signatures.Verdict) -> falcon.HTTPUnauthorized:
     """401 naming why (the scheme is the trigger's, not a bearer token)."""
     return falcon.HTTPUnauthorized(title="Invalid signature", description=verdict.reason)
@@ -61,10 +81,19 @@ class Hook:
 
     access = "public"
 
-    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, clock: Callable[[], float] = time.time):
+    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, clock: Callable[[], float] = time.time, *,
+                 trusted_proxies: Iterable[str] = ("127.0.0.1", "::1"), max_sources: int = 20):
         self.db = db
         self.vault = vault
         self.clock = clock
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.max_sources = max_sources
+
+    def _refuse(self, req: falcon.Request, org_id, hook_id, verdict: signatures.Verdict, delivery_id, kept) -> None:
+        """Count a refused request into the inbox (sql/triggers.sql, refuse)."""
+        self.db.rowcount(SQL.triggers.refuse, commit=True, org_id=org_id, trigger_id=hook_id, verdict=verdict.verdict,
+                         reason=verdict.reason, delivery_id=delivery_id, headers=kept,
+                         source=source_of(req, self.trusted_proxies), max_sources=self.max_sources)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, trigger_id: str) -> None:
         """Verify, record and queue: 202 ``{executionId}`` once committed."""
@@ -86,8 +115,7 @@ class Hook:
                 verdict = signatures.verify(preset, secret, req.get_header, raw, self.clock())
                 kept = dbmod.json(signatures.kept_headers(preset, req.get_header))
                 if not verdict.ok:
-                    self.db.rowcount(SQL.triggers.refuse, commit=True, org_id=org_id, trigger_id=hook_id,
-                                     verdict=verdict.verdict, reason=verdict.reason, delivery_id=None, headers=kept)
+                    self._refuse(req, org_id, hook_id, verdict, None, kept)
                     failure = refused(verdict)
                 elif not target["enabled"]:
                     failure = falcon.HTTPForbidden(title="Trigger disabled",
@@ -116,8 +144,7 @@ class Hook:
                 # A redelivery of an event already received: its first run, not a second one.
                 return falcon.HTTP_200, _ACCEPTED({"execution_id": earlier["execution_id"]}), None
             replay = signatures.Verdict("replayed", "This signature was seen before: the request is a replay.")
-            self.db.rowcount(SQL.triggers.refuse, commit=True, org_id=org_id, trigger_id=hook_id,
-                             verdict=replay.verdict, reason=replay.reason, delivery_id=sender_id, headers=kept)
+            self._refuse(req, org_id, hook_id, replay, sender_id, kept)
             return None, None, refused(replay)
         run = self.db.one(SQL.triggers.queue, commit=True, org_id=org_id, flow_id=target["flow_id"],
                           user_id=None, variables=dbmod.json(data), delivery_id=inserted["id"])

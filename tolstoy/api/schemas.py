@@ -964,6 +964,14 @@ class DeliverySchema(Base):
     headers = fields.Dict(dump_only=True)
     execution_id = fields.UUID(data_key="executionId", dump_only=True, allow_none=True)
     body_bytes = fields.Integer(data_key="bodyBytes", dump_only=True, allow_none=True)
+    source = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "A refused request's sender (its address, an IPv6 one by its /64; * for the sources past "
+                       "the hour's cap); null for verified requests."})
+    refusals = fields.Integer(dump_only=True, metadata={
+        "description": "How many requests this entry counts: refused requests of one trigger, hour, verdict and "
+                       "source are counted in one entry (1 for a verified request)."})
+    last_received_at = Timestamp(data_key="lastReceivedAt", dump_only=True, metadata={
+        "description": "When the latest request this entry counts was received (receivedAt for one request)."})
     received_at = Timestamp(data_key="receivedAt", dump_only=True)
     created_at = Timestamp(data_key="createdAt", dump_only=True)
 
@@ -1101,7 +1109,8 @@ class WebhookDeliverySchema(Base):
                        "delivered, failed (given up), cancelled (the webhook was disabled)."})
     attempts = fields.Integer(dump_only=True)
     attempt_log = fields.List(fields.Dict(), data_key="attemptLog", dump_only=True, metadata={
-        "description": "Every attempt: {attempt, at, statusCode, durationMs, error}."})
+        "description": "Every attempt: {attempt, at, statusCode, durationMs, error, location} (location: the "
+                       "Location of a 3xx answer, which is never followed)."})
     next_attempt_at = Timestamp(data_key="nextAttemptAt", dump_only=True, allow_none=True)
     last_status_code = fields.Integer(data_key="lastStatusCode", dump_only=True, allow_none=True)
     last_error = fields.String(data_key="lastError", dump_only=True, allow_none=True)

@@ -320,6 +320,7 @@ class Outbound:
         secrets: dict[str, str] | None = None,
         cancel: threading.Event | None = None,
         cross_origin_redirects: bool = True,
+        follow_redirects: bool = True,
     ) -> Reply:
         """Send one request, following up to MAX_REDIRECTS redirects (each hop re-checked by the
         backend; credentials dropped when a hop leaves the origin). The whole call, redirects and
@@ -328,14 +329,15 @@ class Outbound:
         goes on the wire in their place; a header holding one is dropped like ``secret_headers``.
         ``cross_origin_redirects=False`` for a request whose body is a credential (an OAuth2 token
         request): a redirect to another origin is an OutboundError, never followed, since a 307 or
-        308 would send the same body there."""
+        308 would send the same body there. ``follow_redirects=False``: no redirect is followed at
+        all; a 3xx is the reply (with its ``Location`` header), as for any other status."""
         started = time.perf_counter()
         with limits(time.monotonic() + timeout_ms / 1000, cancel):
             return self._request(method, url, headers, params, json_body, content, data, timeout_ms,
-                                 secret_headers, secrets or {}, started, cross_origin_redirects)
+                                 secret_headers, secrets or {}, started, cross_origin_redirects, follow_redirects)
 
     def _request(self, method, url, headers, params, json_body, content, data, timeout_ms, secret_headers,
-                 secrets, started, cross_origin_redirects) -> Reply:
+                 secrets, started, cross_origin_redirects, follow_redirects) -> Reply:
         headers = dict(headers or {})
         body: dict = {}
         if json_body is not None:
@@ -351,7 +353,7 @@ class Outbound:
                 with self.client.stream(method, url, headers=fill_placeholders(headers, secrets), params=params,
                                         timeout=timeout_ms / 1000, **body) as response:
                     location = response.headers.get("location")
-                    if response.is_redirect and location:
+                    if response.is_redirect and location and follow_redirects:
                         target = response.url.join(location)
                         if origin_of(target) != origin_of(response.url):
                             if not cross_origin_redirects:

@@ -8,8 +8,11 @@ sends each as the exact bytes of a JSON envelope, signed over those bytes, and
 records the attempt: 2xx delivered; network trouble, 5xx and 429 retried after
 a capped, jittered exponential back-off (or the receiver's ``Retry-After``)
 until the give-up period has passed since the first attempt; any other answer
-is final. A webhook's deliveries go out one at a time, in event order: the
-claim hands out only the first unfinished delivery of each webhook.
+is final. Redirects are never followed: a 3xx is a failed attempt that records
+its ``Location``. A webhook's deliveries go out one at a time, in the order
+their transactions committed: the claim hands out only the first unfinished
+delivery of each webhook's line, and takes lines in turns across organizations
+and webhooks (tolstoy_claim_deliveries), so no tenant's backlog holds another's.
 
 Every attempt goes through the engine's outbound guard (``Outbound``), so a
 target that resolves to a private address is refused at send time as a tool
@@ -165,8 +168,8 @@ class Deliverer:
         due = answer.get("next_due")
         if due is None:
             return len(claimed), None
-        # Due already but not handed out (locked by another worker, or behind an earlier delivery
-        # being sent): look again shortly rather than spin.
+        # Due already but not handed out (its line locked by another worker's claim at that moment):
+        # look again shortly rather than spin.
         return len(claimed), max(seconds_between(due, answer["now"]), 0.25)
 
     def _attempt_then_free(self, delivery: dict) -> None:
@@ -214,8 +217,11 @@ class Deliverer:
                    "X-Webhook-Signature": signatures.sign(secret, body, int(self.clock()))}
         started = time.perf_counter()
         try:
+            # Never followed: a 302 would turn the POST into a GET and lose the body, a 307 would send
+            # the signed body, and the webhook's custom headers, wherever it points.
             reply = self.outbound.request("POST", delivery["url"], headers=headers, content=body,
-                                          timeout_ms=self.timeout_ms, secret_headers=tuple(custom))
+                                          timeout_ms=self.timeout_ms, secret_headers=tuple(custom),
+                                          follow_redirects=False)
         except OutboundError as exc:
             duration = int((time.perf_counter() - started) * 1000)
             result = {"status_code": None, "duration_ms": duration, "error": str(exc)[:1000]}
@@ -227,6 +233,14 @@ class Deliverer:
         if 200 <= reply.status < 300:
             return {**result, "outcome": "delivered"}
         result["error"] = f"The receiver answered {reply.status}."
+        if 300 <= reply.status < 400:
+            # Final, like any answer that is neither a success nor worth retrying; where it pointed is
+            # kept, so the owner can correct the webhook's url.
+            location = _header(reply.headers, "location")
+            result["location"] = location[:2048] if location else None
+            result["error"] = (f"The receiver answered {reply.status} (a redirect to {location or 'nowhere'}); "
+                               "deliveries never follow redirects: set the webhook's url to where it points.")[:1000]
+            return {**result, "outcome": "failed"}
         if retryable_status(reply.status):
             wait = retry_after_ms(_header(reply.headers, "retry-after"))
             if wait is None:

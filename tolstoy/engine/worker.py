@@ -7,8 +7,14 @@ or until ``poll_seconds`` pass. While it holds runs, a heartbeat renews the
 leases of exactly those runs, presenting each run's token; a run whose lease
 could not be renewed (another worker may own it now) is stopped, and a cancel
 asked for through the API reaches its run within one heartbeat. Once an hour
-(``maintenance_seconds``) a worker keeps the run history: monthly partitions
-created ahead, those past retention dropped.
+(``maintenance_seconds``), on a thread of its own, a worker keeps the run
+history: monthly partitions created ahead, those past retention dropped; then
+it prunes what is past retention (finished webhook deliveries, the trigger
+inbox, signals of dropped runs) and fails steps parked on an unknown outcome
+past their timeout, in batches of ``prune_batch`` rows, each its own
+transaction, until it has caught up or spent ``prune_budget_seconds``. A pass
+that ran out of budget is followed by the next one after a pause as long as it
+took, not after an hour: pruning keeps pace with what comes in.
 
 Schedule triggers fire from the same loop: the claim of runs also says when the
 next schedule of any organization falls due, and only then does a worker lock
@@ -70,7 +76,8 @@ class Worker:
                  lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
-                 deliverer: Callable[[str, Tools], Deliverer] | None = None):
+                 deliverer: Callable[[str, Tools], Deliverer] | None = None, prune_batch: int = 10_000,
+                 prune_budget_seconds: float = 60.0, unknown_outcome_timeout_days: int = 30):
         self.db = db
         self.clock = clock  # None: the database's clock decides what is due
         self.schedules_per_claim = schedules_per_claim
@@ -82,6 +89,9 @@ class Worker:
         self.max_recoveries = max_recoveries
         self.retention_days = retention_days
         self.maintenance_seconds = maintenance_seconds
+        self.prune_batch = prune_batch
+        self.prune_budget_seconds = prune_budget_seconds
+        self.unknown_outcome_timeout_days = unknown_outcome_timeout_days
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
         self.drained = threading.Event()
@@ -232,26 +242,59 @@ class Worker:
             self.stop_expired()
 
     def maintain(self, today=None) -> dict | None:
-        """Keep the run history: partitions ahead, those past retention dropped (one worker at a time)."""
+        """One upkeep pass: partitions ahead, those past retention dropped (one worker at a time), then
+        prune() ({pruned}). The next pass is due after ``maintenance_seconds``, or, when pruning ran out
+        of its budget, after a pause as long as this pass took."""
+        started = time.monotonic()
+        self._next_maintenance = started + self.maintenance_seconds
         result = self.db.scalar(SQL.runs.maintain_history, today=today, retention_days=self.retention_days,
-                                months_ahead=3, delivery_retention_days=(
-                                    self.deliverer.retention_days if self.deliverer is not None else None))
+                                months_ahead=3)
         if result and result.get("dropped"):
             log.info("history pruned", extra={"dropped": result["dropped"], "kept": result.get("kept")})
-        if result and any((result.get("pruned") or {}).values()):
-            log.info("deliveries pruned", extra=result["pruned"])
-        return result
+        pruned = self.prune()
+        if pruned["behind"]:
+            self._next_maintenance = time.monotonic() + max(time.monotonic() - started, 1.0)
+        return {**(result or {}), "pruned": pruned}
 
-    def _maintain_when_due(self) -> None:
-        if time.monotonic() < self._next_maintenance:
-            return
-        self._next_maintenance = time.monotonic() + self.maintenance_seconds
-        try:
-            self.maintain()
-        except DatabaseUnavailable:
-            self._next_maintenance = time.monotonic() + 60  # try again soon
-        except Exception:  # noqa: BLE001 - history upkeep must never stop the worker
-            log.exception("history maintenance failed")
+    def prune(self) -> dict:
+        """Housekeeping past retention, in batches of ``prune_batch`` rows of each kind (one transaction
+        each, so no lock is held long), until a batch finds less than a full batch of every kind (caught
+        up) or ``prune_budget_seconds`` are spent (``behind``: the next pass comes soon). One worker at a
+        time: another one's batch in progress ends this pass."""
+        totals = dict.fromkeys(("deliveries", "inbox", "signals", "unknown_outcomes"), 0)
+        started = time.monotonic()
+        behind = False
+        batches = 0
+        while True:
+            done = self.db.scalar(SQL.runs.prune, batch=self.prune_batch, retention_days=self.retention_days,
+                                  delivery_retention_days=(
+                                      self.deliverer.retention_days if self.deliverer is not None else None),
+                                  unknown_outcome_days=self.unknown_outcome_timeout_days)
+            if done is None:  # another worker is pruning
+                break
+            batches += 1
+            for kind in totals:
+                totals[kind] += done[kind]
+            if max(done[kind] for kind in totals) < self.prune_batch:
+                break
+            if time.monotonic() - started >= self.prune_budget_seconds or self.stopping.is_set():
+                behind = True
+                break
+        if any(totals.values()) or behind:
+            log.info("housekeeping pruned", extra={**totals, "batches": batches, "behind": behind,
+                                                   "seconds": round(time.monotonic() - started, 3)})
+        return {**totals, "behind": behind}
+
+    def _upkeep(self) -> None:
+        # A thread of its own: a pass that takes its whole pruning budget must not hold up claims.
+        while not self.stopping.wait(max(self._next_maintenance - time.monotonic(), 0)):
+            try:
+                self.maintain()
+            except DatabaseUnavailable:
+                self._next_maintenance = time.monotonic() + 60  # try again soon
+            except Exception:  # noqa: BLE001 - history upkeep must never stop the worker
+                self._next_maintenance = time.monotonic() + self.maintenance_seconds
+                log.exception("history maintenance failed")
 
     # ---- the loop ---------------------------------------------------------------
 
@@ -261,6 +304,7 @@ class Worker:
                                     args=(self.wake.set, self.stopping), daemon=True)
         heartbeat = threading.Thread(target=self._heartbeat, name="tolstoy-heartbeat", daemon=True)
         watch = threading.Thread(target=self._watch_leases, name="tolstoy-lease-watch", daemon=True)
+        upkeep = threading.Thread(target=self._upkeep, name="tolstoy-upkeep", daemon=True)
         delivery = None
         if self.deliveries is not None:
             delivery = threading.Thread(target=self.deliveries.run, name="tolstoy-webhooks", daemon=True)
@@ -268,11 +312,11 @@ class Worker:
         listener.start()
         heartbeat.start()
         watch.start()
+        upkeep.start()
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency})
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run") as pool:
             while not self.stopping.is_set():
                 self.wake.clear()
-                self._maintain_when_due()
                 try:
                     claimed, due_in = self.claim(pool)
                 except Exception:  # noqa: BLE001 - database hiccup: back off, keep serving
@@ -297,6 +341,7 @@ class Worker:
             delivery.join(timeout=self.deliverer.timeout_ms / 1000 + 5)
         heartbeat.join(timeout=self.lease_seconds)
         listener.join(timeout=2)
+        upkeep.join(timeout=5)  # a batch in progress commits (or the process exit rolls it back)
         log.info("worker stopped", extra={"worker": self.id})
 
     def stop(self, *_: object) -> None:
