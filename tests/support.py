@@ -216,6 +216,9 @@ REVIEWED_ROUTES = {
     "/organizations": ("organizations", "GET POST", ANYONE,
                        "admin token, or an organization's key for its own (api_key mode)"),
     "/organizations/{id}": ("organizations", "DELETE GET PATCH PUT", ANYONE, "as /organizations"),
+    "/organizations/{id}/quotas": ("organizations", "GET PATCH PUT", ANYONE,
+                                   "as /organizations/{id}; changing quotas is the admin token's only"),
+    "/organizations/{id}/usage": ("organizations", "GET", ANYONE, "as /organizations/{id}, reading only"),
     "/auth/{tool_key}/callback": ("public", "GET", ANYONE, "the provider sends the browser back; the HMAC-signed "
                                                           "state names the organization and login, single use"),
     "/approvals/{token}": ("public", "GET POST", ANYONE, "the HMAC-signed link is the credential, single use"),
@@ -280,3 +283,45 @@ def json_log_lines(level: int = logging.INFO) -> Iterator[Callable[[], list[dict
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+# ---- quotas per organization (tests/api/test_quotas.py, tests/engine/test_quota_admission.py) ----
+
+
+def execute_flow(client, org, user, flow, **headers):
+    """POST /flows/{id}/execute as ``user`` of ``org`` (headers mode), answered as it is."""
+    return client.simulate_post(f"/flows/{flow['id']}/execute", json={},
+                                headers={"X-Org-ID": org["id"], "X-User-ID": user["id"], **headers})
+
+
+def written(db, org) -> dict:
+    """Everything a run leaves: its row, its steps, its log rows."""
+    with db.pool.connection() as conn:
+        return conn.execute(
+            "select (select count(*) from flow_runs where org_id = %(o)s) as runs, "
+            "(select count(*) from flow_run_steps where org_id = %(o)s) as steps, "
+            "(select count(*) from execution_logs where org_id = %(o)s) as logs", {"o": org["id"]}).fetchone()
+
+
+def set_quotas(client, org, headers=None, **values) -> dict:
+    """PUT /organizations/{id}/quotas (the admin's: headers mode, or pass the admin token)."""
+    result = client.simulate_put(f"/organizations/{org['id']}/quotas", json=values, headers=headers or {})
+    assert result.status_code == 200, result.text
+    return result.json
+
+
+def usage(client, org, headers=None) -> dict:
+    """GET /organizations/{id}/usage."""
+    result = client.simulate_get(f"/organizations/{org['id']}/usage", headers=headers or {})
+    assert result.status_code == 200, result.text
+    return result.json
+
+
+def assert_quota_refusal(result, quota: str, limit: int, retry_after: str) -> None:
+    """A 429 over one of the organization's quotas: the error body naming it and its limit, and Retry-After."""
+    assert result.status_code == 429, result.text
+    body = result.json
+    assert body["statusCode"] == 429 and body["error"] == "Too Many Requests", body
+    assert body["quota"] == quota and body["limit"] == limit, body
+    assert quota in body["message"] and f"({limit}" in body["message"], body
+    assert result.headers["retry-after"] == retry_after

@@ -9,7 +9,15 @@ import logging
 
 import falcon
 
-from ..errors import DatabaseUnavailable, ForeignKeyViolation, KeyRejected, TenantRejected, UniqueViolation, VaultError
+from ..errors import (
+    DatabaseUnavailable,
+    ForeignKeyViolation,
+    KeyRejected,
+    QuotaExceeded,
+    TenantRejected,
+    UniqueViolation,
+    VaultError,
+)
 
 log = logging.getLogger("tolstoy.errors")
 
@@ -47,10 +55,17 @@ class Conflict(falcon.HTTPConflict):
 
 
 class TooManyRequests(falcon.HTTPTooManyRequests):
-    """429 with Retry-After (seconds)."""
+    """429 with Retry-After (seconds); over one of the organization's quotas, the body also names it
+    (``quota``) with its ``limit``."""
 
-    def __init__(self, message: str, retry_after: int):
+    def __init__(self, message: str, retry_after: int, quota: str | None = None, limit=None):
         super().__init__(description=message, retry_after=retry_after)
+        self.extra = {"quota": quota, "limit": limit} if quota is not None else {}
+
+
+# When to try again after a quota refused a new run: runs finish within seconds to minutes; stored bytes
+# shrink only when the workers' hourly upkeep drops a month past retention (or someone purges runs).
+QUOTA_RETRY_AFTER = {"queuedRuns": 30, "storedBytes": 3600}
 
 
 class PreconditionFailed(falcon.HTTPPreconditionFailed):
@@ -122,6 +137,11 @@ def vault_error(req, resp, exc: Exception, params):
     )
 
 
+def quota_exceeded(req, resp, exc: QuotaExceeded, params):
+    """429 naming the quota a new run would exceed (nothing of the run was written)."""
+    raise TooManyRequests(exc.message, QUOTA_RETRY_AFTER.get(exc.quota, 60), quota=exc.quota, limit=exc.limit)
+
+
 def tenant_rejected(req, resp, exc: TenantRejected, params):
     """400 naming the tenant header whose organization or user does not exist."""
     raise field_error(exc.field, exc.message)
@@ -182,6 +202,7 @@ def serialize(req, resp, exc: falcon.HTTPError) -> None:
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = [{k: _encodable(v) for k, v in e.items()} for e in errors]
+    body.update(getattr(exc, "extra", None) or {})
     resp.media = body
     resp.content_type = falcon.MEDIA_JSON
 
@@ -196,4 +217,5 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)
     app.add_error_handler(VaultError, vault_error)
+    app.add_error_handler(QuotaExceeded, quota_exceeded)
     app.set_error_serializer(serialize)

@@ -63,6 +63,8 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
                 "retention_days": config.run_retention_days, **overrides}
     settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
+    # Schedules and subflow steps queue runs: the database holds them to the configured quota defaults.
+    db.use_quotas(config.database_quotas())
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 
 
