@@ -464,7 +464,8 @@ comment on function tolstoy_fire_schedules(timestamptz, jsonb) is
     'organization, in organization order; a run a quota refuses skips its slot (last_skipped_at, last_skip_reason). '
     'Returns [{trigger_id, org_id, execution_id, scheduled_at}] of the runs queued.';
 
--- The same as in subflows, plus: a child a quota refuses fails the step (QuotaExceeded) instead of the statement.
+-- The same as in one_child_per_step_chain, plus: a child a quota refuses fails the step (QuotaExceeded) instead
+-- of the statement.
 create or replace function tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb)
 returns jsonb
 language plpgsql as $$
@@ -472,12 +473,13 @@ declare
     answer jsonb;
     parent flow_runs;
     child flow_runs;
-    original flow_runs;
+    latest flow_runs;
     step text := spec ->> 'step_id';
     target uuid := (spec ->> 'flow_id')::uuid;
     target_version integer := (spec ->> 'version')::integer;
     max_depth integer := coalesce((spec ->> 'max_depth')::integer, 10);
     created boolean := false;
+    adopted boolean := false;
     parked boolean := false;
     outputs jsonb;
     sealed jsonb;
@@ -505,19 +507,57 @@ begin
                                   '(TOLSTOY_SUBFLOW_MAX_DEPTH).', parent.depth + 1, max_depth)));
         end if;
         begin
-            -- A retry of the parent retries the child the same step of the retried run queued (same plan,
-            -- its completed steps kept, the same Idempotency-Keys), unless that child was retried already.
-            if parent.retry_of is not null then
-                select * into original from flow_runs o
-                where o.org_id = org and o.parent_run_id = parent.retry_of and o.parent_step_id = step
-                  and o.status in ('completed', 'failed', 'cancelled')
-                order by o.created_at desc
+            -- The child chain this step of an earlier run of the parent's chain started (newest first), and
+            -- the newest run of that child chain. A failure handler's step has none: it handles this run's failure.
+            if parent.retry_of is not null and step not like 'onFailure.%' then
+                with recursive earlier(id) as (
+                    select parent.retry_of
+                    union all
+                    select r.retry_of
+                    from flow_runs r join earlier e on r.org_id = org and r.id = e.id
+                    where r.retry_of is not null
+                )
+                select * into latest from flow_runs c
+                where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+                order by c.created_at desc
                 limit 1;
-                if original.id is not null then
-                    select (q.run).* into child
-                    from tolstoy_queue_run(org, original.flow_id, original.flow_version, parent.user_id,
-                                           original.variables, null, original.id) as q
-                    where q.created;
+                if latest.id is not null then
+                    with recursive later(id, created_at) as (
+                        select latest.id, latest.created_at
+                        union all
+                        select r.id, r.created_at
+                        from flow_runs r join later l on r.org_id = org and r.retry_of = l.id
+                    )
+                    select r.* into latest
+                    from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
+                    order by l.created_at desc
+                    limit 1;
+                    if latest.status in ('completed', 'failed', 'cancelled') then
+                        -- Continue its chain: its completed steps are kept, its calls sent under the same keys.
+                        select (q.run).* into child
+                        from tolstoy_queue_run(org, latest.flow_id, latest.flow_version, parent.user_id,
+                                               latest.variables, null, latest.id) as q;
+                    elsif latest.parent_run_id is null then
+                        -- A retry of the child made by hand, under way: it is this step's child from now on.
+                        child := latest;
+                        adopted := true;
+                    else
+                        -- Under way for an earlier run of the chain (cancelled with it, as a rule): no second child
+                        -- while it runs. Park until it ends (flow_runs_wake_parent wakes this run), then continue
+                        -- its chain. The step waits, whatever its "wait" says.
+                        update flow_run_steps s
+                        set status = 'waiting'
+                        where s.org_id = org and s.run_id = run and s.run_created_at = parent.created_at
+                          and s.step_id = step;
+                        update flow_runs r
+                        set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+                        where r.org_id = org and r.id = run and r.created_at = parent.created_at;
+                        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+                        values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
+                                jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
+                                                   'parentExecutionId', latest.parent_run_id));
+                        return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                    end if;
                 end if;
             end if;
             if child.id is null then
@@ -547,13 +587,14 @@ begin
         set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
         where c.org_id = org and c.id = child.id and c.created_at = child.created_at
         returning * into child;
-        -- The parent's log says which child the step started.
+        -- The parent's log says which child the step started (or took over).
         insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
         values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
                 jsonb_build_object('childExecutionId', child.id, 'flowId', child.flow_id,
                                    'flowVersion', child.flow_version, 'wait', (spec ->> 'wait')::boolean,
-                                   'retryOf', child.retry_of));
-        created := true;
+                                   'retryOf', child.retry_of)
+                || case when adopted then '{"adopted": true}'::jsonb else '{}'::jsonb end);
+        created := not adopted;
     end if;
     if child.status = 'completed' then
         select coalesce(jsonb_object_agg(s.step_id, s.outputs), '{}'),
@@ -581,9 +622,10 @@ end;
 $$;
 
 comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
-    'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one per parent step), and park the '
-    'parent while a waited-for child runs. A child a quota refuses is {error: {name: QuotaExceeded}}. Acts for org '
-    'under row-level security.';
+    'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a '
+    'retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is '
+    'under way), and park the parent while a waited-for child runs. A child a quota refuses is '
+    '{error: {name: QuotaExceeded}}. Acts for org under row-level security.';
 
 -- ---- what GET /organizations/{id}/usage reads --------------------------------------------
 
@@ -618,7 +660,7 @@ set local statement_timeout = '60s';
 
 drop function tolstoy_usage();
 
--- tolstoy_subflow as subflows defined it.
+-- tolstoy_subflow as one_child_per_step_chain defined it.
 create or replace function tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb)
 returns jsonb
 language plpgsql as $$
@@ -626,12 +668,13 @@ declare
     answer jsonb;
     parent flow_runs;
     child flow_runs;
-    original flow_runs;
+    latest flow_runs;
     step text := spec ->> 'step_id';
     target uuid := (spec ->> 'flow_id')::uuid;
     target_version integer := (spec ->> 'version')::integer;
     max_depth integer := coalesce((spec ->> 'max_depth')::integer, 10);
     created boolean := false;
+    adopted boolean := false;
     parked boolean := false;
     outputs jsonb;
     sealed jsonb;
@@ -656,19 +699,57 @@ begin
                 'message', format('A child run here would be nested %s deep, more than the limit of %s '
                                   '(TOLSTOY_SUBFLOW_MAX_DEPTH).', parent.depth + 1, max_depth)));
         end if;
-        -- A retry of the parent retries the child the same step of the retried run queued (same plan,
-        -- its completed steps kept, the same Idempotency-Keys), unless that child was retried already.
-        if parent.retry_of is not null then
-            select * into original from flow_runs o
-            where o.org_id = org and o.parent_run_id = parent.retry_of and o.parent_step_id = step
-              and o.status in ('completed', 'failed', 'cancelled')
-            order by o.created_at desc
+        -- The child chain this step of an earlier run of the parent's chain started (newest first), and
+        -- the newest run of that child chain. A failure handler's step has none: it handles this run's failure.
+        if parent.retry_of is not null and step not like 'onFailure.%' then
+            with recursive earlier(id) as (
+                select parent.retry_of
+                union all
+                select r.retry_of
+                from flow_runs r join earlier e on r.org_id = org and r.id = e.id
+                where r.retry_of is not null
+            )
+            select * into latest from flow_runs c
+            where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+            order by c.created_at desc
             limit 1;
-            if original.id is not null then
-                select (q.run).* into child
-                from tolstoy_queue_run(org, original.flow_id, original.flow_version, parent.user_id,
-                                       original.variables, null, original.id) as q
-                where q.created;
+            if latest.id is not null then
+                with recursive later(id, created_at) as (
+                    select latest.id, latest.created_at
+                    union all
+                    select r.id, r.created_at
+                    from flow_runs r join later l on r.org_id = org and r.retry_of = l.id
+                )
+                select r.* into latest
+                from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
+                order by l.created_at desc
+                limit 1;
+                if latest.status in ('completed', 'failed', 'cancelled') then
+                    -- Continue its chain: its completed steps are kept, its calls sent under the same keys.
+                    select (q.run).* into child
+                    from tolstoy_queue_run(org, latest.flow_id, latest.flow_version, parent.user_id,
+                                           latest.variables, null, latest.id) as q;
+                elsif latest.parent_run_id is null then
+                    -- A retry of the child made by hand, under way: it is this step's child from now on.
+                    child := latest;
+                    adopted := true;
+                else
+                    -- Under way for an earlier run of the chain (cancelled with it, as a rule): no second child
+                    -- while it runs. Park until it ends (flow_runs_wake_parent wakes this run), then continue
+                    -- its chain. The step waits, whatever its "wait" says.
+                    update flow_run_steps s
+                    set status = 'waiting'
+                    where s.org_id = org and s.run_id = run and s.run_created_at = parent.created_at
+                      and s.step_id = step;
+                    update flow_runs r
+                    set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+                    where r.org_id = org and r.id = run and r.created_at = parent.created_at;
+                    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+                    values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
+                            jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
+                                               'parentExecutionId', latest.parent_run_id));
+                    return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                end if;
             end if;
         end if;
         if child.id is null then
@@ -692,13 +773,14 @@ begin
         set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
         where c.org_id = org and c.id = child.id and c.created_at = child.created_at
         returning * into child;
-        -- The parent's log says which child the step started.
+        -- The parent's log says which child the step started (or took over).
         insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
         values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
                 jsonb_build_object('childExecutionId', child.id, 'flowId', child.flow_id,
                                    'flowVersion', child.flow_version, 'wait', (spec ->> 'wait')::boolean,
-                                   'retryOf', child.retry_of));
-        created := true;
+                                   'retryOf', child.retry_of)
+                || case when adopted then '{"adopted": true}'::jsonb else '{}'::jsonb end);
+        created := not adopted;
     end if;
     if child.status = 'completed' then
         select coalesce(jsonb_object_agg(s.step_id, s.outputs), '{}'),
@@ -726,8 +808,9 @@ end;
 $$;
 
 comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
-    'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one per parent step), and park the '
-    'parent while a waited-for child runs. Acts for org under row-level security.';
+    'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a '
+    'retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is '
+    'under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
 
 -- tolstoy_fire_schedules as flow_triggers defined it.
 create or replace function tolstoy_fire_schedules(as_of timestamptz, fires jsonb) returns jsonb
