@@ -5,6 +5,7 @@ QuotaExceeded; stored bytes are measured whenever a run finishes, whoever finish
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 import time
@@ -172,6 +173,31 @@ def test_a_schedule_over_the_quota_skips_its_slot_and_says_why(api, org, db, cli
     free = client.simulate_get(f"/flows/{flows['free']['id']}/triggers/{triggers['free']['id']}",
                                headers=api.headers(other)).json
     assert free["lastSkippedAt"] is None and free["lastSkipReason"] is None
+
+
+def test_the_configured_default_binds_the_workers_new_runs_as_it_binds_the_apis(api, org, user, db, client, config,
+                                                                                database_url):
+    """No override: a worker's units of work set the configured defaults for the database (tolstoy.quotas)
+    as the API's do, so a schedule meets TOLSTOY_QUOTA_QUEUED_RUNS; another organization's does not."""
+    other = api.org("Other")
+    flows = {"full": api.flow(org), "free": api.flow(other)}
+    triggers = {"full": schedule(api, org, flows["full"], "0 * * * *"),
+                "free": schedule(api, other, flows["free"], "0 * * * *")}
+    for trigger in triggers.values():
+        set_next_run(db, trigger, at(2027, 1, 1, 10))
+    assert execute_flow(client, org, user, flows["full"]).status_code == 202  # the one place of the default
+    limited = dataclasses.replace(config, quota_queued_runs=1)
+    worker, worker_db = make_worker(limited, database_url, Clock(at(2027, 1, 1, 10, 0, 1)))
+    try:
+        fired = worker.fire_schedules()
+    finally:
+        worker_db.close()
+    assert [f["trigger_id"] for f in fired] == [triggers["free"]["id"]]
+    assert written(db, org)["runs"] == 1 and written(db, other)["runs"] == 1
+    with db.pool.connection() as conn:
+        reason = conn.execute("select last_skip_reason from flow_triggers where id = %s",
+                              (triggers["full"]["id"],)).fetchone()["last_skip_reason"]
+    assert "queuedRuns" in reason and "(1)" in reason, reason
 
 
 def test_a_subflow_child_over_the_quota_fails_the_step_with_quota_exceeded(api, org, user, client, worker, db):
