@@ -76,6 +76,30 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
     pytest.fail(f"nothing listened on port {port} within {timeout} s")
 
 
+@contextlib.contextmanager
+def app_processes(env: dict, ports: list[int]) -> Iterator[list[str]]:
+    """The base URLs of Gunicorn servers of the app on 127.0.0.1, one on each of ``ports`` with one worker
+    (so which process answers a request is certain), ``env`` over this process's environment; stopped after."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "tolstoy.api.app:get_app()"],
+        cwd=root, env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for port in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            wait_for_port(port, process)
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def trickle(count: int, pause: float):
     """A pytest-httpserver handler whose answer sends one byte every ``pause`` seconds, ``count``
     times: a tool that never stalls long enough for a per-read timeout to fire."""

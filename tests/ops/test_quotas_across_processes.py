@@ -9,13 +9,11 @@ same runs and both pass."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 
 import httpx
 import pytest
-from support import free_port, wait_for_port
-from test_oauth_across_processes import gunicorn
+from support import app_processes, free_port
 
 ROUNDS = 12
 
@@ -23,21 +21,8 @@ ROUNDS = 12
 @pytest.fixture
 def two_processes(worker_env):
     """Base URLs of two app processes on this test's database."""
-    ports = free_port(), free_port()
-    processes = [gunicorn(worker_env, port) for port in ports]
-    try:
-        for port, process in zip(ports, processes, strict=True):
-            wait_for_port(port, process)
-        yield [f"http://127.0.0.1:{port}" for port in ports]
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with app_processes(worker_env, [free_port(), free_port()]) as bases:
+        yield bases
 
 
 def tenant(http: httpx.Client, base: str, name: str) -> dict:
