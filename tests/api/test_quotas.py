@@ -183,6 +183,22 @@ def test_quotas_of_an_organization_that_does_not_exist_are_404_before_a_bad_fiel
     assert client.simulate_get("/organizations/not-a-uuid/usage").status_code == 404
 
 
+def test_quotas_of_an_organization_deleted_a_moment_ago_are_404(client, api):
+    """The organization's row answers, not the process's memory of tenants it checked seconds ago: a
+    deleted organization's quotas and usage are 404 at once, and no override can be set for it."""
+    org = api.org("Gone")
+    set_quotas(client, org, queuedRuns=3)
+    assert usage(client, org)["queuedRuns"]["limit"] == 3  # checked (and remembered) just now
+    assert client.simulate_delete(f"/organizations/{org['id']}").status_code == 204
+    for method, path, body in (("GET", "quotas", None), ("GET", "usage", None), ("PUT", "quotas", {"queuedRuns": 1}),
+                               ("PATCH", "quotas", {"requestBurst": 5}), ("PUT", "quotas", {"queuedRuns": -1})):
+        result = client.simulate_request(method, f"/organizations/{org['id']}/{path}", json=body)
+        assert result.status_code == 404 and result.json["message"] == "Organization not found.", (path, result.text)
+    guarded = client.simulate_put(f"/organizations/{org['id']}/quotas", json={"queuedRuns": 1},
+                                  headers={"If-Match": '"anything"'})
+    assert guarded.status_code == 404, guarded.text
+
+
 def test_if_match_guards_a_change_of_quotas(client, org):
     current = client.simulate_get(f"/organizations/{org['id']}/quotas").headers["etag"]
     set_quotas(client, org, queuedRuns=3)

@@ -165,6 +165,14 @@ _SHOW_USAGE = dumper(UsageSchema())
 _DERIVED = frozenset({"organizationId", "effective"})
 
 
+def found(row: dict | None) -> dict:
+    """The row of a query that names the organization: none, and the organization does not exist (or
+    was just deleted, which the check of the tenant may remember for seconds yet)."""
+    if row is None:
+        raise NotFound("Organization")
+    return row
+
+
 class OrganizationQuota:
     """What both routes share: ``/organizations/{id}/…`` of the caller's own organization (an API key)
     or of any (the admin token, headers mode), read or written as that organization."""
@@ -196,9 +204,8 @@ class OrganizationQuota:
         except TenantRejected:
             raise NotFound("Organization") from None
 
-    def represent(self, org_id: uuid.UUID, row: dict | None) -> dict:
+    def represent(self, org_id: uuid.UUID, row: dict) -> dict:
         """The overrides (null: the default) and the quotas in force."""
-        row = row or {}
         overrides = {column: row.get(column) for column in COLUMNS.values()}
         effective = {column: self.defaults[name] if overrides[column] is None else overrides[column]
                      for name, column in COLUMNS.items()}
@@ -214,7 +221,7 @@ class Quotas(OrganizationQuota):
         """The overrides and the quotas in force, with an ETag."""
         org_id = self.organization(req, id)
         with self.acting_for(req, org_id):
-            row = self.db.one(SQL.quotas.get, commit=True, org_id=org_id)
+            row = found(self.db.one(SQL.quotas.get, commit=True, org_id=org_id))
         respond(resp, self.represent(org_id, row))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
@@ -225,16 +232,16 @@ class Quotas(OrganizationQuota):
         data = read_json(req)
         with self.acting_for(req, org_id):
             if req.if_match is not None:  # read (locked) only to compare: a plain write is one statement
-                current = self.db.one(SQL.quotas.get_for_update, org_id=org_id)
+                current = found(self.db.one(SQL.quotas.get_for_update, org_id=org_id))
                 check_if_match(req, etag_of(self.represent(org_id, current)))
             try:
                 values = validate_body(_QUOTAS, data, partial=True, ignore=_DERIVED)
             except ValidationFailed:
-                Database.current().verify()  # a missing organization is a 404 before a bad field's 400
+                found(self.db.one(SQL.quotas.get, org_id=org_id))  # a missing organization: 404 before a bad field's 400
                 raise
-            row = self.db.one(SQL.quotas.upsert, commit=True, org_id=org_id,
-                              sent=[COLUMNS[name] for name in COLUMNS if COLUMNS[name] in values],
-                              **{column: values.get(column) for column in COLUMNS.values()})
+            row = found(self.db.one(SQL.quotas.upsert, commit=True, org_id=org_id,
+                                    sent=[COLUMNS[name] for name in COLUMNS if COLUMNS[name] in values],
+                                    **{column: values.get(column) for column in COLUMNS.values()}))
         respond(resp, self.represent(org_id, row))
 
     on_put = on_patch
@@ -252,7 +259,7 @@ class Usage(OrganizationQuota):
         """Usage and limit of each quota."""
         org_id = self.organization(req, id)
         with self.acting_for(req, org_id):
-            row = self.db.one(SQL.quotas.usage, commit=True, org_id=org_id)
+            row = found(self.db.one(SQL.quotas.usage, commit=True, org_id=org_id))
         limits = self.represent(org_id, row)["effective"]
         requests = self.buckets.usage(org_id)
         respond(resp, _SHOW_USAGE({
