@@ -131,6 +131,41 @@ COMMENT ON FUNCTION public.actions_bump_version() IS 'BEFORE UPDATE trigger: ver
 
 
 --
+-- Name: execution_logs_count_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.execution_logs_count_stored_bytes() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    -- An AFTER ROW trigger sees the rows as stored (compressed, out of line included), as the purge's
+    -- and a run's measures do; RETURNING would show an inserted value uncompressed.
+    if tg_op in ('UPDATE', 'DELETE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (old.org_id, tolstoy_history_month(old.created_at),
+                -(pg_column_size(old.inputs) + coalesce(pg_column_size(old.outputs), 0)
+                  + coalesce(pg_column_size(old.error), 0)));
+    end if;
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (new.org_id, tolstoy_history_month(new.created_at),
+                pg_column_size(new.inputs) + coalesce(pg_column_size(new.outputs), 0)
+                + coalesce(pg_column_size(new.error), 0));
+    end if;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION execution_logs_count_stored_bytes(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.execution_logs_count_stored_bytes() IS 'AFTER ROW trigger of the execution log rows that belong to no run (a client''s, a direct action call''s): what they store counts in their organization''s history_bytes when written, changed or deleted. A run''s own rows count with the run when it finishes (flow_runs_count_stored_bytes).';
+
+
+--
 -- Name: flow_runs_count_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -146,7 +181,7 @@ begin
                     from flow_run_steps s
                     where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at), 0)
         -- A run's log rows are never older than the run: the bound prunes older months' partitions. A
-        -- client's rows count when written (sql/execution_logs.sql), whatever execution id they borrow.
+        -- client's rows count when written (execution_logs_count_stored_bytes), whatever execution id they borrow.
         + coalesce((select sum(pg_column_size(l.inputs) + coalesce(pg_column_size(l.outputs), 0)
                                + coalesce(pg_column_size(l.error), 0))
                     from execution_logs l
@@ -1177,6 +1212,97 @@ $$;
 COMMENT ON FUNCTION public.tolstoy_key_version(ciphertext bytea) IS 'The organization data key version a ciphertext (tool_credentials.secret, flow_run_steps.sealed) was encrypted with; null for a plain Fernet token under TOLSTOY_ENCRYPTION_KEY (written before envelope encryption).';
 
 
+SET default_tablespace = '';
+
+--
+-- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.execution_logs (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid,
+    user_id uuid,
+    execution_id text NOT NULL,
+    step_key text NOT NULL,
+    status public.execution_status NOT NULL,
+    inputs jsonb NOT NULL,
+    outputs jsonb,
+    error jsonb,
+    duration_ms integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
+    CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
+    CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
+    CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
+    CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
+)
+PARTITION BY RANGE (created_at);
+
+ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE execution_logs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run (written by clients or the engine); monthly partitions.';
+
+
+--
+-- Name: COLUMN execution_logs.user_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.user_id IS 'Actor (X-User-ID) who wrote the log or started the run; null for system runs.';
+
+
+--
+-- Name: COLUMN execution_logs.execution_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.execution_id IS 'Groups the logs of one run; chosen by the client or the engine.';
+
+
+--
+-- Name: COLUMN execution_logs.error; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.error IS 'Any JSON value describing the failure; null when the step did not fail.';
+
+
+--
+-- Name: COLUMN execution_logs.duration_ms; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step took, for logs written by the engine; null otherwise.';
+
+
+--
+-- Name: COLUMN execution_logs.source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.source IS 'engine: written by Tolstoy (workers, run changes made through the API, action calls); client: written through POST /execution-logs (shown as such; never changed into an engine row).';
+
+
+--
+-- Name: tolstoy_log_of_no_run(public.execution_logs); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select l.source = 'client' or l.flow_id is null
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_log_of_no_run(l public.execution_logs); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) IS 'Whether an execution log row belongs to no run: a client wrote it (whatever execution id it names) or it names no flow (a direct action call). Such rows count in stored bytes when written; a run''s own, when it finishes.';
+
+
 --
 -- Name: tolstoy_maintain_history(date, integer, integer); Type: FUNCTION; Schema: public; Owner: -
 --
@@ -1358,8 +1484,6 @@ $$;
 
 COMMENT ON FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) IS 'Deletes up to batch signals older than retention_days whose run is gone (its partition was dropped).';
 
-
-SET default_tablespace = '';
 
 --
 -- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
@@ -2376,77 +2500,6 @@ COMMENT ON COLUMN public.api_keys.expires_at IS 'When the key stops working (nul
 --
 
 COMMENT ON COLUMN public.api_keys.user_id IS 'The user the key is bound to (null: none): it may act as that user (use their OAuth connections, connect an account for them). Never changes.';
-
-
---
--- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.execution_logs (
-    org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    flow_id uuid,
-    user_id uuid,
-    execution_id text NOT NULL,
-    step_key text NOT NULL,
-    status public.execution_status NOT NULL,
-    inputs jsonb NOT NULL,
-    outputs jsonb,
-    error jsonb,
-    duration_ms integer,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
-    CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
-    CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
-    CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
-    CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
-)
-PARTITION BY RANGE (created_at);
-
-ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
-
-
---
--- Name: TABLE execution_logs; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run (written by clients or the engine); monthly partitions.';
-
-
---
--- Name: COLUMN execution_logs.user_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.user_id IS 'Actor (X-User-ID) who wrote the log or started the run; null for system runs.';
-
-
---
--- Name: COLUMN execution_logs.execution_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.execution_id IS 'Groups the logs of one run; chosen by the client or the engine.';
-
-
---
--- Name: COLUMN execution_logs.error; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.error IS 'Any JSON value describing the failure; null when the step did not fail.';
-
-
---
--- Name: COLUMN execution_logs.duration_ms; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step took, for logs written by the engine; null otherwise.';
-
-
---
--- Name: COLUMN execution_logs.source; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.source IS 'engine: written by Tolstoy (workers, run changes made through the API, action calls); client: written through POST /execution-logs (shown as such; never changed into an engine row).';
 
 
 --
@@ -4524,6 +4577,27 @@ CREATE TRIGGER actions_touch_updated_at BEFORE UPDATE ON public.actions FOR EACH
 --
 
 CREATE TRIGGER api_keys_touch_updated_at BEFORE UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: execution_logs execution_logs_count_stored_bytes_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_delete AFTER DELETE ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(old.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
+
+
+--
+-- Name: execution_logs execution_logs_count_stored_bytes_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_insert AFTER INSERT ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(new.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
+
+
+--
+-- Name: execution_logs execution_logs_count_stored_bytes_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_update AFTER UPDATE OF inputs, outputs, error ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(old.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
 
 
 --

@@ -31,24 +31,13 @@ for update;
 -- name: insert^
 -- Record one step event a client sent (POST /execution-logs): source 'client', always, and no
 -- duration (the engine's measure). The only statement that writes a log for a client; Tolstoy's
--- own rows go through write. Its bytes count in the organization's stored run history (the
--- engine's rows are counted with their run, when it finishes: flow_runs_count_stored_bytes).
-with logged as (
-    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status,
-                                inputs, outputs, error, source)
-    values (:org_id, :flow_id, :user_id, :execution_id, :step_key, :status,
-            :inputs, :outputs, :error, 'client')
-    returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-              error, duration_ms, source, created_at, updated_at
-), counted as (
-    insert into history_bytes (org_id, month, bytes)
-    select org_id, tolstoy_history_month(created_at),
-           pg_column_size(inputs) + coalesce(pg_column_size(outputs), 0) + coalesce(pg_column_size(error), 0)
-    from logged
-)
-select id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-       error, duration_ms, source, created_at, updated_at
-from logged;
+-- own rows go through write.
+insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status,
+                            inputs, outputs, error, source)
+values (:org_id, :flow_id, :user_id, :execution_id, :step_key, :status,
+        :inputs, :outputs, :error, 'client')
+returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
+          error, duration_ms, source, created_at, updated_at;
 
 -- name: write^
 -- Record one step event Tolstoy writes itself (a run change made through the API): source 'engine'.
@@ -62,39 +51,14 @@ returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, 
 -- name: update^
 -- Replace the writable columns of one log a client wrote; user_id stays the original actor. The
 -- engine's rows are never changed through here (the API answers 409 before; this keeps it so).
--- The change of its size counts in the organization's stored run history.
-with before as (
-    select pg_column_size(inputs) + coalesce(pg_column_size(outputs), 0) + coalesce(pg_column_size(error), 0)
-           as bytes
-    from execution_logs
-    where org_id = :org_id and id = :id and source = 'client'
-), changed as (
-    update execution_logs
-    set flow_id = :flow_id, execution_id = :execution_id, step_key = :step_key,
-        status = :status, inputs = :inputs, outputs = :outputs, error = :error
-    where org_id = :org_id and id = :id and source = 'client'
-    returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-              error, duration_ms, source, created_at, updated_at
-), counted as (
-    insert into history_bytes (org_id, month, bytes)
-    select c.org_id, tolstoy_history_month(c.created_at),
-           pg_column_size(c.inputs) + coalesce(pg_column_size(c.outputs), 0) + coalesce(pg_column_size(c.error), 0)
-           - b.bytes
-    from changed c cross join before b
-)
-select id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
-       error, duration_ms, source, created_at, updated_at
-from changed;
+update execution_logs
+set flow_id = :flow_id, execution_id = :execution_id, step_key = :step_key,
+    status = :status, inputs = :inputs, outputs = :outputs, error = :error
+where org_id = :org_id and id = :id and source = 'client'
+returning id, org_id, flow_id, user_id, execution_id, step_key, status, inputs, outputs,
+          error, duration_ms, source, created_at, updated_at;
 
 -- name: delete!
--- Delete one execution log a client wrote (the engine's rows stay: the API answers 409 for them);
--- its bytes leave the organization's stored run history.
-with gone as (
-    delete from execution_logs
-    where org_id = :org_id and id = :id and source = 'client'
-    returning org_id, created_at, inputs, outputs, error
-)
-insert into history_bytes (org_id, month, bytes)
-select org_id, tolstoy_history_month(created_at),
-       -(pg_column_size(inputs) + coalesce(pg_column_size(outputs), 0) + coalesce(pg_column_size(error), 0))
-from gone;
+-- Delete one execution log a client wrote (the engine's rows stay: the API answers 409 for them).
+delete from execution_logs
+where org_id = :org_id and id = :id and source = 'client';

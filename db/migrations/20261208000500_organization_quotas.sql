@@ -31,10 +31,10 @@ set local statement_timeout = '300s';
 --   inputs, outputs, sealed outputs and errors, and its execution log rows' inputs, outputs and errors.
 --   A run is measured once, when it finishes (flow_runs_count_stored_bytes writes flow_runs.stored_bytes
 --   and a delta row), so runs in flight count from their end; deleting finished runs (the purge) writes
---   the negative delta. Log rows a client writes (POST /execution-logs) count when written, changed or
---   deleted (sql/execution_logs.sql). history_bytes is append-only for the writers (no lock, so no writer ever waits
---   on another or deadlocks); admission folds an organization's rows into one per month when they are
---   many. Months past TOLSTOY_RUN_RETENTION_DAYS stop counting when the upkeep may drop them.
+--   the negative delta. Log rows of no run (a client's, POST /execution-logs; a direct action call's)
+--   count when written, changed or deleted (execution_logs_count_stored_bytes). history_bytes is
+--   append-only for the writers (no lock, so no writer ever waits on another or deadlocks); admission
+--   folds an organization's rows into one per month when they are many. Months past TOLSTOY_RUN_RETENTION_DAYS stop counting when the upkeep may drop them.
 -- * tolstoy_fire_schedules: a slot refused by a quota is skipped (the schedule moves on to its next
 --   time) and recorded on the trigger (last_skipped_at, last_skip_reason); schedules are fired in
 --   organization order, so two workers firing the same organizations take their admission locks in
@@ -156,7 +156,7 @@ begin
                     from flow_run_steps s
                     where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at), 0)
         -- A run's log rows are never older than the run: the bound prunes older months' partitions. A
-        -- client's rows count when written (sql/execution_logs.sql), whatever execution id they borrow.
+        -- client's rows count when written (execution_logs_count_stored_bytes), whatever execution id they borrow.
         + coalesce((select sum(pg_column_size(l.inputs) + coalesce(pg_column_size(l.outputs), 0)
                                + coalesce(pg_column_size(l.error), 0))
                     from execution_logs l
@@ -209,6 +209,64 @@ create trigger flow_runs_uncount_stored_bytes
     after delete on flow_runs
     referencing old table as gone
     for each statement execute function flow_runs_uncount_stored_bytes();
+
+create function execution_logs_count_stored_bytes() returns trigger
+language plpgsql security definer set search_path = public, pg_temp as $$
+begin
+    -- An AFTER ROW trigger sees the rows as stored (compressed, out of line included), as the purge's
+    -- and a run's measures do; RETURNING would show an inserted value uncompressed.
+    if tg_op in ('UPDATE', 'DELETE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (old.org_id, tolstoy_history_month(old.created_at),
+                -(pg_column_size(old.inputs) + coalesce(pg_column_size(old.outputs), 0)
+                  + coalesce(pg_column_size(old.error), 0)));
+    end if;
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (new.org_id, tolstoy_history_month(new.created_at),
+                pg_column_size(new.inputs) + coalesce(pg_column_size(new.outputs), 0)
+                + coalesce(pg_column_size(new.error), 0));
+    end if;
+    return null;
+end;
+$$;
+
+comment on function execution_logs_count_stored_bytes() is
+    'AFTER ROW trigger of the execution log rows that belong to no run (a client''s, a direct action call''s): '
+    'what they store counts in their organization''s history_bytes when written, changed or deleted. A run''s own '
+    'rows count with the run when it finishes (flow_runs_count_stored_bytes).';
+
+alter function execution_logs_count_stored_bytes() owner to tolstoy_engine;
+-- A trigger function: no one calls it. Making a partition clones the triggers, which takes
+-- the right to run it: the history's owner makes them (tolstoy_ensure_partitions).
+revoke execute on function execution_logs_count_stored_bytes() from public;
+grant execute on function execution_logs_count_stored_bytes() to tolstoy_history;
+
+create function tolstoy_log_of_no_run(l execution_logs) returns boolean
+language sql immutable as $$
+    select l.source = 'client' or l.flow_id is null
+$$;
+
+comment on function tolstoy_log_of_no_run(execution_logs) is
+    'Whether an execution log row belongs to no run: a client wrote it (whatever execution id it names) or it names '
+    'no flow (a direct action call). Such rows count in stored bytes when written; a run''s own, when it finishes.';
+
+-- The triggers' condition takes the whole row, through the function: the older migrations' own tests
+-- take the columns it reads down and up again under it (execution_log_source).
+create trigger execution_logs_count_stored_bytes_insert
+    after insert on execution_logs
+    for each row when (tolstoy_log_of_no_run(new))
+    execute function execution_logs_count_stored_bytes();
+
+create trigger execution_logs_count_stored_bytes_update
+    after update of inputs, outputs, error on execution_logs
+    for each row when (tolstoy_log_of_no_run(old))
+    execute function execution_logs_count_stored_bytes();
+
+create trigger execution_logs_count_stored_bytes_delete
+    after delete on execution_logs
+    for each row when (tolstoy_log_of_no_run(old))
+    execute function execution_logs_count_stored_bytes();
 
 -- ---- the gate ----------------------------------------------------------------------------
 
@@ -950,6 +1008,11 @@ drop function tolstoy_admit_run(uuid);
 drop function tolstoy_stored_bytes(uuid, integer);
 drop function tolstoy_quota_defaults();
 
+drop trigger execution_logs_count_stored_bytes_delete on execution_logs;
+drop trigger execution_logs_count_stored_bytes_update on execution_logs;
+drop trigger execution_logs_count_stored_bytes_insert on execution_logs;
+drop function execution_logs_count_stored_bytes();
+drop function tolstoy_log_of_no_run(execution_logs);
 drop trigger flow_runs_uncount_stored_bytes on flow_runs;
 drop function flow_runs_uncount_stored_bytes();
 drop trigger flow_runs_count_stored_bytes on flow_runs;

@@ -449,3 +449,60 @@ def test_the_quota_settings_have_defaults_and_refuse_what_is_out_of_range():
                         ("TOLSTOY_QUOTA_REQUESTS_PER_SECOND", "0"), ("TOLSTOY_QUOTA_REQUEST_BURST", "1000001")):
         with pytest.raises(ConfigError, match=name):
             Config.from_env({name: value})
+
+
+# ---- what counts as stored history -------------------------------------------------------------------------
+
+
+def stored_log_bytes(db, org, where: str) -> int:
+    """The execution log rows' inputs, outputs and errors of ``org`` matching ``where``, as stored."""
+    with db.pool.connection() as conn:
+        return conn.execute("select coalesce(sum(pg_column_size(inputs) + coalesce(pg_column_size(outputs), 0) "
+                            "+ coalesce(pg_column_size(error), 0)), 0) as bytes from execution_logs "
+                            f"where org_id = %s and {where}", (org["id"],)).fetchone()["bytes"]
+
+
+# A value of a few bytes is stored with a 1-byte header and measured by the trigger with a 4-byte one:
+# the count may exceed the stored size by 3 bytes a column (it adds and takes back the same measure).
+SMALL_VALUE_SLACK = 3 * 3
+
+
+def test_a_direct_action_calls_log_row_counts_in_stored_bytes(api, org, user, client, httpserver, db):
+    """Every log row of no run (a run's count when it finishes) counts when written: a direct action
+    call's row holds the tool's answer, as large as the tool makes it."""
+    noise = "".join(uuid.uuid4().hex for _ in range(625))  # 20,000 characters that hardly compress
+    httpserver.expect_request("/big").respond_with_json({"text": noise})
+    tool = api.tool(org, baseUrl=httpserver.url_for("/"))
+    action = api.action(org, tool, endpoint="/big")
+    called = client.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                  headers=api.headers(org, user))
+    assert called.status_code == 200 and called.json["success"], called.text
+    logged = stored_log_bytes(db, org, "flow_id is null")
+    assert logged > 20_000
+    assert 0 <= usage(client, org)["storedBytes"]["used"] - logged <= SMALL_VALUE_SLACK
+
+
+def test_a_clients_log_rows_count_when_written_changed_and_deleted(api, org, user, client, db):
+    """A client's rows count whatever execution id they name (a run's own included: the run counts only
+    the engine's rows), and deleting them gives back exactly what they added."""
+    flow = api.flow(org)
+    run = execute_flow(client, org, user, flow).json["executionId"]
+    noise = "".join(uuid.uuid4().hex for _ in range(625))
+    body = {"flowId": flow["id"], "executionId": run, "stepKey": "mine", "status": "completed",
+            "inputs": {"text": noise}}
+    written_row = client.simulate_post("/execution-logs", json=body, headers=api.headers(org, user))
+    assert written_row.status_code == 201, written_row.text
+    counted = usage(client, org)["storedBytes"]["used"]
+    assert 0 <= counted - stored_log_bytes(db, org, "source = 'client'") <= SMALL_VALUE_SLACK and counted > 20_000
+    changed = client.simulate_patch(f"/execution-logs/{written_row.json['id']}", json={"inputs": {"text": "short"}},
+                                    headers=api.headers(org, user))
+    assert changed.status_code == 200, changed.text
+    assert usage(client, org)["storedBytes"]["used"] < 100
+    # The run it borrowed the id of finishes: its measure leaves the client's row out.
+    client.simulate_post(f"/flows/{flow['id']}/executions/{run}/cancel", headers=api.headers(org))
+    with db.pool.connection() as conn:
+        measured = conn.execute("select stored_bytes from flow_runs where id = %s", (run,)).fetchone()["stored_bytes"]
+    with_run = usage(client, org)["storedBytes"]["used"]
+    deleted = client.simulate_delete(f"/execution-logs/{written_row.json['id']}", headers=api.headers(org, user))
+    assert deleted.status_code == 204, deleted.text
+    assert with_run > measured and usage(client, org)["storedBytes"]["used"] == measured
