@@ -24,7 +24,7 @@ def two_processes(worker_env):
 def test_the_oauth_callback_works_on_a_process_that_never_saw_the_organization(two_processes, server):
     first, second = two_processes
     provider = FakeOAuthProvider(server)
-    with httpx.Client(base_url=first, timeout=10) as one:
+    with httpx.Client(base_url=first, timeout=60) as one:
         org = one.post("/organizations", json={"name": "Two processes"}).json()
         h = {"X-Org-ID": org["id"]}
         user = one.post("/users", json={"email": "ada@two.example"}, headers=h).json()
@@ -40,12 +40,12 @@ def test_the_oauth_callback_works_on_a_process_that_never_saw_the_organization(t
 
     back = follow(login.headers["location"], **{"as": "ada"})
     assert back.startswith(f"{second}/auth/github/callback?")
-    connected = httpx.get(back, timeout=10)  # the browser, at the second process: no tenant header
+    connected = httpx.get(back, timeout=60)  # the browser, at the second process: no tenant header
     assert connected.status_code == 200, connected.text
     assert connected.json()["success"] is True
 
     # The second process goes on to use what it decrypted; the first reads the connection it stored.
-    with httpx.Client(timeout=10) as http:
+    with httpx.Client(timeout=60) as http:
         executed = http.post(f"{second}/actions/gh.me/execute", json={"inputs": {}}, headers=hu)
         assert executed.status_code == 200 and executed.json()["success"] is True, executed.text
         assert provider.seen_auth == ["Bearer access-ada-1"]

@@ -138,7 +138,7 @@ SET_BY_THE_SERVICE = frozenset({
     "flow_runs_lease_complete", "flow_runs_plan_object", "flow_trigger_deliveries_delivery_id_length",
     "flow_trigger_deliveries_headers_object", "flow_trigger_deliveries_valid_has_run",
     "flow_trigger_deliveries_verdict", "oauth_states_nonce_length", "oauth_states_redirect_uri_length",
-    "organization_keys_kek_id_length", "organization_keys_version_positive", "secret_reads_actor_known",
+    "oauth_tokens_token_with_expiry", "organization_keys_kek_id_length", "organization_keys_version_positive", "secret_reads_actor_known",
     "secret_reads_purpose_length", "user_connections_scope_length", "webhook_deliveries_attempt_log_array",
     "webhook_deliveries_data_object", "webhook_deliveries_lease_complete", "webhook_deliveries_pending_due",
     "webhook_deliveries_state", "webhooks_disabled_reason_length",
