@@ -42,7 +42,7 @@ def race(executes: dict[str, tuple[str, dict]]) -> dict[str, httpx.Response]:
     answers: dict[str, httpx.Response] = {}
 
     def execute(key: str, base: str, who: dict) -> None:
-        with httpx.Client(timeout=30) as own:
+        with httpx.Client(timeout=60) as own:
             start.wait()
             answers[key] = own.post(f"{base}{who['execute']}", json={}, headers=who["headers"])
 
@@ -56,7 +56,7 @@ def race(executes: dict[str, tuple[str, dict]]) -> dict[str, httpx.Response]:
 
 def test_two_processes_racing_for_the_last_place_never_both_get_it(two_processes):
     first, second = two_processes
-    with httpx.Client(timeout=30) as http:
+    with httpx.Client(timeout=60) as http:
         full, free = tenant(http, first, "Full"), tenant(http, first, "Free")
         quotas = http.put(f"{first}/organizations/{full['org']['id']}/quotas", json={"queuedRuns": 3})
         assert quotas.status_code == 200, quotas.text
