@@ -139,3 +139,15 @@ grant select, update on webhook_lines to tolstoy_worker;
 -- row-level security.
 grant select, insert, update, delete on user_connections, oauth_states to tolstoy_app;
 grant select, update on user_connections to tolstoy_worker;
+
+-- quotas per organization (20261208000500): the operator's overrides are the
+-- admin login's to write (as that organization, under row-level security) and
+-- everyone's to read for their own organization; the admission of a new run
+-- (tolstoy_admit_run, inside tolstoy_queue_run: the API and the workers) locks
+-- and raises its organization's usage row and folds its history byte counts;
+-- the usage route reads the current organization's counts (tolstoy_usage).
+grant select on organization_quotas to tolstoy_app, tolstoy_worker;
+grant select, insert, update, delete on organization_quotas to tolstoy_admin;
+grant select, insert, update on organization_usage to tolstoy_app, tolstoy_worker;
+grant select, insert, delete on history_bytes to tolstoy_app, tolstoy_worker;
+grant execute on function tolstoy_usage() to tolstoy_app, tolstoy_admin;

@@ -131,6 +131,77 @@ COMMENT ON FUNCTION public.actions_bump_version() IS 'BEFORE UPDATE trigger: ver
 
 
 --
+-- Name: execution_logs_count_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.execution_logs_count_stored_bytes() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    -- An AFTER ROW trigger sees the rows as stored (compressed, out of line included), as the purge's
+    -- and a run's measures do; RETURNING would show an inserted value uncompressed.
+    if tg_op in ('UPDATE', 'DELETE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (old.org_id, tolstoy_history_month(old.created_at),
+                -(pg_column_size(old.inputs) + coalesce(pg_column_size(old.outputs), 0)
+                  + coalesce(pg_column_size(old.error), 0)));
+    end if;
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into history_bytes (org_id, month, bytes)
+        values (new.org_id, tolstoy_history_month(new.created_at),
+                pg_column_size(new.inputs) + coalesce(pg_column_size(new.outputs), 0)
+                + coalesce(pg_column_size(new.error), 0));
+    end if;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION execution_logs_count_stored_bytes(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.execution_logs_count_stored_bytes() IS 'AFTER ROW trigger of the execution log rows that belong to no run (a client''s, a direct action call''s): what they store counts in their organization''s history_bytes when written, changed or deleted. A run''s own rows count with the run when it finishes (flow_runs_count_stored_bytes).';
+
+
+--
+-- Name: flow_runs_count_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_count_stored_bytes() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    new.stored_bytes := pg_column_size(new.variables) + pg_column_size(new.plan)
+        + coalesce(pg_column_size(new.error), 0)
+        + coalesce((select sum(coalesce(pg_column_size(s.inputs), 0) + coalesce(pg_column_size(s.outputs), 0)
+                               + coalesce(pg_column_size(s.sealed), 0) + coalesce(pg_column_size(s.error), 0))
+                    from flow_run_steps s
+                    where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at), 0)
+        -- A run's log rows are never older than the run: the bound prunes older months' partitions. A
+        -- client's rows count when written (execution_logs_count_stored_bytes), whatever execution id they borrow.
+        + coalesce((select sum(pg_column_size(l.inputs) + coalesce(pg_column_size(l.outputs), 0)
+                               + coalesce(pg_column_size(l.error), 0))
+                    from execution_logs l
+                    where l.org_id = new.org_id and l.execution_id = new.id::text
+                      and l.created_at >= new.created_at and l.source = 'engine'), 0);
+    insert into history_bytes (org_id, month, bytes)
+    values (new.org_id, tolstoy_history_month(new.created_at), new.stored_bytes);
+    return new;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_count_stored_bytes(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_count_stored_bytes() IS 'BEFORE UPDATE OF status trigger of a run that finishes: measures the history it holds (stored_bytes) and adds it to its organization''s history_bytes. Security definer (tolstoy_engine), so it measures whoever moves the run.';
+
+
+--
 -- Name: flow_runs_inherit_acting(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -222,6 +293,32 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.flow_runs_plan_on_failure() IS 'BEFORE INSERT trigger on flow_runs: adds the version''s onFailure steps (and the actions they call) to the plan.';
+
+
+--
+-- Name: flow_runs_uncount_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_uncount_stored_bytes() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+begin
+    insert into history_bytes (org_id, month, bytes)
+    select g.org_id, tolstoy_history_month(g.created_at), -sum(g.stored_bytes)
+    from gone g
+    where g.stored_bytes is not null
+    group by 1, 2;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_uncount_stored_bytes(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_uncount_stored_bytes() IS 'AFTER DELETE statement trigger of flow_runs: deleted runs (the purge of finished ones) give their stored bytes back.';
 
 
 --
@@ -342,6 +439,89 @@ $$;
 --
 
 COMMENT ON FUNCTION public.flows_record_version() IS 'AFTER INSERT/UPDATE trigger: stores each new version of steps (and on_failure) in flow_versions.';
+
+
+--
+-- Name: tolstoy_admit_run(uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_admit_run(org uuid) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    defaults jsonb := tolstoy_quota_defaults();
+    quota organization_quotas;
+    max_runs integer;
+    max_bytes bigint;
+    retention integer := (defaults ->> 'retentionDays')::integer;
+    held integer;
+    deltas integer;
+    stored bigint;
+begin
+    select * into quota from organization_quotas q where q.org_id = org;
+    max_runs := coalesce(quota.queued_runs, (defaults ->> 'queuedRuns')::integer);
+    max_bytes := coalesce(quota.stored_bytes, (defaults ->> 'storedBytes')::bigint);
+    if max_runs is null and max_bytes is null then
+        return;
+    end if;
+    -- One admission of this organization at a time, until the transaction that queues the run ends.
+    select u.runs into held from organization_usage u where u.org_id = org for update;
+    if not found then
+        insert into organization_usage (org_id) values (org) on conflict (org_id) do nothing;
+        select u.runs into held from organization_usage u where u.org_id = org for update;
+    end if;
+    if max_bytes is not null then
+        select count(*), greatest(coalesce(sum(h.bytes) filter (
+                   where retention is null or (h.month + interval '1 month')::date > current_date - retention), 0), 0)
+        into deltas, stored
+        from history_bytes h
+        where h.org_id = org;
+        if deltas > 64 then
+            -- Fold the deltas into one row per month still kept (deltas written meanwhile are not
+            -- seen, so they stay, and nothing is counted twice).
+            with gone as (
+                delete from history_bytes h where h.org_id = org returning h.month, h.bytes
+            )
+            insert into history_bytes (org_id, month, bytes)
+            select org, g.month, sum(g.bytes)
+            from gone g
+            where retention is null or (g.month + interval '1 month')::date > current_date - retention
+            group by g.month
+            having sum(g.bytes) <> 0;
+        end if;
+        if stored >= max_bytes then
+            raise exception 'The organization stores % bytes of run history, at or over its storedBytes quota (%): '
+                            'new runs are refused until retention or a purge of finished runs frees some.',
+                            stored, max_bytes
+                using errcode = 'TQ002',
+                      detail = jsonb_build_object('quota', 'storedBytes', 'limit', max_bytes, 'used', stored)::text;
+        end if;
+    end if;
+    if max_runs is not null then
+        if held >= max_runs then
+            select count(*) into held
+            from flow_runs r
+            where r.org_id = org and r.status in ('queued', 'running', 'waiting');
+            if held >= max_runs then
+                raise exception 'The organization has % runs queued, running or waiting, as many as its queuedRuns '
+                                'quota allows (%): new runs are refused until some finish.', held, max_runs
+                    using errcode = 'TQ001',
+                          detail = jsonb_build_object('quota', 'queuedRuns', 'limit', max_runs, 'used', held)::text;
+            end if;
+            update organization_usage u set runs = held + 1, counted_at = now() where u.org_id = org;
+        else
+            update organization_usage u set runs = held + 1 where u.org_id = org;
+        end if;
+    end if;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_admit_run(org uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_admit_run(org uuid) IS 'The quotas a new run of org must pass (queuedRuns: TQ001, storedBytes: TQ002), one admission of org at a time; tolstoy_queue_run calls it before writing a new run. Acts for org under row-level security.';
 
 
 --
@@ -929,13 +1109,17 @@ declare
     flow_version integer;
     scheduled timestamptz;
     queued uuid;
+    refusal text;
     fired jsonb := '[]';
     previous text := current_setting('app.org_id', true);
 begin
     if jsonb_typeof(fires) is distinct from 'array' or jsonb_array_length(fires) > 1000 then
         raise exception 'tolstoy_fire_schedules: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
-    for fire in select * from jsonb_array_elements(fires) loop
+    -- Admission locks each organization's usage row until this transaction ends: in organization
+    -- order, two workers firing schedules of the same organizations cannot wait on each other.
+    for fire in select f.value from jsonb_array_elements(fires) as f
+                order by f.value ->> 'org_id', f.value ->> 'id' loop
         org := (fire ->> 'org_id')::uuid;
         scheduled := (fire ->> 'scheduled_at')::timestamptz;
         perform set_config('app.org_id', org::text, true);
@@ -949,15 +1133,24 @@ begin
         returning t.flow_id into flow;
         continue when not found or scheduled is null;
         select f.version into flow_version from flows f where f.org_id = org and f.id = flow;
-        select (q.run).id into queued
-        from tolstoy_queue_run(org, flow, flow_version, null,
-                               jsonb_build_object('trigger', jsonb_build_object(
-                                   'id', fire ->> 'id', 'type', 'schedule',
-                                   'scheduledAt', to_char(scheduled at time zone 'UTC',
-                                                          'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))),
-                               format('tolstoy:schedule:%s:%s', fire ->> 'id',
-                                      extract(epoch from scheduled)::numeric),
-                               null) as q;
+        begin
+            select (q.run).id into queued
+            from tolstoy_queue_run(org, flow, flow_version, null,
+                                   jsonb_build_object('trigger', jsonb_build_object(
+                                       'id', fire ->> 'id', 'type', 'schedule',
+                                       'scheduledAt', to_char(scheduled at time zone 'UTC',
+                                                              'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))),
+                                   format('tolstoy:schedule:%s:%s', fire ->> 'id',
+                                          extract(epoch from scheduled)::numeric),
+                                   null) as q;
+        exception when sqlstate 'TQ001' or sqlstate 'TQ002' then
+            -- Over a quota: the slot is skipped (the schedule has moved on) and the trigger says why.
+            get stacked diagnostics refusal = message_text;
+            update flow_triggers t
+            set last_skipped_at = coalesce(as_of, now()), last_skip_reason = refusal
+            where t.org_id = org and t.id = (fire ->> 'id')::uuid;
+            continue;
+        end;
         fired := fired || jsonb_build_object('trigger_id', fire ->> 'id', 'org_id', org, 'execution_id', queued,
                                              'scheduled_at', scheduled);
     end loop;
@@ -971,7 +1164,25 @@ $$;
 -- Name: FUNCTION tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb) IS 'Advances claimed schedules (only from the due time the worker saw) and queues their runs, each acting for its organization; returns [{trigger_id, org_id, execution_id, scheduled_at}] of the runs queued.';
+COMMENT ON FUNCTION public.tolstoy_fire_schedules(as_of timestamp with time zone, fires jsonb) IS 'Advances claimed schedules (only from the due time the worker saw) and queues their runs, each acting for its organization, in organization order; a run a quota refuses skips its slot (last_skipped_at, last_skip_reason). Returns [{trigger_id, org_id, execution_id, scheduled_at}] of the runs queued.';
+
+
+--
+-- Name: tolstoy_history_month(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_history_month(at timestamp with time zone) RETURNS date
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select date_trunc('month', at at time zone 'UTC')::date
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_history_month(at timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_history_month(at timestamp with time zone) IS 'The month (first day, UTC) a run created at this time counts its stored bytes in.';
 
 
 --
@@ -1095,6 +1306,97 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_key_version(ciphertext bytea) IS 'The organization data key version a ciphertext (tool_credentials.secret, flow_run_steps.sealed) was encrypted with; null for a plain Fernet token under TOLSTOY_ENCRYPTION_KEY (written before envelope encryption).';
+
+
+SET default_tablespace = '';
+
+--
+-- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.execution_logs (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    flow_id uuid,
+    user_id uuid,
+    execution_id text NOT NULL,
+    step_key text NOT NULL,
+    status public.execution_status NOT NULL,
+    inputs jsonb NOT NULL,
+    outputs jsonb,
+    error jsonb,
+    duration_ms integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
+    CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
+    CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
+    CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
+    CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
+)
+PARTITION BY RANGE (created_at);
+
+ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE execution_logs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run (written by clients or the engine); monthly partitions.';
+
+
+--
+-- Name: COLUMN execution_logs.user_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.user_id IS 'Actor (X-User-ID) who wrote the log or started the run; null for system runs.';
+
+
+--
+-- Name: COLUMN execution_logs.execution_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.execution_id IS 'Groups the logs of one run; chosen by the client or the engine.';
+
+
+--
+-- Name: COLUMN execution_logs.error; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.error IS 'Any JSON value describing the failure; null when the step did not fail.';
+
+
+--
+-- Name: COLUMN execution_logs.duration_ms; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step took, for logs written by the engine; null otherwise.';
+
+
+--
+-- Name: COLUMN execution_logs.source; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.execution_logs.source IS 'engine: written by Tolstoy (workers, run changes made through the API, action calls); client: written through POST /execution-logs (shown as such; never changed into an engine row).';
+
+
+--
+-- Name: tolstoy_log_of_no_run(public.execution_logs); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select l.source = 'client' or l.flow_id is null
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_log_of_no_run(l public.execution_logs); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) IS 'Whether an execution log row belongs to no run: a client wrote it (whatever execution id it names) or it names no flow (a direct action call). Such rows count in stored bytes when written; a run''s own, when it finishes.';
 
 
 --
@@ -1351,8 +1653,6 @@ $$;
 COMMENT ON FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) IS 'Deletes up to batch signals older than retention_days whose run is gone (its partition was dropped).';
 
 
-SET default_tablespace = '';
-
 --
 -- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
 --
@@ -1385,6 +1685,7 @@ CREATE TABLE public.flow_runs (
     parent_step_id text,
     depth integer DEFAULT 0 NOT NULL,
     acts_as_user boolean DEFAULT false NOT NULL,
+    stored_bytes bigint,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1501,6 +1802,13 @@ COMMENT ON COLUMN public.flow_runs.acts_as_user IS 'The run may use its user''s 
 
 
 --
+-- Name: COLUMN flow_runs.stored_bytes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.stored_bytes IS 'Bytes of history the run holds (its variables, plan, error, steps and log rows, as stored), measured when it finished.';
+
+
+--
 -- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1533,6 +1841,8 @@ begin
         return next;
         return;
     end if;
+    -- Quotas (TQ001, TQ002): a run is admitted before anything of it is written.
+    perform tolstoy_admit_run(org);
     if retrying is not null then
         select * into original from flow_runs r
         where r.org_id = org and r.id = retrying
@@ -1586,7 +1896,7 @@ $_$;
 -- Name: FUNCTION tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user).';
+COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002).';
 
 
 --
@@ -1610,6 +1920,24 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_queue_stats() IS 'Queue depth across organizations for /metrics: queued runs, due ones, age of the oldest due one.';
+
+
+--
+-- Name: tolstoy_quota_defaults(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_quota_defaults() RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+    select nullif(current_setting('tolstoy.quotas', true), '')::jsonb
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_quota_defaults(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_quota_defaults() IS 'The configured quota defaults the services set for this transaction (tolstoy.quotas): {queuedRuns, storedBytes, retentionDays}, or null.';
 
 
 --
@@ -1907,6 +2235,28 @@ COMMENT ON FUNCTION public.tolstoy_step_webhook_events() IS 'AFTER INSERT/UPDATE
 
 
 --
+-- Name: tolstoy_stored_bytes(uuid, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_stored_bytes(org uuid, retention_days integer) RETURNS bigint
+    LANGUAGE sql STABLE
+    AS $$
+    select greatest(coalesce(sum(h.bytes), 0), 0)::bigint
+    from history_bytes h
+    where h.org_id = org
+      -- tolstoy_maintain_history drops a month once its end is past retention.
+      and (retention_days is null or (h.month + interval '1 month')::date > current_date - retention_days)
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_stored_bytes(org uuid, retention_days integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_stored_bytes(org uuid, retention_days integer) IS 'Bytes of run history an organization stores in the months retention keeps (null: every month).';
+
+
+--
 -- Name: tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1927,6 +2277,8 @@ declare
     parked boolean := false;
     outputs jsonb;
     sealed jsonb;
+    refusal text;
+    refused text;
 begin
     if step is null or jsonb_typeof(spec -> 'variables') is distinct from 'object' then
         raise exception 'tolstoy_subflow: invalid spec' using errcode = 'invalid_parameter_value';
@@ -1950,82 +2302,89 @@ begin
                 'message', format('A child run here would be nested %s deep, more than the limit of %s '
                                   '(TOLSTOY_SUBFLOW_MAX_DEPTH).', parent.depth + 1, max_depth)));
         end if;
-        -- The child chain this step of an earlier run of the parent's chain started (newest first), and
-        -- the newest run of that child chain. A failure handler's step has none: it handles this run's failure.
-        if parent.retry_of is not null and step not like 'onFailure.%' then
-            with recursive earlier(id) as (
-                select parent.retry_of
-                union all
-                select r.retry_of
-                from flow_runs r
-                join earlier e on r.org_id = org and r.id = e.id
-                                  and r.created_at between tolstoy_run_from(e.id) and tolstoy_run_until(e.id)
-                where r.retry_of is not null
-            )
-            select * into latest from flow_runs c
-            where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
-              -- Children are queued after their parents, the chain's first run the oldest.
-              and c.created_at >= (select min(tolstoy_run_from(e.id)) from earlier e)
-            order by c.created_at desc
-            limit 1;
-            if latest.id is not null then
-                with recursive later(id, created_at) as (
-                    select latest.id, latest.created_at
+        begin
+            -- The child chain this step of an earlier run of the parent's chain started (newest first), and
+            -- the newest run of that child chain. A failure handler's step has none: it handles this run's failure.
+            if parent.retry_of is not null and step not like 'onFailure.%' then
+                with recursive earlier(id) as (
+                    select parent.retry_of
                     union all
-                    select r.id, r.created_at
+                    select r.retry_of
                     from flow_runs r
-                    join later l on r.org_id = org and r.retry_of = l.id
-                                    and r.created_at >= l.created_at  -- a retry is queued after its run
+                    join earlier e on r.org_id = org and r.id = e.id
+                                      and r.created_at between tolstoy_run_from(e.id) and tolstoy_run_until(e.id)
+                    where r.retry_of is not null
                 )
-                select r.* into latest
-                from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
-                order by l.created_at desc
+                select * into latest from flow_runs c
+                where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+                  -- Children are queued after their parents, the chain's first run the oldest.
+                  and c.created_at >= (select min(tolstoy_run_from(e.id)) from earlier e)
+                order by c.created_at desc
                 limit 1;
-                if latest.status in ('completed', 'failed', 'cancelled') then
-                    -- Continue its chain: its completed steps are kept, its calls sent under the same keys.
-                    select (q.run).* into child
-                    from tolstoy_queue_run(org, latest.flow_id, latest.flow_version, parent.user_id,
-                                           latest.variables, null, latest.id) as q;
-                elsif latest.parent_run_id is null then
-                    -- A retry of the child made by hand, under way: it is this step's child from now on.
-                    child := latest;
-                    adopted := true;
-                else
-                    -- Under way for an earlier run of the chain (cancelled with it, as a rule): no second child
-                    -- while it runs. Park until it ends (flow_runs_wake_parent wakes this run), then continue
-                    -- its chain. The step waits, whatever its "wait" says.
-                    update flow_run_steps s
-                    set status = 'waiting'
-                    where s.org_id = org and s.run_id = run and s.run_created_at = parent.created_at
-                      and s.step_id = step;
-                    update flow_runs r
-                    set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
-                    where r.org_id = org and r.id = run and r.created_at = parent.created_at;
-                    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
-                    values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
-                            jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
-                                               'parentExecutionId', latest.parent_run_id));
-                    return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                if latest.id is not null then
+                    with recursive later(id, created_at) as (
+                        select latest.id, latest.created_at
+                        union all
+                        select r.id, r.created_at
+                        from flow_runs r
+                        join later l on r.org_id = org and r.retry_of = l.id
+                                        and r.created_at >= l.created_at  -- a retry is queued after its run
+                    )
+                    select r.* into latest
+                    from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
+                    order by l.created_at desc
+                    limit 1;
+                    if latest.status in ('completed', 'failed', 'cancelled') then
+                        -- Continue its chain: its completed steps are kept, its calls sent under the same keys.
+                        select (q.run).* into child
+                        from tolstoy_queue_run(org, latest.flow_id, latest.flow_version, parent.user_id,
+                                               latest.variables, null, latest.id) as q;
+                    elsif latest.parent_run_id is null then
+                        -- A retry of the child made by hand, under way: it is this step's child from now on.
+                        child := latest;
+                        adopted := true;
+                    else
+                        -- Under way for an earlier run of the chain (cancelled with it, as a rule): no second child
+                        -- while it runs. Park until it ends (flow_runs_wake_parent wakes this run), then continue
+                        -- its chain. The step waits, whatever its "wait" says.
+                        update flow_run_steps s
+                        set status = 'waiting'
+                        where s.org_id = org and s.run_id = run and s.run_created_at = parent.created_at
+                          and s.step_id = step;
+                        update flow_runs r
+                        set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+                        where r.org_id = org and r.id = run and r.created_at = parent.created_at;
+                        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+                        values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
+                                jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
+                                                   'parentExecutionId', latest.parent_run_id));
+                        return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                    end if;
                 end if;
             end if;
-        end if;
-        if child.id is null then
-            if target_version is null then
-                select f.version into target_version from flows f where f.org_id = org and f.id = target;
-            elsif not exists (select 1 from flow_versions v
-                              where v.org_id = org and v.flow_id = target and v.version = target_version) then
-                return answer || jsonb_build_object('error', jsonb_build_object(
-                    'name', 'SubflowNotFound',
-                    'message', format('Flow %s has no version %s.', target, target_version)));
+            if child.id is null then
+                if target_version is null then
+                    select f.version into target_version from flows f where f.org_id = org and f.id = target;
+                elsif not exists (select 1 from flow_versions v
+                                  where v.org_id = org and v.flow_id = target and v.version = target_version) then
+                    return answer || jsonb_build_object('error', jsonb_build_object(
+                        'name', 'SubflowNotFound',
+                        'message', format('Flow %s has no version %s.', target, target_version)));
+                end if;
+                if target_version is null then
+                    return answer || jsonb_build_object('error', jsonb_build_object(
+                        'name', 'SubflowNotFound', 'message', format('Flow %s does not exist (any more).', target)));
+                end if;
+                select (q.run).* into child
+                from tolstoy_queue_run(org, target, target_version, parent.user_id, spec -> 'variables', null, null)
+                    as q;
             end if;
-            if target_version is null then
-                return answer || jsonb_build_object('error', jsonb_build_object(
-                    'name', 'SubflowNotFound', 'message', format('Flow %s does not exist (any more).', target)));
-            end if;
-            select (q.run).* into child
-            from tolstoy_queue_run(org, target, target_version, parent.user_id, spec -> 'variables', null, null)
-                as q;
-        end if;
+        exception when sqlstate 'TQ001' or sqlstate 'TQ002' then
+            -- Over a quota: the step fails (a parent waiting for room would hold a place of the quota itself).
+            get stacked diagnostics refusal = message_text, refused = pg_exception_detail;
+            return answer || jsonb_build_object('error', jsonb_build_object(
+                'name', 'QuotaExceeded', 'message', refusal, 'quota', refused::jsonb ->> 'quota'));
+        end;
         update flow_runs c
         set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
         where c.org_id = org and c.id = child.id and c.created_at = child.created_at
@@ -2069,7 +2428,7 @@ $$;
 -- Name: FUNCTION tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is under way), and park the parent while a waited-for child runs. A child a quota refuses is {error: {name: QuotaExceeded}}. Acts for org under row-level security.';
 
 
 --
@@ -2129,6 +2488,34 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_touch_updated_at() IS 'BEFORE UPDATE trigger: sets updated_at to now() when any column changed, keeps it otherwise.';
+
+
+--
+-- Name: tolstoy_usage(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_usage() RETURNS TABLE(queued_runs bigint, stored_bytes bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    org uuid := tolstoy_current_org();
+begin
+    if org is null then
+        raise exception 'tolstoy_usage: no organization is set' using errcode = 'invalid_parameter_value';
+    end if;
+    return query
+    select (select count(*) from flow_runs r where r.org_id = org and r.status in ('queued', 'running', 'waiting')),
+           tolstoy_stored_bytes(org, (tolstoy_quota_defaults() ->> 'retentionDays')::integer);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_usage(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_usage() IS 'The current organization''s runs not finished and bytes of run history within retention (security definer: the admin login reads them without any grant on runs, for the organization it acts for only).';
 
 
 --
@@ -2364,77 +2751,6 @@ COMMENT ON COLUMN public.api_keys.user_id IS 'The user the key is bound to (null
 
 
 --
--- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.execution_logs (
-    org_id uuid NOT NULL,
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    flow_id uuid,
-    user_id uuid,
-    execution_id text NOT NULL,
-    step_key text NOT NULL,
-    status public.execution_status NOT NULL,
-    inputs jsonb NOT NULL,
-    outputs jsonb,
-    error jsonb,
-    duration_ms integer,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    source public.execution_log_source DEFAULT 'engine'::public.execution_log_source NOT NULL,
-    CONSTRAINT execution_logs_execution_id_length CHECK (((char_length(execution_id) >= 1) AND (char_length(execution_id) <= 200))),
-    CONSTRAINT execution_logs_inputs_object CHECK ((jsonb_typeof(inputs) = 'object'::text)),
-    CONSTRAINT execution_logs_outputs_object CHECK (((outputs IS NULL) OR (jsonb_typeof(outputs) = 'object'::text))),
-    CONSTRAINT execution_logs_step_key_length CHECK (((char_length(step_key) >= 1) AND (char_length(step_key) <= 200)))
-)
-PARTITION BY RANGE (created_at);
-
-ALTER TABLE ONLY public.execution_logs FORCE ROW LEVEL SECURITY;
-
-
---
--- Name: TABLE execution_logs; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.execution_logs IS 'Audit trail: one row per step event of a flow run (written by clients or the engine); monthly partitions.';
-
-
---
--- Name: COLUMN execution_logs.user_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.user_id IS 'Actor (X-User-ID) who wrote the log or started the run; null for system runs.';
-
-
---
--- Name: COLUMN execution_logs.execution_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.execution_id IS 'Groups the logs of one run; chosen by the client or the engine.';
-
-
---
--- Name: COLUMN execution_logs.error; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.error IS 'Any JSON value describing the failure; null when the step did not fail.';
-
-
---
--- Name: COLUMN execution_logs.duration_ms; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.duration_ms IS 'Milliseconds the step took, for logs written by the engine; null otherwise.';
-
-
---
--- Name: COLUMN execution_logs.source; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.execution_logs.source IS 'engine: written by Tolstoy (workers, run changes made through the API, action calls); client: written through POST /execution-logs (shown as such; never changed into an engine row).';
-
-
---
 -- Name: execution_logs_default; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -2664,6 +2980,7 @@ CREATE TABLE public.flow_runs_default (
     parent_step_id text,
     depth integer DEFAULT 0 NOT NULL,
     acts_as_user boolean DEFAULT false NOT NULL,
+    stored_bytes bigint,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -2779,6 +3096,8 @@ CREATE TABLE public.flow_triggers (
     last_fired_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_skipped_at timestamp with time zone,
+    last_skip_reason text,
     CONSTRAINT flow_triggers_catch_up CHECK ((catch_up = ANY (ARRAY['one'::text, 'none'::text]))),
     CONSTRAINT flow_triggers_cron_length CHECK (((char_length(cron) >= 1) AND (char_length(cron) <= 200))),
     CONSTRAINT flow_triggers_schedule_fields CHECK (((type <> 'schedule'::text) OR ((cron IS NOT NULL) AND (timezone IS NOT NULL) AND (catch_up IS NOT NULL) AND (secret IS NULL)))),
@@ -2838,6 +3157,20 @@ COMMENT ON COLUMN public.flow_triggers.catch_up IS 'Schedule: after downtime, on
 --
 
 COMMENT ON COLUMN public.flow_triggers.next_run_at IS 'Schedule: next due time; a worker that fires it advances it in the same transaction. Null: none left.';
+
+
+--
+-- Name: COLUMN flow_triggers.last_skipped_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.last_skipped_at IS 'Schedule: the last due time (as fired) whose run a quota refused; the schedule went on to its next time.';
+
+
+--
+-- Name: COLUMN flow_triggers.last_skip_reason; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_triggers.last_skip_reason IS 'Schedule: why that run was refused (the quota''s message).';
 
 
 --
@@ -2929,6 +3262,34 @@ COMMENT ON COLUMN public.flows.on_failure IS 'Steps run when a run of the flow f
 --
 
 COMMENT ON COLUMN public.flows.key IS 'Optional short name of the flow, unique per organization (a subflow step may name its child by it: flowKey).';
+
+
+--
+-- Name: history_bytes; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.history_bytes (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    month date NOT NULL,
+    bytes bigint NOT NULL
+);
+
+ALTER TABLE ONLY public.history_bytes FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE history_bytes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.history_bytes IS 'Bytes of run history per organization and month, as deltas: a finished run adds its size, a purge takes it back; admission folds them. Append-only for the writers.';
+
+
+--
+-- Name: COLUMN history_bytes.month; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.history_bytes.month IS 'First day (UTC) of the month of the run''s partition.';
 
 
 --
@@ -3054,6 +3415,96 @@ COMMENT ON COLUMN public.organization_keys.kek_id IS 'Which key-encryption key w
 --
 
 COMMENT ON COLUMN public.organization_keys.retired_at IS 'Set by `tolstoy secrets rotate --reencrypt` once every ciphertext moved to a newer version.';
+
+
+--
+-- Name: organization_quotas; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_quotas (
+    org_id uuid NOT NULL,
+    queued_runs integer,
+    stored_bytes bigint,
+    requests_per_second integer,
+    request_burst integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT organization_quotas_queued_runs_range CHECK (((queued_runs >= 0) AND (queued_runs <= 100000000))),
+    CONSTRAINT organization_quotas_request_burst_range CHECK (((request_burst >= 1) AND (request_burst <= 1000000))),
+    CONSTRAINT organization_quotas_requests_per_second_range CHECK (((requests_per_second >= 1) AND (requests_per_second <= 1000000))),
+    CONSTRAINT organization_quotas_stored_bytes_range CHECK (((stored_bytes >= 0) AND (stored_bytes <= '1000000000000000'::bigint)))
+);
+
+ALTER TABLE ONLY public.organization_quotas FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE organization_quotas; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.organization_quotas IS 'The operator''s quota overrides of one organization (null: the configured default); PUT /organizations/{id}/quotas.';
+
+
+--
+-- Name: COLUMN organization_quotas.queued_runs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_quotas.queued_runs IS 'Most runs not finished (queued, running or waiting) at once; 0 refuses every new run.';
+
+
+--
+-- Name: COLUMN organization_quotas.stored_bytes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_quotas.stored_bytes IS 'Most bytes of run history within retention before new runs are refused.';
+
+
+--
+-- Name: COLUMN organization_quotas.requests_per_second; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_quotas.requests_per_second IS 'API requests per second, per API process (token bucket rate).';
+
+
+--
+-- Name: COLUMN organization_quotas.request_burst; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_quotas.request_burst IS 'API requests one burst may hold, per API process (token bucket size).';
+
+
+--
+-- Name: organization_usage; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_usage (
+    org_id uuid NOT NULL,
+    runs integer DEFAULT 0 NOT NULL,
+    counted_at timestamp with time zone
+);
+
+ALTER TABLE ONLY public.organization_usage FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE organization_usage; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.organization_usage IS 'Per organization, the row each admission of a new run locks (tolstoy_admit_run), one admission at a time.';
+
+
+--
+-- Name: COLUMN organization_usage.runs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_usage.runs IS 'An upper bound of the runs not finished: raised by each admission, set to an exact count when it reaches the quota.';
+
+
+--
+-- Name: COLUMN organization_usage.counted_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_usage.counted_at IS 'When runs was last set to an exact count.';
 
 
 --
@@ -3701,6 +4152,14 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: history_bytes history_bytes_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.history_bytes
+    ADD CONSTRAINT history_bytes_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: oauth_states oauth_states_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -3722,6 +4181,22 @@ ALTER TABLE ONLY public.oauth_tokens
 
 ALTER TABLE ONLY public.organization_keys
     ADD CONSTRAINT organization_keys_pkey PRIMARY KEY (org_id, version);
+
+
+--
+-- Name: organization_quotas organization_quotas_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_quotas
+    ADD CONSTRAINT organization_quotas_pkey PRIMARY KEY (org_id);
+
+
+--
+-- Name: organization_usage organization_usage_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_usage
+    ADD CONSTRAINT organization_usage_pkey PRIMARY KEY (org_id);
 
 
 --
@@ -4051,6 +4526,20 @@ CREATE INDEX flow_runs_org_id_id_idx ON ONLY public.flow_runs USING btree (org_i
 --
 
 CREATE INDEX flow_runs_default_org_id_id_idx ON public.flow_runs_default USING btree (org_id, id);
+
+
+--
+-- Name: flow_runs_org_id_unfinished_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_unfinished_idx ON ONLY public.flow_runs USING btree (org_id) WHERE (status = ANY (ARRAY['queued'::public.flow_run_status, 'running'::public.flow_run_status, 'waiting'::public.flow_run_status]));
+
+
+--
+-- Name: flow_runs_default_org_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_idx ON public.flow_runs_default USING btree (org_id) WHERE (status = ANY (ARRAY['queued'::public.flow_run_status, 'running'::public.flow_run_status, 'waiting'::public.flow_run_status]));
 
 
 --
@@ -4404,6 +4893,13 @@ ALTER INDEX public.flow_runs_org_id_id_idx ATTACH PARTITION public.flow_runs_def
 
 
 --
+-- Name: flow_runs_default_org_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_unfinished_idx ATTACH PARTITION public.flow_runs_default_org_id_idx;
+
+
+--
 -- Name: flow_runs_default_org_id_parent_run_id_parent_step_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -4460,6 +4956,27 @@ CREATE TRIGGER api_keys_touch_updated_at BEFORE UPDATE ON public.api_keys FOR EA
 
 
 --
+-- Name: execution_logs execution_logs_count_stored_bytes_delete; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_delete AFTER DELETE ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(old.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
+
+
+--
+-- Name: execution_logs execution_logs_count_stored_bytes_insert; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_insert AFTER INSERT ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(new.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
+
+
+--
+-- Name: execution_logs execution_logs_count_stored_bytes_update; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER execution_logs_count_stored_bytes_update AFTER UPDATE OF inputs, outputs, error ON public.execution_logs FOR EACH ROW WHEN (public.tolstoy_log_of_no_run(old.*)) EXECUTE FUNCTION public.execution_logs_count_stored_bytes();
+
+
+--
 -- Name: execution_logs execution_logs_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4495,6 +5012,13 @@ CREATE TRIGGER flow_run_steps_webhook_events_update AFTER UPDATE OF status ON pu
 
 
 --
+-- Name: flow_runs flow_runs_count_stored_bytes; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_count_stored_bytes BEFORE UPDATE OF status ON public.flow_runs FOR EACH ROW WHEN (((old.status = ANY (ARRAY['queued'::public.flow_run_status, 'running'::public.flow_run_status, 'waiting'::public.flow_run_status])) AND (new.status = ANY (ARRAY['completed'::public.flow_run_status, 'failed'::public.flow_run_status, 'cancelled'::public.flow_run_status])))) EXECUTE FUNCTION public.flow_runs_count_stored_bytes();
+
+
+--
 -- Name: flow_runs flow_runs_inherit_acting; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -4520,6 +5044,13 @@ CREATE TRIGGER flow_runs_plan_on_failure BEFORE INSERT ON public.flow_runs FOR E
 --
 
 CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: flow_runs flow_runs_uncount_stored_bytes; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_uncount_stored_bytes AFTER DELETE ON public.flow_runs REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION public.flow_runs_uncount_stored_bytes();
 
 
 --
@@ -4569,6 +5100,13 @@ CREATE TRIGGER flows_record_version AFTER INSERT OR UPDATE ON public.flows FOR E
 --
 
 CREATE TRIGGER flows_touch_updated_at BEFORE UPDATE ON public.flows FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: organization_quotas organization_quotas_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organization_quotas_touch_updated_at BEFORE UPDATE ON public.organization_quotas FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
 
 
 --
@@ -4760,6 +5298,14 @@ ALTER TABLE ONLY public.flows
 
 
 --
+-- Name: history_bytes history_bytes_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.history_bytes
+    ADD CONSTRAINT history_bytes_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
 -- Name: oauth_states oauth_states_tool_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4789,6 +5335,22 @@ ALTER TABLE ONLY public.oauth_tokens
 
 ALTER TABLE ONLY public.organization_keys
     ADD CONSTRAINT organization_keys_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
+-- Name: organization_quotas organization_quotas_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_quotas
+    ADD CONSTRAINT organization_quotas_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
+-- Name: organization_usage organization_usage_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_usage
+    ADD CONSTRAINT organization_usage_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
 
 
 --
@@ -4939,6 +5501,13 @@ CREATE POLICY engine_access ON public.flow_triggers TO tolstoy_engine USING (tru
 
 
 --
+-- Name: history_bytes engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.history_bytes TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
 -- Name: webhook_deliveries engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -5026,6 +5595,12 @@ ALTER TABLE public.flow_versions ENABLE ROW LEVEL SECURITY;
 ALTER TABLE public.flows ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: history_bytes; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.history_bytes ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: execution_logs_default history_upkeep; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -5063,6 +5638,18 @@ ALTER TABLE public.oauth_tokens ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.organization_keys ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organization_quotas; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.organization_quotas ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organization_usage; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.organization_usage ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: organizations; Type: ROW SECURITY; Schema: public; Owner: -
@@ -5181,6 +5768,13 @@ CREATE POLICY tenant_isolation ON public.flows USING ((org_id = public.tolstoy_c
 
 
 --
+-- Name: history_bytes tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.history_bytes USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: oauth_states tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -5199,6 +5793,20 @@ CREATE POLICY tenant_isolation ON public.oauth_tokens USING ((org_id = public.to
 --
 
 CREATE POLICY tenant_isolation ON public.organization_keys USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: organization_quotas tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.organization_quotas USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: organization_usage tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.organization_usage USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -5346,4 +5954,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000300'),
     ('20261208000401'),
     ('20261208000402'),
-    ('20261208000403');
+    ('20261208000403'),
+    ('20261208000500'),
+    ('20261208000501');

@@ -9,7 +9,7 @@
 -- name: list
 -- One keyset page of a flow's triggers, newest first.
 select org_id, id, flow_id, type, enabled, verification, cron, timezone, catch_up, next_run_at, last_fired_at,
-       created_at, updated_at
+       last_skipped_at, last_skip_reason, created_at, updated_at
 from flow_triggers
 where org_id = :org_id and flow_id = :flow_id
   and (:after_created_at::timestamptz is null
@@ -20,14 +20,14 @@ limit :limit;
 -- name: get^
 -- One trigger of a flow.
 select org_id, id, flow_id, type, enabled, verification, cron, timezone, catch_up, next_run_at, last_fired_at,
-       created_at, updated_at
+       last_skipped_at, last_skip_reason, created_at, updated_at
 from flow_triggers
 where org_id = :org_id and flow_id = :flow_id and id = :id;
 
 -- name: get_for_update^
 -- One trigger of a flow, locked until the end of the transaction.
 select org_id, id, flow_id, type, enabled, verification, cron, timezone, catch_up, next_run_at, last_fired_at,
-       created_at, updated_at
+       last_skipped_at, last_skip_reason, created_at, updated_at
 from flow_triggers
 where org_id = :org_id and flow_id = :flow_id and id = :id
 for update;
@@ -38,7 +38,7 @@ insert into flow_triggers (org_id, flow_id, type, enabled, secret, verification,
                            next_run_at)
 values (:org_id, :flow_id, :type, :enabled, :secret, :verification, :cron, :timezone, :catch_up, :next_run_at)
 returning org_id, id, flow_id, type, enabled, verification, cron, timezone, catch_up, next_run_at, last_fired_at,
-          created_at, updated_at;
+          last_skipped_at, last_skip_reason, created_at, updated_at;
 
 -- name: set_enabled^
 -- Enable or disable a trigger; a schedule enabled again starts from its next time after now.
@@ -46,7 +46,7 @@ update flow_triggers
 set enabled = :enabled, next_run_at = :next_run_at
 where org_id = :org_id and flow_id = :flow_id and id = :id
 returning org_id, id, flow_id, type, enabled, verification, cron, timezone, catch_up, next_run_at, last_fired_at,
-          created_at, updated_at;
+          last_skipped_at, last_skip_reason, created_at, updated_at;
 
 -- name: delete!
 -- Delete a trigger with its inbox.

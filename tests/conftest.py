@@ -218,6 +218,10 @@ def engine_env(database_url: str) -> dict:
         "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
         "TOLSTOY_WORKER_LEASE_SECONDS": "2",
         "TOLSTOY_WORKER_POLL_SECONDS": "0.2",
+        # Tests send hundreds of requests a second for one organization through one process; the request
+        # quota's own tests set it (tests/api/test_quotas.py).
+        "TOLSTOY_QUOTA_REQUESTS_PER_SECOND": "1000000",
+        "TOLSTOY_QUOTA_REQUEST_BURST": "1000000",
     }
 
 

@@ -77,6 +77,30 @@ def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: f
     pytest.fail(f"nothing listened on port {port} within {timeout} s")
 
 
+@contextlib.contextmanager
+def app_processes(env: dict, ports: list[int]) -> Iterator[list[str]]:
+    """The base URLs of Gunicorn servers of the app on 127.0.0.1, one on each of ``ports`` with one worker
+    (so which process answers a request is certain), ``env`` over this process's environment; stopped after."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "tolstoy.api.app:get_app()"],
+        cwd=root, env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for port in ports]
+    try:
+        for port, process in zip(ports, processes, strict=True):
+            wait_for_port(port, process)
+        yield [f"http://127.0.0.1:{port}" for port in ports]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def trickle(count: int, pause: float):
     """A pytest-httpserver handler whose answer sends one byte every ``pause`` seconds, ``count``
     times: a tool that never stalls long enough for a per-read timeout to fire."""
@@ -219,6 +243,9 @@ REVIEWED_ROUTES = {
     "/organizations": ("organizations", "GET POST", ANYONE,
                        "admin token, or an organization's key for its own (api_key mode)"),
     "/organizations/{id}": ("organizations", "DELETE GET PATCH PUT", ANYONE, "as /organizations"),
+    "/organizations/{id}/quotas": ("organizations", "GET PATCH PUT", ANYONE,
+                                   "as /organizations/{id}; changing quotas is the admin token's only"),
+    "/organizations/{id}/usage": ("organizations", "GET", ANYONE, "as /organizations/{id}, reading only"),
     "/auth/{tool_key}/callback": ("public", "GET", ANYONE, "the provider sends the browser back; the HMAC-signed "
                                                           "state names the organization and login, single use"),
     "/approvals/{token}": ("public", "GET POST", ANYONE, "the HMAC-signed link is the credential, single use"),
@@ -342,3 +369,45 @@ class LinesRun:
         sys.settrace(None)
         threading.settrace(None)  # threads still running keep tracing; their counts are read now
         self.count = sum(counter[0] for counter in self._counts)
+
+
+# ---- quotas per organization (tests/api/test_quotas.py, tests/engine/test_quota_admission.py) ----
+
+
+def execute_flow(client, org, user, flow, **headers):
+    """POST /flows/{id}/execute as ``user`` of ``org`` (headers mode), answered as it is."""
+    return client.simulate_post(f"/flows/{flow['id']}/execute", json={},
+                                headers={"X-Org-ID": org["id"], "X-User-ID": user["id"], **headers})
+
+
+def written(db, org) -> dict:
+    """Everything a run leaves: its row, its steps, its log rows."""
+    with db.pool.connection() as conn:
+        return conn.execute(
+            "select (select count(*) from flow_runs where org_id = %(o)s) as runs, "
+            "(select count(*) from flow_run_steps where org_id = %(o)s) as steps, "
+            "(select count(*) from execution_logs where org_id = %(o)s) as logs", {"o": org["id"]}).fetchone()
+
+
+def set_quotas(client, org, headers=None, **values) -> dict:
+    """PUT /organizations/{id}/quotas (the admin's: headers mode, or pass the admin token)."""
+    result = client.simulate_put(f"/organizations/{org['id']}/quotas", json=values, headers=headers or {})
+    assert result.status_code == 200, result.text
+    return result.json
+
+
+def usage(client, org, headers=None) -> dict:
+    """GET /organizations/{id}/usage."""
+    result = client.simulate_get(f"/organizations/{org['id']}/usage", headers=headers or {})
+    assert result.status_code == 200, result.text
+    return result.json
+
+
+def assert_quota_refusal(result, quota: str, limit: int, retry_after: str) -> None:
+    """A 429 over one of the organization's quotas: the error body naming it and its limit, and Retry-After."""
+    assert result.status_code == 429, result.text
+    body = result.json
+    assert body["statusCode"] == 429 and body["error"] == "Too Many Requests", body
+    assert body["quota"] == quota and body["limit"] == limit, body
+    assert quota in body["message"] and f"({limit}" in body["message"], body
+    assert result.headers["retry-after"] == retry_after

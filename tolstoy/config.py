@@ -29,6 +29,7 @@ PUBLIC_FIELDS = (
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
     "prune_batch", "prune_budget_seconds", "unknown_outcome_timeout_days", "hook_refused_sources",
+    "quota_queued_runs", "quota_stored_bytes", "quota_requests_per_second", "quota_request_burst",
 )
 PRIVATE_FIELDS = (
     "database_url", "worker_database_url", "admin_database_url", "direct_url", "extra", "secret",
@@ -36,6 +37,9 @@ PRIVATE_FIELDS = (
     "kms_region", "aws_secret_name", "aws_region", "allow_networks", "trusted_proxies", "bind", "data_dir",
 )
 AUTH_MODES = ("headers", "api_key")
+# The largest value of each quota, as a setting and as an override (the organization_quotas table's checks).
+QUOTA_RANGES = {"queuedRuns": 100_000_000, "storedBytes": 10 ** 15, "requestsPerSecond": 1_000_000,
+                "requestBurst": 1_000_000}
 
 
 class ConfigError(Exception):
@@ -104,6 +108,13 @@ class Config:
     # Refused requests to a webhook trigger are counted per source and hour; past this many sources
     # in an hour, one row counts the rest.
     hook_refused_sources: int = 20
+    # Quotas per organization (defaults; the operator overrides them per organization through
+    # PUT /organizations/{id}/quotas): runs not finished, bytes of run history within retention, and
+    # API requests per second with the burst a token bucket holds (per API process).
+    quota_queued_runs: int = 10_000
+    quota_stored_bytes: int = 10 * 1024 ** 3
+    quota_requests_per_second: int = 100
+    quota_request_burst: int = 200
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
@@ -144,6 +155,17 @@ class Config:
                 if not value or len(value) < 32:
                     raise ConfigError(f"{name} must be set to at least 32 random characters when "
                                       "TOLSTOY_AUTH_MODE=api_key")
+
+    def quota_defaults(self) -> dict:
+        """The quotas of an organization the operator set none for (organization_quotas overrides them)."""
+        return {"queuedRuns": self.quota_queued_runs, "storedBytes": self.quota_stored_bytes,
+                "requestsPerSecond": self.quota_requests_per_second, "requestBurst": self.quota_request_burst}
+
+    def database_quotas(self) -> dict:
+        """What the database itself enforces of them (tolstoy_admit_run), with the retention that decides
+        which months of history still count, for every unit of work to set (tolstoy.quotas)."""
+        return {"queuedRuns": self.quota_queued_runs, "storedBytes": self.quota_stored_bytes,
+                "retentionDays": self.run_retention_days}
 
     def public_facts(self) -> dict:
         """The settings /status/detailed shows (PUBLIC_FIELDS), and whether the private ones that
@@ -223,6 +245,12 @@ class Config:
             prune_budget_seconds=reader.number("TOLSTOY_PRUNE_BUDGET_SECONDS", 60.0, 0.1, 3600),
             unknown_outcome_timeout_days=reader.integer("TOLSTOY_UNKNOWN_OUTCOME_TIMEOUT_DAYS", 30, 1, 36500),
             hook_refused_sources=reader.integer("TOLSTOY_HOOK_REFUSED_SOURCES", 20, 1, 1000),
+            quota_queued_runs=reader.integer("TOLSTOY_QUOTA_QUEUED_RUNS", 10_000, 0, QUOTA_RANGES["queuedRuns"]),
+            quota_stored_bytes=reader.integer("TOLSTOY_QUOTA_STORED_BYTES", 10 * 1024 ** 3, 0,
+                                              QUOTA_RANGES["storedBytes"]),
+            quota_requests_per_second=reader.integer("TOLSTOY_QUOTA_REQUESTS_PER_SECOND", 100, 1,
+                                                     QUOTA_RANGES["requestsPerSecond"]),
+            quota_request_burst=reader.integer("TOLSTOY_QUOTA_REQUEST_BURST", 200, 1, QUOTA_RANGES["requestBurst"]),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),

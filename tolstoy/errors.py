@@ -51,3 +51,14 @@ class TenantRejected(Exception):
 
 class KeyRejected(Exception):
     """The API key is unknown or revoked."""
+
+
+class QuotaExceeded(Exception):
+    """A new run would take its organization over a quota (``quota``: queuedRuns or storedBytes)."""
+
+    def __init__(self, quota: str | None, limit, used, message: str):
+        super().__init__(message)
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.message = message

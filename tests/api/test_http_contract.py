@@ -22,6 +22,8 @@ from tolstoy.api.middleware import allowed_methods
 MIB = 1024 * 1024
 JSON = {"Content-Type": "application/json"}
 ERROR_KEYS = {"statusCode", "error", "message"}
+# A 429 over one of the organization's quotas also names the quota and its limit.
+QUOTA_KEYS = ERROR_KEYS | {"quota", "limit"}
 # Routes without tenant headers: organizations, health and docs (and signed inbound webhooks, "triggers").
 EXEMPT_PREFIXES = ("/organizations", "/health", "/status", "/detailed", "/version", "/openapi.json", "/docs",
                    "/hooks/", "/approvals/")
@@ -37,7 +39,7 @@ def assert_error(result, status: int, field: str | None = None, *, validation: b
     assert result.headers.get("content-type", "").startswith("application/json")
     assert result.headers.get("X-Request-ID")
     body = result.json
-    assert set(body) in (ERROR_KEYS, ERROR_KEYS | {"errors"}), body
+    assert set(body) in ((ERROR_KEYS, ERROR_KEYS | {"errors"}) + ((QUOTA_KEYS,) if status == 429 else ())), body
     assert body["statusCode"] == status
     assert body["error"] == http.HTTPStatus(status).phrase
     assert isinstance(body["message"], str) and body["message"]
@@ -334,7 +336,15 @@ def error_zoo(client, world):
         412: send(client, "PATCH", tool, body={}, headers={**a["headers"], "If-Match": '"nope"'}),
         413: send(client, "POST", "/tools", body="x" * (MIB + 1)),
         415: send(client, "POST", "/tools", body="x", content_type="text/plain"),
+        429: quota_refusal(client, world["b"]),
     }
+
+
+def quota_refusal(client, member: dict):
+    """A new run over the organization's queuedRuns quota (set to 0 by the admin): 429."""
+    quotas = f"/organizations/{member['org']['id']}/quotas"
+    assert send(client, "PUT", quotas, body={"queuedRuns": 0}).status_code == 200
+    return send(client, "POST", f"/flows/{member['flow']['id']}/execute", body={}, headers=member["headers"])
 
 
 def test_error_body_shape_on_every_error_status(client, world):
@@ -1028,7 +1038,8 @@ class Failures:
         if result.status_code >= 400 and method != "HEAD":
             try:
                 body = result.json
-                assert set(body) in (ERROR_KEYS, ERROR_KEYS | {"errors"})
+                assert set(body) in ((ERROR_KEYS, ERROR_KEYS | {"errors"})
+                                     + ((QUOTA_KEYS,) if result.status_code == 429 else ()))
                 assert body["statusCode"] == result.status_code
                 assert body["error"] == http.HTTPStatus(result.status_code).phrase
                 assert isinstance(body["message"], str)

@@ -86,6 +86,33 @@ def test_create_and_delete_are_one_transaction_each(counted, world, api):
         assert cost["transactions"] == 1 and cost["round_trips"] == 2, (path, cost)
 
 
+def test_executing_a_flow_is_one_transaction_of_two_round_trips(counted, world, db):
+    """The flow is read, then the run queued (admitted against the organization's quotas in the same
+    statement: tolstoy_queue_run) and committed."""
+    flow = world["flow"]
+    result, cost = counted("POST", f"/flows/{flow['id']}/execute", json={}, headers=world["acting"])
+    assert result.status_code == 202, result.text
+    assert cost == {"statements": 5, "round_trips": 2, "transactions": 1}, cost
+    with db.pool.connection() as conn:
+        usage = conn.execute("select runs from organization_usage where org_id = %s", (world["org"]["id"],)).fetchone()
+    assert usage == {"runs": 1}  # the admission ran (against the configured default)
+
+
+def test_a_process_reads_an_organizations_request_quota_with_its_first_statement(world, app_db, config):
+    """Each API process learns an organization's own request quota from the database with one of its
+    requests every 30 s: one more statement in that request's first round trip, never a round trip."""
+    fresh = testing.TestClient(create_app(config, app_db))
+    path, headers = f"/tools/{world['tool']['id']}", world["headers"]
+    costs = []
+    for _ in range(2):
+        before = app_db.counts.snapshot()
+        assert fresh.simulate_get(path, headers=headers).status_code == 200
+        after = app_db.counts.snapshot()
+        costs.append({key: after[key] - before[key] for key in after})
+    assert costs == [{"statements": 3, "round_trips": 1, "transactions": 1},
+                     {"statements": 2, "round_trips": 1, "transactions": 1}], costs
+
+
 def test_requests_that_need_no_data_take_no_connection(counted, world, app_db):
     for method, path, kwargs in [
         ("GET", "/health", {}),
@@ -159,6 +186,9 @@ def test_the_server_sees_what_the_counts_say(world, app_url, db, config):
     try:
         client = testing.TestClient(create_app(config, fresh))
         client.simulate_get("/health")
+        # A new process reads an organization's request quota with its first request (one statement more,
+        # test_a_process_reads_an_organizations_request_quota_with_its_first_statement): not this one.
+        client.simulate_get(f"/tools/{world['tool']['id']}", headers=world["headers"])
         mark = log.stat().st_size
         before = fresh.counts.snapshot()["statements"]
         result = client.simulate_get(f"/tools/{world['tool']['id']}", headers=world["headers"])

@@ -8,46 +8,17 @@ security hides the data key: 503 "no data key version 1" on a cold process only.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import httpx
 import pytest
-from support import FakeOAuthProvider, follow, free_port, wait_for_port
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def gunicorn(env: dict, port: int) -> subprocess.Popen:
-    """One Gunicorn worker serving the app on 127.0.0.1:port."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "tolstoy.api.app:get_app()"],
-        cwd=ROOT, env={**os.environ, **env, "PORT": str(port), "WEB_CONCURRENCY": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+from support import FakeOAuthProvider, app_processes, follow, free_port
 
 
 @pytest.fixture
 def two_processes(worker_env):
     """(first, second): base URLs of two app processes; redirect URIs name the second."""
-    ports = free_port(), free_port()
-    public = f"http://127.0.0.1:{ports[1]}"
-    env = {**worker_env, "TOLSTOY_PUBLIC_URL": public}
-    processes = [gunicorn(env, port) for port in ports]
-    try:
-        for port, process in zip(ports, processes, strict=True):
-            wait_for_port(port, process)
-        yield f"http://127.0.0.1:{ports[0]}", public
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    ports = [free_port(), free_port()]
+    with app_processes({**worker_env, "TOLSTOY_PUBLIC_URL": f"http://127.0.0.1:{ports[1]}"}, ports) as bases:
+        yield bases[0], bases[1]
 
 
 def test_the_oauth_callback_works_on_a_process_that_never_saw_the_organization(two_processes, server):

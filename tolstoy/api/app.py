@@ -29,6 +29,7 @@ from . import (
     hooks,
     openapi,
     organizations,
+    quotas,
     runs,
     signals,
     tool_credentials,
@@ -53,8 +54,11 @@ log = logging.getLogger("tolstoy.api")
 MODELS = (organizations.MODEL, users.MODEL, tools.MODEL, actions.MODEL, flows.MODEL, execution_logs.MODEL)
 
 
-def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | None]]:
-    """Every route as (URI template, resource, responder suffix)."""
+def build_routes(db: Database, config: Config,
+                 buckets: quotas.RequestBuckets | None = None) -> list[tuple[str, object, str | None]]:
+    """Every route as (URI template, resource, responder suffix); ``buckets``: the process's request
+    quota per organization (the tenant middleware's), which the usage route shows."""
+    buckets = buckets or quotas.RequestBuckets.from_config(config)
     tool_calls = engine.tools(config, db)
     flow_item = flows.Item(db)
     action_item = actions.Item(db, tool_calls, config)
@@ -72,6 +76,8 @@ def build_routes(db: Database, config: Config) -> list[tuple[str, object, str | 
         ("/", compat.Welcome(), None),
         ("/organizations", organizations.Collection(db, config.api_key_secret), None),
         ("/organizations/{id}", organizations.Item(db), None),
+        ("/organizations/{id}/quotas", quotas.Quotas(db, config), None),
+        ("/organizations/{id}/usage", quotas.Usage(db, config, buckets), None),
         ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
         ("/api-keys/{id}", api_keys.Item(db), None),
         ("/users", users.Collection(db), None),
@@ -155,10 +161,15 @@ def admin_database(config: Config) -> Database | None:
 def create_app(config: Config, db: Database, admin_db: Database | None = None) -> falcon.App:
     """A Falcon app serving the contract on the given (opened) database; ``admin_db`` is the admin
     login's pool (built from the configuration when not given)."""
-    routes = build_routes(db, config)
+    # Every unit of work sets the configured quota defaults the database enforces on new runs.
+    db.use_quotas(config.database_quotas())
+    buckets = quotas.RequestBuckets.from_config(config)
+    routes = build_routes(db, config, buckets)
     methods = allowed_methods(routes)
     admin_db = admin_db or admin_database(config)
-    tenancy = TenantMiddleware(db, methods, config, admin_db)
+    if admin_db is not None:
+        admin_db.use_quotas(config.database_quotas())
+    tenancy = TenantMiddleware(db, methods, config, admin_db, buckets)
     app = falcon.App(
         middleware=[
             # First in, last out: its clock spans every other middleware.
@@ -182,7 +193,7 @@ def create_app(config: Config, db: Database, admin_db: Database | None = None) -
     # The run console: HTML for people, outside build_routes (the contract's routes) and the OpenAPI
     # document; its pages read through the same SQL and tenancy, its actions are the routes above.
     # One cache of API-key grants per process; its organization picker lists through the admin login.
-    run_console = console.Console(db, config, tenancy.keys, admin_db)
+    run_console = console.Console(db, config, tenancy.keys, admin_db, tenancy.buckets)
     for template, suffix in console.ROUTES:
         app.add_route(template, run_console, suffix=suffix)
     # Sinks and static routes added later win: the static files over the console's 404 sink.

@@ -37,6 +37,7 @@ from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
 from ..numerals import unsigned
 from .paging import encode_cursor, time_id_cursor, time_id_key
+from .quotas import RequestBuckets
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
 log = logging.getLogger("tolstoy.console")
@@ -333,12 +334,15 @@ class Console:
 
     access = "public"  # TenantMiddleware steps aside: the console opens its own unit of work (below)
 
-    def __init__(self, db: Database, config: Config, keys: KeyOrganizations, admin_db: Database | None = None):
+    def __init__(self, db: Database, config: Config, keys: KeyOrganizations, admin_db: Database | None = None,
+                 buckets: RequestBuckets | None = None):
         self.db = db
         self.admin_db = admin_db  # the admin login's pool: the organization picker lists every organization
         self.mode = config.auth_mode
         self.key_secret = config.api_key_secret
         self.keys = keys  # the API's own (TenantMiddleware's)
+        # The API's own too: an organization's console pages are its requests, as its API calls are.
+        self.buckets = buckets or RequestBuckets.from_config(config)
         self.env = _environment()
 
     # ---- rendering ---------------------------------------------------------------------------
@@ -374,6 +378,11 @@ class Console:
                 self.render(req, resp, "shell.html", title="Loading…", org_id=org_id, shell=True)
                 return
             req.context.org_id = org_id
+            wait, rate, burst = self.buckets.take(org_id)
+            if wait:
+                refusal = self.buckets.refusal(wait, rate, burst)
+                resp.set_headers(refusal.headers)
+                raise Page(429, "Too many requests", refusal.description)
             with self.unit(tenant):
                 template, context = build(org_id)
             self.render(req, resp, template, org_id=org_id, **context)

@@ -14,6 +14,7 @@ from ..errors import (
     DatabaseUnavailable,
     ForeignKeyViolation,
     KeyRejected,
+    QuotaExceeded,
     TenantRejected,
     UniqueViolation,
     VaultError,
@@ -55,10 +56,17 @@ class Conflict(falcon.HTTPConflict):
 
 
 class TooManyRequests(falcon.HTTPTooManyRequests):
-    """429 with Retry-After (seconds)."""
+    """429 with Retry-After (seconds); over one of the organization's quotas, the body also names it
+    (``quota``) with its ``limit``."""
 
-    def __init__(self, message: str, retry_after: int):
+    def __init__(self, message: str, retry_after: int, quota: str | None = None, limit=None):
         super().__init__(description=message, retry_after=retry_after)
+        self.extra = {"quota": quota, "limit": limit} if quota is not None else {}
+
+
+# When to try again after a quota refused a new run: runs finish within seconds to minutes; stored bytes
+# shrink only when the workers' hourly upkeep drops a month past retention (or someone purges runs).
+QUOTA_RETRY_AFTER = {"queuedRuns": 30, "storedBytes": 3600}
 
 
 class PreconditionFailed(falcon.HTTPPreconditionFailed):
@@ -115,6 +123,9 @@ CHECK_FIELDS = {
     "flow_runs_idempotency_key_length": "Idempotency-Key", "flow_runs_variables_object": "variables",
     "flow_triggers_catch_up": "catchUp", "flow_triggers_cron_length": "cron", "flow_triggers_schedule_fields": "type",
     "flow_triggers_timezone_length": "timezone", "flow_triggers_type": "type",
+    "organization_quotas_queued_runs_range": "queuedRuns", "organization_quotas_stored_bytes_range": "storedBytes",
+    "organization_quotas_requests_per_second_range": "requestsPerSecond",
+    "organization_quotas_request_burst_range": "requestBurst",
     "flow_triggers_verification": "verification", "flow_triggers_webhook_fields": "type",
     "flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
     "flows_on_failure_array": "onFailure", "flows_steps_array": "steps",
@@ -128,7 +139,8 @@ SET_BY_THE_SERVICE = frozenset({
     "actions_version_positive", "api_keys_key_hash_length", "flows_version_positive",
     "flow_run_signals_consumed", "flow_run_steps_attempt_positive", "flow_run_steps_status",
     "flow_runs_lease_complete", "flow_runs_plan_object", "flow_trigger_deliveries_delivery_id_length",
-    "flow_trigger_deliveries_headers_object", "flow_trigger_deliveries_valid_has_run",
+    "flow_trigger_deliveries_headers_object", "flow_trigger_deliveries_refusals_positive",
+    "flow_trigger_deliveries_source_length", "flow_trigger_deliveries_valid_has_run",
     "flow_trigger_deliveries_verdict", "oauth_states_nonce_length", "oauth_states_redirect_uri_length",
     "oauth_tokens_token_with_expiry", "organization_keys_kek_id_length", "organization_keys_version_positive", "secret_reads_actor_known",
     "secret_reads_purpose_length", "user_connections_scope_length", "webhook_deliveries_attempt_log_array",
@@ -172,6 +184,11 @@ def vault_error(req, resp, exc: Exception, params):
     raise falcon.HTTPServiceUnavailable(
         description="Stored credentials cannot be decrypted with the configured TOLSTOY_ENCRYPTION_KEY."
     )
+
+
+def quota_exceeded(req, resp, exc: QuotaExceeded, params):
+    """429 naming the quota a new run would exceed (nothing of the run was written)."""
+    raise TooManyRequests(exc.message, QUOTA_RETRY_AFTER.get(exc.quota, 60), quota=exc.quota, limit=exc.limit)
 
 
 def tenant_rejected(req, resp, exc: TenantRejected, params):
@@ -234,6 +251,7 @@ def serialize(req, resp, exc: falcon.HTTPError) -> None:
     errors = getattr(exc, "errors", None)
     if errors:
         body["errors"] = [{k: _encodable(v) for k, v in e.items()} for e in errors]
+    body.update(getattr(exc, "extra", None) or {})
     resp.media = body
     resp.content_type = falcon.MEDIA_JSON
 
@@ -249,4 +267,5 @@ def install(app: falcon.App) -> None:
     app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)
     app.add_error_handler(VaultError, vault_error)
+    app.add_error_handler(QuotaExceeded, quota_exceeded)
     app.set_error_serializer(serialize)

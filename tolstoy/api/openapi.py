@@ -22,6 +22,8 @@ DOCS_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
 
 SCHEMAS = {
     "Organization": schemas.OrganizationSchema,
+    "Quotas": schemas.QuotasSchema,
+    "Usage": schemas.UsageSchema,
     "User": schemas.UserSchema,
     "Tool": schemas.ToolSchema,
     "Action": schemas.ActionSchema,
@@ -78,6 +80,9 @@ ERRORS = {
     "401": "TOLSTOY_AUTH_MODE=api_key: missing, invalid or revoked API key (WWW-Authenticate: Bearer).",
     "403": "TOLSTOY_AUTH_MODE=api_key: X-Org-ID names another organization, or the admin token is needed.",
     "503": "The database (or the credential key) is unavailable; retry later.",
+    "429": "Over a quota of the organization (`quota` names it, `limit` is its value; Retry-After says when to "
+           "try again): requestsPerSecond on any route; queuedRuns or storedBytes on a route that starts a run "
+           "(nothing of the run is written).",
 }
 
 
@@ -86,8 +91,9 @@ def _error(code: str) -> dict:
 
 
 def _errors(*codes: str) -> dict:
-    # Every data route may also meet API-key auth (401/403) and an unreachable database (503).
-    return {code: _error(code) for code in (*codes, "401", "403", "503")}
+    # Every data route may also meet API-key auth (401/403), the organization's request quota (429) and an
+    # unreachable database (503).
+    return {code: _error(code) for code in (*codes, "401", "403", "429", "503")}
 
 
 def _json(ref: str, many: bool = False) -> dict:
@@ -289,6 +295,7 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
             responses["503"] = {"description": "The database does not answer.", "content": _json("Status")}
         spec.path(path=path, operations={"get": {"tags": ["Health"], "summary": summary, "responses": responses}})
 
+    _quota_paths(spec)
     _engine_paths(spec)
     _trigger_paths(spec)
     _webhook_paths(spec)
@@ -310,6 +317,32 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     spec.path(path="/docs", operations={"get": {"tags": ["Docs"], "summary": "Interactive documentation",
               "responses": {"200": {"description": "HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}}})
     return spec.to_dict()
+
+
+def _quota_paths(spec: APISpec) -> None:
+    """An organization's quotas (the operator's overrides) and its usage against them."""
+    org = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}]
+    who = ("No tenant header. In api_key mode an organization's key reads its own organization (another is a "
+           "404) and the admin token any; in headers mode any.")
+    update = {"tags": ["Organizations"], "summary": "Set quotas of the organization (null: back to the default)",
+              "description": "The operator's: the admin token in api_key mode (an organization's key is a 403); "
+                             "fields not sent stay as they are. queuedRuns and storedBytes bind new runs at once; "
+                             "requestsPerSecond and requestBurst within 30 s in each API process.",
+              "parameters": [*org, "IfMatch"], "requestBody": {"required": True, "content": _json("Quotas")},
+              "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                    "content": _json("Quotas")}, **_errors("400", "404", "412", "413", "415")}}
+    spec.path(path="/organizations/{id}/quotas", operations={
+        "get": {"tags": ["Organizations"], "summary": "The organization's quotas: overrides and those in force",
+                "description": who, "parameters": org,
+                "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                      "content": _json("Quotas")}, **_errors("404")}},
+        "put": update, "patch": update})
+    spec.path(path="/organizations/{id}/usage", operations={"get": {
+        "tags": ["Organizations"], "summary": "The organization's usage against each of its quotas",
+        "description": who + " Runs and stored bytes are the database's; requests per second are what the API "
+                             "process that answers saw (each process has its own bucket).",
+        "parameters": org,
+        "responses": {"200": {"description": "Usage and limits.", "content": _json("Usage")}, **_errors("404")}}})
 
 
 def _engine_paths(spec: APISpec) -> None:
@@ -490,6 +523,8 @@ def _trigger_paths(spec: APISpec) -> None:
             "403": {"description": "The trigger is disabled.", "content": error},
             "404": {"description": "No such webhook trigger.", "content": error},
             "413": _error("413"), "415": _error("415"),
+            "429": {"description": "The run would take the organization over its queuedRuns or storedBytes quota: "
+                                   "nothing is recorded; send it again after Retry-After.", "content": error},
             "503": {"description": "The database (or the secret's key) is unavailable.", "content": error}}}})
 
 

@@ -28,6 +28,12 @@ API keys are ``tsk_`` + 43 random URL-safe characters. Only HMAC-SHA256(server
 secret, key) is stored: a stolen table yields no usable key, and checking a key
 is one hash plus one indexed lookup, whether the key is valid or not.
 
+Requests per second: each organization's requests take a token from its bucket in this process
+(tolstoy/api/quotas.py) once the organization is known, before the unit of work opens, so a
+request over the quota is a 429 that costs the database nothing. Doors that are not an
+organization's requests (health, docs, operator routes, the admin's /organizations, the public doors
+that authenticate by themselves) take none.
+
 Resources declare ``access``: ``"tenant"`` (default), ``"organizations"``,
 ``"operator"`` (detailed status: the admin token in api_key mode; headers mode
 trusts its gateway, as it does for organizations) or ``"public"`` (health,
@@ -53,6 +59,7 @@ from ..db.queries import SQL
 from ..errors import KeyRejected
 from .errors import KEY_REJECTED, field_error
 from .middleware import method_allowed
+from .quotas import RequestBuckets
 
 log = logging.getLogger("tolstoy.tenancy")
 
@@ -204,7 +211,8 @@ class TenantMiddleware:
     ``key_user_id`` (the user the key is bound to) and ``unit``, the request's unit of work, which
     checks the tenant in the same round trip as its first query."""
 
-    def __init__(self, db: Database, routes: dict[str, frozenset], config, admin_db: Database | None = None):
+    def __init__(self, db: Database, routes: dict[str, frozenset], config, admin_db: Database | None = None,
+                 buckets: RequestBuckets | None = None):
         self.db = db
         self.admin_db = admin_db  # tolstoy_admin's pool; None when ADMIN_DATABASE_URL is not set
         self.routes = routes
@@ -212,6 +220,7 @@ class TenantMiddleware:
         self.key_secret = config.api_key_secret
         self.admin_token = config.admin_token
         self.keys = KeyOrganizations(db)
+        self.buckets = buckets or RequestBuckets.from_config(config)
 
     def process_resource(self, req, resp, resource, params) -> None:
         req.context.org_id = None
@@ -244,6 +253,7 @@ class TenantMiddleware:
             # An organization's key sees its own organization; the admin token (or headers mode) all of
             # them, through the admin login.
             if hashed is not None:
+                self._take_token(req.context.key_org_id)
                 self._open(req, Tenant(org_id=req.context.key_org_id, key_hash=hashed))
             else:
                 self._open(req, NOBODY, self._admin())
@@ -258,6 +268,7 @@ class TenantMiddleware:
         user_id = header_uuid(req, "X-User-ID", required=False)
         req.context.org_id = org_id
         req.context.user_id = user_id
+        self._take_token(org_id)
         self._open(req, Tenant(org_id=org_id, user_id=user_id, key_hash=hashed))
 
     def _admin(self) -> Database:
@@ -268,9 +279,20 @@ class TenantMiddleware:
                 description="Organization management is not configured on this server (ADMIN_DATABASE_URL).")
         return self.admin_db
 
+    def _take_token(self, org_id) -> None:
+        """429 when the organization is over its requests per second in this process: decided before
+        the unit of work exists, so the answer needs no database (nor checks the tenant)."""
+        wait, rate, burst = self.buckets.take(org_id)
+        if wait:
+            raise self.buckets.refusal(wait, rate, burst)
+
     def _open(self, req: falcon.Request, tenant: Tenant, db: Database | None = None) -> None:
         # Reads of more than one statement see one snapshot.
         unit = (db or self.db).unit(tenant, repeatable=req.method in ("GET", "HEAD"))
+        org_id = tenant.org_id
+        if org_id is not None and self.buckets.stale(org_id):
+            # The organization's own request quota, read again now and then with its first statement.
+            unit.ride(SQL.quotas.request_quota, {"org_id": org_id}, lambda rows: self.buckets.learn(org_id, rows))
         req.context.unit = unit
         req.context.unit_token = self.db.activate(unit)
 

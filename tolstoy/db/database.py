@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json as jsonlib
 import logging
 import threading
 import time
@@ -50,6 +51,9 @@ _TENANT_ERRORS = {
     "TS002": ("X-User-ID", "Not a user of this organization."),
 }
 _KEY_ERROR = "TS003"
+# SQLSTATEs raised by tolstoy_admit_run (migration organization_quotas): a new run over a quota, with
+# {quota, limit, used} as JSON in the error's DETAIL.
+_QUOTA_ERRORS = ("TQ001", "TQ002")
 # What auto-prepared statements meet behind a transaction-mode pooler that does not track them
 # (PgBouncer before 1.21, or max_prepared_statements = 0).
 _POOLER_CLASHES = (pg_errors.DuplicatePreparedStatement, pg_errors.InvalidSqlStatementName)
@@ -83,6 +87,10 @@ def wrap_errors() -> Iterator[None]:
             raise errors.TenantRejected(*_TENANT_ERRORS[exc.sqlstate]) from exc
         if exc.sqlstate == _KEY_ERROR:
             raise errors.KeyRejected() from exc
+        if exc.sqlstate in _QUOTA_ERRORS:
+            detail = jsonlib.loads(exc.diag.message_detail or "{}")
+            raise errors.QuotaExceeded(detail.get("quota"), detail.get("limit"), detail.get("used"),
+                                       exc.diag.message_primary or "Over a quota.") from exc
         raise
 
 
@@ -95,17 +103,20 @@ class Tenant:
     user_id: Any = None
     key_hash: bytes | None = None
 
-    def enter(self, timeout_ms: int, *, known: bool = False) -> tuple[Query, dict]:
+    def enter(self, timeout_ms: int, quotas: str = "", *, known: bool = False) -> tuple[Query, dict]:
         """The statement that opens a unit of work for this tenant: the checking one, or, for an
         organization and user that passed the check seconds ago, one that only sets them. An API
-        key is checked every time, so that revoking it takes effect at once."""
+        key is checked every time, so that revoking it takes effect at once. Each also sets the
+        configured quota defaults (``quotas``, JSON; '' for none) that admitting a new run reads."""
         user = None if self.user_id is None else str(self.user_id)
         if self.key_hash is not None:
-            return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms}
+            return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms,
+                                           "quotas": quotas}
         org = "" if self.org_id is None else str(self.org_id)
         if known:
-            return SQL.session.enter_known, {"org_id": org, "timeout": f"{timeout_ms}ms"}
-        return SQL.session.enter, {"org_id": org or None, "user_id": user, "timeout_ms": timeout_ms}
+            return SQL.session.enter_known, {"org_id": org, "timeout": f"{timeout_ms}ms", "quotas": quotas}
+        return SQL.session.enter, {"org_id": org or None, "user_id": user, "timeout_ms": timeout_ms,
+                                   "quotas": quotas}
 
 
 # No organization: a tenant's rows are invisible. Units of the admin login (tolstoy_admin, the
@@ -190,6 +201,7 @@ class Unit:
         self.repeatable = repeatable
         self.conn: psycopg.Connection | None = None
         self.verified = tenant == NOBODY or tenant in db.verified
+        self.riders: list[tuple[Query, dict, Callable[[list[dict]], None]]] = []
 
     @property
     def active(self) -> bool:
@@ -209,10 +221,17 @@ class Unit:
                 self._return(transactions=1)
         return results[0]
 
+    def ride(self, query: Query, params: dict, receive: Callable[[list[dict]], None]) -> None:
+        """Send ``query`` in this unit's first round trip, right after the tenant is set (one more
+        statement, no round trip of its own), and give its rows to ``receive``. Nothing is sent if the
+        unit never opens, or if it opens through ``verify``."""
+        self.riders.append((query, params, receive))
+
     def _first(self, query: Query, params: dict, commit: bool) -> Result:
-        enter = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
+        enter = self.tenant.enter(self.db.statement_timeout_ms, self.db.quotas, known=self.verified)
         opening = [] if commit else [(SQL.session.begin_repeatable if self.repeatable else SQL.session.begin, {})]
-        batch = [*opening, enter, (query, params)]
+        riders, self.riders = self.riders, []
+        batch = [*opening, enter, *((q, p) for q, p, _ in riders), (query, params)]
         conn = self._checkout()
         try:
             with wrap_errors():
@@ -243,6 +262,8 @@ class Unit:
             self.db.counts.add(0, 0, 1)
         else:
             self.conn = conn
+        for (_, _, receive), result in zip(riders, results[len(opening) + 1:-1], strict=True):
+            receive(result.rows)
         return results[-1]
 
     def verify(self) -> None:
@@ -254,7 +275,7 @@ class Unit:
     def resolve(self) -> Any:
         """Check the tenant with one statement of its own; returns what it returns (an API
         key's organization)."""
-        query, params = self.tenant.enter(self.db.statement_timeout_ms)
+        query, params = self.tenant.enter(self.db.statement_timeout_ms, self.db.quotas)
         try:
             with wrap_errors(), self.db.pool.connection() as conn:
                 [result] = self._send(conn, [(query, params)])
@@ -268,7 +289,7 @@ class Unit:
         self.tenant = tenant
         self.verified = tenant == NOBODY or tenant in self.db.verified
         if self.conn is not None:
-            query, params = self.tenant.enter(self.db.statement_timeout_ms, known=self.verified)
+            query, params = self.tenant.enter(self.db.statement_timeout_ms, self.db.quotas, known=self.verified)
             with wrap_errors():
                 self._send(self.conn, [(query, params)])
 
@@ -357,6 +378,9 @@ class Database:
             },
         )
         self.statement_timeout_ms = statement_timeout_ms
+        # The configured quota defaults each unit of work sets for the database (tolstoy.quotas, JSON);
+        # '' until use_quotas: then only the operator's overrides per organization bind.
+        self.quotas = ""
         self.listen_conninfo = listen_conninfo
         self.counts = Counts()
         self.verified = _Verified()
@@ -368,7 +392,7 @@ class Database:
         conninfo = url or config.database_conninfo()
         if not conninfo:
             raise errors.DatabaseUnavailable("DATABASE_URL is not set")
-        return cls(
+        db = cls(
             conninfo,
             min_size=config.pool_min_size if min_size is None else min_size,
             max_size=max_size or config.pool_max_size,
@@ -378,6 +402,13 @@ class Database:
             application_name=application_name or config.app_name,
             listen_conninfo=config.direct_url,
         )
+        db.use_quotas(config.database_quotas())
+        return db
+
+    def use_quotas(self, quotas: dict) -> None:
+        """The quota defaults every unit of work on this pool sets for the database to enforce
+        (tolstoy_admit_run reads them when it admits a new run)."""
+        self.quotas = jsonlib.dumps(quotas, separators=(",", ":"), sort_keys=True)
 
     def stop_preparing(self, conn: psycopg.Connection) -> None:
         """Turn psycopg's automatic prepared statements off for this process: a transaction

@@ -67,6 +67,8 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
                 "prune_budget_seconds": config.prune_budget_seconds,
                 "unknown_outcome_timeout_days": config.unknown_outcome_timeout_days, **overrides}
     settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
+    # Schedules and subflow steps queue runs: the database holds them to the configured quota defaults.
+    db.use_quotas(config.database_quotas())
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 
 
