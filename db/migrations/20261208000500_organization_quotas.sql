@@ -718,7 +718,7 @@ set local statement_timeout = '60s';
 
 drop function tolstoy_usage();
 
--- tolstoy_subflow as one_child_per_step_chain defined it.
+-- tolstoy_subflow as run_ids_name_their_month defined it.
 create or replace function tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb)
 returns jsonb
 language plpgsql as $$
@@ -742,9 +742,11 @@ begin
     end if;
     -- Lease check, the parent's row locked until commit, the pending writes.
     answer := tolstoy_checkpoint(worker, org, run, token, writes);
-    select * into parent from flow_runs r where r.org_id = org and r.id = run;
+    select * into parent from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     select * into child from flow_runs c
     where c.org_id = org and c.parent_run_id = run and c.parent_step_id = step
+      and c.created_at >= tolstoy_run_from(run)  -- a child is queued after its parent
     order by c.created_at desc
     limit 1;
     if child.id is null then
@@ -764,11 +766,15 @@ begin
                 select parent.retry_of
                 union all
                 select r.retry_of
-                from flow_runs r join earlier e on r.org_id = org and r.id = e.id
+                from flow_runs r
+                join earlier e on r.org_id = org and r.id = e.id
+                                  and r.created_at between tolstoy_run_from(e.id) and tolstoy_run_until(e.id)
                 where r.retry_of is not null
             )
             select * into latest from flow_runs c
             where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+              -- Children are queued after their parents, the chain's first run the oldest.
+              and c.created_at >= (select min(tolstoy_run_from(e.id)) from earlier e)
             order by c.created_at desc
             limit 1;
             if latest.id is not null then
@@ -776,7 +782,9 @@ begin
                     select latest.id, latest.created_at
                     union all
                     select r.id, r.created_at
-                    from flow_runs r join later l on r.org_id = org and r.retry_of = l.id
+                    from flow_runs r
+                    join later l on r.org_id = org and r.retry_of = l.id
+                                    and r.created_at >= l.created_at  -- a retry is queued after its run
                 )
                 select r.* into latest
                 from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
@@ -924,11 +932,11 @@ comment on function tolstoy_fire_schedules(timestamptz, jsonb) is
 alter table flow_triggers drop column last_skip_reason;
 alter table flow_triggers drop column last_skipped_at;
 
--- tolstoy_queue_run as who_may_act_as_a_user defined it (without the admission).
-create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb,
-                                             key text, retrying uuid, acting boolean default false)
+-- tolstoy_queue_run as run_ids_name_their_month defined it (without the admission).
+create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,
+                                             vars jsonb, key text, retrying uuid, acting boolean default false)
 returns table (run flow_runs, created boolean)
-language plpgsql as $$
+language plpgsql as $_$
 declare
     existing flow_runs;
     queued flow_runs;
@@ -936,7 +944,8 @@ declare
     steps jsonb;
     run_plan jsonb;
     root uuid;
-    new_id uuid := gen_random_uuid();
+    -- The id carries the time the run is queued, its created_at: lookups by id find its month.
+    new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
 begin
     if key is not null then
@@ -945,7 +954,8 @@ begin
         where r.org_id = org and r.flow_id = flow and r.idempotency_key = key;
     elsif retrying is not null then
         perform pg_advisory_xact_lock(hashtextextended(format('run-retry:%s:%s', org, retrying), 0));
-        select * into existing from flow_runs r where r.org_id = org and r.retry_of = retrying;
+        select * into existing from flow_runs r
+        where r.org_id = org and r.retry_of = retrying and r.created_at >= tolstoy_run_from(retrying);
     end if;
     if existing.id is not null then
         run := existing;
@@ -954,7 +964,9 @@ begin
         return;
     end if;
     if retrying is not null then
-        select * into original from flow_runs r where r.org_id = org and r.id = retrying;
+        select * into original from flow_runs r
+        where r.org_id = org and r.id = retrying
+          and r.created_at between tolstoy_run_from(retrying) and tolstoy_run_until(retrying);
         run_plan := original.plan;
         root := original.root_run_id;
     else
@@ -997,7 +1009,7 @@ begin
     created := true;
     return next;
 end;
-$$;
+$_$;
 
 comment on function tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean) is
     'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or '
