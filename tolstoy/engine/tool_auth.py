@@ -384,7 +384,8 @@ def same_origin(user_id, stored: dict, tool: dict, origin: str) -> None:
     if origin_of(stored["origin_url"]) != origin:
         raise StepFailed(f"User {user_id} connected the tool {tool['name']!r} when it was at "
                          f"{origin_of(stored['origin_url'])}; this call goes to {origin}, so their token is not "
-                         "sent: the user must connect the tool again", details={"name": "CredentialOriginMismatch"})
+                         "sent: the user must connect the tool again", details={"name": "CredentialOriginMismatch"},
+                         own_words=True)
 
 
 def issued_here(user_id, stored: dict, tool: dict, config: dict, *, refresh: bool) -> None:
@@ -406,7 +407,8 @@ def issued_here(user_id, stored: dict, tool: dict, config: dict, *, refresh: boo
                "their tokens are not used")
     how = f" (GET /auth/{tool['key']}/login?userId={user_id})" if tool.get("key") else ""
     raise StepFailed(f"User {user_id} {why}: the user must connect the tool again{how}",
-                     details={"name": "ConnectAgain", "userId": str(user_id), "toolId": str(tool["id"])})
+                     details={"name": "ConnectAgain", "userId": str(user_id), "toolId": str(tool["id"])},
+                     own_words=True)
 
 
 def not_connected(user_id, stored: dict | None, tool: dict) -> StepFailed:
@@ -414,7 +416,8 @@ def not_connected(user_id, stored: dict | None, tool: dict) -> StepFailed:
     who = f"{stored['email']} ({user_id})" if stored and stored.get("email") else str(user_id)
     how = f" (GET /auth/{tool['key']}/login?userId={user_id})" if tool.get("key") else ""
     return StepFailed(f"User {who} has not connected the tool {tool['name']!r}{how}",
-                      details={"name": "NotConnected", "userId": str(user_id), "toolId": str(tool["id"])})
+                      details={"name": "NotConnected", "userId": str(user_id), "toolId": str(tool["id"])},
+                      own_words=True)
 
 
 MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600.0
