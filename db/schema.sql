@@ -3311,6 +3311,8 @@ CREATE TABLE public.oauth_states (
     redirect_uri text NOT NULL,
     expires_at timestamp with time zone DEFAULT (now() + '00:10:00'::interval) NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    token_url text,
+    client_id text,
     CONSTRAINT oauth_states_nonce_length CHECK (((char_length(nonce) >= 16) AND (char_length(nonce) <= 100))),
     CONSTRAINT oauth_states_redirect_uri_length CHECK (((char_length(redirect_uri) >= 1) AND (char_length(redirect_uri) <= 2048)))
 );
@@ -3326,6 +3328,20 @@ COMMENT ON TABLE public.oauth_states IS 'OAuth logins in progress: consumed (del
 
 
 --
+-- Name: COLUMN oauth_states.token_url; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_states.token_url IS 'The tokenUrl of the tool''s credential when the login began: the callback exchanges the code only while the credential names the same.';
+
+
+--
+-- Name: COLUMN oauth_states.client_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_states.client_id IS 'The clientId the provider''s consent page was given: the callback exchanges the code only while the credential names the same.';
+
+
+--
 -- Name: oauth_tokens; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -3337,6 +3353,8 @@ CREATE TABLE public.oauth_tokens (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     refreshing_by uuid,
     refresh_lease_until timestamp with time zone,
+    token_url text,
+    client_id text,
     CONSTRAINT oauth_tokens_token_with_expiry CHECK (((access_token IS NULL) = (expires_at IS NULL)))
 );
 
@@ -3376,6 +3394,20 @@ COMMENT ON COLUMN public.oauth_tokens.refreshing_by IS 'The random id of the ref
 --
 
 COMMENT ON COLUMN public.oauth_tokens.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most); a refresher that died leaves a lease that expires.';
+
+
+--
+-- Name: COLUMN oauth_tokens.token_url; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.token_url IS 'The tokenUrl of the credential the access token was fetched with: used only while the credential names the same (null: fetched before this was recorded, fetched again).';
+
+
+--
+-- Name: COLUMN oauth_tokens.client_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.client_id IS 'The clientId of the credential the access token was fetched with (see token_url).';
 
 
 --
@@ -3746,6 +3778,8 @@ CREATE TABLE public.user_connections (
     origin_url text NOT NULL,
     refreshing_by uuid,
     refresh_lease_until timestamp with time zone,
+    token_url text,
+    client_id text,
     CONSTRAINT user_connections_scope_length CHECK ((char_length(scope) <= 2000))
 );
 
@@ -3792,6 +3826,20 @@ COMMENT ON COLUMN public.user_connections.refreshing_by IS 'The random id of the
 --
 
 COMMENT ON COLUMN public.user_connections.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most).';
+
+
+--
+-- Name: COLUMN user_connections.token_url; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.token_url IS 'The tokenUrl of the tool''s credential when the user connected: the tokens are refreshed or sent only while the credential names the same (null: connected before this was recorded, never refreshed).';
+
+
+--
+-- Name: COLUMN user_connections.client_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.client_id IS 'The clientId of the tool''s credential when the user connected (see token_url).';
 
 
 --
@@ -5964,4 +6012,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000403'),
     ('20261208000404'),
     ('20261208000500'),
-    ('20261208000501');
+    ('20261208000501'),
+    ('20261208000600');

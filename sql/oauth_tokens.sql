@@ -4,12 +4,16 @@
 
 -- name: current^
 -- The stored access token of a credential while it has more than 30 s to live, and only if it
--- was fetched with the credential as it is now (a replaced client secret or scope needs a new one).
+-- was fetched with the credential as it is now (a replaced client secret or scope needs a new one)
+-- and from the token URL and client the caller's config names (:token_url, :client_id): a token
+-- is never used under a credential it was not issued for, whatever the clocks of two
+-- transactions said (a row from before these were recorded has nulls: fetched again).
 select t.access_token, t.expires_at
 from oauth_tokens t
 join tool_credentials c on c.org_id = t.org_id and c.id = t.credential_id
 where t.org_id = :org_id and t.credential_id = :credential_id
-  and t.expires_at > now() + interval '30 seconds' and t.updated_at >= c.updated_at;
+  and t.expires_at > now() + interval '30 seconds' and t.updated_at >= c.updated_at
+  and t.token_url = :token_url and t.client_id = :client_id;
 
 -- name: take_lease^
 -- Begin a refresh: take the lease on the credential's token (:lease, for :lease_seconds), committed
@@ -18,7 +22,8 @@ where t.org_id = :org_id and t.credential_id = :credential_id
 -- is read locked (until this statement commits), so it is its newest version even when a refresh
 -- stored a rotated refresh token after this statement began: its secret holds the refresh token to
 -- send. access_token and expires_at: the stored token when it is fresh (as of the statement's
--- start: one stored a moment later is seen by the next try). No row: the credential is gone.
+-- start: one stored a moment later is seen by the next try), issued under :token_url and :client_id
+-- (the caller's config; one issued under another is not fresh). No row: the credential is gone.
 with credential as (
     select org_id, id, secret, updated_at
     from tool_credentials
@@ -32,21 +37,23 @@ with credential as (
     set refreshing_by = excluded.refreshing_by, refresh_lease_until = excluded.refresh_lease_until
     where (t.refresh_lease_until is null or t.refresh_lease_until <= now())
       and (t.expires_at is null or t.expires_at <= now() + interval '30 seconds'
-           or t.updated_at < (select updated_at from credential))
+           or t.updated_at < (select updated_at from credential)
+           or t.token_url is distinct from :token_url or t.client_id is distinct from :client_id)
     returning t.refreshing_by
 )
 select c.secret, (select refreshing_by from leased) as lease, t.access_token, t.expires_at
 from credential c
 left join oauth_tokens t on t.org_id = c.org_id and t.credential_id = c.id
-  and t.expires_at > now() + interval '30 seconds' and t.updated_at >= c.updated_at;
+  and t.expires_at > now() + interval '30 seconds' and t.updated_at >= c.updated_at
+  and t.token_url = :token_url and t.client_id = :client_id;
 
 -- name: store^
 -- End a refresh with a compare-and-set: only while the credential's secret is still :previous (the
 -- one the refresh decrypted and sent), keep the refresh token the provider rotated (:secret, null
 -- when it did not) and the new access token for every process, and give up the lease if it is
 -- still :lease (one that expired and was taken by another refresh stays theirs). No row: the
--- credential changed (or went) since, and what it is now wins. The token is returned as stored,
--- however short its life.
+-- credential changed (or went) since, and what it is now wins. The token is stored with the token
+-- URL and client id it was fetched from, and returned as stored, however short its life.
 with credential as (
     select org_id, id
     from tool_credentials
@@ -58,11 +65,13 @@ with credential as (
     from credential
     where c.org_id = credential.org_id and c.id = credential.id and :secret::bytea is not null
 ), stored as (
-    insert into oauth_tokens as t (org_id, credential_id, access_token, expires_at)
-    select org_id, id, :access_token, now() + make_interval(secs => :expires_in::double precision)
+    insert into oauth_tokens as t (org_id, credential_id, access_token, expires_at, token_url, client_id)
+    select org_id, id, :access_token, now() + make_interval(secs => :expires_in::double precision), :token_url,
+           :client_id
     from credential
     on conflict (org_id, credential_id) do update
     set access_token = excluded.access_token, expires_at = excluded.expires_at, updated_at = now(),
+        token_url = excluded.token_url, client_id = excluded.client_id,
         refreshing_by = case when t.refreshing_by = :lease then null else t.refreshing_by end,
         refresh_lease_until = case when t.refreshing_by = :lease then null else t.refresh_lease_until end
     returning t.access_token, t.expires_at

@@ -5,13 +5,15 @@
 
 -- name: start_login^
 -- Remember a login in progress for 10 minutes (its nonce is in the signed state the provider hands
--- back); the same statement drops the organization's logins that expired over an hour ago.
+-- back), with the token URL and client id of the credential it began under (the callback exchanges
+-- the code only under the same); the same statement drops the organization's logins that expired
+-- over an hour ago.
 with swept as (
     delete from oauth_states
     where org_id = :org_id and expires_at < now() - interval '1 hour'
 )
-insert into oauth_states (org_id, nonce, user_id, tool_id, redirect_uri)
-values (:org_id, :nonce, :user_id, :tool_id, :redirect_uri)
+insert into oauth_states (org_id, nonce, user_id, tool_id, redirect_uri, token_url, client_id)
+values (:org_id, :nonce, :user_id, :tool_id, :redirect_uri, :token_url, :client_id)
 returning org_id, nonce, expires_at;
 
 -- name: take_login^
@@ -20,9 +22,10 @@ returning org_id, nonce, expires_at;
 with taken as (
     delete from oauth_states
     where org_id = :org_id and nonce = :nonce
-    returning org_id, user_id, tool_id, redirect_uri, expires_at
+    returning org_id, user_id, tool_id, redirect_uri, expires_at, token_url, client_id
 )
 select taken.org_id, taken.user_id, taken.tool_id, taken.redirect_uri, taken.expires_at <= now() as expired,
+       taken.token_url, taken.client_id,
        u.email, t.name as tool_name, t.key as tool_key
 from taken
 join users u on u.org_id = taken.org_id and u.id = taken.user_id
@@ -30,20 +33,21 @@ join tools t on t.org_id = taken.org_id and t.id = taken.tool_id;
 
 -- name: connect^
 -- Keep a user's tokens for a tool (a new connection, or the same one connected again), bound to the
--- tool's base URL as it is now (origin_url, set by user_connections_bind_to_tool_origin).
-insert into user_connections (org_id, user_id, tool_id, tokens, expires_at, scope)
+-- tool's base URL as it is now (origin_url, set by user_connections_bind_to_tool_origin) and to the
+-- token URL and client id of the credential they were issued under.
+insert into user_connections (org_id, user_id, tool_id, tokens, expires_at, scope, token_url, client_id)
 values (:org_id, :user_id, :tool_id, :tokens,
-        now() + make_interval(secs => :expires_in::double precision), :scope)
+        now() + make_interval(secs => :expires_in::double precision), :scope, :token_url, :client_id)
 on conflict (org_id, user_id, tool_id) do update
 set tokens = excluded.tokens, expires_at = excluded.expires_at, scope = excluded.scope,
-    origin_url = excluded.origin_url
+    origin_url = excluded.origin_url, token_url = excluded.token_url, client_id = excluded.client_id
 returning id, org_id, user_id, tool_id, expires_at, scope, created_at, updated_at;
 
 -- name: current^
 -- The user (to name in an error) and their connection to a tool, if any: its tokens, the tool's
--- base URL when it was connected (origin_url), and whether the access token has more than 30 s to
--- live (no expiry from the provider: it has).
-select u.email, c.id, c.tokens, c.origin_url, c.expires_at,
+-- base URL when it was connected (origin_url), the token URL and client id they were issued under,
+-- and whether the access token has more than 30 s to live (no expiry from the provider: it has).
+select u.email, c.id, c.tokens, c.origin_url, c.token_url, c.client_id, c.expires_at,
        (c.expires_at is null or c.expires_at > now() + interval '30 seconds') as fresh
 from users u
 left join user_connections c on c.org_id = u.org_id and c.user_id = u.id and c.tool_id = :tool_id
@@ -62,9 +66,11 @@ with leased as (
     where org_id = :org_id and user_id = :user_id and tool_id = :tool_id
       and (refresh_lease_until is null or refresh_lease_until <= now())
       and expires_at <= now() + interval '30 seconds'
-    returning id, tokens, origin_url, refreshing_by
+    returning id, tokens, origin_url, token_url, client_id, refreshing_by
 )
 select c.id, coalesce(l.tokens, c.tokens) as tokens, coalesce(l.origin_url, c.origin_url) as origin_url,
+       case when l.id is null then c.token_url else l.token_url end as token_url,
+       case when l.id is null then c.client_id else l.client_id end as client_id,
        l.refreshing_by as lease,
        l.id is null and (c.expires_at is null or c.expires_at > now() + interval '30 seconds') as fresh
 from user_connections c
@@ -82,7 +88,7 @@ set tokens = :tokens, expires_at = now() + make_interval(secs => :expires_in::do
     refreshing_by = case when refreshing_by = :lease then null else refreshing_by end,
     refresh_lease_until = case when refreshing_by = :lease then null else refresh_lease_until end
 where org_id = :org_id and id = :id and tokens = :previous
-returning id, tokens, origin_url, expires_at, true as fresh;
+returning id, tokens, origin_url, token_url, client_id, expires_at, true as fresh;
 
 -- name: release_lease!
 -- A refresh that stores nothing (the provider refused or did not answer in time, the tokens changed

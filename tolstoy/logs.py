@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .jsonsafe import dumps
-from .redaction import Secrets, mask_json, redact
+from .redaction import Secrets, in_derived_work, mask_json, redact
 from .times import now_iso
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("tolstoy_request_id", default=None)
@@ -49,8 +49,11 @@ class JsonFormatter(logging.Formatter):
             "time": now_iso(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage(), secrets),
+            "message": redact(_text(record), secrets),
         }
+        withheld = in_derived_work()
+        if withheld:
+            entry["withheld"] = True
         for key, var in (("requestId", request_id), ("executionId", execution_id)):
             if var.get() is not None:
                 entry[key] = var.get()
@@ -59,8 +62,24 @@ class JsonFormatter(logging.Formatter):
         for key, value in extras.items():
             entry[key] = redact(value, secrets) if isinstance(value, str) else _masked(value, secrets)
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info), secrets)
+            entry["exception"] = (record.exc_info[0].__name__ if withheld and record.exc_info[0] else
+                                  redact(self.formatException(record.exc_info), secrets))
         return dumps(entry).decode()
+
+
+WITHHELD = "(withheld: written while a step worked on a value made from a secret)"
+
+
+def _text(record: logging.LogRecord) -> str:
+    """A record's text as written. While a step works on a config derived from a secret, the values
+    put in a text may be pieces of it that no mask recognises, transformed (a URL's host in lower
+    case: redaction.deriving): Tolstoy's own lines then go without their arguments, and a library's
+    lines (whose text is made before it reaches us) without their text."""
+    if not in_derived_work():
+        return record.getMessage()
+    if record.name.split(".")[0] != "tolstoy":
+        return WITHHELD
+    return str(record.msg) if record.args else record.getMessage()
 
 
 def _masked(value: Any, secrets: Secrets | None) -> Any:

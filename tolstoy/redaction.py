@@ -30,9 +30,11 @@ secret (``hidden``), and to hide the values a template derived from a secret
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -354,6 +356,33 @@ def redact(text: str, secrets: Secrets | None = None) -> str:
     text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
     text = _KEY_VALUE.sub(rf"\1\2{MASK}", text)
     return _AUTH_SCHEME.sub(rf"\1 {MASK}", text)
+
+
+# ---- work on values derived from a secret -------------------------------------------------------
+#
+# A value derived from a secret is known whole (``Derived``), but what fails while it is used
+# quotes pieces of it, transformed on the way ("Cannot resolve acc-7hq….example": a URL's host, in
+# lower case): no pattern recognises those. So while a step works on a rendered config that read a
+# secret, what it says is withheld rather than masked: its error keeps only what Tolstoy itself
+# knows to be free of the config (engine/errors.py, ``StepFailed.as_error``), and a log line keeps
+# its text but not the values put in it (logs.JsonFormatter).
+
+_derived_work: contextvars.ContextVar[bool] = contextvars.ContextVar("tolstoy_derived_work", default=False)
+
+
+@contextlib.contextmanager
+def deriving(on: bool = True) -> Iterator[None]:
+    """Mark the block (when ``on``) as work on values derived from a secret."""
+    token = _derived_work.set(on or _derived_work.get())
+    try:
+        yield
+    finally:
+        _derived_work.reset(token)
+
+
+def in_derived_work() -> bool:
+    """Whether the code running now works on values derived from a secret (``deriving``)."""
+    return _derived_work.get()
 
 
 # ---- what a masked copy hides -------------------------------------------------------------------

@@ -261,3 +261,96 @@ def test_a_derived_secret_neither_enters_a_childs_variables_nor_leaves_through_i
                             (run["executionId"],)).fetchall()
     assert all(row["sealed"] is not None for row in rows)
     assert leaks(json.dumps(run), ACCESS) == []
+
+
+# ---- errors of a step whose config read a secret -----------------------------------------------
+
+# What the templates below make of the login's token: lower case, which no encoding the redaction
+# knows turns back into the token, inside a longer rendered value (a URL), so that the whole value
+# (known as derived) is not what an error quotes.
+LOWER = "{{ steps.login.body.access_token | lower }}"
+LOWERED = ACCESS.lower()
+
+
+def failure_kinds(base: str) -> dict[str, dict]:
+    """Each way a step whose rendered config read a secret can fail, as a step (the login's token
+    lower-cased in its URL, a header or its executeIf): names ending ``.nowhere.test`` do not
+    resolve and ``.private.test`` resolve to a private address (``fake_dns``)."""
+    retry = {"retryPolicy": {"maxRetries": 1, "delayMs": 10, "backoffStrategy": "fixed"}}
+    call = {"method": "GET"}
+    return {
+        "dns": step("use", "http_request", {**call, "url": f"http://{LOWER}.nowhere.test/x"}, **retry),
+        "refused": step("use", "http_request", {**call, "url": f"http://{LOWER}.private.test/x"}),
+        "http error": step("use", "http_request", {**call, "url": f"{base}/fails?k={LOWER}"}, **retry),
+        "timeout": step("use", "http_request", {**call, "url": f"{base}/slow?k={LOWER}"}, timeoutMs=300, **retry),
+        "invalid url": step("use", "http_request", {**call, "url": f"{LOWER}://x/"}),
+        "template error": step("use", "http_request", {**call, "url": "{{ {}[steps.login.body.access_token | lower] }}"}),
+        "executeIf error": step("use", "http_request", {"method": "GET", "url": f"{base}/fails"},
+                                executeIf="{{ {}[steps.login.body.access_token | lower] }}"),
+        "header not sendable": step("use", "http_request", {**call, "url": f"{base}/fails",
+                                                            "headers": {"X-Token": LOWER + "\u00e9\n"}}),
+    }
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """``*.nowhere.test`` does not resolve, ``*.private.test`` is 10.1.2.3: no query leaves the host."""
+    import socket
+
+    resolve = socket.getaddrinfo
+
+    def fake(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".nowhere.test"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        if isinstance(host, str) and host.endswith(".private.test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", args[0] if args else 80))]
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.parametrize("kind", list(failure_kinds("http://x")))
+def test_every_error_of_a_step_whose_config_read_a_secret_is_withheld_in_every_exit(api, org, user, worker, server,
+                                                                                   db, json_log, fake_dns, kind):
+    """Row 9's class, for errors (attacker pass): an error message quotes what a template made of a
+    secret ("Cannot resolve acc-7hq….nowhere.test"), transformed past anything the redaction
+    recognises. An error of a step whose rendered config (or executeIf) read a secret is withheld
+    in every exit, whatever failed; its name and the tool's answer (status, body) stay."""
+    import threading
+
+    receiver = Receiver(server)
+    hook(api, org, receiver.url, ["flow.failed", "step.failed"])
+    server.expect_request("/login").respond_with_json({"access_token": ACCESS})
+    server.expect_request("/fails").respond_with_json({"error": "no such thing"}, status=404)
+    release = threading.Event()
+    server.expect_request("/slow").respond_with_handler(lambda request: (release.wait(3), Response("{}"))[1])
+    base = server.url_for("").rstrip("/")
+    flow = api.flow(org, steps=[step("login", "http_request", {"method": "GET", "url": f"{base}/login"}),
+                                failure_kinds(base)[kind]])
+    started = execute(api, org, user, flow)
+    try:
+        run = wait_for(api, org, flow, started["executionId"], timeout=20)
+    finally:
+        release.set()
+    assert run["status"] == "failed", run
+    wait_until(lambda: any(e["type"] == "flow.failed" for e in receiver.events()), 15, "flow.failed")
+    exits = {
+        "execution": json.dumps(run),
+        "execution logs": api.client.simulate_get("/execution-logs", params={"executionId": started["executionId"]},
+                                                  headers=api.headers(org)).text,
+        "console run": api.client.simulate_get(f"/console/orgs/{org['id']}/runs/{started['executionId']}").text,
+        "webhook bodies": b"\n".join(body for _, body in receiver.got).decode(),
+        # The service's lines; the local tool's server (werkzeug) logs the requests it was sent.
+        "log lines": json.dumps([line for line in json_log() if line["logger"] != "werkzeug"]),
+        **{f"column {name}": text for name, text in column_texts(db).items()},
+    }
+    found = {name: leaks(text, ACCESS) + [LOWERED[i:i + 8] for i in range(len(LOWERED) - 7) if LOWERED[i:i + 8] in text]
+             for name, text in exits.items()}
+    assert {name: found for name, found in found.items() if found} == {}
+    # Withheld, not lost: the error says so and keeps its kind, and the tool's answer to the call.
+    use = next(s for s in run["steps"] if s["stepId"] == "use")
+    assert use["status"] == "failed" and "withheld" in use["error"]["message"].lower(), use
+    assert run["error"]["stepId"] == "use" and run["error"]["message"] == use["error"]["message"], run
+    if kind == "http error":
+        assert use["error"]["status"] == 404 and use["error"]["body"] == {"error": "no such thing"}, use
+    assert "withheld" in exits["console run"].lower() and "withheld" in exits["webhook bodies"].lower()

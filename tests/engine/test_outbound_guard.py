@@ -157,7 +157,8 @@ def test_the_refusal_tells_the_rule_and_the_log_the_address_a_wrapped_address_re
             client.request("GET", "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", timeout_ms=2000)
     finally:
         client.close()
-    assert str(refused.value) == ("Refusing to connect to 64:ff9b::a9fe:a9fe: it is not a public address. "
+    assert str(refused.value) == ("Refusing to connect to 64:ff9b::a9fe:a9fe: it is not a public address (or does "
+                                  "not resolve). "
                                   "The operator may allow its network with TOLSTOY_ALLOW_NETWORKS.")
     assert "64:ff9b::a9fe:a9fe (which reaches 169.254.169.254)" in caplog.text
 

@@ -20,7 +20,8 @@ from tolstoy.api.app import create_app
 from tolstoy.config import Config
 from tolstoy.engine.outbound import ForbiddenTarget, Outbound
 
-RULE = "it is not a public address. The operator may allow its network with TOLSTOY_ALLOW_NETWORKS."
+RULE = ("it is not a public address (or does not resolve). The operator may allow its network with "
+        "TOLSTOY_ALLOW_NETWORKS.")
 RESOLVED = "127.0.0.1"
 
 
@@ -84,3 +85,30 @@ def test_every_surface_of_a_refusal_names_the_rule_not_the_address(api, org, use
     assert refused.status_code == 400 and RESOLVED not in refused.text, refused.text
     # The operator sees the address.
     assert f"refused a connection to localhost: it resolved to {RESOLVED}" in caplog.text
+
+
+def test_a_name_that_does_not_resolve_is_refused_in_the_same_words_as_a_private_one(api, org, user, closed, app_db,
+                                                                                    caplog):
+    """Attacker pass: "Cannot resolve db.internal" (a retryable network error) against "Refusing to
+    connect to db.internal" told a tenant which internal names exist, one guess at a time. A name
+    that does not resolve is refused as a private one is: the same words, not retried; the
+    operator's log tells them apart."""
+    caplog.set_level("WARNING", logger="tolstoy.outbound")
+    app = testing.TestClient(create_app(closed, app_db))
+    said = {}
+    for host in ("localhost", "no-such-name.invalid"):
+        tool = api.tool(org, baseUrl=f"http://{host}:9/")
+        action = api.action(org, tool, key=f"probe.{host.split('.')[0]}", method="GET", endpoint="/probe")
+        answer = app.simulate_post(f"/actions/{action['id']}/execute", json={"inputs": {}},
+                                   headers=api.headers(org, user))
+        assert answer.status_code == 200 and answer.json["success"] is False, answer.text
+        said[host] = answer.json["data"]["error"].replace(host, "HOST")
+    assert said["localhost"] == said["no-such-name.invalid"] == f"Refusing to connect to HOST: {RULE}"
+    assert "refused a connection to no-such-name.invalid: it does not resolve" in caplog.text
+    with pytest.raises(ForbiddenTarget) as refused:
+        client = Outbound(())
+        try:
+            client.request("GET", "http://no-such-name.invalid/", timeout_ms=2000)
+        finally:
+            client.close()
+    assert refused.value.retryable is False

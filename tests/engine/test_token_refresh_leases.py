@@ -142,7 +142,7 @@ class Grant:
         """The access token, as a call about to be sent asks for it."""
         with tools.db.tenant(self.org_id):
             if self.kind == "organization":
-                return tools.tokens.token(self.org_id, self.credential, timeout_ms, cancel)
+                return tools.tokens.token(self.org_id, self.credential, self.credential_config, timeout_ms, cancel)
             return tools.tokens.user_token(self.org_id, self.user["id"], self.tool, self.credential_config,
                                            timeout_ms, cancel, origin=origin_of(self.tool["baseUrl"]))
 
@@ -329,7 +329,7 @@ with db.tenant(org_id):
     credential, secret = tools.credential(org_id, tool_id, Reader("worker", "step"))
     tool = db.one(SQL.tools.get, commit=True, org_id=org_id, id=tool_id)
     if kind == "organization":
-        tools.tokens.token(org_id, credential, 3000)
+        tools.tokens.token(org_id, credential, secret, 3000)
     else:
         tools.tokens.user_token(org_id, user_id, tool, secret, 3000, origin=origin_of(tool["base_url"]))
 """

@@ -83,7 +83,8 @@ def shown(credential_type: str, config: dict) -> dict:
 
 def to_config(tool: dict, sent: dict, current: dict | None) -> tuple[str, dict]:
     """The credential (type, config) the original's keys make for this tool: the tool's current
-    credential of the same type, with the fields sent replaced; 400 naming a key it does not take."""
+    credential of the same type, with the fields sent replaced (an oauth2 one's refresh and access
+    tokens dropped when its client changes and they are not sent); 400 naming a key it does not take."""
     kind = tool["auth_type"]
     if kind == "none":
         raise field_error("credentials", f"Tool {tool['name']!r} has authType none: it takes no secrets "
@@ -108,8 +109,8 @@ def to_config(tool: dict, sent: dict, current: dict | None) -> tuple[str, dict]:
             fills[field] = key
     if problems:
         raise ValidationFailed(problems)
-    config = dict(current or {})
-    config.update({mapping[key]: value for key, value in sent.items()})
+    # A grant the current config holds stays only under the token URL and client it was issued by.
+    config = engine.carried_over(current or {}, {mapping[key]: value for key, value in sent.items()})
     if kind == "apiKey":
         config.setdefault("headerName", DEFAULT_HEADER_NAME)
     try:

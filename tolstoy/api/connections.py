@@ -175,8 +175,9 @@ class OAuthLogin(_Connect):
         nonce = secrets.token_urlsafe(24)
         base = self.public_url or req.prefix
         redirect_uri = f"{base}/auth/{tool_key}/callback"
+        # The login is bound to the client the consent page is for: the callback exchanges its code under it only.
         self.db.one(SQL.user_connections.start_login, commit=True, org_id=org_id, nonce=nonce, user_id=user_id,
-                    tool_id=tool["id"], redirect_uri=redirect_uri)
+                    tool_id=tool["id"], redirect_uri=redirect_uri, **engine.issued_under(config))
         params = {"response_type": "code", "client_id": config["clientId"], "redirect_uri": redirect_uri,
                   "scope": engine.scope_of(config), "state": sign_state(key, org_id, nonce, tool_key),
                   "code_challenge": pkce_challenge(pkce_verifier(key, org_id, nonce)),
@@ -215,6 +216,11 @@ class OAuthCallback(_Connect):
         org_id, login, credential = self._take(key, params["state"], tool_key)
         with self.db.tenant(org_id):  # its data key is the organization's: visible only as the organization
             config = _per_user_config({"org_id": org_id, "name": login["tool_name"]}, credential, vault)
+        if not engine.same_issuer(login, config):
+            # The credential was replaced since the login began: its code and PKCE verifier would go to
+            # another token URL or client than the consent was given for (the state is spent).
+            raise field_error("state", "The tool's credential changed since this login began (another token URL "
+                                       "or client): start the login again.")
         verifier = pkce_verifier(key, org_id, _STATE.fullmatch(params["state"]).group(2))
         try:
             body = engine.exchange_code(config, params["code"], verifier, login["redirect_uri"], self.tools.http,
@@ -239,7 +245,7 @@ class OAuthCallback(_Connect):
                 raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
             row = self.db.one(SQL.user_connections.connect, commit=True, org_id=org_id, user_id=login["user_id"],
                               tool_id=login["tool_id"], tokens=sealed, expires_in=lifetime,
-                              scope=scope[:2000] if scope else None)
+                              scope=scope[:2000] if scope else None, **engine.issued_under(config))
         resp.media = _CONNECTED({"success": True, "credentialId": row["id"],
                                  "message": f"{login['email']} connected the tool {login['tool_name']!r}."})
         resp.cache_control = ["no-store"]

@@ -19,7 +19,17 @@ from .kinds import ITEM_STEP_TYPES, STEP_TYPES
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
-from .tool_auth import SECRET_FIELDS, TokenRequestFailed, exchange_code, expires_in, masked, scope_of
+from .tool_auth import (
+    SECRET_FIELDS,
+    TokenRequestFailed,
+    carried_over,
+    exchange_code,
+    expires_in,
+    issued_under,
+    masked,
+    same_issuer,
+    scope_of,
+)
 from .vault import Reader, Vault, generate_key, legacy_keys, local_key
 from .webhooks import EVENT_TYPES as WEBHOOK_EVENT_TYPES
 from .webhooks import RESERVED_HEADERS as WEBHOOK_RESERVED_HEADERS
@@ -34,6 +44,7 @@ __all__ = [
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",
+    "carried_over", "issued_under", "same_issuer",
     "WEBHOOK_EVENT_TYPES", "WEBHOOK_RESERVED_HEADERS", "Deliverer", "deliverer", "webhook_target_problem",
 ]
 

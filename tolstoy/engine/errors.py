@@ -4,16 +4,35 @@ from __future__ import annotations
 
 
 class StepFailed(Exception):
-    """A step failed; ``retryable`` failures are tried again per the step's retryPolicy."""
+    """A step failed; ``retryable`` failures are tried again per the step's retryPolicy. ``own_words``:
+    the message and details are Tolstoy's own, made of nothing the step's config holds (a rule it
+    broke, a user and tool it names), so they are shown even when that config was derived from a
+    secret (``as_error``)."""
 
-    def __init__(self, message: str, *, retryable: bool = False, details: dict | None = None):
+    def __init__(self, message: str, *, retryable: bool = False, details: dict | None = None,
+                 own_words: bool = False):
         super().__init__(message)
         self.retryable = retryable
         self.details = details or {}
+        self.own_words = own_words
 
-    def as_error(self) -> dict:
-        """The error as stored and shown: ``{name, message, …}``."""
-        return {"name": type(self).__name__, "message": str(self), **self.details}
+    def as_error(self, withhold: bool = False) -> dict:
+        """The error as stored and shown: ``{name, message, …}``. ``withhold``: the step's config was
+        derived from a secret, and the message and details may quote what was made of it (a URL's
+        host, an input a schema refused, a header that could not be sent), transformed past what the
+        redaction recognises; only the name and the tool's own answer (``status``, ``body``: shown
+        redacted, as a call's output is) are kept."""
+        error = {"name": type(self).__name__, "message": str(self), **self.details}
+        if not withhold or self.own_words:
+            return error
+        kept = {key: error[key] for key in WITHHELD_KEEPS if key in error}
+        status = f", the tool answered {error['status']}" if isinstance(error.get("status"), int) else ""
+        return {**kept, "message": f"Withheld ({error['name']}{status}): this step's config was made from a "
+                                   "secret, and its error may repeat what was made of it"}
+
+
+# What a withheld error keeps (StepFailed.as_error): its kind, and the tool's answer to the call.
+WITHHELD_KEEPS = ("name", "status", "body")
 
 
 class InvalidInputs(StepFailed):
@@ -34,7 +53,7 @@ class ActAsUserRefused(StepFailed):
             f"Not allowed to call the tool {tool['name']!r} as user {user_id}: acting as a user (with the account "
             "they connected) needs an API key bound to that user or with the 'impersonate' scope, and this "
             "run (or call) was started by one that has neither",
-            details={"userId": str(user_id), "toolId": str(tool["id"])})
+            details={"userId": str(user_id), "toolId": str(tool["id"])}, own_words=True)
 
 
 class SkipStep(Exception):

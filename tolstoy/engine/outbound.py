@@ -57,8 +57,10 @@ class ForbiddenTarget(OutboundError):
 
 def refusal(host: str) -> str:
     """What a tenant is told when a connection is refused: the host as it was given and the rule,
-    never the address it resolved to."""
-    return (f"Refusing to connect to {host}: it is not a public address. "
+    never the address it resolved to, nor whether it resolved at all (a name of the operator's
+    internal network resolves, to a private address; a made-up one does not: telling them apart
+    would let a tenant list the internal names one guess at a time)."""
+    return (f"Refusing to connect to {host}: it is not a public address (or does not resolve). "
             "The operator may allow its network with TOLSTOY_ALLOW_NETWORKS.")
 
 
@@ -250,7 +252,11 @@ class GuardedBackend(SyncBackend):
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
-            raise httpcore.ConnectError(f"Cannot resolve {host}: {exc.strerror}") from None
+            if exc.errno == socket.EAI_AGAIN:  # the resolver failed for now: a retry may do
+                raise httpcore.ConnectError(f"Cannot resolve {host} now: {exc.strerror}") from None
+            # No such name: refused as a private one is, in the same words (see refusal).
+            log.warning("refused a connection to %s: it does not resolve (%s)", host, exc.strerror)
+            raise ForbiddenTarget(refusal(host)) from None
         addresses = [info[4][0] for info in infos]
         refused = [a for a in addresses if not address_allowed(a, self.allow)]
         if refused:

@@ -44,7 +44,17 @@ from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
-from ..redaction import Hidden, Secrets, hidden, hidden_strings, hide, mask_json, secret_strings
+from ..redaction import (
+    Hidden,
+    Secrets,
+    deriving,
+    hidden,
+    hidden_strings,
+    hide,
+    in_derived_work,
+    mask_json,
+    secret_strings,
+)
 from ..times import seconds_between
 from . import plans
 from .calls import Tools
@@ -484,13 +494,16 @@ class Engine:
             if kind.on_wake == "next":
                 attempt += 1  # a retry back-off ended
         try:
-            if step.get("executeIf") and not condition(step["executeIf"], site.context):
+            # Through the views, so an executeIf that reads a secret and fails says nothing of it.
+            if step.get("executeIf") and not condition(step["executeIf"], site.view):
                 return self._skip(run, site, step, attempt, event_inputs={"executeIf": step["executeIf"]})
             config = step["config"]
             rendered, tree = render_tracked(config if kind.renders is None else config[kind.renders], site.view)
         except TemplateFailure as exc:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
-        return getattr(self, kind.work)(run, site, step, attempt, checkpoint, rendered, tree)
+        # A config whose rendering read a secret: the step's errors and log lines are withheld.
+        with deriving(tree is not None):
+            return getattr(self, kind.work)(run, site, step, attempt, checkpoint, rendered, tree)
 
     def _skip(self, run: Run, site: Site, step: dict, attempt: int, inputs: Any = None,
               event_inputs: dict | None = None) -> tuple[str, None]:
@@ -532,7 +545,7 @@ class Engine:
         signal = config["signal"]
         timeout_ms = int(config.get("timeoutMs") or DEFAULT_WAIT_MS)
         on_timeout = config.get("onTimeout") or "fail"
-        shown = {"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}
+        shown = run.conceal({"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}, tree)
         parked = bool(checkpoint and checkpoint["status"] == "waiting" and checkpoint.get("wake_at"))
         with self.db.transaction():
             taken = self.db.one(SQL.signals.take, org_id=run.org_id, run_id=run.id, step_id=sid, signal=signal)
@@ -556,13 +569,13 @@ class Engine:
                 outcome = self._complete(run, step, 1, {"timedOut": True}, shown, 0)
             else:
                 outcome = self.fail(run, step, 1, shown, StepFailed(
-                    f"Timed out after {timeout_ms} ms waiting for the signal {signal!r}",
+                    f"Timed out after {timeout_ms} ms waiting for the signal {shown['signal']!r}",
                     details={"name": "WaitTimedOut"}), 0)
             self.checkpoint(run)
         if taken is None:
             metrics.count_wait_timeout(on_timeout)
             logs.step_event(execution=run.id, step_id=sid, step_type="wait", status="timed_out", duration=None,
-                            error=f"no signal {signal!r} within {timeout_ms} ms")
+                            error=f"no signal {shown['signal']!r} within {timeout_ms} ms")
         return outcome
 
     def _unknown_outcome(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict,
@@ -629,7 +642,8 @@ class Engine:
             policy = step.get("retryPolicy") or {}
             if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
                 wait = backoff_ms(policy, attempt)
-                error = mask_json(exc.as_error(), run.secrets)  # an upstream may echo a secret
+                # An upstream may echo a secret; the config's own may be quoted transformed.
+                error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
                 with run.lock:
                     run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
                                     error=error, wake_in_ms=wait)
@@ -668,7 +682,7 @@ class Engine:
 
     def fail(self, run: Run, step: dict, attempt: int, inputs, exc: StepFailed, duration: int) -> tuple[str, dict]:
         """Checkpoint a failed step or item (written with the run's next statement)."""
-        error = mask_json(exc.as_error(), run.secrets)
+        error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
         with run.lock:
             run.writes.step(step_id=step["id"], status="failed", attempt=attempt, inputs=inputs, error=error,
                             duration_ms=duration)
@@ -702,7 +716,8 @@ class Engine:
             return self.fail(run, step, attempt, shown, StepFailed(
                 "subflow variables would carry a secret (a credential, or a secret-named output such as "
                 "access_token) into the child run, whose variables are stored and shown in clear; let the "
-                "child call the tool with its credential instead", details={"name": "SecretInVariables"}), 0)
+                "child call the tool with its credential instead", details={"name": "SecretInVariables"},
+                own_words=True), 0)
         if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
             run.writes.event(sid, "started", inputs=shown)
         run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)

@@ -38,7 +38,7 @@ def execute_step(tools: Tools, run, site, step: dict, inputs: dict, key: str, ti
         action = run.plan.action(step["config"])
         if isinstance(action.get("execute_if"), str):
             try:
-                if not condition(action["execute_if"], {**site.context, "inputs": inputs.get("inputs") or {}}):
+                if not condition(action["execute_if"], {**site.view, "inputs": inputs.get("inputs") or {}}):
                     raise SkipStep()
             except TemplateFailure as exc:
                 raise StepFailed(f"Template error in the action's executeIf: {exc}") from None

@@ -45,6 +45,39 @@ def secret_values(credential_type: str, config: dict) -> list[str]:
     return [str(config[f]) for f in SECRET_FIELDS.get(credential_type, ()) if config.get(f)]
 
 
+# What an OAuth2 grant is issued under: the token endpoint its refresh token (or code) is sent to
+# and the client it belongs to. A grant made under an oauth2 credential (a user's connection, an
+# organization's shared access token, a login in progress; the refresh and access tokens the config
+# itself holds) is bound to these two: replacing the credential with another token URL on the same
+# origin, or another client, must not send the old grant there (a write key could collect users'
+# refresh tokens so). Its other fields (client secret, scopes, authorize URL) may change under it.
+ISSUED_UNDER = ("tokenUrl", "clientId")
+GRANT_FIELDS = ("refreshToken", "accessToken")
+
+
+def issued_under(config: dict) -> dict[str, str | None]:
+    """The token URL and client id of an oauth2 config, as the rows a grant makes record them."""
+    return {"token_url": config.get("tokenUrl"), "client_id": config.get("clientId")}
+
+
+def same_issuer(stored: dict, config: dict) -> bool:
+    """Whether a grant stored with ``token_url`` and ``client_id`` was issued under ``config``
+    (a row from before they were recorded, with nulls, never is)."""
+    return stored.get("token_url") is not None and {
+        "token_url": stored["token_url"], "client_id": stored["client_id"]} == issued_under(config)
+
+
+def carried_over(current: dict, changes: dict) -> dict:
+    """An oauth2 config with ``changes`` over ``current``: the grant ``current`` holds (its refresh
+    and access tokens) is kept only while the token URL and client id stay, unless sent anew."""
+    merged = {**current, **changes}
+    if any(merged.get(name) != current.get(name) for name in ISSUED_UNDER):
+        for name in GRANT_FIELDS:
+            if name not in changes:
+                merged.pop(name, None)
+    return merged
+
+
 class TokenCache:
     """OAuth2 access tokens per credential, kept in this process until shortly before expiry."""
 
@@ -157,31 +190,35 @@ class SharedTokens:
         self.http = http
         self.cache = TokenCache()
 
-    def token(self, org_id, credential: dict, timeout_ms: int = 30000, cancel: threading.Event | None = None) -> str:
-        """A valid access token for this oauth2 credential; a refresh (or the wait for another
-        process's) ends within ``timeout_ms`` or when ``cancel`` is set (it is part of the call that
-        needs the token)."""
+    def token(self, org_id, credential: dict, config: dict, timeout_ms: int = 30000,
+              cancel: threading.Event | None = None) -> str:
+        """A valid access token for this oauth2 credential (``config``: its decrypted config), issued
+        under its token URL and client id; a refresh (or the wait for another process's) ends within
+        ``timeout_ms`` or when ``cancel`` is set (it is part of the call that needs the token)."""
         key = (str(credential["id"]), str(credential["updated_at"]))
         cached = self.cache.get(key)
         if cached:
             return cached
         _outside_transactions()
-        stored = self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential["id"])
+        issuer = issued_under(config)
+        stored = self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id, credential_id=credential["id"],
+                             **issuer)
         if stored is None:
-            stored = self._refresh(org_id, credential["id"], timeout_ms, cancel)
+            stored = self._refresh(org_id, credential["id"], issuer, timeout_ms, cancel)
         token = self.vault.decrypt(org_id, stored["access_token"], what="oauth2 access token")
         left = (stored["expires_at"] - dt.datetime.now(dt.UTC)).total_seconds()
         self.cache.put(key, token, left)
         return token
 
-    def _refresh(self, org_id, credential_id, timeout_ms: int, cancel) -> dict:
-        """The credential's token as a refresh (this process's, or another's it waited for) stored it."""
+    def _refresh(self, org_id, credential_id, issuer: dict, timeout_ms: int, cancel) -> dict:
+        """The credential's token as a refresh (this process's, or another's it waited for) stored it,
+        issued under ``issuer`` (the caller's config's token URL and client id)."""
         deadline = time.monotonic() + timeout_ms / 1000
         waits = _Waits(deadline, timeout_ms, cancel)
         while True:
             lease = _Lease.within(deadline, timeout_ms)
             row = self.db.one(SQL.oauth_tokens.take_lease, commit=True, org_id=org_id, credential_id=credential_id,
-                              lease=lease.id, lease_seconds=lease.seconds)
+                              lease=lease.id, lease_seconds=lease.seconds, **issuer)
             if row is None:
                 raise StepFailed("The oauth2 credential was deleted while its token was being refreshed")
             if row["access_token"] is not None:  # another process stored a fresh one
@@ -189,19 +226,24 @@ class SharedTokens:
             if row["lease"] is None:  # another process is refreshing: its token will be stored
                 waits.pause()
                 continue
-            stored = self._refresh_leased(org_id, credential_id, lease, row["secret"], timeout_ms, cancel)
+            stored = self._refresh_leased(org_id, credential_id, issuer, lease, row["secret"], timeout_ms, cancel)
             if stored is not None:
                 return stored
             # The credential changed while the provider answered (a person replaced it, or a refresh
             # that took over an expired lease stored a newer refresh token): start again from it.
 
-    def _refresh_leased(self, org_id, credential_id, lease: _Lease, secret: bytes, timeout_ms: int,
+    def _refresh_leased(self, org_id, credential_id, issuer: dict, lease: _Lease, secret: bytes, timeout_ms: int,
                         cancel) -> dict | None:
         """Holding the lease: ask the provider (no transaction open), then store with a compare-and-set
-        against ``secret``, the credential as the lease found it. None when the credential changed."""
+        against ``secret``, the credential as the lease found it. None when the credential changed.
+        StepFailed (retryable) when the credential now names another token URL or client than the
+        caller's config (``issuer``): replaced since the call read it, so its token is not this one."""
         release = {"org_id": org_id, "credential_id": credential_id, "lease": lease.id}
         try:
             config = self.vault.decrypt(org_id, secret)
+            if issued_under(config) != issuer:
+                raise StepFailed("The tool's oauth2 credential was replaced while this call was being made: try again",
+                                 retryable=True, details={"name": "CredentialChanged"})
             body = fetch_token(config, self.http, lease.request_ms(timeout_ms), cancel)
         except BaseException as exc:
             self._give_up(SQL.oauth_tokens.release_lease, release)
@@ -209,7 +251,7 @@ class SharedTokens:
                 # Refused: maybe the refresh token we sent was spent by a refresh that outlived its
                 # lease and stored a newer one; its token is as good as ours.
                 stored = self.db.one(SQL.oauth_tokens.current, commit=True, org_id=org_id,
-                                     credential_id=credential_id)
+                                     credential_id=credential_id, **issuer)
                 if stored is not None:
                     return stored
             raise
@@ -219,7 +261,7 @@ class SharedTokens:
         for _ in range(STORE_TRIES):
             stored = self.db.one(
                 SQL.oauth_tokens.store, commit=True, org_id=org_id, credential_id=credential_id, lease=lease.id,
-                previous=secret, access_token=access_token, expires_in=lifetime,
+                previous=secret, access_token=access_token, expires_in=lifetime, **issuer,
                 secret=(self.vault.encrypt(org_id, {**config, "refreshToken": rotated})
                         if rotated and rotated != config.get("refreshToken") else None))
             if stored is not None:
@@ -249,18 +291,22 @@ class SharedTokens:
         refreshed under a short lease on the connection when it expires (one process refreshes, the
         others wait holding nothing and reuse its token; a rotated refresh token is kept). Never
         cached in the process: a disconnected user's token stops being used at once. StepFailed
-        naming the user and the tool when the user has not connected it, or connected it when the
-        tool was at another origin than the call's (``origin``)."""
+        naming the user and the tool when the user has not connected it, connected it when the
+        tool was at another origin than the call's (``origin``), or under another token URL or
+        client than ``config`` names (``issued_here``)."""
         _outside_transactions()
         stored = self.db.one(SQL.user_connections.current, commit=True, org_id=org_id, user_id=user_id,
                              tool_id=tool["id"])
         if stored is None or stored["id"] is None:
             raise not_connected(user_id, stored, tool)
         same_origin(user_id, stored, tool, origin)
+        issued_here(user_id, stored, tool, config, refresh=not stored["fresh"])
         try:
             if not stored["fresh"]:
                 stored = self._refresh_user(org_id, user_id, tool, config, timeout_ms, cancel)
-                same_origin(user_id, stored, tool, origin)  # connected again meanwhile, maybe elsewhere
+                # Connected again meanwhile, maybe elsewhere or under another credential.
+                same_origin(user_id, stored, tool, origin)
+                issued_here(user_id, stored, tool, config, refresh=False)
             return self.vault.decrypt(org_id, stored["tokens"], what="user's oauth2 tokens")["accessToken"]
         except VaultError as exc:
             raise StepFailed(str(exc)) from None
@@ -297,6 +343,8 @@ class SharedTokens:
         which = {"org_id": org_id, "user_id": user_id, "tool_id": tool["id"]}
         release = {"org_id": org_id, "id": row["id"], "lease": lease.id}
         try:
+            # The lease found the connection as it is now (maybe connected again since it was read).
+            issued_here(user_id, row, tool, config, refresh=True)
             tokens = self.vault.decrypt(org_id, row["tokens"], what="user's oauth2 tokens")
             if not tokens.get("refreshToken"):
                 raise StepFailed(f"The access token user {user_id} connected for the tool {tool['name']!r} expired "
@@ -336,7 +384,31 @@ def same_origin(user_id, stored: dict, tool: dict, origin: str) -> None:
     if origin_of(stored["origin_url"]) != origin:
         raise StepFailed(f"User {user_id} connected the tool {tool['name']!r} when it was at "
                          f"{origin_of(stored['origin_url'])}; this call goes to {origin}, so their token is not "
-                         "sent: the user must connect the tool again", details={"name": "CredentialOriginMismatch"})
+                         "sent: the user must connect the tool again", details={"name": "CredentialOriginMismatch"},
+                         own_words=True)
+
+
+def issued_here(user_id, stored: dict, tool: dict, config: dict, *, refresh: bool) -> None:
+    """StepFailed unless the user's tokens were issued under the token URL and client ``config``
+    names: their refresh token goes nowhere else, and their access token is not used for another
+    client. A connection from before these were recorded is used while fresh, never refreshed:
+    trusting the credential as it is at its first refresh would let whoever replaces it first
+    collect the refresh token."""
+    if stored.get("token_url") is None:
+        if not refresh:
+            return
+        why = (f"connected the tool {tool['name']!r} before Tolstoy recorded which OAuth client issued their "
+               "tokens, and their access token expired")
+    elif same_issuer(stored, config):
+        return
+    else:
+        why = (f"connected the tool {tool['name']!r} through its previous OAuth client (token URL "
+               f"{stored['token_url']}, client {stored['client_id']}); its credential was replaced since, so "
+               "their tokens are not used")
+    how = f" (GET /auth/{tool['key']}/login?userId={user_id})" if tool.get("key") else ""
+    raise StepFailed(f"User {user_id} {why}: the user must connect the tool again{how}",
+                     details={"name": "ConnectAgain", "userId": str(user_id), "toolId": str(tool["id"])},
+                     own_words=True)
 
 
 def not_connected(user_id, stored: dict | None, tool: dict) -> StepFailed:
@@ -344,7 +416,8 @@ def not_connected(user_id, stored: dict | None, tool: dict) -> StepFailed:
     who = f"{stored['email']} ({user_id})" if stored and stored.get("email") else str(user_id)
     how = f" (GET /auth/{tool['key']}/login?userId={user_id})" if tool.get("key") else ""
     return StepFailed(f"User {who} has not connected the tool {tool['name']!r}{how}",
-                      details={"name": "NotConnected", "userId": str(user_id), "toolId": str(tool["id"])})
+                      details={"name": "NotConnected", "userId": str(user_id), "toolId": str(tool["id"])},
+                      own_words=True)
 
 
 MAX_LIFETIME_SECONDS = 10 * 365 * 24 * 3600.0
@@ -508,5 +581,5 @@ def secret_headers_for(auth: CallAuth, tokens: SharedTokens, timeout_ms: int,
         token = tokens.user_token(org_id, auth.user_id, auth.tool, config, timeout_ms, cancel, origin=origin)
         return {placeholder(credential, "accessToken"): token}
     if kind == "oauth2":
-        return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, timeout_ms, cancel)}
+        return {placeholder(credential, "accessToken"): tokens.token(org_id, credential, config, timeout_ms, cancel)}
     return {}
