@@ -134,7 +134,7 @@ def test_gunicorn_serves_with_the_database_url_from_the_secret(secrets, database
                         "WEB_CONCURRENCY": "1"})
     try:
         status = None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and status != 200:
             try:
                 conn = socket.create_connection(("127.0.0.1", port), timeout=1)

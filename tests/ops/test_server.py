@@ -36,7 +36,7 @@ def gunicorn(env: dict) -> subprocess.Popen:
 def server(database_url):
     port = free_port()
     process = gunicorn({"DATABASE_URL": database_url, "PORT": str(port), "WEB_CONCURRENCY": "2"})
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
@@ -52,7 +52,7 @@ def server(database_url):
 
 
 def request(port, method, path, body=None, headers=None, chunks=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     headers = dict(headers or {})
     if chunks is not None:
         conn.putrequest(method, path)

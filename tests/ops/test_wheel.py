@@ -80,11 +80,11 @@ def test_a_clean_install_migrates_and_serves(installed, database_url, app_url, t
                               stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, server)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=60) as answer:
             assert json.loads(answer.read())["status"] == "ok"
         request = urllib.request.Request(f"http://127.0.0.1:{port}/organizations", data=b'{"name": "W"}',
                                          headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=60) as answer:
             assert answer.status == 201
     finally:
         server.terminate()
