@@ -63,7 +63,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30) -> None:
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 120) -> None:
     """Wait until something accepts connections on 127.0.0.1:port; fail if ``process`` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
