@@ -12,7 +12,7 @@ import pytest
 
 from tolstoy import cli
 from tolstoy.api.app import admin_url
-from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config
+from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +83,19 @@ def test_the_admin_login_is_configured_in_production_and_derived_elsewhere():
     assert admin_url(Config(env="test")) is None
     facts = Config.from_env({"ADMIN_DATABASE_URL": admin, "USE_AWS_SECRETS": "false"}).public_facts()
     assert "admin_database_url" not in facts and "tolstoy_admin:secret" not in str(facts)
+
+
+def test_the_bounds_of_templates_and_stored_bytes_are_read_and_checked():
+    assert (Config().template_max_operations, Config().template_max_ms, Config().template_max_size) == (
+        1_000_000, 1000, 1_000_000)
+    assert (Config().step_max_bytes, Config().run_max_bytes) == (10 * 1024 * 1024, 64 * 1024 * 1024)
+    read = Config.from_env({"TOLSTOY_TEMPLATE_MAX_OPERATIONS": "5000", "TOLSTOY_TEMPLATE_MAX_MS": "250",
+                            "TOLSTOY_TEMPLATE_MAX_SIZE": "20000", "TOLSTOY_STEP_MAX_BYTES": "2048",
+                            "TOLSTOY_RUN_MAX_BYTES": "4096"})
+    assert (read.template_max_operations, read.template_max_ms, read.template_max_size, read.step_max_bytes,
+            read.run_max_bytes) == (5000, 250, 20000, 2048, 4096)
+    with pytest.raises(ConfigError, match=r"TOLSTOY_STEP_MAX_BYTES must not exceed TOLSTOY_RUN_MAX_BYTES"):
+        Config.from_env({"TOLSTOY_STEP_MAX_BYTES": "8192", "TOLSTOY_RUN_MAX_BYTES": "4096"})
+    # A run's checkpoints travel as one jsonb document, which PostgreSQL refuses past 256 MB.
+    with pytest.raises(ConfigError, match=r"TOLSTOY_RUN_MAX_BYTES must be between 1024 and 134217728"):
+        Config.from_env({"TOLSTOY_RUN_MAX_BYTES": str(300 * 1024 * 1024)})

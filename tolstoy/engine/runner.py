@@ -47,12 +47,12 @@ from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..redaction import Hidden, Secrets, hidden, hidden_strings, hide, mask_json, secret_strings
 from ..times import seconds_between
-from . import plans
+from . import plans, sizes
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
 from .graph import dependencies, step_order
 from .steps import DEFAULT_TIMEOUT_MS, IDEMPOTENT_METHODS, execute_step, step_method
-from .templates import TemplateFailure, condition, render_tracked, scope
+from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, bounded, condition, render_tracked, scope
 
 log = logging.getLogger("tolstoy.engine")
 
@@ -100,25 +100,35 @@ class Writes:
     each is masked here with the run's known secrets, whoever wrote it."""
 
     secrets: Secrets = field(default_factory=Secrets)
+    # The bytes the run's checkpoints hold, and their bounds (sizes.Ledger; None: unbounded).
+    ledger: sizes.Ledger | None = None
     steps: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
 
-    def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, **values: Any) -> dict:
+    def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, strict: bool = False,
+             **values: Any) -> dict:
         """Queue a checkpoint; returns it as it will be written. With ``seal``, ``outputs`` is what the
         step returned with what is already known to be hidden masked, and ``real`` what it returned:
-        when the masked output differs, the checkpoint keeps ``seal(real)`` too."""
+        when the masked output differs, the checkpoint keeps ``seal(real)`` too. With ``strict``,
+        sizes.TooLarge (nothing queued) when it would take the step or the run past a byte bound."""
         for name in ("inputs", "outputs", "error"):
             if values.get(name) is not None:
                 values[name] = mask_json(values[name], self.secrets)
+        values["error"] = sizes.bounded_error(values.get("error"))
         if seal is not None and values.get("outputs") != real:
             values["sealed"] = seal(real)
+        if self.ledger is not None:
+            self.ledger.admit(values, strict)
         self.steps = [s for s in self.steps if s["step_id"] != values["step_id"]] + [values]
         return values
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
               duration_ms: int | None = None) -> None:
-        self.events.append({"step_key": step_key, "status": status, "inputs": mask_json(inputs or {}, self.secrets),
-                            "error": mask_json(error, self.secrets), "duration_ms": duration_ms})
+        inputs = mask_json(inputs or {}, self.secrets)
+        if self.ledger is not None and sizes.stored_bytes(inputs) > self.ledger.step_max:
+            inputs = {"truncated": True, "bytes": sizes.stored_bytes(inputs)}  # the step fails for its size
+        self.events.append({"step_key": step_key, "status": status, "inputs": inputs,
+                            "error": sizes.bounded_error(mask_json(error, self.secrets)), "duration_ms": duration_ms})
 
 
 # SQLSTATE tolstoy_checkpoint raises when the lease is no longer this worker's.
@@ -146,7 +156,9 @@ class Run:
         self.secrets = Secrets()
         # Where each finished step's output hides a secret (only steps whose output does).
         self.hidden: dict[str, Hidden] = {}
-        self.writes = Writes(self.secrets)
+        # What its checkpoints hold in bytes (the engine sets the bounds: Engine.run).
+        self.ledger = sizes.Ledger(self.checkpoints)
+        self.writes = Writes(self.secrets, self.ledger)
         self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
         self.lost = threading.Event()  # the heartbeat could not renew the lease
         # A foreach step's items run on threads of their own: they share the writes under this lock.
@@ -198,8 +210,12 @@ class Engine:
 
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
-                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH):
+                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
+                 step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES):
         self.db = db
+        self.template_limits = template_limits
+        self.step_max_bytes = step_max_bytes
+        self.run_max_bytes = run_max_bytes
         self.subflow_max_depth = subflow_max_depth
         self.tools = tools
         self.worker_id = worker_id
@@ -216,7 +232,7 @@ class Engine:
         the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
         transition = transition or {"action": "continue"}
         if transition.get("error") is not None:  # the run's error is shown too
-            transition = {**transition, "error": mask_json(transition["error"], run.secrets)}
+            transition = {**transition, "error": sizes.bounded_error(mask_json(transition["error"], run.secrets))}
         writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
                   "run": transition}
         deadline = time.monotonic() + self.lease_seconds * 0.8
@@ -245,7 +261,7 @@ class Engine:
                     raise LeaseLost(str(run.id)) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
-        run.writes = Writes(run.secrets)
+        run.writes = Writes(run.secrets, run.ledger)
         if answer and answer.get("cancel"):
             run.cancel.set()
         return answer
@@ -279,10 +295,13 @@ class Engine:
     def run(self, claimed: dict, run: Run | None = None) -> None:
         """Advance a claimed run as far as it can go now."""
         run = run or Run(claimed)
-        # Credentials and tools are read for the run's organization only (row-level security).
-        with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets):
+        run.ledger.step_max, run.ledger.run_max = self.step_max_bytes, self.run_max_bytes
+        # Credentials and tools are read for the run's organization only (row-level security); its
+        # templates render within their budget and stop when the run is cancelled or the worker stops.
+        with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets), \
+                bounded(self.template_limits, run.cancel, self.stopping):
             try:
-                self._advance(run)
+                self._advance_until_stopped(run)
             except _Done:
                 pass
             except LeaseLost:
@@ -305,6 +324,15 @@ class Engine:
                                                 "message": "Internal error while running the flow."})
                 except Exception:  # noqa: BLE001 - the lease expires and another worker retries
                     log.exception("could not record the crash", extra={"execution_id": str(run.id)})
+
+    def _advance_until_stopped(self, run: Run) -> None:
+        """``_advance``; a template render stopped by a cancel, a lost lease or shutdown ends the run
+        as between two steps (cancelled, left to its new owner, or handed back)."""
+        try:
+            self._advance(run)
+        except RenderStopped:
+            self._boundary(run)
+            raise Stop() from None  # a render stops only for one of those; hand the run back anyway
 
     def _hand_back(self, run: Run) -> None:
         try:
@@ -520,7 +548,11 @@ class Engine:
     def _call(self, run: Run, step: dict, attempt: int, inputs: dict, shown_inputs: Any) -> tuple[str, dict | None]:
         sid = step["id"]
         # Every pending checkpoint, and the fact that this call starts, are durable before it does.
-        run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
+        try:
+            run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True,
+                            strict=True)
+        except sizes.TooLarge as exc:  # its inputs would take the step or the run past a byte bound
+            return self.fail(run, step, attempt, None, exc, 0)
         run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
                                                 "attempt": attempt})
         self.checkpoint(run)
@@ -569,9 +601,12 @@ class Engine:
         run's masked outputs), else the output itself."""
         sid = step["id"]
         run.secrets.add(secret_strings(output))
-        written = run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs,
-                                  outputs=output if concealed is None else concealed, duration_ms=duration,
-                                  real=output, seal=lambda value: self.sealed(run, value))
+        try:
+            written = run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs,
+                                      outputs=output if concealed is None else concealed, duration_ms=duration,
+                                      real=output, seal=lambda value: self.sealed(run, value), strict=True)
+        except sizes.TooLarge as exc:  # later steps never see an output the run could not keep
+            return self.fail(run, step, attempt, None, exc, duration)
         run.keep(sid, output, written["outputs"])
         # The output is kept once, in the step's checkpoint; the log says what went in.
         run.writes.event(sid, "completed", inputs=shown_inputs if isinstance(shown_inputs, dict) else None,
@@ -617,7 +652,11 @@ class Engine:
                 "child call the tool with its credential instead", details={"name": "SecretInVariables"}), 0)
         if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
             run.writes.event(sid, "started", inputs=shown)
-        run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)
+        try:
+            run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown,
+                            strict=True)
+        except sizes.TooLarge as exc:  # the child's variables would take the run past a byte bound
+            return self.fail(run, step, attempt, None, exc, 0)
         # A flowKey is resolved to its flow in the subflow statement itself (sql/runs.sql).
         spec = {"step_id": sid, "flow_id": None if flow_key is not None else str(config.get("flowId")),
                 "flow_key": None if flow_key is None else str(flow_key), "version": config.get("version"),
@@ -774,7 +813,7 @@ class Engine:
         if done and done["status"] == "waiting":
             if kind == "delay":
                 return self._item_done(run, inner, iid, attempt, {"delayedMs": inner["config"]["ms"]},
-                                       done.get("inputs"), 0)
+                                       done.get("inputs"), 0, halt=halt, keep_going=keep_going)
             attempt += 1  # a retry back-off ended
         try:
             if inner.get("executeIf") and not condition(inner["executeIf"], context):
@@ -792,7 +831,8 @@ class Engine:
                 run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
             return "waiting", wait
         if kind == "transform":
-            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0, shown["output"])
+            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0, shown["output"], halt=halt,
+                                   keep_going=keep_going)
         if done and done["status"] == "running" and done.get("call_started_at"):
             method = step_method(inner, inputs, run.plan)
             tool = run.plan.tool_of(inner)
@@ -813,7 +853,11 @@ class Engine:
                 return "unknown", None
         # The call is recorded as starting (with every pending write) before it does.
         with run.lock:
-            run.writes.step(step_id=iid, status="running", attempt=attempt, inputs=shown, call_started=True)
+            try:
+                run.writes.step(step_id=iid, status="running", attempt=attempt, inputs=shown, call_started=True,
+                                strict=True)
+            except sizes.TooLarge as exc:  # its inputs would take the run past a byte bound: nothing is sent
+                return self._item_failed(run, inner, iid, attempt, None, exc, 0, halt, keep_going)
             self.checkpoint(run)
         started = time.perf_counter()
         try:
@@ -841,18 +885,22 @@ class Engine:
                 return "waiting", wait
             return self._item_failed(run, inner, iid, attempt, shown, exc, duration, halt, keep_going)
         duration = int((time.perf_counter() - started) * 1000)
-        return self._item_done(run, inner, iid, attempt, output, shown, duration)
+        return self._item_done(run, inner, iid, attempt, output, shown, duration, halt=halt, keep_going=keep_going)
 
     def _item_done(self, run: Run, inner: dict, iid: str, attempt: int, output: Any, shown_inputs: Any,
-                   duration: int, concealed: Any = None) -> tuple[str, Any]:
+                   duration: int, concealed: Any = None, *, halt: threading.Event,
+                   keep_going: bool) -> tuple[str, Any]:
         """Keep an item's output (masked for people, sealed whole) in its checkpoint, written with the
         run's next statement; items log no event of their own unless they fail. ``concealed`` as
         for ``Engine._complete``."""
         run.secrets.add(secret_strings(output))
         with run.lock:
-            shown = run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs,
-                                    outputs=output if concealed is None else concealed, duration_ms=duration,
-                                    real=output, seal=lambda value: self.sealed(run, value))["outputs"]
+            try:
+                shown = run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs,
+                                        outputs=output if concealed is None else concealed, duration_ms=duration,
+                                        real=output, seal=lambda value: self.sealed(run, value), strict=True)["outputs"]
+            except sizes.TooLarge as exc:  # the item fails; the step fails or goes on per continueOnError
+                return self._item_failed(run, inner, iid, attempt, None, exc, duration, halt, keep_going)
         run.secrets.add(hidden_strings(output, hidden(output, shown), shown), derived=True)
         with run.lock:
             self.log_event(run, {**inner, "id": iid}, "completed", duration / 1000)

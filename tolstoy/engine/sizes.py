@@ -1,0 +1,106 @@
+"""How many bytes a run keeps, bounded before they are written.
+
+Every checkpoint a run writes (a step's inputs, output, sealed output and
+error) is stored in PostgreSQL as jsonb, and a claim hands a worker the run
+with all its checkpoints as one jsonb document, which PostgreSQL refuses past
+256 MB (``ProgramLimitExceeded``): a run allowed to grow that far could never
+be claimed again. So the run loop's one exit for what it writes (``Writes`` in
+runner.py) asks the run's ``Ledger`` before queueing a checkpoint that holds an
+output or inputs: past ``step_max`` for the checkpoint, or ``run_max`` for all
+the run's checkpoints together, the step fails instead (``TooLarge``, naming the
+bound and its setting), and the run fails or goes on as after any failed step.
+
+Sizes are measured the way jsonb stores them, estimated from the compact JSON
+text (``stored_bytes``): the text's length, plus ``PER_VALUE`` bytes for each
+value and key and for the document, since jsonb keeps a header for each
+(``[1,1,1…]`` takes six times its text); a test holds it against PostgreSQL. The ledger starts from the checkpoints the claim handed over and
+follows each write, so the run's total is known without asking the database.
+
+Errors are kept too: one longer than ``ERROR_MAX_BYTES`` (a tool's 10 MB error
+page) keeps its name, its message and the start of the rest (``bounded_error``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..jsonsafe import dumps
+from .errors import StepFailed
+
+STEP_MAX_BYTES = 10 * 1024 * 1024  # TOLSTOY_STEP_MAX_BYTES: one response as the outbound client reads it
+RUN_MAX_BYTES = 64 * 1024 * 1024  # TOLSTOY_RUN_MAX_BYTES: a quarter of what one jsonb document can hold
+ERROR_MAX_BYTES = 64 * 1024
+PER_VALUE = 16  # a jsonb entry's header, alignment and a number's own header, at most
+_STORED = ("outputs", "sealed", "error")
+
+
+def stored_bytes(value: Any) -> int:
+    """At least as many bytes as jsonb takes to store ``value`` (0 for None)."""
+    if value is None:
+        return 0
+    text = dumps(value)
+    values = 1 + text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
+    return len(text) + PER_VALUE * (values + 1)  # and the document's own headers
+
+
+class TooLarge(StepFailed):
+    """A checkpoint would take a run past one of its byte bounds."""
+
+    def __init__(self, message: str, bound: str, size: int, limit: int):
+        super().__init__(message, details={"name": "StepTooLarge" if bound == "TOLSTOY_STEP_MAX_BYTES"
+                                           else "RunTooLarge", "bytes": size, "limit": limit, "setting": bound})
+
+
+class Ledger:
+    """The bytes each checkpoint of a run holds (its inputs apart: a write without inputs keeps the
+    stored ones), and the bounds they are kept within."""
+
+    def __init__(self, checkpoints: dict[str, dict], step_max: int = STEP_MAX_BYTES, run_max: int = RUN_MAX_BYTES):
+        self.step_max = step_max
+        self.run_max = run_max
+        self._lock = threading.Lock()  # foreach items write from threads of their own
+        self._inputs: dict[str, int] = {}
+        self._rest: dict[str, int] = {}
+        for step_id, done in checkpoints.items():
+            self._inputs[step_id] = stored_bytes(done.get("inputs"))
+            self._rest[step_id] = sum(stored_bytes(done.get(name)) for name in _STORED)
+        self.total = sum(self._inputs.values()) + sum(self._rest.values())
+
+    def admit(self, checkpoint: dict, strict: bool) -> None:
+        """Record ``checkpoint`` (as Writes queues it: masked, sealed). With ``strict``, TooLarge
+        instead when it would hold more than ``step_max`` bytes or take the run past ``run_max``;
+        without, it is recorded whatever its size (a failure's own checkpoint must be written)."""
+        step_id = checkpoint["step_id"]
+        with self._lock:
+            inputs = (stored_bytes(checkpoint["inputs"]) if checkpoint.get("inputs") is not None
+                      else self._inputs.get(step_id, 0))
+            rest = sum(stored_bytes(checkpoint.get(name)) for name in _STORED)
+            total = self.total - self._inputs.get(step_id, 0) - self._rest.get(step_id, 0) + inputs + rest
+            if strict and inputs + rest > self.step_max:
+                raise TooLarge(
+                    f"The step's checkpoint would hold {inputs + rest} bytes (its inputs, output and error as "
+                    f"stored), more than the limit of {self.step_max} (TOLSTOY_STEP_MAX_BYTES)",
+                    "TOLSTOY_STEP_MAX_BYTES", inputs + rest, self.step_max)
+            if strict and total > self.run_max:
+                raise TooLarge(
+                    f"The run's checkpoints would hold {total} bytes with this step's, more than the limit of "
+                    f"{self.run_max} (TOLSTOY_RUN_MAX_BYTES)", "TOLSTOY_RUN_MAX_BYTES", total, self.run_max)
+            self._inputs[step_id] = inputs
+            self._rest[step_id] = rest
+            self.total = total
+
+
+def bounded_error(error: Any) -> Any:
+    """A step's or run's error as stored: as it is up to ERROR_MAX_BYTES; past that its name, its
+    message (cut at 2,000 characters) and the start of the rest as JSON text (``details``), with
+    ``truncated: true``. Applied after masking, so no cut can leave part of a secret unmasked."""
+    if not isinstance(error, dict) or stored_bytes(error) <= ERROR_MAX_BYTES:
+        return error
+    kept = {key: error[key] for key in ("name", "stepId", "status", "attempt") if key in error}
+    if isinstance(error.get("message"), str):
+        kept["message"] = error["message"][:2000]
+    rest = {key: value for key, value in error.items() if key not in kept and key != "message"}
+    kept["details"] = dumps(rest)[:ERROR_MAX_BYTES // 2].decode("utf-8", errors="ignore")
+    kept["truncated"] = True
+    return kept
