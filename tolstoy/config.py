@@ -91,10 +91,10 @@ class Config:
     template_max_ms: int = 1000
     template_max_size: int = 1_000_000
     # Bytes one step's checkpoint (inputs, output, error) and all of a run's checkpoints may hold, as
-    # jsonb stores them: past either the step fails (a claim hands a worker the whole run as one jsonb
-    # document, which PostgreSQL refuses past 256 MB).
+    # jsonb stores them: past either the step fails (a claim hands a worker its runs as one jsonb
+    # document, which PostgreSQL refuses past 256 MB; engine/sizes.py).
     step_max_bytes: int = 10 * 1024 * 1024
-    run_max_bytes: int = 64 * 1024 * 1024
+    run_max_bytes: int = 32 * 1024 * 1024
     # Run history (runs, steps, execution logs) older than this is dropped by month; None keeps it.
     run_retention_days: int | None = None
     # Outbound event webhooks: per-attempt timeout, retry back-off (doubling from base up to the cap,
@@ -217,8 +217,8 @@ class Config:
             template_max_operations=reader.integer("TOLSTOY_TEMPLATE_MAX_OPERATIONS", 1_000_000, 1000, 1_000_000_000),
             template_max_ms=reader.integer("TOLSTOY_TEMPLATE_MAX_MS", 1000, 10, 600_000),
             template_max_size=reader.integer("TOLSTOY_TEMPLATE_MAX_SIZE", 1_000_000, 1000, 100_000_000),
-            step_max_bytes=reader.integer("TOLSTOY_STEP_MAX_BYTES", 10 * 1024 * 1024, 1024, 128 * 1024 * 1024),
-            run_max_bytes=reader.integer("TOLSTOY_RUN_MAX_BYTES", 64 * 1024 * 1024, 1024, 128 * 1024 * 1024),
+            step_max_bytes=reader.integer("TOLSTOY_STEP_MAX_BYTES", 10 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+            run_max_bytes=reader.integer("TOLSTOY_RUN_MAX_BYTES", 32 * 1024 * 1024, 1024, 128 * 1024 * 1024),
             run_retention_days=reader.integer("TOLSTOY_RUN_RETENTION_DAYS", None, 1, 36500),
             webhook_timeout_ms=reader.integer("TOLSTOY_WEBHOOK_TIMEOUT_MS", 10_000, 100, 60_000),
             webhook_retry_base_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_BASE_MS", 10_000, 10, 3_600_000),

@@ -7,6 +7,7 @@ on; a tool's huge error page is kept short."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 
@@ -17,6 +18,7 @@ from test_engine import execute, step, wait_for
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
 
+from tolstoy import engine
 from tolstoy.engine import sizes
 
 # Three loops over a 100,000-character string: 10**15 iterations, none of them a call.
@@ -166,3 +168,27 @@ def test_no_json_value_takes_more_jsonb_bytes_than_counted(db, value):
     with db.pool.connection() as conn:
         taken = conn.execute("select pg_column_size(%s::jsonb) as n", (sizes.dumps(value).decode(),)).fetchone()["n"]
     assert taken <= sizes.stored_bytes(value), (value, taken)
+
+
+def test_a_claim_takes_no_more_runs_than_fit_one_document(api, org, user, config, worker_db):
+    """At the largest byte bounds one run may fill most of a claim's jsonb document: a worker with
+    free threads then claims one run per statement (and claims again at once), never three at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    flow = api.flow(org, steps=[step("one", "transform", {"output": 1})])
+    runs = [execute(api, org, user, flow)["executionId"] for _ in range(3)]
+    largest = dataclasses.replace(config, step_max_bytes=64 * 1024 * 1024, run_max_bytes=128 * 1024 * 1024)
+    worker = engine.worker(largest, worker_db, concurrency=4, poll_seconds=0.1)
+    with ThreadPoolExecutor(4) as pool:
+        assert worker.claim(pool)[0] == 1
+        assert worker.claim(pool)[0] == 1
+    worker.run(stop_after_idle=True)
+    for run in runs:
+        assert wait_for(api, org, flow, run)["status"] == "completed"
+    # At the default bounds a claim fills the worker's free threads in one statement.
+    more = [execute(api, org, user, flow)["executionId"] for _ in range(3)]
+    worker = engine.worker(config, worker_db, concurrency=4, poll_seconds=0.1)
+    with ThreadPoolExecutor(4) as pool:
+        assert worker.claim(pool)[0] == 3
+    for run in more:
+        assert wait_for(api, org, flow, run)["status"] == "completed"

@@ -247,6 +247,8 @@ class Engine:
         self.template_limits = template_limits
         self.step_max_bytes = step_max_bytes
         self.run_max_bytes = run_max_bytes
+        # The most runs one claim may hand over: runs at their byte bounds still fit its one document.
+        self.runs_per_claim = sizes.runs_per_claim(step_max_bytes, run_max_bytes)
         self.subflow_max_depth = subflow_max_depth
         self.tools = tools
         self.worker_id = worker_id

@@ -1,20 +1,23 @@
 """How many bytes a run keeps, bounded before they are written.
 
 Every checkpoint a run writes (a step's inputs, output, sealed output and
-error) is stored in PostgreSQL as jsonb, and a claim hands a worker the run
-with all its checkpoints as one jsonb document, which PostgreSQL refuses past
-256 MB (``ProgramLimitExceeded``): a run allowed to grow that far could never
-be claimed again. So the run loop's one exit for what it writes (``Writes`` in
-runner.py) asks the run's ``Ledger`` before queueing a checkpoint that holds an
-output or inputs: past ``step_max`` for the checkpoint, or ``run_max`` for all
-the run's checkpoints together, the step fails instead (``TooLarge``, naming the
-bound and its setting), and the run fails or goes on as after any failed step.
+error) is stored in PostgreSQL as jsonb, and a claim hands a worker its runs,
+each with all its checkpoints, as one jsonb document, which PostgreSQL refuses
+past 256 MB (``ProgramLimitExceeded``): a run allowed to grow that far could
+never be claimed again. So the run loop's one exit for what it writes
+(``Writes`` in runner.py) asks the run's ``Ledger`` before queueing a
+checkpoint: past ``step_max`` for the checkpoint, or ``run_max`` for all the
+run's checkpoints together, the step fails instead (``TooLarge``, naming the
+bound and its setting; ``Engine._attempt``), and the run fails or goes on as
+after any failed step. A worker claims at most ``runs_per_claim`` runs at a
+time, so that runs at their bound still fit one claim's document.
 
 Sizes are measured the way jsonb stores them, estimated from the compact JSON
 text (``stored_bytes``): the text's length, plus ``PER_VALUE`` bytes for each
 value and key and for the document, since jsonb keeps a header for each
-(``[1,1,1…]`` takes six times its text); a test holds it against PostgreSQL. The ledger starts from the checkpoints the claim handed over and
-follows each write, so the run's total is known without asking the database.
+(``[1,1,1…]`` takes six times its text); tests hold it against PostgreSQL.
+The ledger starts from the checkpoints the claim handed over and follows each
+write, so the run's total is known without asking the database.
 
 Errors are kept too: one longer than ``ERROR_MAX_BYTES`` (a tool's 10 MB error
 page) keeps its name, its message and the start of the rest (``bounded_error``).
@@ -29,7 +32,12 @@ from ..jsonsafe import dumps
 from .errors import StepFailed
 
 STEP_MAX_BYTES = 10 * 1024 * 1024  # TOLSTOY_STEP_MAX_BYTES: one response as the outbound client reads it
-RUN_MAX_BYTES = 64 * 1024 * 1024  # TOLSTOY_RUN_MAX_BYTES: a quarter of what one jsonb document can hold
+RUN_MAX_BYTES = 32 * 1024 * 1024  # TOLSTOY_RUN_MAX_BYTES: four such runs fit one claim (CLAIM_MAX_BYTES)
+# What one claim may hand over, well under the 256 MB of one jsonb document (the rest: the claim's own keys).
+CLAIM_MAX_BYTES = 200 * 1024 * 1024
+# A run's payload besides its checkpoints: its plan (a flow, at most the API's 1 MB body) and its variables
+# (an execute's body, or a subflow step's inputs: at most step_max), with their jsonb headers.
+PLAN_MAX_BYTES = 2 * 1024 * 1024
 ERROR_MAX_BYTES = 64 * 1024
 PER_VALUE = 16  # a jsonb entry's header, alignment and a number's own header, at most
 _STORED = ("outputs", "sealed", "error")
@@ -42,6 +50,13 @@ def stored_bytes(value: Any) -> int:
     text = dumps(value)
     values = 1 + text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
     return len(text) + PER_VALUE * (values + 1)  # and the document's own headers
+
+
+def runs_per_claim(step_max: int, run_max: int) -> int:
+    """How many runs one claim may hand over when each may hold ``run_max`` bytes of checkpoints
+    and ``step_max`` of variables: as many as fit CLAIM_MAX_BYTES, and always one (the settings'
+    ranges keep one run within it: tests/unit/test_config_errors.py)."""
+    return max(1, CLAIM_MAX_BYTES // (run_max + step_max + PLAN_MAX_BYTES))
 
 
 class TooLarge(StepFailed):
