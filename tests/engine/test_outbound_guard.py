@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -271,11 +272,22 @@ def _gzip_zeros(size: int) -> bytes:
 def encoded_server() -> Iterator[dict]:
     """A local HTTP server answering each path with the (body, Content-Encoding) ``answers`` holds."""
     answers: dict[str, tuple[bytes, str]] = {}
+    seen: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            seen.append(dict(self.headers))
+            if self.path == "/declared":  # says 50 MB are coming, sends a little, then nothing
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(50 << 20))
+                self.end_headers()
+                self.wfile.write(b"[")
+                self.wfile.flush()
+                time.sleep(8)
+                return
             body, coding = answers[self.path]
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -293,7 +305,7 @@ def encoded_server() -> Iterator[dict]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield {"url": f"http://127.0.0.1:{server.server_address[1]}", "answers": answers}
+        yield {"url": f"http://127.0.0.1:{server.server_address[1]}", "answers": answers, "seen": seen}
     finally:
         server.shutdown()
         server.server_close()
@@ -336,3 +348,23 @@ def test_compressed_answers_within_the_cap_are_decoded(encoded_server, coding, e
     finally:
         client.close()
     assert reply.body == {"items": list(range(10_000))}
+
+
+def test_an_answer_declaring_more_than_the_cap_is_refused_before_it_is_read(encoded_server):
+    client = Outbound(("127.0.0.1/32",))
+    try:  # read, the body would end in a timeout: the server sends one byte of its 50 MB
+        with pytest.raises(OutboundError, match="larger than 10485760 bytes"):
+            client.request("GET", encoded_server["url"] + "/declared", timeout_ms=5000)
+    finally:
+        client.close()
+
+
+def test_requests_offer_only_the_codings_decoded_under_the_cap(encoded_server):
+    encoded_server["answers"]["/ok"] = (b"{}", "")
+    client = Outbound(("127.0.0.1/32",))
+    try:
+        client.request("GET", encoded_server["url"] + "/ok", timeout_ms=5000)
+    finally:
+        client.close()
+    offered = {c.strip() for c in encoded_server["seen"][-1]["Accept-Encoding"].split(",")}
+    assert offered == {"gzip", "deflate"}

@@ -299,7 +299,9 @@ class Outbound:
             transport=GuardedTransport(allow=parse_networks(allow_networks), ssl_context=tls_context(ca_file)),
             # Redirects are followed by request(), which decides what a new origin may see.
             follow_redirects=False,
-            headers={"User-Agent": "Tolstoy/1"},
+            # Only the codings read_capped decodes under its cap (httpx would add br and zstd when
+            # their packages happen to be installed, and decode those whole).
+            headers={"User-Agent": "Tolstoy/1", "Accept-Encoding": ACCEPT_ENCODING},
         )
 
     def close(self) -> None:
@@ -423,6 +425,9 @@ def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> by
     much, never expanded whole first, as httpx's own decoders would."""
     codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
     codings = [c for c in codings if c in _INFLATERS]
+    length = response.headers.get("content-length", "")
+    if not codings and length.isdigit() and int(length) > limit:  # refused before a byte is read
+        raise OutboundError(f"Response body is larger than {limit} bytes")
     if len(codings) > MAX_CODINGS:
         raise OutboundError(f"Response has {len(codings)} content codings; at most {MAX_CODINGS} are read")
     # Applied in reverse order of application (RFC 9110, section 8.4).
@@ -439,6 +444,7 @@ def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> by
 
 MAX_CODINGS = 3
 _INFLATERS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"  # what every request offers: exactly the codings of _INFLATERS
 
 
 class _Inflater:
