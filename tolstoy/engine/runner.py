@@ -330,9 +330,10 @@ class Engine:
         run = run or Run(claimed)
         run.ledger.step_max, run.ledger.run_max = self.step_max_bytes, self.run_max_bytes
         # Credentials and tools are read for the run's organization only (row-level security); its
-        # templates render within their budget and stop when the run is cancelled or the worker stops.
+        # templates render within their budget and stop when the run is cancelled or its lease lost
+        # (the heartbeat says so) or the worker stops.
         with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets), \
-                bounded(self.template_limits, run.cancel, self.stopping):
+                bounded(self.template_limits, run.cancel, run.lost, self.stopping):
             try:
                 self._advance_until_stopped(run)
             except _Done:

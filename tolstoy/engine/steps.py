@@ -38,8 +38,9 @@ def execute_step(tools: Tools, run, site, step: dict, inputs: dict, key: str, ti
         action = run.plan.action(step["config"])
         # The call is recorded as starting already: a render stopped for the worker's shutdown would
         # leave a call that was never sent looking as if it might have been (an unknown outcome). So
-        # the action's templates stop only for a cancel (which ends the run), else at their budget.
-        with stopped_only_by(run.cancel):
+        # the action's templates stop only for a cancel (which ends the run) or a lost lease (the
+        # run is another worker's), else at their budget.
+        with stopped_only_by(run.cancel, run.lost):
             if isinstance(action.get("execute_if"), str):
                 try:
                     if not condition(action["execute_if"], {**site.context, "inputs": inputs.get("inputs") or {}}):

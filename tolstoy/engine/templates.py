@@ -101,7 +101,6 @@ MAX_INTEGER_DIGITS = 4300
 MAX_INTEGER_BITS = int(MAX_INTEGER_DIGITS * math.log2(10))
 BUILD_UNIT = 8  # building this many characters or items costs one operation more
 LOOK_EVERY = 64  # operations between looks at the clock and the stop events
-MAX_CODINGS = 3
 # Width and precision in a format spec: "%-10000s", "{:>10000}", "{:.5000f}".
 _PERCENT_SPEC = re.compile(r"%[#0\- +]*(\d+|\*)?(?:\.(\d+|\*))?[a-zA-Z%]", re.ASCII)
 _FORMAT_WIDTHS = re.compile(r"(\d+)")
