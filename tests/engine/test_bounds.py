@@ -192,3 +192,78 @@ def test_a_claim_takes_no_more_runs_than_fit_one_document(api, org, user, config
         assert worker.claim(pool)[0] == 3
     for run in more:
         assert wait_for(api, org, flow, run)["status"] == "completed"
+
+
+def test_a_foreach_that_continues_on_errors_still_stops_where_the_run_is_full(api, db, worker_env, server):
+    """continueOnError lets an item fail and the others go on, but not past the run's byte bound: every
+    further item would fail the same way, so the step fails there, and no further item is sent."""
+    env = {**worker_env, "TOLSTOY_STEP_MAX_BYTES": "300000", "TOLSTOY_RUN_MAX_BYTES": "1000000"}
+    sent = []
+
+    def big(request):
+        sent.append(request.args.get("i"))
+        return Response(json.dumps({"data": "x" * 200_000}), content_type="application/json")
+
+    server.expect_request("/big").respond_with_handler(big)
+    org = api.org()
+    user = api.user(org)
+    flow = api.flow(org, steps=[step("each", "foreach", {
+        "items": list(range(30)), "continueOnError": True,
+        "step": {"type": "http_request", "config": {"method": "GET", "url": server.url_for("/big") + "?i={{ item }}"}}})])
+    process = start_worker(env)
+    try:
+        done = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"], timeout=60)
+    finally:
+        stop(process)
+    assert done["status"] == "failed" and done["error"]["itemError"]["name"] == "RunTooLarge", done["error"]
+    assert len(sent) <= 6  # five answers fill the run; the sixth is refused before it is kept
+
+
+def test_failures_past_the_run_bound_keep_their_bare_facts(api, db, worker_env, server):
+    """A failure's checkpoint and log row are written whatever their size, so a run whose items keep
+    failing with big error pages (continueOnError) would grow without end; past the bound each keeps
+    only its error's name and the start of its message, and the next item's call is refused."""
+    env = {**worker_env, "TOLSTOY_STEP_MAX_BYTES": "100000", "TOLSTOY_RUN_MAX_BYTES": "400000"}
+    server.expect_request("/broken").respond_with_data("<html>" + "e" * 1_000_000 + "</html>", status=500)
+    org = api.org()
+    user = api.user(org)
+    flow = api.flow(org, steps=[step("each", "foreach", {
+        "items": list(range(100)), "continueOnError": True, "concurrency": 4,
+        "step": {"type": "http_request", "config": {"method": "GET", "url": server.url_for("/broken")}}})])
+    process = start_worker(env)
+    try:
+        run = execute(api, org, user, flow)["executionId"]
+        done = wait_for(api, org, flow, run, timeout=60)
+    finally:
+        stop(process)
+    assert done["status"] == "failed" and done["error"]["itemError"]["name"] == "RunTooLarge", done["error"]
+    with db.pool.connection() as conn:  # as text: what a claim hands over, not what TOAST compressed
+        stored = conn.execute(
+            "select count(*) as n, count(*) filter (where error ? 'truncated') as brief,"
+            " sum(coalesce(octet_length(inputs::text), 0) + coalesce(octet_length(error::text), 0)) as bytes"
+            " from flow_run_steps where run_id = %s", (run,)).fetchone()
+        logged = conn.execute("select sum(octet_length(inputs::text) + coalesce(octet_length(error::text), 0))"
+                              " as bytes from execution_logs where execution_id = %s::text", (run,)).fetchone()
+    assert stored["n"] < 101, stored  # the items stopped once the run was full
+    assert stored["bytes"] < 400_000 + stored["brief"] * 1200, stored
+    assert logged["bytes"] < 200_000 + stored["n"] * 1200, logged
+
+
+def test_the_bytes_counted_for_a_run_are_never_fewer_than_its_claim_payload_holds(api, org, user, worker, db):
+    """Every byte a claim hands over for a run's checkpoints is counted by the ledger that bounds it:
+    the values, and each checkpoint's own keys (a foreach of many small items holds more of those)."""
+    flow = api.flow(org, steps=[
+        step("each", "foreach", {"items": list(range(3000)), "step": {"type": "transform", "config": {
+            "output": {"i": "{{ item }}", "text": "{{ 'é' * (item % 7) }}", "list": [1, None, True, 2.5]}}}}),
+        step("one", "transform", {"output": "{{ steps.each | length }}"}),
+        step("nothing", "transform", {"output": {}}, executeIf="{{ false }}"),
+    ])
+    run = execute(api, org, user, flow)["executionId"]
+    assert wait_for(api, org, flow, run, timeout=60)["status"] == "completed"
+    with db.pool.connection() as conn:
+        row = conn.execute("select tolstoy_run_payload(r) -> 'checkpoints' as checkpoints,"
+                           " pg_column_size(tolstoy_run_payload(r) -> 'checkpoints') as bytes"
+                           " from flow_runs r where id = %s", (run,)).fetchone()
+    ledger = sizes.Ledger({c["step_id"]: c for c in row["checkpoints"]})
+    assert len(row["checkpoints"]) == 3003
+    assert row["bytes"] <= ledger.total, (row["bytes"], ledger.total)

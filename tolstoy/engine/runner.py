@@ -133,11 +133,11 @@ class Writes:
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
               duration_ms: int | None = None) -> None:
-        inputs = mask_json(inputs or {}, self.secrets)
-        if self.ledger is not None and sizes.stored_bytes(inputs) > self.ledger.step_max:
-            inputs = {"truncated": True, "bytes": sizes.stored_bytes(inputs)}  # the step fails for its size
-        self.events.append({"step_key": step_key, "status": status, "inputs": inputs,
-                            "error": sizes.bounded_error(mask_json(error, self.secrets)), "duration_ms": duration_ms})
+        event = {"step_key": step_key, "status": status, "inputs": mask_json(inputs or {}, self.secrets),
+                 "error": sizes.bounded_error(mask_json(error, self.secrets)), "duration_ms": duration_ms}
+        if self.ledger is not None:
+            self.ledger.admit_event(event)
+        self.events.append(event)
 
 
 # SQLSTATE tolstoy_checkpoint raises when the lease is no longer this worker's.
@@ -875,8 +875,11 @@ class Engine:
         if run.cancel.is_set() or (not_run and self.stopping.is_set()):
             self._boundary(run)
         duration = int((time.perf_counter() - started) * 1000)
-        if failures and not keep_going:
-            first = min(failures)
+        # A run past its byte bound has no room for another item's output: the step fails whatever
+        # continueOnError says (each further item would fail the same way).
+        full = sorted(index for index, error in failures.items() if error.get("name") == sizes.RUN_FULL)
+        if failures and (not keep_going or full):
+            first = full[0] if full else min(failures)
             error = failures[first]
             return self.fail(run, step, 1, shown_inputs, StepFailed(
                 f"Item {first} failed: {error.get('message', 'failed')}",
@@ -902,7 +905,7 @@ class Engine:
         context = {**run.context, "item": item, "index": index}
         site = Site(context, scope(context, {"steps": run.hidden or None, "item": item_hidden}), item=True)
         outcome, value = self._attempt(run, site, {**inner, "id": item_id(sid, index)}, done)
-        if outcome == "failed" and not keep_going:
+        if outcome == "failed" and (not keep_going or value.get("name") == sizes.RUN_FULL):
             halt.set()  # no new item starts; those in flight finish
         return outcome, value
 
