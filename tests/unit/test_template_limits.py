@@ -181,6 +181,11 @@ def test_values_are_refused_before_they_are_built(source):
     ("{{ 'nan' | float }}", "nan, which is not a JSON number"),
     ("{{ 'a\\x00b' }}", "NUL or an unpaired surrogate"),
     ("{{ {1: 2} }}", "JSON keys are strings"),
+    # Nesting that whatever reads the value later (masking, storing, the API) would recurse through.
+    ("{% set ns = namespace(v=1) %}{% for i in range(900) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}",
+     "nested deeper than 64 levels"),
+    ("{% set ns = namespace(v=1) %}{% for i in range(65) %}{% set ns.v = {'a': ns.v} %}{% endfor %}x{{ ns.v }}",
+     "nested deeper than 64 levels"),
 ])
 def test_a_value_that_is_not_json_fails_with_a_clear_error(source, message):
     with pytest.raises(TemplateFailure, match=re.escape(message)):

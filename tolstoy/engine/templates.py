@@ -78,7 +78,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 from markupsafe import soft_str
 
-from ..jsonsafe import UNSTORABLE
+from ..jsonsafe import MAX_JSON_DEPTH, UNSTORABLE
 from ..redaction import Hidden
 
 # ---- the budget of a render ----------------------------------------------------------------------
@@ -956,13 +956,14 @@ def _template(source: str):
 
 def _json_size(value: Any, strict: bool = True) -> int:
     """The weight of a value a template yields, refusing what is not JSON (NotJson): a Python
-    object, an undefined value (its own error), a key that is no string; with ``strict``, also what
-    PostgreSQL cannot store: a non-finite number, NUL or a lone surrogate."""
+    object, an undefined value (its own error), a key that is no string, nesting deeper than
+    MAX_JSON_DEPTH (what the API accepts: whatever reads it later may recurse); with ``strict``,
+    also what PostgreSQL cannot store: a non-finite number, NUL or a lone surrogate."""
     limit = _budget().limits.max_size
     total = 0
-    stack = [value]
+    stack = [(value, 0)]
     while stack and total <= limit:
-        item = stack.pop()
+        item, level = stack.pop()
         kind = type(item)
         if isinstance(item, str):
             if strict and UNSTORABLE.search(item):
@@ -974,18 +975,21 @@ def _json_size(value: Any, strict: bool = True) -> int:
             if strict and not math.isfinite(item):
                 raise NotJson(f"{item}, which is not a JSON number")
             total += 24
-        elif kind is list or kind is tuple:
-            total += 2 + len(item)
-            stack.extend(item)
-        elif kind is dict:
-            for key in item:
-                if not isinstance(key, str):
-                    raise NotJson(f"an object with the key {key!r}: JSON keys are strings")
-            total += 2 + 3 * len(item)
-            stack.extend(item)
-            stack.extend(item.values())
+        elif kind is list or kind is tuple or kind is dict:
+            if level >= MAX_JSON_DEPTH:
+                raise NotJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+            if kind is dict:
+                for key in item:
+                    if not isinstance(key, str):
+                        raise NotJson(f"an object with the key {key!r}: JSON keys are strings")
+                total += 2 + 3 * len(item)
+                stack.extend((key, level + 1) for key in item)
+                stack.extend((child, level + 1) for child in item.values())
+            else:
+                total += 2 + len(item)
+                stack.extend((child, level + 1) for child in item)
         elif isinstance(item, (_HiddenMap, _HiddenList)) and not strict:
-            stack.append(item._value)
+            stack.append((item._value, level))
         elif isinstance(item, Undefined):
             item._fail_with_undefined_error()
         else:
