@@ -259,7 +259,8 @@ def test_the_bytes_counted_for_a_run_are_never_fewer_than_its_claim_payload_hold
         step("nothing", "transform", {"output": {}}, executeIf="{{ false }}"),
     ])
     run = execute(api, org, user, flow)["executionId"]
-    assert wait_for(api, org, flow, run, timeout=60)["status"] == "completed"
+    done = wait_for(api, org, flow, run, timeout=60)
+    assert done["status"] == "completed", done.get("error")
     with db.pool.connection() as conn:
         row = conn.execute("select tolstoy_run_payload(r) -> 'checkpoints' as checkpoints,"
                            " pg_column_size(tolstoy_run_payload(r) -> 'checkpoints') as bytes"

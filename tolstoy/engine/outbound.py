@@ -36,6 +36,7 @@ import httpx
 from httpcore._backends.sync import SyncBackend
 
 from .. import jsonsafe
+from ..numerals import unsigned
 from ..redaction import mask_headers
 
 log = logging.getLogger("tolstoy.outbound")
@@ -425,8 +426,8 @@ def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> by
     much, never expanded whole first, as httpx's own decoders would."""
     codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
     codings = [c for c in codings if c in _INFLATERS]
-    length = response.headers.get("content-length", "")
-    if not codings and length.isdigit() and int(length) > limit:  # refused before a byte is read
+    length = unsigned(response.headers.get("content-length"), 19)
+    if not codings and length is not None and length > limit:  # refused before a byte is read
         raise OutboundError(f"Response body is larger than {limit} bytes")
     if len(codings) > MAX_CODINGS:
         raise OutboundError(f"Response has {len(codings)} content codings; at most {MAX_CODINGS} are read")
