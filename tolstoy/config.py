@@ -25,7 +25,8 @@ PUBLIC_FIELDS = (
     "port", "app_name", "env", "pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout_ms",
     "prepare_threshold", "data_key_ttl", "worker_concurrency", "sync_execute_timeout_ms",
     "sync_execute_max_timeout_ms", "sync_execute_per_org", "worker_lease_seconds", "worker_poll_seconds",
-    "max_recoveries", "foreach_max_items", "subflow_max_depth", "run_retention_days", "webhook_timeout_ms",
+    "max_recoveries", "foreach_max_items", "subflow_max_depth", "template_max_operations", "template_max_ms",
+    "template_max_size", "step_max_bytes", "run_max_bytes", "run_retention_days", "webhook_timeout_ms",
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
     "prune_batch", "prune_budget_seconds", "unknown_outcome_timeout_days", "hook_refused_sources",
@@ -89,6 +90,16 @@ class Config:
     foreach_max_items: int = 10_000
     # A subflow step whose child would nest deeper than this fails (a run started by execute is at depth 0).
     subflow_max_depth: int = 10
+    # The budget of one template render (a step's config, an item's, an executeIf): operations (each loop
+    # iteration, call, operator…), wall time, and the size of any value it builds (docs/flows.md).
+    template_max_operations: int = 1_000_000
+    template_max_ms: int = 1000
+    template_max_size: int = 1_000_000
+    # Bytes one step's checkpoint (inputs, output, error) and all of a run's checkpoints may hold, as
+    # jsonb stores them: past either the step fails (a claim hands a worker its runs as one jsonb
+    # document, which PostgreSQL refuses past 256 MB; engine/sizes.py).
+    step_max_bytes: int = 10 * 1024 * 1024
+    run_max_bytes: int = 32 * 1024 * 1024
     # Run history (runs, steps, execution logs) older than this is dropped by month; None keeps it.
     run_retention_days: int | None = None
     # Outbound event webhooks: per-attempt timeout, retry back-off (doubling from base up to the cap,
@@ -235,6 +246,11 @@ class Config:
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
             foreach_max_items=reader.integer("TOLSTOY_FOREACH_MAX_ITEMS", 10_000, 1, 1_000_000),
             subflow_max_depth=reader.integer("TOLSTOY_SUBFLOW_MAX_DEPTH", 10, 1, 1000),
+            template_max_operations=reader.integer("TOLSTOY_TEMPLATE_MAX_OPERATIONS", 1_000_000, 1000, 1_000_000_000),
+            template_max_ms=reader.integer("TOLSTOY_TEMPLATE_MAX_MS", 1000, 10, 600_000),
+            template_max_size=reader.integer("TOLSTOY_TEMPLATE_MAX_SIZE", 1_000_000, 1000, 100_000_000),
+            step_max_bytes=reader.integer("TOLSTOY_STEP_MAX_BYTES", 10 * 1024 * 1024, 1024, 64 * 1024 * 1024),
+            run_max_bytes=reader.integer("TOLSTOY_RUN_MAX_BYTES", 32 * 1024 * 1024, 1024, 128 * 1024 * 1024),
             run_retention_days=reader.integer("TOLSTOY_RUN_RETENTION_DAYS", None, 1, 36500),
             webhook_timeout_ms=reader.integer("TOLSTOY_WEBHOOK_TIMEOUT_MS", 10_000, 100, 60_000),
             webhook_retry_base_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_BASE_MS", 10_000, 10, 3_600_000),
@@ -274,6 +290,11 @@ class Config:
             raise ConfigError("TOLSTOY_LINK_SECRET must be at least 32 random characters")
         if config.kms_key_id is not None and config.kms_region is None:
             raise ConfigError("AWS_REGION must be set with TOLSTOY_KMS_KEY_ID (or give the key's ARN)")
+        if config.step_max_bytes > config.run_max_bytes:
+            raise ConfigError(
+                "TOLSTOY_STEP_MAX_BYTES must not exceed TOLSTOY_RUN_MAX_BYTES "
+                f"({config.step_max_bytes} > {config.run_max_bytes})"
+            )
         if config.pool_min_size > config.pool_max_size:
             raise ConfigError(
                 "TOLSTOY_POOL_MIN_SIZE must not exceed TOLSTOY_POOL_MAX_SIZE "

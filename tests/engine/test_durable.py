@@ -128,7 +128,17 @@ def test_poison_runs_end_within_their_bounds_while_another_tenant_runs(api, user
         "percent": (step("big", "transform", {"output": "{{ '%01500000000d' % 1 }}"}), "longer than"),
         "format": (step("big", "transform", {"output": "{{ '{:>1500000000}'.format(1) }}"}), "longer than"),
         "loop": (step("big", "transform", {"output": "{% for i in range(100000) %}{% for j in range(100000) %}"
-                                                     "{% endfor %}{% endfor %}"}), "took longer than"),
+                                                     "{% endfor %}{% endfor %}"}), "TOLSTOY_TEMPLATE_MAX_"),
+        # Issue 20 row 2: loops over a string call nothing, so no deadline was ever looked at.
+        "spin": (step("big", "transform", {"output": "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}"
+                                                     "{% for c in s %}{% endfor %}{% endfor %}{% endfor %}"}),
+                 "TOLSTOY_TEMPLATE_MAX_"),
+        # Issue 20 row 3: one multiplication held the interpreter for seconds; a list was weighed only
+        # once built (+382 MB); `self` could not be stored, so the run crashed until its recovery limit.
+        "power": (step("big", "transform", {"output": "{{ ((((10**100)**100)**100)**10) > 5 }}"}),
+                  "integer of more than 4300 digits"),
+        "repeat": (step("big", "transform", {"output": "{{ ['x'*999999]*400 }}"}), "TOLSTOY_TEMPLATE_MAX_SIZE"),
+        "self": (step("big", "transform", {"output": "{{ self }}"}), "TemplateReference, which is not a JSON value"),
         "trickle": (step("big", "http_request", {"method": "GET", "url": server.url_for("/trickle")},
                          timeoutMs=1500), "Timed out after 1500 ms"),
     }

@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -250,3 +251,121 @@ def test_certificates_are_verified_against_the_default_bundle(tls_server):
             client.request("GET", f"https://localhost:{tls_server['port']}/", timeout_ms=5000)
     finally:
         client.close()
+
+
+# ---- answers are read with a cap on what they decode to ---------------------------------------
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+    return gzip.compress(data, compresslevel=9)
+
+
+def _gzip_zeros(size: int) -> bytes:
+    """``size`` zero bytes, gzipped a megabyte at a time (the test never holds them whole)."""
+    import zlib
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    zeros = bytes(1 << 20)
+    packed = [packer.compress(zeros) for _ in range(size >> 20)]
+    return b"".join(packed) + packer.flush()
+
+
+@pytest.fixture
+def encoded_server() -> Iterator[dict]:
+    """A local HTTP server answering each path with the (body, Content-Encoding) ``answers`` holds."""
+    answers: dict[str, tuple[bytes, str]] = {}
+    seen: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            seen.append(dict(self.headers))
+            if self.path == "/declared":  # says 50 MB are coming, sends a little, then nothing
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(50 << 20))
+                self.end_headers()
+                self.wfile.write(b"[")
+                self.wfile.flush()
+                time.sleep(8)
+                return
+            body, coding = answers[self.path]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if coding:
+                self.send_header("Content-Encoding", coding)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {"url": f"http://127.0.0.1:{server.server_address[1]}", "answers": answers, "seen": seen}
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("coding, body", [
+    ("gzip", lambda: _gzip_zeros(300 << 20)),  # 300 MB in 300 kB
+    ("gzip, gzip", lambda: _gzip(_gzip_zeros(2000 << 20))),  # 2 GB in a few kB
+])
+def test_a_compressed_answer_is_refused_once_it_decodes_past_the_cap_not_after(encoded_server, coding, body):
+    import tracemalloc
+
+    encoded_server["answers"]["/bomb"] = (body(), coding)
+    client = Outbound(("127.0.0.1/32",))
+    tracemalloc.start()
+    try:
+        with pytest.raises(OutboundError, match="larger than 10485760 bytes"):
+            client.request("GET", encoded_server["url"] + "/bomb", timeout_ms=20_000)
+        used = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        client.close()
+    assert used < 3 * 10_485_760, used  # the cap and a chunk or two, never the decoded whole
+
+
+@pytest.mark.parametrize("coding, encode", [
+    ("gzip", _gzip),
+    ("deflate", lambda data: __import__("zlib").compress(data)),
+    ("deflate", lambda data: __import__("zlib").compress(data)[2:-4]),  # raw deflate, as some servers send it
+    ("gzip, gzip", lambda data: _gzip(_gzip(data))),
+    ("identity", lambda data: data),
+])
+def test_compressed_answers_within_the_cap_are_decoded(encoded_server, coding, encode):
+    body = json.dumps({"items": list(range(10_000))}).encode()
+    encoded_server["answers"]["/ok"] = (encode(body), coding)
+    client = Outbound(("127.0.0.1/32",))
+    try:
+        reply = client.request("GET", encoded_server["url"] + "/ok", timeout_ms=20_000)
+    finally:
+        client.close()
+    assert reply.body == {"items": list(range(10_000))}
+
+
+def test_an_answer_declaring_more_than_the_cap_is_refused_before_it_is_read(encoded_server):
+    client = Outbound(("127.0.0.1/32",))
+    try:  # read, the body would end in a timeout: the server sends one byte of its 50 MB
+        with pytest.raises(OutboundError, match="larger than 10485760 bytes"):
+            client.request("GET", encoded_server["url"] + "/declared", timeout_ms=5000)
+    finally:
+        client.close()
+
+
+def test_requests_offer_only_the_codings_decoded_under_the_cap(encoded_server):
+    encoded_server["answers"]["/ok"] = (b"{}", "")
+    client = Outbound(("127.0.0.1/32",))
+    try:
+        client.request("GET", encoded_server["url"] + "/ok", timeout_ms=5000)
+    finally:
+        client.close()
+    offered = {c.strip() for c in encoded_server["seen"][-1]["Accept-Encoding"].split(",")}
+    assert offered == {"gzip", "deflate"}

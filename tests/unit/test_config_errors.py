@@ -12,7 +12,7 @@ import pytest
 
 from tolstoy import cli
 from tolstoy.api.app import admin_url
-from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config
+from tolstoy.config import PRIVATE_FIELDS, PUBLIC_FIELDS, Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,3 +83,44 @@ def test_the_admin_login_is_configured_in_production_and_derived_elsewhere():
     assert admin_url(Config(env="test")) is None
     facts = Config.from_env({"ADMIN_DATABASE_URL": admin, "USE_AWS_SECRETS": "false"}).public_facts()
     assert "admin_database_url" not in facts and "tolstoy_admin:secret" not in str(facts)
+
+
+def test_the_bounds_of_templates_and_stored_bytes_are_read_and_checked():
+    assert (Config().template_max_operations, Config().template_max_ms, Config().template_max_size) == (
+        1_000_000, 1000, 1_000_000)
+    assert (Config().step_max_bytes, Config().run_max_bytes) == (10 * 1024 * 1024, 32 * 1024 * 1024)
+    read = Config.from_env({"TOLSTOY_TEMPLATE_MAX_OPERATIONS": "5000", "TOLSTOY_TEMPLATE_MAX_MS": "250",
+                            "TOLSTOY_TEMPLATE_MAX_SIZE": "20000", "TOLSTOY_STEP_MAX_BYTES": "2048",
+                            "TOLSTOY_RUN_MAX_BYTES": "4096"})
+    assert (read.template_max_operations, read.template_max_ms, read.template_max_size, read.step_max_bytes,
+            read.run_max_bytes) == (5000, 250, 20000, 2048, 4096)
+    with pytest.raises(ConfigError, match=r"TOLSTOY_STEP_MAX_BYTES must not exceed TOLSTOY_RUN_MAX_BYTES"):
+        Config.from_env({"TOLSTOY_STEP_MAX_BYTES": "8192", "TOLSTOY_RUN_MAX_BYTES": "4096"})
+    # A run's checkpoints travel as one jsonb document, which PostgreSQL refuses past 256 MB.
+    with pytest.raises(ConfigError, match=r"TOLSTOY_RUN_MAX_BYTES must be between 1024 and 134217728"):
+        Config.from_env({"TOLSTOY_RUN_MAX_BYTES": str(300 * 1024 * 1024)})
+
+
+@pytest.mark.parametrize("step_max, run_max", [
+    (64 * 1024 * 1024, 128 * 1024 * 1024), (10 * 1024 * 1024, 32 * 1024 * 1024), (1024, 1024),
+    (64 * 1024 * 1024, 64 * 1024 * 1024), (10 * 1024 * 1024, 128 * 1024 * 1024),
+])
+def test_the_runs_one_claim_hands_over_fit_one_jsonb_document_at_any_setting(step_max, run_max):
+    """A claim returns its runs, each with its checkpoints (at most run_max) and variables (at most
+    step_max: a subflow step's inputs), as one jsonb document, refused past 256 MB (issue 20 row 1):
+    at the settings' extremes as at their defaults, the runs a claim may take fit it."""
+    from tolstoy.engine import sizes
+
+    read = Config.from_env({"TOLSTOY_STEP_MAX_BYTES": str(step_max), "TOLSTOY_RUN_MAX_BYTES": str(run_max)})
+    runs = sizes.runs_per_claim(read.step_max_bytes, read.run_max_bytes)
+    assert runs >= 1
+    assert runs * (read.run_max_bytes + read.step_max_bytes + sizes.PLAN_MAX_BYTES) <= sizes.CLAIM_MAX_BYTES
+    assert sizes.CLAIM_MAX_BYTES < 256 * 1024 * 1024 - 1024 * 1024
+    with pytest.raises(ConfigError, match=r"TOLSTOY_STEP_MAX_BYTES must be between 1024 and 67108864"):
+        Config.from_env({"TOLSTOY_STEP_MAX_BYTES": str(64 * 1024 * 1024 + 1)})
+
+
+def test_a_worker_claims_as_many_runs_as_its_threads_at_the_default_bounds():
+    from tolstoy.engine import sizes
+
+    assert sizes.runs_per_claim(Config().step_max_bytes, Config().run_max_bytes) >= Config().worker_concurrency

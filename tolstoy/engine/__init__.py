@@ -19,6 +19,7 @@ from .kinds import ITEM_STEP_TYPES, STEP_TYPES
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
+from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
     TokenRequestFailed,
@@ -67,7 +68,10 @@ def tools(config, db: Database) -> Tools:
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
     return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds,
-                  foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth)
+                  foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth,
+                  template_limits=Limits(config.template_max_operations, config.template_max_ms,
+                                         config.template_max_size),
+                  step_max_bytes=config.step_max_bytes, run_max_bytes=config.run_max_bytes)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:

@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ import httpx
 from httpcore._backends.sync import SyncBackend
 
 from .. import jsonsafe
+from ..numerals import unsigned
 from ..redaction import mask_headers
 
 log = logging.getLogger("tolstoy.outbound")
@@ -304,7 +306,9 @@ class Outbound:
             transport=GuardedTransport(allow=parse_networks(allow_networks), ssl_context=tls_context(ca_file)),
             # Redirects are followed by request(), which decides what a new origin may see.
             follow_redirects=False,
-            headers={"User-Agent": "Tolstoy/1"},
+            # Only the codings read_capped decodes under its cap (httpx would add br and zstd when
+            # their packages happen to be installed, and decode those whole).
+            headers={"User-Agent": "Tolstoy/1", "Accept-Encoding": ACCEPT_ENCODING},
         )
 
     def close(self) -> None:
@@ -423,14 +427,63 @@ def fill_placeholders(headers: dict, secrets: dict[str, str]) -> dict:
     return filled
 
 
-def read_capped(response: httpx.Response) -> bytes:
-    """The response body, refused past MAX_RESPONSE_BYTES."""
+def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """The response body, decoded from its Content-Encoding, refused past ``limit`` bytes while it
+    streams in: what is read is decoded chunk by chunk into at most ``limit`` + 1 bytes per coding,
+    so a small compressed answer (a gzip bomb, gzip inside gzip) is refused after producing that
+    much, never expanded whole first, as httpx's own decoders would."""
+    codings = [c.strip().lower() for c in response.headers.get_list("content-encoding", split_commas=True)]
+    codings = [c for c in codings if c in _INFLATERS]
+    length = unsigned(response.headers.get("content-length"), 19)
+    if not codings and length is not None and length > limit:  # refused before a byte is read
+        raise OutboundError(f"Response body is larger than {limit} bytes")
+    if len(codings) > MAX_CODINGS:
+        raise OutboundError(f"Response has {len(codings)} content codings; at most {MAX_CODINGS} are read")
+    # Applied in reverse order of application (RFC 9110, section 8.4).
+    inflaters = [_Inflater(coding, limit) for coding in reversed(codings)]
     raw = bytearray()
-    for chunk in response.iter_bytes():
+    for chunk in response.iter_raw():
+        for inflater in inflaters:
+            chunk = inflater.feed(chunk)
         raw += chunk
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise OutboundError(f"Response body is larger than {MAX_RESPONSE_BYTES} bytes")
+        if len(raw) > limit:
+            raise OutboundError(f"Response body is larger than {limit} bytes")
     return bytes(raw)
+
+
+MAX_CODINGS = 3
+_INFLATERS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"  # what every request offers: exactly the codings of _INFLATERS
+
+
+class _Inflater:
+    """One content coding, undone with a bound on what it may produce in all."""
+
+    def __init__(self, coding: str, limit: int):
+        self.coding = coding
+        self.limit = limit
+        self.produced = 0
+        self.inflater = zlib.decompressobj(_INFLATERS[coding])
+        self.first = True
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        while data and not self.inflater.eof:
+            try:
+                piece = self.inflater.decompress(data, self.limit + 1 - self.produced)
+            except zlib.error as exc:
+                if self.first and self.coding == "deflate":  # raw deflate, without zlib's header
+                    self.inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                    self.first = False
+                    continue
+                raise OutboundError(f"Cannot decode the {self.coding} response body: {exc}") from None
+            self.first = False
+            self.produced += len(piece)
+            out += piece
+            if self.produced > self.limit:
+                raise OutboundError(f"Response body is larger than {self.limit} bytes")
+            data = self.inflater.unconsumed_tail
+        return bytes(out)
 
 
 def decode_body(raw: bytes, content_type: str) -> Any:

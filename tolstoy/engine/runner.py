@@ -56,13 +56,13 @@ from ..redaction import (
     secret_strings,
 )
 from ..times import seconds_between
-from . import plans
+from . import plans, sizes
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
 from .graph import dependencies, step_order
-from .kinds import KINDS
+from .kinds import KINDS, Kind
 from .steps import DEFAULT_TIMEOUT_MS, IDEMPOTENT_METHODS, execute_step, step_method
-from .templates import TemplateFailure, condition, render_tracked, scope
+from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, bounded, condition, render_tracked, scope
 
 log = logging.getLogger("tolstoy.engine")
 
@@ -110,6 +110,8 @@ class Writes:
     each is masked here with the run's known secrets, whoever wrote it."""
 
     secrets: Secrets = field(default_factory=Secrets)
+    # The bytes the run's checkpoints hold, and their bounds (sizes.Ledger; None: unbounded).
+    ledger: sizes.Ledger | None = None
     # Step id -> its pending checkpoint, in the order last written: a foreach's transforms queue one
     # per item until the next statement, so replacing one costs the same however many wait.
     pending: dict[str, dict] = field(default_factory=dict)
@@ -120,23 +122,32 @@ class Writes:
         """The pending checkpoints, in the order they were last written."""
         return list(self.pending.values())
 
-    def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, **values: Any) -> dict:
+    def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, strict: bool = True,
+             **values: Any) -> dict:
         """Queue a checkpoint; returns it as it will be written. With ``seal``, ``outputs`` is what the
         step returned with what is already known to be hidden masked, and ``real`` what it returned:
-        when the masked output differs, the checkpoint keeps ``seal(real)`` too."""
+        when the masked output differs, the checkpoint keeps ``seal(real)`` too. sizes.TooLarge
+        (nothing queued) when it would take the step or the run past a byte bound (``Engine._attempt``
+        fails the step for it), unless not ``strict``: a failure's own checkpoint is always written."""
         for name in ("inputs", "outputs", "error"):
             if values.get(name) is not None:
                 values[name] = mask_json(values[name], self.secrets)
+        values["error"] = sizes.bounded_error(values.get("error"))
         if seal is not None and values.get("outputs") != real:
             values["sealed"] = seal(real)
+        if self.ledger is not None:
+            self.ledger.admit(values, strict)
         self.pending.pop(values["step_id"], None)
         self.pending[values["step_id"]] = values
         return values
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
               duration_ms: int | None = None) -> None:
-        self.events.append({"step_key": step_key, "status": status, "inputs": mask_json(inputs or {}, self.secrets),
-                            "error": mask_json(error, self.secrets), "duration_ms": duration_ms})
+        event = {"step_key": step_key, "status": status, "inputs": mask_json(inputs or {}, self.secrets),
+                 "error": sizes.bounded_error(mask_json(error, self.secrets)), "duration_ms": duration_ms}
+        if self.ledger is not None:
+            self.ledger.admit_event(event)
+        self.events.append(event)
 
 
 # SQLSTATE tolstoy_checkpoint raises when the lease is no longer this worker's.
@@ -164,7 +175,9 @@ class Run:
         self.secrets = Secrets()
         # Where each finished step's output hides a secret (only steps whose output does).
         self.hidden: dict[str, Hidden] = {}
-        self.writes = Writes(self.secrets)
+        # What its checkpoints hold in bytes (the engine sets the bounds: Engine.run).
+        self.ledger = sizes.Ledger(self.checkpoints)
+        self.writes = Writes(self.secrets, self.ledger)
         self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
         self.lost = threading.Event()  # the heartbeat could not renew the lease
         # A foreach step's items run on threads of their own: they share the writes under this lock.
@@ -238,8 +251,14 @@ class Engine:
 
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
-                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH):
+                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
+                 step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES):
         self.db = db
+        self.template_limits = template_limits
+        self.step_max_bytes = step_max_bytes
+        self.run_max_bytes = run_max_bytes
+        # The most runs one claim may hand over: runs at their byte bounds still fit its one document.
+        self.runs_per_claim = sizes.runs_per_claim(step_max_bytes, run_max_bytes)
         self.subflow_max_depth = subflow_max_depth
         self.tools = tools
         self.worker_id = worker_id
@@ -256,7 +275,7 @@ class Engine:
         the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
         transition = transition or {"action": "continue"}
         if transition.get("error") is not None:  # the run's error is shown too
-            transition = {**transition, "error": mask_json(transition["error"], run.secrets)}
+            transition = {**transition, "error": sizes.bounded_error(mask_json(transition["error"], run.secrets))}
         writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
                   "run": transition}
         deadline = time.monotonic() + self.lease_seconds * 0.8
@@ -285,7 +304,7 @@ class Engine:
                     raise LeaseLost(str(run.id)) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
-        run.writes = Writes(run.secrets)
+        run.writes = Writes(run.secrets, run.ledger)
         if answer and answer.get("cancel"):
             run.cancel.set()
         return answer
@@ -319,10 +338,14 @@ class Engine:
     def run(self, claimed: dict, run: Run | None = None) -> None:
         """Advance a claimed run as far as it can go now."""
         run = run or Run(claimed)
-        # Credentials and tools are read for the run's organization only (row-level security).
-        with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets):
+        run.ledger.step_max, run.ledger.run_max = self.step_max_bytes, self.run_max_bytes
+        # Credentials and tools are read for the run's organization only (row-level security); its
+        # templates render within their budget and stop when the run is cancelled or its lease lost
+        # (the heartbeat says so) or the worker stops.
+        with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets), \
+                bounded(self.template_limits, run.cancel, run.lost, self.stopping):
             try:
-                self._advance(run)
+                self._advance_until_stopped(run)
             except _Done:
                 pass
             except LeaseLost:
@@ -345,6 +368,15 @@ class Engine:
                                                 "message": "Internal error while running the flow."})
                 except Exception:  # noqa: BLE001 - the lease expires and another worker retries
                     log.exception("could not record the crash", extra={"execution_id": str(run.id)})
+
+    def _advance_until_stopped(self, run: Run) -> None:
+        """``_advance``; a template render stopped by a cancel, a lost lease or shutdown ends the run
+        as between two steps (cancelled, left to its new owner, or handed back)."""
+        try:
+            self._advance(run)
+        except RenderStopped:
+            self._boundary(run)
+            raise Stop() from None  # a render stops only for one of those; hand the run back anyway
 
     def _hand_back(self, run: Run) -> None:
         try:
@@ -400,7 +432,7 @@ class Engine:
             self._boundary(run)
             if failed & {prefix + dep for dep in dependencies(steps, by_id[step["id"]])}:
                 error = {"message": "A step it depends on failed"}
-                run.writes.step(step_id=sid, status="skipped", attempt=1, error=error)
+                run.writes.step(step_id=sid, status="skipped", attempt=1, error=error, strict=False)
                 run.writes.event(sid, "skipped", error=error)
                 failed.add(sid)
                 continue
@@ -487,12 +519,20 @@ class Engine:
         if site.item and not kind.item:  # a plan written past the API (which refuses it)
             return self.fail(run, step, attempt, None, StepFailed(
                 f"A {step['type']} step cannot run per item of a foreach step"), 0)
-        if checkpoint and checkpoint["status"] == "waiting":
-            if kind.on_wake == "done":  # a delay: the sleep is over
-                return self._complete(run, step, attempt, {"delayedMs": step["config"]["ms"]},
-                                      checkpoint.get("inputs"), 0, item=site.item)
-            if kind.on_wake == "next":
-                attempt += 1  # a retry back-off ended
+        if checkpoint and checkpoint["status"] == "waiting" and kind.on_wake == "next":
+            attempt += 1  # a retry back-off ended
+        try:
+            return self._work(run, site, step, kind, attempt, checkpoint)
+        except sizes.TooLarge as exc:
+            # What it would keep (inputs, output) takes the step or the run past a byte bound: it is
+            # refused before it is written (or the call sent), and the step fails naming the bound.
+            return self.fail(run, step, attempt, None, exc, 0)
+
+    def _work(self, run: Run, site: Site, step: dict, kind: Kind, attempt: int,
+              checkpoint: dict | None) -> tuple[str, Any]:
+        if checkpoint and checkpoint["status"] == "waiting" and kind.on_wake == "done":  # a delay's sleep is over
+            return self._complete(run, step, attempt, {"delayedMs": step["config"]["ms"]},
+                                  checkpoint.get("inputs"), 0, item=site.item)
         try:
             # Through the views, so an executeIf that reads a secret and fails says nothing of it.
             if step.get("executeIf") and not condition(step["executeIf"], site.view):
@@ -685,7 +725,7 @@ class Engine:
         error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
         with run.lock:
             run.writes.step(step_id=step["id"], status="failed", attempt=attempt, inputs=inputs, error=error,
-                            duration_ms=duration)
+                            duration_ms=duration, strict=False)
             run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
         self.log_event(run, step, "failed", duration / 1000, error)
         return "failed", error
@@ -850,8 +890,11 @@ class Engine:
         if run.cancel.is_set() or (not_run and self.stopping.is_set()):
             self._boundary(run)
         duration = int((time.perf_counter() - started) * 1000)
-        if failures and not keep_going:
-            first = min(failures)
+        # A run past its byte bound has no room for another item's output: the step fails whatever
+        # continueOnError says (each further item would fail the same way).
+        full = sorted(index for index, error in failures.items() if error.get("name") == sizes.RUN_FULL)
+        if failures and (not keep_going or full):
+            first = full[0] if full else min(failures)
             error = failures[first]
             return self.fail(run, step, 1, shown_inputs, StepFailed(
                 f"Item {first} failed: {error.get('message', 'failed')}",
@@ -877,7 +920,7 @@ class Engine:
         context = {**run.context, "item": item, "index": index}
         site = Site(context, scope(context, {"steps": run.hidden or None, "item": item_hidden}), item=True)
         outcome, value = self._attempt(run, site, {**inner, "id": item_id(sid, index)}, done)
-        if outcome == "failed" and not keep_going:
+        if outcome == "failed" and (not keep_going or value.get("name") == sizes.RUN_FULL):
             halt.set()  # no new item starts; those in flight finish
         return outcome, value
 

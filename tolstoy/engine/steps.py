@@ -11,7 +11,7 @@ from ..redaction import mask_json
 from .calls import ToolCall, Tools, checked
 from .errors import SkipStep, StepFailed
 from .plans import Plan
-from .templates import TemplateFailure, condition
+from .templates import TemplateFailure, condition, stopped_only_by
 from .vault import Reader
 
 DEFAULT_TIMEOUT_MS = 30000
@@ -36,15 +36,21 @@ def execute_step(tools: Tools, run, site, step: dict, inputs: dict, key: str, ti
     kind = step["type"]
     if kind == "action":
         action = run.plan.action(step["config"])
-        if isinstance(action.get("execute_if"), str):
-            try:
-                if not condition(action["execute_if"], {**site.view, "inputs": inputs.get("inputs") or {}}):
-                    raise SkipStep()
-            except TemplateFailure as exc:
-                raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
-        # The credential's read is recorded as this run's (secret_reads).
-        call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, site.view,
-                                reader=Reader("worker", "step", run.user_id, run.id), acts_as_user=run.acts_as_user)
+        # The call is recorded as starting already: a render stopped for the worker's shutdown would
+        # leave a call that was never sent looking as if it might have been (an unknown outcome). So
+        # the action's templates stop only for a cancel (which ends the run) or a lost lease (the
+        # run is another worker's), else at their budget.
+        with stopped_only_by(run.cancel, run.lost):
+            if isinstance(action.get("execute_if"), str):
+                try:
+                    if not condition(action["execute_if"], {**site.view, "inputs": inputs.get("inputs") or {}}):
+                        raise SkipStep()
+                except TemplateFailure as exc:
+                    raise StepFailed(f"Template error in the action's executeIf: {exc}") from None
+            # The credential's read is recorded as this run's (secret_reads).
+            call = tools.build_call(run.org_id, action, action["tool"], inputs.get("inputs") or {}, site.view,
+                                    reader=Reader("worker", "step", run.user_id, run.id),
+                                    acts_as_user=run.acts_as_user)
     elif kind == "http_request":
         call = ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None,
                         inputs.get("body"))

@@ -125,7 +125,10 @@ class Worker:
             self.fire_when_due()
             return 0, None
         asked = time.monotonic()  # the lease cannot have started before this
-        answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=free, lease_seconds=self.lease_seconds,
+        # Runs near their byte bound fill a claim's one jsonb document: the rest wait for the next claim,
+        # made at once (run: a claim that took runs is followed by another while threads are free).
+        answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=min(free, self.engine.runs_per_claim),
+                                lease_seconds=self.lease_seconds,
                                 max_recoveries=self.max_recoveries)
         for claimed in answer["runs"]:
             claimed["now"] = answer["now"]  # the database's clock at the claim (foreach items' wake times)
