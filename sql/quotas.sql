@@ -9,7 +9,7 @@
 select o.id as org_id, q.queued_runs, q.stored_bytes, q.requests_per_second, q.request_burst, q.created_at,
        q.updated_at
 from organizations o
-left join organization_quotas q on q.org_id = o.id
+left join organization_quotas q on q.org_id = :org_id
 where o.id = :org_id;
 
 -- name: get_for_update^
@@ -18,7 +18,7 @@ where o.id = :org_id;
 select o.id as org_id, q.queued_runs, q.stored_bytes, q.requests_per_second, q.request_burst, q.created_at,
        q.updated_at
 from organizations o
-left join organization_quotas q on q.org_id = o.id
+left join organization_quotas q on q.org_id = :org_id
 where o.id = :org_id
 for no key update of o;
 
@@ -26,7 +26,7 @@ for no key update of o;
 -- Set the overrides named in :sent (columns), keeping the others (a first change leaves them null); no
 -- row when the organization does not exist.
 insert into organization_quotas as q (org_id, queued_runs, stored_bytes, requests_per_second, request_burst)
-select o.id, :queued_runs, :stored_bytes, :requests_per_second, :request_burst
+select :org_id, :queued_runs, :stored_bytes, :requests_per_second, :request_burst
 from organizations o
 where o.id = :org_id
 on conflict (org_id) do update
@@ -52,5 +52,5 @@ select u.runs_held, u.bytes_stored, q.queued_runs, q.stored_bytes, q.requests_pe
        q.updated_at
 from organizations o
 cross join tolstoy_usage() as u (runs_held, bytes_stored)
-left join organization_quotas q on q.org_id = o.id
+left join organization_quotas q on q.org_id = :org_id
 where o.id = :org_id;
