@@ -49,10 +49,10 @@ class Faults:
             cluster.stop_host(host)
         cluster.start_host(host, self.settings)
 
-    def _new_primary(self, old, timeout: float = 180) -> tuple[str, float]:
-        started = time.time()
+    def _new_primary(self, old, event: dict, timeout: float = 180) -> None:
+        """Wait for another node to be the primary; record which, and how long after the fault."""
         found = cluster.wait_until("a new primary", lambda: (p := cluster.primary()) and p != old and p, timeout, 0.5)
-        return found.name, time.time() - started
+        event["newPrimary"], event["failoverSeconds"] = found.name, time.time() - event["start"]
 
     # ---- the faults --------------------------------------------------------------------------
 
@@ -71,7 +71,7 @@ class Faults:
         event["host"] = old.name
         event["window"] = True
         cluster.kill_host(old)
-        event["newPrimary"], event["failoverSeconds"] = self._new_primary(old)
+        self._new_primary(old, event)
         cluster.start_host(old, self.settings)
 
     def stop_primary(self, event: dict) -> None:
@@ -80,8 +80,22 @@ class Faults:
         event["host"] = old.name
         event["window"] = True
         cluster.stop_host(old)
-        event["newPrimary"], event["failoverSeconds"] = self._new_primary(old)
+        self._new_primary(old, event)
         cluster.start_host(old, self.settings)
+
+    def switchover(self, event: dict) -> None:
+        """A planned switchover (patronictl, as for maintenance): the primary is demoted and comes back
+        within seconds as a standby, reachable, while HAProxy still routes to it until its next checks,
+        so sessions opened then reach a server that takes no writes (SQLSTATE 25006)."""
+        old = cluster.primary()
+        # In synchronous mode only the synchronous standby may take over (it holds every commit).
+        members = (cluster.patroni_cluster() or {}).get("members", [])
+        candidate = next(cluster.BY_NAME[m["name"]] for m in members if m.get("role") == "sync_standby")
+        event["host"] = old.name
+        event["window"] = True
+        cluster.run("ip", "netns", "exec", old.netns, "patronictl", "-c", str(cluster.STATE / old.name / "patroni.yml"),
+                    "switchover", "--leader", old.name, "--candidate", candidate.name, "--force")
+        self._new_primary(old, event)
 
     def restart_pgbouncer(self, event: dict) -> None:
         """PgBouncer restarts (SIGTERM: it drops every client and server connection)."""
@@ -153,6 +167,6 @@ class Faults:
 
 FAULT_SETS = {
     "full": ["kill_worker", "kill_primary", "restart_pgbouncer", "cut_worker", "restart_api", "stop_primary",
-             "rolling_restart"],
+             "switchover", "rolling_restart"],
     "short": ["kill_worker", "kill_primary", "restart_pgbouncer", "restart_api"],
 }
