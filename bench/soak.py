@@ -221,6 +221,7 @@ class Workload:
         self.signals: list[dict] = []
         self.hooks: list[dict] = []
         self.probes: list[dict] = []   # the writes that measure when the service takes writes again
+        self.senders: list[threading.Thread] = []  # one per signal, retrying until it is stored
 
     def executor(self) -> None:
         main = self.tenant["flows"]["main"]
@@ -237,7 +238,10 @@ class Workload:
                 self.executes.append({"n": n, "key": key, "executionId": run,
                                       "status": None if answer is None else answer.status_code})
             if run is not None:
-                threading.Thread(target=self.signal, args=(main, run, n), daemon=True).start()
+                sender = threading.Thread(target=self.signal, args=(main, run, n), daemon=True)
+                sender.start()
+                with self.lock:
+                    self.senders.append(sender)
             self.stop.wait(self.execute_every)
 
     def signal(self, flow: str, run: str, n: int) -> None:
@@ -376,9 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     # No new cron runs from here on: the schedule is switched off, then every run must finish.
     client.send("PATCH", f"/flows/{tenant['flows']['cron']}/triggers/{tenant['schedule']}", "/flows/{id}/triggers/{id}",
                 json_body={"enabled": False}, headers=tenant["cronAuth"], retry_for=120)
-    for thread in threading.enumerate():
-        if thread.name.startswith("Thread") and thread.is_alive():  # signal senders still retrying
-            thread.join(timeout=60)
+    for sender in list(workload.senders):  # signals still being retried
+        sender.join(timeout=max(1.0, ended + 300 - time.time()))
     db_url = settings.url("postgres", cluster.PRIMARY_PORT)
     drained = drain(db_url, tenant, args.drain_timeout)
     report = invariants.check(db_url=db_url, tenant=tenant, workload=workload, client=client, tools=tools,
