@@ -203,27 +203,32 @@ def signal_pids(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def empty_namespace(netns: str, grace: float) -> None:
-    """SIGTERM every process of a namespace, SIGKILL what is left after ``grace`` seconds."""
-    signal_pids(pids_in(netns), signal.SIGTERM)
+def empty_namespaces(names: list[str], grace: float) -> None:
+    """SIGTERM every process of the namespaces, SIGKILL what is left after ``grace`` seconds."""
+    for name in names:
+        signal_pids(pids_in(name), signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while pids_in(netns) and time.monotonic() < deadline:
+    while any(pids_in(name) for name in names) and time.monotonic() < deadline:
         time.sleep(0.2)
     for _ in range(50):
-        left = pids_in(netns)
+        left = [pid for name in names for pid in pids_in(name)]
         if not left:
             return
         signal_pids(left, signal.SIGKILL)
         time.sleep(0.1)
 
 
+def empty_namespace(netns: str, grace: float) -> None:
+    empty_namespaces([netns], grace)
+
+
 def down(grace: float = 20.0) -> None:
     """Stop every process of our namespaces, delete them, the bridge and leftover veths; idempotent."""
     names = namespaces()
     # Application hosts first (they hold connections), the databases last (a clean Patroni stop).
-    order = sorted(names, key=lambda n: (n.endswith(("-db1", "-db2", "-db3")), n))
-    for name in order:
-        empty_namespace(name, grace)
+    databases = [n for n in names if n.removeprefix(f"{PREFIX}-") in {h.name for h in DB_HOSTS}]
+    empty_namespaces([n for n in names if n not in databases], grace)
+    empty_namespaces(databases, grace)
     for name in names:
         run("ip", "netns", "del", name, check=False)
     run("ip", "link", "del", BRIDGE, check=False)
