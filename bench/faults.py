@@ -69,7 +69,7 @@ class Faults:
         synchronous standby once the leader key expires (ttl); the old node rejoins as a standby."""
         old = cluster.primary()
         event["host"] = old.name
-        event["window"] = True
+        event["window"] = "failover"
         cluster.kill_host(old)
         self._new_primary(old, event)
         cluster.start_host(old, self.settings)
@@ -78,7 +78,7 @@ class Faults:
         """A clean stop of the primary's host (SIGTERM): Patroni hands the leader key over at once."""
         old = cluster.primary()
         event["host"] = old.name
-        event["window"] = True
+        event["window"] = "failover"
         cluster.stop_host(old)
         self._new_primary(old, event)
         cluster.start_host(old, self.settings)
@@ -92,7 +92,7 @@ class Faults:
         members = (cluster.patroni_cluster() or {}).get("members", [])
         candidate = next(cluster.BY_NAME[m["name"]] for m in members if m.get("role") == "sync_standby")
         event["host"] = old.name
-        event["window"] = True
+        event["window"] = "failover"
         cluster.run("ip", "netns", "exec", old.netns, "patronictl", "-c", str(cluster.STATE / old.name / "patroni.yml"),
                     "switchover", "--leader", old.name, "--candidate", candidate.name, "--force")
         self._new_primary(old, event)
@@ -100,7 +100,7 @@ class Faults:
     def restart_pgbouncer(self, event: dict) -> None:
         """PgBouncer restarts (SIGTERM: it drops every client and server connection)."""
         event["host"] = "lb"
-        event["window"] = True
+        event["window"] = "pooler restart"
         pid = cluster.service_pid(cluster.LB, "pgbouncer")
         if pid is not None:
             cluster.signal_pids([pid], 15)
@@ -124,12 +124,14 @@ class Faults:
         """An API host restarts (Gunicorn's graceful stop, then a start): Nginx uses the other one."""
         host = BY_NAME["api1"]
         event["host"] = host.name
+        # Requests queued for the stopping Gunicorn are reset; Nginx answers them 503 + Retry-After.
+        event["window"] = "API restart"
         self._restart(host)
 
     def rolling_restart(self, event: dict) -> None:
         """Every host, one at a time, as a deploy does: application hosts, the load balancer host,
         the standbys, the primary last (a switchover); each back to whole before the next."""
-        event["window"] = True
+        event["window"] = "deploy"
         order = [h for h in cluster.HOSTS if h.services in (("api",), ("worker",))] + [cluster.LB]
         leader = cluster.primary()
         order += [h for h in DB_HOSTS if h != leader] + [leader]

@@ -48,14 +48,18 @@ def _windows(faults, probes: list[dict]) -> list[dict]:
     every half second through the API and are never retried, so this is how long writes were
     unavailable or stalled, as a client saw it."""
     windows = []
+    starts = [e["start"] for e in faults.events]
     for event in faults.events:
         if not event.get("window"):
             continue
         start, end = event["start"], event.get("end", event["start"])
-        inside = [p for p in probes if start <= p["t"] <= end + 60]
+        # Up to a minute after the repair, but never into the next fault's own window.
+        limit = min([end + 60] + [s for s in starts if s > start])
+        inside = [p for p in probes if start <= p["t"] <= limit]
         bad = [p for p in inside if not p["ok"] or p["done"] - p["t"] > 2.0]
         stop = max((p["done"] for p in bad), default=start)
-        windows.append({"fault": event["fault"], "start": start, "end": stop,
+        # The window: the fault itself, and after it until the last stalled write came back.
+        windows.append({"fault": event["fault"], "kind": event["window"], "start": start, "end": max(stop, end),
                         "writesStalledSeconds": round(stop - min(p["t"] for p in bad), 1) if bad else 0.0,
                         "failedProbes": sum(1 for p in inside if not p["ok"]),
                         "slowProbes": sum(1 for p in inside if p["ok"] and p["done"] - p["t"] > 2.0)})
@@ -172,7 +176,8 @@ def check(*, db_url, tenant, workload, client, tools, receiver, faults, started,
     invariant("5xx other than 503", server_errors, ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())))
     bad_503 = [f"{a['method']} {a['route']} at +{a['t'] - started:.0f} s" for a in answers if a["status"] == 503
                and (not a["retryAfter"] or not _in_window(a["t"], windows))]
-    invariant("503 without Retry-After or outside a failover window", bad_503,
+    invariant("503 without Retry-After, or outside a measured window (failover, pooler or API restart, deploy)",
+              bad_503,
               f"{codes.get(503, 0)} 503(s) in {len(windows)} window(s)")
     dropped = [f"{a['method']} {a['route']} {a['error']} at +{a['t'] - started:.0f} s" for a in answers
                if a["status"] == 0 and not _in_window(a["t"], windows)]

@@ -80,7 +80,9 @@ class Recorder:
 
 
 def tool_answer(recorder: Recorder, handler, body: bytes) -> dict:
-    """The tool: record the request; a key seen before gets its first answer again (one effect per key)."""
+    """The tool: record the request; a key seen before gets its first answer again (one effect per key).
+    It takes 0.1 to 0.8 s to answer, so faults often find a call in flight."""
+    time.sleep(random.uniform(0.1, 0.8))
     key = handler.headers.get("Idempotency-Key")
     with recorder.lock:
         entry = {"t": time.time(), "path": handler.path, "key": key, "body": body.decode(errors="replace")}
