@@ -67,19 +67,17 @@ class Faults:
     def kill_primary(self, event: dict) -> None:
         """The primary's host dies (SIGKILL to etcd, Patroni, PostgreSQL): Patroni promotes the
         synchronous standby once the leader key expires (ttl); the old node rejoins as a standby."""
-        old = cluster.primary()
-        event["host"] = old.name
-        event["window"] = "failover"
-        cluster.kill_host(old)
-        self._new_primary(old, event)
-        cluster.start_host(old, self.settings)
+        self._lose_primary(event, cluster.kill_host)
 
     def stop_primary(self, event: dict) -> None:
         """A clean stop of the primary's host (SIGTERM): Patroni hands the leader key over at once."""
-        old = cluster.primary()
+        self._lose_primary(event, cluster.stop_host)
+
+    def _lose_primary(self, event: dict, how) -> None:
+        old = cluster.wait_until("a primary", cluster.primary, 120, 0.5)
         event["host"] = old.name
         event["window"] = "failover"
-        cluster.stop_host(old)
+        how(old)
         self._new_primary(old, event)
         cluster.start_host(old, self.settings)
 
@@ -87,7 +85,7 @@ class Faults:
         """A planned switchover (patronictl, as for maintenance): the primary is demoted and comes back
         within seconds as a standby, reachable, while HAProxy still routes to it until its next checks,
         so sessions opened then reach a server that takes no writes (SQLSTATE 25006)."""
-        old = cluster.primary()
+        old = cluster.wait_until("a primary", cluster.primary, 120, 0.5)
         # In synchronous mode only the synchronous standby may take over (it holds every commit).
         members = (cluster.patroni_cluster() or {}).get("members", [])
         candidate = next(cluster.BY_NAME[m["name"]] for m in members if m.get("role") == "sync_standby")
@@ -133,7 +131,7 @@ class Faults:
         the standbys, the primary last (a switchover); each back to whole before the next."""
         event["window"] = "deploy"
         order = [h for h in cluster.HOSTS if h.services in (("api",), ("worker",))] + [cluster.LB]
-        leader = cluster.primary()
+        leader = cluster.wait_until("a primary", cluster.primary, 120, 0.5)
         order += [h for h in DB_HOSTS if h != leader] + [leader]
         event["hosts"] = [h.name for h in order]
         for host in order:
