@@ -73,8 +73,13 @@ class Recorder:
             def log_message(self, *args):
                 pass
 
-        server = ThreadingHTTPServer((cluster.CLIENT.address, port), Handler)
-        server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a worker killed mid-call resets its connection: expected here, not worth a traceback
+
+        server = Server((cluster.CLIENT.address, port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True, name=f"recorder-{port}").start()
         return server
 
