@@ -77,6 +77,7 @@ class Faults:
         old = cluster.wait_until("a primary", cluster.primary, 120, 0.5)
         event["host"] = old.name
         event["window"] = "failover"
+        event["at"] = time.time()  # the primary's loss itself, after finding which node it is
         how(old)
         self._new_primary(old, event)
         cluster.start_host(old, self.settings)

@@ -200,9 +200,10 @@ def check(*, db_url, tenant, workload, client, tools, receiver, faults, started,
     recoveries = []
     for event in faults.events:
         if event["fault"] in ("kill_primary", "stop_primary"):
-            after = [t for t in finished if t > event["start"]]
+            lost_at = event.get("at", event["start"])
+            after = [t for t in finished if t > lost_at]
             if after:
-                recoveries.append({"fault": event["fault"], "seconds": round(after[0] - event["start"], 1),
+                recoveries.append({"fault": event["fault"], "seconds": round(after[0] - lost_at, 1),
                                    "failoverSeconds": round(event.get("failoverSeconds", 0), 1)})
     seconds = [r["seconds"] for r in recoveries]
     report = {
@@ -211,7 +212,7 @@ def check(*, db_url, tenant, workload, client, tools, receiver, faults, started,
         "settings": {"ttl": settings.ttl, "loopWait": settings.loop_wait, "retryTimeout": settings.retry_timeout,
                      "leaseSeconds": settings.lease_seconds, "webConcurrency": settings.web_concurrency,
                      "workerConcurrency": settings.worker_concurrency},
-        "faults": [{k: (round(v - started, 1) if k in ("start", "end") else v) for k, v in e.items()}
+        "faults": [{k: (round(v - started, 1) if k in ("start", "end", "at") else v) for k, v in e.items()}
                    for e in faults.events],
         "windows": [{**w, "start": round(w["start"] - started, 1), "end": round(w["end"] - started, 1)}
                     for w in windows],

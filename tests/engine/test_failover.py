@@ -7,7 +7,7 @@ still send connections to it: every write there fails with SQLSTATE 25006,
 transaction of its own, so that error means the server takes no writes now: it
 must read as the database being unavailable (503 with Retry-After; a run's
 checkpoint tried again), never as a bug (a 500; a run marked failed). The
-soak found it (bench/soak.py, fault `switchover`); these tests make the test's
+soak's `switchover` fault (bench/faults.py) exercises it; these tests make the test's
 database look to the services as a demoted primary does: their sessions cut,
 and every new one read-only.
 """
