@@ -237,7 +237,9 @@ def patient_worker(config, worker_db):
     thread.join(timeout=15)
 
 
-def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user, patient_worker, server, db):
+def three_calls_pausing_in_two(api, org, server) -> tuple[dict, dict, threading.Event, threading.Event]:
+    """A flow of three POST steps whose second answers once ``go_on`` is set; (flow, hits per step,
+    set when step two is in flight, go_on)."""
     hits = {"one": 0, "two": 0, "three": 0}
     in_two = threading.Event()
     go_on = threading.Event()
@@ -255,6 +257,11 @@ def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user
         server.expect_request(f"/{name}").respond_with_handler(handler(name))
     flow = api.flow(org, steps=[step(name, "http_request", {"method": "POST", "url": server.url_for(f"/{name}")})
                                 for name in hits])
+    return flow, hits, in_two, go_on
+
+
+def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user, patient_worker, server, db):
+    flow, hits, in_two, go_on = three_calls_pausing_in_two(api, org, server)
     run = execute(api, org, user, flow)
     assert in_two.wait(10)
     with db.pool.connection() as locker, locker.transaction(force_rollback=True):

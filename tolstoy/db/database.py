@@ -82,6 +82,12 @@ def wrap_errors() -> Iterator[None]:
         raise errors.DatabaseUnavailable(f"prepared statements through a transaction pooler: {exc}") from exc
     except psycopg.OperationalError as exc:
         raise errors.DatabaseUnavailable(str(exc)) from exc
+    except pg_errors.ReadOnlySqlTransaction as exc:
+        # Tolstoy opens no read-only transaction, so a write refused as read-only means the server
+        # takes no writes now: a primary just demoted to a standby that a pooler, a virtual IP or
+        # HAProxy (until its next check) still sends us to, or one its operator made read-only. The
+        # database is unavailable, not the request wrong: 503 for the API, a retry for the engine.
+        raise errors.DatabaseUnavailable(f"the database takes no writes (a standby now?): {exc}") from exc
     except psycopg.Error as exc:
         if exc.sqlstate in _TENANT_ERRORS:
             raise errors.TenantRejected(*_TENANT_ERRORS[exc.sqlstate]) from exc
@@ -329,12 +335,18 @@ class Unit:
     def _send(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
         """Send statements in one round trip and read every result."""
         self.db.counts.add(len(statements), 1)
-        if len(statements) == 1:
-            query, params = statements[0]
-            return [_result(query, conn.execute(query.sql, params))]
-        with conn.pipeline():
-            cursors = [conn.execute(query.sql, params) for query, params in statements]
-        return [_result(query, cursor) for (query, _), cursor in zip(statements, cursors, strict=True)]
+        try:
+            if len(statements) == 1:
+                query, params = statements[0]
+                return [_result(query, conn.execute(query.sql, params))]
+            with conn.pipeline():
+                cursors = [conn.execute(query.sql, params) for query, params in statements]
+            return [_result(query, cursor) for (query, _), cursor in zip(statements, cursors, strict=True)]
+        except pg_errors.ReadOnlySqlTransaction:
+            # This session reached a server that takes no writes (see wrap_errors): closed, the pool
+            # drops it, and the next connection is made afresh, to wherever the primary is now.
+            conn.close()
+            raise
 
 
 def _result(query: Query, cursor: psycopg.Cursor) -> Result:
