@@ -72,6 +72,24 @@ def target(name: str, value: float, goal: str, unit: str) -> dict:
     return {"name": name, "value": round(value, 3), "target": goal, "unit": unit, "met": met}
 
 
+def record(kind: str, settings: dict, figures: dict, targets: list[dict], began: float) -> int:
+    """Print each target's verdict and write ``results/<date>-<kind>.json`` (figures, targets, the
+    machine and the settings, so a figure is never read without what it was measured on); the exit
+    code: 0 when every target is met."""
+    for t in targets:
+        print(f"target: {t['name']}: {t['value']} {t['unit']} (goal {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}-{kind}.json"
+    out.write_text(json.dumps({
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "settings": settings, "figures": figures, "targets": targets,
+        "seconds_total": round(time.monotonic() - began, 1),
+    }, indent=2) + "\n")
+    print(f"bench: wrote {out}")
+    return 0 if all(t["met"] for t in targets) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="wrk runs per scenario and server (default 3)")

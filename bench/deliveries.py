@@ -17,23 +17,17 @@ side by side and writes bench/results/<date>-deliveries.json; exits 1 when the t
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
-import platform
 import statistics
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import psycopg
 
-from .__main__ import target
+from .__main__ import record, target
 from .stack import Stack
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_SECONDS = 5.0
 
 
@@ -153,19 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, f in figures.items():
         print(f"| {name} | {f['events']} | {f['delivered']} | {f['p50_s']} | {f['p99_s']} | {f['max_s']} |")
     print(f"noisy: {figures['noisy']['deliveries_per_second']} deliveries/s")
-    for t in targets:
-        print(f"target: {t['name']}: {t['value']} {t['unit']} (goal {t['target']}) {'met' if t['met'] else 'MISSED'}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}-deliveries.json"
-    out.write_text(json.dumps({
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"burst": args.burst, "tries": args.tries, "spacing_s": args.spacing, "worker_processes": 1,
-                     "delivery_threads": 4},
-        "figures": figures, "targets": targets, "seconds_total": round(time.monotonic() - began, 1),
-    }, indent=2) + "\n")
-    print(f"bench: wrote {out}")
-    return 0 if all(t["met"] for t in targets) else 1
+    return record("deliveries", {"burst": args.burst, "tries": args.tries, "spacing_s": args.spacing, "worker_processes": 1,
+                                   "delivery_threads": 4}, figures, targets, began)
 
 
 if __name__ == "__main__":

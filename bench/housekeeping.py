@@ -17,21 +17,16 @@ bench/results/<date>-housekeeping.json; exits 1 when the target is missed.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import psycopg
 
-from .__main__ import target
+from .__main__ import record, target
 from .stack import Stack
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OLD_LIMIT_PER_HOUR = 50_000  # rows of each kind one upkeep pass deleted, once an hour
 
 
@@ -117,19 +112,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({figures['passes_behind']} out of budget) |")
     old = figures["old_code_passes_for_this_backlog"]
     print(f"| before (50,000 an hour) | {args.rows:,} | {old - 1} h and a pass | {old} |")
-    for t in targets:
-        print(f"target: {t['name']}: {t['value']} {t['unit']} (goal {t['target']}) {'met' if t['met'] else 'MISSED'}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d')}-housekeeping.json"
-    out.write_text(json.dumps({
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "settings": {"worker_processes": 1, "prune_batch": 10_000, "prune_budget_seconds": 60,
-                     "run_retention_days": 1, "webhook_retention_days": 30},
-        "figures": figures, "targets": targets, "seconds_total": round(time.monotonic() - began, 1),
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0 if all(t["met"] for t in targets) else 1
+    return record("housekeeping", {"worker_processes": 1, "prune_batch": 10_000, "prune_budget_seconds": 60,
+                                     "run_retention_days": 1, "webhook_retention_days": 30}, figures, targets, began)
 
 
 if __name__ == "__main__":

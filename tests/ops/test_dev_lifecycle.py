@@ -15,16 +15,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def postgres_of(pgdata: Path) -> list[psutil.Process]:
