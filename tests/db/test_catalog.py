@@ -41,7 +41,8 @@ REVIEWED_POLICIES = {
         "actions", "api_keys", "execution_logs", "execution_logs_default", "execution_logs_pYYYY_MM",
         "flow_run_signals", "flow_run_steps", "flow_run_steps_default", "flow_run_steps_pYYYY_MM", "flow_runs",
         "flow_runs_default", "flow_runs_pYYYY_MM", "flow_trigger_deliveries", "flow_triggers", "flow_versions",
-        "flows", "oauth_states", "oauth_tokens", "organization_keys", "secret_reads", "sync_execute_slots",
+        "flows", "oauth_states", "oauth_tokens", "organization_keys", "organization_worker_time", "secret_reads",
+        "sync_execute_slots",
         "tool_credentials", "tools", "user_connections", "users", "webhook_deliveries", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
     ("organizations", "admin_all", "tolstoy_admin", "true", "true"),
@@ -52,7 +53,8 @@ REVIEWED_POLICIES = {
     *{(table, "engine_access", "tolstoy_engine", "true", "true")
       for table in ("api_keys", "execution_logs", "flow_runs", "flow_triggers", "webhook_deliveries")},
     *{(table, "engine_access", "tolstoy_engine", "true", None)
-      for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "webhooks")},
+      for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "organization_worker_time",
+                    "webhooks")},
 }
 PRIVILEGED_ROLES = ("tolstoy_engine", "tolstoy_history", "tolstoy_admin")
 
@@ -225,8 +227,8 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
 # call. A new one is executable by PUBLIC unless its migration revokes that: it must be added here.
 REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats"},
-    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_schedules",
-                       "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
+    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
+                       "tolstoy_claim_schedules", "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
                        "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     "tolstoy_admin": set(),

@@ -62,7 +62,10 @@ def json(value: Any) -> Any:
 
 @contextlib.contextmanager
 def wrap_errors() -> Iterator[None]:
-    """Turn psycopg's errors into the domain errors of tolstoy.errors."""
+    """Turn psycopg's errors into the domain errors of tolstoy.errors: constraint violations by name,
+    tenant and key rejections by their SQLSTATE, and every other fault by errors.FAULT_CLASSES, the one
+    table that tells a transient fault (DatabaseUnavailable) from data the database refuses
+    (DataRefused). What the table does not sort is raised as it is (a bug)."""
     try:
         yield
     except pg_errors.UniqueViolation as exc:
@@ -74,13 +77,17 @@ def wrap_errors() -> Iterator[None]:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     except _POOLER_CLASHES as exc:
         raise errors.DatabaseUnavailable(f"prepared statements through a transaction pooler: {exc}") from exc
-    except psycopg.OperationalError as exc:
-        raise errors.DatabaseUnavailable(str(exc)) from exc
     except psycopg.Error as exc:
         if exc.sqlstate in _TENANT_ERRORS:
             raise errors.TenantRejected(*_TENANT_ERRORS[exc.sqlstate]) from exc
         if exc.sqlstate == _KEY_ERROR:
             raise errors.KeyRejected() from exc
+        # No SQLSTATE: the client's own complaint, or (an OperationalError) a connection that broke.
+        kind = errors.fault_kind(exc.sqlstate) if exc.sqlstate or isinstance(exc, psycopg.OperationalError) else None
+        if kind == errors.TRANSIENT:
+            raise errors.DatabaseUnavailable(str(exc), exc.sqlstate) from exc
+        if kind == errors.REFUSED:
+            raise errors.DataRefused(str(exc), exc.sqlstate) from exc
         raise
 
 

@@ -54,13 +54,17 @@ def tools(config, db: Database) -> Tools:
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
     """An Engine wired from configuration."""
     return Engine(db, tools(config, db), worker_id, stopping=stopping, lease_seconds=config.worker_lease_seconds,
-                  foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth)
+                  foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth,
+                  max_recoveries=config.max_recoveries, max_handbacks=config.max_handbacks,
+                  fair_share_half_life_seconds=config.fair_share_half_life_seconds)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:
     """A Worker wired from configuration (``overrides`` for tests: poll_seconds, worker_id…)."""
     settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
+                "max_handbacks": config.max_handbacks, "drain_seconds": config.worker_drain_seconds,
+                "fair_share_half_life_seconds": config.fair_share_half_life_seconds,
                 "retention_days": config.run_retention_days, **overrides}
     settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)

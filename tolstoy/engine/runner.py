@@ -10,9 +10,16 @@ Such a step is sent again only if that is safe (an idempotent method, or a tool
 that honours our Idempotency-Key); otherwise the run waits for a person.
 
 Every write presents the run's lease token; a lost lease (another worker owns
-the run now) stops the run at once and writes nothing more. Database trouble
-while writing is retried until the lease would run out; the run is never
-failed for it.
+the run now) stops the run at once and writes nothing more. Faults of the
+database are of two kinds (tolstoy/errors.py FAULT_CLASSES). A transient one (a
+statement cancelled or timed out, a serialization failure, a lost connection, a
+failover) is retried in place while the lease lasts, unless it broke a
+transaction (then the transaction is rolled back as a whole, with the pending
+writes made in it); then the run is handed back to the queue as it was: no
+attempt is spent, and a call recorded as starting that never went out is not
+taken for one whose outcome is unknown. Hand-backs are counted, and capped. A
+fault of the run's own data (a program limit, a data exception) counts against
+that run, which fails at the recovery limit with the fault named.
 
 One exit: everything a run writes for people to see (a step's inputs, output
 and error, an execution log row, the run's error) goes through ``Writes``,
@@ -27,6 +34,7 @@ and ``Run.hidden`` remembers where, so later templates reading it are marked.
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -44,7 +52,7 @@ from .. import logs, metrics, times
 from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseFault, DatabaseUnavailable, DataRefused
 from ..redaction import Hidden, Secrets, hidden, hidden_strings, hide, mask_json, secret_strings
 from ..times import seconds_between
 from . import plans
@@ -68,6 +76,10 @@ SUBFLOW_MAX_DEPTH = 10
 ON_FAILURE = "onFailure."
 # How long a wait step waits when its config says nothing (the API fills it in: 7 days).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
+# A run handed back after a transient fault waits this long before it is claimed again, doubled per
+# hand-back in a row (and per strike after a fault of its own), up to FAULT_MAX_DELAY_MS, jittered.
+FAULT_DELAY_MS = 1000
+FAULT_MAX_DELAY_MS = 60_000
 
 
 def item_id(step_id: str, index: int) -> str:
@@ -147,7 +159,12 @@ class Run:
         # Where each finished step's output hides a secret (only steps whose output does).
         self.hidden: dict[str, Hidden] = {}
         self.writes = Writes(self.secrets)
-        self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
+        self.cancel = threading.Event()  # set by the claim, the heartbeat or a checkpoint's answer
+        if claimed.get("cancel_requested"):  # asked for while no worker held it: honoured at the first boundary
+            self.cancel.set()
+        # Faults in a row, which space the next try (tolstoy_checkpoint counts them and applies the caps).
+        self.strikes = int(claimed.get("strikes") or 0)
+        self.handbacks = int(claimed.get("handbacks") or 0)
         self.lost = threading.Event()  # the heartbeat could not renew the lease
         # A foreach step's items run on threads of their own: they share the writes under this lock.
         self.lock = threading.RLock()
@@ -198,7 +215,8 @@ class Engine:
 
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
-                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH):
+                 subflow_max_depth: int = SUBFLOW_MAX_DEPTH, max_recoveries: int = 3, max_handbacks: int = 20,
+                 fair_share_half_life_seconds: float = 300.0):
         self.db = db
         self.subflow_max_depth = subflow_max_depth
         self.tools = tools
@@ -206,20 +224,32 @@ class Engine:
         self.stopping = stopping or threading.Event()
         self.lease_seconds = lease_seconds
         self.foreach_max_items = foreach_max_items
+        # The caps tolstoy_checkpoint applies to a run's faults in a row (TOLSTOY_MAX_RECOVERIES,
+        # TOLSTOY_MAX_HANDBACKS), and the half-life of the worker time it counts (fair claims).
+        self.max_recoveries = max_recoveries
+        self.max_handbacks = max_handbacks
+        self.fair_share_half_life_seconds = fair_share_half_life_seconds
+        self.handback_delay_ms = FAULT_DELAY_MS  # tests make it short
 
     # ---- writing ------------------------------------------------------------------
 
     def checkpoint(self, run: Run, transition: dict | None = None, subflow: dict | None = None) -> dict | None:
         """Write the run's pending checkpoints and move it, in one statement; LeaseLost when another
-        worker owns it now. Database trouble is retried while the lease lasts. With ``subflow`` (a
-        subflow step's spec) the same statement also finds or queues the step's child run and parks
-        the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
+        worker owns it now. A transient fault is tried again while the lease lasts, then raised
+        (DatabaseUnavailable: Engine.run hands the run back); inside a transaction it is raised at
+        once, since the transaction is aborted and only rolling it back as a whole can help. Data the
+        database refuses (DataRefused) is raised at once. With ``subflow`` (a subflow step's spec) the
+        same statement also finds or queues the step's child run and parks the run while it waits for
+        it (tolstoy_subflow); returns the statement's answer."""
         transition = transition or {"action": "continue"}
         if transition.get("error") is not None:  # the run's error is shown too
             transition = {**transition, "error": mask_json(transition["error"], run.secrets)}
-        writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
-                  "run": transition}
-        deadline = time.monotonic() + self.lease_seconds * 0.8
+        writes = {"lease_seconds": self.lease_seconds, "half_life_seconds": self.fair_share_half_life_seconds,
+                  "max_recoveries": self.max_recoveries, "max_handbacks": self.max_handbacks,
+                  "steps": run.writes.steps, "events": run.writes.events, "run": transition}
+        # Not past the lease as this worker last renewed it, nor longer than most of a lease from now.
+        deadline = min(time.monotonic(), run.leased_at) + self.lease_seconds * 0.8
+        in_transaction = self.db.current() is not None
         pause = 0.2
         while True:
             if run.lost.is_set():
@@ -237,18 +267,31 @@ class Engine:
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) == LEASE_LOST:
                     raise LeaseLost(str(run.id)) from None
-                if not isinstance(exc, DatabaseUnavailable):
+                if not isinstance(exc, DatabaseUnavailable) or in_transaction:
                     raise
                 if time.monotonic() + pause > deadline:
-                    log.warning("checkpoint failed, leaving the run to its lease: %s", exc,
+                    log.warning("checkpoint failed for the database's sake: %s", exc,
                                 extra={"execution_id": str(run.id)})
-                    raise LeaseLost(str(run.id)) from None
+                    raise
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
         run.writes = Writes(run.secrets)
         if answer and answer.get("cancel"):
             run.cancel.set()
         return answer
+
+    @contextlib.contextmanager
+    def atomic(self, run: Run):
+        """One transaction for the block: if it fails, it is rolled back, and so are the checkpoints
+        the block queued (they would claim what did not happen), whether or not a checkpoint inside it
+        had written them."""
+        steps, events = list(run.writes.steps), list(run.writes.events)
+        try:
+            with self.db.transaction():
+                yield
+        except BaseException:
+            run.writes = Writes(run.secrets, steps, events)
+            raise
 
     def sealed(self, run: Run, value: Any) -> str:
         """``value`` encrypted for the run's checkpoint (base64: the checkpoint travels as one JSON
@@ -290,21 +333,24 @@ class Engine:
             except Stop:
                 self._hand_back(run)
             except DatabaseUnavailable as exc:
-                # Infrastructure trouble is no verdict on the flow: back to the queue, checkpoints kept
-                # (if even that fails, the lease runs out and another claim resumes it).
-                log.warning("database unavailable; the run goes back to the queue: %s", exc,
-                            extra={"execution_id": str(run.id)})
-                try:
-                    self.pause(run, 1000)
-                except Exception:  # noqa: BLE001 - the lease expires and another worker retries
-                    pass
+                # A transient fault is no verdict on the run: back to the queue as it was.
+                self._release(run, exc, "handback", run.handbacks)
+            except DataRefused as exc:
+                # The run's own data: it counts against this run (and fails it at the recovery limit).
+                self._release(run, exc, "fault", run.strikes)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the run 'running' forever
                 log.exception("run crashed", extra={"execution_id": str(run.id)})
+                error = {"name": type(exc).__name__, "message": "Internal error while running the flow."}
                 try:
-                    self.finish(run, "failed", {"name": type(exc).__name__,
-                                                "message": "Internal error while running the flow."})
-                except Exception:  # noqa: BLE001 - the lease expires and another worker retries
-                    log.exception("could not record the crash", extra={"execution_id": str(run.id)})
+                    self.finish(run, "failed", error)
+                except LeaseLost:
+                    pass
+                except Exception:  # noqa: BLE001 - what was pending may be what failed: record it without
+                    run.writes = Writes(run.secrets)
+                    try:
+                        self.finish(run, "failed", error)
+                    except Exception:  # noqa: BLE001 - the lease expires and another worker retries
+                        log.exception("could not record the crash", extra={"execution_id": str(run.id)})
 
     def _hand_back(self, run: Run) -> None:
         try:
@@ -312,6 +358,42 @@ class Engine:
             log.info("run handed back on shutdown", extra={"execution_id": str(run.id)})
         except LeaseLost:
             pass
+        except Exception:  # noqa: BLE001 - the lease expires and another worker resumes it
+            log.warning("could not hand the run back on shutdown", exc_info=True, extra={"execution_id": str(run.id)})
+
+    def _release(self, run: Run, fault: DatabaseFault, action: str, in_a_row: int) -> None:
+        """After a fault: ``handback`` (transient) or ``fault`` (the run's own data), through
+        tolstoy_checkpoint, which counts it and fails the run past its cap. What the run learnt that
+        is true goes with it (a step's output, an item done); what is not does not: a pending record
+        that a call starts (its checkpoint failed, so the call was never sent). After a fault of the
+        run's own, nothing pending goes (it is what the database refused). If writing fails, the
+        lease runs out and another worker resumes the run (a recovery)."""
+        log.warning("%s fault of the database (%s); the run goes back to the queue: %s",
+                    "transient" if action == "handback" else "the run's own", fault.sqlstate or "no SQLSTATE",
+                    fault, extra={"execution_id": str(run.id)})
+        delay = times.backoff_ms(in_a_row + 1, self.handback_delay_ms, FAULT_MAX_DELAY_MS)
+        error = fault.as_error()
+        # The run's own events pending were the failed transition's (a finish's, say): not true now.
+        run.writes.events = [e for e in run.writes.events if e["step_key"] != RUN_STEP_KEY]
+        if action == "fault":  # only the records that a call was not sent (they carry no data)
+            run.writes = Writes(run.secrets, [s for s in run.writes.steps if set(s) == {"step_id", "status", "attempt"}])
+        else:
+            run.writes.steps = [s for s in run.writes.steps if not s.get("call_started")]
+        for attempt in ("with what is pending", "without"):
+            run.writes.event(RUN_STEP_KEY, "queued", inputs={"fault": action, "afterMs": delay}, error=error)
+            try:
+                answer = self.checkpoint(run, {"action": action, "after_ms": delay, "error": error}) or {}
+            except LeaseLost:
+                return
+            except Exception as exc:  # noqa: BLE001 - tried once more without what was pending, then the lease
+                log.warning("could not hand the run back (%s): %s", attempt, exc, extra={"execution_id": str(run.id)})
+                run.writes = Writes(run.secrets)
+                continue
+            status = answer.get("status")
+            if status in ("failed", "cancelled"):
+                metrics.count_run(status)
+                logs.run_event(status, execution=run.id, flow_id=run.flow_id, org_id=run.org_id, status=status)
+            return
 
     def _restore(self, run: Run) -> set[str]:
         """Rebuild what finished steps returned; returns the ids of failed (or failure-skipped) steps."""
@@ -462,7 +544,7 @@ class Engine:
         on_timeout = config.get("onTimeout") or "fail"
         shown = {"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}
         parked = bool(checkpoint and checkpoint["status"] == "waiting" and checkpoint.get("wake_at"))
-        with self.db.transaction():
+        with self.atomic(run):
             taken = self.db.one(SQL.signals.take, org_id=run.org_id, run_id=run.id, step_id=sid, signal=signal)
             if taken is None:
                 remaining = seconds_between(checkpoint["wake_at"], run.db_now()) * 1000 if parked else timeout_ms
@@ -530,13 +612,12 @@ class Engine:
         timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
         try:
             output = execute_step(self.tools, run, step, inputs, run.key(sid, attempt), timeout)
-        except DatabaseUnavailable as exc:
-            # Raised while reading the credential or a token, before anything was sent: the same
-            # attempt runs again shortly, and it is not an unknown outcome (the step is not 'running').
-            run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs, wake_in_ms=1000,
-                            error={"name": "DatabaseUnavailable", "message": str(exc)[:500]})
-            self.pause(run, 1000)
-            return "paused", None
+        except DatabaseFault:
+            # Raised while reading the credential or a token, before anything was sent: the call is
+            # recorded as not started (the same attempt, and no unknown outcome), and the run goes
+            # back to the queue (Engine.run).
+            run.writes.step(step_id=sid, status="running", attempt=attempt)
+            raise
         except SkipStep:
             run.writes.step(step_id=sid, status="skipped", attempt=attempt, inputs=shown_inputs)
             run.writes.event(sid, "skipped")
@@ -710,6 +791,7 @@ class Engine:
         halt = threading.Event()  # an item failed and the step does not continue on errors
         not_run = False
         lost = False
+        fault: DatabaseFault | None = None
         if todo and not (failures and not keep_going):
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="foreach") as pool:
                 # Each item runs in a copy of this thread's context: the tenant the run acts for.
@@ -725,6 +807,12 @@ class Engine:
                         lost = True
                         halt.set()
                         continue
+                    except DatabaseFault as exc:
+                        # No item starts after it; those in flight finish, and what they return is
+                        # kept when the run is handed back (Engine.run).
+                        fault = fault or exc
+                        halt.set()
+                        continue
                     if kind == "completed":
                         results[index], concealed[index] = value
                     elif kind == "failed":
@@ -737,6 +825,8 @@ class Engine:
                         not_run = True
         if lost or run.lost.is_set():
             raise LeaseLost(str(run.id))
+        if fault is not None:
+            raise fault
         if run.cancel.is_set() or (not_run and self.stopping.is_set()):
             self._boundary(run)
         duration = int((time.perf_counter() - started) * 1000)
@@ -819,6 +909,11 @@ class Engine:
         try:
             output = execute_step(self.tools, item_run, inner, inputs, run.key(iid, attempt),
                                   inner.get("timeoutMs") or DEFAULT_TIMEOUT_MS)
+        except DatabaseFault:
+            # Before anything was sent (as in _call): the item's call is recorded as not started.
+            with run.lock:
+                run.writes.step(step_id=iid, status="running", attempt=attempt)
+            raise
         except SkipStep:
             with run.lock:
                 run.writes.step(step_id=iid, status="skipped", attempt=attempt, inputs=shown)
