@@ -230,12 +230,23 @@ COMMENT ON FUNCTION public.flow_runs_plan_on_failure() IS 'BEFORE INSERT trigger
 CREATE FUNCTION public.flow_runs_wake_parent() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
+declare
+    chain uuid[];
 begin
-    perform 1 from flow_runs p where p.org_id = new.org_id and p.id = new.parent_run_id for update;
-    -- A new statement, so a new snapshot: it sees a parent that parked while this waited for the lock.
+    -- The parent and its retries (one retry per run: a path from the parent on). The run waiting for this
+    -- child is the parent, or a retry of it that waits for the child its chain started (tolstoy_subflow).
+    chain := array(
+        with recursive later(id) as (
+            select new.parent_run_id
+            union all
+            select r.id from flow_runs r join later l on r.org_id = new.org_id and r.retry_of = l.id
+        )
+        select l.id from later l);
+    perform 1 from flow_runs p where p.org_id = new.org_id and p.id = any(chain) order by p.created_at for update;
+    -- A new statement, so a new snapshot: it sees a run that parked while this waited for the lock.
     update flow_runs p
     set status = 'queued', run_after = now()
-    where p.org_id = new.org_id and p.id = new.parent_run_id and p.status = 'waiting'
+    where p.org_id = new.org_id and p.id = any(chain) and p.status = 'waiting'
       and exists (select 1 from flow_run_steps s
                   where s.org_id = p.org_id and s.run_id = p.id and s.run_created_at = p.created_at
                     and s.step_id = new.parent_step_id and s.status = 'waiting');
@@ -248,7 +259,7 @@ $$;
 -- Name: FUNCTION flow_runs_wake_parent(); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.flow_runs_wake_parent() IS 'AFTER UPDATE trigger: a child run that finished queues its parent again when the parent waits for it.';
+COMMENT ON FUNCTION public.flow_runs_wake_parent() IS 'AFTER UPDATE trigger: a child run that finished queues its parent again when the parent waits for it, or the retry of the parent that waits for it.';
 
 
 --
@@ -1891,12 +1902,13 @@ declare
     answer jsonb;
     parent flow_runs;
     child flow_runs;
-    original flow_runs;
+    latest flow_runs;
     step text := spec ->> 'step_id';
     target uuid := (spec ->> 'flow_id')::uuid;
     target_version integer := (spec ->> 'version')::integer;
     max_depth integer := coalesce((spec ->> 'max_depth')::integer, 10);
     created boolean := false;
+    adopted boolean := false;
     parked boolean := false;
     outputs jsonb;
     sealed jsonb;
@@ -1921,19 +1933,57 @@ begin
                 'message', format('A child run here would be nested %s deep, more than the limit of %s '
                                   '(TOLSTOY_SUBFLOW_MAX_DEPTH).', parent.depth + 1, max_depth)));
         end if;
-        -- A retry of the parent retries the child the same step of the retried run queued (same plan,
-        -- its completed steps kept, the same Idempotency-Keys), unless that child was retried already.
-        if parent.retry_of is not null then
-            select * into original from flow_runs o
-            where o.org_id = org and o.parent_run_id = parent.retry_of and o.parent_step_id = step
-              and o.status in ('completed', 'failed', 'cancelled')
-            order by o.created_at desc
+        -- The child chain this step of an earlier run of the parent's chain started (newest first), and
+        -- the newest run of that child chain. A failure handler's step has none: it handles this run's failure.
+        if parent.retry_of is not null and step not like 'onFailure.%' then
+            with recursive earlier(id) as (
+                select parent.retry_of
+                union all
+                select r.retry_of
+                from flow_runs r join earlier e on r.org_id = org and r.id = e.id
+                where r.retry_of is not null
+            )
+            select * into latest from flow_runs c
+            where c.org_id = org and c.parent_run_id in (select e.id from earlier e) and c.parent_step_id = step
+            order by c.created_at desc
             limit 1;
-            if original.id is not null then
-                select (q.run).* into child
-                from tolstoy_queue_run(org, original.flow_id, original.flow_version, parent.user_id,
-                                       original.variables, null, original.id) as q
-                where q.created;
+            if latest.id is not null then
+                with recursive later(id, created_at) as (
+                    select latest.id, latest.created_at
+                    union all
+                    select r.id, r.created_at
+                    from flow_runs r join later l on r.org_id = org and r.retry_of = l.id
+                )
+                select r.* into latest
+                from later l join flow_runs r on r.org_id = org and r.id = l.id and r.created_at = l.created_at
+                order by l.created_at desc
+                limit 1;
+                if latest.status in ('completed', 'failed', 'cancelled') then
+                    -- Continue its chain: its completed steps are kept, its calls sent under the same keys.
+                    select (q.run).* into child
+                    from tolstoy_queue_run(org, latest.flow_id, latest.flow_version, parent.user_id,
+                                           latest.variables, null, latest.id) as q;
+                elsif latest.parent_run_id is null then
+                    -- A retry of the child made by hand, under way: it is this step's child from now on.
+                    child := latest;
+                    adopted := true;
+                else
+                    -- Under way for an earlier run of the chain (cancelled with it, as a rule): no second child
+                    -- while it runs. Park until it ends (flow_runs_wake_parent wakes this run), then continue
+                    -- its chain. The step waits, whatever its "wait" says.
+                    update flow_run_steps s
+                    set status = 'waiting'
+                    where s.org_id = org and s.run_id = run and s.run_created_at = parent.created_at
+                      and s.step_id = step;
+                    update flow_runs r
+                    set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+                    where r.org_id = org and r.id = run and r.created_at = parent.created_at;
+                    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+                    values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
+                            jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
+                                               'parentExecutionId', latest.parent_run_id));
+                    return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                end if;
             end if;
         end if;
         if child.id is null then
@@ -1957,13 +2007,14 @@ begin
         set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
         where c.org_id = org and c.id = child.id and c.created_at = child.created_at
         returning * into child;
-        -- The parent's log says which child the step started.
+        -- The parent's log says which child the step started (or took over).
         insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
         values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
                 jsonb_build_object('childExecutionId', child.id, 'flowId', child.flow_id,
                                    'flowVersion', child.flow_version, 'wait', (spec ->> 'wait')::boolean,
-                                   'retryOf', child.retry_of));
-        created := true;
+                                   'retryOf', child.retry_of)
+                || case when adopted then '{"adopted": true}'::jsonb else '{}'::jsonb end);
+        created := not adopted;
     end if;
     if child.status = 'completed' then
         select coalesce(jsonb_object_agg(s.step_id, s.outputs), '{}'),
@@ -1995,7 +2046,7 @@ $$;
 -- Name: FUNCTION tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one per parent step), and park the parent while a waited-for child runs. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
 
 
 --
@@ -2857,9 +2908,12 @@ COMMENT ON TABLE public.oauth_states IS 'OAuth logins in progress: consumed (del
 CREATE TABLE public.oauth_tokens (
     org_id uuid NOT NULL,
     credential_id uuid NOT NULL,
-    access_token bytea NOT NULL,
-    expires_at timestamp with time zone NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    access_token bytea,
+    expires_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    refreshing_by uuid,
+    refresh_lease_until timestamp with time zone,
+    CONSTRAINT oauth_tokens_token_with_expiry CHECK (((access_token IS NULL) = (expires_at IS NULL)))
 );
 
 ALTER TABLE ONLY public.oauth_tokens FORCE ROW LEVEL SECURITY;
@@ -2869,14 +2923,35 @@ ALTER TABLE ONLY public.oauth_tokens FORCE ROW LEVEL SECURITY;
 -- Name: TABLE oauth_tokens; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON TABLE public.oauth_tokens IS 'The current OAuth2 access token of each oauth2 credential, shared by all processes (refreshed under a row lock on tool_credentials).';
+COMMENT ON TABLE public.oauth_tokens IS 'The current OAuth2 access token of each oauth2 credential, shared by all processes (refreshed under a short lease on this row, the provider called outside any transaction).';
+
+
+--
+-- Name: COLUMN oauth_tokens.access_token; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.access_token IS 'The access token, encrypted by the application; null until the first refresh of the credential stores one.';
 
 
 --
 -- Name: COLUMN oauth_tokens.expires_at; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.oauth_tokens.expires_at IS 'When the provider said the token expires; refreshed 30 s before.';
+COMMENT ON COLUMN public.oauth_tokens.expires_at IS 'When the provider said the token expires (refreshed 30 s before); null until the first refresh stores one.';
+
+
+--
+-- Name: COLUMN oauth_tokens.refreshing_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.refreshing_by IS 'The random id of the refresh that holds the lease (null: none since the last one stored or gave up).';
+
+
+--
+-- Name: COLUMN oauth_tokens.refresh_lease_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.oauth_tokens.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most); a refresher that died leaves a lease that expires.';
 
 
 --
@@ -3190,6 +3265,8 @@ CREATE TABLE public.user_connections (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     origin_url text NOT NULL,
+    refreshing_by uuid,
+    refresh_lease_until timestamp with time zone,
     CONSTRAINT user_connections_scope_length CHECK ((char_length(scope) <= 2000))
 );
 
@@ -3222,6 +3299,20 @@ COMMENT ON COLUMN public.user_connections.expires_at IS 'When the access token e
 --
 
 COMMENT ON COLUMN public.user_connections.origin_url IS 'The tool''s base URL when the user connected it: the engine sends the user''s tokens only to its origin.';
+
+
+--
+-- Name: COLUMN user_connections.refreshing_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.refreshing_by IS 'The random id of the refresh of this user''s tokens that holds the lease (null: none).';
+
+
+--
+-- Name: COLUMN user_connections.refresh_lease_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.user_connections.refresh_lease_until IS 'Until when that refresh holds the lease: the token request''s timeout plus a margin (30 s at most).';
 
 
 --
@@ -5165,4 +5256,6 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000101'),
     ('20261207000300'),
     ('20261207000400'),
-    ('20261208000100');
+    ('20261208000100'),
+    ('20261208000200'),
+    ('20261208000300');

@@ -1,5 +1,7 @@
 -- Per-user OAuth2 connections (user_connections) and the logins in progress that make them
--- (oauth_states); the compat_and_user_connections migration. Tokens are encrypted by the app.
+-- (oauth_states); the compat_and_user_connections migration. Tokens are encrypted by the app, and
+-- refreshed under a short lease on the connection (the oauth_refresh_leases migration): take_lease,
+-- then the token request with no transaction open, then refreshed (a compare-and-set) or release_lease.
 
 -- name: start_login^
 -- Remember a login in progress for 10 minutes (its nonce is in the signed state the provider hands
@@ -47,20 +49,47 @@ from users u
 left join user_connections c on c.org_id = u.org_id and c.user_id = u.id and c.tool_id = :tool_id
 where u.org_id = :org_id and u.id = :user_id;
 
--- name: lock^
--- The connection locked for a refresh (other processes wait here, then find the new token).
-select id, tokens, origin_url, expires_at,
-       (expires_at is null or expires_at > now() + interval '30 seconds') as fresh
-from user_connections
-where org_id = :org_id and user_id = :user_id and tool_id = :tool_id
-for update;
+-- name: take_lease^
+-- Begin a refresh of the user's tokens: take the lease on the connection (:lease, for
+-- :lease_seconds), committed at once, unless a live lease is another refresh's or the access
+-- token is fresh; the provider is then called outside any transaction. ``lease`` is :lease when
+-- taken, else null; tokens are then the newest (the update reads the row as it is when it locks
+-- it, even if a refresh stored it after this statement began). ``fresh``: the access token has
+-- more than 30 s to live (as of the statement's start, unless leased). No row: not connected now.
+with leased as (
+    update user_connections
+    set refreshing_by = :lease, refresh_lease_until = now() + make_interval(secs => :lease_seconds::double precision)
+    where org_id = :org_id and user_id = :user_id and tool_id = :tool_id
+      and (refresh_lease_until is null or refresh_lease_until <= now())
+      and expires_at <= now() + interval '30 seconds'
+    returning id, tokens, origin_url, refreshing_by
+)
+select c.id, coalesce(l.tokens, c.tokens) as tokens, coalesce(l.origin_url, c.origin_url) as origin_url,
+       l.refreshing_by as lease,
+       l.id is null and (c.expires_at is null or c.expires_at > now() + interval '30 seconds') as fresh
+from user_connections c
+left join leased l on l.id = c.id
+where c.org_id = :org_id and c.user_id = :user_id and c.tool_id = :tool_id;
 
 -- name: refreshed^
--- The tokens after a refresh (the refresh token as the provider rotated it, or as it was).
+-- End a refresh with a compare-and-set: only while the connection's tokens are still :previous (the
+-- ones the refresh decrypted and sent), keep the new ones (the refresh token as the provider rotated
+-- it, or as it was) and give up the lease if it is still :lease (one that expired and was taken by
+-- another refresh stays theirs). No row: the tokens changed (another refresh, the user connecting
+-- again) or the connection went, and what is there now wins.
 update user_connections
-set tokens = :tokens, expires_at = now() + make_interval(secs => :expires_in::double precision)
-where org_id = :org_id and id = :id
+set tokens = :tokens, expires_at = now() + make_interval(secs => :expires_in::double precision),
+    refreshing_by = case when refreshing_by = :lease then null else refreshing_by end,
+    refresh_lease_until = case when refreshing_by = :lease then null else refresh_lease_until end
+where org_id = :org_id and id = :id and tokens = :previous
 returning id, tokens, origin_url, expires_at, true as fresh;
+
+-- name: release_lease!
+-- A refresh that stores nothing (the provider refused or did not answer in time, the tokens changed
+-- meanwhile) gives its lease up, so that others need not wait for it to expire.
+update user_connections
+set refreshing_by = null, refresh_lease_until = null
+where org_id = :org_id and id = :id and refreshing_by = :lease;
 
 -- name: list_by_user
 -- One keyset page of the tools a user connected, newest first (no tokens).

@@ -10,6 +10,8 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -280,3 +282,41 @@ def json_log_lines(level: int = logging.INFO) -> Iterator[Callable[[], list[dict
     finally:
         root.removeHandler(handler)
         root.setLevel(old_level)
+
+
+class LinesRun:
+    """Counts the lines of Python that run in ``files`` (paths ending so) while it is entered, on this
+    thread and on every thread started meanwhile: a measure of work that does not depend on the
+    machine's speed, for asserting how work grows with input (a count, never a timing)."""
+
+    def __init__(self, *files: str):
+        self.files = files
+        self.count = 0
+        self._lock = threading.Lock()
+        self._counts: list[list[int]] = []
+        self._local = threading.local()
+
+    def _tracer(self, frame, event, arg):
+        if event != "call" or not frame.f_code.co_filename.endswith(self.files):
+            return None
+        counter = getattr(self._local, "counter", None)
+        if counter is None:
+            counter = self._local.counter = [0]
+            with self._lock:
+                self._counts.append(counter)
+
+        def lines(frame, event, arg):
+            if event == "line":
+                counter[0] += 1
+            return lines
+        return lines
+
+    def __enter__(self) -> LinesRun:
+        threading.settrace(self._tracer)
+        sys.settrace(self._tracer)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sys.settrace(None)
+        threading.settrace(None)  # threads still running keep tracing; their counts are read now
+        self.count = sum(counter[0] for counter in self._counts)

@@ -79,6 +79,17 @@ class UniqueViolation(Exception):
         self.constraint = constraint
 
 
+class CheckViolation(Exception):
+    """A check constraint refused a write; carries the constraint's name (and the SQLSTATE, so code
+    that classifies database errors by it sees what it was)."""
+
+    sqlstate = "23514"
+
+    def __init__(self, constraint: str | None):
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
 class ForeignKeyViolation(Exception):
     """A foreign key refused a write; ``on_delete`` tells a blocked delete from a dangling reference."""
 

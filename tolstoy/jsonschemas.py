@@ -17,22 +17,85 @@ reference can be made absolute by an ``$id`` or a nested ``$schema``. So:
   references that loop back without reading further into the input (``{"allOf": [{"$ref":
   "#"}]}``), on which validation would never end. With no ``$id`` below the root every ``#``
   reference resolves against the root, so each is checked by one lookup.
+
+A schema's regular expressions (``pattern``, the keys of ``patternProperties``, strings checked
+with ``format: regex``) are a tenant's text too, and Python's backtracking engine holds the
+interpreter lock while it runs: ``^(a+)+$`` against 31 ``a`` and a ``!`` stopped every thread of a
+worker for a minute (every organization's runs, their heartbeats, their leases). So every one of
+them is compiled and matched by RE2 (google-re2), whose time is linear in the input, and
+``problem`` refuses at save what RE2 cannot run (backreferences, lookaround) or is longer than
+``MAX_PATTERN``; a schema stored before that fails its calls with the same words.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jsonschema
+import re2
 from referencing import Registry
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-__all__ = ["DIALECT", "REGISTRY", "Unresolvable", "problem", "reference_problem", "validator"]
+__all__ = ["DIALECT", "MAX_PATTERN", "REGISTRY", "Unresolvable", "problem", "reference_problem", "validator"]
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
-_VALIDATOR = jsonschema.Draft202012Validator
+MAX_PATTERN = 1000  # characters of one regular expression (the field definitions' own limit)
+_DRAFT = jsonschema.Draft202012Validator
+
+# RE2 compiles each pattern within max_mem (its default, 8 MiB) and never backtracks; it reports a
+# pattern it cannot run by raising, not on stderr.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+@functools.lru_cache(maxsize=1024)
+def _regex(pattern: str):
+    """A tenant's pattern compiled by RE2 (re2.error when RE2 cannot run it); the compiled forms of
+    the patterns in use are kept, as ``re`` keeps its own."""
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
+def pattern_problem(pattern: Any) -> str | None:
+    """Why a regular expression cannot be matched here (None when it can)."""
+    if not isinstance(pattern, str):
+        return None  # the meta-schema says what is wrong with it
+    if len(pattern) > MAX_PATTERN:
+        return f"Pattern is longer than {MAX_PATTERN} characters."
+    try:
+        _regex(pattern)
+    except re2.error as exc:
+        detail = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        return (f"Pattern {pattern[:100]!r} cannot be used ({detail}): patterns are matched in linear time "
+                "(RE2 syntax: no backreferences, no lookahead or lookbehind).")
+    return None
+
+
+def _pattern(validator, pattern, instance, schema):
+    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+def _pattern_properties(validator, patterns, instance, schema):
+    if not validator.is_type(instance, "object"):
+        return
+    for pattern, subschema in patterns.items():
+        for key, value in instance.items():
+            if _regex(pattern).search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
+
+
+def _is_regex(instance: Any) -> bool:
+    return not isinstance(instance, str) or pattern_problem(instance) is None
+
+
+# 2020-12 with every regular expression through RE2: the two keywords that match one, and the
+# "regex" format (a string the input says is a pattern).
+_VALIDATOR = jsonschema.validators.extend(_DRAFT, {"pattern": _pattern, "patternProperties": _pattern_properties})
+_FORMATS = jsonschema.FormatChecker()
+_FORMATS.checkers = {**_DRAFT.FORMAT_CHECKER.checkers, "regex": (_is_regex, ())}
 
 
 def _refuse(uri: str):
@@ -44,15 +107,18 @@ def _refuse(uri: str):
 REGISTRY: Registry = Registry(retrieve=_refuse)
 
 
-def validator(schema: dict | bool) -> jsonschema.Draft202012Validator:
+def validator(schema: dict | bool, format_checker: jsonschema.FormatChecker = _FORMATS) -> jsonschema.Validator:
     """A validator of instances against ``schema`` (formats checked), resolving references only
-    inside the document."""
-    return _VALIDATOR(schema, registry=REGISTRY, format_checker=_VALIDATOR.FORMAT_CHECKER)
+    inside the document and matching regular expressions with RE2."""
+    return _VALIDATOR(schema, registry=REGISTRY, format_checker=format_checker)
 
 
 # Checks a schema against the 2020-12 meta-schema, as Draft202012Validator.check_schema does,
-# but on the registry that refuses retrieval.
-_META = validator(_VALIDATOR.META_SCHEMA)
+# but on the registry that refuses retrieval. The schema's own patterns (the meta-schema's "regex"
+# format) are left to pattern_problem, which says what RE2 makes of each in words a writer can use.
+_SCHEMA_FORMATS = jsonschema.FormatChecker()
+_SCHEMA_FORMATS.checkers = {name: check for name, check in _DRAFT.FORMAT_CHECKER.checkers.items() if name != "regex"}
+_META = validator(_DRAFT.META_SCHEMA, _SCHEMA_FORMATS)
 
 
 def problem(schema: Any) -> str | None:
@@ -65,7 +131,8 @@ def problem(schema: Any) -> str | None:
 
 
 def reference_problem(schema: Any) -> str | None:
-    """What is wrong with the references of an otherwise valid schema (None when nothing is)."""
+    """What is wrong with the references or the regular expressions of an otherwise valid schema
+    (None when nothing is): what must hold before any input is validated against it."""
     if not isinstance(schema, dict):
         return None
     resolver = REGISTRY.resolver_with_root(DRAFT202012.create_resource(schema))
@@ -80,7 +147,7 @@ def reference_problem(schema: Any) -> str | None:
             if not isinstance(node, dict) or id(node) in nodes:
                 continue
             nodes[id(node)] = node
-            wrong = _own_problem(node, is_root)
+            wrong = _own_problem(node, is_root) or _patterns_problem(node)
             if wrong:
                 return wrong
             targets = []
@@ -135,6 +202,14 @@ def _loops(edges: dict[int, list]) -> bool:
                 path.add(id(child))
                 stack.append((id(child), iter(edges.get(id(child), ()))))
     return False
+
+
+def _patterns_problem(node: dict) -> str | None:
+    """The first regular expression of this schema object that cannot be matched here."""
+    patterns = [node.get("pattern")]
+    if isinstance(node.get("patternProperties"), dict):
+        patterns += list(node["patternProperties"])
+    return next(filter(None, map(pattern_problem, patterns)), None)
 
 
 def _own_problem(node: dict, is_root: bool) -> str | None:

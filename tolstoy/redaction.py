@@ -148,13 +148,16 @@ def _slices(text: str, length: int) -> list[str]:
 class Secrets:
     """Known secret values, each recognised with its common encodings wherever it appears (``mask``).
 
-    Every pattern of WINDOW characters or more is filed under its first WINDOW characters, so a text
-    is checked by taking its WINDOW-character slices (in C, as a set) and asking whether any is a
-    known one: no secret found costs one pass over the text whatever the number of secrets, and
-    adding a secret costs its own patterns only (a foreach whose items each log in adds thousands).
-    Past MAX_ENCODED secrets, further ones are matched whole only, which bounds the memory a run can
-    spend on them. Safe to share between threads: adding happens under a lock and replaces what it
-    changes, so a scan sees the secrets as they were or as they are."""
+    Every pattern of WINDOW characters or more is filed under its first WINDOW characters (and a
+    longer one under its length too), so a text is checked by taking its WINDOW-character slices (in
+    C, as a set) and asking whether any is a known one: no secret found costs one pass over the text
+    whatever the number of secrets, one found costs a look-up per length of the patterns that start
+    as it does (not per pattern: a thousand sk_live_… keys of a foreach's items have a few lengths),
+    and adding a secret costs its own patterns only, each added in place (a foreach whose items each
+    log in adds thousands). Past MAX_ENCODED secrets, further ones are matched whole only, which
+    bounds the memory a run can spend on them. Safe to share between threads: adding happens under a
+    lock, and each change is one step a scan sees done or not yet (scans copy the small tables they
+    iterate), so a scan sees the secrets as they were or as they are."""
 
     def __init__(self, values: Iterable[Any] = ()):
         self._lock = threading.Lock()
@@ -165,8 +168,9 @@ class Secrets:
         self._encoded = 0  # how many are indexed with their slices and encodings
         self._grams: set[str] = set()  # the first WINDOW characters of every pattern at least that long
         self._windows: set[str] = set()  # the patterns exactly WINDOW long (slices of encodings)
-        self._longer: dict[str, tuple[str, ...]] = {}  # first WINDOW characters -> longer patterns
-        self._short: dict[int, frozenset[str]] = {}  # length (< WINDOW) -> whole patterns that long
+        # First WINDOW characters -> {length: the longer patterns that start so and are that long}.
+        self._longer: dict[str, dict[int, set[str]]] = {}
+        self._short: dict[int, set[str]] = {}  # length (< WINDOW) -> whole patterns that long
         self.add(values)
 
     def __bool__(self) -> bool:
@@ -205,19 +209,16 @@ class Secrets:
     def _index(self, found: set[str]) -> None:
         self._version += 1
         self._count += len(found)
-        short: dict[int, set[str]] = {}
         for pattern in found:
             if len(pattern) < WINDOW:
-                short.setdefault(len(pattern), set()).add(pattern)
+                self._short.setdefault(len(pattern), set()).add(pattern)
                 continue
             head = pattern[:WINDOW]
             self._grams.add(head)
             if len(pattern) == WINDOW:
                 self._windows.add(pattern)
-            elif pattern not in self._longer.get(head, ()):
-                self._longer[head] = (*self._longer.get(head, ()), pattern)
-        for length, patterns_ in short.items():
-            self._short[length] = self._short.get(length, frozenset()) | patterns_
+            else:
+                self._longer.setdefault(head, {}).setdefault(len(pattern), set()).add(pattern)
 
     def mask(self, text: str) -> str:
         """``text`` with every stretch that shows a known secret replaced by MASK (one MASK for
@@ -251,7 +252,8 @@ class Secrets:
             return None
         with self._lock:
             automaton = ahocorasick.Automaton(ahocorasick.STORE_INTS)
-            patterns_ = [*self._windows, *(p for found in self._longer.values() for p in found),
+            patterns_ = [*self._windows,
+                         *(p for lengths in self._longer.values() for found in lengths.values() for p in found),
                          *(p for found in self._short.values() for p in found)]
             for pattern in patterns_:
                 automaton.add_word(pattern, len(pattern))
@@ -275,8 +277,11 @@ class Secrets:
                 if head in grams:
                     if head in windows:
                         spans.append((i, i + WINDOW))
-                    spans.extend((i, i + len(p)) for p in longer.get(head, ()) if text.startswith(p, i))
-        for length, whole in self._short.items():
+                    lengths = longer.get(head)
+                    if lengths:
+                        spans.extend((i, i + length) for length, found in list(lengths.items())
+                                     if text[i:i + length] in found)
+        for length, whole in list(self._short.items()):
             for first in range(0, len(text) - length + 1, _BLOCK):
                 last = min(first + _BLOCK, len(text) - length + 1)
                 if {text[i:i + length] for i in range(first, last)}.isdisjoint(whole):

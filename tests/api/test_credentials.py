@@ -449,3 +449,29 @@ def test_apikey_credential_is_sent_as_its_header_and_kept_out_of_logs(api, org, 
     httpserver.check_assertions()
     logs = api.client.simulate_get("/execution-logs", headers=api.headers(org)).json
     assert logs and "value-abcdef-123" not in json.dumps(logs)
+
+
+def test_a_masked_value_sent_back_is_a_400_not_a_broken_secret(client, api, org):
+    """A client that reads a credential (masked) and sends it back would store the mask in place of the
+    secret; found attacking issue 19's fixes. The secret fields of every type, and the original
+    service's secrets route, refuse it, naming the field."""
+    tool = api.tool(org, authType="oauth2")
+    headers = api.headers(org)
+    stored = api.create(f"/tools/{tool['id']}/auth", org, {"type": "oauth2", "config": {
+        "clientId": "c", "clientSecret": "client-secret-12345678", "tokenUrl": "https://id.example.com/token"}})
+    shown = stored["config"]["clientSecret"]
+    assert shown.startswith("***")
+    for kind, config, field in (
+            ("oauth2", {"clientId": "c", "clientSecret": shown, "tokenUrl": "https://id.example.com/token"},
+             "config.clientSecret"),
+            ("bearer", {"token": "***5678"}, "config.token"),
+            ("basic", {"username": "u", "password": "***"}, "config.password"),
+            ("apiKey", {"headerName": "X-Key", "headerValue": "***abcd"}, "config.headerValue")):
+        result = client.simulate_post(f"/tools/{tool['id']}/auth", json={"name": kind, "type": kind, "config": config},
+                                      headers=headers)
+        body = assert_error(result, 400, field)
+        assert "masked form" in str(body), body
+    compat = client.simulate_post(f"/tools/{tool['id']}/secrets", json={"credentials": {"clientSecret": shown}},
+                                  headers=headers)
+    body = assert_error(compat, 400, "credentials.clientSecret")
+    assert "masked form" in str(body), body

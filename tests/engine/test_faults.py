@@ -164,7 +164,8 @@ def test_a_statement_cancelled_during_a_wait_steps_checkpoint_hands_the_run_back
     # Back in the queue until its timeout (as a wait step waits), its step waiting for the signal.
     parked = wait_until_sleeping(api, org, flow, run, "gate", timeout=20)
     assert parked["steps"][0]["attempt"] == 1
-    assert row(db, "select handbacks from flow_runs where id = %s", run)["handbacks"] == 1
+    counted = row(db, "select handbacks, strikes, recoveries, claims from flow_runs where id = %s", run)
+    assert counted["handbacks"] == 1, counted
     sent = api.post(f"/flows/{flow['id']}/executions/{run}/signals/go", org, {"payload": {"ok": 1}}, user)
     assert sent.status_code == 202, sent.text
     done = wait_for(api, org, flow, run, timeout=20)

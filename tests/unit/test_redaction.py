@@ -10,6 +10,7 @@ import json
 from urllib.parse import quote, quote_plus
 
 import pytest
+from support import LinesRun
 
 from tolstoy import logs
 from tolstoy.redaction import (
@@ -160,6 +161,29 @@ def test_many_secrets_cost_their_own_patterns_and_a_text_is_checked_once():
     before = len(index._grams)
     index.add([f"secret-number-{n:06d}" for n in range(100)])  # known already: nothing added
     assert len(index._grams) == before
+
+
+def items_masked(count: int) -> int:
+    """The lines run to learn and mask ``count`` items' secrets, as a foreach does item by item: a key
+    sharing its first characters with every other item's (sk_live_…), a short password, and the output
+    that echoes them."""
+    index = Secrets()
+    with LinesRun("tolstoy/redaction.py") as counted:
+        for n in range(count):
+            key, password = f"sk_live_Zq{n:05d}", f"p{n:05d}"  # lengths alike, work alike
+            index.add([key, password])
+            shown = mask_json({"token": key, "echo": f"paid with {key} ({password})", "n": n}, index)
+            assert shown["echo"] == f"paid with {MASK} ({MASK})"
+    return counted.count
+
+
+def test_masking_costs_the_same_per_secret_however_many_are_known():
+    """Linear in the number of secrets: the eight hundredth secret costs what the first did to learn
+    and to find (counted in lines run, not timed), whatever prefix or length they share (fewer than
+    MAX_ENCODED: each is indexed with its encodings)."""
+    small, large = items_masked(100), items_masked(400)
+    assert 2 * 400 < MAX_ENCODED
+    assert large <= 4.1 * small, (small, large)
 
 
 def test_patterns_grow_linearly_with_the_secret():

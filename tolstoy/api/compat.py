@@ -26,13 +26,13 @@ from .errors import NotFound, ValidationFailed, field_error
 from .requests import flatten_messages, parse_uuid, read_json, validate_body, validate_query
 from .responses import created
 from .schemas import (
-    CREDENTIAL_CONFIGS,
     SECRET_KEYS,
     PageQuery,
     SecretsQuery,
     SecretsSchema,
     ToolSecretsSchema,
     ToolSecretsSummarySchema,
+    load_credential_config,
 )
 
 WELCOME = "Tolstoy workflow automation API: documentation at /docs (OpenAPI at /openapi.json).\n"
@@ -113,7 +113,7 @@ def to_config(tool: dict, sent: dict, current: dict | None) -> tuple[str, dict]:
     if kind == "apiKey":
         config.setdefault("headerName", DEFAULT_HEADER_NAME)
     try:
-        return kind, CREDENTIAL_CONFIGS[kind]().load(config)
+        return kind, load_credential_config(kind, config)
     except ValidationError as exc:  # named by the keys the client knows
         messages = exc.messages if isinstance(exc.messages, dict) else {"_schema": exc.messages}
         renamed = {SHOWN_AS[kind].get(field, field): message for field, message in messages.items()}

@@ -9,7 +9,7 @@ import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
-from .. import engine, jsonschemas, schedules, signatures
+from .. import engine, jsonschemas, redaction, schedules, signatures
 from ..engine import graph_errors
 from ..times import iso
 
@@ -20,9 +20,9 @@ LOG_SOURCES = ("engine", "client")
 EXECUTION_STATUSES = (
     "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
 )
-STEP_TYPES = ("action", "http_request", "delay", "transform", "foreach", "wait", "subflow")
-# What a foreach step may run for each item.
-ITEM_STEP_TYPES = ("action", "http_request", "delay", "transform")
+# The step kinds the engine runs, and those a foreach may run per item: the engine's one table of them.
+STEP_TYPES = engine.STEP_TYPES
+ITEM_STEP_TYPES = engine.ITEM_STEP_TYPES
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
 MAX_STEPS = 200
 MAX_PAGE = 200
@@ -69,6 +69,21 @@ class StrictBoolean(fields.Boolean):
         if not isinstance(value, bool):
             raise self.make_error("invalid", input=value)
         return value
+
+
+class HttpUrl(fields.Url):
+    """An http(s) URL, kept with its scheme in lower case: schemes are case-insensitive (RFC 3986
+    3.1), and everything downstream (the database's checks, origins, the outbound client) reads the
+    canonical form. ``HTTP://host`` was accepted here and refused by tools_base_url_scheme: a 500."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("require_tld", False)
+        super().__init__(schemes={"http", "https"}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        url = super()._deserialize(value, attr, data, **kwargs)
+        scheme, sep, rest = url.partition("://")
+        return scheme.lower() + sep + rest
 
 
 class Base(Schema):
@@ -125,13 +140,7 @@ class ToolSchema(TenantRecord):
         metadata={"description": "Optional short name, unique per organization: the original service's "
                                  "/auth/{toolKey}/login and callback routes name the tool by it."},
     )
-    base_url = fields.Url(
-        data_key="baseUrl",
-        required=True,
-        schemes={"http", "https"},
-        require_tld=False,
-        validate=validate.Length(max=2048),
-    )
+    base_url = HttpUrl(data_key="baseUrl", required=True, validate=validate.Length(max=2048))
     auth_type = fields.String(
         data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
     )
@@ -159,11 +168,9 @@ class FieldValidationSchema(Base):
 
     @validates_schema
     def _pattern_compiles(self, data, **kwargs):
-        if data.get("pattern"):
-            try:
-                re.compile(data["pattern"])
-            except re.error as exc:
-                raise ValidationError(f"Not a valid regular expression: {exc}", "pattern") from None
+        wrong = jsonschemas.pattern_problem(data.get("pattern"))
+        if wrong:
+            raise ValidationError(wrong, "pattern")
 
 
 class FieldDefinitionSchema(Base):
@@ -761,13 +768,13 @@ class OAuth2Config(Schema):
 
     clientId = text(1, 1000, required=True)
     clientSecret = text(1, 8192, required=True)
-    tokenUrl = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    tokenUrl = HttpUrl(required=True)
     scopes = fields.List(text(1, 200), validate=validate.Length(max=100))
     accessToken = text(1, 8192)
     refreshToken = text(1, 8192)
     # Per-user connections (authorization code + PKCE, GET /auth/{toolKey}/login): where users consent,
     # and that calls use the tokens of the run's user instead of the organization's.
-    authorizeUrl = fields.Url(schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048))
+    authorizeUrl = HttpUrl(validate=validate.Length(max=2048))
     perUser = StrictBoolean()
 
     class Meta:
@@ -795,6 +802,19 @@ for _schema in CREDENTIAL_CONFIGS.values():
     _schema.Meta.unknown = RAISE
 
 
+def load_credential_config(kind: str, config: dict) -> dict:
+    """A credential's config as its type's schema loads it. A secret field holding the masked form the
+    API shows (``***abcd``) is refused: a client that reads a credential and sends it back would
+    otherwise store the mask in place of the secret, and its calls would fail at the tool."""
+    loaded = CREDENTIAL_CONFIGS[kind]().load(config)
+    shown = [name for name in engine.SECRET_FIELDS.get(kind, ())
+             if isinstance(loaded.get(name), str) and loaded[name].startswith(redaction.MASK)]
+    if shown:
+        raise ValidationError({name: ["This is the masked form the API shows, not the secret: send the secret "
+                                      "itself (or leave the credential as it is)."] for name in shown})
+    return loaded
+
+
 class CredentialSchema(Base):
     """``POST /tools/{id}/auth``: ``{name?, type, config, isDefault?}``; secrets are write-only."""
 
@@ -809,7 +829,11 @@ class CredentialSchema(Base):
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):
-        load_config_for_type(data, CREDENTIAL_CONFIGS)
+        if data.get("type") in CREDENTIAL_CONFIGS and "config" in data:
+            try:
+                data["config"] = load_credential_config(data["type"], data["config"])
+            except ValidationError as exc:
+                raise ValidationError({"config": exc.messages}) from None
 
 
 # ---- API keys -----------------------------------------------------------------
@@ -1020,7 +1044,7 @@ class WebhookSchema(TenantRecord):
     shown masked (the secret in full once, in the answer that creates the webhook)."""
 
     name = text(1, 200, required=True)
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False, validate=validate.Length(max=2048),
+    url = HttpUrl(required=True, validate=validate.Length(max=2048),
                      metadata={"description": "Where deliveries are POSTed (http or https; checked by the "
                                               "outbound guard at every attempt)."})
     event_types = fields.List(fields.String(), data_key="eventTypes", required=True,

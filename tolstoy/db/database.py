@@ -70,6 +70,8 @@ def wrap_errors() -> Iterator[None]:
         yield
     except pg_errors.UniqueViolation as exc:
         raise errors.UniqueViolation(exc.diag.constraint_name) from exc
+    except pg_errors.CheckViolation as exc:
+        raise errors.CheckViolation(exc.diag.constraint_name) from exc
     except pg_errors.ForeignKeyViolation as exc:
         on_delete = (exc.diag.message_primary or "").startswith("update or delete")
         raise errors.ForeignKeyViolation(exc.diag.constraint_name, on_delete) from exc

@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 from .. import logs, metrics, times
@@ -59,6 +58,7 @@ from . import plans
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
 from .graph import dependencies, step_order
+from .kinds import KINDS
 from .steps import DEFAULT_TIMEOUT_MS, IDEMPOTENT_METHODS, execute_step, step_method
 from .templates import TemplateFailure, condition, render_tracked, scope
 
@@ -112,8 +112,15 @@ class Writes:
     each is masked here with the run's known secrets, whoever wrote it."""
 
     secrets: Secrets = field(default_factory=Secrets)
-    steps: list[dict] = field(default_factory=list)
+    # Step id -> its pending checkpoint, in the order last written: a foreach's transforms queue one
+    # per item until the next statement, so replacing one costs the same however many wait.
+    pending: dict[str, dict] = field(default_factory=dict)
     events: list[dict] = field(default_factory=list)
+
+    @property
+    def steps(self) -> list[dict]:
+        """The pending checkpoints, in the order they were last written."""
+        return list(self.pending.values())
 
     def step(self, *, real: Any = None, seal: Callable[[Any], str] | None = None, **values: Any) -> dict:
         """Queue a checkpoint; returns it as it will be written. With ``seal``, ``outputs`` is what the
@@ -124,7 +131,8 @@ class Writes:
                 values[name] = mask_json(values[name], self.secrets)
         if seal is not None and values.get("outputs") != real:
             values["sealed"] = seal(real)
-        self.steps = [s for s in self.steps if s["step_id"] != values["step_id"]] + [values]
+        self.pending.pop(values["step_id"], None)
+        self.pending[values["step_id"]] = values
         return values
 
     def event(self, step_key: str, status: str, inputs: dict | None = None, error: Any = None,
@@ -180,8 +188,12 @@ class Run:
         return base + dt.timedelta(seconds=time.monotonic() - self.claimed_at)
 
     def key(self, step_id: str, attempt: int) -> str:
-        """The Idempotency-Key of a step attempt: from the root of a retry chain, so a retry repeats it."""
-        return f"{self.root_id}:{step_id}:{attempt}"
+        """The Idempotency-Key of a step attempt. A flow step's (and each of its items') is the retry
+        chain's (from its root run), so a retry sends a call that was in flight under the key it was
+        sent with; a failure handler's is this run's own, so a retry that fails again is alerted of
+        again (docs/flows.md, Idempotency keys)."""
+        owner = self.id if step_id.startswith(ON_FAILURE) else self.root_id
+        return f"{owner}:{step_id}:{attempt}"
 
     @property
     def view(self) -> dict:
@@ -194,12 +206,19 @@ class Run:
         and the values hidden are known secrets from now on (also after a resume: the masks stored
         say where)."""
         self.context["steps"][step_id] = output
-        tree = hidden(output, shown)
+        tree = self.learn(output, shown)
         if tree is None:
             self.hidden.pop(step_id, None)
-            return
-        self.hidden[step_id] = tree
-        self.secrets.add(hidden_strings(output, tree, shown), derived=True)
+        else:
+            self.hidden[step_id] = tree
+
+    def learn(self, output: Any, shown: Any) -> Hidden:
+        """Where ``shown`` (what people see of ``output``) hides something; the values it hides are
+        known secrets from now on."""
+        tree = hidden(output, shown)
+        if tree is not None:
+            self.secrets.add(hidden_strings(output, tree, shown), derived=True)
+        return tree
 
     def conceal(self, value: Any, tree: Hidden) -> Any:
         """``value`` with what ``tree`` hides (values templates derived from a secret) masked whole;
@@ -208,6 +227,17 @@ class Run:
             return value
         self.secrets.add(hidden_strings(value, tree), derived=True)
         return hide(value, tree)
+
+
+@dataclass
+class Site:
+    """Where a step runs: at the top of its run, or as one item of a foreach step (``item``).
+    ``context`` is what its executeIf and an action's executeIf read, ``view`` what its templates
+    see (the outputs' hidden parts behind views; an item's ``item`` and ``index`` too)."""
+
+    context: dict
+    view: Any
+    item: bool = False
 
 
 class Engine:
@@ -285,12 +315,12 @@ class Engine:
         """One transaction for the block: if it fails, it is rolled back, and so are the checkpoints
         the block queued (they would claim what did not happen), whether or not a checkpoint inside it
         had written them."""
-        steps, events = list(run.writes.steps), list(run.writes.events)
+        pending, events = dict(run.writes.pending), list(run.writes.events)
         try:
             with self.db.transaction():
                 yield
         except BaseException:
-            run.writes = Writes(run.secrets, steps, events)
+            run.writes = Writes(run.secrets, pending, events)
             raise
 
     def sealed(self, run: Run, value: Any) -> str:
@@ -376,9 +406,10 @@ class Engine:
         # The run's own events pending were the failed transition's (a finish's, say): not true now.
         run.writes.events = [e for e in run.writes.events if e["step_key"] != RUN_STEP_KEY]
         if action == "fault":  # only the records that a call was not sent (they carry no data)
-            run.writes = Writes(run.secrets, [s for s in run.writes.steps if set(s) == {"step_id", "status", "attempt"}])
+            run.writes = Writes(run.secrets, {sid: s for sid, s in run.writes.pending.items()
+                                              if set(s) == {"step_id", "status", "attempt"}})
         else:
-            run.writes.steps = [s for s in run.writes.steps if not s.get("call_started")]
+            run.writes.pending = {sid: s for sid, s in run.writes.pending.items() if not s.get("call_started")}
         for attempt in ("with what is pending", "without"):
             run.writes.event(RUN_STEP_KEY, "queued", inputs={"fault": action, "afterMs": delay}, error=error)
             try:
@@ -487,53 +518,95 @@ class Engine:
             raise Stop()
 
     # ---- one step --------------------------------------------------------------------
+    #
+    # One path for every step, at the top of a run or as one item of a foreach step (``_attempt``):
+    # a sleep that ended, executeIf, the config rendered, then the kind's work through the one table
+    # of step kinds (kinds.KINDS); a call is checkpointed as starting, then made, then its outcome
+    # decided (retry back-off, unknown outcome policy, skip, fail, complete) by the same code. Where a
+    # step runs changes only who puts the run back in the queue (a top-level step at once, an item's
+    # foreach once no runnable item is left) and which execution log rows it writes (an item writes
+    # its failures only; its checkpoint and log line are a step's).
 
     def run_step(self, run: Run, step: dict, checkpoint: dict | None) -> tuple[str, dict | None]:
-        """Run one step to a checkpoint; returns (outcome, error) where outcome is 'completed',
+        """Run one top-level step to a checkpoint; returns (outcome, error) where outcome is 'completed',
         'skipped', 'failed' or 'paused' (the run went back to the queue or waits)."""
-        sid = step["id"]
+        outcome, value = self._attempt(run, Site(run.context, run.view), step, checkpoint)
+        if outcome == "sleep":
+            self.pause(run, value)
+            return "paused", None
+        if outcome == "unknown":
+            self.checkpoint(run, {"action": "wait"})
+            metrics.count_run("waiting")
+            log.warning("outcome unknown; the run waits to be resolved",
+                        extra={"execution_id": str(run.id), "step_id": step["id"]})
+            return "paused", None
+        if outcome == "cancelled":
+            self._boundary(run)  # a cancel cut the call off: the run ends cancelled (raises)
+            return "paused", None
+        if outcome == "completed":
+            return outcome, None
+        return outcome, value
+
+    def _attempt(self, run: Run, site: Site, step: dict, checkpoint: dict | None) -> tuple[str, Any]:
+        """The one step path (see above): ``step`` with its checkpoint id as its ``id``. Returns
+        ('completed', (output, as shown)), ('skipped', None), ('failed', error), ('sleep', ms until
+        it is due: a delay, a retry back-off), ('unknown', None: its call's outcome is unknown and it
+        waits for a person), ('cancelled', None: a cancel cut its call off), or ('paused', None: the
+        step put its run back itself). Its writes are queued on ``run.writes``, under ``run.lock``."""
+        kind = KINDS.get(step["type"])
         attempt = checkpoint["attempt"] if checkpoint else 1
+        if kind is None:
+            return self.fail(run, step, attempt, None, StepFailed(f"Unknown step type {step['type']!r}"), 0)
+        if site.item and not kind.item:  # a plan written past the API (which refuses it)
+            return self.fail(run, step, attempt, None, StepFailed(
+                f"A {step['type']} step cannot run per item of a foreach step"), 0)
         if checkpoint and checkpoint["status"] == "waiting":
-            if step["type"] == "delay":
+            if kind.on_wake == "done":  # a delay: the sleep is over
                 return self._complete(run, step, attempt, {"delayedMs": step["config"]["ms"]},
-                                      checkpoint.get("inputs"), 0)
-            if step["type"] != "subflow":  # a subflow step waits for its child, not a back-off
+                                      checkpoint.get("inputs"), 0, item=site.item)
+            if kind.on_wake == "next":
                 attempt += 1  # a retry back-off ended
         try:
-            if step.get("executeIf") and not condition(step["executeIf"], run.context):
-                run.writes.step(step_id=sid, status="skipped", attempt=attempt)
-                run.writes.event(sid, "skipped", inputs={"executeIf": step["executeIf"]})
-                self.log_event(run, step, "skipped")
-                return "skipped", None
-            if step["type"] == "foreach":  # the item step's templates are rendered per item
-                items, items_hidden = render_tracked(step["config"]["items"], run.view)
-            else:
-                inputs, tree = render_tracked(step["config"], run.view)
+            if step.get("executeIf") and not condition(step["executeIf"], site.context):
+                return self._skip(run, site, step, attempt, event_inputs={"executeIf": step["executeIf"]})
+            config = step["config"]
+            rendered, tree = render_tracked(config if kind.renders is None else config[kind.renders], site.view)
         except TemplateFailure as exc:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
-        if step["type"] == "foreach":
-            return self._foreach(run, step, items, items_hidden)
-        if step["type"] == "wait":
-            return self._wait(run, step, checkpoint, inputs)
-        if step["type"] == "subflow":
-            return self._subflow(run, step, attempt, checkpoint, inputs, tree)
-        shown_inputs = run.conceal(inputs, tree)
-        if step["type"] == "delay":
-            run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
-                            wake_in_ms=int(inputs["ms"]))
-            run.writes.event(sid, "started", inputs=shown_inputs)
-            self.pause(run, int(inputs["ms"]))
-            return "paused", None
-        if step["type"] == "transform":
-            run.writes.event(sid, "started", inputs=shown_inputs)
-            return self._complete(run, step, attempt, inputs["output"], shown_inputs, 0, shown_inputs["output"])
-        if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
-            decided = self._unknown_outcome(run, step, attempt, checkpoint, inputs)
-            if decided is not None:
-                return decided
-        return self._call(run, step, attempt, inputs, shown_inputs)
+        return getattr(self, kind.work)(run, site, step, attempt, checkpoint, rendered, tree)
 
-    def _wait(self, run: Run, step: dict, checkpoint: dict | None, config: dict) -> tuple[str, dict | None]:
+    def _skip(self, run: Run, site: Site, step: dict, attempt: int, inputs: Any = None,
+              event_inputs: dict | None = None) -> tuple[str, None]:
+        """The step does nothing this time: its executeIf (or its action's) is false."""
+        with run.lock:
+            run.writes.step(step_id=step["id"], status="skipped", attempt=attempt, inputs=inputs)
+            if not site.item:
+                run.writes.event(step["id"], "skipped", inputs=event_inputs)
+        self.log_event(run, step, "skipped")
+        return "skipped", None
+
+    def _transform(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
+                   tree: Hidden) -> tuple[str, Any]:
+        """A transform step: its output is its rendered ``output``."""
+        shown = run.conceal(inputs, tree)
+        if not site.item:
+            with run.lock:
+                run.writes.event(step["id"], "started", inputs=shown)
+        return self._complete(run, step, attempt, inputs["output"], shown, 0, shown["output"], item=site.item)
+
+    def _delay(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
+               tree: Hidden) -> tuple[str, Any]:
+        """A delay step: asleep (``waiting`` with its wake time) for ``ms``, holding no thread."""
+        shown = run.conceal(inputs, tree)
+        wait = int(inputs["ms"])
+        with run.lock:
+            run.writes.step(step_id=step["id"], status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
+            if not site.item:
+                run.writes.event(step["id"], "started", inputs=shown)
+        return "sleep", wait
+
+    def _wait(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, config: dict,
+              tree: Hidden = None) -> tuple[str, dict | None]:
         """A wait step: the signal sent to the run (its payload is the output), or, while none came,
         back to the queue until the timeout, holding no thread (the signal route wakes the run). Taking
         the signal locks the run's row, and parking happens under that lock: a signal stored meanwhile
@@ -575,9 +648,10 @@ class Engine:
                             error=f"no signal {signal!r} within {timeout_ms} ms")
         return outcome
 
-    def _unknown_outcome(self, run: Run, step: dict, attempt: int, checkpoint: dict,
-                         inputs: dict) -> tuple[str, dict | None] | None:
-        """A call started and its worker vanished: send it again only where that is safe."""
+    def _unknown_outcome(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict,
+                         inputs: dict) -> tuple[str, Any] | None:
+        """A call started and its worker vanished: send it again only where that is safe (None: send
+        it again), else fail the step or wait for a person, as the step's onUnknownOutcome says."""
         method = step_method(step, inputs, run.plan)
         tool = run.plan.tool_of(step)
         default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") else "wait"
@@ -590,88 +664,104 @@ class Engine:
         if policy == "fail":
             return self.fail(run, step, attempt, checkpoint.get("inputs"), StepFailed(error["message"],
                              details={"name": "OutcomeUnknown"}), 0)
-        run.writes.step(step_id=step["id"], status="outcome_unknown", attempt=attempt,
-                        inputs=checkpoint.get("inputs"), error=error)
-        run.writes.event(step["id"], "pending", inputs={"attempt": attempt}, error=error)
-        self.checkpoint(run, {"action": "wait"})
-        metrics.count_run("waiting")
-        log.warning("outcome unknown; the run waits to be resolved",
-                    extra={"execution_id": str(run.id), "step_id": step["id"]})
-        return "paused", None
+        with run.lock:
+            run.writes.step(step_id=step["id"], status="outcome_unknown", attempt=attempt,
+                            inputs=checkpoint.get("inputs"), error=error)
+            if not site.item:
+                run.writes.event(step["id"], "pending", inputs={"attempt": attempt}, error=error)
+        return "unknown", None
 
-    def _call(self, run: Run, step: dict, attempt: int, inputs: dict, shown_inputs: Any) -> tuple[str, dict | None]:
+    def _call(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
+              tree: Hidden) -> tuple[str, Any]:
+        """An action or http_request step: its call, recorded as starting (with every pending write)
+        before it is made; then its outcome."""
         sid = step["id"]
-        # Every pending checkpoint, and the fact that this call starts, are durable before it does.
-        run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
-        run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
-                                                "attempt": attempt})
-        self.checkpoint(run)
+        shown_inputs = run.conceal(inputs, tree)
+        if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
+            decided = self._unknown_outcome(run, site, step, attempt, checkpoint, inputs)
+            if decided is not None:
+                return decided
+        with run.lock:
+            # Every pending checkpoint, and the fact that this call starts, are durable before it does.
+            run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
+            if not site.item:
+                run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
+                                                        "attempt": attempt})
+            self.checkpoint(run)
         if run.lost.is_set():
             raise LeaseLost(str(run.id))
         started = time.perf_counter()
         timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
         try:
-            output = execute_step(self.tools, run, step, inputs, run.key(sid, attempt), timeout)
+            output = execute_step(self.tools, run, site, step, inputs, run.key(sid, attempt), timeout)
         except DatabaseFault:
             # Raised while reading the credential or a token, before anything was sent: the call is
             # recorded as not started (the same attempt, and no unknown outcome), and the run goes
-            # back to the queue (Engine.run).
-            run.writes.step(step_id=sid, status="running", attempt=attempt)
+            # back to the queue (Engine.run; a foreach first lets the items in flight finish).
+            with run.lock:
+                run.writes.step(step_id=sid, status="running", attempt=attempt)
             raise
         except SkipStep:
-            run.writes.step(step_id=sid, status="skipped", attempt=attempt, inputs=shown_inputs)
-            run.writes.event(sid, "skipped")
-            self.log_event(run, step, "skipped")
-            return "skipped", None
+            return self._skip(run, site, step, attempt, shown_inputs)
         except StepFailed as exc:
             duration = int((time.perf_counter() - started) * 1000)
-            if run.cancel.is_set() or run.lost.is_set():
-                self._boundary(run)
+            if run.lost.is_set():
+                raise LeaseLost(str(run.id)) from None
+            if run.cancel.is_set():
+                return "cancelled", None  # the cancel cut the call off: the run ends cancelled
             policy = step.get("retryPolicy") or {}
             if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
                 wait = backoff_ms(policy, attempt)
                 error = mask_json(exc.as_error(), run.secrets)  # an upstream may echo a secret
-                run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs, error=error,
-                                wake_in_ms=wait)
-                run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
-                                 duration_ms=duration)
+                with run.lock:
+                    run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
+                                    error=error, wake_in_ms=wait)
+                    run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
+                                     duration_ms=duration)
                 self.log_event(run, step, "failed", duration / 1000, error)
-                self.pause(run, wait)
-                return "paused", None
+                return "sleep", wait
             return self.fail(run, step, attempt, shown_inputs, exc, duration)
         duration = int((time.perf_counter() - started) * 1000)
-        return self._complete(run, step, attempt, output, shown_inputs, duration)
+        return self._complete(run, step, attempt, output, shown_inputs, duration, item=site.item)
 
     def _complete(self, run: Run, step: dict, attempt: int, output: Any, shown_inputs: Any,
-                  duration: int, concealed: Any = None) -> tuple[str, None]:
-        """Keep what a step returned: later steps see it as it is; what is stored for people to see
-        has secrets masked, with the real value sealed next to it. ``concealed`` is the output with
-        what is already known to be hidden masked (values a template derived from a secret, a child
-        run's masked outputs), else the output itself."""
+                  duration: int, concealed: Any = None, *, item: bool = False) -> tuple[str, tuple]:
+        """The one place a step's output is accepted, a top-level step's or a foreach item's (``item``):
+        what it returned is what later steps see (an item's, through its foreach's output); what is
+        stored for people to see has secrets masked, with the real value sealed next to it.
+        ``concealed`` is the output with what is already known to be hidden masked (values a template
+        derived from a secret, a child run's masked outputs), else the output itself. Returns
+        ('completed', (output, as shown))."""
         sid = step["id"]
         run.secrets.add(secret_strings(output))
-        written = run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs,
-                                  outputs=output if concealed is None else concealed, duration_ms=duration,
-                                  real=output, seal=lambda value: self.sealed(run, value))
-        run.keep(sid, output, written["outputs"])
-        # The output is kept once, in the step's checkpoint; the log says what went in.
-        run.writes.event(sid, "completed", inputs=shown_inputs if isinstance(shown_inputs, dict) else None,
-                         duration_ms=duration)
+        with run.lock:
+            shown = run.writes.step(step_id=sid, status="completed", attempt=attempt, inputs=shown_inputs,
+                                    outputs=output if concealed is None else concealed, duration_ms=duration,
+                                    real=output, seal=lambda value: self.sealed(run, value))["outputs"]
+            if not item:
+                # The output is kept once, in the step's checkpoint; the log says what went in.
+                run.writes.event(sid, "completed", inputs=shown_inputs if isinstance(shown_inputs, dict) else None,
+                                 duration_ms=duration)
+        if item:
+            run.learn(output, shown)
+        else:
+            run.keep(sid, output, shown)
         self.log_event(run, step, "completed", duration / 1000)
-        return "completed", None
+        return "completed", (output, shown)
 
     def fail(self, run: Run, step: dict, attempt: int, inputs, exc: StepFailed, duration: int) -> tuple[str, dict]:
-        """Checkpoint a failed step (written with the run's next statement)."""
+        """Checkpoint a failed step or item (written with the run's next statement)."""
         error = mask_json(exc.as_error(), run.secrets)
-        run.writes.step(step_id=step["id"], status="failed", attempt=attempt, inputs=inputs, error=error,
-                        duration_ms=duration)
-        run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
+        with run.lock:
+            run.writes.step(step_id=step["id"], status="failed", attempt=attempt, inputs=inputs, error=error,
+                            duration_ms=duration)
+            run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
         self.log_event(run, step, "failed", duration / 1000, error)
         return "failed", error
 
     # ---- subflow ------------------------------------------------------------------------
 
-    def _subflow(self, run: Run, step: dict, attempt: int, checkpoint: dict | None,
+    def _subflow(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None,
                  config: dict, tree: Hidden = None) -> tuple[str, dict | None]:
         """A subflow step: one statement writes the pending checkpoints, finds the child run this step
         queued before or queues it (pinned to ``version``, or the flow's version now), and, with ``wait``,
@@ -706,6 +796,13 @@ class Engine:
         answer = self.checkpoint(run, subflow=spec) or {}
         if answer.get("cancel"):
             self._boundary(run)  # finishes the run as cancelled
+        if answer.get("waitingFor"):
+            # The child an earlier run of this retry chain started at this step is still under way: this
+            # run waits for its end (which wakes it), then continues that child's chain; never a second child.
+            metrics.count_run("waiting")
+            log.info("waiting for the child run of an earlier run of the chain",
+                     extra={"execution_id": str(run.id), "step_id": sid, "child_execution_id": answer["waitingFor"]})
+            return "paused", None
         if answer.get("error"):
             error = answer["error"]
             if flow_key is not None and answer.get("flowId") is None and error.get("name") == "SubflowNotFound":
@@ -739,7 +836,8 @@ class Engine:
 
     # ---- foreach ------------------------------------------------------------------------
 
-    def _foreach(self, run: Run, step: dict, items: Any, items_hidden: Hidden = None) -> tuple[str, dict | None]:
+    def _foreach(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, items: Any,
+                 items_hidden: Hidden = None) -> tuple[str, dict | None]:
         """Run a foreach step's item step once per item, ``concurrency`` at a time, each item its own
         checkpoint (``<step>[<index>]``), so a resumed run runs only the unfinished items. An item
         sleeping (a delay, a retry back-off) or waiting (an unknown outcome) holds no thread: once
@@ -754,7 +852,7 @@ class Engine:
             return self.fail(run, step, 1, {"items": len(items)}, StepFailed(
                 f"foreach has {len(items)} items, more than the limit of {self.foreach_max_items} "
                 "(TOLSTOY_FOREACH_MAX_ITEMS)", details={"name": "TooManyItems"}), 0)
-        inner = {**config["step"], "id": sid}
+        inner = config["step"]
         concurrency = max(1, min(int(config.get("concurrency") or 1), 50))
         shown_inputs: dict = {"items": len(items), "concurrency": concurrency}
         if sid not in run.checkpoints:  # goes out with the first item's write
@@ -775,8 +873,7 @@ class Engine:
                 output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
                 results[index], concealed[index] = output, done["outputs"]
                 run.secrets.add(secret_strings(output))
-                run.secrets.add(hidden_strings(output, hidden(output, done["outputs"]), done["outputs"]),
-                                derived=True)
+                run.learn(output, done["outputs"])
             elif status == "skipped":
                 pass
             elif status == "failed":
@@ -817,11 +914,11 @@ class Engine:
                         results[index], concealed[index] = value
                     elif kind == "failed":
                         failures[index] = value
-                    elif kind == "waiting":
+                    elif kind == "sleep":
                         sleeping[index] = value
                     elif kind == "unknown":
                         unknown.append(index)
-                    elif kind == "not_run":
+                    elif kind in ("not_run", "cancelled"):
                         not_run = True
         if lost or run.lost.is_set():
             raise LeaseLost(str(run.id))
@@ -849,117 +946,17 @@ class Engine:
 
     def _item(self, run: Run, inner: dict, sid: str, index: int, item: Any, item_hidden: Hidden, done: dict | None,
               halt: threading.Event, keep_going: bool) -> tuple[str, Any]:
-        """One item of a foreach step, on a thread of its pool: ('completed', (output, as shown)), ('skipped', None),
-        ('failed', error), ('waiting', ms until due), ('unknown', None) or ('not_run', None)."""
+        """One item of a foreach step, on a thread of its pool: the one step path (``_attempt``), at the
+        site of the item (its templates also see ``item`` and ``index``); ('not_run', None) when the
+        step stops starting items (an item failed, a cancel, a lost lease, shutdown)."""
         if halt.is_set() or run.cancel.is_set() or run.lost.is_set() or self.stopping.is_set():
             return "not_run", None
-        iid = item_id(sid, index)
-        attempt = done["attempt"] if done else 1
-        # What the item step's templates see: the run's context plus the item and its index.
         context = {**run.context, "item": item, "index": index}
-        view = scope(context, {"steps": run.hidden or None, "item": item_hidden})
-        item_run = SimpleNamespace(org_id=run.org_id, id=run.id, user_id=run.user_id, acts_as_user=run.acts_as_user,
-                                   plan=run.plan, cancel=run.cancel, context=context, view=view, secrets=run.secrets)
-        kind = inner["type"]
-        if done and done["status"] == "waiting":
-            if kind == "delay":
-                return self._item_done(run, inner, iid, attempt, {"delayedMs": inner["config"]["ms"]},
-                                       done.get("inputs"), 0)
-            attempt += 1  # a retry back-off ended
-        try:
-            if inner.get("executeIf") and not condition(inner["executeIf"], context):
-                with run.lock:
-                    run.writes.step(step_id=iid, status="skipped", attempt=attempt)
-                return "skipped", None
-            inputs, tree = render_tracked(inner["config"], view)
-        except TemplateFailure as exc:
-            return self._item_failed(run, inner, iid, attempt, None, StepFailed(f"Template error: {exc}"), 0,
-                                     halt, keep_going)
-        shown = run.conceal(inputs, tree)
-        if kind == "delay":
-            wait = int(inputs["ms"])
-            with run.lock:
-                run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
-            return "waiting", wait
-        if kind == "transform":
-            return self._item_done(run, inner, iid, attempt, inputs["output"], shown, 0, shown["output"])
-        if done and done["status"] == "running" and done.get("call_started_at"):
-            method = step_method(inner, inputs, run.plan)
-            tool = run.plan.tool_of(inner)
-            default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") \
-                else "wait"
-            policy = inner.get("onUnknownOutcome") or default
-            message = (f"The worker stopped during the {method} call of attempt {attempt}; whether it took "
-                       "effect is unknown.")
-            if policy == "fail":
-                return self._item_failed(run, inner, iid, attempt, done.get("inputs"),
-                                         StepFailed(message, details={"name": "OutcomeUnknown"}), 0, halt,
-                                         keep_going)
-            if policy == "wait":
-                error = {"name": "OutcomeUnknown", "message": message}
-                with run.lock:
-                    run.writes.step(step_id=iid, status="outcome_unknown", attempt=attempt,
-                                    inputs=done.get("inputs"), error=error)
-                return "unknown", None
-        # The call is recorded as starting (with every pending write) before it does.
-        with run.lock:
-            run.writes.step(step_id=iid, status="running", attempt=attempt, inputs=shown, call_started=True)
-            self.checkpoint(run)
-        started = time.perf_counter()
-        try:
-            output = execute_step(self.tools, item_run, inner, inputs, run.key(iid, attempt),
-                                  inner.get("timeoutMs") or DEFAULT_TIMEOUT_MS)
-        except DatabaseFault:
-            # Before anything was sent (as in _call): the item's call is recorded as not started.
-            with run.lock:
-                run.writes.step(step_id=iid, status="running", attempt=attempt)
-            raise
-        except SkipStep:
-            with run.lock:
-                run.writes.step(step_id=iid, status="skipped", attempt=attempt, inputs=shown)
-            return "skipped", None
-        except StepFailed as exc:
-            duration = int((time.perf_counter() - started) * 1000)
-            if run.lost.is_set():
-                raise LeaseLost(str(run.id)) from None
-            if run.cancel.is_set():
-                return "not_run", None
-            policy = inner.get("retryPolicy") or {}
-            if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
-                wait = backoff_ms(policy, attempt)
-                error = mask_json(exc.as_error(), run.secrets)  # an upstream may echo a secret
-                with run.lock:
-                    run.writes.step(step_id=iid, status="waiting", attempt=attempt, inputs=shown, error=error,
-                                    wake_in_ms=wait)
-                    run.writes.event(iid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
-                                     duration_ms=duration)
-                return "waiting", wait
-            return self._item_failed(run, inner, iid, attempt, shown, exc, duration, halt, keep_going)
-        duration = int((time.perf_counter() - started) * 1000)
-        return self._item_done(run, inner, iid, attempt, output, shown, duration)
-
-    def _item_done(self, run: Run, inner: dict, iid: str, attempt: int, output: Any, shown_inputs: Any,
-                   duration: int, concealed: Any = None) -> tuple[str, Any]:
-        """Keep an item's output (masked for people, sealed whole) in its checkpoint, written with the
-        run's next statement; items log no event of their own unless they fail. ``concealed`` as
-        for ``Engine._complete``."""
-        run.secrets.add(secret_strings(output))
-        with run.lock:
-            shown = run.writes.step(step_id=iid, status="completed", attempt=attempt, inputs=shown_inputs,
-                                    outputs=output if concealed is None else concealed, duration_ms=duration,
-                                    real=output, seal=lambda value: self.sealed(run, value))["outputs"]
-        run.secrets.add(hidden_strings(output, hidden(output, shown), shown), derived=True)
-        with run.lock:
-            self.log_event(run, {**inner, "id": iid}, "completed", duration / 1000)
-        return "completed", (output, shown)
-
-    def _item_failed(self, run: Run, inner: dict, iid: str, attempt: int, inputs: Any, exc: StepFailed,
-                     duration: int, halt: threading.Event, keep_going: bool) -> tuple[str, dict]:
-        with run.lock:
-            _, error = self.fail(run, {**inner, "id": iid}, attempt, inputs, exc, duration)
-        if not keep_going:
+        site = Site(context, scope(context, {"steps": run.hidden or None, "item": item_hidden}), item=True)
+        outcome, value = self._attempt(run, site, {**inner, "id": item_id(sid, index)}, done)
+        if outcome == "failed" and not keep_going:
             halt.set()  # no new item starts; those in flight finish
-        return "failed", error
+        return outcome, value
 
 
 class _Done(Exception):

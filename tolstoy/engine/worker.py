@@ -120,6 +120,8 @@ class Worker:
     def _execute(self, claimed: dict, run: Run) -> None:
         try:
             self.engine.run(claimed, run)
+        except Exception:  # noqa: BLE001 - a future would swallow it: the run's lease runs out, say why
+            log.exception("run thread failed; the run is left to its lease", extra={"execution_id": str(run.id)})
         finally:
             with self._lock:
                 self._held.pop(run.id, None)
