@@ -63,20 +63,40 @@ def worker_database_url(config: Config) -> tuple[str, object]:
     return migrate.as_role(owner_url, migrate.WORKER_ROLE), server
 
 
+def die_with_parent(parent: int) -> None:
+    """In a child, before it runs: ask Linux to send it SIGTERM when this process dies.
+
+    A supervisor killed with SIGKILL runs no handler, and its Gunicorn and worker would live on,
+    holding the port and the database, so the next ``tolstoy dev`` could not start. Elsewhere than
+    Linux there is no such request and nothing is done.
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def supervise(commands: list[list[str]], env: dict) -> int:
     """Run processes side by side, forwarding Ctrl-C and SIGTERM; when the first exits, stop the rest.
 
     Returns the first one's exit code.
     """
-    processes = [subprocess.Popen(command, env=env) for command in commands]
+    me = os.getpid()
+    processes = [subprocess.Popen(command, env=env, preexec_fn=lambda: die_with_parent(me)) for command in commands]
 
     def forward(signum, frame):
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    # SIGHUP (a closed terminal) would otherwise end this process without its exit handlers, which
+    # stop the embedded PostgreSQL; Gunicorn and the worker take it as "stop" as well.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     while True:
         for process in processes:
             code = process.poll()

@@ -3,6 +3,7 @@ kept under a project-local data folder so it survives restarts."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -47,8 +48,55 @@ def start(data_dir: str | os.PathLike, database: str = DATABASE, cleanup: str = 
         ) from None
     root = Path(data_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    forget_dead_handles(root / "pgdata")
     server = pgserver.get_server(root / "pgdata", cleanup_mode=cleanup)
     return server, server.get_uri(database)
+
+
+HANDLES = ".handle_pids.json"  # pgserver's list of the processes using the server (its refcount)
+STARTED = ".tolstoy_handles.json"  # ours: each of those processes' start time, to tell a reused id
+
+
+def forget_dead_handles(pgdata: Path) -> None:
+    """Keep in pgserver's list of users only the processes that are still the ones that joined.
+
+    pgserver stops the server when the last process in its list exits. A process killed hard never
+    leaves the list, so the server would never be stopped again — and a liveness check by process id
+    alone is fooled once the machine reuses the id. Each process that joins records its start time
+    here too; a listed id whose process is gone, or started at another time, is dropped. Done under
+    pgserver's own inter-process lock so two processes starting at once see one list. This process
+    adds itself (pgserver's ``get_and_add`` then finds it and adds nothing), so a process pruning
+    between our write and pgserver's cannot drop us.
+    """
+    if not pgdata.is_dir():
+        return
+    from pgserver.postgres_server import PostgresServer
+
+    with PostgresServer._lock:
+        listed = _read(pgdata / HANDLES, [])
+        started = _read(pgdata / STARTED, {})
+        kept = {str(pid): started[str(pid)] for pid in listed
+                if str(pid) in started and _start_time(int(pid)) == started[str(pid)]}
+        kept[str(os.getpid())] = _start_time(os.getpid())
+        (pgdata / STARTED).write_text(json.dumps(kept))
+        (pgdata / HANDLES).write_text(json.dumps([int(pid) for pid in kept]))
+
+
+def _read(path: Path, empty):
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return empty
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if there is no such process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def socket_dir(url: str) -> str | None:
