@@ -69,7 +69,8 @@ def rows(db, sql: str, *args):
 @pytest.fixture
 def quick_worker(config, worker_db):
     """An in-process worker whose hand-backs wait milliseconds, not seconds (the back-off is what
-    the test would otherwise sit through)."""
+    the test would otherwise sit through), with a 10 s lease, so a slow machine cannot lose it while a
+    test holds a statement of it."""
     w = engine.worker(config, worker_db, concurrency=4, poll_seconds=0.1, lease_seconds=10)
     w.engine.handback_delay_ms = 20
     thread = threading.Thread(target=w.run, daemon=True)
@@ -149,7 +150,7 @@ def test_a_run_past_jsonbs_size_limit_fails_alone_and_says_so(api, org, user, db
 
 
 def test_a_statement_cancelled_during_a_wait_steps_checkpoint_hands_the_run_back(
-        api, org, user, patient_worker, db):
+        api, org, user, quick_worker, db):
     """The wait step writes its checkpoint in the transaction that looked for its signal. A cancel of
     that statement (what a statement timeout does) rolls the transaction back and hands the run back:
     it goes on waiting for its signal instead of failing with InFailedSqlTransaction."""
@@ -255,18 +256,6 @@ def test_a_runs_own_fault_while_writing_counts_against_it_and_fails_it_at_the_li
     assert done["status"] == "failed" and done["error"]["name"] == "RecoveryLimit", done
     assert "22P02" in done["error"]["message"] and "TOLSTOY_MAX_RECOVERIES" in done["error"]["message"]
     assert row(db, "select strikes, handbacks from flow_runs where id = %s", run) == {"strikes": 3, "handbacks": 0}
-
-
-@pytest.fixture
-def patient_worker(config, worker_db):
-    """An in-process worker with a 10 s lease, so a slow machine cannot lose it while a test holds it."""
-    w = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.1, lease_seconds=10)
-    w.engine.handback_delay_ms = 20
-    thread = threading.Thread(target=w.run, daemon=True)
-    thread.start()
-    yield w
-    w.stop()
-    thread.join(timeout=15)
 
 
 # ---- row 6: a cancel asked for while the worker is dead -----------------------------------------
@@ -414,9 +403,10 @@ def test_recoveries_are_charged_to_the_run_that_does_not_get_past_its_step(api, 
 
 
 def test_sigterm_drains_within_its_timeout_whatever_the_runs_do(api, org, user, worker_env, server, db):
-    """A stopping worker hands back the runs that reach a step boundary; one stuck in a slow call or a
-    long render is cut off at TOLSTOY_WORKER_DRAIN_SECONDS and the worker exits; the runs it left are
-    resumed by another worker once their leases expire."""
+    """A stopping worker hands back the runs that reach a step boundary; one stuck in a slow call is
+    cut off at TOLSTOY_WORKER_DRAIN_SECONDS and the worker exits; the run it left is resumed by another
+    worker once its lease expires. (A second run renders a long template meanwhile: whether its render
+    bound ends it first or the cut-off does, it holds nothing up.)"""
     entered = threading.Event()
     release = threading.Event()
 
