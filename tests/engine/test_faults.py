@@ -207,6 +207,34 @@ def test_a_statement_cancelled_before_a_steps_call_spends_no_attempt(api, org, u
     assert [s["attempt"] for s in done["steps"]] == [1]
 
 
+def test_a_transient_fault_after_a_call_was_sent_leaves_it_to_the_unknown_outcome_policy(
+        api, org, user, config, worker_db, db, server):
+    """The POST went out, then recording its outcome keeps failing (a statement cancelled each time):
+    the run is handed back without that record, and when it is claimed again the call's outcome is
+    unknown. The step's policy decides (a POST waits for a person); it is not sent a second time."""
+    posts = []
+    server.expect_request("/charge", method="POST").respond_with_handler(
+        lambda request: posts.append(request.headers.get("Idempotency-Key")) or Response("{}", content_type="application/json"))
+    flow = api.flow(org, steps=[step("charge", "http_request", {"method": "POST", "url": server.url_for("/charge")})])
+    inject(db, "flow_run_steps", "new.step_id = 'charge' and new.status = 'completed'",
+           raising("57014", "canceling statement due to statement timeout"), times=None)
+    w = engine.worker(config, worker_db, concurrency=2, poll_seconds=0.1, lease_seconds=2)
+    w.engine.handback_delay_ms = 20
+    thread = threading.Thread(target=w.run, daemon=True)
+    thread.start()
+    try:
+        run = execute(api, org, user, flow)["executionId"]
+        done = wait_for(api, org, flow, run, statuses=("completed", "failed", "cancelled", "waiting"), timeout=30)
+    finally:
+        w.stop()
+        thread.join(timeout=15)
+    assert done["status"] == "waiting", done
+    assert [(s["stepId"], s["status"]) for s in done["steps"]] == [("charge", "outcome_unknown")], done["steps"]
+    assert posts == [f"{run}:charge:1"]
+    assert row(db, "select handbacks, recoveries from flow_runs where id = %s", run) == {"handbacks": 1,
+                                                                                         "recoveries": 0}
+
+
 def test_a_run_that_keeps_meeting_transient_faults_fails_at_the_hand_back_limit(
         api, org, user, config, worker_db, db, server):
     """No run bounces forever: a tool whose credential can never be read (every read is cancelled)
