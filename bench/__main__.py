@@ -85,7 +85,7 @@ def record(kind: str, settings: dict, figures: dict, targets: list[dict], began:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "settings": settings, "figures": figures, "targets": targets,
         "seconds_total": round(time.monotonic() - began, 1),
-    }, indent=2) + "\n")
+    }, indent=2, default=str) + "\n")
     print(f"bench: wrote {out}")
     return 0 if all(t["met"] for t in targets) else 1
 

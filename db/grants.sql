@@ -55,6 +55,8 @@ grant execute on function tolstoy_key_grant(bytea) to tolstoy_app;
 grant execute on function tolstoy_queue_stats() to tolstoy_app;
 -- The API never claims runs: earlier versions granted it the queue's functions.
 revoke execute on function tolstoy_claim_runs(text, integer, double precision, integer) from tolstoy_app;
+revoke execute on function tolstoy_claim_runs_v2(text, integer, double precision, integer, double precision)
+    from tolstoy_app;
 revoke execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) from tolstoy_app;
 revoke execute on function tolstoy_maintain_history(date, integer, integer) from tolstoy_app;
 
@@ -73,6 +75,11 @@ grant select, insert, update on flow_runs, flow_run_steps, execution_logs, tool_
 grant select, insert, update on oauth_tokens to tolstoy_worker;
 grant select on table schema_migrations to tolstoy_worker;
 grant execute on function tolstoy_claim_runs(text, integer, double precision, integer) to tolstoy_worker;
+-- Faults and fair claims (20261208000100): the claim of this release (one row per run, fair across
+-- organizations), and the worker time each organization used, which the checkpoint counts.
+grant execute on function tolstoy_claim_runs_v2(text, integer, double precision, integer, double precision)
+    to tolstoy_worker;
+grant select, insert, update on organization_worker_time to tolstoy_worker;
 grant execute on function tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision) to tolstoy_worker;
 grant execute on function tolstoy_maintain_history(date, integer, integer) to tolstoy_worker;
 grant execute on function tolstoy_queue_stats() to tolstoy_worker;

@@ -585,13 +585,17 @@ COMMENT ON FUNCTION public.tolstoy_bind_to_tool_origin() IS 'BEFORE INSERT trigg
 
 CREATE FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) RETURNS jsonb
     LANGUAGE plpgsql
-    AS $_$
+    AS $$
 declare
     current flow_runs;
     step jsonb;
     event jsonb;
     transition jsonb := coalesce(writes -> 'run', '{"action": "continue"}');
-    outcome text;
+    fault jsonb := coalesce(transition -> 'error', '{}');
+    half_life double precision := coalesce((writes ->> 'half_life_seconds')::double precision, 300);
+    max_handbacks integer := coalesce((writes ->> 'max_handbacks')::integer, 20);
+    outcome flow_run_status;
+    progress boolean := false;
 begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
@@ -623,6 +627,8 @@ begin
                                    else s.call_started_at end,
             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
             started_at = case when s.status in ('completed', 'skipped', 'failed') then now() else s.started_at end;
+        progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
+                                 and strpos(step ->> 'step_id', '[') = 0);
     end loop;
     for event in select * from jsonb_array_elements(coalesce(writes -> 'events', '[]')) loop
         insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
@@ -631,51 +637,70 @@ begin
                 (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
                 nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, clock_timestamp());
     end loop;
+    -- The worker time since the last count (the claim, or the previous checkpoint), against the
+    -- organization, decayed: what fair claims weigh it by.
+    insert into organization_worker_time as w (org_id, seconds, counted_at)
+    values (org, greatest(extract(epoch from now() - coalesce(current.accounted_at, now())), 0), now())
+    on conflict (org_id) do update
+    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+                                           / half_life, -50))
+                  + excluded.seconds,
+        counted_at = greatest(w.counted_at, now());
+    if progress and (current.strikes > 0 or current.handbacks > 0) then
+        -- The run got past the step it was in when it was last struck: whatever stopped its worker
+        -- then was not this run.
+        update flow_runs set strikes = 0, handbacks = 0
+        where org_id = org and id = run and created_at = current.created_at;
+        current.strikes := 0;
+        current.handbacks := 0;
+    end if;
     case transition ->> 'action'
         when 'continue' then
             update flow_runs
             set lease_expires_at = now() + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
-                                                                          30))
+                                                                          30)),
+                accounted_at = now()
             where org_id = org and id = run and created_at = current.created_at;
         when 'pause' then
-            -- A cancel asked for while the step ran ends the run instead of sleeping.
-            outcome := case when current.cancel_requested then 'cancelled' else 'queued' end;
-            update flow_runs
-            set status = outcome::flow_run_status,
-                run_after = now() + make_interval(secs => coalesce((transition ->> 'after_ms')::double precision, 0)
-                                                         / 1000),
-                finished_at = case when outcome = 'cancelled' then now() end,
-                error = case when outcome = 'cancelled' then '{"message": "Cancelled"}'::jsonb else error end,
-                lease_owner = null, lease_token = null, lease_expires_at = null
-            where org_id = org and id = run and created_at = current.created_at;
-            if outcome = 'cancelled' then
-                insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
-                values (org, current.flow_id, current.user_id, run::text, '$flow', 'cancelled', '{}',
-                        '{"message": "Cancelled"}');
-            end if;
+            outcome := tolstoy_release_run(current, 'queued', (transition ->> 'after_ms')::double precision, null);
         when 'wait' then
-            update flow_runs
-            set status = 'waiting', lease_owner = null, lease_token = null, lease_expires_at = null
+            outcome := tolstoy_release_run(current, 'waiting', null, null);
+        when 'handback' then
+            update flow_runs set handbacks = handbacks + 1
             where org_id = org and id = run and created_at = current.created_at;
+            outcome := tolstoy_release_run(
+                current, case when current.handbacks + 1 > max_handbacks then 'failed' else 'queued' end::flow_run_status,
+                (transition ->> 'after_ms')::double precision,
+                jsonb_build_object(
+                    'name', 'HandbackLimit', 'sqlstate', fault ->> 'sqlstate',
+                    'message', format('The run was handed back to the queue %s times in a row after transient '
+                                      'faults of the database (the limit is %s, TOLSTOY_MAX_HANDBACKS); it is not '
+                                      'tried again. The last: %s (SQLSTATE %s).', current.handbacks + 1,
+                                      max_handbacks, left(fault ->> 'message', 500),
+                                      coalesce(fault ->> 'sqlstate', 'none'))));
+        when 'fault' then
+            outcome := tolstoy_run_fault(current, fault, coalesce((writes ->> 'max_recoveries')::integer, 3),
+                                         (transition ->> 'after_ms')::double precision);
         when 'finish' then
             update flow_runs
             set status = (transition ->> 'status')::flow_run_status, error = nullif(transition -> 'error', 'null'),
                 finished_at = now(), lease_owner = null, lease_token = null, lease_expires_at = null
             where org_id = org and id = run and created_at = current.created_at;
+            outcome := (transition ->> 'status')::flow_run_status;
         else
             raise exception 'tolstoy_checkpoint: unknown run action %', transition ->> 'action'
                 using errcode = 'invalid_parameter_value';
     end case;
-    return jsonb_build_object('cancel', current.cancel_requested);
+    return jsonb_build_object('cancel', current.cancel_requested, 'status', coalesce(outcome, 'running'));
 end;
-$_$;
+$$;
 
 
 --
 -- Name: FUNCTION tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, and moves the run (continue, pause, wait, finish) in one transaction. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, counts the worker time against the organization, and moves the run (continue, pause, wait, finish, handback, fault; a pending cancel ends it cancelled rather than unfinished) in one transaction. Acts for org under row-level security.';
 
 
 --
@@ -799,81 +824,188 @@ COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries 
 --
 
 CREATE FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) RETURNS jsonb
-    LANGUAGE plpgsql SECURITY DEFINER
+    LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    AS $_$
-declare
-    claimed jsonb := '[]';
-    lost record;
-    due record;
-    taken flow_runs;
-    lease interval := make_interval(secs => lease_seconds);
-    failure jsonb;
-begin
-    if worker is null or worker = '' or max_runs < 1 or max_runs > 1000 or lease_seconds <= 0
-            or max_recoveries < 0 then
-        raise exception 'tolstoy_claim_runs: invalid arguments' using errcode = 'invalid_parameter_value';
-    end if;
-    for lost in
-        select r.org_id, r.id, r.created_at, r.flow_id, r.user_id, r.recoveries
-        from flow_runs r
-        where r.status = 'running' and r.lease_expires_at < now()
-        order by r.lease_expires_at
-        limit max_runs
-        for update skip locked
-    loop
-        if lost.recoveries >= max_recoveries then
-            failure := jsonb_build_object(
-                'name', 'RecoveryLimit',
-                'message', format('The run stopped its worker %s times (the limit is %s); it is not tried again.',
-                                  lost.recoveries + 1, max_recoveries));
-            update flow_runs
-            set status = 'failed', error = failure, finished_at = now(), recoveries = recoveries + 1,
-                lease_owner = null, lease_token = null, lease_expires_at = null
-            where org_id = lost.org_id and id = lost.id and created_at = lost.created_at;
-            insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
-            values (lost.org_id, lost.flow_id, lost.user_id, lost.id::text, '$flow', 'failed', '{}', failure);
-        else
-            update flow_runs
-            set claims = claims + 1, lease_token = claims + 1, recoveries = recoveries + 1,
-                lease_owner = worker, lease_expires_at = now() + lease
-            where org_id = lost.org_id and id = lost.id and created_at = lost.created_at
-            returning * into taken;
-            claimed := claimed || tolstoy_run_payload(taken);
-        end if;
-    end loop;
-    for due in
-        select r.org_id, r.id, r.created_at
-        from flow_runs r
-        where r.status = 'queued' and r.run_after <= now()
-        order by r.run_after
-        limit max_runs - jsonb_array_length(claimed)
-        for update skip locked
-    loop
-        update flow_runs
-        set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
-            lease_expires_at = now() + lease, started_at = coalesce(started_at, now())
-        where org_id = due.org_id and id = due.id and created_at = due.created_at
-        returning * into taken;
-        if taken.claims = 1 then
-            insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
-            values (taken.org_id, taken.flow_id, taken.user_id, taken.id::text, '$flow', 'running', taken.variables);
-        end if;
-        claimed := claimed || tolstoy_run_payload(taken);
-    end loop;
-    return jsonb_build_object(
-        'runs', claimed,
-        'next_due', least((select min(r.run_after) from flow_runs r where r.status = 'queued'),
-                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
-end;
-$_$;
+    AS $$
+    select jsonb_build_object('runs', coalesce(jsonb_agg(c.run) filter (where c.run is not null), '[]'),
+                              'next_due', max(c.meta ->> 'next_due')::timestamptz)
+    from tolstoy_claim_runs_v2(worker, max_runs, lease_seconds, max_recoveries, 300) as c
+$$;
 
 
 --
 -- Name: FUNCTION tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) IS 'Claims up to max_runs runs for worker (expired leases first, then due queued runs), returns them with {runs, next_due}; a run past max_recoveries fails instead.';
+COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) IS 'The previous release''s claim, kept for its workers during a deploy: tolstoy_claim_runs_v2 as one jsonb {runs, next_due}. To be dropped.';
+
+
+--
+-- Name: tolstoy_claim_runs_v2(text, integer, double precision, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision) RETURNS TABLE(run jsonb, meta jsonb)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $_$
+declare
+    lease interval := make_interval(secs => lease_seconds);
+    claimed integer := 0;
+    lost record;
+    due record;
+    taken flow_runs;
+    payload jsonb;
+    failure jsonb;
+    state text;
+    problem text;
+begin
+    if worker is null or worker = '' or max_runs < 1 or max_runs > 1000 or lease_seconds <= 0
+            or max_recoveries < 0 or half_life_seconds is null or half_life_seconds <= 0 then
+        raise exception 'tolstoy_claim_runs_v2: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    for lost in
+        select r.org_id, r.id, r.created_at
+        from flow_runs r
+        where r.status = 'running' and r.lease_expires_at < now()
+        order by r.lease_expires_at
+        limit max_runs
+        for update skip locked
+    loop
+        select * into taken from flow_runs r
+        where r.org_id = lost.org_id and r.id = lost.id and r.created_at = lost.created_at;
+        if taken.cancel_requested then
+            update flow_runs set recoveries = recoveries + 1
+            where org_id = taken.org_id and id = taken.id and created_at = taken.created_at;
+            perform tolstoy_release_run(taken, 'cancelled', null, null);
+        elsif taken.strikes >= max_recoveries then
+            failure := jsonb_build_object(
+                'name', 'RecoveryLimit',
+                'message', format('The run stopped its worker %s times in a row without finishing a step (the limit '
+                                  'is %s, TOLSTOY_MAX_RECOVERIES); it is not tried again.',
+                                  taken.strikes + 1, max_recoveries));
+            update flow_runs set recoveries = recoveries + 1, strikes = strikes + 1
+            where org_id = taken.org_id and id = taken.id and created_at = taken.created_at;
+            perform tolstoy_release_run(taken, 'failed', null, failure);
+        else
+            payload := null;
+            begin
+                update flow_runs
+                set claims = claims + 1, lease_token = claims + 1, recoveries = recoveries + 1,
+                    strikes = strikes + 1, lease_owner = worker, lease_expires_at = clock_timestamp() + lease,
+                    accounted_at = clock_timestamp()
+                where org_id = taken.org_id and id = taken.id and created_at = taken.created_at
+                returning * into taken;
+                payload := tolstoy_run_payload(taken);
+            exception when data_exception or integrity_constraint_violation or program_limit_exceeded then
+                get stacked diagnostics state = returned_sqlstate, problem = message_text;
+                -- The block's update is undone (not what it left in taken): read the run again. Its
+                -- lease is still the expired one, released by the fault (a strike, as a recovery is).
+                update flow_runs set recoveries = recoveries + 1
+                where org_id = lost.org_id and id = lost.id and created_at = lost.created_at
+                returning * into taken;
+                perform tolstoy_run_fault(taken, jsonb_build_object('sqlstate', state, 'message', problem),
+                                          max_recoveries, least(1000 * power(2, taken.strikes), 60000));
+            end;
+            if payload is not null then
+                claimed := claimed + 1;
+                run := payload;
+                meta := null;
+                return next;
+            end if;
+        end if;
+    end loop;
+    for due in
+        with recursive orgs (org_id, first_due) as (
+            -- The organizations with queued runs, one index probe each (a loose index scan), with
+            -- the earliest run_after of each.
+            (select r.org_id, r.run_after
+             from flow_runs r
+             where r.status = 'queued'
+             order by r.org_id, r.run_after
+             limit 1)
+            union all
+            select later.org_id, later.run_after
+            from orgs o
+            cross join lateral (select r.org_id, r.run_after
+                                from flow_runs r
+                                where r.status = 'queued' and r.org_id > o.org_id
+                                order by r.org_id, r.run_after
+                                limit 1) as later
+        ), running as (
+            select r.org_id, count(*) as n
+            from flow_runs r
+            where r.status = 'running'
+            group by r.org_id
+        ), ready as (
+            select o.org_id,
+                   coalesce(running.n, 0)
+                   + coalesce(w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+                                                       / half_life_seconds, -50)), 0)
+                     * ln(2) / half_life_seconds as load
+            from orgs o
+            left join running on running.org_id = o.org_id
+            left join organization_worker_time w on w.org_id = o.org_id
+            where o.first_due <= now()
+        )
+        select c.org_id, c.id, c.created_at
+        from ready
+        cross join lateral (select r.org_id, r.id, r.created_at, r.run_after
+                            from flow_runs r
+                            where r.status = 'queued' and r.org_id = ready.org_id and r.run_after <= now()
+                            order by r.run_after, r.id
+                            limit max_runs) as c
+        order by ready.load + row_number() over (partition by c.org_id order by c.run_after, c.id),
+                 c.run_after, c.id
+    loop
+        exit when claimed >= max_runs;
+        -- Another worker may have taken it since (SKIP LOCKED, and the status seen anew).
+        select * into taken from flow_runs r
+        where r.org_id = due.org_id and r.id = due.id and r.created_at = due.created_at and r.status = 'queued'
+        for update skip locked;
+        continue when not found;
+        payload := null;
+        begin
+            update flow_runs
+            set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
+                lease_expires_at = clock_timestamp() + lease, started_at = coalesce(started_at, now()),
+                accounted_at = clock_timestamp()
+            where org_id = due.org_id and id = due.id and created_at = due.created_at
+            returning * into taken;
+            if taken.claims = 1 then
+                insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+                values (taken.org_id, taken.flow_id, taken.user_id, taken.id::text, '$flow', 'running',
+                        taken.variables);
+            end if;
+            payload := tolstoy_run_payload(taken);
+        exception when data_exception or integrity_constraint_violation or program_limit_exceeded then
+            get stacked diagnostics state = returned_sqlstate, problem = message_text;
+            -- The block's update is undone (not what it left in taken): read the run again.
+            select * into taken from flow_runs r
+            where r.org_id = due.org_id and r.id = due.id and r.created_at = due.created_at;
+            perform tolstoy_run_fault(taken, jsonb_build_object('sqlstate', state, 'message', problem),
+                                      max_recoveries, least(1000 * power(2, taken.strikes), 60000));
+        end;
+        if payload is not null then
+            claimed := claimed + 1;
+            run := payload;
+            meta := null;
+            return next;
+        end if;
+    end loop;
+    run := null;
+    meta := jsonb_build_object(
+        'next_due', least((select min(r.run_after) from flow_runs r where r.status = 'queued'),
+                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
+    return next;
+end;
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision) IS 'Claims up to max_runs runs for worker: expired leases first (a strike each; failed past max_recoveries, cancelled when asked), then due queued runs round-robin across organizations weighed by the worker time they hold and used lately (half-life half_life_seconds), in order within each. One row per run ({run}), each loaded on its own (a run that fails to load is charged a fault, not the claim), then {meta: {next_due}}.';
 
 
 --
@@ -1693,6 +1825,9 @@ CREATE TABLE public.flow_runs (
     depth integer DEFAULT 0 NOT NULL,
     acts_as_user boolean DEFAULT false NOT NULL,
     stored_bytes bigint,
+    strikes integer DEFAULT 0 NOT NULL,
+    handbacks integer DEFAULT 0 NOT NULL,
+    accounted_at timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1763,7 +1898,7 @@ COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed th
 -- Name: COLUMN flow_runs.recoveries; Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON COLUMN public.flow_runs.recoveries IS 'Claims after a worker vanished (its lease expired); past the limit the run fails.';
+COMMENT ON COLUMN public.flow_runs.recoveries IS 'Claims after the run''s lease expired (its worker vanished, or let go of it): every one, for the record. The recovery limit reads strikes.';
 
 
 --
@@ -1813,6 +1948,27 @@ COMMENT ON COLUMN public.flow_runs.acts_as_user IS 'The run may use its user''s 
 --
 
 COMMENT ON COLUMN public.flow_runs.stored_bytes IS 'Bytes of history the run holds (its variables, plan, error, steps and log rows, as stored), measured when it finished.';
+
+
+--
+-- Name: COLUMN flow_runs.strikes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.strikes IS 'Recoveries (its lease expired) and faults of its own (data the database refused) since the run last finished a step; past TOLSTOY_MAX_RECOVERIES it fails (RecoveryLimit).';
+
+
+--
+-- Name: COLUMN flow_runs.handbacks; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.handbacks IS 'Times the run was handed back to the queue after a transient fault of the database since it last finished a step; past TOLSTOY_MAX_HANDBACKS it fails (HandbackLimit).';
+
+
+--
+-- Name: COLUMN flow_runs.accounted_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.accounted_at IS 'Up to when the worker time of the current lease is counted in organization_worker_time.';
 
 
 --
@@ -2036,6 +2192,42 @@ COMMENT ON FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delive
 
 
 --
+-- Name: tolstoy_release_run(public.flow_runs, public.flow_run_status, double precision, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_release_run(r public.flow_runs, becomes public.flow_run_status, after_ms double precision, error jsonb) RETURNS public.flow_run_status
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    outcome flow_run_status := case when r.cancel_requested then 'cancelled'::flow_run_status else becomes end;
+    shown jsonb := case outcome when 'cancelled' then '{"message": "Cancelled"}'::jsonb
+                                when 'failed' then error end;
+begin
+    update flow_runs f
+    set status = outcome,
+        run_after = case when outcome = 'queued'
+                         then now() + make_interval(secs => coalesce(after_ms, 0) / 1000) else f.run_after end,
+        finished_at = case when outcome in ('cancelled', 'failed') then now() end,
+        error = coalesce(shown, f.error),
+        lease_owner = null, lease_token = null, lease_expires_at = null
+    where f.org_id = r.org_id and f.id = r.id and f.created_at = r.created_at;
+    if outcome in ('cancelled', 'failed') then
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+        values (r.org_id, r.flow_id, r.user_id, r.id::text, '$flow', outcome::text::execution_status, '{}', shown);
+    end if;
+    return outcome;
+end;
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_release_run(r public.flow_runs, becomes public.flow_run_status, after_ms double precision, error jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_release_run(r public.flow_runs, becomes public.flow_run_status, after_ms double precision, error jsonb) IS 'A run leaves its worker''s hands unfinished: queued after after_ms, waiting, or failed with error (logged); cancelled instead when a cancel is pending. Releases the lease; returns the status set.';
+
+
+--
 -- Name: tolstoy_renew_leases(text, uuid[], uuid[], integer[], double precision); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2093,6 +2285,36 @@ COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds sinc
 
 
 --
+-- Name: tolstoy_run_fault(public.flow_runs, jsonb, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_run_fault(r public.flow_runs, fault jsonb, max_strikes integer, after_ms double precision) RETURNS public.flow_run_status
+    LANGUAGE plpgsql
+    AS $$
+declare
+    over boolean := r.strikes + 1 > max_strikes;
+begin
+    update flow_runs f set strikes = f.strikes + 1
+    where f.org_id = r.org_id and f.id = r.id and f.created_at = r.created_at;
+    return tolstoy_release_run(r, case when over then 'failed' else 'queued' end::flow_run_status, after_ms,
+                               case when over then jsonb_build_object(
+                                   'name', 'RecoveryLimit', 'sqlstate', fault ->> 'sqlstate',
+                                   'message', format('The database refused this run''s data %s times in a row (the '
+                                                     'limit is %s, TOLSTOY_MAX_RECOVERIES): %s (SQLSTATE %s); it is '
+                                                     'not tried again.', r.strikes + 1, max_strikes,
+                                                     left(fault ->> 'message', 500), fault ->> 'sqlstate')) end);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_run_fault(r public.flow_runs, fault jsonb, max_strikes integer, after_ms double precision); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_run_fault(r public.flow_runs, fault jsonb, max_strikes integer, after_ms double precision) IS 'A fault of the run''s own data: a strike, then queued after after_ms, or failed (RecoveryLimit, naming the fault) past max_strikes; a pending cancel ends it cancelled.';
+
+
+--
 -- Name: tolstoy_run_from(uuid); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2122,6 +2344,7 @@ CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
         'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
         'variables', r.variables, 'plan', r.plan,
         'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
+        'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
         'checkpoints', coalesce((
             select jsonb_agg(jsonb_build_object(
                        'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
@@ -2988,6 +3211,9 @@ CREATE TABLE public.flow_runs_default (
     depth integer DEFAULT 0 NOT NULL,
     acts_as_user boolean DEFAULT false NOT NULL,
     stored_bytes bigint,
+    strikes integer DEFAULT 0 NOT NULL,
+    handbacks integer DEFAULT 0 NOT NULL,
+    accounted_at timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -3544,6 +3770,41 @@ COMMENT ON COLUMN public.organization_usage.runs IS 'An upper bound of the runs 
 --
 
 COMMENT ON COLUMN public.organization_usage.counted_at IS 'When runs was last set to an exact count.';
+
+
+--
+-- Name: organization_worker_time; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.organization_worker_time (
+    org_id uuid NOT NULL,
+    seconds double precision DEFAULT 0 NOT NULL,
+    counted_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT organization_worker_time_seconds_check CHECK ((seconds >= (0)::double precision))
+);
+
+ALTER TABLE ONLY public.organization_worker_time FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE organization_worker_time; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.organization_worker_time IS 'Worker time each organization''s runs held lately, decaying with a half-life (TOLSTOY_FAIR_SHARE_HALF_LIFE_SECONDS): what fair claims weigh organizations by.';
+
+
+--
+-- Name: COLUMN organization_worker_time.seconds; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_worker_time.seconds IS 'Worker-seconds as of counted_at, each older second counting half as much per half-life.';
+
+
+--
+-- Name: COLUMN organization_worker_time.counted_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.organization_worker_time.counted_at IS 'When seconds was last brought up to date.';
 
 
 --
@@ -4255,6 +4516,14 @@ ALTER TABLE ONLY public.organization_usage
 
 
 --
+-- Name: organization_worker_time organization_worker_time_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_worker_time
+    ADD CONSTRAINT organization_worker_time_pkey PRIMARY KEY (org_id);
+
+
+--
 -- Name: organizations organizations_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4626,6 +4895,20 @@ CREATE INDEX flow_runs_default_org_id_retry_of_idx ON public.flow_runs_default U
 
 
 --
+-- Name: flow_runs_queued_org_id_run_after_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_queued_org_id_run_after_idx ON ONLY public.flow_runs USING btree (org_id, run_after, id) WHERE (status = 'queued'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_default_org_id_run_after_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_run_after_id_idx ON public.flow_runs_default USING btree (org_id, run_after, id) WHERE (status = 'queued'::public.flow_run_status);
+
+
+--
 -- Name: flow_runs_org_id_user_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -4966,6 +5249,13 @@ ALTER INDEX public.flow_runs_org_id_parent_run_id_idx ATTACH PARTITION public.fl
 --
 
 ALTER INDEX public.flow_runs_org_id_retry_of_idx ATTACH PARTITION public.flow_runs_default_org_id_retry_of_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_run_after_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_queued_org_id_run_after_idx ATTACH PARTITION public.flow_runs_default_org_id_run_after_id_idx;
 
 
 --
@@ -5409,6 +5699,14 @@ ALTER TABLE ONLY public.organization_usage
 
 
 --
+-- Name: organization_worker_time organization_worker_time_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.organization_worker_time
+    ADD CONSTRAINT organization_worker_time_org_id_fkey FOREIGN KEY (org_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+
+--
 -- Name: sync_execute_slots sync_execute_slots_org_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -5563,6 +5861,20 @@ CREATE POLICY engine_access ON public.history_bytes TO tolstoy_engine USING (tru
 
 
 --
+-- Name: organization_worker_time engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.organization_worker_time TO tolstoy_engine USING (true);
+
+
+--
+-- Name: POLICY engine_access ON organization_worker_time; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON POLICY engine_access ON public.organization_worker_time IS 'The run claim reads every organization''s worker time to weigh them.';
+
+
+--
 -- Name: webhook_deliveries engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -5705,6 +6017,12 @@ ALTER TABLE public.organization_quotas ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.organization_usage ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: organization_worker_time; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.organization_worker_time ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: organizations; Type: ROW SECURITY; Schema: public; Owner: -
@@ -5865,6 +6183,13 @@ CREATE POLICY tenant_isolation ON public.organization_usage USING ((org_id = pub
 
 
 --
+-- Name: organization_worker_time tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.organization_worker_time USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
 -- Name: secret_reads tenant_isolation; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -6013,4 +6338,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000404'),
     ('20261208000500'),
     ('20261208000501'),
-    ('20261208000600');
+    ('20261208000600'),
+    ('20261208001000');

@@ -81,11 +81,20 @@ where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_crea
 order by s.started_at, s.step_id;
 
 -- name: request_cancel^
--- A queued (or sleeping), or waiting run is cancelled at once; a running one within one heartbeat.
+-- A queued (or sleeping), or waiting run is cancelled at once, and so is a running one whose lease
+-- expired (its worker is gone: nothing would pass a step boundary to honour the cancel, and its
+-- writes are fenced by that lease); a running one within one heartbeat, and, should its worker die
+-- first, when it is recovered (the claim carries the cancel).
 update flow_runs
-set status = case when status in ('queued', 'waiting') then 'cancelled'::flow_run_status else status end,
-    finished_at = case when status in ('queued', 'waiting') then now() else finished_at end,
-    error = case when status in ('queued', 'waiting') then '{"message": "Cancelled"}'::jsonb else error end,
+set status = case when status in ('queued', 'waiting') or lease_expires_at < now() then 'cancelled'::flow_run_status
+                  else status end,
+    finished_at = case when status in ('queued', 'waiting') or lease_expires_at < now() then now()
+                       else finished_at end,
+    error = case when status in ('queued', 'waiting') or lease_expires_at < now() then '{"message": "Cancelled"}'::jsonb
+                 else error end,
+    lease_owner = case when lease_expires_at < now() then null else lease_owner end,
+    lease_token = case when lease_expires_at < now() then null else lease_token end,
+    lease_expires_at = case when lease_expires_at < now() then null else lease_expires_at end,
     cancel_requested = true
 where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
   and created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid)
@@ -112,20 +121,26 @@ with recursive tree as (
     from flow_runs r
     join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
     where r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested)
+      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < now())
     order by r.depth desc, r.id
     for update of r
 ), changed as (
+    -- As request_cancel: at once unless a worker holds it (a running run whose lease expired has none).
     update flow_runs r
-    set status = case when r.status in ('queued', 'waiting') then 'cancelled'::flow_run_status else r.status end,
-        finished_at = case when r.status in ('queued', 'waiting') then now() else r.finished_at end,
-        error = case when r.status in ('queued', 'waiting') then '{"message": "Cancelled with its parent"}'::jsonb
-                     else r.error end,
+    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now()
+                      then 'cancelled'::flow_run_status else r.status end,
+        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now() then now()
+                           else r.finished_at end,
+        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now()
+                     then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
+        lease_owner = case when r.lease_expires_at < now() then null else r.lease_owner end,
+        lease_token = case when r.lease_expires_at < now() then null else r.lease_token end,
+        lease_expires_at = case when r.lease_expires_at < now() then null else r.lease_expires_at end,
         cancel_requested = true
     from locked
     where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
       and r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested)
+      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < now())
     returning r.org_id, r.id, r.flow_id, r.user_id, r.status
 ), logged as (
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
@@ -203,14 +218,18 @@ from (
 
 -- ---- the worker ---------------------------------------------------------------------
 
--- name: claim$
--- Claim up to :limit runs of any organization (expired leases first, past the recovery limit
--- they fail); {runs: [run with plan and checkpoints], next_due, now, next_schedule: when the next
--- schedule trigger falls due, next_delivery: when a webhook delivery does}, so an idle worker needs
--- no other statement to know when to wake.
-select tolstoy_claim_runs(:worker, :limit, :lease_seconds, :max_recoveries)
-       || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule(),
-                             'next_delivery', tolstoy_next_delivery());
+-- name: claim
+-- Claim up to :limit runs of any organization, fairly across them (tolstoy_claim_runs_v2: expired
+-- leases first, past the recovery limit they fail; then due runs round-robin across organizations
+-- weighed by their recent worker time, half-life :half_life_seconds), one row per run ({run: run
+-- with plan and checkpoints}, each loaded on its own), then one row {meta: {next_due, now,
+-- next_schedule: when the next schedule trigger falls due, next_delivery: when a webhook delivery
+-- does}}, so an idle worker needs no other statement to know when to wake.
+select c.run,
+       case when c.meta is not null
+            then c.meta || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule(),
+                                              'next_delivery', tolstoy_next_delivery()) end as meta
+from tolstoy_claim_runs_v2(:worker, :limit, :lease_seconds, :max_recoveries, :half_life_seconds) as c;
 
 -- name: renew_leases
 -- Heartbeat: renew the leases of the runs this worker is executing; returns those still held.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
@@ -148,6 +149,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = engine.worker(config, db, concurrency)
     worker.install_signal_handlers()
     worker.run()
+    if worker.abandoned:
+        # Threads that would not stop (a render that checks nothing) must not hold the exit: the
+        # interpreter would wait for them, and systemd would kill the worker without a word.
+        logging.getLogger("tolstoy.worker").warning("exiting without waiting for %d run thread(s)", worker.abandoned)
+        logging.shutdown()
+        os._exit(0)
     db.close()
     return 0
 

@@ -25,7 +25,8 @@ PUBLIC_FIELDS = (
     "port", "app_name", "env", "pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout_ms",
     "prepare_threshold", "data_key_ttl", "worker_concurrency", "sync_execute_timeout_ms",
     "sync_execute_max_timeout_ms", "sync_execute_per_org", "worker_lease_seconds", "worker_poll_seconds",
-    "max_recoveries", "foreach_max_items", "subflow_max_depth", "template_max_operations", "template_max_ms",
+    "max_recoveries", "max_handbacks", "worker_drain_seconds", "fair_share_half_life_seconds",
+    "foreach_max_items", "subflow_max_depth", "template_max_operations", "template_max_ms",
     "template_max_size", "step_max_bytes", "run_max_bytes", "run_retention_days", "webhook_timeout_ms",
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
@@ -84,8 +85,18 @@ class Config:
     sync_execute_per_org: int = 2
     worker_lease_seconds: float = 30.0
     worker_poll_seconds: float = 10.0
-    # A run reclaimed after its worker vanished this many times fails instead.
+    # A run recovered after its worker vanished (or refused for its own data) this many times in a row
+    # without finishing a step fails instead.
     max_recoveries: int = 3
+    # A run handed back to the queue after a transient fault of the database this many times in a row
+    # without finishing a step fails instead (no run bounces forever).
+    max_handbacks: int = 20
+    # SIGTERM: how long a worker waits for its runs to reach a step boundary (and go back to the queue)
+    # before it cuts off what is still running and exits; below systemd's TimeoutStopSec (90 s).
+    worker_drain_seconds: float = 60.0
+    # Fair claims weigh each organization by the worker time its runs used lately, each older second
+    # counting half as much per half-life.
+    fair_share_half_life_seconds: float = 300.0
     # A foreach step with more items than this fails (its items are one checkpoint each).
     foreach_max_items: int = 10_000
     # A subflow step whose child would nest deeper than this fails (a run started by execute is at depth 0).
@@ -244,6 +255,9 @@ class Config:
             worker_lease_seconds=reader.number("TOLSTOY_WORKER_LEASE_SECONDS", 30.0, 1, 3600),
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
+            max_handbacks=reader.integer("TOLSTOY_MAX_HANDBACKS", 20, 0, 10_000),
+            worker_drain_seconds=reader.number("TOLSTOY_WORKER_DRAIN_SECONDS", 60.0, 0, 3600),
+            fair_share_half_life_seconds=reader.number("TOLSTOY_FAIR_SHARE_HALF_LIFE_SECONDS", 300.0, 1, 86_400),
             foreach_max_items=reader.integer("TOLSTOY_FOREACH_MAX_ITEMS", 10_000, 1, 1_000_000),
             subflow_max_depth=reader.integer("TOLSTOY_SUBFLOW_MAX_DEPTH", 10, 1, 1000),
             template_max_operations=reader.integer("TOLSTOY_TEMPLATE_MAX_OPERATIONS", 1_000_000, 1000, 1_000_000_000),

@@ -42,8 +42,8 @@ REVIEWED_POLICIES = {
         "flow_run_signals", "flow_run_steps", "flow_run_steps_default", "flow_run_steps_pYYYY_MM", "flow_runs",
         "flow_runs_default", "flow_runs_pYYYY_MM", "flow_trigger_deliveries", "flow_triggers", "flow_versions",
         "flows", "history_bytes", "oauth_states", "oauth_tokens", "organization_keys", "organization_quotas",
-        "organization_usage", "secret_reads", "sync_execute_slots", "tool_credentials", "tools", "user_connections",
-        "users", "webhook_deliveries", "webhook_lines", "webhooks")},
+        "organization_usage", "organization_worker_time", "secret_reads", "sync_execute_slots", "tool_credentials",
+        "tools", "user_connections", "users", "webhook_deliveries", "webhook_lines", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
     ("organizations", "admin_all", "tolstoy_admin", "true", "true"),
     # The history upkeep's "does this month still hold an unfinished run?" reads every organization's
@@ -54,7 +54,8 @@ REVIEWED_POLICIES = {
       for table in ("api_keys", "execution_logs", "flow_runs", "flow_triggers", "history_bytes",
                     "webhook_deliveries", "webhook_lines")},
     *{(table, "engine_access", "tolstoy_engine", "true", None)
-      for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "webhooks")},
+      for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "organization_worker_time",
+                    "webhooks")},
 }
 PRIVILEGED_ROLES = ("tolstoy_engine", "tolstoy_history", "tolstoy_admin")
 
@@ -228,8 +229,9 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
 REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats",
                     "tolstoy_usage"},
-    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_schedules",
-                       "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
+    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
+                       "tolstoy_claim_schedules", "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history",
+                       "tolstoy_next_delivery", "tolstoy_next_schedule",
                        "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     # The usage of the organization its unit acts for (GET /organizations/{id}/usage): no grant on runs needed.

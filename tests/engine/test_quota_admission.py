@@ -131,7 +131,7 @@ def test_a_run_is_measured_whoever_finishes_it(api, org, user, client, db, confi
     client.simulate_post(f"/flows/{flow['id']}/executions/{cancelled}/cancel", headers=api.headers(org))
     lost = execute_flow(client, org, user, flow).json["executionId"]
     with db.pool.connection() as conn:
-        conn.execute("update flow_runs set status = 'running', recoveries = 3, claims = 4, lease_token = 4, "
+        conn.execute("update flow_runs set status = 'running', recoveries = 3, strikes = 3, claims = 4, lease_token = 4, "
                      "lease_owner = 'gone', lease_expires_at = now() - interval '1 second' where id = %s", (lost,))
     w = engine.worker(config, worker_db, concurrency=1, max_recoveries=3)
     w.claim(None)  # fails the lost run (RecoveryLimit); claims nothing to run

@@ -444,7 +444,7 @@ def test_a_child_failed_by_the_recovery_limit_wakes_its_waiting_parent(api, org,
                               (org["id"], execution_id, token, json.dumps(writes), json.dumps(spec))).fetchone()["a"]
         assert answer["parked"]
         conn.execute("update flow_runs set status = 'running', lease_owner = 'dead', lease_token = 1, claims = 1, "
-                     "recoveries = 3, lease_expires_at = now() - interval '1 second', started_at = now() "
+                     "recoveries = 3, strikes = 3, lease_expires_at = now() - interval '1 second', started_at = now() "
                      "where id = %s", (answer["child"]["id"],))
     with worker_db.pool.connection() as conn:
         conn.execute("select tolstoy_claim_runs('w2', 1, 30, 3)")

@@ -105,22 +105,14 @@ def test_the_bounds_of_templates_and_stored_bytes_are_read_and_checked():
     (64 * 1024 * 1024, 128 * 1024 * 1024), (10 * 1024 * 1024, 32 * 1024 * 1024), (1024, 1024),
     (64 * 1024 * 1024, 64 * 1024 * 1024), (10 * 1024 * 1024, 128 * 1024 * 1024),
 ])
-def test_the_runs_one_claim_hands_over_fit_one_jsonb_document_at_any_setting(step_max, run_max):
-    """A claim returns its runs, each with its checkpoints (at most run_max) and variables (at most
+def test_a_run_at_its_bounds_fits_one_jsonb_document_at_any_setting(step_max, run_max):
+    """A claim returns each run, with its checkpoints (at most run_max) and variables (at most
     step_max: a subflow step's inputs), as one jsonb document, refused past 256 MB (issue 20 row 1):
-    at the settings' extremes as at their defaults, the runs a claim may take fit it."""
+    at the settings' extremes as at their defaults, a run at its bounds fits it."""
     from tolstoy.engine import sizes
 
     read = Config.from_env({"TOLSTOY_STEP_MAX_BYTES": str(step_max), "TOLSTOY_RUN_MAX_BYTES": str(run_max)})
-    runs = sizes.runs_per_claim(read.step_max_bytes, read.run_max_bytes)
-    assert runs >= 1
-    assert runs * (read.run_max_bytes + read.step_max_bytes + sizes.PLAN_MAX_BYTES) <= sizes.CLAIM_MAX_BYTES
-    assert sizes.CLAIM_MAX_BYTES < 256 * 1024 * 1024 - 1024 * 1024
+    assert read.run_max_bytes + read.step_max_bytes + sizes.PLAN_MAX_BYTES <= sizes.PAYLOAD_MAX_BYTES
+    assert sizes.PAYLOAD_MAX_BYTES < 256 * 1024 * 1024 - 1024 * 1024
     with pytest.raises(ConfigError, match=r"TOLSTOY_STEP_MAX_BYTES must be between 1024 and 67108864"):
         Config.from_env({"TOLSTOY_STEP_MAX_BYTES": str(64 * 1024 * 1024 + 1)})
-
-
-def test_a_worker_claims_as_many_runs_as_its_threads_at_the_default_bounds():
-    from tolstoy.engine import sizes
-
-    assert sizes.runs_per_claim(Config().step_max_bytes, Config().run_max_bytes) >= Config().worker_concurrency

@@ -66,7 +66,10 @@ def json(value: Any) -> Any:
 
 @contextlib.contextmanager
 def wrap_errors() -> Iterator[None]:
-    """Turn psycopg's errors into the domain errors of tolstoy.errors."""
+    """Turn psycopg's errors into the domain errors of tolstoy.errors: constraint violations by name,
+    tenant and key rejections by their SQLSTATE, and every other fault by errors.FAULT_CLASSES, the one
+    table that tells a transient fault (DatabaseUnavailable) from data the database refuses
+    (DataRefused). What the table does not sort is raised as it is (a bug)."""
     try:
         yield
     except pg_errors.UniqueViolation as exc:
@@ -80,14 +83,6 @@ def wrap_errors() -> Iterator[None]:
         raise errors.DatabaseUnavailable(str(exc)) from exc
     except _POOLER_CLASHES as exc:
         raise errors.DatabaseUnavailable(f"prepared statements through a transaction pooler: {exc}") from exc
-    except psycopg.OperationalError as exc:
-        raise errors.DatabaseUnavailable(str(exc)) from exc
-    except pg_errors.ReadOnlySqlTransaction as exc:
-        # Tolstoy opens no read-only transaction, so a write refused as read-only means the server
-        # takes no writes now: a primary just demoted to a standby that a pooler, a virtual IP or
-        # HAProxy (until its next check) still sends us to, or one its operator made read-only. The
-        # database is unavailable, not the request wrong: 503 for the API, a retry for the engine.
-        raise errors.DatabaseUnavailable(f"the database takes no writes (a standby now?): {exc}") from exc
     except psycopg.Error as exc:
         if exc.sqlstate in _TENANT_ERRORS:
             raise errors.TenantRejected(*_TENANT_ERRORS[exc.sqlstate]) from exc
@@ -97,6 +92,15 @@ def wrap_errors() -> Iterator[None]:
             detail = jsonlib.loads(exc.diag.message_detail or "{}")
             raise errors.QuotaExceeded(detail.get("quota"), detail.get("limit"), detail.get("used"),
                                        exc.diag.message_primary or "Over a quota.") from exc
+        # No SQLSTATE: the client's own complaint, or (an OperationalError) a connection that broke.
+        # A write refused as read-only (25006) is TRANSIENT there: Tolstoy opens no read-only
+        # transaction, so it means the server takes no writes now (a primary just demoted to a standby
+        # that a pooler, a virtual IP or HAProxy still sends us to): 503 for the API, a retry for the engine.
+        kind = errors.fault_kind(exc.sqlstate) if exc.sqlstate or isinstance(exc, psycopg.OperationalError) else None
+        if kind == errors.TRANSIENT:
+            raise errors.DatabaseUnavailable(str(exc), exc.sqlstate) from exc
+        if kind == errors.REFUSED:
+            raise errors.DataRefused(str(exc), exc.sqlstate) from exc
         raise
 
 

@@ -71,13 +71,17 @@ def build(config, db: Database, worker_id: str, stopping: threading.Event | None
                   foreach_max_items=config.foreach_max_items, subflow_max_depth=config.subflow_max_depth,
                   template_limits=Limits(config.template_max_operations, config.template_max_ms,
                                          config.template_max_size),
-                  step_max_bytes=config.step_max_bytes, run_max_bytes=config.run_max_bytes)
+                  step_max_bytes=config.step_max_bytes, run_max_bytes=config.run_max_bytes,
+                  max_recoveries=config.max_recoveries, max_handbacks=config.max_handbacks,
+                  fair_share_half_life_seconds=config.fair_share_half_life_seconds)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:
     """A Worker wired from configuration (``overrides`` for tests: poll_seconds, worker_id…)."""
     settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
+                "max_handbacks": config.max_handbacks, "drain_seconds": config.worker_drain_seconds,
+                "fair_share_half_life_seconds": config.fair_share_half_life_seconds,
                 "retention_days": config.run_retention_days, "prune_batch": config.prune_batch,
                 "prune_budget_seconds": config.prune_budget_seconds,
                 "unknown_outcome_timeout_days": config.unknown_outcome_timeout_days, **overrides}

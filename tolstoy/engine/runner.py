@@ -10,9 +10,16 @@ Such a step is sent again only if that is safe (an idempotent method, or a tool
 that honours our Idempotency-Key); otherwise the run waits for a person.
 
 Every write presents the run's lease token; a lost lease (another worker owns
-the run now) stops the run at once and writes nothing more. Database trouble
-while writing is retried until the lease would run out; the run is never
-failed for it.
+the run now) stops the run at once and writes nothing more. Faults of the
+database are of two kinds (tolstoy/errors.py FAULT_CLASSES). A transient one (a
+statement cancelled or timed out, a serialization failure, a lost connection, a
+failover) is retried in place while the lease lasts, unless it broke a
+transaction (then the transaction is rolled back as a whole, with the pending
+writes made in it); then the run is handed back to the queue as it was: no
+attempt is spent, and a call recorded as starting that never went out is not
+taken for one whose outcome is unknown. Hand-backs are counted, and capped. A
+fault of the run's own data (a program limit, a data exception) counts against
+that run, which fails at the recovery limit with the fault named.
 
 One exit: everything a run writes for people to see (a step's inputs, output
 and error, an execution log row, the run's error) goes through ``Writes``,
@@ -27,6 +34,7 @@ and ``Run.hidden`` remembers where, so later templates reading it are marked.
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -43,7 +51,7 @@ from .. import logs, metrics, times
 from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
-from ..errors import DatabaseUnavailable
+from ..errors import DatabaseFault, DatabaseUnavailable, DataRefused
 from ..redaction import (
     Hidden,
     Secrets,
@@ -78,6 +86,10 @@ SUBFLOW_MAX_DEPTH = 10
 ON_FAILURE = "onFailure."
 # How long a wait step waits when its config says nothing (the API fills it in: 7 days).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
+# A run handed back after a transient fault waits this long before it is claimed again, doubled per
+# hand-back in a row (and per strike after a fault of its own), up to FAULT_MAX_DELAY_MS, jittered.
+FAULT_DELAY_MS = 1000
+FAULT_MAX_DELAY_MS = 60_000
 
 
 def item_id(step_id: str, index: int) -> str:
@@ -103,7 +115,7 @@ def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> 
     return times.backoff_ms(attempt if exponential else 1, int(policy.get("delayMs", 1000)), MAX_BACKOFF_MS, rng)
 
 
-@dataclass
+@dataclass(kw_only=True)  # by name: the fields are easy to pass in the wrong order
 class Writes:
     """Checkpoint writes waiting to go out with the next statement of this run: the run's one exit
     for what people see (checkpoints, execution log rows and the events triggers make of them), so
@@ -177,8 +189,13 @@ class Run:
         self.hidden: dict[str, Hidden] = {}
         # What its checkpoints hold in bytes (the engine sets the bounds: Engine.run).
         self.ledger = sizes.Ledger(self.checkpoints)
-        self.writes = Writes(self.secrets, self.ledger)
-        self.cancel = threading.Event()  # set by the heartbeat or a checkpoint's answer
+        self.writes = Writes(secrets=self.secrets, ledger=self.ledger)
+        self.cancel = threading.Event()  # set by the claim, the heartbeat or a checkpoint's answer
+        if claimed.get("cancel_requested"):  # asked for while no worker held it: honoured at the first boundary
+            self.cancel.set()
+        # Faults in a row, which space the next try (tolstoy_checkpoint counts them and applies the caps).
+        self.strikes = int(claimed.get("strikes") or 0)
+        self.handbacks = int(claimed.get("handbacks") or 0)
         self.lost = threading.Event()  # the heartbeat could not renew the lease
         # A foreach step's items run on threads of their own: they share the writes under this lock.
         self.lock = threading.RLock()
@@ -252,33 +269,44 @@ class Engine:
     def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
                  subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
-                 step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES):
+                 step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES,
+                 max_recoveries: int = 3, max_handbacks: int = 20, fair_share_half_life_seconds: float = 300.0):
         self.db = db
         self.template_limits = template_limits
         self.step_max_bytes = step_max_bytes
         self.run_max_bytes = run_max_bytes
-        # The most runs one claim may hand over: runs at their byte bounds still fit its one document.
-        self.runs_per_claim = sizes.runs_per_claim(step_max_bytes, run_max_bytes)
         self.subflow_max_depth = subflow_max_depth
         self.tools = tools
         self.worker_id = worker_id
         self.stopping = stopping or threading.Event()
         self.lease_seconds = lease_seconds
         self.foreach_max_items = foreach_max_items
+        # The caps tolstoy_checkpoint applies to a run's faults in a row (TOLSTOY_MAX_RECOVERIES,
+        # TOLSTOY_MAX_HANDBACKS), and the half-life of the worker time it counts (fair claims).
+        self.max_recoveries = max_recoveries
+        self.max_handbacks = max_handbacks
+        self.fair_share_half_life_seconds = fair_share_half_life_seconds
+        self.handback_delay_ms = FAULT_DELAY_MS  # tests make it short
 
     # ---- writing ------------------------------------------------------------------
 
     def checkpoint(self, run: Run, transition: dict | None = None, subflow: dict | None = None) -> dict | None:
         """Write the run's pending checkpoints and move it, in one statement; LeaseLost when another
-        worker owns it now. Database trouble is retried while the lease lasts. With ``subflow`` (a
-        subflow step's spec) the same statement also finds or queues the step's child run and parks
-        the run while it waits for it (tolstoy_subflow); returns the statement's answer."""
+        worker owns it now. A transient fault is tried again while the lease lasts, then raised
+        (DatabaseUnavailable: Engine.run hands the run back); inside a transaction it is raised at
+        once, since the transaction is aborted and only rolling it back as a whole can help. Data the
+        database refuses (DataRefused) is raised at once. With ``subflow`` (a subflow step's spec) the
+        same statement also finds or queues the step's child run and parks the run while it waits for
+        it (tolstoy_subflow); returns the statement's answer."""
         transition = transition or {"action": "continue"}
         if transition.get("error") is not None:  # the run's error is shown too
             transition = {**transition, "error": sizes.bounded_error(mask_json(transition["error"], run.secrets))}
-        writes = {"lease_seconds": self.lease_seconds, "steps": run.writes.steps, "events": run.writes.events,
-                  "run": transition}
-        deadline = time.monotonic() + self.lease_seconds * 0.8
+        writes = {"lease_seconds": self.lease_seconds, "half_life_seconds": self.fair_share_half_life_seconds,
+                  "max_recoveries": self.max_recoveries, "max_handbacks": self.max_handbacks,
+                  "steps": run.writes.steps, "events": run.writes.events, "run": transition}
+        # Not past the lease as this worker last renewed it, nor longer than most of a lease from now.
+        deadline = min(time.monotonic(), run.leased_at) + self.lease_seconds * 0.8
+        in_transaction = self.db.current() is not None
         pause = 0.2
         while True:
             if run.lost.is_set():
@@ -296,18 +324,31 @@ class Engine:
             except Exception as exc:
                 if getattr(exc, "sqlstate", None) == LEASE_LOST:
                     raise LeaseLost(str(run.id)) from None
-                if not isinstance(exc, DatabaseUnavailable):
+                if not isinstance(exc, DatabaseUnavailable) or in_transaction:
                     raise
                 if time.monotonic() + pause > deadline:
-                    log.warning("checkpoint failed, leaving the run to its lease: %s", exc,
+                    log.warning("checkpoint failed for the database's sake: %s", exc,
                                 extra={"execution_id": str(run.id)})
-                    raise LeaseLost(str(run.id)) from None
+                    raise
                 time.sleep(pause)
                 pause = min(pause * 2, 2.0)
-        run.writes = Writes(run.secrets, run.ledger)
+        run.writes = Writes(secrets=run.secrets, ledger=run.ledger)
         if answer and answer.get("cancel"):
             run.cancel.set()
         return answer
+
+    @contextlib.contextmanager
+    def atomic(self, run: Run):
+        """One transaction for the block: if it fails, it is rolled back, and so are the checkpoints
+        the block queued (they would claim what did not happen), whether or not a checkpoint inside it
+        had written them."""
+        pending, events = dict(run.writes.pending), list(run.writes.events)
+        try:
+            with self.db.transaction():
+                yield
+        except BaseException:
+            run.writes = Writes(secrets=run.secrets, ledger=run.ledger, pending=pending, events=events)
+            raise
 
     def sealed(self, run: Run, value: Any) -> str:
         """``value`` encrypted for the run's checkpoint (base64: the checkpoint travels as one JSON
@@ -353,21 +394,24 @@ class Engine:
             except Stop:
                 self._hand_back(run)
             except DatabaseUnavailable as exc:
-                # Infrastructure trouble is no verdict on the flow: back to the queue, checkpoints kept
-                # (if even that fails, the lease runs out and another claim resumes it).
-                log.warning("database unavailable; the run goes back to the queue: %s", exc,
-                            extra={"execution_id": str(run.id)})
-                try:
-                    self.pause(run, 1000)
-                except Exception:  # noqa: BLE001 - the lease expires and another worker retries
-                    pass
+                # A transient fault is no verdict on the run: back to the queue as it was.
+                self._release(run, exc, "handback", run.handbacks)
+            except DataRefused as exc:
+                # The run's own data: it counts against this run (and fails it at the recovery limit).
+                self._release(run, exc, "fault", run.strikes)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the run 'running' forever
                 log.exception("run crashed", extra={"execution_id": str(run.id)})
+                error = {"name": type(exc).__name__, "message": "Internal error while running the flow."}
                 try:
-                    self.finish(run, "failed", {"name": type(exc).__name__,
-                                                "message": "Internal error while running the flow."})
-                except Exception:  # noqa: BLE001 - the lease expires and another worker retries
-                    log.exception("could not record the crash", extra={"execution_id": str(run.id)})
+                    self.finish(run, "failed", error)
+                except LeaseLost:
+                    pass
+                except Exception:  # noqa: BLE001 - what was pending may be what failed: record it without
+                    run.writes = Writes(secrets=run.secrets, ledger=run.ledger)
+                    try:
+                        self.finish(run, "failed", error)
+                    except Exception:  # noqa: BLE001 - the lease expires and another worker retries
+                        log.exception("could not record the crash", extra={"execution_id": str(run.id)})
 
     def _advance_until_stopped(self, run: Run) -> None:
         """``_advance``; a template render stopped by a cancel, a lost lease or shutdown ends the run
@@ -384,6 +428,44 @@ class Engine:
             log.info("run handed back on shutdown", extra={"execution_id": str(run.id)})
         except LeaseLost:
             pass
+        except Exception:  # noqa: BLE001 - the lease expires and another worker resumes it
+            log.warning("could not hand the run back on shutdown", exc_info=True, extra={"execution_id": str(run.id)})
+
+    def _release(self, run: Run, fault: DatabaseFault, action: str, in_a_row: int) -> None:
+        """After a fault: ``handback`` (transient) or ``fault`` (the run's own data), through
+        tolstoy_checkpoint, which counts it and fails the run past its cap. What the run learnt that
+        is true goes with it (a step's output, an item done); what is not does not: a pending record
+        that a call starts (its checkpoint failed, so the call was never sent). After a fault of the
+        run's own, nothing pending goes (it is what the database refused). If writing fails, the
+        lease runs out and another worker resumes the run (a recovery)."""
+        log.warning("%s fault of the database (%s); the run goes back to the queue: %s",
+                    "transient" if action == "handback" else "the run's own", fault.sqlstate or "no SQLSTATE",
+                    fault, extra={"execution_id": str(run.id)})
+        delay = times.backoff_ms(in_a_row + 1, self.handback_delay_ms, FAULT_MAX_DELAY_MS)
+        error = fault.as_error()
+        # The run's own events pending were the failed transition's (a finish's, say): not true now.
+        run.writes.events = [e for e in run.writes.events if e["step_key"] != RUN_STEP_KEY]
+        if action == "fault":  # only the records that a call was not sent (they carry no data)
+            run.writes = Writes(secrets=run.secrets, ledger=run.ledger,
+                                pending={sid: s for sid, s in run.writes.pending.items()
+                                         if set(s) == {"step_id", "status", "attempt"}})
+        else:
+            run.writes.pending = {sid: s for sid, s in run.writes.pending.items() if not s.get("call_started")}
+        for attempt in ("with what is pending", "without"):
+            run.writes.event(RUN_STEP_KEY, "queued", inputs={"fault": action, "afterMs": delay}, error=error)
+            try:
+                answer = self.checkpoint(run, {"action": action, "after_ms": delay, "error": error}) or {}
+            except LeaseLost:
+                return
+            except Exception as exc:  # noqa: BLE001 - tried once more without what was pending, then the lease
+                log.warning("could not hand the run back (%s): %s", attempt, exc, extra={"execution_id": str(run.id)})
+                run.writes = Writes(secrets=run.secrets, ledger=run.ledger)
+                continue
+            status = answer.get("status")
+            if status in ("failed", "cancelled"):
+                metrics.count_run(status)
+                logs.run_event(status, execution=run.id, flow_id=run.flow_id, org_id=run.org_id, status=status)
+            return
 
     def _restore(self, run: Run) -> set[str]:
         """Rebuild what finished steps returned; returns the ids of failed (or failure-skipped) steps."""
@@ -587,7 +669,7 @@ class Engine:
         on_timeout = config.get("onTimeout") or "fail"
         shown = run.conceal({"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}, tree)
         parked = bool(checkpoint and checkpoint["status"] == "waiting" and checkpoint.get("wake_at"))
-        with self.db.transaction():
+        with self.atomic(run):
             taken = self.db.one(SQL.signals.take, org_id=run.org_id, run_id=run.id, step_id=sid, signal=signal)
             if taken is None:
                 remaining = seconds_between(checkpoint["wake_at"], run.db_now()) * 1000 if parked else timeout_ms
@@ -664,13 +746,13 @@ class Engine:
         timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
         try:
             output = execute_step(self.tools, run, site, step, inputs, run.key(sid, attempt), timeout)
-        except DatabaseUnavailable as exc:
-            # Raised while reading the credential or a token, before anything was sent: the same
-            # attempt runs again shortly, and it is not an unknown outcome (the step is not 'running').
+        except DatabaseFault:
+            # Raised while reading the credential or a token, before anything was sent: the call is
+            # recorded as not started (the same attempt, and no unknown outcome), and the run goes
+            # back to the queue (Engine.run; a foreach first lets the items in flight finish).
             with run.lock:
-                run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
-                                wake_in_ms=1000, error={"name": "DatabaseUnavailable", "message": str(exc)[:500]})
-            return "sleep", 1000
+                run.writes.step(step_id=sid, status="running", attempt=attempt)
+            raise
         except SkipStep:
             return self._skip(run, site, step, attempt, shown_inputs)
         except StepFailed as exc:
@@ -860,6 +942,7 @@ class Engine:
         halt = threading.Event()  # an item failed and the step does not continue on errors
         not_run = False
         lost = False
+        fault: DatabaseFault | None = None
         if todo and not (failures and not keep_going):
             with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="foreach") as pool:
                 # Each item runs in a copy of this thread's context: the tenant the run acts for.
@@ -875,6 +958,12 @@ class Engine:
                         lost = True
                         halt.set()
                         continue
+                    except DatabaseFault as exc:
+                        # No item starts after it; those in flight finish, and what they return is
+                        # kept when the run is handed back (Engine.run).
+                        fault = fault or exc
+                        halt.set()
+                        continue
                     if kind == "completed":
                         results[index], concealed[index] = value
                     elif kind == "failed":
@@ -887,6 +976,8 @@ class Engine:
                         not_run = True
         if lost or run.lost.is_set():
             raise LeaseLost(str(run.id))
+        if fault is not None:
+            raise fault
         if run.cancel.is_set() or (not_run and self.stopping.is_set()):
             self._boundary(run)
         duration = int((time.perf_counter() - started) * 1000)

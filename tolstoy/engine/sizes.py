@@ -2,15 +2,16 @@
 
 Every checkpoint a run writes (a step's inputs, output, sealed output and
 error) is stored in PostgreSQL as jsonb, and a claim hands a worker its runs,
-each with all its checkpoints, as one jsonb document, which PostgreSQL refuses
-past 256 MB (``ProgramLimitExceeded``): a run allowed to grow that far could
-never be claimed again. So the run loop's one exit for what it writes
+each with all its checkpoints, as one jsonb document per run, which PostgreSQL
+refuses past 256 MB (``ProgramLimitExceeded``): a run allowed to grow that far
+could never be claimed again (the claim strikes it and goes on with the others:
+tolstoy_claim_runs_v2). So the run loop's one exit for what it writes
 (``Writes`` in runner.py) asks the run's ``Ledger`` before queueing a
 checkpoint: past ``step_max`` for the checkpoint, or ``run_max`` for all the
 run's checkpoints together, the step fails instead (``TooLarge``, naming the
 bound and its setting; ``Engine._attempt``), and the run fails or goes on as
-after any failed step. A worker claims at most ``runs_per_claim`` runs at a
-time, so that runs at their bound still fit one claim's document.
+after any failed step. The settings' ranges keep a run at its bounds within
+``PAYLOAD_MAX_BYTES`` (tests/unit/test_config_errors.py).
 
 Sizes are measured the way jsonb stores them, estimated from the compact JSON
 text (``stored_bytes``): the text's length, plus ``PER_VALUE`` bytes for each
@@ -32,9 +33,9 @@ from ..jsonsafe import dumps
 from .errors import StepFailed
 
 STEP_MAX_BYTES = 10 * 1024 * 1024  # TOLSTOY_STEP_MAX_BYTES: one response as the outbound client reads it
-RUN_MAX_BYTES = 32 * 1024 * 1024  # TOLSTOY_RUN_MAX_BYTES: four such runs fit one claim (CLAIM_MAX_BYTES)
-# What one claim may hand over, well under the 256 MB of one jsonb document (the rest: the claim's own keys).
-CLAIM_MAX_BYTES = 200 * 1024 * 1024
+RUN_MAX_BYTES = 32 * 1024 * 1024  # TOLSTOY_RUN_MAX_BYTES
+# What one run's payload in a claim may hold, well under the 256 MB of one jsonb document (the rest: its keys).
+PAYLOAD_MAX_BYTES = 200 * 1024 * 1024
 # A run's payload besides its checkpoints: its plan (a flow, at most the API's 1 MB body) and its variables
 # (an execute's body, or a subflow step's inputs: at most step_max), with their jsonb headers.
 PLAN_MAX_BYTES = 2 * 1024 * 1024
@@ -54,12 +55,6 @@ def stored_bytes(value: Any) -> int:
     values = 1 + text.count(b",") + text.count(b":") + text.count(b"[") + text.count(b"{")
     return len(text) + PER_VALUE * (values + 1)  # and the document's own headers
 
-
-def runs_per_claim(step_max: int, run_max: int) -> int:
-    """How many runs one claim may hand over when each may hold ``run_max`` bytes of checkpoints
-    and ``step_max`` of variables: as many as fit CLAIM_MAX_BYTES, and always one (the settings'
-    ranges keep one run within it: tests/unit/test_config_errors.py)."""
-    return max(1, CLAIM_MAX_BYTES // (run_max + step_max + PLAN_MAX_BYTES))
 
 
 STEP_FULL, RUN_FULL = "StepTooLarge", "RunTooLarge"  # the names of TooLarge's errors

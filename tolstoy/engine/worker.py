@@ -22,8 +22,14 @@ the due schedules (SKIP LOCKED), advance each one's next time and queue its run
 in one transaction, so each due time fires once however many workers run. The
 clock that decides what is due is the database's, or ``clock`` (tests).
 
-SIGTERM/SIGINT: stop claiming, let each run finish its current step, hand the
-runs back to the queue, exit.
+Claims are fair across organizations (tolstoy_claim_runs_v2): organizations
+with due runs take turns, weighed by the worker time they hold and used lately,
+so one organization's backlog never holds another's runs back.
+
+SIGTERM/SIGINT: stop claiming, let each run reach its next step boundary and
+hand it back to the queue; after ``drain_seconds`` cut off the runs still in
+hand (their calls end, they write nothing more: their leases expire and another
+worker resumes them) and exit, whatever those runs were doing.
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ from .webhooks import Deliverer, DeliveryLoop
 
 log = logging.getLogger("tolstoy.worker")
 
+# A claim asks for this many runs at most: it loads each in a subtransaction of its own, and a
+# transaction with more than 64 of them makes every other one's snapshots slower while it lasts.
+CLAIM_BATCH = 32
+# After the drain timeout, how long the runs cut off get to notice before the worker leaves them.
+CUT_OFF_SECONDS = 5.0
+
 
 def _stamp(value: dt.datetime | None) -> str | None:
     # Full precision: the fire compares the due time it is given with the stored one.
@@ -73,7 +85,9 @@ class Worker:
     """A claim loop with ``concurrency`` runs in flight at most."""
 
     def __init__(self, db: Database, engine_factory, *, concurrency: int = 4, poll_seconds: float = 10.0,
-                 lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
+                 lease_seconds: float = 30.0, max_recoveries: int = 3, max_handbacks: int = 20,
+                 drain_seconds: float = 60.0, fair_share_half_life_seconds: float = 300.0,
+                 retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
                  deliverer: Callable[[str, Tools], Deliverer] | None = None, prune_batch: int = 10_000,
@@ -96,8 +110,14 @@ class Worker:
         self.stopping = threading.Event()
         self.drained = threading.Event()
         self.wake = threading.Event()
+        self.drain_seconds = drain_seconds
+        self.fair_share_half_life_seconds = fair_share_half_life_seconds
+        self.abandoned = 0  # run threads still going when run() returned (cut off, not stopping)
         self.engine: Engine = engine_factory(self.id, self.stopping)
         self.engine.lease_seconds = lease_seconds
+        self.engine.max_recoveries = max_recoveries
+        self.engine.max_handbacks = max_handbacks
+        self.engine.fair_share_half_life_seconds = fair_share_half_life_seconds
         self._held: dict = {}  # run id -> Run being executed by a thread of this worker
         self._lock = threading.Lock()
         self._next_maintenance = 0.0
@@ -110,6 +130,8 @@ class Worker:
     def _execute(self, claimed: dict, run: Run) -> None:
         try:
             self.engine.run(claimed, run)
+        except Exception:  # noqa: BLE001 - a future would swallow it: the run's lease runs out, say why
+            log.exception("run thread failed; the run is left to its lease", extra={"execution_id": str(run.id)})
         finally:
             with self._lock:
                 self._held.pop(run.id, None)
@@ -125,12 +147,13 @@ class Worker:
             self.fire_when_due()
             return 0, None
         asked = time.monotonic()  # the lease cannot have started before this
-        # Runs near their byte bound fill a claim's one jsonb document: the rest wait for the next claim,
-        # made at once (run: a claim that took runs is followed by another while threads are free).
-        answer = self.db.scalar(SQL.runs.claim, worker=self.id, limit=min(free, self.engine.runs_per_claim),
-                                lease_seconds=self.lease_seconds,
-                                max_recoveries=self.max_recoveries)
-        for claimed in answer["runs"]:
+        # Each run comes as a row of its own: a run whose payload cannot be built is struck, not the claim.
+        rows = self.db.all(SQL.runs.claim, worker=self.id, limit=min(free, CLAIM_BATCH),
+                           lease_seconds=self.lease_seconds, max_recoveries=self.max_recoveries,
+                           half_life_seconds=self.fair_share_half_life_seconds)
+        answer = next(row["meta"] for row in rows if row["meta"] is not None)
+        runs = [row["run"] for row in rows if row["run"] is not None]
+        for claimed in runs:
             claimed["now"] = answer["now"]  # the database's clock at the claim (foreach items' wake times)
             run = Run(claimed)
             run.leased_at = asked
@@ -144,7 +167,7 @@ class Worker:
             self.deliveries.due_in(seconds_between(answer["next_delivery"], answer["now"]))
         self.fire_when_due()
         due = answer.get("next_due")
-        return len(answer["runs"]), (None if due is None else seconds_between(due, answer["now"]))
+        return len(runs), (None if due is None else seconds_between(due, answer["now"]))
 
     # ---- schedule triggers ------------------------------------------------------
 
@@ -198,7 +221,8 @@ class Worker:
     def heartbeat_once(self) -> None:
         """Renew the leases of the runs in hand; stop those that are lost, deliver cancels."""
         with self._lock:
-            held = list(self._held.values())
+            # Not those cut off (a lost lease, the drain timeout): their leases are left to run out.
+            held = [run for run in self._held.values() if not run.lost.is_set()]
         if not held:
             return
         asked = time.monotonic()
@@ -317,7 +341,8 @@ class Worker:
         watch.start()
         upkeep.start()
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency})
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run") as pool:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run")
+        try:
             while not self.stopping.is_set():
                 self.wake.clear()
                 try:
@@ -336,8 +361,9 @@ class Worker:
                 if schedule_in is not None:
                     wait = min(wait, max(schedule_in, 0.01))
                 self.wake.wait(wait)
-            # Leaving the with-block waits for in-flight runs to reach their step boundary.
-        self.stopping.set()
+        finally:
+            self.stopping.set()
+            self._drain(pool)
         self.drained.set()
         if delivery is not None:
             self.deliveries.stop()
@@ -347,8 +373,39 @@ class Worker:
         upkeep.join(timeout=5)  # a batch in progress commits (or the process exit rolls it back)
         log.info("worker stopped", extra={"worker": self.id})
 
+    def _busy(self) -> list[Run]:
+        with self._lock:
+            return list(self._held.values())
+
+    def _drain(self, pool: ThreadPoolExecutor) -> None:
+        """Stopping: the runs in hand reach their next step boundary and go back to the queue (Stop);
+        those that have not within ``drain_seconds`` (a slow tool, a long render) are cut off: their
+        calls end and they write nothing more, so their leases run out and another worker resumes
+        them (their calls' outcomes unknown, as after a crash). A thread that does not stop even then
+        (a render that checks nothing) is left behind: ``abandoned`` says how many, and the process
+        should exit without waiting for them (``tolstoy worker`` does)."""
+        deadline = time.monotonic() + self.drain_seconds
+        while self._busy() and time.monotonic() < deadline:
+            self.wake.wait(min(0.2, max(deadline - time.monotonic(), 0.01)))
+            self.wake.clear()
+        held = self._busy()
+        if held:
+            log.warning("drain timeout: %d run(s) still in hand after %.0f s (TOLSTOY_WORKER_DRAIN_SECONDS) are "
+                        "cut off; their leases run out and another worker resumes them", len(held),
+                        self.drain_seconds, extra={"worker": self.id})
+            for run in held:
+                run.lost.set()
+                run.cancel.set()  # ends a call in flight
+            cut_off = time.monotonic() + CUT_OFF_SECONDS
+            while self._busy() and time.monotonic() < cut_off:
+                self.wake.wait(0.1)
+                self.wake.clear()
+        self.abandoned = len(self._busy())
+        pool.shutdown(wait=not self.abandoned, cancel_futures=True)
+
     def stop(self, *_: object) -> None:
-        """Stop claiming; runs in flight finish their current step, then go back to the queue."""
+        """Stop claiming; runs in flight go back to the queue at their next step boundary (within
+        ``drain_seconds``, else they are cut off)."""
         self.stopping.set()
         self.wake.set()
 
