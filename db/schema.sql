@@ -1759,7 +1759,12 @@ begin
                     values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
                             jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
                                                'parentExecutionId', latest.parent_run_id));
-                    return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                    -- "child" for the previous release's workers, which read it before anything else.
+                    return answer || jsonb_build_object(
+                        'created', false, 'parked', true, 'waitingFor', latest.id,
+                        'child', jsonb_build_object('id', latest.id, 'flow_id', latest.flow_id,
+                                                    'flow_version', latest.flow_version, 'status', latest.status,
+                                                    'error', latest.error, 'outputs', null, 'sealed', null));
                 end if;
             end if;
         end if;
@@ -4932,4 +4937,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261207000300'),
     ('20261207000400'),
     ('20261208000200'),
-    ('20261208000300');
+    ('20261208000300'),
+    ('20261208000900');
