@@ -194,6 +194,13 @@ def check(*, db_url, tenant, workload, client, tools, receiver, faults, started,
     invariant("requests with no answer outside a window", dropped)
     fault_errors = [f"{e['fault']}: {e['error']}" for e in faults.events if "error" in e]
     invariant("faults that could not be injected or repaired", fault_errors)
+    # 7b. What every settled database keeps, whatever the workload (bench/db_invariants.sql, also the
+    # restore drill's check): read across organizations, as the superuser.
+    from bench import db_invariants
+
+    broken = db_invariants.check(db_url)
+    for rule in db_invariants.QUERIES:
+        invariant(f"database: {rule.replace('_', ' ')}", [str(dict(r)) for r in broken.get(rule, [])])
     # 8. Recovery: from the primary's death (or stop) to the first step completed afterwards.
     finished = sorted(s["finished_at"].timestamp() for s in rows["steps"]
                       if s["status"] == "completed" and s["finished_at"] is not None)

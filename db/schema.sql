@@ -2588,7 +2588,12 @@ begin
                         values (org, parent.flow_id, parent.user_id, run::text, step, 'pending',
                                 jsonb_build_object('waitingForExecutionId', latest.id, 'flowId', latest.flow_id,
                                                    'parentExecutionId', latest.parent_run_id));
-                        return answer || jsonb_build_object('created', false, 'parked', true, 'waitingFor', latest.id);
+                        -- "child" for the previous release's workers, which read it before anything else.
+                    return answer || jsonb_build_object(
+                        'created', false, 'parked', true, 'waitingFor', latest.id,
+                        'child', jsonb_build_object('id', latest.id, 'flow_id', latest.flow_id,
+                                                    'flow_version', latest.flow_version, 'status', latest.status,
+                                                    'error', latest.error, 'outputs', null, 'sealed', null));
                     end if;
                 end if;
             end if;
@@ -2658,7 +2663,7 @@ $$;
 -- Name: FUNCTION tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is under way), and park the parent while a waited-for child runs. A child a quota refuses is {error: {name: QuotaExceeded}}. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) IS 'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
 
 
 --
@@ -6339,4 +6344,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000500'),
     ('20261208000501'),
     ('20261208000600'),
-    ('20261208001000');
+    ('20261208001000'),
+    ('20261208001100');
