@@ -131,3 +131,12 @@ revoke execute on function tolstoy_prune_deliveries(integer, integer) from tolst
 -- row-level security.
 grant select, insert, update, delete on user_connections, oauth_states to tolstoy_app;
 grant select, update on user_connections to tolstoy_worker;
+
+-- the audit trail (20261208000800): the API reads its organization's events
+-- (GET /audit-events, the console). No service may write, change or delete one:
+-- events are written by the tolstoy_audit trigger (owned by tolstoy_engine) in
+-- the transaction of the change, and deleted only past retention by the
+-- workers' hourly upkeep (tolstoy_prune_audit, with tolstoy_maintain_history).
+grant select on audit_events to tolstoy_app;
+grant execute on function tolstoy_prune_audit(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_prune_audit(integer, integer) from tolstoy_app;

@@ -26,7 +26,7 @@ PUBLIC_FIELDS = (
     "prepare_threshold", "data_key_ttl", "worker_concurrency", "sync_execute_timeout_ms",
     "sync_execute_max_timeout_ms", "sync_execute_per_org", "worker_lease_seconds", "worker_poll_seconds",
     "max_recoveries", "foreach_max_items", "subflow_max_depth", "run_retention_days", "webhook_timeout_ms",
-    "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
+    "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days", "audit_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
 )
 PRIVATE_FIELDS = (
@@ -94,6 +94,9 @@ class Config:
     webhook_retry_max_ms: int = 3_600_000
     webhook_give_up_seconds: float = 86_400.0
     webhook_retention_days: int = 30
+    # The audit trail of configuration changes: events older than this are deleted by the workers'
+    # hourly upkeep (the only way an event goes).
+    audit_retention_days: int = 365
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
@@ -209,6 +212,7 @@ class Config:
             webhook_retry_max_ms=reader.integer("TOLSTOY_WEBHOOK_RETRY_MAX_MS", 3_600_000, 10, 86_400_000),
             webhook_give_up_seconds=reader.number("TOLSTOY_WEBHOOK_GIVE_UP_SECONDS", 86_400.0, 1, 30 * 86_400),
             webhook_retention_days=reader.integer("TOLSTOY_WEBHOOK_RETENTION_DAYS", 30, 1, 36500),
+            audit_retention_days=reader.integer("TOLSTOY_AUDIT_RETENTION_DAYS", 365, 1, 36500),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),

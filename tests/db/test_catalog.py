@@ -44,6 +44,10 @@ REVIEWED_POLICIES = {
         "flows", "oauth_states", "oauth_tokens", "organization_keys", "secret_reads", "sync_execute_slots",
         "tool_credentials", "tools", "user_connections", "users", "webhook_deliveries", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
+    # The audit trail: read by the organization; written (the tolstoy_audit trigger) and pruned
+    # (tolstoy_prune_audit) only by tolstoy_engine, whose grants leave out update.
+    ("audit_events", "tenant_isolation", "PUBLIC", "(org_id = tolstoy_current_org())", None),
+    ("audit_events", "engine_access", "tolstoy_engine", "true", "true"),
     ("organizations", "admin_all", "tolstoy_admin", "true", "true"),
     # The history upkeep's "does this month still hold an unfinished run?" reads every organization's
     # runs of a month, and only reads them (as may the schema owner, a member, for a DBA's checks).
@@ -227,7 +231,8 @@ REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats"},
     "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_schedules",
                        "tolstoy_maintain_history", "tolstoy_next_delivery", "tolstoy_next_schedule",
-                       "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
+                       "tolstoy_prune_audit", "tolstoy_prune_deliveries", "tolstoy_prune_signals",
+                       "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     "tolstoy_admin": set(),
 }

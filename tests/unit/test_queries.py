@@ -21,7 +21,9 @@ UNSCOPED = {"organizations", "health", "metrics", "session", "server"}
 CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history", "triggers.hook_target",
                 "triggers.claim_schedules", "triggers.next_schedule", "triggers.fire_schedules",
                 # The event_webhooks migration's claim of due deliveries (security definer).
-                "webhooks.claim"}
+                "webhooks.claim",
+                # The audit_events migration's retention, across organizations (security definer).
+                "audit_events.prune"}
 # A function that acts for one organization takes it as an argument.
 FOR_ORG = r"tolstoy_\w+\((%\(\w+\)s(::\w+)?, )*%\(org_id\)s"
 

@@ -63,7 +63,8 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
     """A Worker wired from configuration (``overrides`` for tests: poll_seconds, worker_id…)."""
     settings = {"concurrency": concurrency or config.worker_concurrency, "poll_seconds": config.worker_poll_seconds,
                 "lease_seconds": config.worker_lease_seconds, "max_recoveries": config.max_recoveries,
-                "retention_days": config.run_retention_days, **overrides}
+                "retention_days": config.run_retention_days, "audit_retention_days": config.audit_retention_days,
+                **overrides}
     settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 

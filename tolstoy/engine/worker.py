@@ -70,7 +70,8 @@ class Worker:
                  lease_seconds: float = 30.0, max_recoveries: int = 3, retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
-                 deliverer: Callable[[str, Tools], Deliverer] | None = None):
+                 deliverer: Callable[[str, Tools], Deliverer] | None = None,
+                 audit_retention_days: int | None = None):
         self.db = db
         self.clock = clock  # None: the database's clock decides what is due
         self.schedules_per_claim = schedules_per_claim
@@ -81,6 +82,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.max_recoveries = max_recoveries
         self.retention_days = retention_days
+        self.audit_retention_days = audit_retention_days
         self.maintenance_seconds = maintenance_seconds
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stopping = threading.Event()
@@ -240,6 +242,10 @@ class Worker:
             log.info("history pruned", extra={"dropped": result["dropped"], "kept": result.get("kept")})
         if result and any((result.get("pruned") or {}).values()):
             log.info("deliveries pruned", extra=result["pruned"])
+        # The audit trail past its retention: the only way an audit event goes (tolstoy_prune_audit).
+        pruned = self.db.scalar(SQL.audit_events.prune, retention_days=self.audit_retention_days)
+        if pruned:
+            log.info("audit events pruned", extra={"pruned": pruned})
         return result
 
     def _maintain_when_due(self) -> None:
