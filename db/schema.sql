@@ -420,7 +420,7 @@ begin
     if shown !~* secret_key then
         return value;
     end if;
-    shown := regexp_replace(shown, secret_key || '("(?:[^"\\]|\\.)*"|-?[0-9][-+.0-9eE]*|true|false)',
+    shown := regexp_replace(shown, secret_key || '("(?:[^"\\]|\\.)*"|-?[0-9][-+.0-9eE]*|true|false|null)',
                             '"\1": "***"', 'gi');
     if shown ~* (secret_key || '[[{]') then
         return tolstoy_audit_mask_walk(shown::jsonb);

@@ -553,13 +553,7 @@ class Console:
             target_type = (req.get_param("type") or "").strip()
             if target_type and target_type not in AUDIT_TARGET_TYPES:
                 raise Page(400, "Bad request", f"type: one of {', '.join(AUDIT_TARGET_TYPES)}.")
-            target_raw = (req.get_param("target") or "").strip()
-            target_id = None
-            if target_raw:
-                try:
-                    target_id = uuid.UUID(target_raw)
-                except ValueError:
-                    raise Page(400, "Bad request", "target: not a record id.") from None
+            target_id, target_raw = _uuid_param(req, "target", "a record id")
             rows = self.db.all(SQL.audit_events.list, org_id=org, target_type=target_type or None, target_id=target_id,
                                actor_user_id=None, actor_key_prefix=None, actor_admin=None, limit=PAGE + 1,
                                **cursor_params(req))
@@ -614,16 +608,22 @@ def _when(req: falcon.Request, name: str) -> tuple[dt.datetime | None, str]:
     return value, raw
 
 
+def _uuid_param(req: falcon.Request, name: str, what: str) -> tuple[uuid.UUID | None, str]:
+    """An optional id in the query string (None when empty) and its text as sent; the 400 page when
+    it is not a UUID."""
+    raw = (req.get_param(name) or "").strip()
+    if not raw:
+        return None, raw
+    try:
+        return uuid.UUID(raw), raw
+    except ValueError:
+        raise Page(400, "Bad request", f"{name}: not {what}.") from None
+
+
 def run_filters(req: falcon.Request) -> tuple[dict, dict]:
     """The runs page's filters (for the query) and the form's values (to show them again)."""
-    flow_raw = (req.get_param("flow") or "").strip()
+    flow_id, flow_raw = _uuid_param(req, "flow", "a flow id")
     status = (req.get_param("status") or "").strip()
-    flow_id = None
-    if flow_raw:
-        try:
-            flow_id = uuid.UUID(flow_raw)
-        except ValueError:
-            raise Page(400, "Bad request", "flow: not a flow id.") from None
     if status and status not in STATUSES:
         raise Page(400, "Bad request", f"status: one of {', '.join(STATUSES)}.")
     since, since_raw = _when(req, "since")
