@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 
 import falcon
 
@@ -89,15 +88,10 @@ class AuditMiddleware:
             Database.stop_auditing(token)
 
 
-@contextlib.contextmanager
-def recorded_as_user(req: falcon.Request, user_id) -> Iterator[None]:
+def recorded_as_user(req: falcon.Request, user_id) -> contextlib.AbstractContextManager[None]:
     """The changes of the block (units opened in it) are recorded as made by ``user_id``: a public
     route that proved who acts by itself (the OAuth callback, by its state)."""
-    token = Database.auditing({"actor": {"userId": str(user_id)}, "requestId": req.context.request_id})
-    try:
-        yield
-    finally:
-        Database.stop_auditing(token)
+    return Database.audited_as({"userId": str(user_id)}, req.context.request_id)
 
 
 def _masked(field: str, pair: list) -> list:

@@ -470,6 +470,18 @@ class Database:
         """Undo ``auditing``."""
         _audit.reset(token)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def audited_as(actor: dict, request_id: str | None = None) -> Iterator[None]:
+        """The configuration changes of the units opened in the block are recorded as made by
+        ``actor`` (``{"userId": …}``, ``{"admin": True}``…): for a change made outside an API request's
+        middleware (a public route that proved who acts, a command an operator runs)."""
+        token = Database.auditing({"actor": actor, "requestId": request_id})
+        try:
+            yield
+        finally:
+            Database.stop_auditing(token)
+
     def tenant(self, org_id) -> contextlib.AbstractContextManager[None]:
         """Queries in this block act for one organization (row-level security): inside a unit
         the unit switches to it; outside, each query is its own unit for it."""
