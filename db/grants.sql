@@ -158,3 +158,12 @@ grant select, insert, update, delete on organization_quotas to tolstoy_admin;
 grant select, insert, update on organization_usage to tolstoy_app, tolstoy_worker;
 grant select, insert, delete on history_bytes to tolstoy_app, tolstoy_worker;
 grant execute on function tolstoy_usage() to tolstoy_app, tolstoy_admin;
+
+-- the audit trail (20261208001200): the API reads its organization's events
+-- (GET /audit-events, the console). No service may write, change or delete one:
+-- events are written by the tolstoy_audit trigger (owned by tolstoy_engine) in
+-- the transaction of the change, and deleted only past retention by the
+-- workers' housekeeping (tolstoy_prune_audit, in sql/runs.sql prune).
+grant select on audit_events to tolstoy_app;
+grant execute on function tolstoy_prune_audit(integer, integer) to tolstoy_worker;
+revoke execute on function tolstoy_prune_audit(integer, integer) from tolstoy_app;

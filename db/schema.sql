@@ -525,6 +525,184 @@ COMMENT ON FUNCTION public.tolstoy_admit_run(org uuid) IS 'The quotas a new run 
 
 
 --
+-- Name: tolstoy_audit(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_audit() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    context jsonb;
+    old_row jsonb := case when tg_op <> 'INSERT' then to_jsonb(old) end;
+    new_row jsonb := case when tg_op <> 'DELETE' then to_jsonb(new) end;
+    subject jsonb := coalesce(new_row, old_row);
+    ignored text[] := array['org_id', 'id', 'created_at', 'updated_at']
+                      || coalesce(string_to_array(tg_argv[1], ','), '{}');
+    secret text[];
+    changes jsonb := '{}';
+    name text;
+    was jsonb;
+    now_is jsonb;
+begin
+    -- A cascade or another trigger's write is part of the change that caused it.
+    if pg_trigger_depth() > 1 then
+        return null;
+    end if;
+    context := nullif(current_setting('app.audit', true), '')::jsonb;
+    if context is null then
+        return null;
+    end if;
+    select coalesce(array_agg(a.attname::text), '{}') into secret
+    from pg_attribute a
+    where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped and a.atttypid = 'bytea'::regtype;
+    for name in select k from jsonb_object_keys(subject) as k loop
+        continue when name = any(ignored);
+        was := coalesce(old_row -> name, 'null');
+        now_is := coalesce(new_row -> name, 'null');
+        continue when was = now_is;
+        if name = any(secret) then
+            was := case when was = 'null' then was else '"***"' end;
+            now_is := case when now_is = 'null' then now_is else '"***"' end;
+        else
+            was := tolstoy_audit_mask(was);
+            now_is := tolstoy_audit_mask(now_is);
+        end if;
+        changes := changes || jsonb_build_object(name, jsonb_build_array(was, now_is));
+    end loop;
+    if changes = '{}' then
+        return null;
+    end if;
+    insert into audit_events (org_id, actor, action, target_type, target_id, changes, request_id)
+    values (coalesce(subject ->> 'org_id', subject ->> 'id')::uuid,
+            coalesce(context -> 'actor', '{}'),
+            tg_argv[0] || case tg_op when 'INSERT' then '.created' when 'UPDATE' then '.updated'
+                                     else '.deleted' end,
+            tg_argv[0],
+            coalesce(subject ->> 'id', subject ->> 'org_id')::uuid,
+            changes,
+            left(context ->> 'requestId', 200));
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_audit(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_audit() IS 'AFTER ROW trigger of audited tables (argument: target type, then ignored columns comma-separated): writes one audit_events row per row changed by a request that set app.audit; secrets masked.';
+
+
+--
+-- Name: tolstoy_audit_mask(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_audit_mask(value jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    secret_key text := tolstoy_audit_secret_key();
+    shown text;
+begin
+    if value is null or jsonb_typeof(value) not in ('object', 'array') then
+        return value;
+    end if;
+    shown := value::text;
+    if shown !~* secret_key then
+        return value;
+    end if;
+    shown := regexp_replace(shown, secret_key || '("(?:[^"\\]|\\.)*"|-?[0-9][-+.0-9eE]*|true|false|null)',
+                            '"\1": "***"', 'gi');
+    if shown ~* (secret_key || '[[{]') then
+        return tolstoy_audit_mask_walk(shown::jsonb);
+    end if;
+    return shown::jsonb;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_audit_mask(value jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_audit_mask(value jsonb) IS 'The value with the values of secret-named fields (tolstoy_audit_secret_names) masked at any depth.';
+
+
+--
+-- Name: tolstoy_audit_mask_walk(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_audit_mask_walk(value jsonb) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select case jsonb_typeof(value)
+        when 'object' then (
+            select coalesce(jsonb_object_agg(e.key,
+                       case when replace(lower(e.key), '-', '_') = any(tolstoy_audit_secret_names())
+                            then '"***"'::jsonb
+                            when e.value::text ~* tolstoy_audit_secret_key() then tolstoy_audit_mask_walk(e.value)
+                            else e.value end), '{}'::jsonb)
+            from jsonb_each(value) as e)
+        when 'array' then (
+            select coalesce(jsonb_agg(case when a.value::text ~* tolstoy_audit_secret_key()
+                                           then tolstoy_audit_mask_walk(a.value) else a.value end
+                                      order by a.n), '[]'::jsonb)
+            from jsonb_array_elements(value) with ordinality as a(value, n))
+        else value
+    end
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_audit_mask_walk(value jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_audit_mask_walk(value jsonb) IS 'tolstoy_audit_mask''s structural walk: secret-named fields masked whole at any depth.';
+
+
+--
+-- Name: tolstoy_audit_secret_key(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_audit_secret_key() RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select '"(' || array_to_string(array(select replace(n, '_', '[-_]')
+                                         from unnest(tolstoy_audit_secret_names()) as n), '|') || ')": '
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_audit_secret_key(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_audit_secret_key() IS 'A regular expression matching a secret-named key in the text of a jsonb value (tolstoy_audit_mask).';
+
+
+--
+-- Name: tolstoy_audit_secret_names(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_audit_secret_names() RETURNS text[]
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    select array['password', 'token', 'secret', 'apikey', 'api_key', 'accesstoken', 'access_token',
+                 'refreshtoken', 'refresh_token', 'clientsecret', 'client_secret', 'headervalue', 'authorization',
+                 'proxy_authorization', 'cookie', 'set_cookie', 'x_api_key', 'x_auth_token',
+                 'x_amz_security_token']
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_audit_secret_names(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_audit_secret_names() IS 'Field and header names whose values tolstoy_audit_mask hides (the names of tolstoy/redaction.py).';
+
+
+--
 -- Name: tolstoy_authenticate(bytea); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1710,6 +1888,40 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_place_deliveries() IS 'Deferred constraint trigger on webhook_deliveries: at commit, gives the transaction''s deliveries their seq under their webhook lines'' locks (commit order per webhook) and makes idle lines due.';
+
+
+--
+-- Name: tolstoy_prune_audit(integer, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_prune_audit(retention_days integer, batch integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+declare
+    pruned integer;
+begin
+    if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
+        raise exception 'tolstoy_prune_audit: invalid arguments' using errcode = 'invalid_parameter_value';
+    end if;
+    if retention_days is null then
+        return 0;
+    end if;
+    delete from audit_events e
+    where (e.org_id, e.id) in (select o.org_id, o.id from audit_events o
+                               where o.created_at < now() - make_interval(days => retention_days)
+                               limit batch);
+    get diagnostics pruned = row_count;
+    return pruned;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_prune_audit(retention_days integer, batch integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_prune_audit(retention_days integer, batch integer) IS 'Deletes up to batch audit events older than retention_days (null: none); the only way events go.';
 
 
 --
@@ -2983,6 +3195,78 @@ COMMENT ON COLUMN public.api_keys.expires_at IS 'When the key stops working (nul
 --
 
 COMMENT ON COLUMN public.api_keys.user_id IS 'The user the key is bound to (null: none): it may act as that user (use their OAuth connections, connect an account for them). Never changes.';
+
+
+--
+-- Name: audit_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.audit_events (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    actor jsonb NOT NULL,
+    action text NOT NULL,
+    target_type text NOT NULL,
+    target_id uuid NOT NULL,
+    changes jsonb NOT NULL,
+    request_id text,
+    CONSTRAINT audit_events_action_length CHECK (((char_length(action) >= 1) AND (char_length(action) <= 100))),
+    CONSTRAINT audit_events_actor_object CHECK ((jsonb_typeof(actor) = 'object'::text)),
+    CONSTRAINT audit_events_changes_object CHECK ((jsonb_typeof(changes) = 'object'::text)),
+    CONSTRAINT audit_events_request_id_length CHECK ((char_length(request_id) <= 200))
+);
+
+ALTER TABLE ONLY public.audit_events FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE audit_events; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.audit_events IS 'Configuration changes of an organization, one row per row changed by a request; written only by the tolstoy_audit trigger, never updated, deleted past TOLSTOY_AUDIT_RETENTION_DAYS by tolstoy_prune_audit.';
+
+
+--
+-- Name: COLUMN audit_events.created_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.created_at IS 'When the changing transaction began (the API shows it as at).';
+
+
+--
+-- Name: COLUMN audit_events.actor; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.actor IS 'Who made the change as the API authenticated it: {userId}, {apiKeyPrefix[, userId]} or {admin: true}.';
+
+
+--
+-- Name: COLUMN audit_events.action; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.action IS '<targetType>.created, .updated or .deleted.';
+
+
+--
+-- Name: COLUMN audit_events.target_type; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.target_type IS 'The kind of record changed (tool, flow, api_key, ...).';
+
+
+--
+-- Name: COLUMN audit_events.changes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.changes IS 'Changed columns as {column: [old, new]}; secrets as ''***''. Creation: [null, new]; deletion: [old, null].';
+
+
+--
+-- Name: COLUMN audit_events.request_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.audit_events.request_id IS 'The X-Request-ID of the request that made the change.';
 
 
 --
@@ -4385,6 +4669,14 @@ ALTER TABLE ONLY public.api_keys
 
 
 --
+-- Name: audit_events audit_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.audit_events
+    ADD CONSTRAINT audit_events_pkey PRIMARY KEY (org_id, id);
+
+
+--
 -- Name: execution_logs execution_logs_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -4673,6 +4965,27 @@ CREATE INDEX api_keys_org_id_created_at_id_idx ON public.api_keys USING btree (o
 --
 
 CREATE INDEX api_keys_org_id_user_id_idx ON public.api_keys USING btree (org_id, user_id) WHERE (user_id IS NOT NULL);
+
+
+--
+-- Name: audit_events_created_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_created_idx ON public.audit_events USING btree (created_at);
+
+
+--
+-- Name: audit_events_org_created_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_org_created_idx ON public.audit_events USING btree (org_id, created_at DESC, id DESC);
+
+
+--
+-- Name: audit_events_target_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX audit_events_target_idx ON public.audit_events USING btree (org_id, target_type, target_id, created_at DESC, id DESC);
 
 
 --
@@ -5285,6 +5598,13 @@ ALTER INDEX public.flow_runs_queued_run_after_idx ATTACH PARTITION public.flow_r
 
 
 --
+-- Name: actions actions_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER actions_audit AFTER INSERT OR DELETE OR UPDATE ON public.actions FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('action');
+
+
+--
 -- Name: actions actions_bump_version; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -5296,6 +5616,13 @@ CREATE TRIGGER actions_bump_version BEFORE UPDATE ON public.actions FOR EACH ROW
 --
 
 CREATE TRIGGER actions_touch_updated_at BEFORE UPDATE ON public.actions FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: api_keys api_keys_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER api_keys_audit AFTER INSERT OR DELETE OR UPDATE ON public.api_keys FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('api_key', 'last_used_at');
 
 
 --
@@ -5418,6 +5745,13 @@ CREATE TRIGGER flow_runs_webhook_events AFTER UPDATE ON public.flow_runs FOR EAC
 
 
 --
+-- Name: flow_triggers flow_triggers_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_triggers_audit AFTER INSERT OR DELETE OR UPDATE ON public.flow_triggers FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('trigger', 'next_run_at,last_fired_at');
+
+
+--
 -- Name: flow_triggers flow_triggers_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -5429,6 +5763,13 @@ CREATE TRIGGER flow_triggers_touch_updated_at BEFORE UPDATE ON public.flow_trigg
 --
 
 CREATE TRIGGER flow_versions_immutable BEFORE UPDATE ON public.flow_versions FOR EACH ROW EXECUTE FUNCTION public.flow_versions_immutable();
+
+
+--
+-- Name: flows flows_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flows_audit AFTER INSERT OR DELETE OR UPDATE ON public.flows FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('flow');
 
 
 --
@@ -5453,6 +5794,13 @@ CREATE TRIGGER flows_touch_updated_at BEFORE UPDATE ON public.flows FOR EACH ROW
 
 
 --
+-- Name: organization_quotas organization_quotas_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organization_quotas_audit AFTER INSERT OR DELETE OR UPDATE ON public.organization_quotas FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('quota');
+
+
+--
 -- Name: organization_quotas organization_quotas_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -5460,10 +5808,24 @@ CREATE TRIGGER organization_quotas_touch_updated_at BEFORE UPDATE ON public.orga
 
 
 --
+-- Name: organizations organizations_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER organizations_audit AFTER INSERT OR DELETE OR UPDATE ON public.organizations FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('organization');
+
+
+--
 -- Name: organizations organizations_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER organizations_touch_updated_at BEFORE UPDATE ON public.organizations FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: tool_credentials tool_credentials_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER tool_credentials_audit AFTER INSERT OR DELETE OR UPDATE ON public.tool_credentials FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('tool_credential');
 
 
 --
@@ -5481,10 +5843,24 @@ CREATE TRIGGER tool_credentials_touch_updated_at BEFORE UPDATE ON public.tool_cr
 
 
 --
+-- Name: tools tools_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER tools_audit AFTER INSERT OR DELETE OR UPDATE ON public.tools FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('tool');
+
+
+--
 -- Name: tools tools_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
 CREATE TRIGGER tools_touch_updated_at BEFORE UPDATE ON public.tools FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: user_connections user_connections_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER user_connections_audit AFTER INSERT OR DELETE OR UPDATE ON public.user_connections FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('user_connection', 'refreshing_by,refresh_lease_until');
 
 
 --
@@ -5499,6 +5875,13 @@ CREATE TRIGGER user_connections_bind_to_tool_origin BEFORE INSERT ON public.user
 --
 
 CREATE TRIGGER user_connections_touch_updated_at BEFORE UPDATE ON public.user_connections FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: users users_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER users_audit AFTER INSERT OR DELETE OR UPDATE ON public.users FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('user');
 
 
 --
@@ -5527,6 +5910,13 @@ CREATE CONSTRAINT TRIGGER webhook_deliveries_place AFTER INSERT ON public.webhoo
 --
 
 CREATE TRIGGER webhook_deliveries_touch_updated_at BEFORE UPDATE ON public.webhook_deliveries FOR EACH ROW EXECUTE FUNCTION public.tolstoy_touch_updated_at();
+
+
+--
+-- Name: webhooks webhooks_audit; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER webhooks_audit AFTER INSERT OR DELETE OR UPDATE ON public.webhooks FOR EACH ROW EXECUTE FUNCTION public.tolstoy_audit('webhook', 'failing_since');
 
 
 --
@@ -5810,10 +6200,23 @@ COMMENT ON POLICY admin_all ON public.organizations IS 'The admin login (tolstoy
 ALTER TABLE public.api_keys ENABLE ROW LEVEL SECURITY;
 
 --
+-- Name: audit_events; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.audit_events ENABLE ROW LEVEL SECURITY;
+
+--
 -- Name: api_keys engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
 CREATE POLICY engine_access ON public.api_keys TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
+-- Name: audit_events engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.audit_events TO tolstoy_engine USING (true) WITH CHECK (true);
 
 
 --
@@ -6066,6 +6469,13 @@ CREATE POLICY tenant_isolation ON public.actions USING ((org_id = public.tolstoy
 --
 
 CREATE POLICY tenant_isolation ON public.api_keys USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: audit_events tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.audit_events FOR SELECT USING ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -6345,4 +6755,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000501'),
     ('20261208000600'),
     ('20261208001000'),
-    ('20261208001100');
+    ('20261208001100'),
+    ('20261208001200');

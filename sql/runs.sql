@@ -261,13 +261,15 @@ select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention
 -- One batch of housekeeping, at most :batch rows of each kind: finished webhook deliveries and the
 -- trigger inbox past their retention ({deliveries, inbox}), signals of runs dropped past retention
 -- ({signals}), steps parked on an unknown outcome past their timeout failed and their runs queued
--- ({unknown_outcomes}). Null when another worker's batch is under way (one pruner at a time).
+-- ({unknown_outcomes}), audit events past their retention ({audit}). Null when another worker's
+-- batch is under way (one pruner at a time).
 select case when pg_try_advisory_xact_lock(hashtextextended('tolstoy_prune', 0)) then
            tolstoy_prune_deliveries(:delivery_retention_days::integer, :batch::integer)
            || jsonb_build_object(
                   'signals', tolstoy_prune_signals(:retention_days::integer, :batch::integer),
                   'unknown_outcomes', tolstoy_expire_unknown_outcomes(:unknown_outcome_days::integer,
-                                                                      :batch::integer))
+                                                                      :batch::integer),
+                  'audit', tolstoy_prune_audit(:audit_retention_days::integer, :batch::integer))
        end;
 
 -- ---- tolstoy secrets rotate --reencrypt ---------------------------------------------

@@ -267,6 +267,8 @@ REVIEWED_ROUTES = {
     "/console/orgs/{org_id}/flows/{flow_id}": ("public", "GET", ANYONE, "console page, as above"),
     "/console/orgs/{org_id}/runs": ("public", "GET", ANYONE, "console page, as above"),
     "/console/orgs/{org_id}/runs/{run_id}": ("public", "GET", ANYONE, "console page, as above"),
+    "/console/orgs/{org_id}/audit": ("public", "GET", ANYONE, "console page, as above (an API key needs the admin "
+                                                              "scope, as GET /audit-events does)"),
     "sink /console(?!/static/)(/.*)?\\Z": ("public", "", ANYONE, "the console's 404 page"),
     "static /docs/static/": ("public", "", ANYONE, "files of the docs page"),
     "static /console/static/": ("public", "", ANYONE, "the console's script and stylesheet"),

@@ -29,6 +29,7 @@ PUBLIC_FIELDS = (
     "foreach_max_items", "subflow_max_depth", "template_max_operations", "template_max_ms",
     "template_max_size", "step_max_bytes", "run_max_bytes", "run_retention_days", "webhook_timeout_ms",
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
+    "audit_retention_days",
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
     "prune_batch", "prune_budget_seconds", "unknown_outcome_timeout_days", "hook_refused_sources",
     "quota_queued_runs", "quota_stored_bytes", "quota_requests_per_second", "quota_request_burst",
@@ -137,6 +138,9 @@ class Config:
     quota_stored_bytes: int = 10 * 1024 ** 3
     quota_requests_per_second: int = 100
     quota_request_burst: int = 200
+    # The audit trail of configuration changes: events older than this are deleted by the workers'
+    # housekeeping (the only way an event goes).
+    audit_retention_days: int = 365
     # Authentication: trust X-Org-ID (behind an authenticating gateway) or require API keys.
     auth_mode: str = "headers"
     api_key_secret: str | None = None
@@ -281,6 +285,7 @@ class Config:
             quota_requests_per_second=reader.integer("TOLSTOY_QUOTA_REQUESTS_PER_SECOND", 100, 1,
                                                      QUOTA_RANGES["requestsPerSecond"]),
             quota_request_burst=reader.integer("TOLSTOY_QUOTA_REQUEST_BURST", 200, 1, QUOTA_RANGES["requestBurst"]),
+            audit_retention_days=reader.integer("TOLSTOY_AUDIT_RETENTION_DAYS", 365, 1, 36500),
             auth_mode=reader.choice("TOLSTOY_AUTH_MODE", "api_key" if environment == "production" else "headers",
                                     AUTH_MODES),
             api_key_secret=reader.raw("TOLSTOY_API_KEY_SECRET"),

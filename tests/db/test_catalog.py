@@ -45,6 +45,10 @@ REVIEWED_POLICIES = {
         "organization_usage", "organization_worker_time", "secret_reads", "sync_execute_slots", "tool_credentials",
         "tools", "user_connections", "users", "webhook_deliveries", "webhook_lines", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
+    # The audit trail: read by the organization; written (the tolstoy_audit trigger) and pruned
+    # (tolstoy_prune_audit) only by tolstoy_engine, whose grants leave out update.
+    ("audit_events", "tenant_isolation", "PUBLIC", "(org_id = tolstoy_current_org())", None),
+    ("audit_events", "engine_access", "tolstoy_engine", "true", "true"),
     ("organizations", "admin_all", "tolstoy_admin", "true", "true"),
     # The history upkeep's "does this month still hold an unfinished run?" reads every organization's
     # runs of a month, and only reads them (as may the schema owner, a member, for a DBA's checks).
@@ -232,7 +236,7 @@ REVIEWED_DEFINERS = {
     "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
                        "tolstoy_claim_schedules", "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history",
                        "tolstoy_next_delivery", "tolstoy_next_schedule",
-                       "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
+                       "tolstoy_prune_audit", "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     # The usage of the organization its unit acts for (GET /organizations/{id}/usage): no grant on runs needed.
     "tolstoy_admin": {"tolstoy_usage"},

@@ -23,7 +23,7 @@ CROSS_TENANT = {"runs.claim", "runs.renew_leases", "runs.maintain_history", "tri
                 # The event_webhooks migration's claim of due deliveries (security definer).
                 "webhooks.claim",
                 # The upkeep's housekeeping batch (security-definer functions of the event_webhooks,
-                # wait_signals and housekeeping_keeps_up migrations).
+                # wait_signals and housekeeping_keeps_up migrations; the audit_events one's retention).
                 "runs.prune"}
 # A function that acts for one organization takes it as an argument.
 FOR_ORG = r"tolstoy_\w+\((%\(\w+\)s(::\w+)?, )*%\(org_id\)s"

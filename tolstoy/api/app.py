@@ -19,6 +19,7 @@ from ..jsonsafe import dumps
 from . import (
     actions,
     api_keys,
+    audit,
     compat,
     connections,
     console,
@@ -80,6 +81,7 @@ def build_routes(db: Database, config: Config,
         ("/organizations/{id}/usage", quotas.Usage(db, config, buckets), None),
         ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
         ("/api-keys/{id}", api_keys.Item(db), None),
+        ("/audit-events", audit.AuditEvents(db), None),
         ("/users", users.Collection(db), None),
         ("/users/{id}", users.Item(db), None),
         ("/users/{id}/connections", user_connections, None),
@@ -179,6 +181,8 @@ def create_app(config: Config, db: Database, admin_db: Database | None = None) -
             BodyGuardMiddleware(methods),
             SecurityHeadersMiddleware(config.cors_origins),
             tenancy,
+            # After tenancy, whose context says who acts: who the request's changes are recorded as.
+            audit.AuditMiddleware(),
         ]
     )
     # Answers are serialized with orjson (tolstoy.jsonsafe.dumps); request bodies are parsed

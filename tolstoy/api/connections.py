@@ -40,7 +40,7 @@ from ..db.queries import SQL
 from ..errors import VaultError
 from ..jsonsafe import UNSTORABLE
 from ..signatures import b64url
-from . import resources
+from . import audit, resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
 from .requests import parse_uuid, validate_query
@@ -238,7 +238,8 @@ class OAuthCallback(_Connect):
             tokens["refreshToken"] = body["refresh_token"]
         scope = body.get("scope") if isinstance(body.get("scope"), str) else engine.scope_of(config) or None
         lifetime = engine.expires_in(body)  # a numeric string too; bounded, so no interval overflows
-        with self.db.transaction(), self.db.tenant(org_id):
+        # The state proved who started the login: the connection is recorded as theirs.
+        with audit.recorded_as_user(req, login["user_id"]), self.db.transaction(), self.db.tenant(org_id):
             try:
                 sealed = vault.encrypt(org_id, tokens)
             except VaultError as exc:

@@ -36,8 +36,10 @@ from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
 from ..numerals import unsigned
+from . import audit
 from .paging import encode_cursor, time_id_cursor, time_id_key
 from .quotas import RequestBuckets
+from .schemas import AUDIT_TARGET_TYPES
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
 log = logging.getLogger("tolstoy.console")
@@ -58,6 +60,7 @@ ROUTES = (
     ("/console/orgs/{org_id}/flows/{flow_id}", "flow"),
     ("/console/orgs/{org_id}/runs", "runs"),
     ("/console/orgs/{org_id}/runs/{run_id}", "run"),
+    ("/console/orgs/{org_id}/audit", "audit"),
 )
 SINK = r"/console(?!/static/)(/.*)?\Z"  # Falcon tries sinks before static routes
 ACTIVE = ("queued", "running", "waiting")
@@ -363,9 +366,9 @@ class Console:
         self.render(req, resp, "error.html", status=page.status, title=page.title, message=page.message,
                     org_id=org_id, error_status=page.status)
 
-    def page(self, req, resp, org: str | None, build) -> None:
+    def page(self, req, resp, org: str | None, build, scope: str = "read") -> None:
         """Run ``build(org_id) -> (template, context)`` in the organization's unit of work and render
-        it; errors become the console's error pages."""
+        it; errors become the console's error pages. ``scope``: what an API key needs for the page."""
         org_id = None
         try:
             if org is None:
@@ -373,7 +376,7 @@ class Console:
                 self.render(req, resp, template, **context)
                 return
             org_id = parse_id(org, "Organization")
-            tenant = self.tenant(req, org_id)
+            tenant = self.tenant(req, org_id, scope)
             if tenant is None:  # api_key mode, no key sent: the shell fetches the page with it
                 self.render(req, resp, "shell.html", title="Loading…", org_id=org_id, shell=True)
                 return
@@ -414,7 +417,7 @@ class Console:
             self.db.deactivate(token)
             unit.close(commit=False)
 
-    def tenant(self, req: falcon.Request, org_id: uuid.UUID) -> Tenant | None:
+    def tenant(self, req: falcon.Request, org_id: uuid.UUID, scope: str = "read") -> Tenant | None:
         """Who this page reads as: the path's organization (headers mode) or the API key's, which
         must be the path's (another organization's is a 404: nothing says it exists)."""
         if self.mode != "api_key":
@@ -426,8 +429,8 @@ class Console:
         key_org, scopes, _ = self.keys.grant_of(hashed)  # KeyRejected → the sign-in page
         if key_org != org_id:
             raise not_found("Organization")
-        if "read" not in scopes:
-            raise Page(403, "Missing scope", "This API key lacks the 'read' scope the console needs.")
+        if scope not in scopes:
+            raise Page(403, "Missing scope", f"This API key lacks the {scope!r} scope this page needs.")
         return Tenant(org_id=org_id, key_hash=hashed)
 
     def common(self, org_id) -> dict:
@@ -552,6 +555,25 @@ class Console:
                                 **self.common(org)}
         self.page(req, resp, org_id, build)
 
+    def on_get_audit(self, req: falcon.Request, resp: falcon.Response, org_id: str) -> None:
+        """The organization's audit trail, newest first, optionally of one kind of record or one record:
+        GET /audit-events as a page (the same query; the admin scope, as the API asks)."""
+        def build(org):
+            target_type = (req.get_param("type") or "").strip()
+            if target_type and target_type not in AUDIT_TARGET_TYPES:
+                raise Page(400, "Bad request", f"type: one of {', '.join(AUDIT_TARGET_TYPES)}.")
+            target_id, target_raw = _uuid_param(req, "target", "a record id")
+            rows = self.db.all(SQL.audit_events.list, org_id=org, target_type=target_type or None, target_id=target_id,
+                               actor_user_id=None, actor_key_prefix=None, actor_admin=None, limit=PAGE + 1,
+                               **cursor_params(req))
+            events = [audit.represent(row) for row in rows[:PAGE]]
+            for event, row in zip(events, rows, strict=False):
+                event["created_at"] = row["created_at"]
+            return "audit.html", {"title": "Audit trail", "section": "audit", "events": events,
+                                  "form": {"type": target_type, "target": target_raw}, "types": AUDIT_TARGET_TYPES,
+                                  "next_url": next_url(req, rows, PAGE), **self.common(org)}
+        self.page(req, resp, org_id, build, scope="admin")
+
 
 class NotFoundSink:
     """Any other path under /console: the console's 404 page."""
@@ -595,16 +617,22 @@ def _when(req: falcon.Request, name: str) -> tuple[dt.datetime | None, str]:
     return value, raw
 
 
+def _uuid_param(req: falcon.Request, name: str, what: str) -> tuple[uuid.UUID | None, str]:
+    """An optional id in the query string (None when empty) and its text as sent; the 400 page when
+    it is not a UUID."""
+    raw = (req.get_param(name) or "").strip()
+    if not raw:
+        return None, raw
+    try:
+        return uuid.UUID(raw), raw
+    except ValueError:
+        raise Page(400, "Bad request", f"{name}: not {what}.") from None
+
+
 def run_filters(req: falcon.Request) -> tuple[dict, dict]:
     """The runs page's filters (for the query) and the form's values (to show them again)."""
-    flow_raw = (req.get_param("flow") or "").strip()
+    flow_id, flow_raw = _uuid_param(req, "flow", "a flow id")
     status = (req.get_param("status") or "").strip()
-    flow_id = None
-    if flow_raw:
-        try:
-            flow_id = uuid.UUID(flow_raw)
-        except ValueError:
-            raise Page(400, "Bad request", "flow: not a flow id.") from None
     if status and status not in STATUSES:
         raise Page(400, "Bad request", f"status: one of {', '.join(STATUSES)}.")
     since, since_raw = _when(req, "since")

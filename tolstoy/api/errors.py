@@ -147,6 +147,9 @@ SET_BY_THE_SERVICE = frozenset({
     "secret_reads_purpose_length", "user_connections_scope_length", "webhook_deliveries_attempt_log_array",
     "webhook_deliveries_data_object", "webhook_deliveries_lease_complete", "webhook_deliveries_pending_due",
     "webhook_deliveries_state", "webhooks_disabled_reason_length",
+    # The audit trail: written by the database's own trigger, never from a body.
+    "audit_events_action_length", "audit_events_actor_object", "audit_events_changes_object",
+    "audit_events_request_id_length",
 })
 
 

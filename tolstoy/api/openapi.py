@@ -67,6 +67,7 @@ SCHEMAS = {
     "ToolSecretsSummary": schemas.ToolSecretsSummarySchema,
     "Connected": schemas.ConnectedSchema,
     "UserConnection": schemas.UserConnectionSchema,
+    "AuditEvent": schemas.AuditEventSchema,
 }
 
 ERRORS = {
@@ -300,6 +301,7 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
     _trigger_paths(spec)
     _webhook_paths(spec)
     _api_key_paths(spec)
+    _audit_paths(spec)
     _compat_paths(spec)
     simple("/health", "The process is up (no database call).", "Health")
     simple("/status", "The database answers.", "Status", unhealthy=True)
@@ -663,6 +665,23 @@ def _api_key_paths(spec: APISpec) -> None:
         "parameters": _tenant_params() + [{"name": "id", "in": "path", "required": True,
                                            "schema": {"type": "string", "format": "uuid"}}],
         "responses": {"204": {"description": "Revoked."}, **_errors("400", "404")}}})
+
+
+def _audit_paths(spec: APISpec) -> None:
+    """``/audit-events``: the organization's configuration changes (tolstoy/api/audit.py)."""
+    query = schemas.AuditEventsQuery()
+    filters = [{"name": name, "in": "query", "required": False, "description": f.metadata.get("description", ""),
+                "schema": {"type": "boolean"} if name == "actorAdmin" else
+                {"type": "string", **({"format": "uuid"} if name in ("targetId", "actorUserId") else {}),
+                 **({"enum": list(schemas.AUDIT_TARGET_TYPES)} if name == "targetType" else {})}}
+               for name, f in query.fields.items() if name not in ("limit", "cursor")]
+    spec.path(path="/audit-events", operations={"get": {
+        "tags": ["Audit"], "summary": "Configuration changes, newest first: who changed which record, and how "
+                                      "(one event per record a request created, changed or deleted; secrets masked)",
+        "parameters": _tenant_params() + ["Limit", "Cursor"] + filters,
+        "responses": {"200": {"description": "One page.", "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                              "content": _json("AuditEvent", many=True)}, **_errors("400"),
+                      "403": {"description": "The calling key lacks the admin scope.", "content": _json("Error")}}}})
 
 
 DOCS_PAGE = """<!doctype html>

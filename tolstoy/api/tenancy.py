@@ -230,6 +230,7 @@ class TenantMiddleware:
         req.context.key_scopes = frozenset()
         req.context.key_user_id = None
         req.context.key_hash = None
+        req.context.key_prefix = None  # the shown part of the request's API key (the audit trail's actor)
         req.context.unit = None
         access = getattr(resource, "access", "tenant")
         if access == "public" or not method_allowed(req, self.routes):
@@ -310,6 +311,7 @@ class TenantMiddleware:
         except KeyRejected:
             raise unauthorized(KEY_REJECTED) from None
         req.context.key_hash = hashed
+        req.context.key_prefix = prefix_of(token)
         return hashed
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:

@@ -34,7 +34,7 @@ from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .. import errors, metrics
+from .. import errors, jsonsafe, metrics
 from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
@@ -117,16 +117,19 @@ class Tenant:
         """The statement that opens a unit of work for this tenant: the checking one, or, for an
         organization and user that passed the check seconds ago, one that only sets them. An API
         key is checked every time, so that revoking it takes effect at once. Each also sets the
-        configured quota defaults (``quotas``, JSON; '' for none) that admitting a new run reads."""
+        configured quota defaults (``quotas``, JSON; '' for none) that admitting a new run reads, and
+        who the unit's configuration changes are recorded as (``auditing``), in the same statement."""
         user = None if self.user_id is None else str(self.user_id)
+        audit = _audit.get()
         if self.key_hash is not None:
             return SQL.session.enter_key, {"key_hash": self.key_hash, "user_id": user, "timeout_ms": timeout_ms,
-                                           "quotas": quotas}
+                                           "quotas": quotas, "audit": audit}
         org = "" if self.org_id is None else str(self.org_id)
         if known:
-            return SQL.session.enter_known, {"org_id": org, "timeout": f"{timeout_ms}ms", "quotas": quotas}
+            return SQL.session.enter_known, {"org_id": org, "timeout": f"{timeout_ms}ms", "quotas": quotas,
+                                             "audit": audit}
         return SQL.session.enter, {"org_id": org or None, "user_id": user, "timeout_ms": timeout_ms,
-                                   "quotas": quotas}
+                                   "quotas": quotas, "audit": audit}
 
 
 # No organization: a tenant's rows are invisible. Units of the admin login (tolstoy_admin, the
@@ -200,6 +203,9 @@ class Result:
 _current: contextvars.ContextVar[Unit | None] = contextvars.ContextVar("tolstoy_unit", default=None)
 # The tenant queries outside any unit act for (each such query is its own unit).
 _ambient: contextvars.ContextVar[Tenant] = contextvars.ContextVar("tolstoy_ambient_tenant", default=NOBODY)
+# Who the configuration changes of this thread's units are recorded as, as the audit trail's
+# trigger reads it (app.audit: JSON {actor, requestId}); '' records nothing (the engine's own writes).
+_audit: contextvars.ContextVar[str] = contextvars.ContextVar("tolstoy_audit", default="")
 
 
 class Unit:
@@ -498,6 +504,30 @@ class Database:
         finally:
             _current.reset(token)
             unit.close(commit=committed)
+
+    @staticmethod
+    def auditing(context: dict | None) -> contextvars.Token:
+        """Record the configuration changes of the units this thread opens from now on as made by
+        ``context`` ({"actor": …, "requestId": …}; None: record none); ``stop_auditing`` undoes it.
+        The audit trail's trigger (migration audit_events) reads it in the unit's transaction."""
+        return _audit.set("" if context is None else jsonsafe.dumps(context).decode())
+
+    @staticmethod
+    def stop_auditing(token: contextvars.Token) -> None:
+        """Undo ``auditing``."""
+        _audit.reset(token)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def audited_as(actor: dict, request_id: str | None = None) -> Iterator[None]:
+        """The configuration changes of the units opened in the block are recorded as made by
+        ``actor`` (``{"userId": …}``, ``{"admin": True}``…): for a change made outside an API request's
+        middleware (a public route that proved who acts, a command an operator runs)."""
+        token = Database.auditing({"actor": actor, "requestId": request_id})
+        try:
+            yield
+        finally:
+            Database.stop_auditing(token)
 
     def tenant(self, org_id) -> contextlib.AbstractContextManager[None]:
         """Queries in this block act for one organization (row-level security): inside a unit

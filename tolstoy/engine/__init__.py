@@ -84,7 +84,8 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
                 "fair_share_half_life_seconds": config.fair_share_half_life_seconds,
                 "retention_days": config.run_retention_days, "prune_batch": config.prune_batch,
                 "prune_budget_seconds": config.prune_budget_seconds,
-                "unknown_outcome_timeout_days": config.unknown_outcome_timeout_days, **overrides}
+                "unknown_outcome_timeout_days": config.unknown_outcome_timeout_days,
+                "audit_retention_days": config.audit_retention_days, **overrides}
     settings.setdefault("deliverer", lambda worker_id, calls: deliverer(config, db, worker_id, calls))
     # Schedules and subflow steps queue runs: the database holds them to the configured quota defaults.
     db.use_quotas(config.database_quotas())

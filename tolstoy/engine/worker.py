@@ -91,7 +91,8 @@ class Worker:
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
                  deliverer: Callable[[str, Tools], Deliverer] | None = None, prune_batch: int = 10_000,
-                 prune_budget_seconds: float = 60.0, unknown_outcome_timeout_days: int = 30):
+                 prune_budget_seconds: float = 60.0, unknown_outcome_timeout_days: int = 30,
+                 audit_retention_days: int | None = None):
         self.db = db
         self.clock = clock  # None: the database's clock decides what is due
         self.schedules_per_claim = schedules_per_claim
@@ -102,6 +103,7 @@ class Worker:
         self.lease_seconds = lease_seconds
         self.max_recoveries = max_recoveries
         self.retention_days = retention_days
+        self.audit_retention_days = audit_retention_days
         self.maintenance_seconds = maintenance_seconds
         self.prune_batch = prune_batch
         self.prune_budget_seconds = prune_budget_seconds
@@ -288,7 +290,7 @@ class Worker:
         each, so no lock is held long), until a batch finds less than a full batch of every kind (caught
         up) or ``prune_budget_seconds`` are spent (``behind``: the next pass comes soon). One worker at a
         time: another one's batch in progress ends this pass."""
-        totals = dict.fromkeys(("deliveries", "inbox", "signals", "unknown_outcomes"), 0)
+        totals = dict.fromkeys(("deliveries", "inbox", "signals", "unknown_outcomes", "audit"), 0)
         started = time.monotonic()
         behind = False
         batches = 0
@@ -296,7 +298,8 @@ class Worker:
             done = self.db.scalar(SQL.runs.prune, batch=self.prune_batch, retention_days=self.retention_days,
                                   delivery_retention_days=(
                                       self.deliverer.retention_days if self.deliverer is not None else None),
-                                  unknown_outcome_days=self.unknown_outcome_timeout_days)
+                                  unknown_outcome_days=self.unknown_outcome_timeout_days,
+                                  audit_retention_days=self.audit_retention_days)
             if done is None:  # another worker is pruning
                 break
             batches += 1
