@@ -239,10 +239,11 @@ def _org_delete(w: World, rid: str):
 def _quotas(method: str) -> Recipe:
     """The operator sets an organization's quotas: the first override creates its row, later ones change it."""
     def recipe(w: World, rid: str):
-        created = not w.made.get("quota")
-        result = w.call(method, f"/organizations/{w.org}/quotas", {"queuedRuns": 1000 + len(rid) % 7 + len(w.made)},
+        created = not getattr(w, "quotas_set", False)
+        w.queued_runs = getattr(w, "queued_runs", 1000) + 1  # a new value each time: an update that changes nothing writes nothing
+        result = w.call(method, f"/organizations/{w.org}/quotas", {"queuedRuns": w.queued_runs},
                         headers=w.admin, request_id=rid)
-        w.made["quota"] = True
+        w.quotas_set = True
         return result, [("quota.created" if created else "quota.updated", "quota", w.org)]
     return recipe
 
