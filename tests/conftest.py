@@ -52,6 +52,10 @@ def pg_server():
         return
     # Not under pytest's basetemp: pytest prunes old basetemps, which would pull the
     # data directory from under a concurrent run's server.
+    # A run killed before its teardown (a CI timeout's SIGTERM, a SIGKILL) leaves its server
+    # running: stop those whose test processes are all gone before starting another.
+    for leftover in Path(tempfile.gettempdir()).glob("tolstoy-test-pg-*"):
+        embedded.stop_orphaned(leftover)
     data_dir = tempfile.mkdtemp(prefix="tolstoy-test-pg-")
     server, url = embedded.start(data_dir, database="postgres", cleanup="delete")
     yield url

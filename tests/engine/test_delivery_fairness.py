@@ -140,9 +140,11 @@ def test_a_burst_of_2000_does_not_hold_another_organizations_event(api, db, work
     process = start_worker(worker_env)
     try:
         wait_until(lambda: len(loud.got) >= 20, 30, "the burst under way")
-        before = len(loud.got)
         answer = api.client.simulate_post(f"/webhooks/{webhook['id']}/test", headers=api.headers(victim))
         assert answer.status_code == 202
+        # Counted from when the victim's event is committed (the answer): how long the request itself
+        # took on a busy machine is no part of what the claim decides.
+        before = len(loud.got)
         wait_until(lambda: quiet.got, 30, "the victim's event")
         sent_meanwhile = len(loud.got) - before
         assert sent_meanwhile <= 10, (sent_meanwhile, log_tail(process))

@@ -50,6 +50,7 @@ def start(data_dir: str | os.PathLike, database: str = DATABASE, cleanup: str = 
     root.mkdir(parents=True, exist_ok=True)
     forget_dead_handles(root / "pgdata")
     server = pgserver.get_server(root / "pgdata", cleanup_mode=cleanup)
+    forget_dead_handles(root / "pgdata")  # the first user: the data directory exists only now
     return server, server.get_uri(database)
 
 
@@ -75,11 +76,51 @@ def forget_dead_handles(pgdata: Path) -> None:
     with PostgresServer._lock:
         listed = _read(pgdata / HANDLES, [])
         started = _read(pgdata / STARTED, {})
-        kept = {str(pid): started[str(pid)] for pid in listed
-                if str(pid) in started and _start_time(int(pid)) == started[str(pid)]}
+        kept = {str(pid): _start_time(int(pid)) for pid in listed if _alive(int(pid), started)}
         kept[str(os.getpid())] = _start_time(os.getpid())
         (pgdata / STARTED).write_text(json.dumps(kept))
         (pgdata / HANDLES).write_text(json.dumps([int(pid) for pid in kept]))
+
+
+def orphaned(pgdata: Path) -> bool:
+    """Whether the server of ``pgdata`` has no user left: none of the processes that joined it (by
+    pgserver's list and the start times forget_dead_handles records) is still running. A process
+    killed hard (SIGKILL, or a SIGTERM that skips its exit handlers) leaves its server so."""
+    listed = _read(pgdata / HANDLES, [])
+    started = _read(pgdata / STARTED, {})
+    return not any(_alive(int(pid), started) for pid in listed)
+
+
+def _alive(pid: int, started: dict) -> bool:
+    """Whether listed process ``pid`` still runs and is the one that joined: it started when recorded.
+    Every process that joins through start() is recorded (the first one right after the server is made),
+    so an id listed without a record is one the machine gave to another process."""
+    now = _start_time(pid)
+    return now is not None and started.get(str(pid)) == now
+
+
+def stop_orphaned(root: Path, *, older_than: float = 600.0) -> bool:
+    """Stop the embedded server under ``root`` (``root/pgdata``) and delete ``root`` when no process
+    uses it any more and it was made more than ``older_than`` seconds ago (younger ones may be
+    starting: their first user is not listed yet). Returns whether it did."""
+    import shutil
+    import subprocess
+    import time
+
+    pgdata = root / "pgdata"
+    try:
+        age = time.time() - root.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < older_than or not orphaned(pgdata):
+        return False
+    if (pgdata / "postmaster.pid").exists():
+        folder = bin_dir()
+        pg_ctl = str(folder / "pg_ctl") if folder is not None else "pg_ctl"
+        subprocess.run([pg_ctl, "-D", str(pgdata), "stop", "-m", "immediate", "-s"], capture_output=True,
+                       timeout=60, check=False)
+    shutil.rmtree(root, ignore_errors=True)
+    return True
 
 
 def _read(path: Path, empty):
