@@ -19,7 +19,8 @@ ROWS = 60_000
 
 def backlog(db, org_id: str, webhook_id: str, trigger_id: str, rows: int) -> None:
     """``rows`` finished deliveries, refused inbox rows and signals of runs that are gone, all 40 days old
-    (past the 30 days that deliveries are kept by default, and the 1 day of run retention set below)."""
+    (past the 30 days that deliveries are kept by default, and the 1 day of run retention set below),
+    and audit events 400 days old."""
     with db.pool.connection() as conn:
         conn.execute(
             "insert into webhook_deliveries (org_id, webhook_id, placed, event_id, event_type, data, state, "
@@ -35,6 +36,11 @@ def backlog(db, org_id: str, webhook_id: str, trigger_id: str, rows: int) -> Non
             "insert into flow_run_signals (org_id, run_id, signal, created_at) "
             "select %s, gen_random_uuid(), 'go', now() - interval '40 days' from generate_series(1, %s)",
             (org_id, rows))
+        # And audit events past their 365 days (TOLSTOY_AUDIT_RETENTION_DAYS).
+        conn.execute(
+            "insert into audit_events (org_id, created_at, actor, action, target_type, target_id, changes) "
+            "select %s, now() - interval '400 days', '{}', 'tool.created', 'tool', gen_random_uuid(), '{}' "
+            "from generate_series(1, %s)", (org_id, rows))
 
 
 def left(db) -> dict:
@@ -42,7 +48,9 @@ def left(db) -> dict:
         return conn.execute(
             "select (select count(*) from webhook_deliveries) as deliveries, "
             "(select count(*) from flow_trigger_deliveries) as inbox, "
-            "(select count(*) from flow_run_signals) as signals").fetchone()
+            "(select count(*) from flow_run_signals) as signals, "
+            "(select count(*) from audit_events where created_at < now() - interval '365 days') as audit"
+        ).fetchone()
 
 
 def fixtures(api, org):
@@ -59,8 +67,8 @@ def test_one_upkeep_pass_prunes_more_than_the_old_hourly_cap_in_batches(api, org
     w = engine.worker(config, worker_db, concurrency=1, retention_days=1, prune_batch=7_000)
     result = w.maintain()
     assert result["pruned"] == {"deliveries": ROWS, "inbox": ROWS, "signals": ROWS, "unknown_outcomes": 0,
-                                "behind": False}
-    assert dict(left(db)) == {"deliveries": 0, "inbox": 0, "signals": 0}
+                                "audit": ROWS, "behind": False}
+    assert dict(left(db)) == {"deliveries": 0, "inbox": 0, "signals": 0, "audit": 0}
     # The next pass is an hour away: it caught up.
     assert w._next_maintenance - time.monotonic() > 3000
 
