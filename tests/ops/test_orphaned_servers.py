@@ -5,9 +5,11 @@ one to look (tests/conftest.py's pg_server does, before it starts its own); one 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -33,8 +35,10 @@ def answers(url: str) -> bool:
         return False
 
 
-def test_a_server_whose_users_were_killed_is_stopped_and_deleted_and_one_in_use_is_not(tmp_path):
-    root = tmp_path / "tolstoy-test-pg-orphan"
+def test_a_server_whose_users_were_killed_is_stopped_and_deleted_and_one_in_use_is_not():
+    # Not under pytest's tmp_path: as root, pgserver runs PostgreSQL as its own user, which cannot
+    # enter pytest's private temporary folders (conftest.py's pg_server does the same).
+    root = Path(tempfile.mkdtemp(prefix="tolstoy-orphan-test-"))
     user = subprocess.Popen([sys.executable, "-c", JOIN, str(root)], stdout=subprocess.PIPE, text=True)
     try:
         url = user.stdout.readline().strip()
@@ -57,4 +61,10 @@ def test_a_server_whose_users_were_killed_is_stopped_and_deleted_and_one_in_use_
     while answers(url) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not answers(url)
-    assert not Path(root).exists()
+    assert not root.exists()
+
+
+def teardown_module():
+    for left in Path(tempfile.gettempdir()).glob("tolstoy-orphan-test-*"):
+        embedded.stop_orphaned(left, older_than=0)
+        shutil.rmtree(left, ignore_errors=True)
