@@ -33,6 +33,7 @@ import uuid
 from urllib.parse import urlencode
 
 import falcon
+from marshmallow import fields
 
 from .. import engine
 from ..config import Config
@@ -43,9 +44,36 @@ from ..signatures import b64url
 from . import audit, resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
+from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp
 from .requests import parse_uuid, validate_query
-from .schemas import TOOL_KEY, ConnectedSchema, LoginQuery, PageQuery, UserConnectionSchema
 from .tenancy import is_user, require_acting_as, require_user
+from .tools import TOOL_KEY
+
+
+class LoginQuery(Base):
+    """``GET /auth/{toolKey}/login?userId=``: the user who connects (else X-User-ID)."""
+
+    userId = fields.UUID()
+
+
+class ConnectedSchema(Base):
+    """200 of ``GET /auth/{toolKey}/callback``."""
+
+    success = fields.Boolean(dump_only=True)
+    credentialId = fields.UUID(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class UserConnectionSchema(TenantRecord):
+    """A tool a user connected (``GET /users/{id}/connections``): never its tokens."""
+
+    user_id = fields.UUID(data_key="userId", dump_only=True)
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    tool_key = fields.String(data_key="toolKey", dump_only=True, allow_none=True)
+    scope = fields.String(dump_only=True, allow_none=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True, allow_none=True)
+
 
 STATE_MINUTES = 10
 EXCHANGE_TIMEOUT_MS = 10_000

@@ -14,6 +14,7 @@ import resource as rlimit
 import time
 
 import falcon
+from marshmallow import fields
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -23,6 +24,33 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..times import now_iso
+from .fieldtypes import Base
+
+
+class HealthSchema(Base):
+    """``GET /health``."""
+
+    status = fields.String(dump_only=True)
+
+
+class StatusSchema(Base):
+    """``GET /status`` when the database answers (503 body has ``message`` instead)."""
+
+    status = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    uptime = fields.Float(dump_only=True, metadata={"description": "Seconds since the process started."})
+    timestamp = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class VersionSchema(Base):
+    """``GET /version``."""
+
+    name = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    python = fields.String(dump_only=True)
+    falcon = fields.String(dump_only=True)
+
 
 STARTED = time.monotonic()
 

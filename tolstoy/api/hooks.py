@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import falcon
+from marshmallow import fields
 
 from .. import engine, metrics, signatures
 from ..db import database as dbmod
@@ -34,8 +35,15 @@ from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
 from .access_log import client_address
 from .dumping import dumper
 from .errors import NotFound, ValidationFailed, field_error
+from .fieldtypes import Base
 from .requests import parse_uuid, read_raw
-from .schemas import HookAcceptedSchema
+
+
+class HookAcceptedSchema(Base):
+    """202 (or 200 for a redelivered event) body of ``POST /hooks/{triggerId}``."""
+
+    execution_id = fields.UUID(data_key="executionId", dump_only=True)
+
 
 _ACCEPTED = dumper(HookAcceptedSchema())
 

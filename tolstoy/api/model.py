@@ -14,7 +14,7 @@ from marshmallow import fields as ma_fields
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import TableStore
-from .schemas import PageQuery
+from .fieldtypes import PageQuery
 
 
 @dataclass(frozen=True)

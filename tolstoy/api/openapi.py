@@ -14,60 +14,80 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from .. import __version__
-from . import schemas
+from . import (
+    actions,
+    api_keys,
+    audit,
+    compat,
+    connections,
+    errors,
+    execution_logs,
+    fieldtypes,
+    flow_steps,
+    flows,
+    health,
+    hooks,
+    organizations,
+    quotas,
+    runs,
+    signals,
+    tool_credentials,
+    tools,
+    triggers,
+    users,
+    webhooks,
+)
 from .model import Model
 
 DOCS_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")
-
-
 SCHEMAS = {
-    "Organization": schemas.OrganizationSchema,
-    "Quotas": schemas.QuotasSchema,
-    "Usage": schemas.UsageSchema,
-    "User": schemas.UserSchema,
-    "Tool": schemas.ToolSchema,
-    "Action": schemas.ActionSchema,
-    "ToolDetail": schemas.ToolDetailSchema,
-    "Step": schemas.StepSchema,
-    "Flow": schemas.FlowSchema,
-    "FlowVersion": schemas.FlowVersionSchema,
-    "ExecutionLog": schemas.ExecutionLogSchema,
-    "FieldError": schemas.FieldErrorSchema,
-    "Error": schemas.ErrorSchema,
-    "Health": schemas.HealthSchema,
-    "Status": schemas.StatusSchema,
-    "Version": schemas.VersionSchema,
-    "Execute": schemas.ExecuteSchema,
-    "RunStep": schemas.RunStepSchema,
-    "Run": schemas.RunSchema,
-    "RunDetail": schemas.RunDetailSchema,
-    "RunAccepted": schemas.RunAcceptedSchema,
-    "Resolve": schemas.ResolveSchema,
-    "Signal": schemas.SignalSchema,
-    "SignalAccepted": schemas.SignalAcceptedSchema,
-    "Link": schemas.LinkSchema,
-    "LinkCreated": schemas.LinkCreatedSchema,
-    "Approval": schemas.ApprovalSchema,
-    "FlowMetrics": schemas.FlowMetricsSchema,
-    "ActionExecute": schemas.ActionExecuteSchema,
-    "ActionResult": schemas.ActionResultSchema,
-    "Credential": schemas.CredentialSchema,
-    "ApiKey": schemas.ApiKeySchema,
-    "Webhook": schemas.WebhookSchema,
-    "WebhookCreated": schemas.WebhookCreatedSchema,
-    "WebhookDelivery": schemas.WebhookDeliverySchema,
-    "WebhookTest": schemas.WebhookTestSchema,
-    "Trigger": schemas.TriggerSchema,
-    "TriggerCreated": schemas.TriggerCreatedSchema,
-    "TriggerPatch": schemas.TriggerPatchSchema,
-    "Delivery": schemas.DeliverySchema,
-    "HookAccepted": schemas.HookAcceptedSchema,
-    "Secrets": schemas.SecretsSchema,
-    "ToolSecrets": schemas.ToolSecretsSchema,
-    "ToolSecretsSummary": schemas.ToolSecretsSummarySchema,
-    "Connected": schemas.ConnectedSchema,
-    "UserConnection": schemas.UserConnectionSchema,
-    "AuditEvent": schemas.AuditEventSchema,
+    "Organization": organizations.OrganizationSchema,
+    "Quotas": quotas.QuotasSchema,
+    "Usage": quotas.UsageSchema,
+    "User": users.UserSchema,
+    "Tool": tools.ToolSchema,
+    "Action": actions.ActionSchema,
+    "ToolDetail": tools.ToolDetailSchema,
+    "Step": flow_steps.StepSchema,
+    "Flow": flows.FlowSchema,
+    "FlowVersion": flows.FlowVersionSchema,
+    "ExecutionLog": execution_logs.ExecutionLogSchema,
+    "FieldError": errors.FieldErrorSchema,
+    "Error": errors.ErrorSchema,
+    "Health": health.HealthSchema,
+    "Status": health.StatusSchema,
+    "Version": health.VersionSchema,
+    "Execute": runs.ExecuteSchema,
+    "RunStep": runs.RunStepSchema,
+    "Run": runs.RunSchema,
+    "RunDetail": runs.RunDetailSchema,
+    "RunAccepted": runs.RunAcceptedSchema,
+    "Resolve": runs.ResolveSchema,
+    "Signal": signals.SignalSchema,
+    "SignalAccepted": signals.SignalAcceptedSchema,
+    "Link": signals.LinkSchema,
+    "LinkCreated": signals.LinkCreatedSchema,
+    "Approval": signals.ApprovalSchema,
+    "FlowMetrics": runs.FlowMetricsSchema,
+    "ActionExecute": actions.ActionExecuteSchema,
+    "ActionResult": actions.ActionResultSchema,
+    "Credential": tool_credentials.CredentialSchema,
+    "ApiKey": api_keys.ApiKeySchema,
+    "Webhook": webhooks.WebhookSchema,
+    "WebhookCreated": webhooks.WebhookCreatedSchema,
+    "WebhookDelivery": webhooks.WebhookDeliverySchema,
+    "WebhookTest": webhooks.WebhookTestSchema,
+    "Trigger": triggers.TriggerSchema,
+    "TriggerCreated": triggers.TriggerCreatedSchema,
+    "TriggerPatch": triggers.TriggerPatchSchema,
+    "Delivery": triggers.DeliverySchema,
+    "HookAccepted": hooks.HookAcceptedSchema,
+    "Secrets": compat.SecretsSchema,
+    "ToolSecrets": compat.ToolSecretsSchema,
+    "ToolSecretsSummary": compat.ToolSecretsSummarySchema,
+    "Connected": connections.ConnectedSchema,
+    "UserConnection": connections.UserConnectionSchema,
+    "AuditEvent": audit.AuditEventSchema,
 }
 
 ERRORS = {
@@ -214,8 +234,8 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
         plugins=[plugin],
         info={"description": "Multi-tenant workflow automation: tools, actions, flows and their execution logs."},
     )
-    plugin.map_to_openapi_type(schemas.Timestamp, "string", "date-time")
-    plugin.map_to_openapi_type(schemas.JSONObject, "object", None)
+    plugin.map_to_openapi_type(fieldtypes.Timestamp, "string", "date-time")
+    plugin.map_to_openapi_type(fieldtypes.JSONObject, "object", None)
     for name, schema in SCHEMAS.items():
         spec.components.schema(name, schema=schema)
     # Fields whose accepted shapes marshmallow cannot describe by itself.
@@ -246,7 +266,7 @@ def build_spec(models: Iterable[Model], app_name: str = "Tolstoy") -> dict:
         "description": "Acting user, recorded on the new row."})
     spec.components.parameter("Limit", "query", {
         "name": "limit", "required": False,
-        "schema": {"type": "integer", "minimum": 1, "maximum": schemas.MAX_PAGE, "default": schemas.DEFAULT_PAGE}})
+        "schema": {"type": "integer", "minimum": 1, "maximum": fieldtypes.MAX_PAGE, "default": fieldtypes.DEFAULT_PAGE}})
     spec.components.parameter("Cursor", "query", {
         "name": "cursor", "required": False, "schema": {"type": "string"},
         "description": "Opaque cursor from X-Next-Cursor."})
@@ -399,7 +419,7 @@ def _engine_paths(spec: APISpec) -> None:
         "requestBody": {"required": True, "content": _json("Resolve")},
         "responses": {**accepted, **_errors("400", "404", "409", "413", "415")}}})
     signal = {"name": "signal", "in": "path", "required": True,
-              "schema": {"type": "string", "pattern": schemas.SIGNAL_NAME}}
+              "schema": {"type": "string", "pattern": flow_steps.SIGNAL_NAME}}
     spec.path(path="/flows/{id}/executions/{executionId}/signals/{signal}", operations={"post": {
         "tags": ["Executions"],
         "summary": "Send a signal to a run; its wait step returns the payload (idempotent per Idempotency-Key)",
@@ -584,7 +604,7 @@ def _compat_paths(spec: APISpec) -> None:
     uuid_param = {"in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
     tool = [*_tenant_params(), {"name": "id", **uuid_param}]
     tool_key = {"name": "toolKey", "in": "path", "required": True,
-                "schema": {"type": "string", "pattern": schemas.TOOL_KEY}}
+                "schema": {"type": "string", "pattern": tools.TOOL_KEY}}
     text = {"text/plain": {"schema": {"type": "string"}}}
     spec.path(path="/", operations={"get": {
         "tags": ["Docs"], "summary": "One line naming the service and pointing at /docs", "security": [{}],
@@ -669,11 +689,11 @@ def _api_key_paths(spec: APISpec) -> None:
 
 def _audit_paths(spec: APISpec) -> None:
     """``/audit-events``: the organization's configuration changes (tolstoy/api/audit.py)."""
-    query = schemas.AuditEventsQuery()
+    query = audit.AuditEventsQuery()
     filters = [{"name": name, "in": "query", "required": False, "description": f.metadata.get("description", ""),
                 "schema": {"type": "boolean"} if name == "actorAdmin" else
                 {"type": "string", **({"format": "uuid"} if name in ("targetId", "actorUserId") else {}),
-                 **({"enum": list(schemas.AUDIT_TARGET_TYPES)} if name == "targetType" else {})}}
+                 **({"enum": list(audit.AUDIT_TARGET_TYPES)} if name == "targetType" else {})}}
                for name, f in query.fields.items() if name not in ("limit", "cursor")]
     spec.path(path="/audit-events", operations={"get": {
         "tags": ["Audit"], "summary": "Configuration changes, newest first: who changed which record, and how "

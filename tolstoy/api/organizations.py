@@ -11,10 +11,17 @@ import falcon
 from . import resources
 from .api_keys import issue_key
 from .errors import NotFound
+from .fieldtypes import Record, text
 from .model import Model
 from .requests import parse_uuid, read_json, validate_query
 from .responses import created
-from .schemas import OrganizationSchema
+
+
+class OrganizationSchema(Record):
+    """``{name}``."""
+
+    name = text(1, 200, required=True)
+
 
 MODEL = Model(
     name="organizations", path="/organizations", noun="Organization", tag="Organizations",

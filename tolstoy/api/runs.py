@@ -10,6 +10,7 @@ statement, and a worker (``tolstoy worker``) claims and runs it."""
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import engine, metrics
 from ..db import database as dbmod
@@ -21,19 +22,103 @@ from ..times import iso
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, NotFound, field_error
+from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
-from .schemas import (
-    ExecuteSchema,
-    ExecutionsQuery,
-    FlowMetricsSchema,
-    PageQuery,
-    ResolveSchema,
-    RunAcceptedSchema,
-    RunDetailSchema,
-    RunSchema,
-)
 from .tenancy import may_act_as, require_user
+
+
+class ExecutionsQuery(PageQuery):
+    """``GET /flows/{id}/executions``: a page, optionally only the children of one run."""
+
+    parentExecutionId = fields.UUID(metadata={"description": "Only the runs this run's subflow steps queued."})
+
+
+class ExecuteSchema(Base):
+    """``POST /flows/{id}/execute``: the run's input."""
+
+    variables = JSONObject(load_default=dict)
+
+
+class RunStepSchema(Base):
+    """One step checkpoint of a run."""
+
+    step_id = fields.String(data_key="stepId", dump_only=True)
+    status = fields.String(dump_only=True)
+    attempt = fields.Integer(dump_only=True)
+    inputs = fields.Raw(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    wake_at = Timestamp(data_key="wakeAt", dump_only=True, allow_none=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True)
+    child_execution_id = fields.UUID(data_key="childExecutionId", dump_only=True, allow_none=True,
+                                     metadata={"description": "The run a subflow step queued; null otherwise."})
+    phase = fields.String(dump_only=True, metadata={"description": "main, or onFailure for failure handlers."})
+    waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True,
+                              metadata={"description": "A wait step parked for a signal: {signal, since, "
+                                                       "timeoutAt}; null otherwise."})
+
+
+class RunSchema(Base):
+    """A flow run (execution)."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
+    status = fields.String(dump_only=True)
+    variables = fields.Dict(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    parent_run_id = fields.UUID(data_key="parentExecutionId", dump_only=True, allow_none=True,
+                                metadata={"description": "The run whose subflow step queued this one; null for "
+                                                         "a top-level run."})
+    parent_step_id = fields.String(data_key="parentStepId", dump_only=True, allow_none=True,
+                                   metadata={"description": "The id of that subflow step."})
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+
+
+class RunDetailSchema(RunSchema):
+    """A run with its step checkpoints."""
+
+    steps = fields.List(fields.Nested(RunStepSchema), dump_only=True)
+
+
+class RunAcceptedSchema(Base):
+    """202 body of execute and retry."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    status = fields.String(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+
+
+class ResolveSchema(Base):
+    """``POST …/steps/{stepId}/resolve``: what became of a call whose outcome was unknown."""
+
+    outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed", "retry")))
+    outputs = fields.Raw(allow_none=True, metadata={"description": "What the step returned (with succeeded)."})
+    message = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                            metadata={"description": "Why (with failed); kept in the step's error."})
+
+
+class FlowMetricsSchema(Base):
+    """``GET /flows/{id}/metrics``."""
+
+    totalExecutions = fields.Integer(dump_only=True)
+    statusBreakdown = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
+    successRate = fields.Float(dump_only=True, allow_none=True,
+                               metadata={"description": "completed / finished runs; null before any finished."})
+    p50Ms = fields.Float(dump_only=True, allow_none=True)
+    p95Ms = fields.Float(dump_only=True, allow_none=True)
+
 
 _ACCEPTED = dumper(RunAcceptedSchema())
 _RUN = dumper(RunSchema())
@@ -43,8 +128,6 @@ _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
 _EXECUTIONS = ExecutionsQuery()
 FINISHED = ("completed", "failed", "cancelled")
-
-
 _RESOLVE = ResolveSchema()
 
 

@@ -25,10 +25,12 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import metrics
 from ..config import Config
@@ -40,16 +42,55 @@ from ..signatures import b64url, unb64url
 from ..times import iso
 from .dumping import dumper
 from .errors import Conflict, NotFound
+from .fieldtypes import Base, Timestamp
+from .flow_steps import SIGNAL_NAME
 from .requests import parse_uuid, read_json, validate_body
 from .runs import FINISHED, idempotency_key
-from .schemas import (
-    SIGNAL_NAME_RE,
-    ApprovalSchema,
-    LinkCreatedSchema,
-    LinkSchema,
-    SignalAcceptedSchema,
-    SignalSchema,
-)
+
+SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
+MAX_LINK_SECONDS = 30 * 24 * 3600
+
+
+class SignalSchema(Base):
+    """``POST …/executions/{executionId}/signals/{signal}``: what the wait step returns."""
+
+    payload = fields.Raw(allow_none=True, load_default=None,
+                         metadata={"description": "Any JSON; the wait step's output."})
+
+
+class SignalAcceptedSchema(Base):
+    """202 body of a signal: the stored signal."""
+
+    id = fields.UUID(data_key="signalId", dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+    signal = fields.String(dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
+
+class LinkSchema(Base):
+    """``POST …/signals/{signal}/links``: an approval link for a person."""
+
+    approver = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    expiresInSeconds = fields.Integer(strict=True, load_default=7 * 24 * 3600,
+                                      validate=validate.Range(60, MAX_LINK_SECONDS))
+
+
+class LinkCreatedSchema(Base):
+    """201 body of an approval link."""
+
+    url = fields.String(dump_only=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True)
+    approver = fields.String(dump_only=True, allow_none=True)
+    signal = fields.String(dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+
+
+class ApprovalSchema(Base):
+    """``POST /approvals/{token}``: the person's decision."""
+
+    decision = fields.String(required=True, validate=validate.OneOf(("approve", "reject")))
+    comment = fields.String(allow_none=True, validate=validate.Length(max=2000))
+
 
 _SIGNAL = SignalSchema()
 _LINK = LinkSchema()

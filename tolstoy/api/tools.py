@@ -3,14 +3,54 @@
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import engine
 from ..db.queries import SQL
 from . import resources
+from .actions import ActionSchema
 from .dumping import dumper
 from .errors import Conflict
+from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, text
 from .model import Model
-from .schemas import ToolDetailSchema, ToolSchema
+
+AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
+TOOL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class ToolSchema(TenantRecord):
+    """``{name, key?, baseUrl, authType, honorsIdempotencyKey}``."""
+
+    name = text(1, 200, required=True)
+    key = fields.String(
+        allow_none=True, load_default=None,
+        validate=validate.Regexp(TOOL_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
+        metadata={"description": "Optional short name, unique per organization: the original service's "
+                                 "/auth/{toolKey}/login and callback routes name the tool by it."},
+    )
+    base_url = HttpUrl(data_key="baseUrl", required=True, validate=validate.Length(max=2048))
+    auth_type = fields.String(
+        data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
+    )
+    honors_idempotency_key = fields.Boolean(
+        data_key="honorsIdempotencyKey", load_default=False,
+        metadata={"description": "The tool treats a repeated Idempotency-Key as the same request, so the engine "
+                                 "may send a call again when a worker died during it (see onUnknownOutcome)."},
+    )
+    drop_credentials = StrictBoolean(
+        data_key="dropCredentials", load_only=True,
+        metadata={"description": "Write-only, for PUT/PATCH: a baseUrl on another origin (scheme, host, port) than "
+                                 "the stored one is refused (409) while the tool has credentials or users' "
+                                 "connections, which are sent only to the origin they were stored for; true "
+                                 "deletes them (and their OAuth2 tokens) in the same transaction as the change."},
+    )
+
+
+class ToolDetailSchema(ToolSchema):
+    """A tool with its actions, as ``GET /tools/{id}`` returns it."""
+
+    actions = fields.List(fields.Nested(ActionSchema), dump_only=True)
+
 
 MODEL = Model(
     name="tools", path="/tools", noun="Tool", tag="Tools", schema=ToolSchema,

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from . import resources
+from .fieldtypes import TenantRecord, text
 from .model import Filter, Model
-from .schemas import UserSchema, text
+
+
+class UserSchema(TenantRecord):
+    """``{email, name?}``; email unique per organization, ignoring case."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    name = text(0, 200, allow_none=True)
+
 
 MODEL = Model(
     name="users", path="/users", noun="User", tag="Users", schema=UserSchema, writable=("email", "name"),

@@ -6,7 +6,10 @@ the secret is shown in full once, in the answer that creates the webhook."""
 
 from __future__ import annotations
 
+import re
+
 import falcon
+from marshmallow import ValidationError, fields, validate, validates
 
 from .. import engine
 from ..db import database as dbmod
@@ -15,17 +18,107 @@ from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, field_error
+from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
-from .schemas import (
-    MASK,
-    WEBHOOK_EVENT_TYPES,
-    PageQuery,
-    WebhookCreatedSchema,
-    WebhookDeliverySchema,
-    WebhookSchema,
-    WebhookTestSchema,
-)
+
+WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
+# Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).
+MASK = "********"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,200}$")
+
+
+def _header_problem(name: str, value) -> str | None:
+    if not _HEADER_NAME.match(name):
+        return f"{name!r} is not a valid header name."
+    if name.lower() in engine.WEBHOOK_RESERVED_HEADERS:
+        return f"{name} is set by Tolstoy on every delivery."
+    if not isinstance(value, str) or len(value) > 8192 or any(c in value for c in "\r\n\0"):
+        return f"The value of {name} must be a string of at most 8192 characters, on one line."
+    return None
+
+
+class WebhookSchema(TenantRecord):
+    """``{name, url, eventTypes, enabled, secret?, headers?}``; the secret and header values are
+    shown masked (the secret in full once, in the answer that creates the webhook)."""
+
+    name = text(1, 200, required=True)
+    url = HttpUrl(required=True, validate=validate.Length(max=2048),
+                     metadata={"description": "Where deliveries are POSTed (http or https; checked by the "
+                                              "outbound guard at every attempt)."})
+    event_types = fields.List(fields.String(), data_key="eventTypes", required=True,
+                              metadata={"description": "Event types to deliver (GET /webhooks/event-types)."})
+    enabled = StrictBoolean(load_default=True)
+    secret = text(16, 500, metadata={
+        "description": "HMAC-SHA256 signing secret (generated when omitted; shown in full only when created, "
+                       f"masked as {MASK} afterwards; sending {MASK} back keeps it)."})
+    headers = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": f"Custom headers sent with every delivery; values encrypted at rest, shown as {MASK}."})
+    disabled_reason = fields.String(data_key="disabledReason", dump_only=True, allow_none=True,
+                                    metadata={"description": "Why the workers disabled the webhook, if they did."})
+    failing_since = Timestamp(data_key="failingSince", dump_only=True, allow_none=True,
+                              metadata={"description": "First failed attempt since the last success."})
+
+    @validates("event_types")
+    def _known_types(self, value, **_):
+        unknown = sorted({t for t in value if t not in WEBHOOK_EVENT_TYPES}, key=str)
+        if unknown:
+            raise ValidationError(f"Unknown event types: {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(WEBHOOK_EVENT_TYPES)}).")
+        if not value:
+            raise ValidationError("Give at least one event type.")
+        unique_items(value)
+
+    @validates("headers")
+    def _valid_headers(self, value, **_):
+        if value is None:
+            return
+        if len(value) > 50:
+            raise ValidationError("At most 50 headers.")
+        problems = [p for p in (_header_problem(k, v) for k, v in value.items()) if p]
+        if problems:
+            raise ValidationError(problems)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    """The answer that creates a webhook: its secret in full, once."""
+
+    secret = fields.String(dump_only=True)
+
+
+class WebhookDeliverySchema(Base):
+    """One event sent (or to send) to a webhook, with every attempt made."""
+
+    id = fields.UUID(dump_only=True, metadata={"description": "Sent as X-Webhook-Delivery (same every attempt)."})
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    webhook_id = fields.UUID(data_key="webhookId", dump_only=True)
+    event_id = fields.UUID(data_key="eventId", dump_only=True, metadata={"description": "The envelope's id."})
+    event_type = fields.String(data_key="eventType", dump_only=True)
+    data = fields.Dict(dump_only=True, metadata={"description": "The event's data, as the envelope carries it."})
+    state = fields.String(dump_only=True, metadata={
+        "description": "pending (due at nextAttemptAt, or after the unfinished delivery before it), sending, "
+                       "delivered, failed (given up), cancelled (the webhook was disabled)."})
+    attempts = fields.Integer(dump_only=True)
+    attempt_log = fields.List(fields.Dict(), data_key="attemptLog", dump_only=True, metadata={
+        "description": "Every attempt: {attempt, at, statusCode, durationMs, error, location} (location: the "
+                       "Location of a 3xx answer, which is never followed)."})
+    next_attempt_at = Timestamp(data_key="nextAttemptAt", dump_only=True, allow_none=True)
+    last_status_code = fields.Integer(data_key="lastStatusCode", dump_only=True, allow_none=True)
+    last_error = fields.String(data_key="lastError", dump_only=True, allow_none=True)
+    first_attempt_at = Timestamp(data_key="firstAttemptAt", dump_only=True, allow_none=True)
+    last_attempt_at = Timestamp(data_key="lastAttemptAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    event_created_at = Timestamp(data_key="eventCreatedAt", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class WebhookTestSchema(Base):
+    """202 body of ``POST /webhooks/{id}/test``: the delivery queued."""
+
+    delivery_id = fields.UUID(data_key="deliveryId", dump_only=True)
+    state = fields.String(dump_only=True)
+
 
 _SCHEMA = WebhookSchema()
 _DUMP = dumper(_SCHEMA)
