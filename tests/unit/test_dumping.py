@@ -10,9 +10,11 @@ import pytest
 from marshmallow import fields
 
 from tolstoy.api import fieldtypes
+from tolstoy.api.app import NOUNS
 from tolstoy.api.dumping import dumper
-from tolstoy.api.openapi import SCHEMAS
+from tolstoy.api.openapi import components
 
+SCHEMAS = components(NOUNS)
 NOW = dt.datetime(2026, 11, 25, 21, 8, 32, 123456, tzinfo=dt.UTC)
 
 

@@ -16,6 +16,7 @@ from .errors import NotFound, TooManyRequests, ValidationFailed
 from .fieldtypes import Base, JSONObject, TenantRecord, text
 from .model import Filter, Model
 from .requests import read_json, validate_body
+from .routing import Route, Services, errors, json_content, tenant_params
 from .tenancy import cannot_act_as, may_act_as, require_user
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -162,8 +163,12 @@ class ActionSchema(TenantRecord):
         values=fields.String(validate=validate.Length(max=8192)),
         allow_none=True,
     )
-    input_schema = InputSchemaField(data_key="inputSchema", allow_none=True)
-    execute_if = ExecuteIfField(data_key="executeIf", allow_none=True)
+    # The accepted shapes are written out for the document: marshmallow cannot describe these fields.
+    input_schema = InputSchemaField(data_key="inputSchema", allow_none=True, metadata={
+        "description": "JSON Schema object, or the original service's array of field definitions (stored converted).",
+        "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]})
+    execute_if = ExecuteIfField(data_key="executeIf", allow_none=True, metadata={
+        "oneOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]})
     # How long POST /actions/{id}/execute waits for the tool, end to end (null: the default,
     # TOLSTOY_SYNC_EXECUTE_TIMEOUT_MS; never more than TOLSTOY_SYNC_EXECUTE_MAX_TIMEOUT_MS).
     timeout_ms = fields.Integer(data_key="timeoutMs", strict=True, allow_none=True, load_default=None,
@@ -271,3 +276,24 @@ class Item(ActionResource, resources.Item):
         finally:
             self.db.rowcount(SQL.actions.release_slot, commit=True, org_id=org_id, slot=slot, holder=holder)
         resp.media = self.result(result)
+
+
+def _item(s: Services) -> Item:
+    return Item(s.db, s.tools, s.config)
+
+
+SCHEMAS = {"Action": ActionSchema, "ActionExecute": ActionExecuteSchema, "ActionResult": ActionResultSchema}
+ROUTES = (
+    *resources.routes(MODEL, lambda s: Collection(s.db), _item),
+    Route("/actions/{id}/execute", _item, "execute", operations={"post": {
+        "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
+        "parameters": [*tenant_params(user_required=True),
+                       {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "The action's id, or its key (as the original service)."}],
+        "requestBody": {"required": True, "content": json_content("ActionExecute")},
+        "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
+                              "content": json_content("ActionResult")}, **errors("400", "404", "413", "415"),
+                      "403": {"description": "A missing scope; or the tool is per-user and the API key may not act "
+                                             "as X-User-ID (bound to another user, no impersonate scope).",
+                              "content": json_content("Error")}}}}),
+)

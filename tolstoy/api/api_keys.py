@@ -15,6 +15,7 @@ from .errors import NotFound, field_error
 from .fieldtypes import Base, PageQuery, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
+from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, path_id, tenant_params
 from .tenancy import cannot_act_as, key_hash, may_act_as, new_key, prefix_of
 
 # What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute
@@ -142,3 +143,25 @@ class Item:
         if not self.db.rowcount(SQL.api_keys.revoke, commit=True, org_id=req.context.org_id, id=key_id):
             raise NotFound("API key")
         resp.status = falcon.HTTP_204
+
+
+SCHEMAS = {"ApiKey": ApiKeySchema}
+ROUTES = (
+    Route("/api-keys", lambda s: Collection(s.db, s.config.api_key_secret), operations={
+        "get": {"tags": ["API keys"], "summary": "Active keys, newest first (prefixes only, never the keys)",
+                "parameters": tenant_params() + PAGE,
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("ApiKey", many=True)}, **errors("400")}},
+        "post": {"tags": ["API keys"], "summary": "Create a key; apiKey is shown in this answer only",
+                 "parameters": tenant_params(), "requestBody": {"required": True, "content": json_content("ApiKey")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": json_content("ApiKey")}, **errors("400", "413", "415"),
+                               "403": {"description": "The calling key lacks the admin scope, or a scope it "
+                                                      "would grant; or it would bind the key to a user it may "
+                                                      "not act as itself (not bound to them, no impersonate).",
+                                       "content": json_content("Error")}}}}),
+    Route("/api-keys/{id}", lambda s: Item(s.db), operations={"delete": {
+        "tags": ["API keys"], "summary": "Revoke a key at once",
+        "parameters": tenant_params() + [path_id()],
+        "responses": {"204": {"description": "Revoked."}, **errors("400", "404")}}}),
+)

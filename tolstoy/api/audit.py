@@ -37,6 +37,7 @@ from ..redaction import MASK, is_sensitive_key, mask_json
 from ..times import iso
 from . import resources
 from .fieldtypes import Base, PageQuery, Timestamp, text
+from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, tenant_params
 from .tenancy import scope_needed
 
 AUDIT_TARGET_TYPES = ("organization", "user", "tool", "tool_credential", "action", "flow", "trigger", "webhook",
@@ -187,3 +188,22 @@ class AuditEvents:
                                **page)
 
         resources.list_page(req, resp, _QUERY, fetch, lambda rows: [represent(row) for row in rows])
+
+
+# The list's filters, described from the query schema that checks them.
+_FILTERS = [{"name": name, "in": "query", "required": False, "description": f.metadata.get("description", ""),
+             "schema": {"type": "boolean"} if name == "actorAdmin" else
+             {"type": "string", **({"format": "uuid"} if name in ("targetId", "actorUserId") else {}),
+              **({"enum": list(AUDIT_TARGET_TYPES)} if name == "targetType" else {})}}
+            for name, f in _QUERY.fields.items() if name not in ("limit", "cursor")]
+SCHEMAS = {"AuditEvent": AuditEventSchema}
+ROUTES = (
+    Route("/audit-events", lambda s: AuditEvents(s.db), operations={"get": {
+        "tags": ["Audit"], "summary": "Configuration changes, newest first: who changed which record, and how "
+                                      "(one event per record a request created, changed or deleted; secrets masked)",
+        "parameters": tenant_params() + PAGE + _FILTERS,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("AuditEvent", many=True)}, **errors("400"),
+                      "403": {"description": "The calling key lacks the admin scope.",
+                              "content": json_content("Error")}}}}),
+)

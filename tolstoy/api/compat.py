@@ -26,6 +26,7 @@ from .errors import NotFound, ValidationFailed, field_error
 from .fieldtypes import Base, PageQuery, Timestamp, text
 from .requests import flatten_messages, parse_uuid, read_json, validate_body, validate_query
 from .responses import created
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tool_credentials import load_credential_config
 
 # The original's free-form secret keys, and which credential field each fills per authType.
@@ -249,3 +250,36 @@ class ToolSecrets:
         return {"tool_id": row["id"], "tool_name": row["name"], "tool_type": row["auth_type"],
                 "has_credentials": row["credential_id"] is not None, "credential_keys": keys,
                 "last_updated": row["credential_updated_at"], "created_at": row["created_at"]}
+
+
+def _secrets(s: Services) -> ToolSecrets:
+    return ToolSecrets(s.db, s.vault)
+
+
+_TOOL = [*tenant_params(), path_id()]
+SCHEMAS = {"Secrets": SecretsSchema, "ToolSecrets": ToolSecretsSchema, "ToolSecretsSummary": ToolSecretsSummarySchema}
+ROUTES = (
+    Route("/", lambda s: Welcome(), operations={"get": {
+        "tags": ["Docs"], "summary": "One line naming the service and pointing at /docs", "security": [{}],
+        "responses": {"200": {"description": "Welcome.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}),
+    Route("/tools/secrets", _secrets, operations={"get": {
+        "tags": ["Tools"], "summary": "Every tool, whether it has secrets and under which keys",
+        "parameters": [*tenant_params(), *PAGE],
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("ToolSecretsSummary", many=True)}, **errors("400")}}}),
+    Route("/tools/{id}/secrets", _secrets, "item", operations={
+        "post": {"tags": ["Tools"], "summary": "Store the original's free-form secrets as the tool's default "
+                                               "credential (typed by its authType); the answer is masked",
+                 "parameters": _TOOL, "requestBody": {"required": True, "content": json_content("Secrets")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": json_content("ToolSecrets")},
+                               **errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's secrets, masked (unmask=true is refused: write-only)",
+                "parameters": _TOOL + [{"name": "unmask", "in": "query", "required": False,
+                                        "schema": {"type": "boolean"}}],
+                "responses": {"200": {"description": "Masked.", "content": json_content("ToolSecrets")},
+                              "403": {"description": "unmask=true.", "content": json_content("Error")},
+                              **errors("400", "404")}},
+        "delete": {"tags": ["Tools"], "summary": "Delete the tool's default credential", "parameters": _TOOL,
+                   "responses": {"204": {"description": "Deleted (or there was none)."}, **errors("400", "404")}}}),
+)

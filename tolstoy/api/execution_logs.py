@@ -105,3 +105,7 @@ class Collection(ExecutionLogResource, resources.Collection):
 
 class Item(ExecutionLogResource, resources.Item):
     """``GET/PUT/PATCH/DELETE /execution-logs/{id}``."""
+
+
+SCHEMAS = {"ExecutionLog": ExecutionLogSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

@@ -92,6 +92,17 @@ class TenantRecord(Record):
     org_id = fields.UUID(data_key="orgId", dump_only=True)
 
 
+# A tool's or a flow's key: its optional short name, unique per organization, that routes and steps name it by.
+KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+def key_field(description: str, **kwargs) -> fields.String:
+    """A field holding a key (``KEY``)."""
+    return fields.String(validate=validate.Regexp(KEY, error="Must match {regex}: 1 to 64 lower-case letters, "
+                                                             "digits, _ . or -."),
+                         metadata={"description": description}, **kwargs)
+
+
 def text(low: int, high: int, **kwargs) -> fields.String:
     """A string field whose length must lie in [low, high]."""
     return fields.String(validate=validate.Length(min=low, max=high), **kwargs)

@@ -10,15 +10,12 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .. import engine
 from .actions import HTTP_METHODS
-from .fieldtypes import Base, JSONObject, StrictBoolean, text
-from .tools import TOOL_KEY
+from .fieldtypes import Base, JSONObject, StrictBoolean, key_field, text
 
 # The step kinds the engine runs, and those a foreach may run per item: the engine's one table of them.
 STEP_TYPES = engine.STEP_TYPES
 ITEM_STEP_TYPES = engine.ITEM_STEP_TYPES
 MAX_STEPS = 200
-# A flow's key has the same form (a subflow step may name its child flow by it).
-FLOW_KEY = TOOL_KEY
 # A template in a string: the string is checked when it is rendered, at run time.
 TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
 
@@ -145,11 +142,8 @@ class SubflowStepConfig(Base):
     outputs as this step's output."""
 
     flowId = fields.UUID(metadata={"description": "A flow of the same organization (this or flowKey)."})
-    flowKey = fields.String(
-        validate=validate.Regexp(FLOW_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
-        metadata={"description": "The key of a flow of the same organization (this or flowId), resolved to the "
-                                 "flow when the step runs."},
-    )
+    flowKey = key_field("The key of a flow of the same organization (this or flowId), resolved to the flow when the "
+                        "step runs.")
     version = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 2_147_483_647))
     variables = fields.Raw(load_default=dict, validate=_variables)
     wait = StrictBoolean(load_default=True)
@@ -199,7 +193,12 @@ class StepSchema(Base):
     )
     type = fields.String(required=True, validate=validate.OneOf(STEP_TYPES))
     name = text(0, 200, allow_none=True)
-    config = JSONObject(required=True)
+    config = JSONObject(required=True, metadata={"description": (
+        "action: {actionId | actionKey, inputs}; http_request: {method, url, headers, body}; "
+        "delay: {ms}; transform: {output}; foreach: {items, step (any step but foreach, without id), "
+        "concurrency (1-50, default 1), continueOnError (default false)}; subflow: {flowId | flowKey (exactly "
+        "one: a flow of the organization, or its key), version?, variables, wait (default true)}; "
+        "wait: {signal, timeoutMs, onTimeout}.")})
     executeIf = text(1, 2000, allow_none=True)
     dependsOn = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
                             validate=validate.Length(max=MAX_STEPS))

@@ -11,23 +11,20 @@ from ..numerals import unsigned
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed
-from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp, text
-from .flow_steps import FLOW_KEY, MAX_STEPS, StepSchema
+from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
+from .flow_steps import MAX_STEPS, StepSchema
 from .model import Model
 from .paging import version_cursor, version_key
 from .responses import respond
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 
 
 class FlowSchema(TenantRecord):
     """``{name?, key?, description?, steps, onFailure?}``."""
 
     name = text(0, 200, allow_none=True)
-    key = fields.String(
-        allow_none=True, load_default=None,
-        validate=validate.Regexp(FLOW_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
-        metadata={"description": "Optional short name, unique per organization: a subflow step may name this "
-                                 "flow by it (flowKey)."},
-    )
+    key = key_field("Optional short name, unique per organization: a subflow step may name this flow by it "
+                    "(flowKey).", allow_none=True, load_default=None)
     description = text(0, 5000, allow_none=True)
     steps = fields.List(
         fields.Nested(StepSchema),
@@ -257,3 +254,26 @@ class Version(FlowResource):
         row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version", commit=True,
                                    org_id=req.context.org_id, flow_id=flow_id, version=number)
         respond(resp, _VERSION(row))
+
+
+def _item(s: Services) -> Item:
+    return Item(s.db)
+
+
+_FLOW = [*tenant_params(), path_id()]
+SCHEMAS = {"Step": StepSchema, "Flow": FlowSchema, "FlowVersion": FlowVersionSchema}
+ROUTES = (
+    *resources.routes(MODEL, lambda s: Collection(s.db), _item),
+    Route("/flows/{id}/versions", _item, "versions", operations={"get": {
+        "tags": ["Flows"], "summary": "Every version of a flow's steps, newest first",
+        "parameters": _FLOW + PAGE,
+        "responses": {"200": {"description": "One page of versions.", "headers": PAGE_HEADERS,
+                              "content": json_content("FlowVersion", many=True)},
+                      **errors("400", "404")}}}),
+    Route("/flows/{id}/versions/{version}", lambda s: Version(s.db), operations={"get": {
+        "tags": ["Flows"], "summary": "One version of a flow",
+        "parameters": _FLOW + [{"name": "version", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "The version.", "content": json_content("FlowVersion")},
+                      **errors("400", "404")}}}),
+)

@@ -25,6 +25,7 @@ from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..times import now_iso
 from .fieldtypes import Base
+from .routing import Route, Services, errors, json_content
 
 
 class HealthSchema(Base):
@@ -209,3 +210,34 @@ class Metrics:
         resp.content_type = CONTENT_TYPE_LATEST
         resp.cache_control = ["no-store"]
         resp.text = (generate_latest(self.processes) + generate_latest(self.database)).decode()
+
+
+def _detailed(s: Services) -> DetailedStatus:
+    return DetailedStatus(s.db, s.config)
+
+
+def _get(summary: str, ref: str, unhealthy: bool = False) -> dict:
+    """A GET of the Health tag answering the component ``ref`` (and 503 with a Status when ``unhealthy``)."""
+    responses = {"200": {"description": summary, "content": json_content(ref)}}
+    if unhealthy:
+        responses["503"] = {"description": "The database does not answer.", "content": json_content("Status")}
+    return {"get": {"tags": ["Health"], "summary": summary, "responses": responses}}
+
+
+_DETAILED = {"get": {
+    "tags": ["Health"], "summary": "Database latency, pool, migration version, counts, process and config",
+    "description": "For operators: in api_key mode only the admin token (TOLSTOY_ADMIN_TOKEN) reads it "
+                   "(401 without a token, 403 with an organization's key); the shipped Nginx answers "
+                   "it to the monitoring host only.",
+    "responses": {"200": {"description": "Details.",
+                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                  **errors()}}}
+SCHEMAS = {"Health": HealthSchema, "Status": StatusSchema, "Version": VersionSchema}
+ROUTES = (
+    Route("/health", lambda s: Health(), operations=_get("The process is up (no database call).", "Health")),
+    Route("/status", lambda s: Status(s.db, s.config),
+          operations=_get("The database answers.", "Status", unhealthy=True)),
+    Route("/status/detailed", _detailed, operations=_DETAILED),
+    Route("/detailed", _detailed, operations=_DETAILED),
+    Route("/version", lambda s: Version(s.config), operations=_get("Name and versions of the service.", "Version")),
+)

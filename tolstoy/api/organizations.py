@@ -88,3 +88,7 @@ class Item(OrganizationResource, resources.Item):
         super().on_delete(req, resp, id)
         # This process stops answering for it at once (others within seconds: tolstoy/db/database.py).
         self.db.verified.forget(parse_uuid(id, self.noun))
+
+
+SCHEMAS = {"Organization": OrganizationSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db, s.config.api_key_secret), lambda s: Item(s.db))

@@ -38,6 +38,7 @@ from .errors import NotFound, TooManyRequests, ValidationFailed
 from .fieldtypes import Base, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, etag_of, respond
+from .routing import Route, errors, json_content, path_id
 
 
 def _quota(name: str, low: int, description: str) -> fields.Integer:
@@ -330,3 +331,31 @@ class Usage(OrganizationQuota):
             "requests_per_second": {**requests, "limit": limits["requestsPerSecond"],
                                     "burst": limits["requestBurst"], "scope": "process"},
         }), etag=False)
+
+
+_ORG = [path_id()]
+_WHO = ("No tenant header. In api_key mode an organization's key reads its own organization (another is a "
+        "404) and the admin token any; in headers mode any.")
+_UPDATE = {"tags": ["Organizations"], "summary": "Set quotas of the organization (null: back to the default)",
+           "description": "The operator's: the admin token in api_key mode (an organization's key is a 403); "
+                          "fields not sent stay as they are. queuedRuns and storedBytes bind new runs at once; "
+                          "requestsPerSecond and requestBurst within 30 s in each API process.",
+           "parameters": [*_ORG, "IfMatch"], "requestBody": {"required": True, "content": json_content("Quotas")},
+           "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                 "content": json_content("Quotas")}, **errors("400", "404", "412", "413", "415")}}
+SCHEMAS = {"Quotas": QuotasSchema, "Usage": UsageSchema}
+ROUTES = (
+    Route("/organizations/{id}/quotas", lambda s: Quotas(s.db, s.config), operations={
+        "get": {"tags": ["Organizations"], "summary": "The organization's quotas: overrides and those in force",
+                "description": _WHO, "parameters": _ORG,
+                "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                      "content": json_content("Quotas")}, **errors("404")}},
+        "put": _UPDATE, "patch": _UPDATE}),
+    Route("/organizations/{id}/usage", lambda s: Usage(s.db, s.config, s.buckets), operations={"get": {
+        "tags": ["Organizations"], "summary": "The organization's usage against each of its quotas",
+        "description": _WHO + " Runs and stored bytes are the database's; requests per second are what the API "
+                              "process that answers saw (each process has its own bucket).",
+        "parameters": _ORG,
+        "responses": {"200": {"description": "Usage and limits.", "content": json_content("Usage")},
+                      **errors("404")}}}),
+)

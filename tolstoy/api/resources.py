@@ -23,6 +23,7 @@ from .model import Model
 from .paging import finish_page, page_limit, time_id_cursor, time_id_key
 from .requests import parse_uuid, read_json, validate_body, validate_query
 from .responses import check_if_match, created, etag_of, respond
+from .routing import Route, Services, errors, json_content, tenant_params
 
 
 def get_or_404(db: Database, query: Query, noun: str, *, commit: bool = False, **params: Any) -> dict:
@@ -150,3 +151,73 @@ class Item(ModelResource):
         self.check_changeable(row)
         self.store.delete(req.context.org_id, record_id, commit=True)
         resp.status = falcon.HTTP_204
+
+
+def routes(model: Model, collection: Callable[[Services], Collection],
+           item: Callable[[Services], Item]) -> tuple[Route, Route]:
+    """A model's collection (``path``) and item (``path/{id}``) routes, documented from its declaration."""
+    tenant = tenant_params() if model.tenant else []
+    item_ref = model.detail_schema_name
+    filters = [
+        {"name": f.param, "in": "query", "required": False, "description": f.description,
+         "schema": {"type": "string"}}
+        for f in model.filters
+    ]
+    listing = {
+        "get": {
+            "tags": [model.tag],
+            "summary": f"List {model.tag.lower()}, newest first",
+            "parameters": tenant + ["Limit", "Cursor"] + filters,
+            "responses": {
+                "200": {
+                    "description": "One page; Link and X-Next-Cursor when more exist.",
+                    "headers": {"Link": "Link", "X-Next-Cursor": "NextCursor"},
+                    "content": json_content(model.schema_name, many=True),
+                },
+                **errors("400"),
+            },
+        },
+        "post": {
+            "tags": [model.tag],
+            "summary": f"Create a record in {model.tag.lower()}",
+            "parameters": tenant_params(model.user_required_on_create) if model.tenant else [],
+            "requestBody": {"required": True, "content": json_content(model.schema_name)},
+            "responses": {
+                "201": {"description": "Created.", "headers": {"Location": "Location", "ETag": "ETag"},
+                        "content": json_content(item_ref)},
+                **errors("400", "409", "413", "415"),
+            },
+        },
+    }
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+    update = {
+        "tags": [model.tag],
+        "parameters": tenant + [id_param, "IfMatch"],
+        "description": "Partial update: fields not sent stay as they are; null clears an optional field.",
+        "requestBody": {"required": True, "content": json_content(model.schema_name)},
+        "responses": {
+            "200": {"description": "Updated.", "headers": {"ETag": "ETag"}, "content": json_content(item_ref)},
+            **errors("400", "404", "409", "412", "413", "415"),
+        },
+    }
+    one = {
+        "get": {
+            "tags": [model.tag],
+            "parameters": tenant + [id_param],
+            "responses": {
+                "200": {"description": "The record.", "headers": {"ETag": "ETag"}, "content": json_content(item_ref)},
+                **errors("400", "404"),
+            },
+        },
+        "put": {**update, "summary": "Update (partial)"},
+        "patch": {**update, "summary": "Update (partial)"},
+        "delete": {
+            "tags": [model.tag],
+            "parameters": tenant + [id_param, "IfMatch"],
+            "description": f"Refused with 409 while {model.delete_blocked_by} reference it."
+            if model.delete_blocked_by else "Delete the record.",
+            "responses": {"204": {"description": "Deleted."}, **errors("400", "404", "409", "412")},
+        },
+    }
+    return (Route(model.path, collection, operations=listing),
+            Route(f"{model.path}/{{id}}", item, operations=one))

@@ -25,6 +25,7 @@ from .errors import Conflict, NotFound, field_error
 from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import may_act_as, require_user
 
 
@@ -329,3 +330,68 @@ class FlowRuns:
             "p50Ms": row["p50_ms"],
             "p95Ms": row["p95_ms"],
         })
+
+
+def _runs(s: Services) -> FlowRuns:
+    return FlowRuns(s.db, s.vault)
+
+
+# Parameters of the routes below a flow's runs (signals.py uses them too).
+FLOW_PARAMS = [*tenant_params(), path_id()]
+ACTING_PARAMS = [*tenant_params(user_required=True), path_id()]
+EXECUTION_PARAM = path_id("executionId")
+IDEMPOTENCY_PARAM = {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                     "description": "Repeating a key returns the run it first created."}
+_ACCEPTED_202 = {"202": {"description": "Queued; follow it at Location.",
+                         "headers": {"Location": "Location"}, "content": json_content("RunAccepted")}}
+SCHEMAS = {"Execute": ExecuteSchema, "RunStep": RunStepSchema, "Run": RunSchema, "RunDetail": RunDetailSchema,
+           "RunAccepted": RunAcceptedSchema, "Resolve": ResolveSchema, "FlowMetrics": FlowMetricsSchema}
+ROUTES = (
+    Route("/flows/{id}/execute", _runs, "execute", operations={"post": {
+        "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
+        "parameters": ACTING_PARAMS + [IDEMPOTENCY_PARAM],
+        "requestBody": {"required": True, "content": json_content("Execute")},
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "413", "415")}}}),
+    Route("/flows/{id}/executions", _runs, "executions", operations={
+        "get": {"tags": ["Executions"], "summary": "The flow's runs, newest first",
+                "parameters": FLOW_PARAMS + [*PAGE, {
+                    "name": "parentExecutionId", "in": "query", "required": False,
+                    "schema": {"type": "string", "format": "uuid"},
+                    "description": "Only the runs this run's subflow steps queued."}],
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("Run", many=True)}, **errors("400", "404")}},
+        "delete": {"tags": ["Executions"],
+                   "summary": "Purge the flow's finished runs and the engine's log rows of them",
+                   "parameters": FLOW_PARAMS,
+                   "responses": {"204": {"description": "Purged."},
+                                 "409": {"description": "Some runs have not finished (cancel them first).",
+                                         "content": json_content("Error")},
+                                 **errors("400", "404")}}}),
+    Route("/flows/{id}/executions/{execution_id}", _runs, "execution", operations={"get": {
+        "tags": ["Executions"], "summary": "One run with its step checkpoints",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM],
+        "responses": {"200": {"description": "The run.", "content": json_content("RunDetail")},
+                      **errors("400", "404")}}}),
+    Route("/flows/{id}/executions/{execution_id}/cancel", _runs, "cancel", operations={"post": {
+        "tags": ["Executions"], "summary": "Cancel (now if queued or sleeping, else at the next step)",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM],
+        "responses": {"202": {"description": "Cancelled or cancelling.", "content": json_content("RunAccepted")},
+                      **errors("400", "404", "409")}}}),
+    Route("/flows/{id}/executions/{execution_id}/retry", _runs, "retry", operations={"post": {
+        "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM],
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "409")}}}),
+    Route("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", _runs, "resolve", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Say what became of a call whose outcome is unknown; the run goes on",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM, {"name": "stepId", "in": "path", "required": True,
+                                                         "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": json_content("Resolve")},
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "409", "413", "415")}}}),
+    Route("/flows/{id}/metrics", _runs, "metrics", operations={"get": {
+        "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
+        "parameters": FLOW_PARAMS,
+        "responses": {"200": {"description": "Metrics.", "content": json_content("FlowMetrics")},
+                      **errors("400", "404")}}}),
+)

@@ -45,7 +45,8 @@ from .errors import Conflict, NotFound
 from .fieldtypes import Base, Timestamp
 from .flow_steps import SIGNAL_NAME
 from .requests import parse_uuid, read_json, validate_body
-from .runs import FINISHED, idempotency_key
+from .routing import Route, Services, errors, json_content
+from .runs import EXECUTION_PARAM, FINISHED, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
 
 SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
 MAX_LINK_SECONDS = 30 * 24 * 3600
@@ -294,3 +295,43 @@ class Approval:
                               approver=claims["approver"], link_id=claims["link"])
         resp.status = falcon.HTTP_202
         resp.media = {**_ACCEPTED(sent), "approved": approved}
+
+
+def _signals(s: Services) -> RunSignals:
+    return RunSignals(s.db, s.config)
+
+
+_SIGNAL_PARAM = {"name": "signal", "in": "path", "required": True, "schema": {"type": "string", "pattern": SIGNAL_NAME}}
+_TOKEN_PARAM = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+_LINK_ERRORS = {"401": {"description": "Not a valid link (malformed or tampered).", "content": json_content("Error")},
+                "410": {"description": "The link expired, or was used.", "content": json_content("Error")}}
+SCHEMAS = {"Signal": SignalSchema, "SignalAccepted": SignalAcceptedSchema, "Link": LinkSchema,
+           "LinkCreated": LinkCreatedSchema, "Approval": ApprovalSchema}
+ROUTES = (
+    Route("/flows/{id}/executions/{execution_id}/signals/{signal}", _signals, "signal", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Send a signal to a run; its wait step returns the payload (idempotent per Idempotency-Key)",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM, _SIGNAL_PARAM, IDEMPOTENCY_PARAM],
+        "requestBody": {"required": True, "content": json_content("Signal")},
+        "responses": {"202": {"description": "Stored; the run wakes if it waits for it.",
+                              "content": json_content("SignalAccepted")},
+                      **errors("400", "404", "409", "413", "415")}}}),
+    Route("/flows/{id}/executions/{execution_id}/signals/{signal}/links", _signals, "links", operations={"post": {
+        "tags": ["Executions"], "summary": "An approval link (signed, expiring, single-use) for this run and signal",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM, _SIGNAL_PARAM],
+        "requestBody": {"required": True, "content": json_content("Link")},
+        "responses": {"201": {"description": "The link.", "content": json_content("LinkCreated")},
+                      **errors("400", "404", "409", "413", "415")}}}),
+    Route("/approvals/{token}", lambda s: Approval(s.db, s.config), operations={
+        "get": {"tags": ["Executions"], "security": [{}],
+                "summary": "What an approval link approves (no credentials; does nothing)",
+                "parameters": [_TOKEN_PARAM],
+                "responses": {"200": {"description": "The run, signal, approver and expiry.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_LINK_ERRORS, **errors("404")}},
+        "post": {"tags": ["Executions"], "security": [{}],
+                 "summary": "Approve or reject through the link: the signal {approved, approver, comment, at}",
+                 "parameters": [_TOKEN_PARAM], "requestBody": {"required": True, "content": json_content("Approval")},
+                 "responses": {"202": {"description": "Delivered.", "content": json_content("SignalAccepted")},
+                               **_LINK_ERRORS, **errors("400", "404", "409", "413", "415")}}}),
+)

@@ -17,6 +17,7 @@ from .errors import NotFound
 from .fieldtypes import Base, HttpUrl, JSONObject, StrictBoolean, Timestamp, text
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
+from .routing import Route, Services, errors, json_content, path_id, tenant_params
 
 
 def _required_strings(*names: str) -> dict:
@@ -169,3 +170,30 @@ class ToolCredentials:
                 SQL.tool_credentials.delete, commit=True, org_id=req.context.org_id, tool_id=tool["id"], name=name):
             raise NotFound("Credential")
         resp.status = falcon.HTTP_204
+
+
+def _credentials(s: Services) -> ToolCredentials:
+    return ToolCredentials(s.db, s.vault)
+
+
+_TOOL = [*tenant_params(), path_id()]
+SCHEMAS = {"Credential": CredentialSchema}
+ROUTES = (
+    Route("/tools/{id}/auth", _credentials, operations={
+        "post": {"tags": ["Tools"], "summary": "Store a credential (encrypted); the answer is masked",
+                 "parameters": _TOOL, "requestBody": {"required": True, "content": json_content("Credential")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": json_content("Credential")}, **errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's credentials, masked", "parameters": _TOOL,
+                "responses": {"200": {"description": "Credentials.", "content": json_content("Credential", many=True)},
+                              **errors("400", "404")}},
+        "delete": {"tags": ["Tools"], "summary": "Delete every organization-level credential of the tool",
+                   "parameters": _TOOL,
+                   "responses": {"200": {"description": "{success: true, message}.",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}},
+                                 **errors("400", "404")}}}),
+    Route("/tools/{id}/auth/{name}", _credentials, "named", operations={"delete": {
+        "tags": ["Tools"], "summary": "Delete a credential by name",
+        "parameters": _TOOL + [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"204": {"description": "Deleted."}, **errors("400", "404")}}}),
+)

@@ -11,23 +11,18 @@ from . import resources
 from .actions import ActionSchema
 from .dumping import dumper
 from .errors import Conflict
-from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, text
+from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
 from .model import Model
 
 AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
-TOOL_KEY = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 
 class ToolSchema(TenantRecord):
     """``{name, key?, baseUrl, authType, honorsIdempotencyKey}``."""
 
     name = text(1, 200, required=True)
-    key = fields.String(
-        allow_none=True, load_default=None,
-        validate=validate.Regexp(TOOL_KEY, error="Must match {regex}: 1 to 64 lower-case letters, digits, _ . or -."),
-        metadata={"description": "Optional short name, unique per organization: the original service's "
-                                 "/auth/{toolKey}/login and callback routes name the tool by it."},
-    )
+    key = key_field("Optional short name, unique per organization: the original service's /auth/{toolKey}/login and "
+                    "callback routes name the tool by it.", allow_none=True, load_default=None)
     base_url = HttpUrl(data_key="baseUrl", required=True, validate=validate.Length(max=2048))
     auth_type = fields.String(
         data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
@@ -98,3 +93,7 @@ class Item(ToolResource, resources.Item):
                 f"{engine.origin_of(moved_to)}, send \"dropCredentials\": true to delete them with the change "
                 "(then store the credential for the new origin), or keep the origin.")
         self.db.rowcount(SQL.tool_credentials.drop_for_tool, org_id=org_id, tool_id=row["id"])
+
+
+SCHEMAS = {"Tool": ToolSchema, "ToolDetail": ToolDetailSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

@@ -24,6 +24,7 @@ from .errors import Conflict, NotFound
 from .fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .runs import RunAcceptedSchema
 from .tenancy import may_act_as
 
@@ -282,3 +283,53 @@ class DeliveryReplay:
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(run)
         resp.location = f"/flows/{flow['id']}/executions/{run['id']}"
+
+
+def _triggers(s: Services) -> FlowTriggers:
+    return FlowTriggers(s.db, s.vault)
+
+
+_FLOW = [*tenant_params(), path_id()]
+_TRIGGER = [*_FLOW, path_id("triggerId")]
+_UPDATE = {"tags": ["Triggers"], "summary": "Enable or disable a trigger",
+           "parameters": _TRIGGER + ["IfMatch"], "requestBody": {"required": True, "content": json_content("TriggerPatch")},
+           "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                                 "content": json_content("Trigger")}, **errors("400", "404", "412", "413", "415")}}
+SCHEMAS = {"Trigger": TriggerSchema, "TriggerCreated": TriggerCreatedSchema, "TriggerPatch": TriggerPatchSchema,
+           "Delivery": DeliverySchema}
+ROUTES = (
+    Route("/flows/{id}/triggers", _triggers, "triggers", operations={
+        "get": {"tags": ["Triggers"], "summary": "The flow's triggers, newest first (schedules with nextRunAt)",
+                "parameters": _FLOW + PAGE,
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("Trigger", many=True)}, **errors("400", "404")}},
+        "post": {"tags": ["Triggers"], "summary": "Add a webhook or schedule trigger; a webhook's secret is shown "
+                                                  "in this answer only",
+                 "parameters": _FLOW, "requestBody": {"required": True, "content": json_content("Trigger")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location", "ETag": "ETag"},
+                                       "content": json_content("TriggerCreated")},
+                               **errors("400", "404", "413", "415")}}}),
+    Route("/flows/{id}/triggers/{trigger_id}", _triggers, "trigger", operations={
+        "get": {"tags": ["Triggers"], "summary": "One trigger", "parameters": _TRIGGER,
+                "responses": {"200": {"description": "The trigger.", "headers": {"ETag": "ETag"},
+                                      "content": json_content("Trigger")}, **errors("400", "404")}},
+        "patch": _UPDATE, "put": _UPDATE,
+        "delete": {"tags": ["Triggers"], "summary": "Delete a trigger and its inbox",
+                   "parameters": _TRIGGER + ["IfMatch"],
+                   "responses": {"204": {"description": "Deleted."}, **errors("400", "404", "412")}}}),
+    Route("/flows/{id}/triggers/{trigger_id}/deliveries", _triggers, "deliveries", operations={"get": {
+        "tags": ["Triggers"], "summary": "The webhook trigger's inbox, newest first",
+        "parameters": _TRIGGER + PAGE,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("Delivery", many=True)},
+                      **errors("400", "404")}}}),
+    Route("/flows/{id}/triggers/{trigger_id}/deliveries/{delivery_id}/replay",
+          lambda s: DeliveryReplay(s.resource(_triggers)), operations={"post": {
+              "tags": ["Triggers"], "summary": "Start a new run from a verified delivery's stored body",
+              "parameters": _TRIGGER + [path_id("deliveryId")],
+              "responses": {"202": {"description": "Queued; follow it at Location.",
+                                    "headers": {"Location": "Location"}, "content": json_content("RunAccepted")},
+                            "409": {"description": "The delivery was refused (only verified ones are kept whole).",
+                                    "content": json_content("Error")},
+                            **errors("400", "404")}}}),
+)

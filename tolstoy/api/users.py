@@ -39,3 +39,7 @@ class Item(resources.Item):
         """Delete the user; this process stops accepting them as X-User-ID at once."""
         super().on_delete(req, resp, id)
         self.db.verified.forget(req.context.org_id)
+
+
+SCHEMAS = {"User": UserSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

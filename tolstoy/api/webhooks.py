@@ -21,6 +21,7 @@ from .errors import Conflict, field_error
 from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 
 WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
 # Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).
@@ -290,3 +291,56 @@ class Webhooks:
                                               webhook_id=row["id"], **page),
             many(_DELIVERY),
         )
+
+
+def _webhooks(s: Services) -> Webhooks:
+    return Webhooks(s.db, s.vault, s.config.allow_networks)
+
+
+_TAGS = ["Webhooks"]
+_ITEM = [*tenant_params(), path_id()]
+_UPDATE = {"tags": _TAGS, "summary": "Change the fields sent (masked values sent back keep the stored ones)",
+           "parameters": _ITEM + ["IfMatch"], "requestBody": {"required": True, "content": json_content("Webhook")},
+           "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                                 "content": json_content("Webhook")}, **errors("400", "404", "412", "413", "415")}}
+SCHEMAS = {"Webhook": WebhookSchema, "WebhookCreated": WebhookCreatedSchema, "WebhookDelivery": WebhookDeliverySchema,
+           "WebhookTest": WebhookTestSchema}
+ROUTES = (
+    Route("/webhooks", _webhooks, operations={
+        "get": {"tags": _TAGS, "summary": "The organization's webhooks, newest first (secrets masked)",
+                "parameters": tenant_params() + PAGE,
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("Webhook", many=True)}, **errors("400")}},
+        "post": {"tags": _TAGS, "summary": "Subscribe a URL to event types; the secret is shown in this answer only",
+                 "parameters": tenant_params(), "requestBody": {"required": True, "content": json_content("Webhook")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": json_content("WebhookCreated")}, **errors("400", "413", "415")}}}),
+    Route("/webhooks/event-types", _webhooks, "event_types", operations={"get": {
+        "tags": _TAGS, "summary": "The event types a webhook may subscribe to", "parameters": tenant_params(),
+        "responses": {"200": {"description": "Event types.", "content": {"application/json": {"schema": {
+            "type": "array", "items": {"type": "string"}}}}}, **errors("400")}}}),
+    Route("/webhooks/{id}", _webhooks, "item", operations={
+        "get": {"tags": _TAGS, "summary": "One webhook (secret and header values masked)", "parameters": _ITEM,
+                "responses": {"200": {"description": "The webhook.", "headers": {"ETag": "ETag"},
+                                      "content": json_content("Webhook")}, **errors("400", "404")}},
+        "patch": _UPDATE, "put": _UPDATE,
+        "delete": {"tags": _TAGS, "summary": "Delete a webhook and its deliveries", "parameters": _ITEM + ["IfMatch"],
+                   "responses": {"204": {"description": "Deleted."}, **errors("400", "404", "412")}}}),
+    Route("/webhooks/{id}/toggle", _webhooks, "toggle", operations={"patch": {
+        "tags": _TAGS, "summary": "Switch the webhook on or off (off cancels its pending deliveries)",
+        "parameters": _ITEM + ["IfMatch"],
+        "responses": {"200": {"description": "Toggled.", "headers": {"ETag": "ETag"},
+                              "content": json_content("Webhook")},
+                      **errors("400", "404", "412", "413", "415")}}}),
+    Route("/webhooks/{id}/test", _webhooks, "test", operations={"post": {
+        "tags": _TAGS, "summary": "Queue a webhook.test event for this webhook; the workers send it like any other",
+        "parameters": _ITEM,
+        "responses": {"202": {"description": "Queued.", "content": json_content("WebhookTest")},
+                      "409": {"description": "The webhook is disabled.", "content": json_content("Error")},
+                      **errors("400", "404", "413", "415")}}}),
+    Route("/webhooks/{id}/deliveries", _webhooks, "deliveries", operations={"get": {
+        "tags": _TAGS, "summary": "The webhook's deliveries, newest first, each with every attempt",
+        "parameters": _ITEM + PAGE,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("WebhookDelivery", many=True)}, **errors("400", "404")}}}),
+)
