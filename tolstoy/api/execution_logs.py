@@ -100,7 +100,8 @@ class Collection(ExecutionLogResource, resources.Collection):
     def insert(self, req: falcon.Request, values: dict) -> dict:
         """The actor comes from the header, never from the body; the row is the client's (source
         ``client``, set by the statement itself); durationMs is the engine's."""
-        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id)
+        return self.db.one(self.sql.insert, org_id=req.context.org_id, user_id=req.context.user_id,
+                           **self.columns(values))
 
 
 class Item(ExecutionLogResource, resources.Item):
