@@ -28,7 +28,7 @@ from . import (
     execution_logs,
     flows,
     health,
-    hooks,
+    inbound_webhooks,
     openapi,
     organizations,
     quotas,
@@ -57,7 +57,7 @@ log = logging.getLogger("tolstoy.api")
 # table and /openapi.json are both read from them, in this order (a schema another nests comes first).
 NOUNS = (
     compat, organizations, quotas, api_keys, audit, users, connections, actions, tools, tool_credentials, flows,
-    runs, signals, triggers, hooks, webhooks, execution_logs, health, openapi,
+    runs, signals, triggers, inbound_webhooks, webhooks, execution_logs, health, openapi,
 )
 
 

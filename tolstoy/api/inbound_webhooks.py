@@ -1,4 +1,5 @@
-"""``POST /hooks/{triggerId}``: the public door of a webhook trigger.
+"""Inbound webhooks, ``POST /hooks/{triggerId}``: the public door of a webhook trigger (not Falcon's
+hooks: a request from outside that starts a run).
 
 No tenant header: the trigger id names the organization, found through
 ``tolstoy_hook_target`` (security definer) before any tenant is known; from
@@ -85,7 +86,7 @@ def refused(verdict: signatures.Verdict) -> falcon.HTTPUnauthorized:
     return falcon.HTTPUnauthorized(title="Invalid signature", description=verdict.reason)
 
 
-class Hook:
+class InboundWebhook:
     """``POST /hooks/{triggerId}``."""
 
     access = "public"
@@ -163,7 +164,7 @@ class Hook:
 
 SCHEMAS = {"HookAccepted": HookAcceptedSchema}
 ROUTES = (
-    Route("/hooks/{trigger_id}", lambda s: Hook(s.db, s.vault, trusted_proxies=s.config.trusted_proxies,
+    Route("/hooks/{trigger_id}", lambda s: InboundWebhook(s.db, s.vault, trusted_proxies=s.config.trusted_proxies,
                                                 max_sources=s.config.hook_refused_sources), operations={"post": {
         "tags": ["Triggers"], "security": [{}],
         "summary": "Public webhook of a trigger: a signed JSON body starts a run with it as variables",

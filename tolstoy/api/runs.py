@@ -128,7 +128,8 @@ _METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
 _EXECUTIONS = ExecutionsQuery()
-FINISHED = ("completed", "failed", "cancelled")
+# The statuses a run ends in (a step's own are the engine's).
+FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 _RESOLVE = ResolveSchema()
 
 
@@ -245,7 +246,7 @@ class FlowRuns:
         before their parent's, in the order a child's last checkpoint locks them)."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        if run["status"] not in FINISHED:
+        if run["status"] not in FINISHED_RUN_STATUSES:
             self.cancel_descendants(req, run)
         changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
         if changed is None:
@@ -322,7 +323,7 @@ class FlowRuns:
         flow = self.flow(req, id)
         row = self.db.one(SQL.runs.metrics, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
         breakdown = row["breakdown"]
-        finished = sum(breakdown.get(s, 0) for s in FINISHED)
+        finished = sum(breakdown.get(s, 0) for s in FINISHED_RUN_STATUSES)
         resp.media = _METRICS({
             "totalExecutions": sum(breakdown.values()),
             "statusBreakdown": breakdown,

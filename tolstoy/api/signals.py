@@ -46,7 +46,7 @@ from .fieldtypes import Base, Timestamp
 from .flow_steps import SIGNAL_NAME
 from .requests import parse_uuid, read_json, validate_body
 from .routing import Route, Services, errors, json_content
-from .runs import EXECUTION_PARAM, FINISHED, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
+from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
 
 SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
 MAX_LINK_SECONDS = 30 * 24 * 3600
@@ -166,7 +166,7 @@ def deliver(db: dbmod.Database, *, org_id, flow_id, run_id, signal: str, payload
                 "run_id": run["id"]}, False
     if state["link_used"]:
         raise falcon.HTTPGone(title="Link used", description="This approval link was used already.")
-    if run["status"] in FINISHED:
+    if run["status"] in FINISHED_RUN_STATUSES:
         raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
     if state["waits"] <= state["pending"]:
         raise Conflict(f"The execution is not waiting for the signal {signal!r}: no wait step of it that has not "
@@ -228,7 +228,7 @@ class RunSignals:
         run = self.db.one(SQL.runs.status_of, org_id=req.context.org_id, flow_id=flow_id, id=run_id)
         if run is None:
             raise NotFound("Execution")
-        if run["status"] in FINISHED:
+        if run["status"] in FINISHED_RUN_STATUSES:
             raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
         state = self.db.one(SQL.signals.state, commit=True, org_id=req.context.org_id, run_id=run["id"],
                             run_created_at=run["created_at"], signal=signal, idempotency_key=None, link_id=None)
@@ -275,7 +275,7 @@ class Approval:
             "executionId": str(run["id"]), "flowId": str(run["flow_id"]), "signal": claims["signal"],
             "approver": claims["approver"], "expiresAt": iso(dt.datetime.fromtimestamp(claims["expires"], dt.UTC)),
             "executionStatus": run["status"], "used": state["link_used"],
-            "waiting": run["status"] not in FINISHED and state["waits"] > state["pending"],
+            "waiting": run["status"] not in FINISHED_RUN_STATUSES and state["waits"] > state["pending"],
             "decisions": ["approve", "reject"],
             "message": "POST this URL with {\"decision\": \"approve\" | \"reject\", \"comment\"?} to decide.",
         }

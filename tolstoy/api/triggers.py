@@ -1,6 +1,6 @@
 """``/flows/{id}/triggers``: what starts a flow besides ``POST /flows/{id}/execute``
 (sql/triggers.sql). A webhook trigger answers ``POST /hooks/{triggerId}``
-(tolstoy/api/hooks.py); a schedule trigger is fired by the workers
+(tolstoy/api/inbound_webhooks.py); a schedule trigger is fired by the workers
 (tolstoy/engine/worker.py). Each webhook delivery is kept in the trigger's
 inbox, which can be listed and replayed into a new run."""
 
