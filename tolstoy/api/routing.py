@@ -110,6 +110,16 @@ def json_content(ref: str, many: bool = False) -> dict:
     return {"application/json": {"schema": schema}}
 
 
+def updating(tags: list, summary: str, parameters: list, body: str, answer: str | None = None) -> dict:
+    """A PUT or PATCH guarded by If-Match: a ``body`` component in, 200 with ``answer`` (else the body's
+    component) and its ETag out."""
+    return {"tags": tags, "summary": summary, "parameters": parameters + ["IfMatch"],
+            "requestBody": {"required": True, "content": json_content(body)},
+            "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
+                                  "content": json_content(answer or body)},
+                          **errors("400", "404", "412", "413", "415")}}
+
+
 def tenant_params(user_required: bool = False) -> list:
     """X-Org-ID and X-User-ID (required when the route records who acted)."""
     return ["OrgId", "UserIdRequired" if user_required else "UserId"]

@@ -24,7 +24,7 @@ from .errors import Conflict, NotFound
 from .fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
-from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
 from .runs import RunAcceptedSchema
 from .tenancy import may_act_as
 
@@ -291,10 +291,7 @@ def _triggers(s: Services) -> FlowTriggers:
 
 _FLOW = [*tenant_params(), path_id()]
 _TRIGGER = [*_FLOW, path_id("triggerId")]
-_UPDATE = {"tags": ["Triggers"], "summary": "Enable or disable a trigger",
-           "parameters": _TRIGGER + ["IfMatch"], "requestBody": {"required": True, "content": json_content("TriggerPatch")},
-           "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
-                                 "content": json_content("Trigger")}, **errors("400", "404", "412", "413", "415")}}
+_UPDATE = updating(["Triggers"], "Enable or disable a trigger", _TRIGGER, "TriggerPatch", "Trigger")
 SCHEMAS = {"Trigger": TriggerSchema, "TriggerCreated": TriggerCreatedSchema, "TriggerPatch": TriggerPatchSchema,
            "Delivery": DeliverySchema}
 ROUTES = (

@@ -21,7 +21,7 @@ from .errors import Conflict, field_error
 from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
-from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
 
 WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
 # Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).
@@ -299,10 +299,7 @@ def _webhooks(s: Services) -> Webhooks:
 
 _TAGS = ["Webhooks"]
 _ITEM = [*tenant_params(), path_id()]
-_UPDATE = {"tags": _TAGS, "summary": "Change the fields sent (masked values sent back keep the stored ones)",
-           "parameters": _ITEM + ["IfMatch"], "requestBody": {"required": True, "content": json_content("Webhook")},
-           "responses": {"200": {"description": "Updated.", "headers": {"ETag": "ETag"},
-                                 "content": json_content("Webhook")}, **errors("400", "404", "412", "413", "415")}}
+_UPDATE = updating(_TAGS, "Change the fields sent (masked values sent back keep the stored ones)", _ITEM, "Webhook")
 SCHEMAS = {"Webhook": WebhookSchema, "WebhookCreated": WebhookCreatedSchema, "WebhookDelivery": WebhookDeliverySchema,
            "WebhookTest": WebhookTestSchema}
 ROUTES = (
