@@ -4,7 +4,7 @@ that reach another host, and fails any test during which Tolstoy's own code open
 connection anywhere but through one of the named doors.
 
 Import rules cannot see this: the SSRF of issue 19 row 1 ran inside jsonschema (its default
-urllib retrieval of a ``$ref``) called from tolstoy/api/schemas.py, which imports no network
+urllib retrieval of a ``$ref``) called from tolstoy/api/actions.py, which imports no network
 module at all. The hook sees the connection itself, whoever makes it.
 
 **The rule.** At each event the hook walks the Python stack from the innermost frame
@@ -21,7 +21,7 @@ outwards. The first frame that is one of these decides:
 
 A stack with none of these (a server's thread, a library's own thread) is not Tolstoy's
 connection. Libraries Tolstoy calls (httpx, urllib, jsonschema…) decide nothing: a
-connection made by jsonschema for tolstoy/api/schemas.py is judged as schemas.py's. The
+connection made by jsonschema for tolstoy/api/actions.py is judged as actions.py's. The
 database driver connects from C (libpq never reaches Python's socket module); psycopg's own
 Python code resolves host names, hence its entry.
 

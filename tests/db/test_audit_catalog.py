@@ -11,7 +11,7 @@ import json
 import re
 
 from tolstoy import engine
-from tolstoy.api.schemas import AUDIT_TARGET_TYPES
+from tolstoy.api.audit import AUDIT_TARGET_TYPES
 from tolstoy.redaction import SENSITIVE_HEADERS, SENSITIVE_KEYS, mask_json
 
 # Tables a service role writes whose rows are not configuration, each with the reason.

@@ -17,7 +17,7 @@ from test_worker_processes import log_tail, start_worker, stop, wait_until
 from werkzeug import Response
 
 from tolstoy import engine
-from tolstoy.api import schemas
+from tolstoy.api import flow_steps
 from tolstoy.engine import runner
 
 ENDED = ("completed", "failed", "cancelled", "waiting")
@@ -222,7 +222,7 @@ def test_every_step_kind_runs_through_the_one_table_as_a_step_and_as_an_item(
             "type": "transform", "config": {"output": "{{ item * 10 }}"}}}}, [10, 20]),
     }
     assert set(samples) == set(engine.STEP_TYPES), "a step kind without a sample here"
-    assert set(engine.STEP_TYPES) == set(schemas.STEP_CONFIGS), "the API and the engine know other kinds"
+    assert set(engine.STEP_TYPES) == set(flow_steps.STEP_CONFIGS), "the API and the engine know other kinds"
     dispatched = []
     real = runner.Engine._attempt
 

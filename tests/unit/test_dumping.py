@@ -9,10 +9,12 @@ import uuid
 import pytest
 from marshmallow import fields
 
-from tolstoy.api import schemas
+from tolstoy.api import fieldtypes
+from tolstoy.api.app import NOUNS
 from tolstoy.api.dumping import dumper
-from tolstoy.api.openapi import SCHEMAS
+from tolstoy.api.openapi import components
 
+SCHEMAS = components(NOUNS)
 NOW = dt.datetime(2026, 11, 25, 21, 8, 32, 123456, tzinfo=dt.UTC)
 
 
@@ -20,7 +22,7 @@ def sample(field: fields.Field, variant: int):
     """A stored value a field may meet: variant 0 typical, 1 the other typical form, 2 None."""
     if variant == 2:
         return None
-    if isinstance(field, schemas.Timestamp):
+    if isinstance(field, fieldtypes.Timestamp):
         return NOW if variant == 0 else NOW.isoformat()  # jsonb-nested rows carry ISO strings
     if isinstance(field, fields.Nested):
         row = make_row(field.schema, variant)

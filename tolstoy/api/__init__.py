@@ -1,4 +1,4 @@
-"""The HTTP API: the Falcon app, its resources (one module per model, named after
-its SQL file), tenancy and auth, middleware, schemas and the OpenAPI document.
-Nothing imports this package; it reaches the engine only through
+"""The HTTP API: the Falcon app and one module per noun (its resources, schemas, routes and their
+OpenAPI description, its SQL file named after it), tenancy and auth, middleware and the document
+assembled from the nouns. Nothing imports this package; it reaches the engine only through
 ``tolstoy.engine``'s public names."""

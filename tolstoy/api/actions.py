@@ -5,18 +5,192 @@ from __future__ import annotations
 import uuid
 
 import falcon
-from marshmallow import fields
+from marshmallow import ValidationError, fields, validate, validates_schema
 
-from .. import engine
+from .. import engine, jsonschemas
 from ..db.queries import SQL
 from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
 from .errors import NotFound, TooManyRequests, ValidationFailed
+from .fieldtypes import Base, JSONObject, TenantRecord, text
 from .model import Filter, Model
 from .requests import read_json, validate_body
-from .schemas import ActionExecuteSchema, ActionResultSchema, ActionSchema
+from .routing import Route, Services, errors, json_content, tenant_params
 from .tenancy import cannot_act_as, may_act_as, require_user
+
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
+
+
+class FieldValidationSchema(Base):
+    """The original service's per-field constraints."""
+
+    min = fields.Float(allow_none=True)
+    max = fields.Float(allow_none=True)
+    pattern = fields.String(allow_none=True, validate=validate.Length(max=1000))
+    format = fields.String(allow_none=True, validate=validate.Length(max=100))
+
+    @validates_schema
+    def _pattern_compiles(self, data, **kwargs):
+        wrong = jsonschemas.pattern_problem(data.get("pattern"))
+        if wrong:
+            raise ValidationError(wrong, "pattern")
+
+
+class FieldDefinitionSchema(Base):
+    """One entry of the original service's array form of ``inputSchema``."""
+
+    name = text(1, 200, required=True)
+    type = fields.String(required=True, validate=validate.OneOf(FIELD_TYPES))
+    required = fields.Boolean()
+    description = text(0, 2000, allow_none=True)
+    default = fields.Raw(allow_none=True)
+    options = fields.List(fields.Raw(), allow_none=True, validate=validate.Length(max=1000))
+    validation = fields.Nested(FieldValidationSchema, allow_none=True)
+
+    @validates_schema
+    def _enum_has_options(self, data, **kwargs):
+        if data.get("type") == "enum" and not data.get("options"):
+            raise ValidationError("An enum field needs a non-empty options list.", "options")
+
+
+def field_definitions_to_json_schema(definitions: list[dict]) -> dict:
+    """Convert the original service's field list into an equivalent JSON Schema object."""
+    properties: dict = {}
+    required: list[str] = []
+    for item in definitions:
+        kind = item["type"]
+        rules = item.get("validation") or {}
+        prop: dict = {}
+        if kind == "enum":
+            prop["enum"] = item["options"]
+        elif kind == "date":
+            prop.update(type="string", format=rules.get("format") or "date")
+        else:
+            prop["type"] = kind
+        if kind == "number":
+            if rules.get("min") is not None:
+                prop["minimum"] = rules["min"]
+            if rules.get("max") is not None:
+                prop["maximum"] = rules["max"]
+        if kind == "string":
+            if rules.get("min") is not None:
+                prop["minLength"] = int(rules["min"])
+            if rules.get("max") is not None:
+                prop["maxLength"] = int(rules["max"])
+            if rules.get("format"):
+                prop["format"] = rules["format"]
+        if rules.get("pattern") and kind in ("string", "date"):
+            prop["pattern"] = rules["pattern"]
+        if item.get("description"):
+            prop["description"] = item["description"]
+        if "default" in item:
+            prop["default"] = item["default"]
+        properties[item["name"]] = prop
+        if item.get("required"):
+            required.append(item["name"])
+    schema: dict = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+class InputSchemaField(fields.Field):
+    """A JSON Schema object, or the legacy field array (stored converted to JSON Schema). Its
+    references must stay inside the document (tolstoy/jsonschemas.py): nothing is fetched."""
+
+    default_error_messages = {
+        "invalid": "Must be a JSON Schema object or an array of field definitions.",
+    }
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list):
+            definitions = FieldDefinitionSchema(many=True).load(value)
+            names = [d["name"] for d in definitions]
+            if len(set(names)) != len(names):
+                raise ValidationError("Field names must be unique.")
+            value = field_definitions_to_json_schema(definitions)
+        if not isinstance(value, dict):
+            raise self.make_error("invalid")
+        # Every reference is looked up now, so a dangling one is the writer's 400, not a failed call later.
+        wrong = jsonschemas.problem(value)
+        if wrong:
+            raise ValidationError(wrong)
+        return value
+
+
+class ExecuteIfField(fields.Field):
+    """A template string (``{{ … }}``) or a JSON condition object."""
+
+    default_error_messages = {"invalid": "Must be a template string or a JSON object."}
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            if not 1 <= len(value) <= 2000:
+                raise ValidationError("Length must be between 1 and 2000.")
+            return value
+        if isinstance(value, dict):
+            return value
+        raise self.make_error("invalid")
+
+
+MAX_SYNC_TIMEOUT_MS = 120_000  # the most an action may ask for; the server's maximum may be lower
+
+
+class ActionSchema(TenantRecord):
+    """``{toolId, name, key, method, endpoint, headers?, inputSchema?, executeIf?}``."""
+
+    tool_id = fields.UUID(data_key="toolId", required=True)
+    name = text(1, 200, required=True)
+    key = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=200),
+            validate.Regexp(r"^\S+$", error="Must not contain whitespace."),
+        ],
+    )
+    method = fields.String(required=True, validate=validate.OneOf(HTTP_METHODS))
+    endpoint = fields.String(
+        required=True,
+        validate=[
+            validate.Length(min=1, max=2048),
+            validate.Regexp(r"^/\S*$", error="Must be a path starting with / and without spaces."),
+        ],
+    )
+    headers = fields.Dict(
+        keys=fields.String(validate=validate.Length(min=1, max=200)),
+        values=fields.String(validate=validate.Length(max=8192)),
+        allow_none=True,
+    )
+    # The accepted shapes are written out for the document: marshmallow cannot describe these fields.
+    input_schema = InputSchemaField(data_key="inputSchema", allow_none=True, metadata={
+        "description": "JSON Schema object, or the original service's array of field definitions (stored converted).",
+        "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]})
+    execute_if = ExecuteIfField(data_key="executeIf", allow_none=True, metadata={
+        "oneOf": [{"type": "string"}, {"type": "object"}, {"type": "null"}]})
+    # How long POST /actions/{id}/execute waits for the tool, end to end (null: the default,
+    # TOLSTOY_SYNC_EXECUTE_TIMEOUT_MS; never more than TOLSTOY_SYNC_EXECUTE_MAX_TIMEOUT_MS).
+    timeout_ms = fields.Integer(data_key="timeoutMs", strict=True, allow_none=True, load_default=None,
+                                validate=validate.Range(100, MAX_SYNC_TIMEOUT_MS))
+    version = fields.Integer(dump_only=True)
+
+
+class ActionExecuteSchema(Base):
+    """``POST /actions/{id}/execute``."""
+
+    inputs = JSONObject(required=True)
+
+
+class ActionResultSchema(Base):
+    """200 body of an action execution."""
+
+    success = fields.Boolean(dump_only=True)
+    executionId = fields.String(dump_only=True)
+    durationMs = fields.Integer(dump_only=True)
+    statusCode = fields.Integer(dump_only=True, allow_none=True)
+    data = fields.Raw(dump_only=True)
+
 
 MODEL = Model(
     name="actions", path="/actions", noun="Action", tag="Actions", schema=ActionSchema,
@@ -102,3 +276,24 @@ class Item(ActionResource, resources.Item):
         finally:
             self.db.rowcount(SQL.actions.release_slot, commit=True, org_id=org_id, slot=slot, holder=holder)
         resp.media = self.result(result)
+
+
+def _item(s: Services) -> Item:
+    return Item(s.db, s.tools, s.config)
+
+
+SCHEMAS = {"Action": ActionSchema, "ActionExecute": ActionExecuteSchema, "ActionResult": ActionResultSchema}
+ROUTES = (
+    *resources.routes(MODEL, lambda s: Collection(s.db), _item),
+    Route("/actions/{id}/execute", _item, "execute", operations={"post": {
+        "tags": ["Actions"], "summary": "Call the action's tool now (inputs checked against inputSchema)",
+        "parameters": [*tenant_params(user_required=True),
+                       {"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                        "description": "The action's id, or its key (as the original service)."}],
+        "requestBody": {"required": True, "content": json_content("ActionExecute")},
+        "responses": {"200": {"description": "The tool's answer (an upstream error is success: false).",
+                              "content": json_content("ActionResult")}, **errors("400", "404", "413", "415"),
+                      "403": {"description": "A missing scope; or the tool is per-user and the API key may not act "
+                                             "as X-User-ID (bound to another user, no impersonate scope).",
+                              "content": json_content("Error")}}}}),
+)

@@ -3,16 +3,54 @@ with scopes, an optional expiry and an optional user it is bound to (it may act 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import falcon
+from marshmallow import ValidationError, fields, validate, validates
 
 from ..db.queries import SQL
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
+from .fieldtypes import Base, PageQuery, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
-from .schemas import SCOPES, ApiKeySchema, PageQuery
+from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, path_id, tenant_params
 from .tenancy import cannot_act_as, key_hash, may_act_as, new_key, prefix_of
+
+# What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute
+# (run flows and actions, act on runs), admin (the organization's API keys).
+# impersonate: act as any user of the organization (use their connected accounts, connect one for
+# them); a key without it acts only as the user it is bound to (userId), if any.
+SCOPES = ("read", "write", "execute", "admin", "impersonate")
+# What a key gets when it names no scopes: every scope but impersonate, which is only ever given
+# by name, so that acting as users is never granted by accident.
+DEFAULT_SCOPES = ("read", "write", "execute", "admin")
+
+
+class ApiKeySchema(Base):
+    """``{id, name, prefix, scopes, expiresAt, userId, createdAt, lastUsedAt}``; ``apiKey`` only in the
+    answer that creates it."""
+
+    id = fields.UUID(dump_only=True)
+    name = text(1, 200, required=True)
+    prefix = fields.String(dump_only=True)
+    # Every scope but impersonate unless the caller names them: keys made by clients that know no
+    # scopes keep working as they did.
+    scopes = fields.List(fields.String(validate=validate.OneOf(SCOPES)), load_default=list(DEFAULT_SCOPES),
+                         validate=[validate.Length(min=1, max=len(SCOPES)), unique_items])
+    expires_at = Timestamp(data_key="expiresAt", allow_none=True, load_default=None)
+    # The user the key acts as (their connected accounts); null: an organization key. Never changes.
+    user_id = fields.UUID(data_key="userId", allow_none=True, load_default=None)
+    api_key = fields.String(data_key="apiKey", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    last_used_at = Timestamp(data_key="lastUsedAt", dump_only=True, allow_none=True)
+
+    @validates("expires_at")
+    def _in_the_future(self, value, **_):
+        if value is not None and value <= dt.datetime.now(dt.UTC):
+            raise ValidationError("Must be in the future.")
+
 
 _SCHEMA = ApiKeySchema()
 _DUMP = dumper(_SCHEMA)
@@ -105,3 +143,25 @@ class Item:
         if not self.db.rowcount(SQL.api_keys.revoke, commit=True, org_id=req.context.org_id, id=key_id):
             raise NotFound("API key")
         resp.status = falcon.HTTP_204
+
+
+SCHEMAS = {"ApiKey": ApiKeySchema}
+ROUTES = (
+    Route("/api-keys", lambda s: Collection(s.db, s.config.api_key_secret), operations={
+        "get": {"tags": ["API keys"], "summary": "Active keys, newest first (prefixes only, never the keys)",
+                "parameters": tenant_params() + PAGE,
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("ApiKey", many=True)}, **errors("400")}},
+        "post": {"tags": ["API keys"], "summary": "Create a key; apiKey is shown in this answer only",
+                 "parameters": tenant_params(), "requestBody": {"required": True, "content": json_content("ApiKey")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": json_content("ApiKey")}, **errors("400", "413", "415"),
+                               "403": {"description": "The calling key lacks the admin scope, or a scope it "
+                                                      "would grant; or it would bind the key to a user it may "
+                                                      "not act as itself (not bound to them, no impersonate).",
+                                       "content": json_content("Error")}}}}),
+    Route("/api-keys/{id}", lambda s: Item(s.db), operations={"delete": {
+        "tags": ["API keys"], "summary": "Revoke a key at once",
+        "parameters": tenant_params() + [path_id()],
+        "responses": {"204": {"description": "Revoked."}, **errors("400", "404")}}}),
+)

@@ -1,8 +1,9 @@
 """The WSGI application: ``create_app(config, db)`` wires routes, middleware and
 error handling; ``get_app()`` is what Gunicorn loads.
 
-The route table below is the whole HTTP surface: each row names the resource
-module that answers it, and each model's module names its SQL file."""
+The HTTP surface is the nouns' route declarations (``NOUNS``, tolstoy/api/routing.py): each
+noun module declares its routes, the resources that answer them and their OpenAPI
+operations; the resources reach SQL by name (``SQL.<file>.<query>``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from . import (
     execution_logs,
     flows,
     health,
-    hooks,
+    inbound_webhooks,
     openapi,
     organizations,
     quotas,
@@ -47,94 +48,27 @@ from .middleware import (
     SecurityHeadersMiddleware,
     allowed_methods,
 )
+from .routing import Services
 from .tenancy import TenantMiddleware
 
 log = logging.getLogger("tolstoy.api")
 
-# The models served as collection + item, in the order the OpenAPI document lists them.
-MODELS = (organizations.MODEL, users.MODEL, tools.MODEL, actions.MODEL, flows.MODEL, execution_logs.MODEL)
+# The nouns served, each a module declaring its ROUTES (and SCHEMAS, its OpenAPI components): the route
+# table and /openapi.json are both read from them, in this order (a schema another nests comes first).
+NOUNS = (
+    compat, organizations, quotas, api_keys, audit, users, connections, actions, tools, tool_credentials, flows,
+    runs, signals, triggers, inbound_webhooks, webhooks, execution_logs, health, openapi,
+)
 
 
 def build_routes(db: Database, config: Config,
                  buckets: quotas.RequestBuckets | None = None) -> list[tuple[str, object, str | None]]:
-    """Every route as (URI template, resource, responder suffix); ``buckets``: the process's request
-    quota per organization (the tenant middleware's), which the usage route shows."""
-    buckets = buckets or quotas.RequestBuckets.from_config(config)
-    tool_calls = engine.tools(config, db)
-    flow_item = flows.Item(db)
-    action_item = actions.Item(db, tool_calls, config)
-    flow_runs = runs.FlowRuns(db, tool_calls.vault)
-    run_signals = signals.RunSignals(db, config)
-    credentials = tool_credentials.ToolCredentials(db, tool_calls.vault)
-    flow_triggers = triggers.FlowTriggers(db, tool_calls.vault)
-    outbound_hooks = webhooks.Webhooks(db, tool_calls.vault, config.allow_networks)
-    status = health.Status(db, config)
-    detailed = health.DetailedStatus(db, config)
-    docs = openapi.Docs(config.app_name)
-    secrets = compat.ToolSecrets(db, tool_calls.vault)
-    user_connections = connections.UserConnections(db)
-    return [
-        ("/", compat.Welcome(), None),
-        ("/organizations", organizations.Collection(db, config.api_key_secret), None),
-        ("/organizations/{id}", organizations.Item(db), None),
-        ("/organizations/{id}/quotas", quotas.Quotas(db, config), None),
-        ("/organizations/{id}/usage", quotas.Usage(db, config, buckets), None),
-        ("/api-keys", api_keys.Collection(db, config.api_key_secret), None),
-        ("/api-keys/{id}", api_keys.Item(db), None),
-        ("/audit-events", audit.AuditEvents(db), None),
-        ("/users", users.Collection(db), None),
-        ("/users/{id}", users.Item(db), None),
-        ("/users/{id}/connections", user_connections, None),
-        ("/users/{id}/connections/{tool_id}", user_connections, "tool"),
-        ("/tools", tools.Collection(db), None),
-        ("/tools/secrets", secrets, None),
-        ("/tools/{id}", tools.Item(db), None),
-        ("/tools/{id}/secrets", secrets, "item"),
-        ("/tools/{id}/auth", credentials, None),
-        ("/tools/{id}/auth/{name}", credentials, "named"),
-        ("/auth/{tool_key}/login", connections.OAuthLogin(db, tool_calls, config), None),
-        ("/auth/{tool_key}/callback", connections.OAuthCallback(db, tool_calls, config), None),
-        ("/actions", actions.Collection(db), None),
-        ("/actions/{id}", action_item, None),
-        ("/actions/{id}/execute", action_item, "execute"),
-        ("/flows", flows.Collection(db), None),
-        ("/flows/{id}", flow_item, None),
-        ("/flows/{id}/versions", flow_item, "versions"),
-        ("/flows/{id}/versions/{version}", flows.Version(db), None),
-        ("/flows/{id}/execute", flow_runs, "execute"),
-        ("/flows/{id}/executions", flow_runs, "executions"),
-        ("/flows/{id}/executions/{execution_id}", flow_runs, "execution"),
-        ("/flows/{id}/executions/{execution_id}/cancel", flow_runs, "cancel"),
-        ("/flows/{id}/executions/{execution_id}/retry", flow_runs, "retry"),
-        ("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", flow_runs, "resolve"),
-        ("/flows/{id}/executions/{execution_id}/signals/{signal}", run_signals, "signal"),
-        ("/flows/{id}/executions/{execution_id}/signals/{signal}/links", run_signals, "links"),
-        ("/approvals/{token}", signals.Approval(db, config), None),
-        ("/flows/{id}/metrics", flow_runs, "metrics"),
-        ("/flows/{id}/triggers", flow_triggers, "triggers"),
-        ("/flows/{id}/triggers/{trigger_id}", flow_triggers, "trigger"),
-        ("/flows/{id}/triggers/{trigger_id}/deliveries", flow_triggers, "deliveries"),
-        ("/flows/{id}/triggers/{trigger_id}/deliveries/{delivery_id}/replay", triggers.DeliveryReplay(flow_triggers),
-         None),
-        ("/hooks/{trigger_id}", hooks.Hook(db, tool_calls.vault, trusted_proxies=config.trusted_proxies,
-                                           max_sources=config.hook_refused_sources), None),
-        ("/webhooks", outbound_hooks, None),
-        ("/webhooks/event-types", outbound_hooks, "event_types"),
-        ("/webhooks/{id}", outbound_hooks, "item"),
-        ("/webhooks/{id}/toggle", outbound_hooks, "toggle"),
-        ("/webhooks/{id}/test", outbound_hooks, "test"),
-        ("/webhooks/{id}/deliveries", outbound_hooks, "deliveries"),
-        ("/execution-logs", execution_logs.Collection(db), None),
-        ("/execution-logs/{id}", execution_logs.Item(db), None),
-        ("/health", health.Health(), None),
-        ("/status", status, None),
-        ("/status/detailed", detailed, None),
-        ("/detailed", detailed, None),
-        ("/version", health.Version(config), None),
-        ("/openapi.json", openapi.OpenAPI(MODELS, config.app_name), None),
-        ("/docs", docs, None),
-        ("/docs/static/docs-init.js", docs, "init"),
-    ]
+    """Every route as (URI template, resource, responder suffix), from the nouns' declarations; ``buckets``:
+    the process's request quota per organization (the tenant middleware's), which the usage route shows."""
+    services = Services(db, config, engine.tools(config, db), buckets or quotas.RequestBuckets.from_config(config),
+                        NOUNS)
+    return [(route.template, services.resource(route.build), route.suffix)
+            for noun in NOUNS for route in noun.ROUTES]
 
 
 def admin_url(config: Config) -> str | None:

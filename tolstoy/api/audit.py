@@ -29,14 +29,64 @@ import contextlib
 import re
 
 import falcon
+from marshmallow import fields, validate
 
 from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import MASK, is_sensitive_key, mask_json
 from ..times import iso
 from . import resources
-from .schemas import AuditEventsQuery
+from .fieldtypes import Base, PageQuery, Timestamp, text
+from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, tenant_params
 from .tenancy import scope_needed
+
+AUDIT_TARGET_TYPES = ("organization", "user", "tool", "tool_credential", "action", "flow", "trigger", "webhook",
+                      "api_key", "user_connection", "quota")
+
+
+class AuditActorSchema(Base):
+    """Who made a change, as the API authenticated the request (the keys that apply)."""
+
+    userId = fields.UUID(dump_only=True, allow_none=True, metadata={
+        "description": "headers mode: the X-User-ID the gateway forwarded (null: none); api_key mode: the user "
+                       "the key is bound to (absent: none)."})
+    apiKeyPrefix = fields.String(dump_only=True, metadata={"description": "The key's shown prefix (api_key mode)."})
+    admin = fields.Boolean(dump_only=True, metadata={
+        "description": "true: the admin token (api_key mode) or the gateway on /organizations (headers mode)."})
+
+
+class AuditTargetSchema(Base):
+    """The record changed."""
+
+    type = fields.String(dump_only=True, metadata={"enum": list(AUDIT_TARGET_TYPES)})
+    id = fields.UUID(dump_only=True)
+
+
+class AuditEventSchema(Base):
+    """``{id, orgId, actor, action, target, changes, requestId, at}``: one record changed by one request."""
+
+    id = fields.UUID(dump_only=True)
+    orgId = fields.UUID(dump_only=True)
+    actor = fields.Nested(AuditActorSchema, dump_only=True)
+    action = fields.String(dump_only=True, metadata={"description": "<target type>.created, .updated or .deleted."})
+    target = fields.Nested(AuditTargetSchema, dump_only=True)
+    changes = fields.Dict(dump_only=True, metadata={
+        "description": "{field: [old, new]} of the fields that changed (creation: [null, new]; deletion: "
+                       "[old, null]); secrets show as \"***\", never their values."})
+    requestId = fields.String(dump_only=True, allow_none=True, metadata={"description": "X-Request-ID."})
+    at = Timestamp(dump_only=True)
+
+
+class AuditEventsQuery(PageQuery):
+    """``GET /audit-events``: a page, optionally of one target or one actor."""
+
+    targetType = fields.String(validate=validate.OneOf(AUDIT_TARGET_TYPES),
+                               metadata={"description": "Only changes of this kind of record."})
+    targetId = fields.UUID(metadata={"description": "Only changes of this record."})
+    actorUserId = fields.UUID(metadata={"description": "Only changes made by this user."})
+    actorApiKeyPrefix = text(1, 40, metadata={"description": "Only changes made with this API key (its prefix)."})
+    actorAdmin = fields.Boolean(metadata={"description": "true: only the admin's changes; false: only others'."})
+
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _QUERY = AuditEventsQuery()
@@ -138,3 +188,22 @@ class AuditEvents:
                                **page)
 
         resources.list_page(req, resp, _QUERY, fetch, lambda rows: [represent(row) for row in rows])
+
+
+# The list's filters, described from the query schema that checks them.
+_FILTERS = [{"name": name, "in": "query", "required": False, "description": f.metadata.get("description", ""),
+             "schema": {"type": "boolean"} if name == "actorAdmin" else
+             {"type": "string", **({"format": "uuid"} if name in ("targetId", "actorUserId") else {}),
+              **({"enum": list(AUDIT_TARGET_TYPES)} if name == "targetType" else {})}}
+            for name, f in _QUERY.fields.items() if name not in ("limit", "cursor")]
+SCHEMAS = {"AuditEvent": AuditEventSchema}
+ROUTES = (
+    Route("/audit-events", lambda s: AuditEvents(s.db), operations={"get": {
+        "tags": ["Audit"], "summary": "Configuration changes, newest first: who changed which record, and how "
+                                      "(one event per record a request created, changed or deleted; secrets masked)",
+        "parameters": tenant_params() + PAGE + _FILTERS,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("AuditEvent", many=True)}, **errors("400"),
+                      "403": {"description": "The calling key lacks the admin scope.",
+                              "content": json_content("Error")}}}}),
+)

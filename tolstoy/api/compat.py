@@ -14,7 +14,7 @@ connect routes in connections.py.
 from __future__ import annotations
 
 import falcon
-from marshmallow import ValidationError
+from marshmallow import ValidationError, fields, validate
 
 from .. import engine
 from ..db.queries import SQL
@@ -23,17 +23,52 @@ from ..redaction import hint
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed, field_error
+from .fieldtypes import Base, PageQuery, Timestamp, text
 from .requests import flatten_messages, parse_uuid, read_json, validate_body, validate_query
 from .responses import created
-from .schemas import (
-    SECRET_KEYS,
-    PageQuery,
-    SecretsQuery,
-    SecretsSchema,
-    ToolSecretsSchema,
-    ToolSecretsSummarySchema,
-    load_credential_config,
-)
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
+from .tool_credentials import load_credential_config
+
+# The original's free-form secret keys, and which credential field each fills per authType.
+SECRET_KEYS = ("apiKey", "headerName", "token", "accessToken", "refreshToken", "username", "password",
+               "clientId", "clientSecret")
+
+
+class SecretsSchema(Base):
+    """``POST /tools/{id}/secrets``: ``{"credentials": {key: value}}`` with the original's keys."""
+
+    credentials = fields.Dict(keys=fields.String(), values=text(0, 8192), required=True,
+                              validate=validate.Length(min=1),
+                              metadata={"description": "Keys: " + ", ".join(SECRET_KEYS) + " (per the tool's "
+                                                       "authType); any other key is a 400."})
+
+
+class ToolSecretsSchema(Base):
+    """A tool's secrets as the original showed them: masked, under the keys it was sent with."""
+
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    masked_credentials = fields.Dict(data_key="maskedCredentials", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class ToolSecretsSummarySchema(Base):
+    """One row of ``GET /tools/secrets``."""
+
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    tool_type = fields.String(data_key="toolType", dump_only=True)
+    has_credentials = fields.Boolean(data_key="hasCredentials", dump_only=True)
+    credential_keys = fields.List(fields.String(), data_key="credentialKeys", dump_only=True)
+    last_updated = Timestamp(data_key="lastUpdated", dump_only=True, allow_none=True)
+
+
+class SecretsQuery(Base):
+    """``GET /tools/{id}/secrets``: ``?unmask=true`` is refused (secrets are write-only)."""
+
+    unmask = fields.Boolean()
+
 
 WELCOME = "Tolstoy workflow automation API: documentation at /docs (OpenAPI at /openapi.json).\n"
 
@@ -215,3 +250,36 @@ class ToolSecrets:
         return {"tool_id": row["id"], "tool_name": row["name"], "tool_type": row["auth_type"],
                 "has_credentials": row["credential_id"] is not None, "credential_keys": keys,
                 "last_updated": row["credential_updated_at"], "created_at": row["created_at"]}
+
+
+def _secrets(s: Services) -> ToolSecrets:
+    return ToolSecrets(s.db, s.vault)
+
+
+_TOOL = [*tenant_params(), path_id()]
+SCHEMAS = {"Secrets": SecretsSchema, "ToolSecrets": ToolSecretsSchema, "ToolSecretsSummary": ToolSecretsSummarySchema}
+ROUTES = (
+    Route("/", lambda s: Welcome(), operations={"get": {
+        "tags": ["Docs"], "summary": "One line naming the service and pointing at /docs", "security": [{}],
+        "responses": {"200": {"description": "Welcome.", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}),
+    Route("/tools/secrets", _secrets, operations={"get": {
+        "tags": ["Tools"], "summary": "Every tool, whether it has secrets and under which keys",
+        "parameters": [*tenant_params(), *PAGE],
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("ToolSecretsSummary", many=True)}, **errors("400")}}}),
+    Route("/tools/{id}/secrets", _secrets, "item", operations={
+        "post": {"tags": ["Tools"], "summary": "Store the original's free-form secrets as the tool's default "
+                                               "credential (typed by its authType); the answer is masked",
+                 "parameters": _TOOL, "requestBody": {"required": True, "content": json_content("Secrets")},
+                 "responses": {"201": {"description": "Stored.", "headers": {"Location": "Location"},
+                                       "content": json_content("ToolSecrets")},
+                               **errors("400", "404", "413", "415")}},
+        "get": {"tags": ["Tools"], "summary": "The tool's secrets, masked (unmask=true is refused: write-only)",
+                "parameters": _TOOL + [{"name": "unmask", "in": "query", "required": False,
+                                        "schema": {"type": "boolean"}}],
+                "responses": {"200": {"description": "Masked.", "content": json_content("ToolSecrets")},
+                              "403": {"description": "unmask=true.", "content": json_content("Error")},
+                              **errors("400", "404")}},
+        "delete": {"tags": ["Tools"], "summary": "Delete the tool's default credential", "parameters": _TOOL,
+                   "responses": {"204": {"description": "Deleted (or there was none)."}, **errors("400", "404")}}}),
+)

@@ -33,6 +33,7 @@ import uuid
 from urllib.parse import urlencode
 
 import falcon
+from marshmallow import fields
 
 from .. import engine
 from ..config import Config
@@ -43,13 +44,40 @@ from ..signatures import b64url
 from . import audit, resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
+from .fieldtypes import KEY, Base, PageQuery, TenantRecord, Timestamp
 from .requests import parse_uuid, validate_query
-from .schemas import TOOL_KEY, ConnectedSchema, LoginQuery, PageQuery, UserConnectionSchema
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import is_user, require_acting_as, require_user
+
+
+class LoginQuery(Base):
+    """``GET /auth/{toolKey}/login?userId=``: the user who connects (else X-User-ID)."""
+
+    userId = fields.UUID()
+
+
+class ConnectedSchema(Base):
+    """200 of ``GET /auth/{toolKey}/callback``."""
+
+    success = fields.Boolean(dump_only=True)
+    credentialId = fields.UUID(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class UserConnectionSchema(TenantRecord):
+    """A tool a user connected (``GET /users/{id}/connections``): never its tokens."""
+
+    user_id = fields.UUID(data_key="userId", dump_only=True)
+    tool_id = fields.UUID(data_key="toolId", dump_only=True)
+    tool_name = fields.String(data_key="toolName", dump_only=True)
+    tool_key = fields.String(data_key="toolKey", dump_only=True, allow_none=True)
+    scope = fields.String(dump_only=True, allow_none=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True, allow_none=True)
+
 
 STATE_MINUTES = 10
 EXCHANGE_TIMEOUT_MS = 10_000
-_TOOL_KEY = re.compile(TOOL_KEY.removeprefix("^").removesuffix("$"))
+_TOOL_KEY = re.compile(KEY.removeprefix("^").removesuffix("$"))
 # Matched whole (fullmatch): "$" would also let a state or tool key end in a newline.
 _STATE = re.compile(r"([0-9a-f]{32})\.([A-Za-z0-9_-]{32})\.([A-Za-z0-9_-]{43})")
 _LOGIN = LoginQuery()
@@ -319,3 +347,51 @@ class UserConnections:
                                 user_id=user_id, tool_id=tool):
             raise NotFound("Connection")
         resp.status = falcon.HTTP_204
+
+
+def _connections(s: Services) -> UserConnections:
+    return UserConnections(s.db)
+
+
+_TOOL_KEY_PARAM = {"name": "toolKey", "in": "path", "required": True, "schema": {"type": "string", "pattern": KEY}}
+_USER = [*tenant_params(), path_id()]
+_NOT_THEIRS = {"description": "Not that user (headers mode: X-User-ID; api_key mode: a key bound to them) "
+                              "and no API key with the admin scope.", "content": json_content("Error")}
+SCHEMAS = {"Connected": ConnectedSchema, "UserConnection": UserConnectionSchema}
+ROUTES = (
+    Route("/users/{id}/connections", _connections, operations={"get": {
+        "tags": ["Connections"], "summary": "The tools the user connected (never their tokens)",
+        "parameters": _USER + PAGE,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("UserConnection", many=True)}, **errors("400", "404"),
+                      "403": _NOT_THEIRS}}}),
+    Route("/users/{id}/connections/{tool_id}", _connections, "tool", operations={"delete": {
+        "tags": ["Connections"], "summary": "Disconnect the user from the tool (forget their tokens)",
+        "parameters": _USER + [path_id("toolId")],
+        "responses": {"204": {"description": "Disconnected."}, **errors("400", "404"), "403": _NOT_THEIRS}}}),
+    Route("/auth/{tool_key}/login", lambda s: OAuthLogin(s.db, s.tools, s.config), operations={"get": {
+        "tags": ["Connections"], "summary": "Start a user's OAuth connection to a per-user tool: 302 to its "
+                                            "authorizeUrl (authorization code + PKCE S256)",
+        "parameters": [*tenant_params(), _TOOL_KEY_PARAM,
+                       {"name": "userId", "in": "query", "required": False,
+                        "schema": {"type": "string", "format": "uuid"},
+                        "description": "The user who connects (else X-User-ID)."}],
+        "responses": {"302": {"description": "To the provider's consent page."},
+                      **errors("400", "404"),
+                      "403": {"description": "userId is not the acting user (X-User-ID); or, with an API key, the "
+                                             "key may not act as that user (not bound to them, no impersonate "
+                                             "scope).", "content": json_content("Error")}}}}),
+    Route("/auth/{tool_key}/callback", lambda s: OAuthCallback(s.db, s.tools, s.config), operations={"get": {
+        "tags": ["Connections"], "security": [{}],
+        "summary": "Where the provider sends the user back: exchanges the code, keeps the user's tokens",
+        "parameters": [_TOOL_KEY_PARAM] + [{"name": name, "in": "query", "required": False,
+                                            "schema": {"type": "string"}}
+                                           for name in ("code", "state", "error", "error_description")],
+        "responses": {"200": {"description": "Connected.", "content": json_content("Connected")},
+                      "400": {"description": "A bad, expired or reused state; the provider's error or its refusal "
+                                             "of the code.", "content": json_content("Error")},
+                      "404": {"description": "toolKey is not a tool key at all (malformed).",
+                              "content": json_content("Error")},
+                      "502": {"description": "The provider's token endpoint failed.",
+                              "content": json_content("Error")}}}}),
+)

@@ -37,9 +37,9 @@ from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
 from ..numerals import unsigned
 from . import audit
+from .audit import AUDIT_TARGET_TYPES
 from .paging import encode_cursor, time_id_cursor, time_id_key
 from .quotas import RequestBuckets
-from .schemas import AUDIT_TARGET_TYPES
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
 log = logging.getLogger("tolstoy.console")

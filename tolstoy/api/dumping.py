@@ -20,6 +20,7 @@ from typing import Any
 from marshmallow import Schema, fields, missing
 
 from ..times import iso
+from .fieldtypes import Timestamp
 
 Dump = Callable[[dict], dict]
 _MISSING = object()
@@ -77,8 +78,6 @@ def _identity(value: Any) -> Any:
 
 def _converter(field: fields.Field) -> Callable[[Any], Any]:
     """How one field turns a stored value into its JSON value."""
-    from .schemas import Timestamp  # the project's own field types
-
     kind = type(field)
     if isinstance(field, Timestamp):
         return _timestamp

@@ -8,6 +8,7 @@ import http
 import logging
 
 import falcon
+from marshmallow import fields
 
 from ..errors import (
     CheckViolation,
@@ -19,6 +20,27 @@ from ..errors import (
     UniqueViolation,
     VaultError,
 )
+from .fieldtypes import Base
+
+
+class FieldErrorSchema(Base):
+    """One validation problem."""
+
+    field = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class ErrorSchema(Base):
+    """Every error response."""
+
+    statusCode = fields.Integer(dump_only=True)
+    error = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+    errors = fields.List(fields.Nested(FieldErrorSchema), dump_only=True)
+    quota = fields.String(dump_only=True, metadata={
+        "description": "429 over a quota only: which (queuedRuns, storedBytes, requestsPerSecond)."})
+    limit = fields.Integer(dump_only=True, metadata={"description": "429 over a quota only: its limit."})
+
 
 log = logging.getLogger("tolstoy.errors")
 

@@ -3,14 +3,55 @@
 from __future__ import annotations
 
 import falcon
-from marshmallow import fields, validate
+from marshmallow import ValidationError, fields, validate, validates, validates_schema
 
+from .. import engine
 from ..db.queries import SQL
 from . import resources
 from .errors import Conflict
+from .fieldtypes import JSONObject, TenantRecord, text
 from .model import Filter, Model
-from .schemas import EXECUTION_STATUSES, ExecutionLogSchema, text
 from .tenancy import require_user
+
+# Who wrote an execution log (the column execution_logs.source).
+LOG_SOURCES = ("engine", "client")
+EXECUTION_STATUSES = (
+    "pending", "queued", "running", "started", "completed", "failed", "skipped", "cancelled",
+)
+
+
+class ExecutionLogSchema(TenantRecord):
+    """``{flowId, executionId, stepKey, status, inputs, outputs?, error?}``; userId from X-User-ID."""
+
+    # Null only on logs of direct action executions, which the engine writes.
+    flow_id = fields.UUID(data_key="flowId", required=True, allow_none=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
+    execution_id = text(1, 200, data_key="executionId", required=True)
+    step_key = text(1, 200, data_key="stepKey", required=True,
+                    metadata={"description": "Not one the engine reserves for its own rows: \"$…\" (such as $flow), "
+                                             "\"onFailure.<id>\" or \"<id>[<n>]\"."})
+    status = fields.String(required=True, validate=validate.OneOf(EXECUTION_STATUSES))
+    inputs = JSONObject(required=True)
+    outputs = JSONObject(allow_none=True)
+    error = fields.Raw(allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True,
+                                 metadata={"description": "Set on logs the engine writes."})
+    source = fields.String(dump_only=True, metadata={
+        "enum": list(LOG_SOURCES),
+        "description": "Who wrote the log: engine (Tolstoy itself: runs, run changes, action calls) or client "
+                       "(POST /execution-logs). Read-only; an engine log cannot be changed or deleted (409)."})
+
+    @validates("step_key")
+    def _not_reserved(self, value, **kwargs):
+        if engine.reserved_step_key(value):
+            raise ValidationError(f"{value!r} is reserved for the engine's own logs (\"$…\", \"onFailure.<id>\", "
+                                  "\"<id>[<n>]\"); name the step otherwise.")
+
+    @validates_schema
+    def _flow_is_required(self, data, **kwargs):
+        if "flow_id" in data and data["flow_id"] is None:
+            raise ValidationError("Field may not be null.", "flowId")
+
 
 MODEL = Model(
     name="execution_logs", path="/execution-logs", noun="Execution log", tag="Execution logs",
@@ -59,8 +100,13 @@ class Collection(ExecutionLogResource, resources.Collection):
     def insert(self, req: falcon.Request, values: dict) -> dict:
         """The actor comes from the header, never from the body; the row is the client's (source
         ``client``, set by the statement itself); durationMs is the engine's."""
-        return self.store.insert(req.context.org_id, values, user_id=req.context.user_id)
+        return self.db.one(self.sql.insert, org_id=req.context.org_id, user_id=req.context.user_id,
+                           **self.columns(values))
 
 
 class Item(ExecutionLogResource, resources.Item):
     """``GET/PUT/PATCH/DELETE /execution-logs/{id}``."""
+
+
+SCHEMAS = {"ExecutionLog": ExecutionLogSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

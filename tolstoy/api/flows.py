@@ -3,16 +3,67 @@
 from __future__ import annotations
 
 import falcon
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..db.queries import SQL
+from ..engine import graph_errors
 from ..numerals import unsigned
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed
+from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
+from .flow_steps import MAX_STEPS, StepSchema
 from .model import Model
 from .paging import version_cursor, version_key
 from .responses import respond
-from .schemas import FlowSchema, FlowVersionSchema, PageQuery
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
+
+
+class FlowSchema(TenantRecord):
+    """``{name?, key?, description?, steps, onFailure?}``."""
+
+    name = text(0, 200, allow_none=True)
+    key = key_field("Optional short name, unique per organization: a subflow step may name this flow by it "
+                    "(flowKey).", allow_none=True, load_default=None)
+    description = text(0, 5000, allow_none=True)
+    steps = fields.List(
+        fields.Nested(StepSchema),
+        required=True,
+        validate=validate.Length(min=1, max=MAX_STEPS),
+    )
+    on_failure = fields.List(
+        fields.Nested(StepSchema), data_key="onFailure", allow_none=True,
+        validate=validate.Length(min=1, max=MAX_STEPS),
+        metadata={"description": "Steps run when a run fails; they see `error` ({message, stepId}) and "
+                                 "`failedStepId`. Null: none."},
+    )
+    version = fields.Integer(dump_only=True)
+
+    @validates_schema
+    def _steps_form_a_graph(self, data, **kwargs):
+        if data.get("steps"):
+            problems = graph_errors(data["steps"])
+            if problems:
+                raise ValidationError({"steps": problems})
+        if data.get("on_failure"):
+            problems = graph_errors(data["on_failure"])
+            if problems:
+                raise ValidationError({"onFailure": problems})
+            main = {step["id"] for step in data.get("steps") or []}
+            for index, step in enumerate(data["on_failure"]):
+                if step["id"] in main:
+                    raise ValidationError({"onFailure": {index: {"id": [
+                        "An onFailure step id must differ from the ids of the flow's steps."]}}})
+
+
+class FlowVersionSchema(Base):
+    """``{version, steps, createdAt}``: one immutable version of a flow."""
+
+    version = fields.Integer(dump_only=True)
+    steps = fields.List(fields.Dict(), dump_only=True)
+    on_failure = fields.List(fields.Dict(), data_key="onFailure", dump_only=True, allow_none=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
 
 MODEL = Model(
     name="flows", path="/flows", noun="Flow", tag="Flows", schema=FlowSchema,
@@ -203,3 +254,26 @@ class Version(FlowResource):
         row = resources.get_or_404(self.db, SQL.flows.get_version, "Flow version", commit=True,
                                    org_id=req.context.org_id, flow_id=flow_id, version=number)
         respond(resp, _VERSION(row))
+
+
+def _item(s: Services) -> Item:
+    return Item(s.db)
+
+
+_FLOW = [*tenant_params(), path_id()]
+SCHEMAS = {"Step": StepSchema, "Flow": FlowSchema, "FlowVersion": FlowVersionSchema}
+ROUTES = (
+    *resources.routes(MODEL, lambda s: Collection(s.db), _item),
+    Route("/flows/{id}/versions", _item, "versions", operations={"get": {
+        "tags": ["Flows"], "summary": "Every version of a flow's steps, newest first",
+        "parameters": _FLOW + PAGE,
+        "responses": {"200": {"description": "One page of versions.", "headers": PAGE_HEADERS,
+                              "content": json_content("FlowVersion", many=True)},
+                      **errors("400", "404")}}}),
+    Route("/flows/{id}/versions/{version}", lambda s: Version(s.db), operations={"get": {
+        "tags": ["Flows"], "summary": "One version of a flow",
+        "parameters": _FLOW + [{"name": "version", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 1}}],
+        "responses": {"200": {"description": "The version.", "content": json_content("FlowVersion")},
+                      **errors("400", "404")}}}),
+)

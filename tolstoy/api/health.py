@@ -14,6 +14,7 @@ import resource as rlimit
 import time
 
 import falcon
+from marshmallow import fields
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
@@ -23,6 +24,34 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..times import now_iso
+from .fieldtypes import Base
+from .routing import Route, Services, errors, json_content
+
+
+class HealthSchema(Base):
+    """``GET /health``."""
+
+    status = fields.String(dump_only=True)
+
+
+class StatusSchema(Base):
+    """``GET /status`` when the database answers (503 body has ``message`` instead)."""
+
+    status = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    uptime = fields.Float(dump_only=True, metadata={"description": "Seconds since the process started."})
+    timestamp = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+
+
+class VersionSchema(Base):
+    """``GET /version``."""
+
+    name = fields.String(dump_only=True)
+    version = fields.String(dump_only=True)
+    python = fields.String(dump_only=True)
+    falcon = fields.String(dump_only=True)
+
 
 STARTED = time.monotonic()
 
@@ -181,3 +210,34 @@ class Metrics:
         resp.content_type = CONTENT_TYPE_LATEST
         resp.cache_control = ["no-store"]
         resp.text = (generate_latest(self.processes) + generate_latest(self.database)).decode()
+
+
+def _detailed(s: Services) -> DetailedStatus:
+    return DetailedStatus(s.db, s.config)
+
+
+def _get(summary: str, ref: str, unhealthy: bool = False) -> dict:
+    """A GET of the Health tag answering the component ``ref`` (and 503 with a Status when ``unhealthy``)."""
+    responses = {"200": {"description": summary, "content": json_content(ref)}}
+    if unhealthy:
+        responses["503"] = {"description": "The database does not answer.", "content": json_content("Status")}
+    return {"get": {"tags": ["Health"], "summary": summary, "responses": responses}}
+
+
+_DETAILED = {"get": {
+    "tags": ["Health"], "summary": "Database latency, pool, migration version, counts, process and config",
+    "description": "For operators: in api_key mode only the admin token (TOLSTOY_ADMIN_TOKEN) reads it "
+                   "(401 without a token, 403 with an organization's key); the shipped Nginx answers "
+                   "it to the monitoring host only.",
+    "responses": {"200": {"description": "Details.",
+                          "content": {"application/json": {"schema": {"type": "object"}}}},
+                  **errors()}}}
+SCHEMAS = {"Health": HealthSchema, "Status": StatusSchema, "Version": VersionSchema}
+ROUTES = (
+    Route("/health", lambda s: Health(), operations=_get("The process is up (no database call).", "Health")),
+    Route("/status", lambda s: Status(s.db, s.config),
+          operations=_get("The database answers.", "Status", unhealthy=True)),
+    Route("/status/detailed", _detailed, operations=_DETAILED),
+    Route("/detailed", _detailed, operations=_DETAILED),
+    Route("/version", lambda s: Version(s.config), operations=_get("Name and versions of the service.", "Version")),
+)

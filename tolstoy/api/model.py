@@ -1,7 +1,7 @@
-"""One declaration per model: its SQL file, the columns a client may write and
-those stored as jsonb, its list filters and its representation. The routes
-(tolstoy/api/app.py), the store (tolstoy/db/stores.py) and the OpenAPI
-document (tolstoy/api/openapi.py) all read it."""
+"""One declaration per model served as a collection and items: its SQL file, the
+columns a client may write and those stored as jsonb, its list filters and its
+representation. The generic resources (tolstoy/api/resources.py) read it to answer
+and to describe their routes."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from functools import cached_property
 from marshmallow import Schema
 from marshmallow import fields as ma_fields
 
-from ..db.database import Database
-from ..db.queries import SQL
-from ..db.stores import TableStore
-from .schemas import PageQuery
+from .fieldtypes import PageQuery
 
 
 @dataclass(frozen=True)
@@ -46,11 +43,6 @@ class Model:
     delete_blocked_by: str = ""
     # Fields a GET returns but that are derived, so a PUT of the same body ignores them.
     derived_fields: frozenset = field(default_factory=frozenset)
-
-    def store(self, db: Database) -> TableStore:
-        """The table's named queries behind plain methods."""
-        return TableStore(db, getattr(SQL, self.name), writable=self.writable, json_columns=self.json_columns,
-                          filters=tuple(f.column for f in self.filters))
 
     @cached_property
     def list_query(self) -> Schema:

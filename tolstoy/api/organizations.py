@@ -11,10 +11,17 @@ import falcon
 from . import resources
 from .api_keys import issue_key
 from .errors import NotFound
+from .fieldtypes import Record, text
 from .model import Model
 from .requests import parse_uuid, read_json, validate_query
 from .responses import created
-from .schemas import OrganizationSchema
+
+
+class OrganizationSchema(Record):
+    """``{name}``."""
+
+    name = text(1, 200, required=True)
+
 
 MODEL = Model(
     name="organizations", path="/organizations", noun="Organization", tag="Organizations",
@@ -46,7 +53,7 @@ class Collection(OrganizationResource, resources.Collection):
         if req.context.key_org_id is None:
             return super().on_get(req, resp)
         validate_query(self.model.list_query, req)  # same 400s for unknown parameters as the full list
-        row = self.store.get(None, req.context.key_org_id, commit=True)
+        row = self.db.one(self.sql.get, commit=True, org_id=None, id=req.context.key_org_id)
         resp.media = [self.dump(row)] if row else []
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -57,7 +64,7 @@ class Collection(OrganizationResource, resources.Collection):
             return super().on_post(req, resp)
         data = read_json(req)
         values = self.load_values(data, partial=False)
-        row = self.store.insert(None, values)
+        row = self.db.one(self.sql.insert, org_id=None, **self.columns(values))
         with self.db.tenant(row["id"]):
             key = issue_key(self.db, self.key_secret, row["id"], "default")
         created(req, resp, {**self.represent(row), "apiKey": key["api_key"]})
@@ -81,3 +88,7 @@ class Item(OrganizationResource, resources.Item):
         super().on_delete(req, resp, id)
         # This process stops answering for it at once (others within seconds: tolstoy/db/database.py).
         self.db.verified.forget(parse_uuid(id, self.noun))
+
+
+SCHEMAS = {"Organization": OrganizationSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db, s.config.api_key_secret), lambda s: Item(s.db))

@@ -15,7 +15,7 @@ import falcon
 
 from ..signatures import b64url
 from .errors import field_error
-from .schemas import DEFAULT_PAGE
+from .fieldtypes import DEFAULT_PAGE
 
 
 def encode_cursor(values: list) -> str:

@@ -27,16 +27,78 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 import falcon
+from marshmallow import fields, validate
 
-from ..config import Config
+from ..config import QUOTA_RANGES, Config
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import TenantRejected
 from .dumping import dumper
 from .errors import NotFound, TooManyRequests, ValidationFailed
+from .fieldtypes import Base, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, etag_of, respond
-from .schemas import QuotasSchema, UsageSchema
+from .routing import Route, errors, json_content, path_id
+
+
+def _quota(name: str, low: int, description: str) -> fields.Integer:
+    return fields.Integer(data_key=name, strict=True, allow_none=True, validate=validate.Range(low, QUOTA_RANGES[name]),
+                          metadata={"description": description + " Null: the configured default."})
+
+
+class QuotaValuesSchema(Base):
+    """The four quotas of an organization."""
+
+    queued_runs = _quota("queuedRuns", 0, "Most runs not finished (queued, running or waiting) at once; over it a "
+                                          "new run is a 429. 0 refuses every new run.")
+    stored_bytes = _quota("storedBytes", 0, "Most bytes of run history (variables, plans, step inputs and outputs, "
+                                            "log rows of finished runs) kept within retention; at or over it a new "
+                                            "run is a 429.")
+    requests_per_second = _quota("requestsPerSecond", 1, "API requests a second (a token bucket per API process: "
+                                                         "with P processes, P times this at most).")
+    request_burst = _quota("requestBurst", 1, "API requests one burst may hold (the bucket's size, per API process).")
+
+
+class QuotasSchema(QuotaValuesSchema):
+    """``GET/PUT/PATCH /organizations/{id}/quotas``: the operator's overrides (null: the default) and the
+    quotas in force (``effective``)."""
+
+    org_id = fields.UUID(data_key="organizationId", dump_only=True)
+    effective = fields.Nested(QuotaValuesSchema, dump_only=True,
+                              metadata={"description": "The quotas in force: the override, else the default."})
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True, allow_none=True,
+                           metadata={"description": "When an override last changed (null: never set)."})
+
+
+class UsedSchema(Base):
+    """One quota's usage and limit."""
+
+    used = fields.Integer(dump_only=True)
+    limit = fields.Integer(dump_only=True)
+
+
+class RequestUsageSchema(Base):
+    """The request quota as the API process that answered sees it."""
+
+    used = fields.Float(dump_only=True, metadata={"description": "Requests a second admitted of late (about the "
+                                                                 "last 10 s), by this API process."})
+    available = fields.Float(dump_only=True, metadata={"description": "Tokens in this process's bucket now."})
+    limit = fields.Integer(dump_only=True)
+    burst = fields.Integer(dump_only=True)
+    scope = fields.String(dump_only=True, metadata={"description": "process: each API process counts apart."})
+
+
+class UsageSchema(Base):
+    """``GET /organizations/{id}/usage``."""
+
+    org_id = fields.UUID(data_key="organizationId", dump_only=True)
+    queued_runs = fields.Nested(UsedSchema, data_key="queuedRuns", dump_only=True,
+                                metadata={"description": "Runs queued, running or waiting now (exact)."})
+    stored_bytes = fields.Nested(UsedSchema, data_key="storedBytes", dump_only=True,
+                                 metadata={"description": "Bytes of run history within retention, counted as "
+                                                          "each run finished (runs in flight count from their end)."})
+    requests_per_second = fields.Nested(RequestUsageSchema, data_key="requestsPerSecond", dump_only=True)
+
 
 # The quotas an organization has, as the API names them, and their columns in organization_quotas.
 COLUMNS = {"queuedRuns": "queued_runs", "storedBytes": "stored_bytes", "requestsPerSecond": "requests_per_second",
@@ -269,3 +331,31 @@ class Usage(OrganizationQuota):
             "requests_per_second": {**requests, "limit": limits["requestsPerSecond"],
                                     "burst": limits["requestBurst"], "scope": "process"},
         }), etag=False)
+
+
+_ORG = [path_id()]
+_WHO = ("No tenant header. In api_key mode an organization's key reads its own organization (another is a "
+        "404) and the admin token any; in headers mode any.")
+_UPDATE = {"tags": ["Organizations"], "summary": "Set quotas of the organization (null: back to the default)",
+           "description": "The operator's: the admin token in api_key mode (an organization's key is a 403); "
+                          "fields not sent stay as they are. queuedRuns and storedBytes bind new runs at once; "
+                          "requestsPerSecond and requestBurst within 30 s in each API process.",
+           "parameters": [*_ORG, "IfMatch"], "requestBody": {"required": True, "content": json_content("Quotas")},
+           "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                 "content": json_content("Quotas")}, **errors("400", "404", "412", "413", "415")}}
+SCHEMAS = {"Quotas": QuotasSchema, "Usage": UsageSchema}
+ROUTES = (
+    Route("/organizations/{id}/quotas", lambda s: Quotas(s.db, s.config), operations={
+        "get": {"tags": ["Organizations"], "summary": "The organization's quotas: overrides and those in force",
+                "description": _WHO, "parameters": _ORG,
+                "responses": {"200": {"description": "The quotas.", "headers": {"ETag": "ETag"},
+                                      "content": json_content("Quotas")}, **errors("404")}},
+        "put": _UPDATE, "patch": _UPDATE}),
+    Route("/organizations/{id}/usage", lambda s: Usage(s.db, s.config, s.buckets), operations={"get": {
+        "tags": ["Organizations"], "summary": "The organization's usage against each of its quotas",
+        "description": _WHO + " Runs and stored bytes are the database's; requests per second are what the API "
+                              "process that answers saw (each process has its own bucket).",
+        "parameters": _ORG,
+        "responses": {"200": {"description": "Usage and limits.", "content": json_content("Usage")},
+                      **errors("404")}}}),
+)

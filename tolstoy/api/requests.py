@@ -12,7 +12,7 @@ from marshmallow import Schema, ValidationError
 
 from ..jsonsafe import MAX_JSON_DEPTH, UNSTORABLE, UNSTORABLE_MESSAGE, depth, loads, unstorable_strings
 from .errors import NotFound, ValidationFailed, field_error
-from .schemas import READ_ONLY_FIELDS
+from .fieldtypes import READ_ONLY_FIELDS
 
 MAX_BODY_BYTES = 1024 * 1024
 

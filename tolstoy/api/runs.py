@@ -10,6 +10,7 @@ statement, and a worker (``tolstoy worker``) claims and runs it."""
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import engine, metrics
 from ..db import database as dbmod
@@ -21,19 +22,104 @@ from ..times import iso
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, NotFound, field_error
+from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
-from .schemas import (
-    ExecuteSchema,
-    ExecutionsQuery,
-    FlowMetricsSchema,
-    PageQuery,
-    ResolveSchema,
-    RunAcceptedSchema,
-    RunDetailSchema,
-    RunSchema,
-)
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import may_act_as, require_user
+
+
+class ExecutionsQuery(PageQuery):
+    """``GET /flows/{id}/executions``: a page, optionally only the children of one run."""
+
+    parentExecutionId = fields.UUID(metadata={"description": "Only the runs this run's subflow steps queued."})
+
+
+class ExecuteSchema(Base):
+    """``POST /flows/{id}/execute``: the run's input."""
+
+    variables = JSONObject(load_default=dict)
+
+
+class RunStepSchema(Base):
+    """One step checkpoint of a run."""
+
+    step_id = fields.String(data_key="stepId", dump_only=True)
+    status = fields.String(dump_only=True)
+    attempt = fields.Integer(dump_only=True)
+    inputs = fields.Raw(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    wake_at = Timestamp(data_key="wakeAt", dump_only=True, allow_none=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    duration_ms = fields.Integer(data_key="durationMs", dump_only=True, allow_none=True)
+    child_execution_id = fields.UUID(data_key="childExecutionId", dump_only=True, allow_none=True,
+                                     metadata={"description": "The run a subflow step queued; null otherwise."})
+    phase = fields.String(dump_only=True, metadata={"description": "main, or onFailure for failure handlers."})
+    waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True,
+                              metadata={"description": "A wait step parked for a signal: {signal, since, "
+                                                       "timeoutAt}; null otherwise."})
+
+
+class RunSchema(Base):
+    """A flow run (execution)."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    user_id = fields.UUID(data_key="userId", dump_only=True, allow_none=True)
+    status = fields.String(dump_only=True)
+    variables = fields.Dict(dump_only=True)
+    outputs = fields.Raw(dump_only=True)
+    error = fields.Raw(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    parent_run_id = fields.UUID(data_key="parentExecutionId", dump_only=True, allow_none=True,
+                                metadata={"description": "The run whose subflow step queued this one; null for "
+                                                         "a top-level run."})
+    parent_step_id = fields.String(data_key="parentStepId", dump_only=True, allow_none=True,
+                                   metadata={"description": "The id of that subflow step."})
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+
+
+class RunDetailSchema(RunSchema):
+    """A run with its step checkpoints."""
+
+    steps = fields.List(fields.Nested(RunStepSchema), dump_only=True)
+
+
+class RunAcceptedSchema(Base):
+    """202 body of execute and retry."""
+
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    status = fields.String(dump_only=True)
+    retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+
+
+class ResolveSchema(Base):
+    """``POST …/steps/{stepId}/resolve``: what became of a call whose outcome was unknown."""
+
+    outcome = fields.String(required=True, validate=validate.OneOf(("succeeded", "failed", "retry")))
+    outputs = fields.Raw(allow_none=True, metadata={"description": "What the step returned (with succeeded)."})
+    message = fields.String(validate=validate.Length(max=2000), allow_none=True,
+                            metadata={"description": "Why (with failed); kept in the step's error."})
+
+
+class FlowMetricsSchema(Base):
+    """``GET /flows/{id}/metrics``."""
+
+    totalExecutions = fields.Integer(dump_only=True)
+    statusBreakdown = fields.Dict(keys=fields.String(), values=fields.Integer(), dump_only=True)
+    successRate = fields.Float(dump_only=True, allow_none=True,
+                               metadata={"description": "completed / finished runs; null before any finished."})
+    p50Ms = fields.Float(dump_only=True, allow_none=True)
+    p95Ms = fields.Float(dump_only=True, allow_none=True)
+
 
 _ACCEPTED = dumper(RunAcceptedSchema())
 _RUN = dumper(RunSchema())
@@ -42,9 +128,8 @@ _METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
 _EXECUTIONS = ExecutionsQuery()
-FINISHED = ("completed", "failed", "cancelled")
-
-
+# The statuses a run ends in (a step's own are the engine's).
+FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 _RESOLVE = ResolveSchema()
 
 
@@ -161,7 +246,7 @@ class FlowRuns:
         before their parent's, in the order a child's last checkpoint locks them)."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        if run["status"] not in FINISHED:
+        if run["status"] not in FINISHED_RUN_STATUSES:
             self.cancel_descendants(req, run)
         changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
         if changed is None:
@@ -238,7 +323,7 @@ class FlowRuns:
         flow = self.flow(req, id)
         row = self.db.one(SQL.runs.metrics, commit=True, org_id=req.context.org_id, flow_id=flow["id"])
         breakdown = row["breakdown"]
-        finished = sum(breakdown.get(s, 0) for s in FINISHED)
+        finished = sum(breakdown.get(s, 0) for s in FINISHED_RUN_STATUSES)
         resp.media = _METRICS({
             "totalExecutions": sum(breakdown.values()),
             "statusBreakdown": breakdown,
@@ -246,3 +331,68 @@ class FlowRuns:
             "p50Ms": row["p50_ms"],
             "p95Ms": row["p95_ms"],
         })
+
+
+def _runs(s: Services) -> FlowRuns:
+    return FlowRuns(s.db, s.vault)
+
+
+# Parameters of the routes below a flow's runs (signals.py uses them too).
+FLOW_PARAMS = [*tenant_params(), path_id()]
+ACTING_PARAMS = [*tenant_params(user_required=True), path_id()]
+EXECUTION_PARAM = path_id("executionId")
+IDEMPOTENCY_PARAM = {"name": "Idempotency-Key", "in": "header", "required": False,
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                     "description": "Repeating a key returns the run it first created."}
+_ACCEPTED_202 = {"202": {"description": "Queued; follow it at Location.",
+                         "headers": {"Location": "Location"}, "content": json_content("RunAccepted")}}
+SCHEMAS = {"Execute": ExecuteSchema, "RunStep": RunStepSchema, "Run": RunSchema, "RunDetail": RunDetailSchema,
+           "RunAccepted": RunAcceptedSchema, "Resolve": ResolveSchema, "FlowMetrics": FlowMetricsSchema}
+ROUTES = (
+    Route("/flows/{id}/execute", _runs, "execute", operations={"post": {
+        "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
+        "parameters": ACTING_PARAMS + [IDEMPOTENCY_PARAM],
+        "requestBody": {"required": True, "content": json_content("Execute")},
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "413", "415")}}}),
+    Route("/flows/{id}/executions", _runs, "executions", operations={
+        "get": {"tags": ["Executions"], "summary": "The flow's runs, newest first",
+                "parameters": FLOW_PARAMS + [*PAGE, {
+                    "name": "parentExecutionId", "in": "query", "required": False,
+                    "schema": {"type": "string", "format": "uuid"},
+                    "description": "Only the runs this run's subflow steps queued."}],
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("Run", many=True)}, **errors("400", "404")}},
+        "delete": {"tags": ["Executions"],
+                   "summary": "Purge the flow's finished runs and the engine's log rows of them",
+                   "parameters": FLOW_PARAMS,
+                   "responses": {"204": {"description": "Purged."},
+                                 "409": {"description": "Some runs have not finished (cancel them first).",
+                                         "content": json_content("Error")},
+                                 **errors("400", "404")}}}),
+    Route("/flows/{id}/executions/{execution_id}", _runs, "execution", operations={"get": {
+        "tags": ["Executions"], "summary": "One run with its step checkpoints",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM],
+        "responses": {"200": {"description": "The run.", "content": json_content("RunDetail")},
+                      **errors("400", "404")}}}),
+    Route("/flows/{id}/executions/{execution_id}/cancel", _runs, "cancel", operations={"post": {
+        "tags": ["Executions"], "summary": "Cancel (now if queued or sleeping, else at the next step)",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM],
+        "responses": {"202": {"description": "Cancelled or cancelling.", "content": json_content("RunAccepted")},
+                      **errors("400", "404", "409")}}}),
+    Route("/flows/{id}/executions/{execution_id}/retry", _runs, "retry", operations={"post": {
+        "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM],
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "409")}}}),
+    Route("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", _runs, "resolve", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Say what became of a call whose outcome is unknown; the run goes on",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM, {"name": "stepId", "in": "path", "required": True,
+                                                         "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": json_content("Resolve")},
+        "responses": {**_ACCEPTED_202, **errors("400", "404", "409", "413", "415")}}}),
+    Route("/flows/{id}/metrics", _runs, "metrics", operations={"get": {
+        "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
+        "parameters": FLOW_PARAMS,
+        "responses": {"200": {"description": "Metrics.", "content": json_content("FlowMetrics")},
+                      **errors("400", "404")}}}),
+)

@@ -25,10 +25,12 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import metrics
 from ..config import Config
@@ -40,16 +42,56 @@ from ..signatures import b64url, unb64url
 from ..times import iso
 from .dumping import dumper
 from .errors import Conflict, NotFound
+from .fieldtypes import Base, Timestamp
+from .flow_steps import SIGNAL_NAME
 from .requests import parse_uuid, read_json, validate_body
-from .runs import FINISHED, idempotency_key
-from .schemas import (
-    SIGNAL_NAME_RE,
-    ApprovalSchema,
-    LinkCreatedSchema,
-    LinkSchema,
-    SignalAcceptedSchema,
-    SignalSchema,
-)
+from .routing import Route, Services, errors, json_content
+from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
+
+SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
+MAX_LINK_SECONDS = 30 * 24 * 3600
+
+
+class SignalSchema(Base):
+    """``POST …/executions/{executionId}/signals/{signal}``: what the wait step returns."""
+
+    payload = fields.Raw(allow_none=True, load_default=None,
+                         metadata={"description": "Any JSON; the wait step's output."})
+
+
+class SignalAcceptedSchema(Base):
+    """202 body of a signal: the stored signal."""
+
+    id = fields.UUID(data_key="signalId", dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+    signal = fields.String(dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+
+
+class LinkSchema(Base):
+    """``POST …/signals/{signal}/links``: an approval link for a person."""
+
+    approver = fields.Email(allow_none=True, validate=validate.Length(max=320))
+    expiresInSeconds = fields.Integer(strict=True, load_default=7 * 24 * 3600,
+                                      validate=validate.Range(60, MAX_LINK_SECONDS))
+
+
+class LinkCreatedSchema(Base):
+    """201 body of an approval link."""
+
+    url = fields.String(dump_only=True)
+    expires_at = Timestamp(data_key="expiresAt", dump_only=True)
+    approver = fields.String(dump_only=True, allow_none=True)
+    signal = fields.String(dump_only=True)
+    run_id = fields.UUID(data_key="executionId", dump_only=True)
+
+
+class ApprovalSchema(Base):
+    """``POST /approvals/{token}``: the person's decision."""
+
+    decision = fields.String(required=True, validate=validate.OneOf(("approve", "reject")))
+    comment = fields.String(allow_none=True, validate=validate.Length(max=2000))
+
 
 _SIGNAL = SignalSchema()
 _LINK = LinkSchema()
@@ -124,7 +166,7 @@ def deliver(db: dbmod.Database, *, org_id, flow_id, run_id, signal: str, payload
                 "run_id": run["id"]}, False
     if state["link_used"]:
         raise falcon.HTTPGone(title="Link used", description="This approval link was used already.")
-    if run["status"] in FINISHED:
+    if run["status"] in FINISHED_RUN_STATUSES:
         raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
     if state["waits"] <= state["pending"]:
         raise Conflict(f"The execution is not waiting for the signal {signal!r}: no wait step of it that has not "
@@ -186,7 +228,7 @@ class RunSignals:
         run = self.db.one(SQL.runs.status_of, org_id=req.context.org_id, flow_id=flow_id, id=run_id)
         if run is None:
             raise NotFound("Execution")
-        if run["status"] in FINISHED:
+        if run["status"] in FINISHED_RUN_STATUSES:
             raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
         state = self.db.one(SQL.signals.state, commit=True, org_id=req.context.org_id, run_id=run["id"],
                             run_created_at=run["created_at"], signal=signal, idempotency_key=None, link_id=None)
@@ -233,7 +275,7 @@ class Approval:
             "executionId": str(run["id"]), "flowId": str(run["flow_id"]), "signal": claims["signal"],
             "approver": claims["approver"], "expiresAt": iso(dt.datetime.fromtimestamp(claims["expires"], dt.UTC)),
             "executionStatus": run["status"], "used": state["link_used"],
-            "waiting": run["status"] not in FINISHED and state["waits"] > state["pending"],
+            "waiting": run["status"] not in FINISHED_RUN_STATUSES and state["waits"] > state["pending"],
             "decisions": ["approve", "reject"],
             "message": "POST this URL with {\"decision\": \"approve\" | \"reject\", \"comment\"?} to decide.",
         }
@@ -253,3 +295,43 @@ class Approval:
                               approver=claims["approver"], link_id=claims["link"])
         resp.status = falcon.HTTP_202
         resp.media = {**_ACCEPTED(sent), "approved": approved}
+
+
+def _signals(s: Services) -> RunSignals:
+    return RunSignals(s.db, s.config)
+
+
+_SIGNAL_PARAM = {"name": "signal", "in": "path", "required": True, "schema": {"type": "string", "pattern": SIGNAL_NAME}}
+_TOKEN_PARAM = {"name": "token", "in": "path", "required": True, "schema": {"type": "string"}}
+_LINK_ERRORS = {"401": {"description": "Not a valid link (malformed or tampered).", "content": json_content("Error")},
+                "410": {"description": "The link expired, or was used.", "content": json_content("Error")}}
+SCHEMAS = {"Signal": SignalSchema, "SignalAccepted": SignalAcceptedSchema, "Link": LinkSchema,
+           "LinkCreated": LinkCreatedSchema, "Approval": ApprovalSchema}
+ROUTES = (
+    Route("/flows/{id}/executions/{execution_id}/signals/{signal}", _signals, "signal", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Send a signal to a run; its wait step returns the payload (idempotent per Idempotency-Key)",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM, _SIGNAL_PARAM, IDEMPOTENCY_PARAM],
+        "requestBody": {"required": True, "content": json_content("Signal")},
+        "responses": {"202": {"description": "Stored; the run wakes if it waits for it.",
+                              "content": json_content("SignalAccepted")},
+                      **errors("400", "404", "409", "413", "415")}}}),
+    Route("/flows/{id}/executions/{execution_id}/signals/{signal}/links", _signals, "links", operations={"post": {
+        "tags": ["Executions"], "summary": "An approval link (signed, expiring, single-use) for this run and signal",
+        "parameters": FLOW_PARAMS + [EXECUTION_PARAM, _SIGNAL_PARAM],
+        "requestBody": {"required": True, "content": json_content("Link")},
+        "responses": {"201": {"description": "The link.", "content": json_content("LinkCreated")},
+                      **errors("400", "404", "409", "413", "415")}}}),
+    Route("/approvals/{token}", lambda s: Approval(s.db, s.config), operations={
+        "get": {"tags": ["Executions"], "security": [{}],
+                "summary": "What an approval link approves (no credentials; does nothing)",
+                "parameters": [_TOKEN_PARAM],
+                "responses": {"200": {"description": "The run, signal, approver and expiry.",
+                                      "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **_LINK_ERRORS, **errors("404")}},
+        "post": {"tags": ["Executions"], "security": [{}],
+                 "summary": "Approve or reject through the link: the signal {approved, approver, comment, at}",
+                 "parameters": [_TOKEN_PARAM], "requestBody": {"required": True, "content": json_content("Approval")},
+                 "responses": {"202": {"description": "Delivered.", "content": json_content("SignalAccepted")},
+                               **_LINK_ERRORS, **errors("400", "404", "409", "413", "415")}}}),
+)

@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from .. import engine
 from ..db.queries import SQL
 from . import resources
+from .actions import ActionSchema
 from .dumping import dumper
 from .errors import Conflict
+from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
 from .model import Model
-from .schemas import ToolDetailSchema, ToolSchema
+
+AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
+
+
+class ToolSchema(TenantRecord):
+    """``{name, key?, baseUrl, authType, honorsIdempotencyKey}``."""
+
+    name = text(1, 200, required=True)
+    key = key_field("Optional short name, unique per organization: the original service's /auth/{toolKey}/login and "
+                    "callback routes name the tool by it.", allow_none=True, load_default=None)
+    base_url = HttpUrl(data_key="baseUrl", required=True, validate=validate.Length(max=2048))
+    auth_type = fields.String(
+        data_key="authType", required=True, validate=validate.OneOf(AUTH_TYPES)
+    )
+    honors_idempotency_key = fields.Boolean(
+        data_key="honorsIdempotencyKey", load_default=False,
+        metadata={"description": "The tool treats a repeated Idempotency-Key as the same request, so the engine "
+                                 "may send a call again when a worker died during it (see onUnknownOutcome)."},
+    )
+    drop_credentials = StrictBoolean(
+        data_key="dropCredentials", load_only=True,
+        metadata={"description": "Write-only, for PUT/PATCH: a baseUrl on another origin (scheme, host, port) than "
+                                 "the stored one is refused (409) while the tool has credentials or users' "
+                                 "connections, which are sent only to the origin they were stored for; true "
+                                 "deletes them (and their OAuth2 tokens) in the same transaction as the change."},
+    )
+
+
+class ToolDetailSchema(ToolSchema):
+    """A tool with its actions, as ``GET /tools/{id}`` returns it."""
+
+    actions = fields.List(fields.Nested(ActionSchema), dump_only=True)
+
 
 MODEL = Model(
     name="tools", path="/tools", noun="Tool", tag="Tools", schema=ToolSchema,
@@ -58,3 +93,7 @@ class Item(ToolResource, resources.Item):
                 f"{engine.origin_of(moved_to)}, send \"dropCredentials\": true to delete them with the change "
                 "(then store the credential for the new origin), or keep the origin.")
         self.db.rowcount(SQL.tool_credentials.drop_for_tool, org_id=org_id, tool_id=row["id"])
+
+
+SCHEMAS = {"Tool": ToolSchema, "ToolDetail": ToolDetailSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

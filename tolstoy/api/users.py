@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import falcon
+from marshmallow import fields, validate
 
 from . import resources
+from .fieldtypes import TenantRecord, text
 from .model import Filter, Model
-from .schemas import UserSchema, text
+
+
+class UserSchema(TenantRecord):
+    """``{email, name?}``; email unique per organization, ignoring case."""
+
+    email = fields.Email(required=True, validate=validate.Length(max=320))
+    name = text(0, 200, allow_none=True)
+
 
 MODEL = Model(
     name="users", path="/users", noun="User", tag="Users", schema=UserSchema, writable=("email", "name"),
@@ -30,3 +39,7 @@ class Item(resources.Item):
         """Delete the user; this process stops accepting them as X-User-ID at once."""
         super().on_delete(req, resp, id)
         self.db.verified.forget(req.context.org_id)
+
+
+SCHEMAS = {"User": UserSchema}
+ROUTES = resources.routes(MODEL, lambda s: Collection(s.db), lambda s: Item(s.db))

@@ -6,7 +6,10 @@ the secret is shown in full once, in the answer that creates the webhook."""
 
 from __future__ import annotations
 
+import re
+
 import falcon
+from marshmallow import ValidationError, fields, validate, validates
 
 from .. import engine
 from ..db import database as dbmod
@@ -15,17 +18,108 @@ from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, field_error
+from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
-from .schemas import (
-    MASK,
-    WEBHOOK_EVENT_TYPES,
-    PageQuery,
-    WebhookCreatedSchema,
-    WebhookDeliverySchema,
-    WebhookSchema,
-    WebhookTestSchema,
-)
+from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
+
+WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
+# Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).
+MASK = "********"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,200}$")
+
+
+def _header_problem(name: str, value) -> str | None:
+    if not _HEADER_NAME.match(name):
+        return f"{name!r} is not a valid header name."
+    if name.lower() in engine.WEBHOOK_RESERVED_HEADERS:
+        return f"{name} is set by Tolstoy on every delivery."
+    if not isinstance(value, str) or len(value) > 8192 or any(c in value for c in "\r\n\0"):
+        return f"The value of {name} must be a string of at most 8192 characters, on one line."
+    return None
+
+
+class WebhookSchema(TenantRecord):
+    """``{name, url, eventTypes, enabled, secret?, headers?}``; the secret and header values are
+    shown masked (the secret in full once, in the answer that creates the webhook)."""
+
+    name = text(1, 200, required=True)
+    url = HttpUrl(required=True, validate=validate.Length(max=2048),
+                     metadata={"description": "Where deliveries are POSTed (http or https; checked by the "
+                                              "outbound guard at every attempt)."})
+    event_types = fields.List(fields.String(), data_key="eventTypes", required=True,
+                              metadata={"description": "Event types to deliver (GET /webhooks/event-types)."})
+    enabled = StrictBoolean(load_default=True)
+    secret = text(16, 500, metadata={
+        "description": "HMAC-SHA256 signing secret (generated when omitted; shown in full only when created, "
+                       f"masked as {MASK} afterwards; sending {MASK} back keeps it)."})
+    headers = fields.Dict(keys=fields.String(), values=fields.Raw(), allow_none=True, metadata={
+        "description": f"Custom headers sent with every delivery; values encrypted at rest, shown as {MASK}."})
+    disabled_reason = fields.String(data_key="disabledReason", dump_only=True, allow_none=True,
+                                    metadata={"description": "Why the workers disabled the webhook, if they did."})
+    failing_since = Timestamp(data_key="failingSince", dump_only=True, allow_none=True,
+                              metadata={"description": "First failed attempt since the last success."})
+
+    @validates("event_types")
+    def _known_types(self, value, **_):
+        unknown = sorted({t for t in value if t not in WEBHOOK_EVENT_TYPES}, key=str)
+        if unknown:
+            raise ValidationError(f"Unknown event types: {', '.join(map(str, unknown))} "
+                                  f"(known: {', '.join(WEBHOOK_EVENT_TYPES)}).")
+        if not value:
+            raise ValidationError("Give at least one event type.")
+        unique_items(value)
+
+    @validates("headers")
+    def _valid_headers(self, value, **_):
+        if value is None:
+            return
+        if len(value) > 50:
+            raise ValidationError("At most 50 headers.")
+        problems = [p for p in (_header_problem(k, v) for k, v in value.items()) if p]
+        if problems:
+            raise ValidationError(problems)
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    """The answer that creates a webhook: its secret in full, once."""
+
+    secret = fields.String(dump_only=True)
+
+
+class WebhookDeliverySchema(Base):
+    """One event sent (or to send) to a webhook, with every attempt made."""
+
+    id = fields.UUID(dump_only=True, metadata={"description": "Sent as X-Webhook-Delivery (same every attempt)."})
+    org_id = fields.UUID(data_key="orgId", dump_only=True)
+    webhook_id = fields.UUID(data_key="webhookId", dump_only=True)
+    event_id = fields.UUID(data_key="eventId", dump_only=True, metadata={"description": "The envelope's id."})
+    event_type = fields.String(data_key="eventType", dump_only=True)
+    data = fields.Dict(dump_only=True, metadata={"description": "The event's data, as the envelope carries it."})
+    state = fields.String(dump_only=True, metadata={
+        "description": "pending (due at nextAttemptAt, or after the unfinished delivery before it), sending, "
+                       "delivered, failed (given up), cancelled (the webhook was disabled)."})
+    attempts = fields.Integer(dump_only=True)
+    attempt_log = fields.List(fields.Dict(), data_key="attemptLog", dump_only=True, metadata={
+        "description": "Every attempt: {attempt, at, statusCode, durationMs, error, location} (location: the "
+                       "Location of a 3xx answer, which is never followed)."})
+    next_attempt_at = Timestamp(data_key="nextAttemptAt", dump_only=True, allow_none=True)
+    last_status_code = fields.Integer(data_key="lastStatusCode", dump_only=True, allow_none=True)
+    last_error = fields.String(data_key="lastError", dump_only=True, allow_none=True)
+    first_attempt_at = Timestamp(data_key="firstAttemptAt", dump_only=True, allow_none=True)
+    last_attempt_at = Timestamp(data_key="lastAttemptAt", dump_only=True, allow_none=True)
+    finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    event_created_at = Timestamp(data_key="eventCreatedAt", dump_only=True)
+    created_at = Timestamp(data_key="createdAt", dump_only=True)
+    updated_at = Timestamp(data_key="updatedAt", dump_only=True)
+
+
+class WebhookTestSchema(Base):
+    """202 body of ``POST /webhooks/{id}/test``: the delivery queued."""
+
+    delivery_id = fields.UUID(data_key="deliveryId", dump_only=True)
+    state = fields.String(dump_only=True)
+
 
 _SCHEMA = WebhookSchema()
 _DUMP = dumper(_SCHEMA)
@@ -197,3 +291,53 @@ class Webhooks:
                                               webhook_id=row["id"], **page),
             many(_DELIVERY),
         )
+
+
+def _webhooks(s: Services) -> Webhooks:
+    return Webhooks(s.db, s.vault, s.config.allow_networks)
+
+
+_TAGS = ["Webhooks"]
+_ITEM = [*tenant_params(), path_id()]
+_UPDATE = updating(_TAGS, "Change the fields sent (masked values sent back keep the stored ones)", _ITEM, "Webhook")
+SCHEMAS = {"Webhook": WebhookSchema, "WebhookCreated": WebhookCreatedSchema, "WebhookDelivery": WebhookDeliverySchema,
+           "WebhookTest": WebhookTestSchema}
+ROUTES = (
+    Route("/webhooks", _webhooks, operations={
+        "get": {"tags": _TAGS, "summary": "The organization's webhooks, newest first (secrets masked)",
+                "parameters": tenant_params() + PAGE,
+                "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                                      "content": json_content("Webhook", many=True)}, **errors("400")}},
+        "post": {"tags": _TAGS, "summary": "Subscribe a URL to event types; the secret is shown in this answer only",
+                 "parameters": tenant_params(), "requestBody": {"required": True, "content": json_content("Webhook")},
+                 "responses": {"201": {"description": "Created.", "headers": {"Location": "Location"},
+                                       "content": json_content("WebhookCreated")}, **errors("400", "413", "415")}}}),
+    Route("/webhooks/event-types", _webhooks, "event_types", operations={"get": {
+        "tags": _TAGS, "summary": "The event types a webhook may subscribe to", "parameters": tenant_params(),
+        "responses": {"200": {"description": "Event types.", "content": {"application/json": {"schema": {
+            "type": "array", "items": {"type": "string"}}}}}, **errors("400")}}}),
+    Route("/webhooks/{id}", _webhooks, "item", operations={
+        "get": {"tags": _TAGS, "summary": "One webhook (secret and header values masked)", "parameters": _ITEM,
+                "responses": {"200": {"description": "The webhook.", "headers": {"ETag": "ETag"},
+                                      "content": json_content("Webhook")}, **errors("400", "404")}},
+        "patch": _UPDATE, "put": _UPDATE,
+        "delete": {"tags": _TAGS, "summary": "Delete a webhook and its deliveries", "parameters": _ITEM + ["IfMatch"],
+                   "responses": {"204": {"description": "Deleted."}, **errors("400", "404", "412")}}}),
+    Route("/webhooks/{id}/toggle", _webhooks, "toggle", operations={"patch": {
+        "tags": _TAGS, "summary": "Switch the webhook on or off (off cancels its pending deliveries)",
+        "parameters": _ITEM + ["IfMatch"],
+        "responses": {"200": {"description": "Toggled.", "headers": {"ETag": "ETag"},
+                              "content": json_content("Webhook")},
+                      **errors("400", "404", "412", "413", "415")}}}),
+    Route("/webhooks/{id}/test", _webhooks, "test", operations={"post": {
+        "tags": _TAGS, "summary": "Queue a webhook.test event for this webhook; the workers send it like any other",
+        "parameters": _ITEM,
+        "responses": {"202": {"description": "Queued.", "content": json_content("WebhookTest")},
+                      "409": {"description": "The webhook is disabled.", "content": json_content("Error")},
+                      **errors("400", "404", "413", "415")}}}),
+    Route("/webhooks/{id}/deliveries", _webhooks, "deliveries", operations={"get": {
+        "tags": _TAGS, "summary": "The webhook's deliveries, newest first, each with every attempt",
+        "parameters": _ITEM + PAGE,
+        "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
+                              "content": json_content("WebhookDelivery", many=True)}, **errors("400", "404")}}}),
+)

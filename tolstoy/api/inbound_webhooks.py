@@ -1,4 +1,5 @@
-"""``POST /hooks/{triggerId}``: the public door of a webhook trigger.
+"""Inbound webhooks, ``POST /hooks/{triggerId}``: the public door of a webhook trigger (not Falcon's
+hooks: a request from outside that starts a run).
 
 No tenant header: the trigger id names the organization, found through
 ``tolstoy_hook_target`` (security definer) before any tenant is known; from
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import falcon
+from marshmallow import fields
 
 from .. import engine, metrics, signatures
 from ..db import database as dbmod
@@ -34,8 +36,16 @@ from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
 from .access_log import client_address
 from .dumping import dumper
 from .errors import NotFound, ValidationFailed, field_error
+from .fieldtypes import Base
 from .requests import parse_uuid, read_raw
-from .schemas import HookAcceptedSchema
+from .routing import ERROR_BODY, Route, error, json_content, path_id
+
+
+class HookAcceptedSchema(Base):
+    """202 (or 200 for a redelivered event) body of ``POST /hooks/{triggerId}``."""
+
+    execution_id = fields.UUID(data_key="executionId", dump_only=True)
+
 
 _ACCEPTED = dumper(HookAcceptedSchema())
 
@@ -76,7 +86,7 @@ def refused(verdict: signatures.Verdict) -> falcon.HTTPUnauthorized:
     return falcon.HTTPUnauthorized(title="Invalid signature", description=verdict.reason)
 
 
-class Hook:
+class InboundWebhook:
     """``POST /hooks/{triggerId}``."""
 
     access = "public"
@@ -150,3 +160,31 @@ class Hook:
                           user_id=None, variables=dbmod.json(data), delivery_id=inserted["id"])
         metrics.count_run("queued")
         return falcon.HTTP_202, _ACCEPTED({"execution_id": run["id"]}), None
+
+
+SCHEMAS = {"HookAccepted": HookAcceptedSchema}
+ROUTES = (
+    Route("/hooks/{trigger_id}", lambda s: InboundWebhook(s.db, s.vault, trusted_proxies=s.config.trusted_proxies,
+                                                max_sources=s.config.hook_refused_sources), operations={"post": {
+        "tags": ["Triggers"], "security": [{}],
+        "summary": "Public webhook of a trigger: a signed JSON body starts a run with it as variables",
+        "description": "No tenant header. Signed with X-Tolstoy-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "
+                       "\"<t>.<raw body>\")> (or the trigger's GitHub, Stripe or Slack preset).",
+        "parameters": [path_id("triggerId"),
+                       {"name": "X-Tolstoy-Signature", "in": "header", "required": False,
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
+        "responses": {
+            "202": {"description": "Verified, recorded and queued.", "content": json_content("HookAccepted")},
+            "200": {"description": "A redelivered event (same sender delivery id): the first run.",
+                    "content": json_content("HookAccepted")},
+            "400": {"description": "The JSON body is not an object.", "content": ERROR_BODY},
+            "401": {"description": "Bad or missing signature, stale timestamp (> 300 s) or replay.",
+                    "content": ERROR_BODY},
+            "403": {"description": "The trigger is disabled.", "content": ERROR_BODY},
+            "404": {"description": "No such webhook trigger.", "content": ERROR_BODY},
+            "413": error("413"), "415": error("415"),
+            "429": {"description": "The run would take the organization over its queuedRuns or storedBytes quota: "
+                                   "nothing is recorded; send it again after Retry-After.", "content": ERROR_BODY},
+            "503": {"description": "The database (or the secret's key) is unavailable.", "content": ERROR_BODY}}}}),
+)
