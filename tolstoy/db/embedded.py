@@ -107,19 +107,24 @@ def stop_orphaned(root: Path, *, older_than: float = 600.0) -> bool:
     import subprocess
     import time
 
+    from pgserver.postgres_server import PostgresServer
+
     pgdata = root / "pgdata"
-    try:
-        age = time.time() - root.stat().st_mtime
-    except FileNotFoundError:
-        return False
-    if age < older_than or not orphaned(pgdata):
-        return False
-    if (pgdata / "postmaster.pid").exists():
-        folder = bin_dir()
-        pg_ctl = str(folder / "pg_ctl") if folder is not None else "pg_ctl"
-        subprocess.run([pg_ctl, "-D", str(pgdata), "stop", "-m", "immediate", "-s"], capture_output=True,
-                       timeout=60, check=False)
-    shutil.rmtree(root, ignore_errors=True)
+    # Under pgserver's inter-process lock, which its own cleanup holds from taking its last user off
+    # the list to deleting the data: a server being cleaned up normally is never judged orphaned.
+    with PostgresServer._lock:
+        try:
+            age = time.time() - root.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if age < older_than or not orphaned(pgdata):
+            return False
+        if (pgdata / "postmaster.pid").exists():
+            folder = bin_dir()
+            pg_ctl = str(folder / "pg_ctl") if folder is not None else "pg_ctl"
+            subprocess.run([pg_ctl, "-D", str(pgdata), "stop", "-m", "immediate", "-s"], capture_output=True,
+                           timeout=60, check=False)
+        shutil.rmtree(root, ignore_errors=True)
     return True
 
 
