@@ -58,7 +58,7 @@ def test_one_upkeep_pass_prunes_more_than_the_old_hourly_cap_in_batches(api, org
     backlog(db, org["id"], webhook["id"], trigger["id"], ROWS)
     w = engine.worker(config, worker_db, concurrency=1, retention_days=1, prune_batch=7_000)
     result = w.maintain()
-    assert result["pruned"] == {"deliveries": ROWS, "inbox": ROWS, "signals": ROWS, "unknown_outcomes": 0,
+    assert result["pruned"] == {"deliveries": ROWS, "inbox": ROWS, "signals": ROWS, "unknown_outcomes": 0, "audit": 0,
                                 "behind": False}
     assert dict(left(db)) == {"deliveries": 0, "inbox": 0, "signals": 0}
     # The next pass is an hour away: it caught up.

@@ -274,7 +274,8 @@ def test_upkeep_prunes_old_finished_deliveries_and_the_trigger_inbox(api, org, c
                          "values (%s, %s, 'invalid', 'test', now() - %s::interval)", (org["id"], trigger["id"], age))
     w = engine.worker(config, worker_db, concurrency=1)  # TOLSTOY_WEBHOOK_RETENTION_DAYS: 30 by default
     result = w.maintain()
-    assert result["pruned"] == {"deliveries": 1, "inbox": 1, "signals": 0, "unknown_outcomes": 0, "behind": False}
+    assert result["pruned"] == {"deliveries": 1, "inbox": 1, "signals": 0, "unknown_outcomes": 0, "audit": 0,
+                                "behind": False}
     with db.pool.connection() as conn:
         left = [r["id"] for r in conn.execute("select id from webhook_deliveries order by seq").fetchall()]
         inbox = conn.execute("select count(*) as n from flow_trigger_deliveries").fetchone()["n"]
