@@ -133,6 +133,7 @@ create or replace function tolstoy_prune_audit(retention_days integer, batch int
 returns integer
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;
 begin
     if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -143,7 +144,7 @@ begin
     end if;
     delete from audit_events e
     where (e.org_id, e.id) in (select o.org_id, o.id from audit_events o
-                               where o.created_at < now() - make_interval(days => retention_days)
+                               where o.created_at < clock_now - make_interval(days => retention_days)
                                limit batch);
     get diagnostics pruned = row_count;
     return pruned;

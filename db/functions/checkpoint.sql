@@ -6,6 +6,7 @@ create or replace function tolstoy_checkpoint(worker text, org uuid, run uuid, t
 returns jsonb
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     current flow_runs;
     step jsonb;
     event jsonb;
@@ -20,7 +21,7 @@ begin
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
       and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
-      and r.status = 'running' and r.lease_expires_at > now()
+      and r.status = 'running' and r.lease_expires_at > clock_now
     for update;
     if not found then
         raise exception 'The lease on run % is lost.', run using errcode = 'TL001';
@@ -32,11 +33,11 @@ begin
         values (org, run, current.created_at, step ->> 'step_id', step ->> 'status',
                 coalesce((step ->> 'attempt')::integer, 1), step -> 'inputs', step -> 'outputs',
                 decode(step ->> 'sealed', 'base64'), step -> 'error',
-                now() + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
-                case when (step ->> 'call_started')::boolean then now() end,
-                -- Steps checkpointed together keep their order (now() is the same for all of them).
-                clock_timestamp(),
-                case when step ->> 'status' in ('completed', 'skipped', 'failed') then clock_timestamp() end,
+                clock_now + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
+                case when (step ->> 'call_started')::boolean then clock_now end,
+                -- Steps checkpointed together keep their order (clock_now is the same for all of them).
+                tolstoy_clock_timestamp(),
+                case when step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
                 (step ->> 'duration_ms')::integer)
         on conflict (org_id, run_id, step_id, run_created_at) do update
         set status = excluded.status, attempt = excluded.attempt,
@@ -45,7 +46,7 @@ begin
             call_started_at = case when excluded.status = 'running' then excluded.call_started_at
                                    else s.call_started_at end,
             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-            started_at = case when s.status in ('completed', 'skipped', 'failed') then now() else s.started_at end;
+            started_at = case when s.status in ('completed', 'skipped', 'failed') then clock_now else s.started_at end;
         progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
                                  and strpos(step ->> 'step_id', '[') = 0);
     end loop;
@@ -54,17 +55,17 @@ begin
                                     duration_ms, created_at)
         values (org, current.flow_id, current.user_id, run::text, event ->> 'step_key',
                 (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
-                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, clock_timestamp());
+                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, tolstoy_clock_timestamp());
     end loop;
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.
     insert into organization_worker_time as w (org_id, seconds, counted_at)
-    values (org, greatest(extract(epoch from now() - coalesce(current.accounted_at, now())), 0), now())
+    values (org, greatest(extract(epoch from clock_now - coalesce(current.accounted_at, clock_now)), 0), clock_now)
     on conflict (org_id) do update
-    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
                                            / half_life, -50))
                   + excluded.seconds,
-        counted_at = greatest(w.counted_at, now());
+        counted_at = greatest(w.counted_at, clock_now);
     if progress and (current.strikes > 0 or current.handbacks > 0) then
         -- The run got past the step it was in when it was last struck: whatever stopped its worker
         -- then was not this run.
@@ -76,9 +77,9 @@ begin
     case transition ->> 'action'
         when 'continue' then
             update flow_runs
-            set lease_expires_at = now() + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
+            set lease_expires_at = clock_now + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
                                                                           30)),
-                accounted_at = now()
+                accounted_at = clock_now
             where org_id = org and id = run and created_at = current.created_at;
         when 'pause' then
             outcome := tolstoy_release_run(current, 'queued', (transition ->> 'after_ms')::double precision, null);
@@ -103,7 +104,7 @@ begin
         when 'finish' then
             update flow_runs
             set status = (transition ->> 'status')::flow_run_status, error = nullif(transition -> 'error', 'null'),
-                finished_at = now(), lease_owner = null, lease_token = null, lease_expires_at = null
+                finished_at = clock_now, lease_owner = null, lease_token = null, lease_expires_at = null
             where org_id = org and id = run and created_at = current.created_at;
             outcome := (transition ->> 'status')::flow_run_status;
         else
@@ -296,6 +297,7 @@ comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
 create or replace function flow_runs_wake_parent() returns trigger
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     chain uuid[];
     -- The months the chain's runs are in: from the parent's to its newest retry's.
     chain_from timestamptz := tolstoy_run_from(new.parent_run_id);
@@ -320,7 +322,7 @@ begin
     for update;
     -- A new statement, so a new snapshot: it sees a run that parked while this waited for the lock.
     update flow_runs p
-    set status = 'queued', run_after = now()
+    set status = 'queued', run_after = clock_now
     where p.org_id = new.org_id and p.id = any(chain) and p.status = 'waiting'
       and p.created_at between chain_from and chain_until
       and exists (select 1 from flow_run_steps s
@@ -377,6 +379,7 @@ create or replace function tolstoy_expire_unknown_outcomes(timeout_days integer,
 returns integer
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     expired integer;
 begin
     if timeout_days is null or timeout_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -386,7 +389,7 @@ begin
     -- run partitions (with little to go on, the planner may read each one whole to join nothing).
     if not exists (select 1 from flow_run_steps s
                    where s.status = 'outcome_unknown'
-                     and s.updated_at < now() - make_interval(days => timeout_days)) then
+                     and s.updated_at < clock_now - make_interval(days => timeout_days)) then
         return 0;
     end if;
     -- Each step as a person's "failed" resolution records it (runs.py on_post_resolve): the step failed
@@ -396,14 +399,14 @@ begin
         select s.org_id, s.run_id, s.run_created_at, s.step_id, s.attempt, r.flow_id, r.user_id
         from flow_run_steps s
         join flow_runs r on r.org_id = s.org_id and r.id = s.run_id and r.created_at = s.run_created_at
-        where s.status = 'outcome_unknown' and s.updated_at < now() - make_interval(days => timeout_days)
+        where s.status = 'outcome_unknown' and s.updated_at < clock_now - make_interval(days => timeout_days)
           and r.status = 'waiting'
         order by s.updated_at
         limit batch
         for update of s, r skip locked
     ), failed as (
         update flow_run_steps s
-        set status = 'failed', call_started_at = null, finished_at = now(),
+        set status = 'failed', call_started_at = null, finished_at = clock_now,
             error = jsonb_build_object(
                 'name', 'OutcomeUnknown', 'timedOut', true,
                 'message', format('Nobody resolved the unknown outcome of this call within %s days '
@@ -420,7 +423,7 @@ begin
         join failed on failed.org_id = due.org_id and failed.run_id = due.run_id and failed.step_id = due.step_id
     ), queued as (
         update flow_runs r
-        set status = 'queued', run_after = now()
+        set status = 'queued', run_after = clock_now
         from (select distinct org_id, run_id, run_created_at from due) d
         where r.org_id = d.org_id and r.id = d.run_id and r.created_at = d.run_created_at and r.status = 'waiting'
     )

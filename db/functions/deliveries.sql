@@ -86,6 +86,7 @@ comment on function tolstoy_step_webhook_events() is
 create or replace function tolstoy_place_deliveries() returns trigger
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     line record;
     delivery record;
 begin
@@ -102,7 +103,7 @@ begin
         order by d.org_id, d.webhook_id
     loop
         insert into webhook_lines as l (org_id, webhook_id, due_at)
-        values (line.org_id, line.webhook_id, now())
+        values (line.org_id, line.webhook_id, clock_now)
         on conflict (org_id, webhook_id) do update
         set due_at = coalesce(l.due_at, excluded.due_at);
     end loop;
@@ -140,6 +141,7 @@ create or replace function tolstoy_claim_deliveries(worker text, max_deliveries 
 returns jsonb
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     claimed jsonb := '[]';
     candidate record;
     line webhook_lines;
@@ -157,7 +159,7 @@ begin
         from (select l.org_id, l.webhook_id, l.served_at,
                      row_number() over (partition by l.org_id order by l.served_at nulls first, l.webhook_id) as turn
               from webhook_lines l
-              where l.due_at <= now()) as x
+              where l.due_at <= clock_now) as x
         cross join lateral (select max(o.served_at) as served_at
                             from webhook_lines o where o.org_id = x.org_id) as org_turn
         order by x.turn, org_turn.served_at nulls first, x.served_at nulls first, x.org_id, x.webhook_id
@@ -166,7 +168,7 @@ begin
     loop
         exit when jsonb_array_length(claimed) >= max_deliveries;
         select * into line from webhook_lines l
-        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= now()
+        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= clock_now
         for update skip locked;
         continue when not found;
         select * into head from webhook_deliveries d
@@ -180,16 +182,16 @@ begin
             set due_at = case when exists (select 1 from webhook_deliveries d
                                            where d.org_id = line.org_id and d.webhook_id = line.webhook_id
                                              and d.state in ('pending', 'sending'))
-                              then now() + interval '1 second' end
+                              then clock_now + interval '1 second' end
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        if head.state = 'sending' and head.lease_expires_at >= now() then
+        if head.state = 'sending' and head.lease_expires_at >= clock_now then
             update webhook_lines l set due_at = head.lease_expires_at
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        if head.state = 'pending' and head.next_attempt_at > now() then
+        if head.state = 'pending' and head.next_attempt_at > clock_now then
             update webhook_lines l set due_at = head.next_attempt_at
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
@@ -198,7 +200,7 @@ begin
         if head.state = 'pending' and not hook.enabled then
             -- Disabled while these were queued: they are not sent.
             update webhook_deliveries d
-            set state = 'cancelled', next_attempt_at = null, finished_at = now(),
+            set state = 'cancelled', next_attempt_at = null, finished_at = clock_now,
                 last_error = coalesce(hook.disabled_reason, 'The webhook was disabled.')
             where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'pending';
             update webhook_lines l
@@ -212,7 +214,7 @@ begin
             -- Its worker vanished: the attempt it made is logged as lost, and it is sent again.
             update webhook_deliveries d
             set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-                lease_expires_at = now() + lease, last_attempt_at = now(),
+                lease_expires_at = clock_now + lease, last_attempt_at = clock_now,
                 attempt_log = d.attempt_log || jsonb_build_object(
                     'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
                     'durationMs', null, 'error', 'The worker sending it vanished; sent again.', 'location', null)
@@ -221,13 +223,13 @@ begin
         else
             update webhook_deliveries d
             set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-                lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
-                last_attempt_at = now()
+                lease_expires_at = clock_now + lease, first_attempt_at = coalesce(d.first_attempt_at, clock_now),
+                last_attempt_at = clock_now
             where d.org_id = head.org_id and d.id = head.id
             returning * into taken;
         end if;
         update webhook_lines l
-        set due_at = taken.lease_expires_at, served_at = clock_timestamp()
+        set due_at = taken.lease_expires_at, served_at = tolstoy_clock_timestamp()
         where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
         claimed := claimed || jsonb_build_object(
             'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
@@ -235,7 +237,7 @@ begin
             'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
             'headers', encode(hook.headers, 'base64'));
     end loop;
-    return jsonb_build_object('deliveries', claimed, 'next_due', tolstoy_next_delivery(), 'now', now());
+    return jsonb_build_object('deliveries', claimed, 'next_due', tolstoy_next_delivery(), 'now', clock_now);
 end;
 $$;
 
@@ -256,10 +258,11 @@ create or replace function tolstoy_record_delivery(worker text, org uuid, delive
 returns jsonb
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     current webhook_deliveries;
     outcome text := result ->> 'outcome';
     give_up interval := make_interval(secs => coalesce((result ->> 'give_up_seconds')::double precision, 86400));
-    retry_at timestamptz := now() + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
+    retry_at timestamptz := clock_now + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
                                                           / 1000);
     hook webhooks;
     line uuid;
@@ -284,10 +287,10 @@ begin
     -- No key update: events being written for this webhook (their foreign key's key-share lock) do
     -- not hold this up.
     select * into hook from webhooks w where w.org_id = org and w.id = current.webhook_id for no key update;
-    if outcome <> 'delivered' and hook.enabled and now() - hook.failing_since >= give_up then
+    if outcome <> 'delivered' and hook.enabled and clock_now - hook.failing_since >= give_up then
         -- Failing for the whole period: the webhook is disabled, this delivery given up with it.
         disabled := format('Disabled at %s: every delivery failed since %s (last: %s).',
-                           tolstoy_iso(now()), tolstoy_iso(hook.failing_since),
+                           tolstoy_iso(clock_now), tolstoy_iso(hook.failing_since),
                            coalesce('HTTP ' || (result ->> 'status_code'), left(result ->> 'error', 300),
                                     'no answer'));
         outcome := 'failed';
@@ -297,7 +300,7 @@ begin
     update webhook_deliveries d
     set state = case outcome when 'delivered' then 'delivered' when 'retry' then 'pending' else 'failed' end,
         next_attempt_at = case when outcome = 'retry' then retry_at end,
-        finished_at = case when outcome <> 'retry' then now() end,
+        finished_at = case when outcome <> 'retry' then clock_now end,
         last_status_code = (result ->> 'status_code')::integer,
         last_error = left(result ->> 'error', 1000),
         lease_owner = null, lease_token = null, lease_expires_at = null,
@@ -315,7 +318,7 @@ begin
         -- Its deliveries not sent yet are cancelled (webhooks_cancel_pending).
         update webhooks set enabled = false, disabled_reason = disabled where org_id = org and id = hook.id;
     elsif hook.failing_since is null then
-        update webhooks set failing_since = now() where org_id = org and id = hook.id;
+        update webhooks set failing_since = clock_now where org_id = org and id = hook.id;
     end if;
     update webhook_lines l
     set due_at = (select case when n.state = 'sending' then n.lease_expires_at else n.next_attempt_at end
@@ -351,6 +354,7 @@ create or replace function tolstoy_prune_deliveries(retention_days integer, batc
 returns jsonb
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     cutoff timestamptz;
     outbox integer;
     inbox integer;
@@ -361,7 +365,7 @@ begin
     if retention_days is null then
         return jsonb_build_object('deliveries', 0, 'inbox', 0);
     end if;
-    cutoff := now() - make_interval(days => retention_days);
+    cutoff := clock_now - make_interval(days => retention_days);
     delete from webhook_deliveries d
     where (d.org_id, d.id) in (select o.org_id, o.id from webhook_deliveries o
                                where o.state in ('delivered', 'failed', 'cancelled') and o.created_at < cutoff

@@ -71,6 +71,7 @@ create or replace function tolstoy_maintain_history(today date, retention_days i
 returns jsonb
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     cutoff date;
     created integer;
     dropped text[] := '{}';
@@ -79,7 +80,7 @@ declare
     busy boolean;
 begin
     -- A day after today would let the caller drop history that is not yet past retention.
-    if today is null or today > current_date or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
+    if today is null or today > clock_now::date or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
         raise exception 'tolstoy_maintain_history: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     if not pg_try_advisory_xact_lock(hashtextextended('tolstoy_maintain_history', 0)) then

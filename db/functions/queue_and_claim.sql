@@ -163,6 +163,7 @@ create or replace function tolstoy_claim_runs_v2(worker text, max_runs integer, 
 returns table (run jsonb, meta jsonb)
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     lease interval := make_interval(secs => lease_seconds);
     claimed integer := 0;
     lost record;
@@ -180,7 +181,7 @@ begin
     for lost in
         select r.org_id, r.id, r.created_at
         from flow_runs r
-        where r.status = 'running' and r.lease_expires_at < now()
+        where r.status = 'running' and r.lease_expires_at < clock_now
         order by r.lease_expires_at
         limit max_runs
         for update skip locked
@@ -205,8 +206,8 @@ begin
             begin
                 update flow_runs
                 set claims = claims + 1, lease_token = claims + 1, recoveries = recoveries + 1,
-                    strikes = strikes + 1, lease_owner = worker, lease_expires_at = clock_timestamp() + lease,
-                    accounted_at = clock_timestamp()
+                    strikes = strikes + 1, lease_owner = worker, lease_expires_at = tolstoy_clock_timestamp() + lease,
+                    accounted_at = tolstoy_clock_timestamp()
                 where org_id = taken.org_id and id = taken.id and created_at = taken.created_at
                 returning * into taken;
                 payload := tolstoy_run_payload(taken);
@@ -253,19 +254,19 @@ begin
         ), ready as (
             select o.org_id,
                    coalesce(running.n, 0)
-                   + coalesce(w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+                   + coalesce(w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
                                                        / half_life_seconds, -50)), 0)
                      * ln(2) / half_life_seconds as load
             from orgs o
             left join running on running.org_id = o.org_id
             left join organization_worker_time w on w.org_id = o.org_id
-            where o.first_due <= now()
+            where o.first_due <= clock_now
         )
         select c.org_id, c.id, c.created_at
         from ready
         cross join lateral (select r.org_id, r.id, r.created_at, r.run_after
                             from flow_runs r
-                            where r.status = 'queued' and r.org_id = ready.org_id and r.run_after <= now()
+                            where r.status = 'queued' and r.org_id = ready.org_id and r.run_after <= clock_now
                             order by r.run_after, r.id
                             limit max_runs) as c
         order by ready.load + row_number() over (partition by c.org_id order by c.run_after, c.id),
@@ -281,8 +282,8 @@ begin
         begin
             update flow_runs
             set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
-                lease_expires_at = clock_timestamp() + lease, started_at = coalesce(started_at, now()),
-                accounted_at = clock_timestamp()
+                lease_expires_at = tolstoy_clock_timestamp() + lease, started_at = coalesce(started_at, clock_now),
+                accounted_at = tolstoy_clock_timestamp()
             where org_id = due.org_id and id = due.id and created_at = due.created_at
             returning * into taken;
             if taken.claims = 1 then
@@ -365,11 +366,11 @@ begin
     end if;
     return query
     update flow_runs r
-    set lease_expires_at = now() + make_interval(secs => lease_seconds)
+    set lease_expires_at = tolstoy_now() + make_interval(secs => lease_seconds)
     from unnest(orgs, runs, tokens) as held(org_id, id, token)
     where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
       and r.created_at between tolstoy_run_from(held.id) and tolstoy_run_until(held.id)
-      and r.status = 'running' and r.lease_expires_at > now()
+      and r.status = 'running' and r.lease_expires_at > tolstoy_now()
     returning r.id, r.cancel_requested;
 end;
 $$;
@@ -382,6 +383,7 @@ create or replace function tolstoy_release_run(r flow_runs, becomes flow_run_sta
 returns flow_run_status
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     outcome flow_run_status := case when r.cancel_requested then 'cancelled'::flow_run_status else becomes end;
     shown jsonb := case outcome when 'cancelled' then '{"message": "Cancelled"}'::jsonb
                                 when 'failed' then error end;
@@ -389,8 +391,8 @@ begin
     update flow_runs f
     set status = outcome,
         run_after = case when outcome = 'queued'
-                         then now() + make_interval(secs => coalesce(after_ms, 0) / 1000) else f.run_after end,
-        finished_at = case when outcome in ('cancelled', 'failed') then now() end,
+                         then clock_now + make_interval(secs => coalesce(after_ms, 0) / 1000) else f.run_after end,
+        finished_at = case when outcome in ('cancelled', 'failed') then clock_now end,
         error = coalesce(shown, f.error),
         lease_owner = null, lease_token = null, lease_expires_at = null
     where f.org_id = r.org_id and f.id = r.id and f.created_at = r.created_at;
@@ -431,11 +433,13 @@ comment on function tolstoy_run_fault(flow_runs, jsonb, integer, double precisio
 create or replace function tolstoy_queue_stats()
 returns table (queued bigint, due bigint, oldest_due_age_seconds double precision)
 language sql stable security definer set search_path = public, pg_temp as $$
-    select count(*),
-           count(*) filter (where run_after <= now()),
-           coalesce(extract(epoch from now() - min(run_after) filter (where run_after <= now())), 0)::float8
-    from flow_runs
-    where status = 'queued'
+    -- The clock read once, not once per queued run.
+    select q.queued, q.due, coalesce(extract(epoch from c.now - q.oldest_due), 0)::float8
+    from (select tolstoy_now() as now) as c
+    cross join lateral (select count(*) as queued, count(*) filter (where r.run_after <= c.now) as due,
+                               min(r.run_after) filter (where r.run_after <= c.now) as oldest_due
+                        from flow_runs r
+                        where r.status = 'queued') as q
 $$;
 
 comment on function tolstoy_queue_stats() is

@@ -14,6 +14,7 @@ comment on function tolstoy_quota_defaults() is
 create or replace function tolstoy_admit_run(org uuid) returns void
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     defaults jsonb := tolstoy_quota_defaults();
     quota organization_quotas;
     max_runs integer;
@@ -37,7 +38,7 @@ begin
     end if;
     if max_bytes is not null then
         select count(*), greatest(coalesce(sum(h.bytes) filter (
-                   where retention is null or (h.month + interval '1 month')::date > current_date - retention), 0), 0)
+                   where retention is null or (h.month + interval '1 month')::date > clock_now::date - retention), 0), 0)
         into deltas, stored
         from history_bytes h
         where h.org_id = org;
@@ -50,7 +51,7 @@ begin
             insert into history_bytes (org_id, month, bytes)
             select org, g.month, sum(g.bytes)
             from gone g
-            where retention is null or (g.month + interval '1 month')::date > current_date - retention
+            where retention is null or (g.month + interval '1 month')::date > clock_now::date - retention
             group by g.month
             having sum(g.bytes) <> 0;
         end if;
@@ -73,7 +74,7 @@ begin
                     using errcode = 'TQ001',
                           detail = jsonb_build_object('quota', 'queuedRuns', 'limit', max_runs, 'used', held)::text;
             end if;
-            update organization_usage u set runs = held + 1, counted_at = now() where u.org_id = org;
+            update organization_usage u set runs = held + 1, counted_at = clock_now where u.org_id = org;
         else
             update organization_usage u set runs = held + 1 where u.org_id = org;
         end if;
@@ -91,7 +92,7 @@ language sql stable as $$
     from history_bytes h
     where h.org_id = org
       -- tolstoy_maintain_history drops a month once its end is past retention.
-      and (retention_days is null or (h.month + interval '1 month')::date > current_date - retention_days)
+      and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days)
 $$;
 
 comment on function tolstoy_stored_bytes(uuid, integer) is

@@ -11,9 +11,9 @@ begin
         raise exception 'tolstoy_claim_schedules: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     return query
-    select t.org_id, t.id, t.flow_id, t.cron, t.timezone, t.catch_up, t.next_run_at, coalesce(as_of, now())
+    select t.org_id, t.id, t.flow_id, t.cron, t.timezone, t.catch_up, t.next_run_at, coalesce(as_of, tolstoy_now())
     from flow_triggers t
-    where t.type = 'schedule' and t.enabled and t.next_run_at <= coalesce(as_of, now())
+    where t.type = 'schedule' and t.enabled and t.next_run_at <= coalesce(as_of, tolstoy_now())
     order by t.next_run_at
     limit max_schedules
     for update skip locked;
@@ -26,6 +26,7 @@ comment on function tolstoy_claim_schedules(text, integer, timestamptz) is
 create or replace function tolstoy_fire_schedules(as_of timestamptz, fires jsonb) returns jsonb
 language plpgsql as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     fire jsonb;
     org uuid;
     flow uuid;
@@ -48,11 +49,11 @@ begin
         perform set_config('app.org_id', org::text, true);
         update flow_triggers t
         set next_run_at = (fire ->> 'next_run_at')::timestamptz,
-            last_fired_at = case when scheduled is null then t.last_fired_at else coalesce(as_of, now()) end
+            last_fired_at = case when scheduled is null then t.last_fired_at else coalesce(as_of, clock_now) end
         where t.org_id = org and t.id = (fire ->> 'id')::uuid and t.type = 'schedule' and t.enabled
-          and t.next_run_at = (fire ->> 'due')::timestamptz and t.next_run_at <= coalesce(as_of, now())
+          and t.next_run_at = (fire ->> 'due')::timestamptz and t.next_run_at <= coalesce(as_of, clock_now)
           and ((fire ->> 'next_run_at') is null or (fire ->> 'next_run_at')::timestamptz > t.next_run_at)
-          and (scheduled is null or scheduled between t.next_run_at and coalesce(as_of, now()))
+          and (scheduled is null or scheduled between t.next_run_at and coalesce(as_of, clock_now))
         returning t.flow_id into flow;
         continue when not found or scheduled is null;
         select f.version into flow_version from flows f where f.org_id = org and f.id = flow;
@@ -70,7 +71,7 @@ begin
             -- Over a quota: the slot is skipped (the schedule has moved on) and the trigger says why.
             get stacked diagnostics refusal = message_text;
             update flow_triggers t
-            set last_skipped_at = coalesce(as_of, now()), last_skip_reason = refusal
+            set last_skipped_at = coalesce(as_of, clock_now), last_skip_reason = refusal
             where t.org_id = org and t.id = (fire ->> 'id')::uuid;
             continue;
         end;

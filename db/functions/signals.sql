@@ -32,6 +32,7 @@ create or replace function tolstoy_prune_signals(retention_days integer, batch i
 returns integer
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;
 begin
     if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -43,7 +44,7 @@ begin
     delete from flow_run_signals g
     where (g.org_id, g.id) in (
         select s.org_id, s.id from flow_run_signals s
-        where s.created_at < now() - make_interval(days => retention_days)
+        where s.created_at < clock_now - make_interval(days => retention_days)
           and not exists (select 1 from flow_runs r
                           where r.org_id = s.org_id and r.id = s.run_id
                             and r.created_at between tolstoy_run_from(s.run_id) and tolstoy_run_until(s.run_id))

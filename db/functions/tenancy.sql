@@ -33,20 +33,21 @@ comment on function tolstoy_enter(uuid, uuid, integer) is
 create or replace function tolstoy_enter_key(hash bytea, acting_user uuid, timeout_ms integer) returns uuid
 language plpgsql security definer set search_path = public, pg_temp as $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     found uuid;
 begin
     perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
     select k.org_id into found
     from api_keys k
-    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > clock_now);
     if found is null then
         raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
     end if;
     -- Recorded at most once a minute, so authentication stays a read.
     update api_keys k
-    set last_used_at = now()
+    set last_used_at = clock_now
     where k.key_hash = hash
-      and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute');
+      and (k.last_used_at is null or k.last_used_at < clock_now - interval '1 minute');
     perform set_config('app.org_id', found::text, true);
     if acting_user is not null and not exists (select 1 from users u where u.org_id = found and u.id = acting_user) then
         raise exception 'Not a user of this organization.' using errcode = 'TS002';
@@ -68,10 +69,10 @@ language sql security definer set search_path = public, pg_temp as $$
         where k.key_hash = hash and k.revoked_at is null
     ), touched as (
         update api_keys k
-        set last_used_at = now()
+        set last_used_at = tolstoy_now()
         from found
         where k.org_id = found.org_id and k.id = found.id
-          and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute')
+          and (k.last_used_at is null or k.last_used_at < tolstoy_now() - interval '1 minute')
     )
     select found.org_id, found.id from found
 $$;
@@ -86,7 +87,7 @@ begin
     return query
     select k.org_id, k.scopes, k.user_id
     from api_keys k
-    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > tolstoy_now());
     if not found then
         raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
     end if;

@@ -415,7 +415,10 @@ def claim_selects(conn) -> list[str]:
     loops = re.findall(r"for \w+ in\s+((?:select|with) .*?)\n\s+loop", source, re.DOTALL)
     dues = re.findall(r"\((select min\(.*?\) from flow_runs r where .*?)\)", source)
     assert len(loops) == 2 and len(dues) == 2, source
-    return [q.replace("max_runs", "10").replace("half_life_seconds", "300") for q in loops] + dues
+    # clock_now is the function's reading of the clock (tolstoy_now(), once): a value computed once per
+    # statement to the planner, as now() is.
+    return [q.replace("max_runs", "10").replace("half_life_seconds", "300").replace("clock_now", "now()")
+            for q in loops] + dues
 
 
 def scans_of(plan: dict):
