@@ -86,12 +86,14 @@ def test_the_real_token_is_sent_after_a_delay_and_in_a_retried_run(api, org, use
         assert TOKEN not in shown and '"***"' in shown
 
 
-def test_the_real_token_is_sent_after_the_worker_is_killed_between_steps(api, org, user, worker_env, server, db):
+def test_the_real_token_is_sent_after_the_worker_is_killed_between_steps(api, org, user, worker_env, server, db,
+                                                                        clock):
     entered = threading.Event()
+    killed = threading.Event()
 
     def slow(request):
         entered.set()
-        time.sleep(1.5)
+        killed.wait(30)  # in flight until its worker is dead
         return Response('{"ok": true}', content_type="application/json")
 
     server.expect_request("/slow").respond_with_handler(slow)
@@ -109,6 +111,8 @@ def test_the_real_token_is_sent_after_the_worker_is_killed_between_steps(api, or
         assert entered.wait(20), log_tail(first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        killed.set()
+        clock.move_past_leases()  # rather than wait 2 s for its lease to run out
         second = start_worker(worker_env)
         wait_until(lambda: run_status(db, run["executionId"]) in ("completed", "failed"), 30, "the run to end")
     finally:
@@ -169,7 +173,7 @@ def test_a_run_past_its_recovery_limit_fails_with_the_reason(api, org, user, flo
     assert "4 times" in done["error"]["message"]
 
 
-def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_env, server, db):
+def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_env, server, db, clock):
     first_call = threading.Event()
     release = threading.Event()
     hits = {"slow": 0, "after": 0}
@@ -196,7 +200,8 @@ def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_e
     try:
         run = execute(api, org, user, flow)
         assert first_call.wait(20), log_tail(stalled)
-        stalled.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM: the lease (2 s) runs out
+        stalled.send_signal(signal.SIGSTOP)  # a long GC pause, a frozen VM: the lease (2 s) runs out...
+        clock.move_past_leases()  # ...at once, as far as the database can tell
         other = start_worker(worker_env)
         wait_until(lambda: run_status(db, run["executionId"]) == "completed", 30, "the other worker to finish")
 
@@ -211,7 +216,8 @@ def test_a_worker_whose_lease_was_stolen_writes_nothing(api, org, user, worker_e
         before = history()
         release.set()  # the stalled worker's call now answers...
         stalled.send_signal(signal.SIGCONT)  # ...and it wakes up to a lease that is no longer its own
-        time.sleep(3)
+        wait_until(lambda: re.search(r"lease (lost|not renewed)", log_tail(stalled)), 30,
+                   "the stalled worker to find its lease gone")
         assert history() == before
         assert stalled.poll() is None, log_tail(stalled)  # it lost a run, not its mind
     finally:
@@ -287,16 +293,17 @@ def test_a_connection_killed_mid_checkpoint_does_not_fail_the_run(api, org, user
 
 
 def test_a_call_cut_off_by_a_dead_worker_waits_for_a_person_unless_it_is_safe_to_send_again(
-        api, org, user, worker_env, server, db):
+        api, org, user, worker_env, server, db, clock):
     entered = {"charge": threading.Event(), "fetch": threading.Event()}
     hits = {"charge": 0, "fetch": 0}
+    killed = threading.Event()
 
     def handler(name):
         def respond(request):
             hits[name] += 1
             entered[name].set()
             if hits[name] == 1:
-                time.sleep(3)
+                killed.wait(30)  # in flight until its worker is dead
             return Response('{"id": "ch_1"}', content_type="application/json")
         return respond
 
@@ -315,6 +322,8 @@ def test_a_call_cut_off_by_a_dead_worker_waits_for_a_person_unless_it_is_safe_to
         assert entered["charge"].wait(20) and entered["fetch"].wait(20), log_tail(first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        killed.set()
+        clock.move_past_leases()
         second = start_worker(worker_env)
         waiting = wait_for(api, org, charge, charged, statuses=("waiting", "completed", "failed"), timeout=30)
         assert waiting["status"] == "waiting", waiting
