@@ -416,59 +416,6 @@ def test_purge_refuses_while_a_run_is_unfinished(api, org, user, flow):
     assert refused.status_code == 409 and "cancel" in refused.json["message"]
 
 
-def claim_selects(conn) -> list[str]:
-    """The row-finding statements inside tolstoy_claim_runs_v2, as the function runs them (limit 10,
-    a half-life of 300 s): the expired leases, the due runs fairly across organizations, when the next
-    run falls due."""
-    source = conn.execute("select pg_get_functiondef('tolstoy_claim_runs_v2'::regproc) as src").fetchone()["src"]
-    loops = re.findall(r"for \w+ in\s+((?:select|with) .*?)\n\s+loop", source, re.DOTALL)
-    dues = re.findall(r"\((select min\(.*?\) from flow_runs r where .*?)\)", source)
-    assert len(loops) == 2 and len(dues) == 2, source
-    # clock_now is the function's reading of the clock (tolstoy_now(), once): a value computed once per
-    # statement to the planner, as now() is.
-    return [q.replace("max_runs", "10").replace("half_life_seconds", "300").replace("clock_now", "now()")
-            for q in loops] + dues
-
-
-def scans_of(plan: dict):
-    """(node type, relation) of every scan in an EXPLAIN (FORMAT JSON) plan."""
-    if "Relation Name" in plan:
-        yield plan["Node Type"], plan["Relation Name"]
-    for child in plan.get("Plans", []):
-        yield from scans_of(child)
-
-
-def test_the_claim_stays_an_index_scan_with_a_long_history(db, org, flow):
-    with db.pool.connection() as conn:
-        conn.execute("set local synchronous_commit = off")
-        # A long history, runs due later, and a backlog of 10,000 due now (fair claims walk it by organization).
-        for status, count, after in (("completed", 1_000_000, "- interval '1 day'"),
-                                     ("queued", 100_000, "+ interval '1 hour'"),
-                                     ("queued", 10_000, "- interval '1 minute'")):
-            conn.execute(
-                "insert into flow_runs (org_id, flow_id, flow_version, plan, status, root_run_id, run_after, "
-                "finished_at) "
-                f"select %s, %s, 1, '{{}}', '{status}', gen_random_uuid(), now() {after}, null "
-                f"from generate_series(1, {count})", (org["id"], flow["id"]))
-        conn.commit()
-        conn.execute("analyze flow_runs")
-        populated = conn.execute("select tableoid::regclass::text as part from flow_runs limit 1").fetchone()["part"]
-        for query in claim_selects(conn):
-            plan = conn.execute(f"explain (format json) {query}").fetchone()["QUERY PLAN"][0]["Plan"]
-            scans = list(scans_of(plan))
-            # The month holding the 1.1 M rows is read through an index; the planner may seq-scan
-            # the empty partitions (there is nothing to read); the whole costs what a few rows cost.
-            assert any(node.startswith("Index") and rel == populated for node, rel in scans), (query, scans)
-            assert not any(node == "Seq Scan" and rel == populated for node, rel in scans), (query, scans)
-            # The planner prices a recursive walk (the fair claim's, over the organizations with queued
-            # runs) as ten rounds of a guessed size; what it reads is asserted below.
-            assert plan["Total Cost"] < (1000 if "with recursive" in query else 500), (query, plan["Total Cost"])
-            with conn.transaction(force_rollback=True):
-                ran = conn.execute(f"explain (analyze, buffers, format json) {query}").fetchone()["QUERY PLAN"][0]
-            read = ran["Plan"]["Shared Hit Blocks"] + ran["Plan"]["Shared Read Blocks"]
-            assert read < 300, (query, read)  # pages, with 10,000 due and 1.1 M rows in all
-
-
 def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(api, org, user, app_url, config,
                                                                                 httpserver, db):
     httpserver.expect_request("/call").respond_with_json({"ok": True})
