@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import tomllib
 import urllib.request
 import venv
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_for_port
+from support import free_port, made_once, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,25 +24,16 @@ def wheelhouse() -> Path:
     installed offline in seconds. Fetching them took about a minute and a half of each run."""
     pyproject = (ROOT / "pyproject.toml").read_bytes()
     key = hashlib.sha256(pyproject + sys.version.encode()).hexdigest()[:16]
-    home = ROOT / ".tolstoy" / f"wheelhouse-{key}"
-    if home.is_dir():
-        return home
-    home.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"wheelhouse-{key}-", dir=home.parent))
-    try:
+
+    def fetch(folder: Path) -> None:
         requires = tomllib.loads(pyproject.decode())["build-system"]["requires"]
-        fetched = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(building), str(ROOT), *requires],
+        fetched = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(folder), str(ROOT), *requires],
                                  capture_output=True, text=True, timeout=900)
         assert fetched.returncode == 0, fetched.stderr[-3000:]
-        for own in building.glob("tolstoy-*.whl"):  # built from this tree each run, never kept
+        for own in folder.glob("tolstoy-*.whl"):  # built from this tree each run, never kept
             own.unlink()
-        # Fetched aside and renamed into place, so a half-filled folder is never taken for the kept one.
-        os.rename(building, home)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        if not home.is_dir():  # else another test process filled it meanwhile (the rename then fails)
-            raise
-    return home
+
+    return made_once(ROOT / ".tolstoy" / f"wheelhouse-{key}", fetch)
 
 
 @pytest.fixture(scope="module")
