@@ -329,6 +329,7 @@ CREATE FUNCTION public.flow_runs_wake_parent() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     chain uuid[];
     -- The months the chain's runs are in: from the parent's to its newest retry's.
     chain_from timestamptz := tolstoy_run_from(new.parent_run_id);
@@ -353,7 +354,7 @@ begin
     for update;
     -- A new statement, so a new snapshot: it sees a run that parked while this waited for the lock.
     update flow_runs p
-    set status = 'queued', run_after = now()
+    set status = 'queued', run_after = clock_now
     where p.org_id = new.org_id and p.id = any(chain) and p.status = 'waiting'
       and p.created_at between chain_from and chain_until
       and exists (select 1 from flow_run_steps s
@@ -449,6 +450,7 @@ CREATE FUNCTION public.tolstoy_admit_run(org uuid) RETURNS void
     LANGUAGE plpgsql
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     defaults jsonb := tolstoy_quota_defaults();
     quota organization_quotas;
     max_runs integer;
@@ -472,7 +474,7 @@ begin
     end if;
     if max_bytes is not null then
         select count(*), greatest(coalesce(sum(h.bytes) filter (
-                   where retention is null or (h.month + interval '1 month')::date > current_date - retention), 0), 0)
+                   where retention is null or (h.month + interval '1 month')::date > clock_now::date - retention), 0), 0)
         into deltas, stored
         from history_bytes h
         where h.org_id = org;
@@ -485,7 +487,7 @@ begin
             insert into history_bytes (org_id, month, bytes)
             select org, g.month, sum(g.bytes)
             from gone g
-            where retention is null or (g.month + interval '1 month')::date > current_date - retention
+            where retention is null or (g.month + interval '1 month')::date > clock_now::date - retention
             group by g.month
             having sum(g.bytes) <> 0;
         end if;
@@ -508,7 +510,7 @@ begin
                     using errcode = 'TQ001',
                           detail = jsonb_build_object('quota', 'queuedRuns', 'limit', max_runs, 'used', held)::text;
             end if;
-            update organization_usage u set runs = held + 1, counted_at = now() where u.org_id = org;
+            update organization_usage u set runs = held + 1, counted_at = clock_now where u.org_id = org;
         else
             update organization_usage u set runs = held + 1 where u.org_id = org;
         end if;
@@ -716,10 +718,10 @@ CREATE FUNCTION public.tolstoy_authenticate(hash bytea) RETURNS TABLE(org_id uui
         where k.key_hash = hash and k.revoked_at is null
     ), touched as (
         update api_keys k
-        set last_used_at = now()
+        set last_used_at = tolstoy_now()
         from found
         where k.org_id = found.org_id and k.id = found.id
-          and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute')
+          and (k.last_used_at is null or k.last_used_at < tolstoy_now() - interval '1 minute')
     )
     select found.org_id, found.id from found
 $$;
@@ -765,6 +767,7 @@ CREATE FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token
     LANGUAGE plpgsql
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     current flow_runs;
     step jsonb;
     event jsonb;
@@ -779,7 +782,7 @@ begin
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
       and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
-      and r.status = 'running' and r.lease_expires_at > now()
+      and r.status = 'running' and r.lease_expires_at > clock_now
     for update;
     if not found then
         raise exception 'The lease on run % is lost.', run using errcode = 'TL001';
@@ -791,11 +794,11 @@ begin
         values (org, run, current.created_at, step ->> 'step_id', step ->> 'status',
                 coalesce((step ->> 'attempt')::integer, 1), step -> 'inputs', step -> 'outputs',
                 decode(step ->> 'sealed', 'base64'), step -> 'error',
-                now() + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
-                case when (step ->> 'call_started')::boolean then now() end,
-                -- Steps checkpointed together keep their order (now() is the same for all of them).
-                clock_timestamp(),
-                case when step ->> 'status' in ('completed', 'skipped', 'failed') then clock_timestamp() end,
+                clock_now + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
+                case when (step ->> 'call_started')::boolean then clock_now end,
+                -- Steps checkpointed together keep their order (clock_now is the same for all of them).
+                tolstoy_clock_timestamp(),
+                case when step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
                 (step ->> 'duration_ms')::integer)
         on conflict (org_id, run_id, step_id, run_created_at) do update
         set status = excluded.status, attempt = excluded.attempt,
@@ -804,7 +807,7 @@ begin
             call_started_at = case when excluded.status = 'running' then excluded.call_started_at
                                    else s.call_started_at end,
             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-            started_at = case when s.status in ('completed', 'skipped', 'failed') then now() else s.started_at end;
+            started_at = case when s.status in ('completed', 'skipped', 'failed') then clock_now else s.started_at end;
         progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
                                  and strpos(step ->> 'step_id', '[') = 0);
     end loop;
@@ -813,17 +816,17 @@ begin
                                     duration_ms, created_at)
         values (org, current.flow_id, current.user_id, run::text, event ->> 'step_key',
                 (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
-                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, clock_timestamp());
+                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, tolstoy_clock_timestamp());
     end loop;
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.
     insert into organization_worker_time as w (org_id, seconds, counted_at)
-    values (org, greatest(extract(epoch from now() - coalesce(current.accounted_at, now())), 0), now())
+    values (org, greatest(extract(epoch from clock_now - coalesce(current.accounted_at, clock_now)), 0), clock_now)
     on conflict (org_id) do update
-    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
                                            / half_life, -50))
                   + excluded.seconds,
-        counted_at = greatest(w.counted_at, now());
+        counted_at = greatest(w.counted_at, clock_now);
     if progress and (current.strikes > 0 or current.handbacks > 0) then
         -- The run got past the step it was in when it was last struck: whatever stopped its worker
         -- then was not this run.
@@ -835,9 +838,9 @@ begin
     case transition ->> 'action'
         when 'continue' then
             update flow_runs
-            set lease_expires_at = now() + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
+            set lease_expires_at = clock_now + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
                                                                           30)),
-                accounted_at = now()
+                accounted_at = clock_now
             where org_id = org and id = run and created_at = current.created_at;
         when 'pause' then
             outcome := tolstoy_release_run(current, 'queued', (transition ->> 'after_ms')::double precision, null);
@@ -862,7 +865,7 @@ begin
         when 'finish' then
             update flow_runs
             set status = (transition ->> 'status')::flow_run_status, error = nullif(transition -> 'error', 'null'),
-                finished_at = now(), lease_owner = null, lease_token = null, lease_expires_at = null
+                finished_at = clock_now, lease_owner = null, lease_token = null, lease_expires_at = null
             where org_id = org and id = run and created_at = current.created_at;
             outcome := (transition ->> 'status')::flow_run_status;
         else
@@ -890,6 +893,7 @@ CREATE FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries inte
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     claimed jsonb := '[]';
     candidate record;
     line webhook_lines;
@@ -907,7 +911,7 @@ begin
         from (select l.org_id, l.webhook_id, l.served_at,
                      row_number() over (partition by l.org_id order by l.served_at nulls first, l.webhook_id) as turn
               from webhook_lines l
-              where l.due_at <= now()) as x
+              where l.due_at <= clock_now) as x
         cross join lateral (select max(o.served_at) as served_at
                             from webhook_lines o where o.org_id = x.org_id) as org_turn
         order by x.turn, org_turn.served_at nulls first, x.served_at nulls first, x.org_id, x.webhook_id
@@ -916,7 +920,7 @@ begin
     loop
         exit when jsonb_array_length(claimed) >= max_deliveries;
         select * into line from webhook_lines l
-        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= now()
+        where l.org_id = candidate.org_id and l.webhook_id = candidate.webhook_id and l.due_at <= clock_now
         for update skip locked;
         continue when not found;
         select * into head from webhook_deliveries d
@@ -930,16 +934,16 @@ begin
             set due_at = case when exists (select 1 from webhook_deliveries d
                                            where d.org_id = line.org_id and d.webhook_id = line.webhook_id
                                              and d.state in ('pending', 'sending'))
-                              then now() + interval '1 second' end
+                              then clock_now + interval '1 second' end
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        if head.state = 'sending' and head.lease_expires_at >= now() then
+        if head.state = 'sending' and head.lease_expires_at >= clock_now then
             update webhook_lines l set due_at = head.lease_expires_at
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
         end if;
-        if head.state = 'pending' and head.next_attempt_at > now() then
+        if head.state = 'pending' and head.next_attempt_at > clock_now then
             update webhook_lines l set due_at = head.next_attempt_at
             where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
             continue;
@@ -948,7 +952,7 @@ begin
         if head.state = 'pending' and not hook.enabled then
             -- Disabled while these were queued: they are not sent.
             update webhook_deliveries d
-            set state = 'cancelled', next_attempt_at = null, finished_at = now(),
+            set state = 'cancelled', next_attempt_at = null, finished_at = clock_now,
                 last_error = coalesce(hook.disabled_reason, 'The webhook was disabled.')
             where d.org_id = line.org_id and d.webhook_id = line.webhook_id and d.state = 'pending';
             update webhook_lines l
@@ -962,7 +966,7 @@ begin
             -- Its worker vanished: the attempt it made is logged as lost, and it is sent again.
             update webhook_deliveries d
             set attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-                lease_expires_at = now() + lease, last_attempt_at = now(),
+                lease_expires_at = clock_now + lease, last_attempt_at = clock_now,
                 attempt_log = d.attempt_log || jsonb_build_object(
                     'attempt', d.attempts, 'at', tolstoy_iso(d.last_attempt_at), 'statusCode', null,
                     'durationMs', null, 'error', 'The worker sending it vanished; sent again.', 'location', null)
@@ -971,13 +975,13 @@ begin
         else
             update webhook_deliveries d
             set state = 'sending', attempts = d.attempts + 1, lease_token = d.attempts + 1, lease_owner = worker,
-                lease_expires_at = now() + lease, first_attempt_at = coalesce(d.first_attempt_at, now()),
-                last_attempt_at = now()
+                lease_expires_at = clock_now + lease, first_attempt_at = coalesce(d.first_attempt_at, clock_now),
+                last_attempt_at = clock_now
             where d.org_id = head.org_id and d.id = head.id
             returning * into taken;
         end if;
         update webhook_lines l
-        set due_at = taken.lease_expires_at, served_at = clock_timestamp()
+        set due_at = taken.lease_expires_at, served_at = tolstoy_clock_timestamp()
         where l.org_id = line.org_id and l.webhook_id = line.webhook_id;
         claimed := claimed || jsonb_build_object(
             'org_id', taken.org_id, 'id', taken.id, 'webhook_id', taken.webhook_id, 'event_id', taken.event_id,
@@ -985,7 +989,7 @@ begin
             'token', taken.lease_token, 'url', hook.url, 'secret', encode(hook.secret, 'base64'),
             'headers', encode(hook.headers, 'base64'));
     end loop;
-    return jsonb_build_object('deliveries', claimed, 'next_due', tolstoy_next_delivery(), 'now', now());
+    return jsonb_build_object('deliveries', claimed, 'next_due', tolstoy_next_delivery(), 'now', clock_now);
 end;
 $$;
 
@@ -1027,6 +1031,7 @@ CREATE FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, leas
     SET search_path TO 'public', 'pg_temp'
     AS $_$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     lease interval := make_interval(secs => lease_seconds);
     claimed integer := 0;
     lost record;
@@ -1044,7 +1049,7 @@ begin
     for lost in
         select r.org_id, r.id, r.created_at
         from flow_runs r
-        where r.status = 'running' and r.lease_expires_at < now()
+        where r.status = 'running' and r.lease_expires_at < clock_now
         order by r.lease_expires_at
         limit max_runs
         for update skip locked
@@ -1069,8 +1074,8 @@ begin
             begin
                 update flow_runs
                 set claims = claims + 1, lease_token = claims + 1, recoveries = recoveries + 1,
-                    strikes = strikes + 1, lease_owner = worker, lease_expires_at = clock_timestamp() + lease,
-                    accounted_at = clock_timestamp()
+                    strikes = strikes + 1, lease_owner = worker, lease_expires_at = tolstoy_clock_timestamp() + lease,
+                    accounted_at = tolstoy_clock_timestamp()
                 where org_id = taken.org_id and id = taken.id and created_at = taken.created_at
                 returning * into taken;
                 payload := tolstoy_run_payload(taken);
@@ -1117,19 +1122,19 @@ begin
         ), ready as (
             select o.org_id,
                    coalesce(running.n, 0)
-                   + coalesce(w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from now() - w.counted_at), 0)
+                   + coalesce(w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
                                                        / half_life_seconds, -50)), 0)
                      * ln(2) / half_life_seconds as load
             from orgs o
             left join running on running.org_id = o.org_id
             left join organization_worker_time w on w.org_id = o.org_id
-            where o.first_due <= now()
+            where o.first_due <= clock_now
         )
         select c.org_id, c.id, c.created_at
         from ready
         cross join lateral (select r.org_id, r.id, r.created_at, r.run_after
                             from flow_runs r
-                            where r.status = 'queued' and r.org_id = ready.org_id and r.run_after <= now()
+                            where r.status = 'queued' and r.org_id = ready.org_id and r.run_after <= clock_now
                             order by r.run_after, r.id
                             limit max_runs) as c
         order by ready.load + row_number() over (partition by c.org_id order by c.run_after, c.id),
@@ -1145,8 +1150,8 @@ begin
         begin
             update flow_runs
             set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
-                lease_expires_at = clock_timestamp() + lease, started_at = coalesce(started_at, now()),
-                accounted_at = clock_timestamp()
+                lease_expires_at = tolstoy_clock_timestamp() + lease, started_at = coalesce(started_at, clock_now),
+                accounted_at = tolstoy_clock_timestamp()
             where org_id = due.org_id and id = due.id and created_at = due.created_at
             returning * into taken;
             if taken.claims = 1 then
@@ -1199,9 +1204,9 @@ begin
         raise exception 'tolstoy_claim_schedules: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     return query
-    select t.org_id, t.id, t.flow_id, t.cron, t.timezone, t.catch_up, t.next_run_at, coalesce(as_of, now())
+    select t.org_id, t.id, t.flow_id, t.cron, t.timezone, t.catch_up, t.next_run_at, coalesce(as_of, tolstoy_now())
     from flow_triggers t
-    where t.type = 'schedule' and t.enabled and t.next_run_at <= coalesce(as_of, now())
+    where t.type = 'schedule' and t.enabled and t.next_run_at <= coalesce(as_of, tolstoy_now())
     order by t.next_run_at
     limit max_schedules
     for update skip locked;
@@ -1214,6 +1219,25 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_claim_schedules(worker text, max_schedules integer, as_of timestamp with time zone) IS 'Locks (SKIP LOCKED) up to max_schedules enabled schedules of any organization due at as_of (null: now).';
+
+
+--
+-- Name: tolstoy_clock_timestamp(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_clock_timestamp() RETURNS timestamp with time zone
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select clock_timestamp() + (select c.ahead from tolstoy_clock c)
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_clock_timestamp(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_clock_timestamp() IS 'clock_timestamp() moved as tolstoy_now() is: the time as the statement runs (a lease taken late in a long claim, the order of steps checkpointed together).';
 
 
 --
@@ -1313,20 +1337,21 @@ CREATE FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeout_m
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     found uuid;
 begin
     perform set_config('statement_timeout', timeout_ms::text || 'ms', true);
     select k.org_id into found
     from api_keys k
-    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > clock_now);
     if found is null then
         raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
     end if;
     -- Recorded at most once a minute, so authentication stays a read.
     update api_keys k
-    set last_used_at = now()
+    set last_used_at = clock_now
     where k.key_hash = hash
-      and (k.last_used_at is null or k.last_used_at < now() - interval '1 minute');
+      and (k.last_used_at is null or k.last_used_at < clock_now - interval '1 minute');
     perform set_config('app.org_id', found::text, true);
     if acting_user is not null and not exists (select 1 from users u where u.org_id = found and u.id = acting_user) then
         raise exception 'Not a user of this organization.' using errcode = 'TS002';
@@ -1352,6 +1377,7 @@ CREATE FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, bat
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     expired integer;
 begin
     if timeout_days is null or timeout_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -1361,7 +1387,7 @@ begin
     -- run partitions (with little to go on, the planner may read each one whole to join nothing).
     if not exists (select 1 from flow_run_steps s
                    where s.status = 'outcome_unknown'
-                     and s.updated_at < now() - make_interval(days => timeout_days)) then
+                     and s.updated_at < clock_now - make_interval(days => timeout_days)) then
         return 0;
     end if;
     -- Each step as a person's "failed" resolution records it (runs.py on_post_resolve): the step failed
@@ -1371,14 +1397,14 @@ begin
         select s.org_id, s.run_id, s.run_created_at, s.step_id, s.attempt, r.flow_id, r.user_id
         from flow_run_steps s
         join flow_runs r on r.org_id = s.org_id and r.id = s.run_id and r.created_at = s.run_created_at
-        where s.status = 'outcome_unknown' and s.updated_at < now() - make_interval(days => timeout_days)
+        where s.status = 'outcome_unknown' and s.updated_at < clock_now - make_interval(days => timeout_days)
           and r.status = 'waiting'
         order by s.updated_at
         limit batch
         for update of s, r skip locked
     ), failed as (
         update flow_run_steps s
-        set status = 'failed', call_started_at = null, finished_at = now(),
+        set status = 'failed', call_started_at = null, finished_at = clock_now,
             error = jsonb_build_object(
                 'name', 'OutcomeUnknown', 'timedOut', true,
                 'message', format('Nobody resolved the unknown outcome of this call within %s days '
@@ -1395,7 +1421,7 @@ begin
         join failed on failed.org_id = due.org_id and failed.run_id = due.run_id and failed.step_id = due.step_id
     ), queued as (
         update flow_runs r
-        set status = 'queued', run_after = now()
+        set status = 'queued', run_after = clock_now
         from (select distinct org_id, run_id, run_created_at from due) d
         where r.org_id = d.org_id and r.id = d.run_id and r.created_at = d.run_created_at and r.status = 'waiting'
     )
@@ -1420,6 +1446,7 @@ CREATE FUNCTION public.tolstoy_fire_schedules(as_of timestamp with time zone, fi
     LANGUAGE plpgsql
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     fire jsonb;
     org uuid;
     flow uuid;
@@ -1442,11 +1469,11 @@ begin
         perform set_config('app.org_id', org::text, true);
         update flow_triggers t
         set next_run_at = (fire ->> 'next_run_at')::timestamptz,
-            last_fired_at = case when scheduled is null then t.last_fired_at else coalesce(as_of, now()) end
+            last_fired_at = case when scheduled is null then t.last_fired_at else coalesce(as_of, clock_now) end
         where t.org_id = org and t.id = (fire ->> 'id')::uuid and t.type = 'schedule' and t.enabled
-          and t.next_run_at = (fire ->> 'due')::timestamptz and t.next_run_at <= coalesce(as_of, now())
+          and t.next_run_at = (fire ->> 'due')::timestamptz and t.next_run_at <= coalesce(as_of, clock_now)
           and ((fire ->> 'next_run_at') is null or (fire ->> 'next_run_at')::timestamptz > t.next_run_at)
-          and (scheduled is null or scheduled between t.next_run_at and coalesce(as_of, now()))
+          and (scheduled is null or scheduled between t.next_run_at and coalesce(as_of, clock_now))
         returning t.flow_id into flow;
         continue when not found or scheduled is null;
         select f.version into flow_version from flows f where f.org_id = org and f.id = flow;
@@ -1464,7 +1491,7 @@ begin
             -- Over a quota: the slot is skipped (the schedule has moved on) and the trigger says why.
             get stacked diagnostics refusal = message_text;
             update flow_triggers t
-            set last_skipped_at = coalesce(as_of, now()), last_skip_reason = refusal
+            set last_skipped_at = coalesce(as_of, clock_now), last_skip_reason = refusal
             where t.org_id = org and t.id = (fire ->> 'id')::uuid;
             continue;
         end;
@@ -1589,7 +1616,7 @@ begin
     return query
     select k.org_id, k.scopes, k.user_id
     from api_keys k
-    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > now());
+    where k.key_hash = hash and k.revoked_at is null and (k.expires_at is null or k.expires_at > tolstoy_now());
     if not found then
         raise exception 'The API key is not valid, has expired or has been revoked.' using errcode = 'TS003';
     end if;
@@ -1725,6 +1752,7 @@ CREATE FUNCTION public.tolstoy_maintain_history(today date, retention_days integ
     SET search_path TO 'public', 'pg_temp'
     AS $_$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     cutoff date;
     created integer;
     dropped text[] := '{}';
@@ -1733,7 +1761,7 @@ declare
     busy boolean;
 begin
     -- A day after today would let the caller drop history that is not yet past retention.
-    if today is null or today > current_date or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
+    if today is null or today > clock_now::date or months_ahead < 0 or months_ahead > 24 or retention_days < 1 then
         raise exception 'tolstoy_maintain_history: invalid arguments' using errcode = 'invalid_parameter_value';
     end if;
     if not pg_try_advisory_xact_lock(hashtextextended('tolstoy_maintain_history', 0)) then
@@ -1842,6 +1870,26 @@ COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at 
 
 
 --
+-- Name: tolstoy_now(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_now() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    -- now() (the transaction's start), moved by what tolstoy_clock says: nothing in production.
+    select now() + (select c.ahead from tolstoy_clock c)
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_now(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_now() IS 'The database''s clock for every time-based decision: now() plus tolstoy_clock.ahead (zero in production; only the schema owner may move it, for tests). Stable within a transaction, as now() is.';
+
+
+--
 -- Name: tolstoy_place_deliveries(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1850,6 +1898,7 @@ CREATE FUNCTION public.tolstoy_place_deliveries() RETURNS trigger
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     line record;
     delivery record;
 begin
@@ -1866,7 +1915,7 @@ begin
         order by d.org_id, d.webhook_id
     loop
         insert into webhook_lines as l (org_id, webhook_id, due_at)
-        values (line.org_id, line.webhook_id, now())
+        values (line.org_id, line.webhook_id, clock_now)
         on conflict (org_id, webhook_id) do update
         set due_at = coalesce(l.due_at, excluded.due_at);
     end loop;
@@ -1899,6 +1948,7 @@ CREATE FUNCTION public.tolstoy_prune_audit(retention_days integer, batch integer
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;
 begin
     if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -1909,7 +1959,7 @@ begin
     end if;
     delete from audit_events e
     where (e.org_id, e.id) in (select o.org_id, o.id from audit_events o
-                               where o.created_at < now() - make_interval(days => retention_days)
+                               where o.created_at < clock_now - make_interval(days => retention_days)
                                limit batch);
     get diagnostics pruned = row_count;
     return pruned;
@@ -1933,6 +1983,7 @@ CREATE FUNCTION public.tolstoy_prune_deliveries(retention_days integer, batch in
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     cutoff timestamptz;
     outbox integer;
     inbox integer;
@@ -1943,7 +1994,7 @@ begin
     if retention_days is null then
         return jsonb_build_object('deliveries', 0, 'inbox', 0);
     end if;
-    cutoff := now() - make_interval(days => retention_days);
+    cutoff := clock_now - make_interval(days => retention_days);
     delete from webhook_deliveries d
     where (d.org_id, d.id) in (select o.org_id, o.id from webhook_deliveries o
                                where o.state in ('delivered', 'failed', 'cancelled') and o.created_at < cutoff
@@ -1975,6 +2026,7 @@ CREATE FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integ
     SET search_path TO 'public', 'pg_temp'
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;
 begin
     if retention_days < 1 or batch is null or batch < 1 or batch > 100000 then
@@ -1986,7 +2038,7 @@ begin
     delete from flow_run_signals g
     where (g.org_id, g.id) in (
         select s.org_id, s.id from flow_run_signals s
-        where s.created_at < now() - make_interval(days => retention_days)
+        where s.created_at < clock_now - make_interval(days => retention_days)
           and not exists (select 1 from flow_runs r
                           where r.org_id = s.org_id and r.id = s.run_id
                             and r.created_at between tolstoy_run_from(s.run_id) and tolstoy_run_until(s.run_id))
@@ -2282,11 +2334,13 @@ CREATE FUNCTION public.tolstoy_queue_stats() RETURNS TABLE(queued bigint, due bi
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select count(*),
-           count(*) filter (where run_after <= now()),
-           coalesce(extract(epoch from now() - min(run_after) filter (where run_after <= now())), 0)::float8
-    from flow_runs
-    where status = 'queued'
+    -- The clock read once, not once per queued run.
+    select q.queued, q.due, coalesce(extract(epoch from c.now - q.oldest_due), 0)::float8
+    from (select tolstoy_now() as now) as c
+    cross join lateral (select count(*) as queued, count(*) filter (where r.run_after <= c.now) as due,
+                               min(r.run_after) filter (where r.run_after <= c.now) as oldest_due
+                        from flow_runs r
+                        where r.status = 'queued') as q
 $$;
 
 
@@ -2323,10 +2377,11 @@ CREATE FUNCTION public.tolstoy_record_delivery(worker text, org uuid, delivery u
     LANGUAGE plpgsql
     AS $$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     current webhook_deliveries;
     outcome text := result ->> 'outcome';
     give_up interval := make_interval(secs => coalesce((result ->> 'give_up_seconds')::double precision, 86400));
-    retry_at timestamptz := now() + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
+    retry_at timestamptz := clock_now + make_interval(secs => coalesce((result ->> 'retry_in_ms')::double precision, 0)
                                                           / 1000);
     hook webhooks;
     line uuid;
@@ -2351,10 +2406,10 @@ begin
     -- No key update: events being written for this webhook (their foreign key's key-share lock) do
     -- not hold this up.
     select * into hook from webhooks w where w.org_id = org and w.id = current.webhook_id for no key update;
-    if outcome <> 'delivered' and hook.enabled and now() - hook.failing_since >= give_up then
+    if outcome <> 'delivered' and hook.enabled and clock_now - hook.failing_since >= give_up then
         -- Failing for the whole period: the webhook is disabled, this delivery given up with it.
         disabled := format('Disabled at %s: every delivery failed since %s (last: %s).',
-                           tolstoy_iso(now()), tolstoy_iso(hook.failing_since),
+                           tolstoy_iso(clock_now), tolstoy_iso(hook.failing_since),
                            coalesce('HTTP ' || (result ->> 'status_code'), left(result ->> 'error', 300),
                                     'no answer'));
         outcome := 'failed';
@@ -2364,7 +2419,7 @@ begin
     update webhook_deliveries d
     set state = case outcome when 'delivered' then 'delivered' when 'retry' then 'pending' else 'failed' end,
         next_attempt_at = case when outcome = 'retry' then retry_at end,
-        finished_at = case when outcome <> 'retry' then now() end,
+        finished_at = case when outcome <> 'retry' then clock_now end,
         last_status_code = (result ->> 'status_code')::integer,
         last_error = left(result ->> 'error', 1000),
         lease_owner = null, lease_token = null, lease_expires_at = null,
@@ -2382,7 +2437,7 @@ begin
         -- Its deliveries not sent yet are cancelled (webhooks_cancel_pending).
         update webhooks set enabled = false, disabled_reason = disabled where org_id = org and id = hook.id;
     elsif hook.failing_since is null then
-        update webhooks set failing_since = now() where org_id = org and id = hook.id;
+        update webhooks set failing_since = clock_now where org_id = org and id = hook.id;
     end if;
     update webhook_lines l
     set due_at = (select case when n.state = 'sending' then n.lease_expires_at else n.next_attempt_at end
@@ -2411,6 +2466,7 @@ CREATE FUNCTION public.tolstoy_release_run(r public.flow_runs, becomes public.fl
     LANGUAGE plpgsql
     AS $_$
 declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     outcome flow_run_status := case when r.cancel_requested then 'cancelled'::flow_run_status else becomes end;
     shown jsonb := case outcome when 'cancelled' then '{"message": "Cancelled"}'::jsonb
                                 when 'failed' then error end;
@@ -2418,8 +2474,8 @@ begin
     update flow_runs f
     set status = outcome,
         run_after = case when outcome = 'queued'
-                         then now() + make_interval(secs => coalesce(after_ms, 0) / 1000) else f.run_after end,
-        finished_at = case when outcome in ('cancelled', 'failed') then now() end,
+                         then clock_now + make_interval(secs => coalesce(after_ms, 0) / 1000) else f.run_after end,
+        finished_at = case when outcome in ('cancelled', 'failed') then clock_now end,
         error = coalesce(shown, f.error),
         lease_owner = null, lease_token = null, lease_expires_at = null
     where f.org_id = r.org_id and f.id = r.id and f.created_at = r.created_at;
@@ -2455,11 +2511,11 @@ begin
     end if;
     return query
     update flow_runs r
-    set lease_expires_at = now() + make_interval(secs => lease_seconds)
+    set lease_expires_at = tolstoy_now() + make_interval(secs => lease_seconds)
     from unnest(orgs, runs, tokens) as held(org_id, id, token)
     where r.org_id = held.org_id and r.id = held.id and r.lease_owner = worker and r.lease_token = held.token
       and r.created_at between tolstoy_run_from(held.id) and tolstoy_run_until(held.id)
-      and r.status = 'running' and r.lease_expires_at > now()
+      and r.status = 'running' and r.lease_expires_at > tolstoy_now()
     returning r.id, r.cancel_requested;
 end;
 $$;
@@ -2687,7 +2743,7 @@ CREATE FUNCTION public.tolstoy_stored_bytes(org uuid, retention_days integer) RE
     from history_bytes h
     where h.org_id = org
       -- tolstoy_maintain_history drops a month once its end is past retention.
-      and (retention_days is null or (h.month + interval '1 month')::date > current_date - retention_days)
+      and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days)
 $$;
 
 
@@ -4209,6 +4265,29 @@ ALTER TABLE ONLY public.sync_execute_slots FORCE ROW LEVEL SECURITY;
 --
 
 COMMENT ON TABLE public.sync_execute_slots IS 'Concurrent synchronous action executions per organization (a slot is free once expires_at has passed).';
+
+
+--
+-- Name: tolstoy_clock; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.tolstoy_clock (
+    ahead interval DEFAULT '00:00:00'::interval NOT NULL
+);
+
+
+--
+-- Name: TABLE tolstoy_clock; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.tolstoy_clock IS 'One row: how far tolstoy_now() is ahead of now(). Zero in production; tests move it. Only the schema owner may change it (no service role holds any privilege on it).';
+
+
+--
+-- Name: COLUMN tolstoy_clock.ahead; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.tolstoy_clock.ahead IS 'Added to now() by tolstoy_now() and to clock_timestamp() by tolstoy_clock_timestamp().';
 
 
 --
@@ -6756,4 +6835,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208000600'),
     ('20261208001000'),
     ('20261208001100'),
-    ('20261208001200');
+    ('20261208001200'),
+    ('20261209000100');

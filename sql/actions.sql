@@ -79,11 +79,11 @@ on conflict (org_id, slot) do nothing;
 -- Take a free slot until :hold_seconds from now (null when all are busy): SKIP LOCKED, so two
 -- requests never take the same one.
 update sync_execute_slots
-set holder = :holder, expires_at = now() + make_interval(secs => :hold_seconds)
+set holder = :holder, expires_at = tolstoy_now() + make_interval(secs => :hold_seconds)
 where org_id = :org_id
   and slot = (select slot
               from sync_execute_slots
-              where org_id = :org_id and slot < :slots and expires_at <= now()
+              where org_id = :org_id and slot < :slots and expires_at <= tolstoy_now()
               order by slot
               limit 1
               for update skip locked)

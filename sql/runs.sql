@@ -86,15 +86,15 @@ order by s.started_at, s.step_id;
 -- writes are fenced by that lease); a running one within one heartbeat, and, should its worker die
 -- first, when it is recovered (the claim carries the cancel).
 update flow_runs
-set status = case when status in ('queued', 'waiting') or lease_expires_at < now() then 'cancelled'::flow_run_status
+set status = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then 'cancelled'::flow_run_status
                   else status end,
-    finished_at = case when status in ('queued', 'waiting') or lease_expires_at < now() then now()
+    finished_at = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then tolstoy_now()
                        else finished_at end,
-    error = case when status in ('queued', 'waiting') or lease_expires_at < now() then '{"message": "Cancelled"}'::jsonb
+    error = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then '{"message": "Cancelled"}'::jsonb
                  else error end,
-    lease_owner = case when lease_expires_at < now() then null else lease_owner end,
-    lease_token = case when lease_expires_at < now() then null else lease_token end,
-    lease_expires_at = case when lease_expires_at < now() then null else lease_expires_at end,
+    lease_owner = case when lease_expires_at < tolstoy_now() then null else lease_owner end,
+    lease_token = case when lease_expires_at < tolstoy_now() then null else lease_token end,
+    lease_expires_at = case when lease_expires_at < tolstoy_now() then null else lease_expires_at end,
     cancel_requested = true
 where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
   and created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid)
@@ -121,26 +121,26 @@ with recursive tree as (
     from flow_runs r
     join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
     where r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < now())
+      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
     order by r.depth desc, r.id
     for update of r
 ), changed as (
     -- As request_cancel: at once unless a worker holds it (a running run whose lease expired has none).
     update flow_runs r
-    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now()
+    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
                       then 'cancelled'::flow_run_status else r.status end,
-        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now() then now()
+        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
                            else r.finished_at end,
-        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < now()
+        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
                      then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
-        lease_owner = case when r.lease_expires_at < now() then null else r.lease_owner end,
-        lease_token = case when r.lease_expires_at < now() then null else r.lease_token end,
-        lease_expires_at = case when r.lease_expires_at < now() then null else r.lease_expires_at end,
+        lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
+        lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
+        lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
         cancel_requested = true
     from locked
     where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
       and r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < now())
+      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
     returning r.org_id, r.id, r.flow_id, r.user_id, r.status
 ), logged as (
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
@@ -164,13 +164,13 @@ for update;
 -- or is to be sent again (back to 'running' with no call recorded, same attempt and key).
 update flow_run_steps
 set status = :status, outputs = :outputs, sealed = :sealed, error = :error, call_started_at = null,
-    finished_at = case when :status::text in ('completed', 'failed') then now() end
+    finished_at = case when :status::text in ('completed', 'failed') then tolstoy_now() end
 where org_id = :org_id and run_id = :run_id and run_created_at = :run_created_at and step_id = :step_id;
 
 -- name: requeue!
 -- A waiting run goes back to the queue (after a person resolved what it waited for).
 update flow_runs
-set status = 'queued', run_after = now()
+set status = 'queued', run_after = tolstoy_now()
 where org_id = :org_id and id = :id and created_at = :created_at and status = 'waiting';
 
 -- name: unfinished_count$
@@ -227,7 +227,7 @@ from (
 -- does}}, so an idle worker needs no other statement to know when to wake.
 select c.run,
        case when c.meta is not null
-            then c.meta || jsonb_build_object('now', now(), 'next_schedule', tolstoy_next_schedule(),
+            then c.meta || jsonb_build_object('now', tolstoy_now(), 'next_schedule', tolstoy_next_schedule(),
                                               'next_delivery', tolstoy_next_delivery()) end as meta
 from tolstoy_claim_runs_v2(:worker, :limit, :lease_seconds, :max_recoveries, :half_life_seconds) as c;
 
@@ -254,7 +254,7 @@ select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 
 -- name: maintain_history$
 -- Create history partitions ahead and drop those past retention (null: keep everything).
-select tolstoy_maintain_history(coalesce(:today::date, current_date), :retention_days::integer,
+select tolstoy_maintain_history(coalesce(:today::date, tolstoy_now()::date), :retention_days::integer,
                                 :months_ahead::integer);
 
 -- name: prune$

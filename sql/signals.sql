@@ -43,7 +43,7 @@ with stored as (
     returning id, signal, created_at
 ), woke as (
     update flow_runs r
-    set run_after = now()
+    set run_after = tolstoy_now()
     where r.org_id = :org_id and r.id = :run_id and r.created_at = :run_created_at and r.status = 'queued'
       and exists (select 1 from flow_run_steps s
                   where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at

@@ -116,8 +116,8 @@ select :org_id, :trigger_id, :verdict, :reason, :delivery_id, :headers,
                              and e.verdict <> 'valid' and e.source <> '*'
                            limit :max_sources::integer) as seen) < :max_sources::integer
             then :source::text else '*' end,
-       h.hour, now()
-from (select date_bin('1 hour', now(), timestamptz '2000-01-01 00:00:00+00') as hour) as h
+       h.hour, tolstoy_now()
+from (select date_bin('1 hour', tolstoy_now(), timestamptz '2000-01-01 00:00:00+00') as hour) as h
 on conflict (org_id, trigger_id, refused_hour, verdict, source) where verdict <> 'valid'
 do update set refusals = d.refusals + 1, last_received_at = excluded.last_received_at;
 
@@ -152,7 +152,7 @@ select tolstoy_fire_schedules(:as_of::timestamptz, :fires::jsonb);
 
 -- name: next_schedule^
 -- When the next enabled schedule of any organization falls due (null: none), and the database's now.
-select tolstoy_next_schedule() as next_schedule, now() as now;
+select tolstoy_next_schedule() as next_schedule, tolstoy_now() as now;
 
 -- name: secrets_to_reencrypt
 -- The next batch (ids after :after_id) of an organization's webhook trigger secrets not encrypted

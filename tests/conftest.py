@@ -3,6 +3,7 @@ template database; every test gets a fresh copy of that template."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 import queue
@@ -11,11 +12,12 @@ import threading
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 from falcon import testing
 from pytest_httpserver import HTTPServer
 
-from tolstoy import engine
+from tolstoy import engine, times
 from tolstoy.api.app import create_app
 from tolstoy.config import Config
 from tolstoy.db import embedded, migrate
@@ -149,6 +151,43 @@ def database_url(pg_server, clones):
     name = clones.take()
     yield _with_database(pg_server, name)
     clones.drop(name)
+
+
+class MovableClock:
+    """The test database's clock (tolstoy_clock, which tolstoy_now() reads) and the process's
+    (tolstoy.times.CLOCK), moved forward together: a lease, a delay, a timeout, a schedule or a
+    retention period runs out without the test sleeping through it. Moved as the schema owner, the
+    only role that may (tests/db/test_clock.py)."""
+
+    def __init__(self, owner_url: str):
+        self.owner_url = owner_url
+
+    def move(self, seconds: float) -> None:
+        by = dt.timedelta(seconds=seconds)
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            conn.execute("update tolstoy_clock set ahead = ahead + %s", (by,))
+        times.CLOCK.move(by)
+
+    def move_past_leases(self) -> float:
+        """Move just past every lease held now (runs', webhook deliveries'): what a dead or frozen worker
+        held is recovered at once. Only while no live worker holds a lease it must keep. Returns the
+        seconds moved."""
+        with psycopg.connect(self.owner_url, autocommit=True) as conn:
+            left = conn.execute(
+                "select extract(epoch from greatest("
+                "(select max(lease_expires_at) from flow_runs where status = 'running'), "
+                "(select max(lease_expires_at) from webhook_deliveries where state = 'sending')) - tolstoy_now())"
+            ).fetchone()[0]
+        seconds = max(float(left or 0), 0.0) + 0.5
+        self.move(seconds)
+        return seconds
+
+
+@pytest.fixture
+def clock(database_url):
+    """Move time forward in this test (``clock.move(seconds)``) instead of sleeping."""
+    yield MovableClock(migrate.as_role(database_url, migrate.OWNER_ROLE))
+    times.CLOCK.reset()
 
 
 @pytest.fixture

@@ -12,9 +12,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,6 +56,24 @@ def scrape(client) -> dict:
     assert result.status_code == 200
     assert result.headers["content-type"].startswith("text/plain")
     return samples(result.text)
+
+
+def made_once(home: Path, make: Callable[[Path], None]) -> Path:
+    """``home``, a folder kept between runs (a venv, a wheelhouse), made by ``make(folder)`` in a folder
+    beside it and renamed into place: a half-made one is never taken for it, and of test processes
+    making it at once the first rename wins and the others use it."""
+    if home.is_dir():
+        return home
+    home.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{home.name}-", dir=home.parent))
+    try:
+        make(building)
+        os.rename(building, home)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        if not home.is_dir():  # else another test process made it meanwhile (the rename then fails)
+            raise
+    return home
 
 
 def free_port() -> int:

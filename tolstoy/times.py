@@ -1,15 +1,51 @@
-"""Time, one way everywhere: how Tolstoy spells a timestamp (ISO 8601 in UTC, milliseconds,
-``Z``), the seconds between two database timestamps, and how far apart retries are spaced."""
+"""Time, one way everywhere: the process's one clock, how Tolstoy spells a timestamp (ISO 8601 in
+UTC, milliseconds, ``Z``), the seconds between two database timestamps, and how far apart retries
+are spaced."""
 
 from __future__ import annotations
 
 import datetime as dt
 import random
+import threading
+
+
+class Clock:
+    """The one clock of the Python side, as tolstoy_now() is the database's (db/functions/clock.sql).
+    In production it is the system's clock; tests move it forward (tests/conftest.py ``clock``, which
+    moves the database's with it) instead of sleeping until a lease, a delay or a timeout runs out.
+    Time that is only waited for (poll intervals, heartbeats, deadlines of a call) is measured with
+    time.monotonic() and is not moved."""
+
+    def __init__(self) -> None:
+        self._ahead = dt.timedelta(0)
+        self._lock = threading.Lock()
+
+    def now(self) -> dt.datetime:
+        """Timezone-aware now in UTC, moved by as much as the clock was."""
+        return dt.datetime.now(dt.UTC) + self._ahead
+
+    @property
+    def ahead(self) -> dt.timedelta:
+        return self._ahead
+
+    def move(self, by: dt.timedelta) -> None:
+        """Forward only: time never runs backwards for leases and schedules."""
+        if by < dt.timedelta(0):
+            raise ValueError("the clock only moves forward")
+        with self._lock:
+            self._ahead += by
+
+    def reset(self) -> None:
+        with self._lock:
+            self._ahead = dt.timedelta(0)
+
+
+CLOCK = Clock()
 
 
 def utcnow() -> dt.datetime:
-    """Timezone-aware now in UTC."""
-    return dt.datetime.now(dt.UTC)
+    """Timezone-aware now in UTC, by the process's one clock."""
+    return CLOCK.now()
 
 
 def iso(value: dt.datetime | None) -> str | None:

@@ -30,9 +30,10 @@ NON_TENANT = {
 # tolstoy_engine owns the cross-tenant functions, tolstoy_history the run history's partitions, and
 # tolstoy_admin is the admin login of the /organizations routes.
 #
-# No policy trusts any other setting, and there is no test-only setting (a clock override, say) that
-# a service role could flip in production: tolstoy_maintain_history takes today's date from its caller
-# but refuses one after the database's own current_date. A setting of that kind added later must not
+# No policy trusts any other setting, and there is no test-only setting that a service role could
+# flip in production: the clock tests move (tolstoy_clock, read by tolstoy_now()) is a table only the
+# schema owner may change (tests/db/test_clock.py), and tolstoy_maintain_history takes today's date
+# from its caller but refuses one after the clock's. A setting of that kind added later must not
 # appear in a policy (test_no_policy_trusts_a_setting_other_than_app_org_id) and must be locked away
 # from the service roles.
 TENANT = ("PUBLIC", "(org_id = tolstoy_current_org())", "(org_id = tolstoy_current_org())")
@@ -230,16 +231,19 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
 
 # The security definer functions (they run as their owner, across organizations) each login role may
 # call. A new one is executable by PUBLIC unless its migration revokes that: it must be added here.
+# Every role reads the clock (tolstoy_now, tolstoy_clock_timestamp: they return a time and nothing of
+# any organization; the offset they read is the owner's to set).
+CLOCK = {"tolstoy_now", "tolstoy_clock_timestamp"}
 REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats",
-                    "tolstoy_usage"},
-    "tolstoy_worker": {"tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
+                    "tolstoy_usage", *CLOCK},
+    "tolstoy_worker": {*CLOCK, "tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
                        "tolstoy_claim_schedules", "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history",
                        "tolstoy_next_delivery", "tolstoy_next_schedule",
                        "tolstoy_prune_audit", "tolstoy_prune_deliveries", "tolstoy_prune_signals", "tolstoy_queue_stats",
                        "tolstoy_renew_leases"},
     # The usage of the organization its unit acts for (GET /organizations/{id}/usage): no grant on runs needed.
-    "tolstoy_admin": {"tolstoy_usage"},
+    "tolstoy_admin": {"tolstoy_usage", *CLOCK},
 }
 
 

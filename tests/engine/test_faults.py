@@ -290,12 +290,13 @@ def test_a_runs_own_fault_while_writing_counts_against_it_and_fails_it_at_the_li
 
 
 def test_a_cancel_asked_for_while_the_worker_is_dead_is_honoured_when_the_run_is_recovered(
-        api, org, user, worker_env, server, db):
+        api, org, user, worker_env, server, db, clock):
     entered = threading.Event()
+    killed = threading.Event()
 
     def charge(request):
         entered.set()
-        time.sleep(3)
+        killed.wait(30)  # in flight until its worker is dead
         return Response("{}", content_type="application/json")
 
     server.expect_request("/charge").respond_with_handler(charge)
@@ -308,10 +309,12 @@ def test_a_cancel_asked_for_while_the_worker_is_dead_is_honoured_when_the_run_is
         assert entered.wait(20), log_tail(first)
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        killed.set()
         asked = api.client.simulate_post(f"/flows/{flow['id']}/executions/{run}/cancel",
                                          headers=api.headers(org, user))
         assert asked.status_code == 202, asked.text
         if asked.json["status"] == "running":  # the lease had not run out yet: the claim carries the cancel
+            clock.move_past_leases()  # now it has
             second = start_worker(worker_env)
         done = wait_for(api, org, flow, run, statuses=("cancelled", "waiting", "failed", "completed"), timeout=30)
     finally:
@@ -380,7 +383,8 @@ def test_every_checkpoint_transition_honours_a_pending_cancel(api, org, user, db
 # ---- recoveries count against the run that was in flight ----------------------------------------
 
 
-def test_recoveries_are_charged_to_the_run_that_does_not_get_past_its_step(api, org, user, worker_env, server, db):
+def test_recoveries_are_charged_to_the_run_that_does_not_get_past_its_step(api, org, user, worker_env, server, db,
+                                                                            clock):
     """Four workers die in turn, each while run P's call hangs (P kills them, as far as anyone can
     tell) and run Q, a bystander, is part-way through its steps. P never gets past its step and fails
     at the recovery limit (3); Q finishes a step between deaths, so no death is held against it."""
@@ -414,6 +418,7 @@ def test_recoveries_are_charged_to_the_run_that_does_not_get_past_its_step(api, 
                        "P's call in flight and Q a step further")
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
+            clock.move_past_leases()  # the next worker recovers both at once
         worker = start_worker(worker_env)
         wait_until(lambda: run_status(db, p) == "failed" and run_status(db, q) in ("completed", "failed"), 60,
                    "P to fail and Q to end")
@@ -430,7 +435,7 @@ def test_recoveries_are_charged_to_the_run_that_does_not_get_past_its_step(api, 
 # ---- SIGTERM drains within its timeout -----------------------------------------------------------
 
 
-def test_sigterm_drains_within_its_timeout_whatever_the_runs_do(api, org, user, worker_env, server, db):
+def test_sigterm_drains_within_its_timeout_whatever_the_runs_do(api, org, user, worker_env, server, db, clock):
     """A stopping worker hands back the runs that reach a step boundary; one stuck in a slow call is
     cut off at TOLSTOY_WORKER_DRAIN_SECONDS and the worker exits; the run it left is resumed by another
     worker once its lease expires. (A second run renders a long template meanwhile: whether its render
@@ -468,6 +473,7 @@ def test_sigterm_drains_within_its_timeout_whatever_the_runs_do(api, org, user, 
         assert run_status(db, called) == "running"  # left to its lease, not failed or cancelled
         api.client.simulate_post(f"/flows/{render['id']}/executions/{spun}/cancel", headers=api.headers(org, user))
         release.set()
+        clock.move_past_leases()  # rather than wait for the lease it left to run out
         second = start_worker(env)
         done = wait_for(api, org, call, called, timeout=30)
     finally:

@@ -168,7 +168,8 @@ def test_the_same_fault_ends_a_step_and_an_item_the_same_way(api, org, user, wor
         assert (got["run"], got["status"], got["calls"]) == expected, found
 
 
-def test_a_call_cut_off_by_a_dead_worker_ends_a_step_and_an_item_the_same_way(api, org, user, worker_env, server):
+def test_a_call_cut_off_by_a_dead_worker_ends_a_step_and_an_item_the_same_way(api, org, user, worker_env, server,
+                                                                              clock):
     # A worker SIGKILLed while its calls are in flight: a POST waits for a person, a PUT is sent again
     # under its key, whether it was a step's call or an item's.
     calls = Calls(hold=True)
@@ -183,6 +184,7 @@ def test_a_call_cut_off_by_a_dead_worker_ends_a_step_and_an_item_the_same_way(ap
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         calls.release.set()
+        clock.move_past_leases()  # rather than wait for the dead worker's leases to run out
         second = start_worker(worker_env, concurrency=4)
         found_posts = ending(api, org, posts, calls)
         found_puts = ending(api, org, puts, calls)

@@ -318,14 +318,15 @@ def test_subflow_steps_are_checked_when_the_flow_is_saved(api, org):
     assert ok.json["steps"][0]["config"]["flowId"] == mine["id"]
 
 
-def test_a_killed_worker_while_the_parent_waits_leaves_exactly_one_child(api, db, worker_env, server):
+def test_a_killed_worker_while_the_parent_waits_leaves_exactly_one_child(api, db, worker_env, server, clock):
     started = threading.Event()
+    killed = threading.Event()
     hits = []
 
     def slow(request):
         hits.append(request.headers.get("Idempotency-Key"))
         started.set()
-        time.sleep(1.0)
+        killed.wait(30)  # in flight until its worker is dead
         return Response('{"ok": true}', content_type="application/json")
 
     server.expect_request("/slow").respond_with_handler(slow)
@@ -343,6 +344,8 @@ def test_a_killed_worker_while_the_parent_waits_leaves_exactly_one_child(api, db
         assert run_status(db, execution_id) == "waiting"
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
+        killed.set()
+        clock.move_past_leases()  # the child's: rather than wait for it to run out
         second = start_worker(worker_env, concurrency=2)
         wait_until(lambda: run_status(db, execution_id) == "completed", 40, "the parent to complete")
     finally:

@@ -357,7 +357,7 @@ def test_cancelled_runs_run_no_handler(api, org, user, worker, server):
     assert run_of(api, org, flow, run_id)["status"] == "cancelled" and calls == []
 
 
-def test_on_failure_resumes_after_its_worker_is_killed(api, org, user, worker_env, server):
+def test_on_failure_resumes_after_its_worker_is_killed(api, org, user, worker_env, server, clock):
     alerts = []
     server.expect_request("/boom").respond_with_data("nope", status=422)
     server.expect_request("/alert").respond_with_handler(
@@ -375,6 +375,7 @@ def test_on_failure_resumes_after_its_worker_is_killed(api, org, user, worker_en
             "onFailure.pause") == "waiting", 30, "the handler to sleep")
         first.send_signal(signals.SIGKILL)
         first.wait(timeout=10)
+        clock.move(1.5)  # the handler's delay is over
         second = start_worker(worker_env)
         wait_until(lambda: run_of(api, org, flow, run_id)["status"] == "failed", 30, "the run to fail")
         run = run_of(api, org, flow, run_id)

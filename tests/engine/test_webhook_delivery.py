@@ -209,7 +209,7 @@ def test_a_delivery_is_given_up_after_the_give_up_period(api, org, config, worke
         thread.join(timeout=10)
 
 
-def test_events_survive_a_sigkilled_worker(api, org, user, worker_env, db):
+def test_events_survive_a_sigkilled_worker(api, org, user, worker_env, db, clock):
     """The receiver is down while the run completes; the worker is SIGKILLed; another worker
     (the receiver now up) delivers every event, in order: the outbox committed with the run."""
     port = free_port()
@@ -235,6 +235,7 @@ def test_events_survive_a_sigkilled_worker(api, org, user, worker_env, db):
         assert [r["event_type"] for r in rows] == ["flow.started", "step.completed", "step.completed",
                                                    "flow.completed"]
         assert all(r["state"] in ("pending", "sending") for r in rows)
+        clock.move_past_leases()  # a delivery the dead worker was sending is due again at once
 
         server = HTTPServer(host="127.0.0.1", port=port, threaded=True)
         server.start()

@@ -60,15 +60,17 @@ def run_status(db, execution_id: str) -> str | None:
     return row["status"] if row else None
 
 
-def test_a_killed_workers_run_is_finished_by_another_without_repeating_steps(api, db, worker_env, httpserver):
+def test_a_killed_workers_run_is_finished_by_another_without_repeating_steps(api, db, worker_env, httpserver,
+                                                                             clock):
     seen: list[tuple[str, str]] = []
     slow_started = threading.Event()
+    killed = threading.Event()
 
     def record(request):
         seen.append((request.path, request.headers.get("Idempotency-Key")))
         if request.path == "/two":
             slow_started.set()
-            time.sleep(1.5)
+            killed.wait(30)  # in flight until its worker is dead
         return Response('{"ok": true}', content_type="application/json")
 
     for path in ("/one", "/two", "/three"):
@@ -91,6 +93,8 @@ def test_a_killed_workers_run_is_finished_by_another_without_repeating_steps(api
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert run_status(db, run["executionId"]) == "running"  # orphaned under an expiring lease
+        killed.set()
+        clock.move_past_leases()  # rather than wait for it to run out
         second = start_worker(worker_env)
         wait_until(lambda: run_status(db, run["executionId"]) == "completed", 30, "the run to complete")
     finally:

@@ -15,13 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from support import made_once
 from werkzeug import Response
 
 pytestmark = pytest.mark.slow
@@ -57,14 +57,9 @@ def previous_python() -> Path:
     commit = previous_release_commit()
     if git("cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
         unavailable(f"the previous release {commit} is not in this clone (a shallow clone? git fetch --unshallow)")
-    home = ROOT / ".tolstoy" / "releases" / commit
-    python = home / "venv" / "bin" / "python"
-    if python.exists():
-        return python
-    home.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{commit[:12]}-", dir=home.parent))
-    source = building / "src"
-    try:
+
+    def install(building: Path) -> None:
+        source = building / "src"
         added = git("worktree", "add", "--detach", str(source), commit)
         assert added.returncode == 0, added.stderr
         try:
@@ -76,14 +71,10 @@ def previous_python() -> Path:
             assert installed.returncode == 0, installed.stderr[-3000:]
         finally:
             git("worktree", "remove", "--force", str(source))
-        # Built aside and renamed into place, so a half-built venv is never taken for the cached one (only
-        # `python -m` is used from it: the scripts' shebangs name the build folder).
-        os.rename(building, home)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        if not python.exists():  # else another test process built it meanwhile (the rename then fails)
-            raise
-    return python
+
+    # Built aside and renamed into place (only `python -m` is used from it: the scripts' shebangs name
+    # the build folder).
+    return made_once(ROOT / ".tolstoy" / "releases" / commit, install) / "venv" / "bin" / "python"
 
 
 class Workers:

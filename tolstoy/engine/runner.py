@@ -63,7 +63,7 @@ from ..redaction import (
     mask_json,
     secret_strings,
 )
-from ..times import seconds_between
+from ..times import seconds_between, utcnow
 from . import plans, sizes
 from .calls import Tools
 from .errors import LeaseLost, SkipStep, StepFailed, Stop
@@ -206,7 +206,7 @@ class Run:
     def db_now(self) -> dt.datetime:
         """The database's clock now, as far as the worker can tell without asking."""
         if self.claimed_now is None:
-            return dt.datetime.now(dt.UTC)
+            return utcnow()
         base = dt.datetime.fromisoformat(self.claimed_now) if isinstance(self.claimed_now, str) else self.claimed_now
         return base + dt.timedelta(seconds=time.monotonic() - self.claimed_at)
 
