@@ -15,10 +15,10 @@ from .calls import Tools, input_errors
 from .errors import ActAsUserRefused, InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
-from .kinds import ITEM_STEP_TYPES, STEP_TYPES
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
+from .steps import ITEM_STEP_TYPES, STEP_TYPES
 from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
