@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from ..db.database import Database
-from .calls import Tools, input_errors
+from .calls import ToolClient, input_errors
 from .errors import ActAsUserRefused, InvalidInputs, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
@@ -39,7 +39,7 @@ from .webhooks import target_problem as webhook_target_problem
 from .worker import Worker
 
 __all__ = [
-    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
+    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
     "STEP_TYPES", "ITEM_STEP_TYPES",
     "ActAsUserRefused",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
@@ -60,9 +60,9 @@ def vault_from_config(config, db: Database) -> Vault | None:
     return Vault(Keyring(db, keks, config.data_key_ttl), legacy)
 
 
-def tools(config, db: Database) -> Tools:
+def tools(config, db: Database) -> ToolClient:
     """Calls to tools with this configuration's outbound rules and credential keys."""
-    return Tools(db, Outbound(config.allow_networks), vault_from_config(config, db))
+    return ToolClient(db, Outbound(config.allow_networks), vault_from_config(config, db))
 
 
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
@@ -92,7 +92,7 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 
 
-def deliverer(config, db: Database, worker_id: str, calls: Tools) -> Deliverer:
+def deliverer(config, db: Database, worker_id: str, calls: ToolClient) -> Deliverer:
     """The sender of outbound event webhooks, wired from configuration; it shares the engine's HTTP
     client and vault (``calls``), so a worker has one connection pool and one data-key cache."""
     return Deliverer(db, calls.http, calls.vault, worker_id,

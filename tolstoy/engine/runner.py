@@ -61,7 +61,7 @@ from ..redaction import (
     secret_strings,
 )
 from . import plans, sizes
-from .calls import Tools
+from .calls import ToolClient
 from .errors import LeaseLost, StepFailed, Stop
 from .graph import dependencies, step_order
 from .steps import KINDS, Kind, Site
@@ -72,7 +72,9 @@ from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, b
 log = logging.getLogger("tolstoy.engine")
 
 RUN_STEP_KEY = "$flow"  # execution log rows about the run itself (not a valid step id)
-FINISHED = ("completed", "skipped", "failed")
+# A step checkpoint in one of these is settled: a resumed run does not run that step again (run
+# statuses that end a run are another list: the API's).
+SETTLED_STEP_STATUSES = ("completed", "skipped", "failed")
 # The checkpoint ids of a flow's onFailure steps: "onFailure.<id>" (a step id never holds a dot).
 ON_FAILURE = "onFailure."
 # A run handed back after a transient fault waits this long before it is claimed again, doubled per
@@ -232,7 +234,7 @@ class Run:
 class Engine:
     """Executes runs claimed by a worker."""
 
-    def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
+    def __init__(self, db: Database, tools: ToolClient, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
                  subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
                  step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES,
@@ -475,7 +477,7 @@ class Engine:
                 # Failed before this claim (a person resolved an unknown outcome as failed, or the run
                 # failed before and its onFailure steps are under way).
                 return "failed", {"stepId": sid, **(done.get("error") or {})}
-            if done and done["status"] in FINISHED:
+            if done and done["status"] in SETTLED_STEP_STATUSES:
                 continue
             self.boundary(run)
             if failed & {prefix + dep for dep in dependencies(steps, by_id[step["id"]])}:

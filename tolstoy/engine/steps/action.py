@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..calls import ToolCall, Tools
+from ..calls import ToolCall, ToolClient
 from ..errors import SkipStep, StepFailed
 from ..templates import TemplateFailure, condition, stopped_only_by
 from ..vault import Reader
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ..runner import Run
 
 
-def build(tools: Tools, run: Run, site: Site, step: dict, inputs: dict) -> ToolCall:
+def build(tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict) -> ToolCall:
     """The request of an action step whose config is rendered; SkipStep when the action's executeIf is false."""
     action = run.plan.action(step["config"])
     # The call is recorded as starting already: a render stopped for the worker's shutdown would

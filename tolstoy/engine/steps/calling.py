@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ... import times
 from ...errors import DatabaseFault
 from ...redaction import in_derived_work, mask_json
-from ..calls import ToolCall, Tools, checked
+from ..calls import ToolCall, ToolClient, checked
 from ..errors import LeaseLost, SkipStep, StepFailed
 from .kind import Kind, Outcome, Site
 
@@ -49,7 +49,7 @@ class Calling:
     (``inputs``; SkipStep: it does nothing this time). ``method(run, step, inputs)``: the HTTP method
     it sends. ``tool(run, step)``: the tool it calls, if any (None when the step calls no tool)."""
 
-    def __init__(self, build: Callable[[Tools, Run, Site, dict, dict], ToolCall],
+    def __init__(self, build: Callable[[ToolClient, Run, Site, dict, dict], ToolCall],
                  method: Callable[[Run, dict, dict], str], tool: Callable[[Run, dict], dict | None] = no_tool):
         self.build = build
         self.method = method
@@ -59,7 +59,7 @@ class Calling:
         """The kind: it may run per item, and a ``waiting`` checkpoint of it is a retry back-off."""
         return Kind(self.run, retries=True, item=True)
 
-    def send(self, tools: Tools, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
+    def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
         """Make the call of one step whose config is already rendered; returns its output. ``site``
         is where the step runs (``site.context``, ``site.view``: what an action's executeIf and headers
         read, an item's ``item`` and ``index`` included). The secrets the call uses join ``run.secrets``

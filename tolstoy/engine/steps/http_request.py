@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..calls import ToolCall, Tools
+from ..calls import ToolCall, ToolClient
 from .calling import Calling
 from .kind import Site
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..runner import Run
 
 
-def build(tools: Tools, run: Run, site: Site, step: dict, inputs: dict) -> ToolCall:
+def build(tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict) -> ToolCall:
     """The request, as its rendered config says."""
     return ToolCall(inputs["method"], inputs["url"], dict(inputs.get("headers") or {}), None, inputs.get("body"))
 
