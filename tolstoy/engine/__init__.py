@@ -12,9 +12,13 @@ import threading
 
 from ..db.database import Database
 from .calls import ToolClient, input_errors
-from .errors import ActAsUserRefused, InvalidInputs, StepFailed
+from .errors import ActAsUserRefused, InvalidInputs, NoKeyToSeal, NoSuchRun, RunStateConflict, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
+from .lifecycle import cancel as cancel_run
+from .lifecycle import queue as queue_run
+from .lifecycle import resolve as resolve_step
+from .lifecycle import retry as retry_run
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
@@ -42,6 +46,7 @@ __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
     "STEP_TYPES", "ITEM_STEP_TYPES",
     "ActAsUserRefused",
+    "queue_run", "retry_run", "cancel_run", "resolve_step", "NoSuchRun", "RunStateConflict", "NoKeyToSeal",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",
