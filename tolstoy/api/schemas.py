@@ -526,7 +526,7 @@ STEP_CONFIGS = {
     "foreach": ForeachStepConfig,
     "subflow": SubflowStepConfig,
     # A kind whose module brings its config's schema (tolstoy/engine/steps/): nothing to add here.
-    **engine.STEP_CONFIGS,
+    **engine.step_configs(),
 }
 
 

@@ -22,7 +22,7 @@ from .lifecycle import retry as retry_run
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
-from .steps import ITEM_STEP_TYPES, STEP_CONFIGS, STEP_TYPES
+from .steps import ITEM_STEP_TYPES, STEP_TYPES, step_configs
 from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
@@ -44,7 +44,7 @@ from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
-    "STEP_TYPES", "ITEM_STEP_TYPES", "STEP_CONFIGS",
+    "STEP_TYPES", "ITEM_STEP_TYPES", "step_configs",
     "ActAsUserRefused",
     "queue_run", "retry_run", "cancel_run", "resolve_step", "NoSuchRun", "RunStateConflict", "NoKeyToSeal",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",

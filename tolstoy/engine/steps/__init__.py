@@ -30,7 +30,12 @@ KINDS: dict[str, Kind] = {name: importlib.import_module(f"{__name__}.{name}").KI
 STEP_TYPES = tuple(KINDS)
 # What a foreach step may run for each item.
 ITEM_STEP_TYPES = tuple(name for name, kind in KINDS.items() if kind.item)
-# The schemas of the configs of the kinds that bring their own (the API validates a step's config with it).
-STEP_CONFIGS = {name: kind.config for name, kind in KINDS.items() if kind.config is not None}
 
-__all__ = ["ITEM_STEP_TYPES", "KINDS", "STEP_CONFIGS", "STEP_TYPES", "Kind", "Site"]
+
+def step_configs() -> dict[str, type]:
+    """The schemas of the configs of the kinds that bring their own: the API validates a step's config
+    with it (this imports marshmallow: the API's, never a worker's)."""
+    return {name: kind.config() for name, kind in KINDS.items() if kind.config is not None}
+
+
+__all__ = ["ITEM_STEP_TYPES", "KINDS", "STEP_TYPES", "Kind", "Site", "step_configs"]

@@ -51,14 +51,15 @@ class Kind:
     delay is over) or None (run it again). ``retries``: a ``waiting`` checkpoint of it is a retry
     back-off that ended, so it runs again as the next attempt. ``item``: whether a foreach step may
     run it per item. ``renders``: the one config field rendered before ``run`` (a foreach renders its
-    items; its item step is rendered per item), else the whole config. ``config``: the marshmallow
-    schema that validates its config when a flow is saved (the API loads ``steps[i].config`` with it,
-    errors named under it); None for the kinds whose schema the API still holds (api/schemas.py
-    STEP_CONFIGS)."""
+    items; its item step is rendered per item), else the whole config. ``config``: returns the
+    marshmallow schema that validates its config when a flow is saved (the API loads
+    ``steps[i].config`` with it, errors named under it); a function, so that marshmallow is imported
+    by the API only, never by a worker (tests/unit/test_layers.py). None for the kinds whose schema
+    the API still holds (api/schemas.py STEP_CONFIGS)."""
 
     run: Callable[..., Outcome]
     resume: Callable[..., Outcome | None] = run_again
     retries: bool = False
     item: bool = False
     renders: str | None = None
-    config: type | None = None
+    config: Callable[[], type] | None = None
