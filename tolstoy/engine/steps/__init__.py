@@ -23,6 +23,7 @@ MODULES = (
     "foreach",
     "wait",
     "subflow",
+    "fail",
 )
 
 KINDS: dict[str, Kind] = {name: importlib.import_module(f"{__name__}.{name}").KIND for name in MODULES}
