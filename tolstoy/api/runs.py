@@ -19,7 +19,7 @@ from ..db.queries import SQL
 from ..times import iso
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, NotFound, field_error
+from .errors import Conflict, NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
 from .schemas import (
@@ -182,7 +182,13 @@ class FlowRuns:
         data = read_json(req)
         flow = self.flow(req, id)
         run_id = parse_uuid(execution_id, "Execution")
-        values = validate_body(_RESOLVE, data)
+        try:
+            values = validate_body(_RESOLVE, data)
+        except ValidationFailed:
+            # A run that is not there answers 404 before a wrong body does (docs/api.md, Order of checks).
+            resources.get_or_404(self.db, SQL.runs.status_of, "Execution", org_id=req.context.org_id,
+                                 flow_id=flow["id"], id=run_id)
+            raise
         with lifecycle_errors():
             run = engine.resolve_step(self.db, self.vault, org_id=req.context.org_id, flow_id=flow["id"],
                                       run_id=run_id, step_id=step_id, user_id=req.context.user_id,
