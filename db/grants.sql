@@ -167,3 +167,11 @@ grant execute on function tolstoy_usage() to tolstoy_app, tolstoy_admin;
 grant select on audit_events to tolstoy_app;
 grant execute on function tolstoy_prune_audit(integer, integer) to tolstoy_worker;
 revoke execute on function tolstoy_prune_audit(integer, integer) from tolstoy_app;
+
+-- a run's state changes asked for through the API (20261209000200): cancel a
+-- run with the runs below it, resolve a step whose outcome is unknown. They run
+-- as their caller, under row-level security for the organization it acts for.
+grant execute on function tolstoy_cancel_run(uuid, uuid, uuid, uuid) to tolstoy_app;
+grant execute on function tolstoy_cancel_descendants(uuid, uuid) to tolstoy_app;
+grant execute on function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, text, jsonb, bytea, jsonb, boolean)
+    to tolstoy_app;

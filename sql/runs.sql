@@ -80,98 +80,17 @@ left join (select k.id, k.parent_step_id
 where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
 order by s.started_at, s.step_id;
 
--- name: request_cancel^
--- A queued (or sleeping), or waiting run is cancelled at once, and so is a running one whose lease
--- expired (its worker is gone: nothing would pass a step boundary to honour the cancel, and its
--- writes are fenced by that lease); a running one within one heartbeat, and, should its worker die
--- first, when it is recovered (the claim carries the cancel).
-update flow_runs
-set status = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then 'cancelled'::flow_run_status
-                  else status end,
-    finished_at = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then tolstoy_now()
-                       else finished_at end,
-    error = case when status in ('queued', 'waiting') or lease_expires_at < tolstoy_now() then '{"message": "Cancelled"}'::jsonb
-                 else error end,
-    lease_owner = case when lease_expires_at < tolstoy_now() then null else lease_owner end,
-    lease_token = case when lease_expires_at < tolstoy_now() then null else lease_token end,
-    lease_expires_at = case when lease_expires_at < tolstoy_now() then null else lease_expires_at end,
-    cancel_requested = true
-where org_id = :org_id and flow_id = :flow_id and id = :id and status in ('queued', 'running', 'waiting')
-  and created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid)
-returning id, status;
+-- name: cancel$
+-- Cancel a run of the flow and the runs below it, logged as :user_id's (tolstoy_cancel_run):
+-- null when no such run, {changed: false, status} when it had finished, else {changed, status,
+-- descendants, run}.
+select tolstoy_cancel_run(:org_id::uuid, :flow_id::uuid, :id::uuid, :user_id::uuid);
 
--- name: cancel_descendants^
--- Cancelling a run cancels the runs its subflow steps queued, and theirs: a queued or waiting
--- one at once (with its log row), a running one within one heartbeat. Run before the run's own
--- cancel, so rows are locked children first, parent last, as a child's last checkpoint does; and
--- again after it, for a child its subflow step committed while the first pass looked.
-with recursive tree as (
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    where c.org_id = :org_id and c.parent_run_id = :id
-      and c.created_at >= tolstoy_run_from(:id::uuid)  -- children are queued after their parent
-    union all
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
-), locked as (
-    -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
-    -- locking a middle run before a grandchild that is finishing would deadlock with it.
-    select r.org_id, r.id, r.created_at
-    from flow_runs r
-    join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
-    where r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    order by r.depth desc, r.id
-    for update of r
-), changed as (
-    -- As request_cancel: at once unless a worker holds it (a running run whose lease expired has none).
-    update flow_runs r
-    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                      then 'cancelled'::flow_run_status else r.status end,
-        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
-                           else r.finished_at end,
-        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                     then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
-        lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
-        lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
-        lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
-        cancel_requested = true
-    from locked
-    where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
-      and r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    returning r.org_id, r.id, r.flow_id, r.user_id, r.status
-), logged as (
-    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
-    select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
-    from changed
-    where status = 'cancelled'
-)
-select count(*) filter (where status = 'cancelled') as cancelled, count(*) as asked
-from changed;
-
--- name: unknown_step^
--- The step of a waiting run whose outcome nobody knows, locked for a person's resolution.
-select s.step_id, s.attempt, s.inputs
-from flow_run_steps s
-where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
-  and s.step_id = :step_id and s.status = 'outcome_unknown'
-for update;
-
--- name: resolve_step!
--- Record what a person says of an unknown outcome: the step completed (with outputs), failed,
--- or is to be sent again (back to 'running' with no call recorded, same attempt and key).
-update flow_run_steps
-set status = :status, outputs = :outputs, sealed = :sealed, error = :error, call_started_at = null,
-    finished_at = case when :status::text in ('completed', 'failed') then tolstoy_now() end
-where org_id = :org_id and run_id = :run_id and run_created_at = :run_created_at and step_id = :step_id;
-
--- name: requeue!
--- A waiting run goes back to the queue (after a person resolved what it waited for).
-update flow_runs
-set status = 'queued', run_after = tolstoy_now()
-where org_id = :org_id and id = :id and created_at = :created_at and status = 'waiting';
+-- name: resolve$
+-- Record what a person (:user_id) says of a step whose outcome is unknown and queue its run again
+-- (tolstoy_resolve_step): null when no such run, {refused: status|step|key}, else {run}.
+select tolstoy_resolve_step(:org_id::uuid, :flow_id::uuid, :id::uuid, :step_id::text, :user_id::uuid,
+                            :outcome::text, :outputs::jsonb, :sealed::bytea, :error::jsonb, :key_missing::boolean);
 
 -- name: unfinished_count$
 -- Runs of a flow that have not finished (a purge leaves them alone and says so).

@@ -206,3 +206,19 @@ def test_the_server_sees_what_the_counts_say(world, app_url, db, config):
         assert counted == 2 and len(logged) == counted, logged
     finally:
         fresh.close()
+
+
+def test_cancelling_a_run_is_the_flows_lookup_and_one_function(counted, world):
+    # A state change is one SQL function (tolstoy_cancel_run): the run, the runs below it and the log
+    # row in one statement, not a lookup, two passes over the descendants, an update and a log write.
+    flow = world["flow"]
+    queued, _ = counted("POST", f"/flows/{flow['id']}/execute", json={}, headers=world["acting"])
+    assert queued.status_code == 202, queued.text
+    path = f"/flows/{flow['id']}/executions/{queued.json['executionId']}/cancel"
+    result, cost = counted("POST", path, headers=world["acting"])
+    assert result.status_code == 202 and result.json["status"] == "cancelled", result.text
+    # begin, tolstoy_enter and the flow; then tolstoy_cancel_run and the commit (before: the run, the
+    # descendants, the update, the descendants again and the log row too: 9).
+    assert cost == {"statements": 5, "round_trips": 2, "transactions": 1}
+    again, _ = counted("POST", path, headers=world["acting"])
+    assert again.status_code == 409 and "already finished with status cancelled" in again.json["message"], again.text

@@ -440,3 +440,18 @@ def test_tenant_header_is_required(api, user, flow):
     assert_error(api.client.simulate_post(f"/flows/{flow['id']}/execute", json={}), 400, "X-Org-ID")
     assert_error(api.client.simulate_get(runs_path(flow)), 400, "X-Org-ID")
     assert_error(api.client.simulate_get(f"/flows/{flow['id']}/metrics"), 400, "X-Org-ID")
+
+
+def test_resolving_checks_the_run_before_the_body_then_its_state(api, org, user, flow):
+    # The order of checks (docs/api.md): a run that is not there is a 404 whatever the body says; then
+    # the body (400); then the run's state (409: it is not waiting for a resolution).
+    path = runs_path(flow, "ffffffff-ffff-7fff-bfff-ffffffffffff") + "/steps/charge/resolve"
+    assert_error(api.client.simulate_post(path, json={"outcome": "maybe"}, headers=api.headers(org, user)), 404)
+    assert_error(api.client.simulate_post(path, json={"outcome": "retry"}, headers=api.headers(org, user)), 404)
+    queued = started(api, org, user, flow)["executionId"]
+    path = runs_path(flow, queued) + "/steps/charge/resolve"
+    assert_error(api.client.simulate_post(path, json={"outcome": "maybe"}, headers=api.headers(org, user)), 400,
+                 "outcome")
+    conflict = api.client.simulate_post(path, json={"outcome": "retry"}, headers=api.headers(org, user))
+    assert_error(conflict, 409)
+    assert "not waiting for a resolution" in conflict.json["message"]

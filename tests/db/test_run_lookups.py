@@ -75,6 +75,20 @@ def plans(app_url: str, tenant: str, query, **params) -> dict[str, list[str]]:
     return {"custom": scanned(custom[0]["Plan"]), "generic": scanned(generic[0]["Plan"])}
 
 
+def function_reads(app_url: str, tenant: str, mode: str, query, **params) -> set[str]:
+    """The flow_runs partitions a named query that calls a function scans, as the application role
+    acting for ``tenant`` with ``plan_cache_mode`` ``mode`` (rolled back): by pg_stat_xact_user_tables,
+    the transaction's own counts, which see the statements inside the function."""
+    with psycopg.connect(app_url, row_factory=dict_row) as conn:
+        conn.execute("select set_config('app.org_id', %s, false)", (tenant,))
+        conn.execute(sql.SQL("set plan_cache_mode = {}").format(sql.Identifier(mode)))
+        conn.execute(query.sql, params)
+        rows = conn.execute("select relname from pg_stat_xact_user_tables where relname like 'flow_runs_p%%' "
+                            "and coalesce(seq_scan, 0) + coalesce(idx_scan, 0) > 0").fetchall()
+        conn.rollback()
+    return {row["relname"] for row in rows}
+
+
 def test_a_run_id_carries_its_created_at_and_other_ids_are_looked_up_everywhere(api, org, user, db):
     flow = api.flow(org)
     run = execute(api, org, user, flow)
@@ -102,13 +116,13 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
     flow = api.flow(org)
     run = execute(api, org, user, flow)
     ids = {"org_id": org["id"], "flow_id": flow["id"], "id": run}
-    for query in (SQL.runs.get, SQL.runs.get_for_update, SQL.runs.status_of, SQL.runs.request_cancel):
+    for query in (SQL.runs.get, SQL.runs.get_for_update, SQL.runs.status_of):
         found = plans(app_url, org["id"], query, **ids)
         assert found == {"custom": [two_years], "generic": [two_years]}, (query, found)
     # Children and retries are never older than the run they name: the months before it are skipped
     # (the console's run page looks for the run's retry too).
     older = {f"flow_runs_p{month_start(dt.date.today(), back):%Y_%m}" for back in range(1, HISTORY_MONTHS)}
-    for query, params in ((SQL.console.run, ids), (SQL.runs.cancel_descendants, {"org_id": org["id"], "id": run}),
+    for query, params in ((SQL.console.run, ids),
                           (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": run,
                                            "after_created_at": None, "after_id": None, "limit": 10})):
         found = plans(app_url, org["id"], query, **params)
@@ -116,6 +130,16 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
         # its value can leave months out.
         read = found["custom"] + (found["generic"] if query is not SQL.runs.list else [])
         assert found["custom"] and not older & set(read), (query, found)
+    # The state changes are SQL functions (a plan of their call shows none of their statements): the
+    # partitions their statements read, by the transaction's own statistics, planned with their values
+    # and as generic plans alike. Resolving reads the run's month (the run is not waiting: refused);
+    # cancelling reads it, and the months after it for the run's children, never one before.
+    resolving = {**ids, "step_id": "x", "user_id": None, "outcome": "retry", "outputs": None, "sealed": None,
+                 "error": None, "key_missing": False}
+    for mode in ("force_custom_plan", "force_generic_plan"):
+        assert function_reads(app_url, org["id"], mode, SQL.runs.resolve, **resolving) == {two_years}, mode
+        read = function_reads(app_url, org["id"], mode, SQL.runs.cancel, **ids, user_id=None)
+        assert two_years in read and not older & read, (mode, read)
     # A run whose id carries no time (queued before) is still found, in every month: the contrast.
     legacy = str(uuid.uuid4())
     with db.pool.connection() as conn:

@@ -14,7 +14,9 @@ from werkzeug import Response
 
 from tolstoy import engine
 
-MASKING = ("tolstoy/redaction.py", "tolstoy/engine/runner.py")
+# The redaction and the engine's run loop, with the step kinds the items run through (tolstoy/engine/steps/).
+MASKING = ("tolstoy/redaction.py", "tolstoy/engine/runner.py", "tolstoy/engine/steps/foreach.py",
+           "tolstoy/engine/steps/transform.py", "tolstoy/engine/steps/calling.py", "tolstoy/engine/steps/action.py")
 
 
 def secret_items(api, org, server) -> dict:

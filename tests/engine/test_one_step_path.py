@@ -222,7 +222,9 @@ def test_every_step_kind_runs_through_the_one_table_as_a_step_and_as_an_item(
         "subflow": ({"type": "subflow", "config": {"flowId": child["id"]}}, {"leaf": "deep"}),
         "foreach": ({"type": "foreach", "config": {"items": [1, 2], "step": {
             "type": "transform", "config": {"output": "{{ item * 10 }}"}}}}, [10, 20]),
+        "fail": ({"type": "fail", "config": {"message": "stop {{ 1 + 1 }}"}}, "stop 2"),
     }
+    failing = {"fail"}  # kinds whose sample ends its run failed, with the message expected
     assert set(samples) == set(engine.STEP_TYPES), "a step kind without a sample here"
     assert set(engine.STEP_TYPES) == set(flow_steps.STEP_CONFIGS), "the API and the engine know other kinds"
     dispatched = []
@@ -238,12 +240,19 @@ def test_every_step_kind_runs_through_the_one_table_as_a_step_and_as_an_item(
     for kind, (definition, expected) in samples.items():
         top = api.flow(org, steps=[{"id": "x", **definition}])
         run = wait_for(api, org, top, execute(api, org, user, top)["executionId"])
-        assert run["status"] == "completed" and shown(run["outputs"]["x"]) == expected, (kind, run)
+        if kind in failing:
+            assert run["status"] == "failed" and run["error"]["message"] == expected, (kind, run)
+        else:
+            assert run["status"] == "completed" and shown(run["outputs"]["x"]) == expected, (kind, run)
         if kind in engine.ITEM_STEP_TYPES:
             each = api.flow(org, steps=[step("each", "foreach", {"items": ["a"], "step": definition})])
             run = wait_for(api, org, each, execute(api, org, user, each)["executionId"])
-            assert run["status"] == "completed" and [shown(o) for o in run["outputs"]["each"]] == [expected], \
-                (kind, run)
+            if kind in failing:
+                assert run["status"] == "failed" and run["error"]["message"] == f"Item 0 failed: {expected}", \
+                    (kind, run)
+            else:
+                assert run["status"] == "completed" and [shown(o) for o in run["outputs"]["each"]] == [expected], \
+                    (kind, run)
         else:
             refused = api.client.simulate_post("/flows", json={"name": "F", "steps": [
                 step("each", "foreach", {"items": ["a"], "step": definition})]}, headers=api.headers(org))

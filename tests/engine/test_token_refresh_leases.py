@@ -131,14 +131,14 @@ class Grant:
                                                                              Reader("worker", "step"))
         self.expire()
 
-    def process(self, max_size: int = 2) -> engine.Tools:
+    def process(self, max_size: int = 2) -> engine.ToolClient:
         """A process of its own: a pool (of ``max_size`` connections), a token cache, a data key cache."""
         database = Database(self.app_url, min_size=1, max_size=max_size, timeout=2)
         database.open(wait=True)
         self.dbs.append(database)
         return engine.tools(self.config, database)
 
-    def get(self, tools: engine.Tools, timeout_ms: int = 15_000, cancel: threading.Event | None = None) -> str:
+    def get(self, tools: engine.ToolClient, timeout_ms: int = 15_000, cancel: threading.Event | None = None) -> str:
         """The access token, as a call about to be sent asks for it."""
         with tools.db.tenant(self.org_id):
             if self.kind == "organization":
@@ -202,7 +202,7 @@ def grant(request, api, org, provider, config, app_url, db):
 class Caller(threading.Thread):
     """A call in a thread of its own that asks for the token: its answer, or what it raised."""
 
-    def __init__(self, grant: Grant, tools: engine.Tools, **options):
+    def __init__(self, grant: Grant, tools: engine.ToolClient, **options):
         super().__init__(daemon=True)
         self.grant, self.tools, self.options = grant, tools, options
         self.token: str | None = None

@@ -221,7 +221,7 @@ class Item(ActionResource, resources.Item):
     execute_schema = ActionExecuteSchema()
     result = staticmethod(dumper(ActionResultSchema()))
 
-    def __init__(self, db, tools: engine.Tools, config):
+    def __init__(self, db, tools: engine.ToolClient, config):
         super().__init__(db)
         self.tools = tools
         self.default_timeout_ms = config.sync_execute_timeout_ms

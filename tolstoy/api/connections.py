@@ -158,7 +158,7 @@ def check_tool_key(tool_key: str) -> None:
 
 
 class _Connect:
-    def __init__(self, db, tools: engine.Tools, config: Config):
+    def __init__(self, db, tools: engine.ToolClient, config: Config):
         self.db = db
         self.tools = tools
         self.key = state_key(config)

@@ -164,6 +164,8 @@ STEP_CONFIGS = {
     "transform": TransformStepConfig,
     "foreach": ForeachStepConfig,
     "subflow": SubflowStepConfig,
+    # A kind whose module brings its config's schema (tolstoy/engine/steps/): nothing to add here.
+    **engine.step_configs(),
 }
 
 

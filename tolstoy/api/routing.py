@@ -29,7 +29,7 @@ class Services:
 
     db: Database
     config: Config
-    tools: engine.Tools
+    tools: engine.ToolClient
     buckets: RequestBuckets
     nouns: tuple[ModuleType, ...] = ()
     built: dict = field(default_factory=dict)

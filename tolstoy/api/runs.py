@@ -9,19 +9,18 @@ statement, and a worker (``tolstoy worker``) claims and runs it."""
 
 from __future__ import annotations
 
+import contextlib
+
 import falcon
 from marshmallow import fields, validate
 
-from .. import engine, metrics
+from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
-from ..db.stores import write_execution_log
-from ..engine import RUN_STEP_KEY
-from ..redaction import mask_json, secret_strings
 from ..times import iso
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, NotFound, field_error
+from .errors import Conflict, NotFound, ValidationFailed, field_error
 from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
@@ -133,6 +132,19 @@ FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 _RESOLVE = ResolveSchema()
 
 
+@contextlib.contextmanager
+def lifecycle_errors():
+    """The engine's refusals of a run's state change, as HTTP: 404, 409, 503."""
+    try:
+        yield
+    except engine.NoSuchRun as exc:
+        raise NotFound(exc.noun) from None
+    except engine.RunStateConflict as exc:
+        raise Conflict(str(exc)) from None
+    except engine.NoKeyToSeal as exc:
+        raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
+
+
 def idempotency_key(req: falcon.Request) -> str | None:
     """The Idempotency-Key header, 1–200 characters."""
     key = req.get_header("Idempotency-Key")
@@ -176,25 +188,12 @@ class FlowRuns:
                                     flow_id=flow["id"], id=parse_uuid(raw_id, "Execution"))
 
     def queue(self, req: falcon.Request, flow: dict, *, version: int, variables: dict,
-              key: str | None = None, retry_of=None) -> dict:
-        """Queue a run (or find the one an Idempotency-Key, or a retry, already made): the request's last
-        query. The run records X-User-ID, and may use that user's connections only if this request may
-        act as them (a retry: whoever retries, not the original's starter)."""
-        run = self.db.one(SQL.runs.queue, commit=True, org_id=req.context.org_id, flow_id=flow["id"],
-                          flow_version=version, user_id=req.context.user_id, variables=dbmod.json(variables),
-                          idempotency_key=key, retry_of=retry_of,
-                          acts_as_user=may_act_as(req, req.context.user_id))
-        if run["created"]:
-            metrics.count_run("queued")
-        return run
-
-    def log_run(self, req: falcon.Request, flow: dict, run_id, status: str, inputs: dict, *, commit: bool = True,
-                error=None) -> None:
-        """A run-level execution log row (stepKey ``$flow``) for a change made here, counted in /metrics."""
-        write_execution_log(self.db, org_id=req.context.org_id, flow_id=flow["id"], user_id=req.context.user_id,
-                            execution_id=run_id, step_key=RUN_STEP_KEY, status=status, inputs=inputs, error=error,
-                            commit=commit)
-        metrics.count_run(status)
+              key: str | None = None) -> dict:
+        """Queue a run (or find the one an Idempotency-Key already made): the request's last query. The
+        run records X-User-ID, and may use that user's connections only if this request may act as them."""
+        return engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=version,
+                                user_id=req.context.user_id, variables=variables, key=key,
+                                acts_as_user=may_act_as(req, req.context.user_id))
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
         """202 with the run's summary and where to follow it."""
@@ -242,29 +241,13 @@ class FlowRuns:
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running. The runs
-        its subflow steps queued (and theirs) are cancelled with it, before it (children's rows are locked
-        before their parent's, in the order a child's last checkpoint locks them)."""
+        its subflow steps queued (and theirs) are cancelled with it (engine.cancel_run)."""
         flow = self.flow(req, id)
-        run = self.run(req, flow, execution_id)
-        if run["status"] not in FINISHED_RUN_STATUSES:
-            self.cancel_descendants(req, run)
-        changed = self.db.one(SQL.runs.request_cancel, org_id=req.context.org_id, flow_id=flow["id"], id=run["id"])
-        if changed is None:
-            raise Conflict(f"The execution already finished with status {run['status']}.")
-        # Again, now that the run's row is locked: a subflow step that was queueing a child while the
-        # first pass looked (the cancel then waited for the run's row) committed it meanwhile, and this
-        # statement sees it. The run itself can queue no other child now (cancel_requested, or cancelled).
-        self.cancel_descendants(req, run)
-        if changed["status"] == "cancelled":
-            self.log_run(req, flow, run["id"], "cancelled", {}, error={"message": "Cancelled"})
+        with lifecycle_errors():
+            run = engine.cancel_run(self.db, org_id=req.context.org_id, flow_id=flow["id"],
+                                    run_id=parse_uuid(execution_id, "Execution"), user_id=req.context.user_id)
         resp.status = falcon.HTTP_202
-        resp.media = _ACCEPTED({**run, "status": changed["status"]})
-
-    def cancel_descendants(self, req: falcon.Request, run: dict) -> None:
-        """Cancel the unfinished runs below ``run`` (its subflow steps' children, theirs, …)."""
-        children = self.db.one(SQL.runs.cancel_descendants, org_id=req.context.org_id, id=run["id"])
-        for _ in range(children["cancelled"]):
-            metrics.count_run("cancelled")
+        resp.media = _ACCEPTED(run)
 
     def on_post_retry(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """A new run of the same plan that starts with the original's finished steps and sends the same
@@ -272,10 +255,9 @@ class FlowRuns:
         require_user(req)
         flow = self.flow(req, id)
         original = self.run(req, flow, execution_id)
-        if original["status"] not in ("failed", "cancelled"):
-            raise Conflict(f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
-        run = self.queue(req, flow, version=original["flow_version"], variables=original["variables"],
-                         retry_of=original["id"])
+        with lifecycle_errors():
+            run = engine.retry_run(self.db, original, user_id=req.context.user_id,
+                                   acts_as_user=may_act_as(req, req.context.user_id))
         self.accepted(req, resp, flow, run)
 
     def on_post_resolve(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str,
@@ -284,39 +266,21 @@ class FlowRuns:
         require_user(req)
         data = read_json(req)
         flow = self.flow(req, id)
-        run = self.run(req, flow, execution_id, for_update=True)
-        values = validate_body(_RESOLVE, data)
-        if run["status"] != "waiting":
-            raise Conflict(f"The execution is {run['status']}, not waiting for a resolution.")
-        step = self.db.one(SQL.runs.unknown_step, org_id=req.context.org_id, run_id=run["id"],
-                           run_created_at=run["created_at"], step_id=step_id)
-        if step is None:
-            raise NotFound("Step waiting for a resolution")
-        outcome = values["outcome"]
-        shown = sealed = error = None
-        if outcome == "succeeded":
-            output = values.get("outputs")
-            shown = mask_json(output, secret_strings(output))
-            if shown != output:
-                if self.vault is None:
-                    raise falcon.HTTPServiceUnavailable(
-                        description="Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
-                sealed = self.vault.seal(req.context.org_id, output)
-        elif outcome == "failed":
-            error = {"name": "OutcomeUnknown", "message": values.get("message") or "Resolved as failed.",
-                     "resolvedBy": str(req.context.user_id)}
-        status = {"succeeded": "completed", "failed": "failed", "retry": "running"}[outcome]
-        self.db.rowcount(SQL.runs.resolve_step, org_id=req.context.org_id, run_id=run["id"],
-                         run_created_at=run["created_at"], step_id=step_id, status=status,
-                         outputs=dbmod.json(shown), sealed=sealed, error=dbmod.json(error))
-        write_execution_log(self.db, org_id=req.context.org_id, flow_id=flow["id"], user_id=req.context.user_id,
-                            execution_id=run["id"], step_key=step_id,
-                            status={"succeeded": "completed", "failed": "failed", "retry": "pending"}[outcome],
-                            inputs={"resolved": outcome, "attempt": step["attempt"]}, error=error)
-        self.db.rowcount(SQL.runs.requeue, commit=True, org_id=req.context.org_id, id=run["id"],
-                         created_at=run["created_at"])
+        run_id = parse_uuid(execution_id, "Execution")
+        try:
+            values = validate_body(_RESOLVE, data)
+        except ValidationFailed:
+            # A run that is not there answers 404 before a wrong body does (docs/api.md, Order of checks).
+            resources.get_or_404(self.db, SQL.runs.status_of, "Execution", org_id=req.context.org_id,
+                                 flow_id=flow["id"], id=run_id)
+            raise
+        with lifecycle_errors():
+            run = engine.resolve_step(self.db, self.vault, org_id=req.context.org_id, flow_id=flow["id"],
+                                      run_id=run_id, step_id=step_id, user_id=req.context.user_id,
+                                      outcome=values["outcome"], outputs=values.get("outputs"),
+                                      message=values.get("message"))
         resp.status = falcon.HTTP_202
-        resp.media = _ACCEPTED({**run, "status": "queued"})
+        resp.media = _ACCEPTED(run)
 
     def on_get_metrics(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Run counts by status, success rate and duration percentiles."""

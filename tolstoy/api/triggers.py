@@ -12,7 +12,7 @@ from collections.abc import Callable
 import falcon
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from .. import engine, metrics, schedules, signatures
+from .. import engine, schedules, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..jsonsafe import loads
@@ -275,11 +275,9 @@ class DeliveryReplay:
             raise NotFound("Delivery")
         if delivery["verdict"] != "valid" or delivery["body"] is None:
             raise Conflict(f"Only verified deliveries can be replayed (this one is {delivery['verdict']}).")
-        run = self.db.one(SQL.runs.queue, commit=True, org_id=req.context.org_id, flow_id=flow["id"],
-                          flow_version=flow["version"], user_id=req.context.user_id,
-                          variables=dbmod.json(loads(bytes(delivery["body"]))), idempotency_key=None,
-                          retry_of=None, acts_as_user=may_act_as(req, req.context.user_id))
-        metrics.count_run("queued")
+        run = engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=flow["version"],
+                               user_id=req.context.user_id, variables=loads(bytes(delivery["body"])),
+                               acts_as_user=may_act_as(req, req.context.user_id))
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(run)
         resp.location = f"/flows/{flow['id']}/executions/{run['id']}"

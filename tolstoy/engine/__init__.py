@@ -11,14 +11,18 @@ from __future__ import annotations
 import threading
 
 from ..db.database import Database
-from .calls import Tools, input_errors
-from .errors import ActAsUserRefused, InvalidInputs, StepFailed
+from .calls import ToolClient, input_errors
+from .errors import ActAsUserRefused, InvalidInputs, NoKeyToSeal, NoSuchRun, RunStateConflict, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
-from .kinds import ITEM_STEP_TYPES, STEP_TYPES
+from .lifecycle import cancel as cancel_run
+from .lifecycle import queue as queue_run
+from .lifecycle import resolve as resolve_step
+from .lifecycle import retry as retry_run
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
+from .steps import ITEM_STEP_TYPES, STEP_TYPES, step_configs
 from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
@@ -39,9 +43,10 @@ from .webhooks import target_problem as webhook_target_problem
 from .worker import Worker
 
 __all__ = [
-    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "Tools", "Vault", "Worker",
-    "STEP_TYPES", "ITEM_STEP_TYPES",
+    "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
+    "STEP_TYPES", "ITEM_STEP_TYPES", "step_configs",
     "ActAsUserRefused",
+    "queue_run", "retry_run", "cancel_run", "resolve_step", "NoSuchRun", "RunStateConflict", "NoKeyToSeal",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",
@@ -60,9 +65,9 @@ def vault_from_config(config, db: Database) -> Vault | None:
     return Vault(Keyring(db, keks, config.data_key_ttl), legacy)
 
 
-def tools(config, db: Database) -> Tools:
+def tools(config, db: Database) -> ToolClient:
     """Calls to tools with this configuration's outbound rules and credential keys."""
-    return Tools(db, Outbound(config.allow_networks), vault_from_config(config, db))
+    return ToolClient(db, Outbound(config.allow_networks), vault_from_config(config, db))
 
 
 def build(config, db: Database, worker_id: str, stopping: threading.Event | None = None) -> Engine:
@@ -92,7 +97,7 @@ def worker(config, db: Database, concurrency: int | None = None, **overrides) ->
     return Worker(db, lambda worker_id, stopping: build(config, db, worker_id, stopping), **settings)
 
 
-def deliverer(config, db: Database, worker_id: str, calls: Tools) -> Deliverer:
+def deliverer(config, db: Database, worker_id: str, calls: ToolClient) -> Deliverer:
     """The sender of outbound event webhooks, wired from configuration; it shares the engine's HTTP
     client and vault (``calls``), so a worker has one connection pool and one data-key cache."""
     return Deliverer(db, calls.http, calls.vault, worker_id,

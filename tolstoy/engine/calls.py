@@ -95,8 +95,9 @@ def _query_value(value: Any) -> Any:
     return value if isinstance(value, (str, int, float)) else str(value)
 
 
-class Tools:
-    """Builds and sends calls to an organization's tools with their credentials."""
+class ToolClient:
+    """The HTTP client for tools: builds and sends calls to an organization's tools with their
+    credentials (through the guarded outbound client), and seals what runs keep secret."""
 
     def __init__(self, db: Database, http: Outbound, vault: Vault | None):
         self.db = db

@@ -66,3 +66,22 @@ class LeaseLost(Exception):
 
 class Stop(Exception):
     """This worker is shutting down: hand the run back at the step boundary."""
+
+
+# ---- changes of a run's state asked for from outside the run loop (lifecycle.py) ----------------
+
+class NoSuchRun(Exception):
+    """What a run's state change names is not there (for this organization): ``noun`` says what
+    (the run, or the step waiting for a resolution)."""
+
+    def __init__(self, noun: str):
+        super().__init__(noun)
+        self.noun = noun
+
+
+class RunStateConflict(Exception):
+    """The run's state does not allow the change; the message says which state it is in."""
+
+
+class NoKeyToSeal(Exception):
+    """What would be kept holds secrets, and no encryption key is configured to seal it."""

@@ -25,12 +25,3 @@ class Plan:
         if found is None:
             raise StepFailed("The action this step names did not exist when the run was queued")
         return found
-
-    def tool_of(self, step: dict) -> dict | None:
-        """The tool an action step calls (None for other steps)."""
-        if step["type"] != "action":
-            return None
-        try:
-            return self.action(step["config"]).get("tool")
-        except StepFailed:
-            return None

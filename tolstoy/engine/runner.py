@@ -35,15 +35,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import contextvars
 import datetime as dt
 import logging
-import random
 import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,38 +60,28 @@ from ..redaction import (
     mask_json,
     secret_strings,
 )
-from ..times import seconds_between, utcnow
+from ..times import utcnow
 from . import plans, sizes
-from .calls import Tools
-from .errors import LeaseLost, SkipStep, StepFailed, Stop
+from .calls import ToolClient
+from .errors import LeaseLost, StepFailed, Stop
 from .graph import dependencies, step_order
-from .kinds import KINDS, Kind
-from .steps import DEFAULT_TIMEOUT_MS, IDEMPOTENT_METHODS, execute_step, step_method
+from .steps import KINDS, Kind, Site
+from .steps.foreach import FOREACH_MAX_ITEMS
+from .steps.subflow import SUBFLOW_MAX_DEPTH
 from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, bounded, condition, render_tracked, scope
 
 log = logging.getLogger("tolstoy.engine")
 
 RUN_STEP_KEY = "$flow"  # execution log rows about the run itself (not a valid step id)
-FINISHED = ("completed", "skipped", "failed")
-# Retry back-off never waits longer than this, whatever the policy says.
-MAX_BACKOFF_MS = 3_600_000
-# A foreach step refuses more items than this (TOLSTOY_FOREACH_MAX_ITEMS).
-FOREACH_MAX_ITEMS = 10_000
-# How deep sub-flows may nest (TOLSTOY_SUBFLOW_MAX_DEPTH): a run started by execute is at depth 0.
-SUBFLOW_MAX_DEPTH = 10
+# A step checkpoint in one of these is settled: a resumed run does not run that step again (run
+# statuses that end a run are another list: the API's).
+SETTLED_STEP_STATUSES = ("completed", "skipped", "failed")
 # The checkpoint ids of a flow's onFailure steps: "onFailure.<id>" (a step id never holds a dot).
 ON_FAILURE = "onFailure."
-# How long a wait step waits when its config says nothing (the API fills it in: 7 days).
-DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
 # A run handed back after a transient fault waits this long before it is claimed again, doubled per
 # hand-back in a row (and per strike after a fault of its own), up to FAULT_MAX_DELAY_MS, jittered.
 FAULT_DELAY_MS = 1000
 FAULT_MAX_DELAY_MS = 60_000
-
-
-def item_id(step_id: str, index: int) -> str:
-    """The checkpoint id of one item of a foreach step (step ids never hold brackets)."""
-    return f"{step_id}[{index}]"
 
 
 _ITEM_SUFFIX = re.compile(r"\[[0-9]+\]\Z")
@@ -106,13 +93,6 @@ def reserved_step_key(key: str) -> bool:
     "<id>[<n>]". A client may not write a log under one (POST /execution-logs: 400 naming stepKey);
     tests/engine/test_log_provenance.py checks every key a run's rows use is a step id or one of these."""
     return key.startswith(("$", ON_FAILURE)) or _ITEM_SUFFIX.search(key) is not None
-
-
-def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> int:
-    """Wait before attempt ``attempt + 1``: fixed delayMs, or delayMs doubled per failed attempt;
-    capped and jittered as every retry is (times.backoff_ms)."""
-    exponential = policy.get("backoffStrategy", "exponential") == "exponential"
-    return times.backoff_ms(attempt if exponential else 1, int(policy.get("delayMs", 1000)), MAX_BACKOFF_MS, rng)
 
 
 @dataclass(kw_only=True)  # by name: the fields are easy to pass in the wrong order
@@ -252,21 +232,10 @@ class Run:
         return hide(value, tree)
 
 
-@dataclass
-class Site:
-    """Where a step runs: at the top of its run, or as one item of a foreach step (``item``).
-    ``context`` is what its executeIf and an action's executeIf read, ``view`` what its templates
-    see (the outputs' hidden parts behind views; an item's ``item`` and ``index`` too)."""
-
-    context: dict
-    view: Any
-    item: bool = False
-
-
 class Engine:
     """Executes runs claimed by a worker."""
 
-    def __init__(self, db: Database, tools: Tools, worker_id: str, stopping: threading.Event | None = None,
+    def __init__(self, db: Database, tools: ToolClient, worker_id: str, stopping: threading.Event | None = None,
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
                  subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
                  step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES,
@@ -419,7 +388,7 @@ class Engine:
         try:
             self._advance(run)
         except RenderStopped:
-            self._boundary(run)
+            self.boundary(run)
             raise Stop() from None  # a render stops only for one of those; hand the run back anyway
 
     def _hand_back(self, run: Run) -> None:
@@ -509,9 +478,9 @@ class Engine:
                 # Failed before this claim (a person resolved an unknown outcome as failed, or the run
                 # failed before and its onFailure steps are under way).
                 return "failed", {"stepId": sid, **(done.get("error") or {})}
-            if done and done["status"] in FINISHED:
+            if done and done["status"] in SETTLED_STEP_STATUSES:
                 continue
-            self._boundary(run)
+            self.boundary(run)
             if failed & {prefix + dep for dep in dependencies(steps, by_id[step["id"]])}:
                 error = {"message": "A step it depends on failed"}
                 run.writes.step(step_id=sid, status="skipped", attempt=1, error=error, strict=False)
@@ -548,7 +517,7 @@ class Engine:
         metrics.count_on_failure("failed" if outcome == "failed" else "completed")
         return "done", handler_error
 
-    def _boundary(self, run: Run) -> None:
+    def boundary(self, run: Run) -> None:
         """Between steps: stop for a lost lease, a cancel, or shutdown."""
         if run.lost.is_set():
             raise LeaseLost(str(run.id))
@@ -561,9 +530,10 @@ class Engine:
     # ---- one step --------------------------------------------------------------------
     #
     # One path for every step, at the top of a run or as one item of a foreach step (``_attempt``):
-    # a sleep that ended, executeIf, the config rendered, then the kind's work through the one table
-    # of step kinds (kinds.KINDS); a call is checkpointed as starting, then made, then its outcome
-    # decided (retry back-off, unknown outcome policy, skip, fail, complete) by the same code. Where a
+    # a pause that ended (its kind's ``resume``), executeIf, the config rendered, then the kind's work
+    # (its ``run``) through the one table of step kinds (steps.KINDS, a module per kind in steps/); a
+    # call is checkpointed as starting, then made, then its outcome decided (retry back-off, unknown
+    # outcome policy, skip, fail, complete) by the same code (steps/calling.py). Where a
     # step runs changes only who puts the run back in the queue (a top-level step at once, an item's
     # foreach once no runnable item is left) and which execution log rows it writes (an item writes
     # its failures only; its checkpoint and log line are a step's).
@@ -582,7 +552,7 @@ class Engine:
                         extra={"execution_id": str(run.id), "step_id": step["id"]})
             return "paused", None
         if outcome == "cancelled":
-            self._boundary(run)  # a cancel cut the call off: the run ends cancelled (raises)
+            self.boundary(run)  # a cancel cut the call off: the run ends cancelled (raises)
             return "paused", None
         if outcome == "completed":
             return outcome, None
@@ -601,7 +571,7 @@ class Engine:
         if site.item and not kind.item:  # a plan written past the API (which refuses it)
             return self.fail(run, step, attempt, None, StepFailed(
                 f"A {step['type']} step cannot run per item of a foreach step"), 0)
-        if checkpoint and checkpoint["status"] == "waiting" and kind.on_wake == "next":
+        if checkpoint and checkpoint["status"] == "waiting" and kind.retries:
             attempt += 1  # a retry back-off ended
         try:
             return self._work(run, site, step, kind, attempt, checkpoint)
@@ -612,22 +582,23 @@ class Engine:
 
     def _work(self, run: Run, site: Site, step: dict, kind: Kind, attempt: int,
               checkpoint: dict | None) -> tuple[str, Any]:
-        if checkpoint and checkpoint["status"] == "waiting" and kind.on_wake == "done":  # a delay's sleep is over
-            return self._complete(run, step, attempt, {"delayedMs": step["config"]["ms"]},
-                                  checkpoint.get("inputs"), 0, item=site.item)
+        if checkpoint and checkpoint["status"] == "waiting":  # back after a pause: did it end the step?
+            resumed = kind.resume(self, run, site, step, attempt, checkpoint)
+            if resumed is not None:
+                return resumed
         try:
             # Through the views, so an executeIf that reads a secret and fails says nothing of it.
             if step.get("executeIf") and not condition(step["executeIf"], site.view):
-                return self._skip(run, site, step, attempt, event_inputs={"executeIf": step["executeIf"]})
+                return self.skip(run, site, step, attempt, event_inputs={"executeIf": step["executeIf"]})
             config = step["config"]
             rendered, tree = render_tracked(config if kind.renders is None else config[kind.renders], site.view)
         except TemplateFailure as exc:
             return self.fail(run, step, attempt, None, StepFailed(f"Template error: {exc}"), 0)
         # A config whose rendering read a secret: the step's errors and log lines are withheld.
         with deriving(tree is not None):
-            return getattr(self, kind.work)(run, site, step, attempt, checkpoint, rendered, tree)
+            return kind.run(self, run, site, step, attempt, checkpoint, rendered, tree)
 
-    def _skip(self, run: Run, site: Site, step: dict, attempt: int, inputs: Any = None,
+    def skip(self, run: Run, site: Site, step: dict, attempt: int, inputs: Any = None,
               event_inputs: dict | None = None) -> tuple[str, None]:
         """The step does nothing this time: its executeIf (or its action's) is false."""
         with run.lock:
@@ -637,147 +608,7 @@ class Engine:
         self.log_event(run, step, "skipped")
         return "skipped", None
 
-    def _transform(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
-                   tree: Hidden) -> tuple[str, Any]:
-        """A transform step: its output is its rendered ``output``."""
-        shown = run.conceal(inputs, tree)
-        if not site.item:
-            with run.lock:
-                run.writes.event(step["id"], "started", inputs=shown)
-        return self._complete(run, step, attempt, inputs["output"], shown, 0, shown["output"], item=site.item)
-
-    def _delay(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
-               tree: Hidden) -> tuple[str, Any]:
-        """A delay step: asleep (``waiting`` with its wake time) for ``ms``, holding no thread."""
-        shown = run.conceal(inputs, tree)
-        wait = int(inputs["ms"])
-        with run.lock:
-            run.writes.step(step_id=step["id"], status="waiting", attempt=attempt, inputs=shown, wake_in_ms=wait)
-            if not site.item:
-                run.writes.event(step["id"], "started", inputs=shown)
-        return "sleep", wait
-
-    def _wait(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, config: dict,
-              tree: Hidden = None) -> tuple[str, dict | None]:
-        """A wait step: the signal sent to the run (its payload is the output), or, while none came,
-        back to the queue until the timeout, holding no thread (the signal route wakes the run). Taking
-        the signal locks the run's row, and parking happens under that lock: a signal stored meanwhile
-        is seen, or wakes the parked run."""
-        sid = step["id"]
-        signal = config["signal"]
-        timeout_ms = int(config.get("timeoutMs") or DEFAULT_WAIT_MS)
-        on_timeout = config.get("onTimeout") or "fail"
-        shown = run.conceal({"signal": signal, "timeoutMs": timeout_ms, "onTimeout": on_timeout}, tree)
-        parked = bool(checkpoint and checkpoint["status"] == "waiting" and checkpoint.get("wake_at"))
-        with self.atomic(run):
-            taken = self.db.one(SQL.signals.take, org_id=run.org_id, run_id=run.id, step_id=sid, signal=signal)
-            if taken is None:
-                remaining = seconds_between(checkpoint["wake_at"], run.db_now()) * 1000 if parked else timeout_ms
-                if remaining > 0:
-                    run.writes.step(step_id=sid, status="waiting", attempt=1, inputs=shown,
-                                    wake_in_ms=int(remaining))
-                    if not parked:
-                        run.writes.event(sid, "pending", inputs=shown)
-                        log.info("waiting for a signal", extra={"execution_id": str(run.id), "step_id": sid})
-                    self.pause(run, int(remaining))
-                    return "paused", None
-            # The step's end is written under the same lock: once it is released, a signal sent
-            # for this step is refused (409) instead of being stored for a step that took one
-            # already, or timed out.
-            if taken is not None:
-                received = {"signal": signal, "signalId": str(taken["id"]), "approver": taken.get("approver")}
-                outcome = self._complete(run, step, 1, taken["payload"], {**shown, **received}, 0)
-            elif on_timeout == "continue":
-                outcome = self._complete(run, step, 1, {"timedOut": True}, shown, 0)
-            else:
-                outcome = self.fail(run, step, 1, shown, StepFailed(
-                    f"Timed out after {timeout_ms} ms waiting for the signal {shown['signal']!r}",
-                    details={"name": "WaitTimedOut"}), 0)
-            self.checkpoint(run)
-        if taken is None:
-            metrics.count_wait_timeout(on_timeout)
-            logs.step_event(execution=run.id, step_id=sid, step_type="wait", status="timed_out", duration=None,
-                            error=f"no signal {shown['signal']!r} within {timeout_ms} ms")
-        return outcome
-
-    def _unknown_outcome(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict,
-                         inputs: dict) -> tuple[str, Any] | None:
-        """A call started and its worker vanished: send it again only where that is safe (None: send
-        it again), else fail the step or wait for a person, as the step's onUnknownOutcome says."""
-        method = step_method(step, inputs, run.plan)
-        tool = run.plan.tool_of(step)
-        default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") else "wait"
-        policy = step.get("onUnknownOutcome") or default
-        if policy == "retry":
-            return None
-        error = {"name": "OutcomeUnknown",
-                 "message": f"The worker stopped during the {method} call of attempt {attempt}; whether it took "
-                            "effect is unknown."}
-        if policy == "fail":
-            return self.fail(run, step, attempt, checkpoint.get("inputs"), StepFailed(error["message"],
-                             details={"name": "OutcomeUnknown"}), 0)
-        with run.lock:
-            run.writes.step(step_id=step["id"], status="outcome_unknown", attempt=attempt,
-                            inputs=checkpoint.get("inputs"), error=error)
-            if not site.item:
-                run.writes.event(step["id"], "pending", inputs={"attempt": attempt}, error=error)
-        return "unknown", None
-
-    def _call(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
-              tree: Hidden) -> tuple[str, Any]:
-        """An action or http_request step: its call, recorded as starting (with every pending write)
-        before it is made; then its outcome."""
-        sid = step["id"]
-        shown_inputs = run.conceal(inputs, tree)
-        if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
-            decided = self._unknown_outcome(run, site, step, attempt, checkpoint, inputs)
-            if decided is not None:
-                return decided
-        with run.lock:
-            # Every pending checkpoint, and the fact that this call starts, are durable before it does.
-            run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
-            if not site.item:
-                run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
-                                                        "attempt": attempt})
-            self.checkpoint(run)
-        if run.lost.is_set():
-            raise LeaseLost(str(run.id))
-        started = time.perf_counter()
-        timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
-        try:
-            output = execute_step(self.tools, run, site, step, inputs, run.key(sid, attempt), timeout)
-        except DatabaseFault:
-            # Raised while reading the credential or a token, before anything was sent: the call is
-            # recorded as not started (the same attempt, and no unknown outcome), and the run goes
-            # back to the queue (Engine.run; a foreach first lets the items in flight finish).
-            with run.lock:
-                run.writes.step(step_id=sid, status="running", attempt=attempt)
-            raise
-        except SkipStep:
-            return self._skip(run, site, step, attempt, shown_inputs)
-        except StepFailed as exc:
-            duration = int((time.perf_counter() - started) * 1000)
-            if run.lost.is_set():
-                raise LeaseLost(str(run.id)) from None
-            if run.cancel.is_set():
-                return "cancelled", None  # the cancel cut the call off: the run ends cancelled
-            policy = step.get("retryPolicy") or {}
-            if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
-                wait = backoff_ms(policy, attempt)
-                # An upstream may echo a secret; the config's own may be quoted transformed.
-                error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
-                with run.lock:
-                    run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
-                                    error=error, wake_in_ms=wait)
-                    run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
-                                     duration_ms=duration)
-                self.log_event(run, step, "failed", duration / 1000, error)
-                return "sleep", wait
-            return self.fail(run, step, attempt, shown_inputs, exc, duration)
-        duration = int((time.perf_counter() - started) * 1000)
-        return self._complete(run, step, attempt, output, shown_inputs, duration, item=site.item)
-
-    def _complete(self, run: Run, step: dict, attempt: int, output: Any, shown_inputs: Any,
+    def complete(self, run: Run, step: dict, attempt: int, output: Any, shown_inputs: Any,
                   duration: int, concealed: Any = None, *, item: bool = False) -> tuple[str, tuple]:
         """The one place a step's output is accepted, a top-level step's or a foreach item's (``item``):
         what it returned is what later steps see (an item's, through its foreach's output); what is
@@ -811,209 +642,6 @@ class Engine:
             run.writes.event(step["id"], "failed", error=error, duration_ms=duration)
         self.log_event(run, step, "failed", duration / 1000, error)
         return "failed", error
-
-    # ---- subflow ------------------------------------------------------------------------
-
-    def _subflow(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None,
-                 config: dict, tree: Hidden = None) -> tuple[str, dict | None]:
-        """A subflow step: one statement writes the pending checkpoints, finds the child run this step
-        queued before or queues it (pinned to ``version``, or the flow's version now), and, with ``wait``,
-        parks this run until the child ends (the child's end queues it again; no thread is held). The
-        output is ``{executionId}`` without ``wait``, else the child's outputs; a failed or cancelled
-        child fails the step."""
-        sid = step["id"]
-        wait = config.get("wait", True) is not False
-        variables = config.get("variables")
-        variables = {} if variables is None else variables
-        flow_key = config.get("flowKey")
-        named = {"flowKey": flow_key} if flow_key is not None else {"flowId": config.get("flowId")}
-        shown = mask_json(run.conceal({**named, "version": config.get("version"), "wait": wait,
-                                       "variables": variables}, tree),
-                          run.secrets)
-        if not isinstance(variables, dict):
-            return self.fail(run, step, attempt, shown, StepFailed(
-                f"subflow variables must be a JSON object, not {type(variables).__name__}"), 0)
-        if shown["variables"] != variables:
-            # A run's variables are stored and shown as they are: a secret passed on would be in clear.
-            return self.fail(run, step, attempt, shown, StepFailed(
-                "subflow variables would carry a secret (a credential, or a secret-named output such as "
-                "access_token) into the child run, whose variables are stored and shown in clear; let the "
-                "child call the tool with its credential instead", details={"name": "SecretInVariables"},
-                own_words=True), 0)
-        if checkpoint is None or checkpoint["status"] not in ("waiting", "running"):
-            run.writes.event(sid, "started", inputs=shown)
-        run.writes.step(step_id=sid, status="waiting" if wait else "running", attempt=attempt, inputs=shown)
-        # A flowKey is resolved to its flow in the subflow statement itself (sql/runs.sql).
-        spec = {"step_id": sid, "flow_id": None if flow_key is not None else str(config.get("flowId")),
-                "flow_key": None if flow_key is None else str(flow_key), "version": config.get("version"),
-                "variables": variables, "wait": wait, "max_depth": self.subflow_max_depth}
-        answer = self.checkpoint(run, subflow=spec) or {}
-        if answer.get("cancel"):
-            self._boundary(run)  # finishes the run as cancelled
-        if answer.get("waitingFor"):
-            # The child an earlier run of this retry chain started at this step is still under way: this
-            # run waits for its end (which wakes it), then continues that child's chain; never a second child.
-            metrics.count_run("waiting")
-            log.info("waiting for the child run of an earlier run of the chain",
-                     extra={"execution_id": str(run.id), "step_id": sid, "child_execution_id": answer["waitingFor"]})
-            return "paused", None
-        if answer.get("error"):
-            error = answer["error"]
-            if flow_key is not None and answer.get("flowId") is None and error.get("name") == "SubflowNotFound":
-                error = {"name": "SubflowNotFound",
-                         "message": f"No flow with key {flow_key!r} in this organization (any more)."}
-            return self.fail(run, step, attempt, shown, StepFailed(error["message"], details={
-                "name": error.get("name", "SubflowFailed")}), 0)
-        child = answer["child"]
-        if answer.get("created"):
-            metrics.count_run("queued")
-            metrics.count_child_run("wait" if wait else "nowait")
-            log.info("child run queued", extra={"execution_id": str(run.id), "step_id": sid,
-                                                "child_execution_id": child["id"]})
-        if not wait:
-            return self._complete(run, step, attempt, {"executionId": child["id"]}, shown, 0)
-        if answer.get("parked"):
-            metrics.count_run("waiting")
-            return "paused", None
-        if child["status"] == "completed":
-            outputs = dict(child.get("outputs") or {})
-            for child_step, sealed in (child.get("sealed") or {}).items():
-                outputs[child_step] = self.tools.unseal(run.org_id, sealed)
-            # What the child hid (its masked outputs) stays hidden: this run may not know its secrets.
-            return self._complete(run, step, attempt, outputs, shown, 0, child.get("outputs") or {})
-        error = child.get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else None
-        verb = "was cancelled" if child["status"] == "cancelled" else "failed"
-        return self.fail(run, step, attempt, shown, StepFailed(
-            f"Sub-flow execution {child['id']} {verb}: {message or child['status']}",
-            details={"name": "SubflowFailed", "childExecutionId": child["id"], "childError": error}), 0)
-
-    # ---- foreach ------------------------------------------------------------------------
-
-    def _foreach(self, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, items: Any,
-                 items_hidden: Hidden = None) -> tuple[str, dict | None]:
-        """Run a foreach step's item step once per item, ``concurrency`` at a time, each item its own
-        checkpoint (``<step>[<index>]``), so a resumed run runs only the unfinished items. An item
-        sleeping (a delay, a retry back-off) or waiting (an unknown outcome) holds no thread: once
-        the runnable items are done, the run goes back to the queue until the first one is due. An
-        item the ``items`` template derived from a secret is hidden in its item's scope."""
-        sid = step["id"]
-        config = step["config"]
-        if not isinstance(items, list):
-            return self.fail(run, step, 1, None, StepFailed(
-                f"foreach items must be a list, not {type(items).__name__}"), 0)
-        if len(items) > self.foreach_max_items:
-            return self.fail(run, step, 1, {"items": len(items)}, StepFailed(
-                f"foreach has {len(items)} items, more than the limit of {self.foreach_max_items} "
-                "(TOLSTOY_FOREACH_MAX_ITEMS)", details={"name": "TooManyItems"}), 0)
-        inner = config["step"]
-        concurrency = max(1, min(int(config.get("concurrency") or 1), 50))
-        shown_inputs: dict = {"items": len(items), "concurrency": concurrency}
-        if sid not in run.checkpoints:  # goes out with the first item's write
-            run.writes.step(step_id=sid, status="running", attempt=1, inputs=shown_inputs)
-            run.writes.event(sid, "started", inputs=shown_inputs)
-        started = time.perf_counter()
-        results: list = [None] * len(items)
-        concealed: list = [None] * len(items)  # each item's output as its checkpoint shows it
-        failures: dict[int, dict] = {}
-        sleeping: dict[int, float] = {}  # index -> ms until due
-        unknown: list[int] = []
-        todo: list[tuple[int, dict | None]] = []
-        now = run.db_now()
-        for index in range(len(items)):
-            done = run.checkpoints.get(item_id(sid, index))
-            status = done["status"] if done else None
-            if status == "completed":
-                output = self.tools.unseal(run.org_id, done["sealed"]) if done.get("sealed") else done["outputs"]
-                results[index], concealed[index] = output, done["outputs"]
-                run.secrets.add(secret_strings(output))
-                run.learn(output, done["outputs"])
-            elif status == "skipped":
-                pass
-            elif status == "failed":
-                failures[index] = done.get("error") or {}
-            elif status == "outcome_unknown":
-                unknown.append(index)
-            elif status == "waiting" and done.get("wake_at") and seconds_between(done["wake_at"], now) > 0:
-                sleeping[index] = seconds_between(done["wake_at"], now) * 1000
-            else:
-                todo.append((index, done))
-        keep_going = bool(config.get("continueOnError"))
-        halt = threading.Event()  # an item failed and the step does not continue on errors
-        not_run = False
-        lost = False
-        fault: DatabaseFault | None = None
-        if todo and not (failures and not keep_going):
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="foreach") as pool:
-                # Each item runs in a copy of this thread's context: the tenant the run acts for.
-                whole = items_hidden is True
-                futures = [(index, pool.submit(contextvars.copy_context().run, self._item, run, inner, sid, index,
-                                               items[index], True if whole else (items_hidden or {}).get(index),
-                                               done, halt, keep_going))
-                           for index, done in todo]
-                for index, future in futures:
-                    try:
-                        kind, value = future.result()
-                    except LeaseLost:
-                        lost = True
-                        halt.set()
-                        continue
-                    except DatabaseFault as exc:
-                        # No item starts after it; those in flight finish, and what they return is
-                        # kept when the run is handed back (Engine.run).
-                        fault = fault or exc
-                        halt.set()
-                        continue
-                    if kind == "completed":
-                        results[index], concealed[index] = value
-                    elif kind == "failed":
-                        failures[index] = value
-                    elif kind == "sleep":
-                        sleeping[index] = value
-                    elif kind == "unknown":
-                        unknown.append(index)
-                    elif kind in ("not_run", "cancelled"):
-                        not_run = True
-        if lost or run.lost.is_set():
-            raise LeaseLost(str(run.id))
-        if fault is not None:
-            raise fault
-        if run.cancel.is_set() or (not_run and self.stopping.is_set()):
-            self._boundary(run)
-        duration = int((time.perf_counter() - started) * 1000)
-        # A run past its byte bound has no room for another item's output: the step fails whatever
-        # continueOnError says (each further item would fail the same way).
-        full = sorted(index for index, error in failures.items() if error.get("name") == sizes.RUN_FULL)
-        if failures and (not keep_going or full):
-            first = full[0] if full else min(failures)
-            error = failures[first]
-            return self.fail(run, step, 1, shown_inputs, StepFailed(
-                f"Item {first} failed: {error.get('message', 'failed')}",
-                details={"item": first, "failed": len(failures), "itemError": error}), duration)
-        if unknown:
-            run.writes.event(sid, "pending", inputs={"outcomeUnknown": sorted(unknown)})
-            self.checkpoint(run, {"action": "wait"})
-            metrics.count_run("waiting")
-            return "paused", None
-        if sleeping:
-            self.pause(run, int(min(sleeping.values())))
-            return "paused", None
-        shown_inputs["failed"] = len(failures)
-        return self._complete(run, step, 1, results, shown_inputs, duration, concealed)
-
-    def _item(self, run: Run, inner: dict, sid: str, index: int, item: Any, item_hidden: Hidden, done: dict | None,
-              halt: threading.Event, keep_going: bool) -> tuple[str, Any]:
-        """One item of a foreach step, on a thread of its pool: the one step path (``_attempt``), at the
-        site of the item (its templates also see ``item`` and ``index``); ('not_run', None) when the
-        step stops starting items (an item failed, a cancel, a lost lease, shutdown)."""
-        if halt.is_set() or run.cancel.is_set() or run.lost.is_set() or self.stopping.is_set():
-            return "not_run", None
-        context = {**run.context, "item": item, "index": index}
-        site = Site(context, scope(context, {"steps": run.hidden or None, "item": item_hidden}), item=True)
-        outcome, value = self._attempt(run, site, {**inner, "id": item_id(sid, index)}, done)
-        if outcome == "failed" and (not keep_going or value.get("name") == sizes.RUN_FULL):
-            halt.set()  # no new item starts; those in flight finish
-        return outcome, value
 
 
 class _Done(Exception):

@@ -51,7 +51,7 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
 from ..times import seconds_between
-from .calls import Tools
+from .calls import ToolClient
 from .runner import Engine, Run
 from .webhooks import Deliverer, DeliveryLoop
 
@@ -90,7 +90,7 @@ class Worker:
                  retention_days: int | None = None,
                  maintenance_seconds: float = 3600.0, worker_id: str | None = None,
                  clock: Callable[[], dt.datetime] | None = None, schedules_per_claim: int = 100,
-                 deliverer: Callable[[str, Tools], Deliverer] | None = None, prune_batch: int = 10_000,
+                 deliverer: Callable[[str, ToolClient], Deliverer] | None = None, prune_batch: int = 10_000,
                  prune_budget_seconds: float = 60.0, unknown_outcome_timeout_days: int = 30,
                  audit_retention_days: int | None = None):
         self.db = db

@@ -1,0 +1,110 @@
+"""The run lifecycle: every change of a run's state asked for from outside the
+run loop, in one place that the API, triggers and replays (and any command)
+call. Each change is one SQL function that holds the run's row while it
+decides (sql/runs.sql names them); this module only prepares its arguments
+(what a person's outputs show and seal), counts the change in the metrics and
+turns a refusal into an error of the domain (engine/errors.py), which the API
+translates to HTTP.
+
+- ``queue``: a new run, a retry's or a replay's (tolstoy_queue_run: quotas,
+  Idempotency-Key, the plan as it is now). Schedules and inbound webhooks
+  queue through the same function inside their own statements
+  (tolstoy_fire_schedules, sql/triggers.sql), subflow steps through
+  tolstoy_subflow.
+- ``retry``: a failed or cancelled run again, from its finished steps.
+- ``cancel``: a run and the runs below it (tolstoy_cancel_run).
+- ``resolve``: what became of a call whose outcome is unknown
+  (tolstoy_resolve_step).
+- Signals: ``tolstoy_send_signal`` (sql/signals.sql) stores a signal and wakes
+  the run parked for it.
+
+The run loop's own moves (checkpoint, pause, finish, hand back) are
+tolstoy_checkpoint's, in runner.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import metrics
+from ..db import database as dbmod
+from ..db.database import Database
+from ..db.queries import SQL
+from ..redaction import mask_json, secret_strings
+from .errors import NoKeyToSeal, NoSuchRun, RunStateConflict
+from .vault import Vault
+
+# A run that ended in one of these may be retried.
+RETRYABLE = ("failed", "cancelled")
+
+
+def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
+          retry_of=None, acts_as_user: bool = False) -> dict:
+    """Queue a run of ``version`` (or find the one an Idempotency-Key ``key``, or a retry of
+    ``retry_of``, already made; ``created`` says which) as the unit of work's last statement. The run
+    records ``user_id``, and may use that user's connections only with ``acts_as_user``."""
+    run = db.one(SQL.runs.queue, commit=True, org_id=org_id, flow_id=flow_id, flow_version=version,
+                 user_id=user_id, variables=dbmod.json(variables), idempotency_key=key, retry_of=retry_of,
+                 acts_as_user=acts_as_user)
+    if run["created"]:
+        metrics.count_run("queued")
+    return run
+
+
+def retry(db: Database, original: dict, *, user_id, acts_as_user: bool) -> dict:
+    """A new run of ``original``'s plan that starts with its finished steps and sends the same
+    Idempotency-Keys (one retry per run: retrying it again finds the same retry). RunStateConflict
+    unless it failed or was cancelled."""
+    if original["status"] not in RETRYABLE:
+        raise RunStateConflict(
+            f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
+    return queue(db, org_id=original["org_id"], flow_id=original["flow_id"], version=original["flow_version"],
+                 user_id=user_id, variables=original["variables"], retry_of=original["id"],
+                 acts_as_user=acts_as_user)
+
+
+def cancel(db: Database, *, org_id, flow_id, run_id, user_id) -> dict:
+    """Cancel a run and the runs below it: at once when queued, sleeping or waiting; within one
+    heartbeat when running. Returns the run (its status ``cancelled``, or still ``running`` until its
+    worker sees the cancel). NoSuchRun, or RunStateConflict when it had finished."""
+    answer = db.scalar(SQL.runs.cancel, commit=True, org_id=org_id, flow_id=flow_id, id=run_id, user_id=user_id)
+    if answer is None:
+        raise NoSuchRun("Execution")
+    if not answer["changed"]:
+        raise RunStateConflict(f"The execution already finished with status {answer['status']}.")
+    for _ in range(answer["descendants"] + (answer["status"] == "cancelled")):
+        metrics.count_run("cancelled")
+    return answer["run"]
+
+
+def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_id: str, user_id, outcome: str,
+            outputs: Any = None, message: str | None = None) -> dict:
+    """Say what became of a call whose outcome is unknown: ``succeeded`` (with what the step
+    returned: later steps see it; secrets in it are masked where shown and sealed), ``failed`` (with
+    ``message``) or ``retry`` (send it again: same attempt and Idempotency-Key); the run is queued
+    again. Returns the run. NoSuchRun (the run, or no step of it waiting for a resolution),
+    RunStateConflict (the run is not waiting), NoKeyToSeal."""
+    shown = sealed = error = None
+    key_missing = False
+    if outcome == "succeeded":
+        shown = mask_json(outputs, secret_strings(outputs))
+        if shown != outputs:
+            if vault is None:
+                key_missing = True
+            else:
+                sealed = vault.seal(org_id, outputs)
+    elif outcome == "failed":
+        error = {"name": "OutcomeUnknown", "message": message or "Resolved as failed.", "resolvedBy": str(user_id)}
+    answer = db.scalar(SQL.runs.resolve, commit=True, org_id=org_id, flow_id=flow_id, id=run_id, step_id=step_id,
+                       user_id=user_id, outcome=outcome, outputs=dbmod.json(shown), sealed=sealed,
+                       error=dbmod.json(error), key_missing=key_missing)
+    if answer is None:
+        raise NoSuchRun("Execution")
+    refused = answer.get("refused")
+    if refused == "status":
+        raise RunStateConflict(f"The execution is {answer['status']}, not waiting for a resolution.")
+    if refused == "step":
+        raise NoSuchRun("Step waiting for a resolution")
+    if refused == "key":
+        raise NoKeyToSeal("Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
+    return answer["run"]

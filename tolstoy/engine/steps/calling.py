@@ -1,0 +1,153 @@
+"""What the step kinds that call out (``action``, ``http_request``) share: the call is recorded as
+starting (with every pending write) before it is sent; then its outcome is decided: retry back-off,
+the unknown outcome policy of a call whose worker vanished, skip, fail or complete. A calling kind
+says only how its call is built (``Calling.build``), which HTTP method it uses and whether its
+tool honours Idempotency-Key (what decides if a call of unknown outcome may be sent again)."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ... import times
+from ...errors import DatabaseFault
+from ...redaction import in_derived_work, mask_json
+from ..calls import ToolCall, ToolClient, checked
+from ..errors import LeaseLost, SkipStep, StepFailed
+from .kind import Kind, Outcome, Site
+
+if TYPE_CHECKING:
+    from ...redaction import Hidden
+    from ..runner import Engine, Run
+
+DEFAULT_TIMEOUT_MS = 30000
+# Sending one of these twice does what sending it once did: a call whose outcome is unknown
+# may simply be sent again.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Retry back-off never waits longer than this, whatever the policy says.
+MAX_BACKOFF_MS = 3_600_000
+
+
+def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> int:
+    """Wait before attempt ``attempt + 1``: fixed delayMs, or delayMs doubled per failed attempt;
+    capped and jittered as every retry is (times.backoff_ms)."""
+    exponential = policy.get("backoffStrategy", "exponential") == "exponential"
+    return times.backoff_ms(attempt if exponential else 1, int(policy.get("delayMs", 1000)), MAX_BACKOFF_MS, rng)
+
+
+def no_tool(run: Run, step: dict) -> dict | None:
+    """A call to no tool of the organization (it honours no Idempotency-Key we know of)."""
+    return None
+
+
+class Calling:
+    """The work of a kind that calls out, given how it builds its call.
+
+    ``build(tools, run, site, step, inputs)``: the call of a step whose config is rendered
+    (``inputs``; SkipStep: it does nothing this time). ``method(run, step, inputs)``: the HTTP method
+    it sends. ``tool(run, step)``: the tool it calls, if any (None when the step calls no tool)."""
+
+    def __init__(self, build: Callable[[ToolClient, Run, Site, dict, dict], ToolCall],
+                 method: Callable[[Run, dict, dict], str], tool: Callable[[Run, dict], dict | None] = no_tool):
+        self.build = build
+        self.method = method
+        self.tool = tool
+
+    def kind(self) -> Kind:
+        """The kind: it may run per item, and a ``waiting`` checkpoint of it is a retry back-off."""
+        return Kind(self.run, retries=True, item=True)
+
+    def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
+        """Make the call of one step whose config is already rendered; returns its output. ``site``
+        is where the step runs (``site.context``, ``site.view``: what an action's executeIf and headers
+        read, an item's ``item`` and ``index`` included). The secrets the call uses join ``run.secrets``
+        before it is sent (a log line about it masks them) and after (what only sending learned: an
+        OAuth2 token, Basic's pair), so whatever shows them is masked."""
+        call = self.build(tools, run, site, step, inputs)
+        run.secrets.add(call.secrets)
+        try:
+            return checked(tools.send(call, timeout_ms, key, cancel=run.cancel))
+        except StepFailed as exc:
+            exc.details = mask_json(exc.details, run.secrets)
+            raise
+        finally:
+            run.secrets.add(call.secrets)
+
+    def unknown_outcome(self, engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict,
+                        inputs: dict) -> Outcome | None:
+        """A call started and its worker vanished: send it again only where that is safe (None: send
+        it again), else fail the step or wait for a person, as the step's onUnknownOutcome says."""
+        method = self.method(run, step, inputs)
+        tool = self.tool(run, step)
+        default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") else "wait"
+        policy = step.get("onUnknownOutcome") or default
+        if policy == "retry":
+            return None
+        error = {"name": "OutcomeUnknown",
+                 "message": f"The worker stopped during the {method} call of attempt {attempt}; whether it took "
+                            "effect is unknown."}
+        if policy == "fail":
+            return engine.fail(run, step, attempt, checkpoint.get("inputs"), StepFailed(error["message"],
+                               details={"name": "OutcomeUnknown"}), 0)
+        with run.lock:
+            run.writes.step(step_id=step["id"], status="outcome_unknown", attempt=attempt,
+                            inputs=checkpoint.get("inputs"), error=error)
+            if not site.item:
+                run.writes.event(step["id"], "pending", inputs={"attempt": attempt}, error=error)
+        return "unknown", None
+
+    def run(self, engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None,
+            inputs: dict, tree: Hidden) -> Outcome:
+        """An action or http_request step: its call, recorded as starting (with every pending write)
+        before it is made; then its outcome."""
+        sid = step["id"]
+        shown_inputs = run.conceal(inputs, tree)
+        if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
+            decided = self.unknown_outcome(engine, run, site, step, attempt, checkpoint, inputs)
+            if decided is not None:
+                return decided
+        with run.lock:
+            # Every pending checkpoint, and the fact that this call starts, are durable before it does.
+            run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
+            if not site.item:
+                run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
+                                                        "attempt": attempt})
+            engine.checkpoint(run)
+        if run.lost.is_set():
+            raise LeaseLost(str(run.id))
+        started = time.perf_counter()
+        timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
+        try:
+            output = self.send(engine.tools, run, site, step, inputs, run.key(sid, attempt), timeout)
+        except DatabaseFault:
+            # Raised while reading the credential or a token, before anything was sent: the call is
+            # recorded as not started (the same attempt, and no unknown outcome), and the run goes
+            # back to the queue (Engine.run; a foreach first lets the items in flight finish).
+            with run.lock:
+                run.writes.step(step_id=sid, status="running", attempt=attempt)
+            raise
+        except SkipStep:
+            return engine.skip(run, site, step, attempt, shown_inputs)
+        except StepFailed as exc:
+            duration = int((time.perf_counter() - started) * 1000)
+            if run.lost.is_set():
+                raise LeaseLost(str(run.id)) from None
+            if run.cancel.is_set():
+                return "cancelled", None  # the cancel cut the call off: the run ends cancelled
+            policy = step.get("retryPolicy") or {}
+            if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
+                wait = backoff_ms(policy, attempt)
+                # An upstream may echo a secret; the config's own may be quoted transformed.
+                error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
+                with run.lock:
+                    run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
+                                    error=error, wake_in_ms=wait)
+                    run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
+                                     duration_ms=duration)
+                engine.log_event(run, step, "failed", duration / 1000, error)
+                return "sleep", wait
+            return engine.fail(run, step, attempt, shown_inputs, exc, duration)
+        duration = int((time.perf_counter() - started) * 1000)
+        return engine.complete(run, step, attempt, output, shown_inputs, duration, item=site.item)

@@ -1,0 +1,25 @@
+"""``transform``: its output is its rendered ``output`` (any JSON with templates); it calls nothing
+and writes nothing of its own (its checkpoint goes out with the run's next statement)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .kind import Kind, Outcome, Site
+
+if TYPE_CHECKING:
+    from ...redaction import Hidden
+    from ..runner import Engine, Run
+
+
+def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
+        tree: Hidden) -> Outcome:
+    """A transform step: its output is its rendered ``output``."""
+    shown = run.conceal(inputs, tree)
+    if not site.item:
+        with run.lock:
+            run.writes.event(step["id"], "started", inputs=shown)
+    return engine.complete(run, step, attempt, inputs["output"], shown, 0, shown["output"], item=site.item)
+
+
+KIND = Kind(run, item=True)
