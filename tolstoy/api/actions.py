@@ -9,11 +9,11 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .. import engine, jsonschemas
 from ..db.queries import SQL
+from ..fieldtypes import Base, JSONObject, TenantRecord, text
 from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
 from .errors import NotFound, TooManyRequests, ValidationFailed
-from .fieldtypes import Base, JSONObject, TenantRecord, text
 from .model import Filter, Model
 from .requests import read_json, validate_body
 from .routing import Route, Services, errors, json_content, tenant_params

@@ -9,10 +9,10 @@ import falcon
 from marshmallow import ValidationError, fields, validate, validates
 
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, Timestamp, text, unique_items
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
-from .fieldtypes import Base, PageQuery, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, path_id, tenant_params

@@ -33,10 +33,10 @@ from marshmallow import fields, validate
 
 from ..db.database import Database
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, Timestamp, text
 from ..redaction import MASK, is_sensitive_key, mask_json
 from ..times import iso
 from . import resources
-from .fieldtypes import Base, PageQuery, Timestamp, text
 from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, tenant_params
 from .tenancy import scope_needed
 

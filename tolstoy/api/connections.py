@@ -39,12 +39,12 @@ from .. import engine
 from ..config import Config
 from ..db.queries import SQL
 from ..errors import VaultError
+from ..fieldtypes import KEY, Base, PageQuery, TenantRecord, Timestamp
 from ..jsonsafe import UNSTORABLE
 from ..signatures import b64url
 from . import audit, resources
 from .dumping import dumper, many
 from .errors import NotFound, field_error
-from .fieldtypes import KEY, Base, PageQuery, TenantRecord, Timestamp
 from .requests import parse_uuid, validate_query
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import is_user, require_acting_as, require_user

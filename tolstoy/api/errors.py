@@ -20,7 +20,7 @@ from ..errors import (
     UniqueViolation,
     VaultError,
 )
-from .fieldtypes import Base
+from ..fieldtypes import Base
 
 
 class FieldErrorSchema(Base):

@@ -7,9 +7,9 @@ from marshmallow import ValidationError, fields, validate, validates, validates_
 
 from .. import engine
 from ..db.queries import SQL
+from ..fieldtypes import JSONObject, TenantRecord, text
 from . import resources
 from .errors import Conflict
-from .fieldtypes import JSONObject, TenantRecord, text
 from .model import Filter, Model
 from .tenancy import require_user
 

@@ -9,8 +9,8 @@ import re
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .. import engine
+from ..fieldtypes import Base, JSONObject, StrictBoolean, key_field, text
 from .actions import HTTP_METHODS
-from .fieldtypes import Base, JSONObject, StrictBoolean, key_field, text
 
 # The step kinds the engine runs, and those a foreach may run per item: the engine's one table of them.
 STEP_TYPES = engine.STEP_TYPES

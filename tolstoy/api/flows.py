@@ -7,11 +7,11 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..db.queries import SQL
 from ..engine import graph_errors
+from ..fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
 from ..numerals import unsigned
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed
-from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
 from .flow_steps import MAX_STEPS, StepSchema
 from .model import Model
 from .paging import version_cursor, version_key

@@ -32,11 +32,11 @@ from marshmallow import fields
 from .. import engine, metrics, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base
 from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
 from .access_log import client_address
 from .dumping import dumper
 from .errors import NotFound, ValidationFailed, field_error
-from .fieldtypes import Base
 from .requests import parse_uuid, read_raw
 from .routing import ERROR_BODY, Route, error, json_content, path_id
 

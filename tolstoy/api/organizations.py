@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import falcon
 
+from ..fieldtypes import Record, text
 from . import resources
 from .api_keys import issue_key
 from .errors import NotFound
-from .fieldtypes import Record, text
 from .model import Model
 from .requests import parse_uuid, read_json, validate_query
 from .responses import created

@@ -33,9 +33,9 @@ from ..config import QUOTA_RANGES, Config
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import TenantRejected
+from ..fieldtypes import Base, Timestamp
 from .dumping import dumper
 from .errors import NotFound, TooManyRequests, ValidationFailed
-from .fieldtypes import Base, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, etag_of, respond
 from .routing import Route, errors, json_content, path_id

@@ -17,11 +17,11 @@ from marshmallow import fields, validate
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from ..times import iso
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, NotFound, ValidationFailed, field_error
-from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params

@@ -10,11 +10,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from .. import engine, redaction
 from ..db.queries import SQL
+from ..fieldtypes import Base, HttpUrl, JSONObject, StrictBoolean, Timestamp, text
 from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
 from .errors import NotFound
-from .fieldtypes import Base, HttpUrl, JSONObject, StrictBoolean, Timestamp, text
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .routing import Route, Services, errors, json_content, path_id, tenant_params

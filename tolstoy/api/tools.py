@@ -7,11 +7,11 @@ from marshmallow import fields, validate
 
 from .. import engine
 from ..db.queries import SQL
+from ..fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
 from . import resources
 from .actions import ActionSchema
 from .dumping import dumper
 from .errors import Conflict
-from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
 from .model import Model
 
 AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")

@@ -15,13 +15,13 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from .. import engine, schedules, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
 from ..jsonsafe import loads
 from ..signatures import new_secret
 from ..times import utcnow
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, NotFound
-from .fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating

@@ -5,8 +5,8 @@ from __future__ import annotations
 import falcon
 from marshmallow import fields, validate
 
+from ..fieldtypes import TenantRecord, text
 from . import resources
-from .fieldtypes import TenantRecord, text
 from .model import Filter, Model
 
 

@@ -14,11 +14,11 @@ from marshmallow import ValidationError, fields, validate, validates
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
 from .errors import Conflict, field_error
-from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating

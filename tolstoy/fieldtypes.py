@@ -7,7 +7,7 @@ import datetime as dt
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from ..times import iso
+from .times import iso
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
