@@ -19,7 +19,6 @@ from .requests import read_json, validate_body
 from .routing import Route, Services, errors, json_content, tenant_params
 from .tenancy import cannot_act_as, may_act_as, require_user
 
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
 
 
@@ -150,7 +149,7 @@ class ActionSchema(TenantRecord):
             validate.Regexp(r"^\S+$", error="Must not contain whitespace."),
         ],
     )
-    method = fields.String(required=True, validate=validate.OneOf(HTTP_METHODS))
+    method = fields.String(required=True, validate=validate.OneOf(engine.HTTP_METHODS))
     endpoint = fields.String(
         required=True,
         validate=[

@@ -37,13 +37,12 @@ from ..config import Config
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..db.stores import write_execution_log
-from ..engine import RUN_STEP_KEY
+from ..engine import RUN_STEP_KEY, SIGNAL_NAME
 from ..fieldtypes import Base, Timestamp
 from ..signatures import b64url, unb64url
 from ..times import iso
 from .dumping import dumper
 from .errors import Conflict, NotFound
-from .flow_steps import SIGNAL_NAME
 from .requests import parse_uuid, read_json, validate_body
 from .routing import Route, Services, errors, json_content
 from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
