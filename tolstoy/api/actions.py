@@ -21,26 +21,13 @@ from .tenancy import cannot_act_as, may_act_as, require_user
 
 # What the database's constraints on actions mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "actions_endpoint_path": "endpoint",
-        "actions_headers_object": "headers",
-        "actions_input_schema_object": "inputSchema",
-        "actions_key_length": "key",
-        "actions_name_length": "name",
-        "actions_timeout_ms_range": "timeoutMs",
-    },
-    unique={
-        "actions_org_id_key_key": "An action with this key already exists in this organization.",
-    },
-    dependents={
-        "actions_tool_id_fkey": "actions",
-    },
-    references={
-        "actions_tool_id_fkey": "toolId",
-    },
-    service=frozenset({
-        "actions_version_positive",
-    }),
+    checks={"actions_endpoint_path": "endpoint", "actions_headers_object": "headers",
+        "actions_input_schema_object": "inputSchema", "actions_key_length": "key", "actions_name_length": "name",
+        "actions_timeout_ms_range": "timeoutMs"},
+    unique={"actions_org_id_key_key": "An action with this key already exists in this organization."},
+    dependents={"actions_tool_id_fkey": "actions"},
+    references={"actions_tool_id_fkey": "toolId"},
+    service=frozenset({"actions_version_positive"}),
 )
 
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")

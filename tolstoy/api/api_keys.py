@@ -20,17 +20,10 @@ from .tenancy import cannot_act_as, key_hash, may_act_as, new_key, prefix_of
 
 # What the database's constraints on api_keys mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "api_keys_expires_after_creation": "expiresAt",
-        "api_keys_name_length": "name",
-        "api_keys_scopes_known": "scopes",
-    },
-    references={
-        "api_keys_user_id_fkey": "userId",
-    },
-    service=frozenset({
-        "api_keys_key_hash_length",
-    }),
+    checks={"api_keys_expires_after_creation": "expiresAt", "api_keys_name_length": "name",
+        "api_keys_scopes_known": "scopes"},
+    references={"api_keys_user_id_fkey": "userId"},
+    service=frozenset({"api_keys_key_hash_length"}),
 )
 
 # What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute

@@ -43,12 +43,8 @@ from .tenancy import scope_needed
 
 # What the database's constraints on audit_events mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    service=frozenset({
-        "audit_events_action_length",
-        "audit_events_actor_object",
-        "audit_events_changes_object",
-        "audit_events_request_id_length",
-    }),
+    service=frozenset({"audit_events_action_length", "audit_events_actor_object", "audit_events_changes_object",
+        "audit_events_request_id_length"}),
 )
 
 AUDIT_TARGET_TYPES = ("organization", "user", "tool", "tool_credential", "action", "flow", "trigger", "webhook",

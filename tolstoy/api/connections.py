@@ -51,12 +51,8 @@ from .tenancy import is_user, require_acting_as, require_user
 
 # What the database's constraints on user_connections, oauth_states and oauth_tokens mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    service=frozenset({
-        "oauth_states_nonce_length",
-        "oauth_states_redirect_uri_length",
-        "oauth_tokens_token_with_expiry",
-        "user_connections_scope_length",
-    }),
+    service=frozenset({"oauth_states_nonce_length", "oauth_states_redirect_uri_length",
+        "oauth_tokens_token_with_expiry", "user_connections_scope_length"}),
 )
 
 

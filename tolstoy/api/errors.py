@@ -156,12 +156,8 @@ class Constraints:
 
 # The check constraints of the tables no noun writes (the vault's keys and its read log: the engine's).
 ENGINE_CONSTRAINTS = Constraints(
-    service=frozenset({
-        "organization_keys_kek_id_length",
-        "organization_keys_version_positive",
-        "secret_reads_actor_known",
-        "secret_reads_purpose_length",
-    }),
+    service=frozenset({"organization_keys_kek_id_length", "organization_keys_version_positive",
+        "secret_reads_actor_known", "secret_reads_purpose_length"}),
 )
 
 

@@ -20,22 +20,11 @@ from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, 
 
 # What the database's constraints on flows mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "flows_description_length": "description",
-        "flows_key_format": "key",
-        "flows_name_length": "name",
-        "flows_on_failure_array": "onFailure",
-        "flows_steps_array": "steps",
-    },
-    unique={
-        "flows_org_id_key_key": "A flow with this key already exists in this organization.",
-    },
-    dependents={
-        "flows_org_id_fkey": "flows",
-    },
-    service=frozenset({
-        "flows_version_positive",
-    }),
+    checks={"flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
+        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps"},
+    unique={"flows_org_id_key_key": "A flow with this key already exists in this organization."},
+    dependents={"flows_org_id_fkey": "flows"},
+    service=frozenset({"flows_version_positive"}),
 )
 
 

@@ -42,14 +42,9 @@ from .routing import ERROR_BODY, Route, error, json_content, path_id
 
 # What the database's constraints on flow_trigger_deliveries mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    service=frozenset({
-        "flow_trigger_deliveries_delivery_id_length",
-        "flow_trigger_deliveries_headers_object",
-        "flow_trigger_deliveries_refusals_positive",
-        "flow_trigger_deliveries_source_length",
-        "flow_trigger_deliveries_valid_has_run",
-        "flow_trigger_deliveries_verdict",
-    }),
+    service=frozenset({"flow_trigger_deliveries_delivery_id_length", "flow_trigger_deliveries_headers_object",
+        "flow_trigger_deliveries_refusals_positive", "flow_trigger_deliveries_source_length",
+        "flow_trigger_deliveries_valid_has_run", "flow_trigger_deliveries_verdict"}),
 )
 
 

@@ -18,9 +18,7 @@ from .responses import created
 
 # What the database's constraints on organizations mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "organizations_name_length": "name",
-    },
+    checks={"organizations_name_length": "name"},
 )
 
 

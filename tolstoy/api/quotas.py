@@ -42,15 +42,11 @@ from .routing import Route, errors, json_content, path_id
 
 # What the database's constraints on organization_quotas and organization_worker_time mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "organization_quotas_queued_runs_range": "queuedRuns",
+    checks={"organization_quotas_queued_runs_range": "queuedRuns",
         "organization_quotas_stored_bytes_range": "storedBytes",
         "organization_quotas_requests_per_second_range": "requestsPerSecond",
-        "organization_quotas_request_burst_range": "requestBurst",
-    },
-    service=frozenset({
-        "organization_worker_time_seconds_check",
-    }),
+        "organization_quotas_request_burst_range": "requestBurst"},
+    service=frozenset({"organization_worker_time_seconds_check"}),
 )
 
 

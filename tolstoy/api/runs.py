@@ -29,21 +29,11 @@ from .tenancy import may_act_as, require_user
 
 # What the database's constraints on flow_runs and flow_run_steps mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "flow_runs_idempotency_key_length": "Idempotency-Key",
-        "flow_runs_variables_object": "variables",
-    },
-    dependents={
-        "flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
-        "flow_runs_flow_version_fkey": "executions",
-        "flow_runs_user_id_fkey": "executions",
-    },
-    service=frozenset({
-        "flow_run_steps_attempt_positive",
-        "flow_run_steps_status",
-        "flow_runs_lease_complete",
-        "flow_runs_plan_object",
-    }),
+    checks={"flow_runs_idempotency_key_length": "Idempotency-Key", "flow_runs_variables_object": "variables"},
+    dependents={"flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
+        "flow_runs_flow_version_fkey": "executions", "flow_runs_user_id_fkey": "executions"},
+    service=frozenset({"flow_run_steps_attempt_positive", "flow_run_steps_status", "flow_runs_lease_complete",
+        "flow_runs_plan_object"}),
 )
 
 

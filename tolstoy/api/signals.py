@@ -49,14 +49,9 @@ from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTEN
 
 # What the database's constraints on flow_run_signals mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "flow_run_signals_approver_length": "approver",
-        "flow_run_signals_idempotency_key_length": "Idempotency-Key",
-        "flow_run_signals_signal_format": "signal",
-    },
-    service=frozenset({
-        "flow_run_signals_consumed",
-    }),
+    checks={"flow_run_signals_approver_length": "approver",
+        "flow_run_signals_idempotency_key_length": "Idempotency-Key", "flow_run_signals_signal_format": "signal"},
+    service=frozenset({"flow_run_signals_consumed"}),
 )
 
 SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)

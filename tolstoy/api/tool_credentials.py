@@ -21,16 +21,9 @@ from .routing import Route, Services, errors, json_content, path_id, tenant_para
 
 # What the database's constraints on tool_credentials mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "tool_credentials_name_length": "name",
-        "tool_credentials_type_not_none": "type",
-    },
-    unique={
-        "tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again.",
-    },
-    dependents={
-        "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",
-    },
+    checks={"tool_credentials_name_length": "name", "tool_credentials_type_not_none": "type"},
+    unique={"tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again."},
+    dependents={"tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})"},
 )
 
 

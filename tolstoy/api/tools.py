@@ -16,18 +16,10 @@ from .model import Model
 
 # What the database's constraints on tools mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "tools_base_url_scheme": "baseUrl",
-        "tools_key_format": "key",
-        "tools_name_length": "name",
-    },
-    unique={
-        "tools_org_id_name_key": "A tool with this name already exists in this organization.",
-        "tools_org_id_key_key": "A tool with this key already exists in this organization.",
-    },
-    dependents={
-        "tools_org_id_fkey": "tools",
-    },
+    checks={"tools_base_url_scheme": "baseUrl", "tools_key_format": "key", "tools_name_length": "name"},
+    unique={"tools_org_id_name_key": "A tool with this name already exists in this organization.",
+        "tools_org_id_key_key": "A tool with this key already exists in this organization."},
+    dependents={"tools_org_id_fkey": "tools"},
 )
 
 AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")

@@ -30,18 +30,11 @@ from .tenancy import may_act_as
 
 # What the database's constraints on flow_triggers mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "flow_triggers_catch_up": "catchUp",
-        "flow_triggers_cron_length": "cron",
-        "flow_triggers_schedule_fields": "type",
-        "flow_triggers_timezone_length": "timezone",
-        "flow_triggers_type": "type",
-        "flow_triggers_verification": "verification",
-        "flow_triggers_webhook_fields": "type",
-    },
-    dependents={
-        "flow_triggers_flow_id_fkey": "triggers (DELETE /flows/{id}/triggers/{triggerId})",
-    },
+    checks={"flow_triggers_catch_up": "catchUp", "flow_triggers_cron_length": "cron",
+        "flow_triggers_schedule_fields": "type", "flow_triggers_timezone_length": "timezone",
+        "flow_triggers_type": "type", "flow_triggers_verification": "verification",
+        "flow_triggers_webhook_fields": "type"},
+    dependents={"flow_triggers_flow_id_fkey": "triggers (DELETE /flows/{id}/triggers/{triggerId})"},
 )
 
 TRIGGER_TYPES = ("webhook", "schedule")

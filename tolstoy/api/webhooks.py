@@ -25,19 +25,11 @@ from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, 
 
 # What the database's constraints on webhooks and webhook_deliveries mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
-    checks={
-        "webhooks_event_types_known": "eventTypes",
-        "webhooks_name_length": "name",
-        "webhooks_url_length": "url",
-    },
-    service=frozenset({
-        "webhook_deliveries_attempt_log_array",
-        "webhook_deliveries_data_object",
-        "webhook_deliveries_lease_complete",
-        "webhook_deliveries_pending_due",
-        "webhook_deliveries_state",
-        "webhooks_disabled_reason_length",
-    }),
+    checks={"webhooks_event_types_known": "eventTypes", "webhooks_name_length": "name",
+        "webhooks_url_length": "url"},
+    service=frozenset({"webhook_deliveries_attempt_log_array", "webhook_deliveries_data_object",
+        "webhook_deliveries_lease_complete", "webhook_deliveries_pending_due", "webhook_deliveries_state",
+        "webhooks_disabled_reason_length"}),
 )
 
 WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
