@@ -4,8 +4,9 @@ top-level steps and foreach items both dispatch through.
 A step, wherever it runs (at the top of its run, or as one item of a foreach step), takes the same
 path (``Engine._attempt``): a pause that ended, its ``executeIf``, its config rendered, then its
 kind's work, found here. Each module exports ``KIND`` (kind.Kind: its work, what a pause of it
-means, whether a foreach may run it per item). The API accepts exactly these kinds (``STEP_TYPES``,
-and per item ``ITEM_STEP_TYPES``). Adding a kind: docs/adding-a-step-kind.md.
+means, whether a foreach may run it per item, its config's schema). The API accepts exactly these
+kinds (``STEP_TYPES``, and per item ``ITEM_STEP_TYPES``), each config checked with its kind's schema
+(``step_configs``). Adding a kind: docs/adding-a-step-kind.md.
 """
 
 from __future__ import annotations
