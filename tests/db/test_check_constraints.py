@@ -1,15 +1,16 @@
 """Every check constraint is accounted for: a value the database refuses that validation let through
 (``HTTP://…`` in a tool's baseUrl passed marshmallow and failed tools_base_url_scheme: a 500, found
-attacking issue 19's fixes) answers 400 naming its field. tolstoy/api/errors.py names the field of
-each constraint on what a client sends (CHECK_FIELDS) and lists those on what only the service
-decides (SET_BY_THE_SERVICE); a new constraint must be put in one of them."""
+attacking issue 19's fixes) answers 400 naming its field. The noun module that owns a table names the
+field of each constraint on what a client sends (``CONSTRAINTS.checks``) and lists those on what only the
+service decides (``CONSTRAINTS.service``); the app assembles them (tolstoy/api/app.py CONSTRAINTS). A new
+constraint must be put in one of them."""
 
 from __future__ import annotations
 
 import pytest
 from contract import assert_error
 
-from tolstoy.api.errors import CHECK_FIELDS, SET_BY_THE_SERVICE
+from tolstoy.api.app import CONSTRAINTS
 from tolstoy.errors import CheckViolation
 
 
@@ -19,10 +20,12 @@ def test_every_check_constraint_names_its_field_or_is_the_services_own(db):
             "select distinct c.conname from pg_constraint c join pg_class t on t.oid = c.conrelid "
             "join pg_namespace n on n.oid = t.relnamespace "
             "where c.contype = 'c' and n.nspname = 'public' and not t.relispartition").fetchall()}
-    assert not set(CHECK_FIELDS) & SET_BY_THE_SERVICE
-    unaccounted = found - set(CHECK_FIELDS) - SET_BY_THE_SERVICE
-    assert not unaccounted, f"name each constraint's field in CHECK_FIELDS (or SET_BY_THE_SERVICE): {sorted(unaccounted)}"
-    gone = (set(CHECK_FIELDS) | SET_BY_THE_SERVICE) - found
+    checks, service = set(CONSTRAINTS.checks), CONSTRAINTS.service
+    assert not checks & service
+    unaccounted = found - checks - service
+    assert not unaccounted, ("name each constraint's field in its noun's CONSTRAINTS.checks (or .service): "
+                             f"{sorted(unaccounted)}")
+    gone = (checks | service) - found
     assert not gone, f"no such constraint any more: {sorted(gone)}"
 
 

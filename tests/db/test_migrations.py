@@ -1,4 +1,4 @@
-"""The dbmate migrations: reversible, linted names that errors.py relies on, and
+"""The dbmate migrations: reversible, linted names that the nouns' CONSTRAINTS rely on, and
 db/schema.sql equal to what they produce."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tolstoy.api import errors
+from tolstoy.api.app import CONSTRAINTS
 from tolstoy.db import embedded, migrate
 
 
@@ -60,7 +60,7 @@ def test_monthly_partitions_stay_out_of_the_schema_file(database_url, db, tmp_pa
 
 
 def test_constraint_names_used_by_errors_exist(db):
-    names = set(errors.UNIQUE_MESSAGES) | set(errors.DEPENDENTS) | set(errors.REFERENCE_FIELDS)
+    names = set(CONSTRAINTS.unique) | set(CONSTRAINTS.dependents) | set(CONSTRAINTS.references)
     with db.pool.connection() as conn:
         rows = conn.execute(
             "select conname as name from pg_constraint union select indexname from pg_indexes"

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from marshmallow import fields
 
-from tolstoy.api import fieldtypes
+from tolstoy import fieldtypes
 from tolstoy.api.app import NOUNS
 from tolstoy.api.dumping import dumper
 from tolstoy.api.openapi import components

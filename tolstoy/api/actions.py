@@ -9,17 +9,27 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .. import engine, jsonschemas
 from ..db.queries import SQL
+from ..fieldtypes import Base, JSONObject, TenantRecord, text
 from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
-from .errors import NotFound, TooManyRequests, ValidationFailed
-from .fieldtypes import Base, JSONObject, TenantRecord, text
+from .errors import Constraints, NotFound, TooManyRequests, ValidationFailed
 from .model import Filter, Model
 from .requests import read_json, validate_body
 from .routing import Route, Services, errors, json_content, tenant_params
 from .tenancy import cannot_act_as, may_act_as, require_user
 
-HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# What the database's constraints on actions mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"actions_endpoint_path": "endpoint", "actions_headers_object": "headers",
+        "actions_input_schema_object": "inputSchema", "actions_key_length": "key", "actions_name_length": "name",
+        "actions_timeout_ms_range": "timeoutMs"},
+    unique={"actions_org_id_key_key": "An action with this key already exists in this organization."},
+    dependents={"actions_tool_id_fkey": "actions"},
+    references={"actions_tool_id_fkey": "toolId"},
+    service=frozenset({"actions_version_positive"}),
+)
+
 FIELD_TYPES = ("string", "number", "boolean", "enum", "date")
 
 
@@ -150,7 +160,7 @@ class ActionSchema(TenantRecord):
             validate.Regexp(r"^\S+$", error="Must not contain whitespace."),
         ],
     )
-    method = fields.String(required=True, validate=validate.OneOf(HTTP_METHODS))
+    method = fields.String(required=True, validate=validate.OneOf(engine.HTTP_METHODS))
     endpoint = fields.String(
         required=True,
         validate=[

@@ -9,14 +9,22 @@ import falcon
 from marshmallow import ValidationError, fields, validate, validates
 
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, Timestamp, text, unique_items
 from . import resources
 from .dumping import dumper, many
-from .errors import NotFound, field_error
-from .fieldtypes import Base, PageQuery, Timestamp, text, unique_items
+from .errors import Constraints, NotFound, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, path_id, tenant_params
 from .tenancy import cannot_act_as, key_hash, may_act_as, new_key, prefix_of
+
+# What the database's constraints on api_keys mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"api_keys_expires_after_creation": "expiresAt", "api_keys_name_length": "name",
+        "api_keys_scopes_known": "scopes"},
+    references={"api_keys_user_id_fkey": "userId"},
+    service=frozenset({"api_keys_key_hash_length"}),
+)
 
 # What an API key may do (docs/api.md): read (GET), write (create, change, delete), execute
 # (run flows and actions, act on runs), admin (the organization's API keys).

@@ -59,6 +59,10 @@ NOUNS = (
     compat, organizations, quotas, api_keys, audit, users, connections, actions, tools, tool_credentials, flows,
     runs, signals, triggers, inbound_webhooks, webhooks, execution_logs, health, openapi,
 )
+# What the database's constraints mean to a client: each noun's CONSTRAINTS (those on its tables), and the
+# engine's own tables' (errors.ENGINE_CONSTRAINTS); the error handlers answer from them.
+CONSTRAINTS = errors.Constraints.assemble(
+    [errors.ENGINE_CONSTRAINTS, *(noun.CONSTRAINTS for noun in NOUNS if hasattr(noun, "CONSTRAINTS"))])
 
 
 def build_routes(db: Database, config: Config,
@@ -140,7 +144,7 @@ def create_app(config: Config, db: Database, admin_db: Database | None = None) -
     # For operators, not clients: outside build_routes (the contract's routes) and the
     # OpenAPI document; Nginx only lets the monitoring host reach it.
     app.add_route("/metrics", health.Metrics(db))
-    errors.install(app)
+    errors.install(app, CONSTRAINTS)
     return app
 
 

@@ -33,12 +33,19 @@ from marshmallow import fields, validate
 
 from ..db.database import Database
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, Timestamp, text
 from ..redaction import MASK, is_sensitive_key, mask_json
 from ..times import iso
 from . import resources
-from .fieldtypes import Base, PageQuery, Timestamp, text
+from .errors import Constraints
 from .routing import PAGE, PAGE_HEADERS, Route, errors, json_content, tenant_params
 from .tenancy import scope_needed
+
+# What the database's constraints on audit_events mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    service=frozenset({"audit_events_action_length", "audit_events_actor_object", "audit_events_changes_object",
+        "audit_events_request_id_length"}),
+)
 
 AUDIT_TARGET_TYPES = ("organization", "user", "tool", "tool_credential", "action", "flow", "trigger", "webhook",
                       "api_key", "user_connection", "quota")

@@ -19,11 +19,11 @@ from marshmallow import ValidationError, fields, validate
 from .. import engine
 from ..db.queries import SQL
 from ..errors import VaultError
+from ..fieldtypes import Base, PageQuery, Timestamp, text
 from ..redaction import hint
 from . import resources
 from .dumping import dumper, many
 from .errors import NotFound, ValidationFailed, field_error
-from .fieldtypes import Base, PageQuery, Timestamp, text
 from .requests import flatten_messages, parse_uuid, read_json, validate_body, validate_query
 from .responses import created
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params

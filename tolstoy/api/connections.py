@@ -39,15 +39,21 @@ from .. import engine
 from ..config import Config
 from ..db.queries import SQL
 from ..errors import VaultError
+from ..fieldtypes import KEY, Base, PageQuery, TenantRecord, Timestamp
 from ..jsonsafe import UNSTORABLE
 from ..signatures import b64url
 from . import audit, resources
 from .dumping import dumper, many
-from .errors import NotFound, field_error
-from .fieldtypes import KEY, Base, PageQuery, TenantRecord, Timestamp
+from .errors import Constraints, NotFound, field_error
 from .requests import parse_uuid, validate_query
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import is_user, require_acting_as, require_user
+
+# What the database's constraints on user_connections, oauth_states and oauth_tokens mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    service=frozenset({"oauth_states_nonce_length", "oauth_states_redirect_uri_length",
+        "oauth_tokens_token_with_expiry", "user_connections_scope_length"}),
+)
 
 
 class LoginQuery(Base):

@@ -19,8 +19,8 @@ from typing import Any
 
 from marshmallow import Schema, fields, missing
 
+from ..fieldtypes import Timestamp
 from ..times import iso
-from .fieldtypes import Timestamp
 
 Dump = Callable[[dict], dict]
 _MISSING = object()

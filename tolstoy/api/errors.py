@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http
 import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import falcon
 from marshmallow import fields
@@ -20,7 +22,7 @@ from ..errors import (
     UniqueViolation,
     VaultError,
 )
-from .fieldtypes import Base
+from ..fieldtypes import Base
 
 
 class FieldErrorSchema(Base):
@@ -98,102 +100,65 @@ class PreconditionFailed(falcon.HTTPPreconditionFailed):
         super().__init__(description="If-Match does not match the current ETag of this record.")
 
 
-# Constraint names come from db/migrations; a test checks that each exists.
-UNIQUE_MESSAGES = {
-    "users_org_id_email_key": "A user with this email already exists in this organization.",
-    "tools_org_id_name_key": "A tool with this name already exists in this organization.",
-    "tools_org_id_key_key": "A tool with this key already exists in this organization.",
-    "flows_org_id_key_key": "A flow with this key already exists in this organization.",
-    "actions_org_id_key_key": "An action with this key already exists in this organization.",
-    "tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again.",
-}
-DEPENDENTS = {
-    "users_org_id_fkey": "users",
-    "tools_org_id_fkey": "tools",
-    "flows_org_id_fkey": "flows",
-    "actions_tool_id_fkey": "actions",
-    "execution_logs_flow_id_fkey": "execution logs or executions (DELETE /flows/{id}/executions purges finished "
-                                   "executions and their logs)",
-    "execution_logs_user_id_fkey": "execution logs",
-    "flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
-    "flow_runs_flow_version_fkey": "executions",
-    "flow_runs_user_id_fkey": "executions",
-    "tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})",
-    "flow_triggers_flow_id_fkey": "triggers (DELETE /flows/{id}/triggers/{triggerId})",
-}
-REFERENCE_FIELDS = {
-    "actions_tool_id_fkey": "toolId",
-    "execution_logs_flow_id_fkey": "flowId",
-    "execution_logs_user_id_fkey": "X-User-ID",
-    "api_keys_user_id_fkey": "userId",
-}
+@dataclass(frozen=True)
+class Constraints:
+    """What the database's constraints on a noun's tables mean to a client; each noun module declares its
+    own (``CONSTRAINTS``) and the app assembles them (``assemble``), as it does routes. Constraint names come
+    from db/migrations; tests/db/test_check_constraints.py and tests/db/test_migrations.py check each exists.
+
+    ``checks``: the body field a check constraint guards. When it refuses what validation let through (the
+    two disagreeing is a bug of ours, but the value came from the client) the answer is a 400 naming that
+    field, never a 500. ``service``: the check constraints only the service's own values meet (ids, versions,
+    hashes, states); every check constraint of the schema is in one of the two. ``unique``: the message of a
+    409 for a taken value. ``dependents``: what a foreign key's rows are, named in the 409 of a delete they
+    block. ``references``: the field of a reference that vanished mid-request (a 400)."""
+
+    checks: Mapping[str, str] = field(default_factory=dict)
+    unique: Mapping[str, str] = field(default_factory=dict)
+    dependents: Mapping[str, str] = field(default_factory=dict)
+    references: Mapping[str, str] = field(default_factory=dict)
+    service: frozenset[str] = frozenset()
+
+    @classmethod
+    def assemble(cls, parts: Iterable[Constraints]) -> Constraints:
+        """One map of each kind from the nouns' parts; a constraint two nouns name is a mistake."""
+        merged: dict[str, dict] = {"checks": {}, "unique": {}, "dependents": {}, "references": {}}
+        service: set[str] = set()
+        for part in parts:
+            for kind, into in merged.items():
+                mine = getattr(part, kind)
+                twice = into.keys() & mine.keys()
+                if twice:
+                    raise ValueError(f"constraints named by two nouns: {sorted(twice)}")
+                into.update(mine)
+            if service & part.service:
+                raise ValueError(f"constraints named by two nouns: {sorted(service & part.service)}")
+            service |= part.service
+        return cls(**merged, service=frozenset(service))
+
+    def check_violation(self, req, resp, exc: CheckViolation, params):
+        """400 naming the field whose value the database refused (validation should have: see ``checks``)."""
+        log.error("check constraint %s refused what validation accepted", exc.constraint)
+        raise field_error(self.checks.get(exc.constraint or "", "body"), "Not an allowed value.")
+
+    def unique_violation(self, req, resp, exc: UniqueViolation, params):
+        """409 naming the value that is already taken."""
+        message = self.unique.get(exc.constraint or "", "A record with these values already exists.")
+        raise Conflict(message)
+
+    def foreign_key_violation(self, req, resp, exc: ForeignKeyViolation, params):
+        """409 for a delete blocked by dependents; 400 for a reference that vanished mid-request."""
+        if exc.on_delete:
+            dependents = self.dependents.get(exc.constraint or "", "other records")
+            raise Conflict(f"Cannot delete: still referenced by {dependents}. Delete those first.")
+        raise field_error(self.references.get(exc.constraint or "", "body"), "Refers to a record that does not exist.")
 
 
-# The field a request names when a check constraint of a table the API writes refuses what validation
-# let through (the two disagreeing is a bug of ours, but the value came from the client: a 400, never a
-# 500). tests/db/test_catalog.py fails for a check constraint of such a table that is in neither this map
-# nor SET_BY_THE_SERVICE (checks on what the service itself decides: ids, versions, hashes, states).
-CHECK_FIELDS = {
-    "actions_endpoint_path": "endpoint", "actions_headers_object": "headers",
-    "actions_input_schema_object": "inputSchema", "actions_key_length": "key", "actions_name_length": "name",
-    "actions_timeout_ms_range": "timeoutMs",
-    "api_keys_expires_after_creation": "expiresAt", "api_keys_name_length": "name", "api_keys_scopes_known": "scopes",
-    "execution_logs_execution_id_length": "executionId", "execution_logs_inputs_object": "inputs",
-    "execution_logs_outputs_object": "outputs", "execution_logs_step_key_length": "stepKey",
-    "flow_run_signals_approver_length": "approver", "flow_run_signals_idempotency_key_length": "Idempotency-Key",
-    "flow_run_signals_signal_format": "signal",
-    "flow_runs_idempotency_key_length": "Idempotency-Key", "flow_runs_variables_object": "variables",
-    "flow_triggers_catch_up": "catchUp", "flow_triggers_cron_length": "cron", "flow_triggers_schedule_fields": "type",
-    "flow_triggers_timezone_length": "timezone", "flow_triggers_type": "type",
-    "flow_triggers_verification": "verification", "flow_triggers_webhook_fields": "type",
-    "flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
-    "flows_on_failure_array": "onFailure", "flows_steps_array": "steps",
-    "organizations_name_length": "name",
-    "organization_quotas_queued_runs_range": "queuedRuns", "organization_quotas_stored_bytes_range": "storedBytes",
-    "organization_quotas_requests_per_second_range": "requestsPerSecond",
-    "organization_quotas_request_burst_range": "requestBurst",
-    "tool_credentials_name_length": "name", "tool_credentials_type_not_none": "type",
-    "tools_base_url_scheme": "baseUrl", "tools_key_format": "key", "tools_name_length": "name",
-    "users_email_length": "email", "users_name_length": "name",
-    "webhooks_event_types_known": "eventTypes", "webhooks_name_length": "name", "webhooks_url_length": "url",
-}
-SET_BY_THE_SERVICE = frozenset({
-    "actions_version_positive", "api_keys_key_hash_length", "flows_version_positive",
-    "flow_run_signals_consumed", "flow_run_steps_attempt_positive", "flow_run_steps_status",
-    "flow_runs_lease_complete", "flow_runs_plan_object", "flow_trigger_deliveries_delivery_id_length",
-    "flow_trigger_deliveries_headers_object", "flow_trigger_deliveries_refusals_positive",
-    "flow_trigger_deliveries_source_length", "flow_trigger_deliveries_valid_has_run",
-    "flow_trigger_deliveries_verdict", "oauth_states_nonce_length", "oauth_states_redirect_uri_length",
-    "oauth_tokens_token_with_expiry", "organization_keys_kek_id_length", "organization_keys_version_positive",
-    "organization_worker_time_seconds_check", "secret_reads_actor_known",
-    "secret_reads_purpose_length", "user_connections_scope_length", "webhook_deliveries_attempt_log_array",
-    "webhook_deliveries_data_object", "webhook_deliveries_lease_complete", "webhook_deliveries_pending_due",
-    "webhook_deliveries_state", "webhooks_disabled_reason_length",
-    # The audit trail: written by the database's own trigger, never from a body.
-    "audit_events_action_length", "audit_events_actor_object", "audit_events_changes_object",
-    "audit_events_request_id_length",
-})
-
-
-def check_violation(req, resp, exc: CheckViolation, params):
-    """400 naming the field whose value the database refused (validation should have: see CHECK_FIELDS)."""
-    log.error("check constraint %s refused what validation accepted", exc.constraint)
-    raise field_error(CHECK_FIELDS.get(exc.constraint or "", "body"), "Not an allowed value.")
-
-
-def unique_violation(req, resp, exc: UniqueViolation, params):
-    """409 naming the value that is already taken."""
-    message = UNIQUE_MESSAGES.get(exc.constraint or "", "A record with these values already exists.")
-    raise Conflict(message)
-
-
-def foreign_key_violation(req, resp, exc: ForeignKeyViolation, params):
-    """409 for a delete blocked by dependents; 400 for a reference that vanished mid-request."""
-    if exc.on_delete:
-        dependents = DEPENDENTS.get(exc.constraint or "", "other records")
-        raise Conflict(f"Cannot delete: still referenced by {dependents}. Delete those first.")
-    field = REFERENCE_FIELDS.get(exc.constraint or "", "body")
-    raise field_error(field, "Refers to a record that does not exist.")
+# The check constraints of the tables no noun writes (the vault's keys and its read log: the engine's).
+ENGINE_CONSTRAINTS = Constraints(
+    service=frozenset({"organization_keys_kek_id_length", "organization_keys_version_positive",
+        "secret_reads_actor_known", "secret_reads_purpose_length"}),
+)
 
 
 def database_unavailable(req, resp, exc: DatabaseUnavailable, params):
@@ -282,15 +247,16 @@ def serialize(req, resp, exc: falcon.HTTPError) -> None:
     resp.content_type = falcon.MEDIA_JSON
 
 
-def install(app: falcon.App) -> None:
-    """Register the serializer and the handlers, most general first (Falcon picks the most specific)."""
+def install(app: falcon.App, constraints: Constraints) -> None:
+    """Register the serializer and the handlers, most general first (Falcon picks the most specific);
+    ``constraints``: what the nouns' constraints mean to a client."""
     app.add_error_handler(Exception, unexpected)
     app.add_error_handler(falcon.HTTPError, http_error)
     app.add_error_handler(TenantRejected, tenant_rejected)
     app.add_error_handler(KeyRejected, key_rejected)
-    app.add_error_handler(UniqueViolation, unique_violation)
-    app.add_error_handler(CheckViolation, check_violation)
-    app.add_error_handler(ForeignKeyViolation, foreign_key_violation)
+    app.add_error_handler(UniqueViolation, constraints.unique_violation)
+    app.add_error_handler(CheckViolation, constraints.check_violation)
+    app.add_error_handler(ForeignKeyViolation, constraints.foreign_key_violation)
     app.add_error_handler(DatabaseUnavailable, database_unavailable)
     app.add_error_handler(VaultError, vault_error)
     app.add_error_handler(QuotaExceeded, quota_exceeded)

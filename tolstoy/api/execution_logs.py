@@ -7,11 +7,21 @@ from marshmallow import ValidationError, fields, validate, validates, validates_
 
 from .. import engine
 from ..db.queries import SQL
+from ..fieldtypes import JSONObject, TenantRecord, text
 from . import resources
-from .errors import Conflict
-from .fieldtypes import JSONObject, TenantRecord, text
+from .errors import Conflict, Constraints
 from .model import Filter, Model
 from .tenancy import require_user
+
+# What the database's constraints on execution_logs mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"execution_logs_execution_id_length": "executionId", "execution_logs_inputs_object": "inputs",
+        "execution_logs_outputs_object": "outputs", "execution_logs_step_key_length": "stepKey"},
+    dependents={"execution_logs_flow_id_fkey": "execution logs or executions (DELETE /flows/{id}/executions purges "
+                                               "finished executions and their logs)",
+                "execution_logs_user_id_fkey": "execution logs"},
+    references={"execution_logs_flow_id_fkey": "flowId", "execution_logs_user_id_fkey": "X-User-ID"},
+)
 
 # Who wrote an execution log (the column execution_logs.source).
 LOG_SOURCES = ("engine", "client")

@@ -7,16 +7,25 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 
 from ..db.queries import SQL
 from ..engine import graph_errors
+from ..fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
 from ..numerals import unsigned
 from . import resources
 from .dumping import dumper, many
-from .errors import NotFound, ValidationFailed
-from .fieldtypes import Base, PageQuery, TenantRecord, Timestamp, key_field, text
+from .errors import Constraints, NotFound, ValidationFailed
 from .flow_steps import MAX_STEPS, StepSchema
 from .model import Model
 from .paging import version_cursor, version_key
 from .responses import respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
+
+# What the database's constraints on flows mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
+        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps"},
+    unique={"flows_org_id_key_key": "A flow with this key already exists in this organization."},
+    dependents={"flows_org_id_fkey": "flows"},
+    service=frozenset({"flows_version_positive"}),
+)
 
 
 class FlowSchema(TenantRecord):

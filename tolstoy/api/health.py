@@ -23,8 +23,8 @@ from ..config import Config
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import DatabaseUnavailable
+from ..fieldtypes import Base
 from ..times import now_iso
-from .fieldtypes import Base
 from .routing import Route, Services, errors, json_content
 
 

@@ -32,13 +32,20 @@ from marshmallow import fields
 from .. import engine, metrics, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base
 from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
 from .access_log import client_address
 from .dumping import dumper
-from .errors import NotFound, ValidationFailed, field_error
-from .fieldtypes import Base
+from .errors import Constraints, NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_raw
 from .routing import ERROR_BODY, Route, error, json_content, path_id
+
+# What the database's constraints on flow_trigger_deliveries mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    service=frozenset({"flow_trigger_deliveries_delivery_id_length", "flow_trigger_deliveries_headers_object",
+        "flow_trigger_deliveries_refusals_positive", "flow_trigger_deliveries_source_length",
+        "flow_trigger_deliveries_valid_has_run", "flow_trigger_deliveries_verdict"}),
+)
 
 
 class HookAcceptedSchema(Base):

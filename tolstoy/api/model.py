@@ -11,7 +11,7 @@ from functools import cached_property
 from marshmallow import Schema
 from marshmallow import fields as ma_fields
 
-from .fieldtypes import PageQuery
+from ..fieldtypes import PageQuery
 
 
 @dataclass(frozen=True)

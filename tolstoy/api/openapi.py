@@ -17,8 +17,8 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
 from .. import __version__
+from ..fieldtypes import DEFAULT_PAGE, MAX_PAGE, JSONObject, Timestamp
 from .errors import ErrorSchema, FieldErrorSchema
-from .fieldtypes import DEFAULT_PAGE, MAX_PAGE, JSONObject, Timestamp
 from .routing import Route, Services
 
 DOCS_STATIC = os.path.join(os.path.dirname(swagger_ui.__file__), "static")

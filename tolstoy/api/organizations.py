@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import falcon
 
+from ..fieldtypes import Record, text
 from . import resources
 from .api_keys import issue_key
-from .errors import NotFound
-from .fieldtypes import Record, text
+from .errors import Constraints, NotFound
 from .model import Model
 from .requests import parse_uuid, read_json, validate_query
 from .responses import created
+
+# What the database's constraints on organizations mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"organizations_name_length": "name"},
+)
 
 
 class OrganizationSchema(Record):

@@ -13,9 +13,9 @@ from urllib.parse import urlencode
 
 import falcon
 
+from ..fieldtypes import DEFAULT_PAGE
 from ..signatures import b64url
 from .errors import field_error
-from .fieldtypes import DEFAULT_PAGE
 
 
 def encode_cursor(values: list) -> str:

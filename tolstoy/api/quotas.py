@@ -33,12 +33,21 @@ from ..config import QUOTA_RANGES, Config
 from ..db.database import Database
 from ..db.queries import SQL
 from ..errors import TenantRejected
+from ..fieldtypes import Base, Timestamp
 from .dumping import dumper
-from .errors import NotFound, TooManyRequests, ValidationFailed
-from .fieldtypes import Base, Timestamp
+from .errors import Constraints, NotFound, TooManyRequests, ValidationFailed
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, etag_of, respond
 from .routing import Route, errors, json_content, path_id
+
+# What the database's constraints on organization_quotas and organization_worker_time mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"organization_quotas_queued_runs_range": "queuedRuns",
+        "organization_quotas_stored_bytes_range": "storedBytes",
+        "organization_quotas_requests_per_second_range": "requestsPerSecond",
+        "organization_quotas_request_burst_range": "requestBurst"},
+    service=frozenset({"organization_worker_time_seconds_check"}),
+)
 
 
 def _quota(name: str, low: int, description: str) -> fields.Integer:

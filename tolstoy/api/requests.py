@@ -10,9 +10,9 @@ from typing import Any
 import falcon
 from marshmallow import Schema, ValidationError
 
+from ..fieldtypes import READ_ONLY_FIELDS
 from ..jsonsafe import MAX_JSON_DEPTH, UNSTORABLE, UNSTORABLE_MESSAGE, depth, loads, unstorable_strings
 from .errors import NotFound, ValidationFailed, field_error
-from .fieldtypes import READ_ONLY_FIELDS
 
 MAX_BODY_BYTES = 1024 * 1024
 

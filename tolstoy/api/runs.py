@@ -17,15 +17,24 @@ from marshmallow import fields, validate
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from ..times import iso
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, NotFound, ValidationFailed, field_error
-from .fieldtypes import Base, JSONObject, PageQuery, Timestamp
+from .errors import Conflict, Constraints, NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 from .tenancy import may_act_as, require_user
+
+# What the database's constraints on flow_runs and flow_run_steps mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"flow_runs_idempotency_key_length": "Idempotency-Key", "flow_runs_variables_object": "variables"},
+    dependents={"flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
+        "flow_runs_flow_version_fkey": "executions", "flow_runs_user_id_fkey": "executions"},
+    service=frozenset({"flow_run_steps_attempt_positive", "flow_run_steps_status", "flow_runs_lease_complete",
+        "flow_runs_plan_object"}),
+)
 
 
 class ExecutionsQuery(PageQuery):

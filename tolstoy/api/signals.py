@@ -37,16 +37,22 @@ from ..config import Config
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..db.stores import write_execution_log
-from ..engine import RUN_STEP_KEY
+from ..engine import RUN_STEP_KEY, SIGNAL_NAME
+from ..fieldtypes import Base, Timestamp
 from ..signatures import b64url, unb64url
 from ..times import iso
 from .dumping import dumper
-from .errors import Conflict, NotFound
-from .fieldtypes import Base, Timestamp
-from .flow_steps import SIGNAL_NAME
+from .errors import Conflict, Constraints, NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .routing import Route, Services, errors, json_content
 from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
+
+# What the database's constraints on flow_run_signals mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"flow_run_signals_approver_length": "approver",
+        "flow_run_signals_idempotency_key_length": "Idempotency-Key", "flow_run_signals_signal_format": "signal"},
+    service=frozenset({"flow_run_signals_consumed"}),
+)
 
 SIGNAL_NAME_RE = re.compile(SIGNAL_NAME)
 MAX_LINK_SECONDS = 30 * 24 * 3600

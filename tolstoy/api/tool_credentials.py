@@ -10,14 +10,21 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from .. import engine, redaction
 from ..db.queries import SQL
+from ..fieldtypes import Base, HttpUrl, JSONObject, StrictBoolean, Timestamp, text
 from ..jsonsafe import UNSTORABLE
 from . import resources
 from .dumping import dumper
-from .errors import NotFound
-from .fieldtypes import Base, HttpUrl, JSONObject, StrictBoolean, Timestamp, text
+from .errors import Constraints, NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import created
 from .routing import Route, Services, errors, json_content, path_id, tenant_params
+
+# What the database's constraints on tool_credentials mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"tool_credentials_name_length": "name", "tool_credentials_type_not_none": "type"},
+    unique={"tool_credentials_one_default_per_tool": "Another request made a different credential the default; try again."},
+    dependents={"tool_credentials_tool_id_fkey": "credentials (DELETE /tools/{id}/auth/{name})"},
+)
 
 
 def _required_strings(*names: str) -> dict:

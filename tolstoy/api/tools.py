@@ -7,12 +7,20 @@ from marshmallow import fields, validate
 
 from .. import engine
 from ..db.queries import SQL
+from ..fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
 from . import resources
 from .actions import ActionSchema
 from .dumping import dumper
-from .errors import Conflict
-from .fieldtypes import HttpUrl, StrictBoolean, TenantRecord, key_field, text
+from .errors import Conflict, Constraints
 from .model import Model
+
+# What the database's constraints on tools mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"tools_base_url_scheme": "baseUrl", "tools_key_format": "key", "tools_name_length": "name"},
+    unique={"tools_org_id_name_key": "A tool with this name already exists in this organization.",
+        "tools_org_id_key_key": "A tool with this key already exists in this organization."},
+    dependents={"tools_org_id_fkey": "tools"},
+)
 
 AUTH_TYPES = ("none", "apiKey", "bearer", "basic", "oauth2")
 

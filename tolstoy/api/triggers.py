@@ -15,18 +15,27 @@ from marshmallow import ValidationError, fields, validate, validates_schema
 from .. import engine, schedules, signatures
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
 from ..jsonsafe import loads
 from ..signatures import new_secret
 from ..times import utcnow
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, NotFound
-from .fieldtypes import Base, PageQuery, StrictBoolean, TenantRecord, Timestamp, text
+from .errors import Conflict, Constraints, NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
 from .runs import RunAcceptedSchema
 from .tenancy import may_act_as
+
+# What the database's constraints on flow_triggers mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"flow_triggers_catch_up": "catchUp", "flow_triggers_cron_length": "cron",
+        "flow_triggers_schedule_fields": "type", "flow_triggers_timezone_length": "timezone",
+        "flow_triggers_type": "type", "flow_triggers_verification": "verification",
+        "flow_triggers_webhook_fields": "type"},
+    dependents={"flow_triggers_flow_id_fkey": "triggers (DELETE /flows/{id}/triggers/{triggerId})"},
+)
 
 TRIGGER_TYPES = ("webhook", "schedule")
 # Presets whose sender makes the secret (Stripe's whsec_…, Slack's signing secret): it must be given.

@@ -5,9 +5,17 @@ from __future__ import annotations
 import falcon
 from marshmallow import fields, validate
 
+from ..fieldtypes import TenantRecord, text
 from . import resources
-from .fieldtypes import TenantRecord, text
+from .errors import Constraints
 from .model import Filter, Model
+
+# What the database's constraints on users mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"users_email_length": "email", "users_name_length": "name"},
+    unique={"users_org_id_email_key": "A user with this email already exists in this organization."},
+    dependents={"users_org_id_fkey": "users"},
+)
 
 
 class UserSchema(TenantRecord):

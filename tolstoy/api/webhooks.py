@@ -14,14 +14,23 @@ from marshmallow import ValidationError, fields, validate, validates
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
+from ..fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
 from ..signatures import new_secret
 from . import resources
 from .dumping import dumper, many
-from .errors import Conflict, field_error
-from .fieldtypes import Base, HttpUrl, PageQuery, StrictBoolean, TenantRecord, Timestamp, text, unique_items
+from .errors import Conflict, Constraints, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
+
+# What the database's constraints on webhooks and webhook_deliveries mean to a client (errors.Constraints).
+CONSTRAINTS = Constraints(
+    checks={"webhooks_event_types_known": "eventTypes", "webhooks_name_length": "name",
+        "webhooks_url_length": "url"},
+    service=frozenset({"webhook_deliveries_attempt_log_array", "webhook_deliveries_data_object",
+        "webhook_deliveries_lease_complete", "webhook_deliveries_pending_due", "webhook_deliveries_state",
+        "webhooks_disabled_reason_length"}),
+)
 
 WEBHOOK_EVENT_TYPES = engine.WEBHOOK_EVENT_TYPES
 # Shown instead of a webhook's secret and its header values (sending it back keeps the stored value).

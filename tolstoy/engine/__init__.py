@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from ..db.database import Database
-from .calls import ToolClient, input_errors
+from .calls import HTTP_METHODS, ToolClient, input_errors
 from .errors import ActAsUserRefused, InvalidInputs, NoKeyToSeal, NoSuchRun, RunStateConflict, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
@@ -22,7 +22,7 @@ from .lifecycle import retry as retry_run
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
-from .steps import ITEM_STEP_TYPES, STEP_TYPES, step_configs
+from .steps import ITEM_STEP_TYPES, SIGNAL_NAME, STEP_TYPES, step_configs
 from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
@@ -44,7 +44,7 @@ from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
-    "STEP_TYPES", "ITEM_STEP_TYPES", "step_configs",
+    "STEP_TYPES", "ITEM_STEP_TYPES", "SIGNAL_NAME", "step_configs", "HTTP_METHODS",
     "ActAsUserRefused",
     "queue_run", "retry_run", "cancel_run", "resolve_step", "NoSuchRun", "RunStateConflict", "NoKeyToSeal",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",

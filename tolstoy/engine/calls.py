@@ -27,6 +27,8 @@ from .tool_auth import CallAuth, SharedTokens, auth_headers, secret_headers_for,
 from .vault import Reader, Vault
 
 log = logging.getLogger("tolstoy.engine")
+# The methods an action may call its endpoint with (an http_request step may also send HEAD and OPTIONS).
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # A synchronous call must answer well inside Gunicorn's worker timeout (gunicorn.conf.py).
 SYNC_TIMEOUT_MS = 10_000  # POST /actions/{id}/execute, end to end, unless the action or the server says otherwise
 

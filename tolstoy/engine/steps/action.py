@@ -43,6 +43,27 @@ def method(run: Run, step: dict, inputs: dict) -> str:
     return run.plan.action(step["config"])["method"]
 
 
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import ValidationError, fields, validates_schema
+
+    from ...fieldtypes import Base, JSONObject, text
+
+    class ActionStepConfig(Base):
+        """``action``: which action to call and with what inputs."""
+
+        actionId = fields.UUID()
+        actionKey = text(1, 200)
+        inputs = JSONObject()
+
+        @validates_schema
+        def _one_reference(self, data, **kwargs):
+            if ("actionId" in data) == ("actionKey" in data):
+                raise ValidationError("Give exactly one of actionId or actionKey.", "actionId")
+
+    return ActionStepConfig
+
+
 def tool(run: Run, step: dict) -> dict | None:
     """The tool the action calls (None when the plan does not hold the action)."""
     try:
@@ -51,4 +72,4 @@ def tool(run: Run, step: dict) -> dict | None:
         return None
 
 
-KIND = Calling(build, method, tool).kind()
+KIND = Calling(build, method, tool).kind(config)

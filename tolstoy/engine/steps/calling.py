@@ -55,9 +55,10 @@ class Calling:
         self.method = method
         self.tool = tool
 
-    def kind(self) -> Kind:
-        """The kind: it may run per item, and a ``waiting`` checkpoint of it is a retry back-off."""
-        return Kind(self.run, retries=True, item=True)
+    def kind(self, config: Callable[[], type]) -> Kind:
+        """The kind, whose config ``config()`` checks: it may run per item, and a ``waiting`` checkpoint of
+        it is a retry back-off."""
+        return Kind(self.run, retries=True, item=True, config=config)
 
     def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
         """Make the call of one step whose config is already rendered; returns its output. ``site``

@@ -13,6 +13,20 @@ if TYPE_CHECKING:
     from ..runner import Engine, Run
 
 
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import fields, validate
+
+    from ...fieldtypes import Base
+
+    class DelayStepConfig(Base):
+        """``delay``: wait this many milliseconds (at most seven days)."""
+
+        ms = fields.Integer(required=True, strict=True, validate=validate.Range(0, 7 * 24 * 3600 * 1000))
+
+    return DelayStepConfig
+
+
 def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
         tree: Hidden) -> Outcome:
     """A delay step: asleep (``waiting`` with its wake time) for ``ms``, holding no thread."""
@@ -31,4 +45,4 @@ def resume(engine: Engine, run: Run, site: Site, step: dict, attempt: int, check
                            item=site.item)
 
 
-KIND = Kind(run, resume=resume, item=True)
+KIND = Kind(run, resume=resume, item=True, config=config)

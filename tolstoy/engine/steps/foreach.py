@@ -30,6 +30,46 @@ if TYPE_CHECKING:
 FOREACH_MAX_ITEMS = 10_000
 
 
+def config() -> type:
+    """The schema of its config, and of the step it runs per item, for the API (marshmallow is imported
+    here: a worker never loads it). The item step's config is checked with its kind's schema."""
+    from marshmallow import ValidationError, fields, validate, validates_schema
+
+    from ...fieldtypes import Base, JSONObject, RetryPolicySchema, StrictBoolean, json_or_template, load_config_for_type, text
+    from . import ITEM_STEP_TYPES, step_configs
+
+    def _not_foreach(value: str) -> None:
+        if value == "foreach":
+            raise ValidationError("A foreach step cannot run a foreach step; use a subflow.")
+        validate.OneOf(ITEM_STEP_TYPES)(value)
+
+    class ItemStepSchema(Base):
+        """The step a foreach runs per item: a step without id, dependsOn or critical."""
+
+        type = fields.String(required=True, validate=_not_foreach)
+        name = text(0, 200, allow_none=True)
+        config = JSONObject(required=True)
+        executeIf = text(1, 2000, allow_none=True)
+        retryPolicy = fields.Nested(RetryPolicySchema, allow_none=True)
+        timeoutMs = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 3_600_000))
+        onUnknownOutcome = fields.String(allow_none=True, validate=validate.OneOf(("wait", "retry", "fail")))
+
+        @validates_schema
+        def _config_matches_type(self, data, **kwargs):
+            load_config_for_type(data, step_configs())
+
+    class ForeachStepConfig(Base):
+        """``foreach``: run ``step`` once per item of ``items``, ``concurrency`` at a time."""
+
+        items = fields.Raw(required=True, validate=json_or_template(
+            list, "Must be a list, or a template (at most 2000 characters) that renders to one."))
+        step = fields.Nested(ItemStepSchema, required=True)
+        concurrency = fields.Integer(strict=True, load_default=1, validate=validate.Range(1, 50))
+        continueOnError = StrictBoolean(load_default=False)
+
+    return ForeachStepConfig
+
+
 def item_id(step_id: str, index: int) -> str:
     """The checkpoint id of one item of a foreach step (step ids never hold brackets)."""
     return f"{step_id}[{index}]"
@@ -161,4 +201,4 @@ def _item(engine: Engine, run: Run, inner: dict, sid: str, index: int, item: Any
     return outcome, value
 
 
-KIND = Kind(run, renders="items")
+KIND = Kind(run, renders="items", config=config)

@@ -6,12 +6,33 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..calls import ToolCall, ToolClient
+from ..calls import HTTP_METHODS, ToolCall, ToolClient
 from .calling import Calling
 from .kind import Site
 
 if TYPE_CHECKING:
     from ..runner import Run
+
+
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import fields, validate
+
+    from ...fieldtypes import Base, url_or_template
+
+    class HttpRequestStepConfig(Base):
+        """``http_request``: a request to any allowed URL."""
+
+        method = fields.String(
+            required=True, validate=validate.OneOf(HTTP_METHODS + ("HEAD", "OPTIONS"))
+        )
+        url = fields.String(
+            required=True, validate=[validate.Length(min=1, max=4096), url_or_template]
+        )
+        headers = fields.Dict(keys=fields.String(), values=fields.String())
+        body = fields.Raw(allow_none=True)
+
+    return HttpRequestStepConfig
 
 
 def build(tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict) -> ToolCall:
@@ -24,4 +45,4 @@ def method(run: Run, step: dict, inputs: dict) -> str:
     return str(inputs.get("method", "GET")).upper()
 
 
-KIND = Calling(build, method).kind()
+KIND = Calling(build, method).kind(config)

@@ -54,12 +54,12 @@ class Kind:
     items; its item step is rendered per item), else the whole config. ``config``: returns the
     marshmallow schema that validates its config when a flow is saved (the API loads
     ``steps[i].config`` with it, errors named under it); a function, so that marshmallow is imported
-    by the API only, never by a worker (tests/unit/test_layers.py). None for the kinds whose schema
-    the API still holds (api/schemas.py STEP_CONFIGS)."""
+    by the API only, never by a worker (tests/unit/test_layers.py). Every kind has one: the API
+    takes its ``STEP_CONFIGS`` from the kinds (``step_configs``)."""
 
     run: Callable[..., Outcome]
+    config: Callable[[], type]
     resume: Callable[..., Outcome | None] = run_again
     retries: bool = False
     item: bool = False
     renders: str | None = None
-    config: Callable[[], type] | None = None

@@ -24,6 +24,35 @@ log = logging.getLogger("tolstoy.engine")
 SUBFLOW_MAX_DEPTH = 10
 
 
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import ValidationError, fields, validate, validates_schema
+
+    from ...fieldtypes import Base, StrictBoolean, json_or_template, key_field
+
+    class SubflowStepConfig(Base):
+        """``subflow``: queue a run of another flow of the organization, named by ``flowId`` or ``flowKey`` (its
+        ``version``, or its version at that moment) with ``variables`` (templates), and with ``wait`` take its
+        outputs as this step's output."""
+
+        flowId = fields.UUID(metadata={"description": "A flow of the same organization (this or flowKey)."})
+        flowKey = key_field("The key of a flow of the same organization (this or flowId), resolved to the flow when "
+                            "the step runs.")
+        version = fields.Integer(strict=True, allow_none=True, validate=validate.Range(1, 2_147_483_647))
+        variables = fields.Raw(load_default=dict, validate=json_or_template(
+            dict, "Must be a JSON object, or a template (at most 2000 characters) that renders to one."))
+        wait = StrictBoolean(load_default=True)
+
+        @validates_schema
+        def _one_flow_reference(self, data, **kwargs):
+            if "flowId" in data and "flowKey" in data:
+                raise ValidationError("Name the flow by flowId or by flowKey, not both.", "flowKey")
+            if "flowId" not in data and "flowKey" not in data:
+                raise ValidationError("Missing data for required field (flowId or flowKey).", "flowId")
+
+    return SubflowStepConfig
+
+
 def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None,
         config: dict, tree: Hidden = None) -> Outcome:
     """A subflow step: one statement writes the pending checkpoints, finds the child run this step
@@ -101,4 +130,4 @@ def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoi
 # ---- foreach ------------------------------------------------------------------------
 
 
-KIND = Kind(run)
+KIND = Kind(run, config=config)

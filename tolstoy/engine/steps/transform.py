@@ -12,6 +12,20 @@ if TYPE_CHECKING:
     from ..runner import Engine, Run
 
 
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import fields
+
+    from ...fieldtypes import Base
+
+    class TransformStepConfig(Base):
+        """``transform``: render ``output`` (any JSON with templates)."""
+
+        output = fields.Raw(required=True, allow_none=True)
+
+    return TransformStepConfig
+
+
 def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, inputs: dict,
         tree: Hidden) -> Outcome:
     """A transform step: its output is its rendered ``output``."""
@@ -22,4 +36,4 @@ def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoi
     return engine.complete(run, step, attempt, inputs["output"], shown, 0, shown["output"], item=site.item)
 
 
-KIND = Kind(run, item=True)
+KIND = Kind(run, item=True, config=config)

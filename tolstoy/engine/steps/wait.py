@@ -22,6 +22,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("tolstoy.engine")
 # How long a wait step waits when its config says nothing (the API fills it in: 7 days).
 DEFAULT_WAIT_MS = 7 * 24 * 3600 * 1000
+# A wait step's signal name (it is a URL path segment: the signal routes check it too), and how long
+# it may wait at most (30 days).
+SIGNAL_NAME = r"^[A-Za-z0-9_.-]{1,100}$"
+MAX_WAIT_MS = 30 * 24 * 3600 * 1000
+
+
+def config() -> type:
+    """The schema of its config, for the API (marshmallow is imported here: a worker never loads it)."""
+    from marshmallow import fields, validate
+
+    from ...fieldtypes import Base
+
+    class WaitStepConfig(Base):
+        """``wait``: park the run until ``signal`` is sent to it, at most ``timeoutMs``."""
+
+        signal = fields.String(required=True, validate=validate.Regexp(
+            SIGNAL_NAME, error="Must be 1 to 100 letters, digits, '_', '.' or '-'."))
+        timeoutMs = fields.Integer(strict=True, load_default=DEFAULT_WAIT_MS,
+                                   validate=validate.Range(1, MAX_WAIT_MS),
+                                   metadata={"description": "At most 30 days; default 7 days."})
+        onTimeout = fields.String(load_default="fail", validate=validate.OneOf(("fail", "continue")))
+
+    return WaitStepConfig
 
 
 def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None, config: dict,
@@ -68,4 +91,4 @@ def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoi
     return outcome
 
 
-KIND = Kind(run)
+KIND = Kind(run, config=config)

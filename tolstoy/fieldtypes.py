@@ -4,10 +4,11 @@ are the database's snake_case; ``data_key`` gives the API's camelCase."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
-from ..times import iso
+from .times import iso
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -119,3 +120,49 @@ def unique_items(values: list) -> None:
     """A list without repeats."""
     if len(set(values)) != len(values):
         raise ValidationError("Items must be unique.")
+
+
+# A flow's steps: what the API's step schema (api/flow_steps.py) and the step kinds' config schemas
+# (engine/steps/, each kind's ``config()``) share.
+
+# A template in a string: the string is checked when it is rendered, at run time.
+TEMPLATE = re.compile(r"\{\{.*?\}\}", re.S)
+
+
+def url_or_template(value: str) -> None:
+    """An absolute http(s) URL, or a string built from templates at run time."""
+    if TEMPLATE.search(value):
+        return
+    validate.URL(schemes={"http", "https"}, require_tld=False)(value)
+
+
+def json_or_template(kind: type, error: str):
+    """A validator: a value of JSON type ``kind``, or a template (at most 2000 characters) that renders to one."""
+
+    def check(value) -> None:
+        if isinstance(value, kind):
+            return
+        if isinstance(value, str) and TEMPLATE.search(value) and len(value) <= 2000:
+            return
+        raise ValidationError(error)
+
+    return check
+
+
+class RetryPolicySchema(Base):
+    """How often and how fast a failed step is tried again."""
+
+    maxRetries = fields.Integer(strict=True, validate=validate.Range(0, 20))
+    backoffStrategy = fields.String(validate=validate.OneOf(("fixed", "exponential")))
+    delayMs = fields.Integer(strict=True, validate=validate.Range(0, 3_600_000))
+
+
+def load_config_for_type(data: dict, configs: dict) -> None:
+    """Load ``data["config"]`` with the schema its ``type`` names; errors are reported under ``config``."""
+    schema = configs.get(data.get("type"))
+    if schema is None or "config" not in data:
+        return  # an unknown type or a missing config is already reported by its own field
+    try:
+        data["config"] = schema().load(data["config"])
+    except ValidationError as exc:
+        raise ValidationError({"config": exc.messages}) from None
