@@ -27,7 +27,6 @@ import hashlib
 import hmac
 import json
 import re
-import time
 import uuid
 
 import falcon
@@ -38,7 +37,7 @@ from ..config import Config
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..signatures import b64url, unb64url
-from ..times import iso
+from ..times import iso, unix_seconds
 from .dumping import dumper
 from .errors import Conflict, NotFound
 from .fieldtypes import Base, Timestamp
@@ -157,7 +156,7 @@ def check_signal_name(signal: str) -> str:
 class RunSignals:
     """``POST /flows/{id}/executions/{executionId}/signals/{signal}`` and ``…/links``."""
 
-    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+    def __init__(self, db: dbmod.Database, config: Config, clock=unix_seconds):
         self.db = db
         self.key = link_key(config)
         self.public_url = config.public_url
@@ -216,7 +215,7 @@ class Approval:
 
     access = "public"
 
-    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+    def __init__(self, db: dbmod.Database, config: Config, clock=unix_seconds):
         self.db = db
         self.key = link_key(config)
         self.clock = clock
