@@ -175,3 +175,9 @@ grant execute on function tolstoy_cancel_run(uuid, uuid, uuid, uuid) to tolstoy_
 grant execute on function tolstoy_cancel_descendants(uuid, uuid) to tolstoy_app;
 grant execute on function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, text, jsonb, bytea, jsonb, boolean)
     to tolstoy_app;
+
+-- sending a signal to a run (20261209000300): stored, the run woken and the
+-- send logged in one function, run as its caller under row-level security.
+grant execute on function tolstoy_send_signal(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text)
+    to tolstoy_app;
+grant execute on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, jsonb, text) to tolstoy_app;

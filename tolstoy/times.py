@@ -48,6 +48,12 @@ def utcnow() -> dt.datetime:
     return CLOCK.now()
 
 
+def unix_seconds() -> float:
+    """Seconds since the epoch by the one clock: for what carries a Unix time (an approval link's
+    expiry, an inbound webhook's signed timestamp)."""
+    return CLOCK.now().timestamp()
+
+
 def iso(value: dt.datetime | None) -> str | None:
     """``2026-11-25T21:08:32.123Z`` (None stays None)."""
     if value is None:

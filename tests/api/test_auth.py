@@ -4,6 +4,7 @@ another organization's rows on any route."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 
@@ -243,6 +244,18 @@ def test_scopes_and_expiry_are_validated_and_an_expired_key_is_refused(keyed, db
                      "expires_at = now() - interval '1 second' where id = %s", (soon["id"],))
     expired = keyed.simulate_get("/users", headers=bearer(soon["apiKey"]))
     assert expired.status_code == 401 and "expired" in expired.json["message"]
+
+
+def test_a_keys_expiry_is_judged_by_the_clock_that_expires_it(keyed, clock):
+    # The database expires keys by tolstoy_now(); the API's "in the future" must read the same clock, or
+    # it accepts a key that is expired the moment it is made.
+    _, key = new_org(keyed, "Ahead")
+    clock.move(2 * 24 * 3600)
+    real_tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    past = keyed.simulate_post("/api-keys", json={"name": "x", "expiresAt": real_tomorrow}, headers=bearer(key))
+    assert past.status_code == 400 and past.json["errors"][0]["field"] == "expiresAt", past.text
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=3)).isoformat().replace("+00:00", "Z")
+    assert keyed.simulate_get("/users", headers=bearer(make_key(keyed, key, expiresAt=later)["apiKey"])).status_code == 200
 
 
 def test_a_key_cannot_outlive_the_key_that_creates_it(keyed):

@@ -222,3 +222,24 @@ def test_cancelling_a_run_is_the_flows_lookup_and_one_function(counted, world):
     assert cost == {"statements": 5, "round_trips": 2, "transactions": 1}
     again, _ = counted("POST", path, headers=world["acting"])
     assert again.status_code == 409 and "already finished with status cancelled" in again.json["message"], again.text
+
+
+def test_sending_a_signal_is_one_function(counted, world, api):
+    # A state change is one SQL function (tolstoy_send_signal): the run locked, checked, the signal stored,
+    # the run woken and the log row written in one statement, not a lock, a check, a write and a log write.
+    flow = api.flow(world["org"], steps=[{"id": "gate", "type": "wait", "config": {"signal": "approval"}}])
+    queued, _ = counted("POST", f"/flows/{flow['id']}/execute", json={}, headers=world["acting"])
+    assert queued.status_code == 202, queued.text
+    path = f"/flows/{flow['id']}/executions/{queued.json['executionId']}/signals/approval"
+    headers = {**world["acting"], "Idempotency-Key": "once"}
+    result, cost = counted("POST", path, json={"payload": {"ok": True}}, headers=headers)
+    assert result.status_code == 202, result.text
+    # The tenant checked with tolstoy_send_signal, and the commit, in one round trip (before: the run
+    # locked, its state read, the signal stored and the log row written: 7 statements in 4 round trips).
+    assert cost == {"statements": 2, "round_trips": 1, "transactions": 1}
+    again, cost = counted("POST", path, json={"payload": {"ok": True}}, headers=headers)
+    assert again.status_code == 202 and again.json["signalId"] == result.json["signalId"], again.text
+    assert cost == {"statements": 2, "round_trips": 1, "transactions": 1}
+    refused, cost = counted("POST", path, json={"payload": {}}, headers=world["acting"])
+    assert refused.status_code == 409 and "a signal of that name is pending already" in refused.json["message"]
+    assert cost["statements"] <= 4 and cost["transactions"] == 1

@@ -3,6 +3,7 @@ can move the database's, no service role can, and every time-based decision of t
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import re
 from pathlib import Path
@@ -129,3 +130,67 @@ def test_time_based_decisions_read_the_clock_tests_move():
                     offenders.append(f"{relative} {name}: {sorted(set(REAL_CLOCK.findall(code)))}")
     assert offenders == [], "read tolstoy_now() (db/functions/clock.sql), or say in REAL_TIME why not"
     assert sorted(set(REAL_TIME) - used) == [], "REAL_TIME names a place that no longer reads the real clock"
+
+
+# ---- and every time-based decision of the API reads tolstoy.times ------------------------------
+
+# Where tolstoy/api may read the real clock: a time it records or shows, deciding nothing a test would
+# have to wait for. Anything else reads tolstoy.times (utcnow(), unix_seconds()), the clock tests move
+# with the database's; time.monotonic() measures what is only waited for and is never moved.
+API_REAL_TIME = {
+    ("tolstoy/api/signals.py", "Approval.on_post"): "when a person decided, recorded in the signal's payload",
+}
+# A reading of the real clock: the names Python reaches it by (however the module was imported).
+REAL_CLOCK_CALLS = {"datetime.now", "datetime.utcnow", "datetime.today", "date.today", "time.time", "time.time_ns",
+                    "time.gmtime", "time.localtime"}
+
+
+def real_clock_reads(source: str) -> list[tuple[str, str]]:
+    """(the enclosing ``Class.function`` or ``<module>``, what it reads) of each reading of the real
+    clock in Python ``source``: a call or a reference (a default argument ``clock=time.time`` reads it
+    later), or ``from time import time``."""
+    found = []
+
+    def dotted(node) -> str | None:
+        if isinstance(node, ast.Name):
+            return node.id
+        if isinstance(node, ast.Attribute):
+            base = dotted(node.value)
+            return f"{base}.{node.attr}" if base else None
+        return None
+
+    def visit(node, where: str) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            where = node.name if where == "<module>" else f"{where}.{node.name}"
+        if isinstance(node, ast.Attribute):
+            name = dotted(node) or ""
+            if any(name == call or name.endswith("." + call) for call in REAL_CLOCK_CALLS):
+                found.append((where, name))
+                return
+        if isinstance(node, ast.ImportFrom) and node.module in ("time", "datetime"):
+            found.extend((where, f"{node.module}.{alias.name}") for alias in node.names
+                         if f"{node.module}.{alias.name}" in REAL_CLOCK_CALLS)
+        for child in ast.iter_child_nodes(node):
+            visit(child, where)
+
+    visit(ast.parse(source), "<module>")
+    return found
+
+
+def test_the_apis_time_based_decisions_read_the_clock_tests_move():
+    offenders, used = [], set()
+    for path in sorted((ROOT / "tolstoy" / "api").rglob("*.py")):
+        relative = str(path.relative_to(ROOT))
+        for where, name in real_clock_reads(path.read_text()):
+            if (relative, where) in API_REAL_TIME:
+                used.add((relative, where))
+            else:
+                offenders.append(f"{relative} {where}: {name}")
+    assert offenders == [], "read tolstoy.times (utcnow(), unix_seconds()), or say in API_REAL_TIME why not"
+    assert sorted(set(API_REAL_TIME) - used) == [], "API_REAL_TIME names a place that no longer reads the real clock"
+    # The rule sees each way of reaching the clock.
+    assert [name for _, name in real_clock_reads(
+        "import datetime as dt, time\nfrom datetime import datetime\nfrom time import time as t\n"
+        "def f(clock=time.time):\n    return dt.datetime.now(dt.UTC), datetime.utcnow(), dt.date.today()\n"
+        "class A:\n    def g(self):\n        return time.monotonic()\n")] == [
+        "time.time", "time.time", "dt.datetime.now", "datetime.utcnow", "dt.date.today"]

@@ -5,6 +5,7 @@ never hide it."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal as signals
 import threading
 import time
@@ -224,6 +225,20 @@ def test_an_approval_link_approves_once_without_credentials(api, org, user, work
     again = api.client.simulate_post(link["url"], json={"decision": "reject"})
     assert again.status_code == 410, again.text
     assert api.client.simulate_get(link["url"]).json["used"] is True
+
+
+def test_an_approval_link_expires_by_the_clock_tests_move(api, org, user, clock):
+    flow = api.flow(org, steps=[wait_step(timeoutMs=600_000)])
+    run_id = execute(api, org, user, flow)["executionId"]  # queued: its wait step is still to come
+    link = make_link(api, org, flow, run_id, expiresInSeconds=60)
+    assert api.client.simulate_get(link["url"]).status_code == 200
+    clock.move(61)  # the link's minute is over, without waiting for it
+    for result in (api.client.simulate_get(link["url"]),
+                   api.client.simulate_post(link["url"], json={"decision": "approve"})):
+        assert result.status_code == 410 and "expired" in result.json["message"], result.text
+    # A link made now expires a minute after the moved clock's now.
+    made = dt.datetime.fromisoformat(make_link(api, org, flow, run_id, expiresInSeconds=60)["expiresAt"])
+    assert made - dt.datetime.now(dt.UTC) > dt.timedelta(seconds=100)
 
 
 def test_tampered_expired_and_malformed_links_are_refused(api, org, user, config):

@@ -3,13 +3,12 @@ with scopes, an optional expiry and an optional user it is bound to (it may act 
 
 from __future__ import annotations
 
-import datetime as dt
-
 import falcon
 from marshmallow import ValidationError, fields, validate, validates
 
 from ..db.queries import SQL
 from ..fieldtypes import Base, PageQuery, Timestamp, text, unique_items
+from ..times import utcnow
 from . import resources
 from .dumping import dumper, many
 from .errors import Constraints, NotFound, field_error
@@ -56,7 +55,7 @@ class ApiKeySchema(Base):
 
     @validates("expires_at")
     def _in_the_future(self, value, **_):
-        if value is not None and value <= dt.datetime.now(dt.UTC):
+        if value is not None and value <= utcnow():  # the clock the database expires keys by
             raise ValidationError("Must be in the future.")
 
 

@@ -36,6 +36,7 @@ from ..db.queries import SQL
 from ..engine import RUN_STEP_KEY
 from ..errors import DatabaseUnavailable, KeyRejected, TenantRejected
 from ..numerals import unsigned
+from ..times import utcnow
 from . import audit
 from .audit import AUDIT_TARGET_TYPES
 from .paging import encode_cursor, time_id_cursor, time_id_key
@@ -543,8 +544,8 @@ class Console:
             steps = self.db.all(SQL.console.run_steps, org_id=org, run_id=rid, run_created_at=run["created_at"],
                                 limit=MAX_STEPS + 1)
             logs = self.db.all(SQL.console.run_logs, org_id=org, execution_id=str(rid), limit=MAX_LOGS + 1)
-            now = dt.datetime.now(dt.UTC)
-            timeline = build_timeline(run, steps[:MAX_STEPS], logs[:MAX_LOGS], now)
+            # The one clock, as the wake times and lease ends the timeline sets it against.
+            timeline = build_timeline(run, steps[:MAX_STEPS], logs[:MAX_LOGS], utcnow())
             api = f"/flows/{run['flow_id']}/executions/{rid}"
             return "run.html", {"title": f"Run {str(rid)[:8]}", "section": "runs", "run": run,
                                 "steps": steps[:MAX_STEPS], "more_steps": len(steps) > MAX_STEPS,

@@ -23,7 +23,6 @@ replayed signature; 403 disabled trigger; 404 no such webhook trigger; 413,
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Callable, Iterable
 
 import falcon
@@ -34,6 +33,7 @@ from ..db import database as dbmod
 from ..db.queries import SQL
 from ..fieldtypes import Base
 from ..jsonsafe import MAX_JSON_DEPTH, depth, loads, unstorable_strings
+from ..times import unix_seconds
 from .access_log import client_address
 from .dumping import dumper
 from .errors import Constraints, NotFound, ValidationFailed, field_error
@@ -98,7 +98,7 @@ class InboundWebhook:
 
     access = "public"
 
-    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, clock: Callable[[], float] = time.time, *,
+    def __init__(self, db: dbmod.Database, vault: engine.Vault | None, clock: Callable[[], float] = unix_seconds, *,
                  trusted_proxies: Iterable[str] = ("127.0.0.1", "::1"), max_sources: int = 20):
         self.db = db
         self.vault = vault

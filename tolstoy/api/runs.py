@@ -143,13 +143,15 @@ _RESOLVE = ResolveSchema()
 
 @contextlib.contextmanager
 def lifecycle_errors():
-    """The engine's refusals of a run's state change, as HTTP: 404, 409, 503."""
+    """The engine's refusals of a run's state change, as HTTP: 404, 409, 410 (an approval link used), 503."""
     try:
         yield
     except engine.NoSuchRun as exc:
         raise NotFound(exc.noun) from None
     except engine.RunStateConflict as exc:
         raise Conflict(str(exc)) from None
+    except engine.LinkUsed as exc:
+        raise falcon.HTTPGone(title="Link used", description=str(exc)) from None
     except engine.NoKeyToSeal as exc:
         raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
 

@@ -10,10 +10,11 @@ step waits for.
   only describes (link scanners fetch URLs); ``POST {decision, comment?}``
   delivers ``{approved, approver, comment, at}`` once.
 
-A signal is stored in the transaction that holds the run's row locked, and the
-same statement wakes the run when a wait step of it is parked for that signal;
-the worker takes signals under the same lock (tolstoy_take_signal), so a run
-never parks past a signal. A signal sent before the run reaches its wait step
+Sending one is the run lifecycle's (engine.send_signal, one SQL function,
+tolstoy_send_signal): it holds the run's row while it checks, stores the signal
+and wakes the run when a wait step of it is parked for that signal; the worker
+takes signals under the same lock (tolstoy_take_signal), so a run never parks
+past a signal. A signal sent before the run reaches its wait step
 is kept and taken when it gets there; one the run can no longer take (no
 unfinished wait step for it, or as many pending signals as such steps) is a 409.
 """
@@ -26,26 +27,24 @@ import hashlib
 import hmac
 import json
 import re
-import time
 import uuid
 
 import falcon
 from marshmallow import fields, validate
 
-from .. import metrics
+from .. import engine
 from ..config import Config
 from ..db import database as dbmod
 from ..db.queries import SQL
-from ..db.stores import write_execution_log
-from ..engine import RUN_STEP_KEY, SIGNAL_NAME
+from ..engine import SIGNAL_NAME
 from ..fieldtypes import Base, Timestamp
 from ..signatures import b64url, unb64url
-from ..times import iso
+from ..times import iso, unix_seconds
 from .dumping import dumper
 from .errors import Conflict, Constraints, NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .routing import Route, Services, errors, json_content
-from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key
+from .runs import EXECUTION_PARAM, FINISHED_RUN_STATUSES, FLOW_PARAMS, IDEMPOTENCY_PARAM, idempotency_key, lifecycle_errors
 
 # What the database's constraints on flow_run_signals mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
@@ -152,43 +151,7 @@ def read_link(key: bytes, token: str, now: float) -> dict:
     return claims
 
 
-# ---- delivering a signal --------------------------------------------------------------
-
-def deliver(db: dbmod.Database, *, org_id, flow_id, run_id, signal: str, payload, source: str, user_id=None,
-            approver: str | None = None, key: str | None = None, link_id=None) -> tuple[dict, bool]:
-    """Inside the caller's transaction: lock the run, check it can take the signal, store it (waking the
-    run if it is parked for it) and log it. Returns (signal row, new); a repeated Idempotency-Key
-    returns the first signal, not new."""
-    run = db.one(SQL.runs.get_for_update, org_id=org_id, flow_id=flow_id, id=run_id)
-    if run is None:
-        raise NotFound("Execution")
-    state = db.one(SQL.signals.state, org_id=org_id, run_id=run["id"], run_created_at=run["created_at"],
-                   signal=signal, idempotency_key=key, link_id=link_id)
-    if key is not None and state["earlier"] is not None:
-        earlier = state["earlier"]
-        if earlier["signal"] != signal:
-            raise Conflict("This Idempotency-Key was used for another signal of this execution.")
-        return {"id": earlier["id"], "signal": earlier["signal"], "created_at": earlier["created_at"],
-                "run_id": run["id"]}, False
-    if state["link_used"]:
-        raise falcon.HTTPGone(title="Link used", description="This approval link was used already.")
-    if run["status"] in FINISHED_RUN_STATUSES:
-        raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
-    if state["waits"] <= state["pending"]:
-        raise Conflict(f"The execution is not waiting for the signal {signal!r}: no wait step of it that has not "
-                       "finished waits for it" + (" (a signal of that name is pending already)."
-                                                  if state["pending"] else "."))
-    sent = db.one(SQL.signals.send, org_id=org_id, run_id=run["id"], run_created_at=run["created_at"],
-                  signal=signal, payload=dbmod.json(payload), user_id=user_id, approver=approver,
-                  idempotency_key=key, link_id=link_id)
-    write_execution_log(db, org_id=org_id, flow_id=flow_id, user_id=user_id, execution_id=run["id"],
-                        step_key=RUN_STEP_KEY, status="pending",
-                        inputs={"signal": signal, "signalId": str(sent["id"]), "source": source,
-                                "approver": approver, "wokeRun": sent["woke"]},
-                        commit=True)
-    metrics.count_signal(source)
-    return {**sent, "run_id": run["id"]}, True
-
+# ---- the signal of a path --------------------------------------------------------------
 
 def check_signal_name(signal: str) -> str:
     """The signal of the path: 404 when no wait step could ever wait for it."""
@@ -200,7 +163,7 @@ def check_signal_name(signal: str) -> str:
 class RunSignals:
     """``POST /flows/{id}/executions/{executionId}/signals/{signal}`` and ``…/links``."""
 
-    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+    def __init__(self, db: dbmod.Database, config: Config, clock=unix_seconds):
         self.db = db
         self.key = link_key(config)
         self.public_url = config.public_url
@@ -215,8 +178,10 @@ class RunSignals:
         run_id = parse_uuid(execution_id, "Execution")
         check_signal_name(signal)
         values = validate_body(_SIGNAL, data)
-        sent, _ = deliver(self.db, org_id=req.context.org_id, flow_id=flow_id, run_id=run_id, signal=signal,
-                          payload=values.get("payload"), source="api", user_id=req.context.user_id, key=key)
+        with lifecycle_errors():
+            sent, _ = engine.send_signal(self.db, org_id=req.context.org_id, flow_id=flow_id, run_id=run_id,
+                                         signal=signal, payload=values.get("payload"), source="api",
+                                         user_id=req.context.user_id, key=key)
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(sent)
 
@@ -237,7 +202,7 @@ class RunSignals:
         if run["status"] in FINISHED_RUN_STATUSES:
             raise Conflict(f"The execution already finished with status {run['status']}; it takes no signal.")
         state = self.db.one(SQL.signals.state, commit=True, org_id=req.context.org_id, run_id=run["id"],
-                            run_created_at=run["created_at"], signal=signal, idempotency_key=None, link_id=None)
+                            run_created_at=run["created_at"], signal=signal, link_id=None)
         if state["waits"] <= state["pending"]:
             raise Conflict(f"The execution is not waiting for the signal {signal!r}.")
         expires = int(self.clock()) + values["expiresInSeconds"]
@@ -257,7 +222,7 @@ class Approval:
 
     access = "public"
 
-    def __init__(self, db: dbmod.Database, config: Config, clock=time.time):
+    def __init__(self, db: dbmod.Database, config: Config, clock=unix_seconds):
         self.db = db
         self.key = link_key(config)
         self.clock = clock
@@ -275,8 +240,7 @@ class Approval:
             if run is None:
                 raise NotFound("Execution")
             state = self.db.one(SQL.signals.state, org_id=claims["org"], run_id=run["id"],
-                                run_created_at=run["created_at"], signal=claims["signal"], idempotency_key=None,
-                                link_id=claims["link"])
+                                run_created_at=run["created_at"], signal=claims["signal"], link_id=claims["link"])
         resp.media = {
             "executionId": str(run["id"]), "flowId": str(run["flow_id"]), "signal": claims["signal"],
             "approver": claims["approver"], "expiresAt": iso(dt.datetime.fromtimestamp(claims["expires"], dt.UTC)),
@@ -295,10 +259,10 @@ class Approval:
         approved = values["decision"] == "approve"
         payload = {"approved": approved, "approver": claims["approver"], "comment": values.get("comment"),
                    "at": iso(dt.datetime.now(dt.UTC))}
-        with self.db.transaction(), self.db.tenant(claims["org"]):
-            sent, _ = deliver(self.db, org_id=claims["org"], flow_id=claims["flow"], run_id=claims["run"],
-                              signal=claims["signal"], payload=payload, source="link",
-                              approver=claims["approver"], link_id=claims["link"])
+        with self.db.transaction(), self.db.tenant(claims["org"]), lifecycle_errors():
+            sent, _ = engine.send_signal(self.db, org_id=claims["org"], flow_id=claims["flow"], run_id=claims["run"],
+                                         signal=claims["signal"], payload=payload, source="link",
+                                         approver=claims["approver"], link_id=claims["link"])
         resp.status = falcon.HTTP_202
         resp.media = {**_ACCEPTED(sent), "approved": approved}
 

@@ -83,5 +83,9 @@ class RunStateConflict(Exception):
     """The run's state does not allow the change; the message says which state it is in."""
 
 
+class LinkUsed(Exception):
+    """An approval link delivers one signal, and this one was used already."""
+
+
 class NoKeyToSeal(Exception):
     """What would be kept holds secrets, and no encryption key is configured to seal it."""

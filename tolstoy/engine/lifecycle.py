@@ -15,8 +15,8 @@ translates to HTTP.
 - ``cancel``: a run and the runs below it (tolstoy_cancel_run).
 - ``resolve``: what became of a call whose outcome is unknown
   (tolstoy_resolve_step).
-- Signals: ``tolstoy_send_signal`` (sql/signals.sql) stores a signal and wakes
-  the run parked for it.
+- ``send_signal``: a signal for a run's wait step, stored, waking the run
+  parked for it (tolstoy_send_signal, db/functions/signals.sql).
 
 The run loop's own moves (checkpoint, pause, finish, hand back) are
 tolstoy_checkpoint's, in runner.py.
@@ -31,7 +31,7 @@ from ..db import database as dbmod
 from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
-from .errors import NoKeyToSeal, NoSuchRun, RunStateConflict
+from .errors import LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict
 from .vault import Vault
 
 # A run that ended in one of these may be retried.
@@ -108,3 +108,32 @@ def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_
     if refused == "key":
         raise NoKeyToSeal("Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
     return answer["run"]
+
+
+def send_signal(db: Database, *, org_id, flow_id, run_id, signal: str, payload: Any, source: str, user_id=None,
+                approver: str | None = None, key: str | None = None, link_id=None) -> tuple[dict, bool]:
+    """Send ``signal`` with ``payload`` to a run as the unit of work's last statement: stored, the run
+    woken when a wait step of it is parked for it (else its wait step takes it when it gets there),
+    and logged as ``user_id``'s (``source``: api or link; ``approver`` and ``link_id`` for an approval
+    link). Returns (the signal ``{id, signal, created_at, run_id}``, new); a repeated Idempotency-Key
+    ``key`` returns the signal it sent, not new. NoSuchRun; RunStateConflict (the key sent another
+    signal, the run finished, or no unfinished wait step of it is left for this signal); LinkUsed."""
+    answer = db.scalar(SQL.signals.send, commit=True, org_id=org_id, flow_id=flow_id, id=run_id, signal=signal,
+                       payload=dbmod.json(payload), user_id=user_id, approver=approver, idempotency_key=key,
+                       link_id=link_id, source=source)
+    if answer is None:
+        raise NoSuchRun("Execution")
+    refused = answer.get("refused")
+    if refused == "key":
+        raise RunStateConflict("This Idempotency-Key was used for another signal of this execution.")
+    if refused == "link":
+        raise LinkUsed("This approval link was used already.")
+    if refused == "finished":
+        raise RunStateConflict(f"The execution already finished with status {answer['status']}; it takes no signal.")
+    if refused == "waiting":
+        raise RunStateConflict(
+            f"The execution is not waiting for the signal {signal!r}: no wait step of it that has not finished "
+            "waits for it" + (" (a signal of that name is pending already)." if answer["pending"] else "."))
+    if answer["created"]:
+        metrics.count_signal(source)
+    return answer["signal"], answer["created"]
