@@ -578,9 +578,9 @@ def up(args) -> None:
                 start(LB, service, settings)
             wait_until("HAProxy's primary port", lambda: port_open(LB.address, PRIMARY_PORT), 30)
             wait_until("the primary through HAProxy", lambda: _can_connect(settings), 60, 1)
-            create_roles(settings)
+            on_the_primary(settings, "creating the roles", create_roles)
             say("migrating (tolstoy db up from the wheel)")
-            migrate(settings)
+            on_the_primary(settings, "migrating", migrate)
             for host in HOSTS:
                 if host.services in (("api",), ("worker",)):
                     start_host(host, settings)
@@ -602,6 +602,25 @@ def primary_name() -> str:
     with inside(CLIENT):
         host = primary()
     return host.name if host else "none"
+
+
+def on_the_primary(settings: Settings, what: str, step, timeout: float = 120) -> None:
+    """Run ``step(settings)`` (idempotent) through HAProxy's primary port until it succeeds: a cluster
+    that was just bootstrapped may still move its leader, or HAProxy route to the old one until its
+    next check, so the server that answered "not in recovery" a moment ago can refuse writes now."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            step(settings)
+            return
+        except (psycopg.errors.ReadOnlySqlTransaction, psycopg.OperationalError, RuntimeError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            say(f"{what}: {str(exc).splitlines()[0][:200]}; again once the primary answers")
+            time.sleep(2)
+            wait_until("the primary through HAProxy", lambda: _can_connect(settings), 60, 1)
 
 
 def _can_connect(settings: Settings) -> bool:
