@@ -259,7 +259,9 @@ def engine_env(database_url: str) -> dict:
         "TOLSTOY_ENV": "test",
         "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY,
         "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
-        "TOLSTOY_WORKER_LEASE_SECONDS": "2",
+        # Long enough that a busy machine (a heartbeat is a third of it) does not lose leases; tests that
+        # need one to expire move the clock (the clock fixture) instead of waiting.
+        "TOLSTOY_WORKER_LEASE_SECONDS": "5",
         "TOLSTOY_WORKER_POLL_SECONDS": "0.2",
         # Tests send hundreds of requests a second for one organization through one process; the request
         # quota's own tests set it (tests/api/test_quotas.py).

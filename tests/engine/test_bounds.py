@@ -44,7 +44,7 @@ def test_a_cpu_bound_render_stops_on_cancel_and_lets_sigterm_drain_the_worker(ap
         cancel = api.client.simulate_post(f"/flows/{spin['id']}/executions/{run}/cancel",
                                           headers=api.headers(org, user))
         assert cancel.status_code == 202
-        # The heartbeat (a third of the 2 s lease) sets the run's cancel; the render looks at it.
+        # The heartbeat (a third of the 5 s lease) sets the run's cancel; the render looks at it.
         done = wait_for(api, org, spin, run, timeout=10)
         assert done["status"] == "cancelled", (done, log_tail(process))
 

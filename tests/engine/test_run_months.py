@@ -52,7 +52,7 @@ def test_the_engine_reads_only_the_month_of_the_runs_it_moves(api, org, user, co
     zero: no lookup probed them."""
 
     def slow(_request):
-        time.sleep(1.5)  # longer than a heartbeat (lease 2 s, beat every 0.67 s)
+        time.sleep(2.0)  # longer than a heartbeat (lease 5 s, beat every 1.67 s)
         return Response(json.dumps({"ok": True}), content_type="application/json")
 
     httpserver.expect_request("/slow").respond_with_handler(slow)
