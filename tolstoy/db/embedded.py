@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -76,7 +79,8 @@ def forget_dead_handles(pgdata: Path) -> None:
     with PostgresServer._lock:
         listed = _read(pgdata / HANDLES, [])
         started = _read(pgdata / STARTED, {})
-        kept = {str(pid): _start_time(int(pid)) for pid in listed if _alive(int(pid), started)}
+        # A live one started when recorded (_alive): its record stands.
+        kept = {str(pid): started[str(pid)] for pid in listed if _alive(int(pid), started)}
         kept[str(os.getpid())] = _start_time(os.getpid())
         (pgdata / STARTED).write_text(json.dumps(kept))
         (pgdata / HANDLES).write_text(json.dumps([int(pid) for pid in kept]))
@@ -103,10 +107,6 @@ def stop_orphaned(root: Path, *, older_than: float = 600.0) -> bool:
     """Stop the embedded server under ``root`` (``root/pgdata``) and delete ``root`` when no process
     uses it any more and it was made more than ``older_than`` seconds ago (younger ones may be
     starting: their first user is not listed yet). Returns whether it did."""
-    import shutil
-    import subprocess
-    import time
-
     from pgserver.postgres_server import PostgresServer
 
     pgdata = root / "pgdata"
