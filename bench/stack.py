@@ -147,8 +147,7 @@ class Stack:
     def start_database(self) -> None:
         """An embedded PostgreSQL 16 with Tolstoy's migrations and grants applied."""
         self.server, self.owner_url = embedded.start(self.work / "pg", database="bench", cleanup="delete")
-        migrate.run(["--wait", "up"], self.owner_url, quiet=True)
-        migrate.apply_grants(self.owner_url)
+        migrate.upgrade(self.owner_url, quiet=True)
         self.app_url = migrate.as_role(self.owner_url)
 
     def in_process_api(self, *names: str) -> tuple[testing.TestClient, dict[str, str]]:
