@@ -224,6 +224,12 @@ def evaluate(figures: dict) -> list[dict]:
     none). Each is a ratio measured in this run, or against BASELINE, or a count or bound that does
     not depend on the machine."""
     found = []
+    http = [s for scenario, servers in figures.items() if isinstance(servers, dict) and scenario != "engine"
+            for s in (servers.values() if scenario != "list latency" else servers.values())]
+    if http:
+        # A server answering errors (a 429 of a quota, a 5xx) did not do the work the others did:
+        # every other figure of the run would compare nothing.
+        found.append(target("HTTP errors in every measured run", sum(s["errors"] for s in http), "<= 0", "responses"))
     if "GET /tools/{id}" in figures:
         get, post = figures["GET /tools/{id}"], figures["POST /tools"]
         ratio = lambda table, a, b, key="rps_median": table[a][key] / table[b][key]  # noqa: E731
