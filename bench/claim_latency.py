@@ -38,7 +38,7 @@ def main() -> int:
     url = os.environ.get("DATABASE_URL")
     if not url:
         _server, url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-bench-"), database="bench", cleanup="delete")
-    migrate.run(["up"], url, quiet=True)
+    migrate.upgrade(url, quiet=True)
     config = Config.from_env({"DATABASE_URL": url, "TOLSTOY_WORKER_POLL_SECONDS": "5"})
     db = Database.from_config(config)
     db.open(wait=True)

@@ -17,7 +17,7 @@ import psycopg
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .stack import ROOT, Stack, rss_mb
+from .stack import ROOT, CpuMeter, Stack, rss_mb
 
 WORKER_CONCURRENCY = 8
 
@@ -84,7 +84,8 @@ def throughput(stack: Stack, data, stub_url: str, processes: int, runs: int) -> 
                            log=f"worker-{processes}-{i}.log") for i in range(processes)]
     time.sleep(2.0)  # started and idle
     before = statements(metrics_dir)
-    with psycopg.connect(stack.owner_url, autocommit=True) as conn:
+    meter = CpuMeter({"postgres": stack.postgres_pid, **{f"worker{i}": w.pid for i, w in enumerate(workers)}})
+    with psycopg.connect(stack.owner_url, autocommit=True) as conn, meter.measure() as spent:
         started = _enqueue(conn, data.org, data.user, flow, runs)
         finished = _wait_finished(conn, flow, runs, timeout=600)
     seconds = (finished["last"] - started).total_seconds()
@@ -92,9 +93,14 @@ def throughput(stack: Stack, data, stub_url: str, processes: int, runs: int) -> 
     rss = [rss_mb(w.pid) for w in workers]
     for worker in workers:
         stack.stop(worker)
+    worker_cpu = sum(value for name, value in spent.items() if name != "postgres")
     return {"processes": processes, "runs": runs, "seconds": round(seconds, 3), "failed": finished["failed"],
             "runs_per_second": round(runs / seconds, 1), "statements_per_run": round((after - before) / runs, 2),
-            "worker_rss_mb": round(max(rss), 1)}
+            "worker_rss_mb": round(max(rss), 1),
+            # CPU per 1,000 runs: the workers', and PostgreSQL's from queueing them to the last finish (as
+            # DBOS's is counted: its enqueues too; the poll of _wait_finished is in it, a few ms a second).
+            "worker_cpu_s_per_1k": round(worker_cpu * 1000 / runs, 3),
+            "db_cpu_s_per_1k": round(spent["postgres"] * 1000 / runs, 3)}
 
 
 def latency(stack: Stack, data, stub_url: str, api_url: str, runs: int = 40, rate: float = 4.0) -> dict:
@@ -150,8 +156,13 @@ def dbos(stack: Stack, stub_url: str, runs: int) -> dict | None:
 
     # The first runs after launch are slower (DBOS warms its queue poller); measure a warm worker.
     enqueue(20)
-    result = enqueue(runs)
+    # The worker's tree and PostgreSQL while the enqueuing process queues the workflows and waits for
+    # them: that process's own CPU (the client) is not DBOS's per workflow and is not counted.
+    with CpuMeter({"worker": worker.pid, "postgres": stack.postgres_pid}).measure() as spent:
+        result = enqueue(runs)
     stack.stop(worker)
     if result.returncode != 0:
         raise SystemExit(f"bench: DBOS enqueue failed: {result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return {**found, "worker_cpu_s_per_1k": round(spent["worker"] * 1000 / runs, 3),
+            "db_cpu_s_per_1k": round(spent["postgres"] * 1000 / runs, 3)}

@@ -104,7 +104,7 @@ def main() -> int:
     scratch = not url
     if scratch:
         _server, url = embedded.start(tempfile.mkdtemp(prefix="tolstoy-bench-"), database="bench", cleanup="delete")
-    migrate.run(["up"], url, quiet=True)
+    migrate.upgrade(url, quiet=True)
     if scratch:  # a throw-away database: commits need not reach the disk, which this measures nothing of
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("alter database bench set synchronous_commit = off")

@@ -110,7 +110,7 @@ def main() -> None:
         raise SystemExit("bench: needs ApacheBench (apt-get install apache2-utils)")
     folder = Path(tempfile.mkdtemp(prefix="tolstoy-bench-"))
     server, url = embedded.start(folder, cleanup="delete")
-    migrate.run(["--wait", "up"], url, quiet=True)
+    migrate.upgrade(url, quiet=True)
     body_file = folder / "organization.json"
     body_file.write_text(json.dumps({"name": "Created by ab"}))
     print(f"{os.cpu_count()} cores; {REQUESTS} requests per cell; median of {ROUNDS} rounds; latencies in ms",

@@ -24,6 +24,11 @@ class Run:
     p99_ms: float
     requests: int
     errors: int
+    # CPU seconds per 1,000 requests of the server's processes (its master and workers) and of
+    # PostgreSQL (the postmaster and every backend), read from /proc around the run: unlike requests
+    # per second, what one request costs holds from machine to machine.
+    app_cpu_s_per_1k: float | None = None
+    db_cpu_s_per_1k: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,13 +73,19 @@ def wrk(url: str, script: str, args: list[str], *, scenario: str, server: str, s
 
 
 def summary(runs: list[Run]) -> dict:
-    """min/median/max requests per second and median p50/p99 of a scenario's runs on one server."""
+    """min/median/max requests per second, median p50/p99 and median CPU per 1,000 requests of a
+    scenario's runs on one server."""
     rates = [r.requests_per_second for r in runs]
-    return {
+    found = {
         "rps_min": min(rates), "rps_median": statistics.median(rates), "rps_max": max(rates),
         "p50_ms": statistics.median(r.p50_ms for r in runs), "p99_ms": statistics.median(r.p99_ms for r in runs),
         "errors": sum(r.errors for r in runs), "runs": len(runs),
     }
+    for name in ("app_cpu_s_per_1k", "db_cpu_s_per_1k"):
+        measured = [getattr(r, name) for r in runs if getattr(r, name) is not None]
+        if measured:
+            found[name] = round(statistics.median(measured), 4)
+    return found
 
 
 def pgbench(bin_dir: Path, socket_dir: str, database: str, org: str, tool: str, *, seconds: int,

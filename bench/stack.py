@@ -56,18 +56,74 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def children_of(pid: int) -> list[int]:
-    """The direct children of a process (Gunicorn's workers)."""
-    found = []
+def _children() -> dict[int, list[int]]:
+    """Every process's children (pid -> pids), from one scan of /proc."""
+    found: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                found.setdefault(int(fields[1]), []).append(int(entry.name))
     return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of a process (Gunicorn's workers)."""
+    return _children().get(pid, [])
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces), or None if the
+    process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it."""
+    children = _children()
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) spent so far by process ``pid`` and everything below it, including
+    children that exited and were waited for (their time is in their parent's cutime/cstime: a
+    PostgreSQL backend that ended, a Gunicorn worker that was replaced). The difference of two
+    readings is the CPU the tree spent between them, whatever ran where."""
+    total = 0
+    for member in descendants(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            # utime, stime, cutime, cstime: fields 14-17 of stat(5), 12-15 after the name.
+            total += sum(int(value) for value in fields[11:15])
+    return total / _TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent by named process trees over a stretch of work: ``with meter.measure() as
+    spent: …`` fills ``spent`` (name -> seconds) when the block ends."""
+
+    def __init__(self, roots: dict[str, int]):
+        self.roots = roots
+
+    @contextlib.contextmanager
+    def measure(self):
+        before = {name: tree_cpu_seconds(pid) for name, pid in self.roots.items()}
+        spent: dict[str, float] = {}
+        try:
+            yield spent
+        finally:
+            spent.update({name: tree_cpu_seconds(pid) - before[name] for name, pid in self.roots.items()})
 
 
 class Stack:
@@ -82,14 +138,16 @@ class Stack:
         self.metrics_dir = self.work / "metrics"
         self.metrics_dir.mkdir()
         self.pools: list[Database] = []
+        # The master process of each HTTP server by name ("tolstoy", a peer's name): its tree's CPU is
+        # the server's.
+        self.pids: dict[str, int] = {}
 
     # ---- PostgreSQL ---------------------------------------------------------------
 
     def start_database(self) -> None:
         """An embedded PostgreSQL 16 with Tolstoy's migrations and grants applied."""
         self.server, self.owner_url = embedded.start(self.work / "pg", database="bench", cleanup="delete")
-        migrate.run(["--wait", "up"], self.owner_url, quiet=True)
-        migrate.apply_grants(self.owner_url)
+        migrate.upgrade(self.owner_url, quiet=True)
         self.app_url = migrate.as_role(self.owner_url)
 
     def in_process_api(self, *names: str) -> tuple[testing.TestClient, dict[str, str]]:
@@ -103,6 +161,11 @@ class Stack:
             orgs = {name: str(conn.execute("insert into organizations (name) values (%s) returning id",
                                            (name,)).fetchone()[0]) for name in names}
         return client, orgs
+
+    @property
+    def postgres_pid(self) -> int:
+        """The postmaster's pid (every backend, and the background processes, run below it)."""
+        return int((self.work / "pg" / "pgdata" / "postmaster.pid").read_text().split()[0])
 
     @property
     def socket_dir(self) -> str:
@@ -144,6 +207,10 @@ class Stack:
             "USE_AWS_SECRETS": "false", "TOLSTOY_AUTH_MODE": "headers", "WEB_CONCURRENCY": "2",
             "TOLSTOY_ENCRYPTION_KEY": ENCRYPTION_KEY, "TOLSTOY_ALLOW_NETWORKS": "127.0.0.1/32",
             "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+            # One organization sends every request of the load, at thousands a second: the default
+            # quota (100 a second per process) would answer most of them 429 before any work, and the
+            # peers have no quota. The bucket is still taken per request, at its usual cost.
+            "TOLSTOY_QUOTA_REQUESTS_PER_SECOND": "1000000", "TOLSTOY_QUOTA_REQUEST_BURST": "1000000",
             **extra,
         }
 
@@ -153,6 +220,7 @@ class Stack:
                               "--access-logfile", "/dev/null", "tolstoy.api.app:get_app()"],
                              self.tolstoy_env(PORT=str(port), **extra), log=f"tolstoy-{port}.log")
         wait_for_port(port, process)
+        self.pids["tolstoy"] = process.pid
         return process
 
     def peer(self, name: str, port: int) -> subprocess.Popen:
@@ -163,6 +231,7 @@ class Stack:
                              {"DATABASE_URL": self.owner_url, "PORT": str(port), "WEB_CONCURRENCY": "2"},
                              log=f"{name}.log")
         wait_for_port(port, process)
+        self.pids[name] = process.pid
         return process
 
     def stub_tool(self, port: int) -> subprocess.Popen:

@@ -5509,6 +5509,27 @@ CREATE INDEX flow_runs_default_lease_expires_at_idx ON public.flow_runs_default 
 
 
 --
+-- Name: flow_runs_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_created_at_id_idx ON ONLY public.flow_runs USING btree (org_id, created_at DESC, id DESC);
+
+
+--
+-- Name: INDEX flow_runs_org_id_created_at_id_idx; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON INDEX public.flow_runs_org_id_created_at_id_idx IS 'An organization''s runs newest first (the console''s runs page). Built per partition, concurrently, by tolstoy db up / tolstoy db indexes.';
+
+
+--
+-- Name: flow_runs_default_org_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_created_at_id_idx ON public.flow_runs_default USING btree (org_id, created_at DESC, id DESC);
+
+
+--
 -- Name: flow_runs_org_id_flow_id_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -5905,6 +5926,13 @@ ALTER INDEX public.flow_run_steps_outcome_unknown_idx ATTACH PARTITION public.fl
 --
 
 ALTER INDEX public.flow_runs_running_lease_expires_at_idx ATTACH PARTITION public.flow_runs_default_lease_expires_at_idx;
+
+
+--
+-- Name: flow_runs_default_org_id_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_created_at_id_idx ATTACH PARTITION public.flow_runs_default_org_id_created_at_id_idx;
 
 
 --
@@ -7139,4 +7167,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208001200'),
     ('20261209000100'),
     ('20261209000200'),
-    ('20261209000300');
+    ('20261209000300'),
+    ('20261212000100');

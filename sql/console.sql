@@ -43,48 +43,54 @@ limit :limit;
 
 -- name: runs
 -- One keyset page of the organization's runs, newest first, optionally of one flow, in a time
--- range, of one status. The newest :scan runs after the cursor are read per flow (an index
--- range each) and merged; the status filter applies within that window, so a rare status
--- never makes the page read the whole history: scanned and the window's edge (its oldest row)
--- tell the caller where to go on when the window was full. A row with a null id carries only
--- those two (the window held no match).
+-- range, of one status: one range of one index, whatever the number of flows (the organization's
+-- runs by time, flow_runs_org_id_created_at_id_idx; or one flow's, by the flow's index: only the
+-- branch whose filter holds runs). The newest :scan runs after the cursor are read; the status
+-- filter applies within that window, so a rare status never makes the page read the whole
+-- history: scanned and the window's edge (its oldest row) tell the caller where to go on when the
+-- window was full. A row with a null id carries only those two (the window held no match).
 with scanned as (
-    select r.id, r.flow_id, r.flow_version, r.status, r.user_id, r.retry_of, r.created_at, r.started_at,
-           r.finished_at, r.name as flow_name
-    from flows f
-    cross join lateral (
-        select x.id, x.flow_id, x.flow_version, x.status, x.user_id, x.retry_of, x.created_at, x.started_at,
-               x.finished_at, f.name
-        from flow_runs x
-        where x.org_id = :org_id and x.flow_id = f.id
-          and (:since::timestamptz is null or x.created_at >= :since::timestamptz)
-          and (:until::timestamptz is null or x.created_at < :until::timestamptz)
-          and (:after_created_at::timestamptz is null
-               or (x.created_at, x.id) < (:after_created_at::timestamptz, :after_id::uuid))
-        order by x.created_at desc, x.id desc
-        limit :scan
-    ) as r
-    where f.org_id = :org_id and (:flow_id::uuid is null or f.id = :flow_id::uuid)
-    order by r.created_at desc, r.id desc
-    limit :scan
+    (select x.id, x.flow_id, x.flow_version, x.status, x.user_id, x.retry_of, x.created_at, x.started_at,
+            x.finished_at
+     from flow_runs x
+     where :flow_id::uuid is null
+       and x.org_id = :org_id
+       and (:since::timestamptz is null or x.created_at >= :since::timestamptz)
+       and (:until::timestamptz is null or x.created_at < :until::timestamptz)
+       and (:after_created_at::timestamptz is null
+            or (x.created_at, x.id) < (:after_created_at::timestamptz, :after_id::uuid))
+     order by x.created_at desc, x.id desc
+     limit :scan)
+    union all
+    (select x.id, x.flow_id, x.flow_version, x.status, x.user_id, x.retry_of, x.created_at, x.started_at,
+            x.finished_at
+     from flow_runs x
+     where x.org_id = :org_id and x.flow_id = :flow_id::uuid
+       and (:since::timestamptz is null or x.created_at >= :since::timestamptz)
+       and (:until::timestamptz is null or x.created_at < :until::timestamptz)
+       and (:after_created_at::timestamptz is null
+            or (x.created_at, x.id) < (:after_created_at::timestamptz, :after_id::uuid))
+     order by x.created_at desc, x.id desc
+     limit :scan)
 ), window_stats as (
     select count(*) as scanned from scanned
 ), window_edge as (
     select s.created_at, s.id from scanned s order by s.created_at, s.id limit 1
 )
-select m.id, m.flow_id, m.flow_name, m.flow_version, m.status, m.user_id, m.retry_of, m.created_at,
+select m.id, m.flow_id, f.name as flow_name, m.flow_version, m.status, m.user_id, m.retry_of, m.created_at,
        m.started_at, m.finished_at, window_stats.scanned, window_edge.created_at as edge_created_at,
        window_edge.id as edge_id
 from window_stats
 left join window_edge on true
 left join lateral (
-    select s.id, s.flow_id, s.flow_name, s.flow_version, s.status, s.user_id, s.retry_of, s.created_at,
-           s.started_at, s.finished_at
+    select s.id, s.flow_id, s.flow_version, s.status, s.user_id, s.retry_of, s.created_at, s.started_at,
+           s.finished_at
     from scanned s
     where :status::flow_run_status is null or s.status = :status::flow_run_status
     order by s.created_at desc, s.id desc
     limit :limit
 ) as m on true
+left join flows f on f.org_id = :org_id and f.id = m.flow_id
 order by m.created_at desc, m.id desc;
 
 -- name: run^

@@ -28,3 +28,37 @@ select r.rolname
 from pg_database d
 join pg_roles r on r.oid = d.datdba
 where d.datname = :name;
+
+-- name: unbuilt_partition_indexes
+-- Indexes declared on a partitioned table that are not valid yet (CREATE INDEX … ON ONLY: valid
+-- once every partition has its own attached), each with a partition that has none attached, and
+-- whether an index of the name that partition's would get exists already (a build that failed
+-- leaves an invalid one behind): what tolstoy/db/migrate.py build_partition_indexes builds,
+-- concurrently, and attaches. The name is the partition's name and the parent index's name
+-- after its table's, cut to PostgreSQL's 63 bytes.
+with unbuilt as (
+    select pi.indexrelid as parent_index, ic.relname as parent_index_name, n.nspname as schema,
+           tc.relname as table_name, part.oid as partition, part.relname as partition_name,
+           part.relkind as partition_kind, pg_get_indexdef(pi.indexrelid) as definition
+    from pg_index pi
+    join pg_class ic on ic.oid = pi.indexrelid and ic.relkind = 'I'
+    join pg_class tc on tc.oid = pi.indrelid
+    join pg_namespace n on n.oid = ic.relnamespace
+    join pg_inherits inh on inh.inhparent = pi.indrelid
+    join pg_class part on part.oid = inh.inhrelid
+    where not pi.indisvalid
+      and not exists (select 1
+                      from pg_inherits attached
+                      join pg_index pix on pix.indexrelid = attached.inhrelid
+                      where attached.inhparent = pi.indexrelid and pix.indrelid = part.oid)
+)
+select u.parent_index_name, u.schema, u.partition_name, u.partition_kind, u.definition,
+       left(u.partition_name || substr(u.parent_index_name, char_length(u.table_name) + 1), 63) as index_name,
+       (select x.indisvalid
+        from pg_class xc
+        join pg_index x on x.indexrelid = xc.oid
+        where xc.relnamespace = (select oid from pg_namespace where nspname = u.schema)
+          and xc.relname = left(u.partition_name || substr(u.parent_index_name, char_length(u.table_name) + 1),
+                                63)) as existing_valid
+from unbuilt u
+order by u.parent_index_name, u.partition_name;

@@ -210,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    """``tolstoy db new|up|status|rollback|reset|seed|dump``."""
+    """``tolstoy db new|up|indexes|status|rollback|reset|seed|dump``."""
     config = load_config()
     if args.action == "new":
         return migrate.run(["new", args.name], "postgres://unused@localhost/unused")
@@ -230,6 +230,9 @@ def cmd_db(args: argparse.Namespace) -> int:
         embedded.put_pg_tools_on_path()
     if args.action == "up":
         return migrate.upgrade(url, dump_schema=dump)
+    if args.action == "indexes":
+        migrate.build_partition_indexes(url)
+        return 0
     if args.action == "status":
         return migrate.run(["status"], url, check=False)
     if args.action == "rollback":
@@ -286,6 +289,8 @@ def parser() -> argparse.ArgumentParser:
     new.add_argument("name")
     actions.add_parser("up", help="create the database if needed and apply pending migrations")
     actions.add_parser("status", help="list applied and pending migrations")
+    actions.add_parser("indexes", help="build, concurrently and partition by partition, the indexes migrations "
+                                       "declared on the run history (up does it too; for dbmate run alone)")
     actions.add_parser("rollback", help="undo the most recent migration")
     reset = actions.add_parser("reset", help="drop the database and migrate again (never in production)")
     reset.add_argument("--force", action="store_true", help="confirm that every row may be lost")

@@ -27,7 +27,8 @@ from tolstoy.db.database import Database
 from tolstoy.db.queries import SQL
 
 RUNS = 1_000_000
-FLOWS = 20
+# Many flows: the console's runs page once read a page per flow, its cost growing with their number.
+FLOWS = 1_000
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +44,17 @@ def history(clones, url_for):
     try:
         api = Api(testing.TestClient(create_app(Config.from_env(engine_env(migrate.as_role(url))), app_db)))
         org = api.org()
-        flows = [api.flow(org, name=f"flow {i}")["id"] for i in range(FLOWS)]
+        first = api.flow(org, name="flow 0")
         neighbour = api.org("Neighbour")
         other_flow = api.flow(neighbour)["id"]
     finally:
         app_db.close()
     with psycopg.connect(url) as conn:
         conn.execute("set local synchronous_commit = off")
+        # The other flows as copies of the first (the API's row, its version recorded by the trigger).
+        flows = [first["id"]] + [str(row[0]) for row in conn.execute(
+            "insert into flows (org_id, name, steps) select org_id, 'flow ' || g, steps "
+            "from flows, generate_series(1, %s) g where id = %s returning id", (FLOWS - 1, first["id"])).fetchall()]
         conn.execute(
             """insert into flow_runs (org_id, flow_id, flow_version, status, plan, root_run_id, created_at,
                                       started_at, finished_at)
@@ -71,7 +76,14 @@ def history(clones, url_for):
                 f"from generate_series(1, {count})", (neighbour["id"], other_flow))
         conn.commit()
         conn.execute("analyze flow_runs")
-    yield {"url": url, "org": org["id"], "flows": flows}
+        months = conn.execute("select count(distinct tableoid) from flow_runs where org_id = %s",
+                              (org["id"],)).fetchone()[0]
+        populated = {row[0] for row in conn.execute(
+            "select distinct tableoid::regclass::text from flow_runs").fetchall()}
+        middle = conn.execute("select created_at, id from flow_runs where org_id = %s "
+                              "order by created_at desc, id desc offset %s limit 1", (org["id"], RUNS // 2)).fetchone()
+    yield {"url": url, "org": org["id"], "flows": flows, "middle": middle, "months": months,
+           "populated": populated}
     clones.drop(name)
 
 
@@ -158,10 +170,11 @@ def rows_read(node: dict) -> int:
     return total + sum(rows_read(child) for child in node.get("Plans", []))
 
 
-def check(plan: dict, max_rows: int) -> None:
+def check(plan: dict, max_rows: int, populated: set[str]) -> None:
     text = json.dumps(plan)
     print(f"{plan['Execution Time']:.1f} ms, {rows_read(plan['Plan'])} rows of flow_runs")
-    assert not [s for s in scans(plan["Plan"]) if s[0] == "Seq Scan" and s[1].startswith("flow_runs")], text[:3000]
+    # The planner may seq-scan a month that holds nothing (there is nothing to read); never one with runs.
+    assert not [s for s in scans(plan["Plan"]) if s[0] == "Seq Scan" and s[1] in populated], text[:3000]
     assert rows_read(plan["Plan"]) <= max_rows, (rows_read(plan["Plan"]), text[:3000])
     # The time is printed, not asserted: it measures the machine as much as the plan (a loaded CI
     # host doubles it). What decides it, the plan's scans and rows read, is asserted above.
@@ -176,16 +189,23 @@ def page_params(**over):
 def test_the_console_pages_read_index_ranges_not_a_million_runs(history, app_url, client):
     """One test (the seed takes a while): the runs page, filtered three ways, and the flows page."""
     org = history["org"]
+    # A page reads the page (one more row: is there a next one?), whatever the number of flows; the
+    # months are merged in order, each read one row ahead.
+    page = console.PAGE + 1 + history["months"]
     first = explain(app_url, org, SQL.console.runs, org_id=org, **page_params())
-    check(first, max_rows=FLOWS * (console.PAGE + 1) * 2)
+    check(first, max_rows=page, populated=history["populated"])
     one_flow = explain(app_url, org, SQL.console.runs, org_id=org, **page_params(flow_id=history["flows"][3]))
-    check(one_flow, max_rows=(console.PAGE + 1) * 2)
+    check(one_flow, max_rows=page, populated=history["populated"])
     window = max(console.PAGE + 1, console.STATUS_WINDOW)
     failed = explain(app_url, org, SQL.console.runs, org_id=org, **page_params(status="failed", scan=window))
-    check(failed, max_rows=FLOWS * window * 2)
+    check(failed, max_rows=window + history["months"], populated=history["populated"])
+    deep = explain(app_url, org, SQL.console.runs, org_id=org,
+                   **page_params(after_created_at=history["middle"][0], after_id=history["middle"][1]))
+    check(deep, max_rows=page, populated=history["populated"])
     flows = explain(app_url, org, SQL.console.flows, org_id=org, recent_cap=console.RECENT_CAP,
                     after_created_at=None, after_id=None, limit=console.PAGE + 1)
-    check(flows, max_rows=FLOWS * (console.RECENT_CAP + 1) + FLOWS * 2)
+    check(flows, max_rows=(console.PAGE + 1) * (console.RECENT_CAP + 1) + (console.PAGE + 1) * 2,
+          populated=history["populated"])
 
     # The same queries rendered as pages: 50 runs, newest first, a link to older ones; every flow
     # with more runs in the last 24 h than the cap counts.
@@ -194,4 +214,4 @@ def test_the_console_pages_read_index_ranges_not_a_million_runs(history, app_url
     assert len(re.findall(r'/runs/[0-9a-f-]{36}"><code>', page.text)) == console.PAGE
     assert 'rel="next"' in page.text and "status-queued" in page.text
     flows_page = client.simulate_get(f"/console/orgs/{org}/flows")
-    assert flows_page.status_code == 200 and flows_page.text.count(f"{console.RECENT_CAP:,}+") == FLOWS
+    assert flows_page.status_code == 200 and 'rel="next"' in flows_page.text

@@ -201,7 +201,11 @@ def test_cancelling_a_parent_cancels_its_children(api, org, user, worker, db):
     def waiting_tree():
         kids = children(db, execution_id)
         grandkids = children(db, kids[0]["id"]) if kids else []
-        return run_status(db, execution_id) == "waiting" and grandkids and kids + grandkids
+        # The grandchild parked on its delay (queued), not still in a worker's hands: a running run is
+        # cancelled at its next step boundary, not at once (on a loaded machine the worker may not be
+        # there yet).
+        parked = bool(grandkids) and all(run_status(db, g["id"]) == "queued" for g in grandkids)
+        return run_status(db, execution_id) == "waiting" and parked and kids + grandkids
     tree = wait_until(waiting_tree, 10, "parent, child and grandchild to be in flight")
     result = api.client.simulate_post(f"/flows/{parent['id']}/executions/{execution_id}/cancel",
                                       headers=api.headers(org))

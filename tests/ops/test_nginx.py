@@ -119,7 +119,7 @@ def stack():
     (tmp / "logs").mkdir()
     # A PostgreSQL of its own: the last test stops and restarts it.
     server, url = embedded.start(tmp / "pg", cleanup="delete")
-    migrate.run(["--wait", "up"], url, quiet=True)
+    migrate.upgrade(url, quiet=True)
     assert "postgres:@" in url  # trusted local connections: any password is accepted
     app_url = url.replace("postgres:@", f"postgres:{DB_PASSWORD}@", 1)
     pg_ctl = str(embedded.bin_dir() / "pg_ctl")

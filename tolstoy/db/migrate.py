@@ -11,6 +11,9 @@ import sysconfig
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
+import psycopg
+from psycopg import sql as pgsql
+
 from ..paths import BOOTSTRAP_FILE, GRANTS_FILE, MIGRATIONS_DIR, SCHEMA_FILE
 from .database import Database
 from .queries import SQL
@@ -98,9 +101,43 @@ def upgrade(url: str, *, dump_schema: bool = False, quiet: bool = False) -> int:
     if _owner_of_database(url) is None:
         run(["create"], url, quiet=quiet)
     _script(url, BOOTSTRAP_FILE.read_text(), "tolstoy-bootstrap")
-    code = run(["up"], url, dump_schema=dump_schema, quiet=quiet)
+    code = run(["up"], url, quiet=quiet)
     apply_grants(url)
+    build_partition_indexes(url, quiet=quiet)
+    if dump_schema:
+        # After the partitions' indexes: the dump shows the schema the migrations mean.
+        run(["dump"], url, dump_schema=True, quiet=True)
     return code
+
+
+def build_partition_indexes(url: str, *, quiet: bool = False) -> list[str]:
+    """Finish the indexes migrations declare on partitioned tables (the run history) with CREATE
+    INDEX … ON ONLY: build each partition's with CREATE INDEX CONCURRENTLY, which does not hold
+    writes back as a build on the parent would, then attach it; the last attach makes the parent's
+    index valid. A build that failed earlier left an invalid index: it is dropped and built again.
+    Idempotent; returns the partition indexes it attached (``tolstoy db indexes`` runs it alone)."""
+    built = []
+    # Wait for a lock at most 5 s (then fail, leaving the rest for the next run); never time out a build.
+    with psycopg.connect(url, autocommit=True, application_name="tolstoy-indexes",
+                         options="-c lock_timeout=5s -c statement_timeout=0") as conn:
+        for row in conn.execute(SQL.server.unbuilt_partition_indexes.sql).fetchall():
+            parent, schema, partition, kind, definition, name, existing_valid = row
+            if kind != "r":
+                raise SystemExit(f"tolstoy: {partition} is itself partitioned: build {parent}'s index on its "
+                                 "partitions by hand (docs/operations.md)")
+            index = pgsql.Identifier(schema, name)
+            if existing_valid is False:
+                conn.execute(pgsql.SQL("drop index concurrently {}").format(index))
+            # The catalog's own text of the parent's index: its method, columns and predicate.
+            shape = definition[definition.index(" USING "):]
+            conn.execute(pgsql.SQL("create index concurrently if not exists {} on {}{}").format(
+                pgsql.Identifier(name), pgsql.Identifier(schema, partition), pgsql.SQL(shape)))
+            conn.execute(pgsql.SQL("alter index {} attach partition {}").format(
+                pgsql.Identifier(schema, parent), index))
+            built.append(f"{schema}.{name}")
+            if not quiet:
+                print(f"tolstoy: built {name} on {partition} (concurrently) and attached it to {parent}")
+    return built
 
 
 def apply_grants(url: str) -> None:
