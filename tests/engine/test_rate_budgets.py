@@ -259,3 +259,32 @@ def test_a_call_to_a_tool_with_no_limit_costs_no_statement_more(api, org, user, 
     assert run_row(db, run)["status"] == "completed"
     with db.pool.connection() as conn:  # nothing declared, nothing learned: no budget row was written
         assert conn.execute("select count(*) as n from tool_rate_budgets").fetchone()["n"] == 0
+
+
+def test_foreach_items_wait_for_the_budget_each_alone(api, org, user, worker, server, db, clock):
+    server.expect_request("/call").respond_with_json({"ok": True})
+    tool = rated_tool(api, org, server.url_for("/").rstrip("/"), {"requests": 1, "perSeconds": 600})
+    api.create("/actions", org, {"toolId": tool["id"], "name": "g", "key": "g", "method": "GET", "endpoint": "/call"})
+    flow = api.flow(org, steps=[step("each", "foreach", {
+        "items": [1, 2, 3], "concurrency": 3, "step": {"type": "action", "config": {"actionKey": "g"}}})])
+    execution_id = execute(api, org, user, flow)["executionId"]
+
+    def items():
+        with db.pool.connection() as conn:
+            return conn.execute("select step_id, status, attempt, inputs from flow_run_steps "
+                                "where run_id = %s and step_id like 'each[%%' order by step_id",
+                                (execution_id,)).fetchall()
+
+    wait_until(lambda: sorted(i["status"] for i in items()) == ["completed", "waiting", "waiting"], 15,
+               "one item to go and two to wait")
+    assert run_row(db, execution_id)["status"] == "queued"  # the run holds no thread while its items wait
+    assert all(i["inputs"]["rateLimit"]["reserved"] for i in items() if i["status"] == "waiting")
+    for _ in range(2):
+        clock.move(601)
+        time_now = len([r for r, _ in server.log if r.path == "/call"])
+        wait_until(lambda n=time_now: len([r for r, _ in server.log if r.path == "/call"]) == n + 1, 15,
+                   "the next reserved slot")
+    done = wait_for(api, org, flow, execution_id)
+    assert done["status"] == "completed", done
+    assert [i["attempt"] for i in items()] == [1, 1, 1]
+    assert len([r for r, _ in server.log if r.path == "/call"]) == 3
