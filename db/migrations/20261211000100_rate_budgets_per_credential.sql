@@ -214,6 +214,9 @@ declare
     reset_seconds double precision := (lesson ->> 'reset_seconds')::double precision;
     reset_at timestamptz;
 begin
+    if not exists (select 1 from tools t where t.org_id = org and t.id = tool) then
+        return;  -- deleted since the run's plan was made: nothing to teach
+    end if;
     insert into tool_rate_budgets (org_id, tool_id, scope) values (org, tool, budget_scope)
     on conflict do nothing;
     select * into b from tool_rate_budgets r
@@ -268,20 +271,33 @@ declare
     wait_ms double precision;
 begin
     perform set_config('app.org_id', org::text, true);
-    -- What the answers of earlier calls taught (each names its tool and the run's user).
-    for lesson in select * from jsonb_array_elements(coalesce(call -> 'lessons', '[]')) loop
-        perform tolstoy_learn_budget(org, (lesson ->> 'tool_id')::uuid,
-                                     tolstoy_rate_scope(org, (lesson ->> 'tool_id')::uuid,
-                                                        (lesson ->> 'user_id')::uuid,
-                                                        coalesce((lesson ->> 'acts_as_user')::boolean, false)),
-                                     lesson);
+    -- What the answers of earlier calls taught (each names its tool and the run's user), then the take,
+    -- budget rows locked in the order of their tools (two runs' statements never wait on each other in
+    -- a circle), a tool's lessons before its take (a 429's pause holds the call it answered).
+    for lesson in
+        select u.item
+        from (select l.value as item, l.n
+              from jsonb_array_elements(coalesce(call -> 'lessons', '[]')) with ordinality as l(value, n)
+              union all
+              select jsonb_build_object('take', true, 'tool_id', call -> 'tool_id'), null
+              where call ->> 'tool_id' is not null) as u
+        order by u.item ->> 'tool_id', u.n nulls last
+    loop
+        if (lesson ->> 'take')::boolean then
+            budget_scope := tolstoy_rate_scope(org, (call ->> 'tool_id')::uuid, (call ->> 'user_id')::uuid,
+                                               coalesce((call ->> 'acts_as_user')::boolean, false));
+            taken := tolstoy_take_budget(org, (call ->> 'tool_id')::uuid, budget_scope, call);
+        else
+            perform tolstoy_learn_budget(org, (lesson ->> 'tool_id')::uuid,
+                                         tolstoy_rate_scope(org, (lesson ->> 'tool_id')::uuid,
+                                                            (lesson ->> 'user_id')::uuid,
+                                                            coalesce((lesson ->> 'acts_as_user')::boolean, false)),
+                                         lesson);
+        end if;
     end loop;
-    if call ->> 'tool_id' is null then
+    if taken is null then
         return tolstoy_checkpoint(worker, org, run, token, writes);
     end if;
-    budget_scope := tolstoy_rate_scope(org, (call ->> 'tool_id')::uuid, (call ->> 'user_id')::uuid,
-                                       coalesce((call ->> 'acts_as_user')::boolean, false));
-    taken := tolstoy_take_budget(org, (call ->> 'tool_id')::uuid, budget_scope, call);
     if (taken ->> 'refused')::boolean then
         -- Waited too long: the call is recorded as not started (the engine fails the step).
         writes := jsonb_set(writes, '{steps}', coalesce((

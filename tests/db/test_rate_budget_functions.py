@@ -86,3 +86,11 @@ def test_a_window_with_nothing_left_holds_calls_until_its_reset_then_the_next_wi
     # The next window is assumed as long as the last one seen, with the stated limit.
     assert take(conn, org, tool)["wait"] == 0 and take(conn, org, tool)["wait"] == 0
     assert take(conn, org, tool)["wait"] > 0
+
+
+def test_a_lesson_about_a_tool_deleted_since_the_plan_was_made_teaches_nothing(setup):
+    conn, org, _, tool = setup
+    conn.execute("delete from tools where id = %s", (tool,))
+    learn(conn, org, tool, throttled=True, pause_seconds=30)  # no foreign key violation failing the checkpoint
+    assert conn.execute("select count(*) as n from tool_rate_budgets").fetchone()["n"] == 0
+    assert take(conn, org, tool) == {"wait": 0}
