@@ -3424,7 +3424,10 @@ begin
         for update;
     end if;
     requests := coalesce((declared ->> 'requests')::double precision, b.learned_requests);
-    per_seconds := coalesce((declared ->> 'perSeconds')::double precision, b.learned_per_seconds);
+    -- A limit stated without its window (GitHub's form) is spread over the window its resets show: a
+    -- burst at each reset would spill over into the next window on its way to the provider.
+    per_seconds := coalesce((declared ->> 'perSeconds')::double precision, b.learned_per_seconds,
+                            case when b.window_seconds > 0 then b.window_seconds end);
     -- A window the provider reported that has ended: the next one, as long as the last (when the
     -- provider said how many requests a window holds).
     if b.window_reset_at is not null and b.window_reset_at <= clock_now then

@@ -78,14 +78,15 @@ def test_takes_of_a_declared_rate_are_spaced_reserved_in_turn_and_bounded(setup,
 
 def test_a_window_with_nothing_left_holds_calls_until_its_reset_then_the_next_window(setup, clock):
     conn, org, _, tool = setup
+    # GitHub's form: a limit and what is left until the reset, no window length; the resets show it.
     learn(conn, org, tool, requests=2, remaining=1, reset_seconds=10)
     assert take(conn, org, tool)["wait"] == 0
     held = take(conn, org, tool)
-    assert 9 < held["wait"] <= 11 and not held["reserved"]
+    assert 9 < held["wait"] <= 10 and held["reserved"]  # nothing left: its slot is the reset
     clock.move(11)
-    # The next window is assumed as long as the last one seen, with the stated limit.
-    assert take(conn, org, tool)["wait"] == 0 and take(conn, org, tool)["wait"] == 0
-    assert take(conn, org, tool)["wait"] > 0
+    # The next window is assumed as long as the last one seen, with the stated limit, spread over it.
+    assert take(conn, org, tool, reserved_until=held["until"])["wait"] == 0
+    assert 3 < take(conn, org, tool)["wait"] <= 5
 
 
 def test_a_lesson_about_a_tool_deleted_since_the_plan_was_made_teaches_nothing(setup):
