@@ -197,16 +197,27 @@ def test_waiting_for_budget_holds_no_thread_and_is_bounded(api, org, user, confi
     flow = call_flow(api, org, tool)
     other = api.flow(org, name="Other", steps=[step("call", "http_request", {"method": "GET",
                                                                             "url": server.url_for("/other")})])
+    # And many runs waiting for another budget: one call every 30 s, 40 runs (the last slot 19.5 min away).
+    server.expect_request("/many").respond_with_json({"ok": True})
+    many_tool = api.create("/tools", org, {"name": "Many", "baseUrl": server.url_for("/many").rsplit("/", 1)[0],
+                                           "authType": "none", "rateLimit": {"requests": 1, "perSeconds": 30}})
+    api.create("/actions", org, {"toolId": many_tool["id"], "name": "m", "key": "m", "method": "GET",
+                                 "endpoint": "/many"})
+    many = api.flow(org, name="Many", steps=[step("call", "action", {"actionKey": "m"})])
     w = engine.worker(dataclasses.replace(config, rate_limit_max_wait_seconds=1500), worker_db, concurrency=2,
                       poll_seconds=0.1)
     thread = threading.Thread(target=w.run, daemon=True)
     thread.start()
     try:
+        waiting_many = start_runs(api, org, user, many, 40)
         budgeted = start_runs(api, org, user, flow, 6)
         others = start_runs(api, org, user, other, 10)
         # Two threads: every other run completes while the budgeted ones wait (or fail for the bound).
         for execution_id in others:
             assert wait_for(api, org, other, execution_id)["status"] == "completed"
+        wait_until(lambda: sorted(run_row(db, e)["status"] for e in waiting_many) == ["completed"] + ["queued"] * 39,
+                   30, "one of the 40 to go, 39 to wait")
+        assert all(step_row(db, e)["attempt"] == 1 for e in waiting_many)
         wait_until(lambda: all(run_row(db, e)["status"] in ("completed", "queued", "failed") and step_row(db, e)
                                and step_row(db, e)["status"] != "running" for e in budgeted), 15,
                    "the budgeted runs to settle")
