@@ -432,6 +432,7 @@ class Engine:
         # The run's own events pending were the failed transition's (a finish's, say): not true now.
         run.writes.events = [e for e in run.writes.events if e["step_key"] != RUN_STEP_KEY]
         if action == "fault":  # only the records that a call was not sent (they carry no data)
+            run.lessons.clear()  # what providers taught may be what the database refused
             run.writes = Writes(secrets=run.secrets, ledger=run.ledger,
                                 pending={sid: s for sid, s in run.writes.pending.items()
                                          if set(s) == {"step_id", "status", "attempt"}})
@@ -446,6 +447,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - tried once more without what was pending, then the lease
                 log.warning("could not hand the run back (%s): %s", attempt, exc, extra={"execution_id": str(run.id)})
                 run.writes = Writes(secrets=run.secrets, ledger=run.ledger)
+                run.lessons.clear()
                 continue
             status = answer.get("status")
             if status in ("failed", "cancelled"):
