@@ -181,3 +181,8 @@ grant execute on function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, tex
 grant execute on function tolstoy_send_signal(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text)
     to tolstoy_app;
 grant execute on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, jsonb, text) to tolstoy_app;
+
+-- rate budgets per credential (20261211000100): the workers take from and teach each credential's
+-- budget (tolstoy_checkpoint_call); the API shows it (GET /tools/{id}/rate-limit).
+grant select on tool_rate_budgets to tolstoy_app;
+grant select, insert, update on tool_rate_budgets to tolstoy_worker;

@@ -171,6 +171,12 @@ from (select coalesce(:flow_id::uuid,
 -- One engine step's writes and the run's move (tolstoy_checkpoint); TL001 when the lease is lost.
 select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 
+-- name: checkpoint_call$
+-- tolstoy_checkpoint, with what providers' answers taught rate budgets (:call lessons) and, for a call
+-- that starts (:call tool_id), its take from its credential's budget: the step waits for it when it has
+-- no room (tolstoy_checkpoint_call); TL001 when the lease is lost.
+select tolstoy_checkpoint_call(:worker, :org_id, :run_id, :token, :writes, :call);
+
 -- name: maintain_history$
 -- Create history partitions ahead and drop those past retention (null: keep everything).
 select tolstoy_maintain_history(coalesce(:today::date, tolstoy_now()::date), :retention_days::integer,

@@ -25,7 +25,7 @@ PUBLIC_FIELDS = (
     "port", "app_name", "env", "pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout_ms",
     "prepare_threshold", "data_key_ttl", "worker_concurrency", "sync_execute_timeout_ms",
     "sync_execute_max_timeout_ms", "sync_execute_per_org", "worker_lease_seconds", "worker_poll_seconds",
-    "max_recoveries", "max_handbacks", "worker_drain_seconds", "fair_share_half_life_seconds",
+    "max_recoveries", "max_handbacks", "rate_limit_max_wait_seconds", "worker_drain_seconds", "fair_share_half_life_seconds",
     "foreach_max_items", "subflow_max_depth", "template_max_operations", "template_max_ms",
     "template_max_size", "step_max_bytes", "run_max_bytes", "run_retention_days", "webhook_timeout_ms",
     "webhook_retry_base_ms", "webhook_retry_max_ms", "webhook_give_up_seconds", "webhook_retention_days",
@@ -92,6 +92,9 @@ class Config:
     # A run handed back to the queue after a transient fault of the database this many times in a row
     # without finishing a step fails instead (no run bounces forever).
     max_handbacks: int = 20
+    # The longest a step may wait for its credential's rate budget, in all, before it fails with
+    # RateLimitWaitExceeded (docs/flows.md, Rate budgets).
+    rate_limit_max_wait_seconds: int = 21600
     # SIGTERM: how long a worker waits for its runs to reach a step boundary (and go back to the queue)
     # before it cuts off what is still running and exits; below systemd's TimeoutStopSec (90 s).
     worker_drain_seconds: float = 60.0
@@ -260,6 +263,7 @@ class Config:
             worker_poll_seconds=reader.number("TOLSTOY_WORKER_POLL_SECONDS", 10.0, 0.05, 300),
             max_recoveries=reader.integer("TOLSTOY_MAX_RECOVERIES", 3, 0, 100),
             max_handbacks=reader.integer("TOLSTOY_MAX_HANDBACKS", 20, 0, 10_000),
+            rate_limit_max_wait_seconds=reader.integer("TOLSTOY_RATE_LIMIT_MAX_WAIT_SECONDS", 21600, 1, 30 * 86400),
             worker_drain_seconds=reader.number("TOLSTOY_WORKER_DRAIN_SECONDS", 60.0, 0, 3600),
             fair_share_half_life_seconds=reader.number("TOLSTOY_FAIR_SHARE_HALF_LIFE_SECONDS", 300.0, 1, 86_400),
             foreach_max_items=reader.integer("TOLSTOY_FOREACH_MAX_ITEMS", 10_000, 1, 1_000_000),

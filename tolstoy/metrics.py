@@ -107,6 +107,34 @@ def observe_step(duration: float, status: str, step_type: str = "unknown") -> No
     STEP_DURATION.labels(type=step_type, status=status).observe(duration)
 
 
+# Rate budgets per credential (issue 26). No label names the tool: tool ids (and names) are per
+# organization and unbounded, so a label of them would grow the scrape with every tenant's tools. Per
+# tool and credential the same numbers are kept exactly in the database and shown to the tenant by
+# GET /tools/{id}/rate-limit (throttled, waitedSeconds); these are the service's totals.
+WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600)
+BUDGET_WAITS = Counter("tolstoy_rate_budget_waits_total",
+                       "Calls checkpointed waiting for their credential's rate budget (each wait counts).")
+BUDGET_WAIT_SECONDS = Histogram("tolstoy_rate_budget_wait_seconds",
+                                "Time a call waited for its credential's rate budget before it was sent.",
+                                buckets=WAIT_BUCKETS)
+THROTTLED = Counter("tolstoy_rate_limited_answers_total", "429 answers received from tools.")
+
+
+def count_budget_wait() -> None:
+    """Count a call that waits for its credential's rate budget."""
+    BUDGET_WAITS.inc()
+
+
+def observe_budget_wait(seconds: float) -> None:
+    """Record how long a call waited for its budget, once it is sent."""
+    BUDGET_WAIT_SECONDS.observe(seconds)
+
+
+def count_throttled() -> None:
+    """Count a 429 answer of a tool."""
+    THROTTLED.inc()
+
+
 def observe_pool(db) -> None:
     """Publish this process's pool usage (called after each request and at each scrape)."""
     stats = db.stats()

@@ -15,7 +15,8 @@ import uuid
 from contract import assert_error, bad_request
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-FIELDS = {"id", "orgId", "name", "key", "baseUrl", "authType", "createdAt", "updatedAt", "honorsIdempotencyKey"}
+FIELDS = {"id", "orgId", "name", "key", "baseUrl", "authType", "createdAt", "updatedAt", "honorsIdempotencyKey",
+          "rateLimit"}
 DUPLICATE = "A tool with this name already exists in this organization."
 VALID = {"name": "GitHub", "baseUrl": "https://api.github.com", "authType": "bearer"}
 

@@ -44,6 +44,7 @@ REVIEWED_POLICIES = {
         "flow_runs_default", "flow_runs_pYYYY_MM", "flow_trigger_deliveries", "flow_triggers", "flow_versions",
         "flows", "history_bytes", "oauth_states", "oauth_tokens", "organization_keys", "organization_quotas",
         "organization_usage", "organization_worker_time", "secret_reads", "sync_execute_slots", "tool_credentials",
+        "tool_rate_budgets",
         "tools", "user_connections", "users", "webhook_deliveries", "webhook_lines", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
     # The audit trail: read by the organization; written (the tolstoy_audit trigger) and pruned

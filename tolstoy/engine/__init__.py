@@ -80,7 +80,8 @@ def build(config, db: Database, worker_id: str, stopping: threading.Event | None
                                          config.template_max_size),
                   step_max_bytes=config.step_max_bytes, run_max_bytes=config.run_max_bytes,
                   max_recoveries=config.max_recoveries, max_handbacks=config.max_handbacks,
-                  fair_share_half_life_seconds=config.fair_share_half_life_seconds)
+                  fair_share_half_life_seconds=config.fair_share_half_life_seconds,
+                  rate_limit_max_wait_seconds=config.rate_limit_max_wait_seconds)
 
 
 def worker(config, db: Database, concurrency: int | None = None, **overrides) -> Worker:

@@ -66,6 +66,7 @@ from .calls import ToolClient
 from .errors import LeaseLost, StepFailed, Stop
 from .graph import dependencies, step_order
 from .steps import KINDS, Kind, Site
+from .steps.calling import waits_for_budget
 from .steps.foreach import FOREACH_MAX_ITEMS
 from .steps.subflow import SUBFLOW_MAX_DEPTH
 from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, bounded, condition, render_tracked, scope
@@ -182,6 +183,9 @@ class Run:
         # The database's clock at the claim (the worker passes it), to tell which sleeping items are due.
         self.claimed_now = claimed.get("now")
         self.claimed_at = time.monotonic()
+        # What providers' answers taught the rate budgets of the credentials this run's calls used, to
+        # be written with its next checkpoint (Engine.checkpoint).
+        self.lessons: list[dict] = []
 
     def db_now(self) -> dt.datetime:
         """The database's clock now, as far as the worker can tell without asking."""
@@ -239,7 +243,8 @@ class Engine:
                  lease_seconds: float = 30.0, foreach_max_items: int = FOREACH_MAX_ITEMS,
                  subflow_max_depth: int = SUBFLOW_MAX_DEPTH, template_limits: Limits = DEFAULT_LIMITS,
                  step_max_bytes: int = sizes.STEP_MAX_BYTES, run_max_bytes: int = sizes.RUN_MAX_BYTES,
-                 max_recoveries: int = 3, max_handbacks: int = 20, fair_share_half_life_seconds: float = 300.0):
+                 max_recoveries: int = 3, max_handbacks: int = 20, fair_share_half_life_seconds: float = 300.0,
+                 rate_limit_max_wait_seconds: float = 21600.0):
         self.db = db
         self.template_limits = template_limits
         self.step_max_bytes = step_max_bytes
@@ -256,17 +261,23 @@ class Engine:
         self.max_handbacks = max_handbacks
         self.fair_share_half_life_seconds = fair_share_half_life_seconds
         self.handback_delay_ms = FAULT_DELAY_MS  # tests make it short
+        # The longest a step waits for its credential's rate budget, in all (TOLSTOY_RATE_LIMIT_MAX_WAIT_SECONDS).
+        self.rate_limit_max_wait_seconds = rate_limit_max_wait_seconds
 
     # ---- writing ------------------------------------------------------------------
 
-    def checkpoint(self, run: Run, transition: dict | None = None, subflow: dict | None = None) -> dict | None:
+    def checkpoint(self, run: Run, transition: dict | None = None, subflow: dict | None = None,
+                   call: dict | None = None) -> dict | None:
         """Write the run's pending checkpoints and move it, in one statement; LeaseLost when another
         worker owns it now. A transient fault is tried again while the lease lasts, then raised
         (DatabaseUnavailable: Engine.run hands the run back); inside a transaction it is raised at
         once, since the transaction is aborted and only rolling it back as a whole can help. Data the
         database refuses (DataRefused) is raised at once. With ``subflow`` (a subflow step's spec) the
         same statement also finds or queues the step's child run and parks the run while it waits for
-        it (tolstoy_subflow); returns the statement's answer."""
+        it (tolstoy_subflow). With ``call`` (the take of a call that starts: steps/calling.py), or when
+        earlier answers taught rate budgets something (``run.lessons``), the same statement also takes
+        the call's budget and writes what was learnt (tolstoy_checkpoint_call: still one statement, so
+        a call whose budget has room costs none more). Returns the statement's answer."""
         transition = transition or {"action": "continue"}
         if transition.get("error") is not None:  # the run's error is shown too
             transition = {**transition, "error": sizes.bounded_error(mask_json(transition["error"], run.secrets))}
@@ -281,7 +292,13 @@ class Engine:
             if run.lost.is_set():
                 raise LeaseLost(str(run.id))
             try:
-                if subflow is not None:
+                if subflow is None and (call is not None or run.lessons):
+                    lessons = list(run.lessons)
+                    answer = self.db.scalar(SQL.runs.checkpoint_call, worker=self.worker_id, org_id=run.org_id,
+                                            run_id=run.id, token=run.token, writes=dbjson(writes),
+                                            call=dbjson({**(call or {}), "lessons": lessons}))
+                    del run.lessons[:len(lessons)]
+                elif subflow is not None:
                     answer = self.db.scalar(SQL.runs.subflow, worker=self.worker_id, org_id=run.org_id,
                                             run_id=run.id, token=run.token, writes=dbjson(writes),
                                             spec=dbjson(subflow), flow_id=subflow.get("flow_id"),
@@ -415,6 +432,7 @@ class Engine:
         # The run's own events pending were the failed transition's (a finish's, say): not true now.
         run.writes.events = [e for e in run.writes.events if e["step_key"] != RUN_STEP_KEY]
         if action == "fault":  # only the records that a call was not sent (they carry no data)
+            run.lessons.clear()  # what providers taught may be what the database refused
             run.writes = Writes(secrets=run.secrets, ledger=run.ledger,
                                 pending={sid: s for sid, s in run.writes.pending.items()
                                          if set(s) == {"step_id", "status", "attempt"}})
@@ -429,6 +447,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - tried once more without what was pending, then the lease
                 log.warning("could not hand the run back (%s): %s", attempt, exc, extra={"execution_id": str(run.id)})
                 run.writes = Writes(secrets=run.secrets, ledger=run.ledger)
+                run.lessons.clear()
                 continue
             status = answer.get("status")
             if status in ("failed", "cancelled"):
@@ -571,8 +590,8 @@ class Engine:
         if site.item and not kind.item:  # a plan written past the API (which refuses it)
             return self.fail(run, step, attempt, None, StepFailed(
                 f"A {step['type']} step cannot run per item of a foreach step"), 0)
-        if checkpoint and checkpoint["status"] == "waiting" and kind.retries:
-            attempt += 1  # a retry back-off ended
+        if checkpoint and checkpoint["status"] == "waiting" and kind.retries and not waits_for_budget(checkpoint):
+            attempt += 1  # a retry back-off ended (waiting for a rate budget spends no attempt)
         try:
             return self._work(run, site, step, kind, attempt, checkpoint)
         except sizes.TooLarge as exc:

@@ -6,14 +6,16 @@ tool honours Idempotency-Key (what decides if a call of unknown outcome may be s
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ... import times
+from ... import logs, metrics, times
 from ...errors import DatabaseFault
 from ...redaction import in_derived_work, mask_json
+from .. import ratelimits
 from ..calls import ToolCall, ToolClient, checked
 from ..errors import LeaseLost, SkipStep, StepFailed
 from .kind import Kind, Outcome, Site
@@ -35,6 +37,18 @@ def backoff_ms(policy: dict, attempt: int, rng: random.Random | None = None) -> 
     capped and jittered as every retry is (times.backoff_ms)."""
     exponential = policy.get("backoffStrategy", "exponential") == "exponential"
     return times.backoff_ms(attempt if exponential else 1, int(policy.get("delayMs", 1000)), MAX_BACKOFF_MS, rng)
+
+
+class Throttled(Exception):
+    """The provider throttled the call (a 429, or a 503 with Retry-After): it waits for its budget."""
+
+
+def waits_for_budget(checkpoint: dict | None) -> bool:
+    """Whether a step's checkpoint is a wait for its credential's rate budget (tolstoy_checkpoint_call
+    writes it ``waiting`` with ``inputs.rateLimit``): it spends no attempt."""
+    inputs = (checkpoint or {}).get("inputs")
+    return bool(checkpoint and checkpoint["status"] == "waiting" and isinstance(inputs, dict)
+                and isinstance(inputs.get("rateLimit"), dict))
 
 
 def no_tool(run: Run, step: dict) -> dict | None:
@@ -60,8 +74,11 @@ class Calling:
         it is a retry back-off."""
         return Kind(self.run, retries=True, item=True, config=config)
 
-    def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int) -> Any:
-        """Make the call of one step whose config is already rendered; returns its output. ``site``
+    def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int,
+             learn: Callable[[Any], bool] | None = None) -> Any:
+        """Make the call of one step whose config is already rendered; returns its output. ``learn`` sees
+        the reply first (what its headers teach the credential's budget; True: the provider throttled
+        the call and it waits for the budget instead: Throttled). ``site``
         is where the step runs (``site.context``, ``site.view``: what an action's executeIf and headers
         read, an item's ``item`` and ``index`` included). The secrets the call uses join ``run.secrets``
         before it is sent (a log line about it masks them) and after (what only sending learned: an
@@ -69,7 +86,10 @@ class Calling:
         call = self.build(tools, run, site, step, inputs)
         run.secrets.add(call.secrets)
         try:
-            return checked(tools.send(call, timeout_ms, key, cancel=run.cancel))
+            reply = tools.send(call, timeout_ms, key, cancel=run.cancel)
+            if learn is not None and learn(reply):
+                raise Throttled()
+            return checked(reply)
         except StepFailed as exc:
             exc.details = mask_json(exc.details, run.secrets)
             raise
@@ -99,56 +119,117 @@ class Calling:
                 run.writes.event(step["id"], "pending", inputs={"attempt": attempt}, error=error)
         return "unknown", None
 
+    def take(self, engine: Engine, run: Run, site: Site, step: dict, waited: dict) -> dict | None:
+        """The take of the step's call from its tool's credential's rate budget (tolstoy_checkpoint_call),
+        None for a call to no tool of the organization (an http_request: no stored credential). A step
+        back from a wait for its budget (``waited``: its checkpoint's inputs.rateLimit) says since when
+        it waits, and the slot it reserved."""
+        tool = self.tool(run, step)
+        if not tool or not tool.get("id"):
+            return None
+        return {"step_id": step["id"], "tool_id": str(tool["id"]), "item": site.item,
+                "user_id": str(run.user_id) if run.user_id else None, "acts_as_user": run.acts_as_user,
+                "since": waited.get("since"), "reserved_until": waited.get("until") if waited.get("reserved") else None,
+                "max_wait_seconds": engine.rate_limit_max_wait_seconds}
+
+    def learner(self, run: Run, step: dict) -> Callable[[Any], bool]:
+        """What a reply's headers teach its credential's budget, kept for the run's next checkpoint
+        (ratelimits.lesson); True when the provider throttled the call (a 429, or a 503 with Retry-After):
+        the call waits for the budget and is sent again, spending no attempt."""
+        tool = self.tool(run, step)
+
+        def learn(reply: Any) -> bool:
+            if not tool or not tool.get("id"):
+                return False
+            lesson = ratelimits.lesson(reply.status, reply.headers, times.unix_seconds())
+            if lesson is None:
+                return False
+            with run.lock:
+                run.lessons.append({**lesson, "tool_id": str(tool["id"]), "acts_as_user": run.acts_as_user,
+                                    "user_id": str(run.user_id) if run.user_id else None})
+            if lesson["throttled"]:
+                metrics.count_throttled()
+            return bool(lesson.get("pause_seconds"))
+
+        return learn
+
     def run(self, engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoint: dict | None,
             inputs: dict, tree: Hidden) -> Outcome:
         """An action or http_request step: its call, recorded as starting (with every pending write)
-        before it is made; then its outcome."""
+        before it is made, in the same statement as its take from its credential's rate budget (no
+        room: the step waits for it, holding no thread); then its outcome. A provider that throttles
+        the call teaches the budget, and the call waits for it again, spending no attempt."""
         sid = step["id"]
         shown_inputs = run.conceal(inputs, tree)
         if checkpoint and checkpoint["status"] == "running" and checkpoint.get("call_started_at"):
             decided = self.unknown_outcome(engine, run, site, step, attempt, checkpoint, inputs)
             if decided is not None:
                 return decided
-        with run.lock:
-            # Every pending checkpoint, and the fact that this call starts, are durable before it does.
-            run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs, call_started=True)
-            if not site.item:
-                run.writes.event(sid, "started", inputs={**(shown_inputs if isinstance(shown_inputs, dict) else {}),
-                                                        "attempt": attempt})
-            engine.checkpoint(run)
-        if run.lost.is_set():
-            raise LeaseLost(str(run.id))
-        started = time.perf_counter()
-        timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
-        try:
-            output = self.send(engine.tools, run, site, step, inputs, run.key(sid, attempt), timeout)
-        except DatabaseFault:
-            # Raised while reading the credential or a token, before anything was sent: the call is
-            # recorded as not started (the same attempt, and no unknown outcome), and the run goes
-            # back to the queue (Engine.run; a foreach first lets the items in flight finish).
+        waited = checkpoint["inputs"]["rateLimit"] if waits_for_budget(checkpoint) else {}
+        while True:
+            take = self.take(engine, run, site, step, waited)
             with run.lock:
-                run.writes.step(step_id=sid, status="running", attempt=attempt)
-            raise
-        except SkipStep:
-            return engine.skip(run, site, step, attempt, shown_inputs)
-        except StepFailed as exc:
-            duration = int((time.perf_counter() - started) * 1000)
+                # Every pending checkpoint, and the fact that this call starts, are durable before it does.
+                run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs,
+                                call_started=True)
+                if not site.item:
+                    run.writes.event(sid, "started", inputs={
+                        **(shown_inputs if isinstance(shown_inputs, dict) else {}), "attempt": attempt})
+                answer = engine.checkpoint(run, call=take)
             if run.lost.is_set():
-                raise LeaseLost(str(run.id)) from None
-            if run.cancel.is_set():
-                return "cancelled", None  # the cancel cut the call off: the run ends cancelled
-            policy = step.get("retryPolicy") or {}
-            if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
-                wait = backoff_ms(policy, attempt)
-                # An upstream may echo a secret; the config's own may be quoted transformed.
-                error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
+                raise LeaseLost(str(run.id))
+            budget = (answer or {}).get("budget") or {}
+            if budget.get("refused"):
+                return engine.fail(run, step, attempt, shown_inputs, StepFailed(
+                    f"The call waited for its credential's rate budget longer than allowed "
+                    f"({engine.rate_limit_max_wait_seconds:g} s, TOLSTOY_RATE_LIMIT_MAX_WAIT_SECONDS)",
+                    details={"name": "RateLimitWaitExceeded", "toolId": take["tool_id"] if take else None}), 0)
+            if float(budget.get("wait") or 0) > 0:
+                metrics.count_budget_wait()
+                logs.step_event(execution=run.id, step_id=sid, step_type=step["type"], status="waiting_for_budget",
+                                duration=None, error=None)
+                # The statement checkpointed the step waiting (and paused a top-level step's run).
+                return ("sleep", int(math.ceil(float(budget["wait"]) * 1000))) if site.item else ("paused", None)
+            if waited.get("since"):
+                metrics.observe_budget_wait(max(times.seconds_between(run.db_now(), waited["since"]), 0.0))
+            started = time.perf_counter()
+            timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
+            try:
+                output = self.send(engine.tools, run, site, step, inputs, run.key(sid, attempt), timeout,
+                                   learn=self.learner(run, step))
+                break
+            except Throttled:
+                # The provider throttled it: sent again once the budget has room (the next statement
+                # writes what the answer taught, then takes), with the same attempt.
+                waited = {"since": waited.get("since")}
+                continue
+            except DatabaseFault:
+                # Raised while reading the credential or a token, before anything was sent: the call is
+                # recorded as not started (the same attempt, and no unknown outcome), and the run goes
+                # back to the queue (Engine.run; a foreach first lets the items in flight finish).
                 with run.lock:
-                    run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
-                                    error=error, wake_in_ms=wait)
-                    run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
-                                     duration_ms=duration)
-                engine.log_event(run, step, "failed", duration / 1000, error)
-                return "sleep", wait
-            return engine.fail(run, step, attempt, shown_inputs, exc, duration)
+                    run.writes.step(step_id=sid, status="running", attempt=attempt)
+                raise
+            except SkipStep:
+                return engine.skip(run, site, step, attempt, shown_inputs)
+            except StepFailed as exc:
+                duration = int((time.perf_counter() - started) * 1000)
+                if run.lost.is_set():
+                    raise LeaseLost(str(run.id)) from None
+                if run.cancel.is_set():
+                    return "cancelled", None  # the cancel cut the call off: the run ends cancelled
+                policy = step.get("retryPolicy") or {}
+                if exc.retryable and attempt <= int(policy.get("maxRetries", 0)):
+                    wait = backoff_ms(policy, attempt)
+                    # An upstream may echo a secret; the config's own may be quoted transformed.
+                    error = mask_json(exc.as_error(withhold=in_derived_work()), run.secrets)
+                    with run.lock:
+                        run.writes.step(step_id=sid, status="waiting", attempt=attempt, inputs=shown_inputs,
+                                        error=error, wake_in_ms=wait)
+                        run.writes.event(sid, "failed", error={**error, "attempt": attempt, "retryInMs": wait},
+                                         duration_ms=duration)
+                    engine.log_event(run, step, "failed", duration / 1000, error)
+                    return "sleep", wait
+                return engine.fail(run, step, attempt, shown_inputs, exc, duration)
         duration = int((time.perf_counter() - started) * 1000)
         return engine.complete(run, step, attempt, output, shown_inputs, duration, item=site.item)
