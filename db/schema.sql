@@ -2931,7 +2931,8 @@ begin
     where r.org_id = org and r.id = target and r.created_at = found_run.created_at and r.status = 'queued'
       and exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
-                    and s.status = 'waiting' and s.inputs ->> 'signal' = signal_name and s.inputs ? 'onTimeout');
+                    and s.status = 'waiting' and s.inputs ? 'onTimeout'
+                    and (s.inputs ->> 'signal' = signal_name or coalesce(s.inputs -> 'signals', '[]') ? signal_name));
     woke := found;
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
     values (org, flow, actor, target::text, '$flow', 'pending',
@@ -3207,6 +3208,71 @@ COMMENT ON FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, toke
 
 
 --
+-- Name: tolstoy_take_first_signal(uuid, uuid, text, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]) RETURNS TABLE(id uuid, signal text, payload jsonb, approver text, user_id uuid, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    found_run flow_runs;
+    taken flow_run_signals;
+begin
+    select * into found_run
+    from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+    for update;
+    -- New statements, so new snapshots: they see a signal committed while this waited for the lock.
+    select * into taken
+    from flow_run_signals g
+    where g.org_id = org and g.run_id = run and g.step_id = step and g.superseded_by is null
+    order by g.created_at
+    limit 1;
+    if taken.id is null then
+        update flow_run_signals s
+        set step_id = step, consumed_at = clock_now
+        where s.org_id = org and s.id = (
+            select p.id from flow_run_signals p
+            where p.org_id = org and p.run_id = run and p.signal = any(signal_names) and p.step_id is null
+            order by p.created_at, p.id
+            limit 1
+            for update)
+        returning s.* into taken;
+        if taken.id is null then
+            return;
+        end if;
+        with superseded as (
+            update flow_run_signals s
+            set step_id = step, consumed_at = clock_now, superseded_by = taken.id
+            where s.org_id = org and s.id in (
+                select distinct on (p.signal) p.id
+                from flow_run_signals p
+                where p.org_id = org and p.run_id = run and p.signal = any(signal_names)
+                  and p.signal <> taken.signal and p.step_id is null
+                order by p.signal, p.created_at, p.id)
+            returning s.id, s.signal
+        )
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
+        select org, found_run.flow_id, found_run.user_id, run::text, step, 'cancelled',
+               jsonb_build_object('signal', x.signal, 'signalId', x.id, 'supersededBy', taken.id,
+                                  'supersededBySignal', taken.signal),
+               'engine'
+        from superseded x;
+    end if;
+    return query select taken.id, taken.signal, taken.payload, taken.approver, taken.user_id, taken.created_at;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]) IS 'A wait step''s signal: locks the run, then answers the one the step took before or takes the oldest pending signal of signal_names, superseding (superseded_by, a cancelled log row) the oldest pending one of each other name; no row when none is pending.';
+
+
+--
 -- Name: tolstoy_take_signal(uuid, uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -3273,14 +3339,15 @@ CREATE FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_
     LANGUAGE sql STABLE
     AS $$
 select count(*)
-from (select st ->> 'id' as step_id, st -> 'config' ->> 'signal' as signal
+from (select st ->> 'id' as step_id, st -> 'config' as config
       from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
       where st ->> 'type' = 'wait'
       union all
-      select 'onFailure.' || (st ->> 'id'), st -> 'config' ->> 'signal'
+      select 'onFailure.' || (st ->> 'id'), st -> 'config'
       from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
       where st ->> 'type' = 'wait') as waits
-where waits.signal = signal_name
+-- A wait for one signal names it in "signal", a wait for the first of several in "signals".
+where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
   and not exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
                     and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped'));
@@ -3291,7 +3358,7 @@ $$;
 -- Name: FUNCTION tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) IS 'How many wait steps for signal_name of the run (run_plan: its plan) have not finished: how many signals of that name it can still take.';
+COMMENT ON FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) IS 'How many wait steps for signal_name (its signal, or one of its signals) of the run (run_plan: its plan) have not finished: how many signals of that name it can still take.';
 
 
 --
@@ -3672,6 +3739,7 @@ CREATE TABLE public.flow_run_signals (
     consumed_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    superseded_by uuid,
     CONSTRAINT flow_run_signals_approver_length CHECK (((char_length(approver) >= 1) AND (char_length(approver) <= 320))),
     CONSTRAINT flow_run_signals_consumed CHECK (((step_id IS NULL) = (consumed_at IS NULL))),
     CONSTRAINT flow_run_signals_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
@@ -3721,6 +3789,13 @@ COMMENT ON COLUMN public.flow_run_signals.link_id IS 'The approval link used (ea
 --
 
 COMMENT ON COLUMN public.flow_run_signals.step_id IS 'Checkpoint id of the wait step that took the signal; null while pending.';
+
+
+--
+-- Name: COLUMN flow_run_signals.superseded_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.superseded_by IS 'The signal a "signals" wait step took instead of this one, which it made void (never delivered); null otherwise.';
 
 
 --
@@ -7139,4 +7214,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261208001200'),
     ('20261209000100'),
     ('20261209000200'),
-    ('20261209000300');
+    ('20261209000300'),
+    ('20261210000300');

@@ -67,7 +67,8 @@ class RunStepSchema(Base):
     phase = fields.String(dump_only=True, metadata={"description": "main, or onFailure for failure handlers."})
     waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True,
                               metadata={"description": "A wait step parked for a signal: {signal, since, "
-                                                       "timeoutAt}; null otherwise."})
+                                                       "timeoutAt} (signal: the name, or the names of a "
+                                                       "signals wait); null otherwise."})
 
 
 class RunSchema(Base):
@@ -173,10 +174,10 @@ def step_view(step: dict) -> dict:
     handlers, whose ids are ``onFailure.<id>``) and, for a wait step parked for a signal, what it
     waits for since when and until when."""
     inputs = step.get("inputs")
-    waiting = (step["status"] == "waiting" and isinstance(inputs, dict) and "signal" in inputs
-               and "onTimeout" in inputs)
+    waiting = (step["status"] == "waiting" and isinstance(inputs, dict) and "onTimeout" in inputs
+               and ("signal" in inputs or "signals" in inputs))
     return {**step, "phase": "onFailure" if step["step_id"].startswith("onFailure.") else "main",
-            "waiting_for": {"signal": inputs["signal"], "since": iso(step["started_at"]),
+            "waiting_for": {"signal": inputs.get("signal", inputs.get("signals")), "since": iso(step["started_at"]),
                             "timeoutAt": iso(step["wake_at"])} if waiting else None}
 
 
