@@ -322,6 +322,81 @@ COMMENT ON FUNCTION public.flow_runs_uncount_stored_bytes() IS 'AFTER DELETE sta
 
 
 --
+-- Name: flow_runs_waiting_for(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_waiting_for() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    parked record;
+begin
+    if new.waiting_for is distinct from old.waiting_for then
+        return new;
+    end if;
+    if new.status in ('queued', 'waiting') and old.status = 'running' then
+        select w.step_id, w.kind, w.since, w.wake_at, w.signal
+        into parked
+        from (select s.step_id, s.started_at, s.wake_at,
+                     case when s.status = 'outcome_unknown' then 'outcomeUnknown'
+                          when s.inputs ? 'onTimeout' and (s.inputs ? 'signal' or s.inputs ? 'signals') then 'signal'
+                          when s.wake_at is null then 'child'
+                          when s.error is not null and s.error <> 'null' then 'retry'
+                          else 'delay' end as kind,
+                     case when s.status = 'outcome_unknown' then coalesce(s.call_started_at, s.updated_at)
+                          else s.started_at end as since,
+                     coalesce(s.inputs -> 'signals', s.inputs -> 'signal') as signal
+              from flow_run_steps s
+              where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at
+                and s.status in ('waiting', 'outcome_unknown')) as w
+        order by array_position(array['outcomeUnknown', 'signal', 'child', 'retry', 'delay'], w.kind),
+                 w.wake_at nulls last, w.started_at, w.step_id
+        limit 1;
+        if parked.step_id is null then
+            new.waiting_for := null;
+            new.waiting_on := null;
+            new.waiting_step := null;
+            new.waiting_since := null;
+            new.waiting_until := null;
+            return new;
+        end if;
+        new.waiting_for := parked.kind;
+        new.waiting_step := parked.step_id;
+        new.waiting_since := parked.since;
+        new.waiting_until := case when parked.kind in ('signal', 'retry', 'delay') then parked.wake_at end;
+        new.waiting_on := case parked.kind
+            when 'signal' then parked.signal
+            when 'child' then (select to_jsonb(c.id)
+                               from flow_runs c
+                               where c.org_id = new.org_id and c.parent_run_id = new.id
+                                 and c.parent_step_id = parked.step_id
+                                 and c.created_at >= tolstoy_run_from(new.id)  -- a child is queued after its parent
+                               order by c.created_at desc
+                               limit 1)
+            else to_jsonb(parked.step_id) end;
+        return new;
+    end if;
+    if new.status not in ('queued', 'waiting') or (old.status = 'waiting' and new.status = 'queued')
+       or new.run_after < old.run_after then
+        new.waiting_for := null;
+        new.waiting_on := null;
+        new.waiting_step := null;
+        new.waiting_since := null;
+        new.waiting_until := null;
+    end if;
+    return new;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_waiting_for(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_waiting_for() IS 'BEFORE UPDATE trigger on flow_runs: when a run parks, records why (waiting_for, waiting_on, waiting_step, waiting_since, waiting_until) from the steps that wait; clears it when the run is claimed, finishes or is woken; keeps what the statement set itself.';
+
+
+--
 -- Name: flow_runs_wake_parent(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2014,6 +2089,28 @@ COMMENT ON FUNCTION public.tolstoy_now() IS 'The database''s clock for every tim
 
 
 --
+-- Name: tolstoy_parked_runs(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_parked_runs() RETURNS TABLE(waiting_for text, runs bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select r.waiting_for, count(*)
+    from flow_runs r
+    where r.waiting_for is not null
+    group by r.waiting_for
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_parked_runs(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_parked_runs() IS 'Parked runs across organizations by why they wait (flow_runs.waiting_for), for /metrics.';
+
+
+--
 -- Name: tolstoy_place_deliveries(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2216,6 +2313,11 @@ CREATE TABLE public.flow_runs (
     strikes integer DEFAULT 0 NOT NULL,
     handbacks integer DEFAULT 0 NOT NULL,
     accounted_at timestamp with time zone,
+    waiting_for text,
+    waiting_on jsonb,
+    waiting_step text,
+    waiting_since timestamp with time zone,
+    waiting_until timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -2357,6 +2459,41 @@ COMMENT ON COLUMN public.flow_runs.handbacks IS 'Times the run was handed back t
 --
 
 COMMENT ON COLUMN public.flow_runs.accounted_at IS 'Up to when the worker time of the current lease is counted in organization_worker_time.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_for; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_for IS 'Why the parked run waits: signal, outcomeUnknown, child, retry, delay (or rateLimit); null when it is not parked. Set and cleared by the trigger flow_runs_waiting_for.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_on IS 'What it waits on: the signal name (or the names of a signals wait), the child run id, or the step id.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_step; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_step IS 'The step that waits.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_since IS 'Since when it waits (the step''s start; the call''s for an unknown outcome).';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_until IS 'Until when at most (a wait''s timeout, a delay''s or back-off''s end); null when unknown.';
 
 
 --
@@ -3935,6 +4072,11 @@ CREATE TABLE public.flow_runs_default (
     strikes integer DEFAULT 0 NOT NULL,
     handbacks integer DEFAULT 0 NOT NULL,
     accounted_at timestamp with time zone,
+    waiting_for text,
+    waiting_on jsonb,
+    waiting_step text,
+    waiting_since timestamp with time zone,
+    waiting_until timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -5188,6 +5330,14 @@ ALTER TABLE ONLY public.flow_runs_default
 
 
 --
+-- Name: flow_runs flow_runs_waiting_for_kind; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_runs
+    ADD CONSTRAINT flow_runs_waiting_for_kind CHECK ((waiting_for = ANY (ARRAY['signal'::text, 'outcomeUnknown'::text, 'child'::text, 'retry'::text, 'delay'::text, 'rateLimit'::text]))) NOT VALID;
+
+
+--
 -- Name: flow_trigger_deliveries flow_trigger_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -5612,6 +5762,20 @@ CREATE INDEX flow_runs_default_org_id_flow_id_idempotency_key_idx ON public.flow
 
 
 --
+-- Name: flow_runs_org_id_flow_id_waiting_for_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_flow_id_waiting_for_idx ON ONLY public.flow_runs USING btree (org_id, flow_id, waiting_for, created_at DESC, id DESC) WHERE (waiting_for IS NOT NULL);
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_waiting_for_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_flow_id_waiting_for_created_at_id_idx ON public.flow_runs_default USING btree (org_id, flow_id, waiting_for, created_at DESC, id DESC) WHERE (waiting_for IS NOT NULL);
+
+
+--
 -- Name: flow_runs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -5997,6 +6161,13 @@ ALTER INDEX public.flow_runs_org_id_flow_id_idempotency_key_idx ATTACH PARTITION
 
 
 --
+-- Name: flow_runs_default_org_id_flow_id_waiting_for_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_flow_id_waiting_for_idx ATTACH PARTITION public.flow_runs_default_org_id_flow_id_waiting_for_created_at_id_idx;
+
+
+--
 -- Name: flow_runs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -6183,6 +6354,13 @@ CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR 
 --
 
 CREATE TRIGGER flow_runs_uncount_stored_bytes AFTER DELETE ON public.flow_runs REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION public.flow_runs_uncount_stored_bytes();
+
+
+--
+-- Name: flow_runs flow_runs_waiting_for; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_waiting_for BEFORE UPDATE OF status, run_after, waiting_for ON public.flow_runs FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) OR (old.run_after IS DISTINCT FROM new.run_after) OR (old.waiting_for IS DISTINCT FROM new.waiting_for))) EXECUTE FUNCTION public.flow_runs_waiting_for();
 
 
 --
@@ -7215,4 +7393,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261209000100'),
     ('20261209000200'),
     ('20261209000300'),
-    ('20261210000300');
+    ('20261210000300'),
+    ('20261210000301');
