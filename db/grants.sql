@@ -53,6 +53,7 @@ grant usage, select on all sequences in schema public to tolstoy_app;
 grant execute on function tolstoy_enter_key(bytea, uuid, integer) to tolstoy_app;
 grant execute on function tolstoy_key_grant(bytea) to tolstoy_app;
 grant execute on function tolstoy_queue_stats() to tolstoy_app;
+grant execute on function tolstoy_parked_runs() to tolstoy_app;
 -- The API never claims runs: earlier versions granted it the queue's functions.
 revoke execute on function tolstoy_claim_runs(text, integer, double precision, integer) from tolstoy_app;
 revoke execute on function tolstoy_claim_runs_v2(text, integer, double precision, integer, double precision)

@@ -322,6 +322,87 @@ COMMENT ON FUNCTION public.flow_runs_uncount_stored_bytes() IS 'AFTER DELETE sta
 
 
 --
+-- Name: flow_runs_waiting_for(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_waiting_for() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    parked record;
+begin
+    if new.waiting_for is distinct from old.waiting_for then
+        return new;
+    end if;
+    if new.status in ('queued', 'waiting') and old.status = 'running' then
+        select w.step_id, w.kind, w.since, w.wake_at, w.signal, w.budget
+        into parked
+        from (select s.step_id, s.started_at, s.wake_at,
+                     case when s.status = 'outcome_unknown' then 'outcomeUnknown'
+                          when s.inputs ? 'onTimeout' and (s.inputs ? 'signal' or s.inputs ? 'signals') then 'signal'
+                          when s.wake_at is null then 'child'
+                          -- A call waiting for its credential's rate budget (rate_budgets.sql): its inputs
+                          -- say which budget, its wake_at when the call may go.
+                          when jsonb_typeof(s.inputs -> 'rateLimit') = 'object' then 'rateLimit'
+                          when s.error is not null and s.error <> 'null' then 'retry'
+                          else 'delay' end as kind,
+                     case when s.status = 'outcome_unknown' then coalesce(s.call_started_at, s.updated_at)
+                          else s.started_at end as since,
+                     coalesce(s.inputs -> 'signals', s.inputs -> 'signal') as signal,
+                     s.inputs -> 'rateLimit' as budget
+              from flow_run_steps s
+              where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at
+                and s.status in ('waiting', 'outcome_unknown')) as w
+        order by array_position(array['outcomeUnknown', 'signal', 'child', 'rateLimit', 'retry', 'delay'], w.kind),
+                 w.wake_at nulls last, w.started_at, w.step_id
+        limit 1;
+        if parked.step_id is null then
+            new.waiting_for := null;
+            new.waiting_on := null;
+            new.waiting_step := null;
+            new.waiting_since := null;
+            new.waiting_until := null;
+            return new;
+        end if;
+        new.waiting_for := parked.kind;
+        new.waiting_step := parked.step_id;
+        new.waiting_since := parked.since;
+        new.waiting_until := case when parked.kind in ('signal', 'rateLimit', 'retry', 'delay') then parked.wake_at end;
+        new.waiting_on := case parked.kind
+            when 'signal' then parked.signal
+            when 'rateLimit' then jsonb_build_object('toolId', parked.budget -> 'toolId',
+                                                     'scope', parked.budget -> 'scope')
+            when 'child' then (select to_jsonb(c.id)
+                               from flow_runs c
+                               where c.org_id = new.org_id and c.parent_run_id = new.id
+                                 and c.parent_step_id = parked.step_id
+                                 and c.created_at >= tolstoy_run_from(new.id)  -- a child is queued after its parent
+                               order by c.created_at desc
+                               limit 1)
+            else to_jsonb(parked.step_id) end;
+        return new;
+    end if;
+    if new.status not in ('queued', 'waiting') or (old.status = 'waiting' and new.status = 'queued')
+       or new.run_after < old.run_after then
+        new.waiting_for := null;
+        new.waiting_on := null;
+        new.waiting_step := null;
+        new.waiting_since := null;
+        new.waiting_until := null;
+    end if;
+    return new;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_waiting_for(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_waiting_for() IS 'BEFORE UPDATE trigger on flow_runs: when a run parks, records why (waiting_for, waiting_on, waiting_step, waiting_since, waiting_until) from the steps that wait; clears it when the run is claimed, finishes or is woken; keeps what the statement set itself.';
+
+
+--
 -- Name: flow_runs_wake_parent(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2174,6 +2255,28 @@ COMMENT ON FUNCTION public.tolstoy_now() IS 'The database''s clock for every tim
 
 
 --
+-- Name: tolstoy_parked_runs(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_parked_runs() RETURNS TABLE(waiting_for text, runs bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'public', 'pg_temp'
+    AS $$
+    select r.waiting_for, count(*)
+    from flow_runs r
+    where r.waiting_for is not null
+    group by r.waiting_for
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_parked_runs(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_parked_runs() IS 'Parked runs across organizations by why they wait (flow_runs.waiting_for), for /metrics.';
+
+
+--
 -- Name: tolstoy_place_deliveries(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2376,6 +2479,11 @@ CREATE TABLE public.flow_runs (
     strikes integer DEFAULT 0 NOT NULL,
     handbacks integer DEFAULT 0 NOT NULL,
     accounted_at timestamp with time zone,
+    waiting_for text,
+    waiting_on jsonb,
+    waiting_step text,
+    waiting_since timestamp with time zone,
+    waiting_until timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -2517,6 +2625,41 @@ COMMENT ON COLUMN public.flow_runs.handbacks IS 'Times the run was handed back t
 --
 
 COMMENT ON COLUMN public.flow_runs.accounted_at IS 'Up to when the worker time of the current lease is counted in organization_worker_time.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_for; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_for IS 'Why the parked run waits: signal, outcomeUnknown, child, retry, delay (or rateLimit); null when it is not parked. Set and cleared by the trigger flow_runs_waiting_for.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_on IS 'What it waits on: the signal name (or the names of a signals wait), the child run id, or the step id.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_step; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_step IS 'The step that waits.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_since IS 'Since when it waits (the step''s start; the call''s for an unknown outcome).';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_until IS 'Until when at most (a wait''s timeout, a delay''s or back-off''s end); null when unknown.';
 
 
 --
@@ -3113,7 +3256,8 @@ begin
     where r.org_id = org and r.id = target and r.created_at = found_run.created_at and r.status = 'queued'
       and exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
-                    and s.status = 'waiting' and s.inputs ->> 'signal' = signal_name and s.inputs ? 'onTimeout');
+                    and s.status = 'waiting' and s.inputs ? 'onTimeout'
+                    and (s.inputs ->> 'signal' = signal_name or coalesce(s.inputs -> 'signals', '[]') ? signal_name));
     woke := found;
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
     values (org, flow, actor, target::text, '$flow', 'pending',
@@ -3509,6 +3653,71 @@ COMMENT ON FUNCTION public.tolstoy_take_budget(org uuid, tool uuid, budget_scope
 
 
 --
+-- Name: tolstoy_take_first_signal(uuid, uuid, text, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]) RETURNS TABLE(id uuid, signal text, payload jsonb, approver text, user_id uuid, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    AS $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    found_run flow_runs;
+    taken flow_run_signals;
+begin
+    select * into found_run
+    from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+    for update;
+    -- New statements, so new snapshots: they see a signal committed while this waited for the lock.
+    select * into taken
+    from flow_run_signals g
+    where g.org_id = org and g.run_id = run and g.step_id = step and g.superseded_by is null
+    order by g.created_at
+    limit 1;
+    if taken.id is null then
+        update flow_run_signals s
+        set step_id = step, consumed_at = clock_now
+        where s.org_id = org and s.id = (
+            select p.id from flow_run_signals p
+            where p.org_id = org and p.run_id = run and p.signal = any(signal_names) and p.step_id is null
+            order by p.created_at, p.id
+            limit 1
+            for update)
+        returning s.* into taken;
+        if taken.id is null then
+            return;
+        end if;
+        with superseded as (
+            update flow_run_signals s
+            set step_id = step, consumed_at = clock_now, superseded_by = taken.id
+            where s.org_id = org and s.id in (
+                select distinct on (p.signal) p.id
+                from flow_run_signals p
+                where p.org_id = org and p.run_id = run and p.signal = any(signal_names)
+                  and p.signal <> taken.signal and p.step_id is null
+                order by p.signal, p.created_at, p.id)
+            returning s.id, s.signal
+        )
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
+        select org, found_run.flow_id, found_run.user_id, run::text, step, 'cancelled',
+               jsonb_build_object('signal', x.signal, 'signalId', x.id, 'supersededBy', taken.id,
+                                  'supersededBySignal', taken.signal),
+               'engine'
+        from superseded x;
+    end if;
+    return query select taken.id, taken.signal, taken.payload, taken.approver, taken.user_id, taken.created_at;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]) IS 'A wait step''s signal: locks the run, then answers the one the step took before or takes the oldest pending signal of signal_names, superseding (superseded_by, a cancelled log row) the oldest pending one of each other name; no row when none is pending.';
+
+
+--
 -- Name: tolstoy_take_signal(uuid, uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -3575,14 +3784,15 @@ CREATE FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_
     LANGUAGE sql STABLE
     AS $$
 select count(*)
-from (select st ->> 'id' as step_id, st -> 'config' ->> 'signal' as signal
+from (select st ->> 'id' as step_id, st -> 'config' as config
       from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
       where st ->> 'type' = 'wait'
       union all
-      select 'onFailure.' || (st ->> 'id'), st -> 'config' ->> 'signal'
+      select 'onFailure.' || (st ->> 'id'), st -> 'config'
       from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
       where st ->> 'type' = 'wait') as waits
-where waits.signal = signal_name
+-- A wait for one signal names it in "signal", a wait for the first of several in "signals".
+where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
   and not exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
                     and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped'));
@@ -3593,7 +3803,7 @@ $$;
 -- Name: FUNCTION tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) IS 'How many wait steps for signal_name of the run (run_plan: its plan) have not finished: how many signals of that name it can still take.';
+COMMENT ON FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) IS 'How many wait steps for signal_name (its signal, or one of its signals) of the run (run_plan: its plan) have not finished: how many signals of that name it can still take.';
 
 
 --
@@ -3974,6 +4184,7 @@ CREATE TABLE public.flow_run_signals (
     consumed_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    superseded_by uuid,
     CONSTRAINT flow_run_signals_approver_length CHECK (((char_length(approver) >= 1) AND (char_length(approver) <= 320))),
     CONSTRAINT flow_run_signals_consumed CHECK (((step_id IS NULL) = (consumed_at IS NULL))),
     CONSTRAINT flow_run_signals_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
@@ -4023,6 +4234,13 @@ COMMENT ON COLUMN public.flow_run_signals.link_id IS 'The approval link used (ea
 --
 
 COMMENT ON COLUMN public.flow_run_signals.step_id IS 'Checkpoint id of the wait step that took the signal; null while pending.';
+
+
+--
+-- Name: COLUMN flow_run_signals.superseded_by; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.superseded_by IS 'The signal a "signals" wait step took instead of this one, which it made void (never delivered); null otherwise.';
 
 
 --
@@ -4162,6 +4380,11 @@ CREATE TABLE public.flow_runs_default (
     strikes integer DEFAULT 0 NOT NULL,
     handbacks integer DEFAULT 0 NOT NULL,
     accounted_at timestamp with time zone,
+    waiting_for text,
+    waiting_on jsonb,
+    waiting_step text,
+    waiting_since timestamp with time zone,
+    waiting_until timestamp with time zone,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -5550,6 +5773,14 @@ ALTER TABLE ONLY public.flow_runs_default
 
 
 --
+-- Name: flow_runs flow_runs_waiting_for_kind; Type: CHECK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_runs
+    ADD CONSTRAINT flow_runs_waiting_for_kind CHECK ((waiting_for = ANY (ARRAY['signal'::text, 'outcomeUnknown'::text, 'child'::text, 'retry'::text, 'delay'::text, 'rateLimit'::text]))) NOT VALID;
+
+
+--
 -- Name: flow_trigger_deliveries flow_trigger_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -6003,6 +6234,20 @@ CREATE INDEX flow_runs_default_org_id_flow_id_idempotency_key_idx ON public.flow
 
 
 --
+-- Name: flow_runs_org_id_flow_id_waiting_for_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_org_id_flow_id_waiting_for_idx ON ONLY public.flow_runs USING btree (org_id, flow_id, waiting_for, created_at DESC, id DESC) WHERE (waiting_for IS NOT NULL);
+
+
+--
+-- Name: flow_runs_default_org_id_flow_id_waiting_for_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_org_id_flow_id_waiting_for_idx ON public.flow_runs_default USING btree (org_id, flow_id, waiting_for, created_at DESC, id DESC) WHERE (waiting_for IS NOT NULL);
+
+
+--
 -- Name: flow_runs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -6395,6 +6640,13 @@ ALTER INDEX public.flow_runs_org_id_flow_id_idempotency_key_idx ATTACH PARTITION
 
 
 --
+-- Name: flow_runs_default_org_id_flow_id_waiting_for_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_org_id_flow_id_waiting_for_idx ATTACH PARTITION public.flow_runs_default_org_id_flow_id_waiting_for_idx;
+
+
+--
 -- Name: flow_runs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -6581,6 +6833,13 @@ CREATE TRIGGER flow_runs_touch_updated_at BEFORE UPDATE ON public.flow_runs FOR 
 --
 
 CREATE TRIGGER flow_runs_uncount_stored_bytes AFTER DELETE ON public.flow_runs REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION public.flow_runs_uncount_stored_bytes();
+
+
+--
+-- Name: flow_runs flow_runs_waiting_for; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_waiting_for BEFORE UPDATE OF status, run_after, waiting_for ON public.flow_runs FOR EACH ROW WHEN (((old.status IS DISTINCT FROM new.status) OR (old.run_after IS DISTINCT FROM new.run_after) OR (old.waiting_for IS DISTINCT FROM new.waiting_for))) EXECUTE FUNCTION public.flow_runs_waiting_for();
 
 
 --
@@ -7634,5 +7893,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261209000100'),
     ('20261209000200'),
     ('20261209000300'),
+    ('20261210000300'),
+    ('20261210000301'),
     ('20261211000100'),
     ('20261212000100');

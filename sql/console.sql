@@ -51,7 +51,7 @@ limit :limit;
 -- window was full. A row with a null id carries only those two (the window held no match).
 with scanned as (
     (select x.id, x.flow_id, x.flow_version, x.status, x.user_id, x.retry_of, x.created_at, x.started_at,
-            x.finished_at
+            x.finished_at, x.waiting_for, x.waiting_on, x.waiting_step, x.waiting_until
      from flow_runs x
      where :flow_id::uuid is null
        and x.org_id = :org_id
@@ -63,7 +63,7 @@ with scanned as (
      limit :scan)
     union all
     (select x.id, x.flow_id, x.flow_version, x.status, x.user_id, x.retry_of, x.created_at, x.started_at,
-            x.finished_at
+            x.finished_at, x.waiting_for, x.waiting_on, x.waiting_step, x.waiting_until
      from flow_runs x
      where x.org_id = :org_id and x.flow_id = :flow_id::uuid
        and (:since::timestamptz is null or x.created_at >= :since::timestamptz)
@@ -78,13 +78,13 @@ with scanned as (
     select s.created_at, s.id from scanned s order by s.created_at, s.id limit 1
 )
 select m.id, m.flow_id, f.name as flow_name, m.flow_version, m.status, m.user_id, m.retry_of, m.created_at,
-       m.started_at, m.finished_at, window_stats.scanned, window_edge.created_at as edge_created_at,
-       window_edge.id as edge_id
+       m.started_at, m.finished_at, m.waiting_for, m.waiting_on, m.waiting_step, m.waiting_until,
+       window_stats.scanned, window_edge.created_at as edge_created_at, window_edge.id as edge_id
 from window_stats
 left join window_edge on true
 left join lateral (
     select s.id, s.flow_id, s.flow_version, s.status, s.user_id, s.retry_of, s.created_at, s.started_at,
-           s.finished_at
+           s.finished_at, s.waiting_for, s.waiting_on, s.waiting_step, s.waiting_until
     from scanned s
     where :status::flow_run_status is null or s.status = :status::flow_run_status
     order by s.created_at desc, s.id desc
@@ -94,10 +94,11 @@ left join flows f on f.org_id = :org_id and f.id = m.flow_id
 order by m.created_at desc, m.id desc;
 
 -- name: run^
--- One run of the organization by its id (any flow), with its flow's name, the steps of the
--- plan it runs (ids, types, dependencies: the timeline's graph) and the run that retried it.
+-- One run of the organization by its id (any flow), with its flow's name, why it is parked, the
+-- steps of the plan it runs (ids, types, dependencies: the timeline's graph) and the run that retried it.
 select r.org_id, r.id, r.flow_id, f.name as flow_name, r.flow_version, r.user_id, r.status, r.variables,
        r.error, r.retry_of, r.cancel_requested, r.run_after, r.created_at, r.started_at, r.finished_at,
+       r.waiting_for, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
        r.plan -> 'steps' as plan_steps,
        (select x.id
         from flow_runs x

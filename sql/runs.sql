@@ -19,9 +19,10 @@ from tolstoy_queue_run(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :u
 
 -- name: get^
 -- One run of a flow, with what its completed steps returned (as shown: secrets masked; null
--- while nothing has completed and the run has not finished).
+-- while nothing has completed and the run has not finished) and why it is parked (waiting_*).
 select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
        r.retry_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
+       r.waiting_for as waiting_kind, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
@@ -49,9 +50,11 @@ where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
   and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
 
 -- name: list
--- One keyset page of a flow's runs, newest first (only the children of :parent_id when given).
+-- One keyset page of a flow's runs, newest first (only the children of :parent_id when given; only
+-- the runs parked for :waiting_for when given: one range of flow_runs_org_id_flow_id_waiting_for_idx).
 select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
        r.retry_of, r.created_at, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
+       r.waiting_for as waiting_kind, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
@@ -61,6 +64,7 @@ from flow_runs r
 where r.org_id = :org_id and r.flow_id = :flow_id
   and (:parent_id::uuid is null
        or (r.parent_run_id = :parent_id::uuid and r.created_at >= tolstoy_run_from(:parent_id::uuid)))
+  and (:waiting_for::text is null or r.waiting_for = :waiting_for::text)
   and (:after_created_at::timestamptz is null
        or (r.created_at, r.id) < (:after_created_at::timestamptz, :after_id::uuid))
 order by r.created_at desc, r.id desc

@@ -1,6 +1,6 @@
 -- Signals sent to runs (table flow_run_signals): by POST …/signals/{signal} or an
--- approval link, taken by the run's wait step (tolstoy_take_signal, which locks the
--- run first). Sending one is tolstoy_send_signal (db/functions/signals.sql), which
+-- approval link, taken by the run's wait step (tolstoy_take_first_signal, which locks
+-- the run first). Sending one is tolstoy_send_signal (db/functions/signals.sql), which
 -- locks the run first too, so a signal and a run parking at its wait step never cross.
 
 -- ---- the API ------------------------------------------------------------------
@@ -28,8 +28,9 @@ select tolstoy_send_signal(:org_id::uuid, :flow_id::uuid, :id::uuid, :signal::te
 
 -- ---- the worker ---------------------------------------------------------------------
 
--- name: take^
--- A wait step's signal (locks the run first, then takes the oldest pending one of the name, or
--- the one this step took already); no row when none is pending.
-select id, payload, approver, user_id, created_at
-from tolstoy_take_signal(:org_id, :run_id, :step_id, :signal);
+-- name: take_first^
+-- A wait step's signal, the first of :signals to have come (locks the run first; the oldest pending one
+-- of those names, or the one this step took already; the oldest pending one of each other name is
+-- superseded); no row when none is pending.
+select id, signal, payload, approver, user_id, created_at
+from tolstoy_take_first_signal(:org_id, :run_id, :step_id, :signals::text[]);

@@ -337,6 +337,89 @@ comment on function flow_runs_wake_parent() is
     'AFTER UPDATE trigger: a child run that finished queues its parent again when the parent waits for it, or '
     'the retry of the parent that waits for it.';
 
+-- Why a parked run waits (flow_runs.waiting_for and its details, the run's waitingFor in the API), set
+-- when the run parks and cleared when it leaves: a BEFORE UPDATE trigger, so every function that parks or
+-- wakes a run (tolstoy_checkpoint through tolstoy_release_run, tolstoy_subflow, tolstoy_send_signal,
+-- tolstoy_resolve_step, flow_runs_wake_parent, the claim, a cancel) keeps it right without knowing of it.
+-- Parking (running -> queued or waiting) reads the run's steps that wait, which the same transaction has
+-- just checkpointed: an unknown outcome first (a person must act), then a signal, a child run (a waiting
+-- step with no wake time), a retry's back-off (a waiting step with the error of its last attempt), a delay
+-- (time alone), the earliest wake first within a kind. A statement that sets
+-- waiting_for itself (a wait for rate budget, say) is left as it set it. Leaving (claimed, finished,
+-- woken from waiting, or woken early by a signal: run_after moved earlier) clears it.
+create or replace function flow_runs_waiting_for() returns trigger
+language plpgsql as $$
+declare
+    parked record;
+begin
+    if new.waiting_for is distinct from old.waiting_for then
+        return new;
+    end if;
+    if new.status in ('queued', 'waiting') and old.status = 'running' then
+        select w.step_id, w.kind, w.since, w.wake_at, w.signal, w.budget
+        into parked
+        from (select s.step_id, s.started_at, s.wake_at,
+                     case when s.status = 'outcome_unknown' then 'outcomeUnknown'
+                          when s.inputs ? 'onTimeout' and (s.inputs ? 'signal' or s.inputs ? 'signals') then 'signal'
+                          when s.wake_at is null then 'child'
+                          -- A call waiting for its credential's rate budget (rate_budgets.sql): its inputs
+                          -- say which budget, its wake_at when the call may go.
+                          when jsonb_typeof(s.inputs -> 'rateLimit') = 'object' then 'rateLimit'
+                          when s.error is not null and s.error <> 'null' then 'retry'
+                          else 'delay' end as kind,
+                     case when s.status = 'outcome_unknown' then coalesce(s.call_started_at, s.updated_at)
+                          else s.started_at end as since,
+                     coalesce(s.inputs -> 'signals', s.inputs -> 'signal') as signal,
+                     s.inputs -> 'rateLimit' as budget
+              from flow_run_steps s
+              where s.org_id = new.org_id and s.run_id = new.id and s.run_created_at = new.created_at
+                and s.status in ('waiting', 'outcome_unknown')) as w
+        order by array_position(array['outcomeUnknown', 'signal', 'child', 'rateLimit', 'retry', 'delay'], w.kind),
+                 w.wake_at nulls last, w.started_at, w.step_id
+        limit 1;
+        if parked.step_id is null then
+            new.waiting_for := null;
+            new.waiting_on := null;
+            new.waiting_step := null;
+            new.waiting_since := null;
+            new.waiting_until := null;
+            return new;
+        end if;
+        new.waiting_for := parked.kind;
+        new.waiting_step := parked.step_id;
+        new.waiting_since := parked.since;
+        new.waiting_until := case when parked.kind in ('signal', 'rateLimit', 'retry', 'delay') then parked.wake_at end;
+        new.waiting_on := case parked.kind
+            when 'signal' then parked.signal
+            when 'rateLimit' then jsonb_build_object('toolId', parked.budget -> 'toolId',
+                                                     'scope', parked.budget -> 'scope')
+            when 'child' then (select to_jsonb(c.id)
+                               from flow_runs c
+                               where c.org_id = new.org_id and c.parent_run_id = new.id
+                                 and c.parent_step_id = parked.step_id
+                                 and c.created_at >= tolstoy_run_from(new.id)  -- a child is queued after its parent
+                               order by c.created_at desc
+                               limit 1)
+            else to_jsonb(parked.step_id) end;
+        return new;
+    end if;
+    if new.status not in ('queued', 'waiting') or (old.status = 'waiting' and new.status = 'queued')
+       or new.run_after < old.run_after then
+        new.waiting_for := null;
+        new.waiting_on := null;
+        new.waiting_step := null;
+        new.waiting_since := null;
+        new.waiting_until := null;
+    end if;
+    return new;
+end;
+$$;
+
+comment on function flow_runs_waiting_for() is
+    'BEFORE UPDATE trigger on flow_runs: when a run parks, records why (waiting_for, waiting_on, waiting_step, '
+    'waiting_since, waiting_until) from the steps that wait; clears it when the run is claimed, finishes or is '
+    'woken; keeps what the statement set itself.';
+
 create or replace function flow_runs_plan_on_failure() returns trigger
 language plpgsql as $$
 declare

@@ -444,3 +444,18 @@ $$;
 
 comment on function tolstoy_queue_stats() is
     'Queue depth across organizations for /metrics: queued runs, due ones, age of the oldest due one.';
+
+-- Parked runs across organizations by why they wait, for /metrics (tolstoy_flow_runs_parked): one
+-- read of the partial index flow_runs_org_id_flow_id_waiting_for_idx per scrape, as tolstoy_queue_stats
+-- reads the queue's.
+create or replace function tolstoy_parked_runs()
+returns table (waiting_for text, runs bigint)
+language sql stable security definer set search_path = public, pg_temp as $$
+    select r.waiting_for, count(*)
+    from flow_runs r
+    where r.waiting_for is not null
+    group by r.waiting_for
+$$;
+
+comment on function tolstoy_parked_runs() is
+    'Parked runs across organizations by why they wait (flow_runs.waiting_for), for /metrics.';

@@ -2,6 +2,8 @@
 --
 -- The current source of these functions (db/functions/README.md says how to change one).
 
+-- The take of one signal name by the previous release's workers (this release's take tolstoy_take_first_signal,
+-- below); kept while they may run during a rolling upgrade.
 create or replace function tolstoy_take_signal(org uuid, run uuid, step text, signal_name text)
 returns table (id uuid, payload jsonb, approver text, user_id uuid, created_at timestamptz)
 language plpgsql as $$
@@ -27,6 +29,71 @@ $$;
 comment on function tolstoy_take_signal(uuid, uuid, text, text) is
     'A wait step''s signal: locks the run, then takes the oldest pending signal of the name (or the one the '
     'step took before); no row when none is pending.';
+
+-- A wait step's signal, the first of signal_names to have come (one name for a "signal" wait, several for
+-- a "signals" one): locks the run first (as tolstoy_send_signal does), then answers the signal this step
+-- took before, or takes the oldest pending one of those names (arrival order across names). Taking it
+-- supersedes the oldest pending signal of each of the step's other names: the send rule admitted it for
+-- this step's place (one per unfinished wait step of a name), so it is marked taken by this step with
+-- superseded_by, never delivered, and logged as cancelled; later signals of a name stay for the run's
+-- later wait steps of it. No row when none is pending.
+create or replace function tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[])
+returns table (id uuid, signal text, payload jsonb, approver text, user_id uuid, created_at timestamptz)
+language plpgsql as $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    found_run flow_runs;
+    taken flow_run_signals;
+begin
+    select * into found_run
+    from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+    for update;
+    -- New statements, so new snapshots: they see a signal committed while this waited for the lock.
+    select * into taken
+    from flow_run_signals g
+    where g.org_id = org and g.run_id = run and g.step_id = step and g.superseded_by is null
+    order by g.created_at
+    limit 1;
+    if taken.id is null then
+        update flow_run_signals s
+        set step_id = step, consumed_at = clock_now
+        where s.org_id = org and s.id = (
+            select p.id from flow_run_signals p
+            where p.org_id = org and p.run_id = run and p.signal = any(signal_names) and p.step_id is null
+            order by p.created_at, p.id
+            limit 1
+            for update)
+        returning s.* into taken;
+        if taken.id is null then
+            return;
+        end if;
+        with superseded as (
+            update flow_run_signals s
+            set step_id = step, consumed_at = clock_now, superseded_by = taken.id
+            where s.org_id = org and s.id in (
+                select distinct on (p.signal) p.id
+                from flow_run_signals p
+                where p.org_id = org and p.run_id = run and p.signal = any(signal_names)
+                  and p.signal <> taken.signal and p.step_id is null
+                order by p.signal, p.created_at, p.id)
+            returning s.id, s.signal
+        )
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
+        select org, found_run.flow_id, found_run.user_id, run::text, step, 'cancelled',
+               jsonb_build_object('signal', x.signal, 'signalId', x.id, 'supersededBy', taken.id,
+                                  'supersededBySignal', taken.signal),
+               'engine'
+        from superseded x;
+    end if;
+    return query select taken.id, taken.signal, taken.payload, taken.approver, taken.user_id, taken.created_at;
+end;
+$$;
+
+comment on function tolstoy_take_first_signal(uuid, uuid, text, text[]) is
+    'A wait step''s signal: locks the run, then answers the one the step took before or takes the oldest pending '
+    'signal of signal_names, superseding (superseded_by, a cancelled log row) the oldest pending one of each other '
+    'name; no row when none is pending.';
 
 create or replace function tolstoy_prune_signals(retention_days integer, batch integer)
 returns integer
@@ -57,7 +124,8 @@ $$;
 comment on function tolstoy_prune_signals(integer, integer) is
     'Deletes up to batch signals older than retention_days whose run is gone (its partition was dropped).';
 
--- How many of a run's wait steps for signal_name have not finished (a step of onFailure counts too):
+-- How many of a run's wait steps for signal_name (alone, or among the names of a "signals" wait) have
+-- not finished (a step of onFailure counts too):
 -- how many signals of that name the run can still take. tolstoy_send_signal decides with it, and
 -- the API reads it before it makes or shows an approval link (sql/signals.sql state).
 create or replace function tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamptz, run_plan jsonb,
@@ -65,28 +133,29 @@ create or replace function tolstoy_unfinished_waits(org uuid, run uuid, run_crea
 returns bigint
 language sql stable as $$
 select count(*)
-from (select st ->> 'id' as step_id, st -> 'config' ->> 'signal' as signal
+from (select st ->> 'id' as step_id, st -> 'config' as config
       from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
       where st ->> 'type' = 'wait'
       union all
-      select 'onFailure.' || (st ->> 'id'), st -> 'config' ->> 'signal'
+      select 'onFailure.' || (st ->> 'id'), st -> 'config'
       from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
       where st ->> 'type' = 'wait') as waits
-where waits.signal = signal_name
+-- A wait for one signal names it in "signal", a wait for the first of several in "signals".
+where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
   and not exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
                     and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped'));
 $$;
 
 comment on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, jsonb, text) is
-    'How many wait steps for signal_name of the run (run_plan: its plan) have not finished: how many signals of '
-    'that name it can still take.';
+    'How many wait steps for signal_name (its signal, or one of its signals) of the run (run_plan: its plan) have '
+    'not finished: how many signals of that name it can still take.';
 
 -- A signal sent to a run (POST …/signals/{signal}, or an approval link): the run's row is locked
 -- first, as tolstoy_take_signal locks it, so a signal and a run parking at its wait step never
 -- cross. It is stored only when the run can still take it (an unfinished wait step for it, and
 -- fewer pending signals of the name than such steps), wakes the run when a wait step of it is
--- parked for this signal (run_after = now; the queue's trigger sends NOTIFY; a run parked
+-- parked for this signal, alone or among its "signals" (run_after = now; the queue's trigger sends NOTIFY; a run parked
 -- elsewhere, a delay or a retry's back-off, is left asleep: its wait step takes the signal when it
 -- gets there), and is logged as the actor's.
 create or replace function tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb,
@@ -148,7 +217,8 @@ begin
     where r.org_id = org and r.id = target and r.created_at = found_run.created_at and r.status = 'queued'
       and exists (select 1 from flow_run_steps s
                   where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
-                    and s.status = 'waiting' and s.inputs ->> 'signal' = signal_name and s.inputs ? 'onTimeout');
+                    and s.status = 'waiting' and s.inputs ? 'onTimeout'
+                    and (s.inputs ->> 'signal' = signal_name or coalesce(s.inputs -> 'signals', '[]') ? signal_name));
     woke := found;
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
     values (org, flow, actor, target::text, '$flow', 'pending',

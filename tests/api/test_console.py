@@ -184,3 +184,38 @@ def test_api_key_mode_serves_a_shell_without_a_key_and_the_page_with_it(keyed):
     assert bad.status_code == 401 and "Sign in again" in bad.text
     signin = keyed.simulate_get("/console")
     assert 'id="signin"' in signin.text and 'name="' not in signin.text.split('id="signin"')[1].split("</form>")[0]
+
+
+def test_the_runs_page_and_the_run_view_say_why_a_run_waits(client, api, org, user, worker):
+    """A run parked on a signals wait: the runs page and the run view say what it waits for, until
+    when; a run parked for its child links to it."""
+    child = api.flow(org, [{"id": "gate", "type": "wait", "config": {"signals": ["approve", "reject"],
+                                                                     "timeoutMs": 600_000}}], name="Gate")
+    parent = api.flow(org, [{"id": "call", "type": "subflow", "config": {"flowId": child["id"]}}], name="Parent")
+    parent_id = run_flow(api, org, user, parent)
+    base = f"/console/orgs/{org['id']}"
+    deadline = time.monotonic() + 20
+    while True:
+        got = client.simulate_get(f"/flows/{parent['id']}/executions/{parent_id}", headers={"X-Org-ID": org["id"]}).json
+        if got["waitingFor"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    child_id = got["waitingFor"]["child"]
+    while True:
+        kid = client.simulate_get(f"/flows/{child['id']}/executions/{child_id}", headers={"X-Org-ID": org["id"]}).json
+        if kid["waitingFor"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert kid["waitingFor"]["signal"] == ["approve", "reject"], kid
+
+    runs = page(client, f"{base}/runs")
+    assert runs.status_code == 200
+    assert 'data-waiting-for="signal"' in runs.text and "the first of <code>approve</code>, <code>reject</code>" in runs.text
+    assert 'data-waiting-for="child"' in runs.text and f'/runs/{child_id}"><code>{child_id[:8]}</code>' in runs.text
+    view = page(client, f"{base}/runs/{child_id}")
+    assert view.status_code == 200 and 'id="run-waiting"' in view.text
+    waiting = re.search(r'<dd id="run-waiting">(.*?)</dd>', view.text, re.S).group(1)
+    assert "the first of" in waiting and " until <time" in waiting and ", since <time" in waiting
+    client.simulate_post(f"/flows/{parent['id']}/executions/{parent_id}/cancel", headers={"X-Org-ID": org["id"]})
+    done = page(client, f"{base}/runs/{child_id}")
+    assert 'id="run-waiting"' not in done.text

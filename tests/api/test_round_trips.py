@@ -243,3 +243,17 @@ def test_sending_a_signal_is_one_function(counted, world, api):
     refused, cost = counted("POST", path, json={"payload": {}}, headers=world["acting"])
     assert refused.status_code == 409 and "a signal of that name is pending already" in refused.json["message"]
     assert cost["statements"] <= 4 and cost["transactions"] == 1
+
+
+def test_listing_runs_by_why_they_wait_costs_what_listing_them_costs(counted, world):
+    # waitingFor is a column of the run (set when it parks), so the filter and the field add no statement.
+    flow = world["flow"]
+    queued, _ = counted("POST", f"/flows/{flow['id']}/execute", json={}, headers=world["acting"])
+    assert queued.status_code == 202, queued.text
+    plain, plain_cost = counted("GET", f"/flows/{flow['id']}/executions", headers=world["headers"])
+    assert plain.status_code == 200 and plain.json[0]["waitingFor"] is None, plain.text
+    filtered, cost = counted("GET", f"/flows/{flow['id']}/executions", params={"waitingFor": "signal"},
+                             headers=world["headers"])
+    assert filtered.status_code == 200 and filtered.json == [], filtered.text
+    assert cost == plain_cost
+    assert cost["round_trips"] <= 2 and cost["transactions"] == 1

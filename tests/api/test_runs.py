@@ -23,7 +23,8 @@ from tolstoy import engine
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status", "variables", "outputs",
-              "error", "retryOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId", "parentStepId"}
+              "error", "retryOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId", "parentStepId",
+              "waitingFor"}
 
 
 @pytest.fixture

@@ -237,7 +237,7 @@ def test_no_security_definer_function_is_owned_by_a_superuser_and_each_pins_its_
 CLOCK = {"tolstoy_now", "tolstoy_clock_timestamp"}
 REVIEWED_DEFINERS = {
     "tolstoy_app": {"tolstoy_enter_key", "tolstoy_hook_target", "tolstoy_key_grant", "tolstoy_queue_stats",
-                    "tolstoy_usage", *CLOCK},
+                    "tolstoy_parked_runs", "tolstoy_usage", *CLOCK},
     "tolstoy_worker": {*CLOCK, "tolstoy_claim_deliveries", "tolstoy_claim_runs", "tolstoy_claim_runs_v2",
                        "tolstoy_claim_schedules", "tolstoy_expire_unknown_outcomes", "tolstoy_maintain_history",
                        "tolstoy_next_delivery", "tolstoy_next_schedule",

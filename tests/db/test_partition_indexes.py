@@ -16,10 +16,10 @@ import pytest
 from tolstoy.db import migrate
 from tolstoy.paths import MIGRATIONS_DIR
 
-# Migrations from this one on declare an index on a partitioned table ON ONLY; the earlier ones built
-# theirs on the parent, holding writes back while each partition was read (applied in production:
-# never edited).
-FIRST_ON_ONLY = "20261212000100"
+# Migrations from these on declare an index on a partitioned table ON ONLY (every one not yet released
+# when the rule came); the earlier ones built theirs on the parent, holding writes back while each
+# partition was read (applied in production: never edited).
+FIRST_ON_ONLY = "20261210000000"
 
 
 def test_every_index_is_valid_once_migrated(db):

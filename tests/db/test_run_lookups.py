@@ -123,7 +123,7 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
     # (the console's run page looks for the run's retry too).
     older = {f"flow_runs_p{month_start(dt.date.today(), back):%Y_%m}" for back in range(1, HISTORY_MONTHS)}
     for query, params in ((SQL.console.run, ids),
-                          (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": run,
+                          (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": run, "waiting_for": None,
                                            "after_created_at": None, "after_id": None, "limit": 10})):
         found = plans(app_url, org["id"], query, **params)
         # The list's parent filter is optional (null: every run of the flow), so only a plan made with

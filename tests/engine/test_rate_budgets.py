@@ -177,6 +177,14 @@ def test_a_429_pauses_the_credential_for_every_run_and_spends_no_attempt(api, or
         assert row["attempt"] == 1 and row["inputs"]["rateLimit"]["toolId"] == tool["id"], row
         assert row["inputs"]["rateLimit"]["scope"] == "organization" and row["wake_at"] is not None
         assert run_row(db, execution_id)["status"] == "queued"  # no lease, no thread
+        # The run itself says why it waits, until when.
+        view = api.client.simulate_get(f"/flows/{flow['id']}/executions/{execution_id}",
+                                       headers=api.headers(org)).json
+        assert view["waitingFor"]["rateLimit"] == {"toolId": tool["id"], "scope": "organization"}, view
+        assert view["waitingFor"]["stepId"] == "call" and view["waitingFor"]["until"] is not None, view
+    listed = api.client.simulate_get(f"/flows/{flow['id']}/executions", params={"waitingFor": "rateLimit"},
+                                     headers=api.headers(org)).json
+    assert {r["executionId"] for r in listed} == {first, second}
     assert answers["n"] == 1  # the second run did not call: the credential is paused for every run
     shown = budget(api, org, tool)["budgets"][0]
     assert shown["throttled"] == 1 and shown["pausedUntil"] is not None

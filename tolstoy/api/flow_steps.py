@@ -37,7 +37,7 @@ class StepSchema(Base):
         "delay: {ms}; transform: {output}; foreach: {items, step (any step but foreach, without id), "
         "concurrency (1-50, default 1), continueOnError (default false)}; subflow: {flowId | flowKey (exactly "
         "one: a flow of the organization, or its key), version?, variables, wait (default true)}; "
-        "wait: {signal, timeoutMs, onTimeout}.")})
+        "wait: {signal or signals, timeoutMs, onTimeout}.")})
     executeIf = text(1, 2000, allow_none=True)
     dependsOn = fields.List(fields.String(validate=validate.Length(min=1, max=100)),
                             validate=validate.Length(max=MAX_STEPS))

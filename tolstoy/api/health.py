@@ -18,7 +18,7 @@ from marshmallow import fields
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from .. import __version__, metrics
+from .. import __version__, engine, metrics
 from ..config import Config
 from ..db.database import Database
 from ..db.queries import SQL
@@ -191,6 +191,12 @@ class QueueCollector:
         yield GaugeMetricFamily("tolstoy_flow_queue_oldest_age_seconds",
                                 "How long the oldest due queued run has waited (0 when none).",
                                 value=row["oldest_due_age_seconds"])
+        parked = GaugeMetricFamily("tolstoy_flow_runs_parked",
+                                   "Parked flow runs by why they wait (their waitingFor), across organizations.",
+                                   labels=["waiting_for"])
+        for kind in engine.WAITING_KINDS:  # every reason, 0 when no run has it: a series never vanishes
+            parked.add_metric([kind], row["parked"].get(kind, 0))
+        yield parked
 
 
 class Metrics:

@@ -20,7 +20,7 @@ from ..db.queries import SQL
 from ..fieldtypes import Base, JSONObject, PageQuery, Timestamp
 from ..times import iso
 from . import resources
-from .dumping import dumper, many
+from .dumping import dumper
 from .errors import Conflict, Constraints, NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_json, validate_body
 from .responses import respond
@@ -33,14 +33,17 @@ CONSTRAINTS = Constraints(
     dependents={"flow_runs_flow_id_fkey": "executions (DELETE /flows/{id}/executions purges finished ones)",
         "flow_runs_flow_version_fkey": "executions", "flow_runs_user_id_fkey": "executions"},
     service=frozenset({"flow_run_steps_attempt_positive", "flow_run_steps_status", "flow_runs_lease_complete",
-        "flow_runs_plan_object"}),
+        "flow_runs_plan_object", "flow_runs_waiting_for_kind"}),
 )
 
 
 class ExecutionsQuery(PageQuery):
-    """``GET /flows/{id}/executions``: a page, optionally only the children of one run."""
+    """``GET /flows/{id}/executions``: a page, optionally only the children of one run, or only the runs
+    parked for one reason."""
 
     parentExecutionId = fields.UUID(metadata={"description": "Only the runs this run's subflow steps queued."})
+    waitingFor = fields.String(validate=validate.OneOf(engine.WAITING_KINDS), metadata={
+        "description": "Only the runs parked for this reason (their waitingFor names it)."})
 
 
 class ExecuteSchema(Base):
@@ -67,7 +70,8 @@ class RunStepSchema(Base):
     phase = fields.String(dump_only=True, metadata={"description": "main, or onFailure for failure handlers."})
     waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True,
                               metadata={"description": "A wait step parked for a signal: {signal, since, "
-                                                       "timeoutAt}; null otherwise."})
+                                                       "timeoutAt} (signal: the name, or the names of a "
+                                                       "signals wait); null otherwise."})
 
 
 class RunSchema(Base):
@@ -91,6 +95,10 @@ class RunSchema(Base):
     created_at = Timestamp(data_key="createdAt", dump_only=True)
     started_at = Timestamp(data_key="startedAt", dump_only=True, allow_none=True)
     finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
+    waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True, metadata={
+        "description": "Why the run is parked, null when it is not: {signal: name or names}, {outcomeUnknown: "
+                       "stepId}, {child: executionId}, {retry: stepId}, {delay: stepId} or {rateLimit: …}, each "
+                       "with stepId, since and until (null when only an event ends the wait)."})
 
 
 class RunDetailSchema(RunSchema):
@@ -168,15 +176,20 @@ def idempotency_key(req: falcon.Request) -> str | None:
     return key
 
 
+def run_view(run: dict) -> dict:
+    """A run row as the API shows it: with why it is parked (engine.waiting_for)."""
+    return {**run, "waiting_for": engine.waiting_for(run)}
+
+
 def step_view(step: dict) -> dict:
     """A step checkpoint as the run view shows it: its phase (``onFailure`` for the flow's failure
     handlers, whose ids are ``onFailure.<id>``) and, for a wait step parked for a signal, what it
     waits for since when and until when."""
     inputs = step.get("inputs")
-    waiting = (step["status"] == "waiting" and isinstance(inputs, dict) and "signal" in inputs
-               and "onTimeout" in inputs)
+    waiting = (step["status"] == "waiting" and isinstance(inputs, dict) and "onTimeout" in inputs
+               and ("signal" in inputs or "signals" in inputs))
     return {**step, "phase": "onFailure" if step["step_id"].startswith("onFailure.") else "main",
-            "waiting_for": {"signal": inputs["signal"], "since": iso(step["started_at"]),
+            "waiting_for": {"signal": inputs.get("signal", inputs.get("signals")), "since": iso(step["started_at"]),
                             "timeoutAt": iso(step["wake_at"])} if waiting else None}
 
 
@@ -229,8 +242,8 @@ class FlowRuns:
             req, resp, _EXECUTIONS,
             lambda query, **page: self.db.all(SQL.runs.list, commit=True, org_id=req.context.org_id,
                                               flow_id=flow["id"], parent_id=query.get("parentExecutionId"),
-                                              **page),
-            many(_RUN),
+                                              waiting_for=query.get("waitingFor"), **page),
+            lambda rows: [_RUN(run_view(run)) for run in rows],
         )
 
     def on_delete_executions(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
@@ -248,7 +261,7 @@ class FlowRuns:
         run = self.run(req, flow, execution_id)
         steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"],
                             run_created_at=run["created_at"])
-        respond(resp, _DETAIL({**run, "steps": [step_view(step) for step in steps]}))
+        respond(resp, _DETAIL({**run_view(run), "steps": [step_view(step) for step in steps]}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running. The runs

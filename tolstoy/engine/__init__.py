@@ -15,11 +15,11 @@ from .calls import HTTP_METHODS, ToolClient, input_errors
 from .errors import ActAsUserRefused, InvalidInputs, LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict, StepFailed
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
+from .lifecycle import WAITING_KINDS, send_signal, waiting_for
 from .lifecycle import cancel as cancel_run
 from .lifecycle import queue as queue_run
 from .lifecycle import resolve as resolve_step
 from .lifecycle import retry as retry_run
-from .lifecycle import send_signal
 from .outbound import Outbound, OutboundError, origin_of
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
@@ -48,6 +48,7 @@ __all__ = [
     "STEP_TYPES", "ITEM_STEP_TYPES", "SIGNAL_NAME", "step_configs", "HTTP_METHODS",
     "ActAsUserRefused",
     "queue_run", "retry_run", "cancel_run", "resolve_step", "send_signal", "NoSuchRun", "RunStateConflict",
+    "WAITING_KINDS", "waiting_for",
     "NoKeyToSeal", "LinkUsed",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",

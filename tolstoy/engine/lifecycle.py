@@ -31,6 +31,7 @@ from ..db import database as dbmod
 from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
+from ..times import iso
 from .errors import LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict
 from .vault import Vault
 
@@ -108,6 +109,25 @@ def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_
     if refused == "key":
         raise NoKeyToSeal("Outputs holding secrets need TOLSTOY_ENCRYPTION_KEY to be kept.")
     return answer["run"]
+
+
+# Why a parked run waits (flow_runs.waiting_for, set and cleared by the trigger flow_runs_waiting_for when
+# the run parks and leaves; db/functions/checkpoint.sql): the run's waitingFor, the run list's filter and
+# the metrics' labels. In the order the trigger prefers them when several steps wait: a person first,
+# then another run, then time. rateLimit: a call waiting for its credential's rate budget (its step's
+# inputs say which: {toolId, scope}; until: when the call may go).
+WAITING_KINDS = ("outcomeUnknown", "signal", "child", "rateLimit", "retry", "delay")
+
+
+def waiting_for(run: dict) -> dict | None:
+    """Why a run is parked, as the API shows it: ``{<kind>: what, "stepId", "since", "until"}`` (what: the
+    signal name or names, the child run's id, or the step's id; until: null when only an event ends it),
+    or None when it is not parked. ``run`` holds the columns as sql/runs.sql names them (waiting_kind, …)."""
+    kind = run.get("waiting_kind")
+    if kind is None:
+        return None
+    return {kind: run["waiting_on"], "stepId": run["waiting_step"], "since": iso(run["waiting_since"]),
+            "until": iso(run["waiting_until"])}
 
 
 def send_signal(db: Database, *, org_id, flow_id, run_id, signal: str, payload: Any, source: str, user_id=None,
