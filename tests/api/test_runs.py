@@ -23,7 +23,8 @@ from tolstoy import engine
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status", "variables", "outputs",
-              "error", "retryOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId", "parentStepId"}
+              "error", "retryOf", "rerunOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId",
+              "parentStepId"}
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_execute_queues_a_run_with_its_first_log(api, org, user, flow, db):
     body = result.json
     assert {k: body[k] for k in ("flowId", "flowVersion", "status")} == {
         "flowId": flow["id"], "flowVersion": 1, "status": "queued"}
-    assert set(body) <= {"executionId", "flowId", "flowVersion", "status", "retryOf"}
+    assert set(body) <= {"executionId", "flowId", "flowVersion", "status", "retryOf", "rerunOf"}
     assert body.get("retryOf") is None
     execution_id = body["executionId"]
     uuid.UUID(execution_id)
@@ -98,7 +99,7 @@ def test_execute_queues_a_run_with_its_first_log(api, org, user, flow, db):
 
     detail = get(api, org, result.headers["location"])
     assert detail.status_code == 200, detail.text
-    assert set(detail.json) == RUN_FIELDS | {"steps"}
+    assert set(detail.json) == RUN_FIELDS | {"steps", "reruns"}
     assert detail.json["executionId"] == execution_id
     assert detail.json["status"] == "queued" and detail.json["steps"] == []
     assert detail.json["startedAt"] is None and detail.json["finishedAt"] is None
