@@ -17,6 +17,7 @@ import uuid
 
 import pytest
 from contract import assert_error
+from support import app_routes
 from psycopg.rows import dict_row
 
 from tolstoy import engine
@@ -187,6 +188,33 @@ def test_unknown_and_other_organizations_flows_are_404(api, org, user, flow, db)
     for flow_id in (str(uuid.uuid4()), "not-a-uuid", "1"):
         assert_error(execute(api, org, user, {"id": flow_id}), 404)
     assert rows(db, "select id from flow_runs") == []
+
+
+# Every route that acts on one run of a flow: a new one (rerun, move, …) is under it and so in the rule below.
+RUN_ROUTES = "/flows/{id}/executions/{execution_id}"
+
+
+def test_every_route_of_a_run_is_a_404_for_another_organization_and_writes_nothing(api, org, user, flow, client, db):
+    """The class rule: whatever route is added below a run, another organization's request for it,
+    naming the run under its flow or under a flow of its own, is a 404 (before its body is read) and
+    writes nothing."""
+    run = started(api, org, user, flow)["executionId"]
+    other = api.org("Other")
+    other_user = api.user(other)
+    other_flow = api.flow(other)
+    routes = {template: methods for template, (_, methods) in app_routes(client.app).items()
+              if template.startswith(RUN_ROUTES)}
+    assert f"{RUN_ROUTES}/rerun" in routes and f"{RUN_ROUTES}/retry" in routes, routes
+    before = rows(db, "select id, status from flow_runs order by id")
+    for template, methods in sorted(routes.items()):
+        for flow_id in (flow["id"], other_flow["id"]):
+            path = re.sub(r"\{\w+\}", "x", template.replace("{id}", flow_id).replace("{execution_id}", run))
+            for method in sorted(methods):
+                # An empty body, and for the re-run a dry run that would answer 200 for its organization.
+                for body in ({}, *([{"fromStep": "hello", "dryRun": True}] if template.endswith("/rerun") else [])):
+                    result = client.simulate_request(method, path, json=body, headers=api.headers(other, other_user))
+                    assert result.status_code == 404, (method, path, body, result.text)
+    assert rows(db, "select id, status from flow_runs order by id") == before
 
 
 def test_idempotency_key_length(api, org, user, flow, db):

@@ -5,8 +5,13 @@ real re-run then sends (but those it flags data-dependent)."""
 
 from __future__ import annotations
 
+import signal
+import threading
+
 from test_engine import execute, step, wait_for
 from test_subflow import subflow
+from test_worker_processes import run_status, start_worker, stop, wait_until
+from werkzeug import Response
 
 
 def rerun(api, org, user, flow, execution_id, body, headers=None):
@@ -200,3 +205,56 @@ def test_another_organizations_run_is_a_404(api, org, user, worker, httpserver, 
     result = rerun(api, other, other_user, own_flow, first["executionId"], {"fromStep": "s4"})
     assert result.status_code == 404, result.text
     assert runs_count(db) == 1
+
+
+def test_a_worker_killed_during_a_re_run_leaves_it_to_another_which_finishes_it(api, db, worker_env, httpserver,
+                                                                                 clock):
+    seen: list[tuple[str, str]] = []
+    in_flight = threading.Event()
+    killed = threading.Event()
+
+    def record(request):
+        seen.append((request.path, request.headers.get("Idempotency-Key")))
+        if request.path == "/b" and len([p for p, _ in seen if p == "/b"]) == 2:
+            in_flight.set()  # the re-run's call: in flight until its worker is dead
+            killed.wait(30)
+        return Response('{"ok": true}', content_type="application/json")
+
+    for path in ("/a", "/b", "/c"):
+        httpserver.expect_request(path).respond_with_handler(record)
+    org = api.org()
+    user = api.user(org)
+    flow = api.flow(org, steps=[
+        step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/a")}),
+        step("b", "http_request", {"method": "POST", "url": httpserver.url_for("/b")}, onUnknownOutcome="retry"),
+        step("c", "http_request", {"method": "POST", "url": httpserver.url_for("/c")}),
+    ])
+    first = start_worker(worker_env)
+    second = None
+    try:
+        original = execute(api, org, user, flow)["executionId"]
+        wait_until(lambda: run_status(db, original) == "completed", 30, "the original to complete")
+        made = rerun(api, org, user, flow, original, {"fromStep": "b"})
+        assert made.status_code == 202, made.text
+        again = made.json["executionId"]
+        assert in_flight.wait(20), "the worker never reached the re-run's step b"
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        assert run_status(db, again) == "running"  # orphaned under an expiring lease
+        killed.set()
+        clock.move_past_leases()
+        second = start_worker(worker_env)
+        wait_until(lambda: run_status(db, again) == "completed", 30, "the re-run to complete")
+    finally:
+        stop(first)
+        if second is not None:
+            stop(second)
+    paths = [path for path, _ in seen]
+    assert paths.count("/a") == 1  # kept by the re-run: never executed again, not even on its recovery
+    assert paths.count("/c") == 2  # the original's and the re-run's
+    b_keys = [key for path, key in seen if path == "/b"]
+    # The original's, then the re-run's twice (in flight when its worker died, sent again under its key).
+    assert b_keys == [f"{original}:b:1", f"{again}:b:1", f"{again}:b:1"]
+    with db.pool.connection() as conn:
+        row = conn.execute("select claims, rerun_of::text from flow_runs where id = %s", (again,)).fetchone()
+    assert row == {"claims": 2, "rerun_of": original}
