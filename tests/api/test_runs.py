@@ -17,8 +17,8 @@ import uuid
 
 import pytest
 from contract import assert_error
-from support import app_routes
 from psycopg.rows import dict_row
+from support import app_routes
 
 from tolstoy import engine
 
