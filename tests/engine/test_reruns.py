@@ -258,3 +258,46 @@ def test_a_worker_killed_during_a_re_run_leaves_it_to_another_which_finishes_it(
     with db.pool.connection() as conn:
         row = conn.execute("select claims, rerun_of::text from flow_runs where id = %s", (again,)).fetchone()
     assert row == {"claims": 2, "rerun_of": original}
+
+
+def test_the_preview_names_each_calls_tool_and_says_which_are_not_idempotent(api, org, user, worker, httpserver):
+    httpserver.expect_request("/api/orders/5").respond_with_json({"id": 5})
+    httpserver.expect_request("/api/items/5").respond_with_json({"id": 5})
+    httpserver.expect_request("/start").respond_with_json({"n": 5})
+    httpserver.expect_request("/hook").respond_with_json({})
+    keyed = api.tool(org, "Payments", baseUrl=httpserver.url_for("/api"), honorsIdempotencyKey=True)
+    plain = api.tool(org, "Catalog", baseUrl=httpserver.url_for("/api"))
+    api.action(org, keyed, key="orders.create", method="POST", endpoint="/orders/{id}")
+    api.action(org, plain, key="items.get", method="GET", endpoint="/items/{id}")
+    api.action(org, plain, key="items.touch", method="POST", endpoint="/items/{id}")
+    flow = api.flow(org, steps=[
+        step("start", "http_request", {"method": "GET", "url": httpserver.url_for("/start")}),
+        step("order", "action", {"actionKey": "orders.create", "inputs": {"id": "{{ steps.start.body.n }}"}}),
+        step("item", "action", {"actionKey": "items.get", "inputs": {"id": "{{ steps.start.body.n }}"}}),
+        step("touch", "action", {"actionKey": "items.touch", "inputs": {"id": "{{ steps.order.body.id }}"}},
+             executeIf="{{ variables.touch is defined and variables.touch }}"),
+        step("hook", "http_request", {"method": "POST", "url": httpserver.url_for("/hook")}),
+    ])
+    first = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    assert first["status"] == "completed", first
+    preview = rerun(api, org, user, flow, first["executionId"], {"fromStep": "order", "dryRun": True})
+    assert preview.status_code == 200, preview.text
+    calls = {c["stepId"]: c for c in preview.json["calls"]}
+    assert list(calls) == ["order", "item", "hook"]  # touch's executeIf is false: it sends nothing
+    assert calls["order"] == {"stepId": "order", "kind": "action", "tool": "Payments", "method": "POST",
+                              "url": httpserver.url_for("/api/orders/5"), "notIdempotent": False,
+                              "dataDependent": False}
+    assert calls["item"]["notIdempotent"] is False and calls["item"]["url"] == httpserver.url_for("/api/items/5")
+    assert calls["hook"]["notIdempotent"] is True and calls["hook"]["tool"] is None
+    # With touch's executeIf true, its call reads what order returns (which runs again): data-dependent,
+    # its URL left with its placeholder.
+    preview = rerun(api, org, user, flow, first["executionId"],
+                    {"fromStep": "order", "dryRun": True, "variables": {"touch": True}}).json
+    touch = next(c for c in preview["calls"] if c["stepId"] == "touch")
+    assert touch["dataDependent"] is True and touch["notIdempotent"] is True
+    assert touch["url"] == httpserver.url_for("/api/items/{id}")
+    before = len(httpserver.log)
+    made = rerun(api, org, user, flow, first["executionId"], {"fromStep": "order", "variables": {"touch": True}})
+    httpserver.expect_request("/api/items/5", method="POST").respond_with_json({"ok": True})
+    assert wait_for(api, org, flow, made.json["executionId"])["status"] == "completed"
+    assert_preview_sent(preview, [r for r, _ in httpserver.log[before:]])

@@ -17,6 +17,7 @@ Idempotency-Key (docs/flows.md, Re-running from a step)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -36,6 +37,10 @@ _SEGMENT = re.compile(r"^(?P<id>[A-Za-z_][A-Za-z0-9_]{0,99})(?:\[(?P<index>[0-9]
 CALLING_TYPES = ("action", "http_request")
 # How deep fromStep may reach (a/b/c…): no deeper than subflows may nest.
 MAX_PATH = 11
+# The preview renders templates (URLs, inputs, foreach lists, executeIf) for at most this long in all,
+# each render within the engine's own bounds: past it, the calls left are listed unrendered and
+# flagged dataDependent (a foreach of 10,000 items cannot hold an API thread for minutes).
+PREVIEW_RENDER_SECONDS = 5.0
 
 
 class RerunRefused(Exception):
@@ -177,11 +182,11 @@ def preview(db: Database, org_id, level: Level, variables: dict) -> dict:
     """What the re-run ``level`` keeps, runs again and sends again, computed without writing
     anything: the dry run's answer (docs/api.md, Re-running from a step)."""
     answer: dict = {"keep": [], "runAgain": [], "calls": []}
-    _preview(db, org_id, level, variables, answer)
+    _preview(db, org_id, level, variables, answer, time.monotonic() + PREVIEW_RENDER_SECONDS)
     return answer
 
 
-def _preview(db: Database, org_id, level: Level, variables: dict, answer: dict) -> None:
+def _preview(db: Database, org_id, level: Level, variables: dict, answer: dict, deadline: float) -> None:
     plan_now = level.source["plan"]
     if level.plan is not None:  # built anew: the actions as they are now (tolstoy_plan)
         plan_now = db.scalar(SQL.runs.plan, org_id=org_id, steps=dbjson(level.steps))
@@ -199,18 +204,15 @@ def _preview(db: Database, org_id, level: Level, variables: dict, answer: dict) 
         if sid in kept:
             continue
         answer["runAgain"].append(level.prefix + sid)
-        reads = step_references(step.get("executeIf")) | step_references(step.get("config"))
-        depends = bool((reads - {sid}) & (again | {ANY_STEP}))
-        if not depends and step.get("executeIf"):
-            try:
-                if not condition(step["executeIf"], context):
-                    continue  # skipped: it sends nothing
-            except TemplateFailure:
-                pass
+        late = time.monotonic() > deadline  # past the budget: nothing more is rendered
+        condition_depends = late or bool((step_references(step.get("executeIf")) - {sid}) & (again | {ANY_STEP}))
+        depends = condition_depends or bool((step_references(step.get("config")) - {sid}) & (again | {ANY_STEP}))
+        if not condition_depends and step.get("executeIf") and not _true(step["executeIf"], context):
+            continue  # skipped: it sends nothing
         if step["type"] == "subflow":
             child = level.children.get(sid)
             if child is not None:
-                _preview(db, org_id, child, child.source["variables"] or {}, answer)
+                _preview(db, org_id, child, child.source["variables"] or {}, answer, deadline)
             else:
                 # A new child run: what it sends depends on the flow version and variables it gets then.
                 answer["calls"].append({"stepId": level.prefix + sid, "kind": "subflow", "tool": None, "method": None,
@@ -220,7 +222,7 @@ def _preview(db: Database, org_id, level: Level, variables: dict, answer: dict) 
             inner = step["config"]["step"]
             if inner.get("type") not in CALLING_TYPES:
                 continue
-            items_depend = bool((step_references(step["config"].get("items")) - {sid}) & (again | {ANY_STEP}))
+            items_depend = late or bool((step_references(step["config"].get("items")) - {sid}) & (again | {ANY_STEP}))
             item_reads = step_references(inner.get("executeIf")) | step_references(inner.get("config"))
             item_depends = depends or items_depend or bool(item_reads & (again | {ANY_STEP}))
             items = None
@@ -234,11 +236,15 @@ def _preview(db: Database, org_id, level: Level, variables: dict, answer: dict) 
                 continue
             for index, item in enumerate(items):
                 item_sid = f"{sid}[{index}]"
+                item_depends = item_depends or time.monotonic() > deadline
                 if level.item is not None and item_sid != level.item:
                     if _kept(checkpoints.get(item_sid)):
                         continue
-                answer["calls"].append(_call(level, {**inner, "id": item_sid},
-                                             {**context, "item": item, "index": index}, by_id, by_key, item_depends))
+                item_context = {**context, "item": item, "index": index}
+                if inner.get("executeIf") and not item_depends and not _true(inner["executeIf"], item_context):
+                    continue  # skipped: it sends nothing
+                answer["calls"].append(_call(level, {**inner, "id": item_sid}, item_context, by_id, by_key,
+                                             item_depends))
             continue
         if step["type"] in CALLING_TYPES:
             answer["calls"].append(_call(level, step, context, by_id, by_key, depends))
@@ -277,6 +283,14 @@ def _call(level: Level, step: dict, context: dict, by_id: dict, by_key: dict, de
             path = action["endpoint"]
     call["url"] = _no_userinfo(str(tool.get("base_url", "")).rstrip("/") + path)
     return call
+
+
+def _true(template: str, context: dict) -> bool:
+    """An executeIf as the preview sees it: one that fails to evaluate is taken as true (listed)."""
+    try:
+        return condition(template, context)
+    except TemplateFailure:
+        return True
 
 
 def level_again(level: Level) -> set[str]:
