@@ -301,3 +301,30 @@ def test_the_preview_names_each_calls_tool_and_says_which_are_not_idempotent(api
     httpserver.expect_request("/api/items/5", method="POST").respond_with_json({"ok": True})
     assert wait_for(api, org, flow, made.json["executionId"])["status"] == "completed"
     assert_preview_sent(preview, [r for r, _ in httpserver.log[before:]])
+
+
+def test_a_retry_of_a_re_run_continues_the_re_runs_keys_and_another_version_adds_its_steps(
+        api, org, user, worker, httpserver):
+    flow = five_steps(api, org, httpserver)
+    first = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    before = len(httpserver.log)
+    again = rerun(api, org, user, flow, first["executionId"], {"fromStep": "s4"}).json["executionId"]
+    assert wait_for(api, org, flow, again)["status"] == "failed"  # s4 still answers 400
+    retried = api.client.simulate_post(f"/flows/{flow['id']}/executions/{again}/retry",
+                                       headers=api.headers(org, user)).json["executionId"]
+    assert wait_for(api, org, flow, retried)["status"] == "failed"
+    # The re-run's call, then its retry's under the same key: a retry continues the re-run's chain.
+    assert sent(httpserver, before) == [("POST", "/s4", f"{again}:s4:1"), ("POST", "/s4", f"{again}:s4:1")]
+
+    # Another version: its steps, the kept ones' outputs as the original recorded them.
+    httpserver.expect_request("/s6").respond_with_json({"n": 6})
+    steps = api.client.simulate_get(f"/flows/{flow['id']}", headers=api.headers(org)).json["steps"]
+    steps[3]["config"]["url"] = httpserver.url_for("/s4b")
+    patched = api.client.simulate_patch(f"/flows/{flow['id']}", headers=api.headers(org), json={"steps": [
+        *steps, step("s6", "http_request", {"method": "GET", "url": httpserver.url_for("/s6")})]})
+    assert patched.status_code == 200 and patched.json["version"] == 2, patched.text
+    before = len(httpserver.log)
+    made = rerun(api, org, user, flow, first["executionId"], {"fromStep": "s4", "version": 2})
+    assert made.status_code == 202 and made.json["flowVersion"] == 2, made.text
+    assert wait_for(api, org, flow, made.json["executionId"])["status"] == "completed"
+    assert [(m, p) for m, p, _ in sent(httpserver, before)] == [("POST", "/s4b"), ("POST", "/s5"), ("GET", "/s6")]
