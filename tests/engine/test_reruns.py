@@ -9,6 +9,7 @@ import signal
 import threading
 
 from test_engine import execute, step, wait_for
+from test_one_exit import ACCESS, derived_forms, leaks, login_flow
 from test_subflow import subflow
 from test_worker_processes import run_status, start_worker, stop, wait_until
 from werkzeug import Response
@@ -328,3 +329,27 @@ def test_a_retry_of_a_re_run_continues_the_re_runs_keys_and_another_version_adds
     assert made.status_code == 202 and made.json["flowVersion"] == 2, made.text
     assert wait_for(api, org, flow, made.json["executionId"])["status"] == "completed"
     assert [(m, p) for m, p, _ in sent(httpserver, before)] == [("POST", "/s4b"), ("POST", "/s5"), ("GET", "/s6")]
+
+
+def test_kept_sealed_outputs_stay_sealed_and_the_re_run_sees_their_real_values(api, org, user, worker, httpserver,
+                                                                                db):
+    received: list = []
+    flow = login_flow(api, org, httpserver, received)
+    first = wait_for(api, org, flow, execute(api, org, user, flow)["executionId"])
+    assert first["status"] == "completed", first
+    preview = rerun(api, org, user, flow, first["executionId"], {"fromStep": "use", "dryRun": True})
+    assert preview.status_code == 200 and preview.json["keep"] == ["login", "derive", "nap"], preview.text
+    assert leaks(preview.text, ACCESS) == [] and not [v for v in derived_forms() if v in preview.text]
+    made = rerun(api, org, user, flow, first["executionId"], {"fromStep": "use"})
+    second = wait_for(api, org, flow, made.json["executionId"])
+    assert second["status"] == "completed", second
+    # The kept outputs' real values reach the step that runs again, as in the original.
+    assert len(received) == 2 and received[1] == received[0]
+    assert [r.path for r, _ in httpserver.log].count("/login") == 1  # kept: not executed
+    with db.pool.connection() as conn:
+        rows = conn.execute("select run_id::text, step_id, sealed from flow_run_steps where run_id in (%s, %s)",
+                            (first["executionId"], made.json["executionId"])).fetchall()
+    sealed = {(r["run_id"], r["step_id"]): r["sealed"] for r in rows}
+    for kept in ("login", "derive"):  # copied sealed as they were
+        assert sealed[(made.json["executionId"], kept)] == sealed[(first["executionId"], kept)] is not None
+    assert sealed[(made.json["executionId"], "use")] is not None
