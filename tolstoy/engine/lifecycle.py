@@ -40,8 +40,6 @@ from .vault import Vault
 
 # A run that ended in one of these may be retried.
 RETRYABLE = ("failed", "cancelled")
-# A run that ended in one of these may be re-run from a step.
-FINISHED = ("completed", "failed", "cancelled")
 
 
 def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
@@ -81,7 +79,7 @@ def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user
     that version. With ``dry_run``, writes nothing and returns the preview (reruns.preview) instead
     of the run. NoSuchRun (no such version), RunStateConflict (not finished),
     reruns.RerunRefused (the request names what cannot be)."""
-    if original["status"] not in FINISHED:
+    if original["status"] not in reruns.FINISHED:
         raise RunStateConflict(
             f"Only finished executions can be re-run (this one is {original['status']}).")
     source = db.one(SQL.runs.rerun_source, org_id=original["org_id"], id=original["id"])

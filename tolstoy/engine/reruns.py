@@ -33,6 +33,8 @@ from .templates import ANY_STEP, TemplateFailure, condition, render, step_refere
 
 # One segment of fromStep: a step id, the last one optionally with a foreach item's index.
 _SEGMENT = re.compile(r"^(?P<id>[A-Za-z_][A-Za-z0-9_]{0,99})(?:\[(?P<index>[0-9]{1,9})\])?$")
+# A run (and a child reached into) that ended in one of these may be re-run.
+FINISHED = ("completed", "failed", "cancelled")
 # Kinds of step that send a call (their calls are what the preview lists).
 CALLING_TYPES = ("action", "http_request")
 # How deep fromStep may reach (a/b/c…): no deeper than subflows may nest.
@@ -159,7 +161,7 @@ def _level(db: Database, org_id, source: dict, path: list[tuple[str, int | None]
         level.item = f"{head}[{index}]"
     deeper = {sid.partition("/")[2]: c for sid, c in changes.items() if sid.partition("/")[0] == head and "/" in sid}
     for sid in changes:
-        if "/" in sid and sid.partition("/")[0] != head:
+        if "/" in sid and (sid.partition("/")[0] != head or len(path) == 1):
             raise RerunRefused(f"steps.{prefix}{sid}", "A step of a child run can be changed only in the child "
                                                        "fromStep reaches into.")
     if len(path) > 1:
@@ -169,7 +171,7 @@ def _level(db: Database, org_id, source: dict, path: list[tuple[str, int | None]
         child = child_id and db.one(SQL.runs.rerun_source, org_id=org_id, id=child_id)
         if not child:
             raise RerunRefused(field_name, f"Step {head!r} of {where} queued no child run.")
-        if child["status"] not in ("completed", "failed", "cancelled"):
+        if child["status"] not in FINISHED:
             raise RerunRefused(field_name, f"The child run at {prefix}{head} has not finished.")
         level.children[head] = _level(db, org_id, child, path[1:], None, deeper, check, f"{prefix}{head}/")
     return level
