@@ -95,10 +95,11 @@ order by m.created_at desc, m.id desc;
 
 -- name: run^
 -- One run of the organization by its id (any flow), with its flow's name, why it is parked, the
--- steps of the plan it runs (ids, types, dependencies: the timeline's graph) and the run that retried it.
+-- steps of the plan it runs (ids, types, dependencies: the timeline's graph), the run that retried it
+-- and the run it re-runs.
 select r.org_id, r.id, r.flow_id, f.name as flow_name, r.flow_version, r.user_id, r.status, r.variables,
-       r.error, r.retry_of, r.cancel_requested, r.run_after, r.created_at, r.started_at, r.finished_at,
-       r.waiting_for, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
+       r.error, r.retry_of, r.rerun_of, r.cancel_requested, r.run_after, r.created_at, r.started_at,
+       r.finished_at, r.waiting_for, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
        r.plan -> 'steps' as plan_steps,
        (select x.id
         from flow_runs x

@@ -9,20 +9,22 @@
 -- name: queue^
 -- Queue a run of a flow version with its plan and first log row, or find the run this
 -- Idempotency-Key (or this retried run) already made; created says which. acts_as_user: the
--- one who queues it may act as :user_id (use their connections; tenancy.may_act_as).
+-- one who queues it may act as :user_id (use their connections; tenancy.may_act_as). :rerun: a
+-- re-run's spec (tolstoy_queue_run_v2's rerunning), else null.
 select (q.run).org_id, (q.run).id, (q.run).flow_id, (q.run).flow_version, (q.run).user_id, (q.run).status,
-       (q.run).variables, (q.run).error, (q.run).retry_of, (q.run).created_at, (q.run).started_at,
-       (q.run).finished_at, q.created
-from tolstoy_queue_run(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
-                       :variables::jsonb, :idempotency_key::text, :retry_of::uuid,
-                       :acts_as_user::boolean) as q;
+       (q.run).variables, (q.run).error, (q.run).retry_of, (q.run).rerun_of, (q.run).created_at,
+       (q.run).started_at, (q.run).finished_at, q.created
+from tolstoy_queue_run_v2(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
+                          :variables::jsonb, :idempotency_key::text, :retry_of::uuid,
+                          :acts_as_user::boolean, :rerun::jsonb) as q;
 
 -- name: get^
 -- One run of a flow, with what its completed steps returned (as shown: secrets masked; null
 -- while nothing has completed and the run has not finished) and why it is parked (waiting_*).
 select r.org_id, r.id, r.created_at, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
-       r.retry_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
-       r.waiting_for as waiting_kind, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
+       r.retry_of, r.rerun_of, r.cancel_requested, r.started_at, r.finished_at, r.parent_run_id,
+       r.parent_step_id, r.waiting_for as waiting_kind, r.waiting_on, r.waiting_step, r.waiting_since,
+       r.waiting_until,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
                  where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at
@@ -50,10 +52,11 @@ where r.org_id = :org_id and r.flow_id = :flow_id and r.id = :id
   and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
 
 -- name: list
--- One keyset page of a flow's runs, newest first (only the children of :parent_id when given; only
--- the runs parked for :waiting_for when given: one range of flow_runs_org_id_flow_id_waiting_for_idx).
+-- One keyset page of a flow's runs, newest first (only the children of :parent_id, the re-runs of
+-- :rerun_of, when given; only the runs parked for :waiting_for when given: one range of
+-- flow_runs_org_id_flow_id_waiting_for_idx).
 select r.org_id, r.id, r.flow_id, r.flow_version, r.user_id, r.status, r.variables, r.error,
-       r.retry_of, r.created_at, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
+       r.retry_of, r.rerun_of, r.created_at, r.started_at, r.finished_at, r.parent_run_id, r.parent_step_id,
        r.waiting_for as waiting_kind, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
        coalesce((select jsonb_object_agg(s.step_id, s.outputs)
                  from flow_run_steps s
@@ -65,6 +68,8 @@ where r.org_id = :org_id and r.flow_id = :flow_id
   and (:parent_id::uuid is null
        or (r.parent_run_id = :parent_id::uuid and r.created_at >= tolstoy_run_from(:parent_id::uuid)))
   and (:waiting_for::text is null or r.waiting_for = :waiting_for::text)
+  and (:rerun_of::uuid is null
+       or (r.rerun_of = :rerun_of::uuid and r.created_at >= tolstoy_run_from(:rerun_of::uuid)))
   and (:after_created_at::timestamptz is null
        or (r.created_at, r.id) < (:after_created_at::timestamptz, :after_id::uuid))
 order by r.created_at desc, r.id desc
@@ -83,6 +88,38 @@ left join (select k.id, k.parent_step_id
   on c.parent_step_id = s.step_id
 where s.org_id = :org_id and s.run_id = :run_id and s.run_created_at = :run_created_at
 order by s.started_at, s.step_id;
+
+-- name: reruns
+-- The newest :limit re-runs of a run (POST …/rerun), newest first: the run view lists them.
+select r.id
+from flow_runs r
+where r.org_id = :org_id and r.rerun_of = :id and r.created_at >= tolstoy_run_from(:id::uuid)
+order by r.created_at desc, r.id desc
+limit :limit;
+
+-- name: rerun_source^
+-- A run of the organization (of any flow: a subflow step's child too) as a re-run starts from it:
+-- its plan, variables and status, its checkpoints ({stepId: {status, outputs as shown, error}})
+-- and, per subflow step, the newest child run it queued.
+select r.id, r.created_at, r.flow_id, r.flow_version, r.status, r.variables, r.plan,
+       coalesce((select jsonb_object_agg(s.step_id, jsonb_build_object('status', s.status, 'outputs', s.outputs,
+                                                                       'error', s.error))
+                 from flow_run_steps s
+                 where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '{}')
+           as checkpoints,
+       coalesce((select jsonb_object_agg(c.parent_step_id, c.id)
+                 from (select distinct on (k.parent_step_id) k.parent_step_id, k.id
+                       from flow_runs k
+                       where k.org_id = r.org_id and k.parent_run_id = r.id
+                         and k.created_at >= tolstoy_run_from(r.id)  -- a child is queued after its parent
+                       order by k.parent_step_id, k.created_at desc) as c), '{}') as children
+from flow_runs r
+where r.org_id = :org_id and r.id = :id
+  and r.created_at between tolstoy_run_from(:id::uuid) and tolstoy_run_until(:id::uuid);
+
+-- name: plan$
+-- The plan a run of these steps would freeze now (tolstoy_plan): a re-run's preview reads it.
+select tolstoy_plan(:org_id::uuid, :steps::jsonb);
 
 -- name: cancel$
 -- Cancel a run of the flow and the runs below it, logged as :user_id's (tolstoy_cancel_run):

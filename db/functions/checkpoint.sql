@@ -228,6 +228,26 @@ begin
                     end if;
                 end if;
             end if;
+            if child.id is null and step not like 'onFailure.%'
+                    and parent.plan #> array['rerun', 'children', step] is not null then
+                -- A re-run that reaches into this step's child (fromStep "<step>/<its step>"): the child is a
+                -- re-run of the original's child from that step, with its variables.
+                select * into latest from flow_runs c
+                where c.org_id = org and c.id = (parent.plan #>> array['rerun', 'children', step, 'of'])::uuid
+                  and c.created_at
+                      between tolstoy_run_from((parent.plan #>> array['rerun', 'children', step, 'of'])::uuid)
+                          and tolstoy_run_until((parent.plan #>> array['rerun', 'children', step, 'of'])::uuid);
+                if latest.id is null then
+                    return answer || jsonb_build_object('error', jsonb_build_object(
+                        'name', 'SubflowNotFound',
+                        'message', format('The child run this step re-runs (%s) is gone (purged).',
+                                          parent.plan #>> array['rerun', 'children', step, 'of'])));
+                end if;
+                select (q.run).* into child
+                from tolstoy_queue_run_v2(org, latest.flow_id, latest.flow_version, parent.user_id,
+                                          latest.variables, null, null, false,
+                                          parent.plan #> array['rerun', 'children', step]) as q;
+            end if;
             if child.id is null then
                 if target_version is null then
                     select f.version into target_version from flows f where f.org_id = org and f.id = target;
@@ -292,7 +312,8 @@ $$;
 comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
     'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a '
     'retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is '
-    'under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
+    'under way; a re-run reaching into the step''s child queues a re-run of that child), and park the parent '
+    'while a waited-for child runs. Acts for org under row-level security.';
 
 create or replace function flow_runs_wake_parent() returns trigger
 language plpgsql as $$

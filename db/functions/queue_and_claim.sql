@@ -47,8 +47,30 @@ comment on function tolstoy_run_until(uuid) is
     'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id '
     'without one).';
 
-create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,
-                                             vars jsonb, key text, retrying uuid, acting boolean default false)
+create or replace function tolstoy_plan(org uuid, steps jsonb) returns jsonb
+language sql stable as $$
+    select jsonb_build_object('steps', steps, 'actions', coalesce((
+        select jsonb_agg(jsonb_build_object(
+                   'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                   'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                   'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                     'base_url', t.base_url,
+                                                                     'auth_type', t.auth_type,
+                                                                     'honors_idempotency_key',
+                                                                     t.honors_idempotency_key)))
+        from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+        where a.org_id = org
+          and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
+               or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'))
+$$;
+
+comment on function tolstoy_plan(uuid, jsonb) is
+    'A run''s plan of these steps: the steps and the actions they call (with their tools) as they are now. '
+    'tolstoy_queue_run freezes it into a new run; a re-run''s preview reads it without queueing.';
+
+create or replace function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid,
+                                                vars jsonb, key text, retrying uuid, acting boolean,
+                                                rerunning jsonb)
 returns table (run flow_runs, created boolean)
 language plpgsql as $_$
 declare
@@ -58,10 +80,21 @@ declare
     steps jsonb;
     run_plan jsonb;
     root uuid;
+    -- The run whose checkpoints this one starts with: a retry's, or a re-run's (rerunning ->> 'of').
+    source uuid := coalesce(retrying, (rerunning ->> 'of')::uuid);
+    -- A re-run's kept steps: their checkpoints (and their foreach items') are copied; keepItemsOf: the
+    -- items of these foreach steps are copied (the step itself runs again) except dropItems.
+    keep text[] := array(select jsonb_array_elements_text(coalesce(rerunning -> 'keep', '[]')));
+    keep_items_of text[] := array(select jsonb_array_elements_text(coalesce(rerunning -> 'keepItemsOf', '[]')));
+    drop_items text[] := array(select jsonb_array_elements_text(coalesce(rerunning -> 'dropItems', '[]')));
     -- The id carries the time the run is queued, its created_at: lookups by id find its month.
     new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
 begin
+    if retrying is not null and rerunning is not null then
+        raise exception 'tolstoy_queue_run_v2: a run is a retry or a re-run, not both'
+            using errcode = 'invalid_parameter_value';
+    end if;
     if key is not null then
         perform pg_advisory_xact_lock(hashtextextended(format('run-key:%s:%s:%s', org, flow, key), 0));
         select * into existing from flow_runs r
@@ -79,45 +112,52 @@ begin
     end if;
     -- Quotas (TQ001, TQ002): a run is admitted before anything of it is written.
     perform tolstoy_admit_run(org);
-    if retrying is not null then
+    if source is not null then
         select * into original from flow_runs r
-        where r.org_id = org and r.id = retrying
-          and r.created_at between tolstoy_run_from(retrying) and tolstoy_run_until(retrying);
+        where r.org_id = org and r.id = source
+          and r.created_at between tolstoy_run_from(source) and tolstoy_run_until(source);
+        if original.id is null then
+            raise exception 'tolstoy_queue_run_v2: no run % to start from', source using errcode = 'no_data_found';
+        end if;
         run_plan := original.plan;
-        root := original.root_run_id;
-    else
-        select v.steps into steps from flow_versions v
-        where v.org_id = org and v.flow_id = flow and v.version = queue_run_version;
-        run_plan := jsonb_build_object('steps', steps, 'actions', coalesce((
-            select jsonb_agg(jsonb_build_object(
-                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                         'base_url', t.base_url,
-                                                                         'auth_type', t.auth_type,
-                                                                        'honors_idempotency_key',
-                                                                        t.honors_idempotency_key)))
-            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-            where a.org_id = org
-              and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
-                   or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'));
+        -- A retry continues its chain (the same Idempotency-Keys); a re-run is a chain of its own: its
+        -- calls are new effects, under keys of its own.
+        root := case when retrying is not null then original.root_run_id end;
+    end if;
+    if source is null or rerunning ? 'steps' then
+        -- A new run's plan: the version's steps (a re-run's, with the configs it changed), the actions as now.
+        steps := coalesce(rerunning -> 'steps', (select v.steps from flow_versions v
+                                                  where v.org_id = org and v.flow_id = flow
+                                                    and v.version = queue_run_version));
+        run_plan := tolstoy_plan(org, steps);
+    end if;
+    if rerunning is not null then
+        -- What the re-run reaches into (a subflow step's child re-run from one of its steps, tolstoy_subflow):
+        -- in the plan, so a retry of the re-run has it too.
+        run_plan := (run_plan - 'rerun') || jsonb_build_object('rerun', jsonb_strip_nulls(jsonb_build_object(
+            'of', source, 'fromStep', rerunning -> 'fromStep', 'children', rerunning -> 'children')));
     end if;
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
-                           retry_of, root_run_id, created_at, acts_as_user)
-    values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, coalesce(root, new_id),
-            new_created_at, coalesce(acting, false) and actor is not null)
+                           retry_of, rerun_of, root_run_id, created_at, acts_as_user)
+    values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
+            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null)
     returning * into queued;
-    if retrying is not null then
+    if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
         insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, inputs, outputs,
                                     sealed, error, started_at, finished_at, duration_ms)
         select s.org_id, new_id, new_created_at, s.step_id, s.status, s.attempt, s.inputs, s.outputs, s.sealed,
                s.error, s.started_at, s.finished_at, s.duration_ms
         from flow_run_steps s
-        where s.org_id = org and s.run_id = retrying and s.run_created_at = original.created_at
+        where s.org_id = org and s.run_id = source and s.run_created_at = original.created_at
           and (s.status = 'completed' or (s.status = 'skipped' and s.error is null))
           -- The original's failure handlers ran for its failure, not for this run's.
-          and s.step_id not like 'onFailure.%';
+          and s.step_id not like 'onFailure.%'
+          -- A re-run keeps only the steps not downstream of its fromStep (and a foreach's items but one).
+          and (rerunning is null
+               or split_part(s.step_id, '[', 1) = any(keep)
+               or (strpos(s.step_id, '[') > 0 and split_part(s.step_id, '[', 1) = any(keep_items_of)
+                   and s.step_id <> all(drop_items)));
     end if;
     insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
     values (org, flow, actor, new_id::text, '$flow', 'queued', vars);
@@ -127,11 +167,24 @@ begin
 end;
 $_$;
 
-comment on function tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean) is
+comment on function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb) is
     'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or '
     'returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. '
-    'acting: the one who queues it may act as actor (acts_as_user). A new run passes tolstoy_admit_run first '
-    '(quotas: TQ001, TQ002).';
+    'acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its '
+    '"of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps '
+    'are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). '
+    'A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002).';
+
+create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,
+                                             vars jsonb, key text, retrying uuid, acting boolean default false)
+returns table (run flow_runs, created boolean)
+language sql as $$
+    select q.run, q.created
+    from tolstoy_queue_run_v2(org, flow, queue_run_version, actor, vars, key, retrying, acting, null) as q
+$$;
+
+comment on function tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean) is
+    'tolstoy_queue_run_v2 without a re-run: queues a run (or finds the one an Idempotency-Key or a retry made).';
 
 create or replace function flow_runs_inherit_acting() returns trigger
 language plpgsql as $$

@@ -51,6 +51,7 @@ NOT_CONFIGURATION = {
     ("DELETE", "/flows/{id}/executions"): "deletes run history (the runs' own records), not configuration",
     ("POST", "/flows/{id}/executions/{execution_id}/cancel"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/retry"): RUNS,
+    ("POST", "/flows/{id}/executions/{execution_id}/rerun"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/signals/{signal}"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/signals/{signal}/links"): RUNS + " (a signed approval link)",

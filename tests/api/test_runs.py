@@ -18,13 +18,14 @@ import uuid
 import pytest
 from contract import assert_error
 from psycopg.rows import dict_row
+from support import app_routes
 
 from tolstoy import engine
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 RUN_FIELDS = {"executionId", "orgId", "flowId", "flowVersion", "userId", "status", "variables", "outputs",
-              "error", "retryOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId", "parentStepId",
-              "waitingFor"}
+              "error", "retryOf", "rerunOf", "createdAt", "startedAt", "finishedAt", "parentExecutionId",
+              "parentStepId", "waitingFor"}
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_execute_queues_a_run_with_its_first_log(api, org, user, flow, db):
     body = result.json
     assert {k: body[k] for k in ("flowId", "flowVersion", "status")} == {
         "flowId": flow["id"], "flowVersion": 1, "status": "queued"}
-    assert set(body) <= {"executionId", "flowId", "flowVersion", "status", "retryOf"}
+    assert set(body) <= {"executionId", "flowId", "flowVersion", "status", "retryOf", "rerunOf"}
     assert body.get("retryOf") is None
     execution_id = body["executionId"]
     uuid.UUID(execution_id)
@@ -99,7 +100,7 @@ def test_execute_queues_a_run_with_its_first_log(api, org, user, flow, db):
 
     detail = get(api, org, result.headers["location"])
     assert detail.status_code == 200, detail.text
-    assert set(detail.json) == RUN_FIELDS | {"steps"}
+    assert set(detail.json) == RUN_FIELDS | {"steps", "reruns"}
     assert detail.json["executionId"] == execution_id
     assert detail.json["status"] == "queued" and detail.json["steps"] == []
     assert detail.json["startedAt"] is None and detail.json["finishedAt"] is None
@@ -187,6 +188,33 @@ def test_unknown_and_other_organizations_flows_are_404(api, org, user, flow, db)
     for flow_id in (str(uuid.uuid4()), "not-a-uuid", "1"):
         assert_error(execute(api, org, user, {"id": flow_id}), 404)
     assert rows(db, "select id from flow_runs") == []
+
+
+# Every route that acts on one run of a flow: a new one (rerun, move, …) is under it and so in the rule below.
+RUN_ROUTES = "/flows/{id}/executions/{execution_id}"
+
+
+def test_every_route_of_a_run_is_a_404_for_another_organization_and_writes_nothing(api, org, user, flow, client, db):
+    """The class rule: whatever route is added below a run, another organization's request for it,
+    naming the run under its flow or under a flow of its own, is a 404 (before its body is read) and
+    writes nothing."""
+    run = started(api, org, user, flow)["executionId"]
+    other = api.org("Other")
+    other_user = api.user(other)
+    other_flow = api.flow(other)
+    routes = {template: methods for template, (_, methods) in app_routes(client.app).items()
+              if template.startswith(RUN_ROUTES)}
+    assert f"{RUN_ROUTES}/rerun" in routes and f"{RUN_ROUTES}/retry" in routes, routes
+    before = rows(db, "select id, status from flow_runs order by id")
+    for template, methods in sorted(routes.items()):
+        for flow_id in (flow["id"], other_flow["id"]):
+            path = re.sub(r"\{\w+\}", "x", template.replace("{id}", flow_id).replace("{execution_id}", run))
+            for method in sorted(methods):
+                # An empty body, and for the re-run a dry run that would answer 200 for its organization.
+                for body in ({}, *([{"fromStep": "hello", "dryRun": True}] if template.endswith("/rerun") else [])):
+                    result = client.simulate_request(method, path, json=body, headers=api.headers(other, other_user))
+                    assert result.status_code == 404, (method, path, body, result.text)
+    assert rows(db, "select id, status from flow_runs order by id") == before
 
 
 def test_idempotency_key_length(api, org, user, flow, db):

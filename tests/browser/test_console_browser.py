@@ -219,6 +219,52 @@ def test_headers_mode_flows_live_runs_timeline_and_actions(site, page, tmp_path)
     no_serious_violations(page)
 
 
+def test_re_run_from_here_shows_the_dry_run_before_it_is_confirmed(site, page, httpserver, tmp_path):
+    httpserver.expect_request("/quote").respond_with_json({"price": 12})
+    httpserver.expect_request("/charge").respond_with_json({"id": "ch_1"})
+    status, org = call(site, "POST", "/organizations", {"name": "Acme Robotics"})
+    h = {"X-Org-ID": org["id"]}
+    status, user = call(site, "POST", "/users", {"email": "ada@acme.example", "name": "Ada"}, h)
+    status, flow = call(site, "POST", "/flows", {"name": "Pay", "steps": [
+        {"id": "quote", "type": "http_request", "config": {"method": "GET", "url": httpserver.url_for("/quote")}},
+        {"id": "charge", "type": "http_request",
+         "config": {"method": "POST", "url": httpserver.url_for("/charge"),
+                    "body": {"amount": "{{ steps.quote.body.price }}"}}},
+        {"id": "receipt", "type": "transform", "config": {"output": "paid {{ steps.charge.body.id }}"}},
+    ]}, h)
+    hu = {**h, "X-User-ID": user["id"]}
+    status, started = call(site, "POST", f"/flows/{flow['id']}/execute", {}, hu)
+    page.goto(f"{site}/console/orgs/{org['id']}/runs/{started['executionId']}")
+    page.locator("#run-status .status-completed").wait_for(timeout=WAIT_MS)
+    page.reload()
+    sent_before = len(httpserver.log)
+
+    page.get_by_role("button", name="Re-run from charge").click()
+    preview = page.locator("#rerun-preview")
+    preview.wait_for(state="visible", timeout=WAIT_MS)
+    assert page.locator("#rerun-keep").inner_text().split() == ["quote"]
+    assert page.locator("#rerun-again").inner_text().split() == ["charge", "receipt"]
+    calls = page.locator("#rerun-calls tr.rerun-call")
+    assert calls.count() == 1
+    row = calls.first.inner_text()
+    assert "POST" in row and httpserver.url_for("/charge") in row and "not idempotent" in row
+    assert len(httpserver.log) == sent_before  # the preview sent nothing
+    shots = ROOT / "docs" if SHOTS_TO_DOCS else tmp_path
+    preview.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "console-rerun.png"), full_page=True)
+    no_serious_violations(page)
+
+    page.get_by_role("button", name="Confirm re-run").click()
+    page.locator("#action-link").wait_for(timeout=WAIT_MS)
+    page.locator("#action-link").click()
+    page.wait_for_selector("text=Re-run of")
+    page.locator("#run-status .status-completed").wait_for(timeout=WAIT_MS)
+    assert started["executionId"] in page.inner_text("main")
+    assert [r.path for r, _ in httpserver.log[sent_before:]] == ["/charge"]
+    csp_clean(page)
+    no_serious_violations(page)
+
+
 def test_api_key_mode_signs_in_with_a_key_kept_in_session_storage(keyed_site, page):
     _, org = call(keyed_site, "POST", "/organizations", {"name": "Keyed Co"}, {"Authorization": f"Bearer {ADMIN}"})
     key = org["apiKey"]

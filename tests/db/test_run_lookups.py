@@ -123,8 +123,13 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
     # (the console's run page looks for the run's retry too).
     older = {f"flow_runs_p{month_start(dt.date.today(), back):%Y_%m}" for back in range(1, HISTORY_MONTHS)}
     for query, params in ((SQL.console.run, ids),
-                          (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": run, "waiting_for": None,
-                                           "after_created_at": None, "after_id": None, "limit": 10})):
+                          (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": run,
+                                           "waiting_for": None, "rerun_of": None, "after_created_at": None,
+                                           "after_id": None, "limit": 10}),
+                          (SQL.runs.list, {"org_id": org["id"], "flow_id": flow["id"], "parent_id": None,
+                                           "waiting_for": None, "rerun_of": run, "after_created_at": None,
+                                           "after_id": None, "limit": 10}),
+                          (SQL.runs.reruns, {"org_id": org["id"], "id": run, "limit": 10})):
         found = plans(app_url, org["id"], query, **params)
         # The list's parent filter is optional (null: every run of the flow), so only a plan made with
         # its value can leave months out.
@@ -155,7 +160,7 @@ def test_the_apis_lookups_by_id_read_one_month_of_two_years(api, org, user, app_
 # ---- the rule over every statement that looks a run up ------------------------------------------
 
 # "r.id = run", "r.id = any(chain)", "c.parent_run_id in (select ...)".
-LOOKUP = re.compile(r"\b(?P<alias>\w+)\.(?P<column>id|parent_run_id|retry_of)\s*(?:=\s*(?:any\s*\()?|\s+in\s*\()\s*"
+LOOKUP = re.compile(r"\b(?P<alias>\w+)\.(?P<column>id|parent_run_id|retry_of|rerun_of)\s*(?:=\s*(?:any\s*\()?|\s+in\s*\()\s*"
                     r"(?P<arg>[:\w.]+(?:::uuid)?)")
 BARE = re.compile(r"(?<![.\w])(?P<column>id)\s*=\s*(?P<arg>[:\w.]+(?:::uuid)?)")
 

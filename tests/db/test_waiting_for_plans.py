@@ -14,7 +14,7 @@ RUNS = 30_000
 
 
 def params(org_id, flow_id, **over):
-    return {"org_id": org_id, "flow_id": flow_id, "parent_id": None, "waiting_for": None,
+    return {"org_id": org_id, "flow_id": flow_id, "parent_id": None, "waiting_for": None, "rerun_of": None,
             "after_created_at": None, "after_id": None, "limit": 51, **over}
 
 

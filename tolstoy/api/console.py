@@ -41,6 +41,8 @@ from . import audit
 from .audit import AUDIT_TARGET_TYPES
 from .paging import encode_cursor, time_id_cursor, time_id_key
 from .quotas import RequestBuckets
+from .runs import FINISHED_RUN_STATUSES as FINISHED
+from .runs import MAX_RERUNS_SHOWN
 from .tenancy import KeyOrganizations, bearer_token, key_hash
 
 log = logging.getLogger("tolstoy.console")
@@ -547,7 +549,9 @@ class Console:
             # The one clock, as the wake times and lease ends the timeline sets it against.
             timeline = build_timeline(run, steps[:MAX_STEPS], logs[:MAX_LOGS], utcnow())
             api = f"/flows/{run['flow_id']}/executions/{rid}"
+            reruns = self.db.all(SQL.runs.reruns, org_id=org, id=rid, limit=MAX_RERUNS_SHOWN)
             return "run.html", {"title": f"Run {str(rid)[:8]}", "section": "runs", "run": run,
+                                "reruns": [r["id"] for r in reruns], "finished": run["status"] in FINISHED,
                                 "steps": steps[:MAX_STEPS], "more_steps": len(steps) > MAX_STEPS,
                                 "logs": logs[:MAX_LOGS], "more_logs": len(logs) > MAX_LOGS,
                                 "svg": draw_timeline(timeline), "timeline": timeline, "api": api,

@@ -15,6 +15,7 @@ from .errors import Constraints, NotFound, ValidationFailed
 from .flow_steps import MAX_STEPS, StepSchema
 from .model import Model
 from .paging import version_cursor, version_key
+from .requests import flatten_messages
 from .responses import respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params
 
@@ -228,6 +229,19 @@ class FlowResource(resources.ModelResource):
                         raw["config"]["flowId"] = str(loaded["config"]["flowId"])
                 values[column] = data[key]
         return values
+
+
+def check_step(db, req: falcon.Request, field: str, step: dict) -> None:
+    """The checks a flow's save makes of one step (its schema, its config against its kind's, the action
+    or flow it names), for a step changed elsewhere (a re-run's ``steps``): 400 naming ``field``'s parts."""
+    try:
+        loaded = StepSchema().load(step)
+    except ValidationError as exc:
+        raise ValidationFailed(flatten_messages(exc.messages, field)) from None
+    try:
+        FlowResource(db).check_references(req, {"steps": [loaded]})
+    except ValidationFailed as exc:
+        raise ValidationFailed([{**e, "field": e["field"].replace("steps[0]", field, 1)} for e in exc.errors]) from None
 
 
 class Collection(FlowResource, resources.Collection):

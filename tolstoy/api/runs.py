@@ -17,9 +17,9 @@ from marshmallow import fields, validate
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
-from ..fieldtypes import Base, JSONObject, PageQuery, Timestamp
+from ..fieldtypes import Base, JSONObject, PageQuery, StrictBoolean, Timestamp
 from ..times import iso
-from . import resources
+from . import flows, resources
 from .dumping import dumper
 from .errors import Conflict, Constraints, NotFound, ValidationFailed, field_error
 from .requests import parse_uuid, read_json, validate_body
@@ -37,11 +37,17 @@ CONSTRAINTS = Constraints(
 )
 
 
+# The run view lists at most this many of a run's re-runs (the list filter has them all).
+MAX_RERUNS_SHOWN = 50
+MAX_STEPS = flows.MAX_STEPS
+
+
 class ExecutionsQuery(PageQuery):
-    """``GET /flows/{id}/executions``: a page, optionally only the children of one run, or only the runs
-    parked for one reason."""
+    """``GET /flows/{id}/executions``: a page, optionally only the children of one run, its re-runs, or
+    only the runs parked for one reason."""
 
     parentExecutionId = fields.UUID(metadata={"description": "Only the runs this run's subflow steps queued."})
+    rerunOf = fields.UUID(metadata={"description": "Only the runs re-run from this run."})
     waitingFor = fields.String(validate=validate.OneOf(engine.WAITING_KINDS), metadata={
         "description": "Only the runs parked for this reason (their waitingFor names it)."})
 
@@ -87,6 +93,9 @@ class RunSchema(Base):
     outputs = fields.Raw(dump_only=True)
     error = fields.Raw(dump_only=True)
     retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    rerun_of = fields.UUID(data_key="rerunOf", dump_only=True, allow_none=True,
+                           metadata={"description": "The run this one re-runs from a step (POST …/rerun); null "
+                                                    "otherwise."})
     parent_run_id = fields.UUID(data_key="parentExecutionId", dump_only=True, allow_none=True,
                                 metadata={"description": "The run whose subflow step queued this one; null for "
                                                          "a top-level run."})
@@ -105,16 +114,72 @@ class RunDetailSchema(RunSchema):
     """A run with its step checkpoints."""
 
     steps = fields.List(fields.Nested(RunStepSchema), dump_only=True)
+    reruns = fields.List(fields.UUID(), dump_only=True, metadata={
+        "description": f"The ids of the runs re-run from this one, newest first: at most {MAX_RERUNS_SHOWN} "
+                       "(all of them: GET /flows/{id}/executions?rerunOf=<executionId>)."})
 
 
 class RunAcceptedSchema(Base):
-    """202 body of execute and retry."""
+    """202 body of execute, retry and rerun."""
 
     id = fields.UUID(data_key="executionId", dump_only=True)
     flow_id = fields.UUID(data_key="flowId", dump_only=True)
     flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
     status = fields.String(dump_only=True)
     retry_of = fields.UUID(data_key="retryOf", dump_only=True, allow_none=True)
+    rerun_of = fields.UUID(data_key="rerunOf", dump_only=True, allow_none=True)
+
+
+class RerunStepSchema(Base):
+    """A step's new config in a re-run."""
+
+    config = JSONObject(required=True, metadata={"description": "Checked as a flow's save checks it."})
+
+
+class RerunSchema(Base):
+    """``POST …/executions/{executionId}/rerun``: which step to run again from, and what to change."""
+
+    fromStep = fields.String(required=True, validate=validate.Length(1, 1200), metadata={
+        "description": "A step id (charge), one item of a foreach step (each[7]), or a step of a subflow step's "
+                       "child run (call/charge; deeper: a/b/c)."})
+    variables = JSONObject(metadata={"description": "The new run's variables (default: the run's)."})
+    steps = fields.Dict(keys=fields.String(validate=validate.Length(1, 1200)), values=fields.Nested(RerunStepSchema),
+                        validate=validate.Length(max=MAX_STEPS),
+                        metadata={"description": "New configs by step id (or path into a child: call/charge)."})
+    version = fields.Integer(strict=True, validate=validate.Range(1, 2_147_483_647),
+                             metadata={"description": "Another version of the flow to take the steps of."})
+    dryRun = StrictBoolean(load_default=False, metadata={"description": "Answer the preview; write nothing."})
+
+
+class RerunCallSchema(Base):
+    """One call a re-run would send again."""
+
+    stepId = fields.String(dump_only=True)
+    kind = fields.String(dump_only=True)
+    tool = fields.String(dump_only=True, allow_none=True)
+    method = fields.String(dump_only=True, allow_none=True)
+    url = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "Rendered where it reads nothing that runs again, else with its templates; never a "
+                       "credential (added only on the wire)."})
+    notIdempotent = fields.Boolean(dump_only=True, allow_none=True, metadata={
+        "description": "Neither its method nor its tool (honorsIdempotencyKey) makes sending it twice harmless."})
+    dataDependent = fields.Boolean(dump_only=True, metadata={
+        "description": "Its URL, body, executeIf or foreach list reads a step that runs again: the preview "
+                       "cannot know it exactly."})
+
+
+class RerunPreviewSchema(Base):
+    """200 body of a dry run: what the re-run would keep, run again and send again."""
+
+    dryRun = fields.Boolean(dump_only=True)
+    rerunOf = fields.UUID(dump_only=True)
+    fromStep = fields.String(dump_only=True)
+    flowVersion = fields.Integer(dump_only=True)
+    keep = fields.List(fields.String(), dump_only=True, metadata={
+        "description": "Steps that keep their recorded outputs (not executed)."})
+    runAgain = fields.List(fields.String(), dump_only=True)
+    calls = fields.List(fields.Nested(RerunCallSchema), dump_only=True)
+    idempotencyKeys = fields.String(dump_only=True)
 
 
 class ResolveSchema(Base):
@@ -138,12 +203,17 @@ class FlowMetricsSchema(Base):
 
 
 _ACCEPTED = dumper(RunAcceptedSchema())
+_PREVIEW = dumper(RerunPreviewSchema())
+_RERUN = RerunSchema()
 _RUN = dumper(RunSchema())
 _DETAIL = dumper(RunDetailSchema())
 _METRICS = dumper(FlowMetricsSchema())
 _EXECUTE = ExecuteSchema()
 _PAGE = PageQuery()
 _EXECUTIONS = ExecutionsQuery()
+# What the preview says of the keys of the calls a re-run sends (docs/flows.md, Re-running from a step).
+NEW_KEYS = ("new: a re-run is a run of its own (its root is itself), so each call it sends is a new effect under a "
+            "new Idempotency-Key, also to a tool that honours keys")
 # The statuses a run ends in (a step's own are the engine's).
 FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 _RESOLVE = ResolveSchema()
@@ -162,6 +232,8 @@ def lifecycle_errors():
         raise falcon.HTTPGone(title="Link used", description=str(exc)) from None
     except engine.NoKeyToSeal as exc:
         raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
+    except engine.RerunRefused as exc:
+        raise field_error(exc.field, exc.message) from None
 
 
 def idempotency_key(req: falcon.Request) -> str | None:
@@ -242,7 +314,8 @@ class FlowRuns:
             req, resp, _EXECUTIONS,
             lambda query, **page: self.db.all(SQL.runs.list, commit=True, org_id=req.context.org_id,
                                               flow_id=flow["id"], parent_id=query.get("parentExecutionId"),
-                                              waiting_for=query.get("waitingFor"), **page),
+                                              waiting_for=query.get("waitingFor"),
+                                              rerun_of=query.get("rerunOf"), **page),
             lambda rows: [_RUN(run_view(run)) for run in rows],
         )
 
@@ -259,9 +332,12 @@ class FlowRuns:
         """One run with its step checkpoints."""
         flow = self.flow(req, id)
         run = self.run(req, flow, execution_id)
-        steps = self.db.all(SQL.runs.steps, commit=True, org_id=req.context.org_id, run_id=run["id"],
+        steps = self.db.all(SQL.runs.steps, org_id=req.context.org_id, run_id=run["id"],
                             run_created_at=run["created_at"])
-        respond(resp, _DETAIL({**run_view(run), "steps": [step_view(step) for step in steps]}))
+        reruns = self.db.all(SQL.runs.reruns, commit=True, org_id=req.context.org_id, id=run["id"],
+                             limit=MAX_RERUNS_SHOWN)
+        respond(resp, _DETAIL({**run_view(run), "steps": [step_view(step) for step in steps],
+                               "reruns": [r["id"] for r in reruns]}))
 
     def on_post_cancel(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
         """Cancel: at once when queued, sleeping or waiting; within one heartbeat when running. The runs
@@ -283,6 +359,27 @@ class FlowRuns:
             run = engine.retry_run(self.db, original, user_id=req.context.user_id,
                                    acts_as_user=may_act_as(req, req.context.user_id))
         self.accepted(req, resp, flow, run)
+
+    def on_post_rerun(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
+        """Run a finished run again from a step (202 with the new run), or with ``dryRun`` say what that
+        would keep, run again and send again (200, nothing written)."""
+        require_user(req)
+        key = idempotency_key(req)
+        data = read_json(req)
+        flow = self.flow(req, id)
+        original = self.run(req, flow, execution_id)
+        values = validate_body(_RERUN, data, writable=frozenset({"version"}))
+        changes = {sid: change["config"] for sid, change in (values.get("steps") or {}).items()}
+        with lifecycle_errors():
+            answer = engine.rerun_run(
+                self.db, original, values["fromStep"], user_id=req.context.user_id,
+                acts_as_user=may_act_as(req, req.context.user_id), variables=values.get("variables"),
+                changes=changes, version=values.get("version"), key=key, dry_run=values["dryRun"],
+                check=lambda field, step: flows.check_step(self.db, req, field, step))
+        if values["dryRun"]:
+            respond(resp, _PREVIEW({"dryRun": True, **answer, "idempotencyKeys": NEW_KEYS}))
+            return
+        self.accepted(req, resp, flow, answer)
 
     def on_post_resolve(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str,
                         step_id: str) -> None:
@@ -335,7 +432,9 @@ IDEMPOTENCY_PARAM = {"name": "Idempotency-Key", "in": "header", "required": Fals
 _ACCEPTED_202 = {"202": {"description": "Queued; follow it at Location.",
                          "headers": {"Location": "Location"}, "content": json_content("RunAccepted")}}
 SCHEMAS = {"Execute": ExecuteSchema, "RunStep": RunStepSchema, "Run": RunSchema, "RunDetail": RunDetailSchema,
-           "RunAccepted": RunAcceptedSchema, "Resolve": ResolveSchema, "FlowMetrics": FlowMetricsSchema}
+           "RunAccepted": RunAcceptedSchema, "Resolve": ResolveSchema, "FlowMetrics": FlowMetricsSchema,
+           "Rerun": RerunSchema,
+           "RerunPreview": RerunPreviewSchema}
 ROUTES = (
     Route("/flows/{id}/execute", _runs, "execute", operations={"post": {
         "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
@@ -347,7 +446,10 @@ ROUTES = (
                 "parameters": FLOW_PARAMS + [*PAGE, {
                     "name": "parentExecutionId", "in": "query", "required": False,
                     "schema": {"type": "string", "format": "uuid"},
-                    "description": "Only the runs this run's subflow steps queued."}],
+                    "description": "Only the runs this run's subflow steps queued."}, {
+                    "name": "rerunOf", "in": "query", "required": False,
+                    "schema": {"type": "string", "format": "uuid"},
+                    "description": "Only the runs re-run from this run."}],
                 "responses": {"200": {"description": "One page.", "headers": PAGE_HEADERS,
                                       "content": json_content("Run", many=True)}, **errors("400", "404")}},
         "delete": {"tags": ["Executions"],
@@ -371,6 +473,14 @@ ROUTES = (
         "tags": ["Executions"], "summary": "Run a failed or cancelled run again from its failed step",
         "parameters": ACTING_PARAMS + [EXECUTION_PARAM],
         "responses": {**_ACCEPTED_202, **errors("400", "404", "409")}}}),
+    Route("/flows/{id}/executions/{execution_id}/rerun", _runs, "rerun", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Run a finished run again from a step (its calls are new effects), or preview it (dryRun)",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM, IDEMPOTENCY_PARAM],
+        "requestBody": {"required": True, "content": json_content("Rerun")},
+        "responses": {"200": {"description": "dryRun: what it would keep, run again and send again; nothing "
+                                             "written.", "content": json_content("RerunPreview")},
+                      **_ACCEPTED_202, **errors("400", "404", "409", "413", "415")}}}),
     Route("/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve", _runs, "resolve", operations={"post": {
         "tags": ["Executions"],
         "summary": "Say what became of a call whose outcome is unknown; the run goes on",

@@ -18,9 +18,11 @@ from .keys import Keyring, keks_from_config
 from .lifecycle import WAITING_KINDS, send_signal, waiting_for
 from .lifecycle import cancel as cancel_run
 from .lifecycle import queue as queue_run
+from .lifecycle import rerun as rerun_run
 from .lifecycle import resolve as resolve_step
 from .lifecycle import retry as retry_run
 from .outbound import Outbound, OutboundError, origin_of
+from .reruns import RerunRefused
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
 from .steps import ITEM_STEP_TYPES, SIGNAL_NAME, STEP_TYPES, step_configs
@@ -47,8 +49,8 @@ __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
     "STEP_TYPES", "ITEM_STEP_TYPES", "SIGNAL_NAME", "step_configs", "HTTP_METHODS",
     "ActAsUserRefused",
-    "queue_run", "retry_run", "cancel_run", "resolve_step", "send_signal", "NoSuchRun", "RunStateConflict",
-    "WAITING_KINDS", "waiting_for",
+    "queue_run", "retry_run", "rerun_run", "RerunRefused", "cancel_run", "resolve_step", "send_signal", "NoSuchRun",
+    "RunStateConflict", "WAITING_KINDS", "waiting_for",
     "NoKeyToSeal", "LinkUsed",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",

@@ -12,6 +12,9 @@ translates to HTTP.
   (tolstoy_fire_schedules, sql/triggers.sql), subflow steps through
   tolstoy_subflow.
 - ``retry``: a failed or cancelled run again, from its finished steps.
+- ``rerun``: a finished run again from one of its steps (or a child's step, or one foreach item),
+  keeping the outputs of the steps before it, its calls new effects (tolstoy_queue_run with
+  ``rerunning``; what is kept and run again is reruns.py's, which also previews it).
 - ``cancel``: a run and the runs below it (tolstoy_cancel_run).
 - ``resolve``: what became of a call whose outcome is unknown
   (tolstoy_resolve_step).
@@ -32,6 +35,7 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
 from ..times import iso
+from . import reruns
 from .errors import LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict
 from .vault import Vault
 
@@ -40,13 +44,14 @@ RETRYABLE = ("failed", "cancelled")
 
 
 def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
-          retry_of=None, acts_as_user: bool = False) -> dict:
+          retry_of=None, acts_as_user: bool = False, rerun: dict | None = None) -> dict:
     """Queue a run of ``version`` (or find the one an Idempotency-Key ``key``, or a retry of
     ``retry_of``, already made; ``created`` says which) as the unit of work's last statement. The run
-    records ``user_id``, and may use that user's connections only with ``acts_as_user``."""
+    records ``user_id``, and may use that user's connections only with ``acts_as_user``. ``rerun``: a
+    re-run's spec (reruns.Level.spec)."""
     run = db.one(SQL.runs.queue, commit=True, org_id=org_id, flow_id=flow_id, flow_version=version,
                  user_id=user_id, variables=dbmod.json(variables), idempotency_key=key, retry_of=retry_of,
-                 acts_as_user=acts_as_user)
+                 acts_as_user=acts_as_user, rerun=dbmod.json(rerun))
     if run["created"]:
         metrics.count_run("queued")
     return run
@@ -62,6 +67,42 @@ def retry(db: Database, original: dict, *, user_id, acts_as_user: bool) -> dict:
     return queue(db, org_id=original["org_id"], flow_id=original["flow_id"], version=original["flow_version"],
                  user_id=user_id, variables=original["variables"], retry_of=original["id"],
                  acts_as_user=acts_as_user)
+
+
+def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user: bool,
+          variables: dict | None = None, changes: dict[str, dict] | None = None, version: int | None = None,
+          key: str | None = None, dry_run: bool = False, check=None) -> dict:
+    """A new run of ``original`` (a finished run of the organization) that keeps the outputs of the
+    steps not downstream of ``from_step`` and runs the rest again, reaching into a subflow step's child
+    (``call/charge``) or one foreach item (``each[7]``); its calls are new effects (new
+    Idempotency-Keys). ``variables`` replace the run's; ``changes`` give steps new configs (by path,
+    each passed to ``check``: the API's flow-save validation); ``version`` takes the flow's steps of
+    that version. With ``dry_run``, writes nothing and returns the preview (reruns.preview) instead
+    of the run. NoSuchRun (no such version), RunStateConflict (not finished),
+    reruns.RerunRefused (the request names what cannot be)."""
+    if original["status"] not in reruns.FINISHED:
+        raise RunStateConflict(
+            f"Only finished executions can be re-run (this one is {original['status']}).")
+    source = db.one(SQL.runs.rerun_source, org_id=original["org_id"], id=original["id"])
+    if source is None:
+        raise NoSuchRun("Execution")
+    steps = None
+    if version is not None and version != original["flow_version"]:
+        found = db.one(SQL.flows.get_version, org_id=original["org_id"], flow_id=original["flow_id"], version=version)
+        if found is None:
+            raise reruns.RerunRefused("version", f"The flow has no version {version}.")
+        steps = found["steps"]
+    elif version is not None:
+        version = None  # the run's own version: its own plan
+    level = reruns.plan(db, original["org_id"], source, from_step, steps=steps, changes=changes, check=check)
+    variables = original["variables"] if variables is None else variables
+    if dry_run:
+        return {"rerunOf": original["id"], "fromStep": from_step,
+                "flowVersion": version or original["flow_version"],
+                **reruns.preview(db, original["org_id"], level, variables)}
+    return queue(db, org_id=original["org_id"], flow_id=original["flow_id"],
+                 version=version or original["flow_version"], user_id=user_id, variables=variables, key=key,
+                 acts_as_user=acts_as_user, rerun=level.spec())
 
 
 def cancel(db: Database, *, org_id, flow_id, run_id, user_id) -> dict:

@@ -1096,3 +1096,41 @@ def condition(template: str, context: dict) -> bool:
     if isinstance(value, str):
         return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
     return bool(value)
+
+
+# What step_references answers for a template that reads ``steps`` other than by a constant name
+# (``steps[variables.which]``, ``steps | list``): it may read any step.
+ANY_STEP = "*"
+
+
+def step_references(value: Any) -> set[str]:
+    """The ids of the steps whose outputs the templates inside a JSON value read (``steps.a``,
+    ``steps["a"]``), found by parsing them; ``ANY_STEP`` among them when one reads ``steps`` in a way
+    that names no step. A template that does not parse reads nothing (it fails when rendered). A
+    re-run's preview says with it which calls depend on a step that runs again."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for item in value.values():
+            found |= step_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= step_references(item)
+    elif isinstance(value, str) and ("{{" in value or "{%" in value):
+        try:
+            tree = _ENV.parse(value)
+        except Exception:  # noqa: BLE001 - any syntax error: reads nothing it could say
+            return found
+        named: set[int] = set()
+        for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+            inner = node.node
+            if isinstance(inner, nodes.Name) and inner.name == "steps":
+                named.add(id(inner))
+                if isinstance(node, nodes.Getattr):
+                    found.add(node.attr)
+                elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                    found.add(node.arg.value)
+                else:
+                    found.add(ANY_STEP)
+        if any(n.name == "steps" and id(n) not in named for n in tree.find_all(nodes.Name)):
+            found.add(ANY_STEP)
+    return found

@@ -51,6 +51,13 @@ def waits_for_budget(checkpoint: dict | None) -> bool:
                 and isinstance(inputs.get("rateLimit"), dict))
 
 
+def idempotent(method: str, tool: dict | None) -> bool:
+    """Whether sending a call twice does what sending it once did: by its method, or because its tool
+    honours our Idempotency-Key. A call of unknown outcome that is idempotent is sent again by default;
+    a re-run's preview flags the calls that are not."""
+    return method in IDEMPOTENT_METHODS or bool((tool or {}).get("honors_idempotency_key"))
+
+
 def no_tool(run: Run, step: dict) -> dict | None:
     """A call to no tool of the organization (it honours no Idempotency-Key we know of)."""
     return None
@@ -102,7 +109,7 @@ class Calling:
         it again), else fail the step or wait for a person, as the step's onUnknownOutcome says."""
         method = self.method(run, step, inputs)
         tool = self.tool(run, step)
-        default = "retry" if method in IDEMPOTENT_METHODS or (tool or {}).get("honors_idempotency_key") else "wait"
+        default = "retry" if idempotent(method, tool) else "wait"
         policy = step.get("onUnknownOutcome") or default
         if policy == "retry":
             return None

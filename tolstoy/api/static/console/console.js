@@ -168,6 +168,7 @@
         });
       });
     }
+    bindRerun();
     Array.prototype.forEach.call(document.querySelectorAll("form.resolve"), function (form) {
       if (form.dataset.bound) { return; }
       form.dataset.bound = "1";
@@ -190,6 +191,85 @@
         });
       });
     });
+  }
+
+  // "Re-run from here": the API's dry run first (what would be kept, run again and sent again),
+  // then the real re-run only when confirmed. Everything the API answered is put in as text.
+  function listInto(id, items) {
+    var list = document.getElementById(id);
+    list.textContent = "";
+    (items.length ? items : ["(none)"]).forEach(function (item) {
+      var li = document.createElement("li");
+      var code = document.createElement("code");
+      code.textContent = item;
+      li.appendChild(code);
+      list.appendChild(li);
+    });
+  }
+
+  function showPreview(panel, step, data) {
+    document.getElementById("rerun-step").textContent = step;
+    listInto("rerun-keep", data.keep);
+    listInto("rerun-again", data.runAgain);
+    var rows = document.getElementById("rerun-calls");
+    rows.textContent = "";
+    if (!data.calls.length) {
+      var none = document.createElement("tr");
+      var cell = document.createElement("td");
+      cell.colSpan = 5;
+      cell.textContent = "No call would be sent again.";
+      none.appendChild(cell);
+      rows.appendChild(none);
+    }
+    data.calls.forEach(function (call) {
+      var tr = document.createElement("tr");
+      tr.className = "rerun-call";
+      var flags = [];
+      if (call.notIdempotent) { flags.push("not idempotent"); }
+      if (call.dataDependent) { flags.push("data-dependent"); }
+      [call.stepId, call.tool || "—", call.method || "—", call.url || "—", flags.join(", ") || "—"].forEach(function (text, i) {
+        var td = document.createElement(i === 0 ? "th" : "td");
+        if (i === 0) { td.scope = "row"; }
+        if (i === 3) { var code = document.createElement("code"); code.textContent = text; td.appendChild(code); } else { td.textContent = text; }
+        if (i === 4 && flags.length) { td.className = "flags"; }
+        tr.appendChild(td);
+      });
+      rows.appendChild(tr);
+    });
+    panel.dataset.step = step;
+    panel.hidden = false;
+    panel.scrollIntoView({ block: "nearest" });
+    document.getElementById("rerun-confirm").focus();
+  }
+
+  function bindRerun() {
+    var panel = document.getElementById("rerun-preview");
+    if (!panel) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("button.rerun-from"), function (button) {
+      if (button.dataset.bound) { return; }
+      button.dataset.bound = "1";
+      button.addEventListener("click", function () {
+        post(panel.dataset.apiPost, { fromStep: button.dataset.step, dryRun: true }, button).then(function (data) {
+          if (data) { showPreview(panel, button.dataset.step, data); }
+        });
+      });
+    });
+    var confirm = document.getElementById("rerun-confirm");
+    if (confirm && !confirm.dataset.bound) {
+      confirm.dataset.bound = "1";
+      confirm.addEventListener("click", function () {
+        post(panel.dataset.apiPost, { fromStep: panel.dataset.step }, confirm).then(function (data) {
+          if (!data) { return; }
+          panel.hidden = true;
+          show("Re-run queued (" + data.status + ").", false, runLink(data));
+        });
+      });
+    }
+    var dismiss = document.getElementById("rerun-dismiss");
+    if (dismiss && !dismiss.dataset.bound) {
+      dismiss.dataset.bound = "1";
+      dismiss.addEventListener("click", function () { panel.hidden = true; });
+    }
   }
 
   function bindUser() {
