@@ -2575,7 +2575,6 @@ declare
     existing flow_runs;
     queued flow_runs;
     original flow_runs;
-    steps jsonb;
     run_plan jsonb;
     root uuid;
     -- The id carries the time the run is queued, its created_at: lookups by id find its month.
@@ -2606,21 +2605,9 @@ begin
         run_plan := original.plan;
         root := original.root_run_id;
     else
-        select v.steps into steps from flow_versions v
-        where v.org_id = org and v.flow_id = flow and v.version = queue_run_version;
-        run_plan := jsonb_build_object('steps', steps, 'actions', coalesce((
-            select jsonb_agg(jsonb_build_object(
-                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                         'base_url', t.base_url,
-                                                                         'auth_type', t.auth_type,
-                                                                        'honors_idempotency_key',
-                                                                        t.honors_idempotency_key)))
-            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-            where a.org_id = org
-              and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
-                   or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'));
+        -- The version's plan as a move to it builds it too (plans.sql). No such version: the insert's
+        -- foreign key refuses the run, as it always did.
+        run_plan := coalesce(tolstoy_plan_for(org, flow, queue_run_version), '{"steps": null, "actions": []}');
     end if;
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
                            retry_of, root_run_id, created_at, acts_as_user)
@@ -7381,4 +7368,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261209000100'),
     ('20261209000200'),
     ('20261209000300'),
-    ('20261210000200');
+    ('20261210000200'),
+    ('20261210000299');

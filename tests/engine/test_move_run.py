@@ -330,3 +330,29 @@ def test_another_organization_gets_404_and_changes_nothing(api, org, user, worke
     assert move(api, org, flow, "6f1c1a2e-0000-4000-8000-000000000000", {"version": 1}, user).status_code == 404
     assert move(api, org, flow, "not-a-uuid", {"version": 1}, user).status_code == 404
     assert snapshot(db, run_id) == before
+
+
+def test_a_moved_run_is_pinned_to_the_plan_a_new_run_of_that_version_gets(api, org, user, worker, server, db):
+    """One place says what a version's plan is (tolstoy_plan_for): its steps, the actions its steps and
+    onFailure steps call (with their tools) and its onFailure steps, whether a run is queued or moved."""
+    tool = api.create("/tools", org, {"name": "T", "baseUrl": server.url_for(""), "authType": "none"})
+    api.create("/actions", org, {"toolId": tool["id"], "name": "A", "key": "t.a", "method": "GET", "endpoint": "/a"})
+    api.create("/actions", org, {"toolId": tool["id"], "name": "N", "key": "t.n", "method": "POST", "endpoint": "/n"})
+    flow = api.flow(org, steps=[wait_step(timeoutMs=600_000)])
+    run_id = execute(api, org, user, flow)["executionId"]
+    until_waiting(api, org, flow, run_id)
+    changed = api.client.simulate_patch(f"/flows/{flow['id']}", headers=api.headers(org), json={
+        "steps": [wait_step(timeoutMs=600_000), step("call", "action", {"actionKey": "t.a"})],
+        "onFailure": [step("notify", "action", {"actionKey": "t.n"})]})
+    assert changed.status_code == 200 and changed.json["version"] == 2, changed.text
+    assert move(api, org, flow, run_id, {"version": 2}, user).status_code == 200
+    fresh = execute(api, org, user, flow)["executionId"]
+    with db.pool.connection() as conn:
+        plans = {row["id"]: row["plan"] for row in conn.execute(
+            "select id::text, plan from flow_runs where id in (%s, %s)", (run_id, fresh)).fetchall()}
+    moved_plan, fresh_plan = plans[run_id], plans[fresh]
+    assert {a["key"] for a in moved_plan["actions"]} == {"t.a", "t.n"}
+    assert [s["id"] for s in moved_plan["onFailure"]] == ["notify"]
+    assert moved_plan["steps"] == fresh_plan["steps"] and moved_plan["onFailure"] == fresh_plan["onFailure"]
+    assert sorted(moved_plan["actions"], key=lambda a: a["key"]) == sorted(fresh_plan["actions"],
+                                                                           key=lambda a: a["key"])
