@@ -356,3 +356,43 @@ def test_a_moved_run_is_pinned_to_the_plan_a_new_run_of_that_version_gets(api, o
     assert moved_plan["steps"] == fresh_plan["steps"] and moved_plan["onFailure"] == fresh_plan["onFailure"]
     assert sorted(moved_plan["actions"], key=lambda a: a["key"]) == sorted(fresh_plan["actions"],
                                                                            key=lambda a: a["key"])
+
+
+def test_a_move_holds_the_runs_row_so_a_claim_or_a_signal_comes_wholly_before_or_after_it(
+        api, org, user, worker_env, database_url, db, clock):
+    """Two processes at once: while a move is under way (its transaction open), a worker's claim skips the
+    run and a signal waits; once it commits, the claim reads the new plan and the signal is judged by it."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    flow = api.flow(org, steps=[FIRST, wait_step(timeoutMs=60_000)])
+    process = start_worker(worker_env)
+    try:
+        run_id = execute(api, org, user, flow)["executionId"]
+        until_waiting(api, org, flow, run_id)
+    finally:
+        stop(process)  # gracefully: the parked run holds no lease, nothing is running
+    # Version 2 waits for another signal, and adds a step.
+    new_version(api, org, flow, [FIRST, wait_step(signal="go", timeoutMs=60_000), EXTRA])
+    clock.move(61)  # the wait step's timeout is due: a claim would take the run now
+    claim = "select run from tolstoy_claim_runs_v2('race-worker', 10, 30, 3, 300) where run is not null"
+    with psycopg.connect(database_url, row_factory=dict_row) as mover, \
+            psycopg.connect(database_url, row_factory=dict_row, autocommit=True) as claimer:
+        moved = mover.execute("select tolstoy_move_run(%s, %s, %s, 2, '{}', false, %s) as answer",
+                              (org["id"], flow["id"], run_id, user["id"])).fetchone()["answer"]
+        assert moved["moved"] is True
+        assert claimer.execute(claim).fetchall() == []  # held by the move: skipped, not waited for
+        answers = []
+        signal_sent = threading.Thread(target=lambda: answers.append(send(api, org, flow, run_id, user=user)))
+        signal_sent.start()
+        signal_sent.join(timeout=1)
+        assert signal_sent.is_alive()  # the signal waits for the move's transaction
+        mover.commit()
+        signal_sent.join(timeout=10)
+        # Judged by the new plan: no wait step of version 2 waits for "approval".
+        assert answers[0].status_code == 409 and "not waiting for the signal 'approval'" in answers[0].json["message"]
+        (claimed,) = claimer.execute(claim).fetchall()
+    payload = claimed["run"]
+    assert payload["id"] == run_id and payload["flow_version"] == 2
+    assert [s["id"] for s in payload["plan"]["steps"]] == ["first", "gate", "extra"]
+    assert {c["step_id"]: c["status"] for c in payload["checkpoints"]} == {"first": "completed", "gate": "waiting"}
