@@ -10,6 +10,7 @@ import signal
 import threading
 
 import pytest
+from test_durable import leave_outcome_unknown
 from test_engine import execute, logs_of, step, wait_for, wait_until_sleeping
 from test_wait_signals import send, until_waiting, wait_step
 from test_worker_processes import log_tail, start_worker, stop
@@ -213,13 +214,7 @@ def test_a_run_waiting_for_a_resolution_moves_and_stays_waiting(api, org, user, 
     ])
     run_id = execute(api, org, user, flow)["executionId"]
     wait_for(api, org, flow, run_id)  # the call fails (nothing listens); now make it an unknown outcome instead
-    with db.pool.connection() as conn:  # as a worker that died during the call leaves it
-        conn.execute("delete from flow_run_steps where run_id = %s", (run_id,))
-        conn.execute("insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, error) "
-                     "select org_id, id, created_at, 'charge', 'outcome_unknown', 1, '{\"name\": \"OutcomeUnknown\"}' "
-                     "from flow_runs where id = %s", (run_id,))
-        conn.execute("update flow_runs set status = 'waiting', finished_at = null, error = null where id = %s",
-                     (run_id,))
+    leave_outcome_unknown(db, run_id, "charge")  # as a worker that died during the call leaves it
     new_version(api, org, flow, [
         step("charge", "http_request", {"method": "POST", "url": "http://127.0.0.1:9/charge"}),
         step("receipt", "transform", {"output": "paid v2"}),
