@@ -295,6 +295,8 @@ def test_a_queued_run_that_never_started_is_not_parked(api, org, user):
     ({"version": 1, "dropSteps": ["x" * 201]}, "dropSteps[0]"),
     ({"version": 1, "dropSteps": [f"s{i}" for i in range(1001)]}, "dropSteps"),
     ({"version": 1, "dropSteps": ["nope"]}, "dropSteps"),  # discards nothing of this run
+    ({"version": 1, "dropSteps": ["gate\u0000"]}, "dropSteps[0]"),  # text PostgreSQL cannot hold
+    ({"version": True}, "version"),
     ({"version": 1, "dryRun": "yes"}, "dryRun"),
     ({"version": 1, "extra": 1}, "extra"),
 ])
