@@ -2174,6 +2174,155 @@ COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days i
 
 
 --
+-- Name: tolstoy_move_run(uuid, uuid, uuid, integer, text[], boolean, uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[], dry boolean, actor uuid) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $_$
+declare
+    found_run flow_runs;
+    new_plan jsonb;
+    parked text[];
+    unknown boolean;
+    checkpointed jsonb;
+    added jsonb;
+    removed jsonb;
+    changed jsonb;
+    kept jsonb;
+    unfit jsonb;
+    needed text[];
+    strays text[];
+    missing text[];
+    dropped text[];
+    wakes boolean;
+    diff jsonb;
+    now_status flow_run_status;
+begin
+    select * into found_run
+    from flow_runs r
+    where r.org_id = org and r.flow_id = flow and r.id = target
+      and r.created_at between tolstoy_run_from(target) and tolstoy_run_until(target)
+    for update;
+    if found_run.id is null then
+        return null;
+    end if;
+    new_plan := tolstoy_plan_for(org, flow, to_version);
+    if new_plan is null then
+        return jsonb_build_object('refused', 'version');
+    end if;
+    if found_run.status in ('completed', 'failed', 'cancelled', 'running') then
+        return jsonb_build_object('refused', 'status', 'status', found_run.status);
+    end if;
+    if exists (select 1 from flow_runs c
+               where c.org_id = org and c.parent_run_id = target
+                 and c.created_at >= tolstoy_run_from(target)  -- children are queued after their parent
+                 and c.status in ('queued', 'running', 'waiting')) then
+        return jsonb_build_object('refused', 'child', 'status', found_run.status);
+    end if;
+    select array_agg(distinct split_part(s.step_id, '[', 1)), bool_or(s.status = 'outcome_unknown')
+    into parked, unknown
+    from flow_run_steps s
+    where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
+      and s.status in ('waiting', 'outcome_unknown');
+    if parked is null or (found_run.status = 'waiting' and not unknown) then
+        return jsonb_build_object('refused', 'parked', 'status', found_run.status);
+    end if;
+    -- What is recorded of each step (a foreach step's items under its own id): its checkpoint's status.
+    select coalesce(jsonb_object_agg(c.top, c.status), '{}') into checkpointed
+    from (select split_part(s.step_id, '[', 1) as top,
+                 (array_agg(s.status order by s.step_id = split_part(s.step_id, '[', 1) desc, s.step_id))[1] as status
+          from flow_run_steps s
+          where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
+          group by 1) c;
+    with was as (select * from tolstoy_plan_steps(found_run.plan)),
+         now_is as (select * from tolstoy_plan_steps(new_plan)),
+         both_ as (select was.step_id, now_is.pos, was.step as old_step, now_is.step as new_step
+                   from was join now_is on now_is.step_id = was.step_id)
+    select coalesce((select jsonb_agg(n.step_id order by n.pos) from now_is n
+                     where not exists (select 1 from was w where w.step_id = n.step_id)), '[]'),
+           coalesce((select jsonb_agg(jsonb_build_object('stepId', w.step_id, 'status', checkpointed ->> w.step_id)
+                                      order by w.pos)
+                     from was w where not exists (select 1 from now_is n where n.step_id = w.step_id)), '[]'),
+           coalesce((select jsonb_agg(jsonb_build_object(
+                                'stepId', b.step_id,
+                                'fields', (select jsonb_agg(k order by k)
+                                           from (select jsonb_object_keys(b.old_step) as k
+                                                 union select jsonb_object_keys(b.new_step)) keys
+                                           where b.old_step -> k is distinct from b.new_step -> k))
+                                      order by b.pos)
+                     from both_ b where b.old_step is distinct from b.new_step), '[]'),
+           coalesce((select jsonb_agg(jsonb_build_object('stepId', b.step_id, 'status', checkpointed ->> b.step_id)
+                                      order by b.pos)
+                     from both_ b where checkpointed ? b.step_id), '[]'),
+           coalesce((select jsonb_agg(jsonb_build_object(
+                                'stepId', b.step_id, 'status', checkpointed ->> b.step_id,
+                                'was', tolstoy_step_target(b.old_step, found_run.plan -> 'actions'),
+                                'now', tolstoy_step_target(b.new_step, new_plan -> 'actions')) order by b.pos)
+                     from both_ b
+                     where checkpointed ? b.step_id
+                       and tolstoy_step_target(b.old_step, found_run.plan -> 'actions')
+                           is distinct from tolstoy_step_target(b.new_step, new_plan -> 'actions')), '[]')
+    into added, removed, changed, kept, unfit;
+    -- A checkpoint is discarded only when the request names it: a step the version removes, or one whose
+    -- recorded output no longer fits (it runs again, under the new version).
+    needed := array(select r ->> 'stepId' from jsonb_array_elements(removed) r where r ->> 'status' is not null
+                    union select u ->> 'stepId' from jsonb_array_elements(unfit) u);
+    strays := array(select d from unnest(coalesce(drop_steps, '{}')) d
+                    where d not in (select r ->> 'stepId' from jsonb_array_elements(removed) r)
+                      and d <> all (needed));
+    if cardinality(strays) > 0 then
+        return jsonb_build_object('refused', 'drop_steps', 'strays', to_jsonb(strays));
+    end if;
+    missing := array(select n from unnest(needed) n where n <> all (coalesce(drop_steps, '{}')) order by n);
+    dropped := array(select n from unnest(needed) n where n = any (coalesce(drop_steps, '{}')) order by n);
+    -- Every parked step dropped: nothing of the run is parked any more, and it goes on at once.
+    wakes := parked <@ dropped;
+    diff := jsonb_build_object(
+        'fromVersion', found_run.flow_version, 'toVersion', to_version, 'parked', to_jsonb(parked),
+        'added', added, 'removed', removed, 'changed', changed, 'kept', kept, 'outputNoLongerFits', unfit,
+        'mustDrop', to_jsonb(missing), 'dropped', to_jsonb(dropped), 'wakes', wakes);
+    if cardinality(missing) > 0 and not dry then
+        return jsonb_build_object('refused', 'drop', 'diff', diff, 'status', found_run.status);
+    end if;
+    if dry then
+        return jsonb_build_object('moved', false, 'diff', diff,
+                                  'run', jsonb_build_object('id', found_run.id, 'flow_id', found_run.flow_id,
+                                                            'flow_version', found_run.flow_version,
+                                                            'retry_of', found_run.retry_of,
+                                                            'status', found_run.status));
+    end if;
+    delete from flow_run_steps s
+    where s.org_id = org and s.run_id = target and s.run_created_at = found_run.created_at
+      and split_part(s.step_id, '[', 1) = any (dropped);
+    update flow_runs r
+    set plan = new_plan, flow_version = to_version,
+        status = case when wakes then 'queued'::flow_run_status else r.status end,
+        run_after = case when wakes then tolstoy_now() else r.run_after end
+    where r.org_id = org and r.id = target and r.created_at = found_run.created_at
+    returning r.status into now_status;
+    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, source)
+    values (org, flow, actor, target::text, '$flow', 'pending',
+            jsonb_build_object('moved', jsonb_build_object(
+                'fromVersion', found_run.flow_version, 'toVersion', to_version, 'added', added,
+                'removed', removed, 'dropped', to_jsonb(dropped), 'outputNoLongerFits', unfit, 'wakes', wakes)),
+            'engine');
+    return jsonb_build_object('moved', true, 'diff', diff,
+                              'run', jsonb_build_object('id', found_run.id, 'flow_id', found_run.flow_id,
+                                                        'flow_version', to_version, 'retry_of', found_run.retry_of,
+                                                        'status', now_status));
+end
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[], dry boolean, actor uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[], dry boolean, actor uuid) IS 'Moves a parked run (no worker holds it, a step parked, no child run under way) to another version of its flow, holding its row: the version''s plan (tolstoy_plan_for), checkpoints of kept steps kept, those drop_steps names discarded (required for a removed step with a checkpoint and a kept one whose output no longer fits), the move logged as actor''s. Null when no such run; {refused: version|status|child|parked|drop_steps|drop} writes nothing (drop: with the diff); dry: {moved: false, diff, run}; else {moved: true, diff, run}.';
+
+
+--
 -- Name: tolstoy_new_run_id(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2327,10 +2476,10 @@ COMMENT ON FUNCTION public.tolstoy_place_deliveries() IS 'Deferred constraint tr
 
 
 --
--- Name: tolstoy_plan(uuid, jsonb); Type: FUNCTION; Schema: public; Owner: -
+-- Name: tolstoy_plan(uuid, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
 --
 
-CREATE FUNCTION public.tolstoy_plan(org uuid, steps jsonb) RETURNS jsonb
+CREATE FUNCTION public.tolstoy_plan(org uuid, steps jsonb, on_failure jsonb DEFAULT NULL::jsonb) RETURNS jsonb
     LANGUAGE sql STABLE
     AS $_$
     select jsonb_build_object('steps', steps, 'actions', coalesce((
@@ -2343,17 +2492,61 @@ CREATE FUNCTION public.tolstoy_plan(org uuid, steps jsonb) RETURNS jsonb
                                                                      'honors_idempotency_key',
                                                                      t.honors_idempotency_key)))
         from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+        cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
         where a.org_id = org
-          and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
-               or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'))
+          and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
+               or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
+       || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end
 $_$;
 
 
 --
--- Name: FUNCTION tolstoy_plan(org uuid, steps jsonb); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_plan(org uuid, steps jsonb, on_failure jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_plan(org uuid, steps jsonb) IS 'A run''s plan of these steps: the steps and the actions they call (with their tools) as they are now. tolstoy_queue_run freezes it into a new run; a re-run''s preview reads it without queueing.';
+COMMENT ON FUNCTION public.tolstoy_plan(org uuid, steps jsonb, on_failure jsonb) IS 'A run''s plan of these steps (and onFailure steps, when given): the steps and the actions they call (with their tools) as they are now. tolstoy_queue_run freezes it into a new run (flow_runs_plan_on_failure adds the version''s onFailure), a re-run''s preview reads it, tolstoy_plan_for builds a version''s for a move.';
+
+
+--
+-- Name: tolstoy_plan_for(uuid, uuid, integer); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_plan_for(org uuid, flow uuid, plan_version integer) RETURNS jsonb
+    LANGUAGE sql STABLE
+    AS $$
+select tolstoy_plan(org, v.steps, v.on_failure)
+from flow_versions v
+where v.org_id = org and v.flow_id = flow and v.version = plan_version;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_plan_for(org uuid, flow uuid, plan_version integer); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_plan_for(org uuid, flow uuid, plan_version integer) IS 'The plan of a flow version as a run freezes it: {steps, actions (those its steps and onFailure steps call, with their tools, as they are now), onFailure (when the version has any)}; null when there is no such version.';
+
+
+--
+-- Name: tolstoy_plan_steps(jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_plan_steps(plan jsonb) RETURNS TABLE(step_id text, pos bigint, step jsonb)
+    LANGUAGE sql IMMUTABLE
+    AS $$
+select e.value ->> 'id', e.ordinality, e.value
+from jsonb_array_elements(coalesce(plan -> 'steps', '[]')) with ordinality e
+union all
+select 'onFailure.' || (e.value ->> 'id'), 1000000 + e.ordinality, e.value
+from jsonb_array_elements(coalesce(plan -> 'onFailure', '[]')) with ordinality e;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_plan_steps(plan jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_plan_steps(plan jsonb) IS 'The steps of a plan as (step_id, pos, step): its steps, then its onFailure steps as onFailure.<id> (the ids their checkpoints have), in plan order.';
 
 
 --
@@ -3351,6 +3544,42 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text) IS 'Sends signal_name with signal_payload to a run of a flow, holding the run''s row: stores it, wakes the run when a wait step of it is parked for it, and logs it as actor''s (sent_through: api or link). Null when no such run; {refused: key|link|finished|waiting} writes nothing (the Idempotency-Key sent another signal; the approval link was used; the run finished, with its status; no unfinished wait step is left for it, with the pending count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before).';
+
+
+--
+-- Name: tolstoy_step_target(jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_step_target(step jsonb, actions jsonb) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+begin
+    return jsonb_strip_nulls(jsonb_build_object(
+        'type', step ->> 'type',
+        'action', case when step ->> 'type' = 'action' then coalesce((
+            select jsonb_build_object('id', a ->> 'id', 'method', a ->> 'method', 'endpoint', a ->> 'endpoint',
+                                      'tool', a -> 'tool' ->> 'id', 'baseUrl', a -> 'tool' ->> 'base_url')
+            from jsonb_array_elements(coalesce(actions, '[]')) a
+            where a ->> 'key' = step -> 'config' ->> 'actionKey' or a ->> 'id' = step -> 'config' ->> 'actionId'
+            limit 1), jsonb_build_object('missing', coalesce(step -> 'config' ->> 'actionKey',
+                                                             step -> 'config' ->> 'actionId'))) end,
+        'call', case when step ->> 'type' = 'http_request'
+                     then jsonb_build_object('method', step -> 'config' -> 'method',
+                                             'url', step -> 'config' -> 'url') end,
+        'flow', case when step ->> 'type' = 'subflow'
+                     then jsonb_build_object('id', step -> 'config' -> 'flowId', 'key', step -> 'config' -> 'flowKey',
+                                             'version', step -> 'config' -> 'version') end,
+        'item', case when step ->> 'type' = 'foreach'
+                     then tolstoy_step_target(step -> 'config' -> 'step', actions) end));
+end
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_step_target(step jsonb, actions jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_step_target(step jsonb, actions jsonb) IS 'What a step of a plan calls (its type; the action with method, endpoint and tool; an http_request''s method and URL; a subflow''s flow; a foreach''s item step''s target): a recorded output fits a step of another plan when both targets are equal (tolstoy_move_run).';
 
 
 --
@@ -8011,6 +8240,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261209000200'),
     ('20261209000300'),
     ('20261210000100'),
+    ('20261210000200'),
     ('20261210000300'),
     ('20261210000301'),
     ('20261211000100'),

@@ -133,6 +133,13 @@ select tolstoy_cancel_run(:org_id::uuid, :flow_id::uuid, :id::uuid, :user_id::uu
 select tolstoy_resolve_step(:org_id::uuid, :flow_id::uuid, :id::uuid, :step_id::text, :user_id::uuid,
                             :outcome::text, :outputs::jsonb, :sealed::bytea, :error::jsonb, :key_missing::boolean);
 
+-- name: move$
+-- Move a parked run of the flow to version :version, logged as :user_id's (tolstoy_move_run): null when
+-- no such run, {refused: version|status|child|parked|drop_steps|drop, …}, else {moved, diff, run}
+-- (:dry_run: moved false, nothing written).
+select tolstoy_move_run(:org_id::uuid, :flow_id::uuid, :id::uuid, :version::integer, :drop_steps::text[],
+                        :dry_run::boolean, :user_id::uuid);
+
 -- name: unfinished_count$
 -- Runs of a flow that have not finished (a purge leaves them alone and says so).
 select count(*)

@@ -47,27 +47,6 @@ comment on function tolstoy_run_until(uuid) is
     'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id '
     'without one).';
 
-create or replace function tolstoy_plan(org uuid, steps jsonb) returns jsonb
-language sql stable as $$
-    select jsonb_build_object('steps', steps, 'actions', coalesce((
-        select jsonb_agg(jsonb_build_object(
-                   'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                   'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                   'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                     'base_url', t.base_url,
-                                                                     'auth_type', t.auth_type,
-                                                                     'honors_idempotency_key',
-                                                                     t.honors_idempotency_key)))
-        from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-        where a.org_id = org
-          and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
-               or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'))
-$$;
-
-comment on function tolstoy_plan(uuid, jsonb) is
-    'A run''s plan of these steps: the steps and the actions they call (with their tools) as they are now. '
-    'tolstoy_queue_run freezes it into a new run; a re-run''s preview reads it without queueing.';
-
 create or replace function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                                 vars jsonb, key text, retrying uuid, acting boolean,
                                                 rerunning jsonb)

@@ -27,7 +27,7 @@ comment on column flow_runs.rerun_of is
 create index flow_runs_org_id_rerun_of_idx on only flow_runs (org_id, rerun_of, created_at)
     where rerun_of is not null;
 
-create function tolstoy_plan(org uuid, steps jsonb) returns jsonb
+create function tolstoy_plan(org uuid, steps jsonb, on_failure jsonb default null) returns jsonb
 language sql stable as $$
     select jsonb_build_object('steps', steps, 'actions', coalesce((
         select jsonb_agg(jsonb_build_object(
@@ -39,14 +39,17 @@ language sql stable as $$
                                                                      'honors_idempotency_key',
                                                                      t.honors_idempotency_key)))
         from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+        cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
         where a.org_id = org
-          and (a.key in (select jsonb_path_query(steps, 'strict $.**.actionKey') #>> '{}')
-               or a.id::text in (select jsonb_path_query(steps, 'strict $.**.actionId') #>> '{}'))), '[]'))
+          and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
+               or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
+       || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end
 $$;
 
-comment on function tolstoy_plan(uuid, jsonb) is
-    'A run''s plan of these steps: the steps and the actions they call (with their tools) as they are now. '
-    'tolstoy_queue_run freezes it into a new run; a re-run''s preview reads it without queueing.';
+comment on function tolstoy_plan(uuid, jsonb, jsonb) is
+    'A run''s plan of these steps (and onFailure steps, when given): the steps and the actions they call (with '
+    'their tools) as they are now. tolstoy_queue_run freezes it into a new run (flow_runs_plan_on_failure adds '
+    'the version''s onFailure), a re-run''s preview reads it, tolstoy_plan_for builds a version''s for a move.';
 
 create function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                                 vars jsonb, key text, retrying uuid, acting boolean,
@@ -541,7 +544,7 @@ comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
     'retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is '
     'under way), and park the parent while a waited-for child runs. Acts for org under row-level security.';
 
-drop function tolstoy_plan(uuid, jsonb);
+drop function tolstoy_plan(uuid, jsonb, jsonb);
 drop function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb);
 
 create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,

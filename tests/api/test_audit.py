@@ -53,6 +53,8 @@ NOT_CONFIGURATION = {
     ("POST", "/flows/{id}/executions/{execution_id}/retry"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/rerun"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/steps/{step_id}/resolve"): RUNS,
+    ("POST", "/flows/{id}/executions/{execution_id}/move"): RUNS + " (the move is a $flow event of the run's log, "
+                                                           "written as its user's)",
     ("POST", "/flows/{id}/executions/{execution_id}/signals/{signal}"): RUNS,
     ("POST", "/flows/{id}/executions/{execution_id}/signals/{signal}/links"): RUNS + " (a signed approval link)",
     ("POST", "/approvals/{token}"): "public: a signed link delivers a signal to a waiting run",

@@ -220,6 +220,17 @@ def test_a_key_does_only_what_its_scopes_allow(keyed):
     assert status("POST", f"/flows/{flow['id']}/execute", reader, {}).status_code == 403
     assert status("POST", f"/flows/{flow['id']}/execute", runner, {}).status_code == 202
     assert status("POST", f"/flows/{flow['id']}/execute", writer, {}).status_code == 403
+    # Moving a run to another version acts on a run, as cancel and retry do: execute, not write.
+    queued = status("POST", f"/flows/{flow['id']}/execute", runner, {}).json["executionId"]
+    move = f"/flows/{flow['id']}/executions/{queued}/move"
+    assert status("POST", move, writer, {"version": 1}).status_code == 403
+    assert status("POST", move, reader, {"version": 1}).status_code == 403
+    assert status("POST", move, runner, {"version": 1}).status_code == 409  # allowed; not parked
+    # A re-run starts a run, as a retry does.
+    rerun = f"/flows/{flow['id']}/executions/{queued}/rerun"
+    assert status("POST", rerun, writer, {"fromStep": "x"}).status_code == 403
+    assert status("POST", rerun, reader, {"fromStep": "x"}).status_code == 403
+    assert status("POST", rerun, runner, {"fromStep": "x"}).status_code in (400, 409)  # allowed; not finished
     assert status("GET", "/flows", writer).status_code == 403  # writing is not reading
     assert status("PATCH", f"/flows/{flow['id']}", writer, {"name": "G"}).status_code == 200
     # Keys are the admin scope's business, and no key hands out more than it holds.

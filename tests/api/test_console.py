@@ -72,6 +72,23 @@ def test_pages_show_flows_runs_and_a_run_with_its_timeline(client, api, org, use
     assert "Critical path: hello → pause → shout" in text
     assert f'data-api-post="/flows/{flow["id"]}/executions/{run_id}/retry"' not in text  # completed: no retry
     assert "data-live" not in text  # finished: no polling
+    assert 'id="move-run"' not in text  # finished: nothing to move
+
+
+def test_only_a_parked_run_offers_to_move_to_a_version(client, api, org, user, worker):
+    flow = api.flow(org, [{"id": "nap", "type": "delay", "config": {"ms": 600_000}}], name="Sleeper")
+    api.client.simulate_patch(f"/flows/{flow['id']}", json={"steps": [
+        {"id": "nap", "type": "delay", "config": {"ms": 600_000}},
+        {"id": "after", "type": "transform", "config": {"output": 1}}]}, headers={"X-Org-ID": org["id"]})
+    run_id = run_flow(api, org, user, flow)
+    path = f"/console/orgs/{org['id']}/runs/{run_id}"
+    deadline = time.monotonic() + 20
+    while 'id="move-run"' not in page(client, path).text:  # queued, not yet parked: not offered
+        assert time.monotonic() < deadline, "the run never parked in its delay"
+        time.sleep(0.05)
+    text = page(client, path).text
+    assert f'data-api-post="/flows/{flow["id"]}/executions/{run_id}/move"' in text
+    assert """<option value="2" selected>v2 (this run's)</option>""" in text and '<option value="1">v1</option>' in text
 
 
 def test_filters_and_keyset_pages_of_runs(client, api, org, user, db):

@@ -265,6 +265,76 @@ def test_re_run_from_here_shows_the_dry_run_before_it_is_confirmed(site, page, h
     no_serious_violations(page)
 
 
+def until_parked(site, h, flow_id, run_id, step_id):
+    for _ in range(400):
+        _, run = call(site, "GET", f"/flows/{flow_id}/executions/{run_id}", headers=h)
+        if run["status"] == "queued" and any(s["stepId"] == step_id and s["status"] == "waiting"
+                                             for s in run["steps"]):
+            return run
+        threading.Event().wait(0.05)
+    pytest.fail(f"run {run_id} never parked in {step_id}: {run}")
+
+
+def test_moving_a_waiting_run_to_another_version_shows_the_diff_before_it_moves(site, page, tmp_path):
+    status, org = call(site, "POST", "/organizations", {"name": "Acme Robotics"})
+    h = {"X-Org-ID": org["id"]}
+    _, user = call(site, "POST", "/users", {"email": "ada@acme.example", "name": "Ada"}, h)
+    hu = {**h, "X-User-ID": user["id"]}
+    gate = {"id": "approve", "type": "wait", "config": {"signal": "approve", "timeoutMs": 600_000}}
+    _, flow = call(site, "POST", "/flows", {"name": "Refund", "steps": [
+        {"id": "lookup", "type": "transform", "config": {"output": {"order": "{{ variables.order }}"}}},
+        {"id": "draft", "type": "transform", "config": {"output": "refund {{ steps.lookup.order }}"}},
+        gate]}, h)
+    status, started = call(site, "POST", f"/flows/{flow['id']}/execute", {"variables": {"order": "A-17"}}, hu)
+    run_id = started["executionId"]
+    until_parked(site, h, flow["id"], run_id, "approve")
+    # v2: "draft" is gone, "lookup" is kept, a notification after the approval is new.
+    status, _ = call(site, "PATCH", f"/flows/{flow['id']}", {"steps": [
+        {"id": "lookup", "type": "transform", "config": {"output": {"order": "{{ variables.order }}"}}},
+        gate,
+        {"id": "notify", "type": "transform", "config": {"output": "approved {{ steps.lookup.order }}"}}]}, h)
+    assert status == 200
+
+    page.goto(f"{site}/console/orgs/{org['id']}/runs/{run_id}")
+    form = page.locator("#move-run")
+    form.wait_for()
+    assert page.locator("#move-version").input_value() == "2"
+    page.get_by_role("button", name="Preview move").click()
+    diff = page.locator("#move-diff")
+    diff.get_by_text("Steps added").wait_for(timeout=WAIT_MS)
+    text = diff.inner_text()
+    assert "Moving from v1 to v2 (parked on approve)" in text
+    assert "notify" in text and "draft (recorded: completed)" in text and "lookup (completed)" in text
+    assert "Preview of the move to v2" in page.inner_text("#action-result")
+    # Nothing moved yet, and the live refresh leaves the preview alone.
+    page.wait_for_timeout(2500)
+    assert page.locator("#move-diff").get_by_text("Steps added").count() == 1
+    _, run = call(site, "GET", f"/flows/{flow['id']}/executions/{run_id}", headers=h)
+    assert run["flowVersion"] == 1
+    shots = ROOT / "docs" if SHOTS_TO_DOCS else tmp_path
+    form.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "console-move.png"), full_page=True)
+    no_serious_violations(page)
+
+    # Confirming without ticking the step it would discard: the API's 409, shown as it says.
+    page.get_by_role("button", name="Confirm move").click()
+    page.locator("#action-result.is-error").wait_for(timeout=WAIT_MS)
+    assert "409" in page.inner_text("#action-result") and "'draft'" in page.inner_text("#action-result")
+    _, run = call(site, "GET", f"/flows/{flow['id']}/executions/{run_id}", headers=h)
+    assert run["flowVersion"] == 1
+    page.get_by_label("Discard draft").check()
+    page.get_by_role("button", name="Confirm move").click()
+    page.get_by_text("Moved to v2: the run is queued.").wait_for(timeout=WAIT_MS)
+    page.wait_for_selector("text=v2")
+    _, run = call(site, "GET", f"/flows/{flow['id']}/executions/{run_id}", headers=h)
+    assert run["flowVersion"] == 2 and "draft" not in {s["stepId"] for s in run["steps"]}
+    status, _ = call(site, "POST", f"/flows/{flow['id']}/executions/{run_id}/signals/approve", {"payload": {}}, hu)
+    assert status == 202
+    page.locator("#run-status .status-completed").wait_for(timeout=WAIT_MS)
+    assert "approved A-17" in page.inner_text("main")
+    csp_clean(page)
+
+
 def test_api_key_mode_signs_in_with_a_key_kept_in_session_storage(keyed_site, page):
     _, org = call(keyed_site, "POST", "/organizations", {"name": "Keyed Co"}, {"Authorization": f"Bearer {ADMIN}"})
     key = org["apiKey"]

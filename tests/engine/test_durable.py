@@ -452,6 +452,18 @@ def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(ap
         counted.close()
 
 
+def leave_outcome_unknown(db, run_id: str, step_id: str) -> None:
+    """Put a finished run back as a worker that died during ``step_id``'s call leaves it: that step
+    ``outcome_unknown`` (its only checkpoint), the run ``waiting`` for a person."""
+    with db.pool.connection() as conn:
+        conn.execute("delete from flow_run_steps where run_id = %s", (run_id,))
+        conn.execute("insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, error) "
+                     "select org_id, id, created_at, %s, 'outcome_unknown', 1, '{\"name\": \"OutcomeUnknown\"}' "
+                     "from flow_runs where id = %s", (step_id, run_id))
+        conn.execute("update flow_runs set status = 'waiting', finished_at = null, error = null where id = %s",
+                     (run_id,))
+
+
 def test_a_step_resolved_as_failed_fails_the_run(api, org, user, worker, db):
     flow = api.flow(org, steps=[
         step("charge", "http_request", {"method": "POST", "url": "http://127.0.0.1:9/charge"}),
@@ -459,13 +471,7 @@ def test_a_step_resolved_as_failed_fails_the_run(api, org, user, worker, db):
     ])
     run = execute(api, org, user, flow)["executionId"]
     wait_for(api, org, flow, run)  # the call fails (nothing listens); now make it an unknown outcome instead
-    with db.pool.connection() as conn:  # as a worker that died during the call leaves it
-        conn.execute("delete from flow_run_steps where run_id = %s", (run,))
-        conn.execute("insert into flow_run_steps (org_id, run_id, run_created_at, step_id, status, attempt, error) "
-                     "select org_id, id, created_at, 'charge', 'outcome_unknown', 1, '{\"name\": \"OutcomeUnknown\"}' "
-                     "from flow_runs where id = %s", (run,))
-        conn.execute("update flow_runs set status = 'waiting', finished_at = null, error = null where id = %s",
-                     (run,))
+    leave_outcome_unknown(db, run, "charge")
     resolved = api.client.simulate_post(f"/flows/{flow['id']}/executions/{run}/steps/charge/resolve",
                                         json={"outcome": "failed", "message": "The charge was declined."},
                                         headers=api.headers(org, user))

@@ -12,7 +12,7 @@ Who the console acts for is decided as the API decides it (tolstoy/api/tenancy.p
 
 Every page is one unit of work (one transaction, the tenant set inside it, row-level security
 on every query); another organization's flow or run is the console's 404 page. Actions
-(execute, cancel, retry, resolve) are the API's own endpoints, called from the page's script,
+(execute, cancel, retry, resolve, move to a version: its dry run's diff first) are the API's own endpoints, called from the page's script,
 so they run the same code and show the API's error messages. See docs/console.md."""
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ ROUTES = (
 )
 SINK = r"/console(?!/static/)(/.*)?\Z"  # Falcon tries sinks before static routes
 ACTIVE = ("queued", "running", "waiting")
+# A run with a step in one of these (a wait step, a delay, a back-off; an unknown outcome) is parked.
+PARKED_STEP_STATUSES = ("waiting", "outcome_unknown")
+MAX_VERSIONS = 100  # versions offered to move a parked run to (the newest)
 STATUSES = ("queued", "running", "waiting", "completed", "failed", "cancelled")
 
 
@@ -550,6 +553,11 @@ class Console:
             timeline = build_timeline(run, steps[:MAX_STEPS], logs[:MAX_LOGS], utcnow())
             api = f"/flows/{run['flow_id']}/executions/{rid}"
             reruns = self.db.all(SQL.runs.reruns, org_id=org, id=rid, limit=MAX_RERUNS_SHOWN)
+            # A parked run may move to another version of its flow (the API decides; this only offers it).
+            parked = [s for s in steps if s["status"] in PARKED_STEP_STATUSES]
+            movable = run["status"] in ("queued", "waiting") and bool(parked)
+            versions = self.db.all(SQL.flows.list_versions, org_id=org, flow_id=run["flow_id"], before_version=None,
+                                   limit=MAX_VERSIONS) if movable else []
             return "run.html", {"title": f"Run {str(rid)[:8]}", "section": "runs", "run": run,
                                 "reruns": [r["id"] for r in reruns], "finished": run["status"] in FINISHED,
                                 "steps": steps[:MAX_STEPS], "more_steps": len(steps) > MAX_STEPS,
@@ -557,6 +565,7 @@ class Console:
                                 "svg": draw_timeline(timeline), "timeline": timeline, "api": api,
                                 "live": "active" if run["status"] in ACTIVE else None,
                                 "waiting_steps": [s for s in steps if s["status"] == "outcome_unknown"],
+                                "movable": movable, "versions": [v["version"] for v in versions],
                                 **self.common(org)}
         self.page(req, resp, org_id, build)
 

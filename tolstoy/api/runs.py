@@ -1,5 +1,6 @@
 """``/flows/{id}/execute`` and ``/flows/{id}/executions``: runs of a flow over
-HTTP (queue, list, read, cancel, retry, resolve an unknown outcome, purge) and
+HTTP (queue, list, read, cancel, retry, resolve an unknown outcome, move a parked
+run to another version, purge) and
 the flow's run metrics. A run is an "execution" in the API and a row of
 ``flow_runs`` (sql/runs.sql).
 
@@ -17,7 +18,7 @@ from marshmallow import fields, validate
 from .. import engine
 from ..db import database as dbmod
 from ..db.queries import SQL
-from ..fieldtypes import Base, JSONObject, PageQuery, StrictBoolean, Timestamp
+from ..fieldtypes import Base, JSONObject, PageQuery, StrictBoolean, Timestamp, text
 from ..times import iso
 from . import flows, resources
 from .dumping import dumper
@@ -191,6 +192,87 @@ class ResolveSchema(Base):
                             metadata={"description": "Why (with failed); kept in the step's error."})
 
 
+# A move names at most this many checkpoints to discard (a flow has at most a few hundred steps).
+MAX_DROP_STEPS = 1000
+
+
+class MoveSchema(Base):
+    """``POST …/executions/{executionId}/move``: the version a parked run moves to."""
+
+    version = fields.Integer(required=True, strict=True, validate=validate.Range(1, 2_147_483_647),
+                             metadata={"description": "A version of the run's flow (GET /flows/{id}/versions)."})
+    dryRun = StrictBoolean(load_default=False, metadata={
+        "description": "true: answer the diff and write nothing."})
+    dropSteps = fields.List(text(1, 200), load_default=list, validate=validate.Length(max=MAX_DROP_STEPS), metadata={
+        "description": "Step ids whose recorded checkpoints the move may discard: steps the version removes, and "
+                       "kept steps whose output no longer fits (they run again)."})
+
+
+class MoveStepSchema(Base):
+    """A step in a move's diff, with what the run recorded of it (null: nothing)."""
+
+    stepId = fields.String(dump_only=True)
+    status = fields.String(dump_only=True, allow_none=True)
+
+
+class MoveChangedSchema(Base):
+    """A step of both versions whose definition differs, and which of its fields do."""
+
+    stepId = fields.String(dump_only=True)
+    fields_ = fields.List(fields.String(), data_key="fields", attribute="fields", dump_only=True)
+
+
+class MoveUnfitSchema(Base):
+    """A step with a checkpoint whose target (kind; action, method, endpoint and tool; URL; subflow) differs."""
+
+    stepId = fields.String(dump_only=True)
+    status = fields.String(dump_only=True)
+    was = fields.Dict(dump_only=True, metadata={"description": "What the step called (its kind, action, URL, flow)."})
+    now = fields.Dict(dump_only=True, metadata={"description": "What it calls in the version moved to."})
+
+
+class MoveDiffSchema(Base):
+    """What moving a parked run to a version changes (docs/flows.md, Moving a parked run)."""
+
+    fromVersion = fields.Integer(dump_only=True)
+    toVersion = fields.Integer(dump_only=True)
+    parked = fields.List(fields.String(), dump_only=True, metadata={"description": "The steps the run is parked on."})
+    added = fields.List(fields.String(), dump_only=True)
+    removed = fields.List(fields.Nested(MoveStepSchema), dump_only=True)
+    changed = fields.List(fields.Nested(MoveChangedSchema), dump_only=True)
+    kept = fields.List(fields.Nested(MoveStepSchema), dump_only=True, metadata={
+        "description": "Steps of both versions with a checkpoint: kept as recorded (unless dropped)."})
+    outputNoLongerFits = fields.List(fields.Nested(MoveUnfitSchema), dump_only=True)
+    mustDrop = fields.List(fields.String(), dump_only=True, metadata={
+        "description": "Checkpoints the move would discard that dropSteps does not name: the move is refused (409)."})
+    dropped = fields.List(fields.String(), dump_only=True, metadata={
+        "description": "Checkpoints discarded (dropSteps): removed steps, and kept ones that run again."})
+    wakes = fields.Boolean(dump_only=True, metadata={
+        "description": "Every parked step is dropped: the run goes on at once."})
+
+
+class MovedSchema(Base):
+    """200 body of a move (or its dry run)."""
+
+    moved = fields.Boolean(dump_only=True, metadata={"description": "false for a dry run."})
+    dryRun = fields.Boolean(dump_only=True)
+    id = fields.UUID(data_key="executionId", dump_only=True)
+    flow_id = fields.UUID(data_key="flowId", dump_only=True)
+    flow_version = fields.Integer(data_key="flowVersion", dump_only=True)
+    status = fields.String(dump_only=True)
+    diff = fields.Nested(MoveDiffSchema, dump_only=True)
+
+
+class MoveRefusedSchema(Base):
+    """409 body of a refused move: the error, and the diff when checkpoints would be discarded."""
+
+    statusCode = fields.Integer(dump_only=True)
+    error = fields.String(dump_only=True)
+    message = fields.String(dump_only=True)
+    diff = fields.Nested(MoveDiffSchema, dump_only=True, metadata={
+        "description": "Present when checkpoints would be discarded (its mustDrop names them)."})
+
+
 class FlowMetricsSchema(Base):
     """``GET /flows/{id}/metrics``."""
 
@@ -217,6 +299,16 @@ NEW_KEYS = ("new: a re-run is a run of its own (its root is itself), so each cal
 # The statuses a run ends in (a step's own are the engine's).
 FINISHED_RUN_STATUSES = ("completed", "failed", "cancelled")
 _RESOLVE = ResolveSchema()
+_MOVE = MoveSchema()
+_MOVED = dumper(MovedSchema())
+
+
+class MoveConflict(Conflict):
+    """409 for a move that would discard checkpoints nobody named: the body carries the diff."""
+
+    def __init__(self, message: str, diff: dict):
+        super().__init__(message)
+        self.extra = {"diff": dumper(MoveDiffSchema())(diff)}
 
 
 @contextlib.contextmanager
@@ -226,8 +318,12 @@ def lifecycle_errors():
         yield
     except engine.NoSuchRun as exc:
         raise NotFound(exc.noun) from None
+    except engine.MoveRefused as exc:
+        raise MoveConflict(str(exc), exc.diff) from None
     except engine.RunStateConflict as exc:
         raise Conflict(str(exc)) from None
+    except engine.BadMoveRequest as exc:
+        raise field_error(exc.field, str(exc)) from None
     except engine.LinkUsed as exc:
         raise falcon.HTTPGone(title="Link used", description=str(exc)) from None
     except engine.NoKeyToSeal as exc:
@@ -403,6 +499,27 @@ class FlowRuns:
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(run)
 
+    def on_post_move(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
+        """Move a parked run to another version of its flow (or, with dryRun, say what that would do)."""
+        require_user(req)
+        data = read_json(req)
+        flow = self.flow(req, id)
+        run_id = parse_uuid(execution_id, "Execution")
+        try:
+            # "version" names the version to move to here, not the read-only version of a record.
+            values = validate_body(_MOVE, data, writable=frozenset({"version"}))
+        except ValidationFailed:
+            # A run that is not there answers 404 before a wrong body does (docs/api.md, Order of checks).
+            resources.get_or_404(self.db, SQL.runs.status_of, "Execution", org_id=req.context.org_id,
+                                 flow_id=flow["id"], id=run_id)
+            raise
+        with lifecycle_errors():
+            answer = engine.move_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], run_id=run_id,
+                                     version=values["version"], user_id=req.context.user_id,
+                                     drop_steps=values["dropSteps"], dry_run=values["dryRun"])
+        resp.media = _MOVED({**answer["run"], "moved": answer["moved"], "dryRun": values["dryRun"],
+                             "diff": answer["diff"]})
+
     def on_get_metrics(self, req: falcon.Request, resp: falcon.Response, id: str) -> None:
         """Run counts by status, success rate and duration percentiles."""
         flow = self.flow(req, id)
@@ -434,7 +551,8 @@ _ACCEPTED_202 = {"202": {"description": "Queued; follow it at Location.",
 SCHEMAS = {"Execute": ExecuteSchema, "RunStep": RunStepSchema, "Run": RunSchema, "RunDetail": RunDetailSchema,
            "RunAccepted": RunAcceptedSchema, "Resolve": ResolveSchema, "FlowMetrics": FlowMetricsSchema,
            "Rerun": RerunSchema,
-           "RerunPreview": RerunPreviewSchema}
+           "RerunPreview": RerunPreviewSchema,
+           "Move": MoveSchema, "Moved": MovedSchema, "MoveRefused": MoveRefusedSchema}
 ROUTES = (
     Route("/flows/{id}/execute", _runs, "execute", operations={"post": {
         "tags": ["Executions"], "summary": "Queue a run of the flow's current version",
@@ -488,6 +606,17 @@ ROUTES = (
                                                          "schema": {"type": "string"}}],
         "requestBody": {"required": True, "content": json_content("Resolve")},
         "responses": {**_ACCEPTED_202, **errors("400", "404", "409", "413", "415")}}}),
+    Route("/flows/{id}/executions/{execution_id}/move", _runs, "move", operations={"post": {
+        "tags": ["Executions"],
+        "summary": "Move a parked run to another version of its flow (dryRun: only the diff)",
+        "parameters": ACTING_PARAMS + [EXECUTION_PARAM],
+        "requestBody": {"required": True, "content": json_content("Move")},
+        "responses": {"200": {"description": "Moved (or, with dryRun, what moving would do).",
+                              "content": json_content("Moved")},
+                      "409": {"description": "Not parked; or checkpoints would be discarded that dropSteps does "
+                                             "not name (the body carries the diff).",
+                              "content": json_content("MoveRefused")},
+                      **errors("400", "404", "413", "415")}}}),
     Route("/flows/{id}/metrics", _runs, "metrics", operations={"get": {
         "tags": ["Executions"], "summary": "Run counts, success rate and duration percentiles",
         "parameters": FLOW_PARAMS,

@@ -190,7 +190,7 @@ class KeyOrganizations:
 
 
 # Requests that run something (a flow, an action) or act on a run need the execute scope.
-EXECUTING_SUFFIXES = ("/execute", "/cancel", "/retry", "/rerun", "/resolve", "/signals/{signal}", "/links")
+EXECUTING_SUFFIXES = ("/execute", "/cancel", "/retry", "/rerun", "/resolve", "/move", "/signals/{signal}", "/links")
 
 
 def scope_needed(req: falcon.Request, resource) -> str:

@@ -12,11 +12,22 @@ import threading
 
 from ..db.database import Database
 from .calls import HTTP_METHODS, ToolClient, input_errors
-from .errors import ActAsUserRefused, InvalidInputs, LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict, StepFailed
+from .errors import (
+    ActAsUserRefused,
+    BadMoveRequest,
+    InvalidInputs,
+    LinkUsed,
+    MoveRefused,
+    NoKeyToSeal,
+    NoSuchRun,
+    RunStateConflict,
+    StepFailed,
+)
 from .graph import dependencies, graph_errors, step_order
 from .keys import Keyring, keks_from_config
 from .lifecycle import WAITING_KINDS, send_signal, waiting_for
 from .lifecycle import cancel as cancel_run
+from .lifecycle import move as move_run
 from .lifecycle import queue as queue_run
 from .lifecycle import rerun as rerun_run
 from .lifecycle import resolve as resolve_step
@@ -51,7 +62,7 @@ __all__ = [
     "ActAsUserRefused",
     "queue_run", "retry_run", "rerun_run", "RerunRefused", "cancel_run", "resolve_step", "send_signal", "NoSuchRun",
     "RunStateConflict", "WAITING_KINDS", "waiting_for",
-    "NoKeyToSeal", "LinkUsed",
+    "NoKeyToSeal", "LinkUsed", "move_run", "MoveRefused", "BadMoveRequest",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",

@@ -83,6 +83,23 @@ class RunStateConflict(Exception):
     """The run's state does not allow the change; the message says which state it is in."""
 
 
+class MoveRefused(RunStateConflict):
+    """A move would discard checkpoints the request did not name in ``dropSteps``; ``diff`` is the
+    move's diff (``mustDrop`` names them)."""
+
+    def __init__(self, message: str, diff: dict):
+        super().__init__(message)
+        self.diff = diff
+
+
+class BadMoveRequest(Exception):
+    """What a move request names does not fit the run: ``field`` (``version``, ``dropSteps``) says which."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class LinkUsed(Exception):
     """An approval link delivers one signal, and this one was used already."""
 

@@ -18,6 +18,7 @@ translates to HTTP.
 - ``cancel``: a run and the runs below it (tolstoy_cancel_run).
 - ``resolve``: what became of a call whose outcome is unknown
   (tolstoy_resolve_step).
+- ``move``: a parked run to another version of its flow, or what that would do (tolstoy_move_run).
 - ``send_signal``: a signal for a run's wait step, stored, waking the run
   parked for it (tolstoy_send_signal, db/functions/signals.sql).
 
@@ -36,7 +37,7 @@ from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
 from ..times import iso
 from . import reruns
-from .errors import LinkUsed, NoKeyToSeal, NoSuchRun, RunStateConflict
+from .errors import BadMoveRequest, LinkUsed, MoveRefused, NoKeyToSeal, NoSuchRun, RunStateConflict
 from .vault import Vault
 
 # A run that ended in one of these may be retried.
@@ -169,6 +170,42 @@ def waiting_for(run: dict) -> dict | None:
         return None
     return {kind: run["waiting_on"], "stepId": run["waiting_step"], "since": iso(run["waiting_since"]),
             "until": iso(run["waiting_until"])}
+
+
+# Why a run cannot move, by tolstoy_move_run's refusal (the run's status fills in {status}).
+_NOT_PARKED = {
+    "status": "Only a parked execution can move to another version; this one is {status}.",
+    "child": "The execution waits for a child run of a subflow step; it cannot move to another version until "
+             "that child ends.",
+    "parked": "The execution is {status} but no step of it is parked (waiting for a signal, a delay, a retry "
+              "or a resolution); only a parked execution can move to another version.",
+}
+
+
+def move(db: Database, *, org_id, flow_id, run_id, version: int, user_id, drop_steps: list[str] = (),
+         dry_run: bool = False) -> dict:
+    """Move a parked run to ``version`` of its flow, holding its row (tolstoy_move_run): its plan becomes
+    the version's, checkpoints of kept steps stay, those ``drop_steps`` names are discarded, the move is
+    logged as ``user_id``'s. ``dry_run``: only the answer. Returns {moved, diff, run}. NoSuchRun;
+    BadMoveRequest (no such version; a dropSteps name the move does not discard); RunStateConflict (not
+    parked); MoveRefused (checkpoints it would discard that drop_steps does not name)."""
+    answer = db.scalar(SQL.runs.move, commit=True, org_id=org_id, flow_id=flow_id, id=run_id, version=version,
+                       drop_steps=list(drop_steps), dry_run=dry_run, user_id=user_id)
+    if answer is None:
+        raise NoSuchRun("Execution")
+    refused = answer.get("refused")
+    if refused == "version":
+        raise BadMoveRequest("version", f"The flow has no version {version}.")
+    if refused == "drop_steps":
+        raise BadMoveRequest("dropSteps", "The move discards no checkpoint of " + ", ".join(
+            repr(s) for s in answer["strays"][:10]) + ": name only steps it removes or whose output no longer fits.")
+    if refused == "drop":
+        diff = answer["diff"]
+        raise MoveRefused("Moving would discard what the execution recorded of " + ", ".join(
+            repr(s) for s in diff["mustDrop"]) + "; name them in dropSteps to move anyway.", diff)
+    if refused:
+        raise RunStateConflict(_NOT_PARKED[refused].format(status=answer.get("status")))
+    return answer
 
 
 def send_signal(db: Database, *, org_id, flow_id, run_id, signal: str, payload: Any, source: str, user_id=None,

@@ -89,7 +89,8 @@
     var live = main && main.dataset.live;
     if (!live) { return; }
     timer = setTimeout(function () {
-      if (document.hidden) { schedule(); return; }
+      // Hidden, or a move's preview on screen (a refresh would replace what the person is reading).
+      if (document.hidden || document.querySelector("[data-hold-refresh]")) { schedule(); return; }
       refresh().then(schedule, schedule);
     }, live === "active" ? 2000 : 10000);
   }
@@ -272,6 +273,110 @@
     }
   }
 
+
+  function element(tag, text, className) {
+    var el = document.createElement(tag);
+    if (text !== undefined && text !== null) { el.textContent = text; }
+    if (className) { el.className = className; }
+    return el;
+  }
+
+  // What a step calls, in a few words (tolstoy_step_target's answer).
+  function target(t) {
+    if (!t) { return "nothing"; }
+    var words = t.type || "?";
+    if (t.action) { words += " " + (t.action.method || "") + " " + (t.action.endpoint || t.action.missing || ""); }
+    if (t.call) { words += " " + (t.call.method || "") + " " + (t.call.url || ""); }
+    if (t.flow) { words += " flow " + (t.flow.id || t.flow.key || ""); }
+    if (t.item) { words += " of " + target(t.item); }
+    return words;
+  }
+
+  // The dry run's diff as lists (text only: step ids are the flow author's), and a checkbox for each
+  // checkpoint the move would discard, which the person must tick to move.
+  function renderMove(form, diff) {
+    var slot = form.querySelector("#move-diff");
+    slot.textContent = "";
+    slot.appendChild(element("h4", "Moving from v" + diff.fromVersion + " to v" + diff.toVersion +
+                                   " (parked on " + diff.parked.join(", ") + ")"));
+    function list(title, items, className, words) {
+      if (!items.length) { return; }
+      slot.appendChild(element("h4", title));
+      var ul = element("ul", null, "move-" + className);
+      items.forEach(function (item) { ul.appendChild(element("li", words(item), className)); });
+      slot.appendChild(ul);
+    }
+    list("Steps added", diff.added, "added", function (id) { return id; });
+    list("Steps removed", diff.removed, "removed", function (s) {
+      return s.stepId + (s.status ? " (recorded: " + s.status + ")" : " (nothing recorded)");
+    });
+    list("Steps changed", diff.changed, "changed", function (s) { return s.stepId + ": " + s.fields.join(", "); });
+    list("Kept as recorded", diff.kept, "kept", function (s) { return s.stepId + " (" + s.status + ")"; });
+    list("Recorded output no longer fits", diff.outputNoLongerFits, "unfit", function (s) {
+      return s.stepId + ": was " + target(s.was) + ", now " + target(s.now);
+    });
+    var discard = diff.mustDrop.concat(diff.dropped);
+    if (discard.length) {
+      slot.appendChild(element("h4", "To move, discard what these steps recorded (removed steps, and steps that run again)"));
+      discard.forEach(function (id, index) {
+        var row = element("div");
+        var box = element("input");
+        box.type = "checkbox";
+        box.id = "move-drop-" + index;
+        box.value = id;
+        box.dataset.drop = "1";
+        box.checked = diff.dropped.indexOf(id) >= 0;
+        var label = element("label", " Discard " + id);
+        label.htmlFor = box.id;
+        row.appendChild(box);
+        row.appendChild(label);
+        slot.appendChild(row);
+      });
+    }
+    if (!diff.added.length && !diff.removed.length && !diff.changed.length && !diff.outputNoLongerFits.length) {
+      slot.appendChild(element("p", "No step changes: the run takes the version's plan as it is now."));
+    }
+    if (diff.wakes) { slot.appendChild(element("p", "Every parked step is discarded: the run goes on at once.")); }
+  }
+
+  function moveBody(form, dryRun) {
+    var drops = Array.prototype.filter.call(form.querySelectorAll("input[data-drop]"), function (box) {
+      return box.checked;
+    }).map(function (box) { return box.value; });
+    return { version: parseInt(form.querySelector("[data-field=version]").value, 10), dryRun: dryRun,
+             dropSteps: drops };
+  }
+
+  function bindMove() {
+    var form = document.getElementById("move-run");
+    if (!form || form.dataset.bound) { return; }
+    form.dataset.bound = "1";
+    var confirm = form.querySelector("#move-confirm");
+    form.querySelector("[data-field=version]").addEventListener("change", function () {
+      form.querySelector("#move-diff").textContent = "";  // another version: preview again
+      confirm.hidden = true;
+      delete form.dataset.holdRefresh;
+    });
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      post(form.dataset.apiPost, moveBody(form, true), form.querySelector("#move-preview")).then(function (data) {
+        if (!data) { return; }
+        form.dataset.holdRefresh = "1";
+        renderMove(form, data.diff);
+        confirm.hidden = false;
+        show("Preview of the move to v" + data.diff.toVersion + ": nothing is changed until you confirm.");
+      });
+    });
+    confirm.addEventListener("click", function () {
+      post(form.dataset.apiPost, moveBody(form, false), confirm).then(function (data) {
+        if (!data) { return; }
+        delete form.dataset.holdRefresh;
+        show("Moved to v" + data.flowVersion + ": the run is " + data.status + ".");
+        refresh().then(schedule);
+      });
+    });
+  }
+
   function bindUser() {
     var select = document.getElementById("acting-user");
     if (!select) { return; }
@@ -294,6 +399,7 @@
   function bind() {
     reveal();
     bindActions();
+    bindMove();
   }
 
   function signIn() {
