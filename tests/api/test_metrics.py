@@ -142,8 +142,11 @@ def test_every_gunicorn_worker_is_counted(two_workers):
     port = two_workers
     pids = set()
     made = 0
+    # Until both answered: on a loaded machine the second worker may still be importing the app for
+    # a while, and the first serves everything meanwhile (a count of requests ran out before it booted).
+    deadline = time.monotonic() + 60
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        while len(pids) < 2 and made < 400:
+        while len(pids) < 2 and time.monotonic() < deadline:
             for status, body in pool.map(lambda _: get(port, "/status/detailed"), range(8)):
                 assert status == 200
                 pids.add(json.loads(body)["process"]["pid"])
