@@ -224,8 +224,9 @@ def evaluate(figures: dict) -> list[dict]:
     none). Each is a ratio measured in this run, or against BASELINE, or a count or bound that does
     not depend on the machine."""
     found = []
+    # Every HTTP figure: a scenario's per server, and the list latencies' per history size.
     http = [s for scenario, servers in figures.items() if isinstance(servers, dict) and scenario != "engine"
-            for s in (servers.values() if scenario != "list latency" else servers.values())]
+            for s in servers.values()]
     if http:
         # A server answering errors (a 429 of a quota, a 5xx) did not do the work the others did:
         # every other figure of the run would compare nothing.

@@ -37,9 +37,10 @@ where d.datname = :name;
 -- concurrently, and attaches. The name is the partition's name and the parent index's name
 -- after its table's, cut to PostgreSQL's 63 bytes.
 with unbuilt as (
-    select pi.indexrelid as parent_index, ic.relname as parent_index_name, n.nspname as schema,
-           tc.relname as table_name, part.oid as partition, part.relname as partition_name,
-           part.relkind as partition_kind, pg_get_indexdef(pi.indexrelid) as definition
+    select ic.relname as parent_index_name, n.oid as namespace, n.nspname as schema,
+           part.relname as partition_name, part.relkind as partition_kind,
+           pg_get_indexdef(pi.indexrelid) as definition,
+           left(part.relname || substr(ic.relname, char_length(tc.relname) + 1), 63) as index_name
     from pg_index pi
     join pg_class ic on ic.oid = pi.indexrelid and ic.relkind = 'I'
     join pg_class tc on tc.oid = pi.indrelid
@@ -52,13 +53,10 @@ with unbuilt as (
                       join pg_index pix on pix.indexrelid = attached.inhrelid
                       where attached.inhparent = pi.indexrelid and pix.indrelid = part.oid)
 )
-select u.parent_index_name, u.schema, u.partition_name, u.partition_kind, u.definition,
-       left(u.partition_name || substr(u.parent_index_name, char_length(u.table_name) + 1), 63) as index_name,
+select u.parent_index_name, u.schema, u.partition_name, u.partition_kind, u.definition, u.index_name,
        (select x.indisvalid
         from pg_class xc
         join pg_index x on x.indexrelid = xc.oid
-        where xc.relnamespace = (select oid from pg_namespace where nspname = u.schema)
-          and xc.relname = left(u.partition_name || substr(u.parent_index_name, char_length(u.table_name) + 1),
-                                63)) as existing_valid
+        where xc.relnamespace = u.namespace and xc.relname = u.index_name) as existing_valid
 from unbuilt u
 order by u.parent_index_name, u.partition_name;
