@@ -1544,10 +1544,11 @@ begin
         end if;
     end loop;
     run := null;
+    -- Not the runs parked for a slot (run_after infinity): a slot that frees wakes them, not the time.
     meta := jsonb_build_object(
-        'next_due', least((select min(r.run_after) from flow_runs r
-                           where r.status = 'queued' and r.run_after < 'infinity'),  -- not those parked for a slot
-                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
+        'next_due', least(
+            (select min(r.run_after) from flow_runs r where r.status = 'queued' and r.run_after < 'infinity'),
+            (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
     return next;
 end;
 $_$;

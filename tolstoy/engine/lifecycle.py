@@ -38,7 +38,13 @@ from ..redaction import mask_json, secret_strings
 from ..times import iso
 from . import reruns, templates
 from .errors import (
-    BadMoveRequest, ConcurrencyKeyRefused, LinkUsed, MoveRefused, NoKeyToSeal, NoSuchRun, RunStateConflict,
+    BadMoveRequest,
+    ConcurrencyKeyRefused,
+    LinkUsed,
+    MoveRefused,
+    NoKeyToSeal,
+    NoSuchRun,
+    RunStateConflict,
 )
 from .vault import Vault
 
