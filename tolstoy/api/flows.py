@@ -22,7 +22,8 @@ from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, 
 # What the database's constraints on flows mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
     checks={"flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
-        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps", "flows_concurrency_shape": "concurrency"},
+        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps",
+        "flows_concurrency_shape": "concurrency"},
     unique={"flows_org_id_key_key": "A flow with this key already exists in this organization."},
     dependents={"flows_org_id_fkey": "flows"},
     service=frozenset({"flows_version_positive"}),
@@ -37,7 +38,9 @@ class ConcurrencySchema(Base):
                        "queued: `limit` runs per key run at once. Without it, `limit` is for the whole flow."})
     limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 10000), metadata={
         "description": "Runs at once per key (with `key`), else of the whole flow."})
-    flow_limit = fields.Integer(strict=True, data_key="flowLimit", attribute="flowLimit", validate=validate.Range(1, 10000), metadata={
+    # Stored as sent (flows.concurrency is read by the database: tolstoy_queue_run_v3).
+    flow_limit = fields.Integer(strict=True, data_key="flowLimit", attribute="flowLimit",
+                                validate=validate.Range(1, 10000), metadata={
         "description": "With `key`: runs at once of the whole flow, whatever their keys."})
 
     @validates_schema
