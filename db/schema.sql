@@ -296,6 +296,50 @@ COMMENT ON FUNCTION public.flow_runs_plan_on_failure() IS 'BEFORE INSERT trigger
 
 
 --
+-- Name: flow_runs_release_slot(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_release_slot() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+begin
+    -- Waits for a claim deciding about this flow's runs: a run it parks is seen below.
+    perform pg_advisory_xact_lock(tolstoy_slot_lock(new.org_id, new.flow_id));
+    -- A new statement, so a new snapshot. The oldest run waiting for this run's key, and the oldest waiting
+    -- for the flow's limit: each is claimed or parked again by the next claim (so a slot is never given to
+    -- a run another limit still holds back, and a raised limit fills as runs end).
+    update flow_runs w
+    set run_after = clock_now
+    from ((select p.org_id, p.id, p.created_at
+           from flow_runs p
+           where p.org_id = new.org_id and p.flow_id = new.flow_id and p.waiting_for = 'concurrency'
+             and p.status = 'queued' and p.waiting_on ? 'key'
+             and p.waiting_on -> 'key' = coalesce(to_jsonb(new.concurrency_key), 'null'::jsonb)
+           order by p.created_at, p.id
+           limit 1)
+          union
+          (select p.org_id, p.id, p.created_at
+           from flow_runs p
+           where p.org_id = new.org_id and p.flow_id = new.flow_id and p.waiting_for = 'concurrency'
+             and p.status = 'queued' and p.waiting_on ? 'flowLimit'
+           order by p.created_at, p.id
+           limit 1)) as woken
+    where w.org_id = woken.org_id and w.id = woken.id and w.created_at = woken.created_at;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_release_slot(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_release_slot() IS 'AFTER UPDATE trigger: a run with concurrency limits that leaves running (finished, cancelled, failed, parked) frees its slot: the oldest run waiting for its key and the oldest waiting for its flow''s limit are due again.';
+
+
+--
 -- Name: flow_runs_uncount_stored_bytes(); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1342,6 +1386,8 @@ declare
     failure jsonb;
     state text;
     problem text;
+    blocker jsonb;
+    parked_at timestamptz;
 begin
     if worker is null or worker = '' or max_runs < 1 or max_runs > 1000 or lease_seconds <= 0
             or max_recoveries < 0 or half_life_seconds is null or half_life_seconds <= 0 then
@@ -1447,12 +1493,28 @@ begin
         where r.org_id = due.org_id and r.id = due.id and r.created_at = due.created_at and r.status = 'queued'
         for update skip locked;
         continue when not found;
+        -- A run of a flow with concurrency limits (concurrency.sql) starts only with a slot; without one it is
+        -- parked, queued with no due time, until a run of its flow frees one (flow_runs_release_slot). Another
+        -- claim deciding about the same flow: the run is left for it (or for the next claim).
+        parked_at := (taken.concurrency ->> 'parkedAt')::timestamptz;
+        if taken.concurrency is not null then
+            continue when not pg_try_advisory_xact_lock(tolstoy_slot_lock(taken.org_id, taken.flow_id));
+            blocker := tolstoy_concurrency_blocker(taken);
+            if blocker is not null then
+                update flow_runs
+                set run_after = 'infinity', waiting_for = 'concurrency', waiting_on = blocker, waiting_step = null,
+                    waiting_since = coalesce(parked_at, clock_now), waiting_until = null,
+                    concurrency = concurrency || jsonb_build_object('parkedAt', coalesce(parked_at, clock_now))
+                where org_id = due.org_id and id = due.id and created_at = due.created_at;
+                continue;
+            end if;
+        end if;
         payload := null;
         begin
             update flow_runs
             set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
                 lease_expires_at = tolstoy_clock_timestamp() + lease, started_at = coalesce(started_at, clock_now),
-                accounted_at = tolstoy_clock_timestamp()
+                accounted_at = tolstoy_clock_timestamp(), concurrency = concurrency - 'parkedAt'
             where org_id = due.org_id and id = due.id and created_at = due.created_at
             returning * into taken;
             if taken.claims = 1 then
@@ -1461,6 +1523,11 @@ begin
                         taken.variables);
             end if;
             payload := tolstoy_run_payload(taken);
+            if parked_at is not null then
+                -- How long it waited for its slot (metrics: tolstoy_concurrency_wait_seconds).
+                payload := payload || jsonb_build_object('slot_waited_seconds',
+                                                         extract(epoch from clock_now - parked_at)::float8);
+            end if;
         exception when data_exception or integrity_constraint_violation or program_limit_exceeded then
             get stacked diagnostics state = returned_sqlstate, problem = message_text;
             -- The block's update is undone (not what it left in taken): read the run again.
@@ -1477,9 +1544,11 @@ begin
         end if;
     end loop;
     run := null;
+    -- Not the runs parked for a slot (run_after infinity): a slot that frees wakes them, not the time.
     meta := jsonb_build_object(
-        'next_due', least((select min(r.run_after) from flow_runs r where r.status = 'queued'),
-                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
+        'next_due', least(
+            (select min(r.run_after) from flow_runs r where r.status = 'queued' and r.run_after < 'infinity'),
+            (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
     return next;
 end;
 $_$;
@@ -1489,7 +1558,7 @@ $_$;
 -- Name: FUNCTION tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision) IS 'Claims up to max_runs runs for worker: expired leases first (a strike each; failed past max_recoveries, cancelled when asked), then due queued runs round-robin across organizations weighed by the worker time they hold and used lately (half-life half_life_seconds), in order within each. One row per run ({run}), each loaded on its own (a run that fails to load is charged a fault, not the claim), then {meta: {next_due}}.';
+COMMENT ON FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision) IS 'Claims up to max_runs runs for worker: expired leases first (a strike each; failed past max_recoveries, cancelled when asked), then due queued runs round-robin across organizations weighed by the worker time they hold and used lately (half-life half_life_seconds), in order within each; a run over its flow''s concurrency limits is parked instead (concurrency.sql). One row per run ({run}), each loaded on its own (a run that fails to load is charged a fault, not the claim), then {meta: {next_due}}.';
 
 
 --
@@ -1539,6 +1608,311 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_clock_timestamp() IS 'clock_timestamp() moved as tolstoy_now() is: the time as the statement runs (a lease taken late in a long claim, the order of steps checkpointed together).';
+
+
+--
+-- Name: tolstoy_new_run_id(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) RETURNS uuid
+    LANGUAGE sql PARALLEL SAFE
+    AS $$
+    select encode(overlay(uuid_send(gen_random_uuid())
+                          placing int8send((floor(extract(epoch from at) * 1000)::bigint << 16)
+                                           | (7::bigint << 12)
+                                           | (floor(extract(epoch from at) * 1000000)::bigint % 1000))
+                          from 1 for 8), 'hex')::uuid
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_new_run_id(at timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) IS 'A new run id carrying the time at (UUID version 7 layout, microseconds in its 12 bits after the version): tolstoy_run_from/until compute the run''s month from it.';
+
+
+SET default_tablespace = '';
+
+--
+-- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_runs (
+    org_id uuid NOT NULL,
+    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
+    flow_id uuid NOT NULL,
+    flow_version integer NOT NULL,
+    user_id uuid,
+    status public.flow_run_status DEFAULT 'queued'::public.flow_run_status NOT NULL,
+    variables jsonb DEFAULT '{}'::jsonb NOT NULL,
+    plan jsonb NOT NULL,
+    error jsonb,
+    idempotency_key text,
+    retry_of uuid,
+    root_run_id uuid NOT NULL,
+    run_after timestamp with time zone DEFAULT now() NOT NULL,
+    cancel_requested boolean DEFAULT false NOT NULL,
+    claims integer DEFAULT 0 NOT NULL,
+    recoveries integer DEFAULT 0 NOT NULL,
+    lease_owner text,
+    lease_token integer,
+    lease_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    parent_run_id uuid,
+    parent_step_id text,
+    depth integer DEFAULT 0 NOT NULL,
+    acts_as_user boolean DEFAULT false NOT NULL,
+    stored_bytes bigint,
+    strikes integer DEFAULT 0 NOT NULL,
+    handbacks integer DEFAULT 0 NOT NULL,
+    accounted_at timestamp with time zone,
+    rerun_of uuid,
+    waiting_for text,
+    waiting_on jsonb,
+    waiting_step text,
+    waiting_since timestamp with time zone,
+    waiting_until timestamp with time zone,
+    concurrency jsonb,
+    concurrency_key text,
+    CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
+    CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
+    CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
+    CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
+)
+PARTITION BY RANGE (created_at);
+
+ALTER TABLE ONLY public.flow_runs FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_runs; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the work queue the workers claim from. Monthly partitions.';
+
+
+--
+-- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text. Carries created_at (see tolstoy_new_run_id) for runs queued since 20261208000402; lookups by id bound created_at with it.';
+
+
+--
+-- Name: COLUMN flow_runs.plan; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.plan IS 'What the run executes, copied when it was queued: {steps, actions: [action with its tool]}.';
+
+
+--
+-- Name: COLUMN flow_runs.retry_of; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.retry_of IS 'The run this one retries (at most one retry per run; no foreign key across monthly partitions).';
+
+
+--
+-- Name: COLUMN flow_runs.root_run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.root_run_id IS 'First run of a retry chain; Idempotency-Keys sent to tools derive from it, so a retry repeats them.';
+
+
+--
+-- Name: COLUMN flow_runs.run_after; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.run_after IS 'Not claimable before this time: set by delay steps and retry backoff.';
+
+
+--
+-- Name: COLUMN flow_runs.cancel_requested; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.cancel_requested IS 'Set by the cancel route; a worker stops the run within one heartbeat.';
+
+
+--
+-- Name: COLUMN flow_runs.claims; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed the run; the claim number is the lease token.';
+
+
+--
+-- Name: COLUMN flow_runs.recoveries; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.recoveries IS 'Claims after the run''s lease expired (its worker vanished, or let go of it): every one, for the record. The recovery limit reads strikes.';
+
+
+--
+-- Name: COLUMN flow_runs.lease_token; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.lease_token IS 'Fencing token of the current claim: writes must present it with an unexpired lease.';
+
+
+--
+-- Name: COLUMN flow_runs.lease_expires_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose lease expired belongs to no worker and is claimed again.';
+
+
+--
+-- Name: COLUMN flow_runs.parent_run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.parent_run_id IS 'The run whose subflow step queued this one (exposed as parentExecutionId); null for a top-level run. No foreign key across monthly partitions.';
+
+
+--
+-- Name: COLUMN flow_runs.parent_step_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.parent_step_id IS 'The id of the parent''s subflow step that queued this run.';
+
+
+--
+-- Name: COLUMN flow_runs.depth; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.depth IS 'Sub-flow nesting: 0 for a top-level run, the parent''s depth + 1 for a child (bounded by TOLSTOY_SUBFLOW_MAX_DEPTH).';
+
+
+--
+-- Name: COLUMN flow_runs.acts_as_user; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.acts_as_user IS 'The run may use its user''s OAuth connections (per-user tools): its starter could act as user_id (a key bound to them or with impersonate; headers mode: X-User-ID). Set when queued; a subflow child inherits it.';
+
+
+--
+-- Name: COLUMN flow_runs.stored_bytes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.stored_bytes IS 'Bytes of history the run holds (its variables, plan, error, steps and log rows, as stored), measured when it finished.';
+
+
+--
+-- Name: COLUMN flow_runs.strikes; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.strikes IS 'Recoveries (its lease expired) and faults of its own (data the database refused) since the run last finished a step; past TOLSTOY_MAX_RECOVERIES it fails (RecoveryLimit).';
+
+
+--
+-- Name: COLUMN flow_runs.handbacks; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.handbacks IS 'Times the run was handed back to the queue after a transient fault of the database since it last finished a step; past TOLSTOY_MAX_HANDBACKS it fails (HandbackLimit).';
+
+
+--
+-- Name: COLUMN flow_runs.accounted_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.accounted_at IS 'Up to when the worker time of the current lease is counted in organization_worker_time.';
+
+
+--
+-- Name: COLUMN flow_runs.rerun_of; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.rerun_of IS 'The run this one re-runs from a step (POST …/rerun); null otherwise. Its kept steps'' checkpoints were copied from it; its calls are new effects (root_run_id is the re-run itself).';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_for; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_for IS 'Why the parked run waits: signal, outcomeUnknown, child, retry, delay (or rateLimit); null when it is not parked. Set and cleared by the trigger flow_runs_waiting_for.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_on; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_on IS 'What it waits on: the signal name (or the names of a signals wait), the child run id, or the step id.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_step; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_step IS 'The step that waits.';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_since; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_since IS 'Since when it waits (the step''s start; the call''s for an unknown outcome).';
+
+
+--
+-- Name: COLUMN flow_runs.waiting_until; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.waiting_until IS 'Until when at most (a wait''s timeout, a delay''s or back-off''s end); null when unknown.';
+
+
+--
+-- Name: COLUMN flow_runs.concurrency; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.concurrency IS 'The concurrency limits the run obeys, from its flow''s when it was queued: {keyLimit?, flowLimit?, parkedAt?} (parkedAt: since when it waits for a slot). Null: none.';
+
+
+--
+-- Name: COLUMN flow_runs.concurrency_key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.concurrency_key IS 'The run''s concurrency key, its flow''s key template rendered over its variables when it was queued (null when the flow has no key, or when the database queued it: a schedule, a subflow step, an inbound webhook).';
+
+
+--
+-- Name: tolstoy_concurrency_blocker(public.flow_runs); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_concurrency_blocker(r public.flow_runs) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    AS $$
+declare
+    key_limit integer := (r.concurrency ->> 'keyLimit')::integer;
+    flow_limit integer := (r.concurrency ->> 'flowLimit')::integer;
+begin
+    -- Every running run of the flow holds a slot, a run whose lease expired too: it is its worker's
+    -- until the lease runs out, then the claim that recovers it takes it on, slot and all.
+    if key_limit is not null and key_limit <= (
+            select count(*) from flow_runs o
+            where o.org_id = r.org_id and o.flow_id = r.flow_id and o.status = 'running'
+              and o.concurrency is not null
+              and (o.concurrency_key = r.concurrency_key
+                   or (o.concurrency_key is null and r.concurrency_key is null))) then
+        return jsonb_build_object('key', r.concurrency_key, 'limit', key_limit);
+    end if;
+    if flow_limit is not null and flow_limit <= (
+            select count(*) from flow_runs o
+            where o.org_id = r.org_id and o.flow_id = r.flow_id and o.status = 'running') then
+        return jsonb_build_object('flowLimit', flow_limit);
+    end if;
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_concurrency_blocker(r public.flow_runs); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_concurrency_blocker(r public.flow_runs) IS 'Why a run with concurrency limits may not start now: {key, limit} when its key has as many running runs as its keyLimit, {flowLimit} when its flow has as many as its flowLimit; null when it has a slot. The caller holds the flow''s slot lock (tolstoy_slot_lock).';
 
 
 --
@@ -2017,8 +2391,6 @@ $$;
 COMMENT ON FUNCTION public.tolstoy_learn_budget(org uuid, tool uuid, budget_scope text, lesson jsonb) IS 'What one answer of a provider taught the budget of a tool''s credential (lesson, parsed and clamped by the engine: tolstoy/engine/ratelimits.py): a 429 counted, a pause (Retry-After), the limit (requests per per_seconds), what is left of the current window and when it resets.';
 
 
-SET default_tablespace = '';
-
 --
 -- Name: execution_logs; Type: TABLE; Schema: public; Owner: -
 --
@@ -2320,28 +2692,6 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[], dry boolean, actor uuid) IS 'Moves a parked run (no worker holds it, a step parked, no child run under way) to another version of its flow, holding its row: the version''s plan (tolstoy_plan_for), checkpoints of kept steps kept, those drop_steps names discarded (required for a removed step with a checkpoint and a kept one whose output no longer fits), the move logged as actor''s. Null when no such run; {refused: version|status|child|parked|drop_steps|drop} writes nothing (drop: with the diff); dry: {moved: false, diff, run}; else {moved: true, diff, run}.';
-
-
---
--- Name: tolstoy_new_run_id(timestamp with time zone); Type: FUNCTION; Schema: public; Owner: -
---
-
-CREATE FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) RETURNS uuid
-    LANGUAGE sql PARALLEL SAFE
-    AS $$
-    select encode(overlay(uuid_send(gen_random_uuid())
-                          placing int8send((floor(extract(epoch from at) * 1000)::bigint << 16)
-                                           | (7::bigint << 12)
-                                           | (floor(extract(epoch from at) * 1000000)::bigint % 1000))
-                          from 1 for 8), 'hex')::uuid
-$$;
-
-
---
--- Name: FUNCTION tolstoy_new_run_id(at timestamp with time zone); Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON FUNCTION public.tolstoy_new_run_id(at timestamp with time zone) IS 'A new run id carrying the time at (UUID version 7 layout, microseconds in its 12 bits after the version): tolstoy_run_from/until compute the run''s month from it.';
 
 
 --
@@ -2667,233 +3017,6 @@ COMMENT ON FUNCTION public.tolstoy_prune_signals(retention_days integer, batch i
 
 
 --
--- Name: flow_runs; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.flow_runs (
-    org_id uuid NOT NULL,
-    id uuid DEFAULT public.tolstoy_new_run_id(now()) NOT NULL,
-    flow_id uuid NOT NULL,
-    flow_version integer NOT NULL,
-    user_id uuid,
-    status public.flow_run_status DEFAULT 'queued'::public.flow_run_status NOT NULL,
-    variables jsonb DEFAULT '{}'::jsonb NOT NULL,
-    plan jsonb NOT NULL,
-    error jsonb,
-    idempotency_key text,
-    retry_of uuid,
-    root_run_id uuid NOT NULL,
-    run_after timestamp with time zone DEFAULT now() NOT NULL,
-    cancel_requested boolean DEFAULT false NOT NULL,
-    claims integer DEFAULT 0 NOT NULL,
-    recoveries integer DEFAULT 0 NOT NULL,
-    lease_owner text,
-    lease_token integer,
-    lease_expires_at timestamp with time zone,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    parent_run_id uuid,
-    parent_step_id text,
-    depth integer DEFAULT 0 NOT NULL,
-    acts_as_user boolean DEFAULT false NOT NULL,
-    stored_bytes bigint,
-    strikes integer DEFAULT 0 NOT NULL,
-    handbacks integer DEFAULT 0 NOT NULL,
-    accounted_at timestamp with time zone,
-    rerun_of uuid,
-    waiting_for text,
-    waiting_on jsonb,
-    waiting_step text,
-    waiting_since timestamp with time zone,
-    waiting_until timestamp with time zone,
-    CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
-    CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
-    CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
-    CONSTRAINT flow_runs_variables_object CHECK ((jsonb_typeof(variables) = 'object'::text))
-)
-PARTITION BY RANGE (created_at);
-
-ALTER TABLE ONLY public.flow_runs FORCE ROW LEVEL SECURITY;
-
-
---
--- Name: TABLE flow_runs; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON TABLE public.flow_runs IS 'One execution of a flow version; also the work queue the workers claim from. Monthly partitions.';
-
-
---
--- Name: COLUMN flow_runs.id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.id IS 'Exposed as executionId; execution_logs.execution_id holds it as text. Carries created_at (see tolstoy_new_run_id) for runs queued since 20261208000402; lookups by id bound created_at with it.';
-
-
---
--- Name: COLUMN flow_runs.plan; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.plan IS 'What the run executes, copied when it was queued: {steps, actions: [action with its tool]}.';
-
-
---
--- Name: COLUMN flow_runs.retry_of; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.retry_of IS 'The run this one retries (at most one retry per run; no foreign key across monthly partitions).';
-
-
---
--- Name: COLUMN flow_runs.root_run_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.root_run_id IS 'First run of a retry chain; Idempotency-Keys sent to tools derive from it, so a retry repeats them.';
-
-
---
--- Name: COLUMN flow_runs.run_after; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.run_after IS 'Not claimable before this time: set by delay steps and retry backoff.';
-
-
---
--- Name: COLUMN flow_runs.cancel_requested; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.cancel_requested IS 'Set by the cancel route; a worker stops the run within one heartbeat.';
-
-
---
--- Name: COLUMN flow_runs.claims; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.claims IS 'How many times a worker claimed the run; the claim number is the lease token.';
-
-
---
--- Name: COLUMN flow_runs.recoveries; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.recoveries IS 'Claims after the run''s lease expired (its worker vanished, or let go of it): every one, for the record. The recovery limit reads strikes.';
-
-
---
--- Name: COLUMN flow_runs.lease_token; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.lease_token IS 'Fencing token of the current claim: writes must present it with an unexpired lease.';
-
-
---
--- Name: COLUMN flow_runs.lease_expires_at; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.lease_expires_at IS 'A running run whose lease expired belongs to no worker and is claimed again.';
-
-
---
--- Name: COLUMN flow_runs.parent_run_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.parent_run_id IS 'The run whose subflow step queued this one (exposed as parentExecutionId); null for a top-level run. No foreign key across monthly partitions.';
-
-
---
--- Name: COLUMN flow_runs.parent_step_id; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.parent_step_id IS 'The id of the parent''s subflow step that queued this run.';
-
-
---
--- Name: COLUMN flow_runs.depth; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.depth IS 'Sub-flow nesting: 0 for a top-level run, the parent''s depth + 1 for a child (bounded by TOLSTOY_SUBFLOW_MAX_DEPTH).';
-
-
---
--- Name: COLUMN flow_runs.acts_as_user; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.acts_as_user IS 'The run may use its user''s OAuth connections (per-user tools): its starter could act as user_id (a key bound to them or with impersonate; headers mode: X-User-ID). Set when queued; a subflow child inherits it.';
-
-
---
--- Name: COLUMN flow_runs.stored_bytes; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.stored_bytes IS 'Bytes of history the run holds (its variables, plan, error, steps and log rows, as stored), measured when it finished.';
-
-
---
--- Name: COLUMN flow_runs.strikes; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.strikes IS 'Recoveries (its lease expired) and faults of its own (data the database refused) since the run last finished a step; past TOLSTOY_MAX_RECOVERIES it fails (RecoveryLimit).';
-
-
---
--- Name: COLUMN flow_runs.handbacks; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.handbacks IS 'Times the run was handed back to the queue after a transient fault of the database since it last finished a step; past TOLSTOY_MAX_HANDBACKS it fails (HandbackLimit).';
-
-
---
--- Name: COLUMN flow_runs.accounted_at; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.accounted_at IS 'Up to when the worker time of the current lease is counted in organization_worker_time.';
-
-
---
--- Name: COLUMN flow_runs.rerun_of; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.rerun_of IS 'The run this one re-runs from a step (POST …/rerun); null otherwise. Its kept steps'' checkpoints were copied from it; its calls are new effects (root_run_id is the re-run itself).';
-
-
---
--- Name: COLUMN flow_runs.waiting_for; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.waiting_for IS 'Why the parked run waits: signal, outcomeUnknown, child, retry, delay (or rateLimit); null when it is not parked. Set and cleared by the trigger flow_runs_waiting_for.';
-
-
---
--- Name: COLUMN flow_runs.waiting_on; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.waiting_on IS 'What it waits on: the signal name (or the names of a signals wait), the child run id, or the step id.';
-
-
---
--- Name: COLUMN flow_runs.waiting_step; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.waiting_step IS 'The step that waits.';
-
-
---
--- Name: COLUMN flow_runs.waiting_since; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.waiting_since IS 'Since when it waits (the step''s start; the call''s for an unknown outcome).';
-
-
---
--- Name: COLUMN flow_runs.waiting_until; Type: COMMENT; Schema: public; Owner: -
---
-
-COMMENT ON COLUMN public.flow_runs.waiting_until IS 'Until when at most (a wait''s timeout, a delay''s or back-off''s end); null when unknown.';
-
-
---
 -- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2917,6 +3040,25 @@ COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_vers
 --
 
 CREATE FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) RETURNS TABLE(run public.flow_runs, created boolean)
+    LANGUAGE sql
+    AS $$
+    select q.run, q.created
+    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) IS 'tolstoy_queue_run_v3 without a concurrency key (the previous release''s API, and tolstoy_queue_run): a run of a flow whose concurrency has a key gets the key null.';
+
+
+--
+-- Name: tolstoy_queue_run_v3(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) RETURNS TABLE(run public.flow_runs, created boolean)
     LANGUAGE plpgsql
     AS $_$
 declare
@@ -2936,9 +3078,17 @@ declare
     -- The id carries the time the run is queued, its created_at: lookups by id find its month.
     new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
+    -- The flow's concurrency limits as declared now (flows.concurrency): the run keeps them, and its key as
+    -- the caller rendered it from its variables (null when queued by the database: a schedule, a subflow
+    -- step, an inbound webhook; those runs share the key null).
+    declared jsonb := (select f.concurrency from flows f where f.org_id = org and f.id = flow);
+    limits jsonb := case when declared ? 'key'
+                         then jsonb_strip_nulls(jsonb_build_object('keyLimit', declared -> 'limit',
+                                                                   'flowLimit', declared -> 'flowLimit'))
+                         when declared is not null then jsonb_build_object('flowLimit', declared -> 'limit') end;
 begin
     if retrying is not null and rerunning is not null then
-        raise exception 'tolstoy_queue_run_v2: a run is a retry or a re-run, not both'
+        raise exception 'tolstoy_queue_run_v3: a run is a retry or a re-run, not both'
             using errcode = 'invalid_parameter_value';
     end if;
     if key is not null then
@@ -2963,7 +3113,7 @@ begin
         where r.org_id = org and r.id = source
           and r.created_at between tolstoy_run_from(source) and tolstoy_run_until(source);
         if original.id is null then
-            raise exception 'tolstoy_queue_run_v2: no run % to start from', source using errcode = 'no_data_found';
+            raise exception 'tolstoy_queue_run_v3: no run % to start from', source using errcode = 'no_data_found';
         end if;
         run_plan := original.plan;
         -- A retry continues its chain (the same Idempotency-Keys); a re-run is a chain of its own: its
@@ -2984,9 +3134,11 @@ begin
             'of', source, 'fromStep', rerunning -> 'fromStep', 'children', rerunning -> 'children')));
     end if;
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
-                           retry_of, rerun_of, root_run_id, created_at, acts_as_user)
+                           retry_of, rerun_of, root_run_id, created_at, acts_as_user, concurrency,
+                           concurrency_key)
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
-            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null)
+            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null, limits,
+            case when declared ? 'key' then concurrency_key end)
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -3015,10 +3167,10 @@ $_$;
 
 
 --
--- Name: FUNCTION tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002).';
+COMMENT ON FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002). The run keeps its flow''s concurrency limits and concurrency_key, its key rendered by the caller (flows.concurrency.key over its variables).';
 
 
 --
@@ -3544,6 +3696,24 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text) IS 'Sends signal_name with signal_payload to a run of a flow, holding the run''s row: stores it, wakes the run when a wait step of it is parked for it, and logs it as actor''s (sent_through: api or link). Null when no such run; {refused: key|link|finished|waiting} writes nothing (the Idempotency-Key sent another signal; the approval link was used; the run finished, with its status; no unfinished wait step is left for it, with the pending count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before).';
+
+
+--
+-- Name: tolstoy_slot_lock(uuid, uuid); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_slot_lock(org uuid, flow uuid) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    select hashtextextended(format('run-slots:%s:%s', org, flow), 0)
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_slot_lock(org uuid, flow uuid); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_slot_lock(org uuid, flow uuid) IS 'The advisory lock a claim that parks or starts a limited run of the flow, and a release that wakes one, hold until they commit.';
 
 
 --
@@ -4710,6 +4880,8 @@ CREATE TABLE public.flow_runs_default (
     waiting_step text,
     waiting_since timestamp with time zone,
     waiting_until timestamp with time zone,
+    concurrency jsonb,
+    concurrency_key text,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -4947,6 +5119,12 @@ CREATE TABLE public.flows (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     on_failure jsonb,
     key text,
+    concurrency jsonb,
+    CONSTRAINT flows_concurrency_shape CHECK (((concurrency IS NULL) OR
+CASE
+    WHEN ((jsonb_typeof(concurrency) = 'object'::text) AND (jsonb_typeof((concurrency -> 'limit'::text)) = 'number'::text)) THEN (((((concurrency ->> 'limit'::text))::numeric >= (1)::numeric) AND (((concurrency ->> 'limit'::text))::numeric <= (10000)::numeric)) AND ((NOT (concurrency ? 'key'::text)) OR ((jsonb_typeof((concurrency -> 'key'::text)) = 'string'::text) AND ((char_length((concurrency ->> 'key'::text)) >= 1) AND (char_length((concurrency ->> 'key'::text)) <= 1000)))) AND ((NOT (concurrency ? 'flowLimit'::text)) OR ((concurrency ? 'key'::text) AND (jsonb_typeof((concurrency -> 'flowLimit'::text)) = 'number'::text) AND ((((concurrency ->> 'flowLimit'::text))::numeric >= (1)::numeric) AND (((concurrency ->> 'flowLimit'::text))::numeric <= (10000)::numeric)))) AND ((((concurrency - 'key'::text) - 'limit'::text) - 'flowLimit'::text) = '{}'::jsonb))
+    ELSE false
+END)),
     CONSTRAINT flows_description_length CHECK ((char_length(description) <= 5000)),
     CONSTRAINT flows_key_format CHECK ((key ~ '^[a-z0-9][a-z0-9_.-]{0,63}$'::text)),
     CONSTRAINT flows_name_length CHECK ((char_length(name) <= 200)),
@@ -4991,6 +5169,13 @@ COMMENT ON COLUMN public.flows.on_failure IS 'Steps run when a run of the flow f
 --
 
 COMMENT ON COLUMN public.flows.key IS 'Optional short name of the flow, unique per organization (a subflow step may name its child by it: flowKey).';
+
+
+--
+-- Name: COLUMN flows.concurrency; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flows.concurrency IS 'How many runs of the flow run at once: {"limit": n} in all, or {"key": template, "limit": n, "flowLimit": m?} n per key (the template rendered over the run''s variables when it is queued) and m in all. Null: no limit. Runs keep the limits of the moment they are queued.';
 
 
 --
@@ -6102,7 +6287,7 @@ ALTER TABLE ONLY public.flow_runs_default
 --
 
 ALTER TABLE public.flow_runs
-    ADD CONSTRAINT flow_runs_waiting_for_kind CHECK ((waiting_for = ANY (ARRAY['signal'::text, 'outcomeUnknown'::text, 'child'::text, 'retry'::text, 'delay'::text, 'rateLimit'::text]))) NOT VALID;
+    ADD CONSTRAINT flow_runs_waiting_for_kind CHECK ((waiting_for = ANY (ARRAY['signal'::text, 'outcomeUnknown'::text, 'child'::text, 'retry'::text, 'delay'::text, 'rateLimit'::text, 'concurrency'::text]))) NOT VALID;
 
 
 --
@@ -6685,6 +6870,20 @@ CREATE INDEX flow_runs_default_run_after_idx ON public.flow_runs_default USING b
 
 
 --
+-- Name: flow_runs_running_org_id_flow_id_concurrency_key_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_running_org_id_flow_id_concurrency_key_idx ON ONLY public.flow_runs USING btree (org_id, flow_id, concurrency_key) WHERE (status = 'running'::public.flow_run_status);
+
+
+--
+-- Name: flow_runs_default_running_org_id_flow_id_concurrency_key_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_runs_default_running_org_id_flow_id_concurrency_key_idx ON public.flow_runs_default USING btree (org_id, flow_id, concurrency_key) WHERE (status = 'running'::public.flow_run_status);
+
+
+--
 -- Name: flow_trigger_deliveries_delivery_id_key; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -7049,6 +7248,13 @@ ALTER INDEX public.flow_runs_queued_run_after_idx ATTACH PARTITION public.flow_r
 
 
 --
+-- Name: flow_runs_default_running_org_id_flow_id_concurrency_key_idx; Type: INDEX ATTACH; Schema: public; Owner: -
+--
+
+ALTER INDEX public.flow_runs_running_org_id_flow_id_concurrency_key_idx ATTACH PARTITION public.flow_runs_default_running_org_id_flow_id_concurrency_key_idx;
+
+
+--
 -- Name: actions actions_audit; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -7165,6 +7371,13 @@ CREATE TRIGGER flow_runs_notify AFTER INSERT OR UPDATE OF status, run_after ON p
 --
 
 CREATE TRIGGER flow_runs_plan_on_failure BEFORE INSERT ON public.flow_runs FOR EACH ROW EXECUTE FUNCTION public.flow_runs_plan_on_failure();
+
+
+--
+-- Name: flow_runs flow_runs_release_slot; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_release_slot AFTER UPDATE OF status ON public.flow_runs FOR EACH ROW WHEN (((old.status = 'running'::public.flow_run_status) AND (new.status <> 'running'::public.flow_run_status) AND (new.concurrency IS NOT NULL))) EXECUTE FUNCTION public.flow_runs_release_slot();
 
 
 --
@@ -8244,4 +8457,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261210000300'),
     ('20261210000301'),
     ('20261211000100'),
-    ('20261212000100');
+    ('20261212000100'),
+    ('20261213000100');

@@ -1,6 +1,6 @@
 -- name: list
 -- One keyset page of an organization's flows, newest first.
-select id, org_id, name, key, description, steps, on_failure, version, created_at, updated_at
+select id, org_id, name, key, description, steps, on_failure, concurrency, version, created_at, updated_at
 from flows
 where org_id = :org_id
   and (:after_created_at::timestamptz is null
@@ -10,13 +10,13 @@ limit :limit;
 
 -- name: get^
 -- One flow of the organization.
-select id, org_id, name, key, description, steps, on_failure, version, created_at, updated_at
+select id, org_id, name, key, description, steps, on_failure, concurrency, version, created_at, updated_at
 from flows
 where org_id = :org_id and id = :id;
 
 -- name: get_for_update^
 -- One flow of the organization, locked until the end of the transaction.
-select id, org_id, name, key, description, steps, on_failure, version, created_at, updated_at
+select id, org_id, name, key, description, steps, on_failure, concurrency, version, created_at, updated_at
 from flows
 where org_id = :org_id and id = :id
 for update;
@@ -30,17 +30,18 @@ select exists (
 -- name: insert^
 -- Create a flow at version 1; flows_record_version stores that version; flows_org_id_key_key refuses a
 -- duplicate key.
-insert into flows (org_id, name, key, description, steps, on_failure)
-values (:org_id, :name, :key, :description, :steps, :on_failure)
-returning id, org_id, name, key, description, steps, on_failure, version, created_at, updated_at;
+insert into flows (org_id, name, key, description, steps, on_failure, concurrency)
+values (:org_id, :name, :key, :description, :steps, :on_failure, :concurrency)
+returning id, org_id, name, key, description, steps, on_failure, concurrency, version, created_at, updated_at;
 
 -- name: update^
 -- Replace the writable columns; the triggers bump version and store it when steps or on_failure change
 -- (not when only name, key or description do).
 update flows
-set name = :name, key = :key, description = :description, steps = :steps, on_failure = :on_failure
+set name = :name, key = :key, description = :description, steps = :steps, on_failure = :on_failure,
+    concurrency = :concurrency
 where org_id = :org_id and id = :id
-returning id, org_id, name, key, description, steps, on_failure, version, created_at, updated_at;
+returning id, org_id, name, key, description, steps, on_failure, concurrency, version, created_at, updated_at;
 
 -- name: delete!
 -- Delete one flow with its versions; execution_logs_flow_id_fkey refuses while logs exist.

@@ -135,6 +135,19 @@ def count_throttled() -> None:
     THROTTLED.inc()
 
 
+# Concurrency limits by key (issue 26): how long a run waited queued for a slot of its flow's limits,
+# observed when a claim starts it. No label: flows and keys are per organization and unbounded. The
+# runs waiting now are tolstoy_flow_runs_parked{waiting_for="concurrency"}.
+SLOT_WAIT_SECONDS = Histogram("tolstoy_concurrency_wait_seconds",
+                              "Time a run waited queued for a slot of its flow's concurrency limits before it "
+                              "started.", buckets=WAIT_BUCKETS)
+
+
+def observe_slot_wait(seconds: float) -> None:
+    """Record how long a run waited for a concurrency slot, once a claim starts it."""
+    SLOT_WAIT_SECONDS.observe(seconds)
+
+
 def observe_pool(db) -> None:
     """Publish this process's pool usage (called after each request and at each scrape)."""
     stats = db.stats()

@@ -47,9 +47,9 @@ comment on function tolstoy_run_until(uuid) is
     'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id '
     'without one).';
 
-create or replace function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid,
+create or replace function tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                                 vars jsonb, key text, retrying uuid, acting boolean,
-                                                rerunning jsonb)
+                                                rerunning jsonb, concurrency_key text)
 returns table (run flow_runs, created boolean)
 language plpgsql as $_$
 declare
@@ -69,9 +69,17 @@ declare
     -- The id carries the time the run is queued, its created_at: lookups by id find its month.
     new_id uuid := tolstoy_new_run_id(now());
     new_created_at timestamptz := now();
+    -- The flow's concurrency limits as declared now (flows.concurrency): the run keeps them, and its key as
+    -- the caller rendered it from its variables (null when queued by the database: a schedule, a subflow
+    -- step, an inbound webhook; those runs share the key null).
+    declared jsonb := (select f.concurrency from flows f where f.org_id = org and f.id = flow);
+    limits jsonb := case when declared ? 'key'
+                         then jsonb_strip_nulls(jsonb_build_object('keyLimit', declared -> 'limit',
+                                                                   'flowLimit', declared -> 'flowLimit'))
+                         when declared is not null then jsonb_build_object('flowLimit', declared -> 'limit') end;
 begin
     if retrying is not null and rerunning is not null then
-        raise exception 'tolstoy_queue_run_v2: a run is a retry or a re-run, not both'
+        raise exception 'tolstoy_queue_run_v3: a run is a retry or a re-run, not both'
             using errcode = 'invalid_parameter_value';
     end if;
     if key is not null then
@@ -96,7 +104,7 @@ begin
         where r.org_id = org and r.id = source
           and r.created_at between tolstoy_run_from(source) and tolstoy_run_until(source);
         if original.id is null then
-            raise exception 'tolstoy_queue_run_v2: no run % to start from', source using errcode = 'no_data_found';
+            raise exception 'tolstoy_queue_run_v3: no run % to start from', source using errcode = 'no_data_found';
         end if;
         run_plan := original.plan;
         -- A retry continues its chain (the same Idempotency-Keys); a re-run is a chain of its own: its
@@ -117,9 +125,11 @@ begin
             'of', source, 'fromStep', rerunning -> 'fromStep', 'children', rerunning -> 'children')));
     end if;
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
-                           retry_of, rerun_of, root_run_id, created_at, acts_as_user)
+                           retry_of, rerun_of, root_run_id, created_at, acts_as_user, concurrency,
+                           concurrency_key)
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
-            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null)
+            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null, limits,
+            case when declared ? 'key' then concurrency_key end)
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -146,13 +156,27 @@ begin
 end;
 $_$;
 
-comment on function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb) is
+comment on function tolstoy_queue_run_v3(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text) is
     'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or '
     'returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. '
     'acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its '
     '"of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps '
     'are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). '
-    'A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002).';
+    'A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002). The run keeps its flow''s concurrency '
+    'limits and concurrency_key, its key rendered by the caller (flows.concurrency.key over its variables).';
+
+create or replace function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid,
+                                                vars jsonb, key text, retrying uuid, acting boolean,
+                                                rerunning jsonb)
+returns table (run flow_runs, created boolean)
+language sql as $$
+    select q.run, q.created
+    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q
+$$;
+
+comment on function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb) is
+    'tolstoy_queue_run_v3 without a concurrency key (the previous release''s API, and tolstoy_queue_run): a run '
+    'of a flow whose concurrency has a key gets the key null.';
 
 create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                              vars jsonb, key text, retrying uuid, acting boolean default false)
@@ -205,6 +229,8 @@ declare
     failure jsonb;
     state text;
     problem text;
+    blocker jsonb;
+    parked_at timestamptz;
 begin
     if worker is null or worker = '' or max_runs < 1 or max_runs > 1000 or lease_seconds <= 0
             or max_recoveries < 0 or half_life_seconds is null or half_life_seconds <= 0 then
@@ -310,12 +336,28 @@ begin
         where r.org_id = due.org_id and r.id = due.id and r.created_at = due.created_at and r.status = 'queued'
         for update skip locked;
         continue when not found;
+        -- A run of a flow with concurrency limits (concurrency.sql) starts only with a slot; without one it is
+        -- parked, queued with no due time, until a run of its flow frees one (flow_runs_release_slot). Another
+        -- claim deciding about the same flow: the run is left for it (or for the next claim).
+        parked_at := (taken.concurrency ->> 'parkedAt')::timestamptz;
+        if taken.concurrency is not null then
+            continue when not pg_try_advisory_xact_lock(tolstoy_slot_lock(taken.org_id, taken.flow_id));
+            blocker := tolstoy_concurrency_blocker(taken);
+            if blocker is not null then
+                update flow_runs
+                set run_after = 'infinity', waiting_for = 'concurrency', waiting_on = blocker, waiting_step = null,
+                    waiting_since = coalesce(parked_at, clock_now), waiting_until = null,
+                    concurrency = concurrency || jsonb_build_object('parkedAt', coalesce(parked_at, clock_now))
+                where org_id = due.org_id and id = due.id and created_at = due.created_at;
+                continue;
+            end if;
+        end if;
         payload := null;
         begin
             update flow_runs
             set status = 'running', claims = claims + 1, lease_token = claims + 1, lease_owner = worker,
                 lease_expires_at = tolstoy_clock_timestamp() + lease, started_at = coalesce(started_at, clock_now),
-                accounted_at = tolstoy_clock_timestamp()
+                accounted_at = tolstoy_clock_timestamp(), concurrency = concurrency - 'parkedAt'
             where org_id = due.org_id and id = due.id and created_at = due.created_at
             returning * into taken;
             if taken.claims = 1 then
@@ -324,6 +366,11 @@ begin
                         taken.variables);
             end if;
             payload := tolstoy_run_payload(taken);
+            if parked_at is not null then
+                -- How long it waited for its slot (metrics: tolstoy_concurrency_wait_seconds).
+                payload := payload || jsonb_build_object('slot_waited_seconds',
+                                                         extract(epoch from clock_now - parked_at)::float8);
+            end if;
         exception when data_exception or integrity_constraint_violation or program_limit_exceeded then
             get stacked diagnostics state = returned_sqlstate, problem = message_text;
             -- The block's update is undone (not what it left in taken): read the run again.
@@ -340,9 +387,11 @@ begin
         end if;
     end loop;
     run := null;
+    -- Not the runs parked for a slot (run_after infinity): a slot that frees wakes them, not the time.
     meta := jsonb_build_object(
-        'next_due', least((select min(r.run_after) from flow_runs r where r.status = 'queued'),
-                          (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
+        'next_due', least(
+            (select min(r.run_after) from flow_runs r where r.status = 'queued' and r.run_after < 'infinity'),
+            (select min(r.lease_expires_at) from flow_runs r where r.status = 'running')));
     return next;
 end;
 $$;
@@ -350,7 +399,8 @@ $$;
 comment on function tolstoy_claim_runs_v2(text, integer, double precision, integer, double precision) is
     'Claims up to max_runs runs for worker: expired leases first (a strike each; failed past max_recoveries, '
     'cancelled when asked), then due queued runs round-robin across organizations weighed by the worker time '
-    'they hold and used lately (half-life half_life_seconds), in order within each. One row per run ({run}), each '
+    'they hold and used lately (half-life half_life_seconds), in order within each; a run over its flow''s '
+    'concurrency limits is parked instead (concurrency.sql). One row per run ({run}), each '
     'loaded on its own (a run that fails to load is charged a fault, not the claim), then {meta: {next_due}}.';
 
 create or replace function tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision,

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-FLOW_KEYS = {"id", "orgId", "name", "key", "description", "steps", "onFailure", "version", "createdAt", "updatedAt"}
+FLOW_KEYS = {"id", "orgId", "name", "key", "description", "steps", "onFailure", "concurrency", "version", "createdAt",
+             "updatedAt"}
 VERSION_KEYS = {"version", "steps", "onFailure", "createdAt"}
 PHRASES = {400: "Bad Request", 404: "Not Found", 409: "Conflict", 412: "Precondition Failed"}
 

@@ -22,15 +22,35 @@ from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, 
 # What the database's constraints on flows mean to a client (errors.Constraints).
 CONSTRAINTS = Constraints(
     checks={"flows_description_length": "description", "flows_key_format": "key", "flows_name_length": "name",
-        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps"},
+        "flows_on_failure_array": "onFailure", "flows_steps_array": "steps",
+        "flows_concurrency_shape": "concurrency"},
     unique={"flows_org_id_key_key": "A flow with this key already exists in this organization."},
     dependents={"flows_org_id_fkey": "flows"},
     service=frozenset({"flows_version_positive"}),
 )
 
 
+class ConcurrencySchema(Base):
+    """``{limit}`` or ``{key, limit, flowLimit?}``: how many runs of the flow run at once."""
+
+    key = fields.String(validate=validate.Length(1, 1000), metadata={
+        "description": "A template over the run's variables (`{{ variables.customer }}`), rendered when the run is "
+                       "queued: `limit` runs per key run at once. Without it, `limit` is for the whole flow."})
+    limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 10000), metadata={
+        "description": "Runs at once per key (with `key`), else of the whole flow."})
+    # Stored as sent (flows.concurrency is read by the database: tolstoy_queue_run_v3).
+    flow_limit = fields.Integer(strict=True, data_key="flowLimit", attribute="flowLimit",
+                                validate=validate.Range(1, 10000), metadata={
+        "description": "With `key`: runs at once of the whole flow, whatever their keys."})
+
+    @validates_schema
+    def _flow_limit_needs_a_key(self, data, **kwargs):
+        if "flowLimit" in data and "key" not in data:
+            raise ValidationError({"flowLimit": ["Only with a key; without one, limit is the flow's."]})
+
+
 class FlowSchema(TenantRecord):
-    """``{name?, key?, description?, steps, onFailure?}``."""
+    """``{name?, key?, description?, steps, onFailure?, concurrency?}``."""
 
     name = text(0, 200, allow_none=True)
     key = key_field("Optional short name, unique per organization: a subflow step may name this flow by it "
@@ -47,6 +67,9 @@ class FlowSchema(TenantRecord):
         metadata={"description": "Steps run when a run fails; they see `error` ({message, stepId}) and "
                                  "`failedStepId`. Null: none."},
     )
+    concurrency = fields.Nested(ConcurrencySchema, allow_none=True, metadata={
+        "description": "How many runs of the flow run at once, across workers: a run over a limit waits queued "
+                       "(waitingFor.concurrency) until a run ends. Null: no limit."})
     version = fields.Integer(dump_only=True)
 
     @validates_schema
@@ -77,7 +100,8 @@ class FlowVersionSchema(Base):
 
 MODEL = Model(
     name="flows", path="/flows", noun="Flow", tag="Flows", schema=FlowSchema,
-    writable=("name", "key", "description", "steps", "on_failure"), json_columns=("steps", "on_failure"),
+    writable=("name", "key", "description", "steps", "on_failure", "concurrency"),
+    json_columns=("steps", "on_failure", "concurrency"),
     delete_blocked_by="execution logs or executions (purge them with DELETE /flows/{id}/executions)",
 )
 _VERSION = dumper(FlowVersionSchema())

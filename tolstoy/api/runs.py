@@ -330,6 +330,8 @@ def lifecycle_errors():
         raise falcon.HTTPServiceUnavailable(description=str(exc)) from None
     except engine.RerunRefused as exc:
         raise field_error(exc.field, exc.message) from None
+    except engine.ConcurrencyKeyRefused as exc:
+        raise field_error(exc.field, str(exc)) from None
 
 
 def idempotency_key(req: falcon.Request) -> str | None:
@@ -383,9 +385,11 @@ class FlowRuns:
               key: str | None = None) -> dict:
         """Queue a run (or find the one an Idempotency-Key already made): the request's last query. The
         run records X-User-ID, and may use that user's connections only if this request may act as them."""
-        return engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=version,
-                                user_id=req.context.user_id, variables=variables, key=key,
-                                acts_as_user=may_act_as(req, req.context.user_id))
+        with lifecycle_errors():
+            return engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=version,
+                                    user_id=req.context.user_id, variables=variables, key=key,
+                                    acts_as_user=may_act_as(req, req.context.user_id),
+                                    concurrency=flow.get("concurrency"))
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
         """202 with the run's summary and where to follow it."""
@@ -453,7 +457,8 @@ class FlowRuns:
         original = self.run(req, flow, execution_id)
         with lifecycle_errors():
             run = engine.retry_run(self.db, original, user_id=req.context.user_id,
-                                   acts_as_user=may_act_as(req, req.context.user_id))
+                                   acts_as_user=may_act_as(req, req.context.user_id),
+                                   concurrency=flow.get("concurrency"))
         self.accepted(req, resp, flow, run)
 
     def on_post_rerun(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
@@ -471,7 +476,8 @@ class FlowRuns:
                 self.db, original, values["fromStep"], user_id=req.context.user_id,
                 acts_as_user=may_act_as(req, req.context.user_id), variables=values.get("variables"),
                 changes=changes, version=values.get("version"), key=key, dry_run=values["dryRun"],
-                check=lambda field, step: flows.check_step(self.db, req, field, step))
+                check=lambda field, step: flows.check_step(self.db, req, field, step),
+                concurrency=flow.get("concurrency"))
         if values["dryRun"]:
             respond(resp, _PREVIEW({"dryRun": True, **answer, "idempotencyKeys": NEW_KEYS}))
             return

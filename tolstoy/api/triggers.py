@@ -25,7 +25,7 @@ from .errors import Conflict, Constraints, NotFound
 from .requests import parse_uuid, read_json, validate_body
 from .responses import check_if_match, created, etag_of, respond
 from .routing import PAGE, PAGE_HEADERS, Route, Services, errors, json_content, path_id, tenant_params, updating
-from .runs import RunAcceptedSchema
+from .runs import RunAcceptedSchema, lifecycle_errors
 from .tenancy import may_act_as
 
 # What the database's constraints on flow_triggers mean to a client (errors.Constraints).
@@ -284,9 +284,11 @@ class DeliveryReplay:
             raise NotFound("Delivery")
         if delivery["verdict"] != "valid" or delivery["body"] is None:
             raise Conflict(f"Only verified deliveries can be replayed (this one is {delivery['verdict']}).")
-        run = engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=flow["version"],
-                               user_id=req.context.user_id, variables=loads(bytes(delivery["body"])),
-                               acts_as_user=may_act_as(req, req.context.user_id))
+        with lifecycle_errors():
+            run = engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=flow["version"],
+                                   user_id=req.context.user_id, variables=loads(bytes(delivery["body"])),
+                                   acts_as_user=may_act_as(req, req.context.user_id),
+                                   concurrency=flow.get("concurrency"))
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(run)
         resp.location = f"/flows/{flow['id']}/executions/{run['id']}"

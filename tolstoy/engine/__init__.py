@@ -15,6 +15,7 @@ from .calls import HTTP_METHODS, ToolClient, input_errors
 from .errors import (
     ActAsUserRefused,
     BadMoveRequest,
+    ConcurrencyKeyRefused,
     InvalidInputs,
     LinkUsed,
     MoveRefused,
@@ -62,7 +63,7 @@ __all__ = [
     "ActAsUserRefused",
     "queue_run", "retry_run", "rerun_run", "RerunRefused", "cancel_run", "resolve_step", "send_signal", "NoSuchRun",
     "RunStateConflict", "WAITING_KINDS", "waiting_for",
-    "NoKeyToSeal", "LinkUsed", "move_run", "MoveRefused", "BadMoveRequest",
+    "NoKeyToSeal", "LinkUsed", "move_run", "MoveRefused", "BadMoveRequest", "ConcurrencyKeyRefused",
     "build", "dependencies", "worker", "generate_key", "graph_errors", "input_errors", "local_key", "masked",
     "reencrypt", "reserved_step_key", "rewrap", "step_order", "tools", "vault_from_config",
     "OutboundError", "TokenRequestFailed", "origin_of", "exchange_code", "expires_in", "scope_of",

@@ -100,6 +100,13 @@ class BadMoveRequest(Exception):
         self.field = field
 
 
+class ConcurrencyKeyRefused(Exception):
+    """The flow's concurrency key does not render to a key over a new run's variables (the API's 400 names
+    the field ``concurrency.key``)."""
+
+    field = "concurrency.key"
+
+
 class LinkUsed(Exception):
     """An approval link delivers one signal, and this one was used already."""
 

@@ -36,29 +36,68 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
 from ..times import iso
-from . import reruns
-from .errors import BadMoveRequest, LinkUsed, MoveRefused, NoKeyToSeal, NoSuchRun, RunStateConflict
+from . import reruns, templates
+from .errors import (
+    BadMoveRequest,
+    ConcurrencyKeyRefused,
+    LinkUsed,
+    MoveRefused,
+    NoKeyToSeal,
+    NoSuchRun,
+    RunStateConflict,
+)
 from .vault import Vault
 
 # A run that ended in one of these may be retried.
 RETRYABLE = ("failed", "cancelled")
 
 
+# A concurrency key is a short name (the API's field concurrency.key says so): at most this many characters.
+MAX_CONCURRENCY_KEY = 200
+
+
+def concurrency_key(concurrency: dict | None, variables: dict) -> str | None:
+    """The run's concurrency key: the flow's ``concurrency.key`` template rendered over the run's
+    ``variables`` (as a step's templates see them), or None when the flow has no key.
+    ConcurrencyKeyRefused when it fails to render, or renders to nothing, to a list or an object, to more
+    than MAX_CONCURRENCY_KEY characters, or to control characters."""
+    template = (concurrency or {}).get("key")
+    if template is None:
+        return None
+    try:
+        value = templates.render(template, {"variables": variables})
+    except templates.TemplateFailure as exc:
+        raise ConcurrencyKeyRefused(f"The flow's concurrency key did not render over these variables: {exc}") from None
+    if value is None or isinstance(value, (dict, list)):
+        raise ConcurrencyKeyRefused("The flow's concurrency key must render to a string or a number over the run's "
+                                    f"variables, not {'null' if value is None else type(value).__name__}.")
+    text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if not 1 <= len(text) <= MAX_CONCURRENCY_KEY:
+        raise ConcurrencyKeyRefused(f"The flow's concurrency key must render to 1 to {MAX_CONCURRENCY_KEY} "
+                                    f"characters over the run's variables; it rendered to {len(text)}.")
+    if not text.isprintable():  # NUL cannot be stored in text; control characters are no key
+        raise ConcurrencyKeyRefused("The flow's concurrency key rendered to control characters.")
+    return text
+
+
 def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
-          retry_of=None, acts_as_user: bool = False, rerun: dict | None = None) -> dict:
+          retry_of=None, acts_as_user: bool = False, rerun: dict | None = None,
+          concurrency: dict | None = None) -> dict:
     """Queue a run of ``version`` (or find the one an Idempotency-Key ``key``, or a retry of
     ``retry_of``, already made; ``created`` says which) as the unit of work's last statement. The run
     records ``user_id``, and may use that user's connections only with ``acts_as_user``. ``rerun``: a
-    re-run's spec (reruns.Level.spec)."""
+    re-run's spec (reruns.Level.spec). ``concurrency``: the flow's (flows.concurrency), whose key is
+    rendered over ``variables`` here (concurrency_key); the limits the database reads itself."""
     run = db.one(SQL.runs.queue, commit=True, org_id=org_id, flow_id=flow_id, flow_version=version,
                  user_id=user_id, variables=dbmod.json(variables), idempotency_key=key, retry_of=retry_of,
-                 acts_as_user=acts_as_user, rerun=dbmod.json(rerun))
+                 acts_as_user=acts_as_user, rerun=dbmod.json(rerun),
+                 concurrency_key=concurrency_key(concurrency, variables))
     if run["created"]:
         metrics.count_run("queued")
     return run
 
 
-def retry(db: Database, original: dict, *, user_id, acts_as_user: bool) -> dict:
+def retry(db: Database, original: dict, *, user_id, acts_as_user: bool, concurrency: dict | None = None) -> dict:
     """A new run of ``original``'s plan that starts with its finished steps and sends the same
     Idempotency-Keys (one retry per run: retrying it again finds the same retry). RunStateConflict
     unless it failed or was cancelled."""
@@ -67,12 +106,12 @@ def retry(db: Database, original: dict, *, user_id, acts_as_user: bool) -> dict:
             f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
     return queue(db, org_id=original["org_id"], flow_id=original["flow_id"], version=original["flow_version"],
                  user_id=user_id, variables=original["variables"], retry_of=original["id"],
-                 acts_as_user=acts_as_user)
+                 acts_as_user=acts_as_user, concurrency=concurrency)
 
 
 def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user: bool,
           variables: dict | None = None, changes: dict[str, dict] | None = None, version: int | None = None,
-          key: str | None = None, dry_run: bool = False, check=None) -> dict:
+          key: str | None = None, dry_run: bool = False, check=None, concurrency: dict | None = None) -> dict:
     """A new run of ``original`` (a finished run of the organization) that keeps the outputs of the
     steps not downstream of ``from_step`` and runs the rest again, reaching into a subflow step's child
     (``call/charge``) or one foreach item (``each[7]``); its calls are new effects (new
@@ -103,7 +142,7 @@ def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user
                 **reruns.preview(db, original["org_id"], level, variables)}
     return queue(db, org_id=original["org_id"], flow_id=original["flow_id"],
                  version=version or original["flow_version"], user_id=user_id, variables=variables, key=key,
-                 acts_as_user=acts_as_user, rerun=level.spec())
+                 acts_as_user=acts_as_user, rerun=level.spec(), concurrency=concurrency)
 
 
 def cancel(db: Database, *, org_id, flow_id, run_id, user_id) -> dict:
@@ -157,8 +196,10 @@ def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_
 # the run parks and leaves; db/functions/checkpoint.sql): the run's waitingFor, the run list's filter and
 # the metrics' labels. In the order the trigger prefers them when several steps wait: a person first,
 # then another run, then time. rateLimit: a call waiting for its credential's rate budget (its step's
-# inputs say which: {toolId, scope}; until: when the call may go).
-WAITING_KINDS = ("outcomeUnknown", "signal", "child", "rateLimit", "retry", "delay")
+# inputs say which: {toolId, scope}; until: when the call may go). concurrency: a queued run waiting for a
+# slot of its flow's concurrency limits ({key, limit} or {flowLimit}; set by the claim, not by a step:
+# db/functions/concurrency.sql).
+WAITING_KINDS = ("outcomeUnknown", "signal", "child", "rateLimit", "retry", "delay", "concurrency")
 
 
 def waiting_for(run: dict) -> dict | None:

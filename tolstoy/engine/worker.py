@@ -161,6 +161,8 @@ class Worker:
             run.leased_at = asked
             if claimed.get("claims") == 1:  # a first claim starts the run; later ones resume it
                 metrics.count_run("running")
+            if claimed.get("slot_waited_seconds") is not None:  # it waited for a concurrency slot
+                metrics.observe_slot_wait(claimed["slot_waited_seconds"])
             with self._lock:
                 self._held[run.id] = run
             pool.submit(self._execute, claimed, run)
