@@ -2708,6 +2708,7 @@ CREATE TABLE public.flow_runs (
     waiting_step text,
     waiting_since timestamp with time zone,
     waiting_until timestamp with time zone,
+    trace_parent text,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -2894,6 +2895,13 @@ COMMENT ON COLUMN public.flow_runs.waiting_until IS 'Until when at most (a wait'
 
 
 --
+-- Name: COLUMN flow_runs.trace_parent; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.trace_parent IS 'The W3C traceparent of whoever queued the run (00-<trace id>-<span id>-<flags>), or null: the run''s spans join that trace (tolstoy/tracing.py). Written only by tolstoy_queue_run_v3, which keeps only a well-formed value.';
+
+
+--
 -- Name: tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -2917,6 +2925,25 @@ COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_vers
 --
 
 CREATE FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) RETURNS TABLE(run public.flow_runs, created boolean)
+    LANGUAGE sql
+    AS $$
+    select q.run, q.created
+    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) IS 'tolstoy_queue_run_v3 without a caller''s trace context (the previous release''s API, subflows, schedules).';
+
+
+--
+-- Name: tolstoy_queue_run_v3(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, caller_trace text) RETURNS TABLE(run public.flow_runs, created boolean)
     LANGUAGE plpgsql
     AS $_$
 declare
@@ -2938,7 +2965,7 @@ declare
     new_created_at timestamptz := now();
 begin
     if retrying is not null and rerunning is not null then
-        raise exception 'tolstoy_queue_run_v2: a run is a retry or a re-run, not both'
+        raise exception 'tolstoy_queue_run_v3: a run is a retry or a re-run, not both'
             using errcode = 'invalid_parameter_value';
     end if;
     if key is not null then
@@ -2963,7 +2990,7 @@ begin
         where r.org_id = org and r.id = source
           and r.created_at between tolstoy_run_from(source) and tolstoy_run_until(source);
         if original.id is null then
-            raise exception 'tolstoy_queue_run_v2: no run % to start from', source using errcode = 'no_data_found';
+            raise exception 'tolstoy_queue_run_v3: no run % to start from', source using errcode = 'no_data_found';
         end if;
         run_plan := original.plan;
         -- A retry continues its chain (the same Idempotency-Keys); a re-run is a chain of its own: its
@@ -2983,10 +3010,15 @@ begin
         run_plan := (run_plan - 'rerun') || jsonb_build_object('rerun', jsonb_strip_nulls(jsonb_build_object(
             'of', source, 'fromStep', rerunning -> 'fromStep', 'children', rerunning -> 'children')));
     end if;
+    -- The caller's W3C trace context, when well formed (else none, as the W3C says of a bad one): the
+    -- workers put the run's spans in its trace (tolstoy/tracing.py).
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
-                           retry_of, rerun_of, root_run_id, created_at, acts_as_user)
+                           retry_of, rerun_of, root_run_id, created_at, acts_as_user, trace_parent)
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
-            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null)
+            coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null,
+            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
+                 then caller_trace end)
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -3015,10 +3047,10 @@ $_$;
 
 
 --
--- Name: FUNCTION tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, caller_trace text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002).';
+COMMENT ON FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, caller_trace text) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002). caller_trace: the W3C traceparent of whoever queued it, kept in flow_runs.trace_parent when well formed.';
 
 
 --
@@ -3395,6 +3427,7 @@ CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
         'variables', r.variables, 'plan', r.plan,
         'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
         'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
+        'trace_parent', r.trace_parent,
         'checkpoints', coalesce((
             select jsonb_agg(jsonb_build_object(
                        'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
@@ -4710,6 +4743,7 @@ CREATE TABLE public.flow_runs_default (
     waiting_step text,
     waiting_since timestamp with time zone,
     waiting_until timestamp with time zone,
+    trace_parent text,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -8244,4 +8278,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261210000300'),
     ('20261210000301'),
     ('20261211000100'),
-    ('20261212000100');
+    ('20261212000100'),
+    ('20261214000100');

@@ -29,6 +29,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -47,6 +48,8 @@ _tracer: trace.Tracer | None = None
 _provider: Any = None
 _pid: int | None = None
 _propagator = TraceContextTextMapPropagator()
+# A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
+TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 def requested(environ: Mapping[str, str]) -> bool:
@@ -124,23 +127,38 @@ def inject(headers: dict) -> None:
     _propagator.inject(headers)
 
 
-def run_ids(run_id: uuid.UUID | str) -> tuple[int, int]:
-    """(trace id, run span id) of a run: its id, and 64 bits of a hash of it (never 0)."""
+def caller(req) -> str | None:
+    """The traceparent a run queued by this request keeps (flow_runs.trace_parent): the request's own span
+    when traces are on (itself in the caller's trace, if the caller sent one), else what the caller sent,
+    when well formed (a malformed one is ignored, as the W3C says)."""
+    if ON:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            return f"00-{current.trace_id:032x}-{current.span_id:016x}-{int(current.trace_flags):02x}"
+    sent = req.get_header("traceparent")
+    return sent if sent and TRACEPARENT.match(sent) else None
+
+
+def run_ids(run_id: uuid.UUID | str, parent: str | None = None) -> tuple[int, int]:
+    """(trace id, run span id) of a run: its caller's trace (``parent``, its flow_runs.trace_parent), or
+    else its own id as the trace id; and 64 bits of a hash of its id (never 0)."""
     value = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
     span_id = int.from_bytes(hashlib.sha256(b"tolstoy-run-span:" + value.bytes).digest()[:8], "big") or 1
+    if parent and TRACEPARENT.match(parent):
+        return int(parent[3:35], 16), span_id
     return value.int, span_id
 
 
-def run_context(run_id) -> otel_context.Context:
+def run_context(run_id, parent: str | None = None) -> otel_context.Context:
     """A context whose parent is the run's span (which may be exported later, by another process)."""
-    trace_id, span_id = run_ids(run_id)
+    trace_id, span_id = run_ids(run_id, parent)
     parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
-def trace_id_of(run_id) -> str:
+def trace_id_of(run_id, parent: str | None = None) -> str:
     """A run's trace id as viewers show it (32 hex digits)."""
-    return format(run_ids(run_id)[0], "032x")
+    return format(run_ids(run_id, parent)[0], "032x")
 
 
 # ---- spans -------------------------------------------------------------------------------------
@@ -191,7 +209,7 @@ def _end_run(run_id, flow_id, version, org_id, status, started, parent) -> None:
 
     if not isinstance(_provider, TracerProvider):
         return
-    trace_id, span_id = run_ids(run_id)
+    trace_id, span_id = run_ids(run_id, parent)
     if isinstance(started, str):
         started = dt.datetime.fromisoformat(started)
     start_ns = int(started.timestamp() * 1e9) if started is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 
 import pytest
 from otlp import Receiver, exporting_env
@@ -15,12 +16,13 @@ from test_engine import execute, step
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
 
-from tolstoy import tracing
+from tolstoy import signatures, tracing
 
 API_KEY = "key-planted-credential-7f3a"
 TOKEN = "tok-planted-sealed-output-91bc"
 BODY = "body-planted-request-5e2d"
 VARIABLE = "var-planted-password-0c4e"
+CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 
 
 @pytest.fixture
@@ -72,7 +74,9 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
     first = start_worker(env)
     second = None
     try:
-        run = execute(api, org, user, flow, {"password": VARIABLE})
+        # The caller's trace: the run's spans, in whatever process, join it.
+        run = execute(api, org, user, flow, {"password": VARIABLE},
+                      headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
         assert entered.wait(30), log_tail(first)
         # What the first worker finished is exported before it dies (a batch every 50 ms).
         receiver.wait_for(lambda spans: any(s["name"] == "step flaky" and s["attributes"].get(
@@ -84,7 +88,7 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
         second = start_worker(env)
         wait_until(lambda: run_status(db, run["executionId"]) in ("completed", "failed"), 60, "the run to end")
         assert run_status(db, run["executionId"]) == "completed", log_tail(second)
-        trace_id = tracing.trace_id_of(run["executionId"])
+        trace_id = CALLER_TRACE
         spans = receiver.wait_for(lambda got: any(s["name"].startswith("run ") and s["trace_id"] == trace_id
                                                   for s in got), what="the run span")
     finally:
@@ -97,7 +101,7 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
     [run_span] = [s for s in mine if s["name"] == f"run {flow['id']}"]
     assert run_span["span_id"] == format(tracing.run_ids(run["executionId"])[1], "016x")
     assert run_span["attributes"]["tolstoy.run.status"] == "completed"
-    assert run_span["parent_span_id"] is None
+    assert run_span["parent_span_id"] == CALLER_SPAN
     # Two processes worked on it: every claim's span is a child of the run span, from both pids.
     claims = [s for s in mine if s["name"] == f"claim {flow['id']}"]
     assert {c["parent_span_id"] for c in claims} == {run_span["span_id"]}
@@ -135,9 +139,40 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
     # The tool saw our trace context on every call (the slow call's, sent by the second worker, too).
     sent = [request.headers.get("traceparent") for request, _ in server.log]
     assert sent and all(value and value.split("-")[1] == trace_id for value in sent), sent
-    # The subflow's child run is a trace of its own, finished by a worker too.
-    assert any(s["name"] == f"run {child['id']}" for s in spans)
+    # The subflow's child run (queued by the parent's checkpoint, not by a caller) is a trace of its own.
+    [child_run] = [s for s in spans if s["name"] == f"run {child['id']}"]
+    assert child_run["trace_id"] == child_run["attributes"]["tolstoy.run.id"].replace("-", "")
     # No secret in anything exported: the credential, the sealed output, the request body, the variable.
     exported = json.dumps([s["raw"] for s in spans]) + "".join(b.decode("latin-1") for b in receiver.bodies)
     for secret in (API_KEY, TOKEN, BODY, VARIABLE):
         assert secret not in exported, secret
+
+
+def stored_trace(db, run_id: str) -> str | None:
+    with db.pool.connection() as conn:
+        return conn.execute("select trace_parent from flow_runs where id = %s", (run_id,)).fetchone()["trace_parent"]
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", True),
+    ("00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01", False),  # upper case: not W3C
+    ("00-00000000000000000000000000000000-b7ad6b7169203331-01", False),  # an all-zero trace id
+    ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", False),  # an all-zero span id
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" + "x" * 5000, False),
+    ("garbage", False),
+])
+def test_a_callers_traceparent_is_kept_with_the_run_on_execute_and_on_a_webhook_trigger(api, org, user, db, client,
+                                                                                          sent, kept):
+    flow = api.flow(org)
+    run = execute(api, org, user, flow, headers={"traceparent": sent})
+    assert stored_trace(db, run["executionId"]) == (sent if kept else None)
+    hook = api.create(f"/flows/{flow['id']}/triggers", org, {"type": "webhook"})
+    body = b'{"a": 1}'
+    answer = client.simulate_post(hook["url"], body=body, headers={
+        "Content-Type": "application/json", "traceparent": sent,
+        "X-Tolstoy-Signature": signatures.sign(hook["secret"], body, int(time.time()))})
+    assert answer.status_code == 202, answer.text
+    assert stored_trace(db, answer.json["executionId"]) == (sent if kept else None)
+    # Nothing else is told by it: the run's view is as before.
+    assert "trace" not in json.dumps(api.client.simulate_get(
+        f"/flows/{flow['id']}/executions/{run['executionId']}", headers=api.headers(org)).json).lower()

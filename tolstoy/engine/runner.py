@@ -157,6 +157,7 @@ class Run:
         # For its trace's run span (tracing.end_run): what it runs, and since when.
         self.flow_version = claimed.get("flow_version")
         self.created_at = claimed.get("created_at")
+        self.trace_parent = claimed.get("trace_parent")  # its caller's trace (flow_runs.trace_parent)
         self.user_id = claimed.get("user_id")
         # Whoever queued it may act as user_id (use their connections): flow_runs.acts_as_user.
         self.acts_as_user = bool(claimed.get("acts_as_user"))
@@ -357,7 +358,7 @@ class Engine:
         self.checkpoint(run, {"action": "finish", "status": status, "error": error})
         if tracing.ON:  # whoever finishes the run exports its span (the processes before may have died)
             tracing.end_run(run.id, flow_id=run.flow_id, version=run.flow_version, org_id=run.org_id,
-                            status=status, started=run.created_at)
+                            status=status, started=run.created_at, parent=run.trace_parent)
         metrics.count_run(status)
         logs.run_event(status, execution=run.id, flow_id=run.flow_id, org_id=run.org_id, status=status)
         log.info("run finished", extra={"execution_id": str(run.id), "status": status})
@@ -383,7 +384,7 @@ class Engine:
                     with tracing.span(f"claim {run.flow_id}", {"tolstoy.run.id": str(run.id),
                                                               "tolstoy.flow.id": str(run.flow_id),
                                                               "tolstoy.org.id": str(run.org_id)},
-                                      parent=tracing.run_context(run.id)):
+                                      parent=tracing.run_context(run.id, run.trace_parent)):
                         self._advance_until_stopped(run)
                 else:
                     self._advance_until_stopped(run)
@@ -612,7 +613,7 @@ class Engine:
             # its foreach step's (the current span of the item's thread).
             with tracing.span(f"step {step['id']}", {"tolstoy.step.id": step["id"], "tolstoy.step.kind": step["type"],
                                                      "tolstoy.step.attempt": attempt},
-                              parent=None if site.item else tracing.run_context(run.id)) as current:
+                              parent=None if site.item else tracing.run_context(run.id, run.trace_parent)) as current:
                 outcome, value = self._sized(run, site, step, kind, attempt, checkpoint)
                 tracing.outcome(current, outcome)
                 return outcome, value
