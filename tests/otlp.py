@@ -109,3 +109,50 @@ def exporting_env(receiver: Receiver) -> dict:
     return {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_BSP_SCHEDULE_DELAY": "50",
             "OTEL_SERVICE_NAME": "tolstoy-test"}
+
+
+def waterfall(spans: list[dict], title: str) -> str:
+    """A trace as an HTML waterfall (the picture in docs/observability.md): a row per span, depth-first
+    under its parent, with a bar from its start to its end and its main attributes."""
+    import html
+
+    by_parent: dict = {}
+    ids = {s["span_id"] for s in spans}
+    for span in spans:
+        parent = span["parent_span_id"] if span["parent_span_id"] in ids else None
+        by_parent.setdefault(parent, []).append(span)
+    t0 = min(s["start"] for s in spans)
+    t1 = max(s["end"] for s in spans)
+    width = max(t1 - t0, 1)
+    shown = ("tolstoy.step.kind", "tolstoy.step.attempt", "tolstoy.step.outcome", "tolstoy.call.retries",
+             "http.response.status_code", "tolstoy.run.status", "process.pid")
+    rows = []
+
+    def walk(parent, depth):
+        for span in sorted(by_parent.get(parent, []), key=lambda s: (s["start"], s["name"])):
+            left = 100 * (span["start"] - t0) / width
+            size = max(100 * (span["end"] - span["start"]) / width, 0.3)
+            facts = {**{k: v for k, v in span["attributes"].items() if k in shown},
+                     **({"pid": span["resource"]["process.pid"]} if span["name"].startswith("claim ") else {})}
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in facts.items())
+            kind = "call" if span["kind"] == 3 else "run" if span["name"].startswith("run ") else \
+                "claim" if span["name"].startswith("claim ") else "step"
+            sql = sum(1 for e in span["events"] if e["name"] == "sql")
+            rows.append(
+                f'<tr><td class="name" style="padding-left:{8 + 16 * depth}px">{html.escape(span["name"])}'
+                f'<div class="facts">{html.escape(label)}{f" · {sql} SQL" if sql else ""}</div></td>'
+                f'<td class="lane"><div class="bar {kind}" style="left:{left:.2f}%;width:{size:.2f}%"></div>'
+                f'<span class="ms" style="left:{min(left + size, 88):.2f}%">'
+                f'{(span["end"] - span["start"]) / 1e6:.1f} ms</span></td></tr>')
+            walk(span["span_id"], depth + 1)
+
+    walk(None, 0)
+    return ("<!doctype html><meta charset=utf-8><style>"
+            "body{font:13px system-ui,sans-serif;margin:16px;color:#1b1f24}h1{font-size:16px}"
+            "table{border-collapse:collapse;width:1200px}td{border-bottom:1px solid #eceff3;padding:3px 6px}"
+            ".name{width:420px;font-family:ui-monospace,monospace;white-space:nowrap}"
+            ".facts{font:11px system-ui;color:#5b6573}.lane{position:relative}"
+            ".bar{position:absolute;top:9px;height:12px;border-radius:3px}.run{background:#6b46c1}"
+            ".claim{background:#a0aec0}.step{background:#3182ce}.call{background:#dd6b20}"
+            ".ms{position:absolute;top:7px;font-size:11px;color:#5b6573;padding-left:4px}"
+            f"</style><h1>{html.escape(title)}</h1><table>{''.join(rows)}</table>")

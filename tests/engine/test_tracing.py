@@ -6,12 +6,14 @@ span; the spans carry placeholders, never the secrets the run used (planted and 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from otlp import Receiver, exporting_env
+from otlp import Receiver, exporting_env, waterfall
 from test_engine import execute, step
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
@@ -22,6 +24,7 @@ API_KEY = "key-planted-credential-7f3a"
 TOKEN = "tok-planted-sealed-output-91bc"
 BODY = "body-planted-request-5e2d"
 VARIABLE = "var-planted-password-0c4e"
+ROOT = Path(__file__).resolve().parents[2]
 CALLER_TRACE, CALLER_SPAN = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
 
 
@@ -142,10 +145,24 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
     # The subflow's child run (queued by the parent's checkpoint, not by a caller) is a trace of its own.
     [child_run] = [s for s in spans if s["name"] == f"run {child['id']}"]
     assert child_run["trace_id"] == child_run["attributes"]["tolstoy.run.id"].replace("-", "")
+    if os.environ.get("TOLSTOY_SCREENSHOTS") == "docs":  # docs/observability.md's picture, when asked
+        picture(mine, f"Trace {trace_id}: run {run['executionId']}, its worker SIGKILLed during step slow")
     # No secret in anything exported: the credential, the sealed output, the request body, the variable.
     exported = json.dumps([s["raw"] for s in spans]) + "".join(b.decode("latin-1") for b in receiver.bodies)
     for secret in (API_KEY, TOKEN, BODY, VARIABLE):
         assert secret not in exported, secret
+
+
+def picture(spans: list[dict], title: str) -> None:
+    """The trace as a waterfall, screenshotted in Debian's chromium (as the console's pictures are)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1240, "height": 400})
+        page.set_content(waterfall(spans, title))
+        page.screenshot(path=str(ROOT / "docs" / "trace-run.png"), full_page=True)
+        browser.close()
 
 
 def stored_trace(db, run_id: str) -> str | None:
