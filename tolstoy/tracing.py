@@ -11,15 +11,16 @@ Set up once per process (by pid: a Gunicorn worker builds its app after the fork
 up again). When off, every instrumented place costs one check of the module-level ``ON``, and no span
 object is made.
 
-One trace per run: the run's trace id is its id (a UUID is 128 bits, like a trace id), and its run
-span's id is derived from it, so every process that works on the run (a worker minutes later, another
-after a SIGKILL and recovery) puts its spans under the same run span without storing anything; the run
-span itself is exported by whoever finishes the run, from the run's created_at to the finish.
+One trace per run: the run's trace is its caller's (the traceparent kept in flow_runs.trace_parent),
+else its own id (a UUID is 128 bits, like a trace id), and its run span's id is derived from its id,
+so every process that works on the run (a worker minutes later, another after a SIGKILL and recovery)
+puts its spans under the same run span; the run span itself is exported by whoever finishes the run,
+from the run's created_at to the finish.
 
 What spans carry is chosen here, never passed through: route templates, ids, kinds, statuses,
 placeholder URLs (an action's endpoint template, or an origin alone), query names. Never bodies,
-headers, credentials, outputs, variables or full URLs (tests/test_tracing.py plants secrets and greps
-every exported span for them).
+headers, credentials, outputs, variables or full URLs (tests/engine/test_run_traces.py and
+tests/api/test_request_traces.py plant secrets and grep every exported span for them).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .numerals import unsigned
 
 log = logging.getLogger("tolstoy.tracing")
 # The one check every instrumented place makes (tracing.ON): False until setup() turns it on.
@@ -252,9 +255,9 @@ def call_span(method: str, url: str, template: str | None, idempotency_key: str 
     before (from the Idempotency-Key's attempt). A failure is named by its exception's type only (its
     message may quote a URL)."""
     attributes = {"http.request.method": method, "url.template": template or url_template(url)}
-    attempt = (idempotency_key or "").rpartition(":")[2]
-    if attempt.isdigit():
-        attributes["tolstoy.call.retries"] = max(int(attempt) - 1, 0)
+    attempt = unsigned((idempotency_key or "").rpartition(":")[2], 9)
+    if attempt is not None:
+        attributes["tolstoy.call.retries"] = max(attempt - 1, 0)
     with _tracer.start_as_current_span(f"{method} {attributes['url.template']}", kind=SpanKind.CLIENT,
                                        attributes=attributes, record_exception=False,
                                        set_status_on_exception=False) as current:
