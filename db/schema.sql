@@ -1678,6 +1678,7 @@ CREATE TABLE public.flow_runs (
     waiting_until timestamp with time zone,
     concurrency jsonb,
     concurrency_key text,
+    trace_parent text,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1875,6 +1876,13 @@ COMMENT ON COLUMN public.flow_runs.concurrency IS 'The concurrency limits the ru
 --
 
 COMMENT ON COLUMN public.flow_runs.concurrency_key IS 'The run''s concurrency key, its flow''s key template rendered over its variables when it was queued (null when the flow has no key, or when the database queued it: a schedule, a subflow step, an inbound webhook).';
+
+
+--
+-- Name: COLUMN flow_runs.trace_parent; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.trace_parent IS 'The W3C traceparent of whoever queued the run (00-<trace id>-<span id>-<flags>), or null: the run''s spans join that trace (tolstoy/tracing.py). Written only by tolstoy_queue_run_v4, which keeps only a well-formed value.';
 
 
 --
@@ -3059,6 +3067,26 @@ COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_v
 --
 
 CREATE FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) RETURNS TABLE(run public.flow_runs, created boolean)
+    LANGUAGE sql
+    AS $$
+    select q.run, q.created
+    from tolstoy_queue_run_v4(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning,
+                              concurrency_key, null) as q
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) IS 'tolstoy_queue_run_v4 without a caller''s trace context (the previous release''s API, tolstoy_queue_run_v2).';
+
+
+--
+-- Name: tolstoy_queue_run_v4(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text, caller_trace text) RETURNS TABLE(run public.flow_runs, created boolean)
     LANGUAGE plpgsql
     AS $_$
 declare
@@ -3088,7 +3116,7 @@ declare
                          when declared is not null then jsonb_build_object('flowLimit', declared -> 'limit') end;
 begin
     if retrying is not null and rerunning is not null then
-        raise exception 'tolstoy_queue_run_v3: a run is a retry or a re-run, not both'
+        raise exception 'tolstoy_queue_run_v4: a run is a retry or a re-run, not both'
             using errcode = 'invalid_parameter_value';
     end if;
     if key is not null then
@@ -3113,7 +3141,7 @@ begin
         where r.org_id = org and r.id = source
           and r.created_at between tolstoy_run_from(source) and tolstoy_run_until(source);
         if original.id is null then
-            raise exception 'tolstoy_queue_run_v3: no run % to start from', source using errcode = 'no_data_found';
+            raise exception 'tolstoy_queue_run_v4: no run % to start from', source using errcode = 'no_data_found';
         end if;
         run_plan := original.plan;
         -- A retry continues its chain (the same Idempotency-Keys); a re-run is a chain of its own: its
@@ -3133,12 +3161,17 @@ begin
         run_plan := (run_plan - 'rerun') || jsonb_build_object('rerun', jsonb_strip_nulls(jsonb_build_object(
             'of', source, 'fromStep', rerunning -> 'fromStep', 'children', rerunning -> 'children')));
     end if;
+    -- The caller's W3C trace context, when well formed (else none, as the W3C says of a bad one): the
+    -- workers put the run's spans in its trace (tolstoy/tracing.py).
     insert into flow_runs (org_id, id, flow_id, flow_version, user_id, variables, plan, idempotency_key,
                            retry_of, rerun_of, root_run_id, created_at, acts_as_user, concurrency,
-                           concurrency_key)
+                           concurrency_key, trace_parent)
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
             coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null, limits,
-            case when declared ? 'key' then concurrency_key end)
+            case when declared ? 'key' then concurrency_key end,
+            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
+                 then caller_trace end)
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -3167,10 +3200,10 @@ $_$;
 
 
 --
--- Name: FUNCTION tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text, caller_trace text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002). The run keeps its flow''s concurrency limits and concurrency_key, its key rendered by the caller (flows.concurrency.key over its variables).';
+COMMENT ON FUNCTION public.tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text, caller_trace text) IS 'Queues a run with its plan (steps + the actions they call, with their tools) and its queued log row, or returns the run an Idempotency-Key (or, for a retry, the retried run) already made. One retry per run. acting: the one who queues it may act as actor (acts_as_user). rerunning: a re-run of the run named by its "of" ({of, fromStep, steps?, keep, keepItemsOf, dropItems, children}): the checkpoints of its kept steps are copied, its plan is the original''s (or built from "steps"), its root is itself (new Idempotency-Keys). A new run passes tolstoy_admit_run first (quotas: TQ001, TQ002). The run keeps its flow''s concurrency limits and concurrency_key, its key rendered by the caller (flows.concurrency.key over its variables). caller_trace: the W3C traceparent of whoever queued it, kept in flow_runs.trace_parent when well formed.';
 
 
 --
@@ -3547,6 +3580,7 @@ CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
         'variables', r.variables, 'plan', r.plan,
         'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
         'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
+        'trace_parent', r.trace_parent,
         'checkpoints', coalesce((
             select jsonb_agg(jsonb_build_object(
                        'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
@@ -4882,6 +4916,7 @@ CREATE TABLE public.flow_runs_default (
     waiting_until timestamp with time zone,
     concurrency jsonb,
     concurrency_key text,
+    trace_parent text,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -8458,4 +8493,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261210000301'),
     ('20261211000100'),
     ('20261212000100'),
-    ('20261213000100');
+    ('20261213000100'),
+    ('20261214000100');

@@ -100,7 +100,7 @@ order by m.created_at desc, m.id desc;
 select r.org_id, r.id, r.flow_id, f.name as flow_name, r.flow_version, r.user_id, r.status, r.variables,
        r.error, r.retry_of, r.rerun_of, r.cancel_requested, r.run_after, r.created_at, r.started_at,
        r.finished_at, r.waiting_for, r.waiting_on, r.waiting_step, r.waiting_since, r.waiting_until,
-       r.plan -> 'steps' as plan_steps,
+       r.plan -> 'steps' as plan_steps, r.trace_parent,
        (select x.id
         from flow_runs x
         where x.org_id = :org_id and x.retry_of = r.id and x.created_at >= tolstoy_run_from(:id::uuid)

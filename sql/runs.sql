@@ -10,14 +10,16 @@
 -- Queue a run of a flow version with its plan and first log row, or find the run this
 -- Idempotency-Key (or this retried run) already made; created says which. acts_as_user: the
 -- one who queues it may act as :user_id (use their connections; tenancy.may_act_as). :rerun: a
--- re-run's spec (tolstoy_queue_run_v3's rerunning), else null. :concurrency_key: the flow's concurrency
--- key rendered over the run's variables (lifecycle.concurrency_key), else null.
+-- re-run's spec (tolstoy_queue_run_v4's rerunning), else null. :concurrency_key: the flow's concurrency
+-- key rendered over the run's variables (lifecycle.concurrency_key), else null. :trace_parent: the
+-- caller's W3C traceparent (kept when well formed: the run's spans join that trace), else null.
 select (q.run).org_id, (q.run).id, (q.run).flow_id, (q.run).flow_version, (q.run).user_id, (q.run).status,
        (q.run).variables, (q.run).error, (q.run).retry_of, (q.run).rerun_of, (q.run).created_at,
        (q.run).started_at, (q.run).finished_at, q.created
-from tolstoy_queue_run_v3(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
+from tolstoy_queue_run_v4(:org_id::uuid, :flow_id::uuid, :flow_version::integer, :user_id::uuid,
                           :variables::jsonb, :idempotency_key::text, :retry_of::uuid,
-                          :acts_as_user::boolean, :rerun::jsonb, :concurrency_key::text) as q;
+                          :acts_as_user::boolean, :rerun::jsonb, :concurrency_key::text,
+                          :trace_parent::text) as q;
 
 -- name: get^
 -- One run of a flow, with what its completed steps returned (as shown: secrets masked; null

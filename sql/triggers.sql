@@ -123,12 +123,12 @@ do update set refusals = d.refusals + 1, last_received_at = excluded.last_receiv
 
 -- name: queue^
 -- Queue a run of the flow's current version with these variables and record it on the delivery
--- (same transaction as the delivery row).
+-- (same transaction as the delivery row); :trace_parent: the sender's W3C traceparent, or null.
 with run as (
     select (q.run).id, (q.run).flow_id, (q.run).flow_version, (q.run).status, (q.run).retry_of
     from flows f
-    cross join lateral tolstoy_queue_run(f.org_id, f.id, f.version, :user_id::uuid, :variables::jsonb, null,
-                                         null) as q
+    cross join lateral tolstoy_queue_run_v4(f.org_id, f.id, f.version, :user_id::uuid, :variables::jsonb, null,
+                                            null, false, null, null, :trace_parent::text) as q
     where f.org_id = :org_id and f.id = :flow_id
 ), noted as (
     update flow_trigger_deliveries d

@@ -33,11 +33,15 @@ PUBLIC_FIELDS = (
     "auth_mode", "public_url", "cors_origins", "web_concurrency", "config_precedence", "secret_ttl",
     "prune_batch", "prune_budget_seconds", "unknown_outcome_timeout_days", "hook_refused_sources",
     "quota_queued_runs", "quota_stored_bytes", "quota_requests_per_second", "quota_request_burst",
+    "traces_exporter", "trace_url",
 )
 PRIVATE_FIELDS = (
     "database_url", "worker_database_url", "admin_database_url", "direct_url", "extra", "secret",
     "database_url_from_secret", "encryption_key", "api_key_secret", "admin_token", "link_secret", "kms_key_id",
     "kms_region", "aws_secret_name", "aws_region", "allow_networks", "trusted_proxies", "bind", "data_dir",
+    # Where traces go: an internal collector's address (its headers, OTEL_EXPORTER_OTLP_HEADERS, may hold a
+    # token: never read into the configuration, the SDK reads it).
+    "otlp_endpoint",
 )
 AUTH_MODES = ("headers", "api_key")
 # The largest value of each quota, as a setting and as an override (the organization_quotas table's checks).
@@ -153,6 +157,12 @@ class Config:
     public_url: str | None = None
     link_secret: str | None = None
     cors_origins: tuple[str, ...] = ()
+    # Traces (tolstoy/tracing.py reads the OTEL_* variables itself, as the SDK does; these say what it
+    # will find): OTEL_TRACES_EXPORTER (``otlp`` turns them on), the collector's endpoint, and the
+    # console's link to a trace viewer, a URL with {traceId} in it (TOLSTOY_TRACE_URL).
+    traces_exporter: str | None = None
+    otlp_endpoint: str | None = None
+    trace_url: str | None = None
     bind: str | None = None
     web_concurrency: int | None = None
     # Proxies whose X-Forwarded-For / -Proto are believed (Nginx on the same host by default).
@@ -297,6 +307,9 @@ class Config:
             public_url=reader.public_url("TOLSTOY_PUBLIC_URL"),
             link_secret=reader.raw("TOLSTOY_LINK_SECRET"),
             cors_origins=tuple(o.strip() for o in (reader.raw("TOLSTOY_CORS_ORIGINS") or "").split(",") if o.strip()),
+            traces_exporter=reader.raw("OTEL_TRACES_EXPORTER"),
+            otlp_endpoint=reader.raw("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or reader.raw("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            trace_url=reader.raw("TOLSTOY_TRACE_URL"),
             bind=reader.raw("TOLSTOY_BIND"),
             web_concurrency=reader.integer("WEB_CONCURRENCY", None, 1, 256),
             trusted_proxies=reader.networks("TOLSTOY_TRUSTED_PROXIES", ("127.0.0.1", "::1")),
@@ -313,6 +326,10 @@ class Config:
             raise ConfigError("TOLSTOY_LINK_SECRET must be at least 32 random characters")
         if config.kms_key_id is not None and config.kms_region is None:
             raise ConfigError("AWS_REGION must be set with TOLSTOY_KMS_KEY_ID (or give the key's ARN)")
+        if config.trace_url is not None and (not config.trace_url.startswith(("http://", "https://"))
+                                             or "{traceId}" not in config.trace_url):
+            raise ConfigError("TOLSTOY_TRACE_URL must be an http:// or https:// URL with {traceId} in it "
+                              "(e.g. https://jaeger.example.com/trace/{traceId})")
         if config.step_max_bytes > config.run_max_bytes:
             raise ConfigError(
                 "TOLSTOY_STEP_MAX_BYTES must not exceed TOLSTOY_RUN_MAX_BYTES "

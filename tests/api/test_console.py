@@ -4,6 +4,7 @@ built from a real run's checkpoints and log rows. The browser tests are tests/br
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import time
@@ -236,3 +237,21 @@ def test_the_runs_page_and_the_run_view_say_why_a_run_waits(client, api, org, us
     client.simulate_post(f"/flows/{parent['id']}/executions/{parent_id}/cancel", headers={"X-Org-ID": org["id"]})
     done = page(client, f"{base}/runs/{child_id}")
     assert 'id="run-waiting"' not in done.text
+
+
+def test_a_run_page_shows_its_trace_and_links_to_the_trace_viewer(client, api, org, user, config, app_db):
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    flow = api.flow(org, name="Traced")
+    joined = api.client.simulate_post(f"/flows/{flow['id']}/execute", json={},
+                                      headers={**api.headers(org, user), "traceparent": caller}).json["executionId"]
+    own = run_flow(api, org, user, flow)
+    text = page(client, f"/console/orgs/{org['id']}/runs/{joined}").text
+    # The caller's trace; no viewer configured: the id alone.
+    assert '<dd id="run-trace"><code>4bf92f3577b34da6a3ce929d0e0e4736</code></dd>' in text
+    viewer = dataclasses.replace(config, trace_url="https://traces.example/trace/{traceId}?org=x")
+    linked = testing.TestClient(create_app(viewer, app_db))
+    text = page(linked, f"/console/orgs/{org['id']}/runs/{own}").text
+    # A run queued without a trace context is a trace of its own: its id is the run's.
+    own_trace = uuid.UUID(own).hex
+    assert f'<a href="https://traces.example/trace/{own_trace}?org=x" rel="noreferrer noopener" target="_blank">' \
+           f'<code>{own_trace}</code></a>' in text

@@ -80,7 +80,7 @@ def test_the_python_clock_is_back_after_the_test_that_moved_it():
 REAL_TIME = {
     ("db/functions/clock.sql", "tolstoy_now"): "the clock itself",
     ("db/functions/clock.sql", "tolstoy_clock_timestamp"): "the clock itself",
-    ("db/functions/queue_and_claim.sql", "tolstoy_queue_run_v3"):
+    ("db/functions/queue_and_claim.sql", "tolstoy_queue_run_v4"):
         "created_at, and the month the run's id names: the partition it is stored in",
     ("db/functions/deliveries.sql", "tolstoy_webhook_emit"): "when an event happened",
     ("db/functions/deliveries.sql", "webhooks_cancel_pending"): "when a delivery was cancelled",

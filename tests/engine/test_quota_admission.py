@@ -65,9 +65,9 @@ def test_an_admission_waits_for_the_one_before_it_and_then_counts_its_run(api, o
 
 def test_every_new_run_is_written_by_the_admitting_function_only():
     """The class, not the instances: a run row is written (insert into flow_runs) in one place only,
-    tolstoy_queue_run_v3 (tolstoy_queue_run_v2 is it without a concurrency key, tolstoy_queue_run without a
-    re-run either), after the admission; a later way to
-    start runs cannot pass by the quotas."""
+    tolstoy_queue_run_v4 (tolstoy_queue_run_v3 is it without a caller's trace, v2 without a concurrency key,
+    tolstoy_queue_run without a re-run either), after the admission; a later way to start runs cannot pass
+    by the quotas."""
     inserting = re.compile(r"insert\s+into\s+flow_runs\b", re.IGNORECASE)
     sources = {path.name: path.read_text() for path in (paths.CHECKOUT / "sql").glob("*.sql")}
     assert not [name for name, text in sources.items() if inserting.search(text)], "sql/ inserts runs"
@@ -79,8 +79,8 @@ def test_every_new_run_is_written_by_the_admitting_function_only():
         for match in re.finditer(r"create (?:or replace )?function (\w+)\(.*?\$(\w*)\$(.*?)\$\2\$", up, re.S | re.I):
             newest[match.group(1)] = match.group(3)
     writers = sorted(name for name, body in newest.items() if inserting.search(body))
-    assert writers == ["tolstoy_queue_run_v3"], writers
-    body = newest["tolstoy_queue_run_v3"]
+    assert writers == ["tolstoy_queue_run_v4"], writers
+    body = newest["tolstoy_queue_run_v4"]
     assert body.index("perform tolstoy_admit_run(org)") < inserting.search(body).start()
 
 
@@ -88,7 +88,7 @@ def test_the_database_holds_the_same_functions_as_the_migrations_say(db):
     with db.pool.connection() as conn:
         rows = conn.execute("select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
                             "where n.nspname = 'public' and p.prosrc ~* 'insert\\s+into\\s+flow_runs\\M'").fetchall()
-    assert [r["proname"] for r in rows] == ["tolstoy_queue_run_v3"]
+    assert [r["proname"] for r in rows] == ["tolstoy_queue_run_v4"]
 
 
 # ---- stored bytes ------------------------------------------------------------------------------------------

@@ -116,3 +116,11 @@ def test_a_run_at_its_bounds_fits_one_jsonb_document_at_any_setting(step_max, ru
     assert sizes.PAYLOAD_MAX_BYTES < 256 * 1024 * 1024 - 1024 * 1024
     with pytest.raises(ConfigError, match=r"TOLSTOY_STEP_MAX_BYTES must be between 1024 and 67108864"):
         Config.from_env({"TOLSTOY_STEP_MAX_BYTES": str(64 * 1024 * 1024 + 1)})
+
+
+@pytest.mark.parametrize("value", ["jaeger.example.com/trace/{traceId}", "https://jaeger.example.com/trace/"])
+def test_a_trace_url_must_be_http_with_the_trace_id_placeholder(value):
+    with pytest.raises(ConfigError, match="TOLSTOY_TRACE_URL must be an http:// or https:// URL with {traceId}"):
+        Config.from_env({"TOLSTOY_TRACE_URL": value})
+    assert Config.from_env({"TOLSTOY_TRACE_URL": "https://j.example.com/trace/{traceId}"}).trace_url \
+        == "https://j.example.com/trace/{traceId}"

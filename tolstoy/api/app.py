@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import falcon
 
-from .. import engine, logs
+from .. import engine, logs, tracing
 from ..config import Config
 from ..db import migrate
 from ..db.database import Database
@@ -110,8 +110,12 @@ def create_app(config: Config, db: Database, admin_db: Database | None = None) -
     if admin_db is not None:
         admin_db.use_quotas(config.database_quotas())
     tenancy = TenantMiddleware(db, methods, config, admin_db, buckets)
+    # Traces, when asked for (OTEL_TRACES_EXPORTER=otlp, or a provider the host set): in this process,
+    # a Gunicorn worker's (the app is built after the fork). When off, no middleware at all.
+    spans = [tracing.RequestSpans()] if tracing.setup() else []
     app = falcon.App(
         middleware=[
+            *spans,
             # First in, last out: its clock spans every other middleware.
             MetricsMiddleware(db),
             RequestIdMiddleware(),

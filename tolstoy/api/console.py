@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 import falcon
 import jinja2
 
+from .. import tracing
 from ..config import Config
 from ..db.database import NOBODY, Database, Tenant
 from ..db.queries import SQL
@@ -348,6 +349,7 @@ class Console:
         self.db = db
         self.admin_db = admin_db  # the admin login's pool: the organization picker lists every organization
         self.mode = config.auth_mode
+        self.trace_url = config.trace_url  # a trace viewer's URL with {traceId} (TOLSTOY_TRACE_URL), or None
         self.key_secret = config.api_key_secret
         self.keys = keys  # the API's own (TenantMiddleware's)
         # The API's own too: an organization's console pages are its requests, as its API calls are.
@@ -558,7 +560,11 @@ class Console:
             movable = run["status"] in ("queued", "waiting") and bool(parked)
             versions = self.db.all(SQL.flows.list_versions, org_id=org, flow_id=run["flow_id"], before_version=None,
                                    limit=MAX_VERSIONS) if movable else []
+            # Its trace (its caller's, or its own id: tracing.run_ids), and where a viewer shows it.
+            trace_id = tracing.trace_id_of(rid, run["trace_parent"])
+            trace_link = self.trace_url.replace("{traceId}", trace_id) if self.trace_url else None
             return "run.html", {"title": f"Run {str(rid)[:8]}", "section": "runs", "run": run,
+                                "trace_id": trace_id, "trace_link": trace_link,
                                 "reruns": [r["id"] for r in reruns], "finished": run["status"] in FINISHED,
                                 "steps": steps[:MAX_STEPS], "more_steps": len(steps) > MAX_STEPS,
                                 "logs": logs[:MAX_LOGS], "more_logs": len(logs) > MAX_LOGS,

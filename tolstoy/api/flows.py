@@ -38,7 +38,7 @@ class ConcurrencySchema(Base):
                        "queued: `limit` runs per key run at once. Without it, `limit` is for the whole flow."})
     limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 10000), metadata={
         "description": "Runs at once per key (with `key`), else of the whole flow."})
-    # Stored as sent (flows.concurrency is read by the database: tolstoy_queue_run_v3).
+    # Stored as sent (flows.concurrency is read by the database: tolstoy_queue_run_v4).
     flow_limit = fields.Integer(strict=True, data_key="flowLimit", attribute="flowLimit",
                                 validate=validate.Range(1, 10000), metadata={
         "description": "With `key`: runs at once of the whole flow, whatever their keys."})

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 import falcon
 from marshmallow import fields
 
-from .. import engine, metrics, signatures
+from .. import engine, metrics, signatures, tracing
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..fieldtypes import Base
@@ -164,7 +164,8 @@ class InboundWebhook:
             self._refuse(req, org_id, hook_id, replay, sender_id, kept)
             return None, None, refused(replay)
         run = self.db.one(SQL.triggers.queue, commit=True, org_id=org_id, flow_id=target["flow_id"],
-                          user_id=None, variables=dbmod.json(data), delivery_id=inserted["id"])
+                          user_id=None, variables=dbmod.json(data), delivery_id=inserted["id"],
+                          trace_parent=tracing.caller(req))
         metrics.count_run("queued")
         return falcon.HTTP_202, _ACCEPTED({"execution_id": run["id"]}), None
 

@@ -15,7 +15,7 @@ import contextlib
 import falcon
 from marshmallow import fields, validate
 
-from .. import engine
+from .. import engine, tracing
 from ..db import database as dbmod
 from ..db.queries import SQL
 from ..fieldtypes import Base, JSONObject, PageQuery, StrictBoolean, Timestamp, text
@@ -389,7 +389,7 @@ class FlowRuns:
             return engine.queue_run(self.db, org_id=req.context.org_id, flow_id=flow["id"], version=version,
                                     user_id=req.context.user_id, variables=variables, key=key,
                                     acts_as_user=may_act_as(req, req.context.user_id),
-                                    concurrency=flow.get("concurrency"))
+                                    concurrency=flow.get("concurrency"), trace_parent=tracing.caller(req))
 
     def accepted(self, req: falcon.Request, resp: falcon.Response, flow: dict, run: dict) -> None:
         """202 with the run's summary and where to follow it."""

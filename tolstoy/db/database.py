@@ -34,7 +34,7 @@ from psycopg import sql as pg_sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from .. import errors, jsonsafe, metrics
+from .. import errors, jsonsafe, metrics, tracing
 from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
@@ -345,6 +345,15 @@ class Unit:
     def _send(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
         """Send statements in one round trip and read every result."""
         self.db.counts.add(len(statements), 1)
+        if tracing.ON:  # the round trip as an event of the current span: the queries' names, no parameters
+            started = time.perf_counter()
+            try:
+                return self._round_trip(conn, statements)
+            finally:
+                tracing.sql(statements, time.perf_counter() - started)
+        return self._round_trip(conn, statements)
+
+    def _round_trip(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
         try:
             if len(statements) == 1:
                 query, params = statements[0]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .. import jsonschemas, logs
+from .. import jsonschemas, logs, tracing
 from ..db.database import Database
 from ..db.queries import SQL
 from ..db.stores import write_action_log
@@ -44,6 +44,9 @@ class ToolCall:
     body: Any
     secrets: list = field(default_factory=list)  # clear values to mask where a tool echoes them
     auth: CallAuth | None = None  # what replaces the headers' placeholders at send time
+    # What a trace says the call went to: the tool's origin and the action's endpoint with its {name}
+    # placeholders (tracing.url_template); None: the origin alone (an http_request step's rendered URL).
+    template: str | None = None
 
 
 def fill_endpoint(endpoint: str, inputs: dict) -> tuple[str, dict]:
@@ -193,10 +196,11 @@ class ToolClient:
             headers.update(auth_headers(credential, config))
             secrets = secret_values(credential["type"], config)
         url = tool["base_url"].rstrip("/") + path
+        template = tracing.url_template(tool["base_url"], action["endpoint"])
         if action["method"] in ("GET", "DELETE"):
             return ToolCall(action["method"], url, headers, {k: _query_value(v) for k, v in rest.items()} or None,
-                            None, secrets, auth)
-        return ToolCall(action["method"], url, headers, None, rest, secrets, auth)
+                            None, secrets, auth, template)
+        return ToolCall(action["method"], url, headers, None, rest, secrets, auth, template)
 
     def send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None,
              cancel: threading.Event | None = None) -> Reply:
@@ -204,9 +208,20 @@ class ToolClient:
         fetched for it included); OutboundError becomes StepFailed. The credential's values
         replace the placeholders only here, on their way to the wire, and only when the call goes
         to the origin the credential was stored for (else StepFailed, nothing sent)."""
+        if tracing.ON:
+            with tracing.call_span(call.method, call.url, call.template, idempotency_key) as current:
+                reply = self._send(call, timeout_ms, idempotency_key, cancel)
+                tracing.reply_status(current, reply.status)
+                return reply
+        return self._send(call, timeout_ms, idempotency_key, cancel)
+
+    def _send(self, call: ToolCall, timeout_ms: int, idempotency_key: str | None,
+              cancel: threading.Event | None) -> Reply:
         headers = dict(call.headers)
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        if tracing.ON:  # the tool's own traces may join ours (the header is not signed, nor secret)
+            tracing.inject(headers)
         started = time.monotonic()
         try:
             values = secret_headers_for(call.auth, self.tokens, timeout_ms, cancel, url=call.url) if call.auth else {}

@@ -82,16 +82,17 @@ def concurrency_key(concurrency: dict | None, variables: dict) -> str | None:
 
 def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
           retry_of=None, acts_as_user: bool = False, rerun: dict | None = None,
-          concurrency: dict | None = None) -> dict:
+          concurrency: dict | None = None, trace_parent: str | None = None) -> dict:
     """Queue a run of ``version`` (or find the one an Idempotency-Key ``key``, or a retry of
     ``retry_of``, already made; ``created`` says which) as the unit of work's last statement. The run
     records ``user_id``, and may use that user's connections only with ``acts_as_user``. ``rerun``: a
     re-run's spec (reruns.Level.spec). ``concurrency``: the flow's (flows.concurrency), whose key is
-    rendered over ``variables`` here (concurrency_key); the limits the database reads itself."""
+    rendered over ``variables`` here (concurrency_key); the limits the database reads itself.
+    ``trace_parent``: the caller's W3C traceparent (tracing.caller): the run's spans join that trace."""
     run = db.one(SQL.runs.queue, commit=True, org_id=org_id, flow_id=flow_id, flow_version=version,
                  user_id=user_id, variables=dbmod.json(variables), idempotency_key=key, retry_of=retry_of,
                  acts_as_user=acts_as_user, rerun=dbmod.json(rerun),
-                 concurrency_key=concurrency_key(concurrency, variables))
+                 concurrency_key=concurrency_key(concurrency, variables), trace_parent=trace_parent)
     if run["created"]:
         metrics.count_run("queued")
     return run

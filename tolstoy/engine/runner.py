@@ -44,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import logs, metrics, times
+from .. import logs, metrics, times, tracing
 from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
@@ -154,6 +154,10 @@ class Run:
         self.org_id = claimed["org_id"]
         self.id = claimed["id"]
         self.flow_id = claimed["flow_id"]
+        # For its trace's run span (tracing.end_run): what it runs, and since when.
+        self.flow_version = claimed.get("flow_version")
+        self.created_at = claimed.get("created_at")
+        self.trace_parent = claimed.get("trace_parent")  # its caller's trace (flow_runs.trace_parent)
         self.user_id = claimed.get("user_id")
         # Whoever queued it may act as user_id (use their connections): flow_runs.acts_as_user.
         self.acts_as_user = bool(claimed.get("acts_as_user"))
@@ -352,6 +356,9 @@ class Engine:
         """End the run (with whatever checkpoints are pending)."""
         run.writes.event(RUN_STEP_KEY, status, error=error)
         self.checkpoint(run, {"action": "finish", "status": status, "error": error})
+        if tracing.ON:  # whoever finishes the run exports its span (the processes before may have died)
+            tracing.end_run(run.id, flow_id=run.flow_id, version=run.flow_version, org_id=run.org_id,
+                            status=status, started=run.created_at, parent=run.trace_parent)
         metrics.count_run(status)
         logs.run_event(status, execution=run.id, flow_id=run.flow_id, org_id=run.org_id, status=status)
         log.info("run finished", extra={"execution_id": str(run.id), "status": status})
@@ -372,7 +379,15 @@ class Engine:
         with self.db.tenant(run.org_id), logs.execution(run.id, run.secrets), \
                 bounded(self.template_limits, run.cancel, run.lost, self.stopping):
             try:
-                self._advance_until_stopped(run)
+                if tracing.ON:
+                    # This claim's work, under the run's span (the same in every process: tracing.run_ids).
+                    with tracing.span(f"claim {run.flow_id}", {"tolstoy.run.id": str(run.id),
+                                                              "tolstoy.flow.id": str(run.flow_id),
+                                                              "tolstoy.org.id": str(run.org_id)},
+                                      parent=tracing.run_context(run.id, run.trace_parent)):
+                        self._advance_until_stopped(run)
+                else:
+                    self._advance_until_stopped(run)
             except _Done:
                 pass
             except LeaseLost:
@@ -592,6 +607,20 @@ class Engine:
                 f"A {step['type']} step cannot run per item of a foreach step"), 0)
         if checkpoint and checkpoint["status"] == "waiting" and kind.retries and not waits_for_budget(checkpoint):
             attempt += 1  # a retry back-off ended (waiting for a rate budget spends no attempt)
+        if tracing.ON:
+            # A run's step is a child of the run's span, not of this claim's: a SIGKILLed worker never
+            # exports its claim's span, and what it finished must not hang from nothing. An item's is
+            # its foreach step's (the current span of the item's thread).
+            with tracing.span(f"step {step['id']}", {"tolstoy.step.id": step["id"], "tolstoy.step.kind": step["type"],
+                                                     "tolstoy.step.attempt": attempt},
+                              parent=None if site.item else tracing.run_context(run.id, run.trace_parent)) as current:
+                outcome, value = self._sized(run, site, step, kind, attempt, checkpoint)
+                tracing.outcome(current, outcome)
+                return outcome, value
+        return self._sized(run, site, step, kind, attempt, checkpoint)
+
+    def _sized(self, run: Run, site: Site, step: dict, kind: Kind, attempt: int,
+               checkpoint: dict | None) -> tuple[str, Any]:
         try:
             return self._work(run, site, step, kind, attempt, checkpoint)
         except sizes.TooLarge as exc:

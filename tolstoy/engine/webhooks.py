@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import metrics, signatures
+from .. import metrics, signatures, tracing
 from ..db.database import Database
 from ..db.database import json as dbjson
 from ..db.queries import SQL
@@ -182,6 +182,17 @@ class Deliverer:
 
     def attempt(self, delivery: dict) -> str | None:
         """Send one claimed delivery and record the attempt; returns the recorded outcome."""
+        if tracing.ON:
+            with tracing.span(f"webhook {delivery['event_type']}", {
+                    "tolstoy.org.id": str(delivery["org_id"]), "tolstoy.webhook.id": str(delivery["webhook_id"]),
+                    "tolstoy.delivery.id": str(delivery["id"]), "tolstoy.webhook.event": delivery["event_type"],
+                    "url.template": tracing.url_template(delivery["url"])}, kind=tracing.SpanKind.CLIENT) as current:
+                outcome = self._attempt(delivery)
+                tracing.delivery(current, outcome)
+                return outcome
+        return self._attempt(delivery)
+
+    def _attempt(self, delivery: dict) -> str | None:
         try:
             result = self.send(delivery)
         except Exception as exc:  # noqa: BLE001 - a bug or a key problem must not kill the delivery thread
@@ -215,6 +226,8 @@ class Deliverer:
         headers = {**custom, "Content-Type": "application/json", "User-Agent": USER_AGENT,
                    "X-Webhook-Event": delivery["event_type"], "X-Webhook-Delivery": str(delivery["id"]),
                    "X-Webhook-Signature": signatures.sign(secret, body, int(self.clock()))}
+        if tracing.ON:  # the receiver's traces may join ours; the signature covers the timestamp and body only
+            tracing.inject(headers)
         started = time.perf_counter()
         try:
             # Never followed: a 302 would turn the POST into a GET and lose the body, a 307 would send

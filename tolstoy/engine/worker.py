@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import metrics, schedules
+from .. import metrics, schedules, tracing
 from ..db import database as dbmod
 from ..db.database import Database
 from ..db.queries import SQL
@@ -345,6 +345,7 @@ class Worker:
         heartbeat.start()
         watch.start()
         upkeep.start()
+        tracing.setup()  # this process's traces, if asked for (OTEL_TRACES_EXPORTER, or the host's provider)
         log.info("worker started", extra={"worker": self.id, "concurrency": self.concurrency})
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="tolstoy-run")
         try:
@@ -376,6 +377,7 @@ class Worker:
         heartbeat.join(timeout=self.lease_seconds)
         listener.join(timeout=2)
         upkeep.join(timeout=5)  # a batch in progress commits (or the process exit rolls it back)
+        tracing.flush()
         log.info("worker stopped", extra={"worker": self.id})
 
     def _busy(self) -> list[Run]:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ... import logs, metrics, times
+from ... import logs, metrics, times, tracing
 from ...errors import DatabaseFault
 from ...redaction import in_derived_work, mask_json
 from .. import ratelimits
@@ -198,7 +198,10 @@ class Calling:
                 # The statement checkpointed the step waiting (and paused a top-level step's run).
                 return ("sleep", int(math.ceil(float(budget["wait"]) * 1000))) if site.item else ("paused", None)
             if waited.get("since"):
-                metrics.observe_budget_wait(max(times.seconds_between(run.db_now(), waited["since"]), 0.0))
+                waited_s = max(times.seconds_between(run.db_now(), waited["since"]), 0.0)
+                metrics.observe_budget_wait(waited_s)
+                if tracing.ON:
+                    tracing.note("tolstoy.call.budget_wait_s", waited_s)
             started = time.perf_counter()
             timeout = step.get("timeoutMs") or DEFAULT_TIMEOUT_MS
             try:

@@ -1,0 +1,336 @@
+"""OpenTelemetry traces: the one module that uses OpenTelemetry (docs/observability.md, Traces).
+
+Off by default. ``setup()`` turns it on for this process when either
+- the host application already set a tracer provider (opentelemetry-instrument, a test's SDK provider,
+  an APM's bridge): Tolstoy's spans go to it, and it is never replaced; or
+- ``OTEL_TRACES_EXPORTER`` names ``otlp`` (and ``OTEL_SDK_DISABLED`` is not true): Tolstoy builds an
+  SDK provider exporting over OTLP/HTTP, configured by the standard ``OTEL_*`` variables
+  (``OTEL_EXPORTER_OTLP_ENDPOINT``, ``..._TRACES_ENDPOINT``, ``..._HEADERS``, ``OTEL_SERVICE_NAME``,
+  ``OTEL_TRACES_SAMPLER``, ...), read by the SDK itself.
+Set up once per process (by pid: a Gunicorn worker builds its app after the fork, a forked child sets
+up again). When off, every instrumented place costs one check of the module-level ``ON``, and no span
+object is made.
+
+One trace per run: the run's trace is its caller's (the traceparent kept in flow_runs.trace_parent),
+else its own id (a UUID is 128 bits, like a trace id), and its run span's id is derived from its id,
+so every process that works on the run (a worker minutes later, another after a SIGKILL and recovery)
+puts its spans under the same run span; the run span itself is exported by whoever finishes the run,
+from the run's created_at to the finish.
+
+What spans carry is chosen here, never passed through: route templates, ids, kinds, statuses,
+placeholder URLs (an action's endpoint template, or an origin alone), query names. Never bodies,
+headers, credentials, outputs, variables or full URLs (tests/engine/test_run_traces.py and
+tests/api/test_request_traces.py plant secrets and grep every exported span for them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .numerals import unsigned
+
+log = logging.getLogger("tolstoy.tracing")
+# The one check every instrumented place makes (tracing.ON): False until setup() turns it on.
+ON = False
+SCOPE = "tolstoy"
+_tracer: trace.Tracer | None = None
+_provider: Any = None
+_pid: int | None = None
+_propagator = TraceContextTextMapPropagator()
+# A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
+TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def requested(environ: Mapping[str, str]) -> bool:
+    """Whether the standard variables ask for traces: OTEL_TRACES_EXPORTER lists ``otlp`` and the SDK is
+    not disabled. Unset is off (the SDK's own default would be otlp: Tolstoy sends nothing unasked)."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    return "otlp" in {name.strip().lower() for name in environ.get("OTEL_TRACES_EXPORTER", "").split(",")}
+
+
+def host_provider() -> Any:
+    """The tracer provider the host application set, or None while it is the API's default (a proxy
+    that makes no spans, or the no-op one)."""
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    return provider
+
+
+def setup(environ: Mapping[str, str] | None = None) -> bool:
+    """Turn traces on for this process if asked (see the module's doc); returns ``ON``. Called where a
+    process starts serving (the app, a worker), and again harmlessly: once per pid."""
+    global ON, _tracer, _provider, _pid
+    if _pid == os.getpid():
+        return ON
+    environ = os.environ if environ is None else environ
+    provider = host_provider()
+    if provider is None and requested(environ):
+        provider = _otlp_provider()
+        trace.set_tracer_provider(provider)  # no host provider was set: the process's is this one
+    _pid = os.getpid()
+    _provider = provider
+    _tracer = provider.get_tracer(SCOPE) if provider is not None else None
+    ON = _tracer is not None
+    return ON
+
+
+def reset() -> None:
+    """Forget this process's set-up (tests that change the environment or the host provider)."""
+    global ON, _tracer, _provider, _pid
+    ON, _tracer, _provider, _pid = False, None, None, None
+
+
+def _otlp_provider():
+    # Imported only when asked for: a process with traces off never loads the SDK's exporter.
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the name defaults to ours.
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "tolstoy",
+                                "process.pid": os.getpid()})
+    provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return provider
+
+
+def flush(timeout_millis: int = 5000) -> None:
+    """Export what is buffered now (a worker stopping, a test)."""
+    if ON and hasattr(_provider, "force_flush"):
+        _provider.force_flush(timeout_millis)
+
+
+# ---- context -----------------------------------------------------------------------------------
+
+
+def extract(headers: Mapping[str, str]) -> otel_context.Context:
+    """The context a ``traceparent`` (and ``tracestate``) header carries; the empty one without."""
+    return _propagator.extract(headers)
+
+
+def inject(headers: dict) -> None:
+    """Add ``traceparent`` (and ``tracestate``) for the current span to outgoing ``headers``."""
+    _propagator.inject(headers)
+
+
+def caller(req) -> str | None:
+    """The traceparent a run queued by this request keeps (flow_runs.trace_parent): the request's own span
+    when traces are on (itself in the caller's trace, if the caller sent one), else what the caller sent,
+    when well formed (a malformed one is ignored, as the W3C says)."""
+    if ON:
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            return f"00-{current.trace_id:032x}-{current.span_id:016x}-{int(current.trace_flags):02x}"
+    sent = req.get_header("traceparent")
+    return sent if sent and TRACEPARENT.match(sent) else None
+
+
+def run_ids(run_id: uuid.UUID | str, parent: str | None = None) -> tuple[int, int]:
+    """(trace id, run span id) of a run: its caller's trace (``parent``, its flow_runs.trace_parent), or
+    else its own id as the trace id; and 64 bits of a hash of its id (never 0)."""
+    value = run_id if isinstance(run_id, uuid.UUID) else uuid.UUID(str(run_id))
+    span_id = int.from_bytes(hashlib.sha256(b"tolstoy-run-span:" + value.bytes).digest()[:8], "big") or 1
+    if parent and TRACEPARENT.match(parent):
+        return int(parent[3:35], 16), span_id
+    return value.int, span_id
+
+
+def run_context(run_id, parent: str | None = None) -> otel_context.Context:
+    """A context whose parent is the run's span (which may be exported later, by another process)."""
+    trace_id, span_id = run_ids(run_id, parent)
+    parent = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def trace_id_of(run_id, parent: str | None = None) -> str:
+    """A run's trace id as viewers show it (32 hex digits)."""
+    return format(run_ids(run_id, parent)[0], "032x")
+
+
+# ---- spans -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKind = SpanKind.INTERNAL,
+         parent: otel_context.Context | None = None) -> Iterator[trace.Span]:
+    """A span, current for the block (under ``parent`` if given). Call only when ``ON``."""
+    with _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes,
+                                       record_exception=False, set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as exc:
+            current.set_attribute("error.type", type(exc).__name__)  # its message may hold anything
+            raise
+
+
+def fail(current: trace.Span, message: str) -> None:
+    """Mark ``current`` as failed, with a message the caller vouches carries no secret."""
+    current.set_status(Status(StatusCode.ERROR, message))
+
+
+def event(name: str, attributes: Mapping[str, Any]) -> None:
+    """An event on the current span (if one is recording)."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.add_event(name, attributes)
+
+
+def end_run(run_id, *, flow_id, version, org_id, status: str, started: dt.datetime | str | None,
+            parent: str | None = None) -> None:
+    """Export the run's span, from ``started`` (its created_at) to now, with its derived id: whoever
+    finishes the run, whichever processes worked on it. Only an SDK provider lets a span be made with a
+    given id; under another host provider the run's steps are exported, and its span is not. Never
+    raises: a trace is not worth a run."""
+    try:
+        _end_run(run_id, flow_id, version, org_id, status, started, parent)
+    except Exception:  # noqa: BLE001 - e.g. an SDK whose internals moved: say so, and carry on
+        log.warning("could not export the run's span", exc_info=True, extra={"execution_id": str(run_id)})
+
+
+def _end_run(run_id, flow_id, version, org_id, status, started, parent) -> None:
+    # The SDK makes spans through a tracer, whose id generator we cannot choose per span; _Span is the
+    # class its tracer instantiates, given the context (ids) to use.
+    from opentelemetry.sdk.trace import TracerProvider, _Span
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    if not isinstance(_provider, TracerProvider):
+        return
+    trace_id, span_id = run_ids(run_id, parent)
+    if isinstance(started, str):
+        started = dt.datetime.fromisoformat(started)
+    start_ns = int(started.timestamp() * 1e9) if started is not None else None
+    parent_context = None
+    if parent:
+        parent_context = trace.get_current_span(extract({"traceparent": parent})).get_span_context()
+    flags = TraceFlags(TraceFlags.SAMPLED)
+    ended = _Span(
+        f"run {flow_id}", SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags),
+        parent=parent_context if parent_context and parent_context.is_valid else None,
+        resource=_provider.resource, span_processor=_provider._active_span_processor,
+        kind=SpanKind.INTERNAL, instrumentation_scope=InstrumentationScope(SCOPE),
+        attributes={"tolstoy.run.id": str(run_id), "tolstoy.flow.id": str(flow_id),
+                    "tolstoy.flow.version": int(version or 0), "tolstoy.org.id": str(org_id),
+                    "tolstoy.run.status": status})
+    ended.start(start_time=start_ns)
+    if status == "failed":
+        ended.set_status(Status(StatusCode.ERROR, "run failed"))
+    ended.end()
+
+
+def url_template(url: str, endpoint: str | None = None) -> str:
+    """What a span says of a URL: its origin (no user info, path or query: a rendered path or query may
+    hold a value a template put there, a base URL a token), then the action's ``endpoint`` template
+    with its ``{name}`` placeholders when there is one."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(invalid URL)"
+    return f"{parts.scheme}://{host}{port}{endpoint or ''}"
+
+
+@contextlib.contextmanager
+def call_span(method: str, url: str, template: str | None, idempotency_key: str | None) -> Iterator[trace.Span]:
+    """A CLIENT span for a tool call: the method, the placeholder URL, and how many times it was sent
+    before (from the Idempotency-Key's attempt). A failure is named by its exception's type only (its
+    message may quote a URL)."""
+    attributes = {"http.request.method": method, "url.template": template or url_template(url)}
+    attempt = unsigned((idempotency_key or "").rpartition(":")[2], 9)
+    if attempt is not None:
+        attributes["tolstoy.call.retries"] = max(attempt - 1, 0)
+    with _tracer.start_as_current_span(f"{method} {attributes['url.template']}", kind=SpanKind.CLIENT,
+                                       attributes=attributes, record_exception=False,
+                                       set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as exc:
+            current.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            current.set_attribute("error.type", type(exc).__name__)
+            raise
+
+
+def reply_status(current: trace.Span, status: int) -> None:
+    """The status a call was answered with (5xx: the span failed)."""
+    current.set_attribute("http.response.status_code", status)
+    if status >= 500:
+        current.set_status(Status(StatusCode.ERROR))
+
+
+def outcome(current: trace.Span, value: str) -> None:
+    """A step's outcome (completed, skipped, failed, sleep, paused, unknown, cancelled); failed fails its span."""
+    current.set_attribute("tolstoy.step.outcome", value)
+    if value == "failed":
+        current.set_status(Status(StatusCode.ERROR, "step failed"))
+
+
+def delivery(current: trace.Span, value: str | None) -> None:
+    """A webhook delivery's recorded outcome (delivered, retry, failed; None: not recorded)."""
+    current.set_attribute("tolstoy.delivery.outcome", value or "unrecorded")
+    if value != "delivered":
+        current.set_status(Status(StatusCode.ERROR, value or "unrecorded"))
+
+
+def sql(statements, seconds: float) -> None:
+    """One database round trip as an event of the current span: the names of its queries (sql/*.sql,
+    tolstoy/db/queries.py) and how long it took; never the statements' text or parameters."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.add_event("sql", {"db.query.names": [query.name for query, _ in statements],
+                                  "db.duration_ms": round(seconds * 1000, 3)})
+
+
+def note(name: str, value: Any) -> None:
+    """An attribute on the current span (if one is recording)."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        current.set_attribute(name, value)
+
+
+class RequestSpans:
+    """Falcon middleware (installed only when ``ON``): a SERVER span per request, joining the caller's
+    trace when it sent ``traceparent``, named by the route template, with the status and the
+    organization. First in the list, so its span holds every other middleware's work."""
+
+    def process_request(self, req, resp) -> None:
+        parent = extract({"traceparent": req.get_header("traceparent") or "",
+                          "tracestate": req.get_header("tracestate") or ""})
+        current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
+                                     attributes={"http.request.method": req.method})
+        req.context.trace_span = current
+        req.context.trace_token = otel_context.attach(trace.set_span_in_context(current))
+
+    def process_response(self, req, resp, resource, req_succeeded) -> None:
+        current = getattr(req.context, "trace_span", None)
+        if current is None:
+            return
+        route = req.uri_template or "(unmatched)"
+        current.update_name(f"{req.method} {route}")
+        current.set_attribute("http.route", route)
+        current.set_attribute("http.response.status_code", resp.status_code)
+        org = getattr(req.context, "org_id", None)
+        if org is not None:
+            current.set_attribute("tolstoy.org.id", str(org))
+        if resp.status_code >= 500:
+            current.set_status(Status(StatusCode.ERROR))
+        current.end()
+        otel_context.detach(req.context.trace_token)
