@@ -3315,8 +3315,9 @@ COMMENT ON FUNCTION public.tolstoy_resolve_step(org uuid, flow uuid, target uuid
 --
 
 CREATE FUNCTION public.tolstoy_run_epoch(id uuid) RETURNS double precision
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
+    -- Null for a null id, as a strict function would be (every branch reads the id).
     select case when get_byte(uuid_send(id), 6) >> 4 = 7 then
         least(((get_byte(uuid_send(id), 0)::bigint << 40) | (get_byte(uuid_send(id), 1)::bigint << 32)
                | (get_byte(uuid_send(id), 2)::bigint << 24) | (get_byte(uuid_send(id), 3)::bigint << 16)
@@ -3331,7 +3332,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_epoch(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id.';
+COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id. Not strict, so that queries inline it.';
 
 
 --
@@ -3369,9 +3370,9 @@ COMMENT ON FUNCTION public.tolstoy_run_fault(r public.flow_runs, fault jsonb, ma
 --
 
 CREATE FUNCTION public.tolstoy_run_from(id uuid) RETURNS timestamp with time zone
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision))
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision)) end
 $$;
 
 
@@ -3379,7 +3380,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_from(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id).';
+COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one; null for null): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id). Not strict, so that queries inline it.';
 
 
 --
@@ -3418,9 +3419,9 @@ COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed
 --
 
 CREATE FUNCTION public.tolstoy_run_until(id uuid) RETURNS timestamp with time zone
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision))
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision)) end
 $$;
 
 
@@ -3428,7 +3429,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_until(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one).';
+COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one; null for null). Not strict, so that queries inline it.';
 
 
 --
@@ -8244,4 +8245,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261210000300'),
     ('20261210000301'),
     ('20261211000100'),
-    ('20261212000100');
+    ('20261212000100'),
+    ('20261215000100');
