@@ -40,7 +40,7 @@ def called_functions(url: str) -> dict[str, str]:
         conn.execute("set plan_cache_mode = force_generic_plan")
         for signature, name, types, body in conn.execute(CANDIDATES).fetchall():
             if re.search(r"\bfrom\b", body, re.IGNORECASE):
-                continue  # reads a table: not a single expression, never inlined as a scalar
+                continue  # a FROM: reads a table (never inlined as a scalar), or an extract (left out too)
             args = ", ".join(f"${i + 1}" for i in range(len(types)))
             conn.execute(f"prepare probe ({', '.join(types)}) as select {name}({args})" if types
                          else f"prepare probe as select {name}()")
