@@ -7,9 +7,6 @@ returns jsonb
 language plpgsql as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
-    -- How far the clock is moved (zero but in tests): clock_timestamp() + ahead is tolstoy_clock_timestamp()
-    -- without a call of a security definer function per row.
-    ahead interval := clock_now - now();
     -- The run's month, computed here once: in the lease check's query the planner would compute each
     -- bound anew on every plan it makes for it, through the SQL-function executor (about 45 µs each).
     month_from timestamptz := tolstoy_run_from(run);
@@ -42,8 +39,8 @@ begin
                 clock_now + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
                 case when (step ->> 'call_started')::boolean then clock_now end,
                 -- Steps checkpointed together keep their order (clock_now is the same for all of them).
-                clock_timestamp() + ahead,
-                case when step ->> 'status' in ('completed', 'skipped', 'failed') then clock_timestamp() + ahead end,
+                tolstoy_clock_timestamp(),
+                case when step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
                 (step ->> 'duration_ms')::integer)
         on conflict (org_id, run_id, step_id, run_created_at) do update
         set status = excluded.status, attempt = excluded.attempt,
@@ -63,7 +60,7 @@ begin
                                 duration_ms, created_at)
     select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
            (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
-           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, clock_timestamp() + ahead
+           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
     from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e(event);
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.

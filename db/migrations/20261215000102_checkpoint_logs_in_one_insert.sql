@@ -7,19 +7,14 @@ set local statement_timeout = '60s';
 -- The checkpoint wrote a step's log rows one insert each: an insert into the partitioned
 -- execution_logs sets up its routing to the month's partition (the partition, its seven indexes, its
 -- row-level security) once per statement, about 0.2 ms, so a 3-step run's eight log rows paid for it
--- eight times. One insert of all of a checkpoint's rows now, in the same order. And the time each row
--- and step is stamped with is clock_timestamp() plus the clock's offset read once, not a call of the
--- security definer tolstoy_clock_timestamp() (about 8 µs) per row; the run's month bounds are
--- computed once, not by the planner for each plan of the lease check (docs/performance.md, "What
--- PostgreSQL does per run").
+-- eight times. One insert of all of a checkpoint's rows now, in the same order. And the run's
+-- month bounds are computed once, not by the planner for each plan of the lease check
+-- (docs/performance.md, "What PostgreSQL does per run").
 create or replace function tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb)
 returns jsonb
 language plpgsql as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
-    -- How far the clock is moved (zero but in tests): clock_timestamp() + ahead is tolstoy_clock_timestamp()
-    -- without a call of a security definer function per row.
-    ahead interval := clock_now - now();
     -- The run's month, computed here once: in the lease check's query the planner would compute each
     -- bound anew on every plan it makes for it, through the SQL-function executor (about 45 µs each).
     month_from timestamptz := tolstoy_run_from(run);
@@ -52,8 +47,8 @@ begin
                 clock_now + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
                 case when (step ->> 'call_started')::boolean then clock_now end,
                 -- Steps checkpointed together keep their order (clock_now is the same for all of them).
-                clock_timestamp() + ahead,
-                case when step ->> 'status' in ('completed', 'skipped', 'failed') then clock_timestamp() + ahead end,
+                tolstoy_clock_timestamp(),
+                case when step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
                 (step ->> 'duration_ms')::integer)
         on conflict (org_id, run_id, step_id, run_created_at) do update
         set status = excluded.status, attempt = excluded.attempt,
@@ -73,7 +68,7 @@ begin
                                 duration_ms, created_at)
     select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
            (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
-           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, clock_timestamp() + ahead
+           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
     from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e(event);
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.

@@ -56,6 +56,3 @@ def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_
     assert not {f: calls[f] for f in ("tolstoy_run_from", "tolstoy_run_until", "tolstoy_run_epoch") if f in calls}
     # No webhook subscribes: the run and step events' triggers look and stop, building no payload.
     assert "tolstoy_webhook_emit" not in calls and "tolstoy_iso" not in calls, calls
-    # The checkpoint stamps its steps and log rows from one read of the clock's offset, not a security
-    # definer call per row; what is left is the claim's.
-    assert calls.get("tolstoy_clock_timestamp", 0) <= 2, calls
