@@ -1017,9 +1017,12 @@ CREATE FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    -- The run's month, computed here once: in the lease check's query the planner would compute each
+    -- bound anew on every plan it makes for it, through the SQL-function executor (about 45 µs each).
+    month_from timestamptz := tolstoy_run_from(run);
+    month_until timestamptz := tolstoy_run_until(run);
     current flow_runs;
     step jsonb;
-    event jsonb;
     transition jsonb := coalesce(writes -> 'run', '{"action": "continue"}');
     fault jsonb := coalesce(transition -> 'error', '{}');
     half_life double precision := coalesce((writes ->> 'half_life_seconds')::double precision, 300);
@@ -1030,7 +1033,7 @@ begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
-      and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+      and r.created_at between month_from and month_until
       and r.status = 'running' and r.lease_expires_at > clock_now
     for update;
     if not found then
@@ -1060,13 +1063,15 @@ begin
         progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
                                  and strpos(step ->> 'step_id', '[') = 0);
     end loop;
-    for event in select * from jsonb_array_elements(coalesce(writes -> 'events', '[]')) loop
-        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
-                                    duration_ms, created_at)
-        values (org, current.flow_id, current.user_id, run::text, event ->> 'step_key',
-                (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
-                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, tolstoy_clock_timestamp());
-    end loop;
+    -- The log rows in one statement, in their order (created_at read per row): an insert into the
+    -- partitioned table sets up its routing to the month's partition (the partition, its indexes, its
+    -- policies) once per statement, which cost about 0.2 ms a row when each row had its own.
+    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
+                                duration_ms, created_at)
+    select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
+           (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
+           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
+    from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e(event);
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.
     insert into organization_worker_time as w (org_id, seconds, counted_at)
@@ -3500,8 +3505,9 @@ COMMENT ON FUNCTION public.tolstoy_resolve_step(org uuid, flow uuid, target uuid
 --
 
 CREATE FUNCTION public.tolstoy_run_epoch(id uuid) RETURNS double precision
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
+    -- Null for a null id, as a strict function would be (every branch reads the id).
     select case when get_byte(uuid_send(id), 6) >> 4 = 7 then
         least(((get_byte(uuid_send(id), 0)::bigint << 40) | (get_byte(uuid_send(id), 1)::bigint << 32)
                | (get_byte(uuid_send(id), 2)::bigint << 24) | (get_byte(uuid_send(id), 3)::bigint << 16)
@@ -3516,7 +3522,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_epoch(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id.';
+COMMENT ON FUNCTION public.tolstoy_run_epoch(id uuid) IS 'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id. Not strict, so that queries inline it.';
 
 
 --
@@ -3554,9 +3560,9 @@ COMMENT ON FUNCTION public.tolstoy_run_fault(r public.flow_runs, fault jsonb, ma
 --
 
 CREATE FUNCTION public.tolstoy_run_from(id uuid) RETURNS timestamp with time zone
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision))
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision)) end
 $$;
 
 
@@ -3564,7 +3570,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_from(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id).';
+COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id without one; null for null): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id). Not strict, so that queries inline it.';
 
 
 --
@@ -3604,9 +3610,9 @@ COMMENT ON FUNCTION public.tolstoy_run_payload(r public.flow_runs) IS 'A claimed
 --
 
 CREATE FUNCTION public.tolstoy_run_until(id uuid) RETURNS timestamp with time zone
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision))
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision)) end
 $$;
 
 
@@ -3614,7 +3620,7 @@ $$;
 -- Name: FUNCTION tolstoy_run_until(id uuid); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one).';
+COMMENT ON FUNCTION public.tolstoy_run_until(id uuid) IS 'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id without one; null for null). Not strict, so that queries inline it.';
 
 
 --
@@ -3625,12 +3631,25 @@ CREATE FUNCTION public.tolstoy_run_webhook_events() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 declare
-    payload jsonb := jsonb_build_object(
+    kinds text[];
+    payload jsonb;
+begin
+    if old.started_at is null and new.started_at is not null then
+        kinds := array['flow.started'];
+    end if;
+    if new.status is distinct from old.status and new.status in ('completed', 'failed', 'cancelled') then
+        kinds := coalesce(kinds, '{}') || ('flow.' || new.status::text);
+    end if;
+    -- Most organizations subscribe to no run events: one index probe, and no payload built for nobody.
+    if kinds is null or not exists (select 1 from webhooks w
+                                    where w.org_id = new.org_id and w.enabled and w.event_types && kinds) then
+        return null;
+    end if;
+    payload := jsonb_build_object(
         'executionId', new.id, 'flowId', new.flow_id, 'flowVersion', new.flow_version, 'userId', new.user_id,
         'status', new.status, 'error', new.error, 'retryOf', new.retry_of,
         'startedAt', tolstoy_iso(new.started_at), 'finishedAt', tolstoy_iso(new.finished_at));
-begin
-    if old.started_at is null and new.started_at is not null then
+    if 'flow.started' = any(kinds) then
         perform tolstoy_webhook_emit(new.org_id, 'flow.started', payload || '{"status": "running"}');
     end if;
     if new.status is distinct from old.status and new.status in ('completed', 'failed', 'cancelled') then
@@ -8494,4 +8513,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261211000100'),
     ('20261212000100'),
     ('20261213000100'),
-    ('20261214000100');
+    ('20261214000100'),
+    ('20261215000100'),
+    ('20261215000101'),
+    ('20261215000102');

@@ -7,9 +7,12 @@ returns jsonb
 language plpgsql as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    -- The run's month, computed here once: in the lease check's query the planner would compute each
+    -- bound anew on every plan it makes for it, through the SQL-function executor (about 45 µs each).
+    month_from timestamptz := tolstoy_run_from(run);
+    month_until timestamptz := tolstoy_run_until(run);
     current flow_runs;
     step jsonb;
-    event jsonb;
     transition jsonb := coalesce(writes -> 'run', '{"action": "continue"}');
     fault jsonb := coalesce(transition -> 'error', '{}');
     half_life double precision := coalesce((writes ->> 'half_life_seconds')::double precision, 300);
@@ -20,7 +23,7 @@ begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.lease_owner = worker and r.lease_token = token
-      and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run)
+      and r.created_at between month_from and month_until
       and r.status = 'running' and r.lease_expires_at > clock_now
     for update;
     if not found then
@@ -50,13 +53,15 @@ begin
         progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
                                  and strpos(step ->> 'step_id', '[') = 0);
     end loop;
-    for event in select * from jsonb_array_elements(coalesce(writes -> 'events', '[]')) loop
-        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
-                                    duration_ms, created_at)
-        values (org, current.flow_id, current.user_id, run::text, event ->> 'step_key',
-                (event ->> 'status')::execution_status, coalesce(event -> 'inputs', '{}'),
-                nullif(event -> 'error', 'null'), (event ->> 'duration_ms')::integer, tolstoy_clock_timestamp());
-    end loop;
+    -- The log rows in one statement, in their order (created_at read per row): an insert into the
+    -- partitioned table sets up its routing to the month's partition (the partition, its indexes, its
+    -- policies) once per statement, which cost about 0.2 ms a row when each row had its own.
+    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
+                                duration_ms, created_at)
+    select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
+           (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
+           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
+    from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e(event);
     -- The worker time since the last count (the claim, or the previous checkpoint), against the
     -- organization, decayed: what fair claims weigh it by.
     insert into organization_worker_time as w (org_id, seconds, counted_at)

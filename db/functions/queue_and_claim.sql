@@ -16,7 +16,8 @@ comment on function tolstoy_new_run_id(timestamptz) is
     'tolstoy_run_from/until compute the run''s month from it.';
 
 create or replace function tolstoy_run_epoch(id uuid) returns double precision
-language sql immutable strict parallel safe as $$
+language sql immutable parallel safe as $$
+    -- Null for a null id, as a strict function would be (every branch reads the id).
     select case when get_byte(uuid_send(id), 6) >> 4 = 7 then
         least(((get_byte(uuid_send(id), 0)::bigint << 40) | (get_byte(uuid_send(id), 1)::bigint << 32)
                | (get_byte(uuid_send(id), 2)::bigint << 24) | (get_byte(uuid_send(id), 3)::bigint << 16)
@@ -27,25 +28,27 @@ language sql immutable strict parallel safe as $$
 $$;
 
 comment on function tolstoy_run_epoch(uuid) is
-    'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id.';
+    'The time (seconds since 1970) a run id made by tolstoy_new_run_id carries; null for any other id. Not '
+    'strict, so that queries inline it.';
 
 create or replace function tolstoy_run_from(id uuid) returns timestamptz
-language sql immutable strict parallel safe as $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision))
+language sql immutable parallel safe as $$
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) - 1, '-infinity'::double precision)) end
 $$;
 
 comment on function tolstoy_run_from(uuid) is
     'The earliest created_at the run with this id can have (its id''s time less a second; -infinity for an id '
-    'without one): lookups by id add created_at between tolstoy_run_from(id) and tolstoy_run_until(id).';
+    'without one; null for null): lookups by id add created_at between tolstoy_run_from(id) and '
+    'tolstoy_run_until(id). Not strict, so that queries inline it.';
 
 create or replace function tolstoy_run_until(id uuid) returns timestamptz
-language sql immutable strict parallel safe as $$
-    select to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision))
+language sql immutable parallel safe as $$
+    select case when id is not null then to_timestamp(coalesce(tolstoy_run_epoch(id) + 1, 'infinity'::double precision)) end
 $$;
 
 comment on function tolstoy_run_until(uuid) is
     'The latest created_at the run with this id can have (its id''s time plus a second; infinity for an id '
-    'without one).';
+    'without one; null for null). Not strict, so that queries inline it.';
 
 create or replace function tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                                 vars jsonb, key text, retrying uuid, acting boolean,
