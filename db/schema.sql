@@ -3756,7 +3756,7 @@ COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid,
 --
 
 CREATE FUNCTION public.tolstoy_slot_lock(org uuid, flow uuid) RETURNS bigint
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     AS $$
     select hashtextextended(format('run-slots:%s:%s', org, flow), 0)
 $$;

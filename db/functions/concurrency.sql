@@ -38,8 +38,9 @@ comment on function tolstoy_concurrency_blocker(flow_runs) is
     'as its keyLimit, {flowLimit} when its flow has as many as its flowLimit; null when it has a slot. The caller '
     'holds the flow''s slot lock (tolstoy_slot_lock).';
 
+-- Stable, as format() is: a function no less volatile than its body is inlined where it is called.
 create or replace function tolstoy_slot_lock(org uuid, flow uuid) returns bigint
-language sql immutable parallel safe as $$
+language sql stable parallel safe as $$
     select hashtextextended(format('run-slots:%s:%s', org, flow), 0)
 $$;
 

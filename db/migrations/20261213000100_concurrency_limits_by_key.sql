@@ -59,8 +59,9 @@ create index flow_runs_running_org_id_flow_id_concurrency_key_idx
 
 set local statement_timeout = '60s';
 
+-- Stable, as format() is: a function no less volatile than its body is inlined where it is called.
 create or replace function tolstoy_slot_lock(org uuid, flow uuid) returns bigint
-language sql immutable parallel safe as $$
+language sql stable parallel safe as $$
     select hashtextextended(format('run-slots:%s:%s', org, flow), 0)
 $$;
 
