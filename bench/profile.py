@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
               f" {1e6 * wall:.0f} µs wall; statuses {statuses}")
         print(pauses.summary(size * args.blocks))
         print(f"access line: {1e6 * access_line_cpu():.1f} µs of CPU each (Gunicorn's logger, to /dev/null)")
+        if args.scenario == "get":
+            print("the driver alone (psycopg, the tool query, µs of CPU each, least of 6 x 500): " + ", ".join(
+                f"{name} {1e6 * spent:.0f}" for name, spent in driver_cpu(stack.app_url, loaded).items()))
         if args.cpu_only:
             return 0
         # CPU time, not wall time: a request waiting for PostgreSQL spends none.
@@ -154,6 +157,50 @@ class GcPauses:
             else:
                 parts.append(f"gen{generation} none")
         return f"gc pauses ({gc.get_threshold()} thresholds, {gc.get_freeze_count()} frozen): " + "; ".join(parts)
+
+
+def driver_cpu(url: str, loaded, count: int = 500) -> dict[str, float]:
+    """CPU seconds psycopg spends on GET /tools/{id}'s query, sent three ways on one connection (as the
+    pool's, prepared after 5 uses): alone; after the statement that sets the tenant, in two round
+    trips; and both in one pipeline, as a unit of work sends them (tolstoy/db/database.py)."""
+    import uuid
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from tolstoy.db.queries import SQL
+
+    org, tools = uuid.UUID(loaded.org), [uuid.UUID(tool) for tool in loaded.tools]
+    enter = {"org_id": str(org), "timeout": "15000ms", "quotas": "", "audit": ""}
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row, prepare_threshold=5) as conn:
+        def alone(n: int) -> None:
+            assert conn.execute(SQL.tools.get.sql, {"org_id": org, "id": tools[n % len(tools)]}).fetchall()
+
+        def two_round_trips(n: int) -> None:
+            conn.execute(SQL.session.enter_known.sql, enter)
+            alone(n)
+
+        def one_pipeline(n: int) -> None:
+            with conn.pipeline():
+                conn.execute(SQL.session.enter_known.sql, enter)
+                cursor = conn.execute(SQL.tools.get.sql, {"org_id": org, "id": tools[n % len(tools)]})
+            assert cursor.fetchall()
+
+        ways = {"alone": alone, "two round trips": two_round_trips, "one pipeline": one_pipeline}
+        found: dict[str, list[float]] = {name: [] for name in ways}
+        # The tenant for the whole session, so that the query finds its row outside a unit's
+        # transaction too (enter sets it for one transaction, which autocommit ends at once).
+        conn.execute("select set_config('app.org_id', %s, false)", [str(org)])
+        for way in ways.values():
+            for n in range(100):
+                way(n)
+        for _ in range(6):
+            for name, way in ways.items():
+                started = time.process_time()
+                for n in range(count):
+                    way(n)
+                found[name].append((time.process_time() - started) / count)
+    return {name: min(spent) for name, spent in found.items()}
 
 
 def access_line_cpu(count: int = 20_000) -> float:
