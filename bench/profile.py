@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import json
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
+from datetime import timedelta
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=("get", "list", "post"), default="get")
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--blocks", type=int, default=10,
+                        help="blocks the timed requests go in (their median and least are shown)")
+    parser.add_argument("--cpu-only", action="store_true", help="the CPU per request only, without cProfile")
     args = parser.parse_args(argv)
     # Metrics as a Gunicorn worker keeps them (a file per process), set before they are imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tolstoy-profile-metrics-"))
@@ -52,14 +58,18 @@ def main(argv: list[str] | None = None) -> int:
         stack.pools.append(db)
         app = create_app(config, db)
         headers = {"X-Org-ID": loaded.org}
-        body = json.dumps({"name": "profiled", "baseUrl": "https://api.example.com", "authType": "none"})
+
+        def body(n: int) -> str:
+            # A new name each time: a tool's name is unique per organization, and a repeated one
+            # would measure 409s.
+            return json.dumps({"name": f"profiled {n}", "baseUrl": "https://api.example.com", "authType": "none"})
 
         def environ(n: int) -> dict:
             if args.scenario == "get":
                 return testing.create_environ(path=f"/tools/{loaded.tools[n % len(loaded.tools)]}", headers=headers)
             if args.scenario == "list":
                 return testing.create_environ(path="/tools", query_string="limit=50", headers=headers)
-            return testing.create_environ(path="/tools", method="POST", body=body,
+            return testing.create_environ(path="/tools", method="POST", body=body(n),
                                           headers={**headers, "Content-Type": "application/json"})
 
         statuses: dict[str, int] = {}
@@ -72,21 +82,38 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in app(environ(offset + n), start_response):
                     pass
 
-        serve(500)
-        # What building each request's WSGI environ costs here is not the app's: measured apart.
-        started = time.process_time()
-        for n in range(args.requests):
-            environ(n)
-        overhead = time.process_time() - started
-        started, wall = time.process_time(), time.perf_counter()
-        serve(args.requests, 1000)
-        spent, wall = time.process_time() - started - overhead, time.perf_counter() - wall
-        print(f"{args.scenario}: {args.requests} requests, {1e6 * spent / args.requests:.0f} µs of CPU each "
-              f"(app and driver, in this process), {1e6 * wall / args.requests:.0f} µs wall; statuses {statuses}")
+        serve(500, 10 * args.requests)
+        # What building each request's WSGI environ costs here is not the app's: measured apart. The
+        # requests go in --blocks blocks; the median and the least are shown: a block that met
+        # whatever else ran on a shared machine is an outlier, not the rule.
+        blocks = []
+        size = max(args.requests // args.blocks, 1)
+        pauses = GcPauses()
+        for block in range(args.blocks):
+            offset = 1000 + block * size
+            started = time.process_time()
+            for n in range(size):
+                environ(offset + n)
+            overhead = time.process_time() - started
+            started, wall = time.process_time(), time.perf_counter()
+            with pauses:
+                serve(size, offset)
+            blocks.append(((time.process_time() - started - overhead) / size, (time.perf_counter() - wall) / size))
+        spent, wall = statistics.median(b[0] for b in blocks), statistics.median(b[1] for b in blocks)
+        print(f"{args.scenario}: {size * args.blocks} requests, {1e6 * spent:.0f} µs of CPU each (app and driver, "
+              f"in this process; the median of {args.blocks} blocks, the least {1e6 * min(b[0] for b in blocks):.0f}),"
+              f" {1e6 * wall:.0f} µs wall; statuses {statuses}")
+        print(pauses.summary(size * args.blocks))
+        print(f"access line: {1e6 * access_line_cpu():.1f} µs of CPU each (Gunicorn's logger, to /dev/null)")
+        if args.scenario == "get":
+            print("the driver alone (psycopg, the tool query, µs of CPU each, least of 6 x 500): " + ", ".join(
+                f"{name} {1e6 * spent:.0f}" for name, spent in driver_cpu(stack.app_url, loaded).items()))
+        if args.cpu_only:
+            return 0
         # CPU time, not wall time: a request waiting for PostgreSQL spends none.
         profile = cProfile.Profile(time.process_time)
         profile.enable()
-        serve(args.requests, 2000)
+        serve(args.requests, 1000 + args.requests)
         profile.disable()
         out = io.StringIO()
         stats = pstats.Stats(profile, stream=out).strip_dirs()
@@ -97,6 +124,112 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.close()
     return 0
+
+
+class GcPauses:
+    """The garbage collector's pauses while the block runs (``gc.callbacks``), by generation: a full
+    collection walks every object the process holds, and is where a request's latency can jump."""
+
+    def __init__(self):
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._started)
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+    def summary(self, requests: int) -> str:
+        """One line: per generation, collections per 1,000 requests, their mean and longest pause."""
+        parts = []
+        for generation, found in self.pauses.items():
+            if found:
+                parts.append(f"gen{generation} {1000 * len(found) / requests:.1f} per 1k requests, "
+                             f"mean {1e3 * statistics.mean(found):.3f} ms, max {1e3 * max(found):.3f} ms")
+            else:
+                parts.append(f"gen{generation} none")
+        return f"gc pauses ({gc.get_threshold()} thresholds, {gc.get_freeze_count()} frozen): " + "; ".join(parts)
+
+
+def driver_cpu(url: str, loaded, count: int = 500) -> dict[str, float]:
+    """CPU seconds psycopg spends on GET /tools/{id}'s query, sent three ways on one connection (as the
+    pool's, prepared after 5 uses): alone; after the statement that sets the tenant, in two round
+    trips; and both in one pipeline, as a unit of work sends them (tolstoy/db/database.py)."""
+    import uuid
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from tolstoy.db.queries import SQL
+
+    org, tools = uuid.UUID(loaded.org), [uuid.UUID(tool) for tool in loaded.tools]
+    enter = {"org_id": str(org), "timeout": "15000ms", "quotas": "", "audit": ""}
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row, prepare_threshold=5) as conn:
+        def alone(n: int) -> None:
+            assert conn.execute(SQL.tools.get.sql, {"org_id": org, "id": tools[n % len(tools)]}).fetchall()
+
+        def two_round_trips(n: int) -> None:
+            conn.execute(SQL.session.enter_known.sql, enter)
+            alone(n)
+
+        def one_pipeline(n: int) -> None:
+            with conn.pipeline():
+                conn.execute(SQL.session.enter_known.sql, enter)
+                cursor = conn.execute(SQL.tools.get.sql, {"org_id": org, "id": tools[n % len(tools)]})
+            assert cursor.fetchall()
+
+        ways = {"alone": alone, "two round trips": two_round_trips, "one pipeline": one_pipeline}
+        found: dict[str, list[float]] = {name: [] for name in ways}
+        # The tenant for the whole session, so that the query finds its row outside a unit's
+        # transaction too (enter sets it for one transaction, which autocommit ends at once).
+        conn.execute("select set_config('app.org_id', %s, false)", [str(org)])
+        for way in ways.values():
+            for n in range(100):
+                way(n)
+        for _ in range(6):
+            for name, way in ways.items():
+                started = time.process_time()
+                for n in range(count):
+                    way(n)
+                found[name].append((time.process_time() - started) / count)
+    return {name: min(spent) for name, spent in found.items()}
+
+
+def access_line_cpu(count: int = 20_000) -> float:
+    """CPU seconds of one access line, as Gunicorn's worker writes it after each request (the same
+    logger class and settings as gunicorn.conf.py, its stream /dev/null): the part of a request the
+    WSGI app above does not include."""
+    from gunicorn.config import Config as GunicornConfig
+
+    from tolstoy.api.access_log import ENV_ORG, ENV_ROUTE, GunicornLogger
+
+    cfg = GunicornConfig()
+    cfg.set("accesslog", os.devnull)
+    cfg.set("forwarded_allow_ips", "127.0.0.1")
+    logger = GunicornLogger(cfg)
+
+    class Response:
+        status = "200 OK"
+        sent = 812
+        headers = [("Content-Type", "application/json"), ("Content-Length", "812"),
+                   ("X-Request-ID", "0f8fad5bd9cb469fa16570867728950e"), ("ETag", '"1c8b1d7a8f0e4b1c9d2e3f4a5b6c7d8e"')]
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/tools/6f1c5bb6-4c1f-4f5e-9d5a-1d2e3f4a5b6c",
+               "REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "wrk", ENV_ROUTE: "/tools/{id}",
+               ENV_ORG: "1f0e5bb6-4c1f-4f5e-9d5a-1d2e3f4a5b6c"}
+    took = timedelta(microseconds=1234)
+    started = time.process_time()
+    for _ in range(count):
+        logger.access(Response, None, environ, took)
+    return (time.process_time() - started) / count
 
 
 if __name__ == "__main__":

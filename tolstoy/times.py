@@ -58,7 +58,12 @@ def iso(value: dt.datetime | None) -> str | None:
     """``2026-11-25T21:08:32.123Z`` (None stays None)."""
     if value is None:
         return None
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # What isoformat(timespec="milliseconds") spells, with Z for +00:00, in two thirds of its time (every
+    # answer spells a few; tests/unit/test_dumping.py compares the two on generated times). A %-format:
+    # the f-string with format specs is slower.
+    value = value.astimezone(dt.UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond // 1000)
 
 
 def now_iso() -> str:

@@ -93,18 +93,34 @@ class FakeResponse:
     headers = [("Content-Type", "application/json"), ("X-Request-ID", "rid-9")]
 
 
-def test_gunicorn_access_line_is_json_with_the_request_id():
+def access_line(environ: dict, milliseconds: int) -> str:
+    """The access line Gunicorn's logger (Tolstoy's class) writes for a FakeResponse to ``environ``."""
     cfg = GunicornConfig()
     cfg.set("accesslog", "-")
     logger = access_log.GunicornLogger(cfg)
     stream = io.StringIO()
     logger.access_log.handlers[0].setStream(stream)
+    logger.access(FakeResponse(), None, environ, dt.timedelta(milliseconds=milliseconds))
+    return stream.getvalue()
+
+
+def test_gunicorn_access_line_is_json_with_the_request_id():
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/users", "QUERY_STRING": "token=abc",
                "RAW_URI": "/users?token=abc", "SERVER_PROTOCOL": "HTTP/1.0", "REMOTE_ADDR": "127.0.0.1",
                "HTTP_X_FORWARDED_FOR": "203.0.113.9", "HTTP_AUTHORIZATION": "Bearer tok-secret",
                access_log.ENV_ROUTE: "/users", access_log.ENV_ORG: "org-1"}
-    logger.access(FakeResponse(), None, environ, dt.timedelta(milliseconds=12))
-    line = json.loads(stream.getvalue())
+    written = access_line(environ, 12)
+    line = json.loads(written)
     assert line["requestId"] == "rid-9" and line["status"] == 201 and line["route"] == "/users"
     assert line["client"] == "203.0.113.9" and line["orgId"] == "org-1" and line["durationMs"] == 12.0
-    assert "tok-secret" not in stream.getvalue() and "token=abc" not in stream.getvalue()
+    assert "tok-secret" not in written and "token=abc" not in written
+
+
+def test_an_access_line_masks_a_secret_in_any_of_its_strings():
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/approve/password=hunter2", "REMOTE_ADDR": "127.0.0.1",
+               "HTTP_USER_AGENT": "probe Bearer abcdefghijkl", access_log.ENV_ROUTE: "/users"}
+    written = access_line(environ, 1)
+    line = json.loads(written)
+    assert "hunter2" not in written and "abcdefghijkl" not in written
+    assert line["path"] == "/approve/password=***" and line["message"] == "GET /approve/password=*** 201"
+    assert line["userAgent"] == "probe Bearer ***" and line["route"] == "/users" and line["client"] == "127.0.0.1"

@@ -10,6 +10,8 @@ import json
 from urllib.parse import quote, quote_plus
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import LinesRun
 
 from tolstoy import logs
@@ -27,6 +29,7 @@ from tolstoy.redaction import (
     mask_json,
     patterns,
     redact,
+    redact_strings,
 )
 
 SECRET = "sk-live/4f9c+2d=71 e0a8b3c6Zq"  # reserved URL characters and a space: every encoding differs
@@ -239,3 +242,19 @@ def test_a_large_text_is_masked_by_the_automaton_exactly_as_slice_by_slice(monke
     assert index.mask(text + "Bearer derived-value-1 ab12") == by_automaton
     assert SECRET[5:20] not in by_automaton and by_automaton.endswith(f"{MASK} {MASK}")
     assert by_automaton.count(MASK) >= 2 * len(ENCODINGS)
+
+
+SUSPECT_PIECES = ["Bearer abcdefgh", "password=hunter2", "postgresql://u:pw@db/x", "token", "basic", "=", ":",
+                  "/tools/6f1c5bb6", "127.0.0.1", "Basic dXNlcjpwYXNz"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=6),
+                       st.none() | st.integers() | st.lists(st.sampled_from(SUSPECT_PIECES) | st.text(max_size=8),
+                                                             max_size=4).map("".join),
+                       max_size=6))
+def test_redacting_strings_together_masks_what_redacting_each_masks(values):
+    """redact_strings (one scan of an access line's strings, then a mask of each only if any is suspect)
+    writes what redact writes for each string."""
+    assert redact_strings(values) == {key: redact(value) if isinstance(value, str) else value
+                                      for key, value in values.items()}

@@ -16,7 +16,7 @@ from gunicorn.glogging import Logger as _GunicornBaseLogger
 from ..jsonsafe import dumps
 from ..logs import JsonFormatter
 from ..numerals import unsigned
-from ..redaction import redact
+from ..redaction import redact_strings
 from ..times import now_iso
 
 # WSGI environ keys the app fills in for the access log line.
@@ -62,23 +62,27 @@ class GunicornLogger(_GunicornBaseLogger):
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(JsonFormatter())
+        # Read once per configuration, not per request (Gunicorn builds a new logger when it reloads).
+        self.trusted = tuple(cfg.forwarded_allow_ips)
 
     def access(self, resp, req, environ, request_time) -> None:
         """The request line: ids, route, status, size, duration, client; never headers or the query string."""
         if not self.access_log_enabled:
             return
         status = resp.status.split(None, 1)[0] if isinstance(resp.status, str) else resp.status
-        headers = {name.lower(): value for name, value in resp.headers}
+        request_id = None
+        for name, value in resp.headers:
+            if name.lower() == "x-request-id":
+                request_id = value
         fields = {
-            "requestId": headers.get("x-request-id"),
+            "requestId": request_id,
             "method": environ.get("REQUEST_METHOD"),
             "path": environ.get("PATH_INFO"),
             "route": environ.get(ENV_ROUTE),
             "status": unsigned(str(status), 3) or status,
             "bytes": getattr(resp, "sent", None),
             "durationMs": round(request_time.total_seconds() * 1000, 2),
-            "client": client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"),
-                                     list(self.cfg.forwarded_allow_ips)),
+            "client": client_address(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), self.trusted),
             "orgId": environ.get(ENV_ORG),
             "userAgent": environ.get("HTTP_USER_AGENT"),
         }
@@ -89,9 +93,10 @@ class GunicornLogger(_GunicornBaseLogger):
                 self.access_log.info("%s", message, extra={"fields": fields})
                 return
             # One line a request is the hottest log path: written straight to the handlers' streams
-            # in the JsonFormatter's shape, without building a LogRecord (a third of its cost).
-            entry = {"time": now_iso(), "level": "info", "logger": self.access_log.name, "message": redact(message)}
-            entry.update((key, redact(value) if isinstance(value, str) else value) for key, value in fields.items())
+            # in the JsonFormatter's shape, without building a LogRecord (a third of its cost), its
+            # strings masked by one scan of them all (redact_strings) rather than one each.
+            entry = {"time": now_iso(), "level": "info", "logger": self.access_log.name,
+                     **redact_strings({"message": message, **fields})}
             line = dumps(entry).decode() + "\n"
             for handler, stream in zip(self.access_log.handlers, streams, strict=True):
                 with handler.lock:

@@ -4,16 +4,18 @@
 every value of every row: about 3 µs a field, 150 µs for one tool with three
 actions, more than the database round trip of the request. ``dumper(schema)``
 reads the same schema once (its dump fields, attributes, data keys, nesting)
-and returns a function that builds the same dictionary directly. Field types
-it does not know are serialized by the field itself, so the output is always
-``Schema.dump``'s (tests/unit/test_dumping.py compares them on every schema).
+and compiles a function that builds the same dictionary directly: one line per
+field, the common conversions (strings, integers, uuids) written inline, no
+loop over a plan (a third of the time of walking one). Field types it does not
+know are serialized by the field itself, so the output is always
+``Schema.dump``'s (tests/unit/test_dumping.py compares them on every schema,
+with rows of every shape and with generated ones).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -26,26 +28,27 @@ Dump = Callable[[dict], dict]
 _MISSING = object()
 
 
+# How PostgreSQL spells a timestamptz in JSON (a jsonb-nested row's) when the session's time zone is
+# UTC, as Tolstoy's are: already the answer's spelling but for the digits after the milliseconds.
+_UTC_TEXT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,6}))?\+00:00")
+
+
 def _timestamp(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
+        parsed = dt.datetime.fromisoformat(value)  # refuses what is not a time, as Timestamp does
+        utc = _UTC_TEXT.fullmatch(value)
+        if utc is not None:  # iso(parsed) without building it again: the milliseconds, truncated
+            return f"{utc[1]}.{((utc[2] or '') + '000')[:3]}Z"
+        value = parsed
     return iso(value)
 
 
-# How PostgreSQL spells a uuid in JSON: already what str(uuid.UUID(value)) gives.
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
 def _uuid(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, str) and _CANONICAL_UUID.fullmatch(value):
-        return value
-    return str(uuid.UUID(str(value)))
+    # fields.UUID writes str(value): a uuid.UUID's canonical spelling, and a string (a jsonb-nested
+    # row's, already canonical from PostgreSQL) as it is.
+    return None if value is None else str(value)
 
 
 def _string(value: Any) -> Any:
@@ -106,23 +109,47 @@ def _converter(field: fields.Field) -> Callable[[Any], Any]:
     return lambda value: field._serialize(value, None, None)
 
 
+# Conversions written inline in a compiled dumper (``{}`` is the value's name): the same as the
+# functions above, without a call.
+_INLINE = {
+    _string: "{0} if {0} is None or isinstance({0}, str) else str({0})",
+    _integer: "{0} if {0} is None or type({0}) is int else int({0})",
+    _identity: "{0}",
+    _uuid: "None if {0} is None else str({0})",
+}
+
+
 def dumper(schema: Schema) -> Dump:
-    """A function shaping one row (a dict) exactly as ``schema.dump(row)`` would."""
-    plan = [(field.attribute or name, field.data_key or name, _converter(field), field.dump_default)
-            for name, field in schema.dump_fields.items()]
-
-    def dump(row: dict) -> dict:
-        out = {}
-        for attribute, key, convert, default in plan:
-            value = row.get(attribute, _MISSING)
-            if value is _MISSING:
-                if default is missing:
-                    continue
-                value = default() if callable(default) else default
-            out[key] = convert(value)
-        return out
-
-    return dump
+    """A function shaping one row (a dict) exactly as ``schema.dump(row)`` would, compiled from the
+    schema: for each dump field, in order, its value read from the row (a missing one left out, or
+    its dump_default), converted, and stored under its data key."""
+    names: dict[str, Any] = {"_MISSING": _MISSING, "isinstance": isinstance, "str": str, "type": type,
+                             "int": int}
+    lines = ["def dump(row):", "    get = row.get", "    out = {}"]
+    for number, (name, field) in enumerate(schema.dump_fields.items()):
+        attribute, key, convert, default = (field.attribute or name, field.data_key or name, _converter(field),
+                                            field.dump_default)
+        value = f"v{number}"
+        inline = _INLINE.get(convert)
+        if inline is None:
+            names[f"convert{number}"] = convert
+            converted = f"convert{number}({value})"
+        else:
+            converted = inline.format(value)
+        lines.append(f"    {value} = get({attribute!r}, _MISSING)")
+        if default is missing:
+            lines.append(f"    if {value} is not _MISSING:")
+            lines.append(f"        out[{key!r}] = {converted}")
+        else:
+            names[f"default{number}"] = default
+            fill = f"default{number}()" if callable(default) else f"default{number}"
+            lines.append(f"    if {value} is _MISSING:")
+            lines.append(f"        {value} = {fill}")
+            lines.append(f"    out[{key!r}] = {converted}")
+    lines.append("    return out")
+    # Names and keys are the schema's own (identifiers in the source), written as Python literals.
+    exec(compile("\n".join(lines), f"<dumper of {type(schema).__name__}>", "exec"), names)  # noqa: S102
+    return names["dump"]
 
 
 def many(dump: Dump) -> Callable[[list[dict]], list[dict]]:
