@@ -276,8 +276,15 @@ begin
             return answer || jsonb_build_object('error', jsonb_build_object(
                 'name', 'QuotaExceeded', 'message', refusal, 'quota', refused::jsonb ->> 'quota'));
         end;
+        -- The child joins its parent's trace, under the parent's run span (tolstoy/tracing.py run_ids: the
+        -- trace is the parent's caller's, or the parent's id; the run span's id is the first 8 bytes of a
+        -- sha256 of the run's id), so a run and its subflows are one trace.
         update flow_runs c
-        set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1
+        set parent_run_id = run, parent_step_id = step, depth = parent.depth + 1,
+            trace_parent = coalesce(c.trace_parent, format('00-%s-%s-01',
+                coalesce(substr(parent.trace_parent, 4, 32), replace(parent.id::text, '-', '')),
+                coalesce(nullif(substr(encode(sha256(convert_to('tolstoy-run-span:', 'UTF8') || uuid_send(parent.id)),
+                                              'hex'), 1, 16), '0000000000000000'), '0000000000000001')))
         where c.org_id = org and c.id = child.id and c.created_at = child.created_at
         returning * into child;
         -- The parent's log says which child the step started (or took over).
@@ -318,7 +325,8 @@ comment on function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) is
     'A subflow step: tolstoy_checkpoint, then find or queue the step''s child run (one child chain per step of a '
     'retry chain: a retry continues the chain an earlier run''s step started, and waits while its newest run is '
     'under way; a re-run reaching into the step''s child queues a re-run of that child), and park the parent '
-    'while a waited-for child runs. Acts for org under row-level security.';
+    'while a waited-for child runs. The child joins the parent''s trace (flow_runs.trace_parent). Acts for org '
+    'under row-level security.';
 
 create or replace function flow_runs_wake_parent() returns trigger
 language plpgsql as $$

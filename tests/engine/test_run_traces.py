@@ -92,7 +92,7 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
         wait_until(lambda: run_status(db, run["executionId"]) in ("completed", "failed"), 60, "the run to end")
         assert run_status(db, run["executionId"]) == "completed", log_tail(second)
         trace_id = CALLER_TRACE
-        spans = receiver.wait_for(lambda got: any(s["name"].startswith("run ") and s["trace_id"] == trace_id
+        spans = receiver.wait_for(lambda got: any(s["name"] == f"run {flow['id']}" and s["trace_id"] == trace_id
                                                   for s in got), what="the run span")
     finally:
         stop(first)
@@ -142,9 +142,12 @@ def test_a_run_is_one_trace_across_a_sigkill_with_placeholders_and_no_secrets(ap
     # The tool saw our trace context on every call (the slow call's, sent by the second worker, too).
     sent = [request.headers.get("traceparent") for request, _ in server.log]
     assert sent and all(value and value.split("-")[1] == trace_id for value in sent), sent
-    # The subflow's child run (queued by the parent's checkpoint, not by a caller) is a trace of its own.
-    [child_run] = [s for s in spans if s["name"] == f"run {child['id']}"]
-    assert child_run["trace_id"] == child_run["attributes"]["tolstoy.run.id"].replace("-", "")
+    # The subflow's child run (queued by the parent's checkpoint, not by a caller) is in the same trace, under
+    # the parent's run span, and its steps under its own run span.
+    [child_run] = [s for s in mine if s["name"] == f"run {child['id']}"]
+    assert child_run["parent_span_id"] == run_span["span_id"]
+    assert child_run["span_id"] == format(tracing.run_ids(child_run["attributes"]["tolstoy.run.id"])[1], "016x")
+    assert {s["parent_span_id"] for s in steps_named("inner")} == {child_run["span_id"]}
     if os.environ.get("TOLSTOY_SCREENSHOTS") == "docs":  # docs/observability.md's picture, when asked
         picture(mine, f"Trace {trace_id}: run {run['executionId']}, its worker SIGKILLed during step slow")
     # No secret in anything exported: the credential, the sealed output, the request body, the variable.
@@ -193,3 +196,19 @@ def test_a_callers_traceparent_is_kept_with_the_run_on_execute_and_on_a_webhook_
     # Nothing else is told by it: the run's view is as before.
     assert "trace" not in json.dumps(api.client.simulate_get(
         f"/flows/{flow['id']}/executions/{run['executionId']}", headers=api.headers(org)).json).lower()
+
+
+def test_a_retry_and_a_re_run_keep_their_callers_traceparent(api, org, user, db):
+    """POST …/retry and …/rerun queue runs as execute does: the caller's trace context is kept with them."""
+    flow = api.flow(org)
+    run = execute(api, org, user, flow)  # no worker: it stays queued, and cancelling it ends it at once
+    base = f"/flows/{flow['id']}/executions/{run['executionId']}"
+    assert api.client.simulate_post(f"{base}/cancel", headers=api.headers(org, user)).status_code == 202
+    sent = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+    retried = api.client.simulate_post(f"{base}/retry", headers={**api.headers(org, user), "traceparent": sent})
+    assert retried.status_code == 202, retried.text
+    assert stored_trace(db, retried.json["executionId"]) == sent
+    again = api.client.simulate_post(f"{base}/rerun", json={"fromStep": "hello"},
+                                     headers={**api.headers(org, user), "traceparent": sent})
+    assert again.status_code == 202, again.text
+    assert stored_trace(db, again.json["executionId"]) == sent

@@ -458,7 +458,7 @@ class FlowRuns:
         with lifecycle_errors():
             run = engine.retry_run(self.db, original, user_id=req.context.user_id,
                                    acts_as_user=may_act_as(req, req.context.user_id),
-                                   concurrency=flow.get("concurrency"))
+                                   concurrency=flow.get("concurrency"), trace_parent=tracing.caller(req))
         self.accepted(req, resp, flow, run)
 
     def on_post_rerun(self, req: falcon.Request, resp: falcon.Response, id: str, execution_id: str) -> None:
@@ -477,7 +477,7 @@ class FlowRuns:
                 acts_as_user=may_act_as(req, req.context.user_id), variables=values.get("variables"),
                 changes=changes, version=values.get("version"), key=key, dry_run=values["dryRun"],
                 check=lambda field, step: flows.check_step(self.db, req, field, step),
-                concurrency=flow.get("concurrency"))
+                concurrency=flow.get("concurrency"), trace_parent=tracing.caller(req))
         if values["dryRun"]:
             respond(resp, _PREVIEW({"dryRun": True, **answer, "idempotencyKeys": NEW_KEYS}))
             return

@@ -98,21 +98,23 @@ def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: di
     return run
 
 
-def retry(db: Database, original: dict, *, user_id, acts_as_user: bool, concurrency: dict | None = None) -> dict:
+def retry(db: Database, original: dict, *, user_id, acts_as_user: bool, concurrency: dict | None = None,
+          trace_parent: str | None = None) -> dict:
     """A new run of ``original``'s plan that starts with its finished steps and sends the same
     Idempotency-Keys (one retry per run: retrying it again finds the same retry). RunStateConflict
-    unless it failed or was cancelled."""
+    unless it failed or was cancelled. ``trace_parent``: the caller's (queue)."""
     if original["status"] not in RETRYABLE:
         raise RunStateConflict(
             f"Only failed or cancelled executions can be retried (this one is {original['status']}).")
     return queue(db, org_id=original["org_id"], flow_id=original["flow_id"], version=original["flow_version"],
                  user_id=user_id, variables=original["variables"], retry_of=original["id"],
-                 acts_as_user=acts_as_user, concurrency=concurrency)
+                 acts_as_user=acts_as_user, concurrency=concurrency, trace_parent=trace_parent)
 
 
 def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user: bool,
           variables: dict | None = None, changes: dict[str, dict] | None = None, version: int | None = None,
-          key: str | None = None, dry_run: bool = False, check=None, concurrency: dict | None = None) -> dict:
+          key: str | None = None, dry_run: bool = False, check=None, concurrency: dict | None = None,
+          trace_parent: str | None = None) -> dict:
     """A new run of ``original`` (a finished run of the organization) that keeps the outputs of the
     steps not downstream of ``from_step`` and runs the rest again, reaching into a subflow step's child
     (``call/charge``) or one foreach item (``each[7]``); its calls are new effects (new
@@ -143,7 +145,8 @@ def rerun(db: Database, original: dict, from_step: str, *, user_id, acts_as_user
                 **reruns.preview(db, original["org_id"], level, variables)}
     return queue(db, org_id=original["org_id"], flow_id=original["flow_id"],
                  version=version or original["flow_version"], user_id=user_id, variables=variables, key=key,
-                 acts_as_user=acts_as_user, rerun=level.spec(), concurrency=concurrency)
+                 acts_as_user=acts_as_user, rerun=level.spec(), concurrency=concurrency,
+                 trace_parent=trace_parent)
 
 
 def cancel(db: Database, *, org_id, flow_id, run_id, user_id) -> dict:
