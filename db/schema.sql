@@ -3672,6 +3672,25 @@ COMMENT ON FUNCTION public.tolstoy_run_webhook_events() IS 'AFTER UPDATE trigger
 --
 
 CREATE FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text) RETURNS jsonb
+    LANGUAGE sql
+    AS $$
+    select tolstoy_send_signal_v2(org, flow, target, signal_name, signal_payload, actor, signed_by, key, link,
+                                  sent_through, null)
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text) IS 'tolstoy_send_signal_v2 without the sender''s trace context (the previous release''s API).';
+
+
+--
+-- Name: tolstoy_send_signal_v2(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text, text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_send_signal_v2(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text, caller_trace text) RETURNS jsonb
     LANGUAGE plpgsql
     AS $_$
 declare
@@ -3721,8 +3740,14 @@ begin
     if unfinished_waits <= pending_signals then
         return jsonb_build_object('refused', 'waiting', 'pending', pending_signals);
     end if;
-    insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id)
-    values (org, target, signal_name, signal_payload, actor, signed_by, key, link)
+    -- The sender's W3C trace context, when well formed (else none, as the W3C says of a bad one): the wait step
+    -- that takes the signal links its span to it (tolstoy/tracing.py).
+    insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id,
+                                  trace_parent)
+    values (org, target, signal_name, signal_payload, actor, signed_by, key, link,
+            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
+                 then caller_trace end)
     returning id, created_at into sent_id, sent_at;
     update flow_runs r
     set run_after = tolstoy_now()
@@ -3745,10 +3770,10 @@ $_$;
 
 
 --
--- Name: FUNCTION tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text); Type: COMMENT; Schema: public; Owner: -
+-- Name: FUNCTION tolstoy_send_signal_v2(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text, caller_trace text); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text) IS 'Sends signal_name with signal_payload to a run of a flow, holding the run''s row: stores it, wakes the run when a wait step of it is parked for it, and logs it as actor''s (sent_through: api or link). Null when no such run; {refused: key|link|finished|waiting} writes nothing (the Idempotency-Key sent another signal; the approval link was used; the run finished, with its status; no unfinished wait step is left for it, with the pending count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before).';
+COMMENT ON FUNCTION public.tolstoy_send_signal_v2(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text, caller_trace text) IS 'Sends signal_name with signal_payload to a run of a flow, holding the run''s row: stores it, wakes the run when a wait step of it is parked for it, and logs it as actor''s (sent_through: api or link). Null when no such run; {refused: key|link|finished|waiting} writes nothing (the Idempotency-Key sent another signal; the approval link was used; the run finished, with its status; no unfinished wait step is left for it, with the pending count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before). caller_trace: the sender''s W3C traceparent, kept in flow_run_signals.trace_parent when well formed.';
 
 
 --
@@ -4739,6 +4764,7 @@ CREATE TABLE public.flow_run_signals (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     superseded_by uuid,
+    trace_parent text,
     CONSTRAINT flow_run_signals_approver_length CHECK (((char_length(approver) >= 1) AND (char_length(approver) <= 320))),
     CONSTRAINT flow_run_signals_consumed CHECK (((step_id IS NULL) = (consumed_at IS NULL))),
     CONSTRAINT flow_run_signals_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
@@ -4795,6 +4821,13 @@ COMMENT ON COLUMN public.flow_run_signals.step_id IS 'Checkpoint id of the wait 
 --
 
 COMMENT ON COLUMN public.flow_run_signals.superseded_by IS 'The signal a "signals" wait step took instead of this one, which it made void (never delivered); null otherwise.';
+
+
+--
+-- Name: COLUMN flow_run_signals.trace_parent; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_run_signals.trace_parent IS 'The W3C traceparent of whoever sent the signal, or null: the span of the wait step that takes it links to it (tolstoy/tracing.py). Written only by tolstoy_send_signal_v2, which keeps only a well-formed value.';
 
 
 --
@@ -8522,6 +8555,7 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261213000100'),
     ('20261214000100'),
     ('20261214000101'),
+    ('20261214000102'),
     ('20261215000100'),
     ('20261215000101'),
     ('20261215000102');

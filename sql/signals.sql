@@ -21,16 +21,18 @@ where r.org_id = :org_id and r.id = :run_id and r.created_at = :run_created_at;
 -- name: send$
 -- Send :signal to a run of the flow, logged as :user_id's (tolstoy_send_signal, which locks the run,
 -- checks it can take the signal, stores it and wakes the run parked for it): null when no such run,
--- {refused: key|link|finished|waiting}, else {created, woke, signal}.
-select tolstoy_send_signal(:org_id::uuid, :flow_id::uuid, :id::uuid, :signal::text, :payload::jsonb,
-                           :user_id::uuid, :approver::text, :idempotency_key::text, :link_id::uuid,
-                           :source::text);
+-- {refused: key|link|finished|waiting}, else {created, woke, signal}. :trace_parent: the sender's W3C
+-- traceparent (kept when well formed: the wait step taking it links to it), else null.
+select tolstoy_send_signal_v2(:org_id::uuid, :flow_id::uuid, :id::uuid, :signal::text, :payload::jsonb,
+                              :user_id::uuid, :approver::text, :idempotency_key::text, :link_id::uuid,
+                              :source::text, :trace_parent::text);
 
 -- ---- the worker ---------------------------------------------------------------------
 
 -- name: take_first^
 -- A wait step's signal, the first of :signals to have come (locks the run first; the oldest pending one
 -- of those names, or the one this step took already; the oldest pending one of each other name is
--- superseded); no row when none is pending.
-select id, signal, payload, approver, user_id, created_at
-from tolstoy_take_first_signal(:org_id, :run_id, :step_id, :signals::text[]);
+-- superseded); no row when none is pending. trace_parent: its sender's trace context, or null.
+select t.id, t.signal, t.payload, t.approver, t.user_id, t.created_at, g.trace_parent
+from tolstoy_take_first_signal(:org_id, :run_id, :step_id, :signals::text[]) as t
+left join flow_run_signals g on g.org_id = :org_id and g.id = t.id;

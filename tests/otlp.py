@@ -77,6 +77,8 @@ class Receiver:
                         "parent_span_id": span.parent_span_id.hex() or None, "name": span.name,
                         "kind": span.kind, "attributes": _attributes(span.attributes),
                         "events": [{"name": e.name, "attributes": _attributes(e.attributes)} for e in span.events],
+                        "links": [{"trace_id": k.trace_id.hex(), "span_id": k.span_id.hex(),
+                                   "attributes": _attributes(k.attributes)} for k in span.links],
                         "status": {"code": span.status.code, "message": span.status.message},
                         "resource": resource, "start": span.start_time_unix_nano, "end": span.end_time_unix_nano,
                         "scope": scope_spans.scope.name, "raw": MessageToDict(span),

@@ -299,6 +299,16 @@ def sql(statements, seconds: float) -> None:
                                   "db.duration_ms": round(seconds * 1000, 3)})
 
 
+def link(traceparent: str, attributes: Mapping[str, Any] | None = None) -> None:
+    """Link the current span (if one is recording) to the span a W3C ``traceparent`` names: what woke a run
+    (a signal's sender) is in another trace, or another part of this one, and not its parent."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        other = trace.get_current_span(extract({"traceparent": traceparent})).get_span_context()
+        if other.is_valid:
+            current.add_link(other, attributes)
+
+
 def note(name: str, value: Any) -> None:
     """An attribute on the current span (if one is recording)."""
     current = trace.get_current_span()

@@ -158,8 +158,9 @@ comment on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, jsonb, tex
 -- parked for this signal, alone or among its "signals" (run_after = now; the queue's trigger sends NOTIFY; a run parked
 -- elsewhere, a delay or a retry's back-off, is left asleep: its wait step takes the signal when it
 -- gets there), and is logged as the actor's.
-create or replace function tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb,
-                                               actor uuid, signed_by text, key text, link uuid, sent_through text)
+create or replace function tolstoy_send_signal_v2(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb,
+                                                  actor uuid, signed_by text, key text, link uuid, sent_through text,
+                                                  caller_trace text)
 returns jsonb
 language plpgsql as $$
 declare
@@ -209,8 +210,14 @@ begin
     if unfinished_waits <= pending_signals then
         return jsonb_build_object('refused', 'waiting', 'pending', pending_signals);
     end if;
-    insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id)
-    values (org, target, signal_name, signal_payload, actor, signed_by, key, link)
+    -- The sender's W3C trace context, when well formed (else none, as the W3C says of a bad one): the wait step
+    -- that takes the signal links its span to it (tolstoy/tracing.py).
+    insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id,
+                                  trace_parent)
+    values (org, target, signal_name, signal_payload, actor, signed_by, key, link,
+            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
+                 then caller_trace end)
     returning id, created_at into sent_id, sent_at;
     update flow_runs r
     set run_after = tolstoy_now()
@@ -231,9 +238,21 @@ begin
 end
 $$;
 
-comment on function tolstoy_send_signal(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text) is
+comment on function tolstoy_send_signal_v2(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text, text) is
     'Sends signal_name with signal_payload to a run of a flow, holding the run''s row: stores it, wakes the run when '
     'a wait step of it is parked for it, and logs it as actor''s (sent_through: api or link). Null when no such run; '
     '{refused: key|link|finished|waiting} writes nothing (the Idempotency-Key sent another signal; the approval '
     'link was used; the run finished, with its status; no unfinished wait step is left for it, with the pending '
-    'count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before).';
+    'count); else {created, woke, signal: {id, signal, created_at, run_id}} (created false: the signal key sent before). '
+    'caller_trace: the sender''s W3C traceparent, kept in flow_run_signals.trace_parent when well formed.';
+
+create or replace function tolstoy_send_signal(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb,
+                                               actor uuid, signed_by text, key text, link uuid, sent_through text)
+returns jsonb
+language sql as $$
+    select tolstoy_send_signal_v2(org, flow, target, signal_name, signal_payload, actor, signed_by, key, link,
+                                  sent_through, null)
+$$;
+
+comment on function tolstoy_send_signal(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text) is
+    'tolstoy_send_signal_v2 without the sender''s trace context (the previous release''s API).';

@@ -212,3 +212,51 @@ def test_a_retry_and_a_re_run_keep_their_callers_traceparent(api, org, user, db)
                                      headers={**api.headers(org, user), "traceparent": sent})
     assert again.status_code == 202, again.text
     assert stored_trace(db, again.json["executionId"]) == sent
+
+
+def test_a_signal_keeps_its_senders_trace_and_the_wait_step_that_takes_it_links_to_it(api, org, user, worker_env,
+                                                                                       receiver, db):
+    """The traceparent sent with a signal is stored with it (a malformed one is dropped), and the span of the
+    wait step that takes it, in the run's own trace, links to the sender's span."""
+    flow = api.flow(org, steps=[step("approve", "wait", {"signal": "approval"}), step("after", "transform",
+                                                                                      {"output": 1})])
+    worker = start_worker({**worker_env, **exporting_env(receiver)})
+    try:
+        run = execute(api, org, user, flow)
+        wait_until(lambda: waiting_for(db, run["executionId"]) == "signal", 30, "the run to wait for its signal")
+        base = f"/flows/{flow['id']}/executions/{run['executionId']}/signals/approval"
+        malformed = api.client.simulate_post(base, json={"payload": 1}, headers={
+            **api.headers(org, user), "traceparent": "00-xyz", "Idempotency-Key": "first"})
+        assert malformed.status_code == 202, malformed.text
+        assert stored_signal_trace(db, malformed.json["signalId"]) is None
+        # A second run, woken by a signal sent in a caller's trace.
+        second = execute(api, org, user, flow)
+        wait_until(lambda: waiting_for(db, second["executionId"]) == "signal", 30, "the second run to wait")
+        sent = api.client.simulate_post(
+            f"/flows/{flow['id']}/executions/{second['executionId']}/signals/approval", json={"payload": 2},
+            headers={**api.headers(org, user), "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+        assert sent.status_code == 202, sent.text
+        assert stored_signal_trace(db, sent.json["signalId"]) == f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+        own_trace = format(tracing.run_ids(second["executionId"])[0], "032x")
+        spans = receiver.wait_for(lambda got: any(
+            s["name"] == "step approve" and s["trace_id"] == own_trace and s["links"] for s in got),
+            what="the wait step's span with its link")
+    finally:
+        stop(worker)
+    [taking] = [s for s in spans if s["name"] == "step approve" and s["trace_id"] == own_trace and s["links"]]
+    assert [(k["trace_id"], k["span_id"]) for k in taking["links"]] == [(CALLER_TRACE, CALLER_SPAN)]
+    assert taking["links"][0]["attributes"] == {"tolstoy.signal.id": sent.json["signalId"]}
+    # The first run's signal had no trace context to link to.
+    first_trace = format(tracing.run_ids(run["executionId"])[0], "032x")
+    assert not [s for s in spans if s["trace_id"] == first_trace and s["links"]]
+
+
+def waiting_for(db, run_id: str) -> str | None:
+    with db.pool.connection() as conn:
+        return conn.execute("select waiting_for from flow_runs where id = %s", (run_id,)).fetchone()["waiting_for"]
+
+
+def stored_signal_trace(db, signal_id: str) -> str | None:
+    with db.pool.connection() as conn:
+        return conn.execute("select trace_parent from flow_run_signals where id = %s",
+                            (signal_id,)).fetchone()["trace_parent"]

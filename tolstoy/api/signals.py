@@ -32,7 +32,7 @@ import uuid
 import falcon
 from marshmallow import fields, validate
 
-from .. import engine
+from .. import engine, tracing
 from ..config import Config
 from ..db import database as dbmod
 from ..db.queries import SQL
@@ -181,7 +181,7 @@ class RunSignals:
         with lifecycle_errors():
             sent, _ = engine.send_signal(self.db, org_id=req.context.org_id, flow_id=flow_id, run_id=run_id,
                                          signal=signal, payload=values.get("payload"), source="api",
-                                         user_id=req.context.user_id, key=key)
+                                         user_id=req.context.user_id, key=key, trace_parent=tracing.caller(req))
         resp.status = falcon.HTTP_202
         resp.media = _ACCEPTED(sent)
 
@@ -262,7 +262,8 @@ class Approval:
         with self.db.transaction(), self.db.tenant(claims["org"]), lifecycle_errors():
             sent, _ = engine.send_signal(self.db, org_id=claims["org"], flow_id=claims["flow"], run_id=claims["run"],
                                          signal=claims["signal"], payload=payload, source="link",
-                                         approver=claims["approver"], link_id=claims["link"])
+                                         approver=claims["approver"], link_id=claims["link"],
+                                         trace_parent=tracing.caller(req))
         resp.status = falcon.HTTP_202
         resp.media = {**_ACCEPTED(sent), "approved": approved}
 

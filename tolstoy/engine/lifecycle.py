@@ -254,16 +254,18 @@ def move(db: Database, *, org_id, flow_id, run_id, version: int, user_id, drop_s
 
 
 def send_signal(db: Database, *, org_id, flow_id, run_id, signal: str, payload: Any, source: str, user_id=None,
-                approver: str | None = None, key: str | None = None, link_id=None) -> tuple[dict, bool]:
+                approver: str | None = None, key: str | None = None, link_id=None,
+                trace_parent: str | None = None) -> tuple[dict, bool]:
     """Send ``signal`` with ``payload`` to a run as the unit of work's last statement: stored, the run
     woken when a wait step of it is parked for it (else its wait step takes it when it gets there),
     and logged as ``user_id``'s (``source``: api or link; ``approver`` and ``link_id`` for an approval
     link). Returns (the signal ``{id, signal, created_at, run_id}``, new); a repeated Idempotency-Key
     ``key`` returns the signal it sent, not new. NoSuchRun; RunStateConflict (the key sent another
-    signal, the run finished, or no unfinished wait step of it is left for this signal); LinkUsed."""
+    signal, the run finished, or no unfinished wait step of it is left for this signal); LinkUsed.
+    ``trace_parent``: the sender's W3C traceparent (tracing.caller): the wait step taking it links to it."""
     answer = db.scalar(SQL.signals.send, commit=True, org_id=org_id, flow_id=flow_id, id=run_id, signal=signal,
                        payload=dbmod.json(payload), user_id=user_id, approver=approver, idempotency_key=key,
-                       link_id=link_id, source=source)
+                       link_id=link_id, source=source, trace_parent=trace_parent)
     if answer is None:
         raise NoSuchRun("Execution")
     refused = answer.get("refused")

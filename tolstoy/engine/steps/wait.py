@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ... import logs, metrics
+from ... import logs, metrics, tracing
 from ...db.queries import SQL
 from ...times import seconds_between
 from ..errors import StepFailed
@@ -104,6 +104,8 @@ def run(engine: Engine, run: Run, site: Site, step: dict, attempt: int, checkpoi
         # for this step is refused (409) instead of being stored for a step that took one
         # already, or timed out.
         if taken is not None:
+            if tracing.ON and taken.get("trace_parent"):
+                tracing.link(taken["trace_parent"], {"tolstoy.signal.id": str(taken["id"])})
             received = {"signal": taken["signal"], "signalId": str(taken["id"]), "approver": taken.get("approver")}
             # One signal: its payload is the output (as always); several: which one came, and its payload.
             output = taken["payload"] if "signal" in waits_for else {"signal": taken["signal"],
