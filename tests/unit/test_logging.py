@@ -124,3 +124,22 @@ def test_an_access_line_masks_a_secret_in_any_of_its_strings():
     assert "hunter2" not in written and "abcdefghijkl" not in written
     assert line["path"] == "/approve/password=***" and line["message"] == "GET /approve/password=*** 201"
     assert line["userAgent"] == "probe Bearer ***" and line["route"] == "/users" and line["client"] == "127.0.0.1"
+
+
+def test_gunicorns_logger_formats_only_the_handlers_gunicorn_made():
+    """A handler another party attached to Gunicorn's loggers (a logconfig's, a test runner's capture) keeps its
+    formatter: setting JSON on it re-formatted pytest's captured logs for every later test in the process."""
+    foreign = logging.StreamHandler(io.StringIO())
+    plain = logging.Formatter("%(message)s")
+    foreign.setFormatter(plain)
+    error_log = logging.getLogger("gunicorn.error")
+    error_log.addHandler(foreign)
+    try:
+        cfg = GunicornConfig()
+        cfg.set("accesslog", "-")
+        logger = access_log.GunicornLogger(cfg)
+        assert foreign.formatter is plain
+        assert [type(h.formatter) for h in logger.error_log.handlers if getattr(h, "_gunicorn", False)] == [
+            logs.JsonFormatter]
+    finally:
+        error_log.removeHandler(foreign)

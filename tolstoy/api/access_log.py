@@ -61,7 +61,10 @@ class GunicornLogger(_GunicornBaseLogger):
         super().setup(cfg)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
-                handler.setFormatter(JsonFormatter())
+                # Only the handlers Gunicorn made (it marks them): one another party attached to its loggers
+                # (a logconfig's, a test runner's capture) keeps the formatter it was given.
+                if getattr(handler, "_gunicorn", False):
+                    handler.setFormatter(JsonFormatter())
         # Read once per configuration, not per request (Gunicorn builds a new logger when it reloads).
         self.trusted = tuple(cfg.forwarded_allow_ips)
 
