@@ -3174,9 +3174,7 @@ begin
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
             coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null, limits,
             case when declared ? 'key' then concurrency_key end,
-            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
-                 then caller_trace end)
+            tolstoy_trace_parent(caller_trace))
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -3745,9 +3743,7 @@ begin
     insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id,
                                   trace_parent)
     values (org, target, signal_name, signal_payload, actor, signed_by, key, link,
-            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
-                 then caller_trace end)
+            tolstoy_trace_parent(caller_trace))
     returning id, created_at into sent_id, sent_at;
     update flow_runs r
     set run_after = tolstoy_now()
@@ -4353,6 +4349,26 @@ $$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_touch_updated_at() IS 'BEFORE UPDATE trigger: sets updated_at to now() when any column changed, keeps it otherwise.';
+
+
+--
+-- Name: tolstoy_trace_parent(text); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_trace_parent(value text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $_$
+    select case when value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                     and value !~ '^00-0{32}-' and value !~ '-0{16}-[0-9a-f]{2}$'
+                then value end
+$_$;
+
+
+--
+-- Name: FUNCTION tolstoy_trace_parent(value text); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_trace_parent(value text) IS 'A W3C traceparent as kept (flow_runs.trace_parent, flow_run_signals.trace_parent): the value when well formed (version 00, lower-case hex, neither id all zeros), else null, as the W3C says of a bad one. The same rule as tolstoy/tracing.py TRACEPARENT.';
 
 
 --

@@ -215,9 +215,7 @@ begin
     insert into flow_run_signals (org_id, run_id, signal, payload, user_id, approver, idempotency_key, link_id,
                                   trace_parent)
     values (org, target, signal_name, signal_payload, actor, signed_by, key, link,
-            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
-                 then caller_trace end)
+            tolstoy_trace_parent(caller_trace))
     returning id, created_at into sent_id, sent_at;
     update flow_runs r
     set run_after = tolstoy_now()

@@ -17,6 +17,18 @@ comment on column flow_runs.trace_parent is
     'spans join that trace (tolstoy/tracing.py). Written only by tolstoy_queue_run_v4, which keeps only a '
     'well-formed value.';
 
+create or replace function tolstoy_trace_parent(value text) returns text
+language sql immutable parallel safe as $$
+    select case when value ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
+                     and value !~ '^00-0{32}-' and value !~ '-0{16}-[0-9a-f]{2}$'
+                then value end
+$$;
+
+comment on function tolstoy_trace_parent(text) is
+    'A W3C traceparent as kept (flow_runs.trace_parent, flow_run_signals.trace_parent): the value when well formed '
+    '(version 00, lower-case hex, neither id all zeros), else null, as the W3C says of a bad one. The same rule '
+    'as tolstoy/tracing.py TRACEPARENT.';
+
 create or replace function tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                                 vars jsonb, key text, retrying uuid, acting boolean,
                                                 rerunning jsonb, concurrency_key text,
@@ -103,9 +115,7 @@ begin
     values (org, new_id, flow, queue_run_version, actor, vars, run_plan, key, retrying, (rerunning ->> 'of')::uuid,
             coalesce(root, new_id), new_created_at, coalesce(acting, false) and actor is not null, limits,
             case when declared ? 'key' then concurrency_key end,
-            case when caller_trace ~ '^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$'
-                      and caller_trace !~ '^00-0{32}-' and caller_trace !~ '-0{16}-[0-9a-f]{2}$'
-                 then caller_trace end)
+            tolstoy_trace_parent(caller_trace))
     returning * into queued;
     if source is not null then
         -- Skipped by executeIf (no error) is final; skipped because a dependency failed is not.
@@ -319,5 +329,7 @@ $$;
 comment on function tolstoy_run_payload(flow_runs) is 'A claimed run as a worker receives it: the row, its plan and its checkpoints.';
 
 drop function tolstoy_queue_run_v4(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text, text);
+
+drop function tolstoy_trace_parent(text);
 
 alter table flow_runs drop column trace_parent;

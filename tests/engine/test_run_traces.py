@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from otlp import Receiver, exporting_env, waterfall
 from test_engine import execute, step
+from test_wait_signals import until_waiting
 from test_worker_processes import log_tail, run_status, start_worker, stop, wait_until
 from werkzeug import Response
 
@@ -223,7 +224,7 @@ def test_a_signal_keeps_its_senders_trace_and_the_wait_step_that_takes_it_links_
     worker = start_worker({**worker_env, **exporting_env(receiver)})
     try:
         run = execute(api, org, user, flow)
-        wait_until(lambda: waiting_for(db, run["executionId"]) == "signal", 30, "the run to wait for its signal")
+        until_waiting(api, org, flow, run["executionId"], "approve", timeout=30)
         base = f"/flows/{flow['id']}/executions/{run['executionId']}/signals/approval"
         malformed = api.client.simulate_post(base, json={"payload": 1}, headers={
             **api.headers(org, user), "traceparent": "00-xyz", "Idempotency-Key": "first"})
@@ -231,7 +232,7 @@ def test_a_signal_keeps_its_senders_trace_and_the_wait_step_that_takes_it_links_
         assert stored_signal_trace(db, malformed.json["signalId"]) is None
         # A second run, woken by a signal sent in a caller's trace.
         second = execute(api, org, user, flow)
-        wait_until(lambda: waiting_for(db, second["executionId"]) == "signal", 30, "the second run to wait")
+        until_waiting(api, org, flow, second["executionId"], "approve", timeout=30)
         sent = api.client.simulate_post(
             f"/flows/{flow['id']}/executions/{second['executionId']}/signals/approval", json={"payload": 2},
             headers={**api.headers(org, user), "traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
@@ -249,11 +250,6 @@ def test_a_signal_keeps_its_senders_trace_and_the_wait_step_that_takes_it_links_
     # The first run's signal had no trace context to link to.
     first_trace = format(tracing.run_ids(run["executionId"])[0], "032x")
     assert not [s for s in spans if s["trace_id"] == first_trace and s["links"]]
-
-
-def waiting_for(db, run_id: str) -> str | None:
-    with db.pool.connection() as conn:
-        return conn.execute("select waiting_for from flow_runs where id = %s", (run_id,)).fetchone()["waiting_for"]
 
 
 def stored_signal_trace(db, signal_id: str) -> str | None:
