@@ -269,5 +269,8 @@ def table(report: dict) -> str:
                      f"{window['slowProbes']} slow)")
     lines.append(f"primary lost -> first completed step: p50 {recovery['p50Seconds']} s, max {recovery['maxSeconds']} s "
                  f"({recovery['afterPrimaryLoss']})")
+    # What broke goes last, with its examples: CI keeps only the tail of what the soak printed.
+    lines.extend(f"broken: {row['invariant']}: {row['violations']}, e.g. {'; '.join(map(str, row['examples'][:3]))}"
+                 for row in report["invariants"] if row["violations"])
     lines.append("PASS" if report["ok"] else "FAIL")
     return "\n".join(lines)

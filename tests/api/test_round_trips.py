@@ -158,6 +158,37 @@ def test_a_connection_that_died_in_the_pool_is_replaced_transparently(world, app
     assert result.status_code == 200, result.text
 
 
+def test_every_connection_that_died_in_the_pool_is_replaced_not_only_the_first(world, app_url, db, config):
+    """A pooler restart or a failover kills every idle connection of the pool at once, not one. The
+    soak's CI run met it: a PgBouncer restart, then a quiet API host whose next request found a dead
+    connection, sent itself again on the next idle one, dead too, and answered 503 seconds after the
+    restart was over. After the first dead one the whole pool is checked, so the resend goes out on a
+    live connection, for a unit of work and for a tenant check of its own alike."""
+    database = Database(app_url, min_size=4, max_size=4, timeout=5)
+    database.open(wait=True)
+    try:
+        client = testing.TestClient(create_app(config, database))
+        for attempt in range(2):
+            with db.pool.connection() as conn:
+                killed = conn.execute(
+                    "select count(*) as n from (select pg_terminate_backend(pid) from pg_stat_activity "
+                    "where usename = 'tolstoy_app' and datname = current_database()) as t").fetchone()["n"]
+            assert killed >= 4, killed  # every pooled connection, idle (and the fixtures' own)
+            time.sleep(0.2)
+            if attempt == 0:
+                result = client.simulate_get(f"/tools/{world['tool']['id']}", headers=world["headers"])
+            else:
+                # No statement of its own but the tenant check, sent alone (Unit.resolve).
+                database.verified.forget()
+                result = client.simulate_post("/tools", json={"name": ""}, headers=world["headers"])
+                assert result.status_code == 400 and result.json["errors"][0]["field"] == "name", result.text
+                continue
+            assert result.status_code == 200, result.text
+            database.pool.wait(timeout=5)  # four connections again before the next round kills them
+    finally:
+        database.close()
+
+
 def test_no_database_is_a_clean_503(config):
     """Nothing listens: every data route answers 503 with the error body, never a 500."""
     nowhere = Database("postgresql://tolstoy_app@127.0.0.1:9/none?connect_timeout=1", min_size=0, max_size=1,

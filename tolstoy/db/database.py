@@ -256,10 +256,8 @@ class Unit:
                 except psycopg.OperationalError:
                     if not conn.broken:
                         raise
-                    # A pooled connection died while idle (a database restart): nothing of
-                    # this unit ran, so send the batch once more on a fresh connection.
-                    self.db.pool.putconn(conn)
-                    conn = self._checkout()
+                    dead, conn = conn, None  # back in the pool: never returned twice
+                    conn = self._after_death(dead)
                     results = self._send(conn, batch)
                 except _POOLER_CLASHES:
                     # A transaction pooler gave us a server connection that knows other
@@ -292,10 +290,20 @@ class Unit:
         """Check the tenant with one statement of its own; returns what it returns (an API
         key's organization)."""
         query, params = self.tenant.enter(self.db.statement_timeout_ms, self.db.quotas)
+        conn = self._checkout()
         try:
-            with wrap_errors(), self.db.pool.connection() as conn:
-                [result] = self._send(conn, [(query, params)])
+            with wrap_errors():
+                try:
+                    [result] = self._send(conn, [(query, params)])
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    dead, conn = conn, None  # back in the pool: never returned twice
+                    conn = self._after_death(dead)
+                    [result] = self._send(conn, [(query, params)])
         finally:
+            if conn is not None:
+                self.db.pool.putconn(conn)
             self.db.counts.add(0, 0, 1)
         self._verified()
         return next(iter(result.rows[0].values())) if result.rows else None
@@ -335,6 +343,17 @@ class Unit:
         if self.db.pool.kwargs["prepare_threshold"] is None:
             conn.prepare_threshold = None  # opened before stop_preparing
         return conn
+
+    def _after_death(self, dead: psycopg.Connection) -> psycopg.Connection:
+        """A connection to send a unit's first batch again on, after it found ``dead`` had died while
+        idle in the pool (nothing of the unit ran). What killed it (a database restart, a failover,
+        a pooler restart) killed its idle siblings too, so the pool checks them all first: otherwise
+        the resend takes the next dead one and the request answers 503 long after the database came
+        back (the soak saw it after a PgBouncer restart, on an API host that had been quiet). The
+        check costs a round trip per idle connection, paid only after a death."""
+        self.db.pool.putconn(dead)
+        self.db.pool.check()
+        return self._checkout()
 
     def _return(self, transactions: int) -> None:
         conn, self.conn = self.conn, None
