@@ -8,7 +8,6 @@ frees the slot for the run that waited longest. Timings never go to an assertion
 
 from __future__ import annotations
 
-import collections
 import signal
 import threading
 
@@ -254,20 +253,36 @@ def test_a_step_limit_costs_no_statement_more(api, org, user, app_url, config, s
     assert slots_left(db) == 0
 
 
-def test_a_flows_release_does_not_wake_a_run_waiting_for_a_steps_slot(api, org, user, worker, db, stub):
-    # A flow limited per key whose step is limited with the same key: the flow's release wakes the run waiting
-    # for the flow's slot, not the one waiting for the step's (which keeps waiting, and would take the wake).
+def test_a_flows_release_wakes_the_run_waiting_for_the_flows_slot_not_one_waiting_for_a_steps(
+        api, org, user, worker, db, stub):
+    # A flow limited per key whose step is limited with the same key: a run that leaves running frees a slot
+    # of the flow, which goes to the run waiting for the flow's slot, not to an older one waiting for the
+    # step's (which would take the wake, find the step's slot still held and park again, round and round).
     flow = api.flow(org, concurrency={"key": "{{ variables.customer }}", "limit": 2}, steps=[
+        step("pre", "http_request", {"method": "GET", "url": stub.url + "/pre/{{ variables.customer }}"}),
         step("call", "http_request", {"method": "GET", "url": stub.url + "/w/{{ variables.customer }}"},
-             concurrency={"key": "{{ variables.customer }}", "limit": 1})])
+             dependsOn=["pre"], concurrency={"key": "{{ variables.customer }}", "limit": 1})])
+
+    def step_waits(run):
+        return lambda: (waiting(api, org, flow, run)[0] or {}).get("stepId") == "call"
+
     gate = stub.block("w", "k")
     runs = [execute(api, org, user, flow, {"customer": "k"})["executionId"]]
-    stub.wait_in_flight("w", "k", 1)
+    stub.wait_in_flight("w", "k", 1)  # the first holds the step's slot
     runs.append(execute(api, org, user, flow, {"customer": "k"})["executionId"])
-    wait_until(lambda: (waiting(api, org, flow, runs[1])[0] or {}).get("stepId") == "call", 30, "a step wait")
-    runs += [execute(api, org, user, flow, {"customer": "k"})["executionId"] for _ in range(3)]
+    wait_until(step_waits(runs[1]), 30, "the second to wait for the step's slot")
+    before = stub.block("pre", "k")
+    runs.append(execute(api, org, user, flow, {"customer": "k"})["executionId"])
+    stub.wait_in_flight("pre", "k", 1)  # the third runs its first step: two of the flow run
+    runs.append(execute(api, org, user, flow, {"customer": "k"})["executionId"])
+    wait_until(lambda: (waiting(api, org, flow, runs[3])[0] or {}).get("concurrency") == {"key": "k", "limit": 2},
+               30, "the fourth to wait for the flow's slot")
+    before.set()
+    # The third reaches the step and waits for its slot, leaving running: the fourth gets the flow's slot.
+    wait_until(step_waits(runs[2]), 30, "the third to wait for the step's slot")
+    wait_until(step_waits(runs[3]), 30, "the fourth to be woken and wait for the step's slot")
     gate.set()
     for run in runs:
         assert wait_for(api, org, flow, run, timeout=60)["status"] == "completed"
     assert stub.most[("w", "k")] == 1
-    assert collections.Counter(statuses(db, flow["id"]))["completed"] == 5
+    assert slots_left(db) == 0
