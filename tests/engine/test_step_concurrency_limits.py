@@ -191,6 +191,19 @@ def test_a_key_that_renders_to_no_key_fails_the_step_naming_the_field(api, org, 
     assert stub.served == [] and slots_left(db) == 0
 
 
+def test_a_key_read_from_a_secret_fails_the_step_and_shows_nothing_of_it(api, org, user, worker, db, stub):
+    flow = api.flow(org, steps=[
+        step("t", "transform", {"output": {"password": "hunter2-secret"}}),
+        step("call", "http_request", {"method": "GET", "url": stub.url + "/s/x"}, dependsOn=["t"],
+             concurrency={"key": "{{ steps.t.password }}", "limit": 1})])
+    run = execute(api, org, user, flow)["executionId"]
+    done = wait_for(api, org, flow, run, timeout=30)
+    assert done["status"] == "failed", done
+    assert done["error"]["name"] == "ConcurrencyKeyRefused" and "secret" in done["error"]["message"], done
+    assert "hunter2" not in str(done)
+    assert stub.served == [] and slots_left(db) == 0
+
+
 @pytest.mark.parametrize(("declared", "field"), [
     ({"limit": 0}, "steps[0].concurrency.limit"),
     ({"limit": 10001}, "steps[0].concurrency.limit"),

@@ -183,8 +183,9 @@ def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_
 # the metrics' labels. In the order the trigger prefers them when several steps wait: a person first,
 # then another run, then time. rateLimit: a call waiting for its credential's rate budget (its step's
 # inputs say which: {toolId, scope}; until: when the call may go). concurrency: a queued run waiting for a
-# slot of its flow's concurrency limits ({key, limit} or {flowLimit}; set by the claim, not by a step:
-# db/functions/concurrency.sql).
+# slot of its flow's concurrency limits ({key, limit} or {flowLimit}, stepId null; set by the claim:
+# db/functions/concurrency.sql), or of a step's ({key, limit}, stepId the step's: set by
+# tolstoy_checkpoint_slots, db/functions/step_slots.sql).
 WAITING_KINDS = ("outcomeUnknown", "signal", "child", "rateLimit", "retry", "delay", "concurrency")
 
 
