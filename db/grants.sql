@@ -187,3 +187,7 @@ grant execute on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, json
 -- budget (tolstoy_checkpoint_call); the API shows it (GET /tools/{id}/rate-limit).
 grant select on tool_rate_budgets to tolstoy_app;
 grant select, insert, update on tool_rate_budgets to tolstoy_worker;
+
+-- step concurrency limits (20261216000100): the workers take and free step slots (tolstoy_checkpoint_slots);
+-- a run the API cancels frees the slots it holds and hands them on (flow_runs_release_step_slots).
+grant select, insert, delete on flow_step_slots to tolstoy_app, tolstoy_worker;

@@ -307,15 +307,15 @@ declare
 begin
     -- Waits for a claim deciding about this flow's runs: a run it parks is seen below.
     perform pg_advisory_xact_lock(tolstoy_slot_lock(new.org_id, new.flow_id));
-    -- A new statement, so a new snapshot. The oldest run waiting for this run's key, and the oldest waiting
-    -- for the flow's limit: each is claimed or parked again by the next claim (so a slot is never given to
+    -- A new statement, so a new snapshot. The oldest run waiting for this run's key (not a step's slot of the
+    -- same key: waiting_step, step_slots.sql), and the oldest waiting for the flow's limit: each is claimed or parked again by the next claim (so a slot is never given to
     -- a run another limit still holds back, and a raised limit fills as runs end).
     update flow_runs w
     set run_after = clock_now
     from ((select p.org_id, p.id, p.created_at
            from flow_runs p
            where p.org_id = new.org_id and p.flow_id = new.flow_id and p.waiting_for = 'concurrency'
-             and p.status = 'queued' and p.waiting_on ? 'key'
+             and p.status = 'queued' and p.waiting_on ? 'key' and p.waiting_step is null
              and p.waiting_on -> 'key' = coalesce(to_jsonb(new.concurrency_key), 'null'::jsonb)
            order by p.created_at, p.id
            limit 1)
@@ -337,6 +337,29 @@ $$;
 --
 
 COMMENT ON FUNCTION public.flow_runs_release_slot() IS 'AFTER UPDATE trigger: a run with concurrency limits that leaves running (finished, cancelled, failed, parked) frees its slot: the oldest run waiting for its key and the oldest waiting for its flow''s limit are due again.';
+
+
+--
+-- Name: flow_runs_release_step_slots(); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.flow_runs_release_step_slots() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+    -- Waits for a take deciding about this flow's slots: a run it parks is seen by the release.
+    perform pg_advisory_xact_lock(tolstoy_slot_lock(new.org_id, new.flow_id));
+    perform tolstoy_release_step_slots(new.org_id, new.id, null);
+    return null;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION flow_runs_release_step_slots(); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.flow_runs_release_step_slots() IS 'AFTER UPDATE trigger: a run that took a step slot and leaves running (finished, cancelled, failed, parked) or is cancelled while queued frees its step slots; the oldest run waiting for each gets it.';
 
 
 --
@@ -1235,6 +1258,104 @@ COMMENT ON FUNCTION public.tolstoy_checkpoint_call(worker text, org uuid, run uu
 
 
 --
+-- Name: tolstoy_checkpoint_slots(text, uuid, uuid, integer, jsonb, jsonb); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_checkpoint_slots(worker text, org uuid, run uuid, token integer, writes jsonb, call jsonb) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    current flow_runs;
+    slot jsonb := nullif(call -> 'slot', 'null');
+    step text := slot ->> 'step_id';
+    slot_key text := coalesce(slot ->> 'key', '');
+    slot_limit integer := (slot ->> 'limit')::integer;
+    since jsonb := coalesce(nullif(slot -> 'since', 'null'), to_jsonb(clock_now));
+    started jsonb;
+    shown jsonb;
+    answer jsonb;
+    outcome flow_run_status;
+begin
+    if slot is not null and (slot_limit is null or slot_limit < 1 or step is null) then
+        raise exception 'tolstoy_checkpoint_slots: invalid slot %', slot using errcode = 'invalid_parameter_value';
+    end if;
+    -- The log row saying the call starts is written once the slot is known: a step that waits did not start.
+    started := (select e from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e
+                where e ->> 'step_key' = step and e ->> 'status' = 'started' limit 1);
+    if started is not null then
+        writes := jsonb_set(writes, '{events}', coalesce((
+            select jsonb_agg(e) from jsonb_array_elements(writes -> 'events') as e
+            where not (e ->> 'step_key' = step and e ->> 'status' = 'started')), '[]'));
+    end if;
+    -- The checkpoint first (lease, writes, budget), so that the flow's slot lock is the last lock this statement
+    -- waits for, as it is for a run that frees slots when it leaves running (flow_runs_release_step_slots): one
+    -- that holds it never waits for a lock the other holds.
+    answer := tolstoy_checkpoint_call(worker, org, run, token, writes, call - 'slot' - 'release');
+    select * into current from flow_runs r
+    where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
+    perform pg_advisory_xact_lock(tolstoy_slot_lock(org, current.flow_id));
+    -- The steps whose end this statement records free their slots.
+    if jsonb_array_length(coalesce(call -> 'release', '[]')) > 0 then
+        perform tolstoy_release_step_slots(org, run, array(select jsonb_array_elements_text(call -> 'release')));
+    end if;
+    if slot is null or current.status <> 'running' or coalesce((answer #>> '{budget,wait}')::double precision, 0) > 0
+       or coalesce((answer #>> '{budget,refused}')::boolean, false) then
+        -- No slot to take, or the call does not start now (it waits for its budget, or waited too long).
+        return answer;
+    end if;
+    -- The slot the run holds already (a recovered run, or one a release handed it), or a free one.
+    if exists (select 1 from flow_step_slots h
+               where h.org_id = org and h.flow_id = current.flow_id and h.step_id = step and h.key = slot_key
+                 and h.run_id = run)
+       or slot_limit > (select count(*) from flow_step_slots h
+                        where h.org_id = org and h.flow_id = current.flow_id and h.step_id = step
+                          and h.key = slot_key) then
+        insert into flow_step_slots (org_id, flow_id, step_id, key, run_id, run_created_at, taken_at)
+        values (org, current.flow_id, step, slot_key, run, current.created_at, clock_now)
+        on conflict do nothing;
+        if not current.takes_step_slots then
+            update flow_runs set takes_step_slots = true
+            where org_id = org and id = run and created_at = current.created_at;
+        end if;
+        if started is not null then
+            insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+            values (org, current.flow_id, current.user_id, run::text, step, 'started',
+                    coalesce(started -> 'inputs', '{}'));
+        end if;
+        return answer || jsonb_build_object('slot', jsonb_build_object('taken', true));
+    end if;
+    -- No slot: the step waits instead of calling, its run parked with no due time (a release hands it the
+    -- slot and wakes it), holding no thread, lease or attempt. Its inputs say what it waits for, and since when.
+    shown := jsonb_build_object('concurrency', jsonb_build_object(
+        'key', slot -> 'key', 'limit', slot_limit, 'since', since));
+    update flow_run_steps s
+    set status = 'waiting', call_started_at = null, wake_at = null,
+        inputs = case when jsonb_typeof(s.inputs) = 'object' then s.inputs else '{}' end || shown
+    where s.org_id = org and s.run_id = run and s.run_created_at = current.created_at and s.step_id = step;
+    if slot -> 'since' is null or slot -> 'since' = 'null' then
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs)
+        values (org, current.flow_id, current.user_id, run::text, step, 'pending', shown);
+    end if;
+    outcome := tolstoy_release_run(current, 'queued', 0, null);
+    update flow_runs
+    set run_after = 'infinity', waiting_for = 'concurrency',
+        waiting_on = jsonb_build_object('key', slot -> 'key', 'limit', slot_limit), waiting_step = step,
+        waiting_since = (since #>> '{}')::timestamptz, waiting_until = null
+    where org_id = org and id = run and created_at = current.created_at and status = 'queued';
+    return answer || jsonb_build_object('status', outcome, 'slot', jsonb_build_object('waiting', true) || shown);
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_checkpoint_slots(worker text, org uuid, run uuid, token integer, writes jsonb, call jsonb); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_checkpoint_slots(worker text, org uuid, run uuid, token integer, writes jsonb, call jsonb) IS 'tolstoy_checkpoint_call with step slots, in the same statement: the checkpoint, then (under the flow''s slot lock) the slots of the steps whose end it records are freed (call.release, each handed to the oldest run waiting for it) and the slot of the step whose call starts is taken (call.slot: {step_id, key, limit, since}; kept when the run holds it already). Without a free slot the step is checkpointed waiting (inputs.concurrency) and the run parked queued with no due time (waiting_for concurrency) until a release hands it the slot.';
+
+
+--
 -- Name: tolstoy_claim_deliveries(text, integer, double precision); Type: FUNCTION; Schema: public; Owner: -
 --
 
@@ -1684,6 +1805,7 @@ CREATE TABLE public.flow_runs (
     concurrency jsonb,
     concurrency_key text,
     trace_parent text,
+    takes_step_slots boolean DEFAULT false NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -1888,6 +2010,13 @@ COMMENT ON COLUMN public.flow_runs.concurrency_key IS 'The run''s concurrency ke
 --
 
 COMMENT ON COLUMN public.flow_runs.trace_parent IS 'The W3C traceparent of whoever queued the run (00-<trace id>-<span id>-<flags>), or null: the run''s spans join that trace (tolstoy/tracing.py). Written only by tolstoy_queue_run_v4, which keeps only a well-formed value.';
+
+
+--
+-- Name: COLUMN flow_runs.takes_step_slots; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_runs.takes_step_slots IS 'Whether the run has taken (or been handed) a step slot (flow_step_slots): only such a run frees slots when it leaves running.';
 
 
 --
@@ -3398,6 +3527,57 @@ $_$;
 --
 
 COMMENT ON FUNCTION public.tolstoy_release_run(r public.flow_runs, becomes public.flow_run_status, after_ms double precision, error jsonb) IS 'A run leaves its worker''s hands unfinished: queued after after_ms, waiting, or failed with error (logged); cancelled instead when a cancel is pending. Releases the lease; returns the status set.';
+
+
+--
+-- Name: tolstoy_release_step_slots(uuid, uuid, text[]); Type: FUNCTION; Schema: public; Owner: -
+--
+
+CREATE FUNCTION public.tolstoy_release_step_slots(org uuid, run uuid, steps text[]) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+declare
+    clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
+    freed record;
+    waiter flow_runs;
+begin
+    -- The caller holds the flow's slot lock. steps null: every slot the run holds.
+    for freed in
+        delete from flow_step_slots s
+        where s.org_id = org and s.run_id = run and (steps is null or s.step_id = any(steps))
+        returning s.flow_id, s.step_id, s.key
+    loop
+        -- First queued, first served: the run that has waited longest for this slot gets it, and is due.
+        -- One locked by another statement (a cancel, say) is passed over: it is no longer waiting.
+        select p.* into waiter
+        from flow_runs p
+        where p.org_id = org and p.flow_id = freed.flow_id and p.waiting_for = 'concurrency'
+          and p.status = 'queued' and p.waiting_step = freed.step_id
+          and coalesce(p.waiting_on ->> 'key', '') = freed.key
+          and (p.waiting_on ->> 'limit')::integer > (select count(*) from flow_step_slots h
+                                                     where h.org_id = org and h.flow_id = freed.flow_id
+                                                       and h.step_id = freed.step_id and h.key = freed.key)
+        order by p.waiting_since, p.created_at, p.id
+        limit 1
+        for update skip locked;
+        if waiter.id is not null then
+            insert into flow_step_slots (org_id, flow_id, step_id, key, run_id, run_created_at, taken_at)
+            values (org, freed.flow_id, freed.step_id, freed.key, waiter.id, waiter.created_at, clock_now)
+            on conflict do nothing;
+            update flow_runs
+            set run_after = clock_now, takes_step_slots = true
+            where org_id = org and id = waiter.id and created_at = waiter.created_at;
+        end if;
+    end loop;
+end;
+$$;
+
+
+--
+-- Name: FUNCTION tolstoy_release_step_slots(org uuid, run uuid, steps text[]); Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON FUNCTION public.tolstoy_release_step_slots(org uuid, run uuid, steps text[]) IS 'Frees the step slots the run holds (of the steps named, or all when null) and hands each to the run that has waited longest for it, which is due again holding it. The caller holds the flow''s slot lock (tolstoy_slot_lock).';
 
 
 --
@@ -4992,6 +5172,7 @@ CREATE TABLE public.flow_runs_default (
     concurrency jsonb,
     concurrency_key text,
     trace_parent text,
+    takes_step_slots boolean DEFAULT false NOT NULL,
     CONSTRAINT flow_runs_idempotency_key_length CHECK (((char_length(idempotency_key) >= 1) AND (char_length(idempotency_key) <= 200))),
     CONSTRAINT flow_runs_lease_complete CHECK (((lease_owner IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT flow_runs_plan_object CHECK ((jsonb_typeof(plan) = 'object'::text)),
@@ -4999,6 +5180,60 @@ CREATE TABLE public.flow_runs_default (
 );
 
 ALTER TABLE ONLY public.flow_runs_default FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: flow_step_slots; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.flow_step_slots (
+    org_id uuid NOT NULL,
+    flow_id uuid NOT NULL,
+    step_id text NOT NULL,
+    key text NOT NULL,
+    run_id uuid NOT NULL,
+    run_created_at timestamp with time zone NOT NULL,
+    taken_at timestamp with time zone NOT NULL,
+    CONSTRAINT flow_step_slots_key_check CHECK ((char_length(key) <= 200)),
+    CONSTRAINT flow_step_slots_step_id_check CHECK (((char_length(step_id) >= 1) AND (char_length(step_id) <= 200)))
+);
+
+ALTER TABLE ONLY public.flow_step_slots FORCE ROW LEVEL SECURITY;
+
+
+--
+-- Name: TABLE flow_step_slots; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON TABLE public.flow_step_slots IS 'The slots of the steps that declare a concurrency limit: one row per run whose step holds one, per organization, flow, step id and rendered key. Taken and freed by the engine (tolstoy_checkpoint_slots, tolstoy_release_step_slots); never shared across organizations or flows.';
+
+
+--
+-- Name: COLUMN flow_step_slots.step_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_step_slots.step_id IS 'The step''s id in its run (onFailure.<id> for a failure handler''s step).';
+
+
+--
+-- Name: COLUMN flow_step_slots.key; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_step_slots.key IS 'The step''s concurrency key rendered when it was about to run; the empty string when the step declares no key (a rendered key is never empty).';
+
+
+--
+-- Name: COLUMN flow_step_slots.run_id; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_step_slots.run_id IS 'The run whose step holds the slot.';
+
+
+--
+-- Name: COLUMN flow_step_slots.taken_at; Type: COMMENT; Schema: public; Owner: -
+--
+
+COMMENT ON COLUMN public.flow_step_slots.taken_at IS 'When the run took the slot, or a release handed it over.';
 
 
 --
@@ -6401,6 +6636,14 @@ ALTER TABLE public.flow_runs
 
 
 --
+-- Name: flow_step_slots flow_step_slots_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_step_slots
+    ADD CONSTRAINT flow_step_slots_pkey PRIMARY KEY (org_id, flow_id, step_id, key, run_id);
+
+
+--
 -- Name: flow_trigger_deliveries flow_trigger_deliveries_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -6994,6 +7237,13 @@ CREATE INDEX flow_runs_default_running_org_id_flow_id_concurrency_key_idx ON pub
 
 
 --
+-- Name: flow_step_slots_org_id_run_id_idx; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX flow_step_slots_org_id_run_id_idx ON public.flow_step_slots USING btree (org_id, run_id);
+
+
+--
 -- Name: flow_trigger_deliveries_delivery_id_key; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -7491,6 +7741,13 @@ CREATE TRIGGER flow_runs_release_slot AFTER UPDATE OF status ON public.flow_runs
 
 
 --
+-- Name: flow_runs flow_runs_release_step_slots; Type: TRIGGER; Schema: public; Owner: -
+--
+
+CREATE TRIGGER flow_runs_release_step_slots AFTER UPDATE OF status ON public.flow_runs FOR EACH ROW WHEN ((new.takes_step_slots AND (new.status <> 'running'::public.flow_run_status) AND (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION public.flow_runs_release_step_slots();
+
+
+--
 -- Name: flow_runs flow_runs_touch_updated_at; Type: TRIGGER; Schema: public; Owner: -
 --
 
@@ -7787,6 +8044,14 @@ ALTER TABLE public.flow_runs
 
 
 --
+-- Name: flow_step_slots flow_step_slots_org_id_flow_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.flow_step_slots
+    ADD CONSTRAINT flow_step_slots_org_id_flow_id_fkey FOREIGN KEY (org_id, flow_id) REFERENCES public.flows(org_id, id) ON DELETE CASCADE;
+
+
+--
 -- Name: flow_trigger_deliveries flow_trigger_deliveries_trigger_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -8037,6 +8302,13 @@ CREATE POLICY engine_access ON public.flow_runs TO tolstoy_engine USING (true) W
 
 
 --
+-- Name: flow_step_slots engine_access; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY engine_access ON public.flow_step_slots TO tolstoy_engine USING (true) WITH CHECK (true);
+
+
+--
 -- Name: flow_trigger_deliveries engine_access; Type: POLICY; Schema: public; Owner: -
 --
 
@@ -8133,6 +8405,12 @@ ALTER TABLE public.flow_runs ENABLE ROW LEVEL SECURITY;
 --
 
 ALTER TABLE public.flow_runs_default ENABLE ROW LEVEL SECURITY;
+
+--
+-- Name: flow_step_slots; Type: ROW SECURITY; Schema: public; Owner: -
+--
+
+ALTER TABLE public.flow_step_slots ENABLE ROW LEVEL SECURITY;
 
 --
 -- Name: flow_trigger_deliveries; Type: ROW SECURITY; Schema: public; Owner: -
@@ -8314,6 +8592,13 @@ CREATE POLICY tenant_isolation ON public.flow_runs USING ((org_id = public.tolst
 --
 
 CREATE POLICY tenant_isolation ON public.flow_runs_default USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
+
+
+--
+-- Name: flow_step_slots tenant_isolation; Type: POLICY; Schema: public; Owner: -
+--
+
+CREATE POLICY tenant_isolation ON public.flow_step_slots USING ((org_id = public.tolstoy_current_org())) WITH CHECK ((org_id = public.tolstoy_current_org()));
 
 
 --
@@ -8574,4 +8859,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261214000102'),
     ('20261215000100'),
     ('20261215000101'),
-    ('20261215000102');
+    ('20261215000102'),
+    ('20261216000100');

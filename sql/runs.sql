@@ -228,6 +228,12 @@ select tolstoy_checkpoint(:worker, :org_id, :run_id, :token, :writes);
 -- no room (tolstoy_checkpoint_call); TL001 when the lease is lost.
 select tolstoy_checkpoint_call(:worker, :org_id, :run_id, :token, :writes, :call);
 
+-- name: checkpoint_slots$
+-- tolstoy_checkpoint_call with step slots (steps that declare concurrency): frees the slots of the steps whose
+-- end it records (:call release) and takes the slot of the step whose call starts (:call slot); without one the
+-- step waits and the run is parked until a release hands it the slot (tolstoy_checkpoint_slots).
+select tolstoy_checkpoint_slots(:worker, :org_id, :run_id, :token, :writes, :call);
+
 -- name: maintain_history$
 -- Create history partitions ahead and drop those past retention (null: keep everything).
 select tolstoy_maintain_history(coalesce(:today::date, tolstoy_now()::date), :retention_days::integer,

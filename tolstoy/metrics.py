@@ -148,6 +148,25 @@ def observe_slot_wait(seconds: float) -> None:
     SLOT_WAIT_SECONDS.observe(seconds)
 
 
+# Concurrency limits declared on a step: each time a step waits for a slot, and how long it waited once it
+# got one. No label, for the same reason.
+STEP_SLOT_WAITS = Counter("tolstoy_step_slot_waits_total",
+                          "Steps checkpointed waiting for a slot of their concurrency limit (each wait counts).")
+STEP_SLOT_WAIT_SECONDS = Histogram("tolstoy_step_concurrency_wait_seconds",
+                                   "Time a step waited for a slot of its concurrency limit before its call.",
+                                   buckets=WAIT_BUCKETS)
+
+
+def count_slot_wait() -> None:
+    """Count a step that waits for a slot of its concurrency limit."""
+    STEP_SLOT_WAITS.inc()
+
+
+def observe_step_slot_wait(seconds: float) -> None:
+    """Record how long a step waited for its slot, once it has it."""
+    STEP_SLOT_WAIT_SECONDS.observe(seconds)
+
+
 def observe_pool(db) -> None:
     """Publish this process's pool usage (called after each request and at each scrape)."""
     stats = db.stats()

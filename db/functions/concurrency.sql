@@ -55,15 +55,15 @@ declare
 begin
     -- Waits for a claim deciding about this flow's runs: a run it parks is seen below.
     perform pg_advisory_xact_lock(tolstoy_slot_lock(new.org_id, new.flow_id));
-    -- A new statement, so a new snapshot. The oldest run waiting for this run's key, and the oldest waiting
-    -- for the flow's limit: each is claimed or parked again by the next claim (so a slot is never given to
+    -- A new statement, so a new snapshot. The oldest run waiting for this run's key (not a step's slot of the
+    -- same key: waiting_step, step_slots.sql), and the oldest waiting for the flow's limit: each is claimed or parked again by the next claim (so a slot is never given to
     -- a run another limit still holds back, and a raised limit fills as runs end).
     update flow_runs w
     set run_after = clock_now
     from ((select p.org_id, p.id, p.created_at
            from flow_runs p
            where p.org_id = new.org_id and p.flow_id = new.flow_id and p.waiting_for = 'concurrency'
-             and p.status = 'queued' and p.waiting_on ? 'key'
+             and p.status = 'queued' and p.waiting_on ? 'key' and p.waiting_step is null
              and p.waiting_on -> 'key' = coalesce(to_jsonb(new.concurrency_key), 'null'::jsonb)
            order by p.created_at, p.id
            limit 1)

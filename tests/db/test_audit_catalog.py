@@ -32,6 +32,8 @@ NOT_AUDITED = {
     "history_bytes": "the stored bytes of finished runs, appended as they finish (usage, not configuration)",
     "webhook_lines": "the delivery order of each webhook's events (the outbox's own bookkeeping)",
     "organization_worker_time": "the worker time each organization used lately, kept by the engine (fair claims)",
+    "flow_step_slots": "the slots of steps' concurrency limits, taken and freed by running runs (the limit is the "
+                       "flow's step, audited with the flow)",
     "tool_rate_budgets": "each credential's rate budget, taken by every call and taught by providers' answers "
                          "(usage; the declared limit is the tool's, audited with it)",
 }

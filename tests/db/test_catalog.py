@@ -44,6 +44,7 @@ REVIEWED_POLICIES = {
         "flow_runs_default", "flow_runs_pYYYY_MM", "flow_trigger_deliveries", "flow_triggers", "flow_versions",
         "flows", "history_bytes", "oauth_states", "oauth_tokens", "organization_keys", "organization_quotas",
         "organization_usage", "organization_worker_time", "secret_reads", "sync_execute_slots", "tool_credentials",
+        "flow_step_slots",
         "tool_rate_budgets",
         "tools", "user_connections", "users", "webhook_deliveries", "webhook_lines", "webhooks")},
     ("organizations", "own_organization", "PUBLIC", "(id = tolstoy_current_org())", None),
@@ -57,7 +58,7 @@ REVIEWED_POLICIES = {
     *{(f"{table}_{month}", "history_upkeep", "tolstoy_history", "true", None)
       for table in ("flow_runs", "flow_run_steps", "execution_logs") for month in ("default", "pYYYY_MM")},
     *{(table, "engine_access", "tolstoy_engine", "true", "true")
-      for table in ("api_keys", "execution_logs", "flow_runs", "flow_triggers", "history_bytes",
+      for table in ("api_keys", "execution_logs", "flow_runs", "flow_step_slots", "flow_triggers", "history_bytes",
                     "webhook_deliveries", "webhook_lines")},
     *{(table, "engine_access", "tolstoy_engine", "true", None)
       for table in ("flow_run_signals", "flow_run_steps", "flow_trigger_deliveries", "organization_worker_time",

@@ -5,7 +5,7 @@ with ``StepSchema``."""
 
 from __future__ import annotations
 
-from marshmallow import fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
 from .. import engine
 from ..fieldtypes import Base, JSONObject, RetryPolicySchema, StrictBoolean, load_config_for_type, text
@@ -15,6 +15,19 @@ STEP_TYPES = engine.STEP_TYPES
 MAX_STEPS = 200
 # The schema of each kind's config (a foreach step's holds the step it runs per item): each kind brings its own.
 STEP_CONFIGS = engine.step_configs()
+# The kinds whose steps may declare a concurrency limit of their own (those that call out).
+LIMITED_STEP_TYPES = engine.LIMITED_STEP_TYPES
+
+
+class StepConcurrencySchema(Base):
+    """``{key?, limit}``: how many of this step's calls run at once, across every run of the flow."""
+
+    key = fields.String(validate=validate.Length(1, 1000), metadata={
+        "description": "A template over the step's context (`{{ variables.customer }}`, `{{ steps.find.id }}`), "
+                       "rendered when the step is about to run: `limit` calls per key run at once. Without it, "
+                       "`limit` is for the step across all runs of the flow."})
+    limit = fields.Integer(strict=True, required=True, validate=validate.Range(1, 10000), metadata={
+        "description": "Calls of this step at once per key (with `key`), else in all."})
 
 
 class StepSchema(Base):
@@ -50,6 +63,16 @@ class StepSchema(Base):
                                  "send it again, or fail the step. Default: retry for GET, HEAD, OPTIONS, PUT, "
                                  "DELETE and for tools that honour Idempotency-Key; wait otherwise."},
     )
+    concurrency = fields.Nested(StepConcurrencySchema, allow_none=True, metadata={
+        "description": "action and http_request steps: how many of this step's calls run at once, across "
+                       "workers and runs of the flow, per organization, flow, step and key; a step over it waits "
+                       "(waitingFor.concurrency with stepId) until a call of it ends. Null: no limit."})
+
+    @validates_schema
+    def _concurrency_only_on_calls(self, data, **kwargs):
+        if data.get("concurrency") is not None and data.get("type") not in LIMITED_STEP_TYPES:
+            raise ValidationError({"concurrency": [
+                "Only " + " and ".join(LIMITED_STEP_TYPES) + " steps may declare a concurrency limit."]})
 
     @validates_schema
     def _config_matches_type(self, data, **kwargs):

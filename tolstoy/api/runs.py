@@ -107,8 +107,9 @@ class RunSchema(Base):
     finished_at = Timestamp(data_key="finishedAt", dump_only=True, allow_none=True)
     waiting_for = fields.Dict(data_key="waitingFor", dump_only=True, allow_none=True, metadata={
         "description": "Why the run is parked, null when it is not: {signal: name or names}, {outcomeUnknown: "
-                       "stepId}, {child: executionId}, {retry: stepId}, {delay: stepId} or {rateLimit: …}, each "
-                       "with stepId, since and until (null when only an event ends the wait)."})
+                       "stepId}, {child: executionId}, {retry: stepId}, {delay: stepId}, {rateLimit: …} or {concurrency: "
+                       "{key, limit} or {flowLimit}} (stepId null: the flow's limits; else that step's), each with "
+                       "stepId, since and until (null when only an event ends the wait)."})
 
 
 class RunDetailSchema(RunSchema):

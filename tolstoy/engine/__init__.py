@@ -37,7 +37,7 @@ from .outbound import Outbound, OutboundError, origin_of
 from .reruns import RerunRefused
 from .rotation import reencrypt, rewrap
 from .runner import RUN_STEP_KEY, Engine, reserved_step_key
-from .steps import ITEM_STEP_TYPES, SIGNAL_NAME, STEP_TYPES, step_configs
+from .steps import ITEM_STEP_TYPES, LIMITED_STEP_TYPES, SIGNAL_NAME, STEP_TYPES, step_configs
 from .templates import Limits
 from .tool_auth import (
     SECRET_FIELDS,
@@ -59,7 +59,7 @@ from .worker import Worker
 
 __all__ = [
     "RUN_STEP_KEY", "SECRET_FIELDS", "Engine", "InvalidInputs", "Reader", "StepFailed", "ToolClient", "Vault", "Worker",
-    "STEP_TYPES", "ITEM_STEP_TYPES", "SIGNAL_NAME", "step_configs", "HTTP_METHODS",
+    "STEP_TYPES", "ITEM_STEP_TYPES", "LIMITED_STEP_TYPES", "SIGNAL_NAME", "step_configs", "HTTP_METHODS",
     "ActAsUserRefused",
     "queue_run", "retry_run", "rerun_run", "RerunRefused", "cancel_run", "resolve_step", "send_signal", "NoSuchRun",
     "RunStateConflict", "WAITING_KINDS", "waiting_for",

@@ -36,10 +36,10 @@ from ..db.database import Database
 from ..db.queries import SQL
 from ..redaction import mask_json, secret_strings
 from ..times import iso
-from . import reruns, templates
+from . import reruns
+from .concurrency import render_key
 from .errors import (
     BadMoveRequest,
-    ConcurrencyKeyRefused,
     LinkUsed,
     MoveRefused,
     NoKeyToSeal,
@@ -52,32 +52,14 @@ from .vault import Vault
 RETRYABLE = ("failed", "cancelled")
 
 
-# A concurrency key is a short name (the API's field concurrency.key says so): at most this many characters.
-MAX_CONCURRENCY_KEY = 200
-
-
 def concurrency_key(concurrency: dict | None, variables: dict) -> str | None:
     """The run's concurrency key: the flow's ``concurrency.key`` template rendered over the run's
     ``variables`` (as a step's templates see them), or None when the flow has no key.
-    ConcurrencyKeyRefused when it fails to render, or renders to nothing, to a list or an object, to more
-    than MAX_CONCURRENCY_KEY characters, or to control characters."""
+    ConcurrencyKeyRefused when it renders to no key (concurrency.render_key)."""
     template = (concurrency or {}).get("key")
     if template is None:
         return None
-    try:
-        value = templates.render(template, {"variables": variables})
-    except templates.TemplateFailure as exc:
-        raise ConcurrencyKeyRefused(f"The flow's concurrency key did not render over these variables: {exc}") from None
-    if value is None or isinstance(value, (dict, list)):
-        raise ConcurrencyKeyRefused("The flow's concurrency key must render to a string or a number over the run's "
-                                    f"variables, not {'null' if value is None else type(value).__name__}.")
-    text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
-    if not 1 <= len(text) <= MAX_CONCURRENCY_KEY:
-        raise ConcurrencyKeyRefused(f"The flow's concurrency key must render to 1 to {MAX_CONCURRENCY_KEY} "
-                                    f"characters over the run's variables; it rendered to {len(text)}.")
-    if not text.isprintable():  # NUL cannot be stored in text; control characters are no key
-        raise ConcurrencyKeyRefused("The flow's concurrency key rendered to control characters.")
-    return text
+    return render_key(template, {"variables": variables}, "The flow's", "the run's variables")
 
 
 def queue(db: Database, *, org_id, flow_id, version: int, user_id, variables: dict, key: str | None = None,
@@ -201,8 +183,9 @@ def resolve(db: Database, vault: Vault | None, *, org_id, flow_id, run_id, step_
 # the metrics' labels. In the order the trigger prefers them when several steps wait: a person first,
 # then another run, then time. rateLimit: a call waiting for its credential's rate budget (its step's
 # inputs say which: {toolId, scope}; until: when the call may go). concurrency: a queued run waiting for a
-# slot of its flow's concurrency limits ({key, limit} or {flowLimit}; set by the claim, not by a step:
-# db/functions/concurrency.sql).
+# slot of its flow's concurrency limits ({key, limit} or {flowLimit}, stepId null; set by the claim:
+# db/functions/concurrency.sql), or of a step's ({key, limit}, stepId the step's: set by
+# tolstoy_checkpoint_slots, db/functions/step_slots.sql).
 WAITING_KINDS = ("outcomeUnknown", "signal", "child", "rateLimit", "retry", "delay", "concurrency")
 
 

@@ -66,7 +66,7 @@ from .calls import ToolClient
 from .errors import LeaseLost, StepFailed, Stop
 from .graph import dependencies, step_order
 from .steps import KINDS, Kind, Site
-from .steps.calling import waits_for_budget
+from .steps.calling import spends_no_attempt
 from .steps.foreach import FOREACH_MAX_ITEMS
 from .steps.subflow import SUBFLOW_MAX_DEPTH
 from .templates import DEFAULT_LIMITS, Limits, RenderStopped, TemplateFailure, bounded, condition, render_tracked, scope
@@ -190,6 +190,10 @@ class Run:
         # What providers' answers taught the rate budgets of the credentials this run's calls used, to
         # be written with its next checkpoint (Engine.checkpoint).
         self.lessons: list[dict] = []
+        # The steps that declare a concurrency limit (by checkpoint id): the statement that records one's
+        # end frees its slot (Engine.checkpoint). Empty for most flows, which then cost nothing more.
+        self.slot_steps = {step["id"] for step in self.plan.steps if step.get("concurrency")} | {
+            ON_FAILURE + step["id"] for step in self.plan.on_failure if step.get("concurrency")}
 
     def db_now(self) -> dt.datetime:
         """The database's clock now, as far as the worker can tell without asking."""
@@ -295,8 +299,17 @@ class Engine:
         while True:
             if run.lost.is_set():
                 raise LeaseLost(str(run.id))
+            # The slot steps whose end this statement records: it frees their slots.
+            release = [sid for sid, pending in run.writes.pending.items()
+                       if sid in run.slot_steps and pending["status"] != "running"] if run.slot_steps else []
             try:
-                if subflow is None and (call is not None or run.lessons):
+                if subflow is None and (release or (call is not None and call.get("slot"))):
+                    lessons = list(run.lessons)
+                    answer = self.db.scalar(SQL.runs.checkpoint_slots, worker=self.worker_id, org_id=run.org_id,
+                                            run_id=run.id, token=run.token, writes=dbjson(writes),
+                                            call=dbjson({**(call or {}), "lessons": lessons, "release": release}))
+                    del run.lessons[:len(lessons)]
+                elif subflow is None and (call is not None or run.lessons):
                     lessons = list(run.lessons)
                     answer = self.db.scalar(SQL.runs.checkpoint_call, worker=self.worker_id, org_id=run.org_id,
                                             run_id=run.id, token=run.token, writes=dbjson(writes),
@@ -605,8 +618,8 @@ class Engine:
         if site.item and not kind.item:  # a plan written past the API (which refuses it)
             return self.fail(run, step, attempt, None, StepFailed(
                 f"A {step['type']} step cannot run per item of a foreach step"), 0)
-        if checkpoint and checkpoint["status"] == "waiting" and kind.retries and not waits_for_budget(checkpoint):
-            attempt += 1  # a retry back-off ended (waiting for a rate budget spends no attempt)
+        if checkpoint and checkpoint["status"] == "waiting" and kind.retries and not spends_no_attempt(checkpoint):
+            attempt += 1  # a retry back-off ended (waiting for a rate budget or a slot spends no attempt)
         if tracing.ON:
             # A run's step is a child of the run's span, not of this claim's: a SIGKILLed worker never
             # exports its claim's span, and what it finished must not hang from nothing. An item's is

@@ -36,6 +36,8 @@ STEP_TYPES = tuple(KINDS)
 SIGNAL_NAME = wait.SIGNAL_NAME
 # What a foreach step may run for each item.
 ITEM_STEP_TYPES = tuple(name for name, kind in KINDS.items() if kind.item)
+# What may declare a concurrency limit of its own (``concurrency`` on a top-level step).
+LIMITED_STEP_TYPES = tuple(name for name, kind in KINDS.items() if kind.limits)
 
 
 @functools.cache
@@ -46,4 +48,4 @@ def step_configs() -> dict[str, type]:
     return {name: kind.config() for name, kind in KINDS.items()}
 
 
-__all__ = ["ITEM_STEP_TYPES", "KINDS", "SIGNAL_NAME", "STEP_TYPES", "Kind", "Site", "step_configs"]
+__all__ = ["ITEM_STEP_TYPES", "KINDS", "LIMITED_STEP_TYPES", "SIGNAL_NAME", "STEP_TYPES", "Kind", "Site", "step_configs"]

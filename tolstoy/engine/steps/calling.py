@@ -17,7 +17,8 @@ from ...errors import DatabaseFault
 from ...redaction import in_derived_work, mask_json
 from .. import ratelimits
 from ..calls import ToolCall, ToolClient, checked
-from ..errors import LeaseLost, SkipStep, StepFailed
+from ..concurrency import render_key
+from ..errors import ConcurrencyKeyRefused, LeaseLost, SkipStep, StepFailed
 from .kind import Kind, Outcome, Site
 
 if TYPE_CHECKING:
@@ -51,6 +52,32 @@ def waits_for_budget(checkpoint: dict | None) -> bool:
                 and isinstance(inputs.get("rateLimit"), dict))
 
 
+def waits_for_slot(checkpoint: dict | None) -> bool:
+    """Whether a step's checkpoint is a wait for a slot of the step's concurrency limit
+    (tolstoy_checkpoint_slots writes it ``waiting`` with ``inputs.concurrency``): it spends no attempt."""
+    inputs = (checkpoint or {}).get("inputs")
+    return bool(checkpoint and checkpoint["status"] == "waiting" and isinstance(inputs, dict)
+                and isinstance(inputs.get("concurrency"), dict))
+
+
+def spends_no_attempt(checkpoint: dict | None) -> bool:
+    """Whether a ``waiting`` checkpoint was a wait that spends no attempt (for budget, or for a slot)."""
+    return waits_for_budget(checkpoint) or waits_for_slot(checkpoint)
+
+
+def slot(run: Run, site: Site, step: dict, waited: dict) -> dict | None:
+    """The slot a step that declares ``concurrency`` ({key?, limit}) takes before its call: its key rendered
+    over the step's template context now (concurrency.render_key; ConcurrencyKeyRefused), with since when it
+    waits (``waited``: its checkpoint's inputs.concurrency); None for a step without a limit."""
+    declared = step.get("concurrency")
+    if not declared:
+        return None
+    key = None
+    if declared.get("key") is not None:
+        key = render_key(declared["key"], site.view, "The step's", "the step's context")
+    return {"step_id": step["id"], "key": key, "limit": int(declared["limit"]), "since": waited.get("since")}
+
+
 def idempotent(method: str, tool: dict | None) -> bool:
     """Whether sending a call twice does what sending it once did: by its method, or because its tool
     honours our Idempotency-Key. A call of unknown outcome that is idempotent is sent again by default;
@@ -77,9 +104,10 @@ class Calling:
         self.tool = tool
 
     def kind(self, config: Callable[[], type]) -> Kind:
-        """The kind, whose config ``config()`` checks: it may run per item, and a ``waiting`` checkpoint of
-        it is a retry back-off."""
-        return Kind(self.run, retries=True, item=True, config=config)
+        """The kind, whose config ``config()`` checks: it may run per item, a ``waiting`` checkpoint of it is
+        a retry back-off (or a wait for budget or a slot), and a top-level step of it may declare a
+        concurrency limit."""
+        return Kind(self.run, retries=True, item=True, config=config, limits=True)
 
     def send(self, tools: ToolClient, run: Run, site: Site, step: dict, inputs: dict, key: str, timeout_ms: int,
              learn: Callable[[Any], bool] | None = None) -> Any:
@@ -173,8 +201,18 @@ class Calling:
             if decided is not None:
                 return decided
         waited = checkpoint["inputs"]["rateLimit"] if waits_for_budget(checkpoint) else {}
+        try:
+            held = slot(run, site, step, checkpoint["inputs"]["concurrency"] if waits_for_slot(checkpoint) else {})
+        except ConcurrencyKeyRefused as exc:
+            return engine.fail(run, step, attempt, shown_inputs, StepFailed(
+                str(exc), details={"name": "ConcurrencyKeyRefused", "field": "concurrency.key"}), 0)
+        if held is not None and site.item:  # a plan written past the API (which refuses it)
+            return engine.fail(run, step, attempt, shown_inputs, StepFailed(
+                "A step that runs per item of a foreach step cannot declare concurrency"), 0)
         while True:
             take = self.take(engine, run, site, step, waited)
+            if held is not None:
+                take = {**(take or {"step_id": sid}), "slot": held}
             with run.lock:
                 # Every pending checkpoint, and the fact that this call starts, are durable before it does.
                 run.writes.step(step_id=sid, status="running", attempt=attempt, inputs=shown_inputs,
@@ -185,6 +223,14 @@ class Calling:
                 answer = engine.checkpoint(run, call=take)
             if run.lost.is_set():
                 raise LeaseLost(str(run.id))
+            if ((answer or {}).get("slot") or {}).get("waiting"):
+                metrics.count_slot_wait()
+                logs.step_event(execution=run.id, step_id=sid, step_type=step["type"], status="waiting_for_slot",
+                                duration=None, error=None)
+                return "paused", None  # the statement checkpointed the step waiting and parked its run
+            if held is not None and held.get("since"):
+                metrics.observe_step_slot_wait(max(times.seconds_between(run.db_now(), held["since"]), 0.0))
+                held = {**held, "since": None}
             budget = (answer or {}).get("budget") or {}
             if budget.get("refused"):
                 return engine.fail(run, step, attempt, shown_inputs, StepFailed(

@@ -55,7 +55,8 @@ class Kind:
     marshmallow schema that validates its config when a flow is saved (the API loads
     ``steps[i].config`` with it, errors named under it); a function, so that marshmallow is imported
     by the API only, never by a worker (tests/unit/test_layers.py). Every kind has one: the API
-    takes its ``STEP_CONFIGS`` from the kinds (``step_configs``)."""
+    takes its ``STEP_CONFIGS`` from the kinds (``step_configs``). ``limits``: a top-level step of it may
+    declare ``concurrency`` ({key?, limit}): its work takes a slot first (the kinds that call out)."""
 
     run: Callable[..., Outcome]
     config: Callable[[], type]
@@ -63,3 +64,4 @@ class Kind:
     retries: bool = False
     item: bool = False
     renders: str | None = None
+    limits: bool = False
