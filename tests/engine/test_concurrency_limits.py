@@ -21,6 +21,8 @@ from tolstoy import engine
 from tolstoy.db import migrate
 from tolstoy.db.database import Database
 
+FILL_SECONDS = 10.0
+
 
 class KeyStub:
     """An HTTP server on 127.0.0.1: GET /<group>/<key> is held ``hold`` seconds (or until ``release``
@@ -34,6 +36,7 @@ class KeyStub:
         self.most: collections.Counter = collections.Counter()
         self.served: list[tuple[str, str]] = []
         self.blocked: dict[tuple[str, str], threading.Event] = {}
+        self.fills: dict[tuple[str, str], int] = {}
         self.arrived = threading.Condition(self.lock)
         stub = self
 
@@ -46,6 +49,10 @@ class KeyStub:
                         stub.most[counted] = max(stub.most[counted], stub.in_flight[counted])
                     stub.arrived.notify_all()
                     gate = stub.blocked.get((group, key))
+                    # Held until the limit was reached once (see fill), so that "the limit was used" does
+                    # not depend on how fast a loaded machine starts the next run.
+                    filling = [(c, n) for c in ((group, key), (group, "*")) if (n := stub.fills.get(c))]
+                    stub.arrived.wait_for(lambda: all(stub.most[c] >= n for c, n in filling), FILL_SECONDS)
                 if gate is not None:
                     gate.wait(30)
                 else:
@@ -84,6 +91,12 @@ class KeyStub:
         self.blocked[(group, key)] = threading.Event()
         return self.blocked[(group, key)]
 
+    def fill(self, group: str, key: str, n: int) -> None:
+        """Hold requests of (group, key) (key ``*``: of the group) until ``n`` were in flight at once, or
+        FILL_SECONDS passed: a test asserting that a limit of ``n`` was used then fails only when the
+        engine never let ``n`` in, not when a loaded machine started the runs one after another."""
+        self.fills[(group, key)] = n
+
     def wait_in_flight(self, group: str, key: str, n: int, timeout: float = 30) -> None:
         with self.arrived:
             assert self.arrived.wait_for(lambda: self.in_flight[(group, key)] >= n, timeout), (group, key, n)
@@ -120,6 +133,7 @@ def test_a_keyed_limit_holds_across_workers_while_other_keys_and_organizations_g
     user, other_user = api.user(org), api.user(other)
     key = {"key": "{{ variables.customer }}", "limit": 2}
     flow = limited_flow(api, org, stub.url, "a", key)
+    stub.fill("a", "big", 2)
     others_flow = limited_flow(api, other, stub.url, "b", key)
     # 50 runs of one key queued first, then 10 runs of 10 other keys, and 10 of another organization
     # with the same key: first come would be first served, were it not for the limit.
@@ -152,6 +166,7 @@ def test_a_keyed_limit_holds_across_workers_while_other_keys_and_organizations_g
 
 def test_the_flows_limit_holds_across_two_workers_with_and_without_keys(api, org, user, db, worker_env, stub):
     whole = limited_flow(api, org, stub.url, "whole", {"limit": 3})
+    stub.fill("whole", "*", 3)
     keyed = limited_flow(api, org, stub.url, "keyed", {"key": "{{ variables.customer }}", "limit": 2,
                                                        "flowLimit": 3})
     for i in range(20):

@@ -56,6 +56,7 @@ def test_a_steps_keyed_limit_holds_across_three_workers_while_other_keys_and_org
     user, other_user = api.user(org), api.user(other)
     key = {"key": "{{ steps.who }}", "limit": 2}
     flow = step_limited_flow(api, org, stub.url, "a", key)
+    stub.fill("a", "big", 2)
     others_flow = step_limited_flow(api, other, stub.url, "b", key)
     # 30 runs of one key queued first, then 10 runs of 10 other keys, and 10 of another organization with
     # the same key: first come would be first served, were it not for the limit.
@@ -89,6 +90,7 @@ def test_a_steps_keyed_limit_holds_across_three_workers_while_other_keys_and_org
 
 def test_a_step_limit_without_a_key_holds_for_the_step_across_runs(api, org, user, db, worker_env, stub):
     flow = step_limited_flow(api, org, stub.url, "n", {"limit": 3}, after=1)
+    stub.fill("n", "*", 3)
     for i in range(20):
         execute(api, org, user, flow, {"customer": f"c{i}"})
     workers = [start_worker(worker_env) for _ in range(2)]

@@ -222,7 +222,7 @@ def test_events_survive_a_sigkilled_worker(api, org, user, worker_env, db, clock
     server = None
     try:
         run = execute(api, org, user, flow)["executionId"]
-        assert wait_for(api, org, flow, run)["status"] == "completed", log_tail(first)
+        assert wait_for(api, org, flow, run, timeout=60)["status"] == "completed", log_tail(first)
 
         def tried() -> bool:
             with db.pool.connection() as conn:
