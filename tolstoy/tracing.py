@@ -26,6 +26,7 @@ tests/api/test_request_traces.py plant secrets and grep every exported span for 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
 import hashlib
 import logging
@@ -53,6 +54,45 @@ _pid: int | None = None
 _propagator = TraceContextTextMapPropagator()
 # A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class SqlTally:
+    """The database round trips made while one of Tolstoy's spans is current, counted in plain Python and
+    put on the span once, as attributes, when it ends (``attributes``). An event per round trip cost more
+    than the request it described: an SDK event object with its attributes per round trip, and twice the
+    protobuf encoding per span in the exporter's thread (docs/observability.md, Cost)."""
+
+    __slots__ = ("round_trips", "seconds", "shapes")
+
+    def __init__(self):
+        self.round_trips = 0
+        self.seconds = 0.0
+        # By the names of the queries sent together in one round trip: [round trips, seconds].
+        self.shapes: dict[tuple[str, ...], list] = {}
+
+    def add(self, statements, seconds: float) -> None:
+        self.round_trips += 1
+        self.seconds += seconds
+        shape = tuple(query.name for query, _ in statements)
+        found = self.shapes.get(shape)
+        if found is None:
+            self.shapes[shape] = [1, seconds]
+        else:
+            found[0] += 1
+            found[1] += seconds
+
+    def attributes(self) -> dict[str, Any]:
+        """``tolstoy.sql.round_trips`` and ``tolstoy.sql.ms`` (their total time), and ``tolstoy.sql.queries``:
+        per kind of round trip (its queries' names joined by ``+``), how many and their time, e.g.
+        ``session.enter_known+tools.get x1 0.412ms``. One string: lists cost the exporter more than the
+        rest of the span."""
+        return {"tolstoy.sql.round_trips": self.round_trips, "tolstoy.sql.ms": round(self.seconds * 1000, 3),
+                "tolstoy.sql.queries": "; ".join(f"{'+'.join(shape)} x{count} {seconds * 1000:.3f}ms"
+                                                 for shape, (count, seconds) in self.shapes.items())}
+
+
+# The tally of the innermost of Tolstoy's recording spans in this context (None: none, or one not recording).
+_tally: contextvars.ContextVar[SqlTally | None] = contextvars.ContextVar("tolstoy_sql_tally", default=None)
 
 
 def requested(environ: Mapping[str, str]) -> bool:
@@ -103,10 +143,23 @@ def _otlp_provider():
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    class HashedResource(Resource):
+        """The SDK's Resource with its hash computed once: the OTLP encoder groups spans by resource, and
+        Resource's own hash is a JSON dump of its attributes, made again for every span exported (a sixth
+        of what encoding a request's span cost). A resource is never changed once made."""
+
+        def __init__(self, attributes, schema_url=None):
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self):
+            return self._hash
+
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the name defaults to ours.
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "tolstoy",
-                                "process.pid": os.getpid()})
-    provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+    created = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "tolstoy",
+                               "process.pid": os.getpid()})
+    # the sampler from OTEL_TRACES_SAMPLER, the span limits from OTEL_SPAN_*_LIMIT
+    provider = TracerProvider(resource=HashedResource(created.attributes, created.schema_url))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
@@ -172,12 +225,27 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKi
          parent: otel_context.Context | None = None) -> Iterator[trace.Span]:
     """A span, current for the block (under ``parent`` if given). Call only when ``ON``."""
     with _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes,
-                                       record_exception=False, set_status_on_exception=False) as current:
+                                       record_exception=False, set_status_on_exception=False) as current, \
+            _tallied(current):
         try:
             yield current
         except BaseException as exc:
             current.set_attribute("error.type", type(exc).__name__)  # its message may hold anything
             raise
+
+
+@contextlib.contextmanager
+def _tallied(current: trace.Span) -> Iterator[None]:
+    """Count the SQL round trips made while ``current`` is the current span, and put them on it before it
+    ends (a span the sampler left out records nothing, and counts nothing)."""
+    tally = SqlTally() if current.is_recording() else None
+    token = _tally.set(tally)
+    try:
+        yield
+    finally:
+        _tally.reset(token)
+        if tally is not None and tally.round_trips:
+            current.set_attributes(tally.attributes())
 
 
 def fail(current: trace.Span, message: str) -> None:
@@ -260,7 +328,7 @@ def call_span(method: str, url: str, template: str | None, idempotency_key: str 
         attributes["tolstoy.call.retries"] = max(attempt - 1, 0)
     with _tracer.start_as_current_span(f"{method} {attributes['url.template']}", kind=SpanKind.CLIENT,
                                        attributes=attributes, record_exception=False,
-                                       set_status_on_exception=False) as current:
+                                       set_status_on_exception=False) as current, _tallied(current):
         try:
             yield current
         except BaseException as exc:
@@ -291,8 +359,14 @@ def delivery(current: trace.Span, value: str | None) -> None:
 
 
 def sql(statements, seconds: float) -> None:
-    """One database round trip as an event of the current span: the names of its queries (sql/*.sql,
-    tolstoy/db/queries.py) and how long it took; never the statements' text or parameters."""
+    """One database round trip: the names of its queries (sql/*.sql, tolstoy/db/queries.py) and how long it
+    took, never the statements' text or parameters. Counted on the current span's tally when the span is
+    one of Tolstoy's (SqlTally: attributes, when it ends); under a recording span someone else made (a host
+    application's), an event per round trip, as that span's end is not ours to hook."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.add(statements, seconds)
+        return
     current = trace.get_current_span()
     if current.is_recording():
         current.add_event("sql", {"db.query.names": [query.name for query, _ in statements],
@@ -318,29 +392,39 @@ def note(name: str, value: Any) -> None:
 
 class RequestSpans:
     """Falcon middleware (installed only when ``ON``): a SERVER span per request, joining the caller's
-    trace when it sent ``traceparent``, named by the route template, with the status and the
-    organization. First in the list, so its span holds every other middleware's work."""
+    trace when it sent ``traceparent``, named by the route template, with the status, the organization
+    and the request's SQL round trips (SqlTally). First in the list, so its span holds every other
+    middleware's work. Its attributes are set once, as the response goes: each set takes the span's lock
+    and checks every value."""
 
     def process_request(self, req, resp) -> None:
-        parent = extract({"traceparent": req.get_header("traceparent") or "",
-                          "tracestate": req.get_header("tracestate") or ""})
+        sent = req.get_header("traceparent")
+        # No traceparent (most requests): the empty context, without asking the propagator to parse nothing.
+        parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else None
         current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
                                      attributes={"http.request.method": req.method})
         req.context.trace_span = current
-        req.context.trace_token = otel_context.attach(trace.set_span_in_context(current))
+        tally = SqlTally() if current.is_recording() else None
+        req.context.trace_token = (otel_context.attach(trace.set_span_in_context(current)),
+                                   _tally.set(tally), tally)
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
         current = getattr(req.context, "trace_span", None)
         if current is None:
             return
-        route = req.uri_template or "(unmatched)"
-        current.update_name(f"{req.method} {route}")
-        current.set_attribute("http.route", route)
-        current.set_attribute("http.response.status_code", resp.status_code)
-        org = getattr(req.context, "org_id", None)
-        if org is not None:
-            current.set_attribute("tolstoy.org.id", str(org))
-        if resp.status_code >= 500:
-            current.set_status(Status(StatusCode.ERROR))
+        attached, counting, tally = req.context.trace_token
+        _tally.reset(counting)
+        if current.is_recording():  # a request the sampler left out: nothing to name or count
+            route = req.uri_template or "(unmatched)"
+            current.update_name(f"{req.method} {route}")
+            attributes = {"http.route": route, "http.response.status_code": resp.status_code}
+            org = getattr(req.context, "org_id", None)
+            if org is not None:
+                attributes["tolstoy.org.id"] = str(org)
+            if tally.round_trips:
+                attributes.update(tally.attributes())
+            current.set_attributes(attributes)
+            if resp.status_code >= 500:
+                current.set_status(Status(StatusCode.ERROR))
         current.end()
-        otel_context.detach(req.context.trace_token)
+        otel_context.detach(attached)
