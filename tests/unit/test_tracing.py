@@ -1,9 +1,13 @@
 """SQL round trips in traces (tolstoy/tracing.py, SqlTally): counted on the innermost of Tolstoy's spans and
 put on it once, as attributes, when it ends, never an event per round trip (what made traces on cost a GET
 28 % more CPU: docs/observability.md, Cost); under a span Tolstoy did not make (a host application's), an
-event per round trip still; under a span the sampler left out, nothing."""
+event per round trip still; under a span the sampler left out, nothing. And with traces on, a process's start-up heap is frozen out
+of the collector's passes once the app is built (tracing.settle)."""
 
 from __future__ import annotations
+
+import gc
+import os
 
 import pytest
 from opentelemetry import trace
@@ -70,3 +74,20 @@ def test_a_span_the_sampler_left_out_counts_nothing(monkeypatch):
         tracing.sql([(GET, {})], 0.001)
         assert tracing._tally.get() is None
     assert traced.finished == [] and traced.started == []
+
+
+def test_with_traces_on_the_heap_built_at_start_is_frozen_once_per_process(monkeypatch):
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(os.getpid()))
+    monkeypatch.setattr(tracing, "_frozen_pid", None)
+    monkeypatch.setattr(tracing, "ON", False)
+    tracing.settle()
+    assert frozen == []  # traces off: the collector never runs on a request's account, nothing to spare it
+    in_memory(monkeypatch)
+    monkeypatch.setattr(tracing, "_frozen_pid", None)
+    tracing.settle()
+    tracing.settle()  # an app built again in the same process: the heap is frozen already
+    assert frozen == [os.getpid()]
+    monkeypatch.setattr(tracing, "_frozen_pid", -1)  # a forked child (a Gunicorn worker) freezes its own
+    tracing.settle()
+    assert frozen == [os.getpid()] * 2
