@@ -195,8 +195,6 @@ def in_memory(monkeypatch) -> InMemory:
     monkeypatch.setattr(tracing, "_provider", found.provider)
     monkeypatch.setattr(tracing, "_tracer", found.provider.get_tracer(tracing.SCOPE))
     monkeypatch.setattr(tracing, "_pid", os.getpid())
-    # As if frozen already: an app built in a test leaves the test process's collector alone
-    # (tests/unit/test_tracing.py checks tracing.settle itself).
-    monkeypatch.setattr(tracing, "_frozen_pid", os.getpid())
+    monkeypatch.setattr(tracing, "_owned", False)  # a host's provider: the test process's heap is not frozen
     monkeypatch.setattr(tracing, "ON", True)
     return found

@@ -53,6 +53,7 @@ _tracer: trace.Tracer | None = None
 _provider: Any = None
 _pid: int | None = None
 _frozen_pid: int | None = None
+_owned = False  # the provider is the one setup() built (no host application's in this process)
 _propagator = TraceContextTextMapPropagator()
 # A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -60,7 +61,8 @@ TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 
 class SqlTally:
     """The database round trips made while one of Tolstoy's spans is current, counted in plain Python and
-    put on the span once, as attributes, when it ends (``attributes``). An event per round trip cost more
+    put on the span once, as attributes, when it ends (``attributes``). One per span and context: a thread
+    given a copy of the context (contextvars.copy_context) shares its span's tally, as it shares the span. An event per round trip cost more
     than the request it described: an SDK event object with its attributes per round trip, and twice the
     protobuf encoding per span in the exporter's thread (docs/observability.md, Cost)."""
 
@@ -117,14 +119,16 @@ def host_provider() -> Any:
 def setup(environ: Mapping[str, str] | None = None) -> bool:
     """Turn traces on for this process if asked (see the module's doc); returns ``ON``. Called where a
     process starts serving (the app, a worker), and again harmlessly: once per pid."""
-    global ON, _tracer, _provider, _pid
+    global ON, _tracer, _provider, _pid, _owned
     if _pid == os.getpid():
         return ON
     environ = os.environ if environ is None else environ
     provider = host_provider()
+    _owned = False
     if provider is None and requested(environ):
         provider = _otlp_provider()
         trace.set_tracer_provider(provider)  # no host provider was set: the process's is this one
+        _owned = True
     _pid = os.getpid()
     _provider = provider
     _tracer = provider.get_tracer(SCOPE) if provider is not None else None
@@ -138,17 +142,18 @@ def settle() -> None:
     promoted to the collector's oldest generation, and each full collection they bring about walks
     everything the process built at start (the app, its modules, its schemas: about 100,000 objects,
     over 100 ms a pass; bench.profile saw one every 5,000 GETs). Frozen, those are not walked again.
-    With traces off a request leaves nothing behind, the collector does not run, and nothing is frozen."""
+    With traces off a request leaves nothing behind, the collector does not run, and nothing is frozen;
+    nor under a host application's provider: its process's heap is not Tolstoy's to freeze."""
     global _frozen_pid
-    if ON and _frozen_pid != os.getpid():
+    if ON and _owned and _frozen_pid != os.getpid():
         _frozen_pid = os.getpid()
         gc.freeze()
 
 
 def reset() -> None:
     """Forget this process's set-up (tests that change the environment or the host provider)."""
-    global ON, _tracer, _provider, _pid
-    ON, _tracer, _provider, _pid = False, None, None, None
+    global ON, _tracer, _provider, _pid, _owned
+    ON, _tracer, _provider, _pid, _owned = False, None, None, None, False
 
 
 def _otlp_provider():

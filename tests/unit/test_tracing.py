@@ -84,7 +84,9 @@ def test_with_traces_on_the_heap_built_at_start_is_frozen_once_per_process(monke
     tracing.settle()
     assert frozen == []  # traces off: the collector never runs on a request's account, nothing to spare it
     in_memory(monkeypatch)
-    monkeypatch.setattr(tracing, "_frozen_pid", None)
+    tracing.settle()
+    assert frozen == []  # a host application's provider: its process's heap is not Tolstoy's to freeze
+    monkeypatch.setattr(tracing, "_owned", True)  # the provider setup() built from OTEL_TRACES_EXPORTER
     tracing.settle()
     tracing.settle()  # an app built again in the same process: the heap is frozen already
     assert frozen == [os.getpid()]
