@@ -62,8 +62,8 @@ TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a
 class SqlTally:
     """The database round trips made while one of Tolstoy's spans is current, counted in plain Python and
     put on the span once, as attributes, when it ends (``attributes``). One per span and context: a thread
-    given a copy of the context (contextvars.copy_context) shares its span's tally, as it shares the span. An event per round trip cost more
-    than the request it described: an SDK event object with its attributes per round trip, and twice the
+    given a copy of the context (contextvars.copy_context) shares its span's tally, as it shares the span.
+    An event per round trip cost more than the request it described: an SDK event object with its attributes per round trip, and twice the
     protobuf encoding per span in the exporter's thread (docs/observability.md, Cost)."""
 
     __slots__ = ("round_trips", "seconds", "shapes")
@@ -95,6 +95,9 @@ class SqlTally:
                                                  for shape, (count, seconds) in self.shapes.items())}
 
 
+# The context of a request that sent no traceparent: none, so that its span starts a trace (as the
+# propagator's answer to an empty header was), whatever span a host has current around the app.
+_ROOT = otel_context.Context()
 # The tally of the innermost of Tolstoy's recording spans in this context (None: none, or one not recording).
 _tally: contextvars.ContextVar[SqlTally | None] = contextvars.ContextVar("tolstoy_sql_tally", default=None)
 
@@ -419,8 +422,8 @@ class RequestSpans:
 
     def process_request(self, req, resp) -> None:
         sent = req.get_header("traceparent")
-        # No traceparent (most requests): the empty context, without asking the propagator to parse nothing.
-        parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else None
+        # No traceparent (most requests): a root span, without asking the propagator to parse nothing.
+        parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else _ROOT
         current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
                                      attributes={"http.request.method": req.method})
         req.context.trace_span = current

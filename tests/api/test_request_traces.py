@@ -204,3 +204,14 @@ def test_a_request_whose_caller_did_not_sample_it_makes_no_span(monkeypatch, con
     assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 200
     [span] = traced.finished
     assert span.attributes["tolstoy.sql.round_trips"] == 1
+
+
+def test_a_request_without_traceparent_starts_its_own_trace_whatever_span_is_current(monkeypatch, config, app_db,
+                                                                                       api, org):
+    tool = api.tool(org)
+    traced = in_memory(monkeypatch)
+    client = testing.TestClient(create_app(config, app_db))
+    with traced.provider.get_tracer("host").start_as_current_span("host work") as host:
+        assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 200
+    [request] = [s for s in traced.finished if s.name == "GET /tools/{id}"]
+    assert request.parent is None and request.context.trace_id != host.get_span_context().trace_id
