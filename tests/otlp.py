@@ -4,6 +4,7 @@ opentelemetry-proto's ExportTraceServiceRequest into plain dicts (one per span).
 from __future__ import annotations
 
 import gzip
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,11 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tolstoy import tracing
 
 
 def _value(any_value) -> object:
@@ -158,3 +164,37 @@ def waterfall(spans: list[dict], title: str) -> str:
             ".claim{background:#a0aec0}.step{background:#3182ce}.call{background:#dd6b20}"
             ".ms{position:absolute;top:7px;font-size:11px;color:#5b6573;padding-left:4px}"
             f"</style><h1>{html.escape(title)}</h1><table>{''.join(rows)}</table>")
+
+
+class InMemory:
+    """Traces on in this process into memory (``in_memory``): ``finished`` spans, and ``started``: every
+    span object the SDK made (its processors' on_start), exported or not."""
+
+    def __init__(self):
+        self.exporter = InMemorySpanExporter()
+        self.started: list = []
+        self.provider = TracerProvider()  # the SDK's defaults: parentbased_always_on
+        started = self.started
+
+        class Counting(SpanProcessor):
+            def on_start(self, span, parent_context=None):
+                started.append(span)
+
+        self.provider.add_span_processor(Counting())
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    @property
+    def finished(self) -> list:
+        return list(self.exporter.get_finished_spans())
+
+
+def in_memory(monkeypatch) -> InMemory:
+    """tolstoy.tracing set up on a provider of the test's own, as setup() would for a host's, until the test
+    ends (monkeypatch puts it back): the process's global provider is left alone (it can be set once)."""
+    found = InMemory()
+    monkeypatch.setattr(tracing, "_provider", found.provider)
+    monkeypatch.setattr(tracing, "_tracer", found.provider.get_tracer(tracing.SCOPE))
+    monkeypatch.setattr(tracing, "_pid", os.getpid())
+    monkeypatch.setattr(tracing, "_owned", False)  # a host's provider: the test process's heap is not frozen
+    monkeypatch.setattr(tracing, "ON", True)
+    return found

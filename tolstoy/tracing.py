@@ -26,7 +26,9 @@ tests/api/test_request_traces.py plant secrets and grep every exported span for 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as dt
+import gc
 import hashlib
 import logging
 import os
@@ -50,9 +52,54 @@ SCOPE = "tolstoy"
 _tracer: trace.Tracer | None = None
 _provider: Any = None
 _pid: int | None = None
+_frozen_pid: int | None = None
+_owned = False  # the provider is the one setup() built (no host application's in this process)
 _propagator = TraceContextTextMapPropagator()
 # A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+class SqlTally:
+    """The database round trips made while one of Tolstoy's spans is current, counted in plain Python and
+    put on the span once, as attributes, when it ends (``attributes``). One per span and context: a thread
+    given a copy of the context (contextvars.copy_context) shares its span's tally, as it shares the span.
+    An event per round trip cost more than the request it described: an SDK event object with its attributes per round trip, and twice the
+    protobuf encoding per span in the exporter's thread (docs/observability.md, Cost)."""
+
+    __slots__ = ("round_trips", "seconds", "shapes")
+
+    def __init__(self):
+        self.round_trips = 0
+        self.seconds = 0.0
+        # By the names of the queries sent together in one round trip: [round trips, seconds].
+        self.shapes: dict[tuple[str, ...], list] = {}
+
+    def add(self, statements, seconds: float) -> None:
+        self.round_trips += 1
+        self.seconds += seconds
+        shape = tuple(query.name for query, _ in statements)
+        found = self.shapes.get(shape)
+        if found is None:
+            self.shapes[shape] = [1, seconds]
+        else:
+            found[0] += 1
+            found[1] += seconds
+
+    def attributes(self) -> dict[str, Any]:
+        """``tolstoy.sql.round_trips`` and ``tolstoy.sql.ms`` (their total time), and ``tolstoy.sql.queries``:
+        per kind of round trip (its queries' names joined by ``+``), how many and their time, e.g.
+        ``session.enter_known+tools.get x1 0.412ms``. One string: lists cost the exporter more than the
+        rest of the span."""
+        return {"tolstoy.sql.round_trips": self.round_trips, "tolstoy.sql.ms": round(self.seconds * 1000, 3),
+                "tolstoy.sql.queries": "; ".join(f"{'+'.join(shape)} x{count} {seconds * 1000:.3f}ms"
+                                                 for shape, (count, seconds) in self.shapes.items())}
+
+
+# The context of a request that sent no traceparent: none, so that its span starts a trace (as the
+# propagator's answer to an empty header was), whatever span a host has current around the app.
+_ROOT = otel_context.Context()
+# The tally of the innermost of Tolstoy's recording spans in this context (None: none, or one not recording).
+_tally: contextvars.ContextVar[SqlTally | None] = contextvars.ContextVar("tolstoy_sql_tally", default=None)
 
 
 def requested(environ: Mapping[str, str]) -> bool:
@@ -75,14 +122,16 @@ def host_provider() -> Any:
 def setup(environ: Mapping[str, str] | None = None) -> bool:
     """Turn traces on for this process if asked (see the module's doc); returns ``ON``. Called where a
     process starts serving (the app, a worker), and again harmlessly: once per pid."""
-    global ON, _tracer, _provider, _pid
+    global ON, _tracer, _provider, _pid, _owned
     if _pid == os.getpid():
         return ON
     environ = os.environ if environ is None else environ
     provider = host_provider()
+    _owned = False
     if provider is None and requested(environ):
         provider = _otlp_provider()
         trace.set_tracer_provider(provider)  # no host provider was set: the process's is this one
+        _owned = True
     _pid = os.getpid()
     _provider = provider
     _tracer = provider.get_tracer(SCOPE) if provider is not None else None
@@ -90,10 +139,24 @@ def setup(environ: Mapping[str, str] | None = None) -> bool:
     return ON
 
 
+def settle() -> None:
+    """Once the app is built, with traces on: freeze what this process holds (``gc.freeze``), once per
+    process. Finished spans wait in the exporter's queue across hundreds of requests, long enough to be
+    promoted to the collector's oldest generation, and each full collection they bring about walks
+    everything the process built at start (the app, its modules, its schemas: about 100,000 objects,
+    over 100 ms a pass; bench.profile saw one every 5,000 GETs). Frozen, those are not walked again.
+    With traces off a request leaves nothing behind, the collector does not run, and nothing is frozen;
+    nor under a host application's provider: its process's heap is not Tolstoy's to freeze."""
+    global _frozen_pid
+    if ON and _owned and _frozen_pid != os.getpid():
+        _frozen_pid = os.getpid()
+        gc.freeze()
+
+
 def reset() -> None:
     """Forget this process's set-up (tests that change the environment or the host provider)."""
-    global ON, _tracer, _provider, _pid
-    ON, _tracer, _provider, _pid = False, None, None, None
+    global ON, _tracer, _provider, _pid, _owned
+    ON, _tracer, _provider, _pid, _owned = False, None, None, None, False
 
 
 def _otlp_provider():
@@ -103,10 +166,23 @@ def _otlp_provider():
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    class HashedResource(Resource):
+        """The SDK's Resource with its hash computed once: the OTLP encoder groups spans by resource, and
+        Resource's own hash is a JSON dump of its attributes, made again for every span exported (a sixth
+        of what encoding a request's span cost). A resource is never changed once made."""
+
+        def __init__(self, attributes, schema_url=None):
+            super().__init__(attributes, schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self):
+            return self._hash
+
     # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; the name defaults to ours.
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "tolstoy",
-                                "process.pid": os.getpid()})
-    provider = TracerProvider(resource=resource)  # the sampler from OTEL_TRACES_SAMPLER
+    created = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "tolstoy",
+                               "process.pid": os.getpid()})
+    # the sampler from OTEL_TRACES_SAMPLER, the span limits from OTEL_SPAN_*_LIMIT
+    provider = TracerProvider(resource=HashedResource(created.attributes, created.schema_url))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
@@ -172,12 +248,27 @@ def span(name: str, attributes: Mapping[str, Any] | None = None, *, kind: SpanKi
          parent: otel_context.Context | None = None) -> Iterator[trace.Span]:
     """A span, current for the block (under ``parent`` if given). Call only when ``ON``."""
     with _tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes,
-                                       record_exception=False, set_status_on_exception=False) as current:
+                                       record_exception=False, set_status_on_exception=False) as current, \
+            _tallied(current):
         try:
             yield current
         except BaseException as exc:
             current.set_attribute("error.type", type(exc).__name__)  # its message may hold anything
             raise
+
+
+@contextlib.contextmanager
+def _tallied(current: trace.Span) -> Iterator[None]:
+    """Count the SQL round trips made while ``current`` is the current span, and put them on it before it
+    ends (a span the sampler left out records nothing, and counts nothing)."""
+    tally = SqlTally() if current.is_recording() else None
+    token = _tally.set(tally)
+    try:
+        yield
+    finally:
+        _tally.reset(token)
+        if tally is not None and tally.round_trips:
+            current.set_attributes(tally.attributes())
 
 
 def fail(current: trace.Span, message: str) -> None:
@@ -260,7 +351,7 @@ def call_span(method: str, url: str, template: str | None, idempotency_key: str 
         attributes["tolstoy.call.retries"] = max(attempt - 1, 0)
     with _tracer.start_as_current_span(f"{method} {attributes['url.template']}", kind=SpanKind.CLIENT,
                                        attributes=attributes, record_exception=False,
-                                       set_status_on_exception=False) as current:
+                                       set_status_on_exception=False) as current, _tallied(current):
         try:
             yield current
         except BaseException as exc:
@@ -291,8 +382,14 @@ def delivery(current: trace.Span, value: str | None) -> None:
 
 
 def sql(statements, seconds: float) -> None:
-    """One database round trip as an event of the current span: the names of its queries (sql/*.sql,
-    tolstoy/db/queries.py) and how long it took; never the statements' text or parameters."""
+    """One database round trip: the names of its queries (sql/*.sql, tolstoy/db/queries.py) and how long it
+    took, never the statements' text or parameters. Counted on the current span's tally when the span is
+    one of Tolstoy's (SqlTally: attributes, when it ends); under a recording span someone else made (a host
+    application's), an event per round trip, as that span's end is not ours to hook."""
+    tally = _tally.get()
+    if tally is not None:
+        tally.add(statements, seconds)
+        return
     current = trace.get_current_span()
     if current.is_recording():
         current.add_event("sql", {"db.query.names": [query.name for query, _ in statements],
@@ -318,29 +415,39 @@ def note(name: str, value: Any) -> None:
 
 class RequestSpans:
     """Falcon middleware (installed only when ``ON``): a SERVER span per request, joining the caller's
-    trace when it sent ``traceparent``, named by the route template, with the status and the
-    organization. First in the list, so its span holds every other middleware's work."""
+    trace when it sent ``traceparent``, named by the route template, with the status, the organization
+    and the request's SQL round trips (SqlTally). First in the list, so its span holds every other
+    middleware's work. Its attributes are set once, as the response goes: each set takes the span's lock
+    and checks every value."""
 
     def process_request(self, req, resp) -> None:
-        parent = extract({"traceparent": req.get_header("traceparent") or "",
-                          "tracestate": req.get_header("tracestate") or ""})
+        sent = req.get_header("traceparent")
+        # No traceparent (most requests): a root span, without asking the propagator to parse nothing.
+        parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else _ROOT
         current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
                                      attributes={"http.request.method": req.method})
         req.context.trace_span = current
-        req.context.trace_token = otel_context.attach(trace.set_span_in_context(current))
+        tally = SqlTally() if current.is_recording() else None
+        req.context.trace_token = (otel_context.attach(trace.set_span_in_context(current)),
+                                   _tally.set(tally), tally)
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
         current = getattr(req.context, "trace_span", None)
         if current is None:
             return
-        route = req.uri_template or "(unmatched)"
-        current.update_name(f"{req.method} {route}")
-        current.set_attribute("http.route", route)
-        current.set_attribute("http.response.status_code", resp.status_code)
-        org = getattr(req.context, "org_id", None)
-        if org is not None:
-            current.set_attribute("tolstoy.org.id", str(org))
-        if resp.status_code >= 500:
-            current.set_status(Status(StatusCode.ERROR))
+        attached, counting, tally = req.context.trace_token
+        _tally.reset(counting)
+        if current.is_recording():  # a request the sampler left out: nothing to name or count
+            route = req.uri_template or "(unmatched)"
+            current.update_name(f"{req.method} {route}")
+            attributes = {"http.route": route, "http.response.status_code": resp.status_code}
+            org = getattr(req.context, "org_id", None)
+            if org is not None:
+                attributes["tolstoy.org.id"] = str(org)
+            if tally.round_trips:
+                attributes.update(tally.attributes())
+            current.set_attributes(attributes)
+            if resp.status_code >= 500:
+                current.set_status(Status(StatusCode.ERROR))
         current.end()
-        otel_context.detach(req.context.trace_token)
+        otel_context.detach(attached)

@@ -149,6 +149,7 @@ def create_app(config: Config, db: Database, admin_db: Database | None = None) -
     # OpenAPI document; Nginx only lets the monitoring host reach it.
     app.add_route("/metrics", health.Metrics(db))
     errors.install(app, CONSTRAINTS)
+    tracing.settle()  # traces on: what the process built so far is frozen out of the collector's passes
     return app
 
 
