@@ -452,6 +452,35 @@ def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(ap
         counted.close()
 
 
+def test_a_worker_with_free_threads_does_not_claim_again_at_once_after_a_short_claim(api, org, user, app_url,
+                                                                                     config, httpserver, db):
+    """A claim that took fewer runs than it asked for found all that was due: asking again at once
+    costs a claim's work in PostgreSQL per wake-up (beside the run it just started, on the same
+    cores), and finds nothing. A run queued since wakes the worker by NOTIFY; one due later is what
+    the claim's next_due says. So one run on a worker with four threads is two claims (the run,
+    then nothing once it ended) and its two checkpoints: four round trips, not five. (The tool answers
+    after 0.3 s, so the run is still in flight whenever a second claim would go out.)"""
+    def slow(request):
+        time.sleep(0.3)
+        return Response('{"ok": true}', content_type="application/json")
+
+    httpserver.expect_request("/call").respond_with_handler(slow)
+    flow = api.flow(org, steps=[step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")})])
+    counted = Database(migrate.as_role(app_url, migrate.WORKER_ROLE), min_size=1, max_size=3, timeout=5)
+    counted.open(wait=True)
+    try:
+        w = engine.worker(config, counted, concurrency=4, poll_seconds=10)
+        w.maintain()
+        run = execute(api, org, user, flow)["executionId"]
+        before = counted.counts.snapshot()
+        w.run(stop_after_idle=True)
+        after = counted.counts.snapshot()
+        assert after["round_trips"] - before["round_trips"] == 4, (before, after)
+        assert run_status(db, run) == "completed"
+    finally:
+        counted.close()
+
+
 def leave_outcome_unknown(db, run_id: str, step_id: str) -> None:
     """Put a finished run back as a worker that died during ``step_id``'s call leaves it: that step
     ``outcome_unknown`` (its only checkpoint), the run ``waiting`` for a person."""
