@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import signal
 import threading
@@ -479,6 +480,27 @@ def test_a_worker_with_free_threads_does_not_claim_again_at_once_after_a_short_c
         assert run_status(db, run) == "completed"
     finally:
         counted.close()
+
+
+def test_a_run_writes_one_log_line_per_step_and_one_at_its_end(api, org, user, config, httpserver, db, caplog):
+    """The worker's log lines are part of its CPU per run (each formatted, masked and written under
+    the handler's lock): a 3-step run writes one line per step (logs.step_event) and one when it ends
+    (logs.run_event), not a second line saying it finished."""
+    httpserver.expect_request("/call").respond_with_json({"ok": True})
+    flow = api.flow(org, steps=[
+        step("a", "transform", {"output": 1}),
+        step("b", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
+        step("c", "transform", {"output": 2}),
+    ])
+    run = execute(api, org, user, flow)["executionId"]
+    w = engine.worker(config, db, concurrency=1, poll_seconds=10)
+    w.maintain()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        w.run(stop_after_idle=True)
+    assert run_status(db, run) == "completed"
+    lines = [(r.name, r.getMessage()) for r in caplog.records if r.name in ("tolstoy.runs", "tolstoy.engine")]
+    assert lines == [("tolstoy.runs", f"step {s} completed") for s in "abc"] + [("tolstoy.runs", "run completed completed")]
 
 
 def leave_outcome_unknown(db, run_id: str, step_id: str) -> None:
