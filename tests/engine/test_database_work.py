@@ -23,8 +23,9 @@ def function_calls(url: str) -> dict[str, int]:
         return dict(conn.execute("select funcname, calls from pg_stat_user_functions").fetchall())
 
 
-def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_url, config, httpserver, db,
-                                                            database_url):
+def count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url) -> dict[str, int]:
+    """The function calls (track_functions) of the worker's sessions while one worker runs a 3-step run
+    (a call, a transform, a call) from claim to finish."""
     httpserver.expect_request("/call").respond_with_json({"ok": True})
     flow = api.flow(org, steps=[
         step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
@@ -51,6 +52,12 @@ def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_
     while time.monotonic() < deadline and not calls.get("tolstoy_checkpoint"):
         calls = function_calls(database_url)
         time.sleep(0.1)
+    return calls
+
+
+def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_url, config, httpserver, db,
+                                                            database_url):
+    calls = count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url)
     assert calls.get("tolstoy_checkpoint", 0) >= 2, calls  # counted: a checkpoint before each call and at the end
     # The run-month bounds of every lookup by id are inlined into the queries (tests/db/test_inlined_functions.py).
     assert not {f: calls[f] for f in ("tolstoy_run_from", "tolstoy_run_until", "tolstoy_run_epoch") if f in calls}
@@ -70,38 +77,14 @@ def test_each_checkpoint_writes_each_history_table_in_one_statement(api, org, us
     statements (track_functions counts its calls): a 3-step run whose checkpoints carry one, three and
     one step writes flow_run_steps once per checkpoint, not once per step, and execution_logs once per
     checkpoint and per claim."""
-    httpserver.expect_request("/call").respond_with_json({"ok": True})
-    flow = api.flow(org, steps=[
-        step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
-        step("b", "transform", {"output": "{{ steps.a.body.ok }}"}),
-        step("c", "http_request", {"method": "GET", "url": httpserver.url_for("/call")}),
-    ])
-    run = execute(api, org, user, flow)["executionId"]
-    with psycopg.connect(database_url, autocommit=True) as conn:  # the superuser: track_functions is its
-        name = conn.execute("select current_database()").fetchone()[0]
-        conn.execute(f"alter database \"{name}\" set track_functions = 'all'")
+    with psycopg.connect(database_url, autocommit=True) as conn:
         for table in PARTITIONED:
             conn.execute(f"create function test_inserts_{table}() returns trigger language plpgsql "
                          "as 'begin return null; end'")
             conn.execute(f"create trigger test_inserts_{table} after insert on {table} "
                          f"for each statement execute function test_inserts_{table}()")
     try:
-        counted = Database(migrate.as_role(app_url, migrate.WORKER_ROLE), min_size=1, max_size=1, timeout=5)
-        counted.open(wait=True)
-        try:
-            w = engine.worker(config, counted, concurrency=1, poll_seconds=10)
-            w.maintain()
-            with psycopg.connect(database_url, autocommit=True) as conn:
-                conn.execute("select pg_stat_reset()")
-            w.run(stop_after_idle=True)
-        finally:
-            counted.close()
-        assert run_status(db, run) == "completed"
-        calls: dict[str, int] = {}
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not calls.get("tolstoy_checkpoint"):
-            calls = function_calls(database_url)
-            time.sleep(0.1)
+        calls = count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             for table in PARTITIONED:
