@@ -99,13 +99,21 @@ def _masked(value: Any, secrets: Secrets | None) -> Any:
     return value
 
 
+# Libraries that write an INFO line per request they make: a step's call is logged once, by its own
+# line (step_event), so theirs would be a second line per call to format, mask and write.
+PER_REQUEST_LOGGERS = ("httpx", "httpcore")
+
+
 def configure(level: str = "INFO") -> None:
-    """Send every log record to stderr as JSON (replacing earlier handlers: safe to call twice)."""
+    """Send every log record to stderr as JSON (replacing earlier handlers: safe to call twice).
+    The per-request lines of PER_REQUEST_LOGGERS are left out unless ``level`` is DEBUG."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING) if root.level > logging.DEBUG else root.level)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ declare
     month_from timestamptz := tolstoy_run_from(run);
     month_until timestamptz := tolstoy_run_until(run);
     current flow_runs;
-    step jsonb;
     transition jsonb := coalesce(writes -> 'run', '{"action": "continue"}');
     fault jsonb := coalesce(transition -> 'error', '{}');
     half_life double precision := coalesce((writes ->> 'half_life_seconds')::double precision, 300);
@@ -29,19 +28,26 @@ begin
     if not found then
         raise exception 'The lease on run % is lost.', run using errcode = 'TL001';
     end if;
-    for step in select * from jsonb_array_elements(coalesce(writes -> 'steps', '[]')) loop
+    -- The steps in one insert, in their order (started_at read per row, so steps checkpointed together
+    -- keep it), as the log rows below: an insert into the partitioned flow_run_steps sets up its routing
+    -- to the month's partition once per statement. A step given twice keeps its last write (an insert
+    -- may not update one row twice).
+    with written as (
         insert into flow_run_steps as s (org_id, run_id, run_created_at, step_id, status, attempt, inputs, outputs,
                                          sealed, error, wake_at, call_started_at, started_at, finished_at,
                                          duration_ms)
-        values (org, run, current.created_at, step ->> 'step_id', step ->> 'status',
-                coalesce((step ->> 'attempt')::integer, 1), step -> 'inputs', step -> 'outputs',
-                decode(step ->> 'sealed', 'base64'), step -> 'error',
-                clock_now + make_interval(secs => (step ->> 'wake_in_ms')::double precision / 1000),
-                case when (step ->> 'call_started')::boolean then clock_now end,
-                -- Steps checkpointed together keep their order (clock_now is the same for all of them).
-                tolstoy_clock_timestamp(),
-                case when step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
-                (step ->> 'duration_ms')::integer)
+        select org, run, current.created_at, e.step ->> 'step_id', e.step ->> 'status',
+               coalesce((e.step ->> 'attempt')::integer, 1), e.step -> 'inputs', e.step -> 'outputs',
+               decode(e.step ->> 'sealed', 'base64'), e.step -> 'error',
+               clock_now + make_interval(secs => (e.step ->> 'wake_in_ms')::double precision / 1000),
+               case when (e.step ->> 'call_started')::boolean then clock_now end,
+               tolstoy_clock_timestamp(),
+               case when e.step ->> 'status' in ('completed', 'skipped', 'failed') then tolstoy_clock_timestamp() end,
+               (e.step ->> 'duration_ms')::integer
+        from (select distinct on (w.step ->> 'step_id') w.step, w.n
+              from jsonb_array_elements(coalesce(writes -> 'steps', '[]')) with ordinality as w(step, n)
+              order by w.step ->> 'step_id', w.n desc) as e
+        order by e.n
         on conflict (org_id, run_id, step_id, run_created_at) do update
         set status = excluded.status, attempt = excluded.attempt,
             inputs = coalesce(excluded.inputs, s.inputs), outputs = excluded.outputs, sealed = excluded.sealed,
@@ -49,10 +55,12 @@ begin
             call_started_at = case when excluded.status = 'running' then excluded.call_started_at
                                    else s.call_started_at end,
             finished_at = excluded.finished_at, duration_ms = excluded.duration_ms,
-            started_at = case when s.status in ('completed', 'skipped', 'failed') then clock_now else s.started_at end;
-        progress := progress or (step ->> 'status' in ('completed', 'skipped', 'failed')
-                                 and strpos(step ->> 'step_id', '[') = 0);
-    end loop;
+            started_at = case when s.status in ('completed', 'skipped', 'failed') then clock_now else s.started_at end
+        returning s.step_id, s.status
+    )
+    select coalesce(bool_or(w.status in ('completed', 'skipped', 'failed') and strpos(w.step_id, '[') = 0), false)
+    into progress
+    from written w;
     -- The log rows in one statement, in their order (created_at read per row): an insert into the
     -- partitioned table sets up its routing to the month's partition (the partition, its indexes, its
     -- policies) once per statement, which cost about 0.2 ms a row when each row had its own.

@@ -23,8 +23,9 @@ def function_calls(url: str) -> dict[str, int]:
         return dict(conn.execute("select funcname, calls from pg_stat_user_functions").fetchall())
 
 
-def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_url, config, httpserver, db,
-                                                            database_url):
+def count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url) -> dict[str, int]:
+    """The function calls (track_functions) of the worker's sessions while one worker runs a 3-step run
+    (a call, a transform, a call) from claim to finish."""
     httpserver.expect_request("/call").respond_with_json({"ok": True})
     flow = api.flow(org, steps=[
         step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
@@ -51,8 +52,46 @@ def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_
     while time.monotonic() < deadline and not calls.get("tolstoy_checkpoint"):
         calls = function_calls(database_url)
         time.sleep(0.1)
+    return calls
+
+
+def test_a_three_step_run_calls_only_the_functions_it_needs(api, org, user, app_url, config, httpserver, db,
+                                                            database_url):
+    calls = count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url)
     assert calls.get("tolstoy_checkpoint", 0) >= 2, calls  # counted: a checkpoint before each call and at the end
     # The run-month bounds of every lookup by id are inlined into the queries (tests/db/test_inlined_functions.py).
     assert not {f: calls[f] for f in ("tolstoy_run_from", "tolstoy_run_until", "tolstoy_run_epoch") if f in calls}
     # No webhook subscribes: the run and step events' triggers look and stop, building no payload.
     assert "tolstoy_webhook_emit" not in calls and "tolstoy_iso" not in calls, calls
+
+
+# The run history's partitioned tables: an insert into one sets up its routing to the month's partition
+# (the partition, its indexes, its policies) once per statement, so a function writing rows one
+# statement each pays for it per row.
+PARTITIONED = ("flow_runs", "flow_run_steps", "execution_logs")
+
+
+def test_each_checkpoint_writes_each_history_table_in_one_statement(api, org, user, app_url, config, httpserver,
+                                                                     db, database_url):
+    """A statement-level trigger on each partitioned table of the run history counts the insert
+    statements (track_functions counts its calls): a 3-step run whose checkpoints carry one, three and
+    one step writes flow_run_steps once per checkpoint, not once per step, and execution_logs once per
+    checkpoint and per claim."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for table in PARTITIONED:
+            conn.execute(f"create function test_inserts_{table}() returns trigger language plpgsql "
+                         "as 'begin return null; end'")
+            conn.execute(f"create trigger test_inserts_{table} after insert on {table} "
+                         f"for each statement execute function test_inserts_{table}()")
+    try:
+        calls = count_a_three_step_run(api, org, user, app_url, config, httpserver, db, database_url)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for table in PARTITIONED:
+                conn.execute(f"drop trigger test_inserts_{table} on {table}")
+                conn.execute(f"drop function test_inserts_{table}()")
+    checkpoints, claims = calls.get("tolstoy_checkpoint", 0), calls.get("tolstoy_claim_runs_v2", 0)
+    assert checkpoints == 3, calls  # before each call, and at the finish
+    assert calls.get("test_inserts_flow_run_steps", 0) <= checkpoints, calls
+    assert calls.get("test_inserts_execution_logs", 0) <= checkpoints + claims, calls
+    assert calls.get("test_inserts_flow_runs", 0) == 0, calls  # the worker queues nothing here

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import signal
 import threading
@@ -450,6 +451,56 @@ def test_a_three_step_run_takes_few_statements_and_an_idle_worker_almost_none(ap
         thread.join(timeout=10)
     finally:
         counted.close()
+
+
+def test_a_worker_with_free_threads_does_not_claim_again_at_once_after_a_short_claim(api, org, user, app_url,
+                                                                                     config, httpserver, db):
+    """A claim that took fewer runs than it asked for found all that was due: asking again at once
+    costs a claim's work in PostgreSQL per wake-up (beside the run it just started, on the same
+    cores), and finds nothing. A run queued since wakes the worker by NOTIFY; one due later is what
+    the claim's next_due says. So one run on a worker with four threads is two claims (the run,
+    then nothing once it ended) and its two checkpoints: four round trips, not five. (The tool answers
+    after 0.3 s, so the run is still in flight whenever a second claim would go out.)"""
+    def slow(request):
+        time.sleep(0.3)
+        return Response('{"ok": true}', content_type="application/json")
+
+    httpserver.expect_request("/call").respond_with_handler(slow)
+    flow = api.flow(org, steps=[step("a", "http_request", {"method": "POST", "url": httpserver.url_for("/call")})])
+    counted = Database(migrate.as_role(app_url, migrate.WORKER_ROLE), min_size=1, max_size=3, timeout=5)
+    counted.open(wait=True)
+    try:
+        w = engine.worker(config, counted, concurrency=4, poll_seconds=10)
+        w.maintain()
+        run = execute(api, org, user, flow)["executionId"]
+        before = counted.counts.snapshot()
+        w.run(stop_after_idle=True)
+        after = counted.counts.snapshot()
+        assert after["round_trips"] - before["round_trips"] == 4, (before, after)
+        assert run_status(db, run) == "completed"
+    finally:
+        counted.close()
+
+
+def test_a_run_writes_one_log_line_per_step_and_one_at_its_end(api, org, user, config, httpserver, db, caplog):
+    """The worker's log lines are part of its CPU per run (each formatted, masked and written under
+    the handler's lock): a 3-step run writes one line per step (logs.step_event) and one when it ends
+    (logs.run_event), not a second line saying it finished."""
+    httpserver.expect_request("/call").respond_with_json({"ok": True})
+    flow = api.flow(org, steps=[
+        step("a", "transform", {"output": 1}),
+        step("b", "http_request", {"method": "POST", "url": httpserver.url_for("/call")}),
+        step("c", "transform", {"output": 2}),
+    ])
+    run = execute(api, org, user, flow)["executionId"]
+    w = engine.worker(config, db, concurrency=1, poll_seconds=10)
+    w.maintain()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        w.run(stop_after_idle=True)
+    assert run_status(db, run) == "completed"
+    lines = [(r.name, r.getMessage()) for r in caplog.records if r.name in ("tolstoy.runs", "tolstoy.engine")]
+    assert lines == [("tolstoy.runs", f"step {s} completed") for s in "abc"] + [("tolstoy.runs", "run completed completed")]
 
 
 def leave_outcome_unknown(db, run_id: str, step_id: str) -> None:

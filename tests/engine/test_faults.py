@@ -507,3 +507,27 @@ def test_the_claim_charges_a_run_for_every_fault_of_its_own_and_goes_on(api, org
     charged = rows(db, "select id::text, status::text, strikes, error from flow_runs where id = any(%s::uuid[])",
                    list(bad.values()))
     assert {r["id"]: (r["status"], r["strikes"]) for r in charged} == {run: ("queued", 1) for run in bad.values()}
+
+
+def test_a_checkpoint_naming_a_step_twice_keeps_its_last_write(api, org, user, db, worker_db):
+    """tolstoy_checkpoint writes a checkpoint's steps in one insert, which may not update one row
+    twice: a step named twice (the worker sends each once; a hostile or buggy caller may not) is one
+    row with the last write, and the run goes on, as when each step was an insert of its own."""
+    flow = api.flow(org)
+    run = execute(api, org, user, flow)["executionId"]
+    with db.pool.connection() as conn:
+        conn.execute("update flow_runs set status = 'running', claims = 1, lease_token = 1, lease_owner = 'w', "
+                     "lease_expires_at = now() + interval '1 minute' where id = %s", (run,))
+    steps = [{"step_id": "a", "status": "running", "attempt": 1, "inputs": {"n": 1}},
+             {"step_id": "b", "status": "completed", "attempt": 1, "outputs": {"b": 1}},
+             {"step_id": "a", "status": "completed", "attempt": 2, "outputs": {"a": 2}}]
+    with worker_db.pool.connection() as conn:
+        answer = conn.execute("select tolstoy_checkpoint('w', %s, %s, 1, %s::jsonb) as a",
+                              (org["id"], run, json.dumps({"run": {"action": "continue"}, "steps": steps,
+                                                           "events": []}))).fetchone()["a"]
+    assert answer == {"cancel": False, "status": "running"}
+    with db.pool.connection() as conn:
+        written = conn.execute("select step_id, status, attempt, outputs from flow_run_steps where run_id = %s "
+                               "order by step_id", (run,)).fetchall()
+    assert [(w["step_id"], w["status"], w["attempt"], w["outputs"]) for w in written] == [
+        ("a", "completed", 2, {"a": 2}), ("b", "completed", 1, {"b": 1})]

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 
+import httpx
 import pytest
 from gunicorn.config import Config as GunicornConfig
 from support import json_log_lines
@@ -143,3 +144,24 @@ def test_gunicorns_logger_formats_only_the_handlers_gunicorn_made():
             logs.JsonFormatter]
     finally:
         error_log.removeHandler(foreign)
+
+
+def test_libraries_write_no_info_line_per_request(httpserver, capsys):
+    """A step's call is logged once, by the step's own line (logs.step_event): the HTTP library's
+    INFO line per request ("HTTP Request: POST …") was a second JSON line per call for the worker to
+    format, mask and write under the handler's lock. Its warnings and errors still pass."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    try:
+        logs.configure()
+        httpserver.expect_request("/call").respond_with_json({"ok": True})
+        with httpx.Client() as client:
+            assert client.post(httpserver.url_for("/call"), json={}).status_code == 200
+        logging.getLogger("httpx").warning("kept")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.strip()]
+    finally:
+        root.handlers[:], level, libraries = saved
+        root.setLevel(level)
+        for name, was in libraries.items():
+            logging.getLogger(name).setLevel(was)
+    assert [line["message"] for line in lines if line["logger"].split(".")[0] in ("httpx", "httpcore")] == ["kept"]

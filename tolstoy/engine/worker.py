@@ -121,6 +121,7 @@ class Worker:
         self.engine.max_handbacks = max_handbacks
         self.engine.fair_share_half_life_seconds = fair_share_half_life_seconds
         self._held: dict = {}  # run id -> Run being executed by a thread of this worker
+        self._batch_full = False  # the last claim took as many runs as it asked for
         self._lock = threading.Lock()
         self._next_maintenance = 0.0
         # Outbound event webhooks: a thread of their own, woken when the run claim says one is due.
@@ -145,12 +146,14 @@ class Worker:
         is queued)."""
         with self._lock:
             free = self.concurrency - len(self._held)
+        self._batch_full = False
         if free <= 0:
             self.fire_when_due()
             return 0, None
         asked = time.monotonic()  # the lease cannot have started before this
+        limit = min(free, CLAIM_BATCH)
         # Each run comes as a row of its own: a run whose payload cannot be built is struck, not the claim.
-        rows = self.db.all(SQL.runs.claim, worker=self.id, limit=min(free, CLAIM_BATCH),
+        rows = self.db.all(SQL.runs.claim, worker=self.id, limit=limit,
                            lease_seconds=self.lease_seconds, max_recoveries=self.max_recoveries,
                            half_life_seconds=self.fair_share_half_life_seconds)
         answer = next(row["meta"] for row in rows if row["meta"] is not None)
@@ -166,6 +169,9 @@ class Worker:
             with self._lock:
                 self._held[run.id] = run
             pool.submit(self._execute, claimed, run)
+        # Fewer than asked: nothing else was due (a run queued since wakes the loop by NOTIFY, one due
+        # later is what next_due says), so the loop does not ask again at once.
+        self._batch_full = len(runs) == limit
         self._note_schedule(answer.get("next_schedule"), answer["now"])
         if self.deliveries is not None and answer.get("next_delivery") is not None:
             self.deliveries.due_in(seconds_between(answer["next_delivery"], answer["now"]))
@@ -360,8 +366,8 @@ class Worker:
                     busy = len(self._held)
                 if stop_after_idle and not claimed and busy == 0 and due_in is None:
                     break
-                if claimed and busy < self.concurrency:
-                    continue  # there may be more due right now
+                if claimed and busy < self.concurrency and self._batch_full:
+                    continue  # it took all it asked for: there may be more due right now
                 wait = self.poll_seconds if due_in is None else min(max(due_in, 0.01), self.poll_seconds)
                 schedule_in = self.schedule_due_in()
                 if schedule_in is not None:
