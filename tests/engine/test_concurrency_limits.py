@@ -226,6 +226,9 @@ def test_a_killed_workers_slot_is_freed_with_its_lease(api, org, user, db, worke
     gate = stub.block("d", "one")
     first = execute(api, org, user, flow, {"customer": "one"})["executionId"]
     second = execute(api, org, user, flow, {"customer": "two"})["executionId"]
+    # A lease longer than a loaded machine takes to start the survivor, so that the first run is still the
+    # dead worker's when the second is seen waiting; the clock is moved past it below, not waited out.
+    worker_env = {**worker_env, "TOLSTOY_WORKER_LEASE_SECONDS": "60"}
     dying = start_worker(worker_env)
     survivor = None
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 import pytest
 from test_concurrency_limits import KeyStub, statuses, waiting
@@ -157,17 +158,23 @@ def test_a_killed_workers_step_slot_is_freed_with_its_lease(api, org, user, db, 
     flow = step_limited_flow(api, org, stub.url, "d", {"limit": 1})
     gate = stub.block("d", "one")
     first = execute(api, org, user, flow, {"customer": "one"})["executionId"]
+    # A lease longer than a loaded machine takes to start the survivor, so that the first run is still the
+    # dead worker's when the second is seen waiting; the clock is moved past it below, not waited out.
+    worker_env = {**worker_env, "TOLSTOY_WORKER_LEASE_SECONDS": "60"}
     dying = start_worker(worker_env)
     survivor = None
     try:
         stub.wait_in_flight("d", "one", 1)
         second = execute(api, org, user, flow, {"customer": "two"})["executionId"]
+        # Parked before the kill: killed while it ran, the second would be the dead worker's too.
+        wait_until(lambda: waiting(api, org, flow, second)[0] is not None, 30, "the second run to wait")
         dying.send_signal(signal.SIGKILL)
         dying.wait(timeout=10)
         gate.set()
         survivor = start_worker(worker_env)
-        # The dead worker's run still holds the slot while its lease runs: the second waits.
-        wait_until(lambda: waiting(api, org, flow, second)[0] is not None, 30, "the second run to wait")
+        # The dead worker's run still holds the slot while its lease runs: the second still waits.
+        time.sleep(1)  # the survivor's first claims, which must leave both runs as they are
+        assert waiting(api, org, flow, second)[0] is not None
         assert run_status(db, first) == "running"
         clock.move_past_leases()  # rather than wait for the lease to run out
         wait_until(lambda: run_status(db, first) == "completed" and run_status(db, second) == "completed", 60,

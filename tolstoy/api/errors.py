@@ -154,10 +154,12 @@ class Constraints:
         raise field_error(self.references.get(exc.constraint or "", "body"), "Refers to a record that does not exist.")
 
 
-# The check constraints of the tables no noun writes (the vault's keys and its read log: the engine's).
+# The check constraints of the tables no noun writes (the vault's keys and its read log, the slots steps
+# hold: the engine's).
 ENGINE_CONSTRAINTS = Constraints(
     service=frozenset({"organization_keys_kek_id_length", "organization_keys_version_positive",
-        "secret_reads_actor_known", "secret_reads_purpose_length"}),
+        "secret_reads_actor_known", "secret_reads_purpose_length",
+        "flow_step_slots_key_check", "flow_step_slots_step_id_check"}),
 )
 
 
