@@ -248,28 +248,7 @@ class Unit:
         opening = [] if commit else [(SQL.session.begin_repeatable if self.repeatable else SQL.session.begin, {})]
         riders, self.riders = self.riders, []
         batch = [*opening, enter, *((q, p) for q, p, _ in riders), (query, params)]
-        conn = self._checkout()
-        try:
-            with wrap_errors():
-                try:
-                    results = self._send(conn, batch)
-                except psycopg.OperationalError:
-                    if not conn.broken:
-                        raise
-                    dead, conn = conn, None  # back in the pool: never returned twice
-                    conn = self._after_death(dead)
-                    results = self._send(conn, batch)
-                except _POOLER_CLASHES:
-                    # A transaction pooler gave us a server connection that knows other
-                    # clients' prepared statements (or not ours): stop preparing, resend.
-                    self.db.stop_preparing(conn)
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        self._send(conn, [(SQL.session.rollback, {})])
-                    results = self._send(conn, batch)
-        except BaseException:
-            self.conn = conn
-            self._return(transactions=0)
-            raise
+        conn, results = self._open(batch)
         self._verified()
         if commit:
             self.db.pool.putconn(conn)
@@ -290,20 +269,10 @@ class Unit:
         """Check the tenant with one statement of its own; returns what it returns (an API
         key's organization)."""
         query, params = self.tenant.enter(self.db.statement_timeout_ms, self.db.quotas)
-        conn = self._checkout()
         try:
-            with wrap_errors():
-                try:
-                    [result] = self._send(conn, [(query, params)])
-                except psycopg.OperationalError:
-                    if not conn.broken:
-                        raise
-                    dead, conn = conn, None  # back in the pool: never returned twice
-                    conn = self._after_death(dead)
-                    [result] = self._send(conn, [(query, params)])
+            conn, [result] = self._open([(query, params)])
+            self.db.pool.putconn(conn)
         finally:
-            if conn is not None:
-                self.db.pool.putconn(conn)
             self.db.counts.add(0, 0, 1)
         self._verified()
         return next(iter(result.rows[0].values())) if result.rows else None
@@ -344,16 +313,39 @@ class Unit:
             conn.prepare_threshold = None  # opened before stop_preparing
         return conn
 
-    def _after_death(self, dead: psycopg.Connection) -> psycopg.Connection:
-        """A connection to send a unit's first batch again on, after it found ``dead`` had died while
-        idle in the pool (nothing of the unit ran). What killed it (a database restart, a failover,
-        a pooler restart) killed its idle siblings too, so the pool checks them all first: otherwise
-        the resend takes the next dead one and the request answers 503 long after the database came
-        back (the soak saw it after a PgBouncer restart, on an API host that had been quiet). The
-        check costs a round trip per idle connection, paid only after a death."""
-        self.db.pool.putconn(dead)
-        self.db.pool.check()
-        return self._checkout()
+    def _open(self, batch: list[tuple[Query, dict]]) -> tuple[psycopg.Connection, list[Result]]:
+        """Check a connection out and send ``batch``, a unit's first round trip, on it; returns the
+        connection (the caller's to return) and the results. On an error nothing stays checked out.
+        Sent again, once, where nothing of it ran:
+        - the pooled connection had died while idle. What killed it (a database restart, a
+          failover, a pooler restart) killed its idle siblings too, so the pool checks them all
+          first: otherwise the resend takes the next dead one and the request answers 503 long after
+          the database came back (the soak saw it after a PgBouncer restart, on an API host that had
+          been quiet). The check costs a round trip per idle connection, paid only after a death;
+        - a transaction pooler gave us a server connection that knows other clients' prepared
+          statements (or not ours): stop preparing, resend."""
+        conn = self._checkout()
+        try:
+            with wrap_errors():
+                try:
+                    return conn, self._send(conn, batch)
+                except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise
+                    dead, conn = conn, None  # back in the pool: never returned twice
+                    self.db.pool.putconn(dead)
+                    self.db.pool.check()
+                    conn = self._checkout()
+                    return conn, self._send(conn, batch)
+                except _POOLER_CLASHES:
+                    self.db.stop_preparing(conn)
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        self._send(conn, [(SQL.session.rollback, {})])
+                    return conn, self._send(conn, batch)
+        except BaseException:
+            if conn is not None:
+                self.db.pool.putconn(conn)  # the pool rolls back anything left open, or drops a broken one
+            raise
 
     def _return(self, transactions: int) -> None:
         conn, self.conn = self.conn, None
