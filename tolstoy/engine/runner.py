@@ -303,17 +303,14 @@ class Engine:
             release = [sid for sid, pending in run.writes.pending.items()
                        if sid in run.slot_steps and pending["status"] != "running"] if run.slot_steps else []
             try:
-                if subflow is None and (release or (call is not None and call.get("slot"))):
+                if subflow is None and (release or call is not None or run.lessons):
                     lessons = list(run.lessons)
-                    answer = self.db.scalar(SQL.runs.checkpoint_slots, worker=self.worker_id, org_id=run.org_id,
-                                            run_id=run.id, token=run.token, writes=dbjson(writes),
-                                            call=dbjson({**(call or {}), "lessons": lessons, "release": release}))
-                    del run.lessons[:len(lessons)]
-                elif subflow is None and (call is not None or run.lessons):
-                    lessons = list(run.lessons)
-                    answer = self.db.scalar(SQL.runs.checkpoint_call, worker=self.worker_id, org_id=run.org_id,
-                                            run_id=run.id, token=run.token, writes=dbjson(writes),
-                                            call=dbjson({**(call or {}), "lessons": lessons}))
+                    # A call taking a slot, or the end of a slot step, goes through the slots' statement.
+                    query, slots = ((SQL.runs.checkpoint_slots, {"release": release})
+                                    if release or (call or {}).get("slot") else (SQL.runs.checkpoint_call, {}))
+                    answer = self.db.scalar(query, worker=self.worker_id, org_id=run.org_id, run_id=run.id,
+                                            token=run.token, writes=dbjson(writes),
+                                            call=dbjson({**(call or {}), "lessons": lessons, **slots}))
                     del run.lessons[:len(lessons)]
                 elif subflow is not None:
                     answer = self.db.scalar(SQL.runs.subflow, worker=self.worker_id, org_id=run.org_id,

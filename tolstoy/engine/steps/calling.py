@@ -44,25 +44,19 @@ class Throttled(Exception):
     """The provider throttled the call (a 429, or a 503 with Retry-After): it waits for its budget."""
 
 
-def waits_for_budget(checkpoint: dict | None) -> bool:
-    """Whether a step's checkpoint is a wait for its credential's rate budget (tolstoy_checkpoint_call
-    writes it ``waiting`` with ``inputs.rateLimit``): it spends no attempt."""
+def waited_for(checkpoint: dict | None, what: str) -> dict | None:
+    """What a step's ``waiting`` checkpoint waited for, by its name in the inputs: ``rateLimit``, its
+    credential's rate budget (written by tolstoy_checkpoint_call), or ``concurrency``, a slot of its
+    concurrency limit (tolstoy_checkpoint_slots); None when it was no such wait. Neither spends an attempt."""
     inputs = (checkpoint or {}).get("inputs")
-    return bool(checkpoint and checkpoint["status"] == "waiting" and isinstance(inputs, dict)
-                and isinstance(inputs.get("rateLimit"), dict))
-
-
-def waits_for_slot(checkpoint: dict | None) -> bool:
-    """Whether a step's checkpoint is a wait for a slot of the step's concurrency limit
-    (tolstoy_checkpoint_slots writes it ``waiting`` with ``inputs.concurrency``): it spends no attempt."""
-    inputs = (checkpoint or {}).get("inputs")
-    return bool(checkpoint and checkpoint["status"] == "waiting" and isinstance(inputs, dict)
-                and isinstance(inputs.get("concurrency"), dict))
+    if checkpoint and checkpoint["status"] == "waiting" and isinstance(inputs, dict) and isinstance(inputs.get(what), dict):
+        return inputs[what]
+    return None
 
 
 def spends_no_attempt(checkpoint: dict | None) -> bool:
     """Whether a ``waiting`` checkpoint was a wait that spends no attempt (for budget, or for a slot)."""
-    return waits_for_budget(checkpoint) or waits_for_slot(checkpoint)
+    return waited_for(checkpoint, "rateLimit") is not None or waited_for(checkpoint, "concurrency") is not None
 
 
 def slot(run: Run, site: Site, step: dict, waited: dict) -> dict | None:
@@ -200,9 +194,9 @@ class Calling:
             decided = self.unknown_outcome(engine, run, site, step, attempt, checkpoint, inputs)
             if decided is not None:
                 return decided
-        waited = checkpoint["inputs"]["rateLimit"] if waits_for_budget(checkpoint) else {}
+        waited = waited_for(checkpoint, "rateLimit") or {}
         try:
-            held = slot(run, site, step, checkpoint["inputs"]["concurrency"] if waits_for_slot(checkpoint) else {})
+            held = slot(run, site, step, waited_for(checkpoint, "concurrency") or {})
         except ConcurrencyKeyRefused as exc:
             return engine.fail(run, step, attempt, shown_inputs, StepFailed(
                 str(exc), details={"name": "ConcurrencyKeyRefused", "field": "concurrency.key"}), 0)
