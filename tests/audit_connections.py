@@ -66,8 +66,9 @@ LIBRARY_CALLERS: dict[str, frozenset] = {
     # The operator's AWS endpoints: Secrets Manager and KMS (never a tenant's URL).
     "boto3": frozenset({"tolstoy.aws_secrets", "tolstoy.engine.keys"}),
     "botocore": frozenset({"tolstoy.aws_secrets", "tolstoy.engine.keys"}),
-    # The telemetry exporter, when there is one: name its library and the module that starts it,
-    # e.g. "opentelemetry": frozenset({"tolstoy.telemetry"}).
+    # The OTLP exporter, sending Tolstoy's spans to the operator's collector (OTEL_EXPORTER_OTLP_*, never a
+    # tenant's URL) from tolstoy.tracing's exporter (its own encoding, the SDK's HTTP client).
+    "opentelemetry": frozenset({"tolstoy.tracing"}),
 }
 
 

@@ -198,3 +198,23 @@ def in_memory(monkeypatch) -> InMemory:
     monkeypatch.setattr(tracing, "_owned", False)  # a host's provider: the test process's heap is not frozen
     monkeypatch.setattr(tracing, "ON", True)
     return found
+
+
+def owned(monkeypatch) -> InMemory:
+    """tolstoy.tracing set up as on its own provider (setup() with OTEL_TRACES_EXPORTER=otlp: request spans
+    made directly, tracing.DirectSpans), exporting at once into memory instead of over OTLP; ``started``
+    stays empty, as a direct span is never started in the SDK."""
+    found = InMemory()
+    processor = SimpleSpanProcessor(found.exporter)
+    found.provider = TracerProvider(resource=found.provider.resource)
+    found.provider.add_span_processor(processor)
+    monkeypatch.setattr(tracing, "_provider", found.provider)
+    monkeypatch.setattr(tracing, "_tracer", found.provider.get_tracer(tracing.SCOPE))
+    monkeypatch.setattr(tracing, "_pid", os.getpid())
+    monkeypatch.setattr(tracing, "_frozen_pid", os.getpid())  # the test process's heap is not frozen
+    monkeypatch.setattr(tracing, "ON", True)
+    monkeypatch.setattr(tracing, "_owned", False)
+    monkeypatch.setattr(tracing, "_direct", None)
+    tracing.own(found.provider, processor)
+    assert tracing._direct is not None
+    return found

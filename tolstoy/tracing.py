@@ -33,6 +33,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -54,6 +55,7 @@ _provider: Any = None
 _pid: int | None = None
 _frozen_pid: int | None = None
 _owned = False  # the provider is the one setup() built (no host application's in this process)
+_direct: Any = None  # DirectSpans for the provider setup() built, when its settings allow (RequestSpans)
 _propagator = TraceContextTextMapPropagator()
 # A W3C traceparent of version 00, neither id all zeros (flow_runs.trace_parent keeps the same).
 TRACEPARENT = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -122,21 +124,29 @@ def host_provider() -> Any:
 def setup(environ: Mapping[str, str] | None = None) -> bool:
     """Turn traces on for this process if asked (see the module's doc); returns ``ON``. Called where a
     process starts serving (the app, a worker), and again harmlessly: once per pid."""
-    global ON, _tracer, _provider, _pid, _owned
+    global ON, _tracer, _provider, _pid, _owned, _direct
     if _pid == os.getpid():
         return ON
     environ = os.environ if environ is None else environ
     provider = host_provider()
-    _owned = False
+    _owned, _direct = False, None
     if provider is None and requested(environ):
-        provider = _otlp_provider()
+        provider, processor = _otlp_provider()
         trace.set_tracer_provider(provider)  # no host provider was set: the process's is this one
-        _owned = True
+        own(provider, processor)
     _pid = os.getpid()
     _provider = provider
     _tracer = provider.get_tracer(SCOPE) if provider is not None else None
     ON = _tracer is not None
     return ON
+
+
+def own(provider, processor) -> None:
+    """Mark ``provider`` as the one Tolstoy built, whose only span processor is ``processor`` (setup(); a
+    test's with an in-memory exporter): request spans may then be made directly (DirectSpans)."""
+    global _owned, _direct
+    _owned = True
+    _direct = DirectSpans.for_provider(provider, processor)
 
 
 def settle() -> None:
@@ -155,8 +165,8 @@ def settle() -> None:
 
 def reset() -> None:
     """Forget this process's set-up (tests that change the environment or the host provider)."""
-    global ON, _tracer, _provider, _pid, _owned
-    ON, _tracer, _provider, _pid, _owned = False, None, None, None, False
+    global ON, _tracer, _provider, _pid, _owned, _direct
+    ON, _tracer, _provider, _pid, _owned, _direct = False, None, None, None, False, None
 
 
 def _otlp_provider():
@@ -183,8 +193,44 @@ def _otlp_provider():
                                "process.pid": os.getpid()})
     # the sampler from OTEL_TRACES_SAMPLER, the span limits from OTEL_SPAN_*_LIMIT
     provider = TracerProvider(resource=HashedResource(created.attributes, created.schema_url))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    return provider
+    processor = BatchSpanProcessor(_exporter(OTLPSpanExporter))
+    provider.add_span_processor(processor)
+    return provider, processor
+
+
+def _exporter(library):
+    """The SDK's OTLP/HTTP exporter (its endpoint, headers, TLS, compression, timeout and retries from the
+    OTEL_* variables), sending the bytes tolstoy.otlp writes instead of building protobuf objects per span
+    (a third of their cost: docs/observability.md, Cost). It sends through the exporter's own HTTP client;
+    where an SDK version has none (``_client``), and for a batch tolstoy.otlp cannot write, the library
+    encodes and sends as it would (tests/unit/test_otlp.py pins that the installed SDK takes our path)."""
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from . import otlp
+
+    class Exporter(library):
+        def __init__(self):
+            super().__init__()
+            self.encoder = otlp.Encoder()
+
+        def export(self, spans):
+            client, metrics = getattr(self, "_client", None), getattr(self, "_metrics", None)
+            if client is None or metrics is None or self._shutdown:
+                return super().export(spans)
+            try:
+                data = self.encoder.encode(spans)
+            except Exception:  # noqa: BLE001 - a name that is not UTF-8, say: the library's way decides
+                return super().export(spans)
+            if 0 < getattr(self, "_max_request_size", 0) < len(data):
+                return super().export(spans)  # which drops the batch, and says why
+            with metrics.export_operation(len(spans)) as result:
+                sent = client.export(data)
+                if not sent.success:
+                    result.error = sent.error
+                    return SpanExportResult.FAILURE
+            return SpanExportResult.SUCCESS
+
+    return Exporter()
 
 
 def flush(timeout_millis: int = 5000) -> None:
@@ -413,41 +459,109 @@ def note(name: str, value: Any) -> None:
         current.set_attribute(name, value)
 
 
+class DirectSpans:
+    """Request spans made as the finished span the exporter reads (the SDK's ``ReadableSpan``), handed to the
+    span processor when the response goes, without the SDK's live ``Span`` in between: that object checks
+    and copies every attribute under a lock, and cost a traced GET /tools/{id} more than the request's
+    own tenancy and validation (docs/observability.md, Cost). Only for the provider Tolstoy built, whose
+    one processor does nothing when a span starts (a host's processors may, and see the SDK's spans), and
+    only while its span limits cannot cut a request's few attributes (``for_provider``). The sampler, the
+    id generator and the resource are the provider's own, as the SDK's tracer would use them."""
+
+    __slots__ = ("sampler", "ids", "resource", "processor", "scope")
+
+    def __init__(self, provider, processor):
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+        self.sampler, self.ids, self.resource = provider.sampler, provider.id_generator, provider.resource
+        self.processor, self.scope = processor, InstrumentationScope(SCOPE)
+
+    @classmethod
+    def for_provider(cls, provider, processor) -> DirectSpans | None:
+        from opentelemetry.sdk.trace import SpanLimits
+
+        limits = SpanLimits()  # what OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and the length limits ask for
+        if limits.max_span_attribute_length is not None or (limits.max_span_attributes or 128) < 16:
+            return None  # a limit that could cut a request's attributes: the SDK's spans apply it
+        return cls(provider, processor)
+
+    def start(self, name: str, parent: otel_context.Context, attributes: dict) -> tuple:
+        """The new span's context (its ids, and whether it is sampled), its parent's, whether it records, and
+        the attributes the sampler adds (as the SDK's tracer asks it)."""
+        found = trace.get_current_span(parent).get_span_context()
+        remote = found if found.is_valid else None
+        trace_id = remote.trace_id if remote is not None else self.ids.generate_trace_id()
+        decided = self.sampler.should_sample(parent, trace_id, name, SpanKind.SERVER, attributes)
+        flags = TraceFlags(TraceFlags.SAMPLED if decided.decision.is_sampled() else TraceFlags.DEFAULT)
+        context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                              trace_state=decided.trace_state)
+        return context, remote, decided.decision.is_recording(), decided.attributes
+
+    def end(self, name: str, context: SpanContext, parent: SpanContext | None, started: int,
+            attributes: dict, failed: bool) -> None:
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        self.processor.on_end(ReadableSpan(
+            name, context, parent, self.resource, attributes, kind=SpanKind.SERVER,
+            status=Status(StatusCode.ERROR) if failed else _UNSET, start_time=started, end_time=time.time_ns(),
+            instrumentation_scope=self.scope))
+
+
+_UNSET = Status(StatusCode.UNSET)
+
+
 class RequestSpans:
     """Falcon middleware (installed only when ``ON``): a SERVER span per request, joining the caller's
     trace when it sent ``traceparent``, named by the route template, with the status, the organization
     and the request's SQL round trips (SqlTally). First in the list, so its span holds every other
-    middleware's work. Its attributes are set once, as the response goes: each set takes the span's lock
-    and checks every value."""
+    middleware's work. Its attributes are set once, as the response goes. Under Tolstoy's own provider the
+    span is made directly (DirectSpans); under a host's, it is the SDK's span, as the host's processors
+    expect."""
 
     def process_request(self, req, resp) -> None:
         sent = req.get_header("traceparent")
         # No traceparent (most requests): a root span, without asking the propagator to parse nothing.
         parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else _ROOT
-        current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
-                                     attributes={"http.request.method": req.method})
-        req.context.trace_span = current
-        tally = SqlTally() if current.is_recording() else None
-        req.context.trace_token = (otel_context.attach(trace.set_span_in_context(current)),
-                                   _tally.set(tally), tally)
+        direct = _direct
+        if direct is not None:
+            context, remote, recording, added = direct.start(f"HTTP {req.method}", parent,
+                                                             {"http.request.method": req.method})
+            current = NonRecordingSpan(context)  # what this request's work sees as current: its ids
+            req.context.trace_span = (direct, context, remote, time.time_ns(), added) if recording else None
+        else:
+            current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
+                                         attributes={"http.request.method": req.method})
+            recording = current.is_recording()
+            req.context.trace_span = current
+        tally = SqlTally() if recording else None
+        req.context.trace_token = (otel_context.attach(trace.set_span_in_context(current)), _tally.set(tally), tally)
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
-        current = getattr(req.context, "trace_span", None)
-        if current is None:
+        token = getattr(req.context, "trace_token", None)
+        if token is None:
             return
-        attached, counting, tally = req.context.trace_token
+        attached, counting, tally = token
         _tally.reset(counting)
-        if current.is_recording():  # a request the sampler left out: nothing to name or count
+        current = req.context.trace_span
+        if tally is not None:  # a request the sampler left out: nothing to name or count
             route = req.uri_template or "(unmatched)"
-            current.update_name(f"{req.method} {route}")
-            attributes = {"http.route": route, "http.response.status_code": resp.status_code}
+            attributes = {"http.request.method": req.method, "http.route": route,
+                          "http.response.status_code": resp.status_code}
             org = getattr(req.context, "org_id", None)
             if org is not None:
                 attributes["tolstoy.org.id"] = str(org)
             if tally.round_trips:
                 attributes.update(tally.attributes())
-            current.set_attributes(attributes)
-            if resp.status_code >= 500:
-                current.set_status(Status(StatusCode.ERROR))
-        current.end()
+            if isinstance(current, tuple):
+                direct, context, remote, started, added = current
+                if added:
+                    attributes = {**added, **attributes}
+                direct.end(f"{req.method} {route}", context, remote, started, attributes, resp.status_code >= 500)
+            else:
+                current.update_name(f"{req.method} {route}")
+                current.set_attributes(attributes)
+                if resp.status_code >= 500:
+                    current.set_status(Status(StatusCode.ERROR))
+        if current is not None and not isinstance(current, tuple):
+            current.end()
         otel_context.detach(attached)

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 from falcon import testing
-from otlp import Receiver, exporting_env, in_memory
+from opentelemetry.trace import SpanKind, StatusCode
+from otlp import Receiver, exporting_env, in_memory, owned
 from test_metrics import free_port, get
 
 from tolstoy import tracing
@@ -175,26 +176,35 @@ GET_ATTRIBUTES = {"http.request.method", "http.route", "http.response.status_cod
                   "tolstoy.sql.round_trips", "tolstoy.sql.ms", "tolstoy.sql.queries"}
 
 
+# Under a host's provider, the SDK's spans; under Tolstoy's own, spans made directly (tracing.DirectSpans).
+PROVIDERS = {"host": in_memory, "own": owned}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_traced_get_makes_one_span_with_its_round_trips_counted_and_no_event(monkeypatch, config, app_db, api,
-                                                                                 org):
+                                                                                 org, provider):
     tool = api.tool(org)
-    traced = in_memory(monkeypatch)
+    traced = PROVIDERS[provider](monkeypatch)
     client = testing.TestClient(create_app(config, app_db))  # built with traces on: RequestSpans first
     before = app_db.counts.snapshot()
     for _ in range(20):
         assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 200
     round_trips = app_db.counts.snapshot()["round_trips"] - before["round_trips"]
     spans = traced.finished
-    assert len(traced.started) == len(spans) == 20
+    assert len(spans) == 20 and len(traced.started) == (20 if provider == "host" else 0)
     for span in spans:
         assert span.name == "GET /tools/{id}" and span.events == () and set(span.attributes) == GET_ATTRIBUTES
+        assert span.kind == SpanKind.SERVER and span.parent is None and span.status.status_code == StatusCode.UNSET
+        assert span.attributes["http.response.status_code"] == 200 and span.attributes["tolstoy.org.id"] == org["id"]
+        assert 0 < span.start_time <= span.end_time and span.resource is traced.provider.resource
         assert ONE_GET.match(span.attributes["tolstoy.sql.queries"]), span.attributes["tolstoy.sql.queries"]
     assert sum(span.attributes["tolstoy.sql.round_trips"] for span in spans) == round_trips == 20
 
 
-def test_a_request_whose_caller_did_not_sample_it_makes_no_span(monkeypatch, config, app_db, api, org):
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_request_whose_caller_did_not_sample_it_makes_no_span(monkeypatch, config, app_db, api, org, provider):
     tool = api.tool(org)
-    traced = in_memory(monkeypatch)
+    traced = PROVIDERS[provider](monkeypatch)
     client = testing.TestClient(create_app(config, app_db))
     unsampled = {**api.headers(org), "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"}
     for _ in range(5):
@@ -206,12 +216,60 @@ def test_a_request_whose_caller_did_not_sample_it_makes_no_span(monkeypatch, con
     assert span.attributes["tolstoy.sql.round_trips"] == 1
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_request_without_traceparent_starts_its_own_trace_whatever_span_is_current(monkeypatch, config, app_db,
-                                                                                       api, org):
+                                                                                       api, org, provider):
     tool = api.tool(org)
-    traced = in_memory(monkeypatch)
+    traced = PROVIDERS[provider](monkeypatch)
     client = testing.TestClient(create_app(config, app_db))
     with traced.provider.get_tracer("host").start_as_current_span("host work") as host:
         assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 200
     [request] = [s for s in traced.finished if s.name == "GET /tools/{id}"]
     assert request.parent is None and request.context.trace_id != host.get_span_context().trace_id
+
+
+def test_under_tolstoys_provider_a_request_joins_its_callers_trace_and_a_run_it_queues_keeps_its_span(
+        monkeypatch, config, app_db, api, org, user, db):
+    traced = owned(monkeypatch)
+    client = testing.TestClient(create_app(config, app_db))
+    flow = api.flow(org)
+    sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    started = client.simulate_post(f"/flows/{flow['id']}/execute", json={},
+                                   headers={**api.headers(org, user), "traceparent": sent})
+    assert started.status_code == 202, started.text
+    [span] = [s for s in traced.finished if s.name.startswith("POST ")]
+    assert span.name == "POST /flows/{id}/execute"
+    assert span.context.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736 and span.context.trace_flags.sampled
+    assert span.parent.span_id == 0x00f067aa0ba902b7 and span.parent.is_remote
+    # The run is queued under the request's own span (tracing.caller), in the caller's trace.
+    with db.pool.connection() as conn:
+        kept = conn.execute("select trace_parent from flow_runs where id = %s",
+                            (started.json["executionId"],)).fetchone()["trace_parent"]
+    assert kept == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-01"
+
+
+def test_under_tolstoys_provider_a_failed_request_fails_its_span_and_the_sampler_is_asked(monkeypatch, config,
+                                                                                          app_db, api, org):
+    tool = api.tool(org)
+    traced = owned(monkeypatch)
+    client = testing.TestClient(create_app(config, app_db))
+    with monkeypatch.context() as broken:
+        broken.setattr(app_db, "unit", lambda *args, **kwargs: 1 / 0)
+        assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 500
+    [span] = traced.finished
+    assert span.status.status_code == StatusCode.ERROR and span.attributes["http.response.status_code"] == 500
+    # OTEL_TRACES_SAMPLER is the provider's sampler, asked for each request: always_off makes nothing.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    quiet = owned(monkeypatch)
+    client = testing.TestClient(create_app(config, app_db))
+    assert client.simulate_get(f"/tools/{tool['id']}", headers=api.headers(org)).status_code == 200
+    assert quiet.finished == []
+
+
+def test_a_span_limit_that_could_cut_a_requests_attributes_leaves_request_spans_to_the_sdk(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+
+    monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "16")
+    assert tracing.DirectSpans.for_provider(TracerProvider(), None) is None
+    monkeypatch.delenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
+    assert tracing.DirectSpans.for_provider(TracerProvider(), None) is not None
