@@ -37,11 +37,13 @@ SERVERS = ("tolstoy", "bare_falcon", "fastapi_sqlalchemy")
 
 
 def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, runs: int, seconds: int,
-                connections: int = 32) -> list[http_load.Run]:
+                connections: int = 32, alternate: bool = False) -> list[http_load.Run]:
     """``runs`` rounds of one wrk run per server, servers in turn, after an unmeasured warm-up of
     each (pools filled, caches and code paths warm: the first seconds of a fresh server measure
     its start, not its speed). Each measured run also records the CPU its server's processes and
-    PostgreSQL spent per 1,000 requests (one server runs at a time, so PostgreSQL's CPU is its)."""
+    PostgreSQL spent per 1,000 requests (one server runs at a time, so PostgreSQL's CPU is its).
+    ``alternate``: every other round takes the servers in reverse order (A B, B A, ...), so that a
+    drift of the machine within a round does not fall on the same server every time."""
     def run_args(server: str, run: str) -> list[str]:
         # Each wrk run names what it creates apart from every other run (its counters restart).
         given = args(server)
@@ -52,7 +54,8 @@ def interleaved(stack: Stack, urls: dict, scenario: str, script: str, args, *, r
                       connections=connections)
     found = []
     for number in range(runs):
-        for server, url in urls.items():
+        order = list(urls.items())
+        for server, url in (order[::-1] if alternate and number % 2 else order):
             with CpuMeter({"app": stack.pids[server], "db": stack.postgres_pid}).measure() as spent:
                 run = http_load.wrk(url, script, run_args(server, f"r{number}"), scenario=scenario, server=server,
                                     seconds=seconds, connections=connections)

@@ -1,14 +1,14 @@
 """``python -m bench.tracing_cost``: what traces cost a request. ``GET /tools/{id}`` against two Tolstoy
 servers on one database, the same in all but traces: off (the default), and on (OTEL_TRACES_EXPORTER=otlp,
 exporting every span to a local OTLP/HTTP endpoint that accepts and drops them, as a collector next to
-the service would). wrk runs interleaved as in ``python -m bench`` (warm-up, then rounds taking turns), so
-drift on a shared machine falls on both alike; prints requests/s, latency and the server's CPU per 1,000
+the service would). wrk runs interleaved as in ``python -m bench`` (warm-up, then rounds taking turns, every other round
+in reverse order), so drift on a shared machine falls on both alike; prints requests/s, latency and the server's CPU per 1,000
 requests, and the cost of traces on as ratios: each round's traces-on run against the same round's
 traces-off run, their median the figure (a round's pair met the same load from the rest of the machine),
 and the ratio of the medians beside it. The issue's targets, at most 15 % more app CPU per request and at
 most 15 % fewer requests/s, go to ``bench/results/<date>-tracing-cost.json`` with every run.
 
-    .venv/bin/python -m bench.tracing_cost [--runs 5] [--seconds 8]
+    .venv/bin/python -m bench.tracing_cost [--runs 12] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ class _Sink(BaseHTTPRequestHandler):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tracing_cost", description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="wrk runs (rounds) per server (default 5)")
-    parser.add_argument("--seconds", type=int, default=8, help="length of one wrk run (default 8)")
+    # Many short rounds: this machine's speed drifts over seconds (a run of either server alone swings by
+    # 20 % or more), and a median over many pairs is what stands still.
+    parser.add_argument("--runs", type=int, default=12, help="wrk runs (rounds) per server (default 12)")
+    parser.add_argument("--seconds", type=int, default=5, help="length of one wrk run (default 5)")
     args = parser.parse_args(argv)
     args.quick = False
     began = time.monotonic()
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             urls[server] = f"http://127.0.0.1:{port}"
         data = loaded.lua(stack.work / "data.lua")
         runs = interleaved(stack, urls, SCENARIO, "get_tool.lua", lambda server: [str(data)], runs=args.runs,
-                           seconds=args.seconds)
+                           seconds=args.seconds, alternate=True)
     finally:
         stack.close()
         sink.shutdown()
