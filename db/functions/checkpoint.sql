@@ -18,6 +18,11 @@ declare
     max_handbacks integer := coalesce((writes ->> 'max_handbacks')::integer, 20);
     outcome flow_run_status;
     progress boolean := false;
+    lease interval := make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision, 30));
+    -- Whether this checkpoint counts the worker time (below): always when the run leaves running; for a
+    -- run that goes on, once a second at most, so that a quick run's checkpoints before its last write
+    -- neither the organization's row nor its own.
+    counting boolean;
 begin
     perform set_config('app.org_id', org::text, true);
     select * into current from flow_runs r
@@ -63,22 +68,30 @@ begin
     from written w;
     -- The log rows in one statement, in their order (created_at read per row): an insert into the
     -- partitioned table sets up its routing to the month's partition (the partition, its indexes, its
-    -- policies) once per statement, which cost about 0.2 ms a row when each row had its own.
-    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
-                                duration_ms, created_at)
-    select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
-           (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
-           nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
-    from jsonb_array_elements(coalesce(writes -> 'events', '[]')) as e(event);
-    -- The worker time since the last count (the claim, or the previous checkpoint), against the
-    -- organization, decayed: what fair claims weigh it by.
-    insert into organization_worker_time as w (org_id, seconds, counted_at)
-    values (org, greatest(extract(epoch from clock_now - coalesce(current.accounted_at, clock_now)), 0), clock_now)
-    on conflict (org_id) do update
-    set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
-                                           / half_life, -50))
-                  + excluded.seconds,
-        counted_at = greatest(w.counted_at, clock_now);
+    -- policies) once per statement, which cost about 0.2 ms a row when each row had its own; none at
+    -- all when there are none.
+    if jsonb_array_length(coalesce(writes -> 'events', '[]')) > 0 then
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error,
+                                    duration_ms, created_at)
+        select org, current.flow_id, current.user_id, run::text, e.event ->> 'step_key',
+               (e.event ->> 'status')::execution_status, coalesce(e.event -> 'inputs', '{}'),
+               nullif(e.event -> 'error', 'null'), (e.event ->> 'duration_ms')::integer, tolstoy_clock_timestamp()
+        from jsonb_array_elements(writes -> 'events') as e(event);
+    end if;
+    -- The worker time since the last count (the claim, or a checkpoint that counted), against the
+    -- organization, decayed: what fair claims weigh it by. Counted at most once a second while the run
+    -- goes on (a second's lag in what a claim weighs), and always when it leaves running.
+    counting := transition ->> 'action' <> 'continue' or current.accounted_at is null
+                or current.accounted_at <= clock_now - interval '1 second';
+    if counting then
+        insert into organization_worker_time as w (org_id, seconds, counted_at)
+        values (org, greatest(extract(epoch from clock_now - coalesce(current.accounted_at, clock_now)), 0), clock_now)
+        on conflict (org_id) do update
+        set seconds = w.seconds * exp(greatest(-ln(2) * greatest(extract(epoch from clock_now - w.counted_at), 0)
+                                               / half_life, -50))
+                      + excluded.seconds,
+            counted_at = greatest(w.counted_at, clock_now);
+    end if;
     if progress and (current.strikes > 0 or current.handbacks > 0) then
         -- The run got past the step it was in when it was last struck: whatever stopped its worker
         -- then was not this run.
@@ -89,11 +102,15 @@ begin
     end if;
     case transition ->> 'action'
         when 'continue' then
-            update flow_runs
-            set lease_expires_at = clock_now + make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision,
-                                                                          30)),
-                accounted_at = clock_now
-            where org_id = org and id = run and created_at = current.created_at;
+            -- The lease is renewed by the worker's heartbeat; here only once half of it is gone, as a beat
+            -- the heartbeat may have missed. A quick run's checkpoint then updates nothing of its row
+            -- (docs/performance.md, "What PostgreSQL does per run").
+            if counting or current.lease_expires_at < clock_now + lease / 2 then
+                update flow_runs
+                set lease_expires_at = clock_now + lease,
+                    accounted_at = case when counting then clock_now else accounted_at end
+                where org_id = org and id = run and created_at = current.created_at;
+            end if;
         when 'pause' then
             outcome := tolstoy_release_run(current, 'queued', (transition ->> 'after_ms')::double precision, null);
         when 'wait' then
@@ -130,9 +147,9 @@ $$;
 
 comment on function tolstoy_checkpoint(text, uuid, uuid, integer, jsonb) is
     'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, counts '
-    'the worker time against the organization, and moves the run (continue, pause, wait, finish, handback, fault; '
-    'a pending cancel ends it cancelled rather than unfinished) in one transaction. Acts for org under row-level '
-    'security.';
+    'the worker time against the organization (at most once a second while the run goes on), and moves the run '
+    '(continue, renewing the lease once half of it is gone; pause, wait, finish, handback, fault; a pending cancel '
+    'ends it cancelled rather than unfinished) in one transaction. Acts for org under row-level security.';
 
 create or replace function tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb)
 returns jsonb

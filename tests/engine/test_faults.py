@@ -11,6 +11,7 @@ the table that statement writes (the client cannot tell the two apart: it sees t
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import signal
@@ -531,3 +532,49 @@ def test_a_checkpoint_naming_a_step_twice_keeps_its_last_write(api, org, user, d
                                "order by step_id", (run,)).fetchall()
     assert [(w["step_id"], w["status"], w["attempt"], w["outputs"]) for w in written] == [
         ("a", "completed", 2, {"a": 2}), ("b", "completed", 1, {"b": 1})]
+
+
+def test_a_quick_runs_continue_checkpoint_writes_its_steps_and_nothing_else(api, org, user, db, worker_db):
+    """A checkpoint of a run that goes on counts the worker time at most once a second, and renews the
+    lease (the heartbeat's job) only once half of it is gone: a quick run's checkpoint before its call
+    writes its steps and leaves the run's row (its version, xmin) and the organization's worker time
+    alone. Past a second, or with less than half the lease left, it writes both as before."""
+    flow = api.flow(org)
+    run = execute(api, org, user, flow)["executionId"]
+    with db.pool.connection() as conn:
+        conn.execute("update flow_runs set status = 'running', claims = 1, lease_token = 1, lease_owner = 'w', "
+                     "lease_expires_at = now() + interval '1 minute', accounted_at = now() where id = %s", (run,))
+
+    def checkpoint(step_id: str) -> None:
+        with worker_db.pool.connection() as conn:
+            answer = conn.execute("select tolstoy_checkpoint('w', %s, %s, 1, %s::jsonb) as a", (
+                org["id"], run, json.dumps({"run": {"action": "continue"}, "lease_seconds": 60, "events": [],
+                                            "steps": [{"step_id": step_id, "status": "completed"}]}))).fetchone()["a"]
+        assert answer == {"cancel": False, "status": "running"}
+
+    def state() -> dict:
+        found = row(db, "select xmin::text as version, lease_expires_at, accounted_at from flow_runs where id = %s", run)
+        worker_time = row(db, "select seconds, counted_at from organization_worker_time where org_id = %s", org["id"])
+        return {**found, "worker_time": worker_time}
+
+    before = state()
+    checkpoint("a")
+    assert state() == before
+    assert row(db, "select count(*) as n from flow_run_steps where run_id = %s", run)["n"] == 1
+    # Its time last counted two seconds ago: counted now, on the organization and on the run.
+    with db.pool.connection() as conn:
+        conn.execute("update flow_runs set accounted_at = now() - interval '2 seconds' where id = %s", (run,))
+    before = state()
+    checkpoint("b")
+    after = state()
+    assert after["version"] != before["version"] and after["accounted_at"] > before["accounted_at"]
+    assert after["worker_time"] is not None and after["worker_time"]["seconds"] >= 2
+    # Less than half of a 60 s lease left: renewed to a whole one, the time not counted again.
+    with db.pool.connection() as conn:
+        conn.execute("update flow_runs set lease_expires_at = now() + interval '20 seconds', accounted_at = now() "
+                     "where id = %s", (run,))
+    before = state()
+    checkpoint("c")
+    after = state()
+    assert after["lease_expires_at"] - before["lease_expires_at"] > dt.timedelta(seconds=35)
+    assert after["accounted_at"] == before["accounted_at"] and after["worker_time"] == before["worker_time"]
