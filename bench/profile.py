@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=10,
                         help="blocks the timed requests go in (their median and least are shown)")
     parser.add_argument("--cpu-only", action="store_true", help="the CPU per request only, without cProfile")
+    parser.add_argument("--traces", action="store_true",
+                        help="what traces cost a request: the same app with traces off and on (exporting over "
+                             "OTLP/HTTP to a local endpoint), blocks taking turns; nothing else")
     args = parser.parse_args(argv)
     # Metrics as a Gunicorn worker keeps them (a file per process), set before they are imported.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="tolstoy-profile-metrics-"))
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     pass
 
         serve(500, 10 * args.requests)
+        if args.traces:
+            return traces(config, db, environ, start_response, args)
         # What building each request's WSGI environ costs here is not the app's: measured apart. The
         # requests go in --blocks blocks; the median and the least are shown: a block that met
         # whatever else ran on a shared machine is an outlier, not the rule.
@@ -123,6 +128,61 @@ def main(argv: list[str] | None = None) -> int:
         print(out.getvalue())
     finally:
         stack.close()
+    return 0
+
+
+def traces(config, db, environ, start_response, args) -> int:
+    """The CPU per request of the app built with traces off and of one built with traces on (Tolstoy's own
+    provider, exporting to an endpoint on 127.0.0.1 that drops what it gets, as bench.tracing_cost does,
+    in a process of its own so that its CPU is not counted), ``--blocks`` blocks of each taking turns,
+    every other pair in reverse order. Each pair met the same machine: the median of the pairs'
+    differences is the figure. The export thread's CPU is in it (it runs in this process); Gunicorn's
+    share of a request is not (bench.tracing_cost has it)."""
+    import multiprocessing
+    from http.server import ThreadingHTTPServer
+
+    from tolstoy import tracing
+    from tolstoy.api.app import create_app
+
+    from .tracing_cost import _Sink
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    # Forked before any thread of traces exists; the child only answers the exports.
+    sink_process = multiprocessing.get_context("fork").Process(target=sink.serve_forever, daemon=True)
+    sink_process.start()
+    try:
+        apps = {"off": create_app(config, db)}
+        os.environ.update({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SERVICE_NAME": "tolstoy-profile",
+                           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"})
+        tracing.reset()
+        assert tracing.setup() and tracing._direct is not None
+        apps["on"] = create_app(config, db)
+        size = max(args.requests // args.blocks, 100)
+        spent: dict[str, list[float]] = {"off": [], "on": []}
+
+        def block(name: str, offset: int) -> float:
+            tracing.ON = name == "on"  # the data layer's one check; the middleware is in the app built on
+            started = time.process_time()
+            for n in range(size):
+                for _ in apps[name](environ(offset + n), start_response):
+                    pass
+            return (time.process_time() - started) / size
+
+        block("off", 0), block("on", 0)  # warm both
+        for number in range(args.blocks):
+            for name in (("off", "on") if number % 2 == 0 else ("on", "off")):
+                spent[name].append(block(name, 1000 + number * size))
+        tracing.flush()
+        tracing._provider.shutdown()  # its export thread ends here, not at exit against a closed endpoint
+    finally:
+        tracing.ON = False
+        sink_process.terminate()
+        sink.server_close()
+    pairs = [on - off for off, on in zip(spent["off"], spent["on"], strict=True)]
+    off, on = statistics.median(spent["off"]), statistics.median(spent["on"])
+    print(f"{args.scenario}, {args.blocks} pairs of {size} requests: traces off {1e6 * off:.0f} µs of CPU each, "
+          f"on {1e6 * on:.0f} µs (medians); traces cost {1e6 * statistics.median(pairs):.0f} µs a request "
+          f"(the median of the pairs' differences; each pair {', '.join(f'{1e6 * p:+.0f}' for p in pairs)})")
     return 0
 
 
