@@ -1052,9 +1052,10 @@ declare
     outcome flow_run_status;
     progress boolean := false;
     lease interval := make_interval(secs => coalesce((writes ->> 'lease_seconds')::double precision, 30));
-    -- Whether this checkpoint counts the worker time (below): always when the run leaves running; for a
-    -- run that goes on, once a second at most, so that a quick run's checkpoints before its last write
-    -- neither the organization's row nor its own.
+    -- Whether this checkpoint counts the worker time (below): always when the run leaves running, or when
+    -- the caller may park it right after (writes.count_time: tolstoy_subflow, tolstoy_checkpoint_slots);
+    -- for a run that goes on, once a second at most, so that a quick run's checkpoints before its last
+    -- write neither the organization's row nor its own.
     counting boolean;
 begin
     perform set_config('app.org_id', org::text, true);
@@ -1114,8 +1115,8 @@ begin
     -- The worker time since the last count (the claim, or a checkpoint that counted), against the
     -- organization, decayed: what fair claims weigh it by. Counted at most once a second while the run
     -- goes on (a second's lag in what a claim weighs), and always when it leaves running.
-    counting := transition ->> 'action' <> 'continue' or current.accounted_at is null
-                or current.accounted_at <= clock_now - interval '1 second';
+    counting := transition ->> 'action' <> 'continue' or coalesce((writes ->> 'count_time')::boolean, false)
+                or current.accounted_at is null or current.accounted_at <= clock_now - interval '1 second';
     if counting then
         insert into organization_worker_time as w (org_id, seconds, counted_at)
         values (org, greatest(extract(epoch from clock_now - coalesce(current.accounted_at, clock_now)), 0), clock_now)
@@ -1183,7 +1184,7 @@ $$;
 -- Name: FUNCTION tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb); Type: COMMENT; Schema: public; Owner: -
 --
 
-COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, counts the worker time against the organization (at most once a second while the run goes on), and moves the run (continue, renewing the lease once half of it is gone; pause, wait, finish, handback, fault; a pending cancel ends it cancelled rather than unfinished) in one transaction. Acts for org under row-level security.';
+COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) IS 'One engine step: checks the worker''s lease (TL001 when lost), writes step checkpoints and log events, counts the worker time against the organization (at most once a second while the run goes on, unless writes.count_time), and moves the run (continue, renewing the lease once half of it is gone; pause, wait, finish, handback, fault; a pending cancel ends it cancelled rather than unfinished) in one transaction. Acts for org under row-level security.';
 
 
 --
@@ -1316,7 +1317,11 @@ begin
     -- The checkpoint first (lease, writes, budget), so that the flow's slot lock is the last lock this statement
     -- waits for, as it is for a run that frees slots when it leaves running (flow_runs_release_step_slots): one
     -- that holds it never waits for a lock the other holds.
-    answer := tolstoy_checkpoint_call(worker, org, run, token, writes, call - 'slot' - 'release');
+    -- With a slot to take, the worker time is counted now: without one the run is parked below.
+    answer := tolstoy_checkpoint_call(worker, org, run, token,
+                                      case when slot is null then writes
+                                           else coalesce(writes, '{}') || '{"count_time": true}' end,
+                                      call - 'slot' - 'release');
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     perform pg_advisory_xact_lock(tolstoy_slot_lock(org, current.flow_id));
@@ -4132,8 +4137,9 @@ begin
     if step is null or jsonb_typeof(spec -> 'variables') is distinct from 'object' then
         raise exception 'tolstoy_subflow: invalid spec' using errcode = 'invalid_parameter_value';
     end if;
-    -- Lease check, the parent's row locked until commit, the pending writes.
-    answer := tolstoy_checkpoint(worker, org, run, token, writes);
+    -- Lease check, the parent's row locked until commit, the pending writes; the worker time counted now,
+    -- as the parent may be parked below.
+    answer := tolstoy_checkpoint(worker, org, run, token, coalesce(writes, '{}') || '{"count_time": true}');
     select * into parent from flow_runs r
     where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     select * into child from flow_runs c

@@ -196,6 +196,7 @@ def in_memory(monkeypatch) -> InMemory:
     monkeypatch.setattr(tracing, "_tracer", found.provider.get_tracer(tracing.SCOPE))
     monkeypatch.setattr(tracing, "_pid", os.getpid())
     monkeypatch.setattr(tracing, "_owned", False)  # a host's provider: the test process's heap is not frozen
+    monkeypatch.setattr(tracing, "_direct", None)  # and its request spans are the SDK's
     monkeypatch.setattr(tracing, "ON", True)
     return found
 

@@ -80,7 +80,8 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 # KeyValues met before, by (the field they are in, key, type, value), for values of one piece (str, int,
-# bool): most of a request's attributes (its route, status, organization) come again and again.
+# bool; strings up to 128 characters): most of a request's attributes (its route, status, organization)
+# come again and again.
 _PAIRS: dict[tuple, bytes] = {}
 _PAIRS_MAX = 4096
 
@@ -93,7 +94,7 @@ def _attributes(key: bytes, attributes) -> bytes:
     out = []
     for name, value in attributes.items():
         kind = type(value)
-        cacheable = kind is str or kind is int or kind is bool
+        cacheable = (kind is str and len(value) <= 128) or kind is int or kind is bool
         if cacheable:
             found = _PAIRS.get((key, name, kind, value))
             if found is not None:

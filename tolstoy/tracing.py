@@ -225,8 +225,10 @@ def _exporter(library):
                 return super().export(spans)  # which drops the batch, and says why
             with metrics.export_operation(len(spans)) as result:
                 sent = client.export(data)
-                if not sent.success:
+                if not sent.success:  # as the library's export says it
                     result.error = sent.error
+                    status = getattr(sent, "status_code", None)
+                    result.error_attrs = {"http.response.status_code": status} if status is not None else None
                     return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS
 
@@ -481,7 +483,8 @@ class DirectSpans:
         from opentelemetry.sdk.trace import SpanLimits
 
         limits = SpanLimits()  # what OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and the length limits ask for
-        if limits.max_span_attribute_length is not None or (limits.max_span_attributes or 128) < 16:
+        count = limits.max_span_attributes  # None: no limit; 0: none kept
+        if limits.max_span_attribute_length is not None or (count is not None and count < 16):
             return None  # a limit that could cut a request's attributes: the SDK's spans apply it
         return cls(provider, processor)
 
@@ -541,7 +544,14 @@ class RequestSpans:
         if token is None:
             return
         attached, counting, tally = token
-        _tally.reset(counting)
+        try:
+            self._finish(req, resp, tally)
+        finally:
+            _tally.reset(counting)
+            otel_context.detach(attached)
+
+    @staticmethod
+    def _finish(req, resp, tally: SqlTally | None) -> None:
         current = req.context.trace_span
         if tally is not None:  # a request the sampler left out: nothing to name or count
             route = req.uri_template or "(unmatched)"
@@ -564,4 +574,3 @@ class RequestSpans:
                     current.set_status(Status(StatusCode.ERROR))
         if current is not None and not isinstance(current, tuple):
             current.end()
-        otel_context.detach(attached)

@@ -98,7 +98,11 @@ begin
     -- The checkpoint first (lease, writes, budget), so that the flow's slot lock is the last lock this statement
     -- waits for, as it is for a run that frees slots when it leaves running (flow_runs_release_step_slots): one
     -- that holds it never waits for a lock the other holds.
-    answer := tolstoy_checkpoint_call(worker, org, run, token, writes, call - 'slot' - 'release');
+    -- With a slot to take, the worker time is counted now: without one the run is parked below.
+    answer := tolstoy_checkpoint_call(worker, org, run, token,
+                                      case when slot is null then writes
+                                           else coalesce(writes, '{}') || '{"count_time": true}' end,
+                                      call - 'slot' - 'release');
     select * into current from flow_runs r
     where r.org_id = org and r.id = run and r.created_at between tolstoy_run_from(run) and tolstoy_run_until(run);
     perform pg_advisory_xact_lock(tolstoy_slot_lock(org, current.flow_id));

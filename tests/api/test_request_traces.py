@@ -273,3 +273,6 @@ def test_a_span_limit_that_could_cut_a_requests_attributes_leaves_request_spans_
     assert tracing.DirectSpans.for_provider(TracerProvider(), None) is None
     monkeypatch.delenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT")
     assert tracing.DirectSpans.for_provider(TracerProvider(), None) is not None
+    for limit in ("0", "8"):  # 0 keeps no attribute at all
+        monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", limit)
+        assert tracing.DirectSpans.for_provider(TracerProvider(), None) is None, limit

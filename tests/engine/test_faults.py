@@ -542,14 +542,17 @@ def test_a_quick_runs_continue_checkpoint_writes_its_steps_and_nothing_else(api,
     flow = api.flow(org)
     run = execute(api, org, user, flow)["executionId"]
     with db.pool.connection() as conn:
+        # Counted "just now" (a minute ahead: a loaded machine may take seconds to reach the checkpoint).
         conn.execute("update flow_runs set status = 'running', claims = 1, lease_token = 1, lease_owner = 'w', "
-                     "lease_expires_at = now() + interval '1 minute', accounted_at = now() where id = %s", (run,))
+                     "lease_expires_at = now() + interval '1 minute', accounted_at = now() + interval '1 minute' "
+                     "where id = %s", (run,))
 
-    def checkpoint(step_id: str) -> None:
+    def checkpoint(step_id: str, **more) -> None:
         with worker_db.pool.connection() as conn:
             answer = conn.execute("select tolstoy_checkpoint('w', %s, %s, 1, %s::jsonb) as a", (
                 org["id"], run, json.dumps({"run": {"action": "continue"}, "lease_seconds": 60, "events": [],
-                                            "steps": [{"step_id": step_id, "status": "completed"}]}))).fetchone()["a"]
+                                            "steps": [{"step_id": step_id, "status": "completed"}], **more}))
+            ).fetchone()["a"]
         assert answer == {"cancel": False, "status": "running"}
 
     def state() -> dict:
@@ -571,10 +574,27 @@ def test_a_quick_runs_continue_checkpoint_writes_its_steps_and_nothing_else(api,
     assert after["worker_time"] is not None and after["worker_time"]["seconds"] >= 2
     # Less than half of a 60 s lease left: renewed to a whole one, the time not counted again.
     with db.pool.connection() as conn:
-        conn.execute("update flow_runs set lease_expires_at = now() + interval '20 seconds', accounted_at = now() "
-                     "where id = %s", (run,))
+        conn.execute("update flow_runs set lease_expires_at = now() + interval '20 seconds', "
+                     "accounted_at = now() + interval '1 minute' where id = %s", (run,))
     before = state()
     checkpoint("c")
     after = state()
     assert after["lease_expires_at"] - before["lease_expires_at"] > dt.timedelta(seconds=35)
     assert after["accounted_at"] == before["accounted_at"] and after["worker_time"] == before["worker_time"]
+    # A caller that may park the run right after (tolstoy_subflow, tolstoy_checkpoint_slots) has its time
+    # counted at once (writes.count_time): a run's time not counted when it leaves running never is.
+    with db.pool.connection() as conn:
+        conn.execute("update flow_runs set accounted_at = now() - interval '500 milliseconds' where id = %s", (run,))
+    before = state()
+    checkpoint("d", count_time=True)
+    after = state()
+    assert after["worker_time"]["counted_at"] > before["worker_time"]["counted_at"]
+    assert after["accounted_at"] > before["accounted_at"]
+
+
+@pytest.mark.parametrize("caller", ["tolstoy_subflow", "tolstoy_checkpoint_slots"])
+def test_a_checkpoint_that_may_park_the_run_counts_its_time_at_once(db, caller):
+    """The callers of tolstoy_checkpoint that may park the run right after it ask it to count the worker
+    time (writes.count_time) whatever a quick run's continue would skip."""
+    source = row(db, f"select pg_get_functiondef('{caller}'::regproc) as src")["src"]
+    assert '"count_time": true' in source

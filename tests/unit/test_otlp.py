@@ -68,18 +68,34 @@ def test_a_value_the_library_cannot_encode_is_left_out_as_it_leaves_it_out():
 
 
 def test_tolstoys_exporter_sends_its_own_encoding_with_the_installed_sdk(monkeypatch):
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                 "OTEL_EXPORTER_OTLP_COMPRESSION"):
+        monkeypatch.delenv(name, raising=False)
     with Receiver() as receiver:
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
         provider, processor = tracing._otlp_provider()
-        exporter = processor._batch_processor._exporter
-        encoded = []
-        original = exporter.encoder.encode
-        monkeypatch.setattr(exporter.encoder, "encode", lambda spans: encoded.append(original(spans)) or encoded[-1])
-        with provider.get_tracer("t").start_as_current_span("one", attributes={"a": 1}):
-            pass
-        provider.force_flush()
-        receiver.wait_for(lambda got: len(got) == 1)
-        assert encoded and receiver.bodies == encoded  # sent as tolstoy.otlp wrote it
-        assert receiver.spans[0]["attributes"] == {"a": 1}
-        assert receiver.spans[0]["resource"]["process.pid"] == os.getpid()
-        provider.shutdown()
+        try:
+            sent(monkeypatch, receiver, provider, processor)
+        finally:
+            provider.shutdown()
+
+
+def sent(monkeypatch, receiver, provider, processor) -> None:
+    exporter = processor._batch_processor._exporter
+    encoded = []
+    original = exporter.encoder.encode
+    monkeypatch.setattr(exporter.encoder, "encode", lambda spans: encoded.append(original(spans)) or encoded[-1])
+    with provider.get_tracer("t").start_as_current_span("one", attributes={"a": 1}):
+        pass
+    provider.force_flush()
+    receiver.wait_for(lambda got: len(got) == 1)
+    assert encoded and receiver.bodies == encoded  # sent as tolstoy.otlp wrote it
+    assert receiver.spans[0]["attributes"] == {"a": 1}
+    assert receiver.spans[0]["resource"]["process.pid"] == os.getpid()
+    # A batch it cannot write (a span name that is not UTF-8) is the library's to encode, or to refuse.
+    monkeypatch.setattr(exporter.encoder, "encode", lambda spans: (_ for _ in ()).throw(UnicodeEncodeError(
+        "utf-8", "\ud800", 0, 1, "surrogates not allowed")))
+    with provider.get_tracer("t").start_as_current_span("two"):
+        pass
+    provider.force_flush()
+    receiver.wait_for(lambda got: [s["name"] for s in got] == ["one", "two"])
