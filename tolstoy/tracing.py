@@ -468,7 +468,10 @@ class DirectSpans:
     own tenancy and validation (docs/observability.md, Cost). Only for the provider Tolstoy built, whose
     one processor does nothing when a span starts (a host's processors may, and see the SDK's spans), and
     only while its span limits cannot cut a request's few attributes (``for_provider``). The sampler, the
-    id generator and the resource are the provider's own, as the SDK's tracer would use them."""
+    id generator and the resource are the provider's own, as the SDK's tracer would use them. While the
+    request runs, its current span is a non-recording one with the request span's ids (what child spans
+    and tracing.caller read): nothing adds attributes or events to a request's span but RequestSpans
+    itself, and anything that tried (tracing.note, event, link) would be left out."""
 
     __slots__ = ("sampler", "ids", "resource", "processor", "scope")
 
