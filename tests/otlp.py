@@ -180,8 +180,9 @@ class InMemory:
             def on_start(self, span, parent_context=None):
                 started.append(span)
 
+        self.processor = SimpleSpanProcessor(self.exporter)
         self.provider.add_span_processor(Counting())
-        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.provider.add_span_processor(self.processor)
 
     @property
     def finished(self) -> list:
@@ -203,19 +204,10 @@ def in_memory(monkeypatch) -> InMemory:
 
 def owned(monkeypatch) -> InMemory:
     """tolstoy.tracing set up as on its own provider (setup() with OTEL_TRACES_EXPORTER=otlp: request spans
-    made directly, tracing.DirectSpans), exporting at once into memory instead of over OTLP; ``started``
-    stays empty, as a direct span is never started in the SDK."""
-    found = InMemory()
-    processor = SimpleSpanProcessor(found.exporter)
-    found.provider = TracerProvider(resource=found.provider.resource)
-    found.provider.add_span_processor(processor)
-    monkeypatch.setattr(tracing, "_provider", found.provider)
-    monkeypatch.setattr(tracing, "_tracer", found.provider.get_tracer(tracing.SCOPE))
-    monkeypatch.setattr(tracing, "_pid", os.getpid())
+    made directly, tracing.DirectSpans, handed to the exporting processor), exporting at once into memory
+    instead of over OTLP; ``started`` counts the SDK's spans only, and a direct span is never one."""
+    found = in_memory(monkeypatch)
     monkeypatch.setattr(tracing, "_frozen_pid", os.getpid())  # the test process's heap is not frozen
-    monkeypatch.setattr(tracing, "ON", True)
-    monkeypatch.setattr(tracing, "_owned", False)
-    monkeypatch.setattr(tracing, "_direct", None)
-    tracing.own(found.provider, processor)
+    tracing.own(found.provider, found.processor)  # _owned and _direct, put back by in_memory's monkeypatch
     assert tracing._direct is not None
     return found

@@ -491,9 +491,11 @@ class DirectSpans:
             return None  # a limit that could cut a request's attributes: the SDK's spans apply it
         return cls(provider, processor)
 
-    def start(self, name: str, parent: otel_context.Context, attributes: dict) -> tuple:
-        """The new span's context (its ids, and whether it is sampled), its parent's, whether it records, and
-        the attributes the sampler adds (as the SDK's tracer asks it)."""
+    def start(self, name: str, parent: otel_context.Context,
+              attributes: dict) -> tuple[SpanContext, DirectSpan | None]:
+        """The new span's context (its ids, and whether it is sampled: what the request's work sees as its
+        current span), and the span to finish when the response goes, None when the sampler left it out
+        (asked as the SDK's tracer asks it)."""
         found = trace.get_current_span(parent).get_span_context()
         remote = found if found.is_valid else None
         trace_id = remote.trace_id if remote is not None else self.ids.generate_trace_id()
@@ -501,16 +503,44 @@ class DirectSpans:
         flags = TraceFlags(TraceFlags.SAMPLED if decided.decision.is_sampled() else TraceFlags.DEFAULT)
         context = SpanContext(trace_id, self.ids.generate_span_id(), is_remote=False, trace_flags=flags,
                               trace_state=decided.trace_state)
-        return context, remote, decided.decision.is_recording(), decided.attributes
+        if not decided.decision.is_recording():
+            return context, None
+        return context, DirectSpan(self, context, remote, time.time_ns(), decided.attributes)
 
-    def end(self, name: str, context: SpanContext, parent: SpanContext | None, started: int,
-            attributes: dict, failed: bool) -> None:
+
+class DirectSpan:
+    """A request span DirectSpans started: what its finished span needs besides the response's attributes."""
+
+    __slots__ = ("spans", "context", "parent", "started", "added")
+
+    def __init__(self, spans: DirectSpans, context: SpanContext, parent: SpanContext | None, started: int, added):
+        self.spans, self.context, self.parent, self.started, self.added = spans, context, parent, started, added
+
+    def finish(self, name: str, attributes: dict, failed: bool) -> None:
+        """Hand the finished span to the processor (with the attributes the sampler added, if any)."""
         from opentelemetry.sdk.trace import ReadableSpan
 
-        self.processor.on_end(ReadableSpan(
-            name, context, parent, self.resource, attributes, kind=SpanKind.SERVER,
-            status=Status(StatusCode.ERROR) if failed else _UNSET, start_time=started, end_time=time.time_ns(),
-            instrumentation_scope=self.scope))
+        spans = self.spans
+        spans.processor.on_end(ReadableSpan(
+            name, self.context, self.parent, spans.resource, {**self.added, **attributes} if self.added else attributes,
+            kind=SpanKind.SERVER, status=Status(StatusCode.ERROR) if failed else _UNSET, start_time=self.started,
+            end_time=time.time_ns(), instrumentation_scope=spans.scope))
+
+
+class SdkSpan:
+    """A request span the SDK's tracer made (under a host application's provider), finished the same way."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: trace.Span):
+        self.span = span
+
+    def finish(self, name: str, attributes: dict, failed: bool) -> None:
+        self.span.update_name(name)
+        self.span.set_attributes(attributes)
+        if failed:
+            self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
 
 
 _UNSET = Status(StatusCode.UNSET)
@@ -530,16 +560,14 @@ class RequestSpans:
         parent = extract({"traceparent": sent, "tracestate": req.get_header("tracestate") or ""}) if sent else _ROOT
         direct = _direct
         if direct is not None:
-            context, remote, recording, added = direct.start(f"HTTP {req.method}", parent,
-                                                             {"http.request.method": req.method})
+            context, started = direct.start(f"HTTP {req.method}", parent, {"http.request.method": req.method})
             current = NonRecordingSpan(context)  # what this request's work sees as current: its ids
-            req.context.trace_span = (direct, context, remote, time.time_ns(), added) if recording else None
         else:
             current = _tracer.start_span(f"HTTP {req.method}", context=parent, kind=SpanKind.SERVER,
                                          attributes={"http.request.method": req.method})
-            recording = current.is_recording()
-            req.context.trace_span = current
-        tally = SqlTally() if recording else None
+            started = SdkSpan(current) if current.is_recording() else None  # not recording: nothing to end
+        req.context.trace_span = started
+        tally = SqlTally() if started is not None else None
         req.context.trace_token = (otel_context.attach(trace.set_span_in_context(current)), _tally.set(tally), tally)
 
     def process_response(self, req, resp, resource, req_succeeded) -> None:
@@ -548,32 +576,20 @@ class RequestSpans:
             return
         attached, counting, tally = token
         try:
-            self._finish(req, resp, tally)
+            if tally is not None:  # a request the sampler left out: nothing to name or count
+                self._finish(req, resp, tally)
         finally:
             _tally.reset(counting)
             otel_context.detach(attached)
 
     @staticmethod
-    def _finish(req, resp, tally: SqlTally | None) -> None:
-        current = req.context.trace_span
-        if tally is not None:  # a request the sampler left out: nothing to name or count
-            route = req.uri_template or "(unmatched)"
-            attributes = {"http.request.method": req.method, "http.route": route,
-                          "http.response.status_code": resp.status_code}
-            org = getattr(req.context, "org_id", None)
-            if org is not None:
-                attributes["tolstoy.org.id"] = str(org)
-            if tally.round_trips:
-                attributes.update(tally.attributes())
-            if isinstance(current, tuple):
-                direct, context, remote, started, added = current
-                if added:
-                    attributes = {**added, **attributes}
-                direct.end(f"{req.method} {route}", context, remote, started, attributes, resp.status_code >= 500)
-            else:
-                current.update_name(f"{req.method} {route}")
-                current.set_attributes(attributes)
-                if resp.status_code >= 500:
-                    current.set_status(Status(StatusCode.ERROR))
-        if current is not None and not isinstance(current, tuple):
-            current.end()
+    def _finish(req, resp, tally: SqlTally) -> None:
+        route = req.uri_template or "(unmatched)"
+        attributes = {"http.request.method": req.method, "http.route": route,
+                      "http.response.status_code": resp.status_code}
+        org = getattr(req.context, "org_id", None)
+        if org is not None:
+            attributes["tolstoy.org.id"] = str(org)
+        if tally.round_trips:
+            attributes.update(tally.attributes())
+        req.context.trace_span.finish(f"{req.method} {route}", attributes, resp.status_code >= 500)
