@@ -121,7 +121,6 @@ class Worker:
         self.engine.max_handbacks = max_handbacks
         self.engine.fair_share_half_life_seconds = fair_share_half_life_seconds
         self._held: dict = {}  # run id -> Run being executed by a thread of this worker
-        self._batch_full = False  # the last claim took as many runs as it asked for
         self._lock = threading.Lock()
         self._next_maintenance = 0.0
         # Outbound event webhooks: a thread of their own, woken when the run claim says one is due.
@@ -140,16 +139,17 @@ class Worker:
                 self._held.pop(run.id, None)
             self.wake.set()
 
-    def claim(self, pool: ThreadPoolExecutor) -> tuple[int, float | None]:
+    def claim(self, pool: ThreadPoolExecutor) -> tuple[int, float | None, bool]:
         """Claim as many runs as there are free threads (and fire the schedules that are due); returns
         (claimed, seconds until the next run falls due, by the database's clock, or None when nothing
-        is queued)."""
+        is queued, whether it took as many runs as it asked for). Fewer than asked: nothing else was
+        due (a run queued since wakes the loop by NOTIFY, one due later is what next_due says), so the
+        loop does not ask again at once."""
         with self._lock:
             free = self.concurrency - len(self._held)
-        self._batch_full = False
         if free <= 0:
             self.fire_when_due()
-            return 0, None
+            return 0, None, False
         asked = time.monotonic()  # the lease cannot have started before this
         limit = min(free, CLAIM_BATCH)
         # Each run comes as a row of its own: a run whose payload cannot be built is struck, not the claim.
@@ -169,15 +169,12 @@ class Worker:
             with self._lock:
                 self._held[run.id] = run
             pool.submit(self._execute, claimed, run)
-        # Fewer than asked: nothing else was due (a run queued since wakes the loop by NOTIFY, one due
-        # later is what next_due says), so the loop does not ask again at once.
-        self._batch_full = len(runs) == limit
         self._note_schedule(answer.get("next_schedule"), answer["now"])
         if self.deliveries is not None and answer.get("next_delivery") is not None:
             self.deliveries.due_in(seconds_between(answer["next_delivery"], answer["now"]))
         self.fire_when_due()
         due = answer.get("next_due")
-        return len(runs), (None if due is None else seconds_between(due, answer["now"]))
+        return len(runs), (None if due is None else seconds_between(due, answer["now"])), len(runs) == limit
 
     # ---- schedule triggers ------------------------------------------------------
 
@@ -358,15 +355,15 @@ class Worker:
             while not self.stopping.is_set():
                 self.wake.clear()
                 try:
-                    claimed, due_in = self.claim(pool)
+                    claimed, due_in, full = self.claim(pool)
                 except Exception:  # noqa: BLE001 - database hiccup: back off, keep serving
                     log.exception("claim failed")
-                    claimed, due_in = 0, self.poll_seconds
+                    claimed, due_in, full = 0, self.poll_seconds, False
                 with self._lock:
                     busy = len(self._held)
                 if stop_after_idle and not claimed and busy == 0 and due_in is None:
                     break
-                if claimed and busy < self.concurrency and self._batch_full:
+                if claimed and busy < self.concurrency and full:
                     continue  # it took all it asked for: there may be more due right now
                 wait = self.poll_seconds if due_in is None else min(max(due_in, 0.01), self.poll_seconds)
                 schedule_in = self.schedule_due_in()
