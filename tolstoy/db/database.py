@@ -1,5 +1,5 @@
-"""The only module that talks to psycopg: a connection pool, units of work, the
-verbs that run named queries from ``sql/``, and translation of database errors.
+"""The only module that talks to psycopg (with wire.py, which sends a unit's batches): a connection
+pool, units of work, the verbs that run named queries from ``sql/``, and translation of database errors.
 
 A **unit of work** is one request or one engine step: one pool checkout, one
 transaction, and the tenant set inside it. It opens lazily: the first query
@@ -35,6 +35,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .. import errors, jsonsafe, metrics, tracing
+from . import wire
 from .queries import SQL, Query
 
 log = logging.getLogger("tolstoy.db")
@@ -191,12 +192,8 @@ class _Verified:
                 del self._until[tenant]
 
 
-@dataclass
-class Result:
-    """What one statement returned, read before its connection went back to the pool."""
-
-    rows: list[dict]
-    rowcount: int
+# What one statement returned (its rows and row count), read before its connection went back to the pool.
+Result = wire.Rows
 
 
 # The unit of work of the request or engine step this thread is running.
@@ -366,25 +363,12 @@ class Unit:
 
     def _round_trip(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
         try:
-            if len(statements) == 1:
-                query, params = statements[0]
-                return [_result(query, conn.execute(query.sql, params))]
-            with conn.pipeline():
-                cursors = [conn.execute(query.sql, params) for query, params in statements]
-            return [_result(query, cursor) for (query, _), cursor in zip(statements, cursors, strict=True)]
+            return wire.exchange(conn, statements)
         except pg_errors.ReadOnlySqlTransaction:
             # This session reached a server that takes no writes (see wrap_errors): closed, the pool
             # drops it, and the next connection is made afresh, to wherever the primary is now.
             conn.close()
             raise
-
-
-def _result(query: Query, cursor: psycopg.Cursor) -> Result:
-    # Rows are read only where the query's kind says the caller wants them (not for "!"
-    # statements such as enter, begin or commit): building them is most of the client's work.
-    if query.kind == "rowcount":
-        return Result([], cursor.rowcount)
-    return Result(cursor.fetchall(), cursor.rowcount)
 
 
 class Database:
@@ -456,6 +440,7 @@ class Database:
         """Turn psycopg's automatic prepared statements off for this process: a transaction
         pooler that does not track them is in front (say TOLSTOY_PREPARE_THRESHOLD=off)."""
         conn.prepare_threshold = None
+        wire.forget_prepared(conn)
         if self.pool.kwargs.get("prepare_threshold") is not None:
             self.pool.kwargs["prepare_threshold"] = None
             log.warning("prepared statements clash behind a transaction pooler; they are off from now on "
