@@ -209,13 +209,25 @@ def _wait_budget(timeout: float | None, kind: type[Exception], poll: bool = True
     return min(budget, CANCEL_CHECK_SECONDS) if poll and current.cancel is not None else budget
 
 
+# Writes held back and sent together: httpcore writes a request's head and its body apart, and each write on
+# loopback or a LAN is a segment the peer's stack (on loopback, this process's system time) handles alone.
+COALESCE_BYTES = 64 * 1024
+
+
 class _LimitedStream(httpcore.NetworkStream):
-    """A socket stream whose reads and writes obey the call's deadline and cancel event."""
+    """A socket stream whose reads and writes obey the call's deadline and cancel event, and whose writes
+    go out together: a request's head and body (httpcore writes them apart) leave in one ``sendall`` when
+    the response is first read, or as soon as COALESCE_BYTES are waiting (a large body streams)."""
 
     def __init__(self, inner: httpcore.NetworkStream):
         self.inner = inner
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.write_timeout: float | None = None
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self.pending:
+            self._flush()
         while True:
             budget = _wait_budget(timeout, httpcore.ReadTimeout)
             try:
@@ -227,9 +239,21 @@ class _LimitedStream(httpcore.NetworkStream):
                     timeout -= budget
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self.inner.write(buffer, _wait_budget(timeout, httpcore.WriteTimeout, poll=False))
+        if not buffer:
+            return
+        self.pending.append(buffer)
+        self.pending_bytes += len(buffer)
+        self.write_timeout = timeout
+        if self.pending_bytes >= COALESCE_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        data = b"".join(self.pending)
+        self.pending, self.pending_bytes = [], 0
+        self.inner.write(data, _wait_budget(self.write_timeout, httpcore.WriteTimeout, poll=False))
 
     def close(self) -> None:
+        self.pending, self.pending_bytes = [], 0
         self.inner.close()
 
     def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
