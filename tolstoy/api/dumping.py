@@ -6,7 +6,10 @@ actions, more than the database round trip of the request. ``dumper(schema)``
 reads the same schema once (its dump fields, attributes, data keys, nesting)
 and compiles a function that builds the same dictionary directly: one line per
 field, the common conversions (strings, integers, uuids) written inline, no
-loop over a plan (a third of the time of walking one). Field types it does not
+loop over a plan (a third of the time of walking one). A row that holds every field (what a query returns) is shaped
+in one dict display, a quarter less than field by field (21 → 16 µs for one
+tool with three actions); a row lacking one falls back to the field-by-field
+path, which leaves it out or fills its default. Field types it does not
 know are serialized by the field itself, so the output is always
 ``Schema.dump``'s (tests/unit/test_dumping.py compares them on every schema,
 with rows of every shape and with generated ones).
@@ -104,6 +107,10 @@ def _converter(field: fields.Field) -> Callable[[Any], Any]:
         return _boolean(field)
     if isinstance(field, fields.Dict) and field.key_field is None and field.value_field is None:
         return _mapping
+    if kind is fields.Dict:  # typed keys or values (an action's headers): each through its field's conversion
+        key = _identity if field.key_field is None else _converter(field.key_field)
+        item = _identity if field.value_field is None else _converter(field.value_field)
+        return lambda value: None if value is None else {key(k): item(v) for k, v in value.items()}
     if kind._serialize is fields.Field._serialize:  # Raw and custom fields that serialize as they are
         return _identity
     return lambda value: field._serialize(value, None, None)
@@ -119,16 +126,37 @@ _INLINE = {
 }
 
 
+MISSES_BEFORE_FIELD_BY_FIELD = 64
+
+
 def dumper(schema: Schema) -> Dump:
     """A function shaping one row (a dict) exactly as ``schema.dump(row)`` would, compiled from the
     schema: for each dump field, in order, its value read from the row (a missing one left out, or
     its dump_default), converted, and stored under its data key."""
     names: dict[str, Any] = {"_MISSING": _MISSING, "isinstance": isinstance, "str": str, "type": type,
                              "int": int}
-    lines = ["def dump(row):", "    get = row.get", "    out = {}"]
-    for number, (name, field) in enumerate(schema.dump_fields.items()):
-        attribute, key, convert, default = (field.attribute or name, field.data_key or name, _converter(field),
-                                            field.dump_default)
+    lines = ["def dump(row):"]
+    # A row that holds every field (the rows of a query, all of them): one dict display. One that lacks
+    # some (a KeyError, from the row or a conversion) takes the field-by-field path below, which leaves
+    # a missing one out or fills its default, and raises what a conversion raises.
+    plan = [(name, field, _converter(field)) for name, field in schema.dump_fields.items()]
+    whole = []
+    for number, (name, field, convert) in enumerate(plan):
+        value = f"row[{(field.attribute or name)!r}]"
+        if convert is _identity:
+            whole.append(f"{(field.data_key or name)!r}: {value}")
+        else:
+            names[f"convert{number}"] = convert
+            whole.append(f"{(field.data_key or name)!r}: convert{number}({value})")
+    # A schema whose rows usually lack a field (filled by its default, or left out) stops trying after
+    # MISSES_BEFORE_FIELD_BY_FIELD misses, so that it pays for the failed display only so often.
+    names["misses"] = [0]
+    lines += ["    if misses[0] < MISSES_BEFORE_FIELD_BY_FIELD:", "        try:",
+              f"            return {{{', '.join(whole)}}}", "        except KeyError:", "            misses[0] += 1",
+              "    get = row.get", "    out = {}"]
+    names["MISSES_BEFORE_FIELD_BY_FIELD"] = MISSES_BEFORE_FIELD_BY_FIELD
+    for number, (name, field, convert) in enumerate(plan):
+        attribute, key, default = field.attribute or name, field.data_key or name, field.dump_default
         value = f"v{number}"
         inline = _INLINE.get(convert)
         if inline is None:
