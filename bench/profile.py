@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(pauses.summary(size * args.blocks))
         print(f"access line: {1e6 * access_line_cpu():.1f} µs of CPU each (Gunicorn's logger, to /dev/null)")
         if args.scenario == "get":
-            print("the driver alone (psycopg, the tool query, µs of CPU each, least of 6 x 500): " + ", ".join(
+            print("the driver alone (the tool query, µs of CPU each, least of 6 x 500): " + ", ".join(
                 f"{name} {1e6 * spent:.0f}" for name, spent in driver_cpu(stack.app_url, loaded).items()))
         if args.cpu_only:
             return 0
@@ -220,14 +220,16 @@ class GcPauses:
 
 
 def driver_cpu(url: str, loaded, count: int = 500) -> dict[str, float]:
-    """CPU seconds psycopg spends on GET /tools/{id}'s query, sent three ways on one connection (as the
-    pool's, prepared after 5 uses): alone; after the statement that sets the tenant, in two round
-    trips; and both in one pipeline, as a unit of work sends them (tolstoy/db/database.py)."""
+    """CPU seconds the driver spends on GET /tools/{id}'s query, sent four ways on one connection (as the
+    pool's, prepared after 5 uses): alone, through psycopg; after the statement that sets the tenant, in
+    two round trips; both in one psycopg pipeline; and both in one batch of tolstoy/db/wire.py, as a
+    unit of work sends them."""
     import uuid
 
     import psycopg
     from psycopg.rows import dict_row
 
+    from tolstoy.db import wire
     from tolstoy.db.queries import SQL
 
     org, tools = uuid.UUID(loaded.org), [uuid.UUID(tool) for tool in loaded.tools]
@@ -246,7 +248,12 @@ def driver_cpu(url: str, loaded, count: int = 500) -> dict[str, float]:
                 cursor = conn.execute(SQL.tools.get.sql, {"org_id": org, "id": tools[n % len(tools)]})
             assert cursor.fetchall()
 
-        ways = {"alone": alone, "two round trips": two_round_trips, "one pipeline": one_pipeline}
+        def one_batch(n: int) -> None:  # what a unit of work sends now: tolstoy/db/wire.py
+            assert wire.exchange(conn, [(SQL.session.enter_known, enter),
+                                        (SQL.tools.get, {"org_id": org, "id": tools[n % len(tools)]})])[1].rows
+
+        ways = {"alone": alone, "two round trips": two_round_trips, "one pipeline": one_pipeline,
+                "one batch (wire.py)": one_batch}
         found: dict[str, list[float]] = {name: [] for name in ways}
         # The tenant for the whole session, so that the query finds its row outside a unit's
         # transaction too (enter sets it for one transaction, which autocommit ends at once).
