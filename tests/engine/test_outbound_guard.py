@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import trustme
+from support import serving
 
 from tolstoy.engine.outbound import (
     DENIED_NETWORKS,
@@ -301,16 +302,8 @@ def encoded_server() -> Iterator[dict]:
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Handler) as server:
         yield {"url": f"http://127.0.0.1:{server.server_address[1]}", "answers": answers, "seen": seen}
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("coding, body", [
