@@ -8,7 +8,9 @@ by tests/api/test_round_trips.py."""
 
 from __future__ import annotations
 
+import gc
 import uuid
+import weakref
 
 import psycopg
 import pytest
@@ -106,3 +108,16 @@ def test_statements_are_prepared_after_the_threshold_and_reused(conn):
         with pytest.raises(psycopg.errors.UndefinedTable):
             wire.exchange(conn, [(broken, {})])
     assert conn.execute("select count(*) as n from pg_prepared_statements").fetchone()["n"] == len(names)
+
+
+def test_a_closed_connection_leaves_nothing_behind(database_url):
+    """What wire.py keeps per connection goes with it: the pool drops and replaces connections for years."""
+    kept = []
+    for _ in range(3):
+        conn = psycopg.connect(database_url, autocommit=True)
+        wire.exchange(conn, [(query("select 1 as one"), {})])
+        kept.append(weakref.ref(conn))
+        conn.close()
+        del conn
+    gc.collect()
+    assert [ref() for ref in kept] == [None, None, None]

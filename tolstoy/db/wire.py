@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import weakref
 from typing import Any
 
 import psycopg
@@ -74,12 +73,18 @@ class _Session:
         self.encoding = conn.info.encoding
 
 
-_sessions: weakref.WeakKeyDictionary[psycopg.Connection, _Session] = weakref.WeakKeyDictionary()
+def _session(conn: psycopg.Connection) -> _Session:
+    # Kept on the connection itself: its transformer refers to the connection, so a table keyed by
+    # connections (even weakly) would keep every connection the pool ever dropped alive.
+    session = getattr(conn, "_tolstoy_wire", None)
+    if session is None:
+        session = conn._tolstoy_wire = _Session(conn)
+    return session
 
 
 def forget_prepared(conn: psycopg.Connection) -> None:
     """The connection's server side no longer holds what was prepared on it (a pooler gave us another)."""
-    session = _sessions.get(conn)
+    session = getattr(conn, "_tolstoy_wire", None)
     if session is not None:
         session.prepared.clear()
         session.seen.clear()
@@ -100,9 +105,7 @@ def exchange(conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> 
     """Send ``statements`` in one pipeline ended by one Sync (so, outside a transaction, one implicit
     transaction: rolled back whole if any part fails) and read every result. Raises the first error
     as psycopg's exception (the rest of the batch is then skipped by the server)."""
-    session = _sessions.get(conn)
-    if session is None:
-        session = _sessions[conn] = _Session(conn)
+    session = _session(conn)
     # Everything that can fail on our side (a parameter missing, a value psycopg cannot adapt) fails here,
     # before anything is queued on the connection.
     commands = [_command(session, query, params, conn.prepare_threshold) for query, params in statements]
