@@ -99,14 +99,14 @@ def test_a_statement_is_prepared_under_one_name_on_every_connection(database_url
 def test_statements_are_prepared_after_the_threshold_and_reused(conn):
     statement = query("select %(n)s::integer as n")
     for n in range(4):
-        assert wire.exchange(conn, [(statement, {"n": n})])[0].rows == [{"n": n}]
+        assert wire.exchange(conn, [(statement, {"n": n})], 1)[0].rows == [{"n": n}]
     names = [row["name"] for row in conn.execute("select name from pg_prepared_statements").fetchall()]
     assert len([name for name in names if name.startswith("tolstoy_")]) == 1
     # A prepare that fails (the statement does not parse) is not taken as prepared.
     broken = query("select from nowhere_at_all")
     for _ in range(3):
         with pytest.raises(psycopg.errors.UndefinedTable):
-            wire.exchange(conn, [(broken, {})])
+            wire.exchange(conn, [(broken, {})], 1)
     assert conn.execute("select count(*) as n from pg_prepared_statements").fetchone()["n"] == len(names)
 
 
@@ -121,3 +121,42 @@ def test_a_closed_connection_leaves_nothing_behind(database_url):
         del conn
     gc.collect()
     assert [ref() for ref in kept] == [None, None, None]
+
+
+def test_a_rollback_by_psycopg_leaves_the_prepared_statements_alone(database_url):
+    """The pool rolls back a connection given back in a failed transaction with psycopg's rollback(),
+    which deallocates every prepared statement when psycopg's own manager holds one: psycopg must
+    prepare nothing on the pool's connections, or each failed unit would wipe what wire.py prepared and
+    the next one would take the "does not exist" for a pooler's clash and stop preparing for good."""
+    statement = query("select %(n)s::integer as n")
+    db = Database(database_url, min_size=1, max_size=1, prepare_threshold=0)
+    db.open(wait=True)
+    try:
+        assert db.all(statement, n=1) == [{"n": 1}]
+        for _ in range(8):  # what psycopg itself runs on the pool's connections (health checks, say)
+            with db.pool.connection() as conn:
+                conn.execute("select 1")
+        conn = db.pool.getconn()
+        conn.execute("begin")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("select 1 / 0")
+        db.pool.putconn(conn)  # given back in a failed transaction: the pool rolls it back
+        assert db.all(statement, n=2) == [{"n": 2}]
+        assert db.prepare_threshold == 0  # still preparing: nothing clashed
+        names = db.all(query("select name from pg_prepared_statements"))
+        assert [row["name"] for row in names if row["name"].startswith("tolstoy_")], names
+    finally:
+        db.close()
+
+
+def test_a_row_that_fails_to_load_does_not_hide_a_prepare(conn):
+    statement = query("select %(n)s::integer as n")
+    with pytest.raises(psycopg.errors.DataError):  # psycopg's date cannot hold infinity
+        wire.exchange(conn, [(query("select 'infinity'::date as d"), {}), (statement, {"n": 1})], 0)
+    assert wire.exchange(conn, [(statement, {"n": 2})], 0)[0].rows == [{"n": 2}]
+
+
+def test_a_statement_twice_in_one_batch_is_prepared_once(conn):
+    statement = query("select %(n)s::integer as n")
+    first, second = wire.exchange(conn, [(statement, {"n": 1}), (statement, {"n": 2})], 0)
+    assert (first.rows, second.rows) == ([{"n": 1}], [{"n": 2}])

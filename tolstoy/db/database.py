@@ -306,8 +306,6 @@ class Unit:
     def _checkout(self) -> psycopg.Connection:
         with wrap_errors():
             conn = self.db.pool.getconn()
-        if self.db.pool.kwargs["prepare_threshold"] is None:
-            conn.prepare_threshold = None  # opened before stop_preparing
         return conn
 
     def _open(self, batch: list[tuple[Query, dict]]) -> tuple[psycopg.Connection, list[Result]]:
@@ -363,7 +361,7 @@ class Unit:
 
     def _round_trip(self, conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Result]:
         try:
-            return wire.exchange(conn, statements)
+            return wire.exchange(conn, statements, self.db.prepare_threshold)
         except pg_errors.ReadOnlySqlTransaction:
             # This session reached a server that takes no writes (see wrap_errors): closed, the pool
             # drops it, and the next connection is made afresh, to wherever the primary is now.
@@ -399,11 +397,15 @@ class Database:
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,
-                "prepare_threshold": prepare_threshold,
+                # Units prepare their statements themselves (tolstoy/db/wire.py, at self.prepare_threshold).
+                # psycopg's own manager must hold none: a rollback by psycopg (the pool's, of a connection
+                # given back in a failed transaction) deallocates every statement when it holds one.
+                "prepare_threshold": None,
                 "application_name": application_name,
             },
         )
         self.statement_timeout_ms = statement_timeout_ms
+        self.prepare_threshold = prepare_threshold
         # The configured quota defaults each unit of work sets for the database (tolstoy.quotas, JSON);
         # '' until use_quotas: then only the operator's overrides per organization bind.
         self.quotas = ""
@@ -437,12 +439,11 @@ class Database:
         self.quotas = jsonlib.dumps(quotas, separators=(",", ":"), sort_keys=True)
 
     def stop_preparing(self, conn: psycopg.Connection) -> None:
-        """Turn psycopg's automatic prepared statements off for this process: a transaction
-        pooler that does not track them is in front (say TOLSTOY_PREPARE_THRESHOLD=off)."""
-        conn.prepare_threshold = None
+        """Turn prepared statements off for this process: a transaction pooler that does not track
+        them is in front (say TOLSTOY_PREPARE_THRESHOLD=off)."""
         wire.forget_prepared(conn)
-        if self.pool.kwargs.get("prepare_threshold") is not None:
-            self.pool.kwargs["prepare_threshold"] = None
+        if self.prepare_threshold is not None:
+            self.prepare_threshold = None
             log.warning("prepared statements clash behind a transaction pooler; they are off from now on "
                         "(set TOLSTOY_PREPARE_THRESHOLD=off to start that way)")
 

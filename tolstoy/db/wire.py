@@ -43,6 +43,8 @@ _FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 _PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 _PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 _TEXT = pq.Format.TEXT
+# What a statement may answer (psycopg's Cursor raises on anything else: COPY, a bad response).
+_ANSWERS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 _AUTO = PyFormat.AUTO
 
 # (statement, parameter types) → the name it is prepared under on every connection of every process.
@@ -101,14 +103,17 @@ class Rows:
         self.rowcount = rowcount
 
 
-def exchange(conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> list[Rows]:
+def exchange(conn: psycopg.Connection, statements: list[tuple[Query, dict]],
+             prepare_threshold: int | None = 5) -> list[Rows]:
     """Send ``statements`` in one pipeline ended by one Sync (so, outside a transaction, one implicit
     transaction: rolled back whole if any part fails) and read every result. Raises the first error
-    as psycopg's exception (the rest of the batch is then skipped by the server)."""
+    as psycopg's exception (the rest of the batch is then skipped by the server). A statement is
+    prepared once this connection ran it ``prepare_threshold`` times (None: never)."""
     session = _session(conn)
     # Everything that can fail on our side (a parameter missing, a value psycopg cannot adapt) fails here,
     # before anything is queued on the connection.
-    commands = [_command(session, query, params, conn.prepare_threshold) for query, params in statements]
+    preparing: set[bytes] = set()  # a statement twice in one batch is prepared once
+    commands = [_command(session, query, params, prepare_threshold, preparing) for query, params in statements]
     pgconn = conn.pgconn
     with conn.lock:
         pgconn.enter_pipeline_mode()
@@ -133,7 +138,7 @@ def exchange(conn: psycopg.Connection, statements: list[tuple[Query, dict]]) -> 
     return _outcomes(session, results, commands, statements)
 
 
-def _command(session: _Session, query: Query, params: dict, threshold: int | None) -> tuple:
+def _command(session: _Session, query: Query, params: dict, threshold: int | None, preparing: set[bytes]) -> tuple:
     """What to send for one statement: (text, dumped values, types, formats, prepared name or None,
     whether to prepare it first)."""
     sql, order = query.positional
@@ -149,10 +154,11 @@ def _command(session: _Session, query: Query, params: dict, threshold: int | Non
     if threshold is None:
         return sql, dumped, types, formats, None, False
     name = _name((sql, types))
-    if name in session.prepared:
+    if name in session.prepared or name in preparing:
         return sql, dumped, types, formats, name, False
     count = session.seen.get(name, 0) + 1
     if count > threshold and len(session.prepared) < MAX_PREPARED:
+        preparing.add(name)
         return sql, dumped, types, formats, name, True
     session.seen[name] = count
     return sql, dumped, types, formats, None, False
@@ -170,10 +176,13 @@ def _flush_and_fetch(pgconn: pq.abc.PGconn):
 
 
 def _outcomes(session: _Session, results: list, commands: list[tuple], statements: list) -> list[Rows]:
-    """Each statement's Rows, or the first error of the batch raised (a prepare's included)."""
+    """Each statement's Rows, or the first error of the batch raised (a prepare's included). Every
+    prepare's outcome is recorded before any row is loaded: a row that fails to load (a date psycopg
+    cannot hold) must not leave a statement prepared on the server that this side does not know of."""
     error = None
     outcomes = []
     got = iter(results)
+    answers = []
     for (_, _, _, _, name, prepare), (query, _) in zip(commands, statements, strict=True):
         if prepare:
             prepared = next(got)
@@ -183,12 +192,17 @@ def _outcomes(session: _Session, results: list, commands: list[tuple], statement
             else:
                 error = error or _error(prepared, session)
         result = next(got)
-        if error is None and (not result or result[-1].status in (_FATAL_ERROR, _PIPELINE_ABORTED)):
+        if error is None and (not result or result[-1].status not in _ANSWERS):
             error = _error(result, session)
-        if error is None:
-            outcomes.append(_rows(session.transformer, result[-1], query.kind != "rowcount", session.encoding))
+        answers.append((query, result))
     if error is not None:
         raise error
+    tx = session.transformer
+    try:
+        for query, result in answers:
+            outcomes.append(_rows(tx, result[-1], query.kind != "rowcount", session.encoding))
+    finally:
+        tx.set_pgresult(None)  # the last result's rows are the caller's now, not the connection's
     return outcomes
 
 
@@ -211,6 +225,6 @@ def _rows(tx: Any, result: pq.abc.PGresult, wanted: bool, encoding: str) -> Rows
         return Rows(tx.load_rows(0, count, lambda values: dict(zip(names, values, strict=True))), count)
     if wanted:  # as Cursor.fetchall() says of a statement that returns no rows
         raise psycopg.ProgrammingError(f"the last operation didn't produce records "
-                                       f"(command status: {result.command_status.decode()})")
+                                       f"(command status: {(result.command_status or b'').decode()})")
     tuples = result.command_tuples
     return Rows([], -1 if tuples is None else tuples)
