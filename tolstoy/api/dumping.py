@@ -6,10 +6,11 @@ actions, more than the database round trip of the request. ``dumper(schema)``
 reads the same schema once (its dump fields, attributes, data keys, nesting)
 and compiles a function that builds the same dictionary directly: one line per
 field, the common conversions (strings, integers, uuids) written inline, no
-loop over a plan (a third of the time of walking one). A row that holds every field (what a query returns) is shaped
-in one dict display, a quarter less than field by field (21 → 16 µs for one
-tool with three actions); a row lacking one falls back to the field-by-field
-path, which leaves it out or fills its default. Field types it does not
+loop over a plan (a third of the time of walking one). A row that holds every
+field (what a query returns) is shaped in one dict display, a quarter less
+than field by field (21 → 16 µs for one tool with three actions); a row
+lacking one falls back to the field-by-field path, which leaves it out or
+fills its default. Field types it does not
 know are serialized by the field itself, so the output is always
 ``Schema.dump``'s (tests/unit/test_dumping.py compares them on every schema,
 with rows of every shape and with generated ones).

@@ -21,8 +21,8 @@ another client prepared the name on holds the same statement, and one that lacks
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import threading
 from typing import Any
 
 import psycopg
@@ -47,19 +47,12 @@ _TEXT = pq.Format.TEXT
 _ANSWERS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 _AUTO = PyFormat.AUTO
 
-# (statement, parameter types) → the name it is prepared under on every connection of every process.
-_names: dict[tuple[bytes, tuple[int, ...]], bytes] = {}
-_names_lock = threading.Lock()
-
-
-def _name(key: tuple[bytes, tuple[int, ...]]) -> bytes:
-    name = _names.get(key)
-    if name is None:
-        digest = hashlib.blake2b(key[0] + b"\0" + ",".join(map(str, key[1])).encode(), digest_size=10)
-        name = b"tolstoy_" + digest.hexdigest().encode()
-        with _names_lock:
-            _names[key] = name
-    return name
+@functools.cache
+def _name(sql: bytes, types: tuple[int, ...]) -> bytes:
+    """The name a statement with these parameter types is prepared under, on every connection of every
+    process (the named queries are a fixed set, so the cache is bounded by them)."""
+    digest = hashlib.blake2b(sql + b"\0" + ",".join(map(str, types)).encode(), digest_size=10)
+    return b"tolstoy_" + digest.hexdigest().encode()
 
 
 class _Session:
@@ -153,7 +146,7 @@ def _command(session: _Session, query: Query, params: dict, threshold: int | Non
         dumped, types, formats = None, (), None
     if threshold is None:
         return sql, dumped, types, formats, None, False
-    name = _name((sql, types))
+    name = _name(sql, types)
     if name in session.prepared or name in preparing:
         return sql, dumped, types, formats, name, False
     count = session.seen.get(name, 0) + 1
