@@ -55,9 +55,11 @@ def statements(metrics_dir: Path) -> float:
 def _enqueue(conn: psycopg.Connection, org: str, user: str, flow: str, count: int):
     """Queue ``count`` runs in one statement; returns the database time just before."""
     started = conn.execute("select clock_timestamp()").fetchone()[0]
-    # Through tolstoy_queue_run, as the API queues them: each run gets its plan and first log row.
+    # Through tolstoy_queue_run_v4, as the API queues them (sql/runs.sql, queue): each run gets its plan
+    # and first log row.
     conn.execute("select count(*) from generate_series(1, %s) as n, "
-                 "lateral tolstoy_queue_run(%s, %s, 1, %s, jsonb_build_object('n', n), null, null)",
+                 "lateral tolstoy_queue_run_v4(%s, %s, 1, %s, jsonb_build_object('n', n), null, null, false, null, "
+                 "null, null)",
                  (count, org, flow, user))
     return started
 

@@ -785,23 +785,26 @@ COMMENT ON FUNCTION public.tolstoy_audit_mask(value jsonb) IS 'The value with th
 --
 
 CREATE FUNCTION public.tolstoy_audit_mask_walk(value jsonb) RETURNS jsonb
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
-    select case jsonb_typeof(value)
-        when 'object' then (
-            select coalesce(jsonb_object_agg(e.key,
-                       case when replace(lower(e.key), '-', '_') = any(tolstoy_audit_secret_names())
-                            then '"***"'::jsonb
-                            when e.value::text ~* tolstoy_audit_secret_key() then tolstoy_audit_mask_walk(e.value)
-                            else e.value end), '{}'::jsonb)
-            from jsonb_each(value) as e)
-        when 'array' then (
-            select coalesce(jsonb_agg(case when a.value::text ~* tolstoy_audit_secret_key()
-                                           then tolstoy_audit_mask_walk(a.value) else a.value end
-                                      order by a.n), '[]'::jsonb)
-            from jsonb_array_elements(value) with ordinality as a(value, n))
-        else value
-    end
+begin
+    return (
+        select case jsonb_typeof(value)
+            when 'object' then (
+                select coalesce(jsonb_object_agg(e.key,
+                           case when replace(lower(e.key), '-', '_') = any(tolstoy_audit_secret_names())
+                                then '"***"'::jsonb
+                                when e.value::text ~* tolstoy_audit_secret_key() then tolstoy_audit_mask_walk(e.value)
+                                else e.value end), '{}'::jsonb)
+                from jsonb_each(value) as e)
+            when 'array' then (
+                select coalesce(jsonb_agg(case when a.value::text ~* tolstoy_audit_secret_key()
+                                               then tolstoy_audit_mask_walk(a.value) else a.value end
+                                          order by a.n), '[]'::jsonb)
+                from jsonb_array_elements(value) with ordinality as a(value, n))
+            else value
+        end);
+end;
 $$;
 
 
@@ -857,9 +860,12 @@ COMMENT ON FUNCTION public.tolstoy_audit_secret_names() IS 'Field and header nam
 --
 
 CREATE FUNCTION public.tolstoy_authenticate(hash bytea) RETURNS TABLE(org_id uuid, key_id uuid)
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
+begin
+    return query
     with found as (
         select k.org_id, k.id
         from api_keys k
@@ -871,7 +877,8 @@ CREATE FUNCTION public.tolstoy_authenticate(hash bytea) RETURNS TABLE(org_id uui
         where k.org_id = found.org_id and k.id = found.id
           and (k.last_used_at is null or k.last_used_at < tolstoy_now() - interval '1 minute')
     )
-    select found.org_id, found.id from found
+    select found.org_id, found.id from found;
+end;
 $$;
 
 
@@ -912,53 +919,58 @@ COMMENT ON FUNCTION public.tolstoy_bind_to_tool_origin() IS 'BEFORE INSERT trigg
 --
 
 CREATE FUNCTION public.tolstoy_cancel_descendants(org uuid, parent uuid) RETURNS integer
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $_$
-with recursive tree as (
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    where c.org_id = org and c.parent_run_id = parent
-      and c.created_at >= tolstoy_run_from(parent)  -- children are queued after their parent
-    union all
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
-), locked as (
-    -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
-    -- locking a middle run before a grandchild that is finishing would deadlock with it.
-    select r.org_id, r.id, r.created_at
-    from flow_runs r
-    join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
-    where r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    order by r.depth desc, r.id
-    for update of r
-), changed as (
-    -- As tolstoy_cancel_run: at once unless a worker holds it (a running run whose lease expired has none).
-    update flow_runs r
-    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                      then 'cancelled'::flow_run_status else r.status end,
-        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
-                           else r.finished_at end,
-        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                     then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
-        lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
-        lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
-        lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
-        cancel_requested = true
-    from locked
-    where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
-      and r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    returning r.org_id, r.id, r.flow_id, r.user_id, r.status
-), logged as (
-    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
-    select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
-    from changed
-    where status = 'cancelled'
-)
-select (count(*) filter (where status = 'cancelled'))::integer
-from changed;
+declare
+    cancelled integer;
+begin
+    with recursive tree as (
+        select c.org_id, c.id, c.created_at
+        from flow_runs c
+        where c.org_id = org and c.parent_run_id = parent
+          and c.created_at >= tolstoy_run_from(parent)  -- children are queued after their parent
+        union all
+        select c.org_id, c.id, c.created_at
+        from flow_runs c
+        join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
+    ), locked as (
+        -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
+        -- locking a middle run before a grandchild that is finishing would deadlock with it.
+        select r.org_id, r.id, r.created_at
+        from flow_runs r
+        join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
+        where r.status in ('queued', 'running', 'waiting')
+          and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
+        order by r.depth desc, r.id
+        for update of r
+    ), changed as (
+        -- As tolstoy_cancel_run: at once unless a worker holds it (a running run whose lease expired has none).
+        update flow_runs r
+        set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
+                          then 'cancelled'::flow_run_status else r.status end,
+            finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
+                               else r.finished_at end,
+            error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
+                         then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
+            lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
+            lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
+            lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
+            cancel_requested = true
+        from locked
+        where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
+          and r.status in ('queued', 'running', 'waiting')
+          and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
+        returning r.org_id, r.id, r.flow_id, r.user_id, r.status
+    ), logged as (
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+        select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
+        from changed
+        where status = 'cancelled'
+    )
+    select (count(*) filter (where status = 'cancelled'))::integer into cancelled
+    from changed;
+    return cancelled;
+end;
 $_$;
 
 
@@ -1507,12 +1519,15 @@ COMMENT ON FUNCTION public.tolstoy_claim_deliveries(worker text, max_deliveries 
 --
 
 CREATE FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer) RETURNS jsonb
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select jsonb_build_object('runs', coalesce(jsonb_agg(c.run) filter (where c.run is not null), '[]'),
-                              'next_due', max(c.meta ->> 'next_due')::timestamptz)
-    from tolstoy_claim_runs_v2(worker, max_runs, lease_seconds, max_recoveries, 300) as c
+begin
+    return (
+        select jsonb_build_object('runs', coalesce(jsonb_agg(c.run) filter (where c.run is not null), '[]'),
+                                  'next_due', max(c.meta ->> 'next_due')::timestamptz)
+        from tolstoy_claim_runs_v2(worker, max_runs, lease_seconds, max_recoveries, 300) as c);
+end;
 $$;
 
 
@@ -1752,10 +1767,13 @@ COMMENT ON FUNCTION public.tolstoy_claim_schedules(worker text, max_schedules in
 --
 
 CREATE FUNCTION public.tolstoy_clock_timestamp() RETURNS timestamp with time zone
-    LANGUAGE sql SECURITY DEFINER
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select clock_timestamp() + (select c.ahead from tolstoy_clock c)
+begin
+    return (
+        select clock_timestamp() + (select c.ahead from tolstoy_clock c));
+end;
 $$;
 
 
@@ -2381,12 +2399,16 @@ COMMENT ON FUNCTION public.tolstoy_history_month(at timestamp with time zone) IS
 --
 
 CREATE FUNCTION public.tolstoy_hook_target(hook uuid) RETURNS TABLE(org_id uuid, flow_id uuid, enabled boolean, verification text, secret bytea)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
+begin
+    return query
     select t.org_id, t.flow_id, t.enabled, t.verification, t.secret
     from flow_triggers t
-    where t.id = hook and t.type = 'webhook'
+    where t.id = hook and t.type = 'webhook';
+end;
 $$;
 
 
@@ -2402,9 +2424,11 @@ COMMENT ON FUNCTION public.tolstoy_hook_target(hook uuid) IS 'For POST /hooks/{i
 --
 
 CREATE FUNCTION public.tolstoy_iso(t timestamp with time zone) RETURNS text
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE plpgsql IMMUTABLE
     AS $$
-    select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+begin
+    return to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+end;
 $$;
 
 
@@ -2871,10 +2895,13 @@ COMMENT ON FUNCTION public.tolstoy_move_run(org uuid, flow uuid, target uuid, to
 --
 
 CREATE FUNCTION public.tolstoy_next_delivery() RETURNS timestamp with time zone
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select min(l.due_at) from webhook_lines l where l.due_at is not null
+begin
+    return (
+        select min(l.due_at) from webhook_lines l where l.due_at is not null);
+end;
 $$;
 
 
@@ -2890,11 +2917,14 @@ COMMENT ON FUNCTION public.tolstoy_next_delivery() IS 'The earliest time a webho
 --
 
 CREATE FUNCTION public.tolstoy_next_schedule() RETURNS timestamp with time zone
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    select min(t.next_run_at) from flow_triggers t
-    where t.type = 'schedule' and t.enabled and t.next_run_at is not null
+begin
+    return (
+        select min(t.next_run_at) from flow_triggers t
+        where t.type = 'schedule' and t.enabled and t.next_run_at is not null);
+end;
 $$;
 
 
@@ -2910,11 +2940,14 @@ COMMENT ON FUNCTION public.tolstoy_next_schedule() IS 'The earliest next_run_at 
 --
 
 CREATE FUNCTION public.tolstoy_now() RETURNS timestamp with time zone
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
-    -- now() (the transaction's start), moved by what tolstoy_clock says: nothing in production.
-    select now() + (select c.ahead from tolstoy_clock c)
+begin
+    return (
+        -- now() (the transaction's start), moved by what tolstoy_clock says: nothing in production.
+        select now() + (select c.ahead from tolstoy_clock c));
+end;
 $$;
 
 
@@ -2930,13 +2963,17 @@ COMMENT ON FUNCTION public.tolstoy_now() IS 'The database''s clock for every tim
 --
 
 CREATE FUNCTION public.tolstoy_parked_runs() RETURNS TABLE(waiting_for text, runs bigint)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
+begin
+    return query
     select r.waiting_for, count(*)
     from flow_runs r
     where r.waiting_for is not null
-    group by r.waiting_for
+    group by r.waiting_for;
+end;
 $$;
 
 
@@ -3002,23 +3039,26 @@ COMMENT ON FUNCTION public.tolstoy_place_deliveries() IS 'Deferred constraint tr
 --
 
 CREATE FUNCTION public.tolstoy_plan(org uuid, steps jsonb, on_failure jsonb DEFAULT NULL::jsonb) RETURNS jsonb
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $_$
-    select jsonb_build_object('steps', steps, 'actions', coalesce((
-        select jsonb_agg(jsonb_build_object(
-                   'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                   'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                   'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                     'base_url', t.base_url,
-                                                                     'auth_type', t.auth_type,
-                                                                     'honors_idempotency_key',
-                                                                     t.honors_idempotency_key)))
-        from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-        cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
-        where a.org_id = org
-          and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
-               or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
-       || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end
+begin
+    return (
+        select jsonb_build_object('steps', steps, 'actions', coalesce((
+            select jsonb_agg(jsonb_build_object(
+                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                         'base_url', t.base_url,
+                                                                         'auth_type', t.auth_type,
+                                                                         'honors_idempotency_key',
+                                                                         t.honors_idempotency_key)))
+            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+            cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
+            where a.org_id = org
+              and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
+                   or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
+           || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end);
+end;
 $_$;
 
 
@@ -3034,11 +3074,14 @@ COMMENT ON FUNCTION public.tolstoy_plan(org uuid, steps jsonb, on_failure jsonb)
 --
 
 CREATE FUNCTION public.tolstoy_plan_for(org uuid, flow uuid, plan_version integer) RETURNS jsonb
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-select tolstoy_plan(org, v.steps, v.on_failure)
-from flow_versions v
-where v.org_id = org and v.flow_id = flow and v.version = plan_version;
+begin
+    return (
+        select tolstoy_plan(org, v.steps, v.on_failure)
+        from flow_versions v
+        where v.org_id = org and v.flow_id = flow and v.version = plan_version);
+end;
 $$;
 
 
@@ -3193,10 +3236,14 @@ COMMENT ON FUNCTION public.tolstoy_prune_signals(retention_days integer, batch i
 --
 
 CREATE FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean DEFAULT false) RETURNS TABLE(run public.flow_runs, created boolean)
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
-    from tolstoy_queue_run_v2(org, flow, queue_run_version, actor, vars, key, retrying, acting, null) as q
+    from tolstoy_queue_run_v2(org, flow, queue_run_version, actor, vars, key, retrying, acting, null) as q;
+end;
 $$;
 
 
@@ -3212,10 +3259,14 @@ COMMENT ON FUNCTION public.tolstoy_queue_run(org uuid, flow uuid, queue_run_vers
 --
 
 CREATE FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb) RETURNS TABLE(run public.flow_runs, created boolean)
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
-    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q
+    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q;
+end;
 $$;
 
 
@@ -3231,11 +3282,15 @@ COMMENT ON FUNCTION public.tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_v
 --
 
 CREATE FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text) RETURNS TABLE(run public.flow_runs, created boolean)
-    LANGUAGE sql
+    LANGUAGE plpgsql
     AS $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
     from tolstoy_queue_run_v4(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning,
-                              concurrency_key, null) as q
+                              concurrency_key, null) as q;
+end;
 $$;
 
 
@@ -3373,16 +3428,20 @@ COMMENT ON FUNCTION public.tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_v
 --
 
 CREATE FUNCTION public.tolstoy_queue_stats() RETURNS TABLE(queued bigint, due bigint, oldest_due_age_seconds double precision)
-    LANGUAGE sql STABLE SECURITY DEFINER
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
     AS $$
+#variable_conflict use_column
+begin
+    return query
     -- The clock read once, not once per queued run.
     select q.queued, q.due, coalesce(extract(epoch from c.now - q.oldest_due), 0)::float8
     from (select tolstoy_now() as now) as c
     cross join lateral (select count(*) as queued, count(*) filter (where r.run_after <= c.now) as due,
                                min(r.run_after) filter (where r.run_after <= c.now) as oldest_due
                         from flow_runs r
-                        where r.status = 'queued') as q
+                        where r.status = 'queued') as q;
+end;
 $$;
 
 
@@ -3416,13 +3475,16 @@ COMMENT ON FUNCTION public.tolstoy_quota_defaults() IS 'The configured quota def
 --
 
 CREATE FUNCTION public.tolstoy_rate_scope(org uuid, tool uuid, run_user uuid, acts_as_user boolean) RETURNS text
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-select case when acts_as_user and run_user is not null
-                 and exists (select 1 from user_connections c
-                             where c.org_id = org and c.tool_id = tool and c.user_id = run_user)
-            then 'user:' || run_user::text
-            else 'organization' end;
+begin
+    return (
+        select case when acts_as_user and run_user is not null
+                         and exists (select 1 from user_connections c
+                                     where c.org_id = org and c.tool_id = tool and c.user_id = run_user)
+                    then 'user:' || run_user::text
+                    else 'organization' end);
+end;
 $$;
 
 
@@ -3786,23 +3848,26 @@ COMMENT ON FUNCTION public.tolstoy_run_from(id uuid) IS 'The earliest created_at
 --
 
 CREATE FUNCTION public.tolstoy_run_payload(r public.flow_runs) RETURNS jsonb
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-    select jsonb_build_object(
-        'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
-        'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
-        'variables', r.variables, 'plan', r.plan,
-        'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
-        'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
-        'trace_parent', r.trace_parent,
-        'checkpoints', coalesce((
-            select jsonb_agg(jsonb_build_object(
-                       'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
-                       'outputs', s.outputs, 'sealed', encode(s.sealed, 'base64'), 'error', s.error,
-                       'wake_at', s.wake_at, 'call_started_at', s.call_started_at)
-                   order by s.started_at)
-            from flow_run_steps s
-            where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '[]'))
+begin
+    return (
+        select jsonb_build_object(
+            'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
+            'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
+            'variables', r.variables, 'plan', r.plan,
+            'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
+            'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
+            'trace_parent', r.trace_parent,
+            'checkpoints', coalesce((
+                select jsonb_agg(jsonb_build_object(
+                           'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
+                           'outputs', s.outputs, 'sealed', encode(s.sealed, 'base64'), 'error', s.error,
+                           'wake_at', s.wake_at, 'call_started_at', s.call_started_at)
+                       order by s.started_at)
+                from flow_run_steps s
+                where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '[]')));
+end;
 $$;
 
 
@@ -4093,13 +4158,16 @@ COMMENT ON FUNCTION public.tolstoy_step_webhook_events() IS 'AFTER INSERT/UPDATE
 --
 
 CREATE FUNCTION public.tolstoy_stored_bytes(org uuid, retention_days integer) RETURNS bigint
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-    select greatest(coalesce(sum(h.bytes), 0), 0)::bigint
-    from history_bytes h
-    where h.org_id = org
-      -- tolstoy_maintain_history drops a month once its end is past retention.
-      and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days)
+begin
+    return (
+        select greatest(coalesce(sum(h.bytes), 0), 0)::bigint
+        from history_bytes h
+        where h.org_id = org
+          -- tolstoy_maintain_history drops a month once its end is past retention.
+          and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days));
+end;
 $$;
 
 
@@ -4587,21 +4655,24 @@ COMMENT ON FUNCTION public.tolstoy_trace_parent(value text) IS 'A W3C traceparen
 --
 
 CREATE FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) RETURNS bigint
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     AS $$
-select count(*)
-from (select st ->> 'id' as step_id, st -> 'config' as config
-      from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
-      where st ->> 'type' = 'wait'
-      union all
-      select 'onFailure.' || (st ->> 'id'), st -> 'config'
-      from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
-      where st ->> 'type' = 'wait') as waits
--- A wait for one signal names it in "signal", a wait for the first of several in "signals".
-where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
-  and not exists (select 1 from flow_run_steps s
-                  where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
-                    and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped'));
+begin
+    return (
+        select count(*)
+        from (select st ->> 'id' as step_id, st -> 'config' as config
+              from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
+              where st ->> 'type' = 'wait'
+              union all
+              select 'onFailure.' || (st ->> 'id'), st -> 'config'
+              from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
+              where st ->> 'type' = 'wait') as waits
+        -- A wait for one signal names it in "signal", a wait for the first of several in "signals".
+        where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
+          and not exists (select 1 from flow_run_steps s
+                          where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
+                            and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped')));
+end;
 $$;
 
 
@@ -8893,4 +8964,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261215000102'),
     ('20261216000100'),
     ('20261217000100'),
-    ('20261218000100');
+    ('20261218000100'),
+    ('20261219000100');

@@ -23,22 +23,25 @@ comment on function tolstoy_audit_secret_names() is
     'Field and header names whose values tolstoy_audit_mask hides (the names of tolstoy/redaction.py).';
 
 create or replace function tolstoy_audit_mask_walk(value jsonb) returns jsonb
-language sql immutable as $$
-    select case jsonb_typeof(value)
-        when 'object' then (
-            select coalesce(jsonb_object_agg(e.key,
-                       case when replace(lower(e.key), '-', '_') = any(tolstoy_audit_secret_names())
-                            then '"***"'::jsonb
-                            when e.value::text ~* tolstoy_audit_secret_key() then tolstoy_audit_mask_walk(e.value)
-                            else e.value end), '{}'::jsonb)
-            from jsonb_each(value) as e)
-        when 'array' then (
-            select coalesce(jsonb_agg(case when a.value::text ~* tolstoy_audit_secret_key()
-                                           then tolstoy_audit_mask_walk(a.value) else a.value end
-                                      order by a.n), '[]'::jsonb)
-            from jsonb_array_elements(value) with ordinality as a(value, n))
-        else value
-    end
+language plpgsql immutable as $$
+begin
+    return (
+        select case jsonb_typeof(value)
+            when 'object' then (
+                select coalesce(jsonb_object_agg(e.key,
+                           case when replace(lower(e.key), '-', '_') = any(tolstoy_audit_secret_names())
+                                then '"***"'::jsonb
+                                when e.value::text ~* tolstoy_audit_secret_key() then tolstoy_audit_mask_walk(e.value)
+                                else e.value end), '{}'::jsonb)
+                from jsonb_each(value) as e)
+            when 'array' then (
+                select coalesce(jsonb_agg(case when a.value::text ~* tolstoy_audit_secret_key()
+                                               then tolstoy_audit_mask_walk(a.value) else a.value end
+                                          order by a.n), '[]'::jsonb)
+                from jsonb_array_elements(value) with ordinality as a(value, n))
+            else value
+        end);
+end;
 $$;
 
 comment on function tolstoy_audit_mask_walk(jsonb) is

@@ -4,9 +4,12 @@
 -- The current source of these functions (db/functions/README.md says how to change one).
 
 create or replace function tolstoy_now() returns timestamptz
-language sql stable security definer set search_path = public, pg_temp as $$
-    -- now() (the transaction's start), moved by what tolstoy_clock says: nothing in production.
-    select now() + (select c.ahead from tolstoy_clock c)
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+begin
+    return (
+        -- now() (the transaction's start), moved by what tolstoy_clock says: nothing in production.
+        select now() + (select c.ahead from tolstoy_clock c));
+end;
 $$;
 
 comment on function tolstoy_now() is
@@ -14,8 +17,11 @@ comment on function tolstoy_now() is
     'only the schema owner may move it, for tests). Stable within a transaction, as now() is.';
 
 create or replace function tolstoy_clock_timestamp() returns timestamptz
-language sql volatile security definer set search_path = public, pg_temp as $$
-    select clock_timestamp() + (select c.ahead from tolstoy_clock c)
+language plpgsql volatile security definer set search_path = public, pg_temp as $$
+begin
+    return (
+        select clock_timestamp() + (select c.ahead from tolstoy_clock c));
+end;
 $$;
 
 comment on function tolstoy_clock_timestamp() is

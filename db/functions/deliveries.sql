@@ -259,8 +259,11 @@ comment on function tolstoy_claim_deliveries(text, integer, double precision) is
     'line, lines round-robin across organizations and webhooks; returns {deliveries, next_due, now}.';
 
 create or replace function tolstoy_next_delivery() returns timestamptz
-language sql stable security definer set search_path = public, pg_temp as $$
-    select min(l.due_at) from webhook_lines l where l.due_at is not null
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+begin
+    return (
+        select min(l.due_at) from webhook_lines l where l.due_at is not null);
+end;
 $$;
 
 comment on function tolstoy_next_delivery() is

@@ -10,52 +10,57 @@
 -- checkpoint does.
 create or replace function tolstoy_cancel_descendants(org uuid, parent uuid)
 returns integer
-language sql as $$
-with recursive tree as (
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    where c.org_id = org and c.parent_run_id = parent
-      and c.created_at >= tolstoy_run_from(parent)  -- children are queued after their parent
-    union all
-    select c.org_id, c.id, c.created_at
-    from flow_runs c
-    join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
-), locked as (
-    -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
-    -- locking a middle run before a grandchild that is finishing would deadlock with it.
-    select r.org_id, r.id, r.created_at
-    from flow_runs r
-    join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
-    where r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    order by r.depth desc, r.id
-    for update of r
-), changed as (
-    -- As tolstoy_cancel_run: at once unless a worker holds it (a running run whose lease expired has none).
-    update flow_runs r
-    set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                      then 'cancelled'::flow_run_status else r.status end,
-        finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
-                           else r.finished_at end,
-        error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
-                     then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
-        lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
-        lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
-        lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
-        cancel_requested = true
-    from locked
-    where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
-      and r.status in ('queued', 'running', 'waiting')
-      and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
-    returning r.org_id, r.id, r.flow_id, r.user_id, r.status
-), logged as (
-    insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
-    select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
-    from changed
-    where status = 'cancelled'
-)
-select (count(*) filter (where status = 'cancelled'))::integer
-from changed;
+language plpgsql as $$
+declare
+    cancelled integer;
+begin
+    with recursive tree as (
+        select c.org_id, c.id, c.created_at
+        from flow_runs c
+        where c.org_id = org and c.parent_run_id = parent
+          and c.created_at >= tolstoy_run_from(parent)  -- children are queued after their parent
+        union all
+        select c.org_id, c.id, c.created_at
+        from flow_runs c
+        join tree t on c.org_id = t.org_id and c.parent_run_id = t.id and c.created_at >= t.created_at
+    ), locked as (
+        -- Deepest first, as a finishing child locks itself and then (flow_runs_wake_parent) its parent:
+        -- locking a middle run before a grandchild that is finishing would deadlock with it.
+        select r.org_id, r.id, r.created_at
+        from flow_runs r
+        join tree on r.org_id = tree.org_id and r.id = tree.id and r.created_at = tree.created_at
+        where r.status in ('queued', 'running', 'waiting')
+          and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
+        order by r.depth desc, r.id
+        for update of r
+    ), changed as (
+        -- As tolstoy_cancel_run: at once unless a worker holds it (a running run whose lease expired has none).
+        update flow_runs r
+        set status = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
+                          then 'cancelled'::flow_run_status else r.status end,
+            finished_at = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now() then tolstoy_now()
+                               else r.finished_at end,
+            error = case when r.status in ('queued', 'waiting') or r.lease_expires_at < tolstoy_now()
+                         then '{"message": "Cancelled with its parent"}'::jsonb else r.error end,
+            lease_owner = case when r.lease_expires_at < tolstoy_now() then null else r.lease_owner end,
+            lease_token = case when r.lease_expires_at < tolstoy_now() then null else r.lease_token end,
+            lease_expires_at = case when r.lease_expires_at < tolstoy_now() then null else r.lease_expires_at end,
+            cancel_requested = true
+        from locked
+        where r.org_id = locked.org_id and r.id = locked.id and r.created_at = locked.created_at
+          and r.status in ('queued', 'running', 'waiting')
+          and (r.status <> 'running' or not r.cancel_requested or r.lease_expires_at < tolstoy_now())
+        returning r.org_id, r.id, r.flow_id, r.user_id, r.status
+    ), logged as (
+        insert into execution_logs (org_id, flow_id, user_id, execution_id, step_key, status, inputs, error)
+        select org_id, flow_id, user_id, id::text, '$flow', 'cancelled', '{}', '{"message": "Cancelled with its parent"}'
+        from changed
+        where status = 'cancelled'
+    )
+    select (count(*) filter (where status = 'cancelled'))::integer into cancelled
+    from changed;
+    return cancelled;
+end;
 $$;
 
 comment on function tolstoy_cancel_descendants(uuid, uuid) is

@@ -4,22 +4,25 @@
 -- The current source of these functions (db/functions/README.md says how to change one).
 
 create or replace function tolstoy_plan(org uuid, steps jsonb, on_failure jsonb default null) returns jsonb
-language sql stable as $$
-    select jsonb_build_object('steps', steps, 'actions', coalesce((
-        select jsonb_agg(jsonb_build_object(
-                   'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                   'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                   'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                     'base_url', t.base_url,
-                                                                     'auth_type', t.auth_type,
-                                                                     'honors_idempotency_key',
-                                                                     t.honors_idempotency_key)))
-        from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-        cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
-        where a.org_id = org
-          and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
-               or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
-       || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end
+language plpgsql stable as $$
+begin
+    return (
+        select jsonb_build_object('steps', steps, 'actions', coalesce((
+            select jsonb_agg(jsonb_build_object(
+                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                         'base_url', t.base_url,
+                                                                         'auth_type', t.auth_type,
+                                                                         'honors_idempotency_key',
+                                                                         t.honors_idempotency_key)))
+            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+            cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
+            where a.org_id = org
+              and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
+                   or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
+           || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end);
+end;
 $$;
 
 comment on function tolstoy_plan(uuid, jsonb, jsonb) is
@@ -32,10 +35,13 @@ comment on function tolstoy_plan(uuid, jsonb, jsonb) is
 -- plan that lacks them: a retry of a run queued before this function).
 create or replace function tolstoy_plan_for(org uuid, flow uuid, plan_version integer)
 returns jsonb
-language sql stable as $_$
-select tolstoy_plan(org, v.steps, v.on_failure)
-from flow_versions v
-where v.org_id = org and v.flow_id = flow and v.version = plan_version;
+language plpgsql stable as $_$
+begin
+    return (
+        select tolstoy_plan(org, v.steps, v.on_failure)
+        from flow_versions v
+        where v.org_id = org and v.flow_id = flow and v.version = plan_version);
+end;
 $_$;
 
 comment on function tolstoy_plan_for(uuid, uuid, integer) is

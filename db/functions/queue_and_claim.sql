@@ -189,10 +189,14 @@ create or replace function tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_v
                                                 vars jsonb, key text, retrying uuid, acting boolean,
                                                 rerunning jsonb, concurrency_key text)
 returns table (run flow_runs, created boolean)
-language sql as $$
+language plpgsql as $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
     from tolstoy_queue_run_v4(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning,
-                              concurrency_key, null) as q
+                              concurrency_key, null) as q;
+end;
 $$;
 
 comment on function tolstoy_queue_run_v3(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text) is
@@ -202,9 +206,13 @@ create or replace function tolstoy_queue_run_v2(org uuid, flow uuid, queue_run_v
                                                 vars jsonb, key text, retrying uuid, acting boolean,
                                                 rerunning jsonb)
 returns table (run flow_runs, created boolean)
-language sql as $$
+language plpgsql as $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
-    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q
+    from tolstoy_queue_run_v3(org, flow, queue_run_version, actor, vars, key, retrying, acting, rerunning, null) as q;
+end;
 $$;
 
 comment on function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb) is
@@ -214,9 +222,13 @@ comment on function tolstoy_queue_run_v2(uuid, uuid, integer, uuid, jsonb, text,
 create or replace function tolstoy_queue_run(org uuid, flow uuid, queue_run_version integer, actor uuid,
                                              vars jsonb, key text, retrying uuid, acting boolean default false)
 returns table (run flow_runs, created boolean)
-language sql as $$
+language plpgsql as $$
+#variable_conflict use_column
+begin
+    return query
     select q.run, q.created
-    from tolstoy_queue_run_v2(org, flow, queue_run_version, actor, vars, key, retrying, acting, null) as q
+    from tolstoy_queue_run_v2(org, flow, queue_run_version, actor, vars, key, retrying, acting, null) as q;
+end;
 $$;
 
 comment on function tolstoy_queue_run(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean) is
@@ -439,10 +451,13 @@ comment on function tolstoy_claim_runs_v2(text, integer, double precision, integ
 create or replace function tolstoy_claim_runs(worker text, max_runs integer, lease_seconds double precision,
                                               max_recoveries integer)
 returns jsonb
-language sql security definer set search_path = public, pg_temp as $$
-    select jsonb_build_object('runs', coalesce(jsonb_agg(c.run) filter (where c.run is not null), '[]'),
-                              'next_due', max(c.meta ->> 'next_due')::timestamptz)
-    from tolstoy_claim_runs_v2(worker, max_runs, lease_seconds, max_recoveries, 300) as c
+language plpgsql security definer set search_path = public, pg_temp as $$
+begin
+    return (
+        select jsonb_build_object('runs', coalesce(jsonb_agg(c.run) filter (where c.run is not null), '[]'),
+                                  'next_due', max(c.meta ->> 'next_due')::timestamptz)
+        from tolstoy_claim_runs_v2(worker, max_runs, lease_seconds, max_recoveries, 300) as c);
+end;
 $$;
 
 comment on function tolstoy_claim_runs(text, integer, double precision, integer) is
@@ -450,22 +465,25 @@ comment on function tolstoy_claim_runs(text, integer, double precision, integer)
     '{runs, next_due}. To be dropped.';
 
 create or replace function tolstoy_run_payload(r flow_runs) returns jsonb
-language sql stable as $$
-    select jsonb_build_object(
-        'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
-        'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
-        'variables', r.variables, 'plan', r.plan,
-        'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
-        'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
-        'trace_parent', r.trace_parent,
-        'checkpoints', coalesce((
-            select jsonb_agg(jsonb_build_object(
-                       'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
-                       'outputs', s.outputs, 'sealed', encode(s.sealed, 'base64'), 'error', s.error,
-                       'wake_at', s.wake_at, 'call_started_at', s.call_started_at)
-                   order by s.started_at)
-            from flow_run_steps s
-            where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '[]'))
+language plpgsql stable as $$
+begin
+    return (
+        select jsonb_build_object(
+            'org_id', r.org_id, 'id', r.id, 'created_at', r.created_at, 'flow_id', r.flow_id,
+            'flow_version', r.flow_version, 'user_id', r.user_id, 'acts_as_user', r.acts_as_user,
+            'variables', r.variables, 'plan', r.plan,
+            'token', r.lease_token, 'root_run_id', r.root_run_id, 'claims', r.claims, 'recoveries', r.recoveries,
+            'strikes', r.strikes, 'handbacks', r.handbacks, 'cancel_requested', r.cancel_requested,
+            'trace_parent', r.trace_parent,
+            'checkpoints', coalesce((
+                select jsonb_agg(jsonb_build_object(
+                           'step_id', s.step_id, 'status', s.status, 'attempt', s.attempt, 'inputs', s.inputs,
+                           'outputs', s.outputs, 'sealed', encode(s.sealed, 'base64'), 'error', s.error,
+                           'wake_at', s.wake_at, 'call_started_at', s.call_started_at)
+                       order by s.started_at)
+                from flow_run_steps s
+                where s.org_id = r.org_id and s.run_id = r.id and s.run_created_at = r.created_at), '[]')));
+end;
 $$;
 
 comment on function tolstoy_run_payload(flow_runs) is 'A claimed run as a worker receives it: the row, its plan and its checkpoints.';
@@ -548,14 +566,18 @@ comment on function tolstoy_run_fault(flow_runs, jsonb, integer, double precisio
 
 create or replace function tolstoy_queue_stats()
 returns table (queued bigint, due bigint, oldest_due_age_seconds double precision)
-language sql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+#variable_conflict use_column
+begin
+    return query
     -- The clock read once, not once per queued run.
     select q.queued, q.due, coalesce(extract(epoch from c.now - q.oldest_due), 0)::float8
     from (select tolstoy_now() as now) as c
     cross join lateral (select count(*) as queued, count(*) filter (where r.run_after <= c.now) as due,
                                min(r.run_after) filter (where r.run_after <= c.now) as oldest_due
                         from flow_runs r
-                        where r.status = 'queued') as q
+                        where r.status = 'queued') as q;
+end;
 $$;
 
 comment on function tolstoy_queue_stats() is
@@ -566,11 +588,15 @@ comment on function tolstoy_queue_stats() is
 -- reads the queue's.
 create or replace function tolstoy_parked_runs()
 returns table (waiting_for text, runs bigint)
-language sql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+#variable_conflict use_column
+begin
+    return query
     select r.waiting_for, count(*)
     from flow_runs r
     where r.waiting_for is not null
-    group by r.waiting_for
+    group by r.waiting_for;
+end;
 $$;
 
 comment on function tolstoy_parked_runs() is

@@ -87,12 +87,15 @@ comment on function tolstoy_admit_run(uuid) is
     'tolstoy_queue_run calls it before writing a new run. Acts for org under row-level security.';
 
 create or replace function tolstoy_stored_bytes(org uuid, retention_days integer) returns bigint
-language sql stable as $$
-    select greatest(coalesce(sum(h.bytes), 0), 0)::bigint
-    from history_bytes h
-    where h.org_id = org
-      -- tolstoy_maintain_history drops a month once its end is past retention.
-      and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days)
+language plpgsql stable as $$
+begin
+    return (
+        select greatest(coalesce(sum(h.bytes), 0), 0)::bigint
+        from history_bytes h
+        where h.org_id = org
+          -- tolstoy_maintain_history drops a month once its end is past retention.
+          and (retention_days is null or (h.month + interval '1 month')::date > tolstoy_now()::date - retention_days));
+end;
 $$;
 
 comment on function tolstoy_stored_bytes(uuid, integer) is

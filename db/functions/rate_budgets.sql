@@ -5,12 +5,15 @@
 
 create or replace function tolstoy_rate_scope(org uuid, tool uuid, run_user uuid, acts_as_user boolean)
 returns text
-language sql stable as $$
-select case when acts_as_user and run_user is not null
-                 and exists (select 1 from user_connections c
-                             where c.org_id = org and c.tool_id = tool and c.user_id = run_user)
-            then 'user:' || run_user::text
-            else 'organization' end;
+language plpgsql stable as $$
+begin
+    return (
+        select case when acts_as_user and run_user is not null
+                         and exists (select 1 from user_connections c
+                                     where c.org_id = org and c.tool_id = tool and c.user_id = run_user)
+                    then 'user:' || run_user::text
+                    else 'organization' end);
+end;
 $$;
 
 comment on function tolstoy_rate_scope(uuid, uuid, uuid, boolean) is

@@ -72,8 +72,10 @@ $$;
 comment on function flow_versions_immutable() is 'BEFORE UPDATE trigger: flow versions are never changed.';
 
 create or replace function tolstoy_iso(t timestamptz) returns text
-language sql immutable as $$
-    select to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+language plpgsql immutable as $$
+begin
+    return to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+end;
 $$;
 
 comment on function tolstoy_iso(timestamptz) is 'A timestamp as the API shows it: ISO 8601 UTC with milliseconds.';

@@ -89,9 +89,12 @@ comment on function tolstoy_fire_schedules(timestamptz, jsonb) is
     'Returns [{trigger_id, org_id, execution_id, scheduled_at}] of the runs queued.';
 
 create or replace function tolstoy_next_schedule() returns timestamptz
-language sql stable security definer set search_path = public, pg_temp as $$
-    select min(t.next_run_at) from flow_triggers t
-    where t.type = 'schedule' and t.enabled and t.next_run_at is not null
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+begin
+    return (
+        select min(t.next_run_at) from flow_triggers t
+        where t.type = 'schedule' and t.enabled and t.next_run_at is not null);
+end;
 $$;
 
 comment on function tolstoy_next_schedule() is 'The earliest next_run_at of an enabled schedule, across organizations.';

@@ -131,20 +131,23 @@ comment on function tolstoy_prune_signals(integer, integer) is
 create or replace function tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamptz, run_plan jsonb,
                                                     signal_name text)
 returns bigint
-language sql stable as $$
-select count(*)
-from (select st ->> 'id' as step_id, st -> 'config' as config
-      from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
-      where st ->> 'type' = 'wait'
-      union all
-      select 'onFailure.' || (st ->> 'id'), st -> 'config'
-      from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
-      where st ->> 'type' = 'wait') as waits
--- A wait for one signal names it in "signal", a wait for the first of several in "signals".
-where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
-  and not exists (select 1 from flow_run_steps s
-                  where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
-                    and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped'));
+language plpgsql stable as $$
+begin
+    return (
+        select count(*)
+        from (select st ->> 'id' as step_id, st -> 'config' as config
+              from jsonb_array_elements(coalesce(run_plan -> 'steps', '[]')) as st
+              where st ->> 'type' = 'wait'
+              union all
+              select 'onFailure.' || (st ->> 'id'), st -> 'config'
+              from jsonb_array_elements(coalesce(run_plan -> 'onFailure', '[]')) as st
+              where st ->> 'type' = 'wait') as waits
+        -- A wait for one signal names it in "signal", a wait for the first of several in "signals".
+        where (waits.config ->> 'signal' = signal_name or coalesce(waits.config -> 'signals', '[]') ? signal_name)
+          and not exists (select 1 from flow_run_steps s
+                          where s.org_id = org and s.run_id = run and s.run_created_at = tolstoy_unfinished_waits.run_created_at
+                            and s.step_id = waits.step_id and s.status in ('completed', 'failed', 'skipped')));
+end;
 $$;
 
 comment on function tolstoy_unfinished_waits(uuid, uuid, timestamptz, jsonb, text) is

@@ -62,7 +62,10 @@ comment on function tolstoy_enter_key(bytea, uuid, integer) is
     'that is unknown or revoked, TS002 for an acting user of another organization.';
 
 create or replace function tolstoy_authenticate(hash bytea) returns table (org_id uuid, key_id uuid)
-language sql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp as $$
+#variable_conflict use_column
+begin
+    return query
     with found as (
         select k.org_id, k.id
         from api_keys k
@@ -74,7 +77,8 @@ language sql security definer set search_path = public, pg_temp as $$
         where k.org_id = found.org_id and k.id = found.id
           and (k.last_used_at is null or k.last_used_at < tolstoy_now() - interval '1 minute')
     )
-    select found.org_id, found.id from found
+    select found.org_id, found.id from found;
+end;
 $$;
 
 comment on function tolstoy_authenticate(bytea) is
@@ -99,10 +103,14 @@ comment on function tolstoy_key_grant(bytea) is
 
 create or replace function tolstoy_hook_target(hook uuid)
 returns table (org_id uuid, flow_id uuid, enabled boolean, verification text, secret bytea)
-language sql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp as $$
+#variable_conflict use_column
+begin
+    return query
     select t.org_id, t.flow_id, t.enabled, t.verification, t.secret
     from flow_triggers t
-    where t.id = hook and t.type = 'webhook'
+    where t.id = hook and t.type = 'webhook';
+end;
 $$;
 
 comment on function tolstoy_hook_target(uuid) is
