@@ -7052,20 +7052,6 @@ CREATE INDEX execution_logs_default_org_id_flow_id_created_at_id_idx ON public.e
 
 
 --
--- Name: execution_logs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX execution_logs_org_id_id_idx ON ONLY public.execution_logs USING btree (org_id, id);
-
-
---
--- Name: execution_logs_default_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX execution_logs_default_org_id_id_idx ON public.execution_logs_default USING btree (org_id, id);
-
-
---
 -- Name: execution_logs_org_id_status_created_at_id_idx; Type: INDEX; Schema: public; Owner: -
 --
 
@@ -7210,20 +7196,6 @@ CREATE INDEX flow_runs_org_id_flow_id_waiting_for_idx ON ONLY public.flow_runs U
 --
 
 CREATE INDEX flow_runs_default_org_id_flow_id_waiting_for_idx ON public.flow_runs_default USING btree (org_id, flow_id, waiting_for, created_at DESC, id DESC) WHERE (waiting_for IS NOT NULL);
-
-
---
--- Name: flow_runs_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX flow_runs_org_id_id_idx ON ONLY public.flow_runs USING btree (org_id, id);
-
-
---
--- Name: flow_runs_default_org_id_id_idx; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX flow_runs_default_org_id_id_idx ON public.flow_runs_default USING btree (org_id, id);
 
 
 --
@@ -7570,13 +7542,6 @@ ALTER INDEX public.execution_logs_org_id_flow_id_created_at_id_idx ATTACH PARTIT
 
 
 --
--- Name: execution_logs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.execution_logs_org_id_id_idx ATTACH PARTITION public.execution_logs_default_org_id_id_idx;
-
-
---
 -- Name: execution_logs_default_org_id_status_created_at_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
 --
 
@@ -7644,13 +7609,6 @@ ALTER INDEX public.flow_runs_org_id_flow_id_idempotency_key_idx ATTACH PARTITION
 --
 
 ALTER INDEX public.flow_runs_org_id_flow_id_waiting_for_idx ATTACH PARTITION public.flow_runs_default_org_id_flow_id_waiting_for_idx;
-
-
---
--- Name: flow_runs_default_org_id_id_idx; Type: INDEX ATTACH; Schema: public; Owner: -
---
-
-ALTER INDEX public.flow_runs_org_id_id_idx ATTACH PARTITION public.flow_runs_default_org_id_id_idx;
 
 
 --
@@ -8965,4 +8923,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261216000100'),
     ('20261217000100'),
     ('20261218000100'),
-    ('20261219000100');
+    ('20261219000100'),
+    ('20261219000200');
