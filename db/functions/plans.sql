@@ -5,23 +5,33 @@
 
 create or replace function tolstoy_plan(org uuid, steps jsonb, on_failure jsonb default null) returns jsonb
 language plpgsql stable as $$
+declare
+    called jsonb := jsonb_build_array(steps, coalesce(on_failure, '[]'));
+    -- The actions the steps name, by key and by id. Each is then looked up by its index
+    -- (actions_org_id_key_key, actions_pkey): the organization's other actions are never read, and a
+    -- flow that calls none reads none. An id that is not a uuid's text names no action, as when ids
+    -- were compared as text.
+    keys text[] := array(select jsonb_path_query(called, 'strict $.**.actionKey') #>> '{}');
+    ids uuid[] := array(select named.id::uuid
+                        from (select jsonb_path_query(called, 'strict $.**.actionId') #>> '{}' as id) as named
+                        where named.id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$');
+    found jsonb;
 begin
-    return (
-        select jsonb_build_object('steps', steps, 'actions', coalesce((
-            select jsonb_agg(jsonb_build_object(
-                       'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
-                       'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
-                       'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
-                                                                         'base_url', t.base_url,
-                                                                         'auth_type', t.auth_type,
-                                                                         'honors_idempotency_key',
-                                                                         t.honors_idempotency_key)))
-            from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
-            cross join lateral (select jsonb_build_array(steps, coalesce(on_failure, '[]')) as called) c
-            where a.org_id = org
-              and (a.key in (select jsonb_path_query(c.called, 'strict $.**.actionKey') #>> '{}')
-                   or a.id::text in (select jsonb_path_query(c.called, 'strict $.**.actionId') #>> '{}'))), '[]'))
-           || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end);
+    if cardinality(keys) > 0 or cardinality(ids) > 0 then
+        select jsonb_agg(jsonb_build_object(
+                   'id', a.id, 'key', a.key, 'tool_id', a.tool_id, 'method', a.method, 'endpoint', a.endpoint,
+                   'headers', a.headers, 'input_schema', a.input_schema, 'execute_if', a.execute_if,
+                   'version', a.version, 'tool', jsonb_build_object('id', t.id, 'name', t.name,
+                                                                     'base_url', t.base_url,
+                                                                     'auth_type', t.auth_type,
+                                                                     'honors_idempotency_key',
+                                                                     t.honors_idempotency_key)))
+        into found
+        from actions a join tools t on t.org_id = a.org_id and t.id = a.tool_id
+        where a.org_id = org and (a.key = any(keys) or a.id = any(ids));
+    end if;
+    return jsonb_build_object('steps', steps, 'actions', coalesce(found, '[]'))
+           || case when on_failure is not null then jsonb_build_object('onFailure', on_failure) else '{}' end;
 end;
 $$;
 
