@@ -987,6 +987,7 @@ COMMENT ON FUNCTION public.tolstoy_cancel_descendants(org uuid, parent uuid) IS 
 
 CREATE FUNCTION public.tolstoy_cancel_run(org uuid, flow uuid, target uuid, actor uuid) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     found_run flow_runs;
@@ -1049,6 +1050,7 @@ COMMENT ON FUNCTION public.tolstoy_cancel_run(org uuid, flow uuid, target uuid, 
 
 CREATE FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -1205,6 +1207,7 @@ COMMENT ON FUNCTION public.tolstoy_checkpoint(worker text, org uuid, run uuid, t
 
 CREATE FUNCTION public.tolstoy_checkpoint_call(worker text, org uuid, run uuid, token integer, writes jsonb, call jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     lesson jsonb;
@@ -1301,6 +1304,7 @@ COMMENT ON FUNCTION public.tolstoy_checkpoint_call(worker text, org uuid, run uu
 
 CREATE FUNCTION public.tolstoy_checkpoint_slots(worker text, org uuid, run uuid, token integer, writes jsonb, call jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -1545,6 +1549,7 @@ COMMENT ON FUNCTION public.tolstoy_claim_runs(worker text, max_runs integer, lea
 CREATE FUNCTION public.tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision, max_recoveries integer, half_life_seconds double precision) RETURNS TABLE(run jsonb, meta jsonb)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -2240,6 +2245,7 @@ COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeo
 CREATE FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -2683,6 +2689,7 @@ COMMENT ON FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) IS 'Wh
 CREATE FUNCTION public.tolstoy_maintain_history(today date, retention_days integer, months_ahead integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -2747,6 +2754,7 @@ COMMENT ON FUNCTION public.tolstoy_maintain_history(today date, retention_days i
 
 CREATE FUNCTION public.tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[], dry boolean, actor uuid) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     found_run flow_runs;
@@ -2965,6 +2973,7 @@ COMMENT ON FUNCTION public.tolstoy_now() IS 'The database''s clock for every tim
 CREATE FUNCTION public.tolstoy_parked_runs() RETURNS TABLE(waiting_for text, runs bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 begin
@@ -3209,6 +3218,7 @@ COMMENT ON FUNCTION public.tolstoy_prune_deliveries(retention_days integer, batc
 CREATE FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -3317,6 +3327,7 @@ COMMENT ON FUNCTION public.tolstoy_queue_run_v3(org uuid, flow uuid, queue_run_v
 
 CREATE FUNCTION public.tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_version integer, actor uuid, vars jsonb, key text, retrying uuid, acting boolean, rerunning jsonb, concurrency_key text, caller_trace text) RETURNS TABLE(run public.flow_runs, created boolean)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     existing flow_runs;
@@ -3440,6 +3451,7 @@ COMMENT ON FUNCTION public.tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_v
 CREATE FUNCTION public.tolstoy_queue_stats() RETURNS TABLE(queued bigint, due bigint, oldest_due_age_seconds double precision)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 #variable_conflict use_column
 begin
@@ -3689,6 +3701,7 @@ COMMENT ON FUNCTION public.tolstoy_release_step_slots(org uuid, run uuid, steps 
 CREATE FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[], lease_seconds double precision) RETURNS TABLE(run_id uuid, cancel boolean)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 begin
     if worker is null or worker = '' or lease_seconds is null or lease_seconds <= 0 or lease_seconds > 3600
@@ -3721,6 +3734,7 @@ COMMENT ON FUNCTION public.tolstoy_renew_leases(worker text, orgs uuid[], runs u
 
 CREATE FUNCTION public.tolstoy_resolve_step(org uuid, flow uuid, target uuid, resolved_step text, actor uuid, outcome text, shown jsonb, sealed_output bytea, resolution_error jsonb, key_missing boolean DEFAULT false) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     found_run flow_runs;
@@ -3975,6 +3989,7 @@ COMMENT ON FUNCTION public.tolstoy_send_signal(org uuid, flow uuid, target uuid,
 
 CREATE FUNCTION public.tolstoy_send_signal_v2(org uuid, flow uuid, target uuid, signal_name text, signal_payload jsonb, actor uuid, signed_by text, key text, link uuid, sent_through text, caller_trace text) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     found_run flow_runs;
@@ -4194,6 +4209,7 @@ COMMENT ON FUNCTION public.tolstoy_stored_bytes(org uuid, retention_days integer
 
 CREATE FUNCTION public.tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb) RETURNS jsonb
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     answer jsonb;
@@ -4522,6 +4538,7 @@ COMMENT ON FUNCTION public.tolstoy_take_budget(org uuid, tool uuid, budget_scope
 
 CREATE FUNCTION public.tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[]) RETURNS TABLE(id uuid, signal text, payload jsonb, approver text, user_id uuid, created_at timestamp with time zone)
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -4666,6 +4683,7 @@ COMMENT ON FUNCTION public.tolstoy_trace_parent(value text) IS 'A W3C traceparen
 
 CREATE FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamp with time zone, run_plan jsonb, signal_name text) RETURNS bigint
     LANGUAGE plpgsql STABLE
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 begin
     return (
@@ -4700,6 +4718,7 @@ COMMENT ON FUNCTION public.tolstoy_unfinished_waits(org uuid, run uuid, run_crea
 CREATE FUNCTION public.tolstoy_usage() RETURNS TABLE(queued_runs bigint, stored_bytes bigint)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     org uuid := tolstoy_current_org();
@@ -8935,4 +8954,5 @@ INSERT INTO public.schema_migrations (version) VALUES
     ('20261218000100'),
     ('20261219000100'),
     ('20261219000200'),
-    ('20261219000300');
+    ('20261219000300'),
+    ('20261219000400');

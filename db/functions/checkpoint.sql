@@ -4,7 +4,7 @@
 
 create or replace function tolstoy_checkpoint(worker text, org uuid, run uuid, token integer, writes jsonb)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     -- The run's month, computed here once: in the lease check's query the planner would compute each
@@ -155,7 +155,7 @@ comment on function tolstoy_checkpoint(text, uuid, uuid, integer, jsonb) is
 
 create or replace function tolstoy_subflow(worker text, org uuid, run uuid, token integer, writes jsonb, spec jsonb)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     answer jsonb;
     parent flow_runs;
@@ -522,7 +522,7 @@ comment on function flow_runs_plan_on_failure() is
 
 create or replace function tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer)
 returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     expired integer;

@@ -75,7 +75,7 @@ comment on function tolstoy_cancel_descendants(uuid, uuid) is
 -- first, when it is recovered (the claim carries the cancel).
 create or replace function tolstoy_cancel_run(org uuid, flow uuid, target uuid, actor uuid)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     found_run flow_runs;
     now_status flow_run_status;
@@ -137,7 +137,7 @@ create or replace function tolstoy_resolve_step(org uuid, flow uuid, target uuid
                                      outcome text, shown jsonb, sealed_output bytea, resolution_error jsonb,
                                      key_missing boolean default false)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     found_run flow_runs;
     unknown_attempt integer;
@@ -206,7 +206,7 @@ comment on function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, text, jso
 create or replace function tolstoy_move_run(org uuid, flow uuid, target uuid, to_version integer, drop_steps text[],
                                             dry boolean, actor uuid)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     found_run flow_runs;
     new_plan jsonb;

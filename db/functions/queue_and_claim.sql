@@ -67,7 +67,7 @@ create or replace function tolstoy_queue_run_v4(org uuid, flow uuid, queue_run_v
                                                 rerunning jsonb, concurrency_key text,
                                                 caller_trace text)
 returns table (run flow_runs, created boolean)
-language plpgsql as $_$
+language plpgsql set plan_cache_mode = force_generic_plan as $_$
 declare
     existing flow_runs;
     queued flow_runs;
@@ -262,7 +262,7 @@ comment on function flow_runs_notify() is 'AFTER INSERT/UPDATE trigger: NOTIFY t
 create or replace function tolstoy_claim_runs_v2(worker text, max_runs integer, lease_seconds double precision,
                                                  max_recoveries integer, half_life_seconds double precision)
 returns table (run jsonb, meta jsonb)
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     lease interval := make_interval(secs => lease_seconds);
@@ -491,7 +491,7 @@ comment on function tolstoy_run_payload(flow_runs) is 'A claimed run as a worker
 create or replace function tolstoy_renew_leases(worker text, orgs uuid[], runs uuid[], tokens integer[],
                                                 lease_seconds double precision)
 returns table (run_id uuid, cancel boolean)
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
 begin
     if worker is null or worker = '' or lease_seconds is null or lease_seconds <= 0 or lease_seconds > 3600
             or cardinality(orgs) is distinct from cardinality(runs)
@@ -566,7 +566,8 @@ comment on function tolstoy_run_fault(flow_runs, jsonb, integer, double precisio
 
 create or replace function tolstoy_queue_stats()
 returns table (queued bigint, due bigint, oldest_due_age_seconds double precision)
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp
+set plan_cache_mode = force_generic_plan as $$
 #variable_conflict use_column
 begin
     return query
@@ -588,7 +589,8 @@ comment on function tolstoy_queue_stats() is
 -- reads the queue's.
 create or replace function tolstoy_parked_runs()
 returns table (waiting_for text, runs bigint)
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp
+set plan_cache_mode = force_generic_plan as $$
 #variable_conflict use_column
 begin
     return query

@@ -103,7 +103,8 @@ comment on function tolstoy_stored_bytes(uuid, integer) is
 
 create or replace function tolstoy_usage()
 returns table (queued_runs bigint, stored_bytes bigint)
-language plpgsql stable security definer set search_path = public, pg_temp as $$
+language plpgsql stable security definer set search_path = public, pg_temp
+set plan_cache_mode = force_generic_plan as $$
 declare
     org uuid := tolstoy_current_org();
 begin

@@ -194,7 +194,7 @@ comment on function tolstoy_learn_budget(uuid, uuid, text, jsonb) is
 create or replace function tolstoy_checkpoint_call(worker text, org uuid, run uuid, token integer, writes jsonb,
                                                    call jsonb)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     lesson jsonb;
     budget_scope text;

@@ -39,7 +39,7 @@ comment on function tolstoy_take_signal(uuid, uuid, text, text) is
 -- later wait steps of it. No row when none is pending.
 create or replace function tolstoy_take_first_signal(org uuid, run uuid, step text, signal_names text[])
 returns table (id uuid, signal text, payload jsonb, approver text, user_id uuid, created_at timestamptz)
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     found_run flow_runs;
@@ -97,7 +97,7 @@ comment on function tolstoy_take_first_signal(uuid, uuid, text, text[]) is
 
 create or replace function tolstoy_prune_signals(retention_days integer, batch integer)
 returns integer
-language plpgsql security definer set search_path = public, pg_temp as $$
+language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;
@@ -131,7 +131,7 @@ comment on function tolstoy_prune_signals(integer, integer) is
 create or replace function tolstoy_unfinished_waits(org uuid, run uuid, run_created_at timestamptz, run_plan jsonb,
                                                     signal_name text)
 returns bigint
-language plpgsql stable as $$
+language plpgsql stable set plan_cache_mode = force_generic_plan as $$
 begin
     return (
         select count(*)
@@ -165,7 +165,7 @@ create or replace function tolstoy_send_signal_v2(org uuid, flow uuid, target uu
                                                   actor uuid, signed_by text, key text, link uuid, sent_through text,
                                                   caller_trace text)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     found_run flow_runs;
     earlier_id uuid;

@@ -70,7 +70,7 @@ comment on function flow_runs_release_step_slots() is
 create or replace function tolstoy_checkpoint_slots(worker text, org uuid, run uuid, token integer, writes jsonb,
                                                     call jsonb)
 returns jsonb
-language plpgsql as $$
+language plpgsql set plan_cache_mode = force_generic_plan as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     current flow_runs;
