@@ -21,7 +21,7 @@ from ..db.stores import write_action_log
 from ..errors import DatabaseUnavailable, VaultError
 from ..redaction import Derived, Secrets, mask_json
 from .errors import ActAsUserRefused, InvalidInputs, StepFailed
-from .outbound import Outbound, OutboundError, Reply, retryable_status
+from .outbound import Outbound, OutboundError, Reply, TimedOut, retryable_status
 from .templates import TemplateFailure, render_tracked
 from .tool_auth import CallAuth, SharedTokens, auth_headers, secret_headers_for, secret_values
 from .vault import Reader, Vault
@@ -233,6 +233,10 @@ class ToolClient:
             log.debug("calling %s %s with headers %s", call.method, call.url, headers)
             return self.http.request(call.method, call.url, headers=headers, params=call.params,
                                      json_body=call.body, timeout_ms=left, secrets=values, cancel=cancel)
+        except TimedOut:
+            # The step's timeout, not what was left of it when the request went out (the credential's
+            # headers took some of it).
+            raise StepFailed(f"Timed out after {timeout_ms} ms", retryable=True) from None
         except OutboundError as exc:
             raise StepFailed(str(exc), retryable=exc.retryable) from None
 

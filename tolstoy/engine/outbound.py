@@ -53,6 +53,10 @@ class OutboundError(Exception):
         self.retryable = retryable
 
 
+class TimedOut(OutboundError):
+    """The request did not complete within its timeout."""
+
+
 class ForbiddenTarget(OutboundError):
     """The target resolves to an address requests may not reach (loopback, private, metadata…)."""
 
@@ -411,7 +415,7 @@ class Outbound:
         except OutboundError:
             raise
         except httpx.TimeoutException:
-            raise OutboundError(f"Timed out after {timeout_ms} ms", retryable=True) from None
+            raise TimedOut(f"Timed out after {timeout_ms} ms", retryable=True) from None
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise OutboundError(f"Invalid URL {url!r}: {exc}") from None
         except httpx.TransportError as exc:
