@@ -6,16 +6,19 @@ tenant statement), every one its own transaction. The backend's CPU around each 
 /proc/<pid>/schedstat (nanoseconds of CPU, where /proc/<pid>/stat counts hundredths of a second),
 so a change to a function or an index shows per statement within a few percent.
 
-    python -m bench.statement_cpu [--runs 500] [--rounds 3] [--change up.sql --undo down.sql]
+    python -m bench.statement_cpu [--runs 500] [--rounds 3] [--months 24] [--change up.sql --undo down.sql]
 
 With --change and --undo, the two SQL files are applied in turns (as the owner) and each round
 measures both, alternated: an A/B of a migration's up and down on one database. Prints microseconds
-of backend CPU per run for each statement kind, and the medians over rounds.
+of backend CPU per run for each statement kind, and the medians over rounds. --months N makes the
+run history's monthly partitions for the N months before this one first, as N months of upkeep
+without a retention would have (the default, 0: this month and three ahead).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import statistics
 import uuid
 from pathlib import Path
@@ -122,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=500, help="runs measured per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--months", type=int, default=0, help="monthly partitions made before this month's")
     parser.add_argument("--change", type=Path, help="SQL applied (as the owner) before the 'change' rounds")
     parser.add_argument("--undo", type=Path, help="SQL that puts back what --change changed")
     args = parser.parse_args(argv)
@@ -134,6 +138,12 @@ def main(argv: list[str] | None = None) -> None:
         stack.start_database()
         data = bench_data.load(stack.owner_url, large_logs=20_000)
         flow = engine_load.create_flow(stack.owner_url, data.org, STUB)
+        if args.months:
+            first = dt.date.today().replace(day=1)
+            for _ in range(args.months):
+                first = (first - dt.timedelta(days=1)).replace(day=1)
+            with psycopg.connect(stack.owner_url, autocommit=True) as conn:
+                conn.execute("select tolstoy_ensure_partitions(%s, %s)", (first, args.months + 4))
         results: dict[str, list[dict]] = {side: [] for side in sides}
         for round_ in range(args.rounds):
             order = list(sides) if round_ % 2 == 0 else list(reversed(sides))

@@ -2245,7 +2245,6 @@ COMMENT ON FUNCTION public.tolstoy_enter_key(hash bytea, acting_user uuid, timeo
 CREATE FUNCTION public.tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -2689,7 +2688,6 @@ COMMENT ON FUNCTION public.tolstoy_log_of_no_run(l public.execution_logs) IS 'Wh
 CREATE FUNCTION public.tolstoy_maintain_history(today date, retention_days integer, months_ahead integer) RETURNS jsonb
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    SET plan_cache_mode TO 'force_generic_plan'
     AS $_$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
@@ -3218,7 +3216,6 @@ COMMENT ON FUNCTION public.tolstoy_prune_deliveries(retention_days integer, batc
 CREATE FUNCTION public.tolstoy_prune_signals(retention_days integer, batch integer) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'public', 'pg_temp'
-    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)

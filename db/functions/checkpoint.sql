@@ -522,7 +522,7 @@ comment on function flow_runs_plan_on_failure() is
 
 create or replace function tolstoy_expire_unknown_outcomes(timeout_days integer, batch integer)
 returns integer
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
+language plpgsql security definer set search_path = public, pg_temp as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     expired integer;

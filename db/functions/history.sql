@@ -69,7 +69,7 @@ comment on function tolstoy_isolate_partition(regclass) is
 
 create or replace function tolstoy_maintain_history(today date, retention_days integer, months_ahead integer)
 returns jsonb
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
+language plpgsql security definer set search_path = public, pg_temp as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     cutoff date;

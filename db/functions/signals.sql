@@ -97,7 +97,7 @@ comment on function tolstoy_take_first_signal(uuid, uuid, text, text[]) is
 
 create or replace function tolstoy_prune_signals(retention_days integer, batch integer)
 returns integer
-language plpgsql security definer set search_path = public, pg_temp set plan_cache_mode = force_generic_plan as $$
+language plpgsql security definer set search_path = public, pg_temp as $$
 declare
     clock_now timestamptz := tolstoy_now();  -- the database's clock (clock.sql)
     pruned integer;

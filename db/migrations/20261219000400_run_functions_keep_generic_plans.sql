@@ -32,13 +32,12 @@ alter function tolstoy_queue_run_v4(uuid, uuid, integer, uuid, jsonb, text, uuid
     set plan_cache_mode = force_generic_plan;
 
 -- The other functions the API's and the worker's queries call that read or write the run history: the
--- same, one call each.
+-- same, one call each. Not the housekeeping's (tolstoy_prune_signals, tolstoy_expire_unknown_outcomes,
+-- tolstoy_maintain_history): they run once a tick, and a custom plan weighs their cutoff (usually
+-- nothing is old enough, which an index range shows at once).
 alter function tolstoy_cancel_run(uuid, uuid, uuid, uuid) set plan_cache_mode = force_generic_plan;
-alter function tolstoy_expire_unknown_outcomes(integer, integer) set plan_cache_mode = force_generic_plan;
-alter function tolstoy_maintain_history(date, integer, integer) set plan_cache_mode = force_generic_plan;
 alter function tolstoy_move_run(uuid, uuid, uuid, integer, text[], boolean, uuid)
     set plan_cache_mode = force_generic_plan;
-alter function tolstoy_prune_signals(integer, integer) set plan_cache_mode = force_generic_plan;
 alter function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, text, jsonb, bytea, jsonb, boolean)
     set plan_cache_mode = force_generic_plan;
 alter function tolstoy_send_signal_v2(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text, text)
@@ -64,10 +63,7 @@ alter function tolstoy_subflow(text, uuid, uuid, integer, jsonb, jsonb) reset pl
 alter function tolstoy_queue_run_v4(uuid, uuid, integer, uuid, jsonb, text, uuid, boolean, jsonb, text, text)
     reset plan_cache_mode;
 alter function tolstoy_cancel_run(uuid, uuid, uuid, uuid) reset plan_cache_mode;
-alter function tolstoy_expire_unknown_outcomes(integer, integer) reset plan_cache_mode;
-alter function tolstoy_maintain_history(date, integer, integer) reset plan_cache_mode;
 alter function tolstoy_move_run(uuid, uuid, uuid, integer, text[], boolean, uuid) reset plan_cache_mode;
-alter function tolstoy_prune_signals(integer, integer) reset plan_cache_mode;
 alter function tolstoy_resolve_step(uuid, uuid, uuid, text, uuid, text, jsonb, bytea, jsonb, boolean)
     reset plan_cache_mode;
 alter function tolstoy_send_signal_v2(uuid, uuid, uuid, text, jsonb, uuid, text, text, uuid, text, text)
