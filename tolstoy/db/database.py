@@ -380,7 +380,7 @@ class Database:
         max_size: int = 10,
         timeout: float = 5.0,
         statement_timeout_ms: int = 15000,
-        prepare_threshold: int | None = 5,
+        prepare_threshold: int | None = wire.PREPARE_THRESHOLD,
         application_name: str = "tolstoy",
         listen_conninfo: str | None = None,
     ):

@@ -36,6 +36,8 @@ from .queries import Query
 # Statements prepared on one connection at most: the named queries are a fixed set, but a server
 # backend keeps a plan for each, so a bound (beyond it a statement is sent unnamed, parsed each time).
 MAX_PREPARED = 256
+# Runs of a statement on one connection before it is prepared there (TOLSTOY_PREPARE_THRESHOLD's default).
+PREPARE_THRESHOLD = 5
 
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
@@ -97,7 +99,7 @@ class Rows:
 
 
 def exchange(conn: psycopg.Connection, statements: list[tuple[Query, dict]],
-             prepare_threshold: int | None = 5) -> list[Rows]:
+             prepare_threshold: int | None = PREPARE_THRESHOLD) -> list[Rows]:
     """Send ``statements`` in one pipeline ended by one Sync (so, outside a transaction, one implicit
     transaction: rolled back whole if any part fails) and read every result. Raises the first error
     as psycopg's exception (the rest of the batch is then skipped by the server). A statement is
